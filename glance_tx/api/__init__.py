@@ -1,0 +1,1 @@
+"""The HTTP face of glance-tx: Klein apps, the streaming request, the site."""

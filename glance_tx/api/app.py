@@ -1,0 +1,37 @@
+"""Assembles the HTTP site from a registry, stores and a runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from glance_tx.api.root import RootAPI
+from glance_tx.api.site import GlanceSite
+from glance_tx.api.v1 import V1API
+from glance_tx.registry.interface import IRegistry
+from glance_tx.store.backends import StoreMap
+from glance_tx.threads import BlockingRunner
+from glance_tx.uploads import Uploader
+
+
+def build_site(
+    *,
+    registry: IRegistry,
+    stores: StoreMap,
+    runner: BlockingRunner,
+    image_size_cap: int,
+    default_project: str,
+    reactor: Any,
+) -> GlanceSite:
+    uploader = Uploader(
+        registry=registry, stores=stores, runner=runner, size_cap=image_size_cap
+    )
+    v1 = V1API(
+        registry=registry,
+        stores=stores,
+        uploader=uploader,
+        default_project=default_project,
+    )
+    root = RootAPI(registry=registry, stores=stores, v1=v1.resource())
+    site = GlanceSite(root.resource(), upload_routes=v1.upload_routes(), reactor=reactor)
+    site.displayTracebacks = False
+    return site

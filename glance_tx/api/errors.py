@@ -1,0 +1,62 @@
+"""
+The one shape every refusal takes on the wire:
+
+    {"error": {"code": 404, "title": "Not Found", "message": "..."}}
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+
+from glance_tx.errors import GlanceError
+
+
+def error_document(status: int, message: str) -> bytes:
+    return json.dumps(
+        {
+            "error": {
+                "code": status,
+                "title": HTTPStatus(status).phrase,
+                "message": message,
+            }
+        }
+    ).encode("utf-8")
+
+
+def render_error(request: IRequest, status: int, message: str) -> bytes:
+    """Set the status and content type on C{request}; return the body."""
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return error_document(status, message)
+
+
+def handle_glance_error(request: IRequest, failure: Failure) -> bytes:
+    """Klein error handler for L{GlanceError}."""
+    error = failure.value
+    assert isinstance(error, GlanceError)
+    return render_error(request, error.status, error.message)
+
+
+def handle_routing_error(request: IRequest, failure: Failure) -> bytes:
+    """Klein error handler for routing misses (404, 405) in our JSON shape."""
+    error = failure.value
+    assert isinstance(error, HTTPException)
+    status = error.code or 500
+    if status == HTTPStatus.NOT_FOUND:
+        message = f"No such resource: {request.path.decode('utf-8', 'replace')}"
+    elif status == HTTPStatus.METHOD_NOT_ALLOWED:
+        allowed = getattr(error, "valid_methods", None) or []
+        if allowed:
+            request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
+        message = (
+            f"Method {request.method.decode('ascii', 'replace')} is not allowed "
+            f"on {request.path.decode('utf-8', 'replace')}"
+        )
+    else:
+        message = error.description or HTTPStatus(status).phrase
+    return render_error(request, status, message)

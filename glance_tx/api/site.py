@@ -1,0 +1,303 @@
+"""
+The Site and Request that let image data stream in as it arrives.
+
+twisted.web (through 26.x) has no public streaming request-body API: a
+request is routed only after its last body byte, which has been spooled to
+memory or a temp file. glance-tx cannot afford either for multi-GiB images.
+So L{StreamingRequest} decides in C{gotLength} -- after the headers, before
+any body byte -- whether the request is an image-data upload; if so it asks
+the matching L{UploadRoute} to start the upload (check the image, open a
+store writer) while the client's transport is paused, then passes each body
+chunk straight to it.
+
+The one private detail this needs is the request line, which HTTPChannel keeps
+on C{_command} and C{_path} until the body is complete (public C{method} and
+C{uri} are set only later, in C{requestReceived}). C{tests/test_site.py} pins
+that detail so that a Twisted upgrade that changes it fails loudly.
+
+A refusal decided before or during the body (unknown image, wrong status,
+size over the cap) is answered at once with a complete response and the
+connection is closed for writing; the rest of the body is discarded. An
+``Expect: 100-continue`` client is told to go on only once the upload has
+really started, so a refused one never sends its body.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITCPTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+
+from glance_tx.api.errors import error_document
+from glance_tx.errors import GlanceError
+from glance_tx.uploads import Upload
+
+log = Logger()
+
+#: How long a refused upload's client may go on sending before it is cut off.
+REFUSED_BODY_GRACE_SECONDS = 30.0
+
+
+@frozen
+class UploadRoute:
+    """
+    Requests whose method and path match are image-data uploads (when they
+    have a body); C{start} begins one and returns the L{Upload}, or raises a
+    L{GlanceError} to refuse it.
+    """
+
+    method: bytes
+    path: re.Pattern[bytes]
+    start: Callable[[StreamingRequest, re.Match[bytes]], Awaitable[Upload]]
+
+
+class _StreamedBody:
+    """
+    Stands in for C{request.content}: the bytes went to the store, so there
+    is nothing to read back. Twisted's C{requestReceived} calls C{tell},
+    C{seek} and, for form posts, C{read}.
+    """
+
+    def __init__(self) -> None:
+        self.length = 0
+
+    def write(self, data: bytes) -> None:
+        self.length += len(data)
+
+    def tell(self) -> int:
+        return self.length
+
+    def seek(self, offset: int, whence: int = 0) -> None:
+        pass
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class StreamingRequest(server.Request):
+    """
+    A Request with an id, a start time, and image-data uploads streamed to
+    the store (see the module docstring).
+    """
+
+    upload: Upload | None = None
+    upload_started: Deferred[Upload] | None = None
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self.request_id = "req-" + str(uuid.uuid4())
+        self.started = time.monotonic()
+        self.responseHeaders.setRawHeaders(
+            b"x-openstack-request-id", [self.request_id.encode("ascii")]
+        )
+        self._refused = False
+        self._body_complete = False
+        self._early_chunks: list[bytes] = []
+        self._send_continue = False
+        self._cut_off: Any = None
+
+    # -- deciding, before the body, whether this is an upload ------------
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        if length == 0:
+            return
+        site = self.channel.site
+        # Private: see the module docstring.
+        command: bytes = self.channel._command
+        uri: bytes = self.channel._path
+        path, _, query = uri.partition(b"?")
+        match = site.match_upload(command, path)
+        if match is None:
+            return
+        route, found = match
+        self.method, self.uri, self.path = command, uri, path
+        self.args = parse_qs(query, 1)
+        self.content.close()
+        self.content = _StreamedBody()
+        expect = self.requestHeaders.getRawHeaders(b"expect")
+        if expect and expect[0].lower() == b"100-continue":
+            # Keep HTTPChannel from saying "100 Continue" before we know.
+            self.requestHeaders.removeHeader(b"expect")
+            self._send_continue = self.channel._version == b"HTTP/1.1"
+        self._pause_client()
+        self.upload_started = Deferred()
+        started = Deferred.fromCoroutine(_awaited(route.start(self, found)))
+        started.addCallbacks(self._upload_ready, self._upload_refused)
+
+    def _pause_client(self) -> None:
+        self.transport.pauseProducing()
+
+    def _resume_client(self) -> None:
+        self.transport.resumeProducing()
+
+    def _upload_ready(self, upload: Upload) -> None:
+        self.upload = upload
+        if self._refused or self.channel.transport is None or self._lost:
+            Deferred.fromCoroutine(upload.abort())
+            return
+        if self._send_continue:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        upload.pipeline.registerProducer(self.transport, True)
+        chunks, self._early_chunks = self._early_chunks, []
+        for chunk in chunks:
+            self._deliver(chunk)
+        if not self._refused and not upload.pipeline.paused:
+            self._resume_client()
+        assert self.upload_started is not None
+        self.upload_started.callback(upload)
+
+    def _upload_refused(self, failure: Failure) -> None:
+        error = failure.value
+        if not isinstance(error, GlanceError):
+            log.failure("Upload could not start", failure)
+            error = GlanceError("The upload could not start")
+        self.refuse(error)
+
+    # -- the body ----------------------------------------------------------
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.upload_started is None:
+            super().handleContentChunk(data)
+        elif self._refused:
+            return
+        elif self.upload is None:
+            self._early_chunks.append(data)
+        else:
+            self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        assert self.upload is not None
+        self.content.write(data)
+        try:
+            self.upload.write(data)
+        except GlanceError as error:
+            self.refuse(error)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._body_complete = True
+        super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        if self._refused:
+            # Already answered; the connection is closing.
+            return
+        super().process()
+
+    # -- refusing early, and losing the client -----------------------------
+
+    @property
+    def _lost(self) -> bool:
+        return bool(getattr(self, "_disconnected", False))
+
+    def refuse(self, error: GlanceError) -> None:
+        """
+        Answer now, while the body may still be arriving, and close the
+        connection once the client has seen the answer.
+        """
+        if self._refused:
+            return
+        self._refused = True
+        if self.upload_started is not None and not self.upload_started.called:
+            self.upload_started.errback(error)
+            self.upload_started.addErrback(lambda _: None)
+        if self.upload is None:
+            self._send_refusal(error)
+            return
+        # Answer once the partial data is gone and the image marked failed,
+        # so a client that looks right after the answer sees the truth.
+        aborted = Deferred.fromCoroutine(self.upload.abort(error))
+        aborted.addErrback(lambda f: log.failure("Aborting the upload failed", f))
+        aborted.addCallback(lambda _: self._send_refusal(error))
+
+    def _send_refusal(self, error: GlanceError) -> None:
+        if self._lost:
+            return
+        body = error_document(error.status, error.message)
+        head = [
+            f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            f"x-openstack-request-id: {self.request_id}",
+            "Connection: close",
+        ]
+        self.code = error.status
+        self.sentLength = len(body)
+        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
+        self.channel.site.log_request(self)
+        # Close our side only, so the client can still read the answer while
+        # it stops sending; cut it off if it does not stop.
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.loseWriteConnection()
+            self._resume_client()
+            self._cut_off = self.channel.site.reactor.callLater(
+                REFUSED_BODY_GRACE_SECONDS, self.transport.abortConnection
+            )
+        else:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        if self._cut_off is not None and self._cut_off.active():
+            self._cut_off.cancel()
+        if self.upload is not None and not self._body_complete:
+            Deferred.fromCoroutine(self.upload.abort())
+
+
+async def _awaited(awaitable: Awaitable[Upload]) -> Upload:
+    return await awaitable
+
+
+class GlanceSite(server.Site):
+    """A Site with streaming uploads and one log line per request."""
+
+    requestFactory = StreamingRequest
+
+    def __init__(
+        self, resource: Any, upload_routes: tuple[UploadRoute, ...] = (), **kwargs: Any
+    ) -> None:
+        super().__init__(resource, **kwargs)
+        self.upload_routes = upload_routes
+
+    def match_upload(
+        self, method: bytes, path: bytes
+    ) -> tuple[UploadRoute, re.Match[bytes]] | None:
+        for route in self.upload_routes:
+            if route.method == method.upper():
+                found = route.path.fullmatch(path)
+                if found is not None:
+                    return route, found
+        return None
+
+    def log(self, request: Any) -> None:
+        self.log_request(request)
+
+    def log_request(self, request: Any) -> None:
+        started = getattr(request, "started", None)
+        elapsed = time.monotonic() - started if started is not None else 0.0
+        log.info(
+            '{request_id} {client} "{method} {uri}" {code} {length} {elapsed:.3f}s',
+            request_id=getattr(request, "request_id", "-"),
+            client=request.getClientAddress().host
+            if hasattr(request.getClientAddress(), "host")
+            else "-",
+            method=(request.method or b"-").decode("ascii", "replace"),
+            uri=(request.uri or b"-").decode("ascii", "replace"),
+            code=request.code,
+            length=request.sentLength,
+            elapsed=elapsed,
+        )

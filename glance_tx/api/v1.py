@@ -1,0 +1,378 @@
+"""
+Images API v1: the original ``x-image-meta-*`` header API.
+
+Served under ``/v1/images`` and, as the first Glance did, ``/images``; the
+root resource strips the version prefix, so routes here start at
+``/images``. Uploads with a body stream through L{UploadRoute}s (see
+L{glance_tx.api.site}); the route handlers then only finish them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from attrs import define
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+
+from glance_tx import images, policy
+from glance_tx.api.downloads import check_downloadable, send_data, set_data_headers
+from glance_tx.api.errors import handle_glance_error, handle_routing_error
+from glance_tx.api.site import StreamingRequest, UploadRoute
+from glance_tx.api.v1_meta import (
+    V1Meta,
+    brief_document,
+    image_document,
+    parse_bool,
+    parse_headers,
+    parse_int,
+    set_image_headers,
+)
+from glance_tx.context import RequestContext
+from glance_tx.errors import (
+    BadRequest,
+    Conflict,
+    GlanceError,
+    LengthRequired,
+    RequestEntityTooLarge,
+    UnsupportedMediaType,
+)
+from glance_tx.images import Image, ImageQuery, ImageUpdate
+from glance_tx.registry.interface import IRegistry
+from glance_tx.store.backends import StoreMap
+from glance_tx.uploads import Upload, Uploader
+
+log = Logger()
+
+_V1_FILTERS = ("name", "status", "container_format", "disk_format")
+_V1_INT_FILTERS = ("min_ram", "min_disk")
+_V1_SORT_KEYS = (
+    "id", "name", "status", "disk_format", "container_format", "size",
+    "created_at", "updated_at",
+)
+
+
+def _json(request: IRequest, document: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(document).encode("utf-8")
+
+
+def _arg(request: IRequest, name: str) -> str | None:
+    values = request.args.get(name.encode("utf-8"))
+    return values[-1].decode("utf-8") if values else None
+
+
+@define
+class V1API:
+    """The v1 Klein app. Collaborators are injected; nothing global."""
+
+    registry: IRegistry
+    stores: StoreMap
+    uploader: Uploader
+    default_project: str
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    app = Klein()
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    def upload_routes(self, prefix: bytes = rb"(?:/v1)?") -> tuple[UploadRoute, ...]:
+        """The requests whose bodies are image data, for the site."""
+        return (
+            UploadRoute(b"POST", re.compile(prefix + rb"/images/?"), self._start_create),
+            UploadRoute(
+                b"PUT", re.compile(prefix + rb"/images/([^/]+)"), self._start_update
+            ),
+        )
+
+    # -- helpers ------------------------------------------------------------
+
+    def _context(self, request: IRequest) -> RequestContext:
+        return RequestContext.from_request(request, self.default_project)
+
+    async def _image(self, request: IRequest, image_id: str) -> tuple[RequestContext, Image]:
+        context = self._context(request)
+        image = await self.registry.get(images.validate_image_id(image_id))
+        return context, policy.check_visible(context, image)
+
+    def _base_url(self, request: IRequest) -> str:
+        return str(request.URLPath().click(b"/")).rstrip("/") + "/v1"
+
+    def _check_upload_request(self, request: IRequest, meta: V1Meta) -> int | None:
+        """Refusals that need no lookup: content type, declared sizes."""
+        content_type = request.requestHeaders.getRawHeaders(b"content-type")
+        if content_type and content_type[0].split(b";")[0].strip().lower() != b"application/octet-stream":
+            raise UnsupportedMediaType(
+                "Image data must be sent as application/octet-stream, not "
+                + content_type[0].decode("latin-1")
+            )
+        if meta.location is not None:
+            raise BadRequest(
+                "Send either image data in the body or x-image-meta-location, not both"
+            )
+        cap = self.uploader.size_cap
+        length = request.requestHeaders.getRawHeaders(b"content-length")
+        declared = [meta.size] if meta.size is not None else []
+        if length:
+            declared.append(parse_int("Content-Length", length[0].decode("latin-1")))
+        for size in declared:
+            if size > cap:
+                raise RequestEntityTooLarge(
+                    f"Image size {size} exceeds the limit of {cap} bytes"
+                )
+        if len(declared) == 2 and declared[0] != declared[1]:
+            raise BadRequest(
+                f"x-image-meta-size ({declared[0]}) does not match the "
+                f"Content-Length ({declared[1]})"
+            )
+        return meta.size
+
+    def _new_image(self, context: RequestContext, meta: V1Meta) -> Image:
+        policy.check_publicize(context, meta.core.get("visibility"))
+        core = dict(meta.core)
+        if "owner" in core and core["owner"] != context.project_id and not context.is_admin:
+            raise policy.Forbidden("Only an admin can create an image for another owner")
+        core.setdefault("owner", context.project_id)
+        now = self.clock()
+        image = Image(
+            id=meta.image_id or images.new_image_id(),
+            status=images.QUEUED,
+            created_at=now,
+            updated_at=now,
+            properties=meta.properties,
+            **core,
+        )
+        images.check_image(image)
+        return image
+
+    def _changes(self, context: RequestContext, image: Image, meta: V1Meta, purge: bool) -> ImageUpdate:
+        policy.check_modifiable(context, image)
+        policy.check_publicize(context, meta.core.get("visibility"))
+        if "owner" in meta.core and not context.is_admin:
+            raise policy.Forbidden("Only an admin can change an image's owner")
+        return ImageUpdate(fields=meta.core, properties=meta.properties, purge_properties=purge)
+
+    async def _register_location(self, image: Image, meta: V1Meta, update: ImageUpdate) -> Image:
+        """Make a queued image active with data that already lives elsewhere."""
+        assert meta.location is not None
+        if image.status != images.QUEUED:
+            raise Conflict(f"Image {image.id} is {image.status}; a location can only be set on a queued image")
+        try:
+            size = await self.stores.for_location(meta.location).size(meta.location)
+        except GlanceError as e:
+            raise BadRequest(f"Location cannot be used: {e.message}") from None
+        if meta.size is not None and meta.size != size:
+            raise BadRequest(f"x-image-meta-size ({meta.size}) does not match the data at the location ({size})")
+        fields = {
+            **update.fields,
+            "status": images.ACTIVE,
+            "size": size,
+            "locations": (meta.location,),
+        }
+        if meta.checksum:
+            fields["checksum"] = meta.checksum
+        return await self.registry.update(
+            image.id,
+            ImageUpdate(fields=fields, properties=update.properties, purge_properties=update.purge_properties),
+            expected_status=frozenset({images.QUEUED}),
+        )
+
+    # -- uploads, started before the body arrives ---------------------------
+
+    async def _start_create(self, request: StreamingRequest, match: re.Match[bytes]) -> Upload:
+        context = self._context(request)
+        meta = parse_headers(request.requestHeaders)
+        expected_size = self._check_upload_request(request, meta)
+        image = await self.registry.create(self._new_image(context, meta))
+        return await self.uploader.start(
+            image,
+            store_id=meta.store,
+            expected_size=expected_size,
+            expected_checksum=meta.checksum,
+            failure_status=images.KILLED,
+        )
+
+    async def _start_update(self, request: StreamingRequest, match: re.Match[bytes]) -> Upload:
+        meta = parse_headers(request.requestHeaders)
+        expected_size = self._check_upload_request(request, meta)
+        context, image = await self._image(request, match.group(1).decode("utf-8"))
+        purge = parse_bool("purge-props", _header(request, b"x-glance-registry-purge-props") or "false")
+        changes = self._changes(context, image, meta, purge)
+        return await self.uploader.start(
+            image,
+            store_id=meta.store,
+            expected_size=expected_size,
+            expected_checksum=meta.checksum,
+            failure_status=images.KILLED,
+            changes=changes,
+        )
+
+    # -- routes ---------------------------------------------------------------
+
+    @app.handle_errors(GlanceError)
+    def _glance_error(self, request: IRequest, failure: Any) -> bytes:
+        return handle_glance_error(request, failure)
+
+    @app.handle_errors(HTTPException)
+    def _routing_error(self, request: IRequest, failure: Any) -> bytes:
+        return handle_routing_error(request, failure)
+
+    @app.route("/images", methods=["GET"])
+    async def list_brief(self, request: IRequest) -> bytes:
+        found = await self.registry.list(self._query(request))
+        return _json(request, {"images": [brief_document(i) for i in found]})
+
+    @app.route("/images/detail", methods=["GET", "HEAD"])
+    async def list_detail(self, request: IRequest) -> bytes:
+        found = await self.registry.list(self._query(request))
+        return _json(request, {"images": [image_document(i) for i in found]})
+
+    def _query(self, request: IRequest) -> ImageQuery:
+        context = self._context(request)
+        filters: dict[str, Any] = {}
+        for name in _V1_FILTERS:
+            value = _arg(request, name)
+            if value is not None:
+                filters[name] = value
+        for name in _V1_INT_FILTERS:
+            value = _arg(request, name)
+            if value is not None:
+                filters[name] = parse_int(name, value, images.MAX_INT)
+        visible_to = None if context.is_admin else context.project_id
+        is_public = _arg(request, "is_public")
+        if is_public is None:
+            # Glance v1's default: public images and the caller's own.
+            visible_to = context.project_id
+        elif is_public.lower() != "none":
+            if parse_bool("is_public", is_public):
+                filters["visibility"] = "public"
+            else:
+                filters["visibility"] = frozenset({"private", "shared", "community"})
+        properties = {
+            key.decode("utf-8")[len("property-"):]: values[-1].decode("utf-8")
+            for key, values in request.args.items()
+            if key.startswith(b"property-")
+        }
+        sizes = {}
+        for name in ("size_min", "size_max"):
+            value = _arg(request, name)
+            if value is not None:
+                sizes[name] = parse_int(name, value)
+        sort_key = _arg(request, "sort_key") or "created_at"
+        if sort_key not in _V1_SORT_KEYS:
+            raise BadRequest(f"sort_key must be one of {', '.join(_V1_SORT_KEYS)}")
+        sort_dir = (_arg(request, "sort_dir") or "desc").lower()
+        if sort_dir not in ("asc", "desc"):
+            raise BadRequest("sort_dir must be asc or desc")
+        marker = _arg(request, "marker")
+        limit = _arg(request, "limit")
+        return ImageQuery(
+            filters=filters,
+            properties=properties,
+            sort=((sort_key, sort_dir),),
+            marker=images.validate_image_id(marker) if marker is not None else None,
+            limit=parse_int("limit", limit, images.MAX_LIMIT) if limit is not None else images.DEFAULT_LIMIT,
+            visible_to=visible_to,
+            **sizes,
+        )
+
+    @app.route("/images", methods=["POST"])
+    async def create(self, request: StreamingRequest) -> bytes:
+        if request.upload_started is not None:
+            upload = await request.upload_started
+            image = await upload.finish()
+        else:
+            _check_framed(request)
+            context = self._context(request)
+            meta = parse_headers(request.requestHeaders)
+            image = await self.registry.create(self._new_image(context, meta))
+            if meta.location is not None:
+                try:
+                    image = await self._register_location(image, meta, ImageUpdate())
+                except GlanceError:
+                    await self.registry.update(image.id, ImageUpdate(fields={"status": images.KILLED}))
+                    raise
+        request.setHeader(b"Location", f"{self._base_url(request)}/images/{image.id}".encode())
+        return _json(request, {"image": image_document(image)}, 201)
+
+    @app.route("/images/<image_id>", methods=["PUT"])
+    async def update(self, request: StreamingRequest, image_id: str) -> bytes:
+        if request.upload_started is not None:
+            upload = await request.upload_started
+            image = await upload.finish()
+            return _json(request, {"image": image_document(image)})
+        _check_framed(request)
+        meta = parse_headers(request.requestHeaders)
+        context, image = await self._image(request, image_id)
+        purge = parse_bool("purge-props", _header(request, b"x-glance-registry-purge-props") or "false")
+        changes = self._changes(context, image, meta, purge)
+        if meta.location is not None:
+            image = await self._register_location(image, meta, changes)
+        else:
+            image = await self.registry.update(image.id, changes)
+        return _json(request, {"image": image_document(image)})
+
+    @app.route("/images/<image_id>", methods=["HEAD"])
+    async def show(self, request: IRequest, image_id: str) -> bytes:
+        _, image = await self._image(request, image_id)
+        set_image_headers(request.responseHeaders, image)
+        if image.status == images.ACTIVE:
+            # The same headers a GET of the data would carry.
+            set_data_headers(request, image)
+        else:
+            request.setHeader(b"Content-Type", b"application/octet-stream")
+        return b""
+
+    @app.route("/images/<image_id>", methods=["GET"])
+    async def download(self, request: IRequest, image_id: str) -> None:
+        _, image = await self._image(request, image_id)
+        check_downloadable(image)
+        set_image_headers(request.responseHeaders, image)
+        set_data_headers(request, image)
+        await send_data(request, image, self.stores)
+
+    @app.route("/images/<image_id>", methods=["DELETE"])
+    async def delete(self, request: IRequest, image_id: str) -> bytes:
+        context, image = await self._image(request, image_id)
+        policy.check_deletable(context, image)
+        await self.registry.delete(image.id)
+        for location in image.locations:
+            try:
+                await self.stores.for_location(location).delete(location)
+            except Exception:
+                # The record is gone; the orphan sweep at the next start
+                # removes data a store failed to delete now.
+                log.failure("Could not delete data of image {image_id}", image_id=image.id)
+        request.setResponseCode(200)
+        return b""
+
+
+def _check_framed(request: IRequest) -> None:
+    """
+    A request that says it carries image data but gives neither a
+    Content-Length nor chunked encoding has no body HTTP can find.
+    """
+    headers = request.requestHeaders
+    content_type = headers.getRawHeaders(b"content-type")
+    if (
+        content_type
+        and content_type[0].split(b";")[0].strip().lower() == b"application/octet-stream"
+        and not headers.hasHeader(b"content-length")
+        and not headers.hasHeader(b"transfer-encoding")
+    ):
+        raise LengthRequired(
+            "Image data needs a Content-Length or chunked Transfer-Encoding"
+        )
+
+
+def _header(request: IRequest, name: bytes) -> str | None:
+    values = request.requestHeaders.getRawHeaders(name)
+    return values[-1].decode("utf-8") if values else None

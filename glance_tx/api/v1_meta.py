@@ -1,0 +1,178 @@
+"""
+How Images API v1 spells image metadata: ``x-image-meta-*`` headers on the
+way in and out, and the ``{"image": {...}}`` JSON document.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from attrs import frozen
+from twisted.web.http_headers import Headers
+
+from glance_tx import images
+from glance_tx.errors import BadRequest
+from glance_tx.images import Image
+
+PREFIX = "x-image-meta-"
+PROPERTY_PREFIX = "x-image-meta-property-"
+_BOOLEAN = {"true": True, "1": True, "yes": True, "on": True,
+            "false": False, "0": False, "no": False, "off": False}
+_MD5 = re.compile(r"[0-9a-fA-F]{32}")
+
+#: Headers a client may set; everything else under x-image-meta- that is not
+#: a property is read-only and ignored, as in Glance.
+SETTABLE = frozenset(
+    {
+        "name", "id", "disk_format", "container_format", "size", "checksum",
+        "is_public", "min_ram", "min_disk", "owner", "protected", "location",
+        "store",
+    }
+)
+
+
+def parse_bool(name: str, value: str) -> bool:
+    try:
+        return _BOOLEAN[value.strip().lower()]
+    except KeyError:
+        raise BadRequest(f"x-image-meta-{name} must be true or false, not {value!r}") from None
+
+
+def parse_int(name: str, value: str, maximum: int | None = None) -> int:
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, not {value!r}") from None
+    if number < 0 or (maximum is not None and number > maximum):
+        raise BadRequest(f"{name} must be between 0 and {maximum if maximum is not None else 'any size'}")
+    return number
+
+
+@frozen
+class V1Meta:
+    """What the x-image-meta-* headers of one request ask for."""
+
+    core: dict[str, Any]
+    properties: dict[str, str]
+    location: str | None
+    store: str | None
+    image_id: str | None
+    size: int | None
+    checksum: str | None
+
+
+def parse_headers(headers: Headers) -> V1Meta:
+    """Read and validate every x-image-meta-* header; 400 on a bad value."""
+    raw: dict[str, str] = {}
+    properties: dict[str, str] = {}
+    for name_bytes, values in headers.getAllRawHeaders():
+        name = name_bytes.decode("latin-1").lower()
+        value = values[-1].decode("utf-8", "replace")
+        if name.startswith(PROPERTY_PREFIX):
+            key = name[len(PROPERTY_PREFIX):]
+            properties[key] = value
+        elif name.startswith(PREFIX):
+            key = name[len(PREFIX):].replace("-", "_")
+            if key in SETTABLE:
+                raw[key] = value
+    core: dict[str, Any] = {}
+    if "name" in raw:
+        core["name"] = raw["name"]
+    for key in ("disk_format", "container_format"):
+        if key in raw:
+            core[key] = raw[key].strip().lower() or None
+    images.check_formats(core.get("disk_format"), core.get("container_format"))
+    for key in ("min_ram", "min_disk"):
+        if key in raw:
+            core[key] = parse_int(f"x-image-meta-{key}", raw[key], images.MAX_INT)
+    if "is_public" in raw:
+        core["visibility"] = "public" if parse_bool("is_public", raw["is_public"]) else "shared"
+    if "protected" in raw:
+        core["protected"] = parse_bool("protected", raw["protected"])
+    if "owner" in raw:
+        core["owner"] = raw["owner"].strip() or None
+    size = parse_int("x-image-meta-size", raw["size"]) if "size" in raw else None
+    checksum = raw.get("checksum", "").strip() or None
+    if checksum is not None and not _MD5.fullmatch(checksum):
+        raise BadRequest("x-image-meta-checksum must be an MD5 hex digest")
+    image_id = images.validate_image_id(raw["id"].strip()) if "id" in raw else None
+    for key in properties:
+        if not key or len(key) > images.MAX_PROPERTY_LENGTH:
+            raise BadRequest(f"Invalid property name {key!r}")
+    return V1Meta(
+        core=core,
+        properties=properties,
+        location=raw.get("location", "").strip() or None,
+        store=raw.get("store", "").strip() or None,
+        image_id=image_id,
+        size=size,
+        checksum=checksum.lower() if checksum else None,
+    )
+
+
+def _timestamp(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def image_document(image: Image) -> dict[str, Any]:
+    """The full v1 representation (never the location: it can hold secrets)."""
+    return {
+        "id": image.id,
+        "name": image.name,
+        "status": image.status,
+        "size": image.size,
+        "virtual_size": image.virtual_size,
+        "checksum": image.checksum,
+        "disk_format": image.disk_format,
+        "container_format": image.container_format,
+        "is_public": image.is_public,
+        "min_ram": image.min_ram,
+        "min_disk": image.min_disk,
+        "owner": image.owner,
+        "protected": image.protected,
+        "created_at": _timestamp(image.created_at),
+        "updated_at": _timestamp(image.updated_at),
+        "deleted_at": _timestamp(image.deleted_at),
+        "deleted": image.deleted,
+        "properties": dict(image.properties),
+    }
+
+
+BRIEF_FIELDS = ("id", "name", "disk_format", "container_format", "size", "checksum", "status")
+
+
+def brief_document(image: Image) -> dict[str, Any]:
+    full = image_document(image)
+    return {key: full[key] for key in BRIEF_FIELDS}
+
+
+def _header_value(value: object) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bool):
+        return b"True" if value else b"False"
+    # Header values cannot hold line breaks; a name set through another API
+    # could.
+    return str(value).replace("\r", " ").replace("\n", " ").encode("utf-8")
+
+
+def set_image_headers(headers: Headers, image: Image) -> None:
+    """Describe the image in x-image-meta-* headers, as HEAD and GET do."""
+    document = image_document(image)
+    properties = document.pop("properties")
+    for key, value in document.items():
+        if value is None and key not in ("name",):
+            continue
+        headers.setRawHeaders(
+            (PREFIX + key).encode("ascii"), [_header_value(value)]
+        )
+    for key, value in properties.items():
+        headers.setRawHeaders(
+            (PROPERTY_PREFIX + key).encode("utf-8"), [_header_value(value)]
+        )
+    if image.checksum:
+        headers.setRawHeaders(b"ETag", [f'"{image.checksum}"'.encode("ascii")])

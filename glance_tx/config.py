@@ -1,0 +1,126 @@
+"""
+Configuration: one INI file (Glance's option names where Glance has one),
+overridden by ``twistd`` options, resolved into frozen attrs values.
+
+Every option has a default that works out of the box: SQLite and the
+filesystem store under the data directory, listening on loopback.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Mapping
+
+from attrs import field, frozen
+
+DEFAULT_DATA_DIR = "glance-data"
+DEFAULT_BIND_HOST = "127.0.0.1"
+DEFAULT_BIND_PORT = 9292
+ONE_TIB = 1 << 40
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which option."""
+
+
+@frozen
+class StoreConfig:
+    """One enabled store: its id (the INI section name), type and options."""
+
+    id: str
+    type: str
+    options: Mapping[str, str] = field(factory=dict)
+
+
+@frozen
+class Config:
+    endpoint: str
+    data_dir: str
+    sql_connection: str
+    image_size_cap: int
+    stores: tuple[StoreConfig, ...]
+    default_backend: str
+    default_project: str
+    thread_pool_size: int
+
+    def store(self, store_id: str) -> StoreConfig:
+        for store in self.stores:
+            if store.id == store_id:
+                return store
+        raise ConfigError(f"no enabled backend named {store_id!r}")
+
+
+def _int(section: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = section.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}")
+    return value
+
+
+def load_config(
+    path: str | None = None,
+    *,
+    endpoint: str | None = None,
+    data_dir: str | None = None,
+) -> Config:
+    """
+    Read C{path} (if given) and apply command-line overrides.
+
+    @raise ConfigError: an unreadable file or an invalid value.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                parser.read_file(f)
+        except (OSError, configparser.Error) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
+    default = parser.defaults()
+
+    data_dir = os.path.abspath(data_dir or default.get("data_dir") or DEFAULT_DATA_DIR)
+    if endpoint is None:
+        host = default.get("bind_host", DEFAULT_BIND_HOST)
+        port = _int(default, "bind_port", DEFAULT_BIND_PORT)
+        endpoint = f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+
+    stores = []
+    for entry in default.get("enabled_backends", "file:file").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        store_id, sep, store_type = entry.partition(":")
+        if not sep or not store_id or not store_type:
+            raise ConfigError(f"enabled_backends entry {entry!r} is not id:type")
+        # A section also shows [DEFAULT]'s keys; keep only the store's own.
+        section = parser[store_id] if parser.has_section(store_id) else {}
+        options = {k: v for k, v in section.items() if k not in default}
+        if store_type == "file":
+            options.setdefault(
+                "filesystem_store_datadir", os.path.join(data_dir, "images")
+            )
+        stores.append(StoreConfig(id=store_id, type=store_type, options=options))
+    if not stores:
+        raise ConfigError("enabled_backends names no store")
+    default_backend = default.get("default_backend", stores[0].id)
+    if default_backend not in {s.id for s in stores}:
+        raise ConfigError(f"default_backend {default_backend!r} is not in enabled_backends")
+
+    return Config(
+        endpoint=endpoint,
+        data_dir=data_dir,
+        sql_connection=default.get("sql_connection")
+        or "sqlite:///" + os.path.join(data_dir, "glance.sqlite"),
+        image_size_cap=_int(default, "image_size_cap", ONE_TIB, minimum=1),
+        stores=tuple(stores),
+        default_backend=default_backend,
+        default_project=default.get("default_project", "admin"),
+        thread_pool_size=_int(default, "thread_pool_size", 16, minimum=2),
+    )
+

@@ -1,0 +1,74 @@
+"""
+Typed errors, each carrying the HTTP status it is answered with.
+
+Library code raises these; the API layer maps them to a response in one
+place (``glance_tx.api.errors``), so every refusal has the same JSON shape.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+
+class GlanceError(Exception):
+    """Base class: a refusal with a message meant for the client."""
+
+    status: int = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def title(self) -> str:
+        return HTTPStatus(self.status).phrase
+
+
+class BadRequest(GlanceError):
+    status = HTTPStatus.BAD_REQUEST
+
+
+class Forbidden(GlanceError):
+    status = HTTPStatus.FORBIDDEN
+
+
+class NotFound(GlanceError):
+    status = HTTPStatus.NOT_FOUND
+
+
+class MethodNotAllowed(GlanceError):
+    status = HTTPStatus.METHOD_NOT_ALLOWED
+
+
+class Conflict(GlanceError):
+    status = HTTPStatus.CONFLICT
+
+
+class LengthRequired(GlanceError):
+    status = HTTPStatus.LENGTH_REQUIRED
+
+
+class PreconditionFailed(GlanceError):
+    status = HTTPStatus.PRECONDITION_FAILED
+
+
+class RequestEntityTooLarge(GlanceError):
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class UnsupportedMediaType(GlanceError):
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class RangeNotSatisfiable(GlanceError):
+    status = HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE
+
+
+class ServiceUnavailable(GlanceError):
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class StoreError(GlanceError):
+    """A store failed to read, write or delete; the client sees a 503."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE

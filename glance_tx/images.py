@@ -1,0 +1,281 @@
+"""
+The image record: its fields, statuses, allowed transitions and validation.
+
+Everything here is pure: no I/O, no reactor. The registry stores L{Image}
+values; the APIs translate them to v1 headers or v2 JSON.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from attrs import field, frozen
+
+from glance_tx.errors import BadRequest, Conflict
+
+QUEUED = "queued"
+SAVING = "saving"
+ACTIVE = "active"
+KILLED = "killed"
+DELETED = "deleted"
+PENDING_DELETE = "pending_delete"
+DEACTIVATED = "deactivated"
+UPLOADING = "uploading"
+IMAGE_IMPORTING = "importing"
+
+#: Glance's state machine, plus v1's queued -> killed (an upload refused before
+#: any byte was stored) and saving -> queued (v2 returns a failed upload to
+#: queued).
+TRANSITIONS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        QUEUED: frozenset({SAVING, UPLOADING, IMAGE_IMPORTING, ACTIVE, KILLED, DELETED}),
+        SAVING: frozenset({ACTIVE, KILLED, DELETED, QUEUED}),
+        UPLOADING: frozenset({IMAGE_IMPORTING, QUEUED, DELETED}),
+        IMAGE_IMPORTING: frozenset({ACTIVE, DELETED, QUEUED}),
+        ACTIVE: frozenset({PENDING_DELETE, DELETED, DEACTIVATED}),
+        KILLED: frozenset({DELETED}),
+        PENDING_DELETE: frozenset({DELETED, ACTIVE}),
+        DELETED: frozenset(),
+        DEACTIVATED: frozenset({ACTIVE, DELETED}),
+    }
+)
+STATUSES = frozenset(TRANSITIONS)
+
+#: Statuses a listing leaves out unless asked for explicitly.
+HIDDEN_STATUSES = frozenset({KILLED, DELETED})
+
+DISK_FORMATS = frozenset(
+    {"ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"}
+)
+CONTAINER_FORMATS = frozenset(
+    {"ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"}
+)
+AMAZON_FORMATS = frozenset({"ami", "ari", "aki"})
+VISIBILITIES = frozenset({"public", "community", "shared", "private"})
+
+MAX_NAME_LENGTH = 255
+MAX_PROPERTY_LENGTH = 255
+MAX_INT = 2**31 - 1
+
+#: Core fields an update may set (the registry owns id, created_at, deleted...).
+MUTABLE_FIELDS = frozenset(
+    {
+        "name",
+        "status",
+        "size",
+        "virtual_size",
+        "checksum",
+        "os_hash_algo",
+        "os_hash_value",
+        "disk_format",
+        "container_format",
+        "visibility",
+        "owner",
+        "min_ram",
+        "min_disk",
+        "protected",
+        "os_hidden",
+        "locations",
+    }
+)
+
+
+def _frozen_mapping(value: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(value))
+
+
+@frozen
+class Image:
+    """One image's metadata as the registry holds it."""
+
+    id: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    name: str | None = None
+    size: int | None = None
+    virtual_size: int | None = None
+    checksum: str | None = None
+    os_hash_algo: str | None = None
+    os_hash_value: str | None = None
+    disk_format: str | None = None
+    container_format: str | None = None
+    visibility: str = "shared"
+    owner: str | None = None
+    min_ram: int = 0
+    min_disk: int = 0
+    protected: bool = False
+    os_hidden: bool = False
+    locations: tuple[str, ...] = field(default=(), converter=tuple)
+    properties: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
+    tags: frozenset[str] = field(default=frozenset(), converter=frozenset)
+    deleted_at: datetime | None = None
+    deleted: bool = False
+
+    @property
+    def is_public(self) -> bool:
+        return self.visibility == "public"
+
+
+@frozen
+class ImageUpdate:
+    """
+    A partial change to an image: only what is named here changes.
+
+    C{fields} maps names from L{MUTABLE_FIELDS} to new values. In
+    C{properties} a value of C{None} removes that property; with
+    C{purge_properties} every property not named is removed. C{tags}, when
+    not C{None}, replaces the whole tag set.
+    """
+
+    fields: Mapping[str, Any] = field(factory=dict, converter=_frozen_mapping)
+    properties: Mapping[str, str | None] = field(factory=dict, converter=_frozen_mapping)
+    purge_properties: bool = False
+    tags: frozenset[str] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        unknown = set(self.fields) - MUTABLE_FIELDS
+        if unknown:
+            raise BadRequest(f"Cannot change field(s): {', '.join(sorted(unknown))}")
+
+
+#: Columns a listing can be sorted by.
+SORT_KEYS = frozenset(
+    {
+        "id",
+        "name",
+        "status",
+        "disk_format",
+        "container_format",
+        "size",
+        "created_at",
+        "updated_at",
+        "visibility",
+        "owner",
+        "min_ram",
+        "min_disk",
+    }
+)
+#: Core columns a listing can filter on by equality.
+FILTER_FIELDS = frozenset(
+    {
+        "id",
+        "name",
+        "status",
+        "container_format",
+        "disk_format",
+        "min_ram",
+        "min_disk",
+        "visibility",
+        "owner",
+        "protected",
+        "os_hidden",
+        "checksum",
+    }
+)
+DEFAULT_LIMIT = 25
+MAX_LIMIT = 1000
+
+
+@frozen
+class ImageQuery:
+    """
+    What a listing asks for: equality filters on core fields and properties,
+    a size range, an ordering (the image id always breaks ties), and a page
+    given by C{marker} (the last id of the previous page) and C{limit}.
+
+    C{visible_to} limits the result to public images and those owned by that
+    project; C{None} means no such limit (an admin's view).
+    """
+
+    filters: Mapping[str, Any] = field(factory=dict, converter=_frozen_mapping)
+    properties: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
+    size_min: int | None = None
+    size_max: int | None = None
+    sort: tuple[tuple[str, str], ...] = (("created_at", "desc"),)
+    marker: str | None = None
+    limit: int = DEFAULT_LIMIT
+    exclude_statuses: frozenset[str] = HIDDEN_STATUSES
+    visible_to: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        unknown = set(self.filters) - FILTER_FIELDS
+        if unknown:
+            raise BadRequest(f"Unknown filter(s): {', '.join(sorted(unknown))}")
+        for key, direction in self.sort:
+            if key not in SORT_KEYS:
+                raise BadRequest(f"Invalid sort_key {key!r}")
+            if direction not in ("asc", "desc"):
+                raise BadRequest(f"Invalid sort_dir {direction!r}")
+        if not 0 <= self.limit <= MAX_LIMIT:
+            raise BadRequest(f"limit must be between 0 and {MAX_LIMIT}")
+
+
+def new_image_id() -> str:
+    return str(uuid.uuid4())
+
+
+def validate_image_id(image_id: str) -> str:
+    """Canonical form of an image id, or a 400 when it is not a UUID."""
+    try:
+        return str(uuid.UUID(image_id))
+    except (ValueError, AttributeError, TypeError):
+        raise BadRequest(f"Image id {image_id!r} is not a valid UUID") from None
+
+
+def check_transition(current: str, new: str) -> None:
+    """Refuse a status change Glance's state machine does not allow."""
+    if current != new and new not in TRANSITIONS.get(current, frozenset()):
+        raise Conflict(f"Image status cannot change from {current} to {new}")
+
+
+def check_formats(disk_format: str | None, container_format: str | None) -> None:
+    """Glance's format enums and its rule that ami/ari/aki come in pairs."""
+    if disk_format is not None and disk_format not in DISK_FORMATS:
+        raise BadRequest(
+            f"Invalid disk_format {disk_format!r}; expected one of "
+            + ", ".join(sorted(DISK_FORMATS))
+        )
+    if container_format is not None and container_format not in CONTAINER_FORMATS:
+        raise BadRequest(
+            f"Invalid container_format {container_format!r}; expected one of "
+            + ", ".join(sorted(CONTAINER_FORMATS))
+        )
+    if disk_format in AMAZON_FORMATS or container_format in AMAZON_FORMATS:
+        if (
+            disk_format is not None
+            and container_format is not None
+            and disk_format != container_format
+        ):
+            raise BadRequest(
+                "Invalid mix of disk and container formats: when one is ami, "
+                "ari or aki, the other must be the same"
+            )
+
+
+def check_image(image: Image) -> None:
+    """Validate the record as a whole before it is stored."""
+    if image.status not in STATUSES:
+        raise BadRequest(f"Invalid status {image.status!r}")
+    if image.name is not None and len(image.name) > MAX_NAME_LENGTH:
+        raise BadRequest(f"Image name is longer than {MAX_NAME_LENGTH} characters")
+    if image.visibility not in VISIBILITIES:
+        raise BadRequest(f"Invalid visibility {image.visibility!r}")
+    for name in ("min_ram", "min_disk"):
+        value = getattr(image, name)
+        if not 0 <= value <= MAX_INT:
+            raise BadRequest(f"{name} must be between 0 and {MAX_INT}")
+    for name in ("size", "virtual_size"):
+        value = getattr(image, name)
+        if value is not None and value < 0:
+            raise BadRequest(f"{name} cannot be negative")
+    for key, value in image.properties.items():
+        if not key or len(key) > MAX_PROPERTY_LENGTH:
+            raise BadRequest(f"Invalid property name {key!r}")
+        if not isinstance(value, str):
+            raise BadRequest(f"Property {key!r} must be a string")
+    check_formats(image.disk_format, image.container_format)

@@ -1,0 +1,69 @@
+"""
+The one interface every image registry provides.
+
+The API layer sees only this: whether the records live in SQLite, PostgreSQL
+or behind a separate registry server is the deployment's business. Every
+method returns a L{Deferred} that fires on the reactor thread; providers do
+their blocking work elsewhere.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Interface
+
+
+class IRegistry(Interface):
+    """Stores L{glance_tx.images.Image} records."""
+
+    def create(image):  # type: (Image) -> Deferred[Image]
+        """
+        Store a new image record as given (id, status, timestamps included)
+        and fire with the record as stored.
+
+        Fails with L{glance_tx.errors.Conflict} if an image (even a deleted
+        one) already has that id, and L{glance_tx.errors.BadRequest} if the
+        record does not pass L{glance_tx.images.check_image}.
+        """
+
+    def get(image_id, include_deleted=False):  # type: (str, bool) -> Deferred[Image]
+        """
+        Fire with the image, or fail with L{glance_tx.errors.NotFound}. A
+        deleted image is not found unless C{include_deleted}.
+        """
+
+    def list(query):  # type: (ImageQuery) -> Deferred[list[Image]]
+        """
+        Fire with one page of images matching a L{glance_tx.images.ImageQuery},
+        in its order. Deleted images are never listed. A C{marker} that names
+        no listable image fails with L{glance_tx.errors.BadRequest}.
+        """
+
+    def update(image_id, update, expected_status=None):
+        # type: (str, ImageUpdate, frozenset[str] | None) -> Deferred[Image]
+        """
+        Apply an L{glance_tx.images.ImageUpdate} atomically, bump
+        C{updated_at}, and fire with the new record.
+
+        A status change must be allowed by
+        L{glance_tx.images.check_transition} (else
+        L{glance_tx.errors.Conflict}). With C{expected_status}, the update
+        happens only if the current status is one of those, checked and
+        written in one transaction (else L{glance_tx.errors.Conflict}): this
+        is how two uploads to one image are kept from both starting.
+        """
+
+    def delete(image_id):  # type: (str) -> Deferred[Image]
+        """
+        Mark the image deleted (status C{deleted}, C{deleted=True},
+        C{deleted_at} set, locations cleared) and fire with the record.
+        The row is kept, so the id is never reused.
+        """
+
+    def all_locations():  # type: () -> Deferred[frozenset[str]]
+        """
+        Fire with every location held by an image that is not deleted or
+        killed: what a store may keep when it sweeps out orphaned data.
+        """
+
+    def ping():  # type: () -> Deferred[None]
+        """Fire when the registry answers; fail with the reason when not."""

@@ -1,0 +1,177 @@
+"""
+The registry's tables, as SQLAlchemy Core.
+
+This module describes the schema as the code expects it to be *now*; the
+database is brought to that state by the Alembic revisions under
+C{migrations/versions}, which are frozen copies and never import this module.
+A test compares the two, so they cannot drift apart silently.
+
+Indexes are chosen for keyset pagination: every listing filters on
+C{deleted = false} and orders by one sort key with the id as tiebreak, so
+C{(deleted, key, id)} lets a page deep in a large listing start with an index
+range scan and stop after C{limit} rows.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    literal_column,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeDecorator
+
+#: Property values are unbounded text; the (name, value) index holds only this
+#: many leading characters so that a long value cannot exceed PostgreSQL's
+#: B-tree row size limit. Queries compare the prefix (to use the index) and
+#: then the whole value.
+PROPERTY_VALUE_INDEX_PREFIX = 255
+
+
+def property_value_prefix(value: ColumnElement[str]) -> ColumnElement[str]:
+    """
+    The indexed prefix of a property value. The bounds are literals, not
+    bound parameters, so that a query's expression is textually the index's
+    and the planner (SQLite's in particular) can match them.
+    """
+    return func.substr(
+        value, literal_column("1"), literal_column(str(PROPERTY_VALUE_INDEX_PREFIX))
+    )
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """
+    A timezone-aware UTC datetime on every backend.
+
+    PostgreSQL stores C{timestamp with time zone}; SQLite has no time zone
+    support, so values are stored as naive UTC text (which sorts
+    chronologically) and made aware again when read. Naive datetimes are
+    refused: their meaning depends on the host's clock settings.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"expected a timezone-aware datetime, got {value!r}")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+images = Table(
+    "images",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(255)),
+    Column("status", String(30), nullable=False),
+    Column("size", BigInteger),
+    Column("virtual_size", BigInteger),
+    Column("checksum", String(32)),
+    Column("os_hash_algo", String(64)),
+    Column("os_hash_value", String(128)),
+    Column("disk_format", String(20)),
+    Column("container_format", String(20)),
+    Column("visibility", String(20), nullable=False),
+    Column("owner", String(255)),
+    Column("min_ram", Integer, nullable=False),
+    Column("min_disk", Integer, nullable=False),
+    Column("protected", Boolean, nullable=False),
+    Column("os_hidden", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("deleted_at", UTCDateTime),
+    Column("deleted", Boolean, nullable=False),
+    Index("ix_images_deleted_created_at_id", "deleted", "created_at", "id"),
+    Index("ix_images_deleted_updated_at_id", "deleted", "updated_at", "id"),
+    Index("ix_images_deleted_name_id", "deleted", "name", "id"),
+    Index("ix_images_deleted_status_id", "deleted", "status", "id"),
+    Index("ix_images_deleted_size_id", "deleted", "size", "id"),
+    Index("ix_images_deleted_owner_id", "deleted", "owner", "id"),
+    Index("ix_images_deleted_visibility_id", "deleted", "visibility", "id"),
+    Index("ix_images_checksum", "checksum"),
+)
+
+image_properties = Table(
+    "image_properties",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "image_id",
+        String(36),
+        ForeignKey("images.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", String(255), nullable=False),
+    Column("value", Text, nullable=False),
+    UniqueConstraint("image_id", "name", name="uq_image_properties_image_id_name"),
+)
+Index(
+    "ix_image_properties_name_value",
+    image_properties.c.name,
+    property_value_prefix(image_properties.c.value),
+)
+
+image_locations = Table(
+    "image_locations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "image_id",
+        String(36),
+        ForeignKey("images.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("position", Integer, nullable=False),
+    Column("url", Text, nullable=False),
+    UniqueConstraint(
+        "image_id", "position", name="uq_image_locations_image_id_position"
+    ),
+)
+
+image_tags = Table(
+    "image_tags",
+    metadata,
+    Column(
+        "image_id",
+        String(36),
+        ForeignKey("images.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("value", String(255), primary_key=True),
+)
+
+#: Image columns that the listing code may compare with a marker's value and
+#: that may hold NULL (so keyset conditions must treat NULL explicitly).
+NULLABLE_SORT_COLUMNS = frozenset(
+    column.name for column in images.columns if column.nullable
+)

@@ -1,0 +1,98 @@
+"""
+The interface every image store provides.
+
+It is shaped for streaming: bytes go into a writer as they arrive, with
+backpressure, and come out of C{read} as a producer registered on the
+caller's consumer. Locations are URIs whose scheme names the store
+(C{file:///...}, C{s3://...}, C{swift://...}, C{http://...}).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from attrs import frozen
+from twisted.internet.interfaces import IConsumer
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+
+@frozen
+class StoredData:
+    """Where committed image data now lives, and how many bytes it has."""
+
+    location: str
+    size: int
+
+
+class IStoreWriter(IConsumer):
+    """
+    Receives one image's bytes, in order.
+
+    As an L{IConsumer} it takes the upstream producer through
+    C{registerProducer(producer, streaming=True)} (a pull producer is
+    refused) and pauses it while its own queue of unwritten bytes is above a
+    high watermark, resuming it below a low one. Nothing is visible at the
+    final location until C{commit}. Bytes written after C{abort}, or after a
+    write has failed, are dropped; the failure surfaces at C{commit}.
+    """
+
+    def commit():  # type: () -> Deferred[StoredData]
+        """
+        After the last C{write}: make the data durable (fsync or the remote
+        equivalent), move it to its final location and fire with a
+        L{StoredData}. On failure the partial data is removed.
+        """
+
+    def abort():  # type: () -> Deferred[None]
+        """
+        Give up: remove everything written so far. Safe at any moment, also
+        while writes are queued, and more than once; after C{commit} has
+        fired it does nothing. An abort before the commit has fired wins:
+        the commit then fails with L{glance_tx.errors.StoreError}.
+        """
+
+
+class IStore(Interface):
+    """Keeps image bytes; one provider per kind of storage."""
+
+    scheme = Attribute("The URI scheme of the locations this store owns.")
+
+    def open_writer(image_id):  # type: (str) -> Deferred[IStoreWriter]
+        """Start writing the data of one image."""
+
+    def read(location, consumer, offset=0, length=None):
+        # type: (str, IConsumer, int, int | None) -> Deferred[None]
+        """
+        Write bytes C{[offset, offset + length)} (to the end when C{length}
+        is C{None}) of the data at C{location} to C{consumer}, registering a
+        streaming producer on it so a slow consumer pauses the store. Fires
+        once the last byte is written and the producer unregistered; an
+        offset at or past the end writes nothing. Fails with
+        L{glance_tx.errors.NotFound} (before registering anything) if there
+        is no such data, and with L{glance_tx.errors.BadRequest} for a
+        negative offset or length or a location that is not this store's.
+        If the consumer stops the producer, it fires with C{None} early and
+        does not unregister (twisted.web's request refuses that once its
+        connection is gone).
+        """
+
+    def delete(location):  # type: (str) -> Deferred[None]
+        """Remove the data; data that is already gone is not an error."""
+
+    def size(location):  # type: (str) -> Deferred[int]
+        """Fire with the size in bytes, or fail with NotFound."""
+
+    def locations():  # type: () -> Deferred[frozenset[str]]
+        """Fire with every location this store holds committed data for."""
+
+    def discard_incomplete():  # type: () -> Deferred[int]
+        """
+        Remove data left by writes that never committed or aborted (a crash
+        mid-upload); fire with how many were removed. Run before serving.
+        """
+
+    def ping():  # type: () -> Deferred[None]
+        """Fire when the store can be read and written; fail when not."""

@@ -1,0 +1,160 @@
+"""
+The life of one image-data upload, independent of API version.
+
+C{start} moves a queued image to C{saving} (atomically, so two uploads to one
+image cannot both begin) and opens a store writer. The L{Upload} then takes
+the body; C{finish} records the result and makes the image C{active}, and
+C{abort} removes the partial data and puts the image in its truthful failure
+state: v1 says C{killed}, v2 returns the image to C{queued}.
+"""
+
+from __future__ import annotations
+
+import attrs
+from attrs import define, field
+from twisted.logger import Logger
+
+from glance_tx import images
+from glance_tx.errors import Conflict, GlanceError
+from glance_tx.images import Image, ImageUpdate
+from glance_tx.registry.interface import IRegistry
+from glance_tx.store.backends import StoreMap
+from glance_tx.store.interface import IStore
+from glance_tx.streaming import UploadPipeline
+from glance_tx.threads import BlockingRunner
+
+log = Logger()
+
+
+@define
+class Upload:
+    """One upload in progress; the body's bytes go to C{write}."""
+
+    image: Image
+    pipeline: UploadPipeline
+    registry: IRegistry
+    store: IStore
+    failure_status: str
+    done: bool = field(default=False, init=False)
+
+    def write(self, data: bytes) -> None:
+        self.pipeline.write(data)
+
+    async def finish(self) -> Image:
+        """Check and commit the data, then record it: the image is active."""
+        self.done = True
+        try:
+            result = await self.pipeline.finish()
+        except BaseException:
+            await self._mark_failed()
+            raise
+        try:
+            return await self.registry.update(
+                self.image.id,
+                ImageUpdate(
+                    fields={
+                        "status": images.ACTIVE,
+                        "size": result.size,
+                        "checksum": result.checksum,
+                        "os_hash_algo": result.os_hash_algo,
+                        "os_hash_value": result.os_hash_value,
+                        "locations": (result.location,),
+                    }
+                ),
+                expected_status=frozenset({images.SAVING}),
+            )
+        except BaseException:
+            # The image was deleted (or changed) while uploading: the data
+            # has no owner, so it must not stay.
+            log.warn(
+                "Upload of {image_id} committed but not recorded; removing data",
+                image_id=self.image.id,
+            )
+            await self.store.delete(result.location)
+            raise
+
+    async def abort(self, reason: GlanceError | None = None) -> None:
+        """Remove the partial data and mark the image failed (idempotent)."""
+        if self.done:
+            return
+        self.done = True
+        log.info(
+            "Upload of {image_id} aborted: {reason}",
+            image_id=self.image.id,
+            reason=reason.message if reason else "client went away",
+        )
+        await self.pipeline.abort()
+        await self._mark_failed()
+
+    async def _mark_failed(self) -> None:
+        try:
+            await self.registry.update(
+                self.image.id,
+                ImageUpdate(fields={"status": self.failure_status}),
+                expected_status=frozenset({images.SAVING}),
+            )
+        except GlanceError as e:
+            # Deleted meanwhile, or already failed: nothing more to record.
+            log.info("Image {image_id} not marked failed: {e}", image_id=self.image.id, e=e.message)
+
+
+@define
+class Uploader:
+    """Starts uploads: the one path by which image data enters a store."""
+
+    registry: IRegistry
+    stores: StoreMap
+    runner: BlockingRunner
+    size_cap: int
+
+    async def start(
+        self,
+        image: Image,
+        *,
+        store_id: str | None = None,
+        expected_size: int | None = None,
+        expected_checksum: str | None = None,
+        failure_status: str = images.KILLED,
+        changes: ImageUpdate | None = None,
+    ) -> Upload:
+        """
+        Move C{image} from C{queued} to C{saving} (applying C{changes} in the
+        same step) and open a writer on the chosen store.
+
+        @raise Conflict: the image is not queued (already has data, or
+            another upload has started).
+        """
+        store = self.stores.get(store_id)
+        if image.status != images.QUEUED:
+            raise Conflict(
+                f"Image {image.id} is {image.status}; data can only be uploaded "
+                "to a queued image"
+            )
+        base = changes or ImageUpdate()
+        saving = attrs.evolve(base, fields={**base.fields, "status": images.SAVING})
+        image = await self.registry.update(
+            image.id, saving, expected_status=frozenset({images.QUEUED})
+        )
+        try:
+            writer = await store.open_writer(image.id)
+        except BaseException:
+            await self.registry.update(
+                image.id,
+                ImageUpdate(fields={"status": failure_status}),
+                expected_status=frozenset({images.SAVING}),
+            )
+            raise
+        pipeline = UploadPipeline(
+            writer=writer,
+            runner=self.runner,
+            size_cap=self.size_cap,
+            expected_size=expected_size,
+            expected_checksum=expected_checksum,
+        )
+        return Upload(
+            image=image,
+            pipeline=pipeline,
+            registry=self.registry,
+            store=store,
+            failure_status=failure_status,
+        )

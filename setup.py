@@ -1,0 +1,39 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="glance-tx",
+    version="0.1.0",
+    description="A VM image service (OpenStack Glance APIs) on the Twisted reactor",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["glance_tx", "glance_tx.*"]) + ["twisted.plugins"],
+    package_data={"glance_tx.registry": ["migrations/*.py", "migrations/versions/*.py"]},
+    include_package_data=True,
+    install_requires=[
+        "twisted[tls] >= 24.7, < 27",
+        "klein >= 24.8, < 25",
+        "treq >= 24.9, < 27",
+        "sqlalchemy >= 2.0, < 2.2",
+        "alembic >= 1.13, < 2",
+        "zope.interface >= 6.0",
+        "attrs >= 23.1",
+    ],
+    extras_require={
+        "postgresql": ["psycopg[binary] >= 3.1, < 4"],
+        "test": [
+            "psycopg[binary] >= 3.1, < 4",
+            "sphinx >= 7",
+            "ruff",
+            "mypy",
+            "mypy-zope",
+        ],
+    },
+    entry_points={"console_scripts": []},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+    ],
+)

@@ -1,0 +1,90 @@
+"""
+A whole glance-tx site in memory: SQLite registry, filesystem store in a
+temp dir, blocking work run synchronously, HTTP through real parsing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+from attrs import define
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from glance_tx.api.app import build_site
+from glance_tx.registry.sql import SQLRegistry, open_sql_registry
+from glance_tx.store.backends import StoreMap
+from glance_tx.store.filesystem import FilesystemStore
+from glance_tx.threads import SynchronousRunner
+from tests.memory_http import memory_client
+
+BASE = "http://127.0.0.1:9292"
+
+
+@define
+class Answer:
+    code: int
+    headers: Any
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name.encode("ascii"))
+        return values[0].decode("utf-8") if values else None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class SiteTestCase(SynchronousTestCase):
+    """Builds a fresh site for every test."""
+
+    size_cap = 1 << 40
+
+    def setUp(self) -> None:
+        self.runner = SynchronousRunner()
+        self.registry: SQLRegistry = self.successResultOf(
+            Deferred.fromCoroutine(open_sql_registry("sqlite://", self.runner))
+        )
+        self.addCleanup(lambda: self.successResultOf(self.registry.close()))
+        self.store_root = FilePath(self.mktemp())
+        self.store_root.makedirs()
+        self.store = FilesystemStore(self.store_root.path, self.runner)
+        self.stores = StoreMap({"file": self.store}, "file")
+        self.site = build_site(
+            registry=self.registry,
+            stores=self.stores,
+            runner=self.runner,
+            image_size_cap=self.size_cap,
+            default_project="admin",
+            reactor=MemoryReactorClock(),
+        )
+        self.client, self.agent = memory_client(self.site)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        data: Any = None,
+    ) -> Answer:
+        d = self.client.request(
+            method,
+            BASE + path,
+            headers={k: [v] for k, v in (headers or {}).items()},
+            data=data,
+        )
+        self.agent.flush()
+        response = self.successResultOf(d)
+        body = treq.content(response)
+        self.agent.flush()
+        return Answer(response.code, response.headers, self.successResultOf(body))
+
+    def stored_files(self) -> list[str]:
+        """Every file under the store's root, incoming ones included."""
+        return sorted(
+            p.path for p in self.store_root.walk() if p.isfile()
+        )

@@ -1,0 +1,66 @@
+"""Fakes shared by several test modules."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+T = TypeVar("T")
+
+
+class Pacer(Protocol):
+    """Steps the I/O of a paced store by hand."""
+
+    def pending(self) -> int:
+        """How many I/O steps are waiting to run."""
+
+    def run_one(self) -> None:
+        """Run the oldest waiting step and deliver its result."""
+
+
+@define
+class ManualRunner:
+    """
+    A L{glance_tx.threads.BlockingRunner} that runs nothing until told to:
+    each call waits in a queue until L{run_one} runs it (on the calling
+    thread) and fires its Deferred. Also a L{Pacer}.
+    """
+
+    _calls: deque[
+        tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+    ] = field(factory=deque, init=False)
+
+    def run(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
+        d: Deferred[T] = Deferred()
+        self._calls.append((d, f, args, kwargs))
+        return d
+
+    def pending(self) -> int:
+        return len(self._calls)
+
+    def run_one(self) -> None:
+        d, f, args, kwargs = self._calls.popleft()
+        try:
+            result = f(*args, **kwargs)
+        except BaseException:
+            d.errback(Failure())
+        else:
+            d.callback(result)
+
+    def run_all(self, limit: int = 100_000) -> None:
+        """Run steps, including those they queue, until none is left."""
+        drain(self, limit)
+
+
+def drain(pacer: Pacer, limit: int = 100_000) -> None:
+    """Run the pacer's steps until none is left."""
+    for _ in range(limit):
+        if not pacer.pending():
+            return
+        pacer.run_one()
+    raise AssertionError(f"Still {pacer.pending()} steps pending after {limit}")

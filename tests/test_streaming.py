@@ -1,0 +1,149 @@
+"""The upload pipeline: limits, hashes, backpressure."""
+
+from __future__ import annotations
+
+import hashlib
+
+from attrs import define, field
+from twisted.internet.defer import Deferred, succeed
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from glance_tx.errors import BadRequest, RequestEntityTooLarge
+from glance_tx.store.interface import IStoreWriter, StoredData
+from glance_tx.streaming import UploadPipeline
+from glance_tx.threads import SynchronousRunner
+from tests.fakes import ManualRunner
+
+
+@implementer(IStoreWriter)
+@define
+class RecordingWriter:
+    """An IStoreWriter that keeps what it is given, for inspection."""
+
+    data: list[bytes] = field(factory=list)
+    producer: object = None
+    committed: bool = False
+    aborted: bool = False
+
+    def registerProducer(self, producer, streaming):
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data):
+        self.data.append(data)
+
+    def commit(self):
+        self.committed = True
+        return succeed(StoredData("fake://x", sum(map(len, self.data))))
+
+    def abort(self):
+        self.aborted = True
+        return succeed(None)
+
+
+@define
+class FakeTransport:
+    paused: int = 0
+    resumed: int = 0
+
+    def pauseProducing(self):
+        self.paused += 1
+
+    def resumeProducing(self):
+        self.resumed += 1
+
+    def stopProducing(self):
+        pass
+
+
+class PipelineTests(SynchronousTestCase):
+    def finish(self, pipeline):
+        return Deferred.fromCoroutine(pipeline.finish())
+
+    def test_hashes_and_commit(self) -> None:
+        """Every byte reaches the writer in order; md5 and sha512 are right."""
+        writer = RecordingWriter()
+        pipeline = UploadPipeline(writer, SynchronousRunner(), size_cap=10**9, batch_size=10)
+        chunks = [bytes([i]) * (i + 1) for i in range(50)]
+        for chunk in chunks:
+            pipeline.write(chunk)
+        result = self.successResultOf(self.finish(pipeline))
+        data = b"".join(chunks)
+        self.assertEqual(b"".join(writer.data), data)
+        self.assertTrue(all(len(d) >= 10 for d in writer.data[:-1]))
+        self.assertEqual(result.checksum, hashlib.md5(data).hexdigest())
+        self.assertEqual(result.os_hash_value, hashlib.sha512(data).hexdigest())
+        self.assertEqual(result.size, len(data))
+        self.assertTrue(writer.committed)
+
+    def test_cap(self) -> None:
+        """Passing the size cap raises at once; finishing then aborts."""
+        writer = RecordingWriter()
+        pipeline = UploadPipeline(writer, SynchronousRunner(), size_cap=100)
+        pipeline.write(b"x" * 100)
+        self.assertRaises(RequestEntityTooLarge, pipeline.write, b"x")
+        self.assertRaises(RequestEntityTooLarge, pipeline.write, b"x")
+        self.failureResultOf(self.finish(pipeline), RequestEntityTooLarge)
+        self.assertTrue(writer.aborted)
+        self.assertFalse(writer.committed)
+
+    def test_declared_size(self) -> None:
+        """More than the declared size fails at once; fewer fails at the end."""
+        pipeline = UploadPipeline(RecordingWriter(), SynchronousRunner(), size_cap=1000, expected_size=5)
+        self.assertRaises(BadRequest, pipeline.write, b"123456")
+        writer = RecordingWriter()
+        short = UploadPipeline(writer, SynchronousRunner(), size_cap=1000, expected_size=5)
+        short.write(b"1234")
+        self.failureResultOf(self.finish(short), BadRequest)
+        self.assertTrue(writer.aborted)
+
+    def test_checksum(self) -> None:
+        """A declared checksum must match (case-insensitively)."""
+        good = UploadPipeline(RecordingWriter(), SynchronousRunner(), size_cap=100,
+                              expected_checksum=hashlib.md5(b"abc").hexdigest().upper())
+        good.write(b"abc")
+        self.successResultOf(self.finish(good))
+        writer = RecordingWriter()
+        bad = UploadPipeline(writer, SynchronousRunner(), size_cap=100, expected_checksum="0" * 32)
+        bad.write(b"abc")
+        self.failureResultOf(self.finish(bad), BadRequest)
+        self.assertTrue(writer.aborted)
+
+    def test_hash_backpressure(self) -> None:
+        """Hashing that falls behind pauses the client; catching up resumes."""
+        runner = ManualRunner()
+        transport = FakeTransport()
+        pipeline = UploadPipeline(RecordingWriter(), runner, size_cap=10**9, batch_size=10,
+                                  high_watermark=30, low_watermark=15)
+        pipeline.registerProducer(transport, True)
+        for _ in range(3):
+            pipeline.write(b"x" * 10)
+        self.assertEqual(transport.paused, 0)
+        pipeline.write(b"x" * 10)
+        self.assertEqual(transport.paused, 1)
+        self.assertTrue(pipeline.paused)
+        runner.run_all()
+        self.assertEqual(transport.resumed, 1)
+        self.assertFalse(pipeline.paused)
+
+    def test_store_backpressure(self) -> None:
+        """The writer pausing the pipeline pauses the client; both reasons
+        must clear before it resumes."""
+        writer = RecordingWriter()
+        transport = FakeTransport()
+        runner = ManualRunner()
+        pipeline = UploadPipeline(writer, runner, size_cap=10**9, batch_size=10,
+                                  high_watermark=15, low_watermark=5)
+        pipeline.registerProducer(transport, True)
+        self.assertIs(writer.producer, pipeline)
+        pipeline.pauseProducing()
+        self.assertEqual(transport.paused, 1)
+        pipeline.write(b"x" * 20)  # hash backlog passes the watermark too
+        pipeline.resumeProducing()
+        self.assertEqual(transport.resumed, 0)
+        runner.run_all()
+        self.assertEqual(transport.resumed, 1)
+        self.assertEqual(transport.paused, 1)

@@ -1,0 +1,89 @@
+"""twistd glance: options, config precedence and the service tree."""
+
+from __future__ import annotations
+
+from twisted.application.service import IServiceCollection
+from twisted.python import usage
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from glance_tx.config import ONE_TIB, load_config
+from glance_tx.tap import GlanceService, Options, makeService
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """With no options: loopback 9292, SQLite + filesystem under ./glance-data."""
+        options = Options()
+        options.parseOptions([])
+        config = options.config
+        self.assertEqual(config.endpoint, "tcp:9292:interface=127.0.0.1")
+        self.assertTrue(config.data_dir.endswith("glance-data"))
+        self.assertTrue(config.sql_connection.startswith("sqlite:///"))
+        self.assertEqual(config.image_size_cap, ONE_TIB)
+        self.assertEqual(config.default_backend, "file")
+        self.assertTrue(
+            config.store("file").options["filesystem_store_datadir"].endswith("glance-data/images")
+        )
+
+    def test_config_file_and_command_line(self) -> None:
+        """The INI file sets options; the command line wins over it."""
+        path = FilePath(self.mktemp())
+        path.setContent(
+            b"[DEFAULT]\nbind_port = 9393\nimage_size_cap = 1000\n"
+            b"sql_connection = sqlite:////tmp/x.sqlite\n"
+            b"enabled_backends = fast:file\ndefault_backend = fast\n"
+            b"[fast]\nfilesystem_store_datadir = /srv/images\n"
+        )
+        options = Options()
+        options.parseOptions(["--config", path.path])
+        self.assertEqual(options.config.endpoint, "tcp:9393:interface=127.0.0.1")
+        self.assertEqual(options.config.image_size_cap, 1000)
+        self.assertEqual(options.config.sql_connection, "sqlite:////tmp/x.sqlite")
+        self.assertEqual(
+            options.config.store("fast").options, {"filesystem_store_datadir": "/srv/images"}
+        )
+        options = Options()
+        options.parseOptions(["--config", path.path, "--port", "tcp:1234", "--data-dir", "/d"])
+        self.assertEqual(options.config.endpoint, "tcp:1234")
+        self.assertEqual(options.config.data_dir, "/d")
+
+    def test_bad_config(self) -> None:
+        """Invalid settings are usage errors naming the option."""
+        for content, fragment in [
+            (b"[DEFAULT]\nimage_size_cap = big\n", "image_size_cap"),
+            (b"[DEFAULT]\nenabled_backends = nocolon\n", "enabled_backends"),
+            (b"[DEFAULT]\ndefault_backend = s3\n", "default_backend"),
+        ]:
+            path = FilePath(self.mktemp())
+            path.setContent(content)
+            error = self.assertRaises(usage.UsageError, Options().parseOptions, ["--config", path.path])
+            self.assertIn(fragment, str(error))
+        error = self.assertRaises(usage.UsageError, Options().parseOptions, ["--config", "/nonexistent"])
+        self.assertIn("/nonexistent", str(error))
+
+    def test_help_documents_options(self) -> None:
+        """--help names every option."""
+        text = str(Options())
+        for option in ("--port", "--data-dir", "--config"):
+            self.assertIn(option, text)
+
+
+class ServiceTreeTests(SynchronousTestCase):
+    def test_make_service(self) -> None:
+        """makeService returns the API service, owning a pool of the configured size."""
+        options = Options()
+        options.parseOptions(["--data-dir", self.mktemp(), "--port", "tcp:0"])
+        top = makeService(options)
+        self.assertTrue(IServiceCollection.providedBy(top))
+        children = list(top)
+        self.assertEqual(len(children), 1)
+        self.assertIsInstance(children[0], GlanceService)
+        self.assertEqual(children[0].pool.max, load_config().thread_pool_size)
+
+    def test_plugin(self) -> None:
+        """The twistd plugin is named glance and points at glance_tx.tap."""
+        from twisted.plugins.glance_tx_plugin import glance
+
+        self.assertEqual(glance.tapname, "glance")
+        self.assertEqual(glance.module, "glance_tx.tap")
