@@ -9,14 +9,9 @@ caller's consumer. Locations are URIs whose scheme names the store
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from attrs import frozen
 from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
-
-if TYPE_CHECKING:
-    from twisted.internet.defer import Deferred
 
 
 @frozen
