@@ -8,7 +8,7 @@ values; the APIs translate them to v1 headers or v2 JSON.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -84,8 +84,16 @@ MUTABLE_FIELDS = frozenset(
 )
 
 
-def _frozen_mapping(value: Mapping[str, str]) -> Mapping[str, str]:
+def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
+
+
+def _string_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _string_set(value: Iterable[str]) -> frozenset[str]:
+    return frozenset(value)
 
 
 @frozen
@@ -110,9 +118,9 @@ class Image:
     min_disk: int = 0
     protected: bool = False
     os_hidden: bool = False
-    locations: tuple[str, ...] = field(default=(), converter=tuple)
+    locations: tuple[str, ...] = field(default=(), converter=_string_tuple)
     properties: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
-    tags: frozenset[str] = field(default=frozenset(), converter=frozenset)
+    tags: frozenset[str] = field(default=frozenset(), converter=_string_set)
     deleted_at: datetime | None = None
     deleted: bool = False
 
@@ -189,7 +197,9 @@ class ImageQuery:
     given by C{marker} (the last id of the previous page) and C{limit}.
 
     C{visible_to} limits the result to public images and those owned by that
-    project; C{None} means no such limit (an admin's view).
+    project; C{None} means no such limit (an admin's view). A filter value
+    that is a frozenset matches any of its members. A C{status} filter
+    overrides C{exclude_statuses}: asking for killed images lists them.
     """
 
     filters: Mapping[str, Any] = field(factory=dict, converter=_frozen_mapping)

@@ -15,11 +15,11 @@ pause has gone.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, cast
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, DeferredLock, gatherResults, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from zope.interface import implementer
 
 from glance_tx.errors import BadRequest, GlanceError, RequestEntityTooLarge
@@ -92,10 +92,10 @@ class UploadPipeline:
         self.writer.registerProducer(self, True)
 
     # IConsumer: the client's transport registers here.
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        self._upstream = producer
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self._upstream = cast(IPushProducer, producer)
         if self._pause_reasons:
-            producer.pauseProducing()
+            self._upstream.pauseProducing()
 
     def unregisterProducer(self) -> None:
         self._upstream = None

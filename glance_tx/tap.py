@@ -14,7 +14,7 @@ This is the only module that touches the global reactor.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from attrs import define, field
 from twisted.application.service import IService, MultiService, Service
@@ -110,7 +110,7 @@ class GlanceService(Service):
     async def _stop(self) -> None:
         try:
             if self._port is not None:
-                await self._port.stopListening()
+                await cast("Deferred[None]", self._port.stopListening())
             if self._registry is not None:
                 await self._registry.close()
         finally:

@@ -163,7 +163,9 @@ class RegistryConformanceMixin(_Base):
         self.fail("pagination did not end")
 
     async def ids(self, registry: Any, **query: Any) -> list[str]:
-        return [image.id for image in await registry.list(ImageQuery(limit=1000, **query))]
+        return [
+            image.id for image in await registry.list(ImageQuery(limit=1000, **query))
+        ]
 
     # -- the interface ---------------------------------------------------------
 
@@ -321,7 +323,9 @@ class RegistryConformanceMixin(_Base):
         )
         updated = await registry.update(
             image.id,
-            ImageUpdate(properties={"change": "two", "drop": None, "add": "4", "nope": None}),
+            ImageUpdate(
+                properties={"change": "two", "drop": None, "add": "4", "nope": None}
+            ),
         )
         expected = {"keep": "1", "change": "two", "add": "4"}
         self.assertEqual(dict(updated.properties), expected)
@@ -335,7 +339,9 @@ class RegistryConformanceMixin(_Base):
         )
         updated = await registry.update(
             image.id,
-            ImageUpdate(properties={"a": "one", "b": None, "d": "4"}, purge_properties=True),
+            ImageUpdate(
+                properties={"a": "one", "b": None, "d": "4"}, purge_properties=True
+            ),
         )
         self.assertEqual(dict(updated.properties), {"a": "one", "d": "4"})
         self.assertEqual(await registry.get(image.id), updated)
@@ -346,7 +352,9 @@ class RegistryConformanceMixin(_Base):
         image = await registry.create(make_image(tags={"a", "b"}))
         kept = await registry.update(image.id, ImageUpdate(fields={"name": "x"}))
         self.assertEqual(kept.tags, frozenset({"a", "b"}))
-        replaced = await registry.update(image.id, ImageUpdate(tags=frozenset({"b", "c"})))
+        replaced = await registry.update(
+            image.id, ImageUpdate(tags=frozenset({"b", "c"}))
+        )
         self.assertEqual(replaced.tags, frozenset({"b", "c"}))
         cleared = await registry.update(image.id, ImageUpdate(tags=frozenset()))
         self.assertEqual((await registry.get(image.id)).tags, frozenset())
@@ -368,7 +376,9 @@ class RegistryConformanceMixin(_Base):
         """Status changes the state machine allows are applied in turn."""
         image = await registry.create(make_image(status=QUEUED))
         for status in (UPLOADING, IMAGE_IMPORTING, ACTIVE, DEACTIVATED, ACTIVE):
-            updated = await registry.update(image.id, ImageUpdate(fields={"status": status}))
+            updated = await registry.update(
+                image.id, ImageUpdate(fields={"status": status})
+            )
             self.assertEqual(updated.status, status)
 
     @conformance
@@ -376,7 +386,9 @@ class RegistryConformanceMixin(_Base):
         """A status change the state machine forbids is a Conflict; nothing changes."""
         image = await registry.create(make_image(status=ACTIVE, name="same"))
         await self.assertFails(
-            registry.update(image.id, ImageUpdate(fields={"status": QUEUED, "name": "x"})),
+            registry.update(
+                image.id, ImageUpdate(fields={"status": QUEUED, "name": "x"})
+            ),
             Conflict,
         )
         killed = await registry.create(make_image(status=KILLED))
@@ -469,8 +481,12 @@ class RegistryConformanceMixin(_Base):
         An update to status deleted leaves the record as delete would: marked
         deleted, locations cleared, no longer found or listed.
         """
-        image = await registry.create(make_image(status=ACTIVE, locations=("file:///a",)))
-        updated = await registry.update(image.id, ImageUpdate(fields={"status": DELETED}))
+        image = await registry.create(
+            make_image(status=ACTIVE, locations=("file:///a",))
+        )
+        updated = await registry.update(
+            image.id, ImageUpdate(fields={"status": DELETED})
+        )
         self.assertTrue(updated.deleted)
         self.assertIsNotNone(updated.deleted_at)
         self.assertEqual(updated.locations, ())
@@ -500,7 +516,9 @@ class RegistryConformanceMixin(_Base):
         await self.assertFails(registry.get(image.id), NotFound)
         self.assertEqual(await registry.get(image.id, include_deleted=True), deleted)
         self.assertEqual(
-            await self.ids(registry, exclude_statuses=frozenset(), filters={"status": DELETED}),
+            await self.ids(
+                registry, exclude_statuses=frozenset(), filters={"status": DELETED}
+            ),
             [],
         )
         self.assertEqual(await self.ids(registry, exclude_statuses=frozenset()), [])
@@ -525,9 +543,13 @@ class RegistryConformanceMixin(_Base):
         await registry.create(
             make_image(status=ACTIVE, locations=("file:///a1", "file:///a2"))
         )
-        await registry.create(make_image(status=PENDING_DELETE, locations=("file:///p",)))
+        await registry.create(
+            make_image(status=PENDING_DELETE, locations=("file:///p",))
+        )
         await registry.create(make_image(status=KILLED, locations=("file:///k",)))
-        gone = await registry.create(make_image(status=ACTIVE, locations=("file:///d",)))
+        gone = await registry.create(
+            make_image(status=ACTIVE, locations=("file:///d",))
+        )
         await registry.delete(gone.id)
         self.assertEqual(
             await registry.all_locations(),
@@ -595,8 +617,21 @@ class RegistryConformanceMixin(_Base):
         c = make_image(name="y", disk_format="raw")
         await self.create_all(registry, [a, b, c])
         self.assertEqual(
-            await self.ids(registry, filters={"name": "x", "disk_format": "raw"}), [a.id]
+            await self.ids(registry, filters={"name": "x", "disk_format": "raw"}),
+            [a.id],
         )
+
+    @conformance
+    async def test_list_filter_any_of(self, registry: Any) -> None:
+        """A frozenset filter value matches any of its members."""
+        public = make_image(visibility="public")
+        private = make_image(visibility="private")
+        shared = make_image(visibility="shared")
+        await self.create_all(registry, [public, private, shared])
+        found = await self.ids(
+            registry, filters={"visibility": frozenset({"private", "shared"})}
+        )
+        self.assertEqual(sorted(found), sorted([private.id, shared.id]))
 
     @conformance
     async def test_list_hides_killed_unless_asked(self, registry: Any) -> None:
@@ -610,9 +645,12 @@ class RegistryConformanceMixin(_Base):
         await self.create_all(registry, [killed, queued])
         self.assertEqual(await self.ids(registry), [queued.id])
         self.assertEqual(
-            await self.ids(registry, exclude_statuses=frozenset()), [queued.id, killed.id]
+            await self.ids(registry, exclude_statuses=frozenset()),
+            [queued.id, killed.id],
         )
-        self.assertEqual(await self.ids(registry, filters={"status": KILLED}), [killed.id])
+        self.assertEqual(
+            await self.ids(registry, filters={"status": KILLED}), [killed.id]
+        )
         self.assertEqual(
             await self.ids(registry, exclude_statuses=frozenset({QUEUED})), [killed.id]
         )
@@ -631,15 +669,22 @@ class RegistryConformanceMixin(_Base):
         e = make_image(properties={"note": long + "2"})
         await self.create_all(registry, [a, b, c, d, e])
         self.assertEqual(
-            set(await self.ids(registry, properties={"os_distro": "ubuntu"})), {a.id, b.id}
+            set(await self.ids(registry, properties={"os_distro": "ubuntu"})),
+            {a.id, b.id},
         )
         self.assertEqual(
-            await self.ids(registry, properties={"os_distro": "ubuntu", "arch": "x86_64"}),
+            await self.ids(
+                registry, properties={"os_distro": "ubuntu", "arch": "x86_64"}
+            ),
             [a.id],
         )
-        self.assertEqual(await self.ids(registry, properties={"os_distro": "fedora"}), [])
+        self.assertEqual(
+            await self.ids(registry, properties={"os_distro": "fedora"}), []
+        )
         self.assertEqual(await self.ids(registry, properties={"missing": "x"}), [])
-        self.assertEqual(await self.ids(registry, properties={"note": long + "2"}), [e.id])
+        self.assertEqual(
+            await self.ids(registry, properties={"note": long + "2"}), [e.id]
+        )
         self.assertEqual(await self.ids(registry, properties={"note": long}), [])
 
     @conformance
@@ -651,8 +696,12 @@ class RegistryConformanceMixin(_Base):
         self.assertEqual(
             set(await self.ids(registry, size_min=5)), {sizes[5].id, sizes[10].id}
         )
-        self.assertEqual(set(await self.ids(registry, size_max=5)), {sizes[1].id, sizes[5].id})
-        self.assertEqual(await self.ids(registry, size_min=5, size_max=5), [sizes[5].id])
+        self.assertEqual(
+            set(await self.ids(registry, size_max=5)), {sizes[1].id, sizes[5].id}
+        )
+        self.assertEqual(
+            await self.ids(registry, size_min=5, size_max=5), [sizes[5].id]
+        )
         self.assertEqual(await self.ids(registry, size_min=11), [])
         self.assertEqual(len(await self.ids(registry)), 4)
 
@@ -666,10 +715,13 @@ class RegistryConformanceMixin(_Base):
         own_private = make_image(visibility="private", owner="mine")
         own_shared = make_image(visibility="shared", owner="mine")
         others = [
-            make_image(visibility=v, owner="other") for v in ("private", "shared", "community")
+            make_image(visibility=v, owner="other")
+            for v in ("private", "shared", "community")
         ]
         unowned = make_image(visibility="private", owner=None)
-        await self.create_all(registry, [public, own_private, own_shared, *others, unowned])
+        await self.create_all(
+            registry, [public, own_private, own_shared, *others, unowned]
+        )
         self.assertEqual(
             set(await self.ids(registry, visible_to="mine")),
             {public.id, own_private.id, own_shared.id},
@@ -700,7 +752,16 @@ class RegistryConformanceMixin(_Base):
         NULL for some, so that ties and NULL placement are exercised.
         """
         names = ["b", None, "a", "b", None, "c", "a", "b", None, "a"]
-        statuses = [QUEUED, ACTIVE, SAVING, ACTIVE, UPLOADING, ACTIVE, DEACTIVATED, QUEUED]
+        statuses = [
+            QUEUED,
+            ACTIVE,
+            SAVING,
+            ACTIVE,
+            UPLOADING,
+            ACTIVE,
+            DEACTIVATED,
+            QUEUED,
+        ]
         visibilities = ["public", "private", "shared", "community"]
         images = []
         for n, name in enumerate(names):
@@ -838,7 +899,8 @@ class RegistryConformanceMixin(_Base):
             (hidden.id, "mine"),
         ):
             error = await self.assertFails(
-                registry.list(ImageQuery(marker=marker, visible_to=visible_to)), BadRequest
+                registry.list(ImageQuery(marker=marker, visible_to=visible_to)),
+                BadRequest,
             )
             self.assertIn("marker", error.message.lower())
         self.assertEqual(await registry.list(ImageQuery(marker=hidden.id)), [])
@@ -847,7 +909,8 @@ class RegistryConformanceMixin(_Base):
     async def test_list_sort_by_updated_at_follows_updates(self, registry: Any) -> None:
         """An updated image moves to the front of an updated_at desc listing."""
         images = await self.create_all(
-            registry, [make_image(updated_at=T0 + timedelta(seconds=n)) for n in range(3)]
+            registry,
+            [make_image(updated_at=T0 + timedelta(seconds=n)) for n in range(3)],
         )
         await registry.update(images[0].id, ImageUpdate(fields={"name": "touched"}))
         self.assertEqual(

@@ -341,6 +341,7 @@ class ListTests(ErrorShapeMixin, SiteTestCase):
         self.assertEqual(self.names("?status=queued"), ["queued-one"])
         self.assertEqual(sorted(self.names("?size_min=20&size_max=30")), ["b", "c"])
         self.assertEqual(sorted(self.names("?is_public=true")), ["a", "c"])
+        self.assertEqual(sorted(self.names("?is_public=false")), ["b", "d", "queued-one"])
         self.assertEqual(self.names("?property-tier=D"), ["d"])
         self.assertEqual(sorted(self.names("?container_format=bare&disk_format=iso")), ["d"])
 

@@ -85,3 +85,11 @@ class ToolChecks(SynchronousTestCase):
         self.require("ruff")
         paths = [p for p in LINTED if (ROOT / p).exists()]
         self.run_tool("-m", "ruff", "check", "--no-cache", "--quiet", *paths)
+
+    def test_mypy_is_clean(self) -> None:
+        """
+        C{mypy} (with the mypy-zope plugin, configured in C{pyproject.toml})
+        finds no type error in the package.
+        """
+        self.require("mypy")
+        self.run_tool("-m", "mypy", "--no-incremental", "glance_tx")

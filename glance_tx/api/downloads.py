@@ -8,7 +8,9 @@ the store and memory stays flat whatever the image size.
 from __future__ import annotations
 
 import base64
+from typing import cast
 
+from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -45,4 +47,5 @@ async def send_data(request: IRequest, image: Image, stores: StoreMap) -> None:
     if not image.size or not image.locations or request.method == b"HEAD":
         return
     location = image.locations[0]
-    await stores.for_location(location).read(location, request, 0, image.size)
+    consumer = cast(IConsumer, request)  # a twisted.web Request is one
+    await stores.for_location(location).read(location, consumer, 0, image.size)

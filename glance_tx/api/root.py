@@ -72,7 +72,7 @@ class RootAPI:
         checks = [self.registry.ping()] + [s.ping() for s in self.stores.stores.values()]
         results = await DeferredList(checks, consumeErrors=True)
         report = {
-            name: "ok" if ok else str(getattr(result.value, "message", result.value))
+            name: "ok" if ok else str(getattr(result, "value", result))
             for name, (ok, result) in zip(names, results, strict=True)
         }
         healthy = all(ok for ok, _ in results)

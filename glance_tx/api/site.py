@@ -96,6 +96,11 @@ class StreamingRequest(server.Request):
 
     upload: Upload | None = None
     upload_started: Deferred[Upload] | None = None
+    # twisted.web types these loosely (HTTPChannel has no .site; transports
+    # may be None); ours always have them while a request is live.
+    channel: Any
+    transport: Any
+    content: Any
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -126,7 +131,7 @@ class StreamingRequest(server.Request):
             return
         route, found = match
         self.method, self.uri, self.path = command, uri, path
-        self.args = parse_qs(query, 1)
+        self.args = parse_qs(query, True)
         self.content.close()
         self.content = _StreamedBody()
         expect = self.requestHeaders.getRawHeaders(b"expect")

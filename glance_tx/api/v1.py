@@ -261,7 +261,7 @@ class V1API:
             for key, values in request.args.items()
             if key.startswith(b"property-")
         }
-        sizes = {}
+        sizes: dict[str, int] = {}
         for name in ("size_min", "size_max"):
             value = _arg(request, name)
             if value is not None:
@@ -281,7 +281,8 @@ class V1API:
             marker=images.validate_image_id(marker) if marker is not None else None,
             limit=parse_int("limit", limit, images.MAX_LIMIT) if limit is not None else images.DEFAULT_LIMIT,
             visible_to=visible_to,
-            **sizes,
+            size_min=sizes.get("size_min"),
+            size_max=sizes.get("size_max"),
         )
 
     @app.route("/images", methods=["POST"])

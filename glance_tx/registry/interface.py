@@ -9,13 +9,18 @@ their blocking work elsewhere.
 
 from __future__ import annotations
 
+import builtins
+
+from twisted.internet.defer import Deferred
 from zope.interface import Interface
+
+from glance_tx.images import Image, ImageQuery, ImageUpdate
 
 
 class IRegistry(Interface):
     """Stores L{glance_tx.images.Image} records."""
 
-    def create(image):  # type: (Image) -> Deferred[Image]
+    def create(image: Image) -> Deferred[Image]:
         """
         Store a new image record as given (id, status, timestamps included)
         and fire with the record as stored.
@@ -25,21 +30,24 @@ class IRegistry(Interface):
         record does not pass L{glance_tx.images.check_image}.
         """
 
-    def get(image_id, include_deleted=False):  # type: (str, bool) -> Deferred[Image]
+    def get(image_id: str, include_deleted: bool = False) -> Deferred[Image]:
         """
         Fire with the image, or fail with L{glance_tx.errors.NotFound}. A
         deleted image is not found unless C{include_deleted}.
         """
 
-    def list(query):  # type: (ImageQuery) -> Deferred[list[Image]]
+    def list(query: ImageQuery) -> Deferred[builtins.list[Image]]:
         """
         Fire with one page of images matching a L{glance_tx.images.ImageQuery},
         in its order. Deleted images are never listed. A C{marker} that names
         no listable image fails with L{glance_tx.errors.BadRequest}.
         """
 
-    def update(image_id, update, expected_status=None):
-        # type: (str, ImageUpdate, frozenset[str] | None) -> Deferred[Image]
+    def update(
+        image_id: str,
+        update: ImageUpdate,
+        expected_status: frozenset[str] | None = None,
+    ) -> Deferred[Image]:
         """
         Apply an L{glance_tx.images.ImageUpdate} atomically, bump
         C{updated_at}, and fire with the new record.
@@ -52,18 +60,18 @@ class IRegistry(Interface):
         is how two uploads to one image are kept from both starting.
         """
 
-    def delete(image_id):  # type: (str) -> Deferred[Image]
+    def delete(image_id: str) -> Deferred[Image]:
         """
         Mark the image deleted (status C{deleted}, C{deleted=True},
         C{deleted_at} set, locations cleared) and fire with the record.
         The row is kept, so the id is never reused.
         """
 
-    def all_locations():  # type: () -> Deferred[frozenset[str]]
+    def all_locations() -> Deferred[frozenset[str]]:
         """
         Fire with every location held by an image that is not deleted or
         killed: what a store may keep when it sweeps out orphaned data.
         """
 
-    def ping():  # type: () -> Deferred[None]
+    def ping() -> Deferred[None]:
         """Fire when the registry answers; fail with the reason when not."""

@@ -169,9 +169,3 @@ image_tags = Table(
     ),
     Column("value", String(255), primary_key=True),
 )
-
-#: Image columns that the listing code may compare with a marker's value and
-#: that may hold NULL (so keyset conditions must treat NULL explicitly).
-NULLABLE_SORT_COLUMNS = frozenset(
-    column.name for column in images.columns if column.nullable
-)

@@ -60,6 +60,7 @@ from glance_tx.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from glance_tx.images import (
     DELETED,
     KILLED,
+    STATUSES,
     Image,
     ImageQuery,
     ImageUpdate,
@@ -246,7 +247,12 @@ _BOOLEAN_FIELDS = frozenset(
     column.name for column in images.columns if isinstance(column.type, Boolean)
 )
 _DATETIME_FIELDS = frozenset({"created_at", "updated_at", "deleted_at"})
-_TAG_LENGTH = image_tags.c.value.type.length
+_LENGTHS: dict[str, int] = {
+    column.name: column.type.length
+    for column in images.columns
+    if isinstance(column.type, String) and column.type.length is not None
+}
+_TAG_LENGTH: int = image_tags.c.value.type.length  # type: ignore[attr-defined]
 
 
 def _check_record(image: Image) -> None:
@@ -278,7 +284,7 @@ def _check_record(image: Image) -> None:
         elif name in _STRING_FIELDS:
             if not isinstance(value, str):
                 raise BadRequest(f"{name} must be a string")
-            length = images.c[name].type.length
+            length = _LENGTHS.get(name)
             if length is not None and len(value) > length:
                 raise BadRequest(f"{name} is longer than {length} characters")
     for url in image.locations:
@@ -330,9 +336,9 @@ class _SortKey:
 
     def order_by(self, leading: bool) -> ColumnElement[Any]:
         """
-        The ORDER BY term. The leading key's NULLs are listed by a separate
-        query (see L{_Segment}), so it has no NULLS clause and any plain
-        B-tree index serves it in either direction.
+        The ORDER BY term. The leading key's NULLs are read by a query of
+        their own (see L{_segments}), so it needs no NULLS clause, and a
+        plain B-tree index serves it in either direction.
         """
         term = self.column.desc() if self.descending else self.column.asc()
         if self.nullable and not leading:
@@ -343,6 +349,13 @@ class _SortKey:
         if value is None:
             return self.column.is_(None)
         return self.column == value
+
+    def from_(self, value: Any) -> ColumnElement[bool]:
+        """
+        Non-NULL rows at or after the non-NULL C{value}: the start of an
+        index range.
+        """
+        return self.column <= value if self.descending else self.column >= value
 
     def after(self, value: Any, nullable: bool) -> ColumnElement[bool]:
         """Rows strictly after C{value} in this key's order (NULL smallest)."""
@@ -376,15 +389,17 @@ def _sort_keys(sort: Sequence[tuple[str, str]]) -> builtins.list[_SortKey]:
 
 
 def _keyset_after(
-    keys: Sequence[_SortKey], values: Sequence[Any], leading_nullable: bool
+    keys: Sequence[_SortKey], values: Sequence[Any], lead_nullable: bool
 ) -> ColumnElement[bool]:
     """
     The lexicographic "row comes after C{values}" condition for mixed
-    directions: (k1 after v1) or (k1 = v1 and k2 after v2) or ...
+    directions: (k1 after v1) or (k1 = v1 and k2 after v2) or ... A row
+    comparison C{(k1, k2) > (v1, v2)} cannot express mixed directions or
+    NULLs. C{lead_nullable} is false where the first key is known not NULL.
     """
     alternatives = []
     for index, key in enumerate(keys):
-        nullable = key.nullable if index else leading_nullable
+        nullable = key.nullable if index else lead_nullable
         equal_so_far = [keys[j].equal(values[j]) for j in range(index)]
         alternatives.append(and_(*equal_so_far, key.after(values[index], nullable)))
     return or_(*alternatives)
@@ -406,10 +421,11 @@ def _segments(
     if not lead.nullable:
         if marker is None:
             return [true()]
-        bound = (
-            lead.column <= marker[0] if lead.descending else lead.column >= marker[0]
-        )
-        return [and_(bound, _keyset_after(keys, marker, leading_nullable=False))]
+        return [
+            and_(
+                lead.from_(marker[0]), _keyset_after(keys, marker, lead_nullable=False)
+            )
+        ]
 
     nulls_first = not lead.descending
     order = [True, False] if nulls_first else [False, True]
@@ -424,17 +440,15 @@ def _segments(
             conditions.append(
                 and_(
                     lead.column.is_(None),
-                    _keyset_after(keys[1:], marker[1:], keys[1].nullable),
+                    _keyset_after(keys[1:], marker[1:], lead_nullable=keys[1].nullable),
                 )
             )
         else:
-            bound = (
-                lead.column <= marker[0]
-                if lead.descending
-                else lead.column >= marker[0]
-            )
             conditions.append(
-                and_(bound, _keyset_after(keys, marker, leading_nullable=False))
+                and_(
+                    lead.from_(marker[0]),
+                    _keyset_after(keys, marker, lead_nullable=False),
+                )
             )
     return conditions
 
@@ -460,6 +474,9 @@ class SQLRegistry:
     engine: Engine
     runner: BlockingRunner
     now: Callable[[], datetime] = _utcnow
+    #: On SQLite, a property filter whose value at most this many images
+    #: hold is served from the property index (see L{_property_condition}).
+    rare_property_images: int = 1000
     _lock: AbstractContextManager[Any] = field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -527,10 +544,10 @@ class SQLRegistry:
     def _create(self, image: Image) -> Image:
         _check_record(image)
         with self._write() as connection:
-            exists = connection.execute(
+            taken = connection.execute(
                 select(images.c.id).where(images.c.id == image.id)
             ).first()
-            if exists is not None:
+            if taken is not None:
                 raise Conflict(f"An image with ID {image.id} already exists")
             try:
                 connection.execute(
@@ -578,7 +595,7 @@ class SQLRegistry:
                 if found is None:
                     raise BadRequest(f"Invalid marker: image {query.marker} not found")
                 marker = tuple(found)
-            conditions = _filters(connection, query, visible)
+            conditions = _filters(connection, query, visible, self.rare_property_images)
             order_by = [
                 key.order_by(leading=index == 0) for index, key in enumerate(keys)
             ]
@@ -612,6 +629,8 @@ class SQLRegistry:
                 )
             fields = dict(change.fields)
             if "status" in fields:
+                if fields["status"] not in STATUSES:
+                    raise BadRequest(f"Invalid status {fields['status']!r}")
                 check_transition(current.status, fields["status"])
             if isinstance(fields.get("locations"), str | bytes):
                 raise BadRequest("locations must be a list of URLs")
@@ -708,10 +727,17 @@ def _transaction(engine: Engine, write: bool) -> Iterator[Connection]:
     """
     A connection in one transaction: committed on success, rolled back on
     any exception (including the typed refusals raised inside it).
+
+    On PostgreSQL, reads are REPEATABLE READ: a listing's queries (marker,
+    the NULL and non-NULL ranges, the children) then see one snapshot, so
+    an image renamed meanwhile cannot appear twice on a page. Writes stay
+    READ COMMITTED and lock the row they change (SELECT ... FOR UPDATE).
     """
     with engine.connect() as connection:
         if write:
             connection.execution_options(**{_SQLITE_WRITE: True})
+        elif connection.dialect.name == "postgresql":
+            connection.execution_options(isolation_level="REPEATABLE READ")
         with connection.begin():
             yield connection
 
@@ -722,13 +748,8 @@ def _visibility(project: str | None) -> ColumnElement[bool]:
     return or_(images.c.visibility == "public", images.c.owner == project)
 
 
-#: A property value held by at most this many images is "rare" (see
-#: L{_property_condition}).
-_RARE_PROPERTY = 1000
-
-
 def _property_condition(
-    connection: Connection, name: str, value: str
+    connection: Connection, name: str, value: str, rare: int
 ) -> ColumnElement[bool]:
     """
     The condition "the image has property C{name} equal to C{value}".
@@ -740,7 +761,7 @@ def _property_condition(
     whole table; the images should be found through the (name, value prefix)
     index and sorted. PostgreSQL's planner makes that choice from its
     statistics; SQLite's does not, so on SQLite the matches are counted
-    first (up to L{_RARE_PROPERTY}, through that index) and a rare value
+    first (up to C{rare}, through that index) and a rare value
     gets the IN form.
     """
     whole = image_properties.c.value == value
@@ -759,19 +780,19 @@ def _property_condition(
     if connection.dialect.name == "sqlite":
         found = connection.execute(
             select(func.count()).select_from(
-                select(image_properties.c.id)
-                .where(*matches)
-                .limit(_RARE_PROPERTY + 1)
-                .subquery()
+                select(image_properties.c.id).where(*matches).limit(rare + 1).subquery()
             )
         ).scalar_one()
-        if found <= _RARE_PROPERTY:
+        if found <= rare:
             return images.c.id.in_(select(image_properties.c.image_id).where(*matches))
     return exists().where(image_properties.c.image_id == images.c.id, *matches)
 
 
 def _filters(
-    connection: Connection, query: ImageQuery, visible: ColumnElement[bool]
+    connection: Connection,
+    query: ImageQuery,
+    visible: ColumnElement[bool],
+    rare_property_images: int,
 ) -> builtins.list[Any]:
     """Every condition of a listing except the page position."""
     conditions: builtins.list[Any] = [images.c.deleted == false(), visible]
@@ -779,11 +800,18 @@ def _filters(
     if query.exclude_statuses and "status" not in query.filters:
         conditions.append(images.c.status.not_in(sorted(query.exclude_statuses)))
     for name, value in sorted(query.filters.items()):
-        conditions.append(images.c[name] == _coerce_filter(name, value))
+        if isinstance(value, frozenset):
+            # One of several values (v1's is_public=false, v2's in:).
+            choices = sorted(_coerce_filter(name, v) for v in value)
+            conditions.append(images.c[name].in_(choices))
+        else:
+            conditions.append(images.c[name] == _coerce_filter(name, value))
     for name, value in sorted(query.properties.items()):
         if not isinstance(value, str):
             raise BadRequest(f"Property filter {name} must be a string")
-        conditions.append(_property_condition(connection, name, value))
+        conditions.append(
+            _property_condition(connection, name, value, rare_property_images)
+        )
     for bound in (query.size_min, query.size_max):
         if bound is not None and (
             isinstance(bound, bool) or not isinstance(bound, int)

@@ -10,6 +10,7 @@ caller's consumer. Locations are URIs whose scheme names the store
 from __future__ import annotations
 
 from attrs import frozen
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
 
@@ -34,14 +35,14 @@ class IStoreWriter(IConsumer):
     write has failed, are dropped; the failure surfaces at C{commit}.
     """
 
-    def commit():  # type: () -> Deferred[StoredData]
+    def commit() -> Deferred[StoredData]:
         """
         After the last C{write}: make the data durable (fsync or the remote
         equivalent), move it to its final location and fire with a
         L{StoredData}. On failure the partial data is removed.
         """
 
-    def abort():  # type: () -> Deferred[None]
+    def abort() -> Deferred[None]:
         """
         Give up: remove everything written so far. Safe at any moment, also
         while writes are queued, and more than once; after C{commit} has
@@ -55,11 +56,15 @@ class IStore(Interface):
 
     scheme = Attribute("The URI scheme of the locations this store owns.")
 
-    def open_writer(image_id):  # type: (str) -> Deferred[IStoreWriter]
+    def open_writer(image_id: str) -> Deferred[IStoreWriter]:
         """Start writing the data of one image."""
 
-    def read(location, consumer, offset=0, length=None):
-        # type: (str, IConsumer, int, int | None) -> Deferred[None]
+    def read(
+        location: str,
+        consumer: IConsumer,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> Deferred[None]:
         """
         Write bytes C{[offset, offset + length)} (to the end when C{length}
         is C{None}) of the data at C{location} to C{consumer}, registering a
@@ -74,20 +79,20 @@ class IStore(Interface):
         connection is gone).
         """
 
-    def delete(location):  # type: (str) -> Deferred[None]
+    def delete(location: str) -> Deferred[None]:
         """Remove the data; data that is already gone is not an error."""
 
-    def size(location):  # type: (str) -> Deferred[int]
+    def size(location: str) -> Deferred[int]:
         """Fire with the size in bytes, or fail with NotFound."""
 
-    def locations():  # type: () -> Deferred[frozenset[str]]
+    def locations() -> Deferred[frozenset[str]]:
         """Fire with every location this store holds committed data for."""
 
-    def discard_incomplete():  # type: () -> Deferred[int]
+    def discard_incomplete() -> Deferred[int]:
         """
         Remove data left by writes that never committed or aborted (a crash
         mid-upload); fire with how many were removed. Run before serving.
         """
 
-    def ping():  # type: () -> Deferred[None]
+    def ping() -> Deferred[None]:
         """Fire when the store can be read and written; fail when not."""

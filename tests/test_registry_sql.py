@@ -1,0 +1,794 @@
+"""
+Tests for L{glance_tx.registry.sql}: the conformance suite on SQLite (in
+memory and synchronous; file-backed on a real thread pool) and PostgreSQL,
+the migrations, the rule that no database work happens on the calling
+(reactor) thread, and what the SQL provider adds to the contract.
+
+PostgreSQL tests need C{GLANCE_TX_TEST_POSTGRES_URL}, an SQLAlchemy URL of a
+server where that user may CREATE DATABASE (for example
+C{postgresql+psycopg://postgres@127.0.0.1:54329/postgres}). The conformance
+tests share one new database per test process (emptied before each test),
+each migration test gets a new database of its own; all are dropped after.
+Without the variable these tests are skipped, except under C{CI=true},
+where they fail.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import uuid
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, cast
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from attrs import define, field
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import Pool
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+
+from glance_tx.errors import BadRequest, ServiceUnavailable
+from glance_tx.images import ACTIVE, QUEUED, ImageQuery, ImageUpdate
+from glance_tx.registry.schema import metadata
+from glance_tx.registry.sql import (
+    SQLRegistry,
+    create_registry_engine,
+    current_revision,
+    downgrade,
+    head_revision,
+    open_sql_registry,
+    upgrade,
+)
+from glance_tx.threads import SynchronousRunner, ThreadPoolRunner
+from tests.fakes import ManualRunner
+from tests.registry_conformance import T0, RegistryConformanceMixin, make_image
+
+T = TypeVar("T")
+
+POSTGRES_ENV = "GLANCE_TX_TEST_POSTGRES_URL"
+TABLES = {"images", "image_properties", "image_locations", "image_tags"}
+
+
+def sync_open(url: str | URL, **kwargs: Any) -> SQLRegistry:
+    """Open a registry on a synchronous runner (fires at once)."""
+    d = Deferred.fromCoroutine(open_sql_registry(url, SynchronousRunner(), **kwargs))
+    box: list[Any] = []
+    d.addBoth(box.append)
+    result = box[0]
+    if not isinstance(result, SQLRegistry):
+        result.raiseException()
+    return result
+
+
+# -- PostgreSQL fixtures ---------------------------------------------------------
+
+
+def postgres_admin_url(case: SynchronousTestCase) -> URL:
+    """
+    The server the PostgreSQL tests use. Missing: skip, or fail under CI,
+    where a missing component must not pass as a skip.
+    """
+    url = os.environ.get(POSTGRES_ENV)
+    problem = None
+    if not url:
+        problem = f"{POSTGRES_ENV} is not set"
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            problem = "psycopg is not installed"
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            case.fail(f"PostgreSQL tests cannot run under CI: {problem}")
+        raise SkipTest(f"PostgreSQL tests not run: {problem}")
+    assert url is not None
+    return make_url(url)
+
+
+def create_database(admin_url: URL) -> URL:
+    """Create an empty database on the server; return its URL. Blocking."""
+    name = f"glance_tx_test_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.dispose()
+    return admin_url.set(database=name)
+
+
+def drop_database(admin_url: URL, url: URL) -> None:
+    """Drop a database made by L{create_database}, connections and all."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'
+            )
+    finally:
+        admin.dispose()
+
+
+_shared_databases: dict[str, URL] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_database(admin_url: URL) -> URL:
+    """
+    One database per test process for the conformance tests (creating one
+    per test would cost a third of a second each); each test empties it
+    first. Dropped when the process exits. Blocking.
+    """
+    key = admin_url.render_as_string(hide_password=False)
+    with _shared_lock:
+        if key not in _shared_databases:
+            url = create_database(admin_url)
+            _shared_databases[key] = url
+            atexit.register(drop_database, admin_url, url)
+        return _shared_databases[key]
+
+
+def empty_tables(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "TRUNCATE image_tags, image_locations, image_properties, images"
+        )
+
+
+# -- thread checking ---------------------------------------------------------------
+
+
+@define
+class OffThreadCheck:
+    """
+    Records every connection opened and statement executed, by any engine,
+    on the main (reactor) thread: with a real thread pool there must be none.
+    """
+
+    offences: list[str] = field(factory=list)
+    statements: int = 0
+
+    def install(self, case: SynchronousTestCase) -> None:
+        event.listen(Engine, "before_cursor_execute", self._execute)
+        event.listen(Pool, "connect", self._connect)
+        case.addCleanup(self._uninstall)
+
+    def _uninstall(self) -> None:
+        event.remove(Engine, "before_cursor_execute", self._execute)
+        event.remove(Pool, "connect", self._connect)
+
+    def _check(self, what: str) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.offences.append(what)
+
+    def _execute(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.statements += 1
+        self._check(statement)
+
+    def _connect(self, dbapi_connection: Any, record: Any) -> None:
+        self._check("connect")
+
+
+@define
+class RecordingRunner:
+    """
+    A synchronous runner that knows when it is running something, so a
+    test can tell database work inside C{run} from work outside it.
+    """
+
+    calls: int = 0
+    inside: bool = False
+
+    def run(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
+        self.calls += 1
+        self.inside = True
+        try:
+            return SynchronousRunner().run(f, *args, **kwargs)
+        finally:
+            self.inside = False
+
+
+# -- conformance -----------------------------------------------------------------
+
+
+class SQLiteMemoryConformanceTests(RegistryConformanceMixin, SynchronousTestCase):
+    """The contract, on in-memory SQLite with a synchronous runner."""
+
+    def make_registry(self) -> SQLRegistry:
+        registry = sync_open("sqlite://")
+        self.addCleanup(lambda: self.successResultOf(registry.close()))
+        return registry
+
+
+class _ThreadPoolHarness(TestCase):
+    """A real thread pool on trial's reactor, and a check that it is used."""
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.off_thread = OffThreadCheck()
+        self.off_thread.install(self)
+        self.addCleanup(self._check_threads)
+        self.pool = ThreadPool(minthreads=1, maxthreads=6, name=type(self).__name__)
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+        self.runner = ThreadPoolRunner(cast(IReactorFromThreads, reactor), self.pool)
+
+    def _check_threads(self) -> None:
+        self.assertEqual(self.off_thread.offences, [])
+        self.assertGreater(self.off_thread.statements, 0)
+
+
+class SQLiteFileThreadPoolConformanceTests(
+    RegistryConformanceMixin, _ThreadPoolHarness
+):
+    """
+    The contract, on a SQLite file (WAL) through a real thread pool, with
+    no connection or statement on the reactor thread.
+    """
+
+    async def make_registry(self) -> SQLRegistry:
+        url = f"sqlite:///{os.path.abspath(self.mktemp())}"
+        registry = await open_sql_registry(url, self.runner)
+        self.addCleanup(registry.close)
+        return registry
+
+
+class PostgreSQLConformanceTests(RegistryConformanceMixin, _ThreadPoolHarness):
+    """The contract, on PostgreSQL through a real thread pool."""
+
+    def setUp(self) -> None:
+        self.admin_url = postgres_admin_url(self)
+        super().setUp()
+
+    async def make_registry(self) -> SQLRegistry:
+        url = await self.runner.run(shared_database, self.admin_url)
+        registry = await open_sql_registry(url, self.runner)
+        self.addCleanup(registry.close)
+        await self.runner.run(empty_tables, registry.engine)
+        return registry
+
+
+# -- migrations ----------------------------------------------------------------
+
+
+def index_names(engine: Engine) -> set[str]:
+    """Every index in the database, read from the catalogue (expression indexes too)."""
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            sql = "SELECT name FROM sqlite_master WHERE type = 'index'"
+        else:
+            sql = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+        return set(connection.exec_driver_sql(sql).scalars())
+
+
+class MigrationTestsMixin:
+    """Migration behaviour common to every backend."""
+
+    def make_engine(self) -> Engine:
+        raise NotImplementedError
+
+    def test_fresh_database_is_migrated_to_head(self: Any) -> None:
+        """
+        Upgrading an empty database creates every table and index and
+        records the head revision (0001) in alembic_version.
+        """
+        engine = self.make_engine()
+        with engine.connect() as connection:
+            self.assertIsNone(current_revision(connection))
+        upgrade(engine)
+        self.assertEqual(
+            set(inspect(engine).get_table_names()), TABLES | {"alembic_version"}
+        )
+        declared = {
+            index.name for table in metadata.tables.values() for index in table.indexes
+        }
+        self.assertTrue(declared <= index_names(engine), declared - index_names(engine))
+        self.assertEqual(head_revision(), "0001")
+        with engine.connect() as connection:
+            self.assertEqual(current_revision(connection), "0001")
+            rows = connection.execute(
+                text("SELECT version_num FROM alembic_version")
+            ).all()
+        self.assertEqual([tuple(row) for row in rows], [("0001",)])
+
+    def test_migrated_schema_matches_declared_tables(self: Any) -> None:
+        """
+        The schema the migrations build is the one glance_tx.registry.schema
+        declares (columns, types, nullability, indexes, keys).
+        """
+        engine = self.make_engine()
+        upgrade(engine)
+        with engine.connect() as connection, warnings.catch_warnings():
+            # Neither side can reflect the expression index; the test above
+            # checks that it exists.
+            warnings.simplefilter("ignore")
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True}
+            )
+            self.assertEqual(compare_metadata(context, metadata), [])
+
+    def test_upgrade_again_keeps_data(self: Any) -> None:
+        """
+        Upgrading an up-to-date database (every start-up does) changes
+        nothing: data stays, the version row stays single.
+        """
+        engine = self.make_engine()
+        upgrade(engine)
+        registry = SQLRegistry(engine, SynchronousRunner())
+        image = self.successResultOf(registry.create(make_image(name="kept")))
+        upgrade(engine)
+        self.assertEqual(self.successResultOf(registry.get(image.id)), image)
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT version_num FROM alembic_version")
+            ).all()
+        self.assertEqual([tuple(row) for row in rows], [("0001",)])
+
+    def test_upgrade_from_older_revision(self: Any) -> None:
+        """
+        A database at an older revision (here: base, the only one before
+        0001, with the version table present but empty) is brought to head.
+        """
+        engine = self.make_engine()
+        upgrade(engine)
+        downgrade(engine, "base")
+        self.assertEqual(set(inspect(engine).get_table_names()), {"alembic_version"})
+        upgrade(engine)
+        self.assertEqual(
+            set(inspect(engine).get_table_names()), TABLES | {"alembic_version"}
+        )
+        with engine.connect() as connection:
+            self.assertEqual(current_revision(connection), head_revision())
+
+
+class SQLiteMigrationTests(MigrationTestsMixin, SynchronousTestCase):
+    """Migrations on a SQLite file."""
+
+    def make_engine(self) -> Engine:
+        engine = create_registry_engine(f"sqlite:///{os.path.abspath(self.mktemp())}")
+        self.addCleanup(engine.dispose)
+        return engine
+
+    def test_open_migrates_file_database_once(self) -> None:
+        """
+        Opening a registry on an existing file database migrates nothing
+        and sees the data a previous registry stored there.
+        """
+        url = f"sqlite:///{os.path.abspath(self.mktemp())}"
+        first = sync_open(url)
+        image = self.successResultOf(first.create(make_image()))
+        self.successResultOf(first.close())
+        second = sync_open(url)
+        self.addCleanup(lambda: self.successResultOf(second.close()))
+        self.assertEqual(self.successResultOf(second.get(image.id)), image)
+
+    def test_file_database_uses_wal_and_foreign_keys(self) -> None:
+        """A file database is in WAL mode and enforces foreign keys."""
+        registry = sync_open(f"sqlite:///{os.path.abspath(self.mktemp())}")
+        self.addCleanup(lambda: self.successResultOf(registry.close()))
+        with registry.engine.connect() as connection:
+            self.assertEqual(
+                connection.exec_driver_sql("PRAGMA journal_mode").scalar(), "wal"
+            )
+            self.assertEqual(
+                connection.exec_driver_sql("PRAGMA foreign_keys").scalar(), 1
+            )
+
+
+class PostgreSQLMigrationTests(MigrationTestsMixin, SynchronousTestCase):
+    """Migrations on PostgreSQL, each test in a database of its own."""
+
+    def make_engine(self) -> Engine:
+        admin_url = postgres_admin_url(self)
+        url = create_database(admin_url)
+        self.addCleanup(drop_database, admin_url, url)
+        engine = create_registry_engine(url)
+        self.addCleanup(engine.dispose)
+        return engine
+
+    def test_concurrent_upgrades_serialize(self) -> None:
+        """
+        Two nodes starting at once on an empty database both succeed: the
+        migration takes an advisory lock, so the second finds it done.
+        """
+        engine = self.make_engine()
+        errors: list[BaseException] = []
+
+        def migrate() -> None:
+            try:
+                upgrade(engine)
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=migrate) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(errors, [])
+        with engine.connect() as connection:
+            self.assertEqual(current_revision(connection), head_revision())
+
+
+# -- the reactor-thread rule -------------------------------------------------------
+
+
+class RunnerOnlyTests(SynchronousTestCase):
+    """All database work happens inside the runner, none on the caller's thread."""
+
+    def test_every_statement_runs_inside_the_runner(self) -> None:
+        """
+        Opening, every IRegistry method and close touch the database only
+        from inside runner.run.
+        """
+        runner = RecordingRunner()
+        outside: list[str] = []
+        executed: list[str] = []
+
+        def execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            executed.append(statement)
+            if not runner.inside:
+                outside.append(statement)
+
+        def connect(dbapi_connection: Any, record: Any) -> None:
+            if not runner.inside:
+                outside.append("connect")
+
+        event.listen(Engine, "before_cursor_execute", execute)
+        self.addCleanup(event.remove, Engine, "before_cursor_execute", execute)
+        event.listen(Pool, "connect", connect)
+        self.addCleanup(event.remove, Pool, "connect", connect)
+
+        url = f"sqlite:///{os.path.abspath(self.mktemp())}"
+        registry = self.successResultOf(
+            Deferred.fromCoroutine(open_sql_registry(url, runner))
+        )
+        image = self.successResultOf(
+            registry.create(make_image(locations=("file:///a",), properties={"p": "v"}))
+        )
+        self.successResultOf(registry.get(image.id))
+        self.successResultOf(
+            registry.list(ImageQuery(marker=image.id, properties={"p": "v"}))
+        )
+        self.successResultOf(
+            registry.update(image.id, ImageUpdate(fields={"name": "n"}))
+        )
+        self.successResultOf(registry.all_locations())
+        self.successResultOf(registry.ping())
+        self.successResultOf(registry.delete(image.id))
+        self.successResultOf(registry.close())
+        self.assertEqual(outside, [])
+        self.assertGreater(len(executed), 10)
+        self.assertGreaterEqual(runner.calls, 9)
+
+    def test_nothing_happens_until_the_runner_runs(self) -> None:
+        """
+        Calling a registry method only queues work: the database is not
+        touched and the Deferred has no result until the runner runs it.
+        """
+        registry = sync_open("sqlite://")
+        self.addCleanup(lambda: self.successResultOf(registry.close()))
+        manual = ManualRunner()
+        self.addCleanup(setattr, registry, "runner", registry.runner)
+        registry.runner = manual
+        executed: list[str] = []
+
+        def execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            executed.append(statement)
+
+        event.listen(registry.engine, "before_cursor_execute", execute)
+        self.addCleanup(event.remove, registry.engine, "before_cursor_execute", execute)
+        d = registry.create(make_image())
+        self.assertNoResult(d)
+        self.assertEqual(executed, [])
+        self.assertEqual(manual.pending(), 1)
+        manual.run_one()
+        self.successResultOf(d)
+        self.assertNotEqual(executed, [])
+
+
+# -- what the SQL provider adds --------------------------------------------------
+
+
+class SQLRegistryTests(SynchronousTestCase):
+    """Behaviour specific to SQLRegistry, beyond the interface's contract."""
+
+    def setUp(self) -> None:
+        self.clock = [datetime(2025, 1, 1, tzinfo=UTC)]
+        self.registry = sync_open("sqlite://", now=lambda: self.clock[0])
+        self.addCleanup(lambda: self.successResultOf(self.registry.close()))
+
+    def refused(self, d: Deferred[Any], kind: type[Exception] = BadRequest) -> str:
+        return str(self.failureResultOf(d, kind).value)
+
+    def test_updated_at_comes_from_the_clock(self) -> None:
+        """update stamps updated_at with the injected clock's time."""
+        image = self.successResultOf(self.registry.create(make_image()))
+        self.clock[0] = datetime(2025, 6, 1, 12, tzinfo=UTC)
+        updated = self.successResultOf(
+            self.registry.update(image.id, ImageUpdate(fields={"name": "x"}))
+        )
+        self.assertEqual(updated.updated_at, self.clock[0])
+
+    def test_updated_at_never_goes_backwards(self) -> None:
+        """
+        If the clock is behind the record's updated_at (clock stepped back,
+        or it did not tick), updated_at still increases, by a microsecond.
+        """
+        image = self.successResultOf(
+            self.registry.create(
+                make_image(updated_at=datetime(2030, 1, 1, tzinfo=UTC))
+            )
+        )
+        first = self.successResultOf(
+            self.registry.update(image.id, ImageUpdate(fields={"name": "x"}))
+        )
+        self.assertEqual(first.updated_at, image.updated_at + timedelta(microseconds=1))
+        deleted = self.successResultOf(self.registry.delete(image.id))
+        self.assertEqual(
+            deleted.updated_at, first.updated_at + timedelta(microseconds=1)
+        )
+        self.assertEqual(deleted.deleted_at, deleted.updated_at)
+
+    def test_filters_accept_query_string_text(self) -> None:
+        """Boolean and integer filters also accept "true"/"false" and digits."""
+        wanted = make_image(protected=True, min_ram=512)
+        self.successResultOf(self.registry.create(wanted))
+        self.successResultOf(self.registry.create(make_image()))
+        for filters in (
+            {"protected": "true"},
+            {"protected": "True"},
+            {"min_ram": "512"},
+        ):
+            found = self.successResultOf(
+                self.registry.list(ImageQuery(filters=filters))
+            )
+            self.assertEqual([image.id for image in found], [wanted.id], filters)
+
+    def test_bad_filter_values_refused(self) -> None:
+        """Filter values of the wrong type are a BadRequest, not a server error."""
+        bad: list[dict[str, Any]] = [
+            {"protected": "maybe"},
+            {"min_ram": "lots"},
+            {"name": 3},
+        ]
+        for filters in bad:
+            self.refused(self.registry.list(ImageQuery(filters=filters)))
+        self.refused(self.registry.list(ImageQuery(properties={"a": 1})))  # type: ignore[dict-item]
+        self.refused(self.registry.list(ImageQuery(size_min="1")))  # type: ignore[arg-type]
+
+    def test_records_the_database_cannot_hold_are_refused(self) -> None:
+        """
+        Naive datetimes, non-canonical ids, wrong types and strings longer
+        than their column are a BadRequest on every backend (SQLite would
+        otherwise accept them and PostgreSQL fail with a server error).
+        """
+        naive = datetime(2024, 1, 1)
+        for image in (
+            make_image(created_at=naive),
+            make_image(id="7D3A43F4-0000-4000-8000-000000000000"),
+            make_image(id="x" * 36),
+            make_image(size="12"),
+            make_image(protected=1),
+            make_image(owner="o" * 256),
+            make_image(checksum="c" * 33),
+            make_image(tags={"t" * 256}),
+            make_image(size=2**63),
+        ):
+            self.refused(self.registry.create(image))
+        self.assertEqual(
+            self.successResultOf(
+                self.registry.list(ImageQuery(exclude_statuses=frozenset()))
+            ),
+            [],
+        )
+
+    def test_bad_update_values_refused(self) -> None:
+        """Updates with values of the wrong type are a BadRequest; nothing changes."""
+        image = self.successResultOf(self.registry.create(make_image(status=ACTIVE)))
+        bad: list[dict[str, Any]] = [
+            {"locations": "file:///not-a-list"},
+            {"size": "big"},
+            {"status": None},
+            {"protected": "yes"},
+        ]
+        for fields in bad:
+            self.refused(self.registry.update(image.id, ImageUpdate(fields=fields)))
+        self.assertEqual(self.successResultOf(self.registry.get(image.id)), image)
+
+    def test_database_unavailable_is_service_unavailable(self) -> None:
+        """A database that cannot be reached fails calls with ServiceUnavailable."""
+        missing = os.path.join(os.path.abspath(self.mktemp()), "no", "such", "dir.db")
+        registry = SQLRegistry(
+            create_registry_engine(f"sqlite:///{missing}"), SynchronousRunner()
+        )
+        self.addCleanup(lambda: self.successResultOf(registry.close()))
+        self.failureResultOf(registry.ping(), ServiceUnavailable)
+        self.failureResultOf(registry.get(str(uuid.uuid4())), ServiceUnavailable)
+
+    def test_listing_queries_do_not_grow_with_the_page(self) -> None:
+        """
+        A page's properties, locations and tags are read for all its images
+        at once: a page of 25 runs as many statements as a page of 2.
+        """
+        for n in range(30):
+            self.successResultOf(
+                self.registry.create(
+                    make_image(
+                        created_at=T0 + timedelta(seconds=n),
+                        properties={"n": str(n)},
+                        locations=(f"file:///{n}",),
+                        tags={"t"},
+                    )
+                )
+            )
+        statements: list[str] = []
+
+        def execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            statements.append(statement)
+
+        event.listen(self.registry.engine, "before_cursor_execute", execute)
+        self.addCleanup(
+            event.remove, self.registry.engine, "before_cursor_execute", execute
+        )
+        counts = []
+        for limit in (2, 25):
+            del statements[:]
+            page = self.successResultOf(self.registry.list(ImageQuery(limit=limit)))
+            self.assertEqual(len(page), limit)
+            self.assertEqual({len(image.locations) for image in page}, {1})
+            counts.append(len(statements))
+        self.assertEqual(counts[0], counts[1])
+        self.assertLessEqual(counts[1], 6)  # BEGIN, page, 3 children, COMMIT
+
+    def test_plain_postgresql_url_uses_psycopg(self) -> None:
+        """A postgresql:// URL gets the psycopg (3) driver without connecting."""
+        try:
+            engine = create_registry_engine("postgresql://user@db.invalid/glance")
+        except ImportError:
+            raise SkipTest("psycopg is not installed") from None
+        self.addCleanup(engine.dispose)
+        self.assertEqual(engine.url.drivername, "postgresql+psycopg")
+
+    def test_in_memory_database_is_shared_between_threads(self) -> None:
+        """
+        An in-memory database is one database whichever thread asks (one
+        shared connection), so a thread pool sees what was written.
+        """
+        image = self.successResultOf(self.registry.create(make_image()))
+        seen: list[Any] = []
+
+        def read() -> None:
+            with self.registry.engine.connect() as connection:
+                seen.append(
+                    connection.exec_driver_sql(
+                        "SELECT id FROM images WHERE id = ?", (image.id,)
+                    ).scalar()
+                )
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+        self.assertEqual(seen, [image.id])
+
+
+class SQLiteQueryPlanTests(SynchronousTestCase):
+    """
+    Listing pages are index range scans on SQLite: the cost of a page deep
+    in a large listing must not grow with the number of images. (The bench,
+    bench/registry_pages.py, measures it.)
+    """
+
+    def setUp(self) -> None:
+        self.registry = sync_open(f"sqlite:///{os.path.abspath(self.mktemp())}")
+        self.addCleanup(lambda: self.successResultOf(self.registry.close()))
+        self.images = [
+            make_image(
+                name=None if n % 5 == 0 else f"image-{n % 7}",
+                status=[ACTIVE, QUEUED][n % 2],
+                size=None if n % 4 == 0 else n,
+                owner=f"p{n % 3}",
+                visibility=["public", "private"][n % 2],
+                created_at=T0 + timedelta(seconds=n),
+                updated_at=T0 + timedelta(seconds=n),
+                properties={"os_distro": ["ubuntu", "debian"][n % 2], "rare": str(n)},
+            )
+            for n in range(60)
+        ]
+        for image in self.images:
+            self.successResultOf(self.registry.create(image))
+        self.statements: list[tuple[str, Any]] = []
+
+        def record(
+            conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any
+        ) -> None:
+            if (
+                statement.lstrip().startswith("SELECT images.id,")
+                and "ORDER BY" in statement
+            ):
+                self.statements.append((statement, parameters))
+
+        event.listen(self.registry.engine, "before_cursor_execute", record)
+        self.addCleanup(
+            event.remove, self.registry.engine, "before_cursor_execute", record
+        )
+
+    def plans(self, query: ImageQuery) -> list[str]:
+        """The query plan of each page query the listing ran."""
+        del self.statements[:]
+        self.successResultOf(self.registry.list(query))
+        self.assertTrue(self.statements)
+        plans = []
+        with self.registry.engine.connect() as connection:
+            for statement, parameters in self.statements:
+                rows = connection.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + statement, parameters
+                ).all()
+                plans.append("\n".join(row[-1] for row in rows))
+        return plans
+
+    def test_pages_use_the_sort_key_index(self) -> None:
+        """
+        For each indexed sort key, both directions, with and without a
+        marker (in the NULL range and in the values), each page query walks
+        the (deleted, key, id) index and sorts nothing.
+        """
+        middle = self.images[30]
+        unnamed = self.images[25]
+        for key, index in (
+            ("created_at", "ix_images_deleted_created_at_id"),
+            ("updated_at", "ix_images_deleted_updated_at_id"),
+            ("name", "ix_images_deleted_name_id"),
+            ("status", "ix_images_deleted_status_id"),
+            ("size", "ix_images_deleted_size_id"),
+            ("owner", "ix_images_deleted_owner_id"),
+            ("visibility", "ix_images_deleted_visibility_id"),
+        ):
+            for direction in ("asc", "desc"):
+                for marker in (None, middle.id, unnamed.id):
+                    query = ImageQuery(sort=((key, direction),), marker=marker)
+                    for plan in self.plans(query):
+                        context = f"{key} {direction} after {marker}:\n{plan}"
+                        self.assertIn(f"USING INDEX {index}", plan, context)
+                        self.assertNotIn("TEMP B-TREE", plan, context)
+
+    def test_common_property_filter_keeps_the_ordered_scan(self) -> None:
+        """
+        A property value many images share is checked per row of the
+        ordered scan, which stops after one page.
+        """
+        for _ in range(2):
+            self.successResultOf(self.registry.create(make_image()))
+        with self.registry.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO image_properties (image_id, name, value) "
+                "SELECT id, 'common', 'yes' FROM images"
+            )
+        self.registry.rare_property_images = 10
+        [plan] = self.plans(ImageQuery(properties={"common": "yes"}))
+        self.assertIn("USING INDEX ix_images_deleted_created_at_id", plan)
+        self.assertNotIn("TEMP B-TREE", plan)
+
+    def test_rare_property_filter_uses_the_property_index(self) -> None:
+        """
+        A property value few images have is looked up through the (name,
+        value prefix) index rather than by scanning every image.
+        """
+        [plan] = self.plans(ImageQuery(properties={"rare": "7"}))
+        self.assertIn("ix_image_properties_name_value (name=? AND <expr>=?)", plan)
+
+    def test_status_filter_is_not_a_scan(self) -> None:
+        """A listing sorted by name and filtered by status does not read the whole table."""
+        for plan in self.plans(
+            ImageQuery(sort=(("name", "asc"),), filters={"status": QUEUED})
+        ):
+            self.assertNotIn("SCAN images", plan)
