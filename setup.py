@@ -28,6 +28,10 @@ setup(
             "ruff",
             "mypy",
             "mypy-zope",
+            # The real OpenStack clients, driven over real sockets by
+            # tests/test_clients_*.py (issue 3).
+            "python-glanceclient >= 4.0, < 5",
+            "openstacksdk >= 4.0, < 5",
         ],
     },
     entry_points={"console_scripts": []},

@@ -189,28 +189,91 @@ DEFAULT_LIMIT = 25
 MAX_LIMIT = 1000
 
 
+MEMBER_STATUSES = frozenset({"pending", "accepted", "rejected"})
+
+#: Listing scopes (the v2 ``visibility`` parameter); None is the default.
+LIST_VISIBILITIES = frozenset({"public", "private", "shared", "community", "all"})
+
+#: Fields a listing can compare with an operator, and the operators.
+COMPARABLE_FIELDS = frozenset({"created_at", "updated_at", "size"})
+COMPARISON_OPERATORS = frozenset({"gt", "gte", "eq", "neq", "lt", "lte"})
+
+
+@frozen
+class Member:
+    """A project an image is shared with, and whether it accepted."""
+
+    image_id: str
+    member_id: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@frozen
+class Viewer:
+    """Who a listing is for: which images they may see follows from it."""
+
+    project_id: str | None
+    is_admin: bool = False
+
+
+@frozen
+class Comparison:
+    """C{field op value}, e.g. created_at gt 2026-01-01T00:00:00Z."""
+
+    field: str
+    op: str
+    value: Any
+
+    def __attrs_post_init__(self) -> None:
+        if self.field not in COMPARABLE_FIELDS:
+            raise BadRequest(f"Cannot compare field {self.field!r}")
+        if self.op not in COMPARISON_OPERATORS:
+            raise BadRequest(f"Invalid operator {self.op!r}")
+
+
 @frozen
 class ImageQuery:
     """
     What a listing asks for: equality filters on core fields and properties,
-    a size range, an ordering (the image id always breaks ties), and a page
-    given by C{marker} (the last id of the previous page) and C{limit}.
+    comparisons, tags, a scope, an ordering (the image id always breaks
+    ties), and a page given by C{marker} (the last id of the previous page)
+    and C{limit}.
 
-    C{visible_to} limits the result to public images and those owned by that
-    project; C{None} means no such limit (an admin's view). A filter value
-    that is a frozenset matches any of its members. A C{status} filter
-    overrides C{exclude_statuses}: asking for killed images lists them.
+    A filter value that is a frozenset matches any of its members. A
+    C{status} filter overrides C{exclude_statuses}: asking for killed images
+    lists them. Every tag in C{tags} must be on the image.
+
+    Scope, Glance's rules: with C{viewer} None there is no restriction
+    (internal use). Otherwise, for a non-admin viewer of project P, by
+    C{visibility}:
+
+      - None (the default): public images, P's own, and shared images P is
+        a member of with a status in C{member_statuses};
+      - "all": the default plus community images;
+      - "public" / "community": images with that visibility;
+      - "shared": shared images owned by P or that P is a member of (with a
+        status in C{member_statuses});
+      - "private": P's private images.
+
+    An admin sees every image in the chosen visibility; by default every
+    image except other projects' community images.
     """
 
     filters: Mapping[str, Any] = field(factory=dict, converter=_frozen_mapping)
     properties: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
     size_min: int | None = None
     size_max: int | None = None
+    comparisons: tuple[Comparison, ...] = ()
+    tags: frozenset[str] = frozenset()
     sort: tuple[tuple[str, str], ...] = (("created_at", "desc"),)
     marker: str | None = None
     limit: int = DEFAULT_LIMIT
     exclude_statuses: frozenset[str] = HIDDEN_STATUSES
-    visible_to: str | None = None
+    viewer: Viewer | None = None
+    visibility: str | None = None
+    member_statuses: frozenset[str] = frozenset({"accepted"})
 
     def __attrs_post_init__(self) -> None:
         unknown = set(self.filters) - FILTER_FIELDS
@@ -223,6 +286,10 @@ class ImageQuery:
                 raise BadRequest(f"Invalid sort_dir {direction!r}")
         if not 0 <= self.limit <= MAX_LIMIT:
             raise BadRequest(f"limit must be between 0 and {MAX_LIMIT}")
+        if self.visibility is not None and self.visibility not in LIST_VISIBILITIES:
+            raise BadRequest(f"Invalid visibility {self.visibility!r}")
+        if not self.member_statuses <= MEMBER_STATUSES:
+            raise BadRequest("Invalid member_status")
 
 
 def new_image_id() -> str:

@@ -72,8 +72,10 @@ class UploadPipeline:
     expected_size: int | None = None
     expected_checksum: str | None = None
     batch_size: int = MiB
-    high_watermark: int = 16 * MiB
-    low_watermark: int = 4 * MiB
+    # Bytes handed to the hashes but not yet hashed. A few batches keep both
+    # hash threads busy; more would only cost memory.
+    high_watermark: int = 8 * MiB
+    low_watermark: int = 2 * MiB
 
     received: int = field(default=0, init=False)
     failure: GlanceError | None = field(default=None, init=False)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from attrs import evolve
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
@@ -36,9 +37,12 @@ from glance_tx.images import (
     SAVING,
     SORT_KEYS,
     UPLOADING,
+    Comparison,
     Image,
     ImageQuery,
     ImageUpdate,
+    Member,
+    Viewer,
     new_image_id,
 )
 from glance_tx.registry.interface import IRegistry
@@ -142,19 +146,7 @@ class RegistryConformanceMixin(_Base):
         ids: list[str] = []
         marker = None
         for _ in range(1000):
-            images = await registry.list(
-                ImageQuery(
-                    filters=query.filters,
-                    properties=query.properties,
-                    size_min=query.size_min,
-                    size_max=query.size_max,
-                    sort=query.sort,
-                    exclude_statuses=query.exclude_statuses,
-                    visible_to=query.visible_to,
-                    marker=marker,
-                    limit=page,
-                )
-            )
+            images = await registry.list(evolve(query, marker=marker, limit=page))
             self.assertLessEqual(len(images), page)
             if not images:
                 return ids
@@ -706,29 +698,6 @@ class RegistryConformanceMixin(_Base):
         self.assertEqual(len(await self.ids(registry)), 4)
 
     @conformance
-    async def test_list_visible_to(self, registry: Any) -> None:
-        """
-        visible_to lists public images and the project's own, whatever their
-        visibility; None lists everything.
-        """
-        public = make_image(visibility="public", owner="other")
-        own_private = make_image(visibility="private", owner="mine")
-        own_shared = make_image(visibility="shared", owner="mine")
-        others = [
-            make_image(visibility=v, owner="other")
-            for v in ("private", "shared", "community")
-        ]
-        unowned = make_image(visibility="private", owner=None)
-        await self.create_all(
-            registry, [public, own_private, own_shared, *others, unowned]
-        )
-        self.assertEqual(
-            set(await self.ids(registry, visible_to="mine")),
-            {public.id, own_private.id, own_shared.id},
-        )
-        self.assertEqual(len(await self.ids(registry)), 7)
-
-    @conformance
     async def test_list_loads_each_images_children(self, registry: Any) -> None:
         """A page returns each image with its own properties, locations and tags."""
         images = [
@@ -838,7 +807,7 @@ class RegistryConformanceMixin(_Base):
         """Paging a filtered listing yields exactly the matching images, in order."""
         images = self.sort_fixture()
         await self.create_all(registry, images)
-        query = ImageQuery(sort=(("name", "desc"),), visible_to="p1", size_min=6)
+        query = ImageQuery(sort=(("name", "desc"),), viewer=Viewer("p1"), size_min=6)
         expected = expected_order(
             [
                 i
@@ -892,18 +861,24 @@ class RegistryConformanceMixin(_Base):
         hidden = await registry.create(make_image(visibility="private", owner="other"))
         gone = await registry.create(make_image())
         await registry.delete(gone.id)
-        for marker, visible_to in (
+        for marker, viewer in (
             (new_image_id(), None),
             ("not-a-uuid", None),
             (gone.id, None),
-            (hidden.id, "mine"),
+            (hidden.id, Viewer("mine")),
         ):
             error = await self.assertFails(
-                registry.list(ImageQuery(marker=marker, visible_to=visible_to)),
+                registry.list(ImageQuery(marker=marker, viewer=viewer)),
                 BadRequest,
             )
             self.assertIn("marker", error.message.lower())
         self.assertEqual(await registry.list(ImageQuery(marker=hidden.id)), [])
+        self.assertEqual(
+            await registry.list(
+                ImageQuery(marker=hidden.id, viewer=Viewer("mine", is_admin=True))
+            ),
+            [],
+        )
 
     @conformance
     async def test_list_sort_by_updated_at_follows_updates(self, registry: Any) -> None:
@@ -917,3 +892,607 @@ class RegistryConformanceMixin(_Base):
             await self.ids(registry, sort=(("updated_at", "desc"),)),
             [images[0].id, images[2].id, images[1].id],
         )
+
+    # -- list: tags and comparisons --------------------------------------------
+
+    @conformance
+    async def test_list_tags_all_required(self, registry: Any) -> None:
+        """
+        An image is listed only if it carries every tag asked for; a tag is
+        matched whole (not as a prefix), and no tags means no condition.
+        """
+        a = make_image(tags={"a"})
+        ab = make_image(tags={"a", "b"})
+        b = make_image(tags={"b", "bb"})
+        abc = make_image(tags={"a", "b", "c"})
+        untagged = make_image()
+        await self.create_all(registry, [a, ab, b, abc, untagged])
+        for tags, expected in (
+            ({"a"}, [a, ab, abc]),
+            ({"a", "b"}, [ab, abc]),
+            ({"a", "b", "c"}, [abc]),
+            ({"c", "bb"}, []),
+            ({"d"}, []),
+            ({"bb"}, [b]),
+            (set(), [a, ab, b, abc, untagged]),
+        ):
+            found = await self.ids(registry, tags=frozenset(tags))
+            self.assertEqual(set(found), {i.id for i in expected}, f"tags {tags}")
+
+    @conformance
+    async def test_list_tags_with_other_filters(self, registry: Any) -> None:
+        """Tags combine with core and property filters, and follow deletes."""
+        hit = make_image(name="x", tags={"gpu"}, properties={"os": "linux"})
+        wrong_name = make_image(name="y", tags={"gpu"}, properties={"os": "linux"})
+        wrong_property = make_image(name="x", tags={"gpu"}, properties={"os": "bsd"})
+        gone = make_image(name="x", tags={"gpu"}, properties={"os": "linux"})
+        await self.create_all(registry, [hit, wrong_name, wrong_property, gone])
+        await registry.delete(gone.id)
+        self.assertEqual(
+            await self.ids(
+                registry,
+                tags=frozenset({"gpu"}),
+                filters={"name": "x"},
+                properties={"os": "linux"},
+            ),
+            [hit.id],
+        )
+
+    @conformance
+    async def test_list_comparisons_each_operator(self, registry: Any) -> None:
+        """
+        Each operator on each comparable field selects the images whose value
+        compares so with the given one: datetimes as instants to the
+        microsecond (the value may be in any zone), sizes as integers. An
+        unknown size matches no comparison, not even neq.
+        """
+        plus_two = timezone(timedelta(hours=2))
+        images = [
+            make_image(
+                created_at=T0 + timedelta(microseconds=n),
+                updated_at=T0 + timedelta(days=1, seconds=-n),
+                size=size,
+            )
+            for n, size in enumerate([10, 20, 30, None])
+        ]
+        await self.create_all(registry, images)
+        operators: dict[str, Callable[[Any, Any], bool]] = {
+            "gt": lambda a, b: a > b,
+            "gte": lambda a, b: a >= b,
+            "eq": lambda a, b: a == b,
+            "neq": lambda a, b: a != b,
+            "lt": lambda a, b: a < b,
+            "lte": lambda a, b: a <= b,
+        }
+        middle = images[1]
+        values = {
+            "created_at": middle.created_at.astimezone(plus_two),
+            "updated_at": middle.updated_at,
+            "size": middle.size,
+        }
+        for name, value in values.items():
+            for op, compare in operators.items():
+                expected = {
+                    i.id
+                    for i in images
+                    if getattr(i, name) is not None and compare(getattr(i, name), value)
+                }
+                found = await self.ids(
+                    registry, comparisons=(Comparison(name, op, value),)
+                )
+                self.assertEqual(set(found), expected, f"{name} {op} {value}")
+                self.assertTrue(0 < len(found) < len(images), (name, op))
+
+    @conformance
+    async def test_list_comparisons_combine(self, registry: Any) -> None:
+        """
+        Several comparisons must all hold (a range on one field), and they
+        combine with size_min/size_max and with a page order.
+        """
+        images = [
+            make_image(created_at=T0 + timedelta(hours=n), size=n * 10)
+            for n in range(6)
+        ]
+        await self.create_all(registry, images)
+        comparisons = (
+            Comparison("created_at", "gte", T0 + timedelta(hours=1)),
+            Comparison("created_at", "lt", T0 + timedelta(hours=5)),
+            Comparison("size", "neq", 30),
+        )
+        self.assertEqual(
+            await self.ids(
+                registry,
+                comparisons=comparisons,
+                size_max=40,
+                sort=(("created_at", "asc"),),
+            ),
+            [images[1].id, images[2].id, images[4].id],
+        )
+        query = ImageQuery(comparisons=comparisons, sort=(("size", "desc"),))
+        self.assertEqual(
+            await self.list_all(registry, query, page=1),
+            [images[4].id, images[2].id, images[1].id],
+        )
+
+    # -- list: who sees what -----------------------------------------------------
+
+    async def scope_fixture(self, registry: Any) -> dict[str, str]:
+        """
+        Images of each visibility owned by "me", "other" and nobody; shared
+        images of "other" that "me" is a member of with each status, one
+        only "third" is a member of, and a private one "me" is an accepted
+        member of (which must not make it visible). A deleted shared image
+        "me" accepted is never listed. Returns the ids by name.
+        """
+        owners = {
+            "public_mine": ("public", "me"),
+            "public_other": ("public", "other"),
+            "private_mine": ("private", "me"),
+            "private_other": ("private", "other"),
+            "private_other_member": ("private", "other"),
+            "private_unowned": ("private", None),
+            "shared_mine": ("shared", "me"),
+            "shared_accepted": ("shared", "other"),
+            "shared_pending": ("shared", "other"),
+            "shared_rejected": ("shared", "other"),
+            "shared_third": ("shared", "other"),
+            "community_mine": ("community", "me"),
+            "community_other": ("community", "other"),
+            "community_unowned": ("community", None),
+            "deleted": ("shared", "other"),
+        }
+        ids = {}
+        for n, (name, (visibility, owner)) in enumerate(owners.items()):
+            image = await registry.create(
+                make_image(
+                    name=name,
+                    visibility=visibility,
+                    owner=owner,
+                    created_at=T0 + timedelta(seconds=n),
+                )
+            )
+            ids[name] = image.id
+        for name, member, status in (
+            ("shared_accepted", "me", "accepted"),
+            ("shared_pending", "me", "pending"),
+            ("shared_rejected", "me", "rejected"),
+            ("shared_third", "third", "accepted"),
+            ("shared_mine", "other", "accepted"),
+            ("private_other_member", "me", "accepted"),
+            ("deleted", "me", "accepted"),
+        ):
+            await registry.add_member(ids[name], member)
+            if status != "pending":
+                await registry.update_member(ids[name], member, status)
+        await registry.delete(ids.pop("deleted"))
+        return ids
+
+    async def assertScope(
+        self,
+        registry: Any,
+        ids: dict[str, str],
+        cases: Iterable[tuple[Viewer | None, str | None, set[str], set[str]]],
+    ) -> None:
+        """
+        For each (viewer, visibility, member statuses, expected names), the
+        listing holds exactly the expected images.
+        """
+        names = {image_id: name for name, image_id in ids.items()}
+        for viewer, visibility, statuses, expected in cases:
+            found = await self.ids(
+                registry,
+                viewer=viewer,
+                visibility=visibility,
+                member_statuses=frozenset(statuses),
+            )
+            self.assertEqual(
+                {names[i] for i in found},
+                expected,
+                f"{viewer} visibility={visibility} member_statuses={statuses}",
+            )
+            self.assertEqual(len(found), len(expected))
+
+    @conformance
+    async def test_scope_non_admin(self, registry: Any) -> None:
+        """
+        A project sees, by default, public images, its own (any visibility)
+        and shared images it accepted; "all" adds every community image;
+        "public"/"community" are those visibilities; "shared" is its own
+        shared images and those it accepted; "private" its own private ones.
+        """
+        ids = await self.scope_fixture(registry)
+        me = Viewer("me")
+        public = {"public_mine", "public_other"}
+        own = {"public_mine", "private_mine", "shared_mine", "community_mine"}
+        default = public | own | {"shared_accepted"}
+        community = {"community_mine", "community_other", "community_unowned"}
+        accepted = {"accepted"}
+        await self.assertScope(
+            registry,
+            ids,
+            [
+                (me, None, accepted, default),
+                (me, "all", accepted, default | community),
+                (me, "public", accepted, public),
+                (me, "community", accepted, community),
+                (me, "shared", accepted, {"shared_mine", "shared_accepted"}),
+                (me, "private", accepted, {"private_mine"}),
+                (Viewer("third"), None, accepted, public | {"shared_third"}),
+                (Viewer("nobody"), None, accepted, public),
+                (Viewer("nobody"), "shared", accepted, set()),
+            ],
+        )
+
+    @conformance
+    async def test_scope_member_statuses(self, registry: Any) -> None:
+        """
+        Which memberships count follows member_statuses: pending, accepted,
+        rejected, several at once, or none; in the default, "all" and
+        "shared" scopes alike. Membership of a non-shared image never counts.
+        """
+        ids = await self.scope_fixture(registry)
+        me = Viewer("me")
+        base = {
+            "public_mine",
+            "public_other",
+            "private_mine",
+            "shared_mine",
+            "community_mine",
+        }
+        community = {"community_other", "community_unowned"}
+        every = {"pending", "accepted", "rejected"}
+        cases: list[tuple[Viewer | None, str | None, set[str], set[str]]] = []
+        for statuses, members in (
+            ({"pending"}, {"shared_pending"}),
+            ({"accepted"}, {"shared_accepted"}),
+            ({"rejected"}, {"shared_rejected"}),
+            ({"pending", "rejected"}, {"shared_pending", "shared_rejected"}),
+            (every, {"shared_pending", "shared_accepted", "shared_rejected"}),
+            (set(), set()),
+        ):
+            cases.append((me, None, statuses, base | members))
+            cases.append((me, "all", statuses, base | community | members))
+            cases.append((me, "shared", statuses, {"shared_mine"} | members))
+        await self.assertScope(registry, ids, cases)
+
+    @conformance
+    async def test_scope_admin(self, registry: Any) -> None:
+        """
+        An admin sees every image in the chosen visibility whoever owns it
+        and whatever the memberships; by default everything but other
+        projects' community images (unowned ones included).
+        """
+        ids = await self.scope_fixture(registry)
+        everything = set(ids)
+        admin = Viewer("me", is_admin=True)
+        by_visibility = {
+            v: {name for name in ids if name.startswith(v)}
+            for v in ("public", "private", "shared", "community")
+        }
+        cases: list[tuple[Viewer | None, str | None, set[str], set[str]]] = [
+            (
+                admin,
+                None,
+                {"accepted"},
+                everything - {"community_other", "community_unowned"},
+            ),
+            (admin, "all", {"accepted"}, everything),
+            (admin, "shared", {"pending"}, by_visibility["shared"]),
+            (admin, "shared", set(), by_visibility["shared"]),
+        ]
+        for visibility, expected in by_visibility.items():
+            cases.append((admin, visibility, {"accepted"}, expected))
+        cases.append(
+            (
+                Viewer(None, is_admin=True),
+                None,
+                {"accepted"},
+                everything - by_visibility["community"],
+            )
+        )
+        await self.assertScope(registry, ids, cases)
+
+    @conformance
+    async def test_scope_without_project_or_viewer(self, registry: Any) -> None:
+        """
+        A non-admin viewer with no project owns nothing and is a member of
+        nothing: public images, plus community ones with "all". With no
+        viewer at all nothing is hidden, and a visibility is a plain filter.
+        """
+        ids = await self.scope_fixture(registry)
+        nobody = Viewer(None)
+        public = {"public_mine", "public_other"}
+        community = {"community_mine", "community_other", "community_unowned"}
+        everything = set(ids)
+        accepted = {"accepted"}
+        await self.assertScope(
+            registry,
+            ids,
+            [
+                (nobody, None, accepted, public),
+                (nobody, "all", accepted, public | community),
+                (nobody, "shared", accepted, set()),
+                (nobody, "private", accepted, set()),
+                (nobody, "community", accepted, community),
+                (None, None, accepted, everything),
+                (None, "all", set(), everything),
+                (None, "community", accepted, community),
+                (
+                    None,
+                    "shared",
+                    set(),
+                    {n for n in everything if n.startswith("shared")},
+                ),
+            ],
+        )
+
+    @conformance
+    async def test_scope_combines_with_filters(self, registry: Any) -> None:
+        """
+        Filters narrow the scope and never widen it: a visibility or owner
+        filter cannot reach images the viewer may not see.
+        """
+        ids = await self.scope_fixture(registry)
+        names = {image_id: name for name, image_id in ids.items()}
+        me = Viewer("me")
+        for filters, expected in (
+            ({"visibility": "public"}, {"public_mine", "public_other"}),
+            ({"visibility": "private"}, {"private_mine"}),
+            ({"owner": "other"}, {"public_other", "shared_accepted"}),
+            (
+                {"visibility": frozenset({"shared", "community"})},
+                {"shared_mine", "shared_accepted", "community_mine"},
+            ),
+        ):
+            found = await self.ids(registry, viewer=me, filters=filters)
+            self.assertEqual({names[i] for i in found}, expected, filters)
+
+    @conformance
+    async def test_scope_pages_and_markers(self, registry: Any) -> None:
+        """
+        A scoped listing pages through exactly its images, in order; a
+        marker must be an image within the listing's scope
+        (a pending membership, another project's community image) and is
+        refused with BadRequest otherwise.
+        """
+        images = self.sort_fixture()
+        await self.create_all(registry, images)
+        shared = [i for i in images if i.visibility == "shared" and i.owner != "p1"]
+        self.assertGreaterEqual(len(shared), 2)
+        for image, status in zip(shared, ["accepted", "pending"], strict=False):
+            await registry.add_member(image.id, "p1")
+            if status != "pending":
+                await registry.update_member(image.id, "p1", status)
+        p1 = Viewer("p1")
+        admin = Viewer("p1", is_admin=True)
+        for scope in (
+            ImageQuery(viewer=p1),
+            ImageQuery(viewer=p1, visibility="all"),
+            ImageQuery(
+                viewer=p1,
+                visibility="shared",
+                member_statuses=frozenset({"pending", "accepted"}),
+            ),
+            ImageQuery(viewer=Viewer("p2", is_admin=True)),
+        ):
+            for sort in (
+                (("name", "desc"),),
+                (("size", "asc"), ("created_at", "desc")),
+            ):
+                query = evolve(scope, sort=sort, limit=1000)
+                one_page = [i.id for i in await registry.list(query)]
+                visible = set(one_page)
+                self.assertTrue(0 < len(visible) < len(images), scope)
+                expected = expected_order([i for i in images if i.id in visible], sort)
+                self.assertEqual(one_page, expected, (scope, sort))
+                self.assertEqual(await self.list_all(registry, query, 2), expected)
+        pending = shared[1].id
+        community = next(
+            i.id for i in images if i.visibility == "community" and i.owner != "p1"
+        )
+        for query in (
+            ImageQuery(marker=pending, viewer=p1),
+            ImageQuery(marker=community, viewer=p1),
+            ImageQuery(marker=community, viewer=admin),
+        ):
+            await self.assertFails(registry.list(query), BadRequest)
+        for query in (
+            ImageQuery(
+                marker=pending, viewer=p1, member_statuses=frozenset({"pending"})
+            ),
+            ImageQuery(marker=community, viewer=p1, visibility="all"),
+            ImageQuery(marker=community, viewer=admin, visibility="all"),
+        ):
+            await registry.list(query)
+
+    # -- members -----------------------------------------------------------------
+
+    @conformance
+    async def test_add_member(self, registry: Any) -> None:
+        """
+        add_member stores a pending membership and fires with it: aware UTC
+        timestamps, created_at equal to updated_at; get_member and
+        list_members then return it.
+        """
+        image = await registry.create(make_image(visibility="shared"))
+        member = await registry.add_member(image.id, "project-b")
+        self.assertIsInstance(member, Member)
+        self.assertEqual(
+            (member.image_id, member.member_id, member.status),
+            (image.id, "project-b", "pending"),
+        )
+        self.assertEqual(member.created_at.tzinfo, UTC)
+        self.assertEqual(member.created_at, member.updated_at)
+        self.assertEqual(await registry.get_member(image.id, "project-b"), member)
+        self.assertEqual(await registry.list_members(image.id), [member])
+
+    @conformance
+    async def test_add_member_twice_conflict(self, registry: Any) -> None:
+        """
+        Adding a project that is already a member is a Conflict, whatever
+        its status, and leaves the membership as it was.
+        """
+        image = await registry.create(make_image(visibility="shared"))
+        await registry.add_member(image.id, "b")
+        accepted = await registry.update_member(image.id, "b", "accepted")
+        error = await self.assertFails(registry.add_member(image.id, "b"), Conflict)
+        self.assertIn("b", error.message)
+        self.assertEqual(await registry.get_member(image.id, "b"), accepted)
+        self.assertEqual(await registry.list_members(image.id), [accepted])
+
+    @conformance
+    async def test_add_member_concurrently_one_wins(self, registry: Any) -> None:
+        """
+        Of several add_member calls for one project issued at once, exactly
+        one succeeds and the others are Conflicts; one membership results.
+        """
+        image = await registry.create(make_image(visibility="shared"))
+        results = await DeferredList(
+            [registry.add_member(image.id, "b") for _ in range(6)],
+            consumeErrors=True,
+        )
+        winners = [value for ok, value in results if ok]
+        self.assertEqual(len(winners), 1)
+        for failure in [value for ok, value in results if not ok]:
+            failure.trap(Conflict)
+        self.assertEqual(await registry.list_members(image.id), winners)
+
+    @conformance
+    async def test_add_member_unknown_image_not_found(self, registry: Any) -> None:
+        """add_member to an unknown or deleted image fails with NotFound."""
+        await self.assertFails(registry.add_member(new_image_id(), "b"), NotFound)
+        image = await registry.create(make_image(visibility="shared"))
+        await registry.delete(image.id)
+        await self.assertFails(registry.add_member(image.id, "b"), NotFound)
+
+    @conformance
+    async def test_get_member_not_found(self, registry: Any) -> None:
+        """
+        get_member fails with NotFound for an unknown image, a project that
+        is not a member, and a project that is a member of another image.
+        """
+        image = await registry.create(make_image(visibility="shared"))
+        other = await registry.create(make_image(visibility="shared"))
+        await registry.add_member(other.id, "b")
+        await self.assertFails(registry.get_member(new_image_id(), "b"), NotFound)
+        await self.assertFails(registry.get_member(image.id, "b"), NotFound)
+        await self.assertFails(registry.get_member(image.id, "c"), NotFound)
+        self.assertEqual((await registry.get_member(other.id, "b")).member_id, "b")
+
+    @conformance
+    async def test_list_members_oldest_first(self, registry: Any) -> None:
+        """
+        list_members gives the image's members only, oldest first (the
+        order they were added); an image without members gives [].
+        """
+        image = await registry.create(make_image(visibility="shared"))
+        other = await registry.create(make_image(visibility="shared"))
+        self.assertEqual(await registry.list_members(image.id), [])
+        added = [await registry.add_member(image.id, m) for m in ("m3", "m1", "m2")]
+        await registry.add_member(other.id, "m4")
+        listed = await registry.list_members(image.id)
+        self.assertEqual(listed, added)
+        self.assertEqual(
+            [m.member_id for m in await registry.list_members(other.id)], ["m4"]
+        )
+
+    @conformance
+    async def test_list_members_unknown_image_not_found(self, registry: Any) -> None:
+        """list_members of an unknown image fails with NotFound."""
+        await self.assertFails(registry.list_members(new_image_id()), NotFound)
+
+    @conformance
+    async def test_update_member(self, registry: Any) -> None:
+        """
+        update_member sets each status in turn, moves updated_at forward and
+        keeps created_at; get_member and list_members agree.
+        """
+        image = await registry.create(make_image(visibility="shared"))
+        previous = await registry.add_member(image.id, "b")
+        for status in ("accepted", "rejected", "pending", "accepted"):
+            updated = await registry.update_member(image.id, "b", status)
+            self.assertEqual(updated.status, status)
+            self.assertGreater(updated.updated_at, previous.updated_at)
+            self.assertEqual(updated.created_at, previous.created_at)
+            self.assertEqual(updated.updated_at.tzinfo, UTC)
+            self.assertEqual(await registry.get_member(image.id, "b"), updated)
+            self.assertEqual(await registry.list_members(image.id), [updated])
+            previous = updated
+
+    @conformance
+    async def test_update_member_bad_status(self, registry: Any) -> None:
+        """A status outside pending/accepted/rejected is a BadRequest; nothing changes."""
+        image = await registry.create(make_image(visibility="shared"))
+        member = await registry.add_member(image.id, "b")
+        for status in ("maybe", "Accepted", "", "all"):
+            await self.assertFails(
+                registry.update_member(image.id, "b", status), BadRequest
+            )
+        self.assertEqual(await registry.get_member(image.id, "b"), member)
+
+    @conformance
+    async def test_update_member_not_found(self, registry: Any) -> None:
+        """update_member of an absent membership or unknown image is NotFound."""
+        image = await registry.create(make_image(visibility="shared"))
+        await self.assertFails(
+            registry.update_member(image.id, "b", "accepted"), NotFound
+        )
+        await self.assertFails(
+            registry.update_member(new_image_id(), "b", "accepted"), NotFound
+        )
+        self.assertEqual(await registry.list_members(image.id), [])
+
+    @conformance
+    async def test_remove_member(self, registry: Any) -> None:
+        """
+        remove_member fires with None and the membership is gone (get is
+        NotFound, list leaves it out, removing again is NotFound); the
+        project can then be added again, pending anew.
+        """
+        image = await registry.create(make_image(visibility="shared"))
+        await registry.add_member(image.id, "b")
+        await registry.update_member(image.id, "b", "accepted")
+        kept = await registry.add_member(image.id, "c")
+        self.assertIsNone(await registry.remove_member(image.id, "b"))
+        await self.assertFails(registry.get_member(image.id, "b"), NotFound)
+        self.assertEqual(await registry.list_members(image.id), [kept])
+        await self.assertFails(registry.remove_member(image.id, "b"), NotFound)
+        again = await registry.add_member(image.id, "b")
+        self.assertEqual(again.status, "pending")
+        await self.assertFails(registry.remove_member(new_image_id(), "b"), NotFound)
+
+    @conformance
+    async def test_members_of_deleted_image_not_found(self, registry: Any) -> None:
+        """
+        Once the image is deleted, every member method fails with NotFound,
+        and its memberships no longer list it for the member.
+        """
+        image = await registry.create(make_image(visibility="shared", owner="a"))
+        await registry.add_member(image.id, "b")
+        await registry.update_member(image.id, "b", "accepted")
+        self.assertEqual(await self.ids(registry, viewer=Viewer("b")), [image.id])
+        await registry.delete(image.id)
+        for call in (
+            lambda: registry.get_member(image.id, "b"),
+            lambda: registry.list_members(image.id),
+            lambda: registry.update_member(image.id, "b", "rejected"),
+            lambda: registry.remove_member(image.id, "b"),
+            lambda: registry.add_member(image.id, "c"),
+        ):
+            await self.assertFails(call(), NotFound)
+        self.assertEqual(await self.ids(registry, viewer=Viewer("b")), [])
+
+    @conformance
+    async def test_members_are_per_image(self, registry: Any) -> None:
+        """
+        One project's memberships of two images are independent: a status
+        change or removal on one leaves the other alone.
+        """
+        first = await registry.create(make_image(visibility="shared"))
+        second = await registry.create(make_image(visibility="shared"))
+        await registry.add_member(first.id, "b")
+        untouched = await registry.add_member(second.id, "b")
+        await registry.update_member(first.id, "b", "accepted")
+        self.assertEqual(await registry.get_member(second.id, "b"), untouched)
+        await registry.remove_member(first.id, "b")
+        self.assertEqual(await registry.get_member(second.id, "b"), untouched)

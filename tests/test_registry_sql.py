@@ -26,8 +26,17 @@ from typing import Any, TypeVar, cast
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from attrs import define, field
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from attrs import define, evolve, field
+from sqlalchemy import (
+    Engine,
+    column,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    table,
+    text,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import Pool
 from twisted.internet.defer import Deferred
@@ -35,9 +44,17 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from glance_tx.errors import BadRequest, ServiceUnavailable
-from glance_tx.images import ACTIVE, QUEUED, ImageQuery, ImageUpdate
-from glance_tx.registry.schema import metadata
+from glance_tx.errors import BadRequest, NotFound, ServiceUnavailable
+from glance_tx.images import (
+    ACTIVE,
+    QUEUED,
+    Comparison,
+    Image,
+    ImageQuery,
+    ImageUpdate,
+    Viewer,
+)
+from glance_tx.registry.schema import UTCDateTime, metadata
 from glance_tx.registry.sql import (
     SQLRegistry,
     create_registry_engine,
@@ -54,7 +71,14 @@ from tests.registry_conformance import T0, RegistryConformanceMixin, make_image
 T = TypeVar("T")
 
 POSTGRES_ENV = "GLANCE_TX_TEST_POSTGRES_URL"
-TABLES = {"images", "image_properties", "image_locations", "image_tags"}
+TABLES = {
+    "images",
+    "image_properties",
+    "image_locations",
+    "image_tags",
+    "image_members",
+}
+HEAD = "0002"
 
 
 def sync_open(url: str | URL, **kwargs: Any) -> SQLRegistry:
@@ -139,7 +163,8 @@ def shared_database(admin_url: URL) -> URL:
 def empty_tables(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.exec_driver_sql(
-            "TRUNCATE image_tags, image_locations, image_properties, images"
+            "TRUNCATE image_members, image_tags, image_locations, image_properties,"
+            " images"
         )
 
 
@@ -257,6 +282,26 @@ class PostgreSQLConformanceTests(RegistryConformanceMixin, _ThreadPoolHarness):
         return registry
 
 
+class PostgreSQLEngineTests(SynchronousTestCase):
+    """How create_registry_engine configures PostgreSQL connections."""
+
+    def test_statements_are_not_prepared_server_side(self) -> None:
+        """
+        Statements run repeatedly are never prepared on the server, so
+        PostgreSQL plans each listing for its values instead of switching
+        to a generic plan.
+        """
+        engine = create_registry_engine(postgres_admin_url(self))
+        self.addCleanup(engine.dispose)
+        with engine.connect() as connection:
+            for n in range(12):
+                connection.execute(text("SELECT :n"), {"n": n}).scalar_one()
+            prepared = connection.exec_driver_sql(
+                "SELECT count(*) FROM pg_prepared_statements"
+            ).scalar_one()
+        self.assertEqual(prepared, 0)
+
+
 # -- migrations ----------------------------------------------------------------
 
 
@@ -270,6 +315,54 @@ def index_names(engine: Engine) -> set[str]:
         return set(connection.exec_driver_sql(sql).scalars())
 
 
+def insert_at_0001(connection: Any, stored: list[Image]) -> None:
+    """
+    Write images into tables as revision 0001 made them, named here column
+    by column (not through glance_tx.registry.schema, which follows head).
+    """
+    images_0001 = table(
+        "images",
+        *(
+            column(name, UTCDateTime) if name.endswith("_at") else column(name)
+            for name in (
+                "id name status size virtual_size checksum os_hash_algo"
+                " os_hash_value disk_format container_format visibility owner"
+                " min_ram min_disk protected os_hidden created_at updated_at"
+                " deleted_at deleted"
+            ).split()
+        ),
+    )
+    properties = table(
+        "image_properties", column("image_id"), column("name"), column("value")
+    )
+    locations = table(
+        "image_locations", column("image_id"), column("position"), column("url")
+    )
+    tags = table("image_tags", column("image_id"), column("value"))
+    for image in stored:
+        connection.execute(
+            insert(images_0001),
+            {c.name: getattr(image, c.name) for c in images_0001.columns},
+        )
+        connection.execute(
+            insert(properties),
+            [
+                {"image_id": image.id, "name": k, "value": v}
+                for k, v in image.properties.items()
+            ],
+        )
+        connection.execute(
+            insert(locations),
+            [
+                {"image_id": image.id, "position": n, "url": url}
+                for n, url in enumerate(image.locations)
+            ],
+        )
+        connection.execute(
+            insert(tags), [{"image_id": image.id, "value": t} for t in image.tags]
+        )
+
+
 class MigrationTestsMixin:
     """Migration behaviour common to every backend."""
 
@@ -279,7 +372,7 @@ class MigrationTestsMixin:
     def test_fresh_database_is_migrated_to_head(self: Any) -> None:
         """
         Upgrading an empty database creates every table and index and
-        records the head revision (0001) in alembic_version.
+        records the head revision in alembic_version.
         """
         engine = self.make_engine()
         with engine.connect() as connection:
@@ -292,13 +385,13 @@ class MigrationTestsMixin:
             index.name for table in metadata.tables.values() for index in table.indexes
         }
         self.assertTrue(declared <= index_names(engine), declared - index_names(engine))
-        self.assertEqual(head_revision(), "0001")
+        self.assertEqual(head_revision(), HEAD)
         with engine.connect() as connection:
-            self.assertEqual(current_revision(connection), "0001")
+            self.assertEqual(current_revision(connection), HEAD)
             rows = connection.execute(
                 text("SELECT version_num FROM alembic_version")
             ).all()
-        self.assertEqual([tuple(row) for row in rows], [("0001",)])
+        self.assertEqual([tuple(row) for row in rows], [(HEAD,)])
 
     def test_migrated_schema_matches_declared_tables(self: Any) -> None:
         """
@@ -331,7 +424,66 @@ class MigrationTestsMixin:
             rows = connection.execute(
                 text("SELECT version_num FROM alembic_version")
             ).all()
-        self.assertEqual([tuple(row) for row in rows], [("0001",)])
+        self.assertEqual([tuple(row) for row in rows], [(HEAD,)])
+
+    def test_upgrade_from_0001_keeps_data(self: Any) -> None:
+        """
+        A database at 0001 holding images (with properties, locations and
+        tags) upgrades to head with every record intact; members can then
+        be added and scope listings work. Downgrading back to 0001 drops the
+        memberships and keeps the images.
+        """
+        engine = self.make_engine()
+        upgrade(engine, "0001")
+        self.assertNotIn("image_members", inspect(engine).get_table_names())
+        stored = [
+            make_image(
+                name=f"old-{n}",
+                status=ACTIVE,
+                size=n * 100,
+                visibility=["public", "shared"][n % 2],
+                owner="owner",
+                created_at=T0 + timedelta(seconds=n),
+                properties={"os_distro": "cirros", "n": str(n)},
+                locations=(f"file:///{n}/a", f"file:///{n}/b"),
+                tags={"old", f"t{n}"},
+            )
+            for n in range(3)
+        ]
+        with engine.begin() as connection:
+            insert_at_0001(connection, stored)
+        upgrade(engine)
+        with engine.connect() as connection:
+            self.assertEqual(current_revision(connection), HEAD)
+        self.assertTrue(
+            {
+                "ix_image_tags_value_image_id",
+                "ix_image_members_member_id_status_image_id",
+            }
+            <= index_names(engine)
+        )
+        registry = SQLRegistry(engine, SynchronousRunner())
+        for image in stored:
+            self.assertEqual(self.successResultOf(registry.get(image.id)), image)
+        shared = stored[1]
+        self.successResultOf(registry.add_member(shared.id, "member"))
+        self.successResultOf(registry.update_member(shared.id, "member", "accepted"))
+        listed = self.successResultOf(
+            registry.list(ImageQuery(viewer=Viewer("member"), tags=frozenset({"old"})))
+        )
+        self.assertEqual(
+            {i.id for i in listed}, {stored[0].id, stored[2].id, shared.id}
+        )
+        downgrade(engine, "0001")
+        self.assertNotIn("image_members", inspect(engine).get_table_names())
+        self.assertNotIn("ix_image_tags_value_image_id", index_names(engine))
+        with engine.connect() as connection:
+            self.assertEqual(
+                connection.execute(text("SELECT count(*) FROM image_tags")).scalar(), 6
+            )
+        upgrade(engine)
+        self.assertEqual(self.successResultOf(registry.get(shared.id)), shared)
+        self.assertEqual(self.successResultOf(registry.list_members(shared.id)), [])
 
     def test_upgrade_from_older_revision(self: Any) -> None:
         """
@@ -464,11 +616,26 @@ class RunnerOnlyTests(SynchronousTestCase):
         )
         self.successResultOf(registry.all_locations())
         self.successResultOf(registry.ping())
+        self.successResultOf(registry.add_member(image.id, "b"))
+        self.successResultOf(registry.get_member(image.id, "b"))
+        self.successResultOf(registry.update_member(image.id, "b", "accepted"))
+        self.successResultOf(registry.list_members(image.id))
+        self.successResultOf(
+            registry.list(
+                ImageQuery(
+                    viewer=Viewer("b"),
+                    visibility="all",
+                    tags=frozenset({"t"}),
+                    comparisons=(Comparison("size", "gt", 1),),
+                )
+            )
+        )
+        self.successResultOf(registry.remove_member(image.id, "b"))
         self.successResultOf(registry.delete(image.id))
         self.successResultOf(registry.close())
         self.assertEqual(outside, [])
         self.assertGreater(len(executed), 10)
-        self.assertGreaterEqual(runner.calls, 9)
+        self.assertGreaterEqual(runner.calls, 15)
 
     def test_nothing_happens_until_the_runner_runs(self) -> None:
         """
@@ -604,6 +771,93 @@ class SQLRegistryTests(SynchronousTestCase):
         for fields in bad:
             self.refused(self.registry.update(image.id, ImageUpdate(fields=fields)))
         self.assertEqual(self.successResultOf(self.registry.get(image.id)), image)
+
+    def test_member_timestamps_come_from_the_clock(self) -> None:
+        """
+        A membership is stamped with the injected clock's time when added
+        and when its status changes; updated_at never goes backwards, even
+        when the clock does.
+        """
+        image = self.successResultOf(self.registry.create(make_image()))
+        added = self.successResultOf(self.registry.add_member(image.id, "b"))
+        self.assertEqual((added.created_at, added.updated_at), (self.clock[0],) * 2)
+        self.clock[0] = datetime(2025, 3, 1, tzinfo=UTC)
+        accepted = self.successResultOf(
+            self.registry.update_member(image.id, "b", "accepted")
+        )
+        self.assertEqual(accepted.updated_at, self.clock[0])
+        self.assertEqual(accepted.created_at, added.created_at)
+        self.clock[0] = datetime(2024, 1, 1, tzinfo=UTC)
+        rejected = self.successResultOf(
+            self.registry.update_member(image.id, "b", "rejected")
+        )
+        self.assertEqual(
+            rejected.updated_at, accepted.updated_at + timedelta(microseconds=1)
+        )
+
+    def test_bad_member_ids_refused(self) -> None:
+        """
+        A member id the table cannot hold (empty, over 255 characters, not a
+        string) is a BadRequest when added, and not a string anywhere; an
+        over-long one is simply nobody's membership elsewhere.
+        """
+        image = self.successResultOf(self.registry.create(make_image()))
+        for member_id in ("", "m" * 256, 3, None):
+            self.refused(self.registry.add_member(image.id, member_id))  # type: ignore[arg-type]
+        self.successResultOf(self.registry.add_member(image.id, "m" * 255))
+        self.refused(self.registry.get_member(image.id, 3))  # type: ignore[arg-type]
+        self.refused(self.registry.update_member(image.id, 3, "accepted"))  # type: ignore[arg-type]
+        self.refused(self.registry.remove_member(image.id, 3))  # type: ignore[arg-type]
+        self.refused(self.registry.update_member(image.id, "m" * 255, None))  # type: ignore[arg-type]
+        self.refused(self.registry.get_member(image.id, "m" * 256), NotFound)
+        self.assertEqual(
+            [
+                m.member_id
+                for m in self.successResultOf(self.registry.list_members(image.id))
+            ],
+            ["m" * 255],
+        )
+
+    def test_bad_comparison_and_tag_values_refused(self) -> None:
+        """
+        Comparisons take aware datetimes for created_at/updated_at and
+        integers in range for size; tags are strings. Anything else is a
+        BadRequest, not a server error.
+        """
+        self.successResultOf(self.registry.create(make_image(size=1)))
+        bad: list[Comparison] = [
+            Comparison("created_at", "gt", datetime(2024, 1, 1)),
+            Comparison("created_at", "gt", "2024-01-01T00:00:00Z"),
+            Comparison("updated_at", "lt", 5),
+            Comparison("size", "gt", "5"),
+            Comparison("size", "gt", True),
+            Comparison("size", "gt", 1.5),
+            Comparison("size", "lt", 2**70),
+        ]
+        for comparison in bad:
+            self.refused(self.registry.list(ImageQuery(comparisons=(comparison,))))
+        self.refused(self.registry.list(ImageQuery(tags=frozenset({1}))))  # type: ignore[arg-type]
+
+    def test_unknown_size_matches_no_comparison(self) -> None:
+        """
+        An image with no size is left out by every size comparison,
+        neq included (documented in sql._comparison).
+        """
+        sized = self.successResultOf(self.registry.create(make_image(size=5)))
+        self.successResultOf(self.registry.create(make_image()))
+        for op in ("neq", "gte", "lte", "gt", "lt"):
+            found = self.successResultOf(
+                self.registry.list(
+                    ImageQuery(
+                        comparisons=(
+                            Comparison(
+                                "size", op, 4 if op in ("gt", "gte", "neq") else 6
+                            ),
+                        )
+                    )
+                )
+            )
+            self.assertEqual([i.id for i in found], [sized.id], op)
 
     def test_database_unavailable_is_service_unavailable(self) -> None:
         """A database that cannot be reached fails calls with ServiceUnavailable."""
@@ -773,7 +1027,7 @@ class SQLiteQueryPlanTests(SynchronousTestCase):
                 "INSERT INTO image_properties (image_id, name, value) "
                 "SELECT id, 'common', 'yes' FROM images"
             )
-        self.registry.rare_property_images = 10
+        self.registry.rare_filter_images = 10
         [plan] = self.plans(ImageQuery(properties={"common": "yes"}))
         self.assertIn("USING INDEX ix_images_deleted_created_at_id", plan)
         self.assertNotIn("TEMP B-TREE", plan)
@@ -786,9 +1040,185 @@ class SQLiteQueryPlanTests(SynchronousTestCase):
         [plan] = self.plans(ImageQuery(properties={"rare": "7"}))
         self.assertIn("ix_image_properties_name_value (name=? AND <expr>=?)", plan)
 
+    def test_scoped_pages_keep_the_ordered_scan(self) -> None:
+        """
+        A project's listing, in each visibility, and an admin's, still walk
+        the sort key's index and sort nothing; a membership is probed
+        through the (image_id, member_id) key, row by row.
+        """
+        shared = self.images[11]  # p2's, private: made shared with p1
+        self.successResultOf(
+            self.registry.update(
+                shared.id, ImageUpdate(fields={"visibility": "shared"})
+            )
+        )
+        self.successResultOf(self.registry.add_member(shared.id, "p1"))
+        self.successResultOf(self.registry.update_member(shared.id, "p1", "accepted"))
+        marker = self.images[40]  # public, so within every scope below
+        for viewer, visibility in (
+            (Viewer("p1"), None),
+            (Viewer("p1"), "all"),
+            (Viewer("p1"), "shared"),
+            (Viewer("p1"), "private"),
+            (Viewer("p1", is_admin=True), None),
+        ):
+            for mark in (None, marker.id if visibility in (None, "all") else None):
+                query = ImageQuery(viewer=viewer, visibility=visibility, marker=mark)
+                for plan in self.plans(query):
+                    context = f"{viewer} {visibility} after {mark}:\n{plan}"
+                    self.assertIn(
+                        "USING INDEX ix_images_deleted_created_at_id", plan, context
+                    )
+                    self.assertNotIn("TEMP B-TREE", plan, context)
+                    if not viewer.is_admin and visibility != "private":
+                        self.assertIn(
+                            "image_members USING INDEX sqlite_autoindex_image_members_1"
+                            " (image_id=? AND member_id=?)",
+                            plan,
+                            context,
+                        )
+
+    def test_tag_filters_use_the_tag_index_when_rare(self) -> None:
+        """
+        A tag few images carry is looked up through the (value, image_id)
+        index; a common one is checked per row of the ordered scan.
+        """
+        with self.registry.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO image_tags (image_id, value) SELECT id, 'common' FROM images"
+            )
+        self.successResultOf(
+            self.registry.update(
+                self.images[3].id, ImageUpdate(tags=frozenset({"rare"}))
+            )
+        )
+        self.registry.rare_filter_images = 10
+        [plan] = self.plans(ImageQuery(tags=frozenset({"rare"})))
+        self.assertIn(
+            "image_tags USING COVERING INDEX ix_image_tags_value_image_id (value=?)",
+            plan,
+        )
+        [plan] = self.plans(ImageQuery(tags=frozenset({"common"})))
+        self.assertIn("USING INDEX ix_images_deleted_created_at_id", plan)
+        self.assertNotIn("TEMP B-TREE", plan)
+        self.assertNotIn("LIST SUBQUERY", plan)
+
     def test_status_filter_is_not_a_scan(self) -> None:
         """A listing sorted by name and filtered by status does not read the whole table."""
         for plan in self.plans(
             ImageQuery(sort=(("name", "asc"),), filters={"status": QUEUED})
         ):
             self.assertNotIn("SCAN images", plan)
+
+
+class PostgreSQLQueryPlanTests(SynchronousTestCase):
+    """
+    Deep pages stay ordered index scans on PostgreSQL, whose planner
+    chooses from its statistics: the conditions must not mislead it. With
+    20,000 images, a page 90% into a listing filtered on a property one
+    image in five has (or a tag one in twenty has) used to be planned as a
+    hash join over every remaining image and a sort, because the keyset
+    condition and the property's prefix-and-whole test were each counted
+    twice.
+    """
+
+    def setUp(self) -> None:
+        admin_url = postgres_admin_url(self)
+        url = create_database(admin_url)
+        self.addCleanup(drop_database, admin_url, url)
+        self.registry = sync_open(url)
+        self.addCleanup(lambda: self.successResultOf(self.registry.close()))
+        with self.registry.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO images (id, name, status, visibility, owner, min_ram,"
+                " min_disk, protected, os_hidden, created_at, updated_at, deleted)"
+                " SELECT md5(n::text)::uuid::text, 'image-' || (n %% 100), 'active',"
+                " (ARRAY['public', 'private', 'shared'])[1 + n %% 3], 'p' || (n %% 7),"
+                " 0, 0, false, false,"
+                " timestamptz '2024-01-01' + (n / 2) * interval '1 second',"
+                " timestamptz '2024-01-01', false"
+                " FROM generate_series(1, 20000) n"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO image_properties (image_id, name, value)"
+                " SELECT id, 'os_distro',"
+                " (ARRAY['a', 'b', 'c', 'd', 'e'])[1 + abs(hashtext(id)) %% 5]"
+                " FROM images"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO image_tags (image_id, value) SELECT id, 'gpu'"
+                " FROM images WHERE abs(hashtext(id)) %% 20 = 0"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO image_members"
+                " (image_id, member_id, status, created_at, updated_at)"
+                " SELECT id, 'p1', 'accepted', created_at, created_at FROM images"
+                " WHERE visibility = 'shared' AND owner <> 'p1'"
+                " AND abs(hashtext(id)) %% 10 = 0"
+            )
+        with self.registry.engine.connect().execution_options(
+            isolation_level="AUTOCOMMIT"
+        ) as connection:
+            connection.exec_driver_sql("VACUUM ANALYZE")
+        self.statements: list[tuple[str, Any]] = []
+
+        def record(
+            conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any
+        ) -> None:
+            if (
+                statement.lstrip().startswith("SELECT images.id,")
+                and "ORDER BY" in statement
+            ):
+                self.statements.append((statement, parameters))
+
+        event.listen(self.registry.engine, "before_cursor_execute", record)
+        self.addCleanup(
+            event.remove, self.registry.engine, "before_cursor_execute", record
+        )
+
+    def every_id(self, query: ImageQuery) -> list[str]:
+        ids: list[str] = []
+        marker = None
+        while True:
+            page = self.successResultOf(
+                self.registry.list(evolve(query, marker=marker, limit=1000))
+            )
+            if not page:
+                return ids
+            ids.extend(image.id for image in page)
+            marker = ids[-1]
+
+    def test_deep_pages_keep_the_ordered_scan(self) -> None:
+        """
+        Halfway and 90% into listings filtered by a common property, a
+        tag, or a project's scope, each page query walks the created_at
+        index from the marker (a row comparison) and sorts nothing.
+        """
+        for query in (
+            ImageQuery(properties={"os_distro": "b"}),
+            ImageQuery(tags=frozenset({"gpu"})),
+            ImageQuery(viewer=Viewer("p1")),
+            ImageQuery(viewer=Viewer("p1"), visibility="shared"),
+        ):
+            ids = self.every_id(query)
+            self.assertGreater(len(ids), 500, query)
+            for depth in (0.5, 0.9):
+                del self.statements[:]
+                marker = ids[int(len(ids) * depth)]
+                self.successResultOf(self.registry.list(evolve(query, marker=marker)))
+                [(statement, parameters)] = self.statements
+                with self.registry.engine.connect() as connection:
+                    plan = "\n".join(
+                        connection.exec_driver_sql(
+                            "EXPLAIN " + statement, parameters
+                        ).scalars()
+                    )
+                context = f"{query} at {depth:.0%}:\n{plan}"
+                self.assertIn(
+                    "Index Scan Backward using ix_images_deleted_created_at_id",
+                    plan,
+                    context,
+                )
+                self.assertIn("ROW(created_at, (id)::text) < ROW(", plan, context)
+                self.assertNotIn("Sort", plan, context)
+                self.assertNotIn("Hash Join", plan, context)

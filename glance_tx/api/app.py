@@ -7,6 +7,7 @@ from typing import Any
 from glance_tx.api.root import RootAPI
 from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
+from glance_tx.api.v2 import V2API
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.threads import BlockingRunner
@@ -31,7 +32,17 @@ def build_site(
         uploader=uploader,
         default_project=default_project,
     )
-    root = RootAPI(registry=registry, stores=stores, v1=v1.resource())
-    site = GlanceSite(root.resource(), upload_routes=v1.upload_routes(), reactor=reactor)
+    v2 = V2API(
+        registry=registry,
+        stores=stores,
+        uploader=uploader,
+        default_project=default_project,
+    )
+    root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())
+    site = GlanceSite(
+        root.resource(),
+        upload_routes=v1.upload_routes() + v2.upload_routes(),
+        reactor=reactor,
+    )
     site.displayTracebacks = False
     return site

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 
+from klein import Klein
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
@@ -33,6 +34,17 @@ def render_error(request: IRequest, status: int, message: str) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     return error_document(status, message)
+
+
+def json_errors(app: Klein) -> Klein:
+    """
+    Give a Klein app the JSON error handlers: typed errors and routing
+    misses (404, 405) answer in one shape. Returns the app, for use as
+    C{app = json_errors(Klein())} in a class body.
+    """
+    app.handle_errors(GlanceError)(lambda _app, request, failure: handle_glance_error(request, failure))
+    app.handle_errors(HTTPException)(lambda _app, request, failure: handle_routing_error(request, failure))
+    return app
 
 
 def handle_glance_error(request: IRequest, failure: Failure) -> bytes:

@@ -2,9 +2,10 @@
 The root of the HTTP tree: versions, the health check, and dispatch to
 each API version's Klein app.
 
-Dispatch is by the first path segment: ``/v1/...`` goes to the v1 app with
-the segment moved to C{prepath}; the unversioned ``/images...`` goes to the
-v1 app as it is, as the first Glance did. Everything else is answered here.
+Dispatch is by the first path segment: ``/v1/...`` and ``/v2/...`` go to
+the v1 and v2 apps with the segment moved to C{prepath}; the unversioned
+``/images...`` goes to the v1 app as it is, as the first Glance did.
+Everything else is answered here.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from klein import Klein
 from twisted.internet.defer import DeferredList
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
-from werkzeug.exceptions import HTTPException
 
-from glance_tx.api.errors import handle_glance_error, handle_routing_error
+from glance_tx.api.errors import json_errors
 from glance_tx.api.versions import versions_document
-from glance_tx.errors import GlanceError
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 
@@ -31,22 +30,15 @@ class RootAPI:
     registry: IRegistry
     stores: StoreMap
     v1: IResource
+    v2: IResource
 
-    app = Klein()
+    app = json_errors(Klein())
 
     def resource(self) -> Any:
         return self.app.resource()
 
     def _host_url(self, request: IRequest) -> str:
         return request.URLPath().click(b"/").__str__().rstrip("/")
-
-    @app.handle_errors(GlanceError)
-    def _glance_error(self, request: IRequest, failure: Any) -> bytes:
-        return handle_glance_error(request, failure)
-
-    @app.handle_errors(HTTPException)
-    def _routing_error(self, request: IRequest, failure: Any) -> bytes:
-        return handle_routing_error(request, failure)
 
     @app.route("/", methods=["GET", "HEAD"])
     @app.route("/versions", methods=["GET", "HEAD"])
@@ -58,6 +50,16 @@ class RootAPI:
     @app.route("/v1/", branch=True)
     def v1_versioned(self, request: IRequest) -> IResource:
         return self.v1
+
+    @app.route("/v2", methods=["GET", "HEAD"])
+    def v2_root(self, request: IRequest) -> bytes:
+        """Version discovery (keystoneauth) may ask without the slash."""
+        request.setHeader(b"Content-Type", b"application/json")
+        return json.dumps(versions_document(self._host_url(request))).encode("utf-8")
+
+    @app.route("/v2/", branch=True)
+    def v2_versioned(self, request: IRequest) -> IResource:
+        return self.v2
 
     @app.route("/images", branch=True)
     def v1_unversioned(self, request: IRequest) -> IResource:

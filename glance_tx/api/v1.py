@@ -19,11 +19,10 @@ from attrs import define
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
-from werkzeug.exceptions import HTTPException
 
 from glance_tx import images, policy
 from glance_tx.api.downloads import check_downloadable, send_data, set_data_headers
-from glance_tx.api.errors import handle_glance_error, handle_routing_error
+from glance_tx.api.errors import json_errors
 from glance_tx.api.site import StreamingRequest, UploadRoute
 from glance_tx.api.v1_meta import (
     V1Meta,
@@ -43,7 +42,7 @@ from glance_tx.errors import (
     RequestEntityTooLarge,
     UnsupportedMediaType,
 )
-from glance_tx.images import Image, ImageQuery, ImageUpdate
+from glance_tx.images import Image, ImageQuery, ImageUpdate, Viewer
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.uploads import Upload, Uploader
@@ -79,7 +78,7 @@ class V1API:
     default_project: str
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
-    app = Klein()
+    app = json_errors(Klein())
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -188,17 +187,10 @@ class V1API:
     # -- uploads, started before the body arrives ---------------------------
 
     async def _start_create(self, request: StreamingRequest, match: re.Match[bytes]) -> Upload:
-        context = self._context(request)
         meta = parse_headers(request.requestHeaders)
         expected_size = self._check_upload_request(request, meta)
-        image = await self.registry.create(self._new_image(context, meta))
-        return await self.uploader.start(
-            image,
-            store_id=meta.store,
-            expected_size=expected_size,
-            expected_checksum=meta.checksum,
-            failure_status=images.KILLED,
-        )
+        image = await self.registry.create(self._new_image(self._context(request), meta))
+        return await self._start_upload(image, meta, expected_size, None)
 
     async def _start_update(self, request: StreamingRequest, match: re.Match[bytes]) -> Upload:
         meta = parse_headers(request.requestHeaders)
@@ -206,6 +198,12 @@ class V1API:
         context, image = await self._image(request, match.group(1).decode("utf-8"))
         purge = parse_bool("purge-props", _header(request, b"x-glance-registry-purge-props") or "false")
         changes = self._changes(context, image, meta, purge)
+        return await self._start_upload(image, meta, expected_size, changes)
+
+    async def _start_upload(
+        self, image: Image, meta: V1Meta, expected_size: int | None, changes: ImageUpdate | None
+    ) -> Upload:
+        """v1 uploads: a failed one leaves the image killed."""
         return await self.uploader.start(
             image,
             store_id=meta.store,
@@ -216,14 +214,6 @@ class V1API:
         )
 
     # -- routes ---------------------------------------------------------------
-
-    @app.handle_errors(GlanceError)
-    def _glance_error(self, request: IRequest, failure: Any) -> bytes:
-        return handle_glance_error(request, failure)
-
-    @app.handle_errors(HTTPException)
-    def _routing_error(self, request: IRequest, failure: Any) -> bytes:
-        return handle_routing_error(request, failure)
 
     @app.route("/images", methods=["GET"])
     async def list_brief(self, request: IRequest) -> bytes:
@@ -246,13 +236,15 @@ class V1API:
             value = _arg(request, name)
             if value is not None:
                 filters[name] = parse_int(name, value, images.MAX_INT)
-        visible_to = None if context.is_admin else context.project_id
+        viewer = Viewer(context.project_id, context.is_admin)
+        # Glance v1's default: what the caller can use (public, own, shared
+        # and accepted); is_public=none widens to everything visible.
+        visibility = None
         is_public = _arg(request, "is_public")
-        if is_public is None:
-            # Glance v1's default: public images and the caller's own.
-            visible_to = context.project_id
-        elif is_public.lower() != "none":
-            if parse_bool("is_public", is_public):
+        if is_public is not None:
+            if is_public.lower() == "none":
+                visibility = "all"
+            elif parse_bool("is_public", is_public):
                 filters["visibility"] = "public"
             else:
                 filters["visibility"] = frozenset({"private", "shared", "community"})
@@ -280,7 +272,8 @@ class V1API:
             sort=((sort_key, sort_dir),),
             marker=images.validate_image_id(marker) if marker is not None else None,
             limit=parse_int("limit", limit, images.MAX_LIMIT) if limit is not None else images.DEFAULT_LIMIT,
-            visible_to=visible_to,
+            viewer=viewer,
+            visibility=visibility,
             size_min=sizes.get("size_min"),
             size_max=sizes.get("size_max"),
         )

@@ -14,7 +14,7 @@ import builtins
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-from glance_tx.images import Image, ImageQuery, ImageUpdate
+from glance_tx.images import Image, ImageQuery, ImageUpdate, Member
 
 
 class IRegistry(Interface):
@@ -72,6 +72,28 @@ class IRegistry(Interface):
         Fire with every location held by an image that is not deleted or
         killed: what a store may keep when it sweeps out orphaned data.
         """
+
+    def add_member(image_id: str, member_id: str) -> Deferred[Member]:
+        """
+        Share the image with project C{member_id}, status C{pending}. Fails
+        with L{glance_tx.errors.NotFound} for an unknown or deleted image and
+        L{glance_tx.errors.Conflict} if that project is already a member.
+        """
+
+    def get_member(image_id: str, member_id: str) -> Deferred[Member]:
+        """Fire with the membership, or fail with NotFound."""
+
+    def list_members(image_id: str) -> Deferred[builtins.list[Member]]:
+        """Fire with the image's members, oldest first (NotFound if no image)."""
+
+    def update_member(image_id: str, member_id: str, status: str) -> Deferred[Member]:
+        """
+        Set a membership's status (one of L{glance_tx.images.MEMBER_STATUSES},
+        else BadRequest), bump its C{updated_at}; NotFound if absent.
+        """
+
+    def remove_member(image_id: str, member_id: str) -> Deferred[None]:
+        """Remove a membership; NotFound if absent."""
 
     def ping() -> Deferred[None]:
         """Fire when the registry answers; fail with the reason when not."""

@@ -9,7 +9,10 @@ A test compares the two, so they cannot drift apart silently.
 Indexes are chosen for keyset pagination: every listing filters on
 C{deleted = false} and orders by one sort key with the id as tiebreak, so
 C{(deleted, key, id)} lets a page deep in a large listing start with an index
-range scan and stop after C{limit} rows.
+range scan and stop after C{limit} rows. Conditions on other tables (a
+property, a tag, a membership) are then checked per row through a key that
+starts with the image id; for the rare value that few images have, a second
+index starting with the value finds those images directly.
 """
 
 from __future__ import annotations
@@ -168,4 +171,34 @@ image_tags = Table(
         primary_key=True,
     ),
     Column("value", String(255), primary_key=True),
+    # The primary key (image_id, value) answers "has this image that tag";
+    # this one answers "which images have that tag" (a rare tag filter).
+    Index("ix_image_tags_value_image_id", "value", "image_id"),
+)
+
+image_members = Table(
+    "image_members",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "image_id",
+        String(36),
+        ForeignKey("images.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("member_id", String(255), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    # Also the key a listing probes, per image, for "is P a member of it".
+    UniqueConstraint(
+        "image_id", "member_id", name="uq_image_members_image_id_member_id"
+    ),
+    # "Which images is P a member of, with this status".
+    Index(
+        "ix_image_members_member_id_status_image_id",
+        "member_id",
+        "status",
+        "image_id",
+    ),
 )

@@ -1,0 +1,566 @@
+"""
+Images API v2: the JSON API today's OpenStack tooling speaks.
+
+Served under ``/v2``; the root resource moves that segment to C{prepath}, so
+routes here start at ``/images``. Image data uploaded with ``PUT
+/v2/images/{id}/file`` streams through an L{UploadRoute} (see
+L{glance_tx.api.site}); the route handler then only finishes it. A failed
+upload puts the image back to ``queued`` with no data left, as Glance v2
+does. Downloads take the one streaming path every version shares
+(L{glance_tx.api.downloads}).
+
+The JSON shapes and refusals follow Glance: documents and schemas in
+L{glance_tx.api.v2_schemas}, PATCH in L{glance_tx.api.v2_patch}, listing
+parameters in L{glance_tx.api.v2_query}. An image id that is not a UUID is
+simply not found (404), as in Glance, so clients that look an image up by
+name first (openstacksdk's C{find_image}) fall back to a listing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from attrs import define
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from glance_tx import images, policy
+from glance_tx.api import v2_schemas
+from glance_tx.api.downloads import serve_data
+from glance_tx.api.errors import json_errors
+from glance_tx.api.site import StreamingRequest, UploadRoute
+from glance_tx.api.v2_patch import ACCEPT_PATCH, apply_patch, draft_for, parse_patch
+from glance_tx.api.v2_query import parse_query
+from glance_tx.api.versions import versions_document
+from glance_tx.context import RequestContext
+from glance_tx.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    RequestEntityTooLarge,
+    UnsupportedMediaType,
+)
+from glance_tx.images import Image, ImageUpdate, Member, Viewer
+from glance_tx.registry.interface import IRegistry
+from glance_tx.store.backends import StoreMap
+from glance_tx.uploads import Upload, Uploader
+
+log = Logger()
+
+#: Core fields a create may set (id is checked on its own).
+CREATE_FIELDS = (
+    "name", "visibility", "protected", "os_hidden", "min_ram", "min_disk",
+    "disk_format", "container_format",
+)
+#: What a JSON request body may weigh.
+MAX_JSON_BODY = 1 << 20
+#: Sent on every create, naming the import methods served (RFC 9110 allows
+#: an empty field value): glance-tx takes data only by direct upload, PUT
+#: /v2/images/{id}/file, which is not an import method.
+IMPORT_METHODS = b""
+
+
+def _timestamp(value: datetime) -> str:
+    """ISO 8601 in UTC with a Z and no fraction, as Glance's isotime."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def image_view(image: Image) -> dict[str, Any]:
+    """
+    The v2 image document: core fields, links, and extra properties as
+    top-level strings. Never the locations: they can hold secrets.
+    """
+    view: dict[str, Any] = {
+        key: value
+        for key, value in image.properties.items()
+        # A property (set through v1) that shadows a core field is not shown.
+        if key not in v2_schemas.BASE_PROPERTIES
+    }
+    view.update(
+        {
+            "id": image.id,
+            "name": image.name,
+            "status": image.status,
+            "visibility": image.visibility,
+            "protected": image.protected,
+            "os_hidden": image.os_hidden,
+            "checksum": image.checksum,
+            "os_hash_algo": image.os_hash_algo,
+            "os_hash_value": image.os_hash_value,
+            "size": image.size,
+            "virtual_size": image.virtual_size,
+            "min_disk": image.min_disk,
+            "min_ram": image.min_ram,
+            "disk_format": image.disk_format,
+            "container_format": image.container_format,
+            "owner": image.owner,
+            "tags": sorted(image.tags),
+            "created_at": _timestamp(image.created_at),
+            "updated_at": _timestamp(image.updated_at),
+            "self": f"/v2/images/{image.id}",
+            "file": f"/v2/images/{image.id}/file",
+            "schema": "/v2/schemas/image",
+        }
+    )
+    return view
+
+
+def member_view(member: Member) -> dict[str, Any]:
+    return {
+        "member_id": member.member_id,
+        "image_id": member.image_id,
+        "status": member.status,
+        "created_at": _timestamp(member.created_at),
+        "updated_at": _timestamp(member.updated_at),
+        "schema": "/v2/schemas/member",
+    }
+
+
+def _json(request: IRequest, document: Any, status: int = 200) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(document).encode("utf-8")
+
+
+def _no_content(request: IRequest) -> bytes:
+    request.setResponseCode(204)
+    return b""
+
+
+def _header(request: IRequest, name: bytes) -> str | None:
+    values = request.requestHeaders.getRawHeaders(name)
+    return values[-1].decode("latin-1").strip() if values else None
+
+
+def _body(request: IRequest) -> bytes:
+    """The request body, up to L{MAX_JSON_BODY} (else 413)."""
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    data: bytes = content.read(MAX_JSON_BODY + 1)
+    if len(data) > MAX_JSON_BODY:
+        raise RequestEntityTooLarge(f"Request body is larger than {MAX_JSON_BODY} bytes")
+    return data
+
+
+def _read_json(request: IRequest) -> Any:
+    data = _body(request)
+    if not data.strip():
+        raise BadRequest("Body expected in request.")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("Malformed JSON in request body.") from None
+
+
+def _read_object(request: IRequest) -> dict[str, Any]:
+    document = _read_json(request)
+    if not isinstance(document, dict):
+        raise BadRequest("Request body must be a JSON object.")
+    return document
+
+
+def _parse_size(name: str, value: str) -> int:
+    try:
+        size = int(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, not {value!r}") from None
+    if size < 0:
+        raise BadRequest(f"{name} cannot be negative")
+    return size
+
+
+@define
+class V2API:
+    """The v2 Klein app. Collaborators are injected; nothing global."""
+
+    registry: IRegistry
+    stores: StoreMap
+    uploader: Uploader
+    default_project: str
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    app = json_errors(Klein())
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    def upload_routes(self, prefix: bytes = rb"/v2") -> tuple[UploadRoute, ...]:
+        """The requests whose bodies are image data, for the site."""
+        return (
+            UploadRoute(
+                b"PUT", re.compile(prefix + rb"/images/([^/]+)/file"), self._start_upload
+            ),
+        )
+
+    # -- helpers ------------------------------------------------------------
+
+    def _context(self, request: IRequest) -> RequestContext:
+        return RequestContext.from_request(request, self.default_project)
+
+    def _base_url(self, request: IRequest) -> str:
+        return str(request.URLPath().click(b"/")).rstrip("/")
+
+    async def _find(self, context: RequestContext, image_id: str) -> Image:
+        """
+        The image, if the caller may see it; otherwise, as for an id that is
+        no UUID or names no image, a 404.
+        """
+        try:
+            canonical = images.validate_image_id(image_id)
+        except BadRequest:
+            raise NotFound(f"No image found with ID {image_id}") from None
+        image = await self.registry.get(canonical)
+        if policy.can_see(context, image):
+            return image
+        return policy.check_visible(context, image, await self._membership(context, image))
+
+    async def _image(self, request: IRequest, image_id: str) -> tuple[RequestContext, Image]:
+        context = self._context(request)
+        return context, await self._find(context, image_id)
+
+    async def _membership(self, context: RequestContext, image: Image) -> Member | None:
+        """The caller's project's membership of a shared image, if any."""
+        if image.visibility != "shared" or context.project_id is None:
+            return None
+        try:
+            return await self.registry.get_member(image.id, context.project_id)
+        except NotFound:
+            return None
+
+    # -- versions and schemas -----------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    def versions(self, request: IRequest) -> bytes:
+        """openstacksdk (keystoneauth) discovers versions here."""
+        return _json(request, versions_document(self._base_url(request)))
+
+    @app.route("/schemas/<name>", methods=["GET"])
+    def schema(self, request: IRequest, name: str) -> bytes:
+        make = v2_schemas.SCHEMAS.get(name)
+        if make is None:
+            raise NotFound(f"No schema named {name!r}")
+        return _json(request, make())
+
+    # -- images ---------------------------------------------------------------
+
+    @app.route("/images", methods=["GET"])
+    async def list_images(self, request: IRequest) -> bytes:
+        context = self._context(request)
+        query = parse_query(request.args, Viewer(context.project_id, context.is_admin))
+        found = await self.registry.list(query)
+        params = [
+            (key.decode("utf-8"), value.decode("utf-8"))
+            for key, values in request.args.items()
+            if key != b"marker"
+            for value in values
+        ]
+        document: dict[str, Any] = {
+            "images": [image_view(image) for image in found],
+            "first": "/v2/images" + (f"?{urlencode(params)}" if params else ""),
+            "schema": "/v2/schemas/images",
+        }
+        if found and len(found) == query.limit:
+            document["next"] = "/v2/images?" + urlencode([*params, ("marker", found[-1].id)])
+        return _json(request, document)
+
+    @app.route("/images", methods=["POST"])
+    async def create(self, request: IRequest) -> bytes:
+        context = self._context(request)
+        image = self._new_image(context, _read_object(request))
+        image = await self.registry.create(image)
+        request.setHeader(b"Location", f"{self._base_url(request)}/v2/images/{image.id}".encode())
+        request.setHeader(b"OpenStack-image-import-methods", IMPORT_METHODS)
+        return _json(request, image_view(image), 201)
+
+    def _new_image(self, context: RequestContext, body: dict[str, Any]) -> Image:
+        """An image from a create's body, refused as Glance refuses it."""
+        for key in sorted(v2_schemas.DISALLOWED & set(body)):
+            raise Forbidden(f"Attribute '{key}' is read-only.")
+        v2_schemas.validate_image(body)
+        for key in sorted(set(body) - {"id"}):
+            if key in v2_schemas.READ_ONLY:
+                raise Forbidden(f"Attribute '{key}' is read-only.")
+            if key in v2_schemas.RESERVED or key.startswith(v2_schemas.RESERVED_PREFIX):
+                raise Forbidden(f"Attribute '{key}' is reserved.")
+            if key not in v2_schemas.BASE_PROPERTIES and len(key) > images.MAX_PROPERTY_LENGTH:
+                raise BadRequest(
+                    f"Custom property should not be greater than {images.MAX_PROPERTY_LENGTH} characters."
+                )
+        core = {key: body[key] for key in CREATE_FIELDS if key in body}
+        owner = body.get("owner", context.project_id)
+        policy.check_owner_change(context, None, owner)
+        policy.check_publicize(context, core.get("visibility"))
+        properties = {
+            key: value
+            for key, value in body.items()
+            if key not in v2_schemas.BASE_PROPERTIES and value is not None
+        }
+        now = self.clock()
+        image = Image(
+            id=images.validate_image_id(body["id"]) if "id" in body else images.new_image_id(),
+            status=images.QUEUED,
+            created_at=now,
+            updated_at=now,
+            owner=owner,
+            properties=properties,
+            tags=frozenset(body.get("tags", ())),
+            **core,
+        )
+        images.check_image(image)
+        return image
+
+    @app.route("/images/<image_id>", methods=["GET"])
+    async def show(self, request: IRequest, image_id: str) -> bytes:
+        _, image = await self._image(request, image_id)
+        return _json(request, image_view(image))
+
+    @app.route("/images/<image_id>", methods=["PATCH"])
+    async def update(self, request: IRequest, image_id: str) -> bytes:
+        try:
+            draft = draft_for(_header(request, b"content-type"))
+        except UnsupportedMediaType:
+            request.setHeader(b"Accept-Patch", ACCEPT_PATCH.encode("ascii"))
+            raise
+        changes = parse_patch(_body(request), draft)
+        context, image = await self._image(request, image_id)
+        policy.check_modifiable(context, image)
+        update = apply_patch(image, changes)
+        if "owner" in update.fields:
+            policy.check_owner_change(context, image, update.fields["owner"])
+        if "visibility" in update.fields:
+            policy.check_publicize(context, update.fields["visibility"])
+        if update.fields or update.properties or update.tags is not None:
+            image = await self.registry.update(image.id, update)
+        return _json(request, image_view(image))
+
+    @app.route("/images/<image_id>", methods=["DELETE"])
+    async def delete(self, request: IRequest, image_id: str) -> bytes:
+        context, image = await self._image(request, image_id)
+        policy.check_deletable(context, image)
+        await self.registry.delete(image.id)
+        for location in image.locations:
+            try:
+                await self.stores.for_location(location).delete(location)
+            except Exception:
+                # The record is gone; the orphan sweep at the next start
+                # removes data a store failed to delete now.
+                log.failure("Could not delete data of image {image_id}", image_id=image.id)
+        return _no_content(request)
+
+    # -- image data -----------------------------------------------------------
+
+    async def _start_upload(self, request: StreamingRequest, match: re.Match[bytes]) -> Upload:
+        return await self._begin_upload(request, match.group(1).decode("utf-8", "replace"))
+
+    async def _begin_upload(self, request: IRequest, image_id: str) -> Upload:
+        """Every check an upload needs before its first byte, then start it."""
+        content_type = (_header(request, b"content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/octet-stream":
+            raise UnsupportedMediaType(
+                "Image data must be sent as application/octet-stream, not "
+                + (content_type or "no content type")
+            )
+        expected_size = self._declared_size(request)
+        context, image = await self._image(request, image_id)
+        policy.check_modifiable(context, image)
+        if image.status != images.QUEUED:
+            raise Conflict(
+                f"Image {image.id} is {image.status}; data can only be uploaded "
+                "to a queued image"
+            )
+        missing = [f for f in ("disk_format", "container_format") if not getattr(image, f)]
+        if missing:
+            noun = "Property" if len(missing) == 1 else "Properties"
+            raise BadRequest(f"{noun} {', '.join(missing)} must be set prior to saving data.")
+        return await self.uploader.start(
+            image,
+            store_id=_header(request, b"x-image-meta-store") or None,
+            expected_size=expected_size,
+            failure_status=images.QUEUED,
+        )
+
+    def _declared_size(self, request: IRequest) -> int | None:
+        """
+        The size the client declares, in x-openstack-image-size (chunked
+        uploads) or Content-Length; both must agree and fit the cap.
+        """
+        declared = _header(request, b"x-openstack-image-size")
+        length = _header(request, b"content-length")
+        size = _parse_size("x-openstack-image-size", declared) if declared else None
+        body = _parse_size("Content-Length", length) if length else None
+        if size is not None and body is not None and size != body:
+            raise BadRequest(
+                f"x-openstack-image-size ({size}) does not match the Content-Length ({body})"
+            )
+        expected = size if size is not None else body
+        cap = self.uploader.size_cap
+        if expected is not None and expected > cap:
+            raise RequestEntityTooLarge(f"Image size {expected} exceeds the limit of {cap} bytes")
+        return expected
+
+    @app.route("/images/<image_id>/file", methods=["PUT"])
+    async def upload(self, request: StreamingRequest, image_id: str) -> bytes:
+        if request.upload_started is not None:
+            upload = await request.upload_started
+        else:
+            # An empty body never reaches the upload route: an empty image.
+            upload = await self._begin_upload(request, image_id)
+        await upload.finish()
+        return _no_content(request)
+
+    @app.route("/images/<image_id>/file", methods=["GET"])
+    async def download(self, request: IRequest, image_id: str) -> bytes | None:
+        context, image = await self._image(request, image_id)
+        if image.status == images.DEACTIVATED and not context.is_admin:
+            raise Forbidden(
+                "The requested image has been deactivated. Image data download is forbidden."
+            )
+        if not image.locations or image.status not in (images.ACTIVE, images.DEACTIVATED):
+            return _no_content(request)
+        await serve_data(request, image, self.stores, hex_md5=True)
+        return None
+
+    # -- tags -------------------------------------------------------------------
+
+    @app.route("/images/<image_id>/tags/<tag>", methods=["PUT"])
+    async def add_tag(self, request: IRequest, image_id: str, tag: str) -> bytes:
+        context, image = await self._image(request, image_id)
+        policy.check_modifiable(context, image)
+        v2_schemas.validate_image({"tags": [tag]})
+        if tag not in image.tags:
+            await self.registry.update(image.id, ImageUpdate(tags=image.tags | {tag}))
+        return _no_content(request)
+
+    @app.route("/images/<image_id>/tags/<tag>", methods=["DELETE"])
+    async def delete_tag(self, request: IRequest, image_id: str, tag: str) -> bytes:
+        context, image = await self._image(request, image_id)
+        policy.check_modifiable(context, image)
+        if tag not in image.tags:
+            raise NotFound(f"Tag {tag!r} not found on image {image.id}")
+        await self.registry.update(image.id, ImageUpdate(tags=image.tags - {tag}))
+        return _no_content(request)
+
+    # -- members ----------------------------------------------------------------
+
+    async def _shared(self, request: IRequest, image_id: str) -> tuple[RequestContext, Image]:
+        context, image = await self._image(request, image_id)
+        if image.visibility != "shared":
+            raise Forbidden(f"Only shared images have members; image {image.id} is {image.visibility}.")
+        return context, image
+
+    def _manages_members(self, context: RequestContext, image: Image) -> bool:
+        return context.is_admin or policy.is_owner(context, image)
+
+    @app.route("/images/<image_id>/members", methods=["POST"])
+    async def add_member(self, request: IRequest, image_id: str) -> bytes:
+        body = _read_object(request)
+        if "member" not in body:
+            raise BadRequest("Member to be added not specified")
+        member_id = body["member"]
+        if not member_id:
+            raise BadRequest("Member can't be empty")
+        if not isinstance(member_id, str) or len(member_id) > 255:
+            raise BadRequest("Member must be a project id of at most 255 characters")
+        context, image = await self._shared(request, image_id)
+        if not self._manages_members(context, image):
+            raise Forbidden(f"Not allowed to create members for image {image.id}.")
+        member = await self.registry.add_member(image.id, member_id)
+        return _json(request, member_view(member))
+
+    @app.route("/images/<image_id>/members", methods=["GET"])
+    async def list_members(self, request: IRequest, image_id: str) -> bytes:
+        context, image = await self._shared(request, image_id)
+        members = await self.registry.list_members(image.id)
+        if not self._manages_members(context, image):
+            # A member sees its own membership only.
+            members = [m for m in members if m.member_id == context.project_id]
+        return _json(
+            request,
+            {"members": [member_view(m) for m in members], "schema": "/v2/schemas/members"},
+        )
+
+    @app.route("/images/<image_id>/members/<member_id>", methods=["GET"])
+    async def show_member(self, request: IRequest, image_id: str, member_id: str) -> bytes:
+        try:
+            context, image = await self._shared(request, image_id)
+        except Forbidden as e:
+            # As Glance: no hint that an image the caller may see exists.
+            raise NotFound(e.message) from None
+        if not (self._manages_members(context, image) or member_id == context.project_id):
+            raise NotFound(f"{member_id} not found in the member list of the image {image.id}.")
+        return _json(request, member_view(await self.registry.get_member(image.id, member_id)))
+
+    @app.route("/images/<image_id>/members/<member_id>", methods=["PUT"])
+    async def update_member(self, request: IRequest, image_id: str, member_id: str) -> bytes:
+        body = _read_object(request)
+        if "status" not in body:
+            raise BadRequest("Status not specified")
+        status = body["status"]
+        if status not in images.MEMBER_STATUSES:
+            raise BadRequest('Status must be "pending", "accepted" or "rejected".')
+        context, image = await self._shared(request, image_id)
+        if not (self._manages_members(context, image) or member_id == context.project_id):
+            raise NotFound(f"{member_id} not found in the member list of the image {image.id}.")
+        await self.registry.get_member(image.id, member_id)
+        if not (context.is_admin or member_id == context.project_id):
+            raise Forbidden(
+                f"Not allowed to update members for image {image.id}: only the "
+                "member itself accepts or rejects an image."
+            )
+        member = await self.registry.update_member(image.id, member_id, status)
+        return _json(request, member_view(member))
+
+    @app.route("/images/<image_id>/members/<member_id>", methods=["DELETE"])
+    async def remove_member(self, request: IRequest, image_id: str, member_id: str) -> bytes:
+        context, image = await self._shared(request, image_id)
+        if not (self._manages_members(context, image) or member_id == context.project_id):
+            raise NotFound(f"{member_id} not found in the member list of the image {image.id}.")
+        await self.registry.get_member(image.id, member_id)
+        if not self._manages_members(context, image):
+            raise Forbidden(f"Not allowed to delete members for image {image.id}.")
+        await self.registry.remove_member(image.id, member_id)
+        return _no_content(request)
+
+    # -- actions ----------------------------------------------------------------
+
+    @app.route("/images/<image_id>/actions/deactivate", methods=["POST"])
+    async def deactivate(self, request: IRequest, image_id: str) -> bytes:
+        await self._transition(request, image_id, "deactivate", images.ACTIVE, images.DEACTIVATED)
+        return _no_content(request)
+
+    @app.route("/images/<image_id>/actions/reactivate", methods=["POST"])
+    async def reactivate(self, request: IRequest, image_id: str) -> bytes:
+        await self._transition(request, image_id, "reactivate", images.DEACTIVATED, images.ACTIVE)
+        return _no_content(request)
+
+    async def _transition(
+        self, request: IRequest, image_id: str, action: str, source: str, target: str
+    ) -> None:
+        """Glance's actions: admin only; a no-op when already done; 403 otherwise."""
+        context, image = await self._image(request, image_id)
+        policy.check_admin(context, f"{action} images")
+        if image.status == target:
+            return
+        if image.status != source:
+            raise Forbidden(f"Not allowed to {action} image in status '{image.status}'")
+        try:
+            await self.registry.update(
+                image.id,
+                ImageUpdate(fields={"status": target}),
+                expected_status=frozenset({source}),
+            )
+        except Conflict:
+            current = await self.registry.get(image.id)
+            if current.status != target:
+                raise

@@ -1,0 +1,372 @@
+"""
+A real glance-tx on a real socket for the tests that drive real OpenStack
+clients (python-glanceclient's ``glance`` command, openstacksdk) against it.
+
+L{LiveServerTestCase} starts a fresh server for every test, in this process
+on trial's reactor, with SQLite and the filesystem store in the test's
+temporary directory, the way C{tests/test_end_to_end.py} does. The clients
+run outside the reactor thread (a subprocess, or a worker thread for the
+synchronous openstacksdk) so the reactor keeps serving them.
+
+Who is asking: glance-tx takes identity from the headers Keystone's
+auth_token middleware sets (C{X-Project-Id}, C{X-Roles}, ...); a request
+without them acts as the default project with the admin role. The clients
+send only C{X-Auth-Token}, so to act as another project (an image member
+accepting a share) the tests point the client at an L{IdentityProxy}: a
+stand-in for keystonemiddleware that turns a known token into those headers,
+strips any the client sent, answers 401 to an unknown token and forwards the
+request unchanged otherwise. The owner's token goes straight to the server
+and exercises the no-headers default.
+
+Set C{GLANCE_TX_CLIENT_TESTS_URL} to run the same tests against another
+Images API v2 server instead (for example OpenStack Glance, to check that
+the tests pin Glance's real behaviour). That server must take identity from
+the headers (Glance's C{context} middleware with C{X-Identity-Status}), so
+then every client request, the owner's too, goes through the proxy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import define, field
+from treq import collect as treq_collect
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
+from twisted.internet.tcp import Connection
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import Request as WebRequest
+
+from glance_tx.config import load_config
+from glance_tx.tap import GlanceService
+
+log = Logger()
+
+MiB = 1 << 20
+
+#: Set to a base URL to run the client tests against that server instead.
+EXTERNAL_URL = os.environ.get("GLANCE_TX_CLIENT_TESTS_URL", "").rstrip("/")
+
+#: The token the owner's clients send. Against glance-tx it maps to no
+#: identity headers at all: the request acts as the default project, admin.
+OWNER_TOKEN = "fake-token"
+#: What keystoneauth's "none" auth plugin (openstacksdk's auth_type="none")
+#: sends as X-Auth-Token: the owner too.
+NOAUTH_TOKEN = "notused"
+#: glance-tx's default project (its ``default_project`` setting).
+OWNER_PROJECT = "admin"
+#: A second project, as Keystone would name it, for image members.
+MEMBER_TOKEN = "member-token"
+MEMBER_PROJECT = "5d3a1c0e9b8f47a6a2e4c6b8d0f1e2a3"
+
+#: What keystonemiddleware's auth_token sets for each token it accepts.
+IDENTITIES: dict[str, dict[str, str]] = {
+    OWNER_TOKEN: {
+        "X-Identity-Status": "Confirmed",
+        "X-Project-Id": OWNER_PROJECT,
+        "X-User-Id": "0a1b2c3d4e5f40718293a4b5c6d7e8f9",
+        "X-Roles": "admin,member,reader",
+    },
+    MEMBER_TOKEN: {
+        "X-Identity-Status": "Confirmed",
+        "X-Project-Id": MEMBER_PROJECT,
+        "X-User-Id": "7e1f0c2b3a4d45e6b7c8d9e0f1a2b3c4",
+        "X-Roles": "member,reader",
+    },
+}
+
+IDENTITIES[NOAUTH_TOKEN] = IDENTITIES[OWNER_TOKEN]
+
+#: Headers an identity middleware owns: whatever the client sent is dropped.
+_IDENTITY_HEADERS = {
+    b"x-identity-status", b"x-project-id", b"x-tenant-id", b"x-tenant",
+    b"x-user-id", b"x-user", b"x-roles", b"x-role", b"x-domain-id",
+    b"x-project-name", b"x-user-name", b"x-service-catalog",
+}
+#: Hop-by-hop headers (RFC 9110 7.6.1) and the ones the forwarding side
+#: computes again.
+_HOP_BY_HOP = {
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"content-length",
+}
+
+
+def identity_headers(token: str) -> dict[str, str]:
+    """
+    The identity headers a request made with C{token} carries once it is
+    past the identity middleware. Against glance-tx the owner sends none.
+    """
+    if token in (OWNER_TOKEN, NOAUTH_TOKEN) and not EXTERNAL_URL:
+        return {}
+    return dict(IDENTITIES[token])
+
+
+def write_pattern_file(path: str, size: int) -> tuple[str, str]:
+    """
+    Write C{size} bytes that no two MiB of are alike (each MiB is a run of
+    its own index) to C{path}; return their md5 and sha512 hex digests.
+    Blocking: call it in a thread.
+    """
+    md5, sha512 = hashlib.md5(), hashlib.sha512()
+    with open(path, "wb") as f:
+        index = 0
+        left = size
+        while left:
+            chunk = (index.to_bytes(4, "big") * (MiB // 4))[:left]
+            f.write(chunk)
+            md5.update(chunk)
+            sha512.update(chunk)
+            left -= len(chunk)
+            index += 1
+    return md5.hexdigest(), sha512.hexdigest()
+
+
+def pattern_bytes(size: int, seed: int = 7) -> bytes:
+    """C{size} bytes of a pattern that depends on C{seed}."""
+    unit = hashlib.sha512(seed.to_bytes(4, "big")).digest()
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+def file_digests(path: str) -> tuple[int, str, str]:
+    """Size, md5 and sha512 of a file. Blocking: call it in a thread."""
+    md5, sha512 = hashlib.md5(), hashlib.sha512()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            size += len(chunk)
+            md5.update(chunk)
+            sha512.update(chunk)
+    return size, md5.hexdigest(), sha512.hexdigest()
+
+
+class _ProxyResource(Resource):
+    """Forwards every request to C{backend}, with identity set from the token."""
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        backend: str,
+        client: HTTPClient,
+        identities: Mapping[str, Mapping[str, str]],
+        log_lines: list[str],
+    ) -> None:
+        Resource.__init__(self)
+        self.backend = backend
+        self.client = client
+        self.identities = identities
+        self.log_lines = log_lines
+
+    def render(self, request: WebRequest) -> object:
+        d = Deferred.fromCoroutine(self._forward(request))
+
+        def failed(failure: Any) -> None:
+            log.failure("identity proxy", failure)
+            if not request.finished and not request._disconnected:
+                # _disconnected: twisted.web has no public "is the client
+                # gone" flag; finishing a gone request raises.
+                request.setResponseCode(502)
+                request.finish()
+
+        d.addErrback(failed)
+        return NOT_DONE_YET
+
+    async def _forward(self, request: WebRequest) -> None:
+        method = request.method
+        raw_token = request.getHeader(b"x-auth-token")
+        # No token at all (openstacksdk with auth_type="none"): the owner, as
+        # glance-tx treats a request with no identity.
+        token = raw_token.decode("ascii", "replace") if raw_token else OWNER_TOKEN
+        headers = Headers()
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            lower = name.lower()
+            if lower in _IDENTITY_HEADERS or lower in _HOP_BY_HOP:
+                continue
+            headers.setRawHeaders(name, values)
+        if token not in self.identities:
+            self.log_lines.append(f"{method.decode()} {request.uri.decode()} -> 401 (token)")
+            request.setResponseCode(401)
+            request.setHeader(b"Content-Type", b"application/json")
+            request.write(b'{"error": {"code": 401, "message": "unknown token"}}')
+            request.finish()
+            return
+        identity = identity_headers(token)
+        for name, value in identity.items():
+            headers.setRawHeaders(name.encode(), [value.encode()])
+        body = request.content
+        body.seek(0, os.SEEK_END)
+        length = body.tell()
+        body.seek(0)
+        response = await self.client.request(
+            method.decode("ascii"),
+            self.backend + request.uri.decode("ascii"),
+            headers=headers,
+            data=FileBodyProducer(body) if length else None,
+            unbuffered=True,
+        )
+        self.log_lines.append(
+            f"{method.decode()} {request.uri.decode()} as {identity.get('X-Project-Id', '-')}"
+            f" -> {response.code}"
+        )
+        request.setResponseCode(response.code, response.phrase)
+        for name, values in response.headers.getAllRawHeaders():
+            if name.lower() in _HOP_BY_HOP - {b"content-length"}:
+                continue
+            request.responseHeaders.setRawHeaders(name, values)
+        if method != b"HEAD":
+            await treq_collect(response, request.write)
+        if not request._disconnected:
+            # See failed() above for _disconnected.
+            request.finish()
+
+
+@define
+class IdentityProxy:
+    """
+    A stand-in for keystonemiddleware's auth_token in front of the server:
+    listens on a loopback port; C{url} is what clients should use.
+    """
+
+    backend: str
+    port: IListeningPort
+    pool: HTTPConnectionPool
+    log_lines: list[str] = field(factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}"
+
+    @classmethod
+    async def start(cls, backend: str) -> IdentityProxy:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        client = HTTPClient(Agent(reactor, pool=pool))
+        lines: list[str] = []
+        resource = _ProxyResource(backend, client, IDENTITIES, lines)
+        site = Site(resource)
+        site.noisy = False
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        return cls(backend=backend, port=port, pool=pool, log_lines=lines)
+
+    async def stop(self) -> None:
+        await self.port.stopListening()
+        await self.pool.closeCachedConnections()
+
+
+class LiveServerTestCase(TestCase):
+    """
+    Each test gets a fresh glance-tx at C{self.base} (or the external server
+    named by C{GLANCE_TX_CLIENT_TESTS_URL}), a treq client C{self.treq}, and
+    on demand an L{IdentityProxy}. Cleanup stops them all and waits for every
+    TCP connection to close, so trial finds a clean reactor.
+    """
+
+    timeout = 120
+    config_text = ""
+
+    async def _start_server(self) -> None:
+        if EXTERNAL_URL:
+            self.base = EXTERNAL_URL
+            return
+        data_dir = os.path.abspath(self.mktemp())
+        path = None
+        if self.config_text:
+            path = self.mktemp()
+            with open(path, "w") as f:
+                f.write(self.config_text)
+        config = load_config(path, endpoint="tcp:0:interface=127.0.0.1", data_dir=data_dir)
+        self.assertEqual(config.default_project, OWNER_PROJECT)
+        pool = ThreadPool(minthreads=2, maxthreads=8, name="live-server")
+        self.service = GlanceService(config, reactor, pool)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        await self.service.ready
+        # GlanceService has no public "where am I listening" yet.
+        self.base = f"http://127.0.0.1:{self.service._port.getHost().port}"
+
+    def setUp(self) -> Deferred[None]:
+        self._proxy: IdentityProxy | None = None
+        http_pool = HTTPConnectionPool(reactor, persistent=False)
+        self.treq = HTTPClient(Agent(reactor, pool=http_pool))
+
+        async def settle() -> None:
+            if self._proxy is not None:
+                await self._proxy.stop()
+            await http_pool.closeCachedConnections()
+            # Clients (subprocesses, worker threads) may still be closing
+            # their sockets: wait for both ends of every connection to go.
+            for _ in range(500):
+                if not [r for r in reactor.getReaders() if isinstance(r, Connection)]:
+                    break
+                await deferLater(reactor, 0.02)
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(settle()))
+        return Deferred.fromCoroutine(self._start_server())
+
+    async def proxy(self) -> IdentityProxy:
+        """The identity proxy in front of the server (started on first use)."""
+        if self._proxy is None:
+            self._proxy = await IdentityProxy.start(self.base)
+        return self._proxy
+
+    async def endpoint(self, token: str = OWNER_TOKEN) -> str:
+        """The image endpoint a client sending C{token} should be given."""
+        if identity_headers(token):
+            return (await self.proxy()).url
+        return self.base
+
+    async def api(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str = OWNER_TOKEN,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """One request straight to the server as C{token}'s project: the
+        status and the JSON body (C{None} when there is none)."""
+        all_headers = {"X-Auth-Token": token, **identity_headers(token), **(headers or {})}
+        data = None
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            all_headers.setdefault("Content-Type", "application/json")
+        response = await self.treq.request(
+            method, self.base + path,
+            headers={k: [v] for k, v in all_headers.items()}, data=data,
+        )
+        body = await response.content()
+        try:
+            return response.code, json.loads(body) if body else None
+        except ValueError:
+            return response.code, body
+
+    async def image(self, image_id: str, token: str = OWNER_TOKEN) -> dict[str, Any] | None:
+        """The image as C{GET /v2/images/{id}} shows it, or C{None} on 404."""
+        code, body = await self.api("GET", f"/v2/images/{image_id}", token=token)
+        if code == 404:
+            return None
+        self.assertEqual(code, 200, f"GET /v2/images/{image_id}: {code} {body!r}")
+        return body
+
+    async def make_file(self, name: str, size: int) -> tuple[str, str, str]:
+        """A file of C{size} pattern bytes in the test's temporary
+        directory: its path, md5 and sha512."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, name)
+        md5, sha512 = await deferToThread(write_pattern_file, path, size)
+        return path, md5, sha512

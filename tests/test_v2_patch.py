@@ -1,0 +1,154 @@
+"""JSON-patch parsing and applying for PATCH /v2/images/{id}, without HTTP."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from glance_tx import images
+from glance_tx.api.v2_patch import (
+    ACCEPT_PATCH,
+    Change,
+    apply_patch,
+    decode_pointer,
+    draft_for,
+    parse_patch,
+)
+from glance_tx.errors import BadRequest, Conflict, Forbidden, UnsupportedMediaType
+from glance_tx.images import Image, ImageUpdate
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def image(status: str = images.QUEUED, **fields: Any) -> Image:
+    return Image(id="6f1f1e0c-0000-4000-8000-000000000001", status=status,
+                 created_at=NOW, updated_at=NOW, **fields)
+
+
+def parse(operations: Any, draft: int = 10) -> tuple[Change, ...]:
+    return parse_patch(json.dumps(operations).encode(), draft)
+
+
+class MediaTypeTests(SynchronousTestCase):
+    def test_drafts(self) -> None:
+        """The two media types name their drafts; parameters are ignored."""
+        self.assertEqual(draft_for("application/openstack-images-v2.1-json-patch"), 10)
+        self.assertEqual(draft_for("Application/OpenStack-Images-v2.0-JSON-Patch; charset=utf-8"), 4)
+        for other in ("application/json", None, ""):
+            self.assertRaises(UnsupportedMediaType, draft_for, other)
+        self.assertEqual(
+            ACCEPT_PATCH,
+            "application/openstack-images-v2.0-json-patch, "
+            "application/openstack-images-v2.1-json-patch",
+        )
+
+
+class ParseTests(SynchronousTestCase):
+    def test_both_dialects(self) -> None:
+        """The same change in the 2.1 and 2.0 spellings."""
+        self.assertEqual(
+            parse([{"op": "replace", "path": "/name", "value": "x"}]),
+            (Change("replace", "name", "x", 10),),
+        )
+        self.assertEqual(
+            parse([{"replace": "/name", "value": "x"}, {"remove": "/p"}], draft=4),
+            (Change("replace", "name", "x", 4), Change("remove", "p", None, 4)),
+        )
+
+    def test_pointer_escapes(self) -> None:
+        """~1 is / and ~0 is ~ in a pointer."""
+        self.assertEqual(decode_pointer("/a~1b~0c"), ["a/b~c"])
+        self.assertEqual(parse([{"op": "add", "path": "/x~1y", "value": "v"}])[0].name, "x/y")
+
+    def test_malformed(self) -> None:
+        """Bad JSON, shapes, ops, pointers and values are BadRequests."""
+        self.assertRaises(BadRequest, parse_patch, b"[", 10)
+        for operations in (
+            {}, [1], [{"path": "/a", "value": "v"}], [{"op": "copy", "path": "/a"}],
+            [{"op": "add", "value": "v"}], [{"op": "add", "path": "/a"}],
+            [{"op": "add", "path": "a", "value": "v"}], [{"op": "add", "path": "/a/b", "value": "v"}],
+            [{"op": "add", "path": "/a~", "value": "v"}], [{"op": "add", "path": 5, "value": "v"}],
+            [{"op": "add", "path": "/a", "value": ["list"]}],
+            [{"op": "add", "path": "/" + "k" * 256, "value": "v"}],
+            [{"op": "replace", "path": "/min_ram", "value": "1"}],
+        ):
+            self.assertRaises(BadRequest, parse, operations)
+        self.assertRaises(BadRequest, parse, [{"add": "/a", "replace": "/b", "value": "v"}], 4)
+        self.assertRaises(BadRequest, parse, [{"value": "v"}], 4)
+
+    def test_forbidden(self) -> None:
+        """Read-only, reserved and location paths are Forbidden."""
+        for path in ("/status", "/id", "/self", "/deleted", "/os_glance_x", "/locations",
+                     "/locations/0"):
+            self.assertRaises(Forbidden, parse, [{"op": "add", "path": path, "value": "v"}])
+
+
+class ApplyTests(SynchronousTestCase):
+    def test_one_update(self) -> None:
+        """Changes fold into one ImageUpdate holding only what changed."""
+        before = image(name="n", properties={"a": "1", "b": "2"}, tags={"t"})
+        update = apply_patch(before, parse([
+            {"op": "replace", "path": "/name", "value": "m"},
+            {"op": "replace", "path": "/a", "value": "1"},
+            {"op": "remove", "path": "/b"},
+            {"op": "add", "path": "/c", "value": "3"},
+            {"op": "add", "path": "/tags", "value": ["t", "u"]},
+            {"op": "replace", "path": "/min_disk", "value": 0},
+        ]))
+        self.assertEqual(
+            update,
+            ImageUpdate(fields={"name": "m"}, properties={"b": None, "c": "3"},
+                        tags=frozenset({"t", "u"})),
+        )
+
+    def test_later_operations_see_earlier_ones(self) -> None:
+        """Operations apply in order: add then replace then remove."""
+        update = apply_patch(image(), parse([
+            {"op": "add", "path": "/p", "value": "1"},
+            {"op": "replace", "path": "/p", "value": "2"},
+            {"op": "remove", "path": "/p"},
+        ]))
+        self.assertEqual(update, ImageUpdate())
+
+    def test_conflicts(self) -> None:
+        """Missing properties (replace, remove) and 2.0 adds of present ones."""
+        before = image(properties={"p": "1"})
+        self.assertRaises(Conflict, apply_patch, before, parse([{"op": "remove", "path": "/q"}]))
+        self.assertRaises(Conflict, apply_patch, before, parse([{"op": "replace", "path": "/q", "value": "v"}]))
+        self.assertRaises(Conflict, apply_patch, before, parse([{"add": "/p", "value": "v"}], 4))
+        self.assertRaises(Conflict, apply_patch, before, parse([{"add": "/name", "value": "v"}], 4))
+
+    def test_core_fields_stay(self) -> None:
+        """Removing a core field is Forbidden."""
+        self.assertRaises(Forbidden, apply_patch, image(), parse([{"op": "remove", "path": "/tags"}]))
+
+    def test_formats_while_queued(self) -> None:
+        """Formats change while queued, not once the image has data."""
+        queued = image(disk_format="raw")
+        change = parse([{"op": "replace", "path": "/disk_format", "value": "qcow2"}])
+        self.assertEqual(apply_patch(queued, change).fields, {"disk_format": "qcow2"})
+        active = image(images.ACTIVE, disk_format="raw")
+        self.assertRaises(Forbidden, apply_patch, active, change)
+        same = parse([{"op": "replace", "path": "/disk_format", "value": "raw"}])
+        self.assertEqual(apply_patch(active, same), ImageUpdate())
+
+    def test_whole_image_checked(self) -> None:
+        """The image as patched must be valid (ami needs an ami container)."""
+        change = parse([{"op": "replace", "path": "/disk_format", "value": "ami"}])
+        self.assertRaises(BadRequest, apply_patch, image(container_format="bare"), change)
+
+    def test_null_removes_nullable_property(self) -> None:
+        """A null for a nullable schema property removes it; adding one is a no-op."""
+        kernel = "6f1f1e0c-0000-4000-8000-000000000002"
+        before = image(properties={"kernel_id": kernel})
+        self.assertEqual(
+            apply_patch(before, parse([{"op": "replace", "path": "/kernel_id", "value": None}])),
+            ImageUpdate(properties={"kernel_id": None}),
+        )
+        self.assertEqual(
+            apply_patch(image(), parse([{"op": "add", "path": "/ramdisk_id", "value": None}])),
+            ImageUpdate(),
+        )
