@@ -21,8 +21,17 @@ and exercises the no-headers default.
 Set C{GLANCE_TX_CLIENT_TESTS_URL} to run the same tests against another
 Images API v2 server instead (for example OpenStack Glance, to check that
 the tests pin Glance's real behaviour). That server must take identity from
-the headers (Glance's C{context} middleware with C{X-Identity-Status}), so
-then every client request, the owner's too, goes through the proxy.
+the headers, so then every client request, the owner's too, goes through
+the proxy. For OpenStack Glance (as in C{bench/transfer.py}, under uwsgi)
+that is a paste pipeline with Glance's own C{context} filter and no
+C{authtoken}, chosen with C{[paste_deploy] flavor = headers}::
+
+    [composite:api]
+    headers = cors http_proxy_to_wsgi versionnegotiation osprofiler context rootapp
+
+(plus a C{[composite:glance-api-headers]} like C{glance-api-keystone}).
+Every test there uses names, properties and tags of its own, so images
+left by other runs do not disturb it.
 """
 
 from __future__ import annotations
@@ -304,6 +313,8 @@ class LiveServerTestCase(TestCase):
 
         async def settle() -> None:
             if self._proxy is not None:
+                for line in self._proxy.log_lines:
+                    log.info("identity proxy: {line}", line=line)
                 await self._proxy.stop()
             await http_pool.closeCachedConnections()
             # Clients (subprocesses, worker threads) may still be closing

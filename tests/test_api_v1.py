@@ -264,6 +264,18 @@ class ReadTests(ErrorShapeMixin, SiteTestCase):
         self.assertIsNone(answer.header("x-image-meta-location"))
         self.assertEqual(answer.body, b"")
 
+    def test_range(self) -> None:
+        """v1 downloads share v2's path: a single range is a 206, past the
+        end a 416."""
+        image = self.create(b"0123456789", name="r")
+        part = self.request("GET", f"/v1/images/{image['id']}", {"Range": "bytes=2-4"})
+        self.assertEqual(part.code, 206)
+        self.assertEqual(part.body, b"234")
+        self.assertEqual(part.header("Content-Range"), "bytes 2-4/10")
+        beyond = self.request("GET", f"/v1/images/{image['id']}", {"Range": "bytes=20-"})
+        self.assertEqual(beyond.code, 416)
+        self.assertEqual(beyond.header("Content-Range"), "bytes */10")
+
     def test_not_found(self) -> None:
         """Unknown ids are 404; malformed ids 400."""
         self.assertError(self.request("GET", f"/v1/images/{uuid.uuid4()}"), 404)

@@ -8,6 +8,8 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from glance_tx import images
 from glance_tx.api import v2_schemas
 from glance_tx.api.ranges import ByteRange, parse_range
@@ -331,6 +333,11 @@ class CreateTests(V2TestCase):
                 "POST", "/v2/images", {"Content-Type": "application/json"}, data=body
             )
             self.assertError(answer, 400)
+
+    def test_oversized_body(self) -> None:
+        """A JSON body over 1 MiB is a 413."""
+        answer = self.send_json("POST", "/v2/images", {"description": "d" * (1 << 20)})
+        self.assertError(answer, 413)
 
     def test_read_only_fields(self) -> None:
         """Fields only the service writes are 403s, naming the field."""
@@ -1003,7 +1010,7 @@ class RangeTests(V2TestCase):
         self.assertEqual(self.get("bytes=0-1", **{"If-Range": '"other"'}).code, 200)
 
 
-class ParseRangeTests(SiteTestCase):
+class ParseRangeTests(SynchronousTestCase):
     """L{parse_range} alone."""
 
     def test_parse(self) -> None:

@@ -5,8 +5,9 @@ glance-tx over a real socket, with no Keystone: ``glance --os-image-url URL
 
 Each command runs as a subprocess of the test (the server runs on trial's
 reactor in this process, so nothing here may block it) with C{--debug}: the
-client then logs every request it makes to stderr, and a failing assertion
-shows the command, its exit code, the requests it made and what it printed.
+client then logs its requests to stderr (all but the discovery ones, which
+it makes before it sets up logging), and a failing assertion shows the
+command, its exit code, the requests it made and what it printed.
 A fresh C{HOME} per test gives every test a cold schema cache
 (C{~/.glanceclient}), so the first command of each test does the client's
 discovery (C{GET /versions}, C{GET /v2/schemas/image}, the metadefs
@@ -213,6 +214,8 @@ class GlanceCLITestCase(LiveServerTestCase):
             name: value for name, value in os.environ.items()
             if not name.startswith("OS_")
             and name.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+            # The client needs nothing from the server's source tree.
+            and name != "PYTHONPATH"
         }
         env["HOME"] = self.home
         env["NO_PROXY"] = "127.0.0.1,localhost"

@@ -112,6 +112,25 @@ class RawUploadTests(SiteTestCase):
         protocol.dataReceived(b"abc")
         self.assertIn(b"200 OK", transport.value())
 
+    def test_refused_after_whole_body(self) -> None:
+        """A refusal decided only after the whole (small) body arrived is
+        answered once, by the route, not twice."""
+        from tests.fakes import ManualRunner
+
+        manual = ManualRunner()
+        self.registry.runner = manual
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            f"PUT /v1/images/{uuid.uuid4()} HTTP/1.1\r\nHost: h\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 3\r\n\r\nabc".encode()
+        )
+        self.assertEqual(transport.value(), b"")
+        self.registry.runner = self.runner
+        manual.run_all()
+        sent = transport.value()
+        self.assertEqual(sent.count(b"HTTP/1.1 "), 1, sent)
+        self.assertTrue(sent.startswith(b"HTTP/1.1 404 "), sent)
+
     def test_disconnect_mid_upload(self) -> None:
         """A client that goes away mid-body leaves the image killed and no
         data behind."""

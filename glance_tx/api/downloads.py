@@ -67,7 +67,26 @@ async def send_data(
     )
     location = image.locations[0]
     consumer = cast(IConsumer, request)  # a twisted.web Request is one
+    _raise_send_limit(request)
     await stores.for_location(location).read(location, consumer, offset, length)
+
+
+#: How much one send() may take. The store produces 1 MiB blocks.
+DOWNLOAD_SEND_LIMIT = 1 << 20
+
+
+def _raise_send_limit(request: IRequest) -> None:
+    """
+    twisted.internet.abstract.FileDescriptor sends at most its SEND_LIMIT
+    (128 KiB) per send() and asks the producer for more only once its buffer
+    is empty, so 1 MiB blocks leave the socket idle between small sends.
+    Twisted has no public API for this; the class attribute is meant to be
+    overridable per instance. Measured on loopback: about 1.5x the download
+    throughput at lower CPU per GiB (bench/RESULTS.md).
+    """
+    transport = getattr(request, "transport", None)
+    if transport is not None and hasattr(transport, "SEND_LIMIT"):
+        transport.SEND_LIMIT = DOWNLOAD_SEND_LIMIT
 
 
 def requested_range(request: IRequest, image: Image) -> ByteRange | None:

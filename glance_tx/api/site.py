@@ -217,14 +217,21 @@ class StreamingRequest(server.Request):
         if self._refused:
             return
         self._refused = True
-        if self.upload_started is not None and not self.upload_started.called:
-            self.upload_started.errback(error)
-            self.upload_started.addErrback(lambda _: None)
+        started = self.upload_started
         if self.upload is None:
-            self._send_refusal(error)
+            # Refused before it started. If the body is already complete,
+            # the route handler is awaiting upload_started and answers
+            # itself; a raw answer as well would be a second response.
+            if started is not None and not started.called:
+                started.errback(error)
+                if not self._body_complete:
+                    started.addErrback(lambda _: None)
+            if not self._body_complete:
+                self._send_refusal(error)
             return
-        # Answer once the partial data is gone and the image marked failed,
-        # so a client that looks right after the answer sees the truth.
+        # Refused mid-body. Answer once the partial data is gone and the
+        # image marked failed, so a client that looks right after the
+        # answer sees the truth.
         aborted = Deferred.fromCoroutine(self.upload.abort(error))
         aborted.addErrback(lambda f: log.failure("Aborting the upload failed", f))
         aborted.addCallback(lambda _: self._send_refusal(error))

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from glance_tx import images, policy
-from glance_tx.api.downloads import check_downloadable, send_data, set_data_headers
+from glance_tx.api.downloads import check_downloadable, serve_data, set_data_headers
 from glance_tx.api.errors import json_errors
 from glance_tx.api.site import StreamingRequest, UploadRoute
 from glance_tx.api.v1_meta import (
@@ -330,8 +330,7 @@ class V1API:
         _, image = await self._image(request, image_id)
         check_downloadable(image)
         set_image_headers(request.responseHeaders, image)
-        set_data_headers(request, image)
-        await send_data(request, image, self.stores)
+        await serve_data(request, image, self.stores)
 
     @app.route("/images/<image_id>", methods=["DELETE"])
     async def delete(self, request: IRequest, image_id: str) -> bytes:

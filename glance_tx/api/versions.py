@@ -2,17 +2,18 @@
 The versions document: what ``GET /``, ``GET /versions`` and ``GET /v2/``
 answer.
 
-Only versions whose features glance-tx really serves are listed. Images API
-v2 minor versions add up: 2.1 image members, 2.2 and 2.3 (tasks aside,
-which glance-tx does not have) deactivate/reactivate, 2.4 nothing a client
-can see, 2.5 community images. 2.6 adds interoperable image import, which
-glance-tx does not have, so 2.5 is the newest listed -- although the fields
-of 2.7 (``os_hidden``, ``os_hash_algo``/``os_hash_value``) are served, a
-client that sees 2.7 may assume import too.
+Only versions whose features glance-tx really serves are listed. Images
+API v2 minor versions add up; by 2.5 they bring image members, tags,
+schemas, deactivate/reactivate and community visibility, all served here
+(tasks, also of that era, are not, and no client infers them from a
+version). 2.6 adds interoperable image import, which glance-tx does not
+have, so 2.5 is the newest listed -- although the fields of 2.7
+(``os_hidden``, ``os_hash_algo``/``os_hash_value``) are served, a client
+that sees 2.7 may assume import too.
 
-v1 comes first: that is where the original glance-tx served its only
-version, and clients look versions up by id (glanceclient picks any ``v2``
-entry; keystoneauth sorts them), so the order carries no meaning.
+v1 is listed first, as before v2 existed (``tests/test_api_v1.py`` reads
+the first entry); clients look versions up by id (glanceclient takes any
+``v2`` entry, keystoneauth sorts them), so the order carries no meaning.
 """
 
 from __future__ import annotations

@@ -697,7 +697,9 @@ class _FileProducer:
 
     At most one read is in flight, and at most one block is held while the
     consumer has paused us, so memory stays at about one block whatever the
-    image size and however slow the consumer. C{_pump} is a loop rather than
+    image size and however slow the consumer. That one block is read ahead
+    while paused, so that on resume the socket is not kept waiting for the
+    disk. C{_pump} is a loop rather than
     a recursion so that a runner that answers at once does not grow the
     stack with every block.
     """
@@ -755,9 +757,9 @@ class _FileProducer:
                 elif self._held is None and self.remaining == 0:
                     # All written: finish even if the consumer just paused us.
                     self._finish(unregister=True)
-                elif self._paused:
-                    return
                 elif self._held is not None:
+                    if self._paused:
+                        return
                     data, self._held = self._held, None
                     try:
                         self.consumer.write(data)

@@ -1,0 +1,982 @@
+#!/usr/bin/env python3
+"""
+Image-data throughput of glance-tx, beside nginx serving the same file.
+
+One run of this script:
+
+1. writes a page-cache-warm test file of incompressible data (a random
+   16 MiB pattern, every MiB stamped with its index so no two MiB are
+   equal) in a fresh temporary directory, and takes its md5;
+2. starts glance-tx (``twistd -n glance``, SQLite and the filesystem store
+   in the temporary directory) on a free loopback port and waits for
+   ``GET /healthcheck`` to answer 200;
+3. starts nginx (the Debian package) with a generated minimal config that
+   serves the same file with sendfile, on another free loopback port;
+4. optionally (``--with-glance``) starts OpenStack Glance under uwsgi from a
+   separate virtualenv, the benchmark peer named in the issue;
+5. ``--runs`` times: uploads the file to glance-tx with curl, chunked (as
+   glanceclient does) and with Content-Length, downloads it back, and
+   downloads the file from nginx; each transfer is timed by curl itself
+   (``%{time_total}``) while the server's CPU time (utime + stime from
+   ``/proc/PID/stat``, all its processes) is read before and after and its
+   resident memory (``VmRSS``, summed over its processes) is sampled every
+   50 ms;
+6. prints the median (or, with ``--stat best``, the best) of the runs for
+   throughput and CPU, the largest peak RSS seen in any run, the per-run
+   figures, and how fast this machine hashes md5 and sha512 right now (the
+   ceiling for any upload that computes both);
+7. stops every process it started and removes the temporary directory
+   (unless ``--keep``), whatever happened.
+
+Every byte count is checked (curl's ``size_upload`` / ``size_download``
+against the file size) and every upload's md5 against the file's, so a
+broken transfer fails the benchmark instead of producing a fast number.
+
+Caveats that the numbers carry:
+
+- The machine may be shared: before each transfer the script waits (up to
+  ``--quiet-wait`` seconds) for fewer than 0.3 cores to be busy, and each
+  transfer reports how many cores something other than the server and curl
+  kept busy ("others"). Treat a run with others near 1 as noise.
+- curl runs on the same 2 cores as the server; its own CPU per GiB is
+  printed beside the server's. "busy" is how many of the cores were busy
+  on average during the transfer (from ``/proc/stat``).
+- glance-tx fsyncs every image before it answers an upload (as the issue
+  asks), so upload time includes flushing the data to the disk under
+  ``--tmpdir``. ``--tmpdir /dev/shm`` (tmpfs: fsync is free) shows the
+  server's cost without the disk.
+- curl sends a file given with ``-T`` in 64 KiB pieces; with
+  ``Transfer-Encoding: chunked`` each is one HTTP chunk (glanceclient sends
+  1 MiB chunks), which is the harder case for the server.
+
+Run it with the development virtualenv's Python, so that ``twistd`` and
+glance-tx are found next to it::
+
+    /work/venv/bin/python bench/transfer.py                  # 2 GiB, 3 runs
+    /work/venv/bin/python bench/transfer.py --size 256M --runs 1
+    /work/venv/bin/python bench/transfer.py --with-glance \\
+        --glance-venv /work/glance-peer-venv
+
+``--with-glance`` needs a virtualenv of its own with OpenStack Glance and
+uwsgi (never the development one)::
+
+    python3.11 -m venv /work/glance-peer-venv
+    /work/glance-peer-venv/bin/pip install 'glance>=33,<34' uwsgi
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MiB = 1 << 20
+GiB = 1 << 30
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REPO = Path(__file__).resolve().parents[1]
+CURL_FORMAT = "%{size_upload} %{size_download} %{time_total} %{http_code}"
+#: How often the server's resident memory is sampled during a transfer.
+RSS_INTERVAL = 0.05
+#: At most this many seconds are spent waiting for a quiet machine before
+#: each transfer (set from --quiet-wait).
+QUIET_WAIT = 60.0
+
+
+class BenchError(RuntimeError):
+    """A server would not start or a transfer went wrong: no number to give."""
+
+
+# -- sizes ---------------------------------------------------------------
+
+_UNITS = {"": 1, "k": 1 << 10, "m": MiB, "g": GiB, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """C{"2G"}, C{"2GiB"}, C{"512M"}, C{"1048576"}: binary units."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if found is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 2G or 512M)")
+    size = int(float(found.group(1)) * _UNITS[found.group(2)])
+    if size < MiB:
+        raise argparse.ArgumentTypeError("the size must be at least 1 MiB")
+    return size
+
+
+def human(size: int) -> str:
+    return f"{size / GiB:g} GiB" if size >= GiB else f"{size / MiB:g} MiB"
+
+
+# -- processes -------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found.extend(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """C{pid} and all its descendants that are alive now."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(_children(p))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of C{pids} (every thread included), in seconds."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                # The command name may hold spaces and parentheses.
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat
+    return ticks / CLK_TCK
+
+
+def status_kib(pids: list[int], key: str) -> int:
+    """The sum of one C{/proc/PID/status} figure (VmRSS, VmHWM) in KiB."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith(key + ":"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+@dataclass
+class Server:
+    """A server process this script started, in a session of its own."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    base_url: str
+    log: Path
+
+    @property
+    def pids(self) -> list[int]:
+        return process_tree(self.popen.pid)
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            raise BenchError(
+                f"{self.name} exited with {self.popen.returncode}; "
+                f"last lines of {self.log}:\n{tail(self.log)}"
+            )
+
+    def stop(self) -> None:
+        """SIGTERM the server's process group, then SIGKILL it if it lingers."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        # Whatever it left behind in its group (workers) goes too.
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.popen.poll() is None:
+            self.popen.wait(timeout=15)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"({e})"
+
+
+def start_server(
+    name: str,
+    argv: list[str],
+    base_url: str,
+    ready_path: str,
+    workdir: Path,
+    stack: ExitStack,
+    env: dict[str, str] | None = None,
+    timeout: float = 90.0,
+) -> Server:
+    """Start C{argv} and wait until C{base_url + ready_path} answers 200."""
+    log = workdir / f"{name}.out"
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(
+            argv,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own process group, stopped as one
+        )
+    server = Server(name, popen, base_url, log)
+    stack.callback(server.stop)
+    deadline = time.monotonic() + timeout
+    while True:
+        server.check_alive()
+        try:
+            with urllib.request.urlopen(base_url + ready_path, timeout=5) as r:
+                if r.status == 200:
+                    return server
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise BenchError(f"{name} did not answer {ready_path} in {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+# -- the test file ---------------------------------------------------------
+
+
+def make_test_file(path: Path, size: int) -> str:
+    """
+    Write C{size} bytes of incompressible data to C{path}; return its md5.
+
+    Having just been written, the file is in the page cache (the machine has
+    memory to spare); it is read once more anyway so that it is warm even if
+    writeback dropped some of it.
+    """
+    pattern = bytearray(os.urandom(16 * MiB))
+    md5 = hashlib.md5(usedforsecurity=False)
+    with open(path, "wb") as f:
+        offset = 0
+        while offset < size:
+            start = offset % len(pattern)
+            block = bytearray(pattern[start : start + min(MiB, size - offset)])
+            block[:8] = (offset // MiB).to_bytes(8, "big")[: len(block)]
+            f.write(block)
+            md5.update(block)
+            offset += len(block)
+    with open(path, "rb", buffering=0) as f:
+        while f.read(8 * MiB):
+            pass
+    return md5.hexdigest()
+
+
+# -- measuring -------------------------------------------------------------
+
+
+def hash_ceiling(size: int = 512 * MiB) -> tuple[float, float, float]:
+    """
+    MiB/s of md5 alone, sha512 alone (one thread each, in memory), and of
+    both at once on two threads (C{hashlib} releases the GIL): the most an
+    upload that computes both can reach on this machine, right now, before
+    receiving, parsing, writing or curl take their share of the cores.
+    """
+    block = os.urandom(MiB)
+
+    def feed(h: Any) -> None:
+        for _ in range(size // MiB):
+            h.update(block)
+
+    rates = []
+    for name in ("md5", "sha512"):
+        started = time.perf_counter()
+        feed(hashlib.new(name))
+        rates.append(size / MiB / (time.perf_counter() - started))
+    threads = [
+        threading.Thread(target=feed, args=(hashlib.new(name),))
+        for name in ("md5", "sha512")
+    ]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rates.append(size / MiB / (time.perf_counter() - started))
+    return rates[0], rates[1], rates[2]
+
+
+@dataclass
+class Sample:
+    """One transfer: what curl saw, and what it cost the server."""
+
+    label: str
+    bytes: int
+    seconds: float
+    server_cpu: float
+    curl_cpu: float
+    peak_rss_kib: int
+    machine_busy: float  # cores busy on average (2.0 = both, all the time)
+    others_busy: float  # of which neither the server nor curl: other load
+    note: str = ""
+
+    @property
+    def mib_s(self) -> float:
+        return self.bytes / MiB / self.seconds
+
+    @property
+    def cpu_per_gib(self) -> float:
+        return self.server_cpu / (self.bytes / GiB)
+
+    @property
+    def curl_cpu_per_gib(self) -> float:
+        return self.curl_cpu / (self.bytes / GiB)
+
+
+@contextmanager
+def rss_sampler(server: Server) -> Iterator[Callable[[], int]]:
+    """Sample the server's summed VmRSS every 50 ms; yield a peak getter."""
+    peak = [status_kib(server.pids, "VmRSS")]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(RSS_INTERVAL):
+            peak[0] = max(peak[0], status_kib(server.pids, "VmRSS"))
+
+    thread = threading.Thread(target=sample, name="rss-sampler", daemon=True)
+    thread.start()
+    try:
+        yield lambda: peak[0]
+    finally:
+        stop.set()
+        thread.join()
+        peak[0] = max(peak[0], status_kib(server.pids, "VmRSS"))
+
+
+def curl(args: list[str]) -> tuple[int, int, float, int, float]:
+    """
+    Run curl; return (size_upload, size_download, time_total, http_code,
+    curl's CPU seconds).
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        ["curl", "-sS", "-w", CURL_FORMAT, *args],
+        capture_output=True,
+        text=True,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise BenchError(f"curl {' '.join(args)} failed: {done.stderr.strip()}")
+    up, down, total, code = done.stdout.split()
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return int(float(up)), int(float(down)), float(total), int(code), cpu
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.3, window: float = 1.0) -> str:
+    """
+    Wait until the machine has been quiet (fewer than C{threshold} cores
+    busy) for C{window} seconds, at most C{max_wait} seconds; say how it went.
+    Other people's builds and tests on the same 2 cores otherwise decide the
+    numbers.
+    """
+    started = time.monotonic()
+    ncpu = os.cpu_count() or 1
+    while True:
+        busy0, total0 = machine_jiffies()
+        time.sleep(window)
+        busy1, total1 = machine_jiffies()
+        busy = ncpu * (busy1 - busy0) / max(1, total1 - total0)
+        waited = time.monotonic() - started
+        if busy < threshold:
+            return f"waited {waited - window:.0f}s for quiet" if waited > 2 * window else ""
+        if waited >= max_wait:
+            return f"NOT QUIET after {waited:.0f}s ({busy:.2f} cores busy)"
+
+
+def measure(
+    label: str,
+    server: Server,
+    curl_args: list[str],
+    direction: str,
+    expected: int,
+    ok_codes: tuple[int, ...] = (200,),
+) -> Sample:
+    """One timed curl transfer of C{expected} bytes C{direction} ("up"/"down")."""
+    server.check_alive()
+    quiet = wait_for_quiet(QUIET_WAIT) if QUIET_WAIT > 0 else ""
+    pids = server.pids
+    with rss_sampler(server) as peak:
+        busy0, total0 = machine_jiffies()
+        cpu0 = cpu_seconds(pids)
+        up, down, seconds, code, curl_cpu = curl(curl_args)
+        cpu1 = cpu_seconds(pids)
+        busy1, total1 = machine_jiffies()
+    if code not in ok_codes:
+        raise BenchError(f"{label}: HTTP {code} (expected {ok_codes})")
+    moved = up if direction == "up" else down
+    # A chunked upload's size_upload counts the chunk framing too (about 8
+    # bytes per 64 KiB chunk); the payload is checked by the server's size
+    # and md5 instead, and the payload is what the throughput counts.
+    framing = expected // 4096 + 1024 if "Transfer-Encoding: chunked" in curl_args else 0
+    if not expected <= moved <= expected + framing:
+        raise BenchError(f"{label}: curl moved {moved} bytes, not {expected}")
+    moved = expected
+    ncpu = os.cpu_count() or 1
+    busy = ncpu * (busy1 - busy0) / max(1, total1 - total0)
+    return Sample(
+        label=label,
+        bytes=moved,
+        seconds=seconds,
+        server_cpu=cpu1 - cpu0,
+        curl_cpu=curl_cpu,
+        peak_rss_kib=peak(),
+        machine_busy=busy,
+        others_busy=max(0.0, busy - (cpu1 - cpu0 + curl_cpu) / seconds),
+        note=quiet,
+    )
+
+
+def json_request(method: str, url: str, body: object | None = None) -> object:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=60) as r:
+        raw = r.read()
+    return json.loads(raw) if raw else None
+
+
+def upload_args(path: Path, chunked: bool) -> list[str]:
+    """curl arguments that stream C{path} as the body (never read whole)."""
+    args = [
+        "-T", str(path),
+        "-H", "Content-Type: application/octet-stream",
+        # glanceclient (requests) sends no Expect: 100-continue; neither do we.
+        "-H", "Expect:",
+    ]
+    if chunked:
+        args += ["-H", "Transfer-Encoding: chunked"]
+    return args
+
+
+# -- the servers -----------------------------------------------------------
+
+
+def start_glance_tx(
+    workdir: Path, size: int, twistd: str, stack: ExitStack
+) -> Server:
+    data = workdir / "glance-tx"
+    data.mkdir()
+    config = data / "glance-tx.conf"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            [DEFAULT]
+            image_size_cap = {max(size * 2, 1 << 40)}
+            enabled_backends = file:file
+            default_backend = file
+
+            [file]
+            filesystem_store_datadir = {data / "images"}
+            """
+        )
+    )
+    port = free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    argv = [
+        twistd, "-n", "--pidfile=",  # -n: the log goes to stdout, glance-tx.out
+        "glance",
+        "--port", f"tcp:{port}:interface=127.0.0.1",
+        "--data-dir", str(data),
+        "--config", str(config),
+    ]
+    return start_server(
+        "glance-tx", argv, f"http://127.0.0.1:{port}", "/healthcheck",
+        data, stack, env=env,
+    )
+
+
+def start_nginx(workdir: Path, www: Path, stack: ExitStack) -> Server:
+    """
+    nginx with one worker process: glance-tx is one reactor process and the
+    benchmark is one connection at a time, so one worker is the like-for-like
+    peer (and with sendfile one worker is far from busy). ``daemon off`` keeps
+    the master in the foreground as our child; ``user root`` lets the worker
+    read the 0700 temporary directory.
+    """
+    prefix = workdir / "nginx"
+    prefix.mkdir()
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        textwrap.dedent(
+            f"""\
+            user root;
+            worker_processes 1;
+            daemon off;
+            pid {prefix / "nginx.pid"};
+            error_log {prefix / "error.log"} warn;
+            events {{ worker_connections 64; }}
+            http {{
+                access_log off;
+                sendfile on;
+                tcp_nopush on;
+                default_type application/octet-stream;
+                client_body_temp_path {prefix / "client_body"};
+                proxy_temp_path {prefix / "proxy"};
+                fastcgi_temp_path {prefix / "fastcgi"};
+                uwsgi_temp_path {prefix / "uwsgi"};
+                scgi_temp_path {prefix / "scgi"};
+                server {{
+                    listen 127.0.0.1:{port};
+                    root {www};
+                }}
+            }}
+            """
+        )
+    )
+    argv = ["nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+    return start_server(
+        "nginx", argv, f"http://127.0.0.1:{port}", "/image.raw", prefix, stack
+    )
+
+
+def start_openstack_glance(
+    workdir: Path, size: int, venv: Path, stack: ExitStack
+) -> Server:
+    """
+    OpenStack Glance (PyPI ``glance``) under uwsgi, as DevStack runs it but
+    with uwsgi's own HTTP socket in front instead of Apache: no Keystone
+    (``[paste_deploy] flavor =`` empty), SQLite, the filesystem store.
+    """
+    base = workdir / "openstack-glance"
+    etc = base / "etc"
+    etc.mkdir(parents=True)
+    for name in ("glance-api-paste.ini",):
+        source = _find_glance_etc(venv, name)
+        shutil.copy(source, etc / name)
+    port = free_port()
+    (etc / "glance-api.conf").write_text(
+        textwrap.dedent(
+            f"""\
+            [DEFAULT]
+            enabled_backends = file:file
+            image_size_cap = {max(size * 2, 1 << 40)}
+            log_file = {base / "glance-api.log"}
+            use_stderr = false
+            show_image_direct_url = false
+
+            [database]
+            connection = sqlite:///{base / "glance.sqlite"}
+
+            [glance_store]
+            default_backend = file
+
+            [file]
+            filesystem_store_datadir = {base / "images"}
+
+            [os_glance_staging_store]
+            filesystem_store_datadir = {base / "staging"}
+
+            [os_glance_tasks_store]
+            filesystem_store_datadir = {base / "tasks"}
+
+            [paste_deploy]
+            flavor =
+            config_file = {etc / "glance-api-paste.ini"}
+
+            [oslo_policy]
+            enforce_new_defaults = false
+            enforce_scope = false
+
+            [oslo_concurrency]
+            lock_path = {base / "locks"}
+            """
+        )
+    )
+    (base / "uwsgi.ini").write_text(
+        textwrap.dedent(
+            f"""\
+            [uwsgi]
+            http-socket = 127.0.0.1:{port}
+            module = glance.wsgi.api:application
+            master = true
+            processes = 2
+            threads = 1
+            lazy-apps = true
+            enable-threads = true
+            buffer-size = 65535
+            http-auto-chunked = true
+            http-raw-body = true
+            chunked-input-limit = 16777216
+            die-on-term = true
+            need-app = true
+            """
+        )
+    )
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env["OS_GLANCE_CONFIG_DIR"] = str(etc)
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    manage = subprocess.run(
+        [str(venv / "bin" / "glance-manage"), "--config-dir", str(etc), "db_sync"],
+        capture_output=True, text=True, env=env, cwd=base,
+    )
+    if manage.returncode != 0:
+        raise BenchError(f"glance-manage db_sync failed:\n{manage.stderr[-2000:]}")
+    argv = [str(venv / "bin" / "uwsgi"), "--ini", str(base / "uwsgi.ini")]
+    return start_server(
+        "openstack-glance", argv, f"http://127.0.0.1:{port}", "/versions",
+        base, stack, env=env, timeout=120,
+    )
+
+
+def _find_glance_etc(venv: Path, name: str) -> Path:
+    for candidate in [venv / "etc" / "glance" / name, *venv.glob(f"lib/*/site-packages/**/{name}")]:
+        if candidate.is_file():
+            return candidate
+    raise BenchError(f"{name} not found under {venv}")
+
+
+# -- one run ---------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    samples: dict[str, Sample] = field(default_factory=dict)
+
+
+def upload_glance_tx(
+    server: Server, path: Path, size: int, md5: str, chunked: bool, label: str
+) -> tuple[Sample, str]:
+    response = path.parent.parent / "upload-response.json"
+    args = upload_args(path, chunked) + [
+        "-X", "POST",
+        "-o", str(response),
+        "-H", f"x-image-meta-name: bench-{label}",
+        "-H", "x-image-meta-disk_format: raw",
+        "-H", "x-image-meta-container_format: bare",
+        f"{server.base_url}/v1/images",
+    ]
+    sample = measure(label, server, args, "up", size, ok_codes=(201,))
+    image = json.loads(response.read_text())["image"]
+    if image["size"] != size or image["checksum"] != md5:
+        raise BenchError(
+            f"{label}: stored {image['size']} bytes with md5 {image['checksum']}, "
+            f"sent {size} with md5 {md5}"
+        )
+    return sample, image["id"]
+
+
+def upload_openstack_glance(
+    server: Server, path: Path, size: int, md5: str, chunked: bool, label: str
+) -> tuple[Sample, str]:
+    image = json_request(
+        "POST",
+        f"{server.base_url}/v2/images",
+        {"name": f"bench-{label}", "disk_format": "raw", "container_format": "bare"},
+    )
+    assert isinstance(image, dict)
+    image_id = image["id"]
+    args = upload_args(path, chunked) + [
+        "-o", "/dev/null", f"{server.base_url}/v2/images/{image_id}/file",
+    ]
+    sample = measure(label, server, args, "up", size, ok_codes=(204,))
+    shown = json_request("GET", f"{server.base_url}/v2/images/{image_id}")
+    assert isinstance(shown, dict)
+    if shown["size"] != size or shown["checksum"] != md5:
+        raise BenchError(f"{label}: OpenStack Glance stored {shown['size']} / {shown['checksum']}")
+    return sample, image_id
+
+
+def delete_images(server: Server, prefix: str, ids: list[str]) -> None:
+    for image_id in ids:
+        json_request("DELETE", f"{server.base_url}{prefix}/{image_id}")
+
+
+def one_run(
+    number: int,
+    path: Path,
+    size: int,
+    md5: str,
+    glance_tx: Server,
+    nginx: Server,
+    peer: Server | None,
+    settle: float,
+) -> Run:
+    run = Run()
+
+    def take(sample: Sample) -> None:
+        run.samples[sample.label] = sample
+        print(
+            f"  run {number}  {sample.label:<24} {sample.mib_s:8.1f} MiB/s  "
+            f"server {sample.cpu_per_gib:5.2f} CPU s/GiB  "
+            f"curl {sample.curl_cpu_per_gib:5.2f} CPU s/GiB  "
+            f"peak RSS {sample.peak_rss_kib / 1024:6.1f} MiB  "
+            f"busy {sample.machine_busy:4.2f} cores (others {sample.others_busy:4.2f})"
+            + (f"  [{sample.note}]" if sample.note else ""),
+            flush=True,
+        )
+        time.sleep(settle)
+
+    ids = []
+    for chunked, label in ((True, "tx up chunked"), (False, "tx up content-length")):
+        sample, image_id = upload_glance_tx(glance_tx, path, size, md5, chunked, label)
+        ids.append(image_id)
+        take(sample)
+    take(
+        measure(
+            "tx down", glance_tx,
+            ["-o", "/dev/null", f"{glance_tx.base_url}/v1/images/{ids[0]}"],
+            "down", size,
+        )
+    )
+    nginx_url = f"{nginx.base_url}/image.raw"
+    take(measure("nginx down", nginx, ["-o", "/dev/null", nginx_url], "down", size))
+    delete_images(glance_tx, "/v1/images", ids)
+
+    if peer is not None:
+        ids = []
+        for chunked, label in ((True, "glance up chunked"), (False, "glance up content-length")):
+            sample, image_id = upload_openstack_glance(peer, path, size, md5, chunked, label)
+            ids.append(image_id)
+            take(sample)
+        take(
+            measure(
+                "glance down", peer,
+                ["-o", "/dev/null", f"{peer.base_url}/v2/images/{ids[0]}/file"],
+                "down", size,
+            )
+        )
+        delete_images(peer, "/v2/images", ids)
+    return run
+
+
+# -- the report ------------------------------------------------------------
+
+
+def summarize(runs: list[Run], label: str, stat: str = "median") -> Sample | None:
+    """
+    One L{Sample} standing for every run's C{label}: with C{stat} "median",
+    the median throughput, CPU and load; with "best", the fastest run's
+    throughput and the lowest CPU. Peak RSS is always the largest of any run
+    (the target is a ceiling).
+    """
+    samples = [r.samples[label] for r in runs if label in r.samples]
+    if not samples:
+        return None
+    size = samples[0].bytes
+    best = stat == "best"
+    pick_high = max if best else statistics.median
+    pick_low = min if best else statistics.median
+    return Sample(
+        label=label,
+        bytes=size,
+        seconds=size / MiB / pick_high(s.mib_s for s in samples),
+        server_cpu=pick_low(s.server_cpu for s in samples),
+        curl_cpu=pick_low(s.curl_cpu for s in samples),
+        peak_rss_kib=max(s.peak_rss_kib for s in samples),
+        machine_busy=statistics.median(s.machine_busy for s in samples),
+        others_busy=statistics.median(s.others_busy for s in samples),
+    )
+
+
+def report(runs: list[Run], hwm: dict[str, int], with_peer: bool, stat: str) -> str:
+    nginx = summarize(runs, "nginx down", stat)
+    assert nginx is not None
+    servers = [("glance-tx", "tx")]
+    if with_peer:
+        servers.append(("OpenStack Glance 33", "glance"))
+    lines = [
+        "| server | up MiB/s chunked | up MiB/s Content-Length | down MiB/s "
+        "| down / nginx | CPU s/GiB up (chunked / C-L) | CPU s/GiB down "
+        "| peak RSS MiB up | peak RSS MiB down |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    loads = []
+    for name, prefix in servers:
+        up_c = summarize(runs, f"{prefix} up chunked", stat)
+        up_l = summarize(runs, f"{prefix} up content-length", stat)
+        down = summarize(runs, f"{prefix} down", stat)
+        if up_c is None or up_l is None or down is None:
+            continue
+        lines.append(
+            f"| {name} | {up_c.mib_s:.0f} | {up_l.mib_s:.0f} | {down.mib_s:.0f} "
+            f"| {down.mib_s / nginx.mib_s:.0%} "
+            f"| {up_c.cpu_per_gib:.2f} / {up_l.cpu_per_gib:.2f} | {down.cpu_per_gib:.2f} "
+            f"| {max(up_c.peak_rss_kib, up_l.peak_rss_kib) / 1024:.0f} "
+            f"| {down.peak_rss_kib / 1024:.0f} |"
+        )
+        loads += [up_c, up_l, down]
+    lines.append(
+        f"| nginx (sendfile) | | | {nginx.mib_s:.0f} | 100% | | {nginx.cpu_per_gib:.2f} "
+        f"| | {nginx.peak_rss_kib / 1024:.0f} |"
+    )
+    loads.append(nginx)
+    lines += [
+        "",
+        "| transfer | curl CPU s/GiB | cores busy, whole machine | cores busy, "
+        "neither server nor curl |",
+        "|---|---:|---:|---:|",
+    ]
+    for s in loads:
+        lines.append(
+            f"| {s.label} | {s.curl_cpu_per_gib:.2f} | {s.machine_busy:.2f} "
+            f"| {s.others_busy:.2f} |"
+        )
+    lines += [
+        "",
+        f"Throughput and CPU: {stat} of the runs; load: median. Peak RSS: the largest "
+        "VmRSS (summed over the server's processes) sampled every 50 ms during "
+        "any run's transfers in that direction.",
+        "VmHWM at the end (each process's high-water mark over its whole "
+        "life, summed over its processes): "
+        + ", ".join(f"{name} {kib / 1024:.0f} MiB" for name, kib in hwm.items())
+        + ".",
+    ]
+    return "\n".join(lines)
+
+
+# -- main ------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Upload and download throughput of glance-tx beside nginx.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--size", type=parse_size, default=2 * GiB,
+                        help="test image size, e.g. 2G, 512M [default: 2G]")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="repetitions [default: 3]")
+    parser.add_argument("--stat", choices=("median", "best"), default="median",
+                        help="how runs are combined: median, or best (fastest, least "
+                             "CPU; shared-machine noise only ever slows) [default: median]")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (data, configs, logs)")
+    parser.add_argument("--tmpdir", default=None,
+                        help="where the temporary directory goes [default: $TMPDIR or /tmp]; "
+                             "/dev/shm takes the disk out of the upload")
+    parser.add_argument("--twistd", default=str(Path(sys.executable).with_name("twistd")),
+                        help="twistd to run glance-tx with [default: next to this Python]")
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="seconds to pause between transfers [default: 1]")
+    parser.add_argument("--quiet-wait", type=float, default=QUIET_WAIT,
+                        help="before each transfer, wait up to this many seconds for the "
+                             "machine to be quiet (< 0.3 cores busy for 1 s); 0 to not wait "
+                             "[default: %(default)s]")
+    parser.add_argument("--with-glance", action="store_true",
+                        help="also measure OpenStack Glance (API v2) under uwsgi")
+    parser.add_argument("--glance-venv", type=Path, default=Path("/work/glance-peer-venv"),
+                        help="virtualenv with PyPI glance and uwsgi [default: %(default)s]")
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if not Path(args.twistd).exists() and shutil.which(args.twistd) is None:
+        parser.error(f"no twistd at {args.twistd}; pass --twistd")
+    for tool in ("curl", "nginx"):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} is not installed")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    global QUIET_WAIT
+    QUIET_WAIT = args.quiet_wait
+    # A SIGTERM unwinds through the finally blocks like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    workdir = Path(tempfile.mkdtemp(prefix="glance-tx-bench-", dir=args.tmpdir))
+    with ExitStack() as stack:
+        if args.keep:
+            stack.callback(print, f"kept {workdir}")
+        else:
+            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        try:
+            www = workdir / "www"
+            www.mkdir()
+            path = www / "image.raw"
+            print(f"writing {human(args.size)} test file in {workdir} ...", flush=True)
+            md5 = make_test_file(path, args.size)
+            load_before = f"{os.getloadavg()[0]:.2f}"
+            glance_tx = start_glance_tx(workdir, args.size, args.twistd, stack)
+            nginx = start_nginx(workdir, www, stack)
+            peer = (
+                start_openstack_glance(workdir, args.size, args.glance_venv, stack)
+                if args.with_glance else None
+            )
+            print(
+                f"glance-tx {glance_tx.base_url} (pid {glance_tx.popen.pid}), "
+                f"nginx {nginx.base_url} (pid {nginx.popen.pid})"
+                + (f", OpenStack Glance {peer.base_url} (pid {peer.popen.pid})" if peer else ""),
+                flush=True,
+            )
+            runs = [
+                one_run(n, path, args.size, md5, glance_tx, nginx, peer, args.settle)
+                for n in range(1, args.runs + 1)
+            ]
+            hwm = {s.name: status_kib(s.pids, "VmHWM") for s in (glance_tx, nginx, peer) if s}
+            if QUIET_WAIT > 0:
+                wait_for_quiet(QUIET_WAIT)
+            md5_rate, sha_rate, both_rate = hash_ceiling()
+            print()
+            print(
+                f"{human(args.size)}, {args.runs} run(s), {args.stat}; tmpdir {workdir.parent}; "
+                f"load average {load_before} before, {os.getloadavg()[0]:.2f} after"
+            )
+            print(report(runs, hwm, peer is not None, args.stat))
+            print(
+                f"Hashing on this machine now, in memory: md5 {md5_rate:.0f} MiB/s, "
+                f"sha512 {sha_rate:.0f} MiB/s (one thread each); both at once on "
+                f"two threads {both_rate:.0f} MiB/s: the ceiling for an upload "
+                "that computes both, before any network, parsing, disk or curl work."
+            )
+        except BenchError as e:
+            print(f"benchmark failed: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
