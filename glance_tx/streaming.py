@@ -74,8 +74,8 @@ class UploadPipeline:
     batch_size: int = MiB
     # Bytes handed to the hashes but not yet hashed. A few batches keep both
     # hash threads busy; more would only cost memory.
-    high_watermark: int = 8 * MiB
-    low_watermark: int = 2 * MiB
+    high_watermark: int = 4 * MiB
+    low_watermark: int = 1 * MiB
 
     received: int = field(default=0, init=False)
     failure: GlanceError | None = field(default=None, init=False)

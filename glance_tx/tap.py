@@ -37,7 +37,7 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "Serve the OpenStack Images API (v1) with image data streamed to and "
+        "Serve the OpenStack Images API (v1 and v2) with image data streamed to and "
         "from the configured stores. With no options: 127.0.0.1:9292, SQLite "
         "and the filesystem store under ./glance-data."
     )

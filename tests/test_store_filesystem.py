@@ -233,9 +233,9 @@ class FilesystemStoreTests(SynchronousTestCase):
         self.assertEqual(store.block_size, DEFAULT_BLOCK_SIZE)
         self.assertEqual(store.block_size, 1024 * 1024)
         self.assertEqual(store.high_watermark, DEFAULT_HIGH_WATERMARK)
-        self.assertEqual(store.high_watermark, 8 * 1024 * 1024)
+        self.assertEqual(store.high_watermark, 4 * 1024 * 1024)
         self.assertEqual(store.low_watermark, DEFAULT_LOW_WATERMARK)
-        self.assertEqual(store.low_watermark, 2 * 1024 * 1024)
+        self.assertEqual(store.low_watermark, 1024 * 1024)
 
     def test_bad_settings(self) -> None:
         """Block size and watermarks are checked at construction."""

@@ -54,9 +54,9 @@ MiB = 1024 * 1024
 #: How many bytes one read of committed data asks for.
 DEFAULT_BLOCK_SIZE = 1 * MiB
 #: A writer pauses its producer when more unwritten bytes than this are queued.
-DEFAULT_HIGH_WATERMARK = 8 * MiB
+DEFAULT_HIGH_WATERMARK = 4 * MiB
 #: ... and resumes it once no more than this many are left.
-DEFAULT_LOW_WATERMARK = 2 * MiB
+DEFAULT_LOW_WATERMARK = 1 * MiB
 
 INCOMING = "incoming"
 PARTIAL_SUFFIX = ".partial"
