@@ -34,6 +34,24 @@ class StoreConfig:
 
 
 @frozen
+class CacheConfig:
+    """
+    How responses are marked for caching proxies, and which proxies to
+    purge when an image goes away or becomes less visible.
+    """
+
+    #: max-age for public and community image data (never changes once
+    #: active, so long is safe; purging handles deletion).
+    public_max_age: int = 86400
+    #: max-age for image metadata (it changes; 0 means no-cache).
+    metadata_max_age: int = 0
+    #: Base URLs of the proxies (Varnish, Squid) to send PURGE to.
+    purge_urls: tuple[str, ...] = ()
+    #: Attempts per PURGE before giving up (with exponential backoff).
+    purge_attempts: int = 5
+
+
+@frozen
 class Config:
     endpoint: str
     data_dir: str
@@ -43,6 +61,7 @@ class Config:
     default_backend: str
     default_project: str
     thread_pool_size: int
+    cache: CacheConfig = field(factory=CacheConfig)
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -122,5 +141,25 @@ def load_config(
         default_backend=default_backend,
         default_project=default.get("default_project", "admin"),
         thread_pool_size=_int(default, "thread_pool_size", 16, minimum=2),
+        cache=_cache_config(parser),
     )
 
+
+def _cache_config(parser: configparser.ConfigParser) -> CacheConfig:
+    """The [cache] section; see L{CacheConfig}."""
+    section: Mapping[str, str] = (
+        {k: v for k, v in parser["cache"].items() if k not in parser.defaults()}
+        if parser.has_section("cache")
+        else {}
+    )
+    defaults = CacheConfig()
+    urls = tuple(u.strip().rstrip("/") for u in section.get("purge_urls", "").split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"purge_urls entry {url!r} is not an http(s) URL")
+    return CacheConfig(
+        public_max_age=_int(section, "public_max_age", defaults.public_max_age),
+        metadata_max_age=_int(section, "metadata_max_age", defaults.metadata_max_age),
+        purge_urls=urls,
+        purge_attempts=_int(section, "purge_attempts", defaults.purge_attempts, minimum=1),
+    )
