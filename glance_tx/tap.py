@@ -5,8 +5,13 @@
      `- GlanceService   starts its thread pool (database, file and hashing
                         work), opens the registry (running migrations),
                         builds the stores, recovers from a crash, then
-                        listens; on stop, stops listening, closes the
-                        registry, and only then stops the pool
+                        listens; on stop, stops listening, lets pending
+                        proxy purges finish (a few seconds at most), closes
+                        the registry, and only then stops the pool
+
+With ``[cache] purge_urls`` set, the registry the API sees is a
+L{glance_tx.registry.purging.PurgingRegistry} whose L{glance_tx.purge.Purger}
+sends PURGE requests through a treq client with its own connection pool.
 
 This is the only module that touches the global reactor.
 """
@@ -26,6 +31,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from glance_tx.config import Config, ConfigError, load_config
+from glance_tx.purge import Purger
 from glance_tx.store.backends import build_store_map
 from glance_tx.threads import ThreadPoolRunner
 
@@ -69,6 +75,10 @@ class GlanceService(Service):
     _port: IListeningPort | None = field(default=None, init=False)
     _registry: Any = field(default=None, init=False)
     ready: Deferred[None] | None = field(default=None, init=False)
+    #: How long pending purges may go on (retries included) at shutdown.
+    purge_grace: float = 5.0
+    purger: Purger | None = field(default=None, init=False)
+    _http_pool: Any = field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.runner = ThreadPoolRunner(self.reactor, self.pool)
@@ -82,12 +92,17 @@ class GlanceService(Service):
     async def _start(self) -> None:
         from glance_tx.api.app import build_site
         from glance_tx.recovery import recover
+        from glance_tx.registry.interface import IRegistry
+        from glance_tx.registry.purging import PurgingRegistry
         from glance_tx.registry.sql import open_sql_registry
 
         os.makedirs(self.config.data_dir, exist_ok=True)
-        self._registry = registry = await open_sql_registry(
+        self._registry = sql_registry = await open_sql_registry(
             self.config.sql_connection, self.runner
         )
+        registry: IRegistry = sql_registry
+        if self.config.cache.purge_urls:
+            registry = PurgingRegistry(sql_registry, self._start_purger(), clock=self.reactor)
         stores = await build_store_map(self.config, self.runner)
         await recover(registry, stores)
         site = build_site(
@@ -97,10 +112,30 @@ class GlanceService(Service):
             image_size_cap=self.config.image_size_cap,
             default_project=self.config.default_project,
             reactor=self.reactor,
+            cache=self.config.cache,
         )
         endpoint = serverFromString(self.reactor, self.config.endpoint)
         self._port = await endpoint.listen(site)
         log.info("glance-tx serving on {address}", address=self._port.getHost())
+
+    def _start_purger(self) -> Purger:
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        self._http_pool = pool = HTTPConnectionPool(self.reactor)
+        # Reuse connections within a burst of PURGEs (nine per proxy per
+        # image), but drop them before the proxy would (Varnish closes idle
+        # ones after 5 s): a PURGE is not retried on a stale connection by
+        # the pool, so it would fail and be logged before our own retry.
+        pool.maxPersistentPerHost = 4
+        pool.cachedConnectionTimeout = 2
+        self.purger = Purger(
+            client=HTTPClient(Agent(self.reactor, pool=pool)),
+            clock=self.reactor,
+            proxies=self.config.cache.purge_urls,
+            attempts=self.config.cache.purge_attempts,
+        )
+        return self.purger
 
     def _failed(self, failure: Any) -> None:
         log.failure("glance-tx could not start", failure)
@@ -111,6 +146,9 @@ class GlanceService(Service):
         try:
             if self._port is not None:
                 await cast("Deferred[None]", self._port.stopListening())
+            if self.purger is not None:
+                await self.purger.stop(self.purge_grace)
+                await self._http_pool.closeCachedConnections()
             if self._registry is not None:
                 await self._registry.close()
         finally:

@@ -34,12 +34,14 @@ def build_site(
         stores=stores,
         uploader=uploader,
         default_project=default_project,
+        cache=cache,
     )
     v2 = V2API(
         registry=registry,
         stores=stores,
         uploader=uploader,
         default_project=default_project,
+        cache=cache,
     )
     root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())
     site = GlanceSite(

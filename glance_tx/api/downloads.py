@@ -2,8 +2,10 @@
 Sending image data: one streaming path for every API version.
 
 The store's producer is registered on the request, so a slow client pauses
-the store and memory stays flat whatever the image size. L{serve_data} adds
-single-range requests (206, 416; see L{glance_tx.api.ranges}) on top.
+the store and memory stays flat whatever the image size. L{serve_data}
+adds, in RFC 9110's order, conditional requests (304, 412; see
+L{glance_tx.api.http_cache}) and ranges (206 for one range,
+C{multipart/byteranges} for several, 416; see L{glance_tx.api.ranges}).
 """
 
 from __future__ import annotations
@@ -11,12 +13,21 @@ from __future__ import annotations
 import base64
 from typing import cast
 
-from twisted.internet.interfaces import IConsumer
+from attrs import define, field
+from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from twisted.logger import Logger
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
+from zope.interface import implementer
 
 from glance_tx import images
-from glance_tx.api.ranges import ByteRange, parse_range, unsatisfied_range
+from glance_tx.api.http_cache import Validators, if_range_holds, not_modified
+from glance_tx.api.ranges import (
+    ByteRange,
+    MultipartRanges,
+    parse_ranges,
+    unsatisfied_range,
+)
 from glance_tx.errors import Conflict, Forbidden, RangeNotSatisfiable
 from glance_tx.images import Image
 from glance_tx.store.backends import StoreMap
@@ -43,30 +54,34 @@ def set_data_headers(request: IRequest, image: Image, hex_md5: bool = False) -> 
     """
     request.setHeader(b"Content-Type", b"application/octet-stream")
     request.setHeader(b"Content-Length", str(image.size or 0).encode("ascii"))
+    request.setHeader(b"Accept-Ranges", b"bytes")
     if image.checksum:
         if hex_md5:
             digest = image.checksum.encode("ascii")
         else:
             digest = base64.b64encode(bytes.fromhex(image.checksum))
         request.setHeader(b"Content-MD5", digest)
-        request.setHeader(b"ETag", _etag(image))
-
-
-def _etag(image: Image) -> bytes:
-    return f'"{image.checksum}"'.encode("ascii")
 
 
 async def send_data(
-    request: IRequest, image: Image, stores: StoreMap, byte_range: ByteRange | None = None
+    request: IRequest,
+    image: Image,
+    stores: StoreMap,
+    byte_range: ByteRange | None = None,
+    consumer: IConsumer | None = None,
 ) -> None:
-    """Stream an active image's data (or one range of it) to C{request}."""
+    """
+    Stream an active image's data (or one range of it) to C{consumer}, by
+    default the request.
+    """
     if not image.size or not image.locations or request.method == b"HEAD":
         return
     offset, length = (
         (byte_range.offset, byte_range.length) if byte_range is not None else (0, image.size)
     )
     location = image.locations[0]
-    consumer = cast(IConsumer, request)  # a twisted.web Request is one
+    if consumer is None:
+        consumer = cast(IConsumer, request)  # a twisted.web Request is one
     _raise_send_limit(request)
     await stores.for_location(location).read(location, consumer, offset, length)
 
@@ -89,40 +104,144 @@ def _raise_send_limit(request: IRequest) -> None:
         transport.SEND_LIMIT = DOWNLOAD_SEND_LIMIT
 
 
-def requested_range(request: IRequest, image: Image) -> ByteRange | None:
+def requested_ranges(
+    request: IRequest, image: Image, validators: Validators
+) -> tuple[ByteRange, ...] | None:
     """
-    The one byte range the request asks for, or None for everything (no
-    Range, several ranges, or an If-Range that no longer matches).
+    The byte ranges a GET asks for, or None for everything (no Range, a
+    Range that is ignored, an If-Range that does not hold, or not a GET:
+    RFC 9110 defines ranges for GET only).
 
     @raise RangeNotSatisfiable: with C{Content-Range: bytes */SIZE} set.
     """
-    size = image.size or 0
     header = request.getHeader(b"range")
-    if_range = request.getHeader(b"if-range")
-    if header is None or (if_range is not None and (not image.checksum or if_range != _etag(image))):
+    if header is None or request.method != b"GET" or not if_range_holds(request, validators):
         return None
+    size = image.size or 0
     try:
-        return parse_range(header, size)
+        return parse_ranges(header, size)
     except RangeNotSatisfiable:
         request.setHeader(b"Content-Range", unsatisfied_range(size))
         raise
 
 
 async def serve_data(
-    request: IRequest, image: Image, stores: StoreMap, hex_md5: bool = False
+    request: IRequest,
+    image: Image,
+    stores: StoreMap,
+    validators: Validators,
+    hex_md5: bool = False,
+    metadata: Headers | None = None,
 ) -> None:
     """
-    Answer a GET of image data: the whole as a 200, or a single range as a
-    206 with C{Content-Range}; a range past the end is a 416, refused
-    before any data header is set.
+    Answer a GET or HEAD of image data, after the caller has found the
+    image and checked it may be read: a 304 or 412 as the preconditions
+    say; else the whole as a 200, one range as a 206 with
+    C{Content-Range}, several as a 206 C{multipart/byteranges}; ranges
+    past the end are a 416. C{metadata} holds more headers for a 200 or
+    206 (v1's C{x-image-meta-*}).
     """
-    byte_range = requested_range(request, image)
+    if not_modified(request, validators):
+        return
+    ranges = requested_ranges(request, image, validators)
+    if metadata is not None:
+        for name, values in metadata.getAllRawHeaders():
+            request.responseHeaders.setRawHeaders(name, values)
     set_data_headers(request, image, hex_md5=hex_md5)
-    request.setHeader(b"Accept-Ranges", b"bytes")
-    if byte_range is not None:
-        request.setResponseCode(206)
-        # Content-MD5 describes the body sent, which is now a part.
-        request.responseHeaders.removeHeader(b"Content-MD5")
+    validators.apply(request)
+    if ranges is None:
+        await send_data(request, image, stores)
+        return
+    request.setResponseCode(206)
+    # Content-MD5 describes the body sent, which is now a part.
+    request.responseHeaders.removeHeader(b"Content-MD5")
+    if len(ranges) == 1:
+        (byte_range,) = ranges
         request.setHeader(b"Content-Range", byte_range.content_range())
         request.setHeader(b"Content-Length", str(byte_range.length).encode("ascii"))
-    await send_data(request, image, stores, byte_range)
+        await send_data(request, image, stores, byte_range)
+        return
+    body = MultipartRanges(ranges)
+    request.setHeader(b"Content-Type", body.media_type())
+    request.setHeader(b"Content-Length", str(body.content_length()).encode("ascii"))
+    await _send_parts(request, image, stores, body)
+
+
+async def _send_parts(
+    request: IRequest, image: Image, stores: StoreMap, body: MultipartRanges
+) -> None:
+    """
+    Stream a C{multipart/byteranges} body: each part's head, then its
+    bytes read from the store, part after part, all through one
+    L{_PartsConsumer} so backpressure holds across parts.
+    """
+    parts = _PartsConsumer(request)
+    consumer = cast(IConsumer, request)  # a twisted.web Request is one
+    consumer.registerProducer(parts, True)
+    try:
+        for index, byte_range in enumerate(body.parts):
+            if parts.stopped:
+                return
+            request.write(body.head(index))
+            await send_data(request, image, stores, byte_range, consumer=parts)
+        if not parts.stopped:
+            request.write(body.tail())
+    finally:
+        if not parts.stopped:
+            consumer.unregisterProducer()
+
+
+@implementer(IConsumer, IPushProducer)
+@define
+class _PartsConsumer:
+    """
+    Stands between the request and the store's producer of each part.
+
+    twisted.web takes one producer at a time and does not tell a producer
+    registered while the client's socket is full that it should wait, so
+    the second part's producer would run unpaused until the socket
+    drained. Registered once on the request for the whole body, this
+    object keeps the pause state across parts and passes it on to each
+    part's producer as it comes.
+    """
+
+    request: IRequest
+    stopped: bool = field(default=False, init=False)
+    _paused: bool = field(default=False, init=False)
+    _producer: IPushProducer | None = field(default=None, init=False)
+
+    # IConsumer, for the store
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError("A producer is already registered")
+        if not streaming:
+            raise ValueError("Only streaming (push) producers can send parts")
+        self._producer = cast(IPushProducer, producer)
+        if self.stopped:
+            self._producer.stopProducing()
+        elif self._paused:
+            self._producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    def write(self, data: bytes) -> None:
+        self.request.write(data)
+
+    # IPushProducer, for the request
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._producer is not None:
+            self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self._producer is not None:
+            self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        if self._producer is not None:
+            self._producer.stopProducing()

@@ -15,24 +15,33 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from attrs import define
+from attrs import define, field
 from klein import Klein
 from twisted.logger import Logger
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
 from glance_tx import images, policy
-from glance_tx.api.downloads import check_downloadable, serve_data, set_data_headers
+from glance_tx.api.downloads import check_downloadable, serve_data
 from glance_tx.api.errors import json_errors
+from glance_tx.api.http_cache import (
+    forbid_storing,
+    listing_validators,
+    not_modified,
+    serve_document,
+)
 from glance_tx.api.site import StreamingRequest, UploadRoute
 from glance_tx.api.v1_meta import (
     V1Meta,
     brief_document,
     image_document,
+    image_validators,
     parse_bool,
     parse_headers,
     parse_int,
     set_image_headers,
 )
+from glance_tx.config import CacheConfig
 from glance_tx.context import RequestContext
 from glance_tx.errors import (
     BadRequest,
@@ -77,6 +86,8 @@ class V1API:
     uploader: Uploader
     default_project: str
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    #: How responses are marked for caches (see glance_tx.api.http_cache).
+    cache: CacheConfig = field(factory=CacheConfig)
 
     app = json_errors(Klein())
 
@@ -215,15 +226,23 @@ class V1API:
 
     # -- routes ---------------------------------------------------------------
 
-    @app.route("/images", methods=["GET"])
+    @app.route("/images", methods=["GET", "HEAD"])
     async def list_brief(self, request: IRequest) -> bytes:
+        forbid_storing(request)
         found = await self.registry.list(self._query(request))
-        return _json(request, {"images": [brief_document(i) for i in found]})
+        return self._listing(request, found, [brief_document(i) for i in found])
 
     @app.route("/images/detail", methods=["GET", "HEAD"])
     async def list_detail(self, request: IRequest) -> bytes:
+        forbid_storing(request)
         found = await self.registry.list(self._query(request))
-        return _json(request, {"images": [image_document(i) for i in found]})
+        return self._listing(request, found, [image_document(i) for i in found])
+
+    def _listing(self, request: IRequest, found: list[Image], documents: list[Any]) -> bytes:
+        """A listing, with validators: it is only ever the caller's."""
+        body = json.dumps({"images": documents}).encode("utf-8")
+        validators = listing_validators(body, found, self.cache)
+        return serve_document(request, body, b"application/json", validators)
 
     def _query(self, request: IRequest) -> ImageQuery:
         context = self._context(request)
@@ -314,23 +333,30 @@ class V1API:
             image = await self.registry.update(image.id, changes)
         return _json(request, {"image": image_document(image)})
 
-    @app.route("/images/<image_id>", methods=["HEAD"])
+    @app.route("/images/<image_id>", methods=["GET", "HEAD"])
     async def show(self, request: IRequest, image_id: str) -> bytes:
+        """
+        GET sends the data, HEAD the headers GET would send; both describe
+        the image in x-image-meta-* headers. HEAD also describes an image
+        with no data to send (GET refuses it).
+        """
+        forbid_storing(request)
         _, image = await self._image(request, image_id)
-        set_image_headers(request.responseHeaders, image)
+        if request.method != b"HEAD":
+            check_downloadable(image)
+        metadata = Headers()
+        set_image_headers(metadata, image)
+        validators = image_validators(image, metadata, self.cache)
         if image.status == images.ACTIVE:
-            # The same headers a GET of the data would carry.
-            set_data_headers(request, image)
-        else:
-            request.setHeader(b"Content-Type", b"application/octet-stream")
+            await serve_data(request, image, self.stores, validators, metadata=metadata)
+            return b""
+        if not_modified(request, validators):
+            return b""
+        for name, values in metadata.getAllRawHeaders():
+            request.responseHeaders.setRawHeaders(name, values)
+        validators.apply(request)
+        request.setHeader(b"Content-Type", b"application/octet-stream")
         return b""
-
-    @app.route("/images/<image_id>", methods=["GET"])
-    async def download(self, request: IRequest, image_id: str) -> None:
-        _, image = await self._image(request, image_id)
-        check_downloadable(image)
-        set_image_headers(request.responseHeaders, image)
-        await serve_data(request, image, self.stores)
 
     @app.route("/images/<image_id>", methods=["DELETE"])
     async def delete(self, request: IRequest, image_id: str) -> bytes:

@@ -13,6 +13,15 @@ from attrs import frozen
 from twisted.web.http_headers import Headers
 
 from glance_tx import images
+from glance_tx.api.http_cache import (
+    EntityTag,
+    Validators,
+    data_etag,
+    fingerprint,
+    metadata_cache_control,
+    shareable,
+)
+from glance_tx.config import CacheConfig
 from glance_tx.errors import BadRequest
 from glance_tx.images import Image
 
@@ -174,5 +183,25 @@ def set_image_headers(headers: Headers, image: Image) -> None:
         headers.setRawHeaders(
             (PROPERTY_PREFIX + key).encode("utf-8"), [_header_value(value)]
         )
-    if image.checksum:
-        headers.setRawHeaders(b"ETag", [f'"{image.checksum}"'.encode("ascii")])
+
+
+def image_validators(image: Image, headers: Headers, config: CacheConfig) -> Validators:
+    """
+    Validators for v1's C{/images/ID}, whose representation is the data
+    and the C{x-image-meta-*} C{headers} together (see
+    L{glance_tx.api.http_cache}): a strong ETag of the data's tag and a
+    digest of the headers while the image is active, a weak one of the
+    headers alone otherwise; Last-Modified and Cache-Control as for
+    metadata.
+    """
+    digest = fingerprint(
+        name.lower() + b":" + b",".join(values)
+        for name, values in sorted(headers.getAllRawHeaders())
+    )
+    data = data_etag(image) if image.status == images.ACTIVE else None
+    etag = EntityTag(f"{data.opaque}-{digest}") if data else EntityTag(digest, weak=True)
+    return Validators(
+        cache_control=metadata_cache_control(config, public=shareable(image)),
+        etag=etag,
+        last_modified=image.updated_at,
+    )

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from attrs import define
+from attrs import define, field
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -34,10 +34,20 @@ from glance_tx import images, policy
 from glance_tx.api import v2_schemas
 from glance_tx.api.downloads import serve_data
 from glance_tx.api.errors import json_errors
+from glance_tx.api.http_cache import (
+    data_validators,
+    forbid_storing,
+    listing_validators,
+    metadata_cache_control,
+    metadata_validators,
+    serve_document,
+    shareable,
+)
 from glance_tx.api.site import StreamingRequest, UploadRoute
 from glance_tx.api.v2_patch import ACCEPT_PATCH, apply_patch, draft_for, parse_patch
 from glance_tx.api.v2_query import parse_query
 from glance_tx.api.versions import versions_document
+from glance_tx.config import CacheConfig
 from glance_tx.context import RequestContext
 from glance_tx.errors import (
     BadRequest,
@@ -189,6 +199,8 @@ class V2API:
     uploader: Uploader
     default_project: str
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    #: How responses are marked for caches (see glance_tx.api.http_cache).
+    cache: CacheConfig = field(factory=CacheConfig)
 
     app = json_errors(Klein())
 
@@ -256,6 +268,7 @@ class V2API:
 
     @app.route("/images", methods=["GET"])
     async def list_images(self, request: IRequest) -> bytes:
+        forbid_storing(request)
         context = self._context(request)
         query = parse_query(request.args, Viewer(context.project_id, context.is_admin))
         found = await self.registry.list(query)
@@ -272,7 +285,10 @@ class V2API:
         }
         if found and len(found) == query.limit:
             document["next"] = "/v2/images?" + urlencode([*params, ("marker", found[-1].id)])
-        return _json(request, document)
+        body = json.dumps(document).encode("utf-8")
+        return serve_document(
+            request, body, b"application/json", listing_validators(body, found, self.cache)
+        )
 
     @app.route("/images", methods=["POST"])
     async def create(self, request: IRequest) -> bytes:
@@ -322,8 +338,15 @@ class V2API:
 
     @app.route("/images/<image_id>", methods=["GET"])
     async def show(self, request: IRequest, image_id: str) -> bytes:
+        forbid_storing(request)
         _, image = await self._image(request, image_id)
-        return _json(request, image_view(image))
+        body = json.dumps(image_view(image)).encode("utf-8")
+        validators = metadata_validators(
+            body,
+            image.updated_at,
+            metadata_cache_control(self.cache, public=shareable(image)),
+        )
+        return serve_document(request, body, b"application/json", validators)
 
     @app.route("/images/<image_id>", methods=["PATCH"])
     async def update(self, request: IRequest, image_id: str) -> bytes:
@@ -419,8 +442,9 @@ class V2API:
         await upload.finish()
         return _no_content(request)
 
-    @app.route("/images/<image_id>/file", methods=["GET"])
+    @app.route("/images/<image_id>/file", methods=["GET", "HEAD"])
     async def download(self, request: IRequest, image_id: str) -> bytes | None:
+        forbid_storing(request)
         context, image = await self._image(request, image_id)
         if image.status == images.DEACTIVATED and not context.is_admin:
             raise Forbidden(
@@ -428,7 +452,9 @@ class V2API:
             )
         if not image.locations or image.status not in (images.ACTIVE, images.DEACTIVATED):
             return _no_content(request)
-        await serve_data(request, image, self.stores, hex_md5=True)
+        await serve_data(
+            request, image, self.stores, data_validators(image, self.cache), hex_md5=True
+        )
         return None
 
     # -- tags -------------------------------------------------------------------

@@ -1,0 +1,163 @@
+"""
+A registry that purges caching proxies when an image stops being readable
+by someone who could read it before.
+
+L{PurgingRegistry} wraps another L{IRegistry}: it answers exactly as the
+wrapped one does, and after a change that takes an image away from some
+readers it asks an L{IPurger} to make the proxies forget the image. The
+API code sees only an L{IRegistry}, so it needs no change to purge.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import TypeVar
+
+from attrs import define
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from glance_tx.images import (
+    DEACTIVATED,
+    DELETED,
+    PENDING_DELETE,
+    Image,
+    ImageQuery,
+    ImageUpdate,
+    Member,
+)
+from glance_tx.purge import IPurger
+from glance_tx.registry.interface import IRegistry
+
+log = Logger()
+T = TypeVar("T")
+
+#: Statuses in which an image's data is no longer served.
+UNSERVED_STATUSES = frozenset({DEACTIVATED, PENDING_DELETE, DELETED})
+
+#: Visibilities a shared cache may not serve to everyone: an image that
+#: becomes one of these may have been cached while public or community.
+RESTRICTED_VISIBILITIES = frozenset({"shared", "private"})
+
+#: The member status that gives a project access; any other takes it away.
+ACCEPTED = "accepted"
+
+
+def hides_image(update: ImageUpdate, image: Image) -> bool:
+    """
+    Whether C{update}, which left the image as C{image}, may have taken it
+    away from someone a proxy could have served it to: it was deleted or
+    deactivated (or is pending delete), or its visibility was set to shared
+    or private. A visibility set to its old value also counts: the registry
+    does not say what it was, and a needless purge is harmless.
+    """
+    if "status" in update.fields and image.status in UNSERVED_STATUSES:
+        return True
+    return "visibility" in update.fields and image.visibility in RESTRICTED_VISIBILITIES
+
+
+@implementer(IRegistry)
+@define
+class PurgingRegistry:
+    """
+    An L{IRegistry} that purges after a successful:
+
+      - C{delete}, or C{update} to status deleted;
+      - C{update} to status deactivated or pending_delete;
+      - C{update} that sets visibility to shared or private;
+      - C{remove_member}, or C{update_member} to any status but accepted.
+
+    The purge starts after the wrapped registry has committed; a purge never
+    fails the operation. With a C{clock}, the result waits for the purge
+    for at most C{answer_wait} seconds (retries go on in the background), so
+    that a client's next request through a proxy does not find the stale
+    copy; without one it is passed on at once. Everything else is delegated
+    as it is.
+    """
+
+    registry: IRegistry
+    purger: IPurger
+    clock: IReactorTime | None = None
+    answer_wait: float = 2.0
+
+    def _purge(self, image_id: str) -> Deferred[None]:
+        try:
+            purged = self.purger.purge(image_id)
+        except Exception:
+            log.failure("Could not start purging image {image_id}", image_id=image_id)
+            return succeed(None)
+        if self.clock is None:
+            return succeed(None)
+        answer: Deferred[None] = Deferred()
+
+        def done(_: object = None) -> None:
+            if timer.active():
+                timer.cancel()
+            if not answer.called:
+                answer.callback(None)
+
+        timer = self.clock.callLater(self.answer_wait, done)
+        purged.addBoth(done)
+        return answer
+
+    def _after_purge(self, image_id: str, result: T) -> Deferred[T]:
+        return self._purge(image_id).addCallback(lambda _: result)
+
+    def _purged(self, result: Image) -> Deferred[Image]:
+        return self._after_purge(result.id, result)
+
+    def create(self, image: Image) -> Deferred[Image]:
+        return self.registry.create(image)
+
+    def get(self, image_id: str, include_deleted: bool = False) -> Deferred[Image]:
+        return self.registry.get(image_id, include_deleted)
+
+    def list(self, query: ImageQuery) -> Deferred[builtins.list[Image]]:
+        return self.registry.list(query)
+
+    def update(
+        self,
+        image_id: str,
+        update: ImageUpdate,
+        expected_status: frozenset[str] | None = None,
+    ) -> Deferred[Image]:
+        def updated(image: Image) -> Image | Deferred[Image]:
+            if hides_image(update, image):
+                return self._after_purge(image.id, image)
+            return image
+
+        return self.registry.update(image_id, update, expected_status).addCallback(updated)
+
+    def delete(self, image_id: str) -> Deferred[Image]:
+        return self.registry.delete(image_id).addCallback(self._purged)
+
+    def all_locations(self) -> Deferred[frozenset[str]]:
+        return self.registry.all_locations()
+
+    def add_member(self, image_id: str, member_id: str) -> Deferred[Member]:
+        return self.registry.add_member(image_id, member_id)
+
+    def get_member(self, image_id: str, member_id: str) -> Deferred[Member]:
+        return self.registry.get_member(image_id, member_id)
+
+    def list_members(self, image_id: str) -> Deferred[builtins.list[Member]]:
+        return self.registry.list_members(image_id)
+
+    def update_member(self, image_id: str, member_id: str, status: str) -> Deferred[Member]:
+        def updated(member: Member) -> Member | Deferred[Member]:
+            if member.status != ACCEPTED:
+                return self._after_purge(member.image_id, member)
+            return member
+
+        return self.registry.update_member(image_id, member_id, status).addCallback(updated)
+
+    def remove_member(self, image_id: str, member_id: str) -> Deferred[None]:
+        def removed(result: None) -> Deferred[None]:
+            return self._after_purge(image_id, result)
+
+        return self.registry.remove_member(image_id, member_id).addCallback(removed)
+
+    def ping(self) -> Deferred[None]:
+        return self.registry.ping()
