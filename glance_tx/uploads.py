@@ -15,7 +15,7 @@ from attrs import define, field
 from twisted.logger import Logger
 
 from glance_tx import images
-from glance_tx.errors import Conflict, GlanceError
+from glance_tx.errors import BadRequest, Conflict, GlanceError, RequestEntityTooLarge
 from glance_tx.images import Image, ImageUpdate
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
@@ -106,6 +106,26 @@ class Uploader:
     stores: StoreMap
     runner: BlockingRunner
     size_cap: int
+
+    def check_declared_size(
+        self, declared_name: str, declared: int | None, content_length: int | None
+    ) -> int | None:
+        """
+        Refuse, before any body byte, an upload whose declared size or
+        Content-Length is over the cap (413), or whose two disagree (400).
+        Returns the size the body must have, if the client said.
+        """
+        for size in (declared, content_length):
+            if size is not None and size > self.size_cap:
+                raise RequestEntityTooLarge(
+                    f"Image size {size} exceeds the limit of {self.size_cap} bytes"
+                )
+        if declared is not None and content_length is not None and declared != content_length:
+            raise BadRequest(
+                f"{declared_name} ({declared}) does not match the "
+                f"Content-Length ({content_length})"
+            )
+        return declared if declared is not None else content_length
 
     async def start(
         self,

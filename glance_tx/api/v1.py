@@ -30,6 +30,7 @@ from glance_tx.api.http_cache import (
     not_modified,
     serve_document,
 )
+from glance_tx.api.params import parse_int
 from glance_tx.api.site import StreamingRequest, UploadRoute
 from glance_tx.api.v1_meta import (
     V1Meta,
@@ -38,7 +39,6 @@ from glance_tx.api.v1_meta import (
     image_validators,
     parse_bool,
     parse_headers,
-    parse_int,
     set_image_headers,
 )
 from glance_tx.config import CacheConfig
@@ -48,7 +48,6 @@ from glance_tx.errors import (
     Conflict,
     GlanceError,
     LengthRequired,
-    RequestEntityTooLarge,
     UnsupportedMediaType,
 )
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Viewer
@@ -128,22 +127,11 @@ class V1API:
             raise BadRequest(
                 "Send either image data in the body or x-image-meta-location, not both"
             )
-        cap = self.uploader.size_cap
         length = request.requestHeaders.getRawHeaders(b"content-length")
-        declared = [meta.size] if meta.size is not None else []
-        if length:
-            declared.append(parse_int("Content-Length", length[0].decode("latin-1")))
-        for size in declared:
-            if size > cap:
-                raise RequestEntityTooLarge(
-                    f"Image size {size} exceeds the limit of {cap} bytes"
-                )
-        if len(declared) == 2 and declared[0] != declared[1]:
-            raise BadRequest(
-                f"x-image-meta-size ({declared[0]}) does not match the "
-                f"Content-Length ({declared[1]})"
-            )
-        return meta.size
+        content_length = (
+            parse_int("Content-Length", length[0].decode("latin-1")) if length else None
+        )
+        return self.uploader.check_declared_size("x-image-meta-size", meta.size, content_length)
 
     def _new_image(self, context: RequestContext, meta: V1Meta) -> Image:
         policy.check_publicize(context, meta.core.get("visibility"))

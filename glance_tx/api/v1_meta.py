@@ -21,6 +21,7 @@ from glance_tx.api.http_cache import (
     metadata_cache_control,
     shareable,
 )
+from glance_tx.api.params import parse_int
 from glance_tx.config import CacheConfig
 from glance_tx.errors import BadRequest
 from glance_tx.images import Image
@@ -47,16 +48,6 @@ def parse_bool(name: str, value: str) -> bool:
         return _BOOLEAN[value.strip().lower()]
     except KeyError:
         raise BadRequest(f"x-image-meta-{name} must be true or false, not {value!r}") from None
-
-
-def parse_int(name: str, value: str, maximum: int | None = None) -> int:
-    try:
-        number = int(value.strip())
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, not {value!r}") from None
-    if number < 0 or (maximum is not None and number > maximum):
-        raise BadRequest(f"{name} must be between 0 and {maximum if maximum is not None else 'any size'}")
-    return number
 
 
 @frozen

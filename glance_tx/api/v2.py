@@ -43,6 +43,7 @@ from glance_tx.api.http_cache import (
     serve_document,
     shareable,
 )
+from glance_tx.api.params import parse_int
 from glance_tx.api.site import StreamingRequest, UploadRoute
 from glance_tx.api.v2_patch import ACCEPT_PATCH, apply_patch, draft_for, parse_patch
 from glance_tx.api.v2_query import parse_query
@@ -178,16 +179,6 @@ def _read_object(request: IRequest) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise BadRequest("Request body must be a JSON object.")
     return document
-
-
-def _parse_size(name: str, value: str) -> int:
-    try:
-        size = int(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, not {value!r}") from None
-    if size < 0:
-        raise BadRequest(f"{name} cannot be negative")
-    return size
 
 
 @define
@@ -420,17 +411,11 @@ class V2API:
         """
         declared = _header(request, b"x-openstack-image-size")
         length = _header(request, b"content-length")
-        size = _parse_size("x-openstack-image-size", declared) if declared else None
-        body = _parse_size("Content-Length", length) if length else None
-        if size is not None and body is not None and size != body:
-            raise BadRequest(
-                f"x-openstack-image-size ({size}) does not match the Content-Length ({body})"
-            )
-        expected = size if size is not None else body
-        cap = self.uploader.size_cap
-        if expected is not None and expected > cap:
-            raise RequestEntityTooLarge(f"Image size {expected} exceeds the limit of {cap} bytes")
-        return expected
+        return self.uploader.check_declared_size(
+            "x-openstack-image-size",
+            parse_int("x-openstack-image-size", declared) if declared else None,
+            parse_int("Content-Length", length) if length else None,
+        )
 
     @app.route("/images/<image_id>/file", methods=["PUT"])
     async def upload(self, request: StreamingRequest, image_id: str) -> bytes:

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from glance_tx import images
+from glance_tx.api.params import parse_int
 from glance_tx.errors import BadRequest
 from glance_tx.images import Comparison, ImageQuery, Viewer
 
@@ -73,7 +74,7 @@ def parse_query(args: Mapping[bytes, Sequence[bytes]], viewer: Viewer) -> ImageQ
         if name in STRING_FILTERS:
             filters[name] = _string_filter(name, value)
         elif name in INTEGER_FILTERS:
-            filters[name] = _integer(name, value, images.MAX_INT)
+            filters[name] = parse_int(name, value, images.MAX_INT)
         elif name in BOOLEAN_FILTERS:
             filters[name] = _boolean(name, value)
         elif name in TIME_FILTERS:
@@ -90,7 +91,7 @@ def parse_query(args: Mapping[bytes, Sequence[bytes]], viewer: Viewer) -> ImageQ
     if visibility is not None and visibility not in images.LIST_VISIBILITIES:
         raise BadRequest(f"Invalid visibility value: {visibility}")
     sizes = {
-        name: _integer(name, given)
+        name: parse_int(name, given)
         for name in ("size_min", "size_max")
         if (given := _last(params, name)) is not None
     }
@@ -106,7 +107,7 @@ def parse_query(args: Mapping[bytes, Sequence[bytes]], viewer: Viewer) -> ImageQ
         sort=parse_sort(params),
         marker=images.validate_image_id(marker) if marker is not None else None,
         limit=(
-            min(_integer("limit", limit), images.MAX_LIMIT)
+            min(parse_int("limit", limit), images.MAX_LIMIT)
             if limit is not None
             else images.DEFAULT_LIMIT
         ),
@@ -215,16 +216,6 @@ def _string_filter(name: str, value: str) -> str | frozenset[str]:
     if op != "eq":
         raise BadRequest(f"Unable to filter on {name!r} with the operator {op!r}")
     return operand
-
-
-def _integer(name: str, value: str, maximum: int | None = None) -> int:
-    try:
-        number = int(value.strip())
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, not {value!r}") from None
-    if number < 0 or (maximum is not None and number > maximum):
-        raise BadRequest(f"{name} must be a non-negative integer")
-    return number
 
 
 def _boolean(name: str, value: str) -> bool:
