@@ -49,6 +49,9 @@ class CacheConfig:
     purge_urls: tuple[str, ...] = ()
     #: Attempts per PURGE before giving up (with exponential backoff).
     purge_attempts: int = 5
+    #: Seconds after a purge to purge again, for the fills that were in
+    #: flight (0: no second round).
+    purge_repeat_delay: int = 5
 
 
 @frozen
@@ -61,6 +64,10 @@ class Config:
     default_backend: str
     default_project: str
     thread_pool_size: int
+    #: Run start-up recovery (L{glance_tx.recovery}) before serving. Off
+    #: where other API nodes share the registry or a store: it would take
+    #: their uploads in progress for abandoned ones.
+    recover_on_start: bool = True
     cache: CacheConfig = field(factory=CacheConfig)
 
     def store(self, store_id: str) -> StoreConfig:
@@ -81,6 +88,17 @@ def _int(section: Mapping[str, str], name: str, default: int, minimum: int = 0) 
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}")
     return value
+
+
+def _bool(section: Mapping[str, str], name: str, default: bool) -> bool:
+    """A boolean as configparser spells them: true/false, yes/no, on/off, 1/0."""
+    raw = section.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return configparser.ConfigParser.BOOLEAN_STATES[raw.strip().lower()]
+    except KeyError:
+        raise ConfigError(f"{name} must be true or false, not {raw!r}") from None
 
 
 def load_config(
@@ -141,6 +159,7 @@ def load_config(
         default_backend=default_backend,
         default_project=default.get("default_project", "admin"),
         thread_pool_size=_int(default, "thread_pool_size", 16, minimum=2),
+        recover_on_start=_bool(default, "recover_on_start", True),
         cache=_cache_config(parser),
     )
 
@@ -162,4 +181,5 @@ def _cache_config(parser: configparser.ConfigParser) -> CacheConfig:
         metadata_max_age=_int(section, "metadata_max_age", defaults.metadata_max_age),
         purge_urls=urls,
         purge_attempts=_int(section, "purge_attempts", defaults.purge_attempts, minimum=1),
+        purge_repeat_delay=_int(section, "purge_repeat_delay", defaults.purge_repeat_delay),
     )

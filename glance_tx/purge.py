@@ -4,7 +4,8 @@ Invalidation: telling caching proxies (Varnish, Squid) to forget an image.
 When an image is deleted, deactivated or made less visible, what a proxy
 holds for it must go: a deleted image must not stay downloadable through a
 proxy. L{Purger} sends an HTTP C{PURGE} for each of the image's URLs to each
-configured proxy, off the request path, retrying with backoff.
+configured proxy, off the request path, retrying with backoff, and sends
+them all again a few seconds later for the fills that were in flight.
 L{glance_tx.registry.purging.PurgingRegistry} decides when.
 """
 
@@ -56,7 +57,8 @@ class IPurger(Interface):
         """
         Start purging everything the proxies may hold for the image and
         return at once. The Deferred fires (never fails) when every PURGE
-        has succeeded or been given up; callers need not wait for it.
+        of this first round has succeeded or been given up; callers need
+        not wait for it. A provider may purge again later on its own.
         """
 
 
@@ -121,7 +123,16 @@ class Purger:
     defaults (5 attempts): retries 1, 2, 4 and 8 seconds after the
     previous failure.
 
-    L{stop} ends the purges in flight when the service stops.
+    A proxy may be filling its cache from glance-tx when the C{PURGE}
+    arrives -- a download that started before the change -- and store the
+    image once the fill ends, after the purge. So, with C{repeat_delay}
+    above 0, every URL is purged again in a second round C{repeat_delay}
+    seconds after L{purge} was called (retried the same way): a fill that
+    has ended by then is gone too. Purging an image whose second round is
+    still waiting pushes that round back rather than adding another.
+
+    L{stop} ends the purges in flight, and drops the second rounds still
+    waiting, when the service stops.
     """
 
     client: HTTPRequester
@@ -131,7 +142,10 @@ class Purger:
     first_delay: float = 1.0
     max_delay: float = 60.0
     request_timeout: float = 10.0
+    #: Seconds after a purge to purge again (0: no second round).
+    repeat_delay: float = 0.0
     _pending: set[Deferred[None]] = field(factory=set, init=False)
+    _repeats: dict[str, IDelayedCall] = field(factory=dict, init=False)
     _stopping: bool = field(default=False, init=False)
     _cancelled: bool = field(default=False, init=False)
 
@@ -146,26 +160,48 @@ class Purger:
         return len(self._pending)
 
     def purge(self, image_id: str) -> Deferred[None]:
-        urls = self.urls(image_id)
+        if not self.proxies:
+            return succeed(None)
         if self._stopping:
-            if urls:
-                log.error(
-                    "Not purging image {image_id} from caching proxies: shutting down",
-                    image_id=image_id,
+            log.error(
+                "Not purging image {image_id} from caching proxies: shutting down",
+                image_id=image_id,
+            )
+            return succeed(None)
+        if self.repeat_delay > 0:
+            waiting = self._repeats.get(image_id)
+            if waiting is not None:
+                waiting.reset(self.repeat_delay)
+            else:
+                self._repeats[image_id] = self.clock.callLater(
+                    self.repeat_delay, self._repeat, image_id
                 )
-            return succeed(None)
-        tasks = [self._start(image_id, url) for url in urls]
-        if not tasks:
-            return succeed(None)
+        return self._round(image_id)
+
+    def _repeat(self, image_id: str) -> None:
+        del self._repeats[image_id]
+        self._round(image_id)
+
+    def _round(self, image_id: str) -> Deferred[None]:
+        """Purge every URL of the image; fires when all are done."""
+        tasks = [self._start(image_id, url) for url in self.urls(image_id)]
         return DeferredList(tasks, consumeErrors=True).addCallback(lambda _: None)
 
     def stop(self, grace: float = 0.0) -> Deferred[None]:
         """
-        Start no more purges; give those in flight C{grace} seconds to end
+        Start no more purges and drop the second rounds still waiting,
+        logging each; give those in flight C{grace} seconds to end
         (retries included), then cancel the rest, logging each as
         abandoned. Fires when none is left.
         """
         self._stopping = True
+        for image_id, waiting in self._repeats.items():
+            waiting.cancel()
+            log.warn(
+                "Second PURGE round for image {image_id} not sent: shutting down",
+                image_id=image_id,
+            )
+        self._repeats.clear()
         pending = list(self._pending)
         if not pending:
             return succeed(None)

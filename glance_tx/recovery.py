@@ -6,9 +6,11 @@ images left in C{saving} are marked C{killed} (their data went with the
 partial writes); and committed data that no image owns is deleted, so the
 stores hold exactly what the registry points at.
 
-This assumes one API node per store directory. Several nodes sharing one
-registry would see each other's in-flight uploads as interrupted: they should
-run recovery from one node only (``recover_on_start = false`` elsewhere).
+This assumes no other API node uses the same registry or stores: it would
+take their uploads in progress for interrupted ones and kill the images; with
+a shared store it would also delete their incoming data, and could delete data
+committed a moment before its image records the location. Where nodes share
+them, turn it off with ``recover_on_start = false`` (doc/deployment.rst).
 """
 
 from __future__ import annotations

@@ -4,10 +4,11 @@
     MultiService
      `- GlanceService   starts its thread pool (database, file and hashing
                         work), opens the registry (running migrations),
-                        builds the stores, recovers from a crash, then
-                        listens; on stop, stops listening, lets pending
-                        proxy purges finish (a few seconds at most), closes
-                        the registry, and only then stops the pool
+                        builds the stores, recovers from a crash (unless
+                        recover_on_start is false), then listens; on
+                        stop, stops listening, lets pending proxy purges
+                        finish (a few seconds at most), closes the
+                        registry, and only then stops the pool
 
 With ``[cache] purge_urls`` set, the registry the API sees is a
 L{glance_tx.registry.purging.PurgingRegistry} whose L{glance_tx.purge.Purger}
@@ -104,7 +105,10 @@ class GlanceService(Service):
         if self.config.cache.purge_urls:
             registry = PurgingRegistry(sql_registry, self._start_purger(), clock=self.reactor)
         stores = await build_store_map(self.config, self.runner)
-        await recover(registry, stores)
+        if self.config.recover_on_start:
+            await recover(registry, stores)
+        else:
+            log.info("Start-up recovery skipped: recover_on_start is false")
         site = build_site(
             registry=registry,
             stores=stores,
@@ -134,6 +138,7 @@ class GlanceService(Service):
             clock=self.reactor,
             proxies=self.config.cache.purge_urls,
             attempts=self.config.cache.purge_attempts,
+            repeat_delay=self.config.cache.purge_repeat_delay,
         )
         return self.purger
 

@@ -1496,3 +1496,91 @@ class RegistryConformanceMixin(_Base):
         self.assertEqual(await registry.get_member(second.id, "b"), untouched)
         await registry.remove_member(first.id, "b")
         self.assertEqual(await registry.get_member(second.id, "b"), untouched)
+
+    # -- tags --------------------------------------------------------------------
+
+    @conformance
+    async def test_add_tag(self, registry: Any) -> None:
+        """
+        add_tag fires with the record carrying the new tag, as get then
+        shows it, and moves updated_at; adding a tag the image has changes
+        nothing, updated_at included.
+        """
+        image = await registry.create(make_image(tags={"a"}))
+        tagged = await registry.add_tag(image.id, "b")
+        self.assertEqual(tagged.tags, frozenset({"a", "b"}))
+        self.assertGreater(tagged.updated_at, image.updated_at)
+        self.assertEqual(await registry.get(image.id), tagged)
+        self.assertEqual(await registry.add_tag(image.id, "b"), tagged)
+        self.assertEqual(await registry.get(image.id), tagged)
+
+    @conformance
+    async def test_remove_tag(self, registry: Any) -> None:
+        """
+        remove_tag fires with the record without the tag, as get then shows
+        it, and moves updated_at; removing a tag the image does not have is
+        NotFound and changes nothing.
+        """
+        image = await registry.create(make_image(tags={"a", "b"}))
+        untagged = await registry.remove_tag(image.id, "a")
+        self.assertEqual(untagged.tags, frozenset({"b"}))
+        self.assertGreater(untagged.updated_at, image.updated_at)
+        self.assertEqual(await registry.get(image.id), untagged)
+        await self.assertFails(registry.remove_tag(image.id, "a"), NotFound)
+        self.assertEqual(await registry.get(image.id), untagged)
+
+    @conformance
+    async def test_tags_of_unknown_or_deleted_image_not_found(
+        self, registry: Any
+    ) -> None:
+        """add_tag and remove_tag on an unknown or deleted image are NotFound."""
+        await self.assertFails(registry.add_tag(new_image_id(), "a"), NotFound)
+        await self.assertFails(registry.remove_tag(new_image_id(), "a"), NotFound)
+        image = await registry.create(make_image(tags={"a"}))
+        await registry.delete(image.id)
+        await self.assertFails(registry.add_tag(image.id, "b"), NotFound)
+        await self.assertFails(registry.remove_tag(image.id, "a"), NotFound)
+
+    @conformance
+    async def test_add_tag_invalid_bad_request(self, registry: Any) -> None:
+        """
+        A tag that is empty, longer than 255 characters or not a string is a
+        BadRequest, and the image is unchanged; 255 characters is allowed.
+        """
+        image = await registry.create(make_image())
+        for tag in ("", "t" * 256, 7, None):
+            await self.assertFails(registry.add_tag(image.id, tag), BadRequest)
+        self.assertEqual(await registry.get(image.id), image)
+        longest = await registry.add_tag(image.id, "t" * 255)
+        self.assertEqual(longest.tags, frozenset({"t" * 255}))
+
+    @conformance
+    async def test_tags_are_per_image(self, registry: Any) -> None:
+        """Tagging or untagging one image leaves another with that tag alone."""
+        first = await registry.create(make_image(tags={"a"}))
+        second = await registry.create(make_image(tags={"a"}))
+        await registry.add_tag(first.id, "b")
+        await registry.remove_tag(first.id, "a")
+        self.assertEqual(await registry.get(second.id), second)
+
+    @conformance
+    async def test_concurrent_tag_changes_all_take_effect(self, registry: Any) -> None:
+        """
+        Many add_tag and remove_tag calls on one image, for distinct tags,
+        issued at once, all succeed and all take effect: none undoes
+        another, as a read of the tag set followed by a write of the whole
+        set would (on a real thread pool the reads would overlap).
+        """
+        kept = {f"kept-{n}" for n in range(5)}
+        dropped = [f"dropped-{n}" for n in range(10)]
+        added = [f"added-{n}" for n in range(20)]
+        image = await registry.create(make_image(tags=kept | set(dropped)))
+        results = await DeferredList(
+            [registry.add_tag(image.id, tag) for tag in added]
+            + [registry.remove_tag(image.id, tag) for tag in dropped],
+            consumeErrors=True,
+        )
+        for ok, value in results:
+            if not ok:
+                value.raiseException()
+        self.assertEqual((await registry.get(image.id)).tags, kept | set(added))

@@ -282,11 +282,12 @@ class ReadTests(ErrorShapeMixin, SiteTestCase):
         self.assertEqual(beyond.header("Content-Range"), "bytes */10")
 
     def test_not_found(self) -> None:
-        """Unknown ids are 404; malformed ids 400."""
+        """Unknown ids are 404, and so are malformed ones, as in Glance (and v2)."""
         self.assertError(self.request("GET", f"/v1/images/{uuid.uuid4()}"), 404)
         self.assertEqual(self.request("HEAD", f"/v1/images/{uuid.uuid4()}").code, 404)
         self.assertError(self.request("GET", "/v1/images/../../etc"), 404)
-        self.assertError(self.request("GET", "/v1/images/nope"), 400, "UUID")
+        self.assertError(self.request("GET", "/v1/images/nope"), 404, "nope")
+        self.assertError(self.request("DELETE", "/images/nope"), 404, "nope")
 
     def test_data_of_queued_image(self) -> None:
         """Asking for the data of a queued image is refused with a reason."""

@@ -1227,3 +1227,27 @@ class OneRegistryTests(V2TestCase):
         self.patch(image["id"], [{"op": "remove", "path": "/k"}])
         head = self.request("HEAD", f"/v1/images/{image['id']}")
         self.assertIsNone(head.header("x-image-meta-property-k"))
+
+    def test_members_see_shared_images_through_v1(self) -> None:
+        """
+        v1 lets a member of a shared image see and download it, as v2 does
+        (and as Glance v1 did); another project, or a removed member, gets
+        a 404 from both.
+        """
+        data = b"shared" * 100
+        image_id = self.active(data, ALICE, visibility="shared")["id"]
+        members = f"/v2/images/{image_id}/members"
+        self.assertEqual(self.send_json("POST", members, {"member": "bob"}, ALICE).code, 200)
+        self.assertEqual(
+            self.send_json("PUT", f"{members}/bob", {"status": "accepted"}, BOB).code, 200
+        )
+        for path in (f"/v1/images/{image_id}", f"/images/{image_id}"):
+            head = self.request("HEAD", path, BOB)
+            self.assertEqual(head.code, 200, path)
+            self.assertEqual(head.header("x-image-meta-id"), image_id)
+            self.assertEqual(self.request("GET", path, BOB).body, data)
+            self.assertEqual(self.request("HEAD", path, CAROL).code, 404)
+        self.assertEqual(self.request("GET", f"/v2/images/{image_id}", BOB).code, 200)
+        self.assertEqual(self.request("DELETE", f"{members}/bob", ALICE).code, 204)
+        self.assertEqual(self.request("HEAD", f"/v1/images/{image_id}", BOB).code, 404)
+        self.assertEqual(self.request("GET", f"/v2/images/{image_id}", BOB).code, 404)

@@ -34,7 +34,7 @@ from glance_tx.images import ImageUpdate
 from tests.api_fixtures import Answer
 from tests.memory_http import memory_client
 from tests.test_api_v1 import meta
-from tests.test_api_v2 import ADMIN, ALICE, BOB, V2TestCase
+from tests.test_api_v2 import ADMIN, ALICE, BOB, OCTET, V2TestCase
 
 DATA = bytes(range(256)) * 4 + b"tail"  # 1028 bytes
 SIZE = len(DATA)
@@ -222,13 +222,14 @@ class DataHeaderTests(CacheTestCase):
         self.assertEqual(self.file(image_id).header("ETag"), f'"{SHA512}"')
 
     def test_v1_head_without_data(self) -> None:
-        """v1 HEAD of a queued image: a weak ETag of its metadata, which
-        changes on update and revalidates to 304."""
+        """v1 HEAD of a queued image: a strong ETag of its metadata (so a
+        PUT can name it in If-Match), which changes on update and
+        revalidates to 304."""
         created = self.request("POST", "/v1/images", meta(name="q", is_public="true"))
         image_id = created.json()["image"]["id"]
         first = self.request("HEAD", f"/v1/images/{image_id}")
         self.assertEqual(first.code, 200)
-        self.assertRegex(first.header("ETag"), r'^W/"[0-9a-f]{32}"$')
+        self.assertRegex(first.header("ETag"), r'^"[0-9a-f]{32}"$')
         self.assertEqual(first.header("Cache-Control"), "public, no-cache")
         again = self.request("HEAD", f"/v1/images/{image_id}", {"If-None-Match": first.header("ETag")})
         self.assertEqual(again.code, 304)
@@ -330,12 +331,12 @@ class HeadParityTests(CacheTestCase):
 
 class MetadataTests(CacheTestCase):
     def test_v2_image_json(self) -> None:
-        """v2 image JSON: a weak ETag over the document, updated_at as
+        """v2 image JSON: a strong ETag over the document, updated_at as
         Last-Modified; public images public, no-cache; private ones
         private, no-store."""
         public = self.image("public")
         answer = self.request("GET", f"/v2/images/{public}")
-        self.assertRegex(answer.header("ETag"), r'^W/"[0-9a-f]{32}"$')
+        self.assertRegex(answer.header("ETag"), r'^"[0-9a-f]{32}"$')
         self.assertEqual(answer.header("Cache-Control"), "public, no-cache")
         self.assertEqual(
             answer.header("Last-Modified"), http_date(self.record(public).updated_at).decode()
@@ -472,6 +473,202 @@ class ConditionalTests(CacheTestCase):
             {"If-Modified-Since": http_date(datetime.now(UTC) + timedelta(days=1)).decode()},
         )
         self.assertEqual(later.code, 304)
+
+
+class ConditionalWriteTests(CacheTestCase):
+    """
+    Writes take the same preconditions, against what a GET or HEAD of the
+    same URL sends; a false one is a 412 that changes nothing.
+    """
+
+    far_past = http_date(datetime(2000, 1, 1, tzinfo=UTC)).decode()
+    far_future = http_date(datetime.now(UTC) + timedelta(days=1)).decode()
+
+    def v2_etag(self, image_id: str, headers: dict[str, str] | None = None) -> str:
+        etag = self.request("GET", f"/v2/images/{image_id}", headers).header("ETag")
+        assert etag is not None
+        return etag
+
+    def v1_etag(self, path: str) -> str:
+        etag = self.request("HEAD", path).header("ETag")
+        assert etag is not None
+        return etag
+
+    def rename(self, image_id: str, name: str, headers: dict[str, str]) -> Answer:
+        return self.patch(image_id, [{"op": "replace", "path": "/name", "value": name}], headers)
+
+    def test_v2_patch(self) -> None:
+        """
+        PATCH with If-Match of the image JSON's current ETag applies, and
+        the new document has a new tag; the old tag, its weak form, any
+        If-None-Match that matches (or *) and an If-Unmodified-Since before
+        the last change are 412s that leave the image as it was.
+        """
+        image_id = self.image("public")
+        etag = self.v2_etag(image_id)
+        answer = self.rename(image_id, "first", {"If-Match": etag})
+        self.assertEqual(answer.code, 200, answer.body)
+        self.assertEqual(self.stored_record(image_id).name, "first")
+        new = self.v2_etag(image_id)
+        self.assertNotEqual(new, etag)
+        before = self.stored_record(image_id)
+        for headers in (
+            {"If-Match": etag},
+            {"If-Match": "W/" + new},
+            {"If-Match": '"other"'},
+            {"If-None-Match": new},
+            {"If-None-Match": "*"},
+            {"If-Unmodified-Since": self.far_past},
+            {"If-Match": '"other"', "If-Unmodified-Since": self.far_future},
+        ):
+            failed = self.rename(image_id, "second", headers)
+            self.assertError(failed, 412)
+            self.assertEqual(self.stored_record(image_id), before, headers)
+        for headers in (
+            {"If-Match": f'"other", {new}'},
+            {"If-Match": "*"},
+            {"If-None-Match": etag},
+            {"If-Unmodified-Since": self.far_future},
+        ):
+            self.assertEqual(self.rename(image_id, "again", headers).code, 200, headers)
+
+    def test_v2_delete(self) -> None:
+        """
+        DELETE with a stale If-Match or an If-Unmodified-Since before the
+        last change is a 412 and the image stays; with the current tag it
+        is deleted.
+        """
+        image_id = self.image("public")
+        stale = self.v2_etag(image_id)
+        self.rename(image_id, "moved on", {})
+        for headers in ({"If-Match": stale}, {"If-Unmodified-Since": self.far_past}):
+            self.assertError(self.request("DELETE", f"/v2/images/{image_id}", headers), 412)
+            self.assertEqual(self.request("GET", f"/v2/images/{image_id}").code, 200)
+        self.assertEqual(self.file(image_id).body, DATA)
+        current = self.v2_etag(image_id)
+        answer = self.request("DELETE", f"/v2/images/{image_id}", {"If-Match": current})
+        self.assertEqual(answer.code, 204)
+        self.assertEqual(self.request("GET", f"/v2/images/{image_id}").code, 404)
+
+    def test_refusals_come_first(self) -> None:
+        """
+        A write the caller may not make is refused as it would be without
+        conditions (404 for an image they cannot see, 403 for one they may
+        not change), never a 412 that would tell them the image exists.
+        """
+        private = self.image("private")
+        public = self.image("public")
+        stale = {"If-Match": '"stale"'}
+        self.assertEqual(self.rename(private, "x", {**BOB, **stale}).code, 404)
+        self.assertEqual(self.request("DELETE", f"/v2/images/{private}", {**BOB, **stale}).code, 404)
+        self.assertEqual(self.request("DELETE", f"/v1/images/{private}", {**BOB, **stale}).code, 404)
+        self.assertEqual(self.rename(public, "x", {**BOB, **stale}).code, 403)
+        self.assertEqual(self.request("PUT", f"/v1/images/{public}", {**BOB, **stale}).code, 403)
+
+    def test_v2_upload(self) -> None:
+        """
+        A queued image's data has no current representation: If-Match (even
+        *) is a 412 and nothing is stored; If-None-Match: * holds and an
+        If-Unmodified-Since is ignored.
+        """
+        for headers in ({"If-Match": "*"}, {"If-Match": '"x"'}):
+            image_id = self.create()["id"]
+            failed = self.upload(image_id, DATA, headers)
+            self.assertError(failed, 412, "If-Match")
+            self.assertEqual(self.stored_record(image_id).status, "queued")
+            self.assertEqual(self.stored_files(), [])
+        for headers in ({"If-None-Match": "*"}, {"If-Unmodified-Since": self.far_past}):
+            image_id = self.create()["id"]
+            self.assertEqual(self.upload(image_id, DATA, headers).code, 204, headers)
+            self.assertEqual(self.file(image_id).body, DATA)
+
+    def test_upload_refused_before_the_body(self) -> None:
+        """
+        The precondition of an upload is decided from the headers: an
+        Expect: 100-continue client is refused at once (never told to
+        continue), while one whose precondition holds is told to go on.
+        """
+        v2 = self.create()["id"]
+        v1 = self.request("POST", "/v1/images", meta(name="q")).json()["image"]["id"]
+        upload = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": "1000000",
+            "Expect": "100-continue",
+        }
+        for path, condition in [
+            (f"/v2/images/{v2}/file", {"If-Match": "*"}),
+            (f"/v1/images/{v1}", {"If-Match": '"stale"'}),
+            (f"/images/{v1}", {"If-None-Match": "*"}),
+        ]:
+            refused = self.raw("PUT", path, {**upload, **condition})
+            self.assertEqual(refused.status, 412, path)
+            self.assertEqual(json.loads(refused.body)["error"]["code"], 412)
+        self.assertEqual(self.stored_record(v2).status, "queued")
+        self.assertEqual(self.stored_record(v1).status, "queued")
+        self.assertEqual(self.stored_files(), [])
+        accepted = self.raw("PUT", f"/v2/images/{v2}/file", {**upload, "If-None-Match": "*"})
+        self.assertEqual(accepted.status, 100)
+        accepted = self.raw(
+            "PUT", f"/v1/images/{v1}", {**upload, "If-Match": self.v1_etag(f"/v1/images/{v1}")}
+        )
+        self.assertEqual(accepted.status, 100)
+
+    def test_v1_put(self) -> None:
+        """
+        v1 PUT (versioned or not) compares with the ETag a HEAD sends: the
+        current one applies the change, a stale one, If-None-Match: * or
+        an If-Unmodified-Since before the last change is a 412 that
+        changes nothing.
+        """
+        image_id = self.image("public")
+        for path in (f"/v1/images/{image_id}", f"/images/{image_id}"):
+            stale = self.v1_etag(path)
+            answer = self.request("PUT", path, {**meta(name=path), "If-Match": stale})
+            self.assertEqual(answer.code, 200, answer.body)
+            self.assertEqual(answer.json()["image"]["name"], path)
+            before = self.stored_record(image_id)
+            for headers in (
+                {"If-Match": stale},
+                {"If-None-Match": "*"},
+                {"If-Unmodified-Since": self.far_past},
+            ):
+                failed = self.request("PUT", path, {**meta(name="lost", property_x="y"), **headers})
+                self.assertError(failed, 412)
+                self.assertEqual(self.stored_record(image_id), before, headers)
+
+    def test_v1_upload(self) -> None:
+        """
+        A v1 PUT with data to a queued image compares with the HEAD's
+        ETag: the current one uploads, a stale one is a 412 that stores
+        nothing and leaves the image queued.
+        """
+        image_id = self.request("POST", "/v1/images", meta(name="q")).json()["image"]["id"]
+        path = f"/v1/images/{image_id}"
+        stale = self.v1_etag(path)
+        self.request("PUT", path, meta(name="renamed"))
+        failed = self.request("PUT", path, {**OCTET, "If-Match": stale}, data=DATA)
+        self.assertError(failed, 412)
+        self.assertEqual(self.stored_record(image_id).status, "queued")
+        self.assertEqual(self.stored_files(), [])
+        answer = self.request("PUT", path, {**OCTET, "If-Match": self.v1_etag(path)}, data=DATA)
+        self.assertEqual(answer.code, 200, answer.body)
+        self.assertEqual(self.request("GET", path).body, DATA)
+
+    def test_v1_delete(self) -> None:
+        """
+        v1 DELETE (versioned or not) with a stale If-Match is a 412 and the
+        image stays downloadable; with the HEAD's current ETag it goes.
+        """
+        image_id = self.image("public")
+        for path in (f"/v1/images/{image_id}", f"/images/{image_id}"):
+            stale = self.v1_etag(path)
+            self.request("PUT", path, meta(name=path))
+            self.assertError(self.request("DELETE", path, {"If-Match": stale}), 412)
+            self.assertEqual(self.request("GET", path).body, DATA)
+        current = {"If-Match": self.v1_etag(f"/images/{image_id}")}
+        answer = self.request("DELETE", f"/images/{image_id}", current)
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(self.request("HEAD", f"/v1/images/{image_id}").code, 404)
 
 
 class IfRangeTests(CacheTestCase):

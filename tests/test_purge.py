@@ -480,6 +480,127 @@ class PurgerStopTests(SynchronousTestCase):
         self.assertEqual(len(messages(events, LogLevel.error)), 1)
 
 
+class PurgerSecondRoundTests(SynchronousTestCase):
+    """
+    The second round, for proxy fills that were in flight at the first:
+    scheduled on the purger's clock, retried like the first, dropped at stop.
+    """
+
+    def harness(self, proxy: FakeProxy, repeat_delay: float = 5.0) -> PurgerHarness:
+        harness = PurgerHarness(proxy, proxies=(VARNISH,))
+        harness.purger.repeat_delay = repeat_delay
+        return harness
+
+    def test_second_round(self) -> None:
+        """
+        Every URL is purged at once, and again repeat_delay seconds later;
+        purge fires after the first round, without waiting for the second.
+        """
+        proxy = FakeProxy()
+        harness = self.harness(proxy)
+        d = harness.purger.purge(IMAGE)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(set(proxy.counts().values()), {1})
+        harness.clock.advance(4.9)
+        self.assertEqual(len(proxy.seen), len(PATHS))
+        harness.clock.advance(0.1)
+        self.assertEqual(proxy.counts(), Counter({VARNISH + path: 2 for path in PATHS}))
+        harness.clock.advance(3600)
+        self.assertEqual(len(proxy.seen), 2 * len(PATHS))
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+
+    def test_second_round_retries(self) -> None:
+        """A failed PURGE of the second round is retried with the same backoff."""
+        proxy = FakeProxy(codes=[200, 503, 500])
+        harness = self.harness(proxy)
+        url = VARNISH + PATHS[0]
+        with capturedLogs() as events:
+            harness.purger.purge(IMAGE)
+            for wait, count in [(5, 2), (0.9, 2), (0.1, 3), (1.9, 3), (0.1, 4), (3600, 4)]:
+                harness.clock.advance(wait)
+                self.assertEqual(proxy.count(url), count, f"after {harness.clock.seconds()}")
+        self.assertEqual(harness.purger.pending, 0)
+        warnings = [m for m in messages(events, LogLevel.warn) if url + " " in m]
+        self.assertEqual(len(warnings), 2)
+        self.assertIn("attempt 1 of 5: HTTP 503); retrying in 1.0 s", warnings[0])
+
+    def test_purging_again_pushes_the_second_round_back(self) -> None:
+        """
+        Purging an image whose second round is still waiting sends a first
+        round now and moves the one second round to repeat_delay from now.
+        """
+        proxy = FakeProxy()
+        harness = self.harness(proxy)
+        harness.purger.purge(IMAGE)
+        harness.clock.advance(3)
+        harness.purger.purge(IMAGE)
+        self.assertEqual(len(harness.clock.getDelayedCalls()), 1)
+        harness.clock.advance(2)
+        self.assertEqual(set(proxy.counts().values()), {2})
+        harness.clock.advance(3)
+        self.assertEqual(set(proxy.counts().values()), {3})
+        harness.clock.advance(3600)
+        self.assertEqual(set(proxy.counts().values()), {3})
+
+    def test_images_have_their_own_rounds(self) -> None:
+        """Each image purged gets its own second round."""
+        other = "0b3c4a2e-8b1f-4a47-9a2c-3c7e5f1d2a10"
+        proxy = FakeProxy()
+        harness = self.harness(proxy)
+        harness.purger.purge(IMAGE)
+        harness.clock.advance(1)
+        harness.purger.purge(other)
+        harness.clock.advance(4)
+        self.assertEqual(proxy.count(f"{VARNISH}/v2/images/{IMAGE}/file"), 2)
+        self.assertEqual(proxy.count(f"{VARNISH}/v2/images/{other}/file"), 1)
+        harness.clock.advance(1)
+        self.assertEqual(proxy.count(f"{VARNISH}/v2/images/{other}/file"), 2)
+
+    def test_zero_disables(self) -> None:
+        """With repeat_delay 0 there is one round and nothing is scheduled."""
+        proxy = FakeProxy()
+        harness = self.harness(proxy, repeat_delay=0)
+        harness.purger.purge(IMAGE)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+        harness.clock.advance(3600)
+        self.assertEqual(len(proxy.seen), len(PATHS))
+
+    def test_stop_drops_waiting_rounds(self) -> None:
+        """
+        stop() cancels the second rounds not yet due, logging each as not
+        sent, and leaves nothing on the clock; nothing more is sent.
+        """
+        proxy = FakeProxy()
+        harness = self.harness(proxy)
+        harness.purger.purge(IMAGE)
+        with capturedLogs() as events:
+            self.successResultOf(harness.purger.stop(grace=5))
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+        harness.clock.advance(3600)
+        self.assertEqual(len(proxy.seen), len(PATHS))
+        self.assertEqual(
+            messages(events, LogLevel.warn),
+            [f"Second PURGE round for image {IMAGE} not sent: shutting down"],
+        )
+
+    def test_stop_during_second_round(self) -> None:
+        """A second round under way at stop is given the grace, then cancelled."""
+        proxy = FakeProxy(codes=[200], then=503)
+        harness = self.harness(proxy)
+        with capturedLogs() as events:
+            harness.purger.purge(IMAGE)
+            harness.clock.advance(5)
+            self.assertEqual(harness.purger.pending, len(PATHS))
+            d = harness.purger.stop(grace=2)
+            harness.clock.advance(1)
+            self.assertNoResult(d)
+            harness.clock.advance(1)
+        self.successResultOf(d)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+        abandoned = [m for m in messages(events, LogLevel.warn) if "abandoned" in m]
+        self.assertEqual(len(abandoned), len(PATHS))
+
+
 # -- the purging registry ------------------------------------------------------
 
 
@@ -636,6 +757,22 @@ class PurgingRegistryTests(SynchronousTestCase):
         self.assertTrue(deleted.deleted)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
+    def test_answer_waits_for_first_round_only(self) -> None:
+        """
+        With a clock, a delete answers once the first round is done; the
+        second round goes on without holding up the answer.
+        """
+        proxy = FakeProxy()
+        harness = PurgerHarness(proxy, proxies=(VARNISH,))
+        harness.purger.repeat_delay = 5
+        registry = PurgingRegistry(memory_registry(self), harness.purger, clock=harness.clock)
+        image = self.successResultOf(registry.create(make_image(status=ACTIVE)))
+        deleted = self.successResultOf(registry.delete(image.id))
+        self.assertTrue(deleted.deleted)
+        self.assertEqual(len(proxy.seen), len(PATHS))
+        harness.clock.advance(5)
+        self.assertEqual(len(proxy.seen), 2 * len(PATHS))
+
     def test_with_real_purger(self) -> None:
         """With a Purger behind it, a delete sends the image's PURGEs at once."""
         proxy = FakeProxy()
@@ -651,18 +788,23 @@ class PurgingRegistryTests(SynchronousTestCase):
 # -- end to end ----------------------------------------------------------------
 
 
-class PurgeEndToEndTests(ServerTestCase):
+class PurgeServerTestCase(ServerTestCase):
     """
     A real glance-tx configured with purge_urls pointing at a real HTTP
     server on loopback that records PURGE requests.
     """
+
+    #: More of the [cache] section.
+    cache_options = ""
 
     def setUp(self) -> Deferred[None]:
         self.proxy = FakeProxy()
         port = reactor.listenTCP(0, Site(self.proxy), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.proxy_host = f"127.0.0.1:{port.getHost().port}"
-        self.config_text = f"[cache]\npurge_urls = http://{self.proxy_host}/\n"
+        self.config_text = (
+            f"[cache]\npurge_urls = http://{self.proxy_host}/\n" + self.cache_options
+        )
         return super().setUp()
 
     async def create_image(self) -> str:
@@ -690,6 +832,12 @@ class PurgeEndToEndTests(ServerTestCase):
     def received(self) -> list[tuple[str, str, str]]:
         return sorted((s.method, s.host, s.path) for s in self.proxy.seen)
 
+
+class PurgeEndToEndTests(PurgeServerTestCase):
+    """Changes made through the API purge the image's URLs."""
+
+    cache_options = "purge_repeat_delay = 0\n"
+
     async def test_delete_purges(self) -> None:
         """
         Creating and downloading an image sends no PURGE; deleting it
@@ -716,6 +864,41 @@ class PurgeEndToEndTests(ServerTestCase):
         self.assertEqual(response.code, 200)
         await self.proxy.wait_for(len(PATHS))
         self.assertEqual(self.received(), self.expected(second))
+
+
+class SecondRoundEndToEndTests(PurgeServerTestCase):
+    """C{[cache] purge_repeat_delay} reaches the purger."""
+
+    cache_options = "purge_repeat_delay = 1\n"
+
+    async def test_delete_purges(self) -> None:
+        """A delete sends every PURGE at once, and every one again a second later."""
+        image_id = await self.create_image()
+        response = await self.treq.delete(f"{self.base}/v2/images/{image_id}")
+        self.assertEqual(response.code, 204)
+        await self.proxy.wait_for(len(PATHS))
+        self.assertEqual(self.received(), self.expected(image_id))
+        await self.proxy.wait_for(2 * len(PATHS))
+        self.assertEqual(self.received(), sorted(self.expected(image_id) * 2))
+
+
+class WaitingRoundEndToEndTests(PurgeServerTestCase):
+    """A second round still waiting when the service stops."""
+
+    cache_options = "purge_repeat_delay = 600\n"
+
+    async def test_stop_drops_the_waiting_round(self) -> None:
+        """
+        After a delete, the second round waits on the reactor; stopping
+        the service (the test's cleanup) cancels it, or trial would report
+        the pending call and fail this test.
+        """
+        image_id = await self.create_image()
+        response = await self.treq.delete(f"{self.base}/v2/images/{image_id}")
+        self.assertEqual(response.code, 204)
+        await self.proxy.wait_for(len(PATHS))
+        waiting = [c for c in reactor.getDelayedCalls() if c.getTime() - reactor.seconds() > 500]
+        self.assertEqual(len(waiting), 1)
 
 
 class NoPurgeEndToEndTests(ServerTestCase):

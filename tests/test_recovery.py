@@ -14,11 +14,17 @@ import uuid
 from datetime import UTC, datetime
 
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from glance_tx import images
+from glance_tx.config import load_config
 from glance_tx.images import Image, ImageUpdate
 from glance_tx.recovery import recover
+from glance_tx.registry.sql import open_sql_registry
+from glance_tx.store.filesystem import FilesystemStore
+from glance_tx.tap import GlanceService
+from glance_tx.threads import SynchronousRunner
 from tests.api_fixtures import SiteTestCase
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,6 +78,59 @@ class RecoverTests(SiteTestCase):
         self.assertEqual((report.partial_writes_removed, report.images_killed, report.orphans_removed), (0, 0, 0))
         self.assertEqual(len(self.stored_files()), 1)
         self.assertEqual(self.successResultOf(self.registry.get(kept.id)).status, images.ACTIVE)
+
+
+class RecoverOnStartTests(TestCase):
+    """GlanceService runs start-up recovery exactly when recover_on_start says."""
+
+    async def start_after_crash(self, setting: str) -> tuple[str, int]:
+        """
+        Leave what a crash mid-upload leaves (an image saving, a partial
+        write), start and stop the service with C{recover_on_start =
+        setting}, and return the image's status and how many partial
+        writes are left.
+        """
+        from twisted.internet import reactor
+
+        data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(data_dir)
+        path = os.path.join(data_dir, "glance.ini")
+        with open(path, "w") as f:
+            f.write(f"[DEFAULT]\nrecover_on_start = {setting}\n")
+        config = load_config(path, endpoint="tcp:0:interface=127.0.0.1", data_dir=data_dir)
+        runner = SynchronousRunner()
+        registry = await open_sql_registry(config.sql_connection, runner)
+        now = datetime.now(UTC)
+        image = await registry.create(
+            Image(id=str(uuid.uuid4()), status=images.QUEUED, created_at=now, updated_at=now)
+        )
+        await registry.update(image.id, ImageUpdate(fields={"status": images.SAVING}))
+        store = FilesystemStore(config.store("file").options["filesystem_store_datadir"], runner)
+        writer = await store.open_writer(image.id)
+        writer.write(b"partial")
+        self.addCleanup(writer.abort)
+
+        service = GlanceService(config, reactor, ThreadPool(minthreads=1, maxthreads=4))
+        service.startService()
+        try:
+            await service.ready
+        finally:
+            await service.stopService()
+
+        status = (await registry.get(image.id)).status
+        await registry.close()
+        return status, len(store.incoming.listdir())
+
+    async def test_recovers_by_default(self) -> None:
+        """recover_on_start = true (the default) kills the image, drops the partial write."""
+        self.assertEqual(await self.start_after_crash("true"), (images.KILLED, 0))
+
+    async def test_recover_on_start_false(self) -> None:
+        """
+        recover_on_start = false leaves both alone: they may be another API
+        node's upload in progress.
+        """
+        self.assertEqual(await self.start_after_crash("false"), (images.SAVING, 1))
 
 
 class KilledServerTests(SynchronousTestCase):

@@ -221,6 +221,9 @@ class RecordingRunner:
         finally:
             self.inside = False
 
+    def serial(self) -> RecordingRunner:
+        return self  # synchronous: in order already
+
 
 # -- conformance -----------------------------------------------------------------
 
@@ -253,9 +256,7 @@ class _ThreadPoolHarness(TestCase):
         self.assertGreater(self.off_thread.statements, 0)
 
 
-class SQLiteFileThreadPoolConformanceTests(
-    RegistryConformanceMixin, _ThreadPoolHarness
-):
+class SQLiteFileThreadPoolConformanceTests(RegistryConformanceMixin, _ThreadPoolHarness):
     """
     The contract, on a SQLite file (WAL) through a real thread pool, with
     no connection or statement on the reactor thread.
@@ -648,6 +649,8 @@ class RunnerOnlyTests(SynchronousTestCase):
         )
         self.successResultOf(registry.all_locations())
         self.successResultOf(registry.ping())
+        self.successResultOf(registry.add_tag(image.id, "t"))
+        self.successResultOf(registry.remove_tag(image.id, "t"))
         self.successResultOf(registry.add_member(image.id, "b"))
         self.successResultOf(registry.get_member(image.id, "b"))
         self.successResultOf(registry.update_member(image.id, "b", "accepted"))
@@ -667,7 +670,7 @@ class RunnerOnlyTests(SynchronousTestCase):
         self.successResultOf(registry.close())
         self.assertEqual(outside, [])
         self.assertGreater(len(executed), 10)
-        self.assertGreaterEqual(runner.calls, 15)
+        self.assertGreaterEqual(runner.calls, 17)
 
     def test_nothing_happens_until_the_runner_runs(self) -> None:
         """
@@ -710,18 +713,28 @@ class SQLRegistryTests(SynchronousTestCase):
         return str(self.failureResultOf(d, kind).value)
 
     def test_updated_at_comes_from_the_clock(self) -> None:
-        """update stamps updated_at with the injected clock's time."""
+        """
+        update, add_tag and remove_tag stamp updated_at with the injected
+        clock's time.
+        """
         image = self.successResultOf(self.registry.create(make_image()))
         self.clock[0] = datetime(2025, 6, 1, 12, tzinfo=UTC)
         updated = self.successResultOf(
             self.registry.update(image.id, ImageUpdate(fields={"name": "x"}))
         )
         self.assertEqual(updated.updated_at, self.clock[0])
+        self.clock[0] += timedelta(hours=1)
+        tagged = self.successResultOf(self.registry.add_tag(image.id, "t"))
+        self.assertEqual(tagged.updated_at, self.clock[0])
+        self.clock[0] += timedelta(hours=1)
+        untagged = self.successResultOf(self.registry.remove_tag(image.id, "t"))
+        self.assertEqual(untagged.updated_at, self.clock[0])
 
     def test_updated_at_never_goes_backwards(self) -> None:
         """
         If the clock is behind the record's updated_at (clock stepped back,
-        or it did not tick), updated_at still increases, by a microsecond.
+        or it did not tick), updated_at still increases, by a microsecond,
+        whatever the change.
         """
         image = self.successResultOf(
             self.registry.create(
@@ -732,9 +745,15 @@ class SQLRegistryTests(SynchronousTestCase):
             self.registry.update(image.id, ImageUpdate(fields={"name": "x"}))
         )
         self.assertEqual(first.updated_at, image.updated_at + timedelta(microseconds=1))
+        tagged = self.successResultOf(self.registry.add_tag(image.id, "t"))
+        self.assertEqual(tagged.updated_at, first.updated_at + timedelta(microseconds=1))
+        untagged = self.successResultOf(self.registry.remove_tag(image.id, "t"))
+        self.assertEqual(
+            untagged.updated_at, tagged.updated_at + timedelta(microseconds=1)
+        )
         deleted = self.successResultOf(self.registry.delete(image.id))
         self.assertEqual(
-            deleted.updated_at, first.updated_at + timedelta(microseconds=1)
+            deleted.updated_at, untagged.updated_at + timedelta(microseconds=1)
         )
         self.assertEqual(deleted.deleted_at, deleted.updated_at)
 

@@ -7,7 +7,7 @@ from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from glance_tx.config import ONE_TIB, load_config
+from glance_tx.config import ONE_TIB, Config, ConfigError, load_config
 from glance_tx.tap import GlanceService, Options, makeService
 
 
@@ -54,6 +54,7 @@ class OptionsTests(SynchronousTestCase):
             (b"[DEFAULT]\nimage_size_cap = big\n", "image_size_cap"),
             (b"[DEFAULT]\nenabled_backends = nocolon\n", "enabled_backends"),
             (b"[DEFAULT]\ndefault_backend = s3\n", "default_backend"),
+            (b"[DEFAULT]\nrecover_on_start = maybe\n", "recover_on_start"),
         ]:
             path = FilePath(self.mktemp())
             path.setContent(content)
@@ -67,6 +68,46 @@ class OptionsTests(SynchronousTestCase):
         text = str(Options())
         for option in ("--port", "--data-dir", "--config"):
             self.assertIn(option, text)
+
+
+class RecoverOnStartOptionTests(SynchronousTestCase):
+    """[DEFAULT] recover_on_start: whether start-up recovery runs."""
+
+    def load(self, text: str) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode("utf-8"))
+        return load_config(path.path)
+
+    def test_default_true(self) -> None:
+        """
+        Without the option, or with it empty, recovery runs: a single node
+        must not leave an interrupted upload's image saving.
+        """
+        self.assertTrue(load_config().recover_on_start)
+        self.assertTrue(self.load("[DEFAULT]\nbind_port = 9393\n").recover_on_start)
+        self.assertTrue(self.load("[DEFAULT]\nrecover_on_start =\n").recover_on_start)
+
+    def test_spellings(self) -> None:
+        """
+        Every spelling configparser accepts for a boolean works, in any case
+        and with surrounding blanks.
+        """
+        for raw, expected in [
+            ("true", True), ("True", True), ("yes", True), ("on", True), ("1", True),
+            ("false", False), ("FALSE", False), ("no", False), ("off", False),
+            ("0", False), ("  false  ", False),
+        ]:
+            config = self.load(f"[DEFAULT]\nrecover_on_start = {raw}\n")
+            self.assertIs(config.recover_on_start, expected, raw)
+
+    def test_invalid(self) -> None:
+        """Anything else is a ConfigError naming the option and the value."""
+        for raw in ("maybe", "2", "nope"):
+            error = self.assertRaises(
+                ConfigError, self.load, f"[DEFAULT]\nrecover_on_start = {raw}\n"
+            )
+            self.assertIn("recover_on_start", str(error))
+            self.assertIn(raw, str(error))
 
 
 class ServiceTreeTests(SynchronousTestCase):

@@ -26,8 +26,12 @@ Image data (v2 C{/v2/images/ID/file}, GET and HEAD)
       image, which only an admin may read -- is C{private, no-store}.
 
 Metadata (v2 image JSON, v1 listings, and v1 C{/images/ID})
-    - C{ETag}: weak, over the representation sent, so it changes whenever
-      the metadata does (C{updated_at} is part of every representation).
+    - C{ETag}: a digest of the exact representation sent, so it changes
+      whenever the metadata does (C{updated_at} is part of every
+      representation). For an image it is strong -- the same tag always
+      means the same bytes -- so that a write can name it in C{If-Match},
+      which compares strongly; a listing's is weak (nothing writes a
+      listing).
     - C{Last-Modified}: C{updated_at} (none for a listing: an image
       leaving it moves no date still shown). HTTP dates have whole seconds and
       metadata can change twice within one, so date conditions compare
@@ -45,7 +49,7 @@ v1 C{/images/ID} (GET data and HEAD) is one resource whose representation
 is the data I{and} the metadata, sent as C{x-image-meta-*} headers; a
 cache serves a HEAD from the stored GET, so both must agree. Its ETag is
 therefore strong and made of both: the data tag above, a dash, and a
-digest of the C{x-image-meta-*} headers (a weak metadata tag while the
+digest of the C{x-image-meta-*} headers (the digest alone while the
 image has no data to send); Last-Modified and Cache-Control follow the
 metadata rules, so no cache hands out stale metadata. Revalidating after
 a metadata edit re-fetches the data; v2 C{/file}, what current clients
@@ -74,6 +78,22 @@ C{If-Modified-Since} (GET and HEAD only) -> 304; then, for a GET with
 C{Range}, C{If-Range} (an ETag compared strongly, or a date that must
 equal Last-Modified exactly) decides between 206 and 200. A 304 carries
 the ETag, Last-Modified and Cache-Control a 200 would, and no body.
+
+Writes (v1 C{PUT} and C{DELETE} of C{/images/ID}, v2 C{PATCH} and
+C{DELETE} of C{/v2/images/ID}, v2 C{PUT} of C{/v2/images/ID/file}) take
+the same preconditions through the same L{evaluate}, against what a GET or
+HEAD of the same URL would send at that moment (L{check_preconditions}),
+after the image is found and the caller may change it: a false one is a
+412 and nothing is changed. C{If-None-Match} that matches (C{*} matches
+any image) is a 412 too. The data of a queued image, the only one that
+takes an upload, has no representation yet (a GET answers 204 with no
+validators): C{If-Match} fails, C{If-None-Match: *} holds. A metadata
+date has microseconds the C{Last-Modified} header drops, so
+C{If-Unmodified-Since} with that header fails unless the last change fell
+on a whole second (a 412, never a lost update); C{If-Match} is the
+validator that works. The check is best effort: Glance's registry has no
+compare-and-swap on metadata, so a change committed between the check
+and the write is not detected.
 """
 
 from __future__ import annotations
@@ -207,10 +227,10 @@ def fingerprint(pieces: Iterable[bytes]) -> str:
 def metadata_validators(
     body: bytes, updated_at: datetime, cache_control: bytes
 ) -> Validators:
-    """Validators for a metadata document C{body}."""
+    """Validators for an image's metadata document C{body}."""
     return Validators(
         cache_control=cache_control,
-        etag=EntityTag(fingerprint([body]), weak=True),
+        etag=EntityTag(fingerprint([body])),
         last_modified=updated_at,
     )
 
@@ -287,17 +307,32 @@ def serve_document(
 # -- evaluating ------------------------------------------------------------------
 
 
-def evaluate(request: IRequest, validators: Validators) -> bool:
+def check_preconditions(request: IRequest, validators: Validators | None) -> None:
+    """
+    Evaluate a write's preconditions against the C{validators} a GET or
+    HEAD of the same URL would send now, or None when it has no current
+    representation. Best effort: see the module docstring.
+
+    @raise PreconditionFailed: a precondition is false; change nothing.
+    """
+    # A write is never answered 304: evaluate returns False or raises.
+    evaluate(request, validators)
+
+
+def evaluate(request: IRequest, validators: Validators | None) -> bool:
     """
     RFC 9110, section 13.2.2, steps 1 to 4: True when the answer is a 304.
+    C{validators} is None when the resource has no current representation:
+    then C{If-Match} is false, C{If-None-Match} true, and dates are ignored.
 
     @raise PreconditionFailed: see L{not_modified}.
     """
     safe = request.method in (b"GET", b"HEAD")
-    etag, last_modified = validators.etag, validators.last_modified
+    etag = validators.etag if validators is not None else None
+    last_modified = validators.last_modified if validators is not None else None
     if_match = _field(request, b"if-match")
     if if_match is not None:
-        if not _matches(if_match, etag, strong=True):
+        if validators is None or not _matches(if_match, etag, strong=True):
             raise PreconditionFailed("If-Match: no current representation matches")
     else:
         since = _date_field(request, b"if-unmodified-since")
@@ -305,7 +340,7 @@ def evaluate(request: IRequest, validators: Validators) -> bool:
             raise PreconditionFailed("If-Unmodified-Since: modified since")
     if_none_match = _field(request, b"if-none-match")
     if if_none_match is not None:
-        if _matches(if_none_match, etag, strong=False):
+        if validators is not None and _matches(if_none_match, etag, strong=False):
             if safe:
                 return True
             raise PreconditionFailed("If-None-Match: a current representation matches")
@@ -366,9 +401,8 @@ def _entity_tags(value: str) -> list[EntityTag]:
 
 def _matches(value: str, etag: EntityTag | None, *, strong: bool) -> bool:
     """
-    Whether an If-Match/If-None-Match value matches: C{*} matches any
-    current representation (the callers only evaluate when there is
-    one), a list matches when one of its tags does.
+    Whether an If-Match/If-None-Match value matches a current
+    representation: C{*} matches any, a list when one of its tags does.
     """
     if value.strip() == "*":
         return True

@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
-from attrs import define, field
+from attrs import define
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
 from glance_tx import images, policy
+from glance_tx.api.base import ImagesAPI
 from glance_tx.api.downloads import check_downloadable, serve_data
 from glance_tx.api.errors import json_errors
 from glance_tx.api.http_cache import (
+    Validators,
+    check_preconditions,
     forbid_storing,
     listing_validators,
     not_modified,
@@ -41,7 +42,6 @@ from glance_tx.api.v1_meta import (
     parse_headers,
     set_image_headers,
 )
-from glance_tx.config import CacheConfig
 from glance_tx.context import RequestContext
 from glance_tx.errors import (
     BadRequest,
@@ -51,9 +51,7 @@ from glance_tx.errors import (
     UnsupportedMediaType,
 )
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Viewer
-from glance_tx.registry.interface import IRegistry
-from glance_tx.store.backends import StoreMap
-from glance_tx.uploads import Upload, Uploader
+from glance_tx.uploads import Upload
 
 log = Logger()
 
@@ -77,21 +75,10 @@ def _arg(request: IRequest, name: str) -> str | None:
 
 
 @define
-class V1API:
-    """The v1 Klein app. Collaborators are injected; nothing global."""
-
-    registry: IRegistry
-    stores: StoreMap
-    uploader: Uploader
-    default_project: str
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    #: How responses are marked for caches (see glance_tx.api.http_cache).
-    cache: CacheConfig = field(factory=CacheConfig)
+class V1API(ImagesAPI):
+    """The v1 Klein app."""
 
     app = json_errors(Klein())
-
-    def resource(self) -> Any:
-        return self.app.resource()
 
     def upload_routes(self, prefix: bytes = rb"(?:/v1)?") -> tuple[UploadRoute, ...]:
         """The requests whose bodies are image data, for the site."""
@@ -104,13 +91,14 @@ class V1API:
 
     # -- helpers ------------------------------------------------------------
 
-    def _context(self, request: IRequest) -> RequestContext:
-        return RequestContext.from_request(request, self.default_project)
-
-    async def _image(self, request: IRequest, image_id: str) -> tuple[RequestContext, Image]:
-        context = self._context(request)
-        image = await self.registry.get(images.validate_image_id(image_id))
-        return context, policy.check_visible(context, image)
+    def _representation(self, image: Image) -> tuple[Headers, Validators]:
+        """
+        The x-image-meta-* headers a GET or HEAD of the image sends, and
+        its validators.
+        """
+        metadata = Headers()
+        set_image_headers(metadata, image)
+        return metadata, image_validators(image, metadata, self.cache)
 
     def _base_url(self, request: IRequest) -> str:
         return str(request.URLPath().click(b"/")).rstrip("/") + "/v1"
@@ -151,12 +139,22 @@ class V1API:
         images.check_image(image)
         return image
 
-    def _changes(self, context: RequestContext, image: Image, meta: V1Meta, purge: bool) -> ImageUpdate:
+    async def _changes(
+        self, request: IRequest, image_id: str, meta: V1Meta
+    ) -> tuple[Image, ImageUpdate]:
+        """
+        The image a PUT names, and what it asks to change, once the caller
+        may change it and the request's preconditions hold (against what a
+        HEAD sends; best effort, see glance_tx.api.http_cache).
+        """
+        purge = parse_bool("purge-props", _header(request, b"x-glance-registry-purge-props") or "false")
+        context, image = await self._image(request, image_id)
         policy.check_modifiable(context, image)
         policy.check_publicize(context, meta.core.get("visibility"))
         if "owner" in meta.core and not context.is_admin:
             raise policy.Forbidden("Only an admin can change an image's owner")
-        return ImageUpdate(fields=meta.core, properties=meta.properties, purge_properties=purge)
+        check_preconditions(request, self._representation(image)[1])
+        return image, ImageUpdate(fields=meta.core, properties=meta.properties, purge_properties=purge)
 
     async def _register_location(self, image: Image, meta: V1Meta, update: ImageUpdate) -> Image:
         """Make a queued image active with data that already lives elsewhere."""
@@ -194,9 +192,7 @@ class V1API:
     async def _start_update(self, request: StreamingRequest, match: re.Match[bytes]) -> Upload:
         meta = parse_headers(request.requestHeaders)
         expected_size = self._check_upload_request(request, meta)
-        context, image = await self._image(request, match.group(1).decode("utf-8"))
-        purge = parse_bool("purge-props", _header(request, b"x-glance-registry-purge-props") or "false")
-        changes = self._changes(context, image, meta, purge)
+        image, changes = await self._changes(request, match.group(1).decode("utf-8"), meta)
         return await self._start_upload(image, meta, expected_size, changes)
 
     async def _start_upload(
@@ -312,9 +308,7 @@ class V1API:
             return _json(request, {"image": image_document(image)})
         _check_framed(request)
         meta = parse_headers(request.requestHeaders)
-        context, image = await self._image(request, image_id)
-        purge = parse_bool("purge-props", _header(request, b"x-glance-registry-purge-props") or "false")
-        changes = self._changes(context, image, meta, purge)
+        image, changes = await self._changes(request, image_id, meta)
         if meta.location is not None:
             image = await self._register_location(image, meta, changes)
         else:
@@ -332,9 +326,7 @@ class V1API:
         _, image = await self._image(request, image_id)
         if request.method != b"HEAD":
             check_downloadable(image)
-        metadata = Headers()
-        set_image_headers(metadata, image)
-        validators = image_validators(image, metadata, self.cache)
+        metadata, validators = self._representation(image)
         if image.status == images.ACTIVE:
             await serve_data(request, image, self.stores, validators, metadata=metadata)
             return b""
@@ -348,8 +340,10 @@ class V1API:
 
     @app.route("/images/<image_id>", methods=["DELETE"])
     async def delete(self, request: IRequest, image_id: str) -> bytes:
+        """Preconditions are evaluated as for PUT (best effort)."""
         context, image = await self._image(request, image_id)
         policy.check_deletable(context, image)
+        check_preconditions(request, self._representation(image)[1])
         await self.registry.delete(image.id)
         for location in image.locations:
             try:

@@ -181,18 +181,16 @@ def image_validators(image: Image, headers: Headers, config: CacheConfig) -> Val
     Validators for v1's C{/images/ID}, whose representation is the data
     and the C{x-image-meta-*} C{headers} together (see
     L{glance_tx.api.http_cache}): a strong ETag of the data's tag and a
-    digest of the headers while the image is active, a weak one of the
-    headers alone otherwise; Last-Modified and Cache-Control as for
-    metadata.
+    digest of the headers while the image is active, of the digest alone
+    otherwise; Last-Modified and Cache-Control as for metadata.
     """
     digest = fingerprint(
         name.lower() + b":" + b",".join(values)
         for name, values in sorted(headers.getAllRawHeaders())
     )
     data = data_etag(image) if image.status == images.ACTIVE else None
-    etag = EntityTag(f"{data.opaque}-{digest}") if data else EntityTag(digest, weak=True)
     return Validators(
         cache_control=metadata_cache_control(config, public=shareable(image)),
-        etag=etag,
+        etag=EntityTag(f"{data.opaque}-{digest}" if data else digest),
         last_modified=image.updated_at,
     )

@@ -20,21 +20,23 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from attrs import define, field
+from attrs import define
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from glance_tx import images, policy
 from glance_tx.api import v2_schemas
+from glance_tx.api.base import ImagesAPI
 from glance_tx.api.downloads import serve_data
 from glance_tx.api.errors import json_errors
 from glance_tx.api.http_cache import (
+    Validators,
+    check_preconditions,
     data_validators,
     forbid_storing,
     listing_validators,
@@ -48,7 +50,6 @@ from glance_tx.api.site import StreamingRequest, UploadRoute
 from glance_tx.api.v2_patch import ACCEPT_PATCH, apply_patch, draft_for, parse_patch
 from glance_tx.api.v2_query import parse_query
 from glance_tx.api.versions import versions_document
-from glance_tx.config import CacheConfig
 from glance_tx.context import RequestContext
 from glance_tx.errors import (
     BadRequest,
@@ -59,9 +60,7 @@ from glance_tx.errors import (
     UnsupportedMediaType,
 )
 from glance_tx.images import Image, ImageUpdate, Member, Viewer
-from glance_tx.registry.interface import IRegistry
-from glance_tx.store.backends import StoreMap
-from glance_tx.uploads import Upload, Uploader
+from glance_tx.uploads import Upload
 
 log = Logger()
 
@@ -182,21 +181,10 @@ def _read_object(request: IRequest) -> dict[str, Any]:
 
 
 @define
-class V2API:
-    """The v2 Klein app. Collaborators are injected; nothing global."""
-
-    registry: IRegistry
-    stores: StoreMap
-    uploader: Uploader
-    default_project: str
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    #: How responses are marked for caches (see glance_tx.api.http_cache).
-    cache: CacheConfig = field(factory=CacheConfig)
+class V2API(ImagesAPI):
+    """The v2 Klein app."""
 
     app = json_errors(Klein())
-
-    def resource(self) -> Any:
-        return self.app.resource()
 
     def upload_routes(self, prefix: bytes = rb"/v2") -> tuple[UploadRoute, ...]:
         """The requests whose bodies are image data, for the site."""
@@ -208,38 +196,14 @@ class V2API:
 
     # -- helpers ------------------------------------------------------------
 
-    def _context(self, request: IRequest) -> RequestContext:
-        return RequestContext.from_request(request, self.default_project)
-
     def _base_url(self, request: IRequest) -> str:
         return str(request.URLPath().click(b"/")).rstrip("/")
 
-    async def _find(self, context: RequestContext, image_id: str) -> Image:
-        """
-        The image, if the caller may see it; otherwise, as for an id that is
-        no UUID or names no image, a 404.
-        """
-        try:
-            canonical = images.validate_image_id(image_id)
-        except BadRequest:
-            raise NotFound(f"No image found with ID {image_id}") from None
-        image = await self.registry.get(canonical)
-        if policy.can_see(context, image):
-            return image
-        return policy.check_visible(context, image, await self._membership(context, image))
-
-    async def _image(self, request: IRequest, image_id: str) -> tuple[RequestContext, Image]:
-        context = self._context(request)
-        return context, await self._find(context, image_id)
-
-    async def _membership(self, context: RequestContext, image: Image) -> Member | None:
-        """The caller's project's membership of a shared image, if any."""
-        if image.visibility != "shared" or context.project_id is None:
-            return None
-        try:
-            return await self.registry.get_member(image.id, context.project_id)
-        except NotFound:
-            return None
+    def _document(self, image: Image) -> tuple[bytes, Validators]:
+        """The image JSON a GET sends, and its validators."""
+        body = json.dumps(image_view(image)).encode("utf-8")
+        cache_control = metadata_cache_control(self.cache, public=shareable(image))
+        return body, metadata_validators(body, image.updated_at, cache_control)
 
     # -- versions and schemas -----------------------------------------------
 
@@ -331,16 +295,15 @@ class V2API:
     async def show(self, request: IRequest, image_id: str) -> bytes:
         forbid_storing(request)
         _, image = await self._image(request, image_id)
-        body = json.dumps(image_view(image)).encode("utf-8")
-        validators = metadata_validators(
-            body,
-            image.updated_at,
-            metadata_cache_control(self.cache, public=shareable(image)),
-        )
+        body, validators = self._document(image)
         return serve_document(request, body, b"application/json", validators)
 
     @app.route("/images/<image_id>", methods=["PATCH"])
     async def update(self, request: IRequest, image_id: str) -> bytes:
+        """
+        Preconditions are evaluated against the image JSON's validators
+        (best effort: see glance_tx.api.http_cache).
+        """
         try:
             draft = draft_for(_header(request, b"content-type"))
         except UnsupportedMediaType:
@@ -349,6 +312,7 @@ class V2API:
         changes = parse_patch(_body(request), draft)
         context, image = await self._image(request, image_id)
         policy.check_modifiable(context, image)
+        check_preconditions(request, self._document(image)[1])
         update = apply_patch(image, changes)
         if "owner" in update.fields:
             policy.check_owner_change(context, image, update.fields["owner"])
@@ -360,8 +324,10 @@ class V2API:
 
     @app.route("/images/<image_id>", methods=["DELETE"])
     async def delete(self, request: IRequest, image_id: str) -> bytes:
+        """Preconditions are evaluated as for PATCH."""
         context, image = await self._image(request, image_id)
         policy.check_deletable(context, image)
+        check_preconditions(request, self._document(image)[1])
         await self.registry.delete(image.id)
         for location in image.locations:
             try:
@@ -397,6 +363,8 @@ class V2API:
         if missing:
             noun = "Property" if len(missing) == 1 else "Properties"
             raise BadRequest(f"{noun} {', '.join(missing)} must be set prior to saving data.")
+        # A queued image's data has no representation yet (a GET is a 204).
+        check_preconditions(request, None)
         return await self.uploader.start(
             image,
             store_id=_header(request, b"x-image-meta-store") or None,
@@ -449,17 +417,14 @@ class V2API:
         context, image = await self._image(request, image_id)
         policy.check_modifiable(context, image)
         v2_schemas.validate_image({"tags": [tag]})
-        if tag not in image.tags:
-            await self.registry.update(image.id, ImageUpdate(tags=image.tags | {tag}))
+        await self.registry.add_tag(image.id, tag)
         return _no_content(request)
 
     @app.route("/images/<image_id>/tags/<tag>", methods=["DELETE"])
     async def delete_tag(self, request: IRequest, image_id: str, tag: str) -> bytes:
         context, image = await self._image(request, image_id)
         policy.check_modifiable(context, image)
-        if tag not in image.tags:
-            raise NotFound(f"Tag {tag!r} not found on image {image.id}")
-        await self.registry.update(image.id, ImageUpdate(tags=image.tags - {tag}))
+        await self.registry.remove_tag(image.id, tag)
         return _no_content(request)
 
     # -- members ----------------------------------------------------------------

@@ -73,6 +73,25 @@ class IRegistry(Interface):
         killed: what a store may keep when it sweeps out orphaned data.
         """
 
+    def add_tag(image_id: str, tag: str) -> Deferred[Image]:
+        """
+        Tag the image and fire with the record; C{updated_at} moves only if
+        the tag is new (adding a tag the image has changes nothing). Fails
+        with L{glance_tx.errors.NotFound} for an unknown or deleted image and
+        L{glance_tx.errors.BadRequest} for a tag that is not a string of 1
+        to 255 characters.
+
+        Atomic: concurrent calls for one image never undo each other, as a
+        read of the image and an C{update} of its whole tag set would.
+        """
+
+    def remove_tag(image_id: str, tag: str) -> Deferred[Image]:
+        """
+        Untag the image, bump C{updated_at} and fire with the record;
+        atomic, as L{add_tag}. NotFound for an unknown or deleted image, or
+        a tag it does not have.
+        """
+
     def add_member(image_id: str, member_id: str) -> Deferred[Member]:
         """
         Share the image with project C{member_id}, status C{pending}. Fails

@@ -70,11 +70,11 @@ class PurgingRegistry:
       - C{remove_member}, or C{update_member} to any status but accepted.
 
     The purge starts after the wrapped registry has committed; a purge never
-    fails the operation. With a C{clock}, the result waits for the purge
-    for at most C{answer_wait} seconds (retries go on in the background), so
-    that a client's next request through a proxy does not find the stale
-    copy; without one it is passed on at once. Everything else is delegated
-    as it is.
+    fails the operation. With a C{clock}, the result waits for the purge's
+    first round for at most C{answer_wait} seconds (retries, and the
+    purger's second round, go on in the background), so that a client's
+    next request through a proxy does not find the stale copy; without one
+    it is passed on at once. Everything else is delegated as it is.
     """
 
     registry: IRegistry
@@ -135,6 +135,12 @@ class PurgingRegistry:
 
     def all_locations(self) -> Deferred[frozenset[str]]:
         return self.registry.all_locations()
+
+    def add_tag(self, image_id: str, tag: str) -> Deferred[Image]:
+        return self.registry.add_tag(image_id, tag)
+
+    def remove_tag(self, image_id: str, tag: str) -> Deferred[Image]:
+        return self.registry.remove_tag(image_id, tag)
 
     def add_member(self, image_id: str, member_id: str) -> Deferred[Member]:
         return self.registry.add_member(image_id, member_id)

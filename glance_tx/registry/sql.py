@@ -57,6 +57,7 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy import update as sql_update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -342,11 +343,15 @@ def _check_record(image: Image) -> None:
         if not isinstance(url, str) or not url:
             raise BadRequest("Image locations must be non-empty strings")
     for tag in image.tags:
-        if not isinstance(tag, str) or not tag:
-            raise BadRequest("Image tags must be non-empty strings")
-        if len(tag) > _TAG_LENGTH:
-            raise BadRequest(f"Image tag is longer than {_TAG_LENGTH} characters")
+        _check_tag(tag)
     check_image(image)
+
+
+def _check_tag(tag: str) -> None:
+    if not isinstance(tag, str) or not tag:
+        raise BadRequest("Image tags must be non-empty strings")
+    if len(tag) > _TAG_LENGTH:
+        raise BadRequest(f"Image tag is longer than {_TAG_LENGTH} characters")
 
 
 def _coerce_filter(name: str, value: Any) -> Any:
@@ -587,6 +592,26 @@ class SQLRegistry:
     def all_locations(self) -> Deferred[frozenset[str]]:
         return self._run(self._all_locations)
 
+    def add_tag(self, image_id: str, tag: str) -> Deferred[Image]:
+        """
+        Tag the image (already tagged: no change) and fire with the record;
+        C{updated_at} moves only if the tag is new. NotFound for an unknown
+        or deleted image, BadRequest for a tag the table cannot hold.
+
+        One row is inserted, not the tag set rewritten, so concurrent calls
+        for one image cannot undo each other (as a read of the image and an
+        C{update} of its whole tag set would).
+        """
+        return self._run(self._add_tag, image_id, tag)
+
+    def remove_tag(self, image_id: str, tag: str) -> Deferred[Image]:
+        """
+        Untag the image, bump C{updated_at} and fire with the record; one
+        row deleted, as L{add_tag}. NotFound for an unknown or deleted
+        image, or a tag it does not have.
+        """
+        return self._run(self._remove_tag, image_id, tag)
+
     def add_member(self, image_id: str, member_id: str) -> Deferred[Member]:
         return self._run(self._add_member, image_id, member_id)
 
@@ -632,6 +657,13 @@ class SQLRegistry:
 
     def _read(self) -> AbstractContextManager[Connection]:
         return _transaction(self.engine, write=False)
+
+    def _after(self, previous: datetime) -> datetime:
+        """
+        The next C{updated_at}: now, but always later than C{previous}
+        (another node's clock, or this one's, may be behind).
+        """
+        return max(self.now(), previous + timedelta(microseconds=1))
 
     # blocking implementations
 
@@ -737,7 +769,7 @@ class SQLRegistry:
                     properties.pop(key, None)
                 else:
                     properties[key] = value
-            now = max(self.now(), current.updated_at + timedelta(microseconds=1))
+            now = self._after(current.updated_at)
             try:
                 new = evolve(
                     current,
@@ -792,7 +824,7 @@ class SQLRegistry:
         with self._write() as connection:
             current = self._fetch(connection, image_id, False, for_update=True)
             check_transition(current.status, DELETED)
-            now = max(self.now(), current.updated_at + timedelta(microseconds=1))
+            now = self._after(current.updated_at)
             new = evolve(
                 current,
                 status=DELETED,
@@ -817,6 +849,42 @@ class SQLRegistry:
     def _ping(self) -> None:
         with self._read() as connection:
             connection.execute(select(1)).scalar_one()
+
+    # tags: each call is one transaction that first locks the image's row,
+    # so changes to one image (tags, update, delete) happen one after the
+    # other, and a tag never lands on an image deleted meanwhile.
+
+    def _add_tag(self, image_id: str, tag: str) -> Image:
+        _check_tag(tag)
+        with self._write() as connection:
+            updated_at = _lock_live_image(connection, image_id)
+            if _insert_tag(connection, image_id, tag):
+                self._touch(connection, image_id, updated_at)
+            return self._fetch(connection, image_id, include_deleted=False)
+
+    def _remove_tag(self, image_id: str, tag: str) -> Image:
+        if not isinstance(tag, str):
+            raise BadRequest("A tag must be a string")
+        with self._write() as connection:
+            updated_at = _lock_live_image(connection, image_id)
+            removed = connection.execute(
+                delete(image_tags).where(
+                    image_tags.c.image_id == image_id, image_tags.c.value == tag
+                )
+            ).rowcount
+            if not removed:
+                raise NotFound(f"Tag {tag!r} not found on image {image_id}")
+            self._touch(connection, image_id, updated_at)
+            return self._fetch(connection, image_id, include_deleted=False)
+
+    def _touch(
+        self, connection: Connection, image_id: str, updated_at: datetime
+    ) -> None:
+        connection.execute(
+            sql_update(images)
+            .where(images.c.id == image_id)
+            .values(updated_at=self._after(updated_at))
+        )
 
     # memberships: each call is one transaction; the image must exist and
     # not be deleted (a deleted image's memberships are kept but not found).
@@ -871,7 +939,7 @@ class SQLRegistry:
         with self._write() as connection:
             _live_image(connection, image_id, lock=True)
             current = _found_member(connection, image_id, member_id, for_update=True)
-            now = max(self.now(), current.updated_at + timedelta(microseconds=1))
+            now = self._after(current.updated_at)
             connection.execute(
                 sql_update(image_members)
                 .where(
@@ -1194,6 +1262,42 @@ def _live_image(connection: Connection, image_id: str, lock: bool = False) -> No
     deleted = connection.execute(statement).scalar()
     if deleted is None or deleted:
         raise NotFound(f"No image found with ID {image_id}")
+
+
+def _lock_live_image(connection: Connection, image_id: str) -> datetime:
+    """
+    Lock the image's row until the transaction ends (PostgreSQL: FOR
+    UPDATE; SQLite's write transactions hold the database lock anyway) and
+    return its C{updated_at}. NotFound unless it exists and is not deleted.
+    """
+    row = connection.execute(
+        select(images.c.deleted, images.c.updated_at)
+        .where(images.c.id == image_id)
+        .with_for_update()
+    ).first()
+    if row is None or row.deleted:
+        raise NotFound(f"No image found with ID {image_id}")
+    updated_at: datetime = row.updated_at
+    return updated_at
+
+
+def _insert_tag(connection: Connection, image_id: str, tag: str) -> bool:
+    """
+    Insert one tag row unless the image has that tag already, in one
+    statement (INSERT ... ON CONFLICT DO NOTHING, in the dialect of each of
+    the registry's two databases); whether it was new. RETURNING says so:
+    SQLAlchemy does not keep an INSERT's rowcount (on PostgreSQL it is -1).
+    """
+    row = {"image_id": image_id, "value": tag}
+    statement: postgresql.Insert | sqlite.Insert
+    if connection.dialect.name == "postgresql":
+        statement = postgresql.insert(image_tags).values(row)
+    else:
+        statement = sqlite.insert(image_tags).values(row)
+    inserted = connection.execute(
+        statement.on_conflict_do_nothing().returning(image_tags.c.value)
+    )
+    return inserted.first() is not None
 
 
 def _member_row(

@@ -1,0 +1,72 @@
+"""
+What the v1 and v2 Klein apps share: their collaborators, and the one way
+an API finds out who is asking and which image they may see, so that both
+versions answer a request for an image alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from attrs import define, field
+from klein import Klein
+from twisted.web.iweb import IRequest
+
+from glance_tx import images, policy
+from glance_tx.config import CacheConfig
+from glance_tx.context import RequestContext
+from glance_tx.errors import BadRequest, NotFound
+from glance_tx.images import Image, Member
+from glance_tx.registry.interface import IRegistry
+from glance_tx.store.backends import StoreMap
+from glance_tx.uploads import Uploader
+
+
+@define
+class ImagesAPI:
+    """
+    A Klein app over the images; subclasses set C{app}. Collaborators are
+    injected; nothing global.
+    """
+
+    registry: IRegistry
+    stores: StoreMap
+    uploader: Uploader
+    default_project: str
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    #: How responses are marked for caches (see glance_tx.api.http_cache).
+    cache: CacheConfig = field(factory=CacheConfig)
+
+    app: ClassVar[Klein]
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    def _context(self, request: IRequest) -> RequestContext:
+        return RequestContext.from_request(request, self.default_project)
+
+    async def _image(self, request: IRequest, image_id: str) -> tuple[RequestContext, Image]:
+        """
+        Who asks, and the image if they may see it; otherwise, as for an id
+        that is no UUID or names no image, a 404 (as in Glance, v1 and v2).
+        """
+        context = self._context(request)
+        try:
+            canonical = images.validate_image_id(image_id)
+        except BadRequest:
+            raise NotFound(f"No image found with ID {image_id}") from None
+        image = await self.registry.get(canonical)
+        if not policy.can_see(context, image):
+            policy.check_visible(context, image, await self._membership(context, image))
+        return context, image
+
+    async def _membership(self, context: RequestContext, image: Image) -> Member | None:
+        """The caller's project's membership of a shared image, if any."""
+        if image.visibility != "shared" or context.project_id is None:
+            return None
+        try:
+            return await self.registry.get_member(image.id, context.project_id)
+        except NotFound:
+            return None
