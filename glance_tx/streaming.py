@@ -4,9 +4,11 @@ The consumer chain every upload body goes through:
     client socket -> size limit -> md5 + sha512 -> store writer
 
 Bytes are gathered into batches of about 1 MiB so that each hash and the
-store see few, large calls. Each hash runs on the blocking runner (``hashlib``
-releases the GIL, so both hashes and the store's writes proceed in parallel on
-worker threads) and each stays strictly in order. Backpressure: when the
+store see few, large calls. Each hash runs on its own serial runner
+(``hashlib`` releases the GIL, so both hashes and the store's writes proceed in
+parallel on worker threads), which keeps its batches in order and lets one
+pool thread take batch after batch without a trip through the reactor.
+Backpressure: when the
 hashes fall more than a high watermark behind, or the store writer asks for a
 pause, the client's transport is paused; it resumes once every reason to
 pause has gone.
@@ -18,7 +20,7 @@ import hashlib
 from typing import Any, cast
 
 from attrs import define, field, frozen
-from twisted.internet.defer import Deferred, DeferredLock, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from zope.interface import implementer
 
@@ -42,19 +44,22 @@ class UploadResult:
 
 @define
 class _SerialHasher:
-    """One hash object, fed batches strictly in order on the runner."""
+    """One hash object, fed batches strictly in order on a serial runner."""
 
     runner: BlockingRunner
     hasher: Any
-    _lock: DeferredLock = field(factory=DeferredLock)
 
     def feed(self, data: bytes) -> Deferred[None]:
         """Queue C{data}; the returned Deferred fires once it is hashed."""
-        return self._lock.run(self.runner.run, self.hasher.update, data)
+        return self.runner.run(self.hasher.update, data)
 
     def drained(self) -> Deferred[None]:
         """Fire once everything fed so far is hashed."""
-        return self._lock.run(succeed, None)
+        return self.runner.run(_nothing)
+
+
+def _nothing() -> None:
+    pass
 
 
 @implementer(IConsumer, IPushProducer)
@@ -73,9 +78,11 @@ class UploadPipeline:
     expected_checksum: str | None = None
     batch_size: int = MiB
     # Bytes handed to the hashes but not yet hashed. A few batches keep both
-    # hash threads busy; more would only cost memory.
+    # hash threads busy; more would only cost memory. Resuming as soon as
+    # one batch has room (not once the hashes have nearly run dry) keeps
+    # them from idling while the next batch arrives.
     high_watermark: int = 4 * MiB
-    low_watermark: int = 1 * MiB
+    low_watermark: int = 3 * MiB
 
     received: int = field(default=0, init=False)
     failure: GlanceError | None = field(default=None, init=False)
@@ -89,8 +96,10 @@ class UploadPipeline:
     _finished: bool = field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._md5 = _SerialHasher(self.runner, hashlib.md5(usedforsecurity=False))
-        self._sha512 = _SerialHasher(self.runner, hashlib.sha512())
+        self._md5 = _SerialHasher(
+            self.runner.serial(), hashlib.md5(usedforsecurity=False)
+        )
+        self._sha512 = _SerialHasher(self.runner.serial(), hashlib.sha512())
         self.writer.registerProducer(self, True)
 
     # IConsumer: the client's transport registers here.

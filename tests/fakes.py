@@ -40,6 +40,9 @@ class ManualRunner:
         self._calls.append((d, f, args, kwargs))
         return d
 
+    def serial(self) -> ManualRunner:
+        return self  # runs its calls in order already
+
     def pending(self) -> int:
         return len(self._calls)
 

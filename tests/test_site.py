@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 
 from glance_tx import images
+from glance_tx.api import site
 from tests.api_fixtures import SiteTestCase
 
 
@@ -78,6 +79,24 @@ class RawUploadTests(SiteTestCase):
         protocol.dataReceived(b"hello")
         self.assertIn(b"HTTP/1.1 200 OK", transport.value())
         self.assertEqual(self.successResultOf(self.registry.get(image_id)).status, "active")
+
+    def test_larger_reads_while_the_body_streams(self) -> None:
+        """While an upload's body streams in, the TCP transport reads
+        UPLOAD_READ_SIZE at a time; after it, its own default again."""
+        image_id = self.queued_image()
+        protocol, transport = self.connect()
+        # StringTransport has no read size; give this one TCP's default.
+        transport.__class__ = type("TCPLike", (StringTransport,), {"bufferSize": 65536})
+        protocol.dataReceived(
+            f"PUT /v1/images/{image_id} HTTP/1.1\r\nHost: h\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 5\r\n\r\n".encode()
+        )
+        protocol.dataReceived(b"hel")
+        self.assertEqual(transport.bufferSize, site.UPLOAD_READ_SIZE)
+        protocol.dataReceived(b"lo")
+        self.assertIn(b"HTTP/1.1 200 OK", transport.value())
+        self.assertEqual(transport.bufferSize, 65536)
+        self.assertNotIn("bufferSize", vars(transport))
 
     def test_over_cap_before_body(self) -> None:
         """A Content-Length over the cap is a 413 before any body byte."""

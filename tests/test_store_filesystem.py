@@ -149,6 +149,9 @@ class RecordingRunner:
 
         return self.runner.run(recorded)
 
+    def serial(self) -> RecordingRunner:
+        return RecordingRunner(self.runner.serial(), self.in_io_thread)
+
 
 @define
 class FaultyRunner:
@@ -175,6 +178,9 @@ class FaultyRunner:
 
             return SynchronousRunner().run(broken)
         return SynchronousRunner().run(f, *args, **kwargs)
+
+    def serial(self) -> FaultyRunner:
+        return self  # synchronous: in order already
 
 
 def open_fds() -> int:

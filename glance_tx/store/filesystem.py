@@ -375,7 +375,7 @@ class FilesystemStore:
         def opened(result: tuple[IO[bytes], str]) -> IStoreWriter:
             f, partial = result
             return _FilesystemWriter(
-                runner=self.runner,
+                runner=self.runner.serial(),
                 file=f,
                 partial=partial,
                 final=final,

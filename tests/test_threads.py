@@ -1,0 +1,88 @@
+"""
+The serial runner that upload hashes and writes go through, on a real
+thread pool and the real reactor.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import TestCase
+
+from glance_tx.threads import SerialPoolRunner, SynchronousRunner, ThreadPoolRunner
+
+
+class SerialPoolRunnerTests(TestCase):
+    def setUp(self) -> None:
+        self.pool = ThreadPool(minthreads=1, maxthreads=4, name="test-serial")
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+        self.runner = ThreadPoolRunner(reactor, self.pool).serial()
+
+    async def test_calls_run_in_order_one_at_a_time(self) -> None:
+        """Many calls queued at once run in the order made, never two at a
+        time, although the pool has several threads."""
+        seen: list[int] = []
+        running = threading.Semaphore(1)
+
+        def step(i: int) -> int:
+            if not running.acquire(blocking=False):
+                raise AssertionError("two calls ran at once")
+            try:
+                seen.append(i)
+                return i * 2
+            finally:
+                running.release()
+
+        results = await gatherResults([self.runner.run(step, i) for i in range(200)])
+        self.assertEqual(seen, list(range(200)))
+        self.assertEqual(results, [i * 2 for i in range(200)])
+
+    async def test_calls_run_off_the_reactor_thread(self) -> None:
+        threads = await gatherResults(
+            [self.runner.run(threading.current_thread) for _ in range(3)]
+        )
+        self.assertNotIn(threading.main_thread(), threads)
+
+    async def test_a_failure_fails_only_its_call(self) -> None:
+        def broken() -> None:
+            raise ValueError("disk on fire")
+
+        failed = self.runner.run(broken)
+        after = self.runner.run(lambda: "still runs")
+        with self.assertRaises(ValueError):
+            await failed
+        self.assertEqual(await after, "still runs")
+
+    async def test_a_busy_stream_yields_its_thread(self) -> None:
+        """With one pool thread, work submitted to the pool after a long
+        stream of serial calls runs before the stream ends: the stream goes
+        back to the pool's queue after fair_share calls."""
+        pool = ThreadPool(minthreads=1, maxthreads=1, name="test-fair")
+        pool.start()
+        self.addCleanup(pool.stop)
+        runner = ThreadPoolRunner(reactor, pool)
+        serial = runner.serial()
+        assert isinstance(serial, SerialPoolRunner)
+        order: list[str] = []
+        gate = threading.Event()
+
+        def first() -> None:
+            gate.wait(5)  # hold the only thread until everything is queued
+            order.append("serial")
+
+        calls = [serial.run(first)]
+        calls += [serial.run(order.append, "serial") for _ in range(3 * serial.fair_share)]
+        calls.append(runner.run(order.append, "other"))
+        gate.set()
+        await gatherResults(calls)
+        self.assertLess(order.index("other"), serial.fair_share + 1)
+        self.assertEqual(order.count("serial"), 3 * serial.fair_share + 1)
+
+    def test_serial_of_serial_is_itself(self) -> None:
+        self.assertIs(self.runner.serial(), self.runner)
+        synchronous = SynchronousRunner()
+        self.assertIs(synchronous.serial(), synchronous)
