@@ -48,10 +48,18 @@ class _SerialHasher:
 
     runner: BlockingRunner
     hasher: Any
+    #: Bytes fed but not yet hashed.
+    backlog: int = 0
 
     def feed(self, data: bytes) -> Deferred[None]:
         """Queue C{data}; the returned Deferred fires once it is hashed."""
-        return self.runner.run(self.hasher.update, data)
+        self.backlog += len(data)
+        return self.runner.run(self.hasher.update, data).addCallback(
+            self._hashed, len(data)
+        )
+
+    def _hashed(self, _: None, length: int) -> None:
+        self.backlog -= length
 
     def drained(self) -> Deferred[None]:
         """Fire once everything fed so far is hashed."""
@@ -88,7 +96,6 @@ class UploadPipeline:
     failure: GlanceError | None = field(default=None, init=False)
     _batch: list[bytes] = field(factory=list, init=False)
     _batch_len: int = field(default=0, init=False)
-    _hash_backlog: int = field(default=0, init=False)
     _md5: _SerialHasher = field(init=False)
     _sha512: _SerialHasher = field(init=False)
     _upstream: IPushProducer | None = field(default=None, init=False)
@@ -147,15 +154,17 @@ class UploadPipeline:
         self._batch = []
         self._batch_len = 0
         self.writer.write(data)
-        self._hash_backlog += len(data)
+        self._md5.feed(data).addCallback(self._hashed)
+        self._sha512.feed(data).addCallback(self._hashed)
         if self._hash_backlog > self.high_watermark:
             self._pause("hashing")
-        gatherResults([self._md5.feed(data), self._sha512.feed(data)]).addCallback(
-            self._hashed, len(data)
-        )
 
-    def _hashed(self, _: object, length: int) -> None:
-        self._hash_backlog -= length
+    @property
+    def _hash_backlog(self) -> int:
+        """How far the slower hash is behind."""
+        return max(self._md5.backlog, self._sha512.backlog)
+
+    def _hashed(self, _: None) -> None:
         if self._hash_backlog < self.low_watermark:
             self._resume("hashing")
 
