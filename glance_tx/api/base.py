@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from attrs import define, field
 from klein import Klein
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from glance_tx import images, policy
@@ -22,6 +23,8 @@ from glance_tx.images import Image, Member
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.uploads import Uploader
+
+log = Logger()
 
 
 @define
@@ -61,6 +64,17 @@ class ImagesAPI:
         if not policy.can_see(context, image):
             policy.check_visible(context, image, await self._membership(context, image))
         return context, image
+
+    async def _delete(self, image: Image) -> None:
+        """Remove the image's record, then its data from every store."""
+        await self.registry.delete(image.id)
+        for location in image.locations:
+            try:
+                await self.stores.for_location(location).delete(location)
+            except Exception:
+                # The record is gone; the orphan sweep at the next start
+                # removes data a store failed to delete now.
+                log.failure("Could not delete data of image {image_id}", image_id=image.id)
 
     async def _membership(self, context: RequestContext, image: Image) -> Member | None:
         """The caller's project's membership of a shared image, if any."""

@@ -15,7 +15,6 @@ from typing import Any
 
 from attrs import define
 from klein import Klein
-from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
@@ -52,8 +51,6 @@ from glance_tx.errors import (
 )
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Viewer
 from glance_tx.uploads import Upload
-
-log = Logger()
 
 _V1_FILTERS = ("name", "status", "container_format", "disk_format")
 _V1_INT_FILTERS = ("min_ram", "min_disk")
@@ -344,14 +341,7 @@ class V1API(ImagesAPI):
         context, image = await self._image(request, image_id)
         policy.check_deletable(context, image)
         check_preconditions(request, self._representation(image)[1])
-        await self.registry.delete(image.id)
-        for location in image.locations:
-            try:
-                await self.stores.for_location(location).delete(location)
-            except Exception:
-                # The record is gone; the orphan sweep at the next start
-                # removes data a store failed to delete now.
-                log.failure("Could not delete data of image {image_id}", image_id=image.id)
+        await self._delete(image)
         request.setResponseCode(200)
         return b""
 

@@ -26,7 +26,6 @@ from urllib.parse import urlencode
 
 from attrs import define
 from klein import Klein
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from glance_tx import images, policy
@@ -61,8 +60,6 @@ from glance_tx.errors import (
 )
 from glance_tx.images import Image, ImageUpdate, Member, Viewer
 from glance_tx.uploads import Upload
-
-log = Logger()
 
 #: Core fields a create may set (id is checked on its own).
 CREATE_FIELDS = (
@@ -328,14 +325,7 @@ class V2API(ImagesAPI):
         context, image = await self._image(request, image_id)
         policy.check_deletable(context, image)
         check_preconditions(request, self._document(image)[1])
-        await self.registry.delete(image.id)
-        for location in image.locations:
-            try:
-                await self.stores.for_location(location).delete(location)
-            except Exception:
-                # The record is gone; the orphan sweep at the next start
-                # removes data a store failed to delete now.
-                log.failure("Could not delete data of image {image_id}", image_id=image.id)
+        await self._delete(image)
         return _no_content(request)
 
     # -- image data -----------------------------------------------------------
