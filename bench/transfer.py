@@ -344,6 +344,46 @@ def hash_ceiling(size: int = 512 * MiB) -> tuple[float, float, float]:
     return rates[0], rates[1], rates[2]
 
 
+def receive_cpu(path: Path, read_size: int = 256 * 1024) -> float:
+    """
+    CPU seconds per GiB that a bare Python loop spends receiving C{path}
+    over loopback, C{read_size} bytes per C{recv} (glance-tx's read size
+    during an upload body); the sender is another process using sendfile.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        sender = subprocess.Popen([
+            sys.executable, "-c",
+            "import socket, sys; s = socket.create_connection(('127.0.0.1', int(sys.argv[1])));"
+            " s.sendfile(open(sys.argv[2], 'rb')); s.close()",
+            str(port), str(path),
+        ])
+        connection, _ = server.accept()
+        with connection:
+            started, received = time.thread_time(), 0
+            while data := connection.recv(read_size):
+                received += len(data)
+            spent = time.thread_time() - started
+        sender.wait()
+    return spent / (received / GiB)
+
+
+def write_cpu(directory: Path, size: int) -> float:
+    """CPU seconds per GiB of writing C{size} bytes into the page cache (1 MiB writes)."""
+    block = os.urandom(MiB)
+    target = directory / "write-floor"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        started = time.thread_time()
+        for _ in range(size // MiB):
+            os.write(fd, block)
+        spent = time.thread_time() - started
+    finally:
+        os.close(fd)
+        target.unlink()
+    return spent / (size // MiB * MiB / GiB)
+
+
 @dataclass
 class Sample:
     """One transfer: what curl saw, and what it cost the server."""
@@ -960,6 +1000,15 @@ def main(argv: list[str] | None = None) -> int:
             if QUIET_WAIT > 0:
                 wait_for_quiet(QUIET_WAIT)
             md5_rate, sha_rate, both_rate = hash_ceiling()
+            floor = {
+                "md5": GiB / MiB / md5_rate,
+                "sha512": GiB / MiB / sha_rate,
+                "receive": receive_cpu(path),
+                "page-cache write": write_cpu(workdir, min(args.size, GiB)),
+                "curl": statistics.median(
+                    r.samples["tx up chunked"].curl_cpu_per_gib for r in runs
+                ),
+            }
             print()
             print(
                 f"{human(args.size)}, {args.runs} run(s), {args.stat}; tmpdir {workdir.parent}; "
@@ -971,6 +1020,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"sha512 {sha_rate:.0f} MiB/s (one thread each); both at once on "
                 f"two threads {both_rate:.0f} MiB/s: the ceiling for an upload "
                 "that computes both, before any network, parsing, disk or curl work."
+            )
+            total = sum(floor.values())
+            print(
+                "Upload floor, CPU s/GiB that any server on this machine pays before "
+                "its own code runs: "
+                + ", ".join(f"{name} {cost:.2f}" for name, cost in floor.items())
+                + f"; total {total:.2f}, so {os.cpu_count()} cores kept busy all the "
+                f"time cap a hashed upload at {os.cpu_count() * GiB / MiB / total:.0f} MiB/s."
             )
         except BenchError as e:
             print(f"benchmark failed: {e}", file=sys.stderr)
