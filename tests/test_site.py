@@ -10,6 +10,7 @@ import uuid
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
@@ -162,9 +163,21 @@ class RawUploadTests(SiteTestCase):
         protocol.dataReceived(b"x" * 3_000_000)
         self.assertEqual(self.successResultOf(self.registry.get(image_id)).status, "saving")
         self.assertNotEqual(self.stored_files(), [])
+        logged: list[str] = []
+
+        def observe(event: dict) -> None:
+            if event.get("log_namespace") == "glance_tx.api.site":
+                logged.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         protocol.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(self.successResultOf(self.registry.get(image_id)).status, "killed")
         self.assertEqual(self.stored_files(), [])
+        # The request never finished, but it still has its one log line.
+        [line] = logged
+        self.assertIn(f'"PUT /v1/images/{image_id}"', line)
+        self.assertTrue(line.endswith("(connection lost)"), line)
 
     def test_length_required(self) -> None:
         """Image data announced by its content type but not framed is 411."""

@@ -284,7 +284,12 @@ class StreamingRequest(server.Request):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
+        site = self.channel.site if self.channel is not None else None
         super().connectionLost(reason)
+        if not self.finished and site is not None:
+            # Twisted logs a request when it finishes; one whose client
+            # went away first would otherwise leave no line at all.
+            site.log_request(self, note=" (connection lost)")
         if self._cut_off is not None and self._cut_off.active():
             self._cut_off.cancel()
         if self.upload is not None and not self._body_complete:
@@ -319,11 +324,11 @@ class GlanceSite(server.Site):
     def log(self, request: Any) -> None:
         self.log_request(request)
 
-    def log_request(self, request: Any) -> None:
+    def log_request(self, request: Any, note: str = "") -> None:
         started = getattr(request, "started", None)
         elapsed = time.monotonic() - started if started is not None else 0.0
         log.info(
-            '{request_id} {client} "{method} {uri}" {code} {length} {elapsed:.3f}s',
+            '{request_id} {client} "{method} {uri}" {code} {length} {elapsed:.3f}s{note}',
             request_id=getattr(request, "request_id", "-"),
             client=request.getClientAddress().host
             if hasattr(request.getClientAddress(), "host")
@@ -333,4 +338,5 @@ class GlanceSite(server.Site):
             code=request.code,
             length=request.sentLength,
             elapsed=elapsed,
+            note=note,
         )
