@@ -51,7 +51,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import urllib.request
@@ -357,18 +356,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="glance-tx-bench-proxy-", dir=args.tmpdir))
     with ExitStack() as stack:
-        if args.keep:
-            stack.callback(print, f"kept {workdir}")
-        else:
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         try:
-            www = workdir / "www"
-            www.mkdir()
-            path = www / "image.raw"
-            print(f"writing {transfer.human(args.size)} test file in {workdir} ...", flush=True)
-            md5 = transfer.make_test_file(path, args.size)
+            workdir, path, md5 = transfer.workdir_with_test_file(
+                "glance-tx-bench-proxy-", args.size, args.tmpdir, args.keep, stack
+            )
             glance_tx = transfer.start_glance_tx(workdir, args.size, args.twistd, stack)
             image_id = upload_public(glance_tx, path, args.size, md5)
             varnish = start_varnish(workdir, glance_tx, args.storage, args.param, stack)

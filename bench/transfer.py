@@ -310,6 +310,26 @@ def make_test_file(path: Path, size: int) -> str:
     return md5.hexdigest()
 
 
+def workdir_with_test_file(
+    prefix: str, size: int, tmpdir: str | None, keep: bool, stack: ExitStack
+) -> tuple[Path, Path, str]:
+    """
+    A fresh temporary directory (removed when C{stack} closes, unless
+    C{keep}) holding C{www/image.raw}, a test file of C{size} bytes written
+    by L{make_test_file}: the directory, the file and its md5.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=tmpdir))
+    if keep:
+        stack.callback(print, f"kept {workdir}")
+    else:
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    www = workdir / "www"
+    www.mkdir()
+    path = www / "image.raw"
+    print(f"writing {human(size)} test file in {workdir} ...", flush=True)
+    return workdir, path, make_test_file(path, size)
+
+
 # -- measuring -------------------------------------------------------------
 
 
@@ -967,21 +987,14 @@ def main(argv: list[str] | None = None) -> int:
     QUIET_WAIT = args.quiet_wait
     # A SIGTERM unwinds through the finally blocks like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = Path(tempfile.mkdtemp(prefix="glance-tx-bench-", dir=args.tmpdir))
     with ExitStack() as stack:
-        if args.keep:
-            stack.callback(print, f"kept {workdir}")
-        else:
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         try:
-            www = workdir / "www"
-            www.mkdir()
-            path = www / "image.raw"
-            print(f"writing {human(args.size)} test file in {workdir} ...", flush=True)
-            md5 = make_test_file(path, args.size)
+            workdir, path, md5 = workdir_with_test_file(
+                "glance-tx-bench-", args.size, args.tmpdir, args.keep, stack
+            )
             load_before = f"{os.getloadavg()[0]:.2f}"
             glance_tx = start_glance_tx(workdir, args.size, args.twistd, stack)
-            nginx = start_nginx(workdir, www, stack)
+            nginx = start_nginx(workdir, path.parent, stack)
             peer = (
                 start_openstack_glance(workdir, args.size, args.glance_venv, stack)
                 if args.with_glance else None
@@ -1022,12 +1035,13 @@ def main(argv: list[str] | None = None) -> int:
                 "that computes both, before any network, parsing, disk or curl work."
             )
             total = sum(floor.values())
+            cores = os.cpu_count() or 1
             print(
                 "Upload floor, CPU s/GiB that any server on this machine pays before "
                 "its own code runs: "
                 + ", ".join(f"{name} {cost:.2f}" for name, cost in floor.items())
-                + f"; total {total:.2f}, so {os.cpu_count()} cores kept busy all the "
-                f"time cap a hashed upload at {os.cpu_count() * GiB / MiB / total:.0f} MiB/s."
+                + f"; total {total:.2f}, so {cores} cores kept busy all the "
+                f"time cap a hashed upload at {cores * GiB / MiB / total:.0f} MiB/s."
             )
         except BenchError as e:
             print(f"benchmark failed: {e}", file=sys.stderr)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from attrs import define, field
@@ -60,7 +60,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.server import Request as WebRequest
 
-from glance_tx.config import load_config
+from glance_tx.config import Config, load_config
 from glance_tx.tap import GlanceService
 
 log = Logger()
@@ -82,20 +82,28 @@ OWNER_PROJECT = "admin"
 MEMBER_TOKEN = "member-token"
 MEMBER_PROJECT = "5d3a1c0e9b8f47a6a2e4c6b8d0f1e2a3"
 
+
+def keystone_identity(project: str, user: str, roles: str) -> dict[str, str]:
+    """
+    The headers keystonemiddleware's auth_token sets for a token it accepts:
+    C{user} of C{project}, with the comma-separated C{roles}.
+    """
+    return {
+        "X-Identity-Status": "Confirmed",
+        "X-Project-Id": project,
+        "X-User-Id": user,
+        "X-Roles": roles,
+    }
+
+
 #: What keystonemiddleware's auth_token sets for each token it accepts.
 IDENTITIES: dict[str, dict[str, str]] = {
-    OWNER_TOKEN: {
-        "X-Identity-Status": "Confirmed",
-        "X-Project-Id": OWNER_PROJECT,
-        "X-User-Id": "0a1b2c3d4e5f40718293a4b5c6d7e8f9",
-        "X-Roles": "admin,member,reader",
-    },
-    MEMBER_TOKEN: {
-        "X-Identity-Status": "Confirmed",
-        "X-Project-Id": MEMBER_PROJECT,
-        "X-User-Id": "7e1f0c2b3a4d45e6b7c8d9e0f1a2b3c4",
-        "X-Roles": "member,reader",
-    },
+    OWNER_TOKEN: keystone_identity(
+        OWNER_PROJECT, "0a1b2c3d4e5f40718293a4b5c6d7e8f9", "admin,member,reader"
+    ),
+    MEMBER_TOKEN: keystone_identity(
+        MEMBER_PROJECT, "7e1f0c2b3a4d45e6b7c8d9e0f1a2b3c4", "member,reader"
+    ),
 }
 
 IDENTITIES[NOAUTH_TOKEN] = IDENTITIES[OWNER_TOKEN]
@@ -160,6 +168,72 @@ def file_digests(path: str) -> tuple[int, str, str]:
             md5.update(chunk)
             sha512.update(chunk)
     return size, md5.hexdigest(), sha512.hexdigest()
+
+
+def live_config(case: TestCase, config_text: str = "") -> Config:
+    """
+    The configuration of a glance-tx for C{case}: listening on a free
+    loopback port, SQLite and the filesystem store in a fresh directory of
+    the test's, and C{config_text} (when there is any) as its file.
+    """
+    data_dir = os.path.abspath(case.mktemp())
+    path = None
+    if config_text:
+        path = case.mktemp()
+        with open(path, "w") as f:
+            f.write(config_text)
+    return load_config(path, endpoint="tcp:0:interface=127.0.0.1", data_dir=data_dir)
+
+
+async def start_glance_tx(
+    config: Config, on_stop: Callable[[Callable[[], object]], object], name: str
+) -> GlanceService:
+    """
+    Start glance-tx with C{config} in this process on the reactor, with a
+    thread pool named C{name}, and wait until it listens. Its
+    C{stopService} is handed to C{on_stop} (C{addCleanup}, say) before
+    anything can fail.
+    """
+    pool = ThreadPool(minthreads=2, maxthreads=8, name=name)
+    service = GlanceService(config, reactor, pool)
+    service.startService()
+    on_stop(service.stopService)
+    assert service.ready is not None
+    await service.ready
+    return service
+
+
+def listening_port(service: GlanceService) -> int:
+    """The port a started glance-tx listens on."""
+    # GlanceService has no public "where am I listening" yet.
+    assert service._port is not None
+    return service._port.getHost().port
+
+
+def settled_client(
+    case: TestCase,
+    before: Callable[[], Awaitable[None]] | None = None,
+    tries: int = 500,
+) -> HTTPClient:
+    """
+    A treq client for C{case} with connections of its own. At cleanup,
+    after C{before} (stopping what sits between the client and the server),
+    it closes them and waits (C{tries} times 20 ms at most) for both ends of
+    every TCP connection in the reactor to go, so trial finds it clean.
+    """
+    http_pool = HTTPConnectionPool(reactor, persistent=False)
+
+    async def settle() -> None:
+        if before is not None:
+            await before()
+        await http_pool.closeCachedConnections()
+        for _ in range(tries):
+            if not [r for r in reactor.getReaders() if isinstance(r, Connection)]:
+                break
+            await deferLater(reactor, 0.02)
+
+    case.addCleanup(lambda: Deferred.fromCoroutine(settle()))
+    return HTTPClient(Agent(reactor, pool=http_pool))
 
 
 class _ProxyResource(Resource):
@@ -290,41 +364,23 @@ class LiveServerTestCase(TestCase):
         if EXTERNAL_URL:
             self.base = EXTERNAL_URL
             return
-        data_dir = os.path.abspath(self.mktemp())
-        path = None
-        if self.config_text:
-            path = self.mktemp()
-            with open(path, "w") as f:
-                f.write(self.config_text)
-        config = load_config(path, endpoint="tcp:0:interface=127.0.0.1", data_dir=data_dir)
+        config = live_config(self, self.config_text)
         self.assertEqual(config.default_project, OWNER_PROJECT)
-        pool = ThreadPool(minthreads=2, maxthreads=8, name="live-server")
-        self.service = GlanceService(config, reactor, pool)
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
-        await self.service.ready
-        # GlanceService has no public "where am I listening" yet.
-        self.base = f"http://127.0.0.1:{self.service._port.getHost().port}"
+        self.service = await start_glance_tx(config, self.addCleanup, "live-server")
+        self.base = f"http://127.0.0.1:{listening_port(self.service)}"
 
     def setUp(self) -> Deferred[None]:
         self._proxy: IdentityProxy | None = None
-        http_pool = HTTPConnectionPool(reactor, persistent=False)
-        self.treq = HTTPClient(Agent(reactor, pool=http_pool))
 
-        async def settle() -> None:
+        async def stop_proxy() -> None:
             if self._proxy is not None:
                 for line in self._proxy.log_lines:
                     log.info("identity proxy: {line}", line=line)
                 await self._proxy.stop()
-            await http_pool.closeCachedConnections()
-            # Clients (subprocesses, worker threads) may still be closing
-            # their sockets: wait for both ends of every connection to go.
-            for _ in range(500):
-                if not [r for r in reactor.getReaders() if isinstance(r, Connection)]:
-                    break
-                await deferLater(reactor, 0.02)
 
-        self.addCleanup(lambda: Deferred.fromCoroutine(settle()))
+        # Clients (subprocesses, worker threads) may still be closing their
+        # sockets when a test ends.
+        self.treq = settled_client(self, stop_proxy)
         return Deferred.fromCoroutine(self._start_server())
 
     async def proxy(self) -> IdentityProxy:

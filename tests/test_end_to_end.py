@@ -9,21 +9,21 @@ import hashlib
 import os
 
 from treq import collect as treq_collect
-from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import cooperate, deferLater
-from twisted.internet.tcp import Connection
-from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from glance_tx.config import load_config
-from glance_tx.tap import GlanceService
+from tests.live_server import (
+    listening_port,
+    live_config,
+    settled_client,
+    start_glance_tx,
+)
 
 MiB = 1 << 20
 
@@ -65,36 +65,16 @@ class ServerTestCase(TestCase):
     config_text = ""
 
     async def _start(self) -> None:
-        data_dir = os.path.abspath(self.mktemp())
-        path = None
-        if self.config_text:
-            path = self.mktemp()
-            with open(path, "w") as f:
-                f.write(self.config_text)
-        config = load_config(path, endpoint="tcp:0:interface=127.0.0.1", data_dir=data_dir)
-        pool = ThreadPool(minthreads=2, maxthreads=8, name="test")
-        self.service = GlanceService(config, reactor, pool)
-        self.service.startService()
-        self.addCleanup(self.service.stopService)
-        await self.service.ready
-        self.port = self.service._port.getHost().port
+        config = live_config(self, self.config_text)
+        self.service = await start_glance_tx(config, self.addCleanup, "test")
+        self.port = listening_port(self.service)
         self.base = f"http://127.0.0.1:{self.port}"
         self.images_dir = config.store("file").options["filesystem_store_datadir"]
 
     def setUp(self) -> Deferred[None]:
-        http_pool = HTTPConnectionPool(reactor, persistent=False)
-        self.treq = HTTPClient(Agent(reactor, pool=http_pool))
-
-        async def settle() -> None:
-            await http_pool.closeCachedConnections()
-            # Wait for in-flight connections (a refused upload's client may
-            # still be finishing its body) to close on both sides.
-            for _ in range(250):
-                if not [r for r in reactor.getReaders() if isinstance(r, Connection)]:
-                    break
-                await deferLater(reactor, 0.02)
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(settle()))
+        # In-flight connections (a refused upload's client may still be
+        # finishing its body) close on both sides before the test ends.
+        self.treq = settled_client(self, tries=250)
         return Deferred.fromCoroutine(self._start())
 
     def files(self) -> list[str]:

@@ -45,26 +45,26 @@ import os
 import shutil
 import socket
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from attrs import define, field, frozen
-from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import deferLater
-from twisted.internet.tcp import Connection
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SkipTest, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from glance_tx.config import load_config
-from glance_tx.tap import GlanceService
+from tests.live_server import (
+    keystone_identity,
+    listening_port,
+    live_config,
+    settled_client,
+    start_glance_tx,
+)
 from tests.proxies import (
     SQUID_CONF,
     STARTERS,
@@ -96,30 +96,12 @@ TOKEN_B = "token-project-b"
 TOKEN_C = "token-project-c"
 TOKEN_ADMIN = "token-admin"
 IDENTITIES: dict[str, dict[str, str]] = {
-    TOKEN_A: {
-        "X-Identity-Status": "Confirmed",
-        "X-Project-Id": PROJECT_A,
-        "X-User-Id": "a0000000000000000000000000000001",
-        "X-Roles": "member,reader",
-    },
-    TOKEN_B: {
-        "X-Identity-Status": "Confirmed",
-        "X-Project-Id": PROJECT_B,
-        "X-User-Id": "b0000000000000000000000000000002",
-        "X-Roles": "member,reader",
-    },
-    TOKEN_C: {
-        "X-Identity-Status": "Confirmed",
-        "X-Project-Id": PROJECT_C,
-        "X-User-Id": "d0000000000000000000000000000004",
-        "X-Roles": "member,reader",
-    },
-    TOKEN_ADMIN: {
-        "X-Identity-Status": "Confirmed",
-        "X-Project-Id": ADMIN_PROJECT,
-        "X-User-Id": "c0000000000000000000000000000003",
-        "X-Roles": "admin,member,reader",
-    },
+    TOKEN_A: keystone_identity(PROJECT_A, "a0000000000000000000000000000001", "member,reader"),
+    TOKEN_B: keystone_identity(PROJECT_B, "b0000000000000000000000000000002", "member,reader"),
+    TOKEN_C: keystone_identity(PROJECT_C, "d0000000000000000000000000000004", "member,reader"),
+    TOKEN_ADMIN: keystone_identity(
+        ADMIN_PROJECT, "c0000000000000000000000000000003", "admin,member,reader"
+    ),
 }
 
 #: The project each token stands for.
@@ -231,55 +213,32 @@ class CachingProxyTests:
                 self.fail(f"{e} (CI=true: the proxy tests must run)")
             raise SkipTest(str(e)) from None
         self.origin = OriginLog()
-        http_pool = HTTPConnectionPool(reactor, persistent=False)
-        self.treq = HTTPClient(Agent(reactor, pool=http_pool))
         self._stoppers: list[Any] = []
 
-        async def settle() -> None:
+        async def stop_stack() -> None:
             for stop in reversed(self._stoppers):
                 await stop()
-            await http_pool.closeCachedConnections()
-            # glance-tx's PURGE connections and the proxies' connections to
-            # the stand-in close on their own: wait for both ends to go.
-            for _ in range(500):
-                if not [r for r in reactor.getReaders() if isinstance(r, Connection)]:
-                    break
-                await deferLater(reactor, 0.02)
 
-        self.addCleanup(lambda: Deferred.fromCoroutine(settle()))
+        # glance-tx's PURGE connections and the proxies' connections to the
+        # stand-in close on their own.
+        self.treq = settled_client(self, stop_stack)
 
     async def start(self, public_max_age: int | None = None) -> None:
         """
         Start glance-tx, the Keystone stand-in and the proxy. Sets
         C{self.base} (glance-tx itself) and C{self.proxy}.
         """
-        workdir = Path(self.mktemp()).absolute()
-        workdir.mkdir(parents=True)
         proxy_port = free_port()
         config = f"[cache]\npurge_urls = http://127.0.0.1:{proxy_port}\n"
         if public_max_age is not None:
             config += f"public_max_age = {public_max_age}\n"
-        config_path = workdir / "glance-tx.conf"
-        config_path.write_text(config)
-        pool = ThreadPool(minthreads=2, maxthreads=8, name="proxy-tests")
-        service = GlanceService(
-            load_config(
-                str(config_path),
-                endpoint="tcp:0:interface=127.0.0.1",
-                data_dir=str(workdir / "glance-data"),
-            ),
-            reactor,
-            pool,
+        service = await start_glance_tx(
+            live_config(self, config), self._stoppers.append, "proxy-tests"
         )
-        service.startService()
-        self._stoppers.append(service.stopService)
-        assert service.ready is not None
-        await service.ready
-        # GlanceService has no public "where am I listening" yet.
-        self.base = f"http://127.0.0.1:{service._port.getHost().port}"
+        self.base = f"http://127.0.0.1:{listening_port(service)}"
 
         standin = KeystoneStandIn.start(
-            reactor, service._port.getHost().port, IDENTITIES, record=self.origin.record
+            reactor, listening_port(service), IDENTITIES, record=self.origin.record
         )
         self._stoppers.append(standin.stop)
 
