@@ -16,6 +16,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from glance_tx.api.app import build_site
+from glance_tx.config import CacheConfig
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.filesystem import FilesystemStore
@@ -43,6 +44,8 @@ class SiteTestCase(SynchronousTestCase):
     """Builds a fresh site for every test."""
 
     size_cap = 1 << 40
+    #: How responses are marked for caches; None: the service's defaults.
+    cache: CacheConfig | None = None
 
     def setUp(self) -> None:
         self.runner = SynchronousRunner()
@@ -61,6 +64,7 @@ class SiteTestCase(SynchronousTestCase):
             image_size_cap=self.size_cap,
             default_project="admin",
             reactor=MemoryReactorClock(),
+            cache=self.cache,
         )
         self.client, self.agent = memory_client(self.site)
 

@@ -109,11 +109,11 @@ IDENTITIES: dict[str, dict[str, str]] = {
 IDENTITIES[NOAUTH_TOKEN] = IDENTITIES[OWNER_TOKEN]
 
 #: Headers an identity middleware owns: whatever the client sent is dropped.
-_IDENTITY_HEADERS = {
+IDENTITY_HEADERS = frozenset({
     b"x-identity-status", b"x-project-id", b"x-tenant-id", b"x-tenant",
     b"x-user-id", b"x-user", b"x-roles", b"x-role", b"x-domain-id",
     b"x-project-name", b"x-user-name", b"x-service-catalog",
-}
+})
 #: Hop-by-hop headers (RFC 9110 7.6.1) and the ones the forwarding side
 #: computes again.
 _HOP_BY_HOP = {
@@ -277,7 +277,7 @@ class _ProxyResource(Resource):
         headers = Headers()
         for name, values in request.requestHeaders.getAllRawHeaders():
             lower = name.lower()
-            if lower in _IDENTITY_HEADERS or lower in _HOP_BY_HOP:
+            if lower in IDENTITY_HEADERS or lower in _HOP_BY_HOP:
                 continue
             headers.setRawHeaders(name, values)
         if token not in self.identities:

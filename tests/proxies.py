@@ -51,6 +51,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request as WebRequest
 from twisted.web.server import Site
 
+from tests.live_server import IDENTITY_HEADERS
+
 DOC = Path(__file__).resolve().parent.parent / "doc"
 VARNISH_VCL = DOC / "varnish.vcl"
 SQUID_CONF = DOC / "squid.conf"
@@ -379,12 +381,6 @@ STARTERS = {"varnish": start_varnish, "squid": start_squid}
 
 # -- the identity layer behind the cache ----------------------------------------
 
-#: Headers an identity middleware owns: whatever the client sent is dropped.
-IDENTITY_HEADERS = frozenset({
-    b"x-identity-status", b"x-project-id", b"x-tenant-id", b"x-tenant",
-    b"x-user-id", b"x-user", b"x-roles", b"x-role", b"x-domain-id",
-    b"x-project-name", b"x-user-name", b"x-service-catalog",
-})
 class _ForwardingClient(ProxyClient):
     """
     twisted.web's ProxyClient, quiet when the proxy in front hangs up

@@ -14,11 +14,10 @@ from typing import Any
 from attrs import define, field
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from glance_tx.api.app import build_site
 from glance_tx.api.downloads import _PartsConsumer
 from glance_tx.api.http_cache import EntityTag, http_date, parse_http_date
 from glance_tx.api.ranges import (
@@ -32,7 +31,6 @@ from glance_tx.config import CacheConfig
 from glance_tx.errors import RangeNotSatisfiable
 from glance_tx.images import ImageUpdate
 from tests.api_fixtures import Answer
-from tests.memory_http import memory_client
 from tests.test_api_v1 import meta
 from tests.test_api_v2 import ADMIN, ALICE, BOB, OCTET, V2TestCase
 
@@ -59,19 +57,6 @@ class CacheTestCase(V2TestCase):
     """A site with a known cache configuration, and helpers."""
 
     cache = CacheConfig(public_max_age=3600, metadata_max_age=0)
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.site = build_site(
-            registry=self.registry,
-            stores=self.stores,
-            runner=self.runner,
-            image_size_cap=self.size_cap,
-            default_project="admin",
-            reactor=MemoryReactorClock(),
-            cache=self.cache,
-        )
-        self.client, self.agent = memory_client(self.site)
 
     def image(self, visibility: str = "public", data: bytes = DATA, **fields: Any) -> str:
         """An active image (owned by alice unless public) holding C{data}."""
