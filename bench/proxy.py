@@ -66,8 +66,6 @@ from transfer import BenchError, GiB, MiB, Server
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "RESULTS.md"
 VCL = REPO / "doc" / "varnish.vcl"
-BEGIN = "<!-- bench/proxy.py: begin (this section is rewritten by every run) -->"
-END = "<!-- bench/proxy.py: end -->"
 
 
 @dataclass
@@ -309,18 +307,6 @@ def report(args: argparse.Namespace, direct: SetFigures, cached: SetFigures, mac
     return "\n".join(lines)
 
 
-def write_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else ""
-    block = f"{BEGIN}\n\n{section}\n\n{END}"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="A public image downloaded through Varnish and straight from glance-tx.",
@@ -393,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(section)
             if not args.no_write:
-                write_results(section)
+                transfer.write_results_section("proxy.py", section)
                 print(f"\nwritten to {RESULTS}")
         except BenchError as e:
             print(f"benchmark failed: {e}", file=sys.stderr)

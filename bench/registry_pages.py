@@ -302,16 +302,20 @@ def report(
 
 
 @contextmanager
+def opened_registry(url: str | Any) -> Iterator[SQLRegistry]:
+    """The registry at C{url} (migrated), run synchronously, closed after."""
+    registry = result(Deferred.fromCoroutine(open_sql_registry(url, SynchronousRunner())))
+    try:
+        yield registry
+    finally:
+        result(registry.close())
+
+
+@contextmanager
 def sqlite_registry(count: int) -> Iterator[SQLRegistry]:
     with tempfile.TemporaryDirectory() as directory:
-        url = f"sqlite:///{directory}/registry-{count}.db"
-        registry = result(
-            Deferred.fromCoroutine(open_sql_registry(url, SynchronousRunner()))
-        )
-        try:
+        with opened_registry(f"sqlite:///{directory}/registry-{count}.db") as registry:
             yield registry
-        finally:
-            result(registry.close())
 
 
 @contextmanager
@@ -322,13 +326,10 @@ def postgresql_registry(admin_url: str, count: int) -> Iterator[SQLRegistry]:
         with admin.connect() as connection:
             connection.exec_driver_sql(f"CREATE DATABASE {name}")
         url = make_url(admin_url).set(database=name)
-        registry = result(
-            Deferred.fromCoroutine(open_sql_registry(url, SynchronousRunner()))
-        )
         try:
-            yield registry
+            with opened_registry(url) as registry:
+                yield registry
         finally:
-            result(registry.close())
             with admin.connect() as connection:
                 connection.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
     finally:

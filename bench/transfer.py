@@ -330,6 +330,28 @@ def workdir_with_test_file(
     return workdir, path, make_test_file(path, size)
 
 
+# -- the record ------------------------------------------------------------
+
+
+def write_results_section(script: str, section: str) -> None:
+    """
+    Put C{section} into C{bench/RESULTS.md} between the markers of
+    C{script} (C{"proxy.py"}), replacing what the last run of it wrote
+    there, or at the end the first time.
+    """
+    results = REPO / "bench" / "RESULTS.md"
+    begin = f"<!-- bench/{script}: begin (this section is rewritten by every run) -->"
+    end = f"<!-- bench/{script}: end -->"
+    text = results.read_text() if results.exists() else ""
+    block = f"{begin}\n\n{section}\n\n{end}"
+    if begin in text and end in text:
+        before, rest = text.split(begin, 1)
+        text = before + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    results.write_text(text)
+
+
 # -- measuring -------------------------------------------------------------
 
 
