@@ -11,7 +11,7 @@ pool thread take batch after batch without a trip through the reactor.
 Backpressure: when the
 hashes fall more than a high watermark behind, or the store writer asks for a
 pause, the client's transport is paused; it resumes once every reason to
-pause has gone.
+pause has gone (L{glance_tx.backpressure.PauseGate}).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
 from zope.interface import implementer
 
+from glance_tx.backpressure import PauseGate, Watermarks
 from glance_tx.errors import BadRequest, GlanceError, RequestEntityTooLarge
 from glance_tx.store.interface import IStoreWriter, StoredData
 from glance_tx.threads import BlockingRunner
@@ -98,8 +99,8 @@ class UploadPipeline:
     _batch_len: int = field(default=0, init=False)
     _md5: _SerialHasher = field(init=False)
     _sha512: _SerialHasher = field(init=False)
-    _upstream: IPushProducer | None = field(default=None, init=False)
-    _pause_reasons: set[str] = field(factory=set, init=False)
+    _gate: PauseGate = field(factory=PauseGate, init=False)
+    _hash_watermarks: Watermarks = field(init=False)
     _finished: bool = field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -107,16 +108,15 @@ class UploadPipeline:
             self.runner.serial(), hashlib.md5(usedforsecurity=False)
         )
         self._sha512 = _SerialHasher(self.runner.serial(), hashlib.sha512())
+        self._hash_watermarks = Watermarks(self.high_watermark, self.low_watermark)
         self.writer.registerProducer(self, True)
 
     # IConsumer: the client's transport registers here.
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        self._upstream = cast(IPushProducer, producer)
-        if self._pause_reasons:
-            self._upstream.pauseProducing()
+        self._gate.attach(cast(IPushProducer, producer))
 
     def unregisterProducer(self) -> None:
-        self._upstream = None
+        self._gate.detach()
 
     def write(self, data: bytes) -> None:
         """Take one chunk of the body; raise the first refusal at once."""
@@ -156,8 +156,7 @@ class UploadPipeline:
         self.writer.write(data)
         self._md5.feed(data).addCallback(self._hashed)
         self._sha512.feed(data).addCallback(self._hashed)
-        if self._hash_backlog > self.high_watermark:
-            self._pause("hashing")
+        self._hashed(None)
 
     @property
     def _hash_backlog(self) -> int:
@@ -165,34 +164,21 @@ class UploadPipeline:
         return max(self._md5.backlog, self._sha512.backlog)
 
     def _hashed(self, _: None) -> None:
-        if self._hash_backlog < self.low_watermark:
-            self._resume("hashing")
-
-    def _pause(self, reason: str) -> None:
-        if not self._pause_reasons and self._upstream is not None:
-            self._upstream.pauseProducing()
-        self._pause_reasons.add(reason)
-
-    def _resume(self, reason: str) -> None:
-        if reason not in self._pause_reasons:
-            return
-        self._pause_reasons.discard(reason)
-        if not self._pause_reasons and self._upstream is not None:
-            self._upstream.resumeProducing()
+        self._hash_watermarks.apply(self._gate, "hashing", self._hash_backlog)
 
     # IPushProducer: the store writer pauses and resumes us.
     def pauseProducing(self) -> None:
-        self._pause("store")
+        self._gate.pause("store")
 
     def resumeProducing(self) -> None:
-        self._resume("store")
+        self._gate.resume("store")
 
     def stopProducing(self) -> None:
         self.failure = self.failure or GlanceError("The store stopped the upload")
 
     @property
     def paused(self) -> bool:
-        return bool(self._pause_reasons)
+        return self._gate.paused
 
     async def finish(self) -> UploadResult:
         """
@@ -236,5 +222,5 @@ class UploadPipeline:
         """Drop everything received; the store removes what it wrote."""
         self._finished = True
         self._batch = []
-        self._upstream = None
+        self._gate.detach()
         await self.writer.abort()

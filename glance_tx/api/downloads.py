@@ -28,6 +28,7 @@ from glance_tx.api.ranges import (
     parse_ranges,
     unsatisfied_range,
 )
+from glance_tx.backpressure import PauseGate
 from glance_tx.errors import Conflict, Forbidden, RangeNotSatisfiable
 from glance_tx.images import Image
 from glance_tx.store.backends import StoreMap
@@ -207,24 +208,21 @@ class _PartsConsumer:
 
     request: IRequest
     stopped: bool = field(default=False, init=False)
-    _paused: bool = field(default=False, init=False)
-    _producer: IPushProducer | None = field(default=None, init=False)
+    _gate: PauseGate = field(factory=PauseGate, init=False)
 
     # IConsumer, for the store
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        if self._producer is not None:
+        if self._gate.producer is not None:
             raise RuntimeError("A producer is already registered")
         if not streaming:
             raise ValueError("Only streaming (push) producers can send parts")
-        self._producer = cast(IPushProducer, producer)
         if self.stopped:
-            self._producer.stopProducing()
-        elif self._paused:
-            self._producer.pauseProducing()
+            cast(IPushProducer, producer).stopProducing()
+        self._gate.attach(cast(IPushProducer, producer))
 
     def unregisterProducer(self) -> None:
-        self._producer = None
+        self._gate.detach()
 
     def write(self, data: bytes) -> None:
         self.request.write(data)
@@ -232,16 +230,12 @@ class _PartsConsumer:
     # IPushProducer, for the request
 
     def pauseProducing(self) -> None:
-        self._paused = True
-        if self._producer is not None:
-            self._producer.pauseProducing()
+        self._gate.pause("client")
 
     def resumeProducing(self) -> None:
-        self._paused = False
-        if self._producer is not None:
-            self._producer.resumeProducing()
+        self._gate.resume("client")
 
     def stopProducing(self) -> None:
         self.stopped = True
-        if self._producer is not None:
-            self._producer.stopProducing()
+        if self._gate.producer is not None:
+            self._gate.producer.stopProducing()

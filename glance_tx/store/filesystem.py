@@ -8,6 +8,11 @@ and is fsynced and renamed into place only at commit, so a crash never
 leaves half an image at a final name; L{FilesystemStore.discard_incomplete}
 removes what a crash leaves in C{incoming/}.
 
+The file-specific parts are L{_PartialFile}, the L{IWriteBackend} a
+L{StoreWriter} writes through, and L{_OpenFile}, the L{IBlockSource} a
+L{BlockProducer} reads from; queueing, backpressure and the writer's states
+are theirs (L{glance_tx.store.writer}, L{glance_tx.store.reader}).
+
 Every file system call runs on the L{BlockingRunner}, never on the reactor
 thread. Only the parsing of a location happens inline: a location is
 accepted only when it is a C{file:} URI with no host, query or fragment,
@@ -25,21 +30,22 @@ import posixpath
 import secrets
 import stat
 import tempfile
-from collections import deque
-from typing import IO, Any, ClassVar, cast
+from typing import IO, Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
 
-from attrs import field, frozen, mutable, validators
-from twisted.internet.defer import Deferred, DeferredLock, fail, succeed
-from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
-from twisted.logger import Logger
-from twisted.python.failure import Failure
+from attrs import field, frozen, mutable
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IConsumer
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
+from glance_tx.backpressure import Watermarks
 from glance_tx.errors import BadRequest, NotFound, StoreError
 from glance_tx.images import validate_image_id
-from glance_tx.store.interface import IStore, IStoreWriter, StoredData
+from glance_tx.store.describe import describe
+from glance_tx.store.interface import IStore, IStoreWriter
+from glance_tx.store.reader import BlockProducer, IBlockSource
+from glance_tx.store.writer import IWriteBackend, StoreWriter
 from glance_tx.threads import BlockingRunner
 
 __all__ = [
@@ -61,9 +67,6 @@ DEFAULT_LOW_WATERMARK = 1 * MiB
 INCOMING = "incoming"
 PARTIAL_SUFFIX = ".partial"
 
-_log = Logger()
-
-
 def _as_filepath(root: FilePath[Any] | str | os.PathLike[str]) -> FilePath[str]:
     if isinstance(root, FilePath):
         return root.asTextMode()
@@ -73,13 +76,6 @@ def _as_filepath(root: FilePath[Any] | str | os.PathLike[str]) -> FilePath[str]:
 def _positive(instance: object, attribute: Any, value: int) -> None:
     if value < 1:
         raise ValueError(f"{attribute.name} must be at least 1, not {value}")
-
-
-def _describe(error: BaseException | None) -> str:
-    """What went wrong, without the file names an OSError may carry."""
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return str(error or "") or type(error).__name__
 
 
 def _is_image_id(name: str) -> bool:
@@ -116,7 +112,7 @@ def _open_for_read(
     except OSError as e:
         if e.errno == errno.ELOOP:  # a symlink at the image's name
             raise NotFound(f"No image data for image {image_id}") from e
-        raise StoreError(f"Could not read image data: {_describe(e)}") from e
+        raise StoreError(f"Could not read image data: {describe(e)}") from e
     try:
         size = os.fstat(f.fileno()).st_size
         available = max(0, size - offset)
@@ -125,7 +121,7 @@ def _open_for_read(
             f.seek(offset)
     except OSError as e:
         f.close()
-        raise StoreError(f"Could not read image data: {_describe(e)}") from e
+        raise StoreError(f"Could not read image data: {describe(e)}") from e
     except BaseException:
         f.close()
         raise
@@ -143,7 +139,7 @@ def _size(root: str, directory: str, image_id: str) -> int:
     except (FileNotFoundError, NotADirectoryError) as e:
         raise NotFound(f"No image data for image {image_id}") from e
     except OSError as e:
-        raise StoreError(f"Could not read image data: {_describe(e)}") from e
+        raise StoreError(f"Could not read image data: {describe(e)}") from e
     if not stat.S_ISREG(st.st_mode):
         raise NotFound(f"No image data for image {image_id}")
     return st.st_size
@@ -156,7 +152,7 @@ def _delete(root: str, directory: str, image_id: str) -> None:
     except (FileNotFoundError, NotADirectoryError):
         pass
     except OSError as e:
-        raise StoreError(f"Could not delete image data: {_describe(e)}") from e
+        raise StoreError(f"Could not delete image data: {describe(e)}") from e
 
 
 def _list_images(root: str) -> list[str]:
@@ -170,7 +166,7 @@ def _list_images(root: str) -> list[str]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as e:
-        raise StoreError(f"Could not list image data: {_describe(e)}") from e
+        raise StoreError(f"Could not list image data: {describe(e)}") from e
 
 
 def _discard_incoming(incoming: str) -> int:
@@ -189,7 +185,7 @@ def _discard_incoming(incoming: str) -> int:
     except (FileNotFoundError, NotADirectoryError):
         return removed
     except OSError as e:
-        raise StoreError(f"Could not remove incomplete data: {_describe(e)}") from e
+        raise StoreError(f"Could not remove incomplete data: {describe(e)}") from e
     return removed
 
 
@@ -200,7 +196,7 @@ def _ping(root: str) -> None:
         raise StoreError(f"The image directory {root} does not exist") from None
     except OSError as e:
         raise StoreError(
-            f"Cannot reach the image directory {root}: {_describe(e)}"
+            f"Cannot reach the image directory {root}: {describe(e)}"
         ) from e
     if not stat.S_ISDIR(st.st_mode):
         raise StoreError(f"The image directory {root} is not a directory")
@@ -212,7 +208,7 @@ def _ping(root: str) -> None:
         os.unlink(probe)
     except OSError as e:
         raise StoreError(
-            f"The image directory {root} is not writable: {_describe(e)}"
+            f"The image directory {root} is not writable: {describe(e)}"
         ) from e
 
 
@@ -228,7 +224,7 @@ def _open_partial(incoming: str, image_id: str) -> tuple[IO[bytes], str]:
             except FileExistsError:
                 continue
     except OSError as e:
-        raise StoreError(f"Could not start writing image data: {_describe(e)}") from e
+        raise StoreError(f"Could not start writing image data: {describe(e)}") from e
 
 
 def _write_chunks(f: IO[bytes], chunks: list[bytes]) -> None:
@@ -314,17 +310,16 @@ class FilesystemStore:
     root: FilePath[str] = field(converter=_as_filepath)
     runner: BlockingRunner
     block_size: int = field(default=DEFAULT_BLOCK_SIZE, validator=_positive)
-    high_watermark: int = field(default=DEFAULT_HIGH_WATERMARK, validator=_positive)
-    low_watermark: int = field(
-        default=DEFAULT_LOW_WATERMARK, validator=validators.ge(0)
-    )
+    high_watermark: int = DEFAULT_HIGH_WATERMARK
+    low_watermark: int = DEFAULT_LOW_WATERMARK
 
     def __attrs_post_init__(self) -> None:
-        if self.low_watermark > self.high_watermark:
-            raise ValueError(
-                f"low_watermark ({self.low_watermark}) is above "
-                f"high_watermark ({self.high_watermark})"
-            )
+        self.watermarks  # noqa: B018 -- refuse a bad pair now, not at the first upload
+
+    @property
+    def watermarks(self) -> Watermarks:
+        """When each writer pauses and resumes its producer."""
+        return Watermarks(high=self.high_watermark, low=self.low_watermark)
 
     @property
     def incoming(self) -> FilePath[str]:
@@ -374,15 +369,14 @@ class FilesystemStore:
 
         def opened(result: tuple[IO[bytes], str]) -> IStoreWriter:
             f, partial = result
-            return _FilesystemWriter(
-                runner=self.runner.serial(),
+            backend = _PartialFile(
+                runner=self.runner,
                 file=f,
                 partial=partial,
                 final=final,
                 location=self.location_for(image_id),
-                high_watermark=self.high_watermark,
-                low_watermark=self.low_watermark,
             )
+            return StoreWriter(backend, self.watermarks)
 
         return d.addCallback(opened)
 
@@ -418,10 +412,9 @@ class FilesystemStore:
 
         def opened(result: tuple[IO[bytes], int]) -> Deferred[None]:
             f, remaining = result
-            producer = _FileProducer(
-                runner=self.runner,
+            producer = BlockProducer(
+                source=_OpenFile(self.runner, f),
                 consumer=consumer,
-                file=f,
                 remaining=remaining,
                 block_size=self.block_size,
             )
@@ -464,51 +457,13 @@ class FilesystemStore:
         return self.runner.run(_ping, self.root.path)
 
 
+@implementer(IWriteBackend)
 @mutable
-class _Observers:
-    """A result that any number of callers can wait for, before or after."""
-
-    _result: object = field(default=None, init=False)
-    _fired: bool = field(default=False, init=False)
-    _waiting: list[Deferred[Any]] = field(factory=list, init=False)
-
-    def when(self) -> Deferred[Any]:
-        if not self._fired:
-            d: Deferred[Any] = Deferred()
-            self._waiting.append(d)
-            return d
-        if isinstance(self._result, Failure):
-            return fail(self._result)
-        return succeed(self._result)
-
-    def fire(self, result: object) -> None:
-        self._result, self._fired = result, True
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
-
-
-_OPEN = "open"
-_COMMITTING = "committing"
-_COMMITTED = "committed"
-_FAILED = "failed"
-_ABORTED = "aborted"
-
-
-@implementer(IStoreWriter)
-@mutable
-class _FilesystemWriter:
+class _PartialFile:
     """
-    Writes one image into its partial file.
-
-    Every file operation (a batch of queued writes, the commit, the discard)
-    runs under C{_lock}, so they happen strictly one at a time and in order.
-    Bytes passed to C{write} wait in C{_pending} until the next write
-    operation takes all of them; C{_queued} counts those plus the ones being
-    written, and drives the producer's pause and resume.
+    One image being written: to its partial file, then renamed to
+    C{final} at commit. Every call runs on the runner; L{StoreWriter}
+    makes them one at a time.
     """
 
     runner: BlockingRunner
@@ -516,293 +471,33 @@ class _FilesystemWriter:
     partial: str
     final: str
     location: str
-    high_watermark: int
-    low_watermark: int
-
-    _state: str = field(default=_OPEN, init=False)
-    _lock: DeferredLock = field(factory=DeferredLock, init=False)
-    _pending: deque[bytes] = field(factory=deque, init=False)
-    _queued: int = field(default=0, init=False)
-    _write_scheduled: bool = field(default=False, init=False)
-    _written: int = field(default=0, init=False)
-    _error: Failure | None = field(default=None, init=False)
     _renamed: bool = field(default=False, init=False)
-    _discarded: bool = field(default=False, init=False)
-    _aborted: _Observers | None = field(default=None, init=False)
-    _producer: IPushProducer | None = field(default=None, init=False)
-    _paused: bool = field(default=False, init=False)
 
-    # IConsumer
+    def write(self, chunks: list[bytes]) -> Deferred[None]:
+        return self.runner.run(_write_chunks, self.file, chunks)
 
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        if self._producer is not None:
-            raise RuntimeError("A producer is already registered")
-        if not streaming:
-            raise ValueError("A store writer takes only streaming (push) producers")
-        self._producer, self._paused = cast(IPushProducer, producer), False
-        self._maybe_pause()
-
-    def unregisterProducer(self) -> None:
-        self._producer, self._paused = None, False
-
-    def write(self, data: bytes) -> None:
-        """
-        Queue C{data}. After C{abort}, or once a write has failed (C{commit}
-        will say so), data is dropped; after C{commit} this raises.
-        """
-        if self._state == _ABORTED or self._error is not None:
-            return
-        if self._state != _OPEN:
-            raise RuntimeError("write() after commit()")
-        if not isinstance(data, bytes):
-            data = bytes(data)
-        if not data:
-            return
-        self._pending.append(data)
-        self._queued += len(data)
-        if not self._write_scheduled:
-            self._write_scheduled = True
-            self._lock.run(self._write_pending).addErrback(self._log_unexpected)
-        self._maybe_pause()
-
-    # IStoreWriter
-
-    def commit(self) -> Deferred[StoredData]:
-        if self._state == _ABORTED:
-            return fail(StoreError("The upload was aborted"))
-        if self._state != _OPEN:
-            return fail(StoreError("commit() was already called"))
-        self._state = _COMMITTING
-        return Deferred.fromCoroutine(self._commit())
-
-    def abort(self) -> Deferred[None]:
-        if self._state == _COMMITTED:
-            return succeed(None)
-        if self._aborted is None:
-            self._state = _ABORTED
-            self._drop_pending()
-            # Nothing is kept any more: let the producer run (its data is
-            # dropped) rather than leave it paused for ever.
-            self._maybe_resume()
-            self._aborted = _Observers()
-            self._lock.run(self._discard).addBoth(self._aborted.fire)
-        return self._aborted.when()
-
-    # The rest runs under the lock or on its results.
-
-    async def _commit(self) -> StoredData:
-        await self._lock.run(self._finish)
-        if self._state == _ABORTED:
-            raise StoreError("The upload was aborted")
-        if self._error is not None:
-            self._state = _FAILED
-            cause = self._error.value
-            raise StoreError(
-                f"Could not store image data: {_describe(cause)}"
-            ) from cause
-        self._state = _COMMITTED
-        return StoredData(location=self.location, size=self._written)
-
-    def _write_pending(self) -> Deferred[None]:
-        self._write_scheduled = False
-        chunks = list(self._pending)
-        self._pending.clear()
-        if not chunks:  # dropped by abort() or after an error
-            return succeed(None)
-        size = sum(map(len, chunks))
-
-        def written(result: object) -> Deferred[None] | None:
-            self._queued -= size
-            if isinstance(result, Failure):
-                self._error = self._error or result
-                self._drop_pending()
-                self._maybe_resume()
-                # Give the disk space back now, not at commit().
-                return self._discard().addErrback(self._log_discard_failure)
-            self._written += size
-            self._maybe_resume()
-            return None
-
-        return self.runner.run(_write_chunks, self.file, chunks).addBoth(written)
-
-    def _finish(self) -> Deferred[None]:
-        if self._state == _ABORTED:
-            return succeed(None)  # abort()'s discard is queued behind us
-        if self._error is not None:
-            return self._discard().addErrback(self._log_discard_failure)
-
-        def failed(failure: Failure) -> Deferred[None]:
-            self._error = failure
-            return self._discard().addErrback(self._log_discard_failure)
-
-        def renamed(_: None) -> None:
-            self._renamed = True
-
+    def commit(self) -> Deferred[None]:
         d = self.runner.run(_finish, self.file, self.partial, self.final)
-        return d.addCallbacks(renamed, failed)
+        return d.addCallback(self._did_rename)
 
-    def _discard(self) -> Deferred[None]:
-        if self._discarded:
-            return succeed(None)
-        self._discarded = True
+    def _did_rename(self, _: None) -> None:
+        self._renamed = True
+
+    def discard(self) -> Deferred[None]:
         final = self.final if self._renamed else None
-        d = self.runner.run(_discard, self.file, self.partial, final)
-
-        def failed(failure: Failure) -> Failure:
-            raise StoreError(
-                f"Could not remove image data: {_describe(failure.value)}"
-            ) from failure.value
-
-        return d.addErrback(failed)
-
-    def _log_unexpected(self, failure: Failure) -> None:
-        _log.failure("Unexpected error in a store writer", failure=failure)
-
-    def _log_discard_failure(self, failure: Failure) -> None:
-        _log.failure(
-            "Could not remove the partial file {partial}",
-            failure=failure,
-            partial=self.partial,
-        )
-
-    def _drop_pending(self) -> None:
-        self._queued -= sum(map(len, self._pending))
-        self._pending.clear()
-
-    def _maybe_pause(self) -> None:
-        if (
-            self._producer is not None
-            and not self._paused
-            and self._queued > self.high_watermark
-        ):
-            self._paused = True
-            self._producer.pauseProducing()
-
-    def _maybe_resume(self) -> None:
-        if (
-            self._producer is not None
-            and self._paused
-            and self._queued <= self.low_watermark
-        ):
-            self._paused = False
-            self._producer.resumeProducing()
+        return self.runner.run(_discard, self.file, self.partial, final)
 
 
-@implementer(IPushProducer)
-@mutable
-class _FileProducer:
-    """
-    Streams C{remaining} bytes of C{file} to C{consumer}, one block read at a
-    time.
-
-    At most one read is in flight, and at most one block is held while the
-    consumer has paused us, so memory stays at about one block whatever the
-    image size and however slow the consumer. That one block is read ahead
-    while paused, so that on resume the socket is not kept waiting for the
-    disk. C{_pump} is a loop rather than
-    a recursion so that a runner that answers at once does not grow the
-    stack with every block.
-    """
+@implementer(IBlockSource)
+@frozen
+class _OpenFile:
+    """Committed data being read, a block at a time on the runner."""
 
     runner: BlockingRunner
-    consumer: IConsumer
     file: IO[bytes]
-    remaining: int
-    block_size: int
 
-    _done: Deferred[None] = field(factory=Deferred, init=False)
-    _held: bytes | None = field(default=None, init=False)
-    _error: Failure | None = field(default=None, init=False)
-    _paused: bool = field(default=False, init=False)
-    _stopped: bool = field(default=False, init=False)
-    _reading: bool = field(default=False, init=False)
-    _pumping: bool = field(default=False, init=False)
-    _finished: bool = field(default=False, init=False)
+    def read_block(self, size: int) -> Deferred[bytes]:
+        return self.runner.run(_read_block, self.file, size)
 
-    def start(self) -> Deferred[None]:
-        try:
-            self.consumer.registerProducer(self, True)
-        except BaseException:
-            self._error = Failure()
-            self._finish(unregister=False)
-            return self._done
-        self._pump()
-        return self._done
-
-    # IPushProducer
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._pump()
-
-    def stopProducing(self) -> None:
-        self._stopped = True
-        self._pump()
-
-    # Internals
-
-    def _pump(self) -> None:
-        if self._pumping:
-            return  # the loop below, further up the stack, carries on
-        self._pumping = True
-        try:
-            while not (self._finished or self._reading):
-                if self._stopped:
-                    self._finish(unregister=False)
-                elif self._error is not None:
-                    self._finish(unregister=True)
-                elif self._held is None and self.remaining == 0:
-                    # All written: finish even if the consumer just paused us.
-                    self._finish(unregister=True)
-                elif self._held is not None:
-                    if self._paused:
-                        return
-                    data, self._held = self._held, None
-                    try:
-                        self.consumer.write(data)
-                    except BaseException:
-                        self._error = Failure()
-                else:
-                    self._reading = True
-                    size = min(self.block_size, self.remaining)
-                    d = self.runner.run(_read_block, self.file, size)
-                    d.addBoth(self._got_block)
-        finally:
-            self._pumping = False
-
-    def _got_block(self, result: bytes | Failure) -> None:
-        self._reading = False
-        if isinstance(result, Failure):
-            error = StoreError(f"Could not read image data: {_describe(result.value)}")
-            error.__cause__ = result.value
-            self._error = Failure(error)
-        elif not result:
-            self._error = Failure(StoreError("The image data ended early"))
-        else:
-            self.remaining -= len(result)
-            self._held = result
-        self._pump()
-
-    def _finish(self, unregister: bool) -> None:
-        self._finished = True
-        self._held = None
-        outcome: object = None if self._stopped else self._error
-
-        def closed(result: object) -> None:
-            nonlocal outcome
-            if isinstance(result, Failure):
-                _log.failure("Could not close image data", failure=result)
-            if unregister and not self._stopped:
-                try:
-                    self.consumer.unregisterProducer()
-                except BaseException:
-                    outcome = outcome or Failure()
-            if isinstance(outcome, Failure):
-                self._done.errback(outcome)
-            else:
-                self._done.callback(None)
-
-        self.runner.run(_close, self.file).addBoth(closed)
+    def close(self) -> Deferred[None]:
+        return self.runner.run(_close, self.file)
