@@ -1,0 +1,329 @@
+"""
+The Registry API's wire format, shared by the server and the client.
+
+One module turns registry values (L{Image}, L{ImageUpdate}, L{ImageQuery},
+L{Member}) and typed errors into JSON-able values and back, so the two ends
+cannot drift apart (as Tahoe-LAFS keeps its storage protocol in
+C{http_common.py}). Decoding is exact: C{decode_x(encode_x(v)) == v}, with
+datetimes kept to the microsecond and in their offset, ints apart from
+bools, and sets apart from single values.
+
+Errors travel by class name, not by status code: C{StoreError} and
+C{ServiceUnavailable} are both 503, and the client must re-raise the one
+the registry raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from glance_tx import errors
+from glance_tx.errors import BadRequest, GlanceError, ServiceUnavailable
+from glance_tx.images import (
+    Comparison,
+    Image,
+    ImageQuery,
+    ImageUpdate,
+    Member,
+    Viewer,
+)
+
+#: The header an API node sends the registry's shared secret in.
+TOKEN_HEADER = b"Authorization"
+TOKEN_SCHEME = b"Bearer "
+
+#: Image fields a brief listing (C{GET /images}) carries, as Glance's
+#: registry did.
+BRIEF_FIELDS = (
+    "id",
+    "name",
+    "status",
+    "size",
+    "checksum",
+    "disk_format",
+    "container_format",
+)
+
+_DATETIME_FIELDS = ("created_at", "updated_at", "deleted_at")
+
+
+# -- values ------------------------------------------------------------------------
+
+
+def encode_datetime(value: datetime | None) -> str | None:
+    """ISO 8601 to the microsecond, with the value's own offset (if any)."""
+    if value is None:
+        return None
+    return value.isoformat(timespec="microseconds")
+
+
+def decode_datetime(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"Expected an ISO 8601 time, not {value!r}")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"Invalid ISO 8601 time {value!r}") from None
+
+
+def encode_value(value: Any) -> Any:
+    """
+    A filter, comparison or update value: JSON scalars as they are, and
+    tagged objects for what JSON lacks (a time, a set, a sequence).
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime):
+        return {"datetime": encode_datetime(value)}
+    if isinstance(value, frozenset | set):
+        return {"any": sorted((encode_value(v) for v in value), key=repr)}
+    if isinstance(value, tuple | list):
+        return {"sequence": [encode_value(v) for v in value]}
+    raise TypeError(f"Cannot put {type(value).__name__} on the registry wire")
+
+
+def decode_value(value: Any) -> Any:
+    if isinstance(value, list):
+        raise BadRequest("A list value must be tagged as 'any' or 'sequence'")
+    if not isinstance(value, dict):
+        return value
+    if len(value) != 1:
+        raise BadRequest(f"Invalid tagged value {value!r}")
+    ((tag, inner),) = value.items()
+    if tag == "datetime":
+        return decode_datetime(inner)
+    if tag in ("any", "sequence") and isinstance(inner, list):
+        items = [decode_value(v) for v in inner]
+        return frozenset(items) if tag == "any" else tuple(items)
+    raise BadRequest(f"Invalid tagged value {value!r}")
+
+
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return value
+
+
+def _strings(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"{what} must be a list of strings")
+    return value
+
+
+# -- images ------------------------------------------------------------------------
+
+
+def encode_image(image: Image) -> dict[str, Any]:
+    return {
+        "id": image.id,
+        "status": image.status,
+        "created_at": encode_datetime(image.created_at),
+        "updated_at": encode_datetime(image.updated_at),
+        "name": image.name,
+        "size": image.size,
+        "virtual_size": image.virtual_size,
+        "checksum": image.checksum,
+        "os_hash_algo": image.os_hash_algo,
+        "os_hash_value": image.os_hash_value,
+        "disk_format": image.disk_format,
+        "container_format": image.container_format,
+        "visibility": image.visibility,
+        "owner": image.owner,
+        "min_ram": image.min_ram,
+        "min_disk": image.min_disk,
+        "protected": image.protected,
+        "os_hidden": image.os_hidden,
+        "locations": list(image.locations),
+        "properties": dict(image.properties),
+        "tags": sorted(image.tags),
+        "deleted_at": encode_datetime(image.deleted_at),
+        "deleted": image.deleted,
+    }
+
+
+def decode_image(value: Any) -> Image:
+    fields = dict(_mapping(value, "image"))
+    for name in _DATETIME_FIELDS:
+        if name in fields:
+            fields[name] = decode_datetime(fields[name])
+    for name in ("locations", "tags"):
+        if name in fields:
+            fields[name] = _strings(fields[name], name)
+    if "properties" in fields:
+        fields["properties"] = _mapping(fields["properties"], "properties")
+    try:
+        return Image(**fields)
+    except TypeError as e:
+        raise BadRequest(f"Invalid image record: {e}") from None
+
+
+def encode_brief_image(image: Image) -> dict[str, Any]:
+    """The few fields of a C{GET /images} listing."""
+    full = encode_image(image)
+    return {name: full[name] for name in BRIEF_FIELDS}
+
+
+def encode_update(update: ImageUpdate) -> dict[str, Any]:
+    return {
+        "fields": {k: encode_value(v) for k, v in update.fields.items()},
+        "properties": dict(update.properties),
+        "purge_properties": update.purge_properties,
+        "tags": None if update.tags is None else sorted(update.tags),
+    }
+
+
+def decode_update(value: Any) -> ImageUpdate:
+    body = _mapping(value, "update")
+    fields = _mapping(body.get("fields", {}), "fields")
+    tags = body.get("tags")
+    return ImageUpdate(
+        fields={k: decode_value(v) for k, v in fields.items()},
+        properties=_mapping(body.get("properties", {}), "properties"),
+        purge_properties=bool(body.get("purge_properties", False)),
+        tags=None if tags is None else frozenset(_strings(tags, "tags")),
+    )
+
+
+def encode_statuses(statuses: frozenset[str] | None) -> list[str] | None:
+    return None if statuses is None else sorted(statuses)
+
+
+def decode_statuses(value: Any) -> frozenset[str] | None:
+    return None if value is None else frozenset(_strings(value, "expected_status"))
+
+
+# -- queries -----------------------------------------------------------------------
+
+
+def encode_query(query: ImageQuery) -> dict[str, Any]:
+    viewer = query.viewer
+    return {
+        "filters": {k: encode_value(v) for k, v in query.filters.items()},
+        "properties": dict(query.properties),
+        "size_min": query.size_min,
+        "size_max": query.size_max,
+        "comparisons": [
+            [c.field, c.op, encode_value(c.value)] for c in query.comparisons
+        ],
+        "tags": sorted(query.tags),
+        "sort": [list(key) for key in query.sort],
+        "marker": query.marker,
+        "limit": query.limit,
+        "exclude_statuses": sorted(query.exclude_statuses),
+        "viewer": None
+        if viewer is None
+        else {"project_id": viewer.project_id, "is_admin": viewer.is_admin},
+        "visibility": query.visibility,
+        "member_statuses": sorted(query.member_statuses),
+    }
+
+
+def decode_query(value: Any) -> ImageQuery:
+    body = dict(_mapping(value, "query"))
+    try:
+        if "filters" in body:
+            filters = _mapping(body["filters"], "filters")
+            body["filters"] = {k: decode_value(v) for k, v in filters.items()}
+        if "properties" in body:
+            body["properties"] = _mapping(body["properties"], "properties")
+        if "comparisons" in body:
+            body["comparisons"] = tuple(
+                Comparison(name, op, decode_value(operand))
+                for name, op, operand in body["comparisons"]
+            )
+        if "sort" in body:
+            body["sort"] = tuple((key, direction) for key, direction in body["sort"])
+        for name in ("tags", "exclude_statuses", "member_statuses"):
+            if name in body:
+                body[name] = frozenset(_strings(body[name], name))
+        viewer = body.get("viewer")
+        if viewer is not None:
+            viewer = _mapping(viewer, "viewer")
+            body["viewer"] = Viewer(
+                project_id=viewer.get("project_id"),
+                is_admin=bool(viewer.get("is_admin", False)),
+            )
+        return ImageQuery(**body)
+    except (TypeError, ValueError) as e:
+        raise BadRequest(f"Invalid image query: {e}") from None
+
+
+# -- members -----------------------------------------------------------------------
+
+
+def encode_member(member: Member) -> dict[str, Any]:
+    return {
+        "image_id": member.image_id,
+        "member_id": member.member_id,
+        "status": member.status,
+        "created_at": encode_datetime(member.created_at),
+        "updated_at": encode_datetime(member.updated_at),
+    }
+
+
+def decode_member(value: Any) -> Member:
+    fields = dict(_mapping(value, "member"))
+    for name in ("created_at", "updated_at"):
+        if name in fields:
+            fields[name] = decode_datetime(fields[name])
+    try:
+        return Member(**fields)
+    except TypeError as e:
+        raise BadRequest(f"Invalid member record: {e}") from None
+
+
+# -- paths -------------------------------------------------------------------------
+
+
+def path_segment(value: Any, what: str) -> str:
+    """
+    C{value} quoted as one URL path segment. Only a non-empty string can be
+    one, so anything else is refused here, as the registry would refuse it.
+    """
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{what} must be a non-empty string, not {value!r}")
+    return quote(value, safe="")
+
+
+# -- errors ------------------------------------------------------------------------
+
+#: Every typed error, by the class name it travels under.
+ERROR_TYPES: Mapping[str, type[GlanceError]] = {
+    name: value
+    for name, value in vars(errors).items()
+    if isinstance(value, type) and issubclass(value, GlanceError)
+}
+
+
+def encode_error(error: GlanceError) -> dict[str, Any]:
+    """The API's error document, plus the error's class under C{type}."""
+    return {
+        "error": {
+            "code": int(error.status),
+            "title": error.title,
+            "message": error.message,
+            "type": type(error).__name__,
+        }
+    }
+
+
+def decode_error(status: int, value: Any) -> GlanceError:
+    """
+    The error a registry response stands for. A body that names no known
+    class (a proxy's page, a registry being restarted) is the registry being
+    unavailable, whatever the status.
+    """
+    detail = value.get("error") if isinstance(value, dict) else None
+    if not isinstance(detail, dict):
+        detail = {}
+    kind = ERROR_TYPES.get(str(detail.get("type")))
+    if kind is None:
+        return ServiceUnavailable(
+            f"The registry answered {status} without a known error"
+        )
+    return kind(str(detail.get("message", "")))

@@ -1,0 +1,345 @@
+"""
+Tests for L{glance_tx.registry.wire}: every registry value survives a trip
+through JSON text exactly, over many generated values, and errors come back
+as the class that was raised.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from glance_tx import errors
+from glance_tx.errors import (
+    BadRequest,
+    Conflict,
+    GlanceError,
+    NotFound,
+    ServiceUnavailable,
+    StoreError,
+)
+from glance_tx.images import (
+    COMPARABLE_FIELDS,
+    COMPARISON_OPERATORS,
+    CONTAINER_FORMATS,
+    DISK_FORMATS,
+    LIST_VISIBILITIES,
+    MEMBER_STATUSES,
+    SORT_KEYS,
+    STATUSES,
+    VISIBILITIES,
+    Comparison,
+    Image,
+    ImageQuery,
+    ImageUpdate,
+    Member,
+    Viewer,
+    new_image_id,
+)
+from glance_tx.registry import wire
+
+#: How many generated values each round-trip test tries.
+EXAMPLES = 300
+
+
+def through_json(value: Any) -> Any:
+    """What the other end parses: the value as JSON text and back."""
+    return json.loads(json.dumps(value))
+
+
+class Values:
+    """Random registry values from a seeded generator (reproducible)."""
+
+    def __init__(self, seed: int) -> None:
+        self.r = random.Random(seed)
+
+    def maybe(self, value: Any) -> Any:
+        return value if self.r.random() < 0.7 else None
+
+    def text(self, length: int = 12) -> str:
+        alphabet = string.ascii_letters + string.digits + " /%?#&=+\"'\\é€☃"
+        return "".join(
+            self.r.choice(alphabet) for _ in range(self.r.randint(1, length))
+        )
+
+    def moment(self) -> datetime:
+        zone = self.r.choice(
+            [
+                UTC,
+                timezone(timedelta(hours=2)),
+                timezone(timedelta(hours=-5, minutes=-30)),
+            ]
+        )
+        return datetime(2000, 1, 1, tzinfo=UTC).astimezone(zone) + timedelta(
+            seconds=self.r.randint(0, 10**9), microseconds=self.r.randint(0, 999_999)
+        )
+
+    def image(self) -> Image:
+        deleted = self.r.random() < 0.2
+        return Image(
+            id=new_image_id(),
+            status=self.r.choice(sorted(STATUSES)),
+            created_at=self.moment(),
+            updated_at=self.moment(),
+            name=self.maybe(self.text()),
+            size=self.maybe(self.r.randint(0, 2**50)),
+            virtual_size=self.maybe(self.r.randint(0, 2**50)),
+            checksum=self.maybe(self.text(32)),
+            os_hash_algo=self.maybe("sha512"),
+            os_hash_value=self.maybe(self.text(128)),
+            disk_format=self.maybe(self.r.choice(sorted(DISK_FORMATS))),
+            container_format=self.maybe(self.r.choice(sorted(CONTAINER_FORMATS))),
+            visibility=self.r.choice(sorted(VISIBILITIES)),
+            owner=self.maybe(self.text()),
+            min_ram=self.r.randint(0, 2**31 - 1),
+            min_disk=self.r.randint(0, 2**31 - 1),
+            protected=self.r.random() < 0.5,
+            os_hidden=self.r.random() < 0.5,
+            locations=[self.text(40) for _ in range(self.r.randint(0, 4))],
+            properties={self.text(): self.text() for _ in range(self.r.randint(0, 5))},
+            tags={self.text() for _ in range(self.r.randint(0, 5))},
+            deleted_at=self.moment() if deleted else None,
+            deleted=deleted,
+        )
+
+    def scalar(self) -> Any:
+        return self.r.choice(
+            [
+                None,
+                True,
+                False,
+                self.r.randint(-(2**40), 2**40),
+                self.text(),
+                self.moment(),
+            ]
+        )
+
+    def filter_value(self) -> Any:
+        if self.r.random() < 0.3:
+            return frozenset(self.text() for _ in range(self.r.randint(0, 4)))
+        return self.scalar()
+
+    def update(self) -> ImageUpdate:
+        fields: dict[str, Any] = {}
+        for name in self.r.sample(["name", "status", "size", "protected", "owner"], 3):
+            fields[name] = self.scalar()
+        if self.r.random() < 0.5:
+            fields["locations"] = tuple(
+                self.text() for _ in range(self.r.randint(0, 3))
+            )
+        return ImageUpdate(
+            fields=fields,
+            properties={self.text(): self.maybe(self.text()) for _ in range(3)},
+            purge_properties=self.r.random() < 0.5,
+            tags=self.maybe(
+                frozenset(self.text() for _ in range(self.r.randint(0, 3)))
+            ),
+        )
+
+    def query(self) -> ImageQuery:
+        sort = tuple(
+            (key, self.r.choice(["asc", "desc"]))
+            for key in self.r.sample(sorted(SORT_KEYS), self.r.randint(0, 3))
+        )
+        comparisons = tuple(
+            Comparison(
+                name,
+                self.r.choice(sorted(COMPARISON_OPERATORS)),
+                self.r.randint(0, 10**9) if name == "size" else self.moment(),
+            )
+            for name in self.r.sample(sorted(COMPARABLE_FIELDS), self.r.randint(0, 3))
+        )
+        viewer = self.maybe(Viewer(self.maybe(self.text()), self.r.random() < 0.5))
+        return ImageQuery(
+            filters={
+                name: self.filter_value()
+                for name in self.r.sample(["name", "status", "owner", "min_ram"], 2)
+            },
+            properties={self.text(): self.text() for _ in range(self.r.randint(0, 3))},
+            size_min=self.maybe(self.r.randint(0, 100)),
+            size_max=self.maybe(self.r.randint(100, 10**12)),
+            comparisons=comparisons,
+            tags=frozenset(self.text() for _ in range(self.r.randint(0, 3))),
+            sort=sort,
+            marker=self.maybe(new_image_id()),
+            limit=self.r.randint(0, 1000),
+            exclude_statuses=frozenset(self.r.sample(sorted(STATUSES), 2)),
+            viewer=viewer,
+            visibility=self.maybe(self.r.choice(sorted(LIST_VISIBILITIES))),
+            member_statuses=frozenset(self.r.sample(sorted(MEMBER_STATUSES), 2)),
+        )
+
+    def member(self) -> Member:
+        return Member(
+            image_id=new_image_id(),
+            member_id=self.text(),
+            status=self.r.choice(sorted(MEMBER_STATUSES)),
+            created_at=self.moment(),
+            updated_at=self.moment(),
+        )
+
+
+class RoundTripTests(SynchronousTestCase):
+    """decode(through_json(encode(value))) == value, exactly."""
+
+    def test_images(self) -> None:
+        """
+        Images with every field set or unset, datetimes in several zones
+        with microseconds, unicode and URL-hostile text, come back equal,
+        with the same offsets and the same order of locations.
+        """
+        values = Values(1)
+        for _ in range(EXAMPLES):
+            image = values.image()
+            back = wire.decode_image(through_json(wire.encode_image(image)))
+            self.assertEqual(back, image)
+            self.assertEqual(back.locations, image.locations)
+            self.assertEqual(back.created_at.utcoffset(), image.created_at.utcoffset())
+            self.assertEqual(back.updated_at.microsecond, image.updated_at.microsecond)
+
+    def test_updates(self) -> None:
+        """
+        Updates keep each field value's type (None, bools apart from ints,
+        times, location sequences), property removals (None) and a tag set
+        that is absent apart from one that is empty.
+        """
+        values = Values(2)
+        for _ in range(EXAMPLES):
+            update = values.update()
+            back = wire.decode_update(through_json(wire.encode_update(update)))
+            self.assertEqual(back, update)
+            for name, value in update.fields.items():
+                self.assertIs(type(back.fields[name]), type(value), name)
+        empty = ImageUpdate(tags=frozenset())
+        self.assertEqual(
+            wire.decode_update(wire.encode_update(empty)).tags, frozenset()
+        )
+
+    def test_queries(self) -> None:
+        """
+        Queries keep filters (scalars and any-of sets), properties, size
+        bounds, comparisons with times and sizes, tags, the sort order,
+        marker and limit, the statuses left out, and the viewer's scope.
+        """
+        values = Values(3)
+        for _ in range(EXAMPLES):
+            query = values.query()
+            back = wire.decode_query(through_json(wire.encode_query(query)))
+            self.assertEqual(back, query)
+            for name, value in query.filters.items():
+                self.assertIs(type(back.filters[name]), type(value), name)
+
+    def test_default_query(self) -> None:
+        """The default query (no viewer, default scope and order) round-trips."""
+        self.assertEqual(
+            wire.decode_query(wire.encode_query(ImageQuery())), ImageQuery()
+        )
+
+    def test_members(self) -> None:
+        """Members round-trip with their times exact."""
+        values = Values(4)
+        for _ in range(EXAMPLES):
+            member = values.member()
+            self.assertEqual(
+                wire.decode_member(through_json(wire.encode_member(member))), member
+            )
+
+
+class DecodingRefusalTests(SynchronousTestCase):
+    """What the server receives is checked: bad input is a BadRequest, not a 500."""
+
+    def test_invalid_query(self) -> None:
+        """
+        A query the registry would refuse (unknown filter, bad sort, limit
+        out of range, malformed comparisons) decodes to BadRequest.
+        """
+        body: Any
+        for body in (
+            {"filters": {"colour": "red"}},
+            {"sort": [["colour", "asc"]]},
+            {"sort": "name"},
+            {"limit": 10**6},
+            {"comparisons": [["size", "gt"]]},
+            {"comparisons": [["colour", "gt", 1]]},
+            {"tags": "a"},
+            {"unknown": 1},
+            {"viewer": "me"},
+            [],
+        ):
+            self.assertRaises(BadRequest, wire.decode_query, body)
+
+    def test_invalid_records(self) -> None:
+        """Records with missing or unknown fields or bad times are BadRequest."""
+        good = wire.encode_image(Values(5).image())
+        for body in (
+            {k: v for k, v in good.items() if k != "id"},
+            dict(good, colour="red"),
+            dict(good, created_at="yesterday"),
+            dict(good, updated_at=12),
+            dict(good, tags="a"),
+            "image",
+        ):
+            self.assertRaises(BadRequest, wire.decode_image, body)
+        self.assertRaises(BadRequest, wire.decode_member, {"image_id": "x"})
+        self.assertRaises(BadRequest, wire.decode_update, {"fields": {"id": "x"}})
+        self.assertRaises(BadRequest, wire.decode_value, [1, 2])
+        self.assertRaises(BadRequest, wire.decode_value, {"colour": 1})
+
+    def test_path_segment(self) -> None:
+        """
+        A path segment is the quoted string (slashes and all); what cannot
+        be one (empty, not a string) is a BadRequest, as the registry would
+        answer.
+        """
+        self.assertEqual(wire.path_segment("a/b c%", "tag"), "a%2Fb%20c%25")
+        for value in ("", None, 7):
+            self.assertRaises(BadRequest, wire.path_segment, value, "tag")
+
+
+class ErrorTests(SynchronousTestCase):
+    """Errors are carried by class, not guessed from the status."""
+
+    def test_every_error_class_round_trips(self) -> None:
+        """
+        Each GlanceError class in glance_tx.errors comes back as itself with
+        its message, including StoreError and ServiceUnavailable, which
+        share a status.
+        """
+        kinds = [
+            v
+            for v in vars(errors).values()
+            if isinstance(v, type) and issubclass(v, GlanceError)
+        ]
+        self.assertIn(StoreError, kinds)
+        for kind in kinds:
+            error = kind(f"the {kind.__name__} message ☃")
+            body = through_json(wire.encode_error(error))
+            self.assertEqual(body["error"]["code"], error.status)
+            back = wire.decode_error(error.status, body)
+            self.assertIs(type(back), kind)
+            self.assertEqual(back.message, error.message)
+
+    def test_unknown_body_is_unavailable(self) -> None:
+        """
+        A body naming no known class (a proxy's HTML page, an unknown type,
+        JSON of another shape) is ServiceUnavailable, even with a 404 or 409
+        status, so a stray page is never taken for the registry's answer.
+        """
+        for status, body in (
+            (502, None),
+            (404, {"error": {"type": "Nonesuch", "message": "x"}}),
+            (409, {"error": "conflict"}),
+            (400, ["error"]),
+        ):
+            self.assertIsInstance(wire.decode_error(status, body), ServiceUnavailable)
+
+    def test_statuses_alone_do_not_decide(self) -> None:
+        """The class named wins over the status code given."""
+        body = wire.encode_error(NotFound("gone"))
+        self.assertIsInstance(wire.decode_error(409, body), NotFound)
+        self.assertNotIsInstance(wire.decode_error(409, body), Conflict)
