@@ -1,0 +1,313 @@
+"""
+An L{IRegistry} over HTTP: what an API node uses when its registry is a
+C{glance-registry} server shared with other nodes.
+
+Every call is bounded in time: a registry that is down, unreachable or
+slow fails the call with L{glance_tx.errors.ServiceUnavailable} after at
+most C{(1 + retries) * (timeout + retry_delay)} seconds, never a hang, and
+the next call tries again, so the node recovers by itself when the registry
+is back.
+
+Retries: only an idempotent request (GET, PUT, DELETE) whose connection
+failed before any response (refused, or lost, as a pooled connection the
+registry closed is) is sent again; a POST never is. A request that timed
+out is not retried either: the registry may be applying it, and the wait
+is already as long as the deployment allows.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from typing import Any
+
+from attrs import define
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError, ConnectingCancelledError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
+from zope.interface import implementer
+
+from glance_tx.errors import ServiceUnavailable
+from glance_tx.images import Image, ImageQuery, ImageUpdate, Member
+from glance_tx.registry import wire
+from glance_tx.registry.interface import IRegistry
+
+#: Methods that may be sent again after a connection failure.
+IDEMPOTENT = frozenset({"GET", "PUT", "DELETE"})
+
+#: Failures that mean no response came (the request may not have arrived).
+_UNREACHABLE = (ConnectError, ConnectingCancelledError, ResponseNeverReceived)
+
+
+def registry_http_client(
+    reactor: Any, *, connect_timeout: float, persistent: int = 8
+) -> tuple[Any, HTTPConnectionPool]:
+    """
+    A treq client for one registry with a persistent connection pool, and
+    the pool (for C{closeCachedConnections} at shutdown).
+    """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent
+
+    pool = HTTPConnectionPool(reactor)
+    pool.maxPersistentPerHost = persistent
+    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+    return HTTPClient(agent), pool
+
+
+@implementer(IRegistry)
+@define
+class HTTPRegistryClient:
+    """
+    The Registry API's client. C{http} is a treq C{HTTPClient} (or
+    C{StubTreq} in tests); C{clock} times the calls out.
+    """
+
+    http: Any
+    url: str
+    clock: IReactorTime
+    token: str | None = None
+    #: Seconds a call may take, the response body included.
+    timeout: float = 5.0
+    #: How many times an idempotent call is repeated after a connection
+    #: failure, and how long to wait first.
+    retries: int = 1
+    retry_delay: float = 0.2
+
+    def __attrs_post_init__(self) -> None:
+        self.url = self.url.rstrip("/")
+
+    # -- transport -----------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> Any:
+        """The JSON answer to one request, or the error it stands for."""
+        attempts = 1 + (self.retries if method in IDEMPOTENT else 0)
+        for attempt in range(attempts):
+            try:
+                return await self._bounded(method, path, params, body)
+            except _UNREACHABLE as e:
+                if attempt + 1 < attempts:
+                    await deferLater(self.clock, self.retry_delay, lambda: None)
+                    continue
+                raise ServiceUnavailable(
+                    f"The registry at {self.url} is unreachable: {_reason(e)}"
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _bounded(
+        self, method: str, path: str, params: dict[str, str] | None, body: Any
+    ) -> Any:
+        """
+        The exchange, or ServiceUnavailable at the deadline: the caller is
+        answered then even if cancelling the request takes longer.
+        """
+        exchange = Deferred.fromCoroutine(self._exchange(method, path, params, body))
+        answer: Deferred[Any] = Deferred()
+
+        def settle(result: Any) -> None:
+            # After the deadline the exchange's end (cancelled, most
+            # likely) has no one left to hear it.
+            if not answer.called:
+                answer.callback(result)
+
+        exchange.addBoth(settle)
+
+        def deadline() -> None:
+            answer.errback(
+                ServiceUnavailable(
+                    f"The registry at {self.url} did not answer within "
+                    f"{self.timeout:g}s"
+                )
+            )
+            exchange.cancel()
+
+        timer = self.clock.callLater(self.timeout, deadline)
+        try:
+            return await answer
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    async def _exchange(
+        self, method: str, path: str, params: dict[str, str] | None, body: Any
+    ) -> Any:
+        headers = {b"Accept": [b"application/json"]}
+        if self.token is not None:
+            headers[wire.TOKEN_HEADER] = [
+                wire.TOKEN_SCHEME + self.token.encode("utf-8")
+            ]
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers[b"Content-Type"] = [b"application/json"]
+        response = await self.http.request(
+            method,
+            self.url + path,
+            params=params,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            reactor=self.clock,
+        )
+        raw = await response.content()
+        try:
+            value = json.loads(raw) if raw else None
+        except ValueError:
+            value = None
+        if 200 <= response.code < 300:
+            return value
+        if response.code == 401:
+            raise ServiceUnavailable("The registry refused this node's registry_token")
+        raise wire.decode_error(response.code, value)
+
+    # -- IRegistry -------------------------------------------------------------------
+
+    def _image_path(self, image_id: str) -> str:
+        return "/images/" + wire.path_segment(image_id, "image id")
+
+    def _run(self, coroutine: Any) -> Deferred[Any]:
+        return Deferred.fromCoroutine(coroutine)
+
+    def create(self, image: Image) -> Deferred[Image]:
+        async def create() -> Image:
+            answer = await self._call(
+                "POST", "/images", body={"image": wire.encode_image(image)}
+            )
+            return wire.decode_image(answer["image"])
+
+        return self._run(create())
+
+    def get(self, image_id: str, include_deleted: bool = False) -> Deferred[Image]:
+        async def get() -> Image:
+            params = {"include_deleted": "true"} if include_deleted else None
+            answer = await self._call("GET", self._image_path(image_id), params=params)
+            return wire.decode_image(answer["image"])
+
+        return self._run(get())
+
+    def list(self, query: ImageQuery) -> Deferred[builtins.list[Image]]:
+        async def list_() -> builtins.list[Image]:
+            params = {"query": json.dumps(wire.encode_query(query))}
+            answer = await self._call("GET", "/images/detail", params=params)
+            return [wire.decode_image(value) for value in answer["images"]]
+
+        return self._run(list_())
+
+    def update(
+        self,
+        image_id: str,
+        update: ImageUpdate,
+        expected_status: frozenset[str] | None = None,
+    ) -> Deferred[Image]:
+        async def update_() -> Image:
+            body = {
+                "update": wire.encode_update(update),
+                "expected_status": wire.encode_statuses(expected_status),
+            }
+            answer = await self._call("PUT", self._image_path(image_id), body=body)
+            return wire.decode_image(answer["image"])
+
+        return self._run(update_())
+
+    def delete(self, image_id: str) -> Deferred[Image]:
+        async def delete() -> Image:
+            answer = await self._call("DELETE", self._image_path(image_id))
+            return wire.decode_image(answer["image"])
+
+        return self._run(delete())
+
+    def all_locations(self) -> Deferred[frozenset[str]]:
+        async def all_locations() -> frozenset[str]:
+            answer = await self._call("GET", "/locations")
+            return frozenset(answer["locations"])
+
+        return self._run(all_locations())
+
+    def _tag_path(self, image_id: str, tag: str) -> str:
+        return self._image_path(image_id) + "/tags/" + wire.path_segment(tag, "tag")
+
+    def add_tag(self, image_id: str, tag: str) -> Deferred[Image]:
+        async def add_tag() -> Image:
+            answer = await self._call("PUT", self._tag_path(image_id, tag))
+            return wire.decode_image(answer["image"])
+
+        return self._run(add_tag())
+
+    def remove_tag(self, image_id: str, tag: str) -> Deferred[Image]:
+        async def remove_tag() -> Image:
+            answer = await self._call("DELETE", self._tag_path(image_id, tag))
+            return wire.decode_image(answer["image"])
+
+        return self._run(remove_tag())
+
+    def _member_path(self, image_id: str, member_id: str) -> str:
+        return (
+            self._image_path(image_id)
+            + "/members/"
+            + wire.path_segment(member_id, "member id")
+        )
+
+    def add_member(self, image_id: str, member_id: str) -> Deferred[Member]:
+        async def add_member() -> Member:
+            answer = await self._call(
+                "POST",
+                self._image_path(image_id) + "/members",
+                body={"member_id": member_id},
+            )
+            return wire.decode_member(answer["member"])
+
+        return self._run(add_member())
+
+    def get_member(self, image_id: str, member_id: str) -> Deferred[Member]:
+        async def get_member() -> Member:
+            answer = await self._call("GET", self._member_path(image_id, member_id))
+            return wire.decode_member(answer["member"])
+
+        return self._run(get_member())
+
+    def list_members(self, image_id: str) -> Deferred[builtins.list[Member]]:
+        async def list_members() -> builtins.list[Member]:
+            answer = await self._call("GET", self._image_path(image_id) + "/members")
+            return [wire.decode_member(value) for value in answer["members"]]
+
+        return self._run(list_members())
+
+    def update_member(
+        self, image_id: str, member_id: str, status: str
+    ) -> Deferred[Member]:
+        async def update_member() -> Member:
+            answer = await self._call(
+                "PUT", self._member_path(image_id, member_id), body={"status": status}
+            )
+            return wire.decode_member(answer["member"])
+
+        return self._run(update_member())
+
+    def remove_member(self, image_id: str, member_id: str) -> Deferred[None]:
+        async def remove_member() -> None:
+            await self._call("DELETE", self._member_path(image_id, member_id))
+
+        return self._run(remove_member())
+
+    def ping(self) -> Deferred[None]:
+        async def ping() -> None:
+            await self._call("GET", "/healthcheck")
+
+        return self._run(ping())
+
+
+def _reason(error: Exception) -> str:
+    """What went wrong with a connection, without a traceback."""
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        return "; ".join(str(getattr(r, "value", r)) for r in reasons)
+    return str(error) or type(error).__name__

@@ -1,0 +1,264 @@
+"""
+The Registry API: any L{IRegistry} served over HTTP, for API nodes that
+share one registry (C{twistd glance-registry}).
+
+Every body is JSON in the shapes of L{glance_tx.registry.wire}::
+
+    GET    /healthcheck                              ping (no token needed)
+    GET    /images?query=JSON                        brief listing
+    GET    /images/detail?query=JSON                 full listing
+    POST   /images                 {"image": ...}    create (201)
+    GET    /images/ID[?include_deleted=true]         get
+    PUT    /images/ID              {"update": ..., "expected_status": [...]}
+    DELETE /images/ID                                delete
+    PUT    /images/ID/tags/TAG                       add a tag
+    DELETE /images/ID/tags/TAG                       remove a tag
+    GET    /images/ID/members                        list members
+    POST   /images/ID/members      {"member_id": M}  add a member (201)
+    GET    /images/ID/members/M                      get a member
+    PUT    /images/ID/members/M    {"status": S}     update a member
+    DELETE /images/ID/members/M                      remove a member (204)
+    GET    /locations                                every live location
+
+A listing's C{query} is one encoded L{glance_tx.images.ImageQuery}, so the
+registry lists with the same filters, order and keyset pages the API asked
+for. Errors are the API's error document with the error's class added
+(L{wire.encode_error}).
+
+With a token configured, every request but the health check must carry
+C{Authorization: Bearer TOKEN} (else 401); it is compared in constant time.
+Without one the registry is open to whoever reaches its port: bind it to
+loopback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from http import HTTPStatus
+from typing import Any
+
+from attrs import define
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from werkzeug.exceptions import HTTPException
+
+from glance_tx.api.errors import handle_routing_error
+from glance_tx.errors import BadRequest, GlanceError
+from glance_tx.images import ImageQuery
+from glance_tx.registry import wire
+from glance_tx.registry.interface import IRegistry
+
+log = Logger()
+
+
+def _json(request: IRequest, value: Any, status: int = HTTPStatus.OK) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(value).encode("utf-8")
+
+
+def _body(request: IRequest) -> dict[str, Any]:
+    """The request's JSON object body, or a BadRequest."""
+    content = request.content
+    raw = content.read() if content is not None else b""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise BadRequest("The request body is not JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest("The request body must be a JSON object")
+    return value
+
+
+def _arg(request: IRequest, name: bytes) -> str | None:
+    values = (request.args or {}).get(name)
+    return values[-1].decode("utf-8") if values else None
+
+
+def _query(request: IRequest) -> ImageQuery:
+    raw = _arg(request, b"query")
+    if raw is None:
+        return ImageQuery()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise BadRequest("The query parameter is not JSON") from None
+    return wire.decode_query(value)
+
+
+@define
+class RegistryServer:
+    """The Registry API over an injected L{IRegistry}."""
+
+    registry: IRegistry
+    #: The shared secret API nodes must send; None leaves the API open.
+    token: str | None = None
+
+    app = Klein()
+
+    def resource(self) -> IResource:
+        """The app, behind the token check when a token is set."""
+        inner = self.app.resource()
+        if self.token is None:
+            return inner
+        return _TokenGate(inner, self.token.encode("utf-8"))
+
+    @app.handle_errors(GlanceError)
+    def _glance_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, GlanceError)
+        return _json(request, wire.encode_error(error), error.status)
+
+    @app.handle_errors(HTTPException)
+    def _routing_error(self, request: IRequest, failure: Failure) -> bytes:
+        return handle_routing_error(request, failure)
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
+        log.failure("Registry request failed", failure)
+        error = GlanceError("The registry failed to answer; see its log")
+        return _json(request, wire.encode_error(error), error.status)
+
+    # -- health ------------------------------------------------------------------
+
+    @app.route("/healthcheck", methods=["GET", "HEAD"])
+    async def healthcheck(self, request: IRequest) -> bytes:
+        await self.registry.ping()
+        return _json(request, {"status": "ok"})
+
+    # -- images ------------------------------------------------------------------
+
+    @app.route("/images", methods=["GET"])
+    async def list_brief(self, request: IRequest) -> bytes:
+        found = await self.registry.list(_query(request))
+        return _json(request, {"images": [wire.encode_brief_image(i) for i in found]})
+
+    @app.route("/images/detail", methods=["GET"])
+    async def list_detail(self, request: IRequest) -> bytes:
+        found = await self.registry.list(_query(request))
+        return _json(request, {"images": [wire.encode_image(i) for i in found]})
+
+    @app.route("/images", methods=["POST"])
+    async def create(self, request: IRequest) -> bytes:
+        image = wire.decode_image(_body(request).get("image"))
+        created = await self.registry.create(image)
+        return _json(request, {"image": wire.encode_image(created)}, HTTPStatus.CREATED)
+
+    @app.route("/images/<image_id>", methods=["GET"])
+    async def get(self, request: IRequest, image_id: str) -> bytes:
+        include_deleted = _arg(request, b"include_deleted") == "true"
+        image = await self.registry.get(image_id, include_deleted=include_deleted)
+        return _json(request, {"image": wire.encode_image(image)})
+
+    @app.route("/images/<image_id>", methods=["PUT"])
+    async def update(self, request: IRequest, image_id: str) -> bytes:
+        body = _body(request)
+        image = await self.registry.update(
+            image_id,
+            wire.decode_update(body.get("update")),
+            expected_status=wire.decode_statuses(body.get("expected_status")),
+        )
+        return _json(request, {"image": wire.encode_image(image)})
+
+    @app.route("/images/<image_id>", methods=["DELETE"])
+    async def delete(self, request: IRequest, image_id: str) -> bytes:
+        image = await self.registry.delete(image_id)
+        return _json(request, {"image": wire.encode_image(image)})
+
+    @app.route("/locations", methods=["GET"])
+    async def all_locations(self, request: IRequest) -> bytes:
+        locations = await self.registry.all_locations()
+        return _json(request, {"locations": sorted(locations)})
+
+    # -- tags --------------------------------------------------------------------
+
+    @app.route("/images/<image_id>/tags/<path:tag>", methods=["PUT"])
+    async def add_tag(self, request: IRequest, image_id: str, tag: str) -> bytes:
+        image = await self.registry.add_tag(image_id, tag)
+        return _json(request, {"image": wire.encode_image(image)})
+
+    @app.route("/images/<image_id>/tags/<path:tag>", methods=["DELETE"])
+    async def remove_tag(self, request: IRequest, image_id: str, tag: str) -> bytes:
+        image = await self.registry.remove_tag(image_id, tag)
+        return _json(request, {"image": wire.encode_image(image)})
+
+    # -- members -----------------------------------------------------------------
+
+    @app.route("/images/<image_id>/members", methods=["GET"])
+    async def list_members(self, request: IRequest, image_id: str) -> bytes:
+        members = await self.registry.list_members(image_id)
+        return _json(request, {"members": [wire.encode_member(m) for m in members]})
+
+    @app.route("/images/<image_id>/members", methods=["POST"])
+    async def add_member(self, request: IRequest, image_id: str) -> bytes:
+        member_id = _body(request).get("member_id")
+        if not isinstance(member_id, str):
+            raise BadRequest("member_id must be a string")
+        member = await self.registry.add_member(image_id, member_id)
+        return _json(
+            request, {"member": wire.encode_member(member)}, HTTPStatus.CREATED
+        )
+
+    @app.route("/images/<image_id>/members/<path:member_id>", methods=["GET"])
+    async def get_member(
+        self, request: IRequest, image_id: str, member_id: str
+    ) -> bytes:
+        member = await self.registry.get_member(image_id, member_id)
+        return _json(request, {"member": wire.encode_member(member)})
+
+    @app.route("/images/<image_id>/members/<path:member_id>", methods=["PUT"])
+    async def update_member(
+        self, request: IRequest, image_id: str, member_id: str
+    ) -> bytes:
+        status: Any = _body(request).get("status")  # the registry checks it
+        member = await self.registry.update_member(image_id, member_id, status)
+        return _json(request, {"member": wire.encode_member(member)})
+
+    @app.route("/images/<image_id>/members/<path:member_id>", methods=["DELETE"])
+    async def remove_member(
+        self, request: IRequest, image_id: str, member_id: str
+    ) -> bytes:
+        await self.registry.remove_member(image_id, member_id)
+        request.setResponseCode(HTTPStatus.NO_CONTENT)
+        return b""
+
+
+class _TokenGate(Resource):
+    """
+    Lets a request through to the app only with the right bearer token;
+    the health check is open, so a load balancer may probe it.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource, token: bytes) -> None:
+        super().__init__()
+        self._inner = inner
+        self._expected = wire.TOKEN_SCHEME + token
+
+    def render(self, request: IRequest) -> Any:
+        given = request.getHeader(wire.TOKEN_HEADER) or b""
+        if request.path == b"/healthcheck" or hmac.compare_digest(
+            given, self._expected
+        ):
+            return self._inner.render(request)
+        # No error class: an API node must not pass a registry's 401 on to
+        # its own client as if the client's credentials were wrong.
+        request.setHeader(b"WWW-Authenticate", b'Bearer realm="glance-registry"')
+        status = HTTPStatus.UNAUTHORIZED
+        return _json(
+            request,
+            {
+                "error": {
+                    "code": status,
+                    "title": status.phrase,
+                    "message": "A valid registry token is required",
+                }
+            },
+            status,
+        )

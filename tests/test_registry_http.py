@@ -1,0 +1,175 @@
+"""
+The HTTP registry client against the registry server over real sockets:
+a listening port on 127.0.0.1 in trial's reactor, a treq client with a
+persistent connection pool, and an SQL registry on a real thread pool
+behind the server, on a SQLite file and on PostgreSQL
+(C{GLANCE_TX_TEST_POSTGRES_URL}, as in C{tests.test_registry_sql}). Also
+what a node sees when the registry is unreachable, silent, or back again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import WrappingFactory
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import TestCase
+from twisted.web.server import Site
+
+from glance_tx.errors import NotFound, ServiceUnavailable
+from glance_tx.registry.client import HTTPRegistryClient, registry_http_client
+from glance_tx.registry.server import RegistryServer
+from glance_tx.registry.sql import open_sql_registry
+from glance_tx.threads import ThreadPoolRunner
+from tests.registry_conformance import RegistryConformanceMixin, make_image
+from tests.test_registry_sql import empty_tables, postgres_admin_url, shared_database
+
+TOKEN = "real-socket-token"
+
+
+class _RealSocketHarness(TestCase):
+    """A thread pool, and helpers to serve a registry and connect a client."""
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        self.pool = ThreadPool(minthreads=1, maxthreads=6, name=type(self).__name__)
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+        self.runner = ThreadPoolRunner(cast(IReactorFromThreads, reactor), self.pool)
+
+    async def serve(self, factory: Any, port: int = 0) -> int:
+        """Listen on 127.0.0.1 (port 0: any free one); return the port."""
+        endpoint = TCP4ServerEndpoint(self.reactor, port, interface="127.0.0.1")
+        listening = await endpoint.listen(factory)
+        self.addCleanup(listening.stopListening)
+        return cast(int, listening.getHost().port)
+
+    def connect(self, port: int, **kwargs: Any) -> HTTPRegistryClient:
+        http, pool = registry_http_client(self.reactor, connect_timeout=2)
+        self.addCleanup(pool.closeCachedConnections)
+        kwargs.setdefault("token", TOKEN)
+        return HTTPRegistryClient(
+            http=http, url=f"http://127.0.0.1:{port}", clock=self.reactor, **kwargs
+        )
+
+    async def serve_registry(self, registry: Any) -> HTTPRegistryClient:
+        site = Site(RegistryServer(registry, token=TOKEN).resource())
+        return self.connect(await self.serve(site))
+
+
+class SQLiteHTTPConformanceTests(RegistryConformanceMixin, _RealSocketHarness):
+    """The whole IRegistry contract through client and server, on a SQLite file."""
+
+    async def make_registry(self) -> HTTPRegistryClient:
+        url = f"sqlite:///{os.path.abspath(self.mktemp())}"
+        registry = await open_sql_registry(url, self.runner)
+        self.addCleanup(registry.close)
+        return await self.serve_registry(registry)
+
+
+class PostgreSQLHTTPConformanceTests(RegistryConformanceMixin, _RealSocketHarness):
+    """The whole IRegistry contract through client and server, on PostgreSQL."""
+
+    def setUp(self) -> None:
+        self.admin_url = postgres_admin_url(self)
+        super().setUp()
+
+    async def make_registry(self) -> HTTPRegistryClient:
+        url = await self.runner.run(shared_database, self.admin_url)
+        registry = await open_sql_registry(url, self.runner)
+        self.addCleanup(registry.close)
+        await self.runner.run(empty_tables, registry.engine)
+        return await self.serve_registry(registry)
+
+
+class _Silent(Protocol):
+    """Accepts a connection and never answers."""
+
+
+class AvailabilityTests(_RealSocketHarness):
+    """A registry down or slow is a bounded ServiceUnavailable, and recovery."""
+
+    async def assertUnavailableWithin(
+        self, d: Deferred[Any], seconds: float
+    ) -> ServiceUnavailable:
+        started = time.monotonic()
+        try:
+            value = await d
+        except ServiceUnavailable as e:
+            self.assertLess(time.monotonic() - started, seconds)
+            return e
+        self.fail(f"expected ServiceUnavailable, got {value!r}")
+
+    async def test_nothing_listening(self) -> None:
+        """
+        With no registry on the port, a call fails with ServiceUnavailable
+        (connection refused, retried once) in well under a second.
+        """
+        endpoint = TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
+        listening = await endpoint.listen(Factory.forProtocol(_Silent))
+        port = listening.getHost().port
+        await listening.stopListening()
+        client = self.connect(port, retry_delay=0.05)
+        error = await self.assertUnavailableWithin(client.get(make_image().id), 1)
+        self.assertIn("unreachable", error.message)
+
+    async def test_silent_registry_times_out(self) -> None:
+        """
+        A registry that accepts connections and never answers fails the call
+        with ServiceUnavailable after the configured timeout, never a hang.
+        """
+        port = await self.serve(Factory.forProtocol(_Silent))
+        client = self.connect(port, timeout=0.5)
+        started = time.monotonic()
+        error = await self.assertUnavailableWithin(client.ping(), 2)
+        self.assertGreaterEqual(time.monotonic() - started, 0.5)
+        self.assertIn("did not answer within 0.5s", error.message)
+
+    async def test_recovers_when_registry_returns(self) -> None:
+        """
+        A node's client works, fails with ServiceUnavailable while the
+        registry is gone (its port closed, its connections dropped), and
+        works again by itself once the registry listens again, the pooled
+        dead connection notwithstanding.
+        """
+        url = f"sqlite:///{os.path.abspath(self.mktemp())}"
+        registry = await open_sql_registry(url, self.runner)
+        self.addCleanup(registry.close)
+        image = await registry.create(make_image())
+
+        def site() -> WrappingFactory:
+            return WrappingFactory(
+                Site(RegistryServer(registry, token=TOKEN).resource())
+            )
+
+        first = site()
+        endpoint = TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")
+        listening = await endpoint.listen(first)
+        port = listening.getHost().port
+        client = self.connect(port, timeout=2, retry_delay=0.05)
+        self.assertEqual(await client.get(image.id), image)
+
+        await listening.stopListening()
+        for protocol in list(first.protocols):
+            protocol.transport.loseConnection()
+        await self.assertUnavailableWithin(client.get(image.id), 3)
+        await self.assertUnavailableWithin(client.ping(), 3)
+
+        await self.serve(site(), port=port)
+        self.assertEqual(await client.get(image.id), image)
+        await self.assertFails(client.get(make_image().id))
+
+    async def assertFails(self, d: Deferred[Any]) -> None:
+        try:
+            await d
+        except NotFound:
+            return
+        self.fail("expected NotFound")

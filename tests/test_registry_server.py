@@ -1,0 +1,396 @@
+"""
+Tests for L{glance_tx.registry.server} and L{glance_tx.registry.client} in
+memory: the server's routes, errors and token check through C{StubTreq};
+the whole IRegistry contract through client and server over a synchronous
+SQLite registry; and the client's time bounds and retries on a L{Clock}.
+(Real sockets: C{tests.test_registry_http}.)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from attrs import define, field
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from glance_tx.errors import (
+    BadRequest,
+    NotFound,
+    ServiceUnavailable,
+    StoreError,
+)
+from glance_tx.images import ImageQuery
+from glance_tx.registry import wire
+from glance_tx.registry.client import HTTPRegistryClient
+from glance_tx.registry.interface import IRegistry
+from glance_tx.registry.server import RegistryServer
+from tests.registry_conformance import RegistryConformanceMixin, make_image
+from tests.test_registry_sql import sync_open
+
+BASE = "http://registry.example"
+TOKEN = "s3cret-token"
+
+
+def stub(server: RegistryServer) -> Any:
+    """An in-memory treq for C{server} (typed loosely: StubTreq's methods
+    are set at run time)."""
+    return StubTreq(server.resource())
+
+
+def open_memory_registry(case: SynchronousTestCase) -> Any:
+    registry = sync_open("sqlite://")
+    case.addCleanup(lambda: case.successResultOf(registry.close()))
+    return registry
+
+
+class StubConformanceTests(RegistryConformanceMixin, SynchronousTestCase):
+    """
+    The whole IRegistry contract through the HTTP client and the server,
+    in memory, over SQLite: whatever the wire loses or changes fails here.
+    """
+
+    def make_registry(self) -> HTTPRegistryClient:
+        server = RegistryServer(open_memory_registry(self), token=TOKEN)
+        return HTTPRegistryClient(
+            http=StubTreq(server.resource()), url=BASE, clock=Clock(), token=TOKEN
+        )
+
+
+@implementer(IRegistry)
+@define
+class FailingRegistry:
+    """A registry whose every call fails with C{error} (or never answers)."""
+
+    error: Exception | None = None
+    pending: list[Deferred[Any]] = field(factory=list)
+
+    def _answer(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        if self.error is None:
+            d: Deferred[Any] = Deferred()
+            self.pending.append(d)
+            return d
+        error = self.error
+        d = Deferred()
+        d.errback(error)
+        return d
+
+    create = get = list = update = delete = all_locations = _answer
+    add_tag = remove_tag = add_member = get_member = list_members = _answer
+    update_member = remove_member = ping = _answer
+
+
+class ServerTests(SynchronousTestCase):
+    """The Registry API as an HTTP client without our client class sees it."""
+
+    def setUp(self) -> None:
+        self.registry = open_memory_registry(self)
+        self.http: Any = StubTreq(RegistryServer(self.registry, token=TOKEN).resource())
+        self.auth = {b"Authorization": [b"Bearer " + TOKEN.encode()]}
+
+    def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+        kwargs.setdefault("headers", self.auth)
+        response = self.successResultOf(
+            self.http.request(method, BASE + path, **kwargs)
+        )
+        body = self.successResultOf(response.content())
+        return response.code, response.headers, json.loads(body) if body else None
+
+    def test_token_required(self) -> None:
+        """
+        Without the token, or with a wrong one (even one that shares a
+        prefix), every route but the health check is a 401 JSON error with
+        a WWW-Authenticate challenge, and the registry is not touched.
+        """
+        image = self.successResultOf(self.registry.create(make_image()))
+        for headers in (
+            {},
+            {b"Authorization": [b"Bearer wrong"]},
+            {b"Authorization": [b"Bearer " + TOKEN.encode() + b"x"]},
+            {b"Authorization": [TOKEN.encode()]},
+        ):
+            code, response_headers, body = self.call(
+                "DELETE", f"/images/{image.id}", headers=headers
+            )
+            self.assertEqual(code, 401)
+            self.assertEqual(body["error"]["code"], 401)
+            self.assertTrue(response_headers.hasHeader(b"WWW-Authenticate"))
+        self.assertEqual(self.successResultOf(self.registry.get(image.id)), image)
+        self.assertEqual(self.call("GET", "/healthcheck", headers={})[0], 200)
+        self.assertEqual(self.call("GET", f"/images/{image.id}")[0], 200)
+
+    def test_open_without_token(self) -> None:
+        """With no token configured, requests need no Authorization header."""
+        http: Any = StubTreq(RegistryServer(self.registry).resource())
+        response = self.successResultOf(http.get(BASE + "/images/detail"))
+        self.assertEqual(response.code, 200)
+
+    def test_image_crud(self) -> None:
+        """
+        POST creates (201, the stored record), GET fetches, PUT updates,
+        DELETE deletes, each answering {"image": ...} in the wire format; a
+        deleted image is found only with include_deleted=true.
+        """
+        image = make_image(name="a")
+        code, _, body = self.call(
+            "POST", "/images", json={"image": wire.encode_image(image)}
+        )
+        self.assertEqual((code, wire.decode_image(body["image"])), (201, image))
+        code, headers, body = self.call("GET", f"/images/{image.id}")
+        self.assertEqual((code, wire.decode_image(body["image"])), (200, image))
+        self.assertEqual(headers.getRawHeaders(b"Content-Type"), [b"application/json"])
+        update = {"update": {"fields": {"name": "b"}}, "expected_status": ["queued"]}
+        code, _, body = self.call("PUT", f"/images/{image.id}", json=update)
+        self.assertEqual((code, body["image"]["name"]), (200, "b"))
+        code, _, body = self.call("DELETE", f"/images/{image.id}")
+        self.assertEqual((code, body["image"]["status"]), (200, "deleted"))
+        self.assertEqual(self.call("GET", f"/images/{image.id}")[0], 404)
+        code, _, body = self.call(
+            "GET", f"/images/{image.id}", params={"include_deleted": "true"}
+        )
+        self.assertEqual((code, body["image"]["deleted"]), (200, True))
+
+    def test_listings(self) -> None:
+        """
+        /images/detail lists full records and /images the brief fields, both
+        with the encoded query's filters, order and limit applied.
+        """
+        images = [
+            self.successResultOf(self.registry.create(make_image(name=n, size=s)))
+            for n, s in [("x", 3), ("x", 1), ("y", 2)]
+        ]
+        query = ImageQuery(filters={"name": "x"}, sort=(("size", "asc"),), limit=5)
+        params = {"query": json.dumps(wire.encode_query(query))}
+        code, _, body = self.call("GET", "/images/detail", params=params)
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            [wire.decode_image(i) for i in body["images"]], [images[1], images[0]]
+        )
+        code, _, body = self.call("GET", "/images", params=params)
+        self.assertEqual(set(body["images"][0]), set(wire.BRIEF_FIELDS))
+        self.assertEqual(
+            [i["id"] for i in body["images"]], [images[1].id, images[0].id]
+        )
+
+    def test_errors_carry_their_class(self) -> None:
+        """
+        Refusals are JSON error documents naming the error's class: 404 for
+        an unknown image, 409 for a duplicate, 400 for a bad query, a bad
+        body or a record failing validation.
+        """
+        image = self.successResultOf(self.registry.create(make_image()))
+        cases: list[tuple[str, str, dict[str, Any], int, str]] = [
+            ("GET", f"/images/{make_image().id}", {}, 404, "NotFound"),
+            (
+                "POST",
+                "/images",
+                {"json": {"image": wire.encode_image(image)}},
+                409,
+                "Conflict",
+            ),
+            ("GET", "/images/detail", {"params": {"query": "{"}}, 400, "BadRequest"),
+            (
+                "GET",
+                "/images/detail",
+                {"params": {"query": '{"limit": -1}'}},
+                400,
+                "BadRequest",
+            ),
+            ("POST", "/images", {"data": b"not json"}, 400, "BadRequest"),
+            ("POST", "/images", {"json": {"image": {"id": "x"}}}, 400, "BadRequest"),
+            (
+                "PUT",
+                f"/images/{image.id}",
+                {"json": {"update": {"fields": {"id": 1}}}},
+                400,
+                "BadRequest",
+            ),
+        ]
+        for method, path, kwargs, status, kind in cases:
+            code, _, body = self.call(method, path, **kwargs)
+            self.assertEqual(
+                (code, body["error"]["type"]), (status, kind), (method, path)
+            )
+            self.assertEqual(body["error"]["code"], status)
+
+    def test_store_error_and_unavailable_stay_apart(self) -> None:
+        """
+        StoreError and ServiceUnavailable both answer 503, but the body names
+        which one, and the client raises that one.
+        """
+        for error in (StoreError("disk"), ServiceUnavailable("database down")):
+            server = RegistryServer(FailingRegistry(error))
+            client = HTTPRegistryClient(StubTreq(server.resource()), BASE, Clock())
+            failure = self.failureResultOf(client.get(make_image().id))
+            self.assertIs(type(failure.value), type(error))
+            self.assertEqual(failure.value.message, error.message)
+
+    def test_unexpected_failure_is_a_500(self) -> None:
+        """A bug in the registry is a 500 error document, not a traceback page."""
+        server = RegistryServer(FailingRegistry(ZeroDivisionError("oops")))
+        response = self.successResultOf(
+            stub(server).get(BASE + "/images/detail")
+        )
+        self.assertEqual(response.code, 500)
+        body = json.loads(self.successResultOf(response.content()))
+        self.assertEqual(body["error"]["type"], "GlanceError")
+        self.assertNotIn("oops", body["error"]["message"])
+        self.flushLoggedErrors(ZeroDivisionError)
+
+    def test_unknown_route(self) -> None:
+        """An unknown path is a 404 JSON error, a wrong method a 405."""
+        self.assertEqual(self.call("GET", "/nonesuch")[0], 404)
+        self.assertEqual(self.call("PATCH", "/images")[0], 405)
+
+    def test_tags_and_members_with_awkward_names(self) -> None:
+        """
+        Tags and member ids with slashes, spaces, percent signs and unicode
+        reach the registry intact through their quoted path segment.
+        """
+        image = self.successResultOf(self.registry.create(make_image()))
+        tag = "a/b c%2F☃?#"
+        code, _, body = self.call(
+            "PUT", f"/images/{image.id}/tags/{quote(tag, safe='')}"
+        )
+        self.assertEqual((code, body["image"]["tags"]), (200, [tag]))
+        member = "proj/1 %"
+        code, _, body = self.call(
+            "POST", f"/images/{image.id}/members", json={"member_id": member}
+        )
+        self.assertEqual((code, body["member"]["member_id"]), (201, member))
+        path = f"/images/{image.id}/members/{quote(member, safe='')}"
+        code, _, body = self.call("PUT", path, json={"status": "accepted"})
+        self.assertEqual((code, body["member"]["status"]), (200, "accepted"))
+        self.assertEqual(self.call("DELETE", path)[0], 204)
+        self.assertEqual(self.call("GET", path)[0], 404)
+
+    def test_healthcheck_reports_registry_failure(self) -> None:
+        """The health check is a 503 naming the error when the registry fails."""
+        server = RegistryServer(FailingRegistry(ServiceUnavailable("db down")))
+        response = self.successResultOf(
+            stub(server).get(BASE + "/healthcheck")
+        )
+        self.assertEqual(response.code, 503)
+        body = json.loads(self.successResultOf(response.content()))
+        self.assertEqual(body["error"]["type"], "ServiceUnavailable")
+
+
+@define
+class FlakyHTTP:
+    """
+    Stands in for treq's HTTPClient: refuses the first C{failures}
+    connections, then passes requests on to C{http}; records each method.
+    """
+
+    http: Any
+    failures: int
+    methods: list[str] = field(factory=list)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        self.methods.append(method)
+        if self.failures > 0:
+            self.failures -= 1
+            d: Deferred[Any] = Deferred()
+            d.errback(ConnectionRefusedError("refused"))
+            return d
+        result: Deferred[Any] = self.http.request(method, url, **kwargs)
+        return result
+
+
+class ClientTests(SynchronousTestCase):
+    """The client's time bound, retries and token, on a Clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.registry = open_memory_registry(self)
+        self.stub = StubTreq(RegistryServer(self.registry, token=TOKEN).resource())
+
+    def client(self, http: Any, **kwargs: Any) -> HTTPRegistryClient:
+        kwargs.setdefault("token", TOKEN)
+        return HTTPRegistryClient(http=http, url=BASE + "/", clock=self.clock, **kwargs)
+
+    def test_provides_interface(self) -> None:
+        """The client provides IRegistry."""
+        self.assertTrue(verifyObject(IRegistry, self.client(self.stub)))
+
+    def test_slow_registry_times_out(self) -> None:
+        """
+        A registry that never answers fails the call with ServiceUnavailable
+        once the timeout passes, not before, and nothing is left waiting.
+        """
+        slow = FailingRegistry()
+        stub = StubTreq(RegistryServer(slow).resource())
+        d = self.client(stub, timeout=3).get(make_image().id)
+        self.clock.advance(2.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        failure = self.failureResultOf(d, ServiceUnavailable)
+        self.assertIn("did not answer within 3s", failure.value.message)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_idempotent_requests_retried_after_refusal(self) -> None:
+        """
+        A GET, PUT or DELETE whose connection was refused is sent again
+        after retry_delay and succeeds if the registry answers then.
+        """
+        image = self.successResultOf(self.registry.create(make_image()))
+        for method, call in (
+            ("GET", lambda c: c.get(image.id)),
+            ("PUT", lambda c: c.add_tag(image.id, "t")),
+            ("DELETE", lambda c: c.remove_tag(image.id, "t")),
+        ):
+            flaky = FlakyHTTP(self.stub, failures=1)
+            d = call(self.client(flaky, retry_delay=0.5))
+            self.assertNoResult(d)
+            self.clock.advance(0.5)
+            self.successResultOf(d)
+            self.assertEqual(flaky.methods, [method, method])
+
+    def test_post_never_retried(self) -> None:
+        """A POST whose connection failed is not sent again: ServiceUnavailable."""
+        flaky = FlakyHTTP(self.stub, failures=1)
+        image = make_image()
+        failure = self.failureResultOf(self.client(flaky).create(image))
+        self.assertIsInstance(failure.value, ServiceUnavailable)
+        self.assertIn("unreachable", failure.value.message)
+        self.assertEqual(flaky.methods, ["POST"])
+        self.failureResultOf(self.registry.get(image.id), NotFound)
+
+    def test_retries_bounded(self) -> None:
+        """
+        A registry refusing every connection fails an idempotent call after
+        1 + retries attempts with ServiceUnavailable.
+        """
+        flaky = FlakyHTTP(self.stub, failures=100)
+        d = self.client(flaky, retries=2, retry_delay=1).get(make_image().id)
+        self.clock.advance(1)
+        self.clock.advance(1)
+        self.failureResultOf(d, ServiceUnavailable)
+        self.assertEqual(flaky.methods, ["GET"] * 3)
+
+    def test_wrong_token_is_unavailable(self) -> None:
+        """
+        A registry refusing this node's token is ServiceUnavailable (the
+        node is misconfigured), never passed on as the caller's 401.
+        """
+        failure = self.failureResultOf(
+            self.client(self.stub, token="wrong").get(make_image().id)
+        )
+        self.assertIsInstance(failure.value, ServiceUnavailable)
+        self.assertIn("registry_token", failure.value.message)
+
+    def test_unencodable_path_is_bad_request(self) -> None:
+        """An id or tag that cannot be a path segment is a BadRequest, sent nowhere."""
+        flaky = FlakyHTTP(self.stub, failures=0)
+        self.failureResultOf(self.client(flaky).get(""), BadRequest)
+        self.failureResultOf(
+            self.client(flaky).add_tag(make_image().id, ""), BadRequest
+        )
+        self.assertEqual(flaky.methods, [])
