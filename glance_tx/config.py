@@ -69,6 +69,18 @@ class Config:
     #: their uploads in progress for abandoned ones.
     recover_on_start: bool = True
     cache: CacheConfig = field(factory=CacheConfig)
+    #: The registry server to use instead of the in-process SQL registry
+    #: (C{http://host:9191}); None keeps the registry in-process.
+    registry_url: str | None = None
+    #: The shared secret sent to that registry (and required by
+    #: C{glance-registry}, when set in its configuration).
+    registry_token: str | None = None
+    #: Seconds one registry call may take before it is a 503 (Glance's name;
+    #: its default, 600, would hang a node on a dead registry for minutes).
+    registry_client_timeout: float = 5.0
+    #: How often an idempotent registry call is repeated after a connection
+    #: failure.
+    registry_client_retries: int = 1
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -161,7 +173,33 @@ def load_config(
         thread_pool_size=_int(default, "thread_pool_size", 16, minimum=2),
         recover_on_start=_bool(default, "recover_on_start", True),
         cache=_cache_config(parser),
+        registry_url=_registry_url(default),
+        registry_token=default.get("registry_token") or None,
+        registry_client_timeout=_seconds(default, "registry_client_timeout", 5.0),
+        registry_client_retries=_int(default, "registry_client_retries", 1),
     )
+
+
+def _registry_url(section: Mapping[str, str]) -> str | None:
+    url = (section.get("registry_url") or "").strip().rstrip("/")
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"registry_url {url!r} is not an http(s) URL")
+    return url
+
+
+def _seconds(section: Mapping[str, str], name: str, default: float) -> float:
+    raw = section.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name} must be a finite number of seconds above 0")
+    return value
 
 
 def _cache_config(parser: configparser.ConfigParser) -> CacheConfig:

@@ -14,6 +14,8 @@ class GlanceError(Exception):
     """Base class: a refusal with a message meant for the client."""
 
     status: int = HTTPStatus.INTERNAL_SERVER_ERROR
+    #: Seconds a client is told to wait before trying again (Retry-After).
+    retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -65,7 +67,10 @@ class RangeNotSatisfiable(GlanceError):
 
 
 class ServiceUnavailable(GlanceError):
+    """A service this one needs (the registry, its database) is not answering."""
+
     status = HTTPStatus.SERVICE_UNAVAILABLE
+    retry_after = 5
 
 
 class StoreError(GlanceError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from glance_tx.config import CacheConfig, ConfigError, load_config
+from glance_tx.config import CacheConfig, Config, ConfigError, load_config
 
 
 class CacheSectionTests(SynchronousTestCase):
@@ -28,3 +28,44 @@ class CacheSectionTests(SynchronousTestCase):
                 ConfigError, self.load, f"[cache]\npurge_repeat_delay = {bad}\n"
             )
             self.assertIn("purge_repeat_delay", str(error))
+
+
+class RegistryClientOptionsTests(SynchronousTestCase):
+    """registry_url and its companions in [DEFAULT]."""
+
+    def load(self, text: str) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode("utf-8"))
+        return load_config(path.path)
+
+    def test_defaults(self) -> None:
+        """Without registry_url the registry is in-process; the bounds default."""
+        config = load_config()
+        self.assertIsNone(config.registry_url)
+        self.assertIsNone(config.registry_token)
+        self.assertEqual(config.registry_client_timeout, 5.0)
+        self.assertEqual(config.registry_client_retries, 1)
+
+    def test_set(self) -> None:
+        """Each option is read (the URL without a trailing slash)."""
+        config = self.load(
+            "[DEFAULT]\nregistry_url = http://10.0.0.5:9191/\n"
+            "registry_token = t0k\nregistry_client_timeout = 2.5\n"
+            "registry_client_retries = 0\n"
+        )
+        self.assertEqual(config.registry_url, "http://10.0.0.5:9191")
+        self.assertEqual(config.registry_token, "t0k")
+        self.assertEqual(config.registry_client_timeout, 2.5)
+        self.assertEqual(config.registry_client_retries, 0)
+
+    def test_refused(self) -> None:
+        """A URL that is not http(s), or a timeout not a finite positive number."""
+        for line in (
+            "registry_url = 10.0.0.5:9191",
+            "registry_client_timeout = 0",
+            "registry_client_timeout = inf",
+            "registry_client_timeout = soon",
+            "registry_client_retries = -1",
+        ):
+            error = self.assertRaises(ConfigError, self.load, f"[DEFAULT]\n{line}\n")
+            self.assertIn(line.split(" ")[0], str(error))

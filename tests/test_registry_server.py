@@ -9,6 +9,7 @@ SQLite registry; and the client's time bounds and retries on a L{Clock}.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -17,6 +18,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -235,9 +237,7 @@ class ServerTests(SynchronousTestCase):
     def test_unexpected_failure_is_a_500(self) -> None:
         """A bug in the registry is a 500 error document, not a traceback page."""
         server = RegistryServer(FailingRegistry(ZeroDivisionError("oops")))
-        response = self.successResultOf(
-            stub(server).get(BASE + "/images/detail")
-        )
+        response = self.successResultOf(stub(server).get(BASE + "/images/detail"))
         self.assertEqual(response.code, 500)
         body = json.loads(self.successResultOf(response.content()))
         self.assertEqual(body["error"]["type"], "GlanceError")
@@ -274,9 +274,7 @@ class ServerTests(SynchronousTestCase):
     def test_healthcheck_reports_registry_failure(self) -> None:
         """The health check is a 503 naming the error when the registry fails."""
         server = RegistryServer(FailingRegistry(ServiceUnavailable("db down")))
-        response = self.successResultOf(
-            stub(server).get(BASE + "/healthcheck")
-        )
+        response = self.successResultOf(stub(server).get(BASE + "/healthcheck"))
         self.assertEqual(response.code, 503)
         body = json.loads(self.successResultOf(response.content()))
         self.assertEqual(body["error"]["type"], "ServiceUnavailable")
@@ -394,3 +392,81 @@ class ClientTests(SynchronousTestCase):
             self.client(flaky).add_tag(make_image().id, ""), BadRequest
         )
         self.assertEqual(flaky.methods, [])
+
+
+class APIThroughRegistryTests(SynchronousTestCase):
+    """What an API node answers when its registry server is slow or down."""
+
+    def site_over(self, registry: Any, clock: Clock) -> Any:
+        from glance_tx.api.app import build_site
+        from glance_tx.store.backends import StoreMap
+        from glance_tx.store.filesystem import FilesystemStore
+        from glance_tx.threads import SynchronousRunner
+        from tests.memory_http import memory_client
+
+        runner = SynchronousRunner()
+        client = HTTPRegistryClient(
+            stub(RegistryServer(registry, token=TOKEN)), BASE, clock, token=TOKEN
+        )
+        store_dir = self.mktemp()
+        os.makedirs(store_dir)
+        stores = StoreMap({"file": FilesystemStore(store_dir, runner)}, "file")
+        site = build_site(
+            registry=client,
+            stores=stores,
+            runner=runner,
+            image_size_cap=1 << 30,
+            default_project="admin",
+            reactor=MemoryReactorClock(),
+        )
+        return memory_client(site)
+
+    def test_slow_registry_is_503_with_retry_after(self) -> None:
+        """
+        With the registry not answering, v1 and v2 requests are answered 503
+        with Retry-After and the JSON error once registry_client_timeout
+        passes: no hang, no 500.
+        """
+        clock = Clock()
+        http, agent = self.site_over(FailingRegistry(), clock)
+        for path in (
+            "/v2/images",
+            f"/v2/images/{make_image().id}",
+            "/v1/images/detail",
+        ):
+            d = http.get("http://api.example" + path)
+            agent.flush()
+            self.assertNoResult(d)
+            clock.advance(5)
+            agent.flush()
+            response = self.successResultOf(d)
+            self.assertEqual(response.code, 503, path)
+            self.assertEqual(response.headers.getRawHeaders(b"Retry-After"), [b"5"])
+            body = self.successResultOf(response.content())
+            agent.flush()
+            self.assertIn("did not answer", json.loads(body)["error"]["message"])
+
+    def test_api_over_registry_server(self) -> None:
+        """
+        An image created through the API over the HTTP registry is stored
+        in the registry behind the server, and listed back through the API.
+        """
+        registry = open_memory_registry(self)
+        http, agent = self.site_over(registry, Clock())
+        d = http.post(
+            "http://api.example/v2/images",
+            json={
+                "name": "over-http",
+                "disk_format": "raw",
+                "container_format": "bare",
+            },
+        )
+        agent.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 201)
+        listed = self.successResultOf(registry.list(ImageQuery()))
+        self.assertEqual([i.name for i in listed], ["over-http"])
+        d = http.get("http://api.example/v2/images")
+        agent.flush()
+        body = self.successResultOf(self.successResultOf(d).content())
+        self.assertEqual([i["name"] for i in json.loads(body)["images"]], ["over-http"])

@@ -51,6 +51,8 @@ def handle_glance_error(request: IRequest, failure: Failure) -> bytes:
     """Klein error handler for L{GlanceError}."""
     error = failure.value
     assert isinstance(error, GlanceError)
+    if error.retry_after is not None:
+        request.setHeader(b"Retry-After", str(error.retry_after).encode("ascii"))
     return render_error(request, error.status, error.message)
 
 

@@ -268,6 +268,8 @@ class StreamingRequest(server.Request):
             f"x-openstack-request-id: {self.request_id}",
             "Connection: close",
         ]
+        if error.retry_after is not None:
+            head.append(f"Retry-After: {error.retry_after}")
         self.code = error.status
         self.sentLength = len(body)
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)

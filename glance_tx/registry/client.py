@@ -22,7 +22,7 @@ import json
 from typing import Any
 
 from attrs import define
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -57,6 +57,30 @@ def registry_http_client(
     return HTTPClient(agent), pool
 
 
+def open_http_registry(
+    reactor: Any,
+    url: str,
+    *,
+    token: str | None = None,
+    timeout: float = 5.0,
+    retries: int = 1,
+) -> HTTPRegistryClient:
+    """
+    The client an API node uses for C{registry_url}: pooled connections,
+    connecting bounded by the same timeout as a whole call.
+    """
+    http, pool = registry_http_client(reactor, connect_timeout=timeout)
+    return HTTPRegistryClient(
+        http=http,
+        url=url,
+        clock=reactor,
+        token=token,
+        timeout=timeout,
+        retries=retries,
+        pool=pool,
+    )
+
+
 @implementer(IRegistry)
 @define
 class HTTPRegistryClient:
@@ -75,9 +99,17 @@ class HTTPRegistryClient:
     #: failure, and how long to wait first.
     retries: int = 1
     retry_delay: float = 0.2
+    #: The connection pool behind C{http}, closed by L{close}.
+    pool: HTTPConnectionPool | None = None
 
     def __attrs_post_init__(self) -> None:
         self.url = self.url.rstrip("/")
+
+    def close(self) -> Deferred[None]:
+        """Drop the pooled connections (as SQLRegistry.close drops its engine)."""
+        if self.pool is None:
+            return succeed(None)
+        return self.pool.closeCachedConnections()
 
     # -- transport -----------------------------------------------------------------
 
