@@ -26,7 +26,11 @@ class ConfigError(ValueError):
 
 @frozen
 class StoreConfig:
-    """One enabled store: its id (the INI section name), type and options."""
+    """
+    One enabled store: its id (the INI section name), type and options, as
+    written; the store's factory (L{glance_tx.store.backends}) checks them
+    and supplies defaults.
+    """
 
     id: str
     type: str
@@ -150,10 +154,6 @@ def load_config(
         # A section also shows [DEFAULT]'s keys; keep only the store's own.
         section = parser[store_id] if parser.has_section(store_id) else {}
         options = {k: v for k, v in section.items() if k not in default}
-        if store_type == "file":
-            options.setdefault(
-                "filesystem_store_datadir", os.path.join(data_dir, "images")
-            )
         stores.append(StoreConfig(id=store_id, type=store_type, options=options))
     if not stores:
         raise ConfigError("enabled_backends names no store")

@@ -104,7 +104,7 @@ class GlanceService(Service):
         registry: IRegistry = sql_registry
         if self.config.cache.purge_urls:
             registry = PurgingRegistry(sql_registry, self._start_purger(), clock=self.reactor)
-        stores = await build_store_map(self.config, self.runner)
+        stores = await build_store_map(self.config, self.runner, self.reactor)
         if self.config.recover_on_start:
             await recover(registry, stores)
         else:

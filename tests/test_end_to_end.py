@@ -18,6 +18,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from glance_tx.store.filesystem import filesystem_datadir
 from tests.live_server import (
     listening_port,
     live_config,
@@ -69,7 +70,7 @@ class ServerTestCase(TestCase):
         self.service = await start_glance_tx(config, self.addCleanup, "test")
         self.port = listening_port(self.service)
         self.base = f"http://127.0.0.1:{self.port}"
-        self.images_dir = config.store("file").options["filesystem_store_datadir"]
+        self.images_dir = filesystem_datadir(config.store("file"), config.data_dir)
 
     def setUp(self) -> Deferred[None]:
         # In-flight connections (a refused upload's client may still be

@@ -22,7 +22,7 @@ from glance_tx.config import load_config
 from glance_tx.images import Image, ImageUpdate
 from glance_tx.recovery import recover
 from glance_tx.registry.sql import open_sql_registry
-from glance_tx.store.filesystem import FilesystemStore
+from glance_tx.store.filesystem import FilesystemStore, filesystem_datadir
 from glance_tx.tap import GlanceService
 from glance_tx.threads import SynchronousRunner
 from tests.api_fixtures import SiteTestCase
@@ -105,7 +105,7 @@ class RecoverOnStartTests(TestCase):
             Image(id=str(uuid.uuid4()), status=images.QUEUED, created_at=now, updated_at=now)
         )
         await registry.update(image.id, ImageUpdate(fields={"status": images.SAVING}))
-        store = FilesystemStore(config.store("file").options["filesystem_store_datadir"], runner)
+        store = FilesystemStore(filesystem_datadir(config.store("file"), config.data_dir), runner)
         writer = await store.open_writer(image.id)
         writer.write(b"partial")
         self.addCleanup(writer.abort)

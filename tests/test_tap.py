@@ -8,6 +8,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from glance_tx.config import ONE_TIB, Config, ConfigError, load_config
+from glance_tx.store.filesystem import filesystem_datadir
 from glance_tx.tap import GlanceService, Options, makeService
 
 
@@ -22,8 +23,11 @@ class OptionsTests(SynchronousTestCase):
         self.assertTrue(config.sql_connection.startswith("sqlite:///"))
         self.assertEqual(config.image_size_cap, ONE_TIB)
         self.assertEqual(config.default_backend, "file")
+        self.assertEqual(config.store("file").type, "file")
         self.assertTrue(
-            config.store("file").options["filesystem_store_datadir"].endswith("glance-data/images")
+            filesystem_datadir(config.store("file"), config.data_dir).endswith(
+                "glance-data/images"
+            )
         )
 
     def test_config_file_and_command_line(self) -> None:

@@ -1,5 +1,7 @@
 """
-The enabled stores, by id and by the scheme of the locations they own.
+The enabled stores, by id and by the scheme of the locations they own,
+and how they are built: one factory per store type (see
+L{glance_tx.store.factory}), registered in L{STORE_FACTORIES}.
 
 An upload goes to a named store (or the default one); a download or delete
 goes to whichever store owns the image's location.
@@ -7,26 +9,57 @@ goes to whichever store owns the image's location.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from attrs import field, frozen
+from treq.client import HTTPClient
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from glance_tx.config import Config, ConfigError
 from glance_tx.errors import BadRequest, StoreError
+from glance_tx.store.factory import StoreFactory, StoreServices
+from glance_tx.store.filesystem import make_filesystem_store
 from glance_tx.store.interface import IStore
 from glance_tx.threads import BlockingRunner
 
+__all__ = ["STORE_FACTORIES", "StoreInfo", "StoreMap", "build_store_map"]
 
-def _frozen(value: Mapping[str, IStore]) -> Mapping[str, IStore]:
+#: The factory of each store type, as C{enabled_backends} names it.
+STORE_FACTORIES: Mapping[str, StoreFactory] = {
+    "file": make_filesystem_store,
+}
+
+
+def _frozen(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return dict(value)
 
 
 @frozen
+class StoreInfo:
+    """One enabled store as C{/v2/info/stores} describes it."""
+
+    id: str
+    type: str
+    description: str | None
+    default: bool
+
+
+@frozen
 class StoreMap:
+    """
+    The enabled stores by id, with the default one.
+
+    @ivar types: Each store's type (C{file}, C{s3}, ...); a store missing
+        here is described by its URI scheme.
+    @ivar descriptions: Each store's C{store_description}, where it has one.
+    """
+
     stores: Mapping[str, IStore] = field(converter=_frozen)
     default_id: str
+    types: Mapping[str, str] = field(factory=dict, converter=_frozen)
+    descriptions: Mapping[str, str] = field(factory=dict, converter=_frozen)
 
     def __attrs_post_init__(self) -> None:
         if self.default_id not in self.stores:
@@ -56,19 +89,64 @@ class StoreMap:
                 return store
         raise StoreError(f"No enabled store serves {scheme!r} locations")
 
-
-async def build_store_map(config: Config, runner: BlockingRunner) -> StoreMap:
-    """Make every enabled store from its config section."""
-    from glance_tx.store.filesystem import FilesystemStore
-
-    stores: dict[str, IStore] = {}
-    for store_config in config.stores:
-        if store_config.type == "file":
-            root = store_config.options["filesystem_store_datadir"]
-            await runner.run(os.makedirs, root, exist_ok=True)
-            stores[store_config.id] = FilesystemStore(root, runner)
-        else:
-            raise ConfigError(
-                f"store {store_config.id!r} has unknown type {store_config.type!r}"
+    def info(self) -> tuple[StoreInfo, ...]:
+        """Every enabled store, in the order C{enabled_backends} names them."""
+        return tuple(
+            StoreInfo(
+                id=store_id,
+                type=self.types.get(store_id, store.scheme),
+                description=self.descriptions.get(store_id),
+                default=store_id == self.default_id,
             )
-    return StoreMap(stores, config.default_backend)
+            for store_id, store in self.stores.items()
+        )
+
+
+def _http_client(reactor: Any) -> HTTPClient:
+    """
+    A client for the stores' requests. Connections are not kept: a store's
+    requests carry megabytes each, so a new connection costs little, and
+    none is left open at shutdown.
+    """
+    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+async def build_store_map(
+    config: Config,
+    runner: BlockingRunner,
+    reactor: Any,
+    http_client: HTTPClient | None = None,
+    factories: Mapping[str, StoreFactory] = STORE_FACTORIES,
+) -> StoreMap:
+    """
+    Make every enabled store from its config section, through the factory
+    of its type.
+
+    @raise ConfigError: a store of a type no factory builds, or whatever
+        its factory refuses.
+    """
+    services = StoreServices(
+        runner=runner,
+        reactor=reactor,
+        http_client=http_client or _http_client(reactor),
+        data_dir=config.data_dir,
+    )
+    stores: dict[str, IStore] = {}
+    descriptions: dict[str, str] = {}
+    for store_config in config.stores:
+        factory = factories.get(store_config.type)
+        if factory is None:
+            raise ConfigError(
+                f"store {store_config.id!r} has unknown type {store_config.type!r}; "
+                "known types are " + ", ".join(sorted(factories))
+            )
+        stores[store_config.id] = await factory(store_config, services)
+        description = store_config.options.get("store_description")
+        if description:
+            descriptions[store_config.id] = description
+    return StoreMap(
+        stores,
+        config.default_backend,
+        types={s.id: s.type for s in config.stores},
+        descriptions=descriptions,
+    )

@@ -40,9 +40,11 @@ from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from glance_tx.backpressure import Watermarks
+from glance_tx.config import StoreConfig
 from glance_tx.errors import BadRequest, NotFound, StoreError
 from glance_tx.images import validate_image_id
 from glance_tx.store.describe import describe
+from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
 from glance_tx.store.reader import BlockProducer, IBlockSource
 from glance_tx.store.writer import IWriteBackend, StoreWriter
@@ -53,6 +55,8 @@ __all__ = [
     "DEFAULT_HIGH_WATERMARK",
     "DEFAULT_LOW_WATERMARK",
     "FilesystemStore",
+    "filesystem_datadir",
+    "make_filesystem_store",
 ]
 
 MiB = 1024 * 1024
@@ -276,6 +280,28 @@ def _discard(f: IO[bytes], partial: str, final: str | None) -> None:
 
 def _close(f: IO[bytes]) -> None:
     f.close()
+
+
+# Building the store from its config section.
+
+
+def filesystem_datadir(config: StoreConfig, data_dir: str) -> str:
+    """
+    The directory of a filesystem store: its C{filesystem_store_datadir},
+    by default C{images} under the service's data directory.
+    """
+    return config.options.get("filesystem_store_datadir") or os.path.join(
+        data_dir, "images"
+    )
+
+
+async def make_filesystem_store(
+    config: StoreConfig, services: StoreServices
+) -> FilesystemStore:
+    """The L{glance_tx.store.factory.StoreFactory} of C{file} stores."""
+    root = filesystem_datadir(config, services.data_dir)
+    await services.runner.run(os.makedirs, root, exist_ok=True)
+    return FilesystemStore(root, services.runner)
 
 
 # Reactor-side objects.
