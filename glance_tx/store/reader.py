@@ -11,7 +11,7 @@ consumer and streams the blocks to it with backpressure.
 from __future__ import annotations
 
 from attrs import field, mutable
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -20,7 +20,7 @@ from zope.interface import Interface, implementer
 from glance_tx.errors import GlanceError, StoreError
 from glance_tx.store.describe import describe
 
-__all__ = ["BlockProducer", "IBlockSource"]
+__all__ = ["BlockProducer", "IBlockSource", "NoBytes"]
 
 _log = Logger()
 
@@ -43,6 +43,20 @@ class IBlockSource(Interface):
 
     def close() -> Deferred[None]:
         """Release what the read holds (a file, a connection)."""
+
+
+@implementer(IBlockSource)
+class NoBytes:
+    """
+    The source of a read that has nothing to give (a length of 0, an
+    offset at or past the end), for a store that need open nothing then.
+    """
+
+    def read_block(self, size: int) -> Deferred[bytes]:
+        return succeed(b"")
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
 
 
 @implementer(IPushProducer)

@@ -1,0 +1,152 @@
+"""
+A network store's response body as an L{IBlockSource}, so that its reads
+go through the shared L{glance_tx.store.reader.BlockProducer}.
+
+The body arrives as fast as the backend sends it; the client may read
+slower. What has arrived is held until the producer asks for it, and the
+response's connection is paused while more than the high watermark is
+held (L{glance_tx.backpressure}), so memory stays at about two blocks
+whatever the image size and however slow the client.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IResponse
+from zope.interface import implementer
+
+from glance_tx.backpressure import PauseGate, Watermarks
+from glance_tx.errors import StoreError
+from glance_tx.store.reader import IBlockSource
+
+__all__ = ["ResponseBlocks", "response_blocks"]
+
+#: The L{PauseGate} reason for more held than the high watermark.
+_HELD = "held"
+
+
+@implementer(IBlockSource)
+class ResponseBlocks(Protocol):
+    """
+    Receives a response body (as the protocol given to C{deliverBody}) and
+    hands it out a block at a time (as an L{IBlockSource}).
+
+    @param watermarks: When to pause the connection for bytes held.
+    @param origin: What the bytes come from, for errors (C{"the S3 store
+        'bulk'"}); it must carry no credential.
+    """
+
+    def __init__(self, watermarks: Watermarks, origin: str) -> None:
+        self._watermarks = watermarks
+        self._origin = origin
+        self._gate = PauseGate()
+        self._held: deque[bytes] = deque()
+        self._held_bytes = 0
+        self._ended: Failure | None = None
+        self._waiting: tuple[Deferred[bytes], int] | None = None
+        self._closed: Deferred[None] | None = None
+
+    # Protocol: the response body
+
+    def makeConnection(self, transport: Any) -> None:
+        # The transport of a response body is a push producer for the
+        # connection (twisted.web.client's TransportProxyProducer).
+        self._gate.attach(cast(IPushProducer, transport))
+        super().makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed is not None:
+            return  # no longer wanted
+        self._held.append(data)
+        self._held_bytes += len(data)
+        self._flow()
+        self._answer()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._ended = reason or Failure(ResponseDone())
+        self._gate.detach()
+        self._answer()
+        if self._closed is not None and not self._closed.called:
+            self._closed.callback(None)
+
+    # IBlockSource
+
+    def read_block(self, size: int) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self._waiting = (d, size)
+        self._answer()
+        return d
+
+    def close(self) -> Deferred[None]:
+        """
+        Drop the rest of the body, stopping the connection if the body is
+        still coming, and fire once the response is over: the connection is
+        then back in its pool, or closed, before the read reports done.
+        """
+        self._held.clear()
+        self._held_bytes = 0
+        if self._ended is not None:
+            return succeed(None)
+        self._closed = Deferred()
+        producer = self._gate.producer
+        if producer is not None:
+            producer.stopProducing()
+        return self._closed
+
+    # Internals
+
+    def _flow(self) -> None:
+        self._watermarks.apply(self._gate, _HELD, self._held_bytes)
+
+    def _answer(self) -> None:
+        if self._waiting is None:
+            return
+        d, size = self._waiting
+        if self._held:
+            self._waiting = None
+            block = self._take(size)
+            self._flow()
+            d.callback(block)
+        elif self._ended is not None:
+            self._waiting = None
+            if self._ended.check(ResponseDone, PotentialDataLoss):
+                d.callback(b"")  # the producer knows whether that is early
+            else:
+                d.errback(
+                    StoreError(
+                        f"The response from {self._origin} was cut short: "
+                        f"{self._ended.getErrorMessage()}"
+                    )
+                )
+
+    def _take(self, size: int) -> bytes:
+        parts: list[bytes] = []
+        taken = 0
+        while self._held and taken < size:
+            chunk = self._held.popleft()
+            if taken + len(chunk) > size:
+                chunk, rest = chunk[: size - taken], chunk[size - taken :]
+                self._held.appendleft(rest)
+            parts.append(chunk)
+            taken += len(chunk)
+        self._held_bytes -= taken
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def response_blocks(response: IResponse, block_size: int, origin: str) -> ResponseBlocks:
+    """
+    Start receiving C{response}'s body for reading in C{block_size} blocks:
+    the connection is paused while more than two blocks are held and
+    resumed once no more than one is.
+    """
+    blocks = ResponseBlocks(Watermarks(high=2 * block_size, low=block_size), origin)
+    response.deliverBody(blocks)
+    return blocks
