@@ -122,9 +122,12 @@ def load_config(
     *,
     endpoint: str | None = None,
     data_dir: str | None = None,
+    default_port: int = DEFAULT_BIND_PORT,
 ) -> Config:
     """
     Read C{path} (if given) and apply command-line overrides.
+    C{default_port} is the port without C{bind_port} (9191 for
+    C{glance-registry}).
 
     @raise ConfigError: an unreadable file or an invalid value.
     """
@@ -140,7 +143,7 @@ def load_config(
     data_dir = os.path.abspath(data_dir or default.get("data_dir") or DEFAULT_DATA_DIR)
     if endpoint is None:
         host = default.get("bind_host", DEFAULT_BIND_HOST)
-        port = _int(default, "bind_port", DEFAULT_BIND_PORT)
+        port = _int(default, "bind_port", default_port)
         endpoint = f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
 
     stores = []
