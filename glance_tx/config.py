@@ -85,6 +85,9 @@ class Config:
     #: How often an idempotent registry call is repeated after a connection
     #: failure.
     registry_client_retries: int = 1
+    #: PEM file of the authority that signed an https registry's
+    #: certificate (Glance's name); None trusts the system's authorities.
+    registry_client_ca_file: str | None = None
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -180,6 +183,7 @@ def load_config(
         registry_token=default.get("registry_token") or None,
         registry_client_timeout=_seconds(default, "registry_client_timeout", 5.0),
         registry_client_retries=_int(default, "registry_client_retries", 1),
+        registry_client_ca_file=default.get("registry_client_ca_file") or None,
     )
 
 

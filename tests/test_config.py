@@ -52,11 +52,13 @@ class RegistryClientOptionsTests(SynchronousTestCase):
             "[DEFAULT]\nregistry_url = http://10.0.0.5:9191/\n"
             "registry_token = t0k\nregistry_client_timeout = 2.5\n"
             "registry_client_retries = 0\n"
+            "registry_client_ca_file = /etc/glance-tx/ca.pem\n"
         )
         self.assertEqual(config.registry_url, "http://10.0.0.5:9191")
         self.assertEqual(config.registry_token, "t0k")
         self.assertEqual(config.registry_client_timeout, 2.5)
         self.assertEqual(config.registry_client_retries, 0)
+        self.assertEqual(config.registry_client_ca_file, "/etc/glance-tx/ca.pem")
 
     def test_refused(self) -> None:
         """A URL that is not http(s), or a timeout not a finite positive number."""

@@ -18,12 +18,17 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import WrappingFactory
+from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
 from glance_tx.errors import NotFound, ServiceUnavailable
-from glance_tx.registry.client import HTTPRegistryClient, registry_http_client
+from glance_tx.registry.client import (
+    HTTPRegistryClient,
+    open_http_registry,
+    registry_http_client,
+)
 from glance_tx.registry.server import RegistryServer
 from glance_tx.registry.sql import open_sql_registry
 from glance_tx.threads import ThreadPoolRunner
@@ -173,3 +178,116 @@ class AvailabilityTests(_RealSocketHarness):
         except NotFound:
             return
         self.fail("expected NotFound")
+
+
+def write_tls_files(directory: FilePath[str]) -> tuple[bytes, str, str]:
+    """
+    A certificate authority and a server certificate it signed for
+    localhost and 127.0.0.1; returns the CA's PEM and the paths of the
+    server's key and certificate.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("glance-tx test CA"))
+        .issuer_name(name("glance-tx test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_path = directory.child("server.key")
+    key_path.setContent(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path = directory.child("server.crt")
+    cert_path.setContent(cert.public_bytes(serialization.Encoding.PEM))
+    return ca.public_bytes(serialization.Encoding.PEM), key_path.path, cert_path.path
+
+
+class TLSTests(_RealSocketHarness):
+    """The registry behind TLS, given by a Twisted endpoint string."""
+
+    async def serve_tls(self) -> tuple[int, bytes]:
+        from twisted.internet.endpoints import serverFromString
+
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        ca, key, cert = write_tls_files(directory)
+        url = f"sqlite:///{os.path.abspath(self.mktemp())}"
+        registry = await open_sql_registry(url, self.runner)
+        self.addCleanup(registry.close)
+        site = Site(RegistryServer(registry, token=TOKEN).resource())
+        endpoint = serverFromString(
+            self.reactor,
+            f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+        )
+        listening = await endpoint.listen(site)
+        self.addCleanup(listening.stopListening)
+        return listening.getHost().port, ca
+
+    async def test_https_with_the_registrys_authority(self) -> None:
+        """
+        A client trusting the authority that signed the registry's
+        certificate (registry_client_ca_file) works over https, by name and
+        by address.
+        """
+        port, ca = await self.serve_tls()
+        for host in ("localhost", "127.0.0.1"):
+            client = open_http_registry(
+                self.reactor, f"https://{host}:{port}", token=TOKEN, ca_certificate=ca
+            )
+            self.addCleanup(client.close)
+            image = await client.create(make_image())
+            self.assertEqual(await client.get(image.id), image)
+
+    async def test_https_untrusted_certificate_is_unavailable(self) -> None:
+        """
+        A client that does not trust the registry's certificate refuses it:
+        ServiceUnavailable (never a 500, never a call sent in the clear).
+        """
+        port, _ = await self.serve_tls()
+        client = open_http_registry(
+            self.reactor, f"https://localhost:{port}", token=TOKEN, timeout=3
+        )
+        self.addCleanup(client.close)
+        with self.assertRaises(ServiceUnavailable):
+            await client.ping()

@@ -29,7 +29,7 @@ from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived
 from zope.interface import implementer
 
-from glance_tx.errors import ServiceUnavailable
+from glance_tx.errors import GlanceError, ServiceUnavailable
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Member
 from glance_tx.registry import wire
 from glance_tx.registry.interface import IRegistry
@@ -42,18 +42,33 @@ _UNREACHABLE = (ConnectError, ConnectingCancelledError, ResponseNeverReceived)
 
 
 def registry_http_client(
-    reactor: Any, *, connect_timeout: float, persistent: int = 8
+    reactor: Any,
+    *,
+    connect_timeout: float,
+    persistent: int = 8,
+    ca_certificate: bytes | None = None,
 ) -> tuple[Any, HTTPConnectionPool]:
     """
     A treq client for one registry with a persistent connection pool, and
-    the pool (for C{closeCachedConnections} at shutdown).
+    the pool (for C{closeCachedConnections} at shutdown). For C{https}
+    registries, C{ca_certificate} (PEM) is the only authority trusted;
+    without it, the system's are.
     """
     from treq.client import HTTPClient
-    from twisted.web.client import Agent
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
     pool = HTTPConnectionPool(reactor)
     pool.maxPersistentPerHost = persistent
-    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+    policy = BrowserLikePolicyForHTTPS()
+    if ca_certificate is not None:
+        from twisted.internet.ssl import Certificate
+
+        policy = BrowserLikePolicyForHTTPS(
+            trustRoot=Certificate.loadPEM(ca_certificate)
+        )
+    agent = Agent(
+        reactor, contextFactory=policy, connectTimeout=connect_timeout, pool=pool
+    )
     return HTTPClient(agent), pool
 
 
@@ -64,12 +79,15 @@ def open_http_registry(
     token: str | None = None,
     timeout: float = 5.0,
     retries: int = 1,
+    ca_certificate: bytes | None = None,
 ) -> HTTPRegistryClient:
     """
     The client an API node uses for C{registry_url}: pooled connections,
     connecting bounded by the same timeout as a whole call.
     """
-    http, pool = registry_http_client(reactor, connect_timeout=timeout)
+    http, pool = registry_http_client(
+        reactor, connect_timeout=timeout, ca_certificate=ca_certificate
+    )
     return HTTPRegistryClient(
         http=http,
         url=url,
@@ -132,6 +150,15 @@ class HTTPRegistryClient:
                     continue
                 raise ServiceUnavailable(
                     f"The registry at {self.url} is unreachable: {_reason(e)}"
+                ) from None
+            except GlanceError:
+                raise
+            except Exception as e:
+                # Anything else on the way (a TLS handshake refused, a
+                # malformed response) is the registry not being usable,
+                # never the caller's error or a 500.
+                raise ServiceUnavailable(
+                    f"The registry at {self.url} failed: {_reason(e)}"
                 ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
