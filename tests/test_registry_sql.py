@@ -55,14 +55,13 @@ from glance_tx.images import (
     Viewer,
 )
 from glance_tx.registry.schema import UTCDateTime, metadata
-from glance_tx.registry.sql import (
+from glance_tx.registry.sql import SQLRegistry, open_sql_registry
+from glance_tx.registry.sql.engine import (
     SCHEMA_REVISION,
-    SQLRegistry,
     create_registry_engine,
     current_revision,
     downgrade,
     head_revision,
-    open_sql_registry,
     upgrade,
 )
 from glance_tx.threads import SynchronousRunner, ThreadPoolRunner

@@ -1,7 +1,7 @@
 """
 Alembic environment for the registry.
 
-Migrations are run from code (L{glance_tx.registry.sql.upgrade}), never from
+Migrations are run from code (L{glance_tx.registry.sql.engine.upgrade}), never from
 the alembic command line: the caller opens the connection, on a thread that
 may block, and passes it in C{config.attributes["connection"]}.
 """

@@ -1,0 +1,522 @@
+"""
+L{IRegistry} on a SQL database: SQLite by default, PostgreSQL to scale out.
+
+SQLAlchemy Core is blocking, so every statement runs inside a callable handed
+to a L{BlockingRunner}: a thread pool in production, the calling thread in
+tests. Nothing here touches the database on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from attrs import define, evolve, field
+from sqlalchemy import Connection, Engine, RowMapping, delete, false, insert, select
+from sqlalchemy import update as sql_update
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError, OperationalError
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from glance_tx.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from glance_tx.images import (
+    DELETED,
+    KILLED,
+    MEMBER_STATUSES,
+    STATUSES,
+    Image,
+    ImageQuery,
+    ImageUpdate,
+    Member,
+    check_transition,
+)
+from glance_tx.registry.interface import IRegistry
+from glance_tx.registry.schema import (
+    image_locations,
+    image_members,
+    image_properties,
+    image_tags,
+    images,
+)
+from glance_tx.registry.sql.engine import is_memory_sqlite, open_engine, transaction
+from glance_tx.registry.sql.query import (
+    filter_conditions,
+    scope_condition,
+    segments,
+    sort_keys,
+)
+from glance_tx.registry.sql.rows import (
+    CORE_FIELDS,
+    already_member,
+    check_member_id,
+    check_member_type,
+    check_record,
+    check_tag,
+    found_member,
+    insert_tag,
+    live_image,
+    load_images,
+    lock_live_image,
+    member_from_row,
+    member_row,
+    not_member,
+    write_locations,
+    write_properties,
+    write_tags,
+)
+from glance_tx.threads import BlockingRunner
+
+T = TypeVar("T")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def open_sql_registry(
+    url: str | URL,
+    runner: BlockingRunner,
+    *,
+    now: Callable[[], datetime] = _utcnow,
+    engine_options: Mapping[str, Any] | None = None,
+) -> SQLRegistry:
+    """
+    Connect to the database at C{url}, migrate it to the current schema and
+    return a registry over it. Everything blocking runs through C{runner}.
+
+    C{sqlite:///path} is a file database, C{sqlite://} an in-memory one (for
+    tests), C{postgresql+psycopg://user@host/db} PostgreSQL.
+    """
+    engine = await runner.run(open_engine, url, dict(engine_options or {}))
+    return SQLRegistry(engine, runner, now=now)
+
+
+# -- the registry --------------------------------------------------------------
+
+
+@implementer(IRegistry)
+@define
+class SQLRegistry:
+    """
+    Image records in SQL tables (see L{glance_tx.registry.schema}).
+
+    Build one with L{open_sql_registry}, which also migrates the database.
+    A registry over an in-memory SQLite database serializes its work, since
+    all threads share the one connection.
+    """
+
+    engine: Engine
+    runner: BlockingRunner
+    now: Callable[[], datetime] = _utcnow
+    #: On SQLite, a property or tag filter that at most this many images
+    #: match is served from the index on its value (see
+    #: C{_child_condition} in L{glance_tx.registry.sql.query}).
+    rare_filter_images: int = 1000
+    _lock: AbstractContextManager[Any] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if is_memory_sqlite(self.engine.url):
+            self._lock = threading.Lock()
+        else:
+            self._lock = nullcontext()
+
+    # IRegistry
+
+    def create(self, image: Image) -> Deferred[Image]:
+        return self._run(self._create, image)
+
+    def get(self, image_id: str, include_deleted: bool = False) -> Deferred[Image]:
+        return self._run(self._get, image_id, include_deleted)
+
+    def list(self, query: ImageQuery) -> Deferred[builtins.list[Image]]:
+        return self._run(self._list, query)
+
+    def update(
+        self,
+        image_id: str,
+        update: ImageUpdate,
+        expected_status: frozenset[str] | None = None,
+    ) -> Deferred[Image]:
+        return self._run(self._update, image_id, update, expected_status)
+
+    def delete(self, image_id: str) -> Deferred[Image]:
+        return self._run(self._delete, image_id)
+
+    def all_locations(self) -> Deferred[frozenset[str]]:
+        return self._run(self._all_locations)
+
+    def add_tag(self, image_id: str, tag: str) -> Deferred[Image]:
+        """
+        Tag the image (already tagged: no change) and fire with the record;
+        C{updated_at} moves only if the tag is new. NotFound for an unknown
+        or deleted image, BadRequest for a tag the table cannot hold.
+
+        One row is inserted, not the tag set rewritten, so concurrent calls
+        for one image cannot undo each other (as a read of the image and an
+        C{update} of its whole tag set would).
+        """
+        return self._run(self._add_tag, image_id, tag)
+
+    def remove_tag(self, image_id: str, tag: str) -> Deferred[Image]:
+        """
+        Untag the image, bump C{updated_at} and fire with the record; one
+        row deleted, as L{add_tag}. NotFound for an unknown or deleted
+        image, or a tag it does not have.
+        """
+        return self._run(self._remove_tag, image_id, tag)
+
+    def add_member(self, image_id: str, member_id: str) -> Deferred[Member]:
+        return self._run(self._add_member, image_id, member_id)
+
+    def get_member(self, image_id: str, member_id: str) -> Deferred[Member]:
+        return self._run(self._get_member, image_id, member_id)
+
+    def list_members(self, image_id: str) -> Deferred[builtins.list[Member]]:
+        return self._run(self._list_members, image_id)
+
+    def update_member(
+        self, image_id: str, member_id: str, status: str
+    ) -> Deferred[Member]:
+        return self._run(self._update_member, image_id, member_id, status)
+
+    def remove_member(self, image_id: str, member_id: str) -> Deferred[None]:
+        return self._run(self._remove_member, image_id, member_id)
+
+    def ping(self) -> Deferred[None]:
+        return self._run(self._ping)
+
+    def close(self) -> Deferred[None]:
+        """Close the database connections (the registry is unusable after)."""
+        return self.runner.run(self.engine.dispose)
+
+    # plumbing
+
+    def _run(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
+        return self.runner.run(self._blocking, f, *args)
+
+    def _blocking(self, f: Callable[..., T], *args: Any) -> T:
+        """Runs on the runner's thread: the only way into the database."""
+        try:
+            with self._lock:
+                return f(*args)
+        except OperationalError as e:
+            raise ServiceUnavailable(
+                "The image registry database is unavailable"
+            ) from e
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        """A transaction that will write (on SQLite, it takes the lock first)."""
+        return transaction(self.engine, write=True)
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        return transaction(self.engine, write=False)
+
+    def _after(self, previous: datetime) -> datetime:
+        """
+        The next C{updated_at}: now, but always later than C{previous}
+        (another node's clock, or this one's, may be behind).
+        """
+        return max(self.now(), previous + timedelta(microseconds=1))
+
+    # blocking implementations
+
+    def _create(self, image: Image) -> Image:
+        check_record(image)
+        with self._write() as connection:
+            taken = connection.execute(
+                select(images.c.id).where(images.c.id == image.id)
+            ).first()
+            if taken is not None:
+                raise Conflict(f"An image with ID {image.id} already exists")
+            try:
+                connection.execute(
+                    insert(images), {name: getattr(image, name) for name in CORE_FIELDS}
+                )
+            except IntegrityError:
+                raise Conflict(f"An image with ID {image.id} already exists") from None
+            write_properties(connection, image.id, image.properties)
+            write_locations(connection, image.id, image.locations)
+            write_tags(connection, image.id, image.tags)
+            return self._fetch(connection, image.id, include_deleted=True)
+
+    def _get(self, image_id: str, include_deleted: bool) -> Image:
+        with self._read() as connection:
+            return self._fetch(connection, image_id, include_deleted)
+
+    def _fetch(
+        self,
+        connection: Connection,
+        image_id: str,
+        include_deleted: bool,
+        for_update: bool = False,
+    ) -> Image:
+        statement = select(images).where(images.c.id == image_id)
+        if for_update:
+            statement = statement.with_for_update()
+        row = connection.execute(statement).mappings().first()
+        if row is None or (row["deleted"] and not include_deleted):
+            raise NotFound(f"No image found with ID {image_id}")
+        return load_images(connection, [row])[0]
+
+    def _list(self, query: ImageQuery) -> builtins.list[Image]:
+        keys = sort_keys(query.sort)
+        scope = scope_condition(query)
+        with self._read() as connection:
+            marker: Sequence[Any] | None = None
+            if query.marker is not None:
+                # The marker must be an image this listing's scope shows; it
+                # need not match the filters (it may have been renamed since).
+                found = connection.execute(
+                    select(*(key.column for key in keys)).where(
+                        images.c.id == query.marker,
+                        images.c.deleted == false(),
+                        scope,
+                    )
+                ).first()
+                if found is None:
+                    raise BadRequest(f"Invalid marker: image {query.marker} not found")
+                marker = tuple(found)
+            conditions = filter_conditions(connection, query, scope, self.rare_filter_images)
+            order_by = [
+                key.order_by(leading=index == 0) for index, key in enumerate(keys)
+            ]
+            rows: builtins.list[RowMapping] = []
+            row_values = connection.dialect.name == "postgresql"
+            for segment in segments(keys, marker, row_values):
+                wanted = query.limit - len(rows)
+                if wanted <= 0:
+                    break
+                rows.extend(
+                    connection.execute(
+                        select(images)
+                        .where(*conditions, segment)
+                        .order_by(*order_by)
+                        .limit(wanted)
+                    ).mappings()
+                )
+            return load_images(connection, rows)
+
+    def _update(
+        self,
+        image_id: str,
+        change: ImageUpdate,
+        expected_status: frozenset[str] | None,
+    ) -> Image:
+        with self._write() as connection:
+            current = self._fetch(connection, image_id, False, for_update=True)
+            if expected_status is not None and current.status not in expected_status:
+                raise Conflict(
+                    f"Image {image_id} is {current.status}, not "
+                    + " or ".join(sorted(expected_status))
+                )
+            fields = dict(change.fields)
+            if "status" in fields:
+                if fields["status"] not in STATUSES:
+                    raise BadRequest(f"Invalid status {fields['status']!r}")
+                check_transition(current.status, fields["status"])
+            if isinstance(fields.get("locations"), str | bytes):
+                raise BadRequest("locations must be a list of URLs")
+            properties = {} if change.purge_properties else dict(current.properties)
+            for key, value in change.properties.items():
+                if value is None:
+                    properties.pop(key, None)
+                else:
+                    properties[key] = value
+            now = self._after(current.updated_at)
+            try:
+                new = evolve(
+                    current,
+                    **fields,
+                    properties=properties,
+                    tags=current.tags if change.tags is None else change.tags,
+                    updated_at=now,
+                )
+            except TypeError as e:
+                raise BadRequest(f"Invalid image update: {e}") from None
+            if new.status == DELETED:
+                new = evolve(new, deleted=True, deleted_at=now, locations=())
+            check_record(new)
+            self._store_changes(connection, current, new)
+            return self._fetch(connection, image_id, include_deleted=True)
+
+    def _store_changes(self, connection: Connection, old: Image, new: Image) -> None:
+        connection.execute(
+            sql_update(images)
+            .where(images.c.id == old.id)
+            .values({name: getattr(new, name) for name in CORE_FIELDS if name != "id"})
+        )
+        gone = {
+            key
+            for key, value in old.properties.items()
+            if new.properties.get(key) != value
+        }
+        if gone:
+            connection.execute(
+                delete(image_properties).where(
+                    image_properties.c.image_id == old.id,
+                    image_properties.c.name.in_(sorted(gone)),
+                )
+            )
+        write_properties(
+            connection,
+            old.id,
+            {k: v for k, v in new.properties.items() if old.properties.get(k) != v},
+        )
+        if new.locations != old.locations:
+            connection.execute(
+                delete(image_locations).where(image_locations.c.image_id == old.id)
+            )
+            write_locations(connection, old.id, new.locations)
+        if new.tags != old.tags:
+            connection.execute(
+                delete(image_tags).where(image_tags.c.image_id == old.id)
+            )
+            write_tags(connection, old.id, new.tags)
+
+    def _delete(self, image_id: str) -> Image:
+        with self._write() as connection:
+            current = self._fetch(connection, image_id, False, for_update=True)
+            check_transition(current.status, DELETED)
+            now = self._after(current.updated_at)
+            new = evolve(
+                current,
+                status=DELETED,
+                deleted=True,
+                deleted_at=now,
+                updated_at=now,
+                locations=(),
+            )
+            self._store_changes(connection, current, new)
+            return self._fetch(connection, image_id, include_deleted=True)
+
+    def _all_locations(self) -> frozenset[str]:
+        with self._read() as connection:
+            return frozenset(
+                connection.execute(
+                    select(image_locations.c.url)
+                    .join(images, images.c.id == image_locations.c.image_id)
+                    .where(images.c.deleted == false(), images.c.status != KILLED)
+                ).scalars()
+            )
+
+    def _ping(self) -> None:
+        with self._read() as connection:
+            connection.execute(select(1)).scalar_one()
+
+    # tags: each call is one transaction that first locks the image's row,
+    # so changes to one image (tags, update, delete) happen one after the
+    # other, and a tag never lands on an image deleted meanwhile.
+
+    def _add_tag(self, image_id: str, tag: str) -> Image:
+        check_tag(tag)
+        with self._write() as connection:
+            updated_at = lock_live_image(connection, image_id)
+            if insert_tag(connection, image_id, tag):
+                self._touch(connection, image_id, updated_at)
+            return self._fetch(connection, image_id, include_deleted=False)
+
+    def _remove_tag(self, image_id: str, tag: str) -> Image:
+        if not isinstance(tag, str):
+            raise BadRequest("A tag must be a string")
+        with self._write() as connection:
+            updated_at = lock_live_image(connection, image_id)
+            removed = connection.execute(
+                delete(image_tags).where(
+                    image_tags.c.image_id == image_id, image_tags.c.value == tag
+                )
+            ).rowcount
+            if not removed:
+                raise NotFound(f"Tag {tag!r} not found on image {image_id}")
+            self._touch(connection, image_id, updated_at)
+            return self._fetch(connection, image_id, include_deleted=False)
+
+    def _touch(
+        self, connection: Connection, image_id: str, updated_at: datetime
+    ) -> None:
+        connection.execute(
+            sql_update(images)
+            .where(images.c.id == image_id)
+            .values(updated_at=self._after(updated_at))
+        )
+
+    # memberships: each call is one transaction; the image must exist and
+    # not be deleted (a deleted image's memberships are kept but not found).
+
+    def _add_member(self, image_id: str, member_id: str) -> Member:
+        check_member_id(member_id)
+        with self._write() as connection:
+            live_image(connection, image_id, lock=True)
+            if member_row(connection, image_id, member_id) is not None:
+                raise already_member(image_id, member_id)
+            now = self.now()
+            try:
+                connection.execute(
+                    insert(image_members),
+                    {
+                        "image_id": image_id,
+                        "member_id": member_id,
+                        "status": "pending",
+                        "created_at": now,
+                        "updated_at": now,
+                    },
+                )
+            except IntegrityError:
+                raise already_member(image_id, member_id) from None
+            return found_member(connection, image_id, member_id)
+
+    def _get_member(self, image_id: str, member_id: str) -> Member:
+        check_member_type(member_id)
+        with self._read() as connection:
+            live_image(connection, image_id)
+            return found_member(connection, image_id, member_id)
+
+    def _list_members(self, image_id: str) -> builtins.list[Member]:
+        with self._read() as connection:
+            live_image(connection, image_id)
+            return [
+                member_from_row(row)
+                for row in connection.execute(
+                    select(image_members)
+                    .where(image_members.c.image_id == image_id)
+                    .order_by(image_members.c.created_at, image_members.c.id)
+                ).mappings()
+            ]
+
+    def _update_member(self, image_id: str, member_id: str, status: str) -> Member:
+        check_member_type(member_id)
+        if not isinstance(status, str) or status not in MEMBER_STATUSES:
+            raise BadRequest(
+                f"Invalid member status {status!r}; expected one of "
+                + ", ".join(sorted(MEMBER_STATUSES))
+            )
+        with self._write() as connection:
+            live_image(connection, image_id, lock=True)
+            current = found_member(connection, image_id, member_id, for_update=True)
+            now = self._after(current.updated_at)
+            connection.execute(
+                sql_update(image_members)
+                .where(
+                    image_members.c.image_id == image_id,
+                    image_members.c.member_id == member_id,
+                )
+                .values(status=status, updated_at=now)
+            )
+            return found_member(connection, image_id, member_id)
+
+    def _remove_member(self, image_id: str, member_id: str) -> None:
+        check_member_type(member_id)
+        with self._write() as connection:
+            live_image(connection, image_id, lock=True)
+            removed = connection.execute(
+                delete(image_members).where(
+                    image_members.c.image_id == image_id,
+                    image_members.c.member_id == member_id,
+                )
+            ).rowcount
+            if not removed:
+                raise not_member(image_id, member_id)
