@@ -61,7 +61,8 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.server import Request as WebRequest
 
 from glance_tx.config import Config, load_config
-from glance_tx.tap import GlanceService
+from glance_tx.services import ServiceChain, ThreadPoolService
+from glance_tx.tap import glance_service
 
 log = Logger()
 
@@ -187,7 +188,7 @@ def live_config(case: TestCase, config_text: str = "") -> Config:
 
 async def start_glance_tx(
     config: Config, on_stop: Callable[[Callable[[], object]], object], name: str
-) -> GlanceService:
+) -> ServiceChain:
     """
     Start glance-tx with C{config} in this process on the reactor, with a
     thread pool named C{name}, and wait until it listens. Its
@@ -195,19 +196,18 @@ async def start_glance_tx(
     anything can fail.
     """
     pool = ThreadPool(minthreads=2, maxthreads=8, name=name)
-    service = GlanceService(config, reactor, pool)
+    service = glance_service(config, reactor, ThreadPoolService(reactor, pool))
     service.startService()
     on_stop(service.stopService)
-    assert service.ready is not None
-    await service.ready
+    await service.when_ready()
     return service
 
 
-def listening_port(service: GlanceService) -> int:
+def listening_port(service: ServiceChain) -> int:
     """The port a started glance-tx listens on."""
-    # GlanceService has no public "where am I listening" yet.
-    assert service._port is not None
-    return service._port.getHost().port
+    port = service.getServiceNamed("listener").port
+    assert port is not None
+    return port.getHost().port
 
 
 def settled_client(

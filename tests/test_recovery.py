@@ -22,8 +22,9 @@ from glance_tx.config import load_config
 from glance_tx.images import Image, ImageUpdate
 from glance_tx.recovery import recover
 from glance_tx.registry.sql import open_sql_registry
+from glance_tx.services import ThreadPoolService
 from glance_tx.store.filesystem import FilesystemStore, filesystem_datadir
-from glance_tx.tap import GlanceService
+from glance_tx.tap import glance_service
 from glance_tx.threads import SynchronousRunner
 from tests.api_fixtures import SiteTestCase
 
@@ -81,7 +82,7 @@ class RecoverTests(SiteTestCase):
 
 
 class RecoverOnStartTests(TestCase):
-    """GlanceService runs start-up recovery exactly when recover_on_start says."""
+    """The API's service tree runs start-up recovery exactly when recover_on_start says."""
 
     async def start_after_crash(self, setting: str) -> tuple[str, int]:
         """
@@ -110,10 +111,11 @@ class RecoverOnStartTests(TestCase):
         writer.write(b"partial")
         self.addCleanup(writer.abort)
 
-        service = GlanceService(config, reactor, ThreadPool(minthreads=1, maxthreads=4))
+        pool = ThreadPool(minthreads=1, maxthreads=4)
+        service = glance_service(config, reactor, ThreadPoolService(reactor, pool))
         service.startService()
         try:
-            await service.ready
+            await service.when_ready()
         finally:
             await service.stopService()
 

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from attrs import define
 from twisted.application.service import IServiceCollection
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.python.filepath import FilePath
+from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
 
 from glance_tx.config import ONE_TIB, Config, ConfigError, load_config
+from glance_tx.services import (
+    PurgerService,
+    ServiceChain,
+    ThreadPoolService,
+    stop_reactor_on_failure,
+)
 from glance_tx.store.filesystem import filesystem_datadir
-from glance_tx.tap import GlanceService, Options, makeService
+from glance_tx.tap import Options, glance_service, makeService
+from glance_tx.threads import SynchronousRunner
 
 
 class OptionsTests(SynchronousTestCase):
@@ -114,17 +130,182 @@ class RecoverOnStartOptionTests(SynchronousTestCase):
             self.assertIn(raw, str(error))
 
 
+def parse(case: SynchronousTestCase, *args: str, config: str = "") -> Options:
+    """Real command-line options, with C{config} as the INI file's text."""
+    argv = list(args)
+    if config:
+        path = FilePath(case.mktemp())
+        path.setContent(config.encode("utf-8"))
+        argv += ["--config", path.path]
+    options = Options()
+    options.parseOptions(argv)
+    return options
+
+
+class RecordingPort:
+    """A listening port that records when it stops listening."""
+
+    def __init__(self, events: list[str], port: IListeningPort) -> None:
+        self.events = events
+        self.port = port
+
+    def getHost(self) -> Any:
+        return self.port.getHost()
+
+    def stopListening(self) -> None:
+        self.events.append("listener stopped")
+
+
+class RecordingReactor(MemoryReactorClock):
+    """A memory reactor that records when something listens and stops."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        self.events.append("listening")
+        return RecordingPort(self.events, super().listenTCP(port, factory, backlog, interface))
+
+
+@define
+class RecordingRunner:
+    """A synchronous runner that records the registry's open and close."""
+
+    events: list[str]
+    names = {"open_engine": "registry opened", "dispose": "registry closed"}
+
+    def run(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Deferred[Any]:
+        name = getattr(f, "__name__", "")
+        if name in self.names:
+            self.events.append(self.names[name])
+        return SynchronousRunner().run(f, *args, **kwargs)
+
+    def serial(self) -> RecordingRunner:
+        return self
+
+
+class RecordingPool(ThreadPool):
+    """A thread pool that records its start and stop."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__(minthreads=0, maxthreads=1)
+        self.events = events
+
+    def start(self) -> None:
+        self.events.append("pool started")
+        super().start()
+
+    def stop(self) -> None:
+        self.events.append("pool stopped")
+        super().stop()
+
+
 class ServiceTreeTests(SynchronousTestCase):
+    """What makeService builds, and the order in which it starts and stops."""
+
     def test_make_service(self) -> None:
-        """makeService returns the API service, owning a pool of the configured size."""
-        options = Options()
-        options.parseOptions(["--data-dir", self.mktemp(), "--port", "tcp:0"])
+        """
+        makeService returns the chain of the node's services, in dependency
+        order, with a pool of the configured size; no purger without
+        purge_urls.
+        """
+        options = parse(self, "--data-dir", self.mktemp(), "--port", "tcp:0")
         top = makeService(options)
+        self.assertIsInstance(top, ServiceChain)
         self.assertTrue(IServiceCollection.providedBy(top))
-        children = list(top)
-        self.assertEqual(len(children), 1)
-        self.assertIsInstance(children[0], GlanceService)
-        self.assertEqual(children[0].pool.max, load_config().thread_pool_size)
+        self.assertEqual(
+            [child.name for child in top],
+            ["threads", "registry", "stores", "recovery", "listener"],
+        )
+        threads = top.getServiceNamed("threads")
+        self.assertIsInstance(threads, ThreadPoolService)
+        self.assertEqual(threads.pool.max, load_config().thread_pool_size)
+        self.assertEqual(top.getServiceNamed("registry").url, options.config.sql_connection)
+        self.assertTrue(IStreamServerEndpoint.providedBy(top.getServiceNamed("listener").endpoint))
+
+    def test_purger_with_purge_urls(self) -> None:
+        """
+        With [cache] purge_urls the purger comes after recovery and before
+        the listener: stopped after the listener, before the registry.
+        """
+        options = parse(
+            self, "--data-dir", self.mktemp(),
+            config="[cache]\npurge_urls = http://127.0.0.1:6081\n",
+        )
+        top = makeService(options)
+        self.assertEqual(
+            [child.name for child in top],
+            ["threads", "registry", "stores", "recovery", "purger", "listener"],
+        )
+        self.assertIsInstance(top.getServiceNamed("purger"), PurgerService)
+
+    def test_recovery_follows_recover_on_start(self) -> None:
+        """The recovery service runs recovery only when recover_on_start is true."""
+        for setting, enabled in [("true", True), ("false", False)]:
+            options = parse(
+                self, "--data-dir", self.mktemp(),
+                config=f"[DEFAULT]\nrecover_on_start = {setting}\n",
+            )
+            self.assertIs(makeService(options).getServiceNamed("recovery").enabled, enabled)
+
+    def test_start_and_stop_order(self) -> None:
+        """
+        The pool starts first and the registry opens before anything
+        listens; at stop the listener stops first, a purge in flight gets
+        its grace before the registry closes, and the pool stops last.
+        """
+        events: list[str] = []
+        options = parse(
+            self, "--data-dir", self.mktemp(), "--port", "tcp:0",
+            config="[cache]\npurge_urls = http://127.0.0.1:6081\n",
+        )
+        reactor = RecordingReactor(events)
+        top = glance_service(
+            options.config,
+            reactor,
+            ThreadPoolService(reactor, RecordingPool(events)),
+            runner=RecordingRunner(events),
+        )
+        top.startService()
+        self.successResultOf(top.when_ready())
+        self.assertEqual(events, ["pool started", "registry opened", "listening"])
+        self.assertIsInstance(reactor.tcpServers[0][1], Site)
+
+        # A PURGE that will not finish by itself (nothing answers).
+        purger = top.getServiceNamed("purger").purger
+        purger.purge("4c7f4b4e-8a0b-4d8e-9e57-2b1d3f0a5c6d")
+        del events[:]
+        stopped = top.stopService()
+        self.assertEqual(events, ["listener stopped"])
+        self.assertNoResult(stopped)
+        reactor.advance(top.getServiceNamed("purger").grace)
+        self.successResultOf(stopped)
+        self.assertEqual(
+            events, ["listener stopped", "registry closed", "pool stopped"]
+        )
+
+    def test_failed_start_is_logged_and_stops_the_reactor(self) -> None:
+        """
+        A start that fails (here the registry's directory cannot be made)
+        never listens, is logged, and stops the reactor.
+        """
+        blocker = FilePath(self.mktemp())
+        blocker.setContent(b"a file where a directory should be")
+        options = parse(self, "--data-dir", blocker.child("data").path, "--port", "tcp:0")
+        reactor = MemoryReactorClock()
+        top = glance_service(
+            options.config,
+            reactor,
+            ThreadPoolService(reactor, ThreadPool(minthreads=0, maxthreads=1)),
+            runner=SynchronousRunner(),
+        )
+        stop_reactor_on_failure(top, reactor, "glance-tx")
+        top.startService()
+        self.assertEqual(len(self.flushLoggedErrors(NotADirectoryError)), 1)
+        self.assertEqual(reactor.tcpServers, [])
+        self.assertEqual([f for f, _, _ in reactor.whenRunningHooks], [reactor.stop])
+        self.successResultOf(top.stopService())
 
     def test_plugin(self) -> None:
         """The twistd plugin is named glance and points at glance_tx.tap."""

@@ -1,0 +1,360 @@
+"""
+The parts of a node, each a Twisted service, and the chain that runs them.
+
+A twistd plugin's C{makeService} builds a L{ServiceChain} of these, in the
+order they depend on each other (``twistd glance``: threads, registry,
+stores, recovery, purger, listener; a registry server can take threads,
+registry and listener).
+
+The ready protocol, which Twisted's L{MultiService} does not have (it
+starts every child at once and does not wait for a start that takes time):
+
+  - A L{ReadyService} starts with a coroutine, L{ReadyService.start}, which
+    returns what the service makes (the runner, the registry, the stores,
+    the listening port). L{ReadyService.when_ready} gives a Deferred of
+    it, or of the start's failure: it may be asked before the service
+    starts, and as often as wanted. This is how one service hands another
+    what it made: the later one is given the earlier one and awaits its
+    C{when_ready()}.
+  - A L{ServiceChain} starts its children one at a time, each once the one
+    before it is ready, and stops them in reverse order, each once the one
+    after it has stopped. A child that fails to start ends the start: the
+    children after it are not started, and the chain's own C{when_ready()}
+    fails with that failure. A stop asked during the start waits for the
+    child starting then and stops only what was started.
+
+Nothing here imports the global reactor: it is passed in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Generic, Protocol, TypeVar, cast
+
+from attrs import define, field
+from sqlalchemy.engine import make_url
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorFromThreads,
+    IStreamServerEndpoint,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from glance_tx.config import CacheConfig, Config
+from glance_tx.purge import Purger
+from glance_tx.registry.interface import IRegistry
+from glance_tx.registry.sql import SQLRegistry, open_sql_registry
+from glance_tx.store.backends import StoreMap, build_store_map
+from glance_tx.threads import BlockingRunner, ThreadPoolRunner
+
+log = Logger()
+T = TypeVar("T")
+
+
+class Ready(Protocol[T]):
+    """Something that will have made a C{T}: a L{ReadyService}, or a fake."""
+
+    def when_ready(self) -> Deferred[T]:
+        """Fires with the C{T} once made, or fails as making it did."""
+
+
+@define
+class _Once(Generic[T]):
+    """An outcome that arrives once and is handed to every observer."""
+
+    _waiting: list[Deferred[T]] = field(factory=list)
+    _outcome: list[T | Failure] = field(factory=list)
+
+    def observe(self) -> Deferred[T]:
+        if not self._outcome:
+            waiter: Deferred[T] = Deferred()
+            self._waiting.append(waiter)
+            return waiter
+        outcome = self._outcome[0]
+        if isinstance(outcome, Failure):
+            return fail(outcome)
+        return succeed(outcome)
+
+    def fire(self, outcome: T | Failure) -> None:
+        self._outcome.append(outcome)
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(outcome)
+
+
+@define(eq=False)
+class ReadyService(Service, Generic[T]):
+    """
+    A service whose start takes time and makes something (see the module's
+    ready protocol). Subclasses write L{start} and L{stop}.
+
+    A failed start's failure goes to C{when_ready()}'s callers only (a
+    L{ServiceChain} passes it on through its own).
+    """
+
+    _ready: _Once[T] = field(factory=_Once, init=False)
+    _starting: Deferred[None] | None = field(default=None, init=False)
+
+    async def start(self) -> T:
+        """Start; return what this service makes."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Release what L{start} took, all of it or the part a failed start took."""
+
+    def when_ready(self) -> Deferred[T]:
+        return self._ready.observe()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._starting = Deferred.fromCoroutine(self.start()).addBoth(self._ready.fire)
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_once_started())
+
+    async def _stop_once_started(self) -> None:
+        if self._starting is not None:
+            await self._starting
+        await self.stop()
+
+
+@define(eq=False)
+class ServiceChain(MultiService):
+    """
+    A L{MultiService} that starts its children in order, each once the one
+    before is ready, and stops them in reverse, each once the next has
+    stopped (see the module's ready protocol). Children that are not
+    L{ReadyService}s count as ready once started. C{when_ready()} fires
+    when every child is ready (or a stop has ended the start early), and
+    fails as the first child that failed to start.
+    """
+
+    _ready: _Once[None] = field(factory=_Once, init=False)
+    _starting: Deferred[None] | None = field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        MultiService.__init__(self)
+
+    @classmethod
+    def of(cls, children: Mapping[str, IService]) -> ServiceChain:
+        """A chain of C{children} in their order, each named by its key."""
+        chain = cls()
+        for name, child in children.items():
+            child.setName(name)
+            child.setServiceParent(chain)
+        return chain
+
+    def when_ready(self) -> Deferred[None]:
+        return self._ready.observe()
+
+    def startService(self) -> None:
+        # Not MultiService.startService: it would start every child at once.
+        Service.startService(self)
+        self._starting = Deferred.fromCoroutine(self._start_in_order()).addBoth(
+            self._ready.fire
+        )
+
+    async def _start_in_order(self) -> None:
+        for child in list(self):
+            if not self.running:
+                return
+            child.startService()
+            if isinstance(child, ReadyService):
+                await child.when_ready()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_in_reverse())
+
+    async def _stop_in_reverse(self) -> None:
+        if self._starting is not None:
+            await self._starting
+        for child in reversed(list(self)):
+            if not child.running:
+                continue
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                # The rest must still stop: the thread pool last of all.
+                log.failure("Could not stop {service}", service=child.name)
+
+
+def stop_reactor_on_failure(top: ServiceChain, reactor: IReactorCore, label: str) -> None:
+    """
+    When C{top} fails to start, log why and stop the reactor (the process
+    has nothing to serve).
+    """
+
+    def failed(failure: Failure) -> None:
+        log.failure("{label} could not start", failure, label=label)
+        if top.running:
+            reactor.callWhenRunning(reactor.stop)
+
+    top.when_ready().addErrback(failed)
+
+
+@define(eq=False)
+class ThreadPoolService(ReadyService[BlockingRunner]):
+    """
+    The thread pool that every blocking call runs on: started first,
+    stopped last (closing the registry itself runs on it). Makes the
+    L{runner} the other services take; tests give them a
+    L{glance_tx.threads.SynchronousRunner} instead.
+    """
+
+    reactor: IReactorFromThreads
+    pool: ThreadPool
+    runner: ThreadPoolRunner = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.runner = ThreadPoolRunner(self.reactor, self.pool)
+
+    async def start(self) -> BlockingRunner:
+        self.pool.start()
+        return self.runner
+
+    async def stop(self) -> None:
+        self.pool.stop()
+
+
+def _database_directory(url: str) -> str | None:
+    """The directory a SQLite file database lives in (None for the rest)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return os.path.dirname(os.path.abspath(cast(str, parsed.database)))
+
+
+@define(eq=False)
+class RegistryService(ReadyService[IRegistry]):
+    """
+    Opens the SQL registry at C{url} (creating a SQLite file's directory,
+    running the migrations) and closes it at stop.
+    """
+
+    url: str
+    runner: BlockingRunner
+    registry: SQLRegistry | None = field(default=None, init=False)
+
+    async def start(self) -> IRegistry:
+        directory = _database_directory(self.url)
+        if directory is not None:
+            await self.runner.run(os.makedirs, directory, exist_ok=True)
+        self.registry = await open_sql_registry(self.url, self.runner)
+        return self.registry
+
+    async def stop(self) -> None:
+        if self.registry is not None:
+            registry, self.registry = self.registry, None
+            await registry.close()
+
+
+@define(eq=False)
+class StoresService(ReadyService[StoreMap]):
+    """Makes every enabled store (L{build_store_map})."""
+
+    config: Config
+    runner: BlockingRunner
+    #: The reactor: remote stores' HTTP connections and timeouts.
+    reactor: Any
+
+    async def start(self) -> StoreMap:
+        return await build_store_map(self.config, self.runner, self.reactor)
+
+
+@define(eq=False)
+class RecoveryService(ReadyService[None]):
+    """
+    Start-up recovery (L{glance_tx.recovery}), ready once it is done; with
+    C{enabled} false (C{recover_on_start}), it only says it skipped.
+    """
+
+    registry: Ready[IRegistry]
+    stores: Ready[StoreMap]
+    enabled: bool = True
+
+    async def start(self) -> None:
+        from glance_tx.recovery import recover
+
+        if not self.enabled:
+            log.info("Start-up recovery skipped: recover_on_start is false")
+            return
+        await recover(await self.registry.when_ready(), await self.stores.when_ready())
+
+
+@define(eq=False)
+class PurgerService(ReadyService[Purger]):
+    """
+    The L{Purger} of C{[cache] purge_urls}, with a connection pool of its
+    own. At stop, purges still pending may go on (retries included) for
+    C{grace} seconds, then the pool's connections are closed.
+    """
+
+    #: The reactor: the clock of the purger and of its HTTP connections.
+    reactor: Any
+    cache: CacheConfig
+    grace: float = 5.0
+    purger: Purger | None = field(default=None, init=False)
+    _http_pool: Any = field(default=None, init=False)
+
+    async def start(self) -> Purger:
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        self._http_pool = pool = HTTPConnectionPool(self.reactor)
+        # Reuse connections within a burst of PURGEs (nine per proxy per
+        # image), but drop them before the proxy would (Varnish closes idle
+        # ones after 5 s): a PURGE is not retried on a stale connection by
+        # the pool, so it would fail and be logged before our own retry.
+        pool.maxPersistentPerHost = 4
+        pool.cachedConnectionTimeout = 2
+        self.purger = Purger(
+            client=HTTPClient(Agent(self.reactor, pool=pool)),
+            clock=self.reactor,
+            proxies=self.cache.purge_urls,
+            attempts=self.cache.purge_attempts,
+            repeat_delay=self.cache.purge_repeat_delay,
+        )
+        return self.purger
+
+    async def stop(self) -> None:
+        if self.purger is not None:
+            await self.purger.stop(self.grace)
+        if self._http_pool is not None:
+            await self._http_pool.closeCachedConnections()
+
+
+@define(eq=False)
+class ListenerService(ReadyService[IListeningPort]):
+    """
+    Listens on C{endpoint} with the factory C{factory} makes once awaited
+    (so it can wait for what the site needs), and logs "C{label} serving
+    on ADDRESS"; at stop, stops listening.
+    """
+
+    endpoint: IStreamServerEndpoint
+    factory: Callable[[], Awaitable[IProtocolFactory]]
+    label: str
+    port: IListeningPort | None = field(default=None, init=False)
+
+    async def start(self) -> IListeningPort:
+        factory = await self.factory()
+        self.port = port = await self.endpoint.listen(factory)
+        log.info("{label} serving on {address}", label=self.label, address=port.getHost())
+        return port
+
+    async def stop(self) -> None:
+        if self.port is not None:
+            port, self.port = self.port, None
+            await maybeDeferred(port.stopListening)
