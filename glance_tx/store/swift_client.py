@@ -1,0 +1,640 @@
+"""
+A small client for the OpenStack Swift object API, on treq.
+
+It logs in with tempauth / Swift's v1 auth (C{X-Auth-User} and
+C{X-Auth-Key} answered with C{X-Storage-Url} and C{X-Auth-Token}) or with
+Keystone v3 (a password or an application credential; the storage URL is
+the C{object-store} endpoint of the token's catalog), renews the token
+shortly before it expires, and when Swift answers 401 anyway (a token
+revoked or expired early) logs in again and retries the request once. A
+request whose body streams cannot be replayed, so it is not retried: the
+caller sees the error.
+
+Object bodies stream both ways: L{StreamedBody} is an C{IBodyProducer}
+that is fed as bytes arrive and paused by the connection (chunked transfer
+encoding, so no length is needed up front), and C{get_object} returns the
+response unread for the caller to relay. Static Large Objects are a
+manifest PUT with C{?multipart-manifest=put}; deleting with
+C{?multipart-manifest=delete} removes the segments too.
+
+Errors are L{glance_tx.errors.NotFound} for a 404 and otherwise
+L{glance_tx.errors.StoreError}s naming the store, the operation and the
+status; no message carries the key, the token or the storage URL's host.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from attrs import field, frozen, mutable
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from glance_tx.errors import NotFound, StoreError
+
+__all__ = [
+    "KeystoneV3Auth",
+    "Segment",
+    "StreamedBody",
+    "SwiftClient",
+    "SwiftSession",
+    "TempAuth",
+]
+
+#: Renew a token this many seconds before it expires (glance_store's
+#: C{swift_store_expire_soon_interval} default).
+EXPIRE_SOON = 60.0
+#: When an auth service does not say how long a token lasts.
+DEFAULT_TOKEN_LIFETIME = 3600.0
+#: Seconds a request without a streamed body may take before it is given up.
+REQUEST_TIMEOUT = 60.0
+
+#: glance_store's endpoint type names, and Keystone v3's interface names.
+INTERFACES = {
+    "publicURL": "public",
+    "internalURL": "internal",
+    "adminURL": "admin",
+    "public": "public",
+    "internal": "internal",
+    "admin": "admin",
+}
+
+
+class AuthError(StoreError):
+    """The auth service refused the credentials, or could not be used."""
+
+
+@frozen
+class SwiftSession:
+    """A token, the storage URL it is for, and when (clock time) it expires."""
+
+    storage_url: str
+    token: str = field(repr=False)
+    expires: float
+
+
+@frozen
+class TempAuth:
+    """Swift's v1 auth (tempauth, swauth): C{user} is C{account:user}."""
+
+    auth_address: str
+    user: str
+    key: str = field(repr=False)
+
+    async def login(self, http: Any, now: float) -> SwiftSession:
+        headers = {"X-Auth-User": [self.user], "X-Auth-Key": [self.key]}
+        response = await http.request("GET", self.auth_address, headers=headers)
+        await _drain(response)
+        if response.code in (401, 403):
+            raise AuthError("the auth service refused the credentials")
+        if not 200 <= response.code < 300:
+            raise AuthError(f"the auth service answered {response.code}")
+        token = _header(response, "X-Auth-Token") or _header(response, "X-Storage-Token")
+        storage_url = _header(response, "X-Storage-Url")
+        if not token or not storage_url:
+            raise AuthError("the auth service sent no token or storage URL")
+        lifetime = _float(_header(response, "X-Auth-Token-Expires"), DEFAULT_TOKEN_LIFETIME)
+        return SwiftSession(storage_url, token, now + lifetime)
+
+
+@frozen
+class KeystoneV3Auth:
+    """
+    Keystone v3: C{POST <auth_address>/auth/tokens} with a password (user
+    and project scope) or an application credential (scoped already), then
+    the C{object-store} endpoint of C{interface} (in C{region}, if given)
+    from the catalog, unless C{endpoint} overrides it.
+    """
+
+    auth_address: str
+    user: str | None = None
+    key: str | None = field(default=None, repr=False)
+    project: str | None = None
+    user_domain_id: str | None = "default"
+    user_domain_name: str | None = None
+    project_domain_id: str | None = "default"
+    project_domain_name: str | None = None
+    application_credential_id: str | None = None
+    application_credential_secret: str | None = field(default=None, repr=False)
+    region: str | None = None
+    interface: str = "public"
+    service_type: str = "object-store"
+    endpoint: str | None = None
+
+    def request_body(self) -> dict[str, Any]:
+        """The JSON document C{POST /v3/auth/tokens} takes."""
+        if self.application_credential_id:
+            return {
+                "auth": {
+                    "identity": {
+                        "methods": ["application_credential"],
+                        "application_credential": {
+                            "id": self.application_credential_id,
+                            "secret": self.application_credential_secret,
+                        },
+                    }
+                }
+            }
+        user: dict[str, Any] = {
+            "name": self.user,
+            "password": self.key,
+            "domain": _domain(self.user_domain_id, self.user_domain_name),
+        }
+        auth: dict[str, Any] = {
+            "identity": {"methods": ["password"], "password": {"user": user}}
+        }
+        if self.project:
+            auth["scope"] = {
+                "project": {
+                    "name": self.project,
+                    "domain": _domain(self.project_domain_id, self.project_domain_name),
+                }
+            }
+        return {"auth": auth}
+
+    async def login(self, http: Any, now: float) -> SwiftSession:
+        url = self.auth_address.rstrip("/") + "/auth/tokens"
+        response = await http.request(
+            "POST",
+            url,
+            data=json.dumps(self.request_body()).encode(),
+            headers={"Content-Type": ["application/json"]},
+        )
+        body = await response.content()
+        if response.code in (401, 403):
+            raise AuthError("Keystone refused the credentials")
+        if not 200 <= response.code < 300:
+            raise AuthError(f"Keystone answered {response.code}")
+        token = _header(response, "X-Subject-Token")
+        try:
+            document = json.loads(body)["token"]
+        except (ValueError, KeyError, TypeError):
+            raise AuthError("Keystone sent a token document that is not JSON") from None
+        if not token:
+            raise AuthError("Keystone sent no X-Subject-Token")
+        storage_url = self.endpoint or self._endpoint(document.get("catalog") or [])
+        lifetime = DEFAULT_TOKEN_LIFETIME
+        expires_at = document.get("expires_at")
+        if isinstance(expires_at, str):
+            try:
+                expiry = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+                lifetime = expiry.timestamp() - datetime.now(expiry.tzinfo).timestamp()
+            except ValueError:
+                pass
+        return SwiftSession(storage_url, token, now + lifetime)
+
+    def _endpoint(self, catalog: Sequence[Mapping[str, Any]]) -> str:
+        for service in catalog:
+            if service.get("type") != self.service_type:
+                continue
+            for endpoint in service.get("endpoints") or []:
+                if endpoint.get("interface") != self.interface:
+                    continue
+                region = endpoint.get("region_id") or endpoint.get("region")
+                if self.region and region != self.region:
+                    continue
+                if endpoint.get("url"):
+                    return str(endpoint["url"])
+        where = f" in region {self.region}" if self.region else ""
+        raise AuthError(
+            f"the Keystone catalog has no {self.interface} "
+            f"{self.service_type} endpoint{where}"
+        )
+
+
+def describe(error: BaseException) -> str:
+    """What went wrong, for a message: the error's text or its class name."""
+    return str(error) or type(error).__name__
+
+
+def _domain(domain_id: str | None, name: str | None) -> dict[str, str]:
+    return {"name": name} if name else {"id": domain_id or "default"}
+
+
+def _header(response: IResponse, name: str) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    return values[0] if values else None
+
+
+def _float(value: str | None, default: float) -> float:
+    try:
+        return float(value) if value is not None else default
+    except ValueError:
+        return default
+
+
+async def _drain(response: IResponse) -> bytes:
+    from treq import content
+
+    result: bytes = await content(response)
+    return result
+
+
+@frozen
+class Segment:
+    """One uploaded segment of a Static Large Object."""
+
+    container: str
+    name: str
+    etag: str | None
+    size: int
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {
+            "path": f"/{self.container}/{self.name}",
+            "etag": self.etag,
+            "size_bytes": self.size,
+        }
+
+
+@implementer(IBodyProducer)
+@mutable
+class StreamedBody:
+    """
+    A request body fed by its owner as bytes arrive.
+
+    C{send} hands chunks to the connection and fires once the connection
+    has taken them and is not paused, so an owner that waits for it sends
+    no faster than the network takes the bytes. C{finish} ends the body
+    (the request is then complete); C{cancel} fails it, which makes the
+    agent drop the connection before the last chunk, so Swift stores
+    nothing.
+    """
+
+    length: object = field(default=UNKNOWN_LENGTH, init=False)
+    _consumer: IConsumer | None = field(default=None, init=False)
+    _done: Deferred[None] | None = field(default=None, init=False)
+    _waiting: list[Deferred[None]] = field(factory=list, init=False)
+    _paused: bool = field(default=False, init=False)
+    _stopped: bool = field(default=False, init=False)
+    _ended: bool = field(default=False, init=False)
+
+    # IBodyProducer
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        self._consumer = consumer
+        self._done = Deferred()
+        if self._ended:
+            self._done.callback(None)
+        self._wake()
+        return self._done
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._wake()
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self._wake()
+
+    # The owner's side
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the connection stopped taking the body."""
+        return self._stopped
+
+    async def send(self, chunks: Sequence[bytes]) -> None:
+        """Write C{chunks}; return once they are taken and we may write more."""
+        while self._consumer is None and not self._stopped:
+            await self._wait()
+        for chunk in chunks:
+            if self._stopped:
+                raise StoreError("the connection stopped taking the upload")
+            assert self._consumer is not None
+            self._consumer.write(chunk)
+        while self._paused and not self._stopped:
+            await self._wait()
+        if self._stopped:
+            raise StoreError("the connection stopped taking the upload")
+
+    def finish(self) -> None:
+        """The body is complete."""
+        self._ended = True
+        if self._done is not None and not self._done.called:
+            self._done.callback(None)
+
+    def cancel(self) -> None:
+        """Give up the body: the request fails and Swift keeps nothing."""
+        self._stopped = True
+        if self._done is not None and not self._done.called:
+            self._done.errback(Failure(CancelledError("upload cancelled")))
+        self._wake()
+
+    def _wait(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+
+@frozen
+class StreamingPut:
+    """An object PUT in flight: feed C{body}, then wait for C{response}."""
+
+    body: StreamedBody
+    response: Deferred[IResponse]
+
+
+def _quote(name: str) -> str:
+    return quote(name, safe="")
+
+
+@mutable
+class SwiftClient:
+    """
+    The Swift API of one account, through C{http} (a treq C{HTTPClient}).
+
+    @ivar store_name: Named in every error, so a client knows which store
+        failed.
+    @ivar auth: How to log in: L{TempAuth} or L{KeystoneV3Auth}.
+    @ivar clock: Tells when a token is about to expire, and times requests
+        out.
+    """
+
+    http: Any
+    auth: TempAuth | KeystoneV3Auth
+    clock: IReactorTime
+    store_name: str
+    timeout: float = REQUEST_TIMEOUT
+
+    _session: SwiftSession | None = field(default=None, init=False)
+    _login: Deferred[SwiftSession] | None = field(default=None, init=False)
+    _login_waiters: list[Deferred[SwiftSession]] = field(factory=list, init=False)
+
+    # Sessions
+
+    async def session(self) -> SwiftSession:
+        """A token good for at least another minute, logging in if need be."""
+        session = self._session
+        if session is not None and session.expires - self.clock.seconds() > EXPIRE_SOON:
+            return session
+        return await self._relogin(session)
+
+    def _relogin(self, stale: SwiftSession | None) -> Deferred[SwiftSession]:
+        """Log in once for every caller that found C{stale} (coalesced)."""
+        if self._session is not None and self._session is not stale:
+            return succeed(self._session)
+        waiter: Deferred[SwiftSession] = Deferred()
+        self._login_waiters.append(waiter)
+        if self._login is None:
+            self._session = None
+            self._login = Deferred.fromCoroutine(self._log_in())
+            self._login.addBoth(self._logged_in)
+        return waiter
+
+    async def _log_in(self) -> SwiftSession:
+        try:
+            return await self.auth.login(self.http, self.clock.seconds())
+        except StoreError as e:
+            raise StoreError(f"Swift store {self.store_name!r}: {e.message}") from None
+        except Exception as e:
+            raise StoreError(
+                f"Swift store {self.store_name!r}: could not reach the auth "
+                f"service: {describe(e)}"
+            ) from None
+
+    def _logged_in(self, result: SwiftSession | Failure) -> None:
+        self._login = None
+        if isinstance(result, SwiftSession):
+            self._session = result
+        waiters, self._login_waiters = self._login_waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    # Requests
+
+    def _url(self, session: SwiftSession, container: str | None, name: str | None) -> str:
+        url = session.storage_url.rstrip("/")
+        if container is not None:
+            url += "/" + _quote(container)
+            if name is not None:
+                url += "/" + _quote(name)
+        return url
+
+    def _error(self, doing: str, code: int) -> StoreError:
+        return StoreError(f"Swift store {self.store_name!r}: {doing} answered {code}")
+
+    async def request(
+        self,
+        method: str,
+        container: str | None = None,
+        name: str | None = None,
+        *,
+        doing: str,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        unbuffered: bool = False,
+        ok: Callable[[int], bool] = lambda code: 200 <= code < 300,
+    ) -> IResponse:
+        """
+        One request, retried once after a new login if Swift answers 401.
+        Fires with the response if C{ok(code)}; otherwise its body is read
+        and the error raised (L{NotFound} for 404).
+        """
+        for attempt in (1, 2):
+            session = await self.session()
+            all_headers = {k: [v] for k, v in (headers or {}).items()}
+            all_headers["X-Auth-Token"] = [session.token]
+            try:
+                response: IResponse = await self.http.request(
+                    method,
+                    self._url(session, container, name),
+                    headers=all_headers,
+                    params=params,
+                    data=data,
+                    unbuffered=unbuffered,
+                    reactor=self.clock,
+                    timeout=self.timeout,
+                )
+            except Exception as e:
+                raise StoreError(
+                    f"Swift store {self.store_name!r}: {doing} failed: {describe(e)}"
+                ) from None
+            if ok(response.code):
+                return response
+            await _drain(response)
+            if response.code == 401 and attempt == 1:
+                await self._relogin(session)
+                continue
+            raise self._failure(doing, response.code)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failure(self, doing: str, code: int) -> StoreError | NotFound:
+        if code == 404:
+            return NotFound(f"Swift store {self.store_name!r}: {doing}: not found")
+        if code == 401:
+            return StoreError(
+                f"Swift store {self.store_name!r}: {doing}: Swift refused the token"
+            )
+        return self._error(doing, code)
+
+    # Containers
+
+    async def create_container(self, container: str) -> None:
+        await self.request("PUT", container, doing=f"creating container {container}")
+
+    async def head_container(self, container: str) -> Mapping[str, str]:
+        response = await self.request("HEAD", container, doing=f"reading container {container}")
+        await _drain(response)
+        return {k.decode(): v[0].decode() for k, v in response.headers.getAllRawHeaders()}
+
+    async def list_objects(self, container: str, prefix: str | None = None) -> list[str]:
+        """Every object name in C{container} (paged through with markers)."""
+        names: list[str] = []
+        marker = ""
+        while True:
+            params = {"format": "json", "marker": marker}
+            if prefix:
+                params["prefix"] = prefix
+            response = await self.request(
+                "GET", container, doing=f"listing container {container}", params=params
+            )
+            page = json.loads(await _drain(response) or b"[]")
+            if not page:
+                return names
+            names.extend(entry["name"] for entry in page)
+            marker = names[-1]
+
+    # Objects
+
+    def put_object_streaming(
+        self, session: SwiftSession, container: str, name: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> StreamingPut:
+        """
+        Start a PUT whose body the caller feeds (never retried: it cannot be
+        replayed). Take the session from L{session} just before, so the
+        token is fresh.
+        """
+        body = StreamedBody()
+        all_headers = {k: [v] for k, v in (headers or {}).items()}
+        all_headers["X-Auth-Token"] = [session.token]
+        response: Deferred[IResponse] = self.http.request(
+            "PUT",
+            self._url(session, container, name),
+            headers=all_headers,
+            data=body,
+            reactor=self.clock,
+        )
+        return StreamingPut(body, response)
+
+    async def finish_put(self, put: StreamingPut, doing: str) -> str | None:
+        """End the body of C{put}, wait for Swift's answer; fire with the ETag."""
+        put.body.finish()
+        return await self.put_answer(put, doing)
+
+    async def put_answer(self, put: StreamingPut, doing: str) -> str | None:
+        """Swift's answer to C{put}: the ETag, or the error it stands for."""
+        try:
+            response = await put.response
+        except Exception as e:
+            raise StoreError(
+                f"Swift store {self.store_name!r}: {doing} failed: {describe(e)}"
+            ) from None
+        await _drain(response)
+        if not 200 <= response.code < 300:
+            raise self._failure(doing, response.code)
+        etag = _header(response, "Etag")
+        return etag.strip('"') if etag else None
+
+    async def put_object(self, container: str, name: str, data: bytes, doing: str) -> None:
+        response = await self.request("PUT", container, name, data=data, doing=doing)
+        await _drain(response)
+
+    async def put_manifest(
+        self, container: str, name: str, segments: Sequence[Segment],
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Make C{name} a Static Large Object of C{segments}, in order."""
+        manifest = json.dumps([s.manifest_entry() for s in segments]).encode()
+        response = await self.request(
+            "PUT", container, name,
+            params={"multipart-manifest": "put"},
+            headers=headers,
+            data=manifest,
+            doing=f"storing the manifest of {name}",
+        )
+        await _drain(response)
+
+    async def head_object(self, container: str, name: str) -> Mapping[str, str]:
+        response = await self.request("HEAD", container, name, doing=f"reading {name}")
+        await _drain(response)
+        return {k.decode().lower(): v[0].decode() for k, v in response.headers.getAllRawHeaders()}
+
+    async def get_object(
+        self, container: str, name: str, offset: int = 0, length: int | None = None
+    ) -> IResponse | None:
+        """
+        The unread response for bytes C{[offset, offset + length)} (to the
+        end when C{length} is C{None}), or C{None} when that range holds no
+        bytes (Swift's 416). The caller reads or discards its body.
+        """
+        headers = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+        response = await self.request(
+            "GET", container, name,
+            headers=headers,
+            unbuffered=True,
+            doing=f"reading {name}",
+            ok=lambda code: 200 <= code < 300 or code == 416,
+        )
+        if response.code == 416:
+            await _drain(response)
+            return None
+        return response
+
+    async def delete_object(self, container: str, name: str, large: bool = False) -> bool:
+        """
+        Delete C{name} (with C{large}, a Static Large Object's segments
+        too); fire with whether it was there.
+        """
+        params = {"multipart-manifest": "delete"} if large else None
+        headers = {"Accept": "application/json"} if large else None
+        try:
+            response = await self.request(
+                "DELETE", container, name, params=params, headers=headers,
+                doing=f"deleting {name}",
+            )
+        except NotFound:
+            return False
+        body = await _drain(response)
+        if large:
+            return self._bulk_delete_result(name, body)
+        return True
+
+    def _bulk_delete_result(self, name: str, body: bytes) -> bool:
+        """A manifest delete answers 200 and says in its body what it did."""
+        try:
+            result = json.loads(body)
+        except ValueError:
+            return True
+        status = str(result.get("Response Status", "200"))
+        if status.startswith("404"):
+            return False
+        if not status.startswith("2") or result.get("Errors"):
+            raise StoreError(
+                f"Swift store {self.store_name!r}: deleting {name} answered {status}"
+            )
+        return bool(result.get("Number Deleted", 1))
+
