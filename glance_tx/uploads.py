@@ -156,7 +156,7 @@ class Uploader:
             image.id, saving, expected_status=frozenset({images.QUEUED})
         )
         try:
-            writer = await store.open_writer(image.id)
+            writer = await store.open_writer(image.id, size=expected_size)
         except BaseException:
             await self.registry.update(
                 image.id,

@@ -104,7 +104,7 @@ class MemoryStore:
             raise BadRequest(f"{location!r} is not a location in this store")
         return location
 
-    def open_writer(self, image_id: str) -> Deferred[IStoreWriter]:
+    def open_writer(self, image_id: str, size: int | None = None) -> Deferred[IStoreWriter]:
         try:
             image_id = validate_image_id(image_id)
         except BadRequest:

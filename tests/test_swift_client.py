@@ -217,17 +217,21 @@ class StreamedBodyTests(SynchronousTestCase):
         connection is paused fires only on resume: fails if the body buffers
         without bound instead.
         """
-        body = StreamedBody()
+        clock = Clock()
+        body = StreamedBody(clock)
         consumer = ListConsumer()
         first = ensureDeferred(body.send([b"a", b"b"]))
         self.assertNoResult(first)
         done = body.startProducing(consumer)
+        self.assertNoResult(first)  # woken on the clock, not inside startProducing
+        clock.advance(0)
         self.successResultOf(first)
         body.pauseProducing()
         second = ensureDeferred(body.send([b"c"]))
         self.assertEqual(consumer.data, [b"a", b"b", b"c"])
         self.assertNoResult(second)
         body.resumeProducing()
+        clock.advance(0)
         self.successResultOf(second)
         self.assertNoResult(done)
         body.finish()
@@ -235,7 +239,7 @@ class StreamedBodyTests(SynchronousTestCase):
 
     def test_cancel_fails_the_body(self) -> None:
         """C{cancel} fails the body (the agent then drops the request) and any waiting send."""
-        body = StreamedBody()
+        body = StreamedBody(Clock())
         done = body.startProducing(ListConsumer())
         body.pauseProducing()
         waiting = ensureDeferred(body.send([b"x"]))

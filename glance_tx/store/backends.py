@@ -22,6 +22,7 @@ from glance_tx.errors import BadRequest, StoreError
 from glance_tx.store.factory import StoreFactory, StoreServices
 from glance_tx.store.filesystem import make_filesystem_store
 from glance_tx.store.interface import IStore
+from glance_tx.store.swift import make_swift_store
 from glance_tx.threads import BlockingRunner
 
 __all__ = ["STORE_FACTORIES", "StoreInfo", "StoreMap", "build_store_map"]
@@ -29,6 +30,7 @@ __all__ = ["STORE_FACTORIES", "StoreInfo", "StoreMap", "build_store_map"]
 #: The factory of each store type, as C{enabled_backends} names it.
 STORE_FACTORIES: Mapping[str, StoreFactory] = {
     "file": make_filesystem_store,
+    "swift": make_swift_store,
 }
 
 

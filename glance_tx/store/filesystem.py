@@ -385,7 +385,7 @@ class FilesystemStore:
             raise BadRequest(refusal)
         return _Location(directory, name)
 
-    def open_writer(self, image_id: str) -> Deferred[IStoreWriter]:
+    def open_writer(self, image_id: str, size: int | None = None) -> Deferred[IStoreWriter]:
         try:
             image_id = validate_image_id(image_id)
         except BadRequest:

@@ -56,8 +56,13 @@ class IStore(Interface):
 
     scheme = Attribute("The URI scheme of the locations this store owns.")
 
-    def open_writer(image_id: str) -> Deferred[IStoreWriter]:
-        """Start writing the data of one image."""
+    def open_writer(image_id: str, size: int | None = None) -> Deferred[IStoreWriter]:
+        """
+        Start writing the data of one image. C{size} is the size the upload
+        announced, if it did (the upload itself refuses a body of another
+        size); a store may use it to choose how to write (the S3 store: one
+        PUT or a multipart upload). The writer does not rely on it.
+        """
 
     def read(
         location: str,

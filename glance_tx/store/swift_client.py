@@ -38,6 +38,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from glance_tx.errors import NotFound, StoreError
+from glance_tx.store.describe import describe
 
 __all__ = [
     "KeystoneV3Auth",
@@ -209,11 +210,6 @@ class KeystoneV3Auth:
         )
 
 
-def describe(error: BaseException) -> str:
-    """What went wrong, for a message: the error's text or its class name."""
-    return str(error) or type(error).__name__
-
-
 def _domain(domain_id: str | None, name: str | None) -> dict[str, str]:
     return {"name": name} if name else {"id": domain_id or "default"}
 
@@ -266,8 +262,14 @@ class StreamedBody:
     (the request is then complete); C{cancel} fails it, which makes the
     agent drop the connection before the last chunk, so Swift stores
     nothing.
+
+    The owner is woken on C{clock}, never from inside C{startProducing} or
+    C{resumeProducing}: the connection calls those in the middle of its own
+    state changes, and an owner that went on from there at once (finishing
+    the body, starting its next request) would run inside them.
     """
 
+    clock: IReactorTime
     length: object = field(default=UNKNOWN_LENGTH, init=False)
     _consumer: IConsumer | None = field(default=None, init=False)
     _done: Deferred[None] | None = field(default=None, init=False)
@@ -283,7 +285,7 @@ class StreamedBody:
         self._done = Deferred()
         if self._ended:
             self._done.callback(None)
-        self._wake()
+        self._wake_soon()
         return self._done
 
     def pauseProducing(self) -> None:
@@ -291,11 +293,11 @@ class StreamedBody:
 
     def resumeProducing(self) -> None:
         self._paused = False
-        self._wake()
+        self._wake_soon()
 
     def stopProducing(self) -> None:
         self._stopped = True
-        self._wake()
+        self._wake_soon()
 
     # The owner's side
 
@@ -335,6 +337,10 @@ class StreamedBody:
         d: Deferred[None] = Deferred()
         self._waiting.append(d)
         return d
+
+    def _wake_soon(self) -> None:
+        if self._waiting:
+            self.clock.callLater(0, self._wake)
 
     def _wake(self) -> None:
         waiting, self._waiting = self._waiting, []
@@ -525,7 +531,7 @@ class SwiftClient:
         replayed). Take the session from L{session} just before, so the
         token is fresh.
         """
-        body = StreamedBody()
+        body = StreamedBody(self.clock)
         all_headers = {k: [v] for k, v in (headers or {}).items()}
         all_headers["X-Auth-Token"] = [session.token]
         response: Deferred[IResponse] = self.http.request(
@@ -543,13 +549,20 @@ class SwiftClient:
         return await self.put_answer(put, doing)
 
     async def put_answer(self, put: StreamingPut, doing: str) -> str | None:
-        """Swift's answer to C{put}: the ETag, or the error it stands for."""
+        """
+        Swift's answer to C{put} (given up after C{timeout} seconds): the
+        ETag, or the error it stands for.
+        """
+        timer = self.clock.callLater(self.timeout, put.response.cancel)
         try:
             response = await put.response
         except Exception as e:
             raise StoreError(
                 f"Swift store {self.store_name!r}: {doing} failed: {describe(e)}"
             ) from None
+        finally:
+            if timer.active():
+                timer.cancel()
         await _drain(response)
         if not 200 <= response.code < 300:
             raise self._failure(doing, response.code)
@@ -619,12 +632,19 @@ class SwiftClient:
         except NotFound:
             return False
         body = await _drain(response)
-        if large:
-            return self._bulk_delete_result(name, body)
-        return True
+        if not large:
+            return True
+        deleted = self._bulk_delete_result(name, body)
+        if deleted is None:  # a plain object, not a manifest
+            return await self.delete_object(container, name)
+        return deleted
 
-    def _bulk_delete_result(self, name: str, body: bytes) -> bool:
-        """A manifest delete answers 200 and says in its body what it did."""
+    def _bulk_delete_result(self, name: str, body: bytes) -> bool | None:
+        """
+        A manifest delete answers 200 and says in its body what it did:
+        whether anything was deleted, or C{None} if C{name} is a plain
+        object (which a manifest delete refuses).
+        """
         try:
             result = json.loads(body)
         except ValueError:
@@ -632,6 +652,10 @@ class SwiftClient:
         status = str(result.get("Response Status", "200"))
         if status.startswith("404"):
             return False
+        if status.startswith("400") and "Not an SLO manifest" in json.dumps(
+            result.get("Errors")
+        ):
+            return None
         if not status.startswith("2") or result.get("Errors"):
             raise StoreError(
                 f"Swift store {self.store_name!r}: deleting {name} answered {status}"

@@ -1,0 +1,625 @@
+"""
+The Swift store: image data as objects in one container of an OpenStack
+Swift account.
+
+An image's data is the object C{<container>/<image id>}, named by the
+location C{swift+http://<auth host>/<auth path>/<container>/<image id>}
+(C{swift+https} for an https auth address): glance_store's form, less the
+credentials it would put before the host. A location never carries a user,
+key or token.
+
+Uploads stream. An image whose declared size is at most
+C{swift_store_large_object_size} goes up as one chunked PUT, fed as bytes
+arrive; Swift makes an object visible only
+when its body has ended, so an abort simply drops the request. A larger
+image, or one whose size is not known, becomes a Static Large Object:
+segments of C{swift_store_large_object_chunk_size} bytes, each one chunked
+PUT streamed as the bytes arrive (so memory holds the writer's queue, never
+a segment), in C{<container>_segments} under C{<image id>/<upload id>/},
+and at commit a manifest at the image's name. Every upload first puts an
+empty marker object C{<image id>/<upload id>} in the segments container and
+removes it when it commits or aborts: what a crash leaves behind is found
+by its marker and removed by L{SwiftStore.discard_incomplete}. An abort or
+a failure deletes every segment already sent.
+
+Reads relay one GET (ranged when asked for part of the data) to the
+consumer through the shared read-ahead producer, pausing the Swift
+connection while the consumer is slow. Deletes use
+C{?multipart-manifest=delete}, which removes a manifest's segments with it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from attrs import define, field, mutable
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IResponse
+from zope.interface import implementer
+
+from glance_tx.backpressure import Watermarks
+from glance_tx.config import ConfigError, StoreConfig
+from glance_tx.errors import BadRequest, NotFound, StoreError
+from glance_tx.images import validate_image_id
+from glance_tx.store.factory import StoreServices
+from glance_tx.store.interface import IStore, IStoreWriter
+from glance_tx.store.reader import BlockProducer, IBlockSource
+from glance_tx.store.swift_client import (
+    INTERFACES,
+    KeystoneV3Auth,
+    Segment,
+    StreamingPut,
+    SwiftClient,
+    TempAuth,
+)
+from glance_tx.store.writer import IWriteBackend, StoreWriter
+
+__all__ = ["SwiftStore", "make_swift_store", "swift_store_from_options"]
+
+MiB = 1024 * 1024
+
+DEFAULT_BLOCK_SIZE = 1 * MiB
+DEFAULT_HIGH_WATERMARK = 4 * MiB
+DEFAULT_LOW_WATERMARK = 1 * MiB
+#: glance_store's defaults, in bytes (its options are in MiB).
+DEFAULT_LARGE_OBJECT_SIZE = 5120 * MiB
+DEFAULT_LARGE_OBJECT_CHUNK_SIZE = 200 * MiB
+
+
+def _is_image_id(name: str) -> bool:
+    try:
+        return validate_image_id(name) == name
+    except BadRequest:
+        return False
+
+
+@implementer(IStore)
+@define
+class SwiftStore:
+    """
+    Image data in C{container} of the account C{client} logs in to.
+
+    @ivar auth_address: The auth URL the locations are built from.
+    @ivar create_container: Create the container (and the segments
+        container) at the first upload, as glance_store's
+        C{swift_store_create_container_on_put}.
+    @ivar large_object_size: Images larger than this (bytes) are Static
+        Large Objects...
+    @ivar chunk_size: ... of segments of this many bytes.
+    """
+
+    client: SwiftClient
+    auth_address: str
+    container: str = "glance"
+    create_container: bool = False
+    large_object_size: int = DEFAULT_LARGE_OBJECT_SIZE
+    chunk_size: int = DEFAULT_LARGE_OBJECT_CHUNK_SIZE
+    block_size: int = DEFAULT_BLOCK_SIZE
+    high_watermark: int = DEFAULT_HIGH_WATERMARK
+    low_watermark: int = DEFAULT_LOW_WATERMARK
+    _containers_made: bool = field(default=False, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.watermarks  # noqa: B018 -- refuse a bad pair now, not at the first upload
+        if self.chunk_size < 1 or self.large_object_size < 0:
+            raise ValueError("the large object sizes must be positive")
+
+    @property
+    def scheme(self) -> str:  # type: ignore[override]
+        return "swift+" + (urlsplit(self.auth_address).scheme or "http")
+
+    @property
+    def watermarks(self) -> Watermarks:
+        return Watermarks(high=self.high_watermark, low=self.low_watermark)
+
+    @property
+    def segments_container(self) -> str:
+        return self.container + "_segments"
+
+    @property
+    def _prefix(self) -> str:
+        """Every location of this store starts with this."""
+        parts = urlsplit(self.auth_address)
+        return f"{self.scheme}://{parts.netloc}{parts.path.rstrip('/')}/{self.container}/"
+
+    def location_for(self, image_id: str) -> str:
+        return self._prefix + image_id
+
+    def _object_name(self, location: object) -> str:
+        """The image id a location of this store names; BadRequest if none."""
+        if (
+            not isinstance(location, str)
+            or not location.startswith(self._prefix)
+            or not _is_image_id(location[len(self._prefix) :])
+        ):
+            raise BadRequest(f"{location!r} is not a location in this store")
+        return location[len(self._prefix) :]
+
+    # Writing
+
+    def open_writer(self, image_id: str, size: int | None = None) -> Deferred[IStoreWriter]:
+        """
+        See L{IStore.open_writer}. C{size}, when the upload declares it,
+        decides between one PUT and a Static Large Object; unknown, the
+        image is uploaded as a Static Large Object, as glance_store does.
+        """
+        try:
+            image_id = validate_image_id(image_id)
+        except BadRequest:
+            return fail()
+        return Deferred.fromCoroutine(self._open_writer(image_id, size))
+
+    async def _open_writer(self, image_id: str, size: int | None) -> IStoreWriter:
+        await self._ensure_containers()
+        large = size is None or size > self.large_object_size
+        backend = _SwiftUpload(
+            store=self,
+            image_id=image_id,
+            upload_id=secrets.token_hex(8),
+            large=large,
+        )
+        try:
+            await self.client.put_object(
+                self.segments_container, backend.marker, b"", doing="starting an upload"
+            )
+        except NotFound:
+            raise StoreError(
+                f"Swift store {self.client.store_name!r}: the container "
+                f"{self.segments_container} does not exist"
+            ) from None
+        return StoreWriter(backend, self.watermarks)
+
+    async def _ensure_containers(self) -> None:
+        if not self.create_container or self._containers_made:
+            return
+        for container in (self.container, self.segments_container):
+            await self.client.create_container(container)
+        self._containers_made = True
+
+    # Reading
+
+    def read(
+        self,
+        location: str,
+        consumer: IConsumer,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> Deferred[None]:
+        try:
+            name = self._object_name(location)
+            if not isinstance(offset, int) or offset < 0:
+                raise BadRequest(f"Invalid offset {offset!r}")
+            if length is not None and (not isinstance(length, int) or length < 0):
+                raise BadRequest(f"Invalid length {length!r}")
+        except BadRequest:
+            return fail()
+        return Deferred.fromCoroutine(self._read(name, consumer, offset, length))
+
+    async def _read(
+        self, name: str, consumer: IConsumer, offset: int, length: int | None
+    ) -> None:
+        source: IBlockSource
+        if length == 0:
+            await self.client.head_object(self.container, name)  # NotFound if missing
+            source, remaining = _NoBytes(), 0
+        else:
+            response = await self.client.get_object(self.container, name, offset, length)
+            if response is None:
+                source, remaining = _NoBytes(), 0
+            else:
+                relay = _ResponseRelay(self.block_size)
+                response.deliverBody(relay)
+                source, remaining = relay, _length(response)
+        producer = BlockProducer(
+            source=source, consumer=consumer, remaining=remaining, block_size=self.block_size
+        )
+        await producer.start()
+
+    def size(self, location: str) -> Deferred[int]:
+        try:
+            name = self._object_name(location)
+        except BadRequest:
+            return fail()
+        d = Deferred.fromCoroutine(self.client.head_object(self.container, name))
+        return d.addCallback(lambda headers: int(headers.get("content-length", "0")))
+
+    # The rest
+
+    def delete(self, location: str) -> Deferred[None]:
+        try:
+            name = self._object_name(location)
+        except BadRequest:
+            return fail()
+        d = Deferred.fromCoroutine(self.client.delete_object(self.container, name, large=True))
+        return d.addCallback(lambda _: None)
+
+    def locations(self) -> Deferred[frozenset[str]]:
+        return Deferred.fromCoroutine(self._locations())
+
+    async def _locations(self) -> frozenset[str]:
+        try:
+            names = await self.client.list_objects(self.container)
+        except NotFound:
+            return frozenset()
+        return frozenset(self.location_for(n) for n in names if _is_image_id(n))
+
+    def discard_incomplete(self) -> Deferred[int]:
+        """
+        See L{IStore.discard_incomplete}: every upload marker, with the
+        segments under it, is removed, those of uploads still open too, so
+        run it only before any upload starts.
+        """
+        return Deferred.fromCoroutine(self._discard_incomplete())
+
+    async def _discard_incomplete(self) -> int:
+        try:
+            names = await self.client.list_objects(self.segments_container)
+        except NotFound:
+            return 0
+        markers = {n for n in names if n.count("/") == 1}
+        for name in names:
+            if name not in markers and name.rsplit("/", 1)[0] in markers:
+                await self.client.delete_object(self.segments_container, name)
+        for marker in markers:
+            await self.client.delete_object(self.segments_container, marker)
+        return len(markers)
+
+    def ping(self) -> Deferred[None]:
+        """
+        Fire when Swift takes our credentials and the container exists (or
+        will be created at the first upload).
+        """
+        return Deferred.fromCoroutine(self._ping())
+
+    async def _ping(self) -> None:
+        try:
+            await self.client.head_container(self.container)
+        except NotFound:
+            if not self.create_container:
+                raise StoreError(
+                    f"Swift store {self.client.store_name!r}: the container "
+                    f"{self.container} does not exist"
+                ) from None
+
+
+def _length(response: IResponse) -> int:
+    if isinstance(response.length, int):
+        return response.length
+    values = response.headers.getRawHeaders("Content-Length") or ["0"]
+    return int(values[0])
+
+
+@implementer(IWriteBackend)
+@mutable
+class _SwiftUpload:
+    """
+    How one image's bytes reach Swift: one streamed PUT of the image's
+    object, or streamed PUTs of segments and, at commit, the manifest.
+    """
+
+    store: SwiftStore
+    image_id: str
+    upload_id: str
+    large: bool
+
+    _put: StreamingPut | None = field(default=None, init=False)
+    _put_name: str | None = field(default=None, init=False)
+    _in_put: int = field(default=0, init=False)
+    _segments: list[Segment] = field(factory=list, init=False)
+    _committed: bool = field(default=False, init=False)
+
+    @property
+    def location(self) -> str:
+        return self.store.location_for(self.image_id)
+
+    @property
+    def marker(self) -> str:
+        return f"{self.image_id}/{self.upload_id}"
+
+    @property
+    def client(self) -> SwiftClient:
+        return self.store.client
+
+    def write(self, chunks: list[bytes]) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._write(chunks))
+
+    async def _write(self, chunks: list[bytes]) -> None:
+        if not self.large:
+            if self._put is None:
+                await self._start_put(self.store.container, self.image_id)
+            assert self._put is not None
+            await self._put.body.send(chunks)
+            return
+        pending = deque(chunks)
+        batch: list[bytes] = []
+        while pending:
+            if self._put is None:
+                await self._start_segment()
+            chunk = pending.popleft()
+            room = self.store.chunk_size - self._in_put
+            if len(chunk) > room:
+                chunk, rest = chunk[:room], chunk[room:]
+                pending.appendleft(rest)
+            batch.append(chunk)
+            self._in_put += len(chunk)
+            if self._in_put == self.store.chunk_size:
+                await self._send(batch)
+                batch = []
+                await self._end_segment()
+        if batch:
+            await self._send(batch)
+
+    async def _send(self, batch: list[bytes]) -> None:
+        assert self._put is not None
+        await self._put.body.send(batch)
+
+    async def _start_put(self, container: str, name: str) -> None:
+        session = await self.client.session()
+        self._put = self.client.put_object_streaming(session, container, name)
+        self._put_name, self._in_put = name, 0
+
+    async def _start_segment(self) -> None:
+        number = len(self._segments) + 1
+        await self._start_put(self.store.segments_container, f"{self.marker}/{number:08d}")
+
+    async def _end_segment(self) -> None:
+        put, name, size = self._put, self._put_name, self._in_put
+        assert put is not None and name is not None
+        etag = await self.client.finish_put(put, "storing a segment")
+        self._put, self._put_name = None, None
+        self._segments.append(Segment(self.store.segments_container, name, etag, size))
+
+    def commit(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._commit())
+
+    async def _commit(self) -> None:
+        container = self.store.container
+        if not self.large:
+            if self._put is None:  # nothing written: an empty object
+                await self.client.put_object(container, self.image_id, b"", "storing image data")
+            else:
+                put, self._put = self._put, None
+                await self.client.finish_put(put, "storing image data")
+        else:
+            if self._put is not None:
+                await self._end_segment()
+            if self._segments:
+                await self.client.put_manifest(container, self.image_id, self._segments)
+            else:
+                await self.client.put_object(container, self.image_id, b"", "storing image data")
+        self._committed = True
+        await self.client.delete_object(self.store.segments_container, self.marker)
+
+    def discard(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._discard())
+
+    async def _discard(self) -> None:
+        segments = self.store.segments_container
+        if self._put is not None:
+            put, self._put = self._put, None
+            put.body.cancel()
+            try:
+                await self.client.put_answer(put, "cancelling an upload")
+            except Exception:
+                pass  # cancelled: Swift stored nothing, and says so
+            if self.large and self._put_name:
+                await self.client.delete_object(segments, self._put_name)
+        if self._committed:
+            await self.client.delete_object(self.store.container, self.image_id, large=True)
+        else:
+            for segment in self._segments:
+                await self.client.delete_object(segments, segment.name)
+        self._segments = []
+        await self.client.delete_object(segments, self.marker)
+
+
+@implementer(IBlockSource)
+class _NoBytes:
+    """The source of a read that has nothing to produce."""
+
+    def read_block(self, size: int) -> Deferred[bytes]:
+        return succeed(b"")
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
+
+@implementer(IBlockSource)
+class _ResponseRelay(Protocol):
+    """
+    A GET response's body as blocks: it holds what has arrived, pausing the
+    connection while more than a block is held, and hands it out a block at
+    a time.
+    """
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self._held: deque[bytes] = deque()
+        self._held_bytes = 0
+        self._paused = False
+        self._ended: Failure | None = None
+        self._waiting: Deferred[bytes] | None = None
+        self._waiting_size = 0
+        self._closed: Deferred[None] | None = None
+
+    # Protocol (the response body)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > self.block_size and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._answer()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
+        self._ended = reason or Failure(ResponseDone())
+        self._answer()
+        if self._closed is not None:
+            self._closed.callback(None)
+
+    # IBlockSource
+
+    def read_block(self, size: int) -> Deferred[bytes]:
+        self._waiting, self._waiting_size = Deferred(), size
+        d = self._waiting
+        self._answer()
+        return d
+
+    def close(self) -> Deferred[None]:
+        """
+        Drop the rest of the body (stopping the connection if it is still
+        coming) and fire once the response is over, so the connection is
+        back in its pool, or closed, by the time the read is done.
+        """
+        self._held.clear()
+        if self._ended is not None:
+            return succeed(None)
+        self._closed = Deferred()
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+        return self._closed
+
+    def _answer(self) -> None:
+        d = self._waiting
+        if d is None:
+            return
+        if self._held:
+            self._waiting = None
+            block = self._take(self._waiting_size)
+            if self._paused and self._held_bytes <= self.block_size and self.transport:
+                self._paused = False
+                self.transport.resumeProducing()  # type: ignore[attr-defined]
+            d.callback(block)
+        elif self._ended is not None:
+            self._waiting = None
+            if self._ended.check(ResponseDone, PotentialDataLoss):
+                d.callback(b"")
+            else:
+                d.errback(StoreError(f"The Swift connection failed: {self._ended.getErrorMessage()}"))
+
+    def _take(self, size: int) -> bytes:
+        parts: list[bytes] = []
+        taken = 0
+        while self._held and taken < size:
+            chunk = self._held.popleft()
+            if taken + len(chunk) > size:
+                chunk, rest = chunk[: size - taken], chunk[size - taken :]
+                self._held.appendleft(rest)
+            parts.append(chunk)
+            taken += len(chunk)
+        self._held_bytes -= taken
+        return b"".join(parts)
+
+
+def _mib(options: Mapping[str, str], name: str, default: int) -> int:
+    raw = options.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number of MiB, not {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1 (MiB)")
+    return value * MiB
+
+
+async def make_swift_store(config: StoreConfig, services: StoreServices) -> SwiftStore:
+    """The L{glance_tx.store.factory.StoreFactory} of C{swift} stores."""
+    return swift_store_from_options(
+        config.id, config.options, services.http_client, services.reactor
+    )
+
+
+def swift_store_from_options(
+    store_id: str, options: Mapping[str, str], http: Any, clock: IReactorTime
+) -> SwiftStore:
+    """
+    A Swift store from its config section (glance_store's option names;
+    the two large object sizes in MiB, as there). No I/O: the first
+    request logs in.
+    """
+
+    def need(name: str) -> str:
+        value = options.get(name)
+        if not value:
+            raise ConfigError(f"store {store_id!r}: {name} is required")
+        return value
+
+    def flag(name: str, default: bool) -> bool:
+        raw = options.get(name)
+        if raw is None:
+            return default
+        value = {"true": True, "yes": True, "1": True, "on": True,
+                 "false": False, "no": False, "0": False, "off": False}.get(raw.lower())
+        if value is None:
+            raise ConfigError(f"store {store_id!r}: {name} must be true or false")
+        return value
+
+    auth_address = need("swift_store_auth_address")
+    version = options.get("swift_store_auth_version", "3").strip()
+    auth: TempAuth | KeystoneV3Auth
+    if version in ("1", "1.0"):
+        auth = TempAuth(auth_address, need("swift_store_user"), need("swift_store_key"))
+    elif version in ("3", "3.0"):
+        endpoint_type = options.get("swift_store_endpoint_type", "publicURL")
+        if endpoint_type not in INTERFACES:
+            raise ConfigError(
+                f"store {store_id!r}: swift_store_endpoint_type must be "
+                "publicURL, internalURL or adminURL"
+            )
+        common: dict[str, Any] = dict(
+            auth_address=auth_address,
+            region=options.get("swift_store_region"),
+            interface=INTERFACES[endpoint_type],
+            service_type=options.get("swift_store_service_type", "object-store"),
+            endpoint=options.get("swift_store_endpoint"),
+        )
+        if options.get("swift_store_application_credential_id"):
+            auth = KeystoneV3Auth(
+                application_credential_id=options["swift_store_application_credential_id"],
+                application_credential_secret=need("swift_store_application_credential_secret"),
+                **common,
+            )
+        else:
+            # glance_store's "project:user" form.
+            project, _, user = need("swift_store_user").rpartition(":")
+            auth = KeystoneV3Auth(
+                user=user,
+                key=need("swift_store_key"),
+                project=project or None,
+                user_domain_id=options.get("swift_store_user_domain_id", "default"),
+                user_domain_name=options.get("swift_store_user_domain_name"),
+                project_domain_id=options.get("swift_store_project_domain_id", "default"),
+                project_domain_name=options.get("swift_store_project_domain_name"),
+                **common,
+            )
+    else:
+        raise ConfigError(
+            f"store {store_id!r}: swift_store_auth_version must be 1 or 3, not {version!r}"
+        )
+    try:
+        return SwiftStore(
+            client=SwiftClient(http=http, auth=auth, clock=clock, store_name=store_id),
+            auth_address=auth_address,
+            container=options.get("swift_store_container", "glance"),
+            create_container=flag("swift_store_create_container_on_put", False),
+            large_object_size=_mib(
+                options, "swift_store_large_object_size", DEFAULT_LARGE_OBJECT_SIZE
+            ),
+            chunk_size=_mib(
+                options, "swift_store_large_object_chunk_size", DEFAULT_LARGE_OBJECT_CHUNK_SIZE
+            ),
+        )
+    except ValueError as e:
+        raise ConfigError(f"store {store_id!r}: {e}") from None
