@@ -186,6 +186,25 @@ class SwiftStoreTests(_SwiftHarness, TestCase):
         self.assertEqual(self.objects(self.container + "_segments"), [])
         self.assertEqual(await store.discard_incomplete(), 0)
 
+    async def test_abort_during_commit_leaves_nothing(self) -> None:
+        """
+        An abort while the commit is in flight (segments closing, the
+        manifest going up) wins: the commit fails and neither the image's
+        object nor any segment is left, for a large and a one-PUT upload.
+        """
+        store = self.make_store()
+        data = make_data(2 * SEGMENT + 10)
+        for size in (None, len(data)):
+            writer = await store.open_writer(new_image_id(), size)
+            writer.write(data)
+            await _settle(5)
+            committing = writer.commit()
+            await writer.abort()
+            with self.assertRaises(StoreError):
+                await committing
+            self.assertEqual(self.objects(self.container), [])
+            self.assertEqual(self.objects(self.container + "_segments"), [])
+
     async def test_connection_cut_mid_upload_leaves_nothing(self) -> None:
         """
         When the connection to Swift drops in the middle of a segment, the

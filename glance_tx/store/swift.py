@@ -315,7 +315,7 @@ class _SwiftUpload:
     _put_name: str | None = field(default=None, init=False)
     _in_put: int = field(default=0, init=False)
     _segments: list[Segment] = field(factory=list, init=False)
-    _committed: bool = field(default=False, init=False)
+    _final_attempted: bool = field(default=False, init=False)
 
     @property
     def location(self) -> str:
@@ -374,8 +374,11 @@ class _SwiftUpload:
     async def _end_segment(self) -> None:
         put, name, size = self._put, self._put_name, self._in_put
         assert put is not None and name is not None
+        # Its body is complete: from here a discard deletes the segment
+        # (if Swift stored it) rather than cancel the request.
+        self._put = None
         etag = await self.client.finish_put(put, "storing a segment")
-        self._put, self._put_name = None, None
+        self._put_name = None
         self._segments.append(Segment(self.store.segments_container, name, etag, size))
 
     def commit(self) -> Deferred[None]:
@@ -383,6 +386,9 @@ class _SwiftUpload:
 
     async def _commit(self) -> None:
         container = self.store.container
+        # The image's object may exist from here on, even if we never hear
+        # Swift's answer: a discard deletes it.
+        self._final_attempted = True
         if not self.large:
             if self._put is None:  # nothing written: an empty object
                 await self.client.put_object(container, self.image_id, b"", "storing image data")
@@ -396,7 +402,6 @@ class _SwiftUpload:
                 await self.client.put_manifest(container, self.image_id, self._segments)
             else:
                 await self.client.put_object(container, self.image_id, b"", "storing image data")
-        self._committed = True
         await self.client.delete_object(self.store.segments_container, self.marker)
 
     def discard(self) -> Deferred[None]:
@@ -413,11 +418,11 @@ class _SwiftUpload:
                 pass  # cancelled: Swift stored nothing, and says so
             if self.large and self._put_name:
                 await self.client.delete_object(segments, self._put_name)
-        if self._committed:
+        if self._final_attempted:
+            # Removes a manifest's segments too (or a plain object).
             await self.client.delete_object(self.store.container, self.image_id, large=True)
-        else:
-            for segment in self._segments:
-                await self.client.delete_object(segments, segment.name)
+        for segment in self._segments:
+            await self.client.delete_object(segments, segment.name)
         self._segments = []
         await self.client.delete_object(segments, self.marker)
 
@@ -454,6 +459,8 @@ class _ResponseRelay(Protocol):
     # Protocol (the response body)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closed is not None:
+            return  # closed: the rest of the body is not wanted
         self._held.append(data)
         self._held_bytes += len(data)
         if self._held_bytes > self.block_size and not self._paused and self.transport:
