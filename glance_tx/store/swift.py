@@ -37,12 +37,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from attrs import define, field, mutable
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer, IReactorTime
-from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
@@ -52,7 +48,8 @@ from glance_tx.errors import BadRequest, NotFound, StoreError
 from glance_tx.images import validate_image_id
 from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
-from glance_tx.store.reader import BlockProducer, IBlockSource
+from glance_tx.store.reader import BlockProducer, IBlockSource, NoBytes
+from glance_tx.store.response import response_blocks
 from glance_tx.store.swift_client import (
     INTERFACES,
     KeystoneV3Auth,
@@ -210,15 +207,15 @@ class SwiftStore:
         source: IBlockSource
         if length == 0:
             await self.client.head_object(self.container, name)  # NotFound if missing
-            source, remaining = _NoBytes(), 0
+            source, remaining = NoBytes(), 0
         else:
             response = await self.client.get_object(self.container, name, offset, length)
             if response is None:
-                source, remaining = _NoBytes(), 0
+                source, remaining = NoBytes(), 0
             else:
-                relay = _ResponseRelay(self.block_size)
-                response.deliverBody(relay)
-                source, remaining = relay, _length(response)
+                origin = f"the Swift store {self.client.store_name!r}"
+                source = response_blocks(response, self.block_size, origin)
+                remaining = _length(response)
         producer = BlockProducer(
             source=source, consumer=consumer, remaining=remaining, block_size=self.block_size
         )
@@ -425,107 +422,6 @@ class _SwiftUpload:
             await self.client.delete_object(segments, segment.name)
         self._segments = []
         await self.client.delete_object(segments, self.marker)
-
-
-@implementer(IBlockSource)
-class _NoBytes:
-    """The source of a read that has nothing to produce."""
-
-    def read_block(self, size: int) -> Deferred[bytes]:
-        return succeed(b"")
-
-    def close(self) -> Deferred[None]:
-        return succeed(None)
-
-
-@implementer(IBlockSource)
-class _ResponseRelay(Protocol):
-    """
-    A GET response's body as blocks: it holds what has arrived, pausing the
-    connection while more than a block is held, and hands it out a block at
-    a time.
-    """
-
-    def __init__(self, block_size: int) -> None:
-        self.block_size = block_size
-        self._held: deque[bytes] = deque()
-        self._held_bytes = 0
-        self._paused = False
-        self._ended: Failure | None = None
-        self._waiting: Deferred[bytes] | None = None
-        self._waiting_size = 0
-        self._closed: Deferred[None] | None = None
-
-    # Protocol (the response body)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._closed is not None:
-            return  # closed: the rest of the body is not wanted
-        self._held.append(data)
-        self._held_bytes += len(data)
-        if self._held_bytes > self.block_size and not self._paused and self.transport:
-            self._paused = True
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
-        self._answer()
-
-    def connectionLost(self, reason: Failure | None = None) -> None:  # type: ignore[override]
-        self._ended = reason or Failure(ResponseDone())
-        self._answer()
-        if self._closed is not None:
-            self._closed.callback(None)
-
-    # IBlockSource
-
-    def read_block(self, size: int) -> Deferred[bytes]:
-        self._waiting, self._waiting_size = Deferred(), size
-        d = self._waiting
-        self._answer()
-        return d
-
-    def close(self) -> Deferred[None]:
-        """
-        Drop the rest of the body (stopping the connection if it is still
-        coming) and fire once the response is over, so the connection is
-        back in its pool, or closed, by the time the read is done.
-        """
-        self._held.clear()
-        if self._ended is not None:
-            return succeed(None)
-        self._closed = Deferred()
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-        return self._closed
-
-    def _answer(self) -> None:
-        d = self._waiting
-        if d is None:
-            return
-        if self._held:
-            self._waiting = None
-            block = self._take(self._waiting_size)
-            if self._paused and self._held_bytes <= self.block_size and self.transport:
-                self._paused = False
-                self.transport.resumeProducing()  # type: ignore[attr-defined]
-            d.callback(block)
-        elif self._ended is not None:
-            self._waiting = None
-            if self._ended.check(ResponseDone, PotentialDataLoss):
-                d.callback(b"")
-            else:
-                d.errback(StoreError(f"The Swift connection failed: {self._ended.getErrorMessage()}"))
-
-    def _take(self, size: int) -> bytes:
-        parts: list[bytes] = []
-        taken = 0
-        while self._held and taken < size:
-            chunk = self._held.popleft()
-            if taken + len(chunk) > size:
-                chunk, rest = chunk[: size - taken], chunk[size - taken :]
-                self._held.appendleft(rest)
-            parts.append(chunk)
-            taken += len(chunk)
-        self._held_bytes -= taken
-        return b"".join(parts)
 
 
 def _mib(options: Mapping[str, str], name: str, default: int) -> int:
