@@ -260,6 +260,49 @@ class RegistryService(ReadyService[IRegistry]):
             await registry.close()
 
 
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@define(eq=False)
+class HTTPRegistryService(ReadyService[IRegistry]):
+    """
+    The registry of C{registry_url}: an HTTP client of a glance-registry
+    server (L{glance_tx.registry.client}), its connections closed at stop.
+    It does not wait for the registry to answer: a node whose registry is
+    down starts, answers 503 and recovers by itself once it is back.
+    """
+
+    reactor: Any
+    config: Config
+    runner: BlockingRunner
+    registry: Any = field(default=None, init=False)
+
+    async def start(self) -> IRegistry:
+        from glance_tx.registry.client import open_http_registry
+
+        config = self.config
+        assert config.registry_url is not None
+        ca = None
+        if config.registry_client_ca_file is not None:
+            ca = await self.runner.run(_read_bytes, config.registry_client_ca_file)
+        self.registry = open_http_registry(
+            self.reactor,
+            config.registry_url,
+            token=config.registry_token,
+            timeout=config.registry_client_timeout,
+            retries=config.registry_client_retries,
+            ca_certificate=ca,
+        )
+        return cast(IRegistry, self.registry)
+
+    async def stop(self) -> None:
+        if self.registry is not None:
+            registry, self.registry = self.registry, None
+            await registry.close()
+
+
 @define(eq=False)
 class StoresService(ReadyService[StoreMap]):
     """Makes every enabled store (L{build_store_map})."""

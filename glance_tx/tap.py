@@ -4,7 +4,8 @@
     ServiceChain            (glance_tx.services: each child starts once the
      |                      one before is ready; stops in reverse order)
      |- threads             the thread pool: database, file, hashing work
-     |- registry            opens the SQL registry, running migrations
+     |- registry            opens the SQL registry, running migrations (or,
+     |                      with registry_url, a client of glance-registry)
      |- stores              builds the enabled stores
      |- recovery            start-up recovery (unless recover_on_start is
      |                      false)
@@ -34,9 +35,12 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from glance_tx.config import Config, ConfigError, load_config
+from glance_tx.registry.interface import IRegistry
 from glance_tx.services import (
+    HTTPRegistryService,
     ListenerService,
     PurgerService,
+    ReadyService,
     RecoveryService,
     RegistryService,
     ServiceChain,
@@ -88,7 +92,11 @@ def glance_service(
     """
     if runner is None:
         runner = threads.runner
-    registry = RegistryService(config.sql_connection, runner)
+    registry: ReadyService[IRegistry] = (
+        HTTPRegistryService(reactor, config, runner)
+        if config.registry_url is not None
+        else RegistryService(config.sql_connection, runner)
+    )
     stores = StoresService(config, runner, reactor)
     purger = PurgerService(reactor, config.cache) if config.cache.purge_urls else None
 

@@ -6,3 +6,10 @@ glance = ServiceMaker(
     "OpenStack Images API server with streamed image data",
     "glance",
 )
+
+glance_registry = ServiceMaker(
+    "glance-tx registry server",
+    "glance_tx.registry.tap",
+    "Registry API server: image records shared by several API nodes",
+    "glance-registry",
+)
