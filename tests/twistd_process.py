@@ -75,11 +75,13 @@ async def start_twistd(
     config_text: str,
     extra_args: Sequence[str] = (),
     name: str | None = None,
+    port: int | None = None,
 ) -> TwistdProcess:
     """
     Start C{twistd -n PLUGIN --port ... --data-dir ... --config ...} in a
     directory of C{case}'s, with C{config_text} as its configuration, and
-    wait until C{GET /healthcheck} answers 200. Stopped at C{case}'s
+    wait until C{GET /healthcheck} answers 200. C{port} (default: a free
+    one) lets a test start a service again where it was. Stopped at C{case}'s
     clean-up; a start that fails fails C{case} with the process's output.
     """
     from treq.client import HTTPClient
@@ -90,7 +92,8 @@ async def start_twistd(
     workdir.makedirs()
     config = workdir.child("service.conf")
     config.setContent(config_text.encode("utf-8"))
-    port = free_port()
+    if port is None:
+        port = free_port()
     protocol = _Collect()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
