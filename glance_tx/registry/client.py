@@ -8,6 +8,9 @@ most C{(1 + retries) * (timeout + retry_delay)} seconds, never a hang, and
 the next call tries again, so the node recovers by itself when the registry
 is back.
 
+Errors name no address: they reach the API's clients, and a URL may carry
+credentials.
+
 Retries: only an idempotent request (GET, PUT, DELETE) whose connection
 failed before any response (refused, or lost, as a pooled connection the
 registry closed is) is sent again; a POST never is. A request that timed
@@ -149,7 +152,7 @@ class HTTPRegistryClient:
                     await deferLater(self.clock, self.retry_delay, lambda: None)
                     continue
                 raise ServiceUnavailable(
-                    f"The registry at {self.url} is unreachable: {_reason(e)}"
+                    f"The registry is unreachable: {_reason(e)}"
                 ) from None
             except GlanceError:
                 raise
@@ -157,9 +160,7 @@ class HTTPRegistryClient:
                 # Anything else on the way (a TLS handshake refused, a
                 # malformed response) is the registry not being usable,
                 # never the caller's error or a 500.
-                raise ServiceUnavailable(
-                    f"The registry at {self.url} failed: {_reason(e)}"
-                ) from None
+                raise ServiceUnavailable(f"The registry failed: {_reason(e)}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _bounded(
@@ -183,8 +184,7 @@ class HTTPRegistryClient:
         def deadline() -> None:
             answer.errback(
                 ServiceUnavailable(
-                    f"The registry at {self.url} did not answer within "
-                    f"{self.timeout:g}s"
+                    f"The registry did not answer within {self.timeout:g}s"
                 )
             )
             exchange.cancel()
