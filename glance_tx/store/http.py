@@ -1,0 +1,597 @@
+"""
+The HTTP store: image data that already lives on a web server, read-only.
+
+A location is the data's own C{http://} or C{https://} URL. C{size} asks
+with a C{HEAD} (its C{Content-Length}); C{read} sends one C{GET} with the
+C{Range} asked for and relays the response body to the consumer as it
+arrives, pausing the connection while the consumer is paused, so memory
+does not grow with the image or with a slow client. A server that ignores
+C{Range} and answers C{200} with everything still gives the right bytes:
+the relay skips to the offset and stops (closing the connection) after the
+length. Redirects are followed up to C{max_redirects} hops, and the
+address guard (L{glance_tx.net_guard}) judges every hop, as it is applied
+where each connection is made. Userinfo in a location
+(C{http://user:password@host/...}) is sent as Basic authorisation to that
+origin only, never across a redirect to another, and is never shown: every
+message names the URL without userinfo or query.
+
+Requests go through a C{twisted.web.client.Agent} (what treq is built on)
+rather than a C{treq.HTTPClient}: treq's client asks for gzip and decodes
+it (a server that complied would make C{Content-Length} and C{Range} count
+compressed bytes, not the image's) and keeps a cookie jar across every
+image. Here C{Accept-Encoding: identity} is sent and nothing is kept.
+
+Writes and deletes are refused with L{StoreReadOnly} (403): the request is
+understood and allowed in general, only this store cannot do it, and
+asking again will not help. (Not 405: the image data resource does accept
+uploads, to other stores; not 400: nothing is wrong with the request.)
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+
+from attrs import field, frozen, mutable
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    PotentialDataLoss,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IResponse
+from zope.interface import implementer
+
+from glance_tx.errors import BadRequest, Forbidden, GlanceError, NotFound, StoreError
+from glance_tx.net_guard import (
+    SCHEMES,
+    AddressPolicy,
+    AddressRefused,
+    GuardedEndpointFactory,
+    parse_networks,
+)
+from glance_tx.store.interface import IStore, IStoreWriter
+
+__all__ = ["HTTPStore", "StoreReadOnly", "guarded_agent", "http_store_from_options"]
+
+#: Hops followed before a chain of redirects is given up.
+DEFAULT_MAX_REDIRECTS = 5
+#: Seconds a TCP connection attempt may take.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds without a response, or without a byte of the body while the
+#: consumer wants more, before the server counts as stalled.
+DEFAULT_READ_TIMEOUT = 60.0
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_GONE = frozenset({404, 410})
+
+
+class StoreReadOnly(Forbidden):
+    """A write or delete asked of a store that can only be read."""
+
+
+def shown_url(url: str) -> str:
+    """C{url} as a message may show it: no userinfo, no query, no fragment."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<an unusable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    query = "?..." if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) + query
+
+
+@frozen
+class _Target:
+    """One URL to request, taken apart."""
+
+    #: The URL sent in the request: userinfo removed, ASCII only.
+    url: str
+    #: What messages show of it (see L{shown_url}).
+    shown: str
+    #: (scheme, host, port): where credentials may be sent.
+    origin: tuple[str, str, int]
+    #: Basic credentials from the URL's userinfo, if it had any.
+    authorization: bytes | None
+
+
+def _target(url: object) -> _Target:
+    """
+    Take a location (or a redirect's target) apart.
+
+    @raise BadRequest: not an absolute C{http(s)} URL with a host.
+    """
+    if not isinstance(url, str):
+        raise BadRequest(f"Location {url!r} is not a string")
+    shown = shown_url(url)
+    refusal = f"{shown!r} is not an http or https URL"
+    try:
+        url.encode("ascii")
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except (UnicodeEncodeError, ValueError):
+        raise BadRequest(refusal) from None
+    if parts.scheme not in SCHEMES or not host or any(c in url for c in " \r\n\t\0"):
+        raise BadRequest(refusal)
+    netloc_host = f"[{host}]" if ":" in host else host
+    netloc = netloc_host if port is None else f"{netloc_host}:{port}"
+    authorization = None
+    if parts.username is not None or parts.password is not None:
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        authorization = b"Basic " + base64.b64encode(pair.encode("utf-8"))
+    default_port = 443 if parts.scheme == "https" else 80
+    return _Target(
+        url=urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")),
+        shown=shown,
+        origin=(parts.scheme, host, port or default_port),
+        authorization=authorization,
+    )
+
+
+def _reason(error: BaseException | None) -> str:
+    """A short account of a connection-level failure."""
+    if error is None:
+        return "unknown error"
+    if isinstance(error, (ResponseFailed, ResponseNeverReceived)) and error.reasons:
+        return _reason(error.reasons[0].value)
+    return str(error) or type(error).__name__
+
+
+class _Discard(Protocol):
+    """Takes a response body we do not want, and drops the connection."""
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+def _discard(response: IResponse) -> None:
+    response.deliverBody(_Discard())
+
+
+def _content_range_start(response: IResponse) -> int | None:
+    """Where a 206's C{Content-Range: bytes START-END/SIZE} starts."""
+    value = response.headers.getRawHeaders(b"content-range", [b""])[0]
+    unit, _, rest = value.partition(b" ")
+    start, sep, _ = rest.partition(b"-")
+    if unit.strip().lower() != b"bytes" or not sep or not start.strip().isdigit():
+        return None
+    return int(start)
+
+
+@implementer(IStore)
+@frozen
+class HTTPStore:
+    """
+    Reads image data from the web through C{agent} (see L{guarded_agent}
+    for the one that keeps to the address guard); C{clock} times the
+    waits.
+    """
+
+    scheme: ClassVar[str] = "http"
+    #: The schemes of the locations this store can read.
+    schemes: ClassVar[frozenset[str]] = SCHEMES
+
+    agent: IAgent
+    clock: IReactorTime
+    max_redirects: int = DEFAULT_MAX_REDIRECTS
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+
+    def open_writer(self, image_id: str) -> Deferred[IStoreWriter]:
+        return fail(StoreReadOnly("The HTTP store is read-only: image data cannot be uploaded to it"))
+
+    def delete(self, location: str) -> Deferred[None]:
+        return fail(StoreReadOnly("The HTTP store is read-only: it does not delete data"))
+
+    def locations(self) -> Deferred[frozenset[str]]:
+        """Nothing: the store holds no data of its own."""
+        return succeed(frozenset())
+
+    def discard_incomplete(self) -> Deferred[int]:
+        """Nothing: the store never writes."""
+        return succeed(0)
+
+    def ping(self) -> Deferred[None]:
+        """Fires at once: there is no one server to ask; each read says."""
+        return succeed(None)
+
+    def size(self, location: str) -> Deferred[int]:
+        """The C{Content-Length} a C{HEAD} of the location answers."""
+        return Deferred.fromCoroutine(self._size(location))
+
+    def read(
+        self,
+        location: str,
+        consumer: IConsumer,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._read(location, consumer, offset, length))
+
+    async def _size(self, location: str) -> int:
+        response, target = await self._request(b"HEAD", location, Headers())
+        _discard(response)
+        self._check_found(response, target)
+        if response.code != 200:
+            raise self._answered(response, target)
+        values = response.headers.getRawHeaders(b"content-length")
+        if not values or not values[0].strip().isdigit():
+            raise StoreError(f"{target.shown} gave no Content-Length: its size is unknown")
+        return int(values[0])
+
+    async def _read(
+        self, location: str, consumer: IConsumer, offset: int, length: int | None
+    ) -> None:
+        if not isinstance(offset, int) or offset < 0:
+            raise BadRequest(f"Invalid offset {offset!r}")
+        if length is not None and (not isinstance(length, int) or length < 0):
+            raise BadRequest(f"Invalid length {length!r}")
+        if length == 0:
+            await self._size(location)  # still a NotFound for missing data
+            return await _Relay(consumer, self.clock, self.read_timeout, "", 0, 0).start(None)
+        headers = Headers()
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            headers.setRawHeaders(b"range", [f"bytes={offset}-{end}".encode("ascii")])
+        response, target = await self._request(b"GET", location, headers)
+        if response.code in _GONE:
+            _discard(response)
+        self._check_found(response, target)
+        if response.code == 416:  # the offset is at or past the end
+            _discard(response)
+            return await _Relay(consumer, self.clock, self.read_timeout, "", 0, 0).start(None)
+        if response.code == 200:
+            skip = offset
+        elif response.code == 206:
+            start = _content_range_start(response)
+            if start is None or start > offset:
+                _discard(response)
+                raise StoreError(f"{target.shown} answered a range other than the one asked for")
+            skip = offset - start
+        else:
+            _discard(response)
+            raise self._answered(response, target)
+        relay = _Relay(consumer, self.clock, self.read_timeout, target.shown, skip, length)
+        return await relay.start(response)
+
+    def _check_found(self, response: IResponse, target: _Target) -> None:
+        if response.code in _GONE:
+            raise NotFound(f"No image data at {target.shown} ({response.code})")
+
+    def _answered(self, response: IResponse, target: _Target) -> StoreError:
+        phrase = response.phrase.decode("latin-1", "replace")
+        return StoreError(f"{target.shown} answered {response.code} {phrase}".rstrip())
+
+    async def _request(
+        self, method: bytes, location: str, headers: Headers
+    ) -> tuple[IResponse, _Target]:
+        """
+        Send C{method}, following redirects; fire with the first response
+        that is not one, and the URL that gave it.
+        """
+        target = _target(location)
+        authorization = target.authorization
+        for hop in range(self.max_redirects + 1):
+            sent = headers.copy()
+            sent.setRawHeaders(b"accept-encoding", [b"identity"])
+            sent.setRawHeaders(b"user-agent", [b"glance-tx"])
+            if authorization is not None:
+                sent.setRawHeaders(b"authorization", [authorization])
+            response = await self._send(method, target, sent)
+            if response.code not in _REDIRECTS:
+                return response, target
+            _discard(response)
+            where = response.headers.getRawHeaders(b"location")
+            if not where:
+                raise StoreError(f"{target.shown} redirected nowhere ({response.code})")
+            if hop == self.max_redirects:
+                raise StoreError(
+                    f"{target.shown} redirected more than {self.max_redirects} times"
+                )
+            following = urljoin(target.url, where[0].decode("latin-1"))
+            try:
+                hop_target = _target(following)
+            except BadRequest:
+                raise AddressRefused(
+                    f"{target.shown} redirected to {shown_url(following)!r}, "
+                    "which is not an http or https URL"
+                ) from None
+            if hop_target.authorization is not None:
+                authorization = hop_target.authorization
+            elif hop_target.origin != target.origin:
+                authorization = None
+            target = hop_target
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self, method: bytes, target: _Target, headers: Headers) -> IResponse:
+        d = self.agent.request(method, target.url.encode("ascii"), headers)
+        timer = self.clock.callLater(self.read_timeout, d.cancel)
+        try:
+            response: IResponse = await d
+        except GlanceError:
+            raise  # the guard's refusal, already clear and credential-free
+        except Exception as e:
+            if not timer.active():  # it fired: the cancellation is ours
+                raise StoreError(
+                    f"{target.shown} did not answer within {self.read_timeout:g} seconds"
+                ) from None
+            raise StoreError(f"Could not reach {target.shown}: {_reason(e)}") from None
+        finally:
+            if timer.active():
+                timer.cancel()
+        return response
+
+
+class _BodyProtocol(Protocol):
+    """Hands a response body to its relay."""
+
+    def __init__(self, relay: _Relay) -> None:
+        self.relay = relay
+
+    def connectionMade(self) -> None:
+        self.relay.connected(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.relay.received(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self.relay.ended(reason)
+
+
+@implementer(IPushProducer)
+@mutable
+class _Relay:
+    """
+    Relays one response body to C{consumer}: C{skip} bytes dropped first,
+    at most C{limit} bytes passed on (C{None}: all).
+
+    Pausing pauses the connection itself, so the server waits for us; the
+    few bytes already read off the socket when a pause comes are held
+    until the resume. The stall timer runs only while the consumer wants
+    data: a slow client is not the server's fault.
+    """
+
+    consumer: IConsumer
+    clock: IReactorTime
+    timeout: float
+    shown: str
+    skip: int
+    limit: int | None
+
+    _done: Deferred[None] = field(factory=Deferred, init=False)
+    _transport: Any = field(default=None, init=False)
+    _held: deque[bytes] = field(factory=deque, init=False)
+    _timer: IDelayedCall | None = field(default=None, init=False)
+    _paused: bool = field(default=False, init=False)
+    _stopped: bool = field(default=False, init=False)
+    _ended: bool = field(default=False, init=False)
+    _finished: bool = field(default=False, init=False)
+    _error: Failure | None = field(default=None, init=False)
+
+    def start(self, response: IResponse | None) -> Deferred[None]:
+        """Register on the consumer and relay C{response}'s body (none: nothing)."""
+        try:
+            self.consumer.registerProducer(self, True)
+        except BaseException:
+            self._error = Failure()
+            self._stopped = True
+        if self._stopped or response is None or self.limit == 0:
+            if response is not None:
+                _discard(response)
+            self._ended = True
+        else:
+            response.deliverBody(_BodyProtocol(self))
+            if self._paused and not self._ended:
+                # deliverBody resumes the connection after connectionMade.
+                self._transport.pauseProducing()
+            self._arm()
+        self._settle()
+        return self._done
+
+    # IPushProducer
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pauseProducing()
+        self._disarm()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        while self._held and not self._paused and not self._finished:
+            self._write(self._held.popleft())
+        if not self._paused and not self._ended:
+            if self._transport is not None:
+                self._transport.resumeProducing()
+            self._arm()
+        self._settle()
+
+    def stopProducing(self) -> None:
+        if self._finished:
+            return
+        self._stopped = True
+        self._end_connection()
+        self._settle()
+
+    # From the body protocol
+
+    def connected(self, transport: Any) -> None:
+        self._transport = transport
+
+    def received(self, data: bytes) -> None:
+        if self._ended:
+            return
+        self._arm()
+        if self.skip:
+            dropped = min(self.skip, len(data))
+            self.skip -= dropped
+            data = data[dropped:]
+        if self.limit is not None:
+            data = data[: self.limit]
+            self.limit -= len(data)
+        if data:
+            if self._paused or self._held:
+                self._held.append(data)
+            else:
+                self._write(data)
+        if self.limit == 0:
+            self._end_connection()  # all we want: no need for the rest
+        self._settle()
+
+    def ended(self, reason: Failure) -> None:
+        if not self._ended:
+            self._ended = True
+            self._disarm()
+            if not reason.check(ResponseDone, PotentialDataLoss):
+                self._error = Failure(
+                    StoreError(f"Reading {self.shown} failed: {_reason(reason.value)}")
+                )
+        self._settle()
+
+    # Internals
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.consumer.write(data)
+        except BaseException:
+            self._error = Failure()
+            self._end_connection()
+
+    def _stalled(self) -> None:
+        self._timer = None
+        self._error = Failure(
+            StoreError(f"{self.shown} sent nothing for {self.timeout:g} seconds")
+        )
+        self._end_connection()
+        self._settle()
+
+    def _arm(self) -> None:
+        self._disarm()
+        if not (self._paused or self._ended):
+            self._timer = self.clock.callLater(self.timeout, self._stalled)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _end_connection(self) -> None:
+        self._disarm()
+        self._ended = True
+        if self._transport is not None:
+            self._transport.stopProducing()
+
+    def _settle(self) -> None:
+        """Finish once stopped, failed, or ended with nothing held."""
+        if self._finished:
+            return
+        if self._stopped:
+            self._finish(unregister=False)
+        elif self._error is not None:
+            self._finish(unregister=True)
+        elif self._ended and not self._held:
+            self._finish(unregister=True)
+
+    def _finish(self, unregister: bool) -> None:
+        self._finished = True
+        self._disarm()
+        self._held.clear()
+        outcome: Failure | None = None if self._stopped else self._error
+        if unregister:
+            try:
+                self.consumer.unregisterProducer()
+            except BaseException:
+                outcome = outcome or Failure()
+        if outcome is not None:
+            self._done.errback(outcome)
+        else:
+            self._done.callback(None)
+
+
+def guarded_agent(
+    reactor: Any,
+    policy: AddressPolicy,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    resolver: Any = None,
+) -> IAgent:
+    """
+    An agent whose connections keep to C{policy}, names resolved by
+    C{resolver} (by default the reactor's C{nameResolver}, which runs
+    C{getaddrinfo} on a thread). Connections are not kept: each read is
+    one long transfer, and none is left open at shutdown.
+    """
+    factory = GuardedEndpointFactory(
+        reactor,
+        resolver if resolver is not None else reactor.nameResolver,
+        policy,
+        connect_timeout=connect_timeout,
+    )
+    return Agent.usingEndpointFactory(
+        reactor, factory, pool=HTTPConnectionPool(reactor, persistent=False)
+    )
+
+
+def _number(options: Mapping[str, str], name: str, default: float) -> float:
+    raw = options.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be above 0")
+    return value
+
+
+def http_store_from_options(
+    options: Mapping[str, str], reactor: Any, resolver: Any = None
+) -> HTTPStore:
+    """
+    An L{HTTPStore} from its config section (see doc/configuration.rst).
+
+    @raise ValueError: naming the option that is wrong.
+    """
+    networks = parse_networks(options.get("http_store_allowed_networks", ""))
+    raw_redirects = options.get("http_store_max_redirects", "").strip()
+    try:
+        max_redirects = int(raw_redirects) if raw_redirects else DEFAULT_MAX_REDIRECTS
+    except ValueError:
+        raise ValueError(
+            f"http_store_max_redirects must be an integer, not {raw_redirects!r}"
+        ) from None
+    if max_redirects < 0:
+        raise ValueError("http_store_max_redirects must be at least 0")
+    agent = guarded_agent(
+        reactor,
+        AddressPolicy(networks),
+        connect_timeout=_number(options, "http_store_connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+        resolver=resolver,
+    )
+    return HTTPStore(
+        agent=agent,
+        clock=reactor,
+        max_redirects=max_redirects,
+        read_timeout=_number(options, "http_store_read_timeout", DEFAULT_READ_TIMEOUT),
+    )
