@@ -111,6 +111,7 @@ class FakeBodyTransport:
             return
         block = self.body[self.position : self.position + self.web.block_size]
         self.position += len(block)
+        self.web.blocks += 1
         self.protocol.dataReceived(block)
         self.schedule()
 
@@ -146,6 +147,7 @@ class FakeWeb:
     paced: bool = False
     requests: list[tuple[bytes, str, Headers]] = field(factory=list)
     stops: int = 0
+    blocks: int = 0
     #: Answers every request instead of the files, when set.
     responder: Callable[[bytes, str, Headers], FakeResponse] | None = None
     _steps: deque[Callable[[], None]] = field(factory=deque)
@@ -432,6 +434,59 @@ class HTTPStoreTests(SynchronousTestCase):
         e = self.failureResultOf(d, StoreError).value
         self.assertIn("sent nothing for 30 seconds", e.message)
         self.assertEqual(self.web.stops, 1)
+        self.assertEqual(consumer.unregistered, 1)
+
+    def test_paused_on_register(self) -> None:
+        """
+        A consumer that pauses the producer as it registers it (as
+        twisted.web does while its socket is full) gets nothing until it
+        resumes, and the connection stays paused meanwhile.
+        """
+
+        @define
+        class PausingConsumer(FakeConsumer):
+            def registerProducer(self, producer: Any, streaming: bool) -> None:
+                super().registerProducer(producer, streaming)
+                producer.pauseProducing()
+
+        self.web.paced, self.web.block_size = True, 4
+        url = self.web.add(b"0123456789")
+        consumer = PausingConsumer()
+        d = self.store.read(url, consumer)
+        self.web.run_one()  # the response
+        while self.web.pending():
+            self.web.run_one()
+        self.assertEqual(consumer.chunks, [])
+        self.assertEqual(self.web.blocks, 1)  # the one already on its way
+        assert consumer.producer is not None
+        consumer.producer.resumeProducing()
+        while self.web.pending():
+            self.web.run_one()
+        self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(consumer.value(), b"0123456789")
+
+    def test_consumer_fails(self) -> None:
+        """
+        A consumer that raises in C{registerProducer} or C{write} fails the
+        read with its error, and the connection is closed.
+        """
+
+        @define
+        class Refusing(FakeConsumer):
+            def registerProducer(self, producer: Any, streaming: bool) -> None:
+                raise ValueError("no producers here")
+
+        @define
+        class Broken(FakeConsumer):
+            def write(self, data: bytes) -> None:
+                raise ValueError("disk full")
+
+        url = self.web.add(b"0123456789")
+        self.failureResultOf(self.store.read(url, Refusing()), ValueError)
+        self.assertEqual(self.web.stops, 1)
+        consumer = Broken()
+        self.failureResultOf(self.store.read(url, consumer), ValueError)
+        self.assertEqual(self.web.stops, 2)
         self.assertEqual(consumer.unregistered, 1)
 
 

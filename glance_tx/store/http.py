@@ -393,8 +393,9 @@ class _Relay:
         try:
             self.consumer.registerProducer(self, True)
         except BaseException:
-            self._error = Failure()
-            self._stopped = True
+            if response is not None:
+                _discard(response)
+            return fail()
         if self._stopped or response is None or self.limit == 0:
             if response is not None:
                 _discard(response)
@@ -411,12 +412,16 @@ class _Relay:
     # IPushProducer
 
     def pauseProducing(self) -> None:
+        if self._finished:
+            return
         self._paused = True
         if self._transport is not None:
             self._transport.pauseProducing()
         self._disarm()
 
     def resumeProducing(self) -> None:
+        if self._finished:
+            return
         self._paused = False
         while self._held and not self._paused and not self._finished:
             self._write(self._held.popleft())
