@@ -530,6 +530,54 @@ class OptionsTests(SynchronousTestCase):
             e = self.assertRaises(ValueError, http_store_from_options, {name: value}, MemoryReactorClock())
             self.assertTrue(name in str(e) or repr(value) in str(e), str(e))
 
+    def _build(self, text: str) -> Deferred[Any]:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from glance_tx.config import load_config
+        from glance_tx.store.backends import build_store_map
+        from glance_tx.threads import SynchronousRunner
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        config = load_config(path, data_dir=self.mktemp())
+        return Deferred.fromCoroutine(build_store_map(config, SynchronousRunner(), MemoryReactorClock()))
+
+    def test_store_map(self) -> None:
+        """
+        C{enabled_backends} with an C{http} store builds one, which owns
+        both http and https locations.
+        """
+        stores = self.successResultOf(self._build(
+            "[DEFAULT]\nenabled_backends = file:file, web:http\n"
+            "[web]\nhttp_store_max_redirects = 1\n"
+        ))
+        web = stores.get("web")
+        self.assertIsInstance(web, HTTPStore)
+        self.assertEqual(web.max_redirects, 1)  # type: ignore[attr-defined]
+        self.assertIs(stores.for_location("http://h.example/x"), web)
+        self.assertIs(stores.for_location("https://h.example/x"), web)
+
+    def test_store_map_bad_option(self) -> None:
+        """A bad option is a L{ConfigError} naming the store and the option."""
+        from glance_tx.config import ConfigError
+
+        e = self.failureResultOf(self._build(
+            "[DEFAULT]\nenabled_backends = file:file, web:http\n"
+            "[web]\nhttp_store_allowed_networks = intranet\n"
+        ), ConfigError).value
+        self.assertIn("'web'", str(e))
+        self.assertIn("'intranet'", str(e))
+
+    def test_read_only_default_refused(self) -> None:
+        """An C{http} store cannot be C{default_backend}: uploads would fail."""
+        from glance_tx.config import ConfigError
+
+        e = self.failureResultOf(self._build(
+            "[DEFAULT]\nenabled_backends = file:file, web:http\ndefault_backend = web\n"
+        ), ConfigError).value
+        self.assertIn("read-only", str(e))
+
 
 # Real sockets: a twisted.web server on loopback.
 
@@ -808,3 +856,78 @@ class LiveTests(_LiveHarness):
         await d
         self.assertEqual(consumer.value(), data)
 
+
+
+class ApiTests(TestCase):
+    """
+    glance-tx itself, with an C{http} store next to the filesystem one, on
+    a real socket: a v1 image registered by location is served from the web
+    server, and a location the guard refuses is a 400.
+    """
+
+    timeout = 60
+
+    async def _start(self) -> None:
+        from tests.live_server import listening_port, live_config, start_glance_tx
+
+        self.root = FilePath(self.mktemp())
+        self.root.makedirs()
+        site, _ = _site(self.root)
+        port = self.reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.web = f"http://127.0.0.1:{port.getHost().port}"
+        config = live_config(
+            self,
+            "[DEFAULT]\nenabled_backends = file:file, web:http\n"
+            "[web]\nhttp_store_allowed_networks = 127.0.0.1/32\n",
+        )
+        service = await start_glance_tx(config, self.addCleanup, "http-store-api")
+        self.base = f"http://127.0.0.1:{listening_port(service)}"
+
+    def setUp(self) -> Deferred[None]:
+        from twisted.internet import reactor
+
+        from tests.live_server import settled_client
+
+        self.reactor: Any = reactor
+        self.treq = settled_client(self)
+        return Deferred.fromCoroutine(self._start())
+
+    async def create(self, location: str) -> Any:
+        return await self.treq.post(
+            f"{self.base}/v1/images",
+            headers={
+                "x-image-meta-name": "from the web",
+                "x-image-meta-disk-format": "raw",
+                "x-image-meta-container-format": "bare",
+                "x-image-meta-location": location,
+            },
+        )
+
+    async def test_register_and_download(self) -> None:
+        """
+        The size comes from the web server's HEAD; a GET (whole, or a
+        range) streams the bytes from it.
+        """
+        data = make_data(300_000, seed=20)
+        self.root.child("image").setContent(data)
+        response = await self.create(f"{self.web}/files/image")
+        self.assertEqual(response.code, 201, await response.text())
+        image = (await response.json())["image"]
+        self.assertEqual((image["status"], image["size"]), ("active", len(data)))
+        got = await self.treq.get(f"{self.base}/v1/images/{image['id']}")
+        self.assertEqual(await got.content(), data)
+        ranged = await self.treq.get(
+            f"{self.base}/v1/images/{image['id']}", headers={"range": "bytes=1000-1999"}
+        )
+        self.assertEqual(ranged.code, 206)
+        self.assertEqual(await ranged.content(), data[1000:2000])
+
+    async def test_forbidden_location(self) -> None:
+        """
+        A location at an address the guard refuses (127.0.0.2, outside the
+        allowed 127.0.0.1/32) is a 400 that says why; no image is active.
+        """
+        response = await self.create(f"http://127.0.0.2:{self.web.rsplit(':', 1)[1]}/files/x")
+        self.assertEqual(response.code, 400)
+        self.assertIn("loopback", await response.text())

@@ -21,6 +21,7 @@ from glance_tx.config import Config, ConfigError
 from glance_tx.errors import BadRequest, StoreError
 from glance_tx.store.factory import StoreFactory, StoreServices
 from glance_tx.store.filesystem import make_filesystem_store
+from glance_tx.store.http import make_http_store
 from glance_tx.store.interface import IStore
 from glance_tx.store.swift import make_swift_store
 from glance_tx.threads import BlockingRunner
@@ -30,6 +31,7 @@ __all__ = ["STORE_FACTORIES", "StoreInfo", "StoreMap", "build_store_map"]
 #: The factory of each store type, as C{enabled_backends} names it.
 STORE_FACTORIES: Mapping[str, StoreFactory] = {
     "file": make_filesystem_store,
+    "http": make_http_store,
     "swift": make_swift_store,
 }
 
@@ -84,10 +86,13 @@ class StoreMap:
             ) from None
 
     def for_location(self, location: str) -> IStore:
-        """The store that owns C{location}, judged by its URI scheme."""
+        """
+        The store that owns C{location}, judged by its URI scheme (or
+        schemes: the HTTP store reads C{http} and C{https}).
+        """
         scheme = urlsplit(location).scheme
         for store in self.stores.values():
-            if store.scheme == scheme:
+            if scheme == store.scheme or scheme in getattr(store, "schemes", ()):
                 return store
         raise StoreError(f"No enabled store serves {scheme!r} locations")
 
@@ -146,6 +151,11 @@ async def build_store_map(
         description = store_config.options.get("store_description")
         if description:
             descriptions[store_config.id] = description
+    if getattr(stores.get(config.default_backend), "read_only", False):
+        raise ConfigError(
+            f"default_backend {config.default_backend!r} is read-only: "
+            "uploads could go nowhere"
+        )
     return StoreMap(
         stores,
         config.default_backend,

@@ -57,6 +57,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import implementer
 
+from glance_tx.config import ConfigError, StoreConfig
 from glance_tx.errors import BadRequest, Forbidden, GlanceError, NotFound, StoreError
 from glance_tx.net_guard import (
     SCHEMES,
@@ -65,9 +66,16 @@ from glance_tx.net_guard import (
     GuardedEndpointFactory,
     parse_networks,
 )
+from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
 
-__all__ = ["HTTPStore", "StoreReadOnly", "guarded_agent", "http_store_from_options"]
+__all__ = [
+    "HTTPStore",
+    "StoreReadOnly",
+    "guarded_agent",
+    "http_store_from_options",
+    "make_http_store",
+]
 
 #: Hops followed before a chain of redirects is given up.
 DEFAULT_MAX_REDIRECTS = 5
@@ -191,6 +199,8 @@ class HTTPStore:
     scheme: ClassVar[str] = "http"
     #: The schemes of the locations this store can read.
     schemes: ClassVar[frozenset[str]] = SCHEMES
+    #: Never written to: not a store to upload to by default.
+    read_only: ClassVar[bool] = True
 
     agent: IAgent
     clock: IReactorTime
@@ -568,6 +578,18 @@ def _number(options: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{name} must be above 0")
     return value
+
+
+async def make_http_store(config: StoreConfig, services: StoreServices) -> HTTPStore:
+    """
+    The L{glance_tx.store.factory.StoreFactory} of C{http} stores. The
+    shared C{services.http_client} is not used: it may reach any address,
+    and this store's connections must keep to the guard.
+    """
+    try:
+        return http_store_from_options(config.options, services.reactor)
+    except ValueError as e:
+        raise ConfigError(f"store {config.id!r}: {e}") from None
 
 
 def http_store_from_options(
