@@ -21,6 +21,14 @@ it (a server that complied would make C{Content-Length} and C{Range} count
 compressed bytes, not the image's) and keeps a cookie jar across every
 image. Here C{Accept-Encoding: identity} is sent and nothing is kept.
 
+The body is relayed by a producer of this module's own rather than the
+shared L{glance_tx.store.reader.BlockProducer}: that one pulls blocks from
+a source and must know up front how many bytes will come, and on
+C{stopProducing} it waits for the block in flight; a response body is
+pushed at us, may not say its length, and a stalled server would then hold
+a gone client's connection until the read timeout. Here a stop closes the
+connection at once.
+
 Writes and deletes are refused with L{StoreReadOnly} (403): the request is
 understood and allowed in general, only this store cannot do it, and
 asking again will not help. (Not 405: the image data resource does accept
