@@ -215,7 +215,7 @@ class HTTPStore:
     max_redirects: int = DEFAULT_MAX_REDIRECTS
     read_timeout: float = DEFAULT_READ_TIMEOUT
 
-    def open_writer(self, image_id: str) -> Deferred[IStoreWriter]:
+    def open_writer(self, image_id: str, size: int | None = None) -> Deferred[IStoreWriter]:
         return fail(StoreReadOnly("The HTTP store is read-only: image data cannot be uploaded to it"))
 
     def delete(self, location: str) -> Deferred[None]:
