@@ -32,7 +32,11 @@ from glance_tx.images import new_image_id
 from glance_tx.store.interface import IStoreWriter
 from glance_tx.store.swift import SwiftStore, swift_store_from_options
 from glance_tx.store.swift_client import KeystoneV3Auth, SwiftClient, TempAuth
-from tests.store_conformance import UnpacedStoreConformanceMixin, make_data
+from tests.store_conformance import (
+    FakeProducer,
+    UnpacedStoreConformanceMixin,
+    make_data,
+)
 from tests.swift_cluster import SwiftCluster, swift_cluster, unique_container
 
 SEGMENT = 16 * 1024
@@ -205,6 +209,49 @@ class SwiftStoreTests(_SwiftHarness, TestCase):
             self.assertEqual(self.objects(self.container), [])
             self.assertEqual(self.objects(self.container + "_segments"), [])
 
+    async def test_slow_swift_pauses_the_upload(self) -> None:
+        """
+        A Swift that stops taking bytes mid-PUT (the relay in front of it
+        stops reading) pauses the writer's producer, that is the uploading
+        client, once the writer's queue passes its high watermark; when
+        Swift takes bytes again the producer resumes and the data arrives
+        whole.
+        """
+        proxy = await FaultProxy.start(self, self.cluster)
+        store = self.make_store(proxy.auth_url, large_object_size=64 * MiB)
+        writer = await store.open_writer(new_image_id(), 24 * MiB)
+        producer = FakeProducer()
+        writer.registerProducer(producer, True)
+        data = make_data(24 * MiB, seed=5)
+        piece = 64 * 1024  # no more than the high watermark
+
+        async def send_until_paused(limit: int) -> int:
+            sent = 0
+            while "pause" not in producer.events and sent < limit:
+                writer.write(data[offset + sent : offset + sent + piece])
+                sent += piece
+                await _settle(1)
+            return sent
+
+        offset = 0
+        offset += await send_until_paused(2 * MiB)
+        self.assertEqual(producer.events, [])  # Swift keeps up: no pause
+        proxy.hold()
+        sent = offset + await send_until_paused(len(data) - offset)
+        self.assertIn("pause", producer.events)
+        self.assertLess(sent, len(data))  # paused long before all was sent
+        proxy.release()
+        for _ in range(200):
+            if "resume" in producer.events:
+                break
+            await _settle(1)
+        self.assertEqual(producer.events, ["pause", "resume"])
+        writer.write(data[sent:])
+        writer.unregisterProducer()
+        stored = await writer.commit()
+        _, body = self.connection.get_object(self.container, stored.location.rsplit("/", 1)[1])
+        self.assertEqual(body, data)
+
     async def test_connection_cut_mid_upload_leaves_nothing(self) -> None:
         """
         When the connection to Swift drops in the middle of a segment, the
@@ -284,6 +331,8 @@ class _Relay(Protocol):
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
         self.proxy.active.add(self)
+        if self.proxy.holding:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
         upstream = _Upstream(self)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.proxy.upstream_port)
         connectProtocol(endpoint, upstream).addErrback(lambda _: self.transport.abortConnection())  # type: ignore[union-attr]
@@ -329,6 +378,7 @@ class FaultProxy:
         self.active: set[_Relay] = set()
         self.fail_next = 0
         self.failed = 0
+        self.holding = False
         self.port: IListeningPort | None = None
 
     @classmethod
@@ -344,6 +394,17 @@ class FaultProxy:
         return proxy
 
     auth_url: str
+
+    def hold(self) -> None:
+        """Stop reading from glance-tx's side, as a Swift too slow to keep up."""
+        self.holding = True
+        for relay in list(self.active):
+            relay.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def release(self) -> None:
+        self.holding = False
+        for relay in list(self.active):
+            relay.transport.resumeProducing()  # type: ignore[union-attr]
 
     def cut(self) -> None:
         for relay in list(self.active):
