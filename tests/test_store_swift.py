@@ -446,6 +446,22 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(store.scheme, "swift+http")
         self.assertNotIn("testing", repr(store))
 
+    def test_location_drops_userinfo(self) -> None:
+        """An auth address with C{user:password@} still gives locations without them."""
+        store = swift_store_from_options(
+            "obj",
+            {
+                "swift_store_auth_address": "http://u:s3cret@127.0.0.1:8080/auth/v1.0",
+                "swift_store_auth_version": "1",
+                "swift_store_user": "a:b",
+                "swift_store_key": "k",
+            },
+            http=None,
+            clock=reactor,  # type: ignore[arg-type]
+        )
+        location = store.location_for(new_image_id())
+        self.assertTrue(location.startswith("swift+http://127.0.0.1:8080/auth/v1.0/glance/"))
+
     def test_keystone_v3(self) -> None:
         """
         Auth version 3 (the default) splits C{project:user} and maps

@@ -126,7 +126,8 @@ class SwiftStore:
     def _prefix(self) -> str:
         """Every location of this store starts with this."""
         parts = urlsplit(self.auth_address)
-        return f"{self.scheme}://{parts.netloc}{parts.path.rstrip('/')}/{self.container}/"
+        host = parts.netloc.rpartition("@")[2]  # never a user:password@
+        return f"{self.scheme}://{host}{parts.path.rstrip('/')}/{self.container}/"
 
     def location_for(self, image_id: str) -> str:
         return self._prefix + image_id
