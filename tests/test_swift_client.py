@@ -16,7 +16,7 @@ from klein import Klein
 from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -188,6 +188,45 @@ class KeystoneV3Tests(SynchronousTestCase):
             self.assertIn("refused the credentials", failure.value.message)
             self.assertNotIn("s3cret", failure.value.message)
             self.assertNotIn("s3cret", repr(client))
+
+
+@define
+class CountingAuth:
+    """Hands out a new token for each login, good for 100 seconds."""
+
+    logins: list[Deferred[None]] = field(factory=list)
+
+    async def login(self, http: Any, now: float) -> SwiftSession:
+        d: Deferred[None] = Deferred()
+        self.logins.append(d)
+        await d
+        return SwiftSession("http://swift/v1/AUTH_x", f"tk{len(self.logins)}", now + 100)
+
+
+class SessionTests(SynchronousTestCase):
+    """When the client logs in."""
+
+    def test_renewed_before_expiry_and_coalesced(self) -> None:
+        """
+        Callers waiting at once share one login; the token is reused until
+        less than a minute of it is left, then renewed: fails if every
+        request logged in, or if an expiring token were used to the end.
+        """
+        auth, clock = CountingAuth(), Clock()
+        client = SwiftClient(http=None, auth=auth, clock=clock, store_name="obj")  # type: ignore[arg-type]
+        first = ensureDeferred(client.session())
+        second = ensureDeferred(client.session())
+        self.assertEqual(len(auth.logins), 1)
+        auth.logins[0].callback(None)
+        self.assertEqual(self.successResultOf(first).token, "tk1")
+        self.assertEqual(self.successResultOf(second).token, "tk1")
+        clock.advance(39)
+        self.assertEqual(self.successResultOf(ensureDeferred(client.session())).token, "tk1")
+        clock.advance(2)  # 59 s left
+        renewed = ensureDeferred(client.session())
+        self.assertEqual(len(auth.logins), 2)
+        auth.logins[1].callback(None)
+        self.assertEqual(self.successResultOf(renewed).token, "tk2")
 
 
 # -- The streamed body --------------------------------------------------------------
