@@ -96,6 +96,26 @@ class FakeKeystone:
         return json.dumps(document).encode()
 
 
+@define
+class BridgingKeystone:
+    """A Keystone stand-in whose token and catalog lead to a real Swift."""
+
+    storage_url: str
+    token: str
+    requests: list[dict[str, Any]] = field(factory=list)
+    app = Klein()
+
+    @app.route("/v3/auth/tokens", methods=["POST"])
+    def tokens(self, request: IRequest) -> bytes:
+        self.requests.append(json.loads(request.content.read()))  # type: ignore[attr-defined]
+        request.setResponseCode(201)
+        request.setHeader(b"X-Subject-Token", self.token.encode())
+        catalog = [
+            {"type": "object-store", "endpoints": [{"interface": "public", "url": self.storage_url}]}
+        ]
+        return json.dumps({"token": {"expires_at": "2999-01-01T00:00:00Z", "catalog": catalog}}).encode()
+
+
 class KeystoneV3Tests(SynchronousTestCase):
     """Logging in to Keystone v3 and finding Swift in the catalog."""
 
@@ -429,6 +449,33 @@ class SwiftClientTests(TestCase):
         self.assertEqual(auth.logins, 2)
         self.assertEqual(await client.list_objects(self.container), [])
         self.assertEqual(auth.logins, 2)
+
+    async def test_keystone_v3_to_real_swift(self) -> None:
+        """
+        A Keystone v3 login (to a stand-in on a real socket whose catalog
+        names the one-node Swift and whose token is a tempauth token) gives
+        a session the client stores and reads objects with: the v3 path
+        from login to Swift request, end to end.
+        """
+        from swiftclient.client import get_auth
+        from twisted.web.server import Site
+
+        storage_url, token = get_auth(self.cluster.auth_url, self.cluster.user, self.cluster.key)
+        keystone = BridgingKeystone(storage_url, token)
+        port = reactor.listenTCP(0, Site(keystone.app.resource()), interface="127.0.0.1")  # type: ignore[attr-defined,arg-type]
+        self.addCleanup(port.stopListening)
+        auth = KeystoneV3Auth(
+            auth_address=f"http://127.0.0.1:{port.getHost().port}/v3",  # type: ignore[attr-defined]
+            user="glance",
+            key="s3cret-password",
+            project="service",
+        )
+        client = self.client(auth)
+        await client.create_container(self.container)
+        await client.put_object(self.container, "img", b"via keystone", "writing img")
+        _, body = self.connection.get_object(self.container, "img")
+        self.assertEqual(body, b"via keystone")
+        self.assertEqual(len(keystone.requests), 1)
 
     async def test_errors_carry_no_credentials(self) -> None:
         """
