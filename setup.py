@@ -19,10 +19,16 @@ setup(
         "alembic >= 1.13, < 2",
         "zope.interface >= 6.0",
         "attrs >= 23.1",
+        # SigV4 signing for the S3 store (glance_tx/store/s3_client.py).
+        "botocore >= 1.34, < 2",
     ],
     extras_require={
         "postgresql": ["psycopg[binary] >= 3.1, < 4"],
         "test": [
+            # S3 store tests: a real S3 server (tools/run-tests starts
+            # moto_server) and boto3 to check what the store left (issue 8).
+            "moto[server] >= 5.0, < 6",
+            "boto3 >= 1.34, < 2",
             "psycopg[binary] >= 3.1, < 4",
             "sphinx >= 7",
             "ruff",
