@@ -31,7 +31,7 @@ from twisted.trial.unittest import SkipTest
 S3_ENV = "GLANCE_TX_TEST_S3_URL"
 REGION = "us-east-1"
 #: The part size tests use; run-tests lets moto accept parts this small.
-TEST_PART_SIZE = 64 * 1024
+TEST_PART_SIZE = 8 * 1024
 
 
 @frozen

@@ -32,7 +32,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config as BotocoreConfig
 from botocore.credentials import Credentials
 from treq import content
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer, IResponse
@@ -130,6 +130,8 @@ class BodyFeed:
     # IBodyProducer
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        if self._failed is not None:  # given up before the connection was made
+            return fail(self._failed)
         done: Deferred[None] = Deferred()
         self._consumer, self._done = consumer, done
         if self.length == 0:

@@ -1,0 +1,584 @@
+"""
+The S3 store: image data as objects in one bucket of an S3 service (AWS,
+Ceph RGW, MinIO, ...), named by the location C{s3://<bucket>/<image id>}.
+
+How the bytes get there depends on what the upload announced. An image of
+known size below C{s3_store_large_object_size} goes up in one PUT whose
+body is fed as the client's bytes arrive (L{_PutBackend}). Anything else --
+larger, or of unknown size -- goes up as a multipart upload, one part of
+C{s3_store_large_object_chunk_size} at a time, each sent as soon as it has
+filled while the next fills (L{_MultipartBackend}): about two parts in
+memory, whatever the image size. Any failure or abort aborts the multipart
+upload (or cuts the PUT short), so S3 keeps no parts and no object.
+
+Reads relay the ranged GET's response through the shared
+L{BlockProducer}; the response's connection is paused while a slow
+consumer leaves more than two blocks unread (L{_ResponseSource}).
+
+Locations carry no credentials (glance_store's do): the store's own
+configuration has them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from attrs import define, field, frozen
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from zope.interface import implementer
+
+from glance_tx.backpressure import Watermarks
+from glance_tx.config import ConfigError, StoreConfig
+from glance_tx.errors import BadRequest, NotFound, StoreError
+from glance_tx.images import validate_image_id
+from glance_tx.store.interface import IStore, IStoreWriter
+from glance_tx.store.reader import BlockProducer, IBlockSource
+from glance_tx.store.s3_client import (
+    BodyFeed,
+    HTTPRequester,
+    MultipartUpload,
+    S3Client,
+    S3Credentials,
+)
+from glance_tx.store.writer import IWriteBackend, StoreWriter
+
+__all__ = ["S3Store", "make_s3_store", "s3_store_from_options"]
+
+MiB = 1024 * 1024
+
+#: glance_store's defaults and floor, in MiB.
+DEFAULT_LARGE_OBJECT_SIZE_MIB = 100
+DEFAULT_LARGE_OBJECT_CHUNK_SIZE_MIB = 10
+MIN_CHUNK_SIZE_MIB = 5  # S3's smallest part, but for the last
+
+#: Bytes relayed per write to the consumer on a read.
+DEFAULT_BLOCK_SIZE = 1 * MiB
+#: How much of a part goes into the connection per write.
+_FEED_SLICE = 256 * 1024
+
+
+def _is_image_id(name: str) -> bool:
+    try:
+        return validate_image_id(name) == name
+    except BadRequest:
+        return False
+
+
+@implementer(IStore)
+@frozen
+class S3Store:
+    """
+    Image data as objects in C{bucket}, reached through C{client}.
+
+    @ivar large_object_size: Images of a known size below this many bytes
+        go up in one PUT; the rest in parts.
+    @ivar part_size: Bytes per part of a multipart upload (S3 wants at
+        least 5 MiB for every part but the last).
+    @ivar create_bucket_on_put: Create the bucket at the first upload that
+        finds it missing.
+    """
+
+    scheme: ClassVar[str] = "s3"
+
+    client: S3Client
+    bucket: str
+    large_object_size: int = DEFAULT_LARGE_OBJECT_SIZE_MIB * MiB
+    part_size: int = DEFAULT_LARGE_OBJECT_CHUNK_SIZE_MIB * MiB
+    create_bucket_on_put: bool = False
+    block_size: int = DEFAULT_BLOCK_SIZE
+    watermarks: Watermarks = field(factory=lambda: Watermarks(high=4 * MiB, low=1 * MiB))
+
+    def location_for(self, image_id: str) -> str:
+        return f"s3://{self.bucket}/{image_id}"
+
+    def _key(self, location: object) -> str:
+        """The key a location of this store names; L{BadRequest} if none."""
+        if not isinstance(location, str):
+            raise BadRequest(f"Location {location!r} is not a string")
+        refusal = f"{location!r} is not a location in this store"
+        try:
+            parts = urlsplit(location)
+        except ValueError:
+            raise BadRequest(refusal) from None
+        key = parts.path[1:]
+        if (
+            parts.scheme != self.scheme
+            or parts.netloc != self.bucket
+            or parts.query
+            or parts.fragment
+            or not _is_image_id(key)
+        ):
+            raise BadRequest(refusal)
+        return key
+
+    def open_writer(self, image_id: str, size: int | None = None) -> Deferred[IStoreWriter]:
+        """
+        See L{IStore.open_writer}. C{size}, when the upload announced it,
+        picks one streamed PUT (below C{large_object_size}) over a
+        multipart upload.
+        """
+        return Deferred.fromCoroutine(self._open_writer(image_id, size))
+
+    async def _open_writer(self, image_id: str, size: int | None) -> IStoreWriter:
+        key = validate_image_id(image_id)
+        if self.create_bucket_on_put and not await self.client.bucket_exists(self.bucket):
+            await self.client.create_bucket(self.bucket)
+        backend: _PutBackend | _MultipartBackend
+        if size is not None and 0 <= size < self.large_object_size:
+            backend = _PutBackend.start(self.client, self.bucket, key, size)
+        else:
+            upload = await self.client.create_multipart_upload(self.bucket, key)
+            backend = _MultipartBackend(self.client, upload, self.part_size)
+        return StoreWriter(backend, self.watermarks)
+
+    def read(
+        self,
+        location: str,
+        consumer: IConsumer,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._read(location, consumer, offset, length))
+
+    async def _read(
+        self, location: str, consumer: IConsumer, offset: int, length: int | None
+    ) -> None:
+        key = self._key(location)
+        if not isinstance(offset, int) or offset < 0:
+            raise BadRequest(f"Invalid offset {offset!r}")
+        if length is not None and (not isinstance(length, int) or length < 0):
+            raise BadRequest(f"Invalid length {length!r}")
+        source: IBlockSource
+        remaining = 0
+        if length == 0:
+            await self.client.object_size(self.bucket, key)  # NotFound if missing
+            source = _NoBytes()
+        else:
+            response = await self.client.get_object(self.bucket, key, offset, length)
+            if response is None:  # the range starts at or past the end
+                source = _NoBytes()
+            else:
+                if response.length is UNKNOWN_LENGTH:
+                    raise StoreError("S3 answered a GET without a Content-Length")
+                remaining = response.length
+                source = _ResponseSource(response, high=2 * self.block_size)
+        producer = BlockProducer(
+            source=source, consumer=consumer, remaining=remaining, block_size=self.block_size
+        )
+        await producer.start()
+
+    def delete(self, location: str) -> Deferred[None]:
+        try:
+            key = self._key(location)
+        except BadRequest as e:
+            return _failed(e)
+        return Deferred.fromCoroutine(self.client.delete_object(self.bucket, key))
+
+    def size(self, location: str) -> Deferred[int]:
+        try:
+            key = self._key(location)
+        except BadRequest as e:
+            return _failed(e)
+        return Deferred.fromCoroutine(self.client.object_size(self.bucket, key))
+
+    def locations(self) -> Deferred[frozenset[str]]:
+        async def listed() -> frozenset[str]:
+            try:
+                keys = await self.client.list_keys(self.bucket)
+            except NotFound:
+                return frozenset()  # no bucket yet: nothing stored
+            return frozenset(self.location_for(key) for key in keys if _is_image_id(key))
+
+        return Deferred.fromCoroutine(listed())
+
+    def discard_incomplete(self) -> Deferred[int]:
+        """
+        See L{IStore.discard_incomplete}: aborts every multipart upload in
+        progress for an image key in the bucket, including those of writers
+        still open, so run it only before the store is in use. (An
+        unfinished single PUT leaves nothing: S3 stores a body only whole.)
+        """
+
+        async def discarded() -> int:
+            try:
+                uploads = await self.client.list_multipart_uploads(self.bucket)
+            except NotFound:
+                return 0
+            removed = 0
+            for upload in uploads:
+                if _is_image_id(upload.key):
+                    await self.client.abort_multipart_upload(upload)
+                    removed += 1
+            return removed
+
+        return Deferred.fromCoroutine(discarded())
+
+    def ping(self) -> Deferred[None]:
+        """
+        Fire when the bucket answers with these credentials (or is missing
+        but will be created at the first upload); otherwise fail with a
+        L{StoreError} naming the store.
+        """
+
+        async def pinged() -> None:
+            if not await self.client.bucket_exists(self.bucket):
+                if not self.create_bucket_on_put:
+                    raise StoreError(
+                        f"S3 store {self.client.store_name!r}: bucket "
+                        f"{self.bucket!r} does not exist"
+                    )
+
+        return Deferred.fromCoroutine(pinged())
+
+
+def _failed(error: BaseException) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(Failure(error))
+    return d
+
+
+# Writing
+
+
+async def _feed_all(body: BodyFeed, data: bytes) -> None:
+    """Feed C{data} in slices, so the connection's buffer holds no copy of it."""
+    view = memoryview(data)
+    for start in range(0, len(view), _FEED_SLICE):
+        await body.write(bytes(view[start : start + _FEED_SLICE]))
+
+
+def _stop_feed_on_failure(d: Deferred[Any], body: BodyFeed) -> None:
+    """A request (or feeding) that fails before its body is done stops the body."""
+
+    def failed(failure: Failure) -> Failure:
+        body.fail(failure.value or StoreError("The request failed"))
+        return failure
+
+    d.addErrback(failed)
+
+
+@implementer(IWriteBackend)
+@define
+class _PutBackend:
+    """One image in one PUT of the announced size, fed as bytes arrive."""
+
+    client: S3Client
+    bucket: str
+    key: str
+    body: BodyFeed
+    put: Deferred[None]
+    _stored: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        def stored(result: None) -> None:
+            self._stored = True
+
+        self.put.addCallback(stored)
+
+    @classmethod
+    def start(cls, client: S3Client, bucket: str, key: str, size: int) -> _PutBackend:
+        body = BodyFeed(size)
+        put = Deferred.fromCoroutine(client.put_object(bucket, key, body))
+        _stop_feed_on_failure(put, body)
+        return cls(client, bucket, key, body, put)
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    def write(self, chunks: list[bytes]) -> Deferred[None]:
+        async def fed() -> None:
+            for chunk in chunks:
+                await self.body.write(chunk)
+
+        return Deferred.fromCoroutine(fed())
+
+    def commit(self) -> Deferred[None]:
+        async def committed() -> None:
+            if self.body.sent != self.body.length:
+                error = StoreError(
+                    f"The upload announced {self.body.length} bytes and sent "
+                    f"{self.body.sent}"
+                )
+                self.body.fail(error)
+                raise error
+            await self.put
+
+        return Deferred.fromCoroutine(committed())
+
+    def discard(self) -> Deferred[None]:
+        async def discarded() -> None:
+            self.body.fail(StoreError("The upload was aborted"))
+            try:
+                await self.put
+            except Exception:
+                pass  # cut short, as intended
+            if self._stored:  # the whole body was in before the abort
+                await self.client.delete_object(self.bucket, self.key)
+
+        return Deferred.fromCoroutine(discarded())
+
+
+@implementer(IWriteBackend)
+@define
+class _MultipartBackend:
+    """
+    One image as a multipart upload: bytes gather into a part; a full part
+    is sent while the next one gathers, and a write that fills another
+    waits for it first. At most one part is in flight.
+    """
+
+    client: S3Client
+    upload: MultipartUpload
+    part_size: int
+    _gathering: list[bytes] = field(factory=list)
+    _gathered: int = 0
+    _etags: list[str] = field(factory=list)
+    _in_flight: Deferred[str] | None = None
+    _in_flight_body: BodyFeed | None = None
+    _committed: bool = False
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.upload.bucket}/{self.upload.key}"
+
+    def write(self, chunks: list[bytes]) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._write(chunks))
+
+    async def _write(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            start = 0
+            while start < len(chunk):
+                take = min(len(chunk) - start, self.part_size - self._gathered)
+                whole = start == 0 and take == len(chunk)
+                self._gathering.append(chunk if whole else chunk[start : start + take])
+                self._gathered += take
+                start += take
+                if self._gathered == self.part_size:
+                    await self._send_part()
+
+    async def _send_part(self) -> None:
+        await self._land_in_flight()
+        data = b"".join(self._gathering)
+        self._gathering, self._gathered = [], 0
+        number = len(self._etags) + 1
+        body = BodyFeed(len(data))
+        sent = Deferred.fromCoroutine(self.client.upload_part(self.upload, number, body))
+        self._in_flight, self._in_flight_body = sent, body
+        fed = Deferred.fromCoroutine(_feed_all(body, data))
+        _stop_feed_on_failure(fed, body)
+        fed.addErrback(lambda _: None)  # the part's own request reports it
+        _stop_feed_on_failure(sent, body)
+
+    async def _land_in_flight(self) -> None:
+        """Wait for the part in flight, if any, and keep its ETag."""
+        if self._in_flight is None:
+            return
+        sent, self._in_flight, self._in_flight_body = self._in_flight, None, None
+        self._etags.append(await sent)
+
+    def commit(self) -> Deferred[None]:
+        async def committed() -> None:
+            if self._gathered == 0 and not self._etags and self._in_flight is None:
+                # No bytes at all: S3 takes no multipart upload of no parts,
+                # so the empty object goes up by itself.
+                await self.client.abort_multipart_upload(self.upload)
+                await self.client.put_object(self.upload.bucket, self.upload.key, BodyFeed(0))
+                self._committed = True
+                return
+            if self._gathered:
+                await self._send_part()
+            await self._land_in_flight()
+            await self.client.complete_multipart_upload(self.upload, self._etags)
+            self._committed = True
+
+        return Deferred.fromCoroutine(committed())
+
+    def discard(self) -> Deferred[None]:
+        async def discarded() -> None:
+            self._gathering, self._gathered = [], 0
+            if self._in_flight_body is not None:
+                self._in_flight_body.fail(StoreError("The upload was aborted"))
+            if self._in_flight is not None:
+                try:
+                    await self._land_in_flight()
+                except Exception:
+                    pass  # cut short, as intended
+            await self.client.abort_multipart_upload(self.upload)
+            if self._committed:
+                await self.client.delete_object(self.upload.bucket, self.upload.key)
+
+        return Deferred.fromCoroutine(discarded())
+
+
+# Reading
+
+
+@implementer(IBlockSource)
+class _NoBytes:
+    """The source of an empty read."""
+
+    def read_block(self, size: int) -> Deferred[bytes]:
+        return succeed(b"")
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
+
+@implementer(IBlockSource)
+class _ResponseSource(Protocol):
+    """
+    A GET response's body, a block at a time: what arrives is kept until
+    read, and the connection is paused while more than C{high} bytes wait.
+    """
+
+    def __init__(self, response: IResponse, high: int) -> None:
+        self._high = high
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._ended: Failure | None = None
+        self._waiting: tuple[Deferred[bytes], int] | None = None
+        self._producer: IPushProducer | None = None
+        response.deliverBody(self)
+
+    def makeConnection(self, transport: Any) -> None:
+        self._producer = transport
+        super().makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > self._high and not self._paused and self._producer:
+            self._paused = True
+            self._producer.pauseProducing()
+        self._answer()
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        self._ended = reason
+        self._answer()
+
+    def read_block(self, size: int) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self._waiting = (d, size)
+        self._answer()
+        return d
+
+    def close(self) -> Deferred[None]:
+        if self._ended is None and self._producer is not None:
+            self._producer.stopProducing()  # drops the connection
+        self._chunks.clear()
+        return succeed(None)
+
+    def _answer(self) -> None:
+        if self._waiting is None:
+            return
+        d, size = self._waiting
+        if self._chunks:
+            self._waiting = None
+            taken, total = [], 0
+            while self._chunks and total < size:
+                chunk = self._chunks.popleft()
+                if total + len(chunk) > size:
+                    self._chunks.appendleft(chunk[size - total :])
+                    chunk = chunk[: size - total]
+                taken.append(chunk)
+                total += len(chunk)
+            self._buffered -= total
+            if self._paused and self._buffered <= self._high // 2 and self._producer:
+                self._paused = False
+                self._producer.resumeProducing()
+            d.callback(b"".join(taken))
+        elif self._ended is not None:
+            self._waiting = None
+            if self._ended.check(ResponseDone):
+                d.callback(b"")
+            else:
+                d.errback(StoreError(f"The S3 response was cut short: {self._ended.getErrorMessage()}"))
+
+
+# Configuration
+
+
+def _mib(options: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = options.get(name, "").strip()
+    if not raw:
+        return default * MiB
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number of MiB, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum} (MiB)")
+    return value * MiB
+
+
+def _required(options: Mapping[str, str], store_id: str, name: str) -> str:
+    value = options.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"store {store_id!r} (s3) needs {name}")
+    return value
+
+
+def s3_store_from_options(
+    store_id: str, options: Mapping[str, str], http: HTTPRequester, reactor: Any
+) -> S3Store:
+    """
+    An L{S3Store} from its config section, with glance_store's option names
+    and units (see doc/configuration.rst). A host without a scheme is
+    reached over https.
+    """
+    host = _required(options, store_id, "s3_store_host")
+    if "://" not in host:
+        host = "https://" + host
+    addressing = options.get("s3_store_bucket_url_format", "auto").strip() or "auto"
+    create = options.get("s3_store_create_bucket_on_put", "false").strip().lower()
+    if create not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+        raise ConfigError(f"s3_store_create_bucket_on_put must be true or false, not {create!r}")
+    try:
+        client = S3Client(
+            http=http,
+            reactor=reactor,
+            endpoint=host.rstrip("/"),
+            region=options.get("s3_store_region_name", "").strip() or "us-east-1",
+            credentials=S3Credentials(
+                _required(options, store_id, "s3_store_access_key"),
+                _required(options, store_id, "s3_store_secret_key"),
+            ),
+            addressing=addressing,
+            store_name=store_id,
+        )
+    except ValueError as e:
+        raise ConfigError(f"store {store_id!r} (s3): {e}") from None
+    return S3Store(
+        client=client,
+        bucket=_required(options, store_id, "s3_store_bucket"),
+        large_object_size=_mib(
+            options, "s3_store_large_object_size", DEFAULT_LARGE_OBJECT_SIZE_MIB, 1
+        ),
+        part_size=_mib(
+            options,
+            "s3_store_large_object_chunk_size",
+            DEFAULT_LARGE_OBJECT_CHUNK_SIZE_MIB,
+            MIN_CHUNK_SIZE_MIB,
+        ),
+        create_bucket_on_put=create in ("true", "yes", "on", "1"),
+    )
+
+
+async def make_s3_store(config: StoreConfig, services: Any) -> S3Store:
+    """
+    The store factory of C{s3} stores (see L{glance_tx.store.factory}):
+    no I/O at start-up; C{ping} checks the bucket.
+    """
+    return s3_store_from_options(
+        config.id, config.options, services.http_client, services.reactor
+    )

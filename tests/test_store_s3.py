@@ -1,0 +1,389 @@
+"""
+Tests for L{glance_tx.store.s3}: the store conformance mixin against a real
+moto S3 server with signature checking on (see L{tests.s3_server}), for
+multipart uploads of small parts; the single streamed PUT; faults (an abort
+or a dropped connection mid-upload) checked with boto3 to leave no object
+and no multipart upload; credentials kept out of locations and errors;
+configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.protocols.portforward import ProxyFactory, ProxyServer
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from glance_tx.backpressure import Watermarks
+from glance_tx.config import ConfigError
+from glance_tx.errors import BadRequest, StoreError
+from glance_tx.images import new_image_id
+from glance_tx.store.s3 import S3Store, s3_store_from_options
+from glance_tx.store.s3_client import S3Client, S3Credentials
+from tests.s3_server import REGION, TEST_PART_SIZE, S3Server, s3_server
+from tests.store_conformance import (
+    FakeConsumer,
+    UnpacedStoreConformanceMixin,
+    make_data,
+)
+
+MiB = 1024 * 1024
+
+
+def live_store(case: TestCase, server: S3Server, bucket: str, **overrides: Any) -> S3Store:
+    """An S3 store on the real reactor with its own pool, closed at cleanup."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    case.addCleanup(pool.closeCachedConnections)
+    client_settings: dict[str, Any] = {
+        "http": HTTPClient(Agent(reactor, pool=pool)),
+        "reactor": reactor,
+        "endpoint": server.endpoint,
+        "region": REGION,
+        "credentials": S3Credentials(server.access_key, server.secret_key),
+        "addressing": "path",
+        "store_name": "bulk",
+    }
+    for name in list(overrides):
+        if name in client_settings:
+            client_settings[name] = overrides.pop(name)
+    settings: dict[str, Any] = {
+        "client": S3Client(**client_settings),
+        "bucket": bucket,
+        "part_size": TEST_PART_SIZE,
+        "large_object_size": 4 * TEST_PART_SIZE,
+        "block_size": 4096,
+        "watermarks": Watermarks(high=64 * 1024, low=16 * 1024),
+    }
+    settings.update(overrides)
+    return S3Store(**settings)
+
+
+class _Live(TestCase):
+    def setUp(self) -> None:
+        self.server = s3_server(self)
+        self.bucket = self.server.new_bucket()
+        self.boto = self.server.boto3()
+
+    def make_store(self) -> S3Store:
+        return live_store(self, self.server, self.bucket)
+
+    def complete(self, d: Deferred[Any]) -> object:
+        return d
+
+    def keys(self) -> list[str]:
+        listing = self.boto.list_objects_v2(Bucket=self.bucket)
+        return [item["Key"] for item in listing.get("Contents", [])]
+
+    def uploads(self) -> list[str]:
+        listing = self.boto.list_multipart_uploads(Bucket=self.bucket)
+        return [item["Key"] for item in listing.get("Uploads", [])]
+
+    def assertNothingLeft(self) -> None:
+        self.assertEqual(self.keys(), [])
+        self.assertEqual(self.uploads(), [])
+
+
+class S3ConformanceTests(_Live, UnpacedStoreConformanceMixin):
+    """
+    The S3 store against moto, writers of unknown size: multipart uploads
+    of 8 KiB parts, so most tests' data spans several parts.
+    """
+
+
+class SinglePutTests(_Live):
+    """Uploads that announce a size below the large-object size: one PUT."""
+
+    def test_streamed_put(self) -> None:
+        """
+        A writer told the size streams one PUT: no multipart upload is ever
+        started, and the object holds the bytes.
+        """
+
+        async def go() -> None:
+            store = self.make_store()
+            data = make_data(3 * TEST_PART_SIZE + 5, seed=20)
+            writer = await store.open_writer(new_image_id(), size=len(data))
+            for start in range(0, len(data), 1000):
+                writer.write(data[start : start + 1000])
+            self.assertEqual(self.uploads(), [])
+            stored = await writer.commit()
+            self.assertEqual(stored.size, len(data))
+            key = stored.location.rpartition("/")[2]
+            got = self.boto.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            self.assertEqual(got, data)
+
+        return Deferred.fromCoroutine(go())
+
+    def test_large_announced_size_is_multipart(self) -> None:
+        """A size at or above the large-object size starts a multipart upload."""
+
+        async def go() -> None:
+            store = self.make_store()
+            writer = await store.open_writer(new_image_id(), size=4 * TEST_PART_SIZE)
+            self.assertEqual(len(self.uploads()), 1)
+            await writer.abort()
+            self.assertNothingLeft()
+
+        return Deferred.fromCoroutine(go())
+
+    def test_short_body_stores_nothing(self) -> None:
+        """
+        Fewer bytes than announced: the commit fails with L{StoreError} and
+        S3 keeps nothing.
+        """
+
+        async def go() -> None:
+            store = self.make_store()
+            writer = await store.open_writer(new_image_id(), size=1000)
+            writer.write(b"x" * 400)
+            with self.assertRaises(StoreError):
+                await writer.commit()
+            self.assertNothingLeft()
+
+        return Deferred.fromCoroutine(go())
+
+    def test_abort_mid_put(self) -> None:
+        """An abort half way through the PUT leaves no object."""
+
+        async def go() -> None:
+            store = self.make_store()
+            writer = await store.open_writer(new_image_id(), size=20_000)
+            writer.write(b"y" * 10_000)
+            await deferLater(reactor, 0.05)
+            await writer.abort()
+            self.assertNothingLeft()
+
+        return Deferred.fromCoroutine(go())
+
+
+class _CuttingProxy(ProxyServer):
+    """Forwards to moto, but drops its connection once it has carried
+    C{factory.cut_after} request bytes (once per factory)."""
+
+    seen = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        factory: Any = self.factory
+        if factory.cut_after is not None:
+            self.seen += len(data)
+            if self.seen > factory.cut_after:
+                factory.cut_after = None
+                factory.cuts += 1
+                self.transport.abortConnection()
+                return
+        super().dataReceived(data)
+
+
+class FaultTests(_Live):
+    """Failures mid-upload leave no object and no parts, as boto3 sees it."""
+
+    def test_abort_mid_multipart(self) -> None:
+        """
+        An abort after several parts went up aborts the multipart upload:
+        no object, no upload in progress.
+        """
+
+        async def go() -> None:
+            store = self.make_store()
+            writer = await store.open_writer(new_image_id())
+            data = make_data(5 * TEST_PART_SIZE, seed=21)
+            for start in range(0, len(data), 3000):
+                writer.write(data[start : start + 3000])
+            await deferLater(reactor, 0.2)
+            self.assertEqual(len(self.uploads()), 1)
+            await writer.abort()
+            self.assertNothingLeft()
+
+        return Deferred.fromCoroutine(go())
+
+    def test_connection_dropped_mid_upload(self) -> None:
+        """
+        The connection carrying a part drops half way: the commit fails
+        with a L{StoreError} naming the store, and the multipart upload is
+        aborted (over a new connection) so nothing is left.
+        """
+
+        async def go() -> None:
+            port = self.server.endpoint.rpartition(":")[2]
+            factory = ProxyFactory("127.0.0.1", int(port))
+            factory.protocol = _CuttingProxy
+            factory.cut_after, factory.cuts = None, 0
+            listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+            self.addCleanup(listening.stopListening)
+            endpoint = f"http://127.0.0.1:{listening.getHost().port}"
+            store = live_store(self, self.server, self.bucket, endpoint=endpoint)
+            writer = await store.open_writer(new_image_id())
+            factory.cut_after = TEST_PART_SIZE // 2
+            data = make_data(4 * TEST_PART_SIZE, seed=22)
+            for start in range(0, len(data), 2000):
+                writer.write(data[start : start + 2000])
+            with self.assertRaises(StoreError) as caught:
+                await writer.commit()
+            self.assertEqual(factory.cuts, 1)
+            self.assertIn("'bulk'", str(caught.exception))
+            self.assertNothingLeft()
+
+        return Deferred.fromCoroutine(go())
+
+    def test_wrong_credentials(self) -> None:
+        """
+        A store with a wrong secret key fails to open a writer (and to
+        ping) with a L{StoreError} naming the store and carrying neither
+        key; the locations a working store gives carry neither either.
+        """
+
+        async def go() -> None:
+            secret = "not-the-secret-key-0123456789"
+            store = live_store(
+                self,
+                self.server,
+                self.bucket,
+                credentials=S3Credentials(self.server.access_key, secret),
+            )
+            for attempt in [store.open_writer(new_image_id()), store.ping()]:
+                with self.assertRaises(StoreError) as caught:
+                    await attempt
+                message = str(caught.exception)
+                self.assertIn("'bulk'", message)
+                for key in (self.server.access_key, secret, self.server.secret_key):
+                    self.assertNotIn(key, message)
+            good = self.make_store()
+            location = await good.open_writer(new_image_id())
+            stored = await location.commit()
+            for key in (self.server.access_key, self.server.secret_key):
+                self.assertNotIn(key, stored.location)
+            self.assertTrue(stored.location.startswith(f"s3://{self.bucket}/"))
+
+        return Deferred.fromCoroutine(go())
+
+    def test_create_bucket_on_put(self) -> None:
+        """
+        With C{create_bucket_on_put} a missing bucket is made at the first
+        upload (and C{ping} passes before); without it C{ping} fails.
+        """
+
+        async def go() -> None:
+            bucket = self.bucket + "-later"
+            lazy = live_store(self, self.server, bucket, create_bucket_on_put=True)
+            strict = live_store(self, self.server, bucket)
+            await lazy.ping()
+            with self.assertRaises(StoreError):
+                await strict.ping()
+            self.assertEqual(await lazy.locations(), frozenset())
+            writer = await lazy.open_writer(new_image_id())
+            writer.write(b"data")
+            stored = await writer.commit()
+            self.assertEqual(await strict.locations(), frozenset({stored.location}))
+            await strict.ping()
+
+        return Deferred.fromCoroutine(go())
+
+
+class ReadFlowTests(_Live):
+    """A read relays the GET's response and pauses it for a slow consumer."""
+
+    def test_paused_consumer_pauses_the_response(self) -> None:
+        """
+        While the consumer has paused the read, what the store holds stays
+        at about two blocks (the connection is paused); once resumed, all
+        the data arrives.
+        """
+
+        async def go() -> None:
+            store = self.make_store()
+            data = make_data(2 * MiB, seed=23)
+            writer = await store.open_writer(new_image_id())
+            writer.write(data)
+            location = (await writer.commit()).location
+            consumer = FakeConsumer(pause_on_write=True)
+            d = store.read(location, consumer)
+            await deferLater(reactor, 0.3)
+            self.assertLess(len(consumer.value()), 3 * store.block_size)
+            while consumer.producer is not None:
+                consumer.producer.resumeProducing()
+                await deferLater(reactor, 0)
+            await d
+            self.assertEqual(consumer.value(), data)
+
+        return Deferred.fromCoroutine(go())
+
+
+class ConfigTests(SynchronousTestCase):
+    """The store from its config section, in glance_store's names and units."""
+
+    options = {
+        "s3_store_host": "http://127.0.0.1:9000",
+        "s3_store_access_key": "AKIAEXAMPLE",
+        "s3_store_secret_key": "secret-key",
+        "s3_store_bucket": "images",
+    }
+
+    def test_defaults_and_units(self) -> None:
+        """Sizes are in MiB (defaults 100 and 10); region and addressing default."""
+        store = s3_store_from_options("bulk", self.options, http=None, reactor=None)
+        self.assertEqual(store.large_object_size, 100 * MiB)
+        self.assertEqual(store.part_size, 10 * MiB)
+        self.assertEqual(store.client.region, "us-east-1")
+        self.assertEqual(store.client.addressing, "auto")
+        self.assertFalse(store.create_bucket_on_put)
+        store = s3_store_from_options(
+            "bulk",
+            {
+                **self.options,
+                "s3_store_host": "s3.example.com",
+                "s3_store_large_object_size": "50",
+                "s3_store_large_object_chunk_size": "5",
+                "s3_store_region_name": "eu-west-3",
+                "s3_store_bucket_url_format": "virtual",
+                "s3_store_create_bucket_on_put": "true",
+            },
+            http=None,
+            reactor=None,
+        )
+        self.assertEqual(store.client.endpoint, "https://s3.example.com")
+        self.assertEqual((store.large_object_size, store.part_size), (50 * MiB, 5 * MiB))
+        self.assertEqual(store.client.region, "eu-west-3")
+        self.assertEqual(store.client.addressing, "virtual")
+        self.assertTrue(store.create_bucket_on_put)
+
+    def test_refused(self) -> None:
+        """
+        A missing host, key or bucket, parts below S3's 5 MiB, a bad URL
+        format or a non-number is a L{ConfigError} naming the option, and
+        never shows the secret.
+        """
+        for name in self.options:
+            options = {k: v for k, v in self.options.items() if k != name}
+            with self.assertRaises(ConfigError) as caught:
+                s3_store_from_options("bulk", options, http=None, reactor=None)
+            self.assertIn(name, str(caught.exception))
+        for name, value in [
+            ("s3_store_large_object_chunk_size", "4"),
+            ("s3_store_large_object_size", "ten"),
+            ("s3_store_bucket_url_format", "sideways"),
+            ("s3_store_create_bucket_on_put", "maybe"),
+        ]:
+            with self.assertRaises(ConfigError) as caught:
+                s3_store_from_options(
+                    "bulk", {**self.options, name: value}, http=None, reactor=None
+                )
+            self.assertNotIn("secret-key", str(caught.exception))
+
+    def test_foreign_locations(self) -> None:
+        """Only C{s3://<this bucket>/<image id>} is this store's."""
+        store = s3_store_from_options("bulk", self.options, http=None, reactor=None)
+        image = new_image_id()
+        for location in [
+            f"s3://other/{image}",
+            f"s3://images/{image}/x",
+            "s3://images/not-an-id",
+            f"s3://key:secret@images/{image}",
+            f"file:///images/{image}",
+        ]:
+            self.failureResultOf(store.size(location), BadRequest)
+        self.assertEqual(store._key(f"s3://images/{image}"), image)
