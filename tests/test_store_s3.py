@@ -9,11 +9,15 @@ configuration.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+from treq import collect as treq_collect
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -25,12 +29,19 @@ from glance_tx.errors import BadRequest, StoreError
 from glance_tx.images import new_image_id
 from glance_tx.store.s3 import S3Store, s3_store_from_options
 from glance_tx.store.s3_client import S3Client, S3Credentials
+from tests.live_server import (
+    listening_port,
+    live_config,
+    settled_client,
+    start_glance_tx,
+)
 from tests.s3_server import REGION, TEST_PART_SIZE, S3Server, s3_server
 from tests.store_conformance import (
     FakeConsumer,
     UnpacedStoreConformanceMixin,
     make_data,
 )
+from tests.test_end_to_end import GeneratedBody
 
 MiB = 1024 * 1024
 
@@ -387,3 +398,133 @@ class ConfigTests(SynchronousTestCase):
         ]:
             self.failureResultOf(store.size(location), BadRequest)
         self.assertEqual(store._key(f"s3://images/{image}"), image)
+
+
+class ThroughTheAPITests(_Live):
+    """
+    glance-tx with an S3 store (its factory, from the config file) serving
+    v1 uploads and downloads over real sockets, moto behind it.
+    """
+
+    timeout = 120
+
+    def setUp(self) -> Deferred[None]:
+        super().setUp()
+        self.treq = settled_client(self, tries=250)
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        config = live_config(
+            self,
+            "[DEFAULT]\nenabled_backends = bulk:s3\n\n[bulk]\n"
+            f"s3_store_host = {self.server.endpoint}\n"
+            f"s3_store_access_key = {self.server.access_key}\n"
+            f"s3_store_secret_key = {self.server.secret_key}\n"
+            f"s3_store_bucket = {self.bucket}\n"
+            "s3_store_bucket_url_format = path\n"
+            "s3_store_large_object_size = 1\n"
+            "s3_store_large_object_chunk_size = 5\n",
+        )
+        service = await start_glance_tx(config, self.addCleanup, "s3-api")
+        self.base = f"http://127.0.0.1:{listening_port(service)}"
+
+    async def status(self, image_id: str) -> str:
+        response = await self.treq.head(f"{self.base}/v1/images/{image_id}")
+        return response.headers.getRawHeaders("x-image-meta-status")[0]
+
+    def test_put_upload_ranged_download_delete(self) -> None:
+        """
+        An upload of announced size below the large-object size is one
+        object (no multipart upload); it downloads whole and by range, and
+        DELETE removes the object.
+        """
+
+        async def go() -> None:
+            data = make_data(300_000, seed=30)
+            response = await self.treq.post(
+                f"{self.base}/v1/images",
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "x-image-meta-name": "small",
+                    "x-image-meta-size": str(len(data)),
+                },
+                data=data,
+            )
+            self.assertEqual(response.code, 201)
+            image = (await response.json())["image"]
+            self.assertEqual(self.keys(), [image["id"]])
+            etag = self.boto.head_object(Bucket=self.bucket, Key=image["id"])["ETag"]
+            self.assertNotIn("-", etag)  # a multipart object's ETag ends in -<parts>
+            url = f"{self.base}/v1/images/{image['id']}"
+            self.assertEqual(await (await self.treq.get(url)).content(), data)
+            ranged = await self.treq.get(url, headers={"Range": "bytes=1000-1999"})
+            self.assertEqual(ranged.code, 206)
+            self.assertEqual(await ranged.content(), data[1000:2000])
+            self.assertEqual((await self.treq.delete(url)).code, 200)
+            self.assertNothingLeft()
+
+        return Deferred.fromCoroutine(go())
+
+    def test_chunked_upload_is_multipart(self) -> None:
+        """
+        A chunked upload (size unknown) of 7 MiB goes up in 5 MiB parts and
+        downloads with the same md5.
+        """
+
+        async def go() -> None:
+            response = await self.treq.post(
+                f"{self.base}/v1/images",
+                headers={"Content-Type": "application/octet-stream", "x-image-meta-name": "big"},
+                data=GeneratedBody(7),
+            )
+            self.assertEqual(response.code, 201)
+            image = (await response.json())["image"]
+            self.assertEqual(image["size"], 7 * MiB)
+            head = self.boto.head_object(Bucket=self.bucket, Key=image["id"])
+            self.assertEqual(head["ContentLength"], 7 * MiB)
+            self.assertTrue(head["ETag"].endswith('-2"'))  # two parts
+            download = await self.treq.get(
+                f"{self.base}/v1/images/{image['id']}", unbuffered=True
+            )
+            got = hashlib.md5()
+            await treq_collect(download, got.update)
+            self.assertEqual(got.hexdigest(), image["checksum"])
+            self.assertEqual(self.uploads(), [])
+
+        return Deferred.fromCoroutine(go())
+
+    def test_interrupted_upload(self) -> None:
+        """
+        A client that drops after more than one part's worth leaves the
+        image killed, and no object and no multipart upload in the bucket.
+        """
+
+        async def go() -> None:
+            response = await self.treq.post(
+                f"{self.base}/v1/images", headers={"x-image-meta-name": "cut"}
+            )
+            image_id = (await response.json())["image"]["id"]
+            protocol = await connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", int(self.base.rpartition(":")[2])),
+                Protocol(),
+            )
+            protocol.transport.write(
+                f"PUT /v1/images/{image_id} HTTP/1.1\r\nHost: x\r\n"
+                "Content-Type: application/octet-stream\r\n"
+                f"Content-Length: {100 * MiB}\r\n\r\n".encode()
+                + b"x" * (6 * MiB)
+            )
+            for _ in range(300):
+                if self.uploads():
+                    break
+                await deferLater(reactor, 0.02)
+            await deferLater(reactor, 0.3)
+            protocol.transport.abortConnection()
+            for _ in range(300):
+                if await self.status(image_id) == "killed" and not self.uploads():
+                    break
+                await deferLater(reactor, 0.02)
+            self.assertEqual(await self.status(image_id), "killed")
+            self.assertNothingLeft()
+
+        return Deferred.fromCoroutine(go())

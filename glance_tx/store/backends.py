@@ -23,6 +23,7 @@ from glance_tx.store.factory import StoreFactory, StoreServices
 from glance_tx.store.filesystem import make_filesystem_store
 from glance_tx.store.http import make_http_store
 from glance_tx.store.interface import IStore
+from glance_tx.store.s3 import make_s3_store
 from glance_tx.store.swift import make_swift_store
 from glance_tx.threads import BlockingRunner
 
@@ -32,6 +33,7 @@ __all__ = ["STORE_FACTORIES", "StoreInfo", "StoreMap", "build_store_map"]
 STORE_FACTORIES: Mapping[str, StoreFactory] = {
     "file": make_filesystem_store,
     "http": make_http_store,
+    "s3": make_s3_store,
     "swift": make_swift_store,
 }
 

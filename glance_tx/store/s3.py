@@ -39,6 +39,7 @@ from glance_tx.backpressure import Watermarks
 from glance_tx.config import ConfigError, StoreConfig
 from glance_tx.errors import BadRequest, NotFound, StoreError
 from glance_tx.images import validate_image_id
+from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
 from glance_tx.store.reader import BlockProducer, IBlockSource
 from glance_tx.store.s3_client import (
@@ -574,7 +575,7 @@ def s3_store_from_options(
     )
 
 
-async def make_s3_store(config: StoreConfig, services: Any) -> S3Store:
+async def make_s3_store(config: StoreConfig, services: StoreServices) -> S3Store:
     """
     The store factory of C{s3} stores (see L{glance_tx.store.factory}):
     no I/O at start-up; C{ping} checks the bucket.

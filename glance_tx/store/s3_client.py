@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
@@ -70,9 +70,10 @@ _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 
 class HTTPRequester(Protocol):
-    """What the client needs of treq: an C{HTTPClient} or a C{StubTreq}."""
+    """What the client needs of treq: an C{HTTPClient}, or a fake in tests."""
 
-    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]: ...
+    @property
+    def request(self) -> Callable[..., Deferred[Any]]: ...
 
 
 @frozen
