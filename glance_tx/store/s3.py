@@ -12,8 +12,9 @@ memory, whatever the image size. Any failure or abort aborts the multipart
 upload (or cuts the PUT short), so S3 keeps no parts and no object.
 
 Reads relay the ranged GET's response through the shared
-L{BlockProducer}; the response's connection is paused while a slow
-consumer leaves more than two blocks unread (L{_ResponseSource}).
+L{BlockProducer} and L{glance_tx.store.response.ResponseBlocks}: the
+response's connection is paused while a slow consumer leaves more than two
+blocks unread.
 
 Locations carry no credentials (glance_store's do): the store's own
 configuration has them.
@@ -21,18 +22,15 @@ configuration has them.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from attrs import define, field, frozen
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from glance_tx.backpressure import Watermarks
@@ -41,7 +39,8 @@ from glance_tx.errors import BadRequest, NotFound, StoreError
 from glance_tx.images import validate_image_id
 from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
-from glance_tx.store.reader import BlockProducer, IBlockSource
+from glance_tx.store.reader import BlockProducer, IBlockSource, NoBytes
+from glance_tx.store.response import response_blocks
 from glance_tx.store.s3_client import (
     BodyFeed,
     HTTPRequester,
@@ -157,20 +156,18 @@ class S3Store:
             raise BadRequest(f"Invalid offset {offset!r}")
         if length is not None and (not isinstance(length, int) or length < 0):
             raise BadRequest(f"Invalid length {length!r}")
-        source: IBlockSource
+        source: IBlockSource = NoBytes()
         remaining = 0
         if length == 0:
             await self.client.object_size(self.bucket, key)  # NotFound if missing
-            source = _NoBytes()
         else:
             response = await self.client.get_object(self.bucket, key, offset, length)
-            if response is None:  # the range starts at or past the end
-                source = _NoBytes()
-            else:
+            if response is not None:  # None: the range starts at or past the end
                 if response.length is UNKNOWN_LENGTH:
                     raise StoreError("S3 answered a GET without a Content-Length")
                 remaining = response.length
-                source = _ResponseSource(response, high=2 * self.block_size)
+                origin = f"the S3 store {self.client.store_name!r}"
+                source = response_blocks(response, self.block_size, origin)
         producer = BlockProducer(
             source=source, consumer=consumer, remaining=remaining, block_size=self.block_size
         )
@@ -180,14 +177,14 @@ class S3Store:
         try:
             key = self._key(location)
         except BadRequest as e:
-            return _failed(e)
+            return fail(e)
         return Deferred.fromCoroutine(self.client.delete_object(self.bucket, key))
 
     def size(self, location: str) -> Deferred[int]:
         try:
             key = self._key(location)
         except BadRequest as e:
-            return _failed(e)
+            return fail(e)
         return Deferred.fromCoroutine(self.client.object_size(self.bucket, key))
 
     def locations(self) -> Deferred[frozenset[str]]:
@@ -238,12 +235,6 @@ class S3Store:
                     )
 
         return Deferred.fromCoroutine(pinged())
-
-
-def _failed(error: BaseException) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(Failure(error))
-    return d
 
 
 # Writing
@@ -418,92 +409,6 @@ class _MultipartBackend:
                 await self.client.delete_object(self.upload.bucket, self.upload.key)
 
         return Deferred.fromCoroutine(discarded())
-
-
-# Reading
-
-
-@implementer(IBlockSource)
-class _NoBytes:
-    """The source of an empty read."""
-
-    def read_block(self, size: int) -> Deferred[bytes]:
-        return succeed(b"")
-
-    def close(self) -> Deferred[None]:
-        return succeed(None)
-
-
-@implementer(IBlockSource)
-class _ResponseSource(Protocol):
-    """
-    A GET response's body, a block at a time: what arrives is kept until
-    read, and the connection is paused while more than C{high} bytes wait.
-    """
-
-    def __init__(self, response: IResponse, high: int) -> None:
-        self._high = high
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._paused = False
-        self._ended: Failure | None = None
-        self._waiting: tuple[Deferred[bytes], int] | None = None
-        self._producer: IPushProducer | None = None
-        response.deliverBody(self)
-
-    def makeConnection(self, transport: Any) -> None:
-        self._producer = transport
-        super().makeConnection(transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._buffered += len(data)
-        if self._buffered > self._high and not self._paused and self._producer:
-            self._paused = True
-            self._producer.pauseProducing()
-        self._answer()
-
-    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        self._ended = reason
-        self._answer()
-
-    def read_block(self, size: int) -> Deferred[bytes]:
-        d: Deferred[bytes] = Deferred()
-        self._waiting = (d, size)
-        self._answer()
-        return d
-
-    def close(self) -> Deferred[None]:
-        if self._ended is None and self._producer is not None:
-            self._producer.stopProducing()  # drops the connection
-        self._chunks.clear()
-        return succeed(None)
-
-    def _answer(self) -> None:
-        if self._waiting is None:
-            return
-        d, size = self._waiting
-        if self._chunks:
-            self._waiting = None
-            taken, total = [], 0
-            while self._chunks and total < size:
-                chunk = self._chunks.popleft()
-                if total + len(chunk) > size:
-                    self._chunks.appendleft(chunk[size - total :])
-                    chunk = chunk[: size - total]
-                taken.append(chunk)
-                total += len(chunk)
-            self._buffered -= total
-            if self._paused and self._buffered <= self._high // 2 and self._producer:
-                self._paused = False
-                self._producer.resumeProducing()
-            d.callback(b"".join(taken))
-        elif self._ended is not None:
-            self._waiting = None
-            if self._ended.check(ResponseDone):
-                d.callback(b"")
-            else:
-                d.errback(StoreError(f"The S3 response was cut short: {self._ended.getErrorMessage()}"))
 
 
 # Configuration
