@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
@@ -39,6 +40,7 @@ from tests.store_conformance import (
 )
 from tests.swift_cluster import SwiftCluster, swift_cluster, unique_container
 
+MiB = 1024 * 1024
 SEGMENT = 16 * 1024
 
 
@@ -580,7 +582,7 @@ class ServiceTests(TestCase):
         self.service = await start_glance_tx(config, self.addCleanup, "swift-test")
         self.base = f"http://127.0.0.1:{listening_port(self.service)}"
 
-    def setUp(self) -> Deferred[None]:
+    def setUp(self) -> Deferred[None]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._start())
 
     def objects(self, container: str) -> list[str]:
@@ -594,7 +596,10 @@ class ServiceTests(TestCase):
     async def upload(self, data: bytes, declared: bool) -> dict[str, Any]:
         import treq as treq_module
 
-        headers = {"Content-Type": "application/octet-stream", "x-image-meta-name": "img"}
+        headers: dict[str | bytes, str | bytes] = {
+            "Content-Type": "application/octet-stream",
+            "x-image-meta-name": "img",
+        }
         if declared:
             headers["x-image-meta-size"] = str(len(data))
         body: Any = data if declared else _Chunked(data)
@@ -628,7 +633,8 @@ class ServiceTests(TestCase):
             self.assertEqual(response.code, 200)
             self.assertEqual(await response.content(), data)
             response = await self.treq.get(
-                f"{self.base}/v1/images/{image['id']}", headers={"Range": "bytes=1000-1999"}
+                f"{self.base}/v1/images/{image['id']}",
+                headers=Headers({"Range": ["bytes=1000-1999"]}),
             )
             self.assertEqual(response.code, 206)
             self.assertEqual(await response.content(), data[1000:2000])
@@ -644,9 +650,13 @@ class ServiceTests(TestCase):
         A client that goes away after 3 MiB of a large upload: the image is
         killed and Swift holds no object, no segment and no marker.
         """
-        response = await self.treq.post(f"{self.base}/v1/images", headers={"x-image-meta-name": "cut"})
+        response = await self.treq.post(
+            f"{self.base}/v1/images", headers=Headers({"x-image-meta-name": ["cut"]})
+        )
         image_id = (await response.json())["image"]["id"]
-        port = listening_port_of(self.base)
+        from tests.live_server import listening_port
+
+        port = listening_port(self.service)
         protocol = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), Protocol())
         protocol.transport.write(  # type: ignore[union-attr]
             f"PUT /v1/images/{image_id} HTTP/1.1\r\nHost: x\r\n"
@@ -669,13 +679,6 @@ class ServiceTests(TestCase):
         self.assertEqual(status, "killed")
         self.assertEqual(self.objects(self.container), [])
         self.assertEqual(self.objects(self.container + "_segments"), [])
-
-
-MiB = 1024 * 1024
-
-
-def listening_port_of(base: str) -> int:
-    return int(base.rsplit(":", 1)[1])
 
 
 @implementer(IBodyProducer)
