@@ -1,0 +1,403 @@
+#!/usr/bin/env python3
+"""
+Image data through glance-tx to each kind of store, beside a direct client
+of the same store moving the same bytes, in one run.
+
+One run of this script:
+
+1. writes an incompressible test file (``--size``, 1 GiB by default) in a
+   fresh temporary directory (``transfer.workdir_with_test_file``);
+2. starts the stores' servers on free loopback ports: moto_server for S3
+   (signature checks on; ``tests/s3_server.py`` makes its key), a one-node
+   Swift (``tools/swift-one-node``, memcached, tempauth) and nginx serving
+   the test file for the read-only HTTP store;
+3. starts ``twistd -n glance`` with four stores enabled (``file:file``,
+   ``s3:s3``, ``swift:swift``, ``web:http``);
+4. for each writable store: uploads the file through the API with curl
+   (``POST /v1/images`` with ``x-image-meta-store``, Content-Length) and
+   downloads it back; then moves the same bytes with curl straight to and
+   from the store (``--aws-sigv4`` for S3, an ``X-Auth-Token`` for Swift,
+   ``dd ... conv=fsync`` and nginx for the filesystem);
+5. for the HTTP store: registers the nginx URL as an image location and
+   downloads it through glance-tx, beside curl from nginx;
+6. prints MiB/s, glance-tx's CPU seconds per GiB, its peak RSS and the
+   ratio to the direct client for every transfer, with this machine's md5
+   and sha512 speeds, and writes them to its section of ``RESULTS.md``.
+
+Every transfer's byte count is checked, and every upload's md5.
+Targets (issue 8): through glance-tx at least 80% of the direct client's
+throughput for each store; peak RSS under 150 MiB for every store.
+
+    /work/venv/bin/python bench/stores.py
+    /work/venv/bin/python bench/stores.py --size 256M --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+# This directory is on sys.path when the script runs: reuse the transfer
+# benchmark's processes, files and measurements.
+import transfer
+from transfer import BenchError, MiB, Sample, Server
+
+REPO = transfer.REPO
+BUCKET = "glance-bench"
+CONTAINER = "glance-bench"
+REGION = "us-east-1"
+
+
+@dataclass
+class Row:
+    store: str
+    direction: str
+    through: Sample
+    direct: Sample | None
+    direct_label: str
+
+
+def start_moto(workdir: Path, stack: ExitStack) -> tuple[Server, str]:
+    """moto_server with signature checks; returns it and its keyed URL."""
+    port = transfer.free_port()
+    moto = Path(sys.executable).with_name("moto_server")
+    env = dict(os.environ, TMPDIR=str(workdir))
+    server = transfer.start_server(
+        "moto", [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        f"http://127.0.0.1:{port}", "/moto-api/", workdir, stack, env=env,
+    )
+    keyed = subprocess.run(
+        [sys.executable, "-m", "tests.s3_server", server.base_url],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )
+    if keyed.returncode != 0:
+        raise BenchError(f"could not set up moto: {keyed.stderr.strip()}")
+    return server, keyed.stdout.strip()
+
+
+def start_swift(workdir: Path, stack: ExitStack) -> tuple[Server, dict[str, str]]:
+    """A one-node Swift; returns its proxy (all its processes) and settings."""
+    root = workdir / "swift"
+    root.mkdir()
+    subprocess.run(
+        [sys.executable, str(REPO / "tools" / "swift-one-node"), str(root)], check=True
+    )
+    # Shell assignments, one per variable; a value may span lines in quotes.
+    settings = dict(
+        token.partition("=")[::2] for token in shlex.split((root / "cluster.env").read_text())
+    )
+    memcached = shutil.which("memcached")
+    if memcached is None:
+        raise BenchError("memcached is not installed (Debian package memcached)")
+    log = (root / "servers.log").open("wb")
+    stack.callback(log.close)
+    helpers = [
+        subprocess.Popen(
+            [memcached, "-l", "127.0.0.1", "-p", settings["SWIFT_MEMCACHED_PORT"],
+             "-U", "0", "-m", "16", "-u", "root"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    ]
+    commands = settings["SWIFT_SERVER_COMMANDS"].splitlines()
+    for command in commands[:-1]:  # account, container, object
+        helpers.append(
+            subprocess.Popen(shlex.split(command), stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        )
+    for helper in helpers:
+        stack.callback(Server(f"swift {helper.pid}", helper, "", root / "servers.log").stop)
+    proxy = transfer.start_server(
+        "swift-proxy", shlex.split(commands[-1]),
+        f"http://127.0.0.1:{settings['SWIFT_PROXY_PORT']}", "/info", root, stack,
+    )
+    return proxy, settings
+
+
+def swift_token(proxy: Server, settings: dict[str, str]) -> tuple[str, str]:
+    request = urllib.request.Request(
+        proxy.base_url + "/auth/v1.0",
+        headers={"X-Auth-User": settings["SWIFT_USER"], "X-Auth-Key": settings["SWIFT_KEY"]},
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return r.headers["X-Storage-Url"], r.headers["X-Auth-Token"]
+
+
+def start_glance_tx(
+    workdir: Path, size: int, s3_url: str, swift: Server, settings: dict[str, str],
+    twistd: str, stack: ExitStack,
+) -> Server:
+    s3 = urlsplit(s3_url)
+    data = workdir / "glance-tx"
+    data.mkdir()
+    config = data / "glance-tx.conf"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            [DEFAULT]
+            image_size_cap = {max(size * 2, 1 << 40)}
+            enabled_backends = file:file, s3:s3, swift:swift, web:http
+            default_backend = file
+            recover_on_start = false
+
+            [file]
+            filesystem_store_datadir = {data / "images"}
+
+            [s3]
+            s3_store_host = http://{s3.hostname}:{s3.port}
+            s3_store_access_key = {unquote(s3.username or "")}
+            s3_store_secret_key = {unquote(s3.password or "")}
+            s3_store_bucket = {BUCKET}
+            s3_store_create_bucket_on_put = true
+            s3_store_bucket_url_format = path
+            s3_store_region_name = {REGION}
+
+            [swift]
+            swift_store_auth_address = {swift.base_url}/auth/v1.0
+            swift_store_auth_version = 1
+            swift_store_user = {settings["SWIFT_USER"]}
+            swift_store_key = {settings["SWIFT_KEY"]}
+            swift_store_container = {CONTAINER}
+            swift_store_create_container_on_put = true
+
+            [web]
+            http_store_allowed_networks = 127.0.0.0/8
+            """
+        )
+    )
+    port = transfer.free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    argv = [
+        twistd, "-n", "--pidfile=", "glance",
+        "--port", f"tcp:{port}:interface=127.0.0.1",
+        "--data-dir", str(data), "--config", str(config),
+    ]
+    return transfer.start_server(
+        "glance-tx", argv, f"http://127.0.0.1:{port}", "/healthcheck", data, stack, env=env,
+    )
+
+
+def upload_through(
+    glance: Server, path: Path, size: int, md5: str, store: str
+) -> tuple[Sample, str]:
+    response = path.parent / f"upload-{store}.json"
+    args = transfer.upload_args(path, chunked=False) + [
+        "-X", "POST", "-o", str(response),
+        "-H", f"x-image-meta-name: bench-{store}",
+        "-H", "x-image-meta-disk_format: raw",
+        "-H", "x-image-meta-container_format: bare",
+        "-H", f"x-image-meta-store: {store}",
+        f"{glance.base_url}/v1/images",
+    ]
+    sample = transfer.measure(f"{store} up", glance, args, "up", size, ok_codes=(201,))
+    image = json.loads(response.read_text())["image"]
+    if image["size"] != size or image["checksum"] != md5:
+        raise BenchError(f"{store}: stored {image['size']} bytes, md5 {image['checksum']}")
+    return sample, image["id"]
+
+
+def download_through(glance: Server, image_id: str, size: int, store: str) -> Sample:
+    args = ["-o", "/dev/null", f"{glance.base_url}/v1/images/{image_id}"]
+    return transfer.measure(f"{store} down", glance, args, "down", size)
+
+
+def register_http_image(glance: Server, url: str, size: int) -> str:
+    request = urllib.request.Request(
+        f"{glance.base_url}/v1/images", method="POST",
+        headers={
+            "x-image-meta-name": "bench-web",
+            "x-image-meta-disk_format": "raw",
+            "x-image-meta-container_format": "bare",
+            "x-image-meta-location": url,
+            "x-image-meta-store": "web",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=60) as r:
+        image = json.loads(r.read())["image"]
+    if image["size"] != size:
+        raise BenchError(f"web: the HTTP location reports {image['size']} bytes")
+    return image["id"]
+
+
+def s3_sigv4(s3_url: str) -> list[str]:
+    s3 = urlsplit(s3_url)
+    return [
+        "--aws-sigv4", f"aws:amz:{REGION}:s3",
+        "--user", f"{unquote(s3.username or '')}:{unquote(s3.password or '')}",
+        "-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+    ]
+
+
+def dd_sample(path: Path, target: Path, size: int) -> Sample:
+    """The filesystem's own write speed: dd with fsync, as the store does."""
+    began = time.perf_counter()
+    subprocess.run(
+        ["dd", f"if={path}", f"of={target}", "bs=1M", "conv=fsync", "status=none"], check=True
+    )
+    seconds = time.perf_counter() - began
+    target.unlink()
+    return Sample("file up (dd)", size, seconds, 0.0, 0.0, 0, 0.0, 0.0)
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    rows: list[Row] = []
+    with ExitStack() as stack:
+        workdir, path, md5 = transfer.workdir_with_test_file(
+            "glance-tx-bench-stores-", args.size, args.tmpdir, False, stack
+        )
+        moto, s3_url = start_moto(workdir, stack)
+        swift, settings = start_swift(workdir, stack)
+        www = path.parent
+        nginx = transfer.start_nginx(workdir, www, stack)
+        glance = start_glance_tx(
+            workdir, args.size, s3_url, swift, settings, args.twistd, stack
+        )
+        print(f"glance-tx {glance.base_url}, moto {moto.base_url}, swift {swift.base_url}, "
+              f"nginx {nginx.base_url}", flush=True)
+
+        def report(row: Row) -> None:
+            rows.append(row)
+            direct = row.direct
+            ratio = f"{row.through.mib_s / direct.mib_s:5.2f}x" if direct else "  -  "
+            print(
+                f"  {row.store:<6} {row.direction:<4} through glance-tx "
+                f"{row.through.mib_s:7.1f} MiB/s, {row.through.cpu_per_gib:5.2f} CPU s/GiB, "
+                f"peak RSS {row.through.peak_rss_kib / 1024:5.0f} MiB; {row.direct_label} "
+                + (f"{direct.mib_s:7.1f} MiB/s; ratio {ratio}" if direct else "-"),
+                flush=True,
+            )
+
+        # The filesystem store, against dd (write) and nginx (read).
+        up, image_id = upload_through(glance, path, args.size, md5, "file")
+        report(Row("file", "up", up, dd_sample(path, workdir / "dd.out", args.size),
+                   "dd conv=fsync"))
+        down = download_through(glance, image_id, args.size, "file")
+        direct = transfer.measure("nginx down", nginx, ["-o", "/dev/null",
+                                  f"{nginx.base_url}/{path.name}"], "down", args.size)
+        report(Row("file", "down", down, direct, "nginx"))
+
+        # S3 (moto), against curl --aws-sigv4 to the same server.
+        s3_object = f"{moto.base_url}/{BUCKET}/direct-{int(time.time())}"
+        up, image_id = upload_through(glance, path, args.size, md5, "s3")
+        # curl would sign the empty "Expect:" that upload_args sends (to
+        # drop 100-continue) without sending it, and S3 would refuse that.
+        direct = transfer.measure("s3 direct up", moto, ["-T", str(path)]
+                                + s3_sigv4(s3_url) + ["-o", "/dev/null", s3_object],
+                                "up", args.size, ok_codes=(200,))
+        report(Row("s3", "up", up, direct, "curl --aws-sigv4"))
+        down = download_through(glance, image_id, args.size, "s3")
+        direct = transfer.measure("s3 direct down", moto, s3_sigv4(s3_url)
+                                + ["-o", "/dev/null", s3_object], "down", args.size, ok_codes=(200,))
+        report(Row("s3", "down", down, direct, "curl --aws-sigv4"))
+
+        # Swift, against curl with a token to the same proxy.
+        storage_url, token = swift_token(swift, settings)
+        swift_object = f"{storage_url}/{CONTAINER}/direct"
+        auth = ["-H", f"X-Auth-Token: {token}"]
+        up, image_id = upload_through(glance, path, args.size, md5, "swift")
+        direct = transfer.measure("swift direct up", swift, transfer.upload_args(path, False)
+                                + auth + ["-o", "/dev/null", swift_object],
+                                "up", args.size, ok_codes=(201,))
+        report(Row("swift", "up", up, direct, "curl"))
+        down = download_through(glance, image_id, args.size, "swift")
+        direct = transfer.measure("swift direct down", swift, auth
+                                + ["-o", "/dev/null", swift_object], "down", args.size, ok_codes=(200,))
+        report(Row("swift", "down", down, direct, "curl"))
+
+        # The read-only HTTP store, against curl from nginx.
+        image_id = register_http_image(glance, f"{nginx.base_url}/{path.name}", args.size)
+        down = download_through(glance, image_id, args.size, "web")
+        direct = transfer.measure("nginx down", nginx, ["-o", "/dev/null",
+                                  f"{nginx.base_url}/{path.name}"], "down", args.size)
+        report(Row("http", "down", down, direct, "nginx"))
+    return rows
+
+
+def section(args: argparse.Namespace, rows: list[Row], hashes: str) -> str:
+    lines = [
+        "## Stores: `bench/stores.py`",
+        "",
+        textwrap.fill(
+            f"A {transfer.human(args.size)} image through glance-tx (v1, Content-Length, "
+            "curl) to and from each store, and the same bytes moved by a direct client of "
+            "that store in the same run. Stores on loopback: moto_server (S3, Python), "
+            "a one-node Swift, nginx for the HTTP store. glance-tx CPU is utime + stime "
+            "of its process per GiB moved; RSS is its peak during the transfer.",
+            width=78,
+        ),
+        "",
+        f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
+        f"{os.cpu_count()} vCPUs; {hashes}",
+        f"- Command: `/work/venv/bin/python bench/stores.py --size {args.size_text}`",
+        "",
+        "| store | way | through glance-tx MiB/s | CPU s/GiB | peak RSS MiB "
+        "| direct client | direct MiB/s | ratio |",
+        "|---|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for row in rows:
+        direct = row.direct
+        lines.append(
+            f"| {row.store} | {row.direction} | {row.through.mib_s:.0f} "
+            f"| {row.through.cpu_per_gib:.2f} | {row.through.peak_rss_kib / 1024:.0f} "
+            f"| {row.direct_label} | "
+            + (f"{direct.mib_s:.0f} | {row.through.mib_s / direct.mib_s:.2f}x |"
+               if direct else "- | - |")
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--size", default="1G", help="image size [default: 1G]")
+    parser.add_argument("--quiet-wait", type=float, default=30.0,
+                        help="before each transfer, wait up to this many seconds for a "
+                             "quiet machine; 0 to not wait [default: %(default)s]")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the figures only; leave bench/RESULTS.md alone")
+    parser.add_argument("--tmpdir", default=None)
+    parser.add_argument("--twistd", default=str(Path(sys.executable).with_name("twistd")))
+    args = parser.parse_args(argv)
+    args.size_text = args.size
+    args.size = transfer.parse_size(args.size)
+    for tool in ("curl", "nginx", "memcached"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            parser.error(f"{tool} is not installed")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    transfer.QUIET_WAIT = args.quiet_wait
+    md5, sha512, both = transfer.hash_ceiling(256 * MiB)
+    hashes = f"md5 {md5:.0f} MiB/s, sha512 {sha512:.0f} MiB/s, both on two threads {both:.0f}"
+    print(hashes, flush=True)
+    try:
+        rows = run(args)
+    except BenchError as e:
+        print(f"benchmark failed: {e}", file=sys.stderr)
+        return 1
+    text = section(args, rows, hashes)
+    print()
+    print(text)
+    if not args.no_write:
+        transfer.write_results_section("stores.py", text)
+        print(f"\nwritten to {REPO / 'bench' / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
