@@ -88,8 +88,26 @@ def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
 
 
-def _string_tuple(value: Iterable[str]) -> tuple[str, ...]:
-    return tuple(value)
+@frozen
+class Location:
+    """
+    Where one copy of an image's data lives: its URL, and the id of the
+    enabled store that holds it, as glance_store records it. C{store} is
+    C{None} for a location recorded before store ids were (registry
+    migration 0003); the store map then judges by the URL's scheme.
+    """
+
+    url: str
+    store: str | None = None
+
+
+def as_location(value: Location | str) -> Location:
+    """A L{Location}; a bare URL names no store."""
+    return value if isinstance(value, Location) else Location(value)
+
+
+def _locations(value: Iterable[Location | str]) -> tuple[Location, ...]:
+    return tuple(map(as_location, value))
 
 
 def _string_set(value: Iterable[str]) -> frozenset[str]:
@@ -118,7 +136,7 @@ class Image:
     min_disk: int = 0
     protected: bool = False
     os_hidden: bool = False
-    locations: tuple[str, ...] = field(default=(), converter=_string_tuple)
+    locations: tuple[Location, ...] = field(default=(), converter=_locations)
     properties: Mapping[str, str] = field(factory=dict, converter=_frozen_mapping)
     tags: frozenset[str] = field(default=frozenset(), converter=_string_set)
     deleted_at: datetime | None = None

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from glance_tx import images
 from glance_tx.errors import BadRequest, Conflict, GlanceError, RequestEntityTooLarge
-from glance_tx.images import Image, ImageUpdate
+from glance_tx.images import Image, ImageUpdate, Location
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.interface import IStore
@@ -34,6 +34,7 @@ class Upload:
     pipeline: UploadPipeline
     registry: IRegistry
     store: IStore
+    store_id: str
     failure_status: str
     done: bool = field(default=False, init=False)
 
@@ -58,7 +59,7 @@ class Upload:
                         "checksum": result.checksum,
                         "os_hash_algo": result.os_hash_algo,
                         "os_hash_value": result.os_hash_value,
-                        "locations": (result.location,),
+                        "locations": (Location(result.location, self.store_id),),
                     }
                 ),
                 expected_status=frozenset({images.SAVING}),
@@ -144,6 +145,7 @@ class Uploader:
         @raise Conflict: the image is not queued (already has data, or
             another upload has started).
         """
+        store_id = self.stores.checked_id(store_id)
         store = self.stores.get(store_id)
         if image.status != images.QUEUED:
             raise Conflict(
@@ -176,5 +178,6 @@ class Uploader:
             pipeline=pipeline,
             registry=self.registry,
             store=store,
+            store_id=store_id,
             failure_status=failure_status,
         )

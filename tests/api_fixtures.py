@@ -56,7 +56,7 @@ class SiteTestCase(SynchronousTestCase):
         self.store_root = FilePath(self.mktemp())
         self.store_root.makedirs()
         self.store = FilesystemStore(self.store_root.path, self.runner)
-        self.stores = StoreMap({"file": self.store}, "file")
+        self.stores = self.make_stores()
         self.site = build_site(
             registry=self.registry,
             stores=self.stores,
@@ -67,6 +67,10 @@ class SiteTestCase(SynchronousTestCase):
             cache=self.cache,
         )
         self.client, self.agent = memory_client(self.site)
+
+    def make_stores(self) -> StoreMap:
+        """The enabled stores; by default the one filesystem store, C{file}."""
+        return StoreMap({"file": self.store}, "file")
 
     def request(
         self,

@@ -41,6 +41,7 @@ from glance_tx.images import (
     Image,
     ImageQuery,
     ImageUpdate,
+    Location,
     Member,
     Viewer,
     new_image_id,
@@ -196,7 +197,11 @@ class RegistryConformanceMixin(_Base):
             min_disk=1,
             protected=True,
             os_hidden=True,
-            locations=("file:///var/lib/b", "swift://c/a", "file:///var/lib/a"),
+            locations=(
+                Location("file:///var/lib/b", "fast"),
+                Location("swift://c/a", "obj"),
+                Location("file:///var/lib/a"),
+            ),
             properties={"os_distro": "cirros", "hw_disk_bus": "virtio"},
             tags={"tiny", "test"},
             created_at=T0,
@@ -208,6 +213,18 @@ class RegistryConformanceMixin(_Base):
         self.assertEqual(fetched, image)
         self.assertEqual(fetched.created_at.utcoffset(), timedelta(0))
         self.assertEqual(fetched.locations, image.locations)
+
+    @conformance
+    async def test_location_stores(self, registry: Any) -> None:
+        """
+        Each location keeps the id of the store holding it (or none) through
+        create, update and get; a bare URL is a location with no store.
+        """
+        image = await registry.create(make_image(locations=("file:///a",)))
+        self.assertEqual(image.locations, (Location("file:///a", None),))
+        moved = (Location("s3://bucket/key", "bulk"), Location("file:///b", "fast"))
+        await registry.update(image.id, ImageUpdate(fields={"locations": moved}))
+        self.assertEqual((await registry.get(image.id)).locations, moved)
 
     @conformance
     async def test_create_minimal_round_trip(self, registry: Any) -> None:
@@ -289,7 +306,7 @@ class RegistryConformanceMixin(_Base):
         self.assertEqual(updated.visibility, "community")
         self.assertEqual(updated.owner, "project-b")
         self.assertTrue(updated.protected)
-        self.assertEqual(updated.locations, ("file:///c",))
+        self.assertEqual(updated.locations, (Location("file:///c"),))
         self.assertEqual(updated.min_ram, 1)
         self.assertEqual(updated.created_at, image.created_at)
         self.assertEqual(await registry.get(image.id), updated)

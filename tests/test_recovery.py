@@ -70,7 +70,7 @@ class RecoverTests(SiteTestCase):
         )
         self.assertEqual(self.successResultOf(self.registry.get(stuck.id)).status, images.KILLED)
         self.assertEqual(self.successResultOf(self.registry.get(kept.id)).status, images.ACTIVE)
-        self.assertEqual(self.stored_files(), [kept.locations[0][len("file://"):]])
+        self.assertEqual(self.stored_files(), [kept.locations[0].url[len("file://"):]])
 
     def test_nothing_to_do(self) -> None:
         """A clean start changes nothing."""

@@ -52,6 +52,7 @@ from glance_tx.images import (
     Image,
     ImageQuery,
     ImageUpdate,
+    Location,
     Viewer,
 )
 from glance_tx.registry.schema import UTCDateTime, metadata
@@ -355,8 +356,8 @@ def insert_at_0001(connection: Any, stored: list[Image]) -> None:
         connection.execute(
             insert(locations),
             [
-                {"image_id": image.id, "position": n, "url": url}
-                for n, url in enumerate(image.locations)
+                {"image_id": image.id, "position": n, "url": location.url}
+                for n, location in enumerate(image.locations)
             ],
         )
         connection.execute(
@@ -485,6 +486,38 @@ class MigrationTestsMixin:
         upgrade(engine)
         self.assertEqual(self.successResultOf(registry.get(shared.id)), shared)
         self.assertEqual(self.successResultOf(registry.list_members(shared.id)), [])
+
+    def test_upgrade_from_0002_locations_without_store(self: Any) -> None:
+        """
+        Locations stored before 0003 read back with no store id (the store
+        map judges them by their URL); new ones keep theirs. Downgrading to
+        0002 drops the store ids and keeps the URLs.
+        """
+        engine = self.make_engine()
+        upgrade(engine, "0002")
+        old = make_image(
+            status=ACTIVE, locations=("file:///old/a", "file:///old/b"), properties={"p": "v"}, tags={"t"}
+        )
+        with engine.begin() as connection:
+            insert_at_0001(connection, [old])
+        upgrade(engine)
+        registry = SQLRegistry(engine, SynchronousRunner())
+        got = self.successResultOf(registry.get(old.id))
+        self.assertEqual(got.locations, (Location("file:///old/a"), Location("file:///old/b")))
+        new = self.successResultOf(
+            registry.create(make_image(locations=(Location("s3://b/k", "bulk"),)))
+        )
+        self.assertEqual(
+            self.successResultOf(registry.get(new.id)).locations, (Location("s3://b/k", "bulk"),)
+        )
+        downgrade(engine, "0002")
+        self.assertNotIn(
+            "store", {c["name"] for c in inspect(engine).get_columns("image_locations")}
+        )
+        with engine.connect() as connection:
+            self.assertEqual(
+                connection.execute(text("SELECT count(*) FROM image_locations")).scalar(), 3
+            )
 
     def test_upgrade_from_older_revision(self: Any) -> None:
         """

@@ -37,6 +37,7 @@ from glance_tx.images import (
     Image,
     ImageQuery,
     ImageUpdate,
+    Location,
     Member,
     Viewer,
     new_image_id,
@@ -100,12 +101,15 @@ class Values:
             min_disk=self.r.randint(0, 2**31 - 1),
             protected=self.r.random() < 0.5,
             os_hidden=self.r.random() < 0.5,
-            locations=[self.text(40) for _ in range(self.r.randint(0, 4))],
+            locations=[self.location() for _ in range(self.r.randint(0, 4))],
             properties={self.text(): self.text() for _ in range(self.r.randint(0, 5))},
             tags={self.text() for _ in range(self.r.randint(0, 5))},
             deleted_at=self.moment() if deleted else None,
             deleted=deleted,
         )
+
+    def location(self) -> Location:
+        return Location(self.text(40), self.maybe(self.text()))
 
     def scalar(self) -> Any:
         return self.r.choice(
@@ -130,7 +134,7 @@ class Values:
             fields[name] = self.scalar()
         if self.r.random() < 0.5:
             fields["locations"] = tuple(
-                self.text() for _ in range(self.r.randint(0, 3))
+                self.location() for _ in range(self.r.randint(0, 3))
             )
         return ImageUpdate(
             fields=fields,
@@ -282,6 +286,9 @@ class DecodingRefusalTests(SynchronousTestCase):
             dict(good, created_at="yesterday"),
             dict(good, updated_at=12),
             dict(good, tags="a"),
+            dict(good, locations="file:///a"),
+            dict(good, locations=[{"url": 1}]),
+            dict(good, locations=[{"url": "file:///a", "store": 2}]),
             "image",
         ):
             self.assertRaises(BadRequest, wire.decode_image, body)
@@ -289,6 +296,11 @@ class DecodingRefusalTests(SynchronousTestCase):
         self.assertRaises(BadRequest, wire.decode_update, {"fields": {"id": "x"}})
         self.assertRaises(BadRequest, wire.decode_value, [1, 2])
         self.assertRaises(BadRequest, wire.decode_value, {"colour": 1})
+
+    def test_bare_url_location(self) -> None:
+        """A location sent as a bare URL string decodes as one with no store."""
+        body = dict(wire.encode_image(Values(6).image()), locations=["file:///a"])
+        self.assertEqual(wire.decode_image(body).locations, (Location("file:///a"),))
 
     def test_path_segment(self) -> None:
         """

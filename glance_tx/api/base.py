@@ -70,7 +70,7 @@ class ImagesAPI:
         await self.registry.delete(image.id)
         for location in image.locations:
             try:
-                await self.stores.for_location(location).delete(location)
+                await self.stores.for_location(location).delete(location.url)
             except Exception:
                 # The record is gone; the orphan sweep at the next start
                 # removes data a store failed to delete now.

@@ -84,7 +84,7 @@ async def send_data(
     if consumer is None:
         consumer = cast(IConsumer, request)  # a twisted.web Request is one
     _raise_send_limit(request)
-    await stores.for_location(location).read(location, consumer, offset, length)
+    await stores.for_location(location).read(location.url, consumer, offset, length)
 
 
 #: How much one send() may take. The store produces 1 MiB blocks.

@@ -49,7 +49,7 @@ from glance_tx.errors import (
     LengthRequired,
     UnsupportedMediaType,
 )
-from glance_tx.images import Image, ImageQuery, ImageUpdate, Viewer
+from glance_tx.images import Image, ImageQuery, ImageUpdate, Location, Viewer
 from glance_tx.uploads import Upload
 
 _V1_FILTERS = ("name", "status", "container_format", "disk_format")
@@ -159,7 +159,8 @@ class V1API(ImagesAPI):
         if image.status != images.QUEUED:
             raise Conflict(f"Image {image.id} is {image.status}; a location can only be set on a queued image")
         try:
-            size = await self.stores.for_location(meta.location).size(meta.location)
+            location = Location(meta.location, self.stores.store_id_for(meta.location))
+            size = await self.stores.for_location(location).size(location.url)
         except GlanceError as e:
             raise BadRequest(f"Location cannot be used: {e.message}") from None
         if meta.size is not None and meta.size != size:
@@ -168,7 +169,7 @@ class V1API(ImagesAPI):
             **update.fields,
             "status": images.ACTIVE,
             "size": size,
-            "locations": (meta.location,),
+            "locations": (location,),
         }
         if meta.checksum:
             fields["checksum"] = meta.checksum

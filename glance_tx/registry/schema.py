@@ -156,6 +156,9 @@ image_locations = Table(
     ),
     Column("position", Integer, nullable=False),
     Column("url", Text, nullable=False),
+    # The id of the store holding the data, as glance_store records it;
+    # NULL for rows from before migration 0003 (judged by the URL then).
+    Column("store", String(255), nullable=True),
     UniqueConstraint(
         "image_id", "position", name="uq_image_locations_image_id_position"
     ),

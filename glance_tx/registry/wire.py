@@ -27,6 +27,7 @@ from glance_tx.images import (
     Image,
     ImageQuery,
     ImageUpdate,
+    Location,
     Member,
     Viewer,
 )
@@ -84,6 +85,8 @@ def encode_value(value: Any) -> Any:
         return {"any": sorted((encode_value(v) for v in value), key=repr)}
     if isinstance(value, tuple | list):
         return {"sequence": [encode_value(v) for v in value]}
+    if isinstance(value, Location):
+        return {"location": encode_location(value)}
     raise TypeError(f"Cannot put {type(value).__name__} on the registry wire")
 
 
@@ -100,6 +103,8 @@ def decode_value(value: Any) -> Any:
     if tag in ("any", "sequence") and isinstance(inner, list):
         items = [decode_value(v) for v in inner]
         return frozenset(items) if tag == "any" else tuple(items)
+    if tag == "location":
+        return decode_location(inner)
     raise BadRequest(f"Invalid tagged value {value!r}")
 
 
@@ -116,6 +121,21 @@ def _strings(value: Any, what: str) -> list[str]:
 
 
 # -- images ------------------------------------------------------------------------
+
+
+def encode_location(location: Location) -> dict[str, Any]:
+    return {"url": location.url, "store": location.store}
+
+
+def decode_location(value: Any) -> Location:
+    """A location object; a bare URL string (no store) is taken too."""
+    if isinstance(value, str):
+        return Location(value)
+    fields = _mapping(value, "location")
+    url, store = fields.get("url"), fields.get("store")
+    if not isinstance(url, str) or not (store is None or isinstance(store, str)):
+        raise BadRequest("A location needs a string url and a string or null store")
+    return Location(url, store)
 
 
 def encode_image(image: Image) -> dict[str, Any]:
@@ -138,7 +158,7 @@ def encode_image(image: Image) -> dict[str, Any]:
         "min_disk": image.min_disk,
         "protected": image.protected,
         "os_hidden": image.os_hidden,
-        "locations": list(image.locations),
+        "locations": [encode_location(location) for location in image.locations],
         "properties": dict(image.properties),
         "tags": sorted(image.tags),
         "deleted_at": encode_datetime(image.deleted_at),
@@ -151,9 +171,12 @@ def decode_image(value: Any) -> Image:
     for name in _DATETIME_FIELDS:
         if name in fields:
             fields[name] = decode_datetime(fields[name])
-    for name in ("locations", "tags"):
-        if name in fields:
-            fields[name] = _strings(fields[name], name)
+    if "tags" in fields:
+        fields["tags"] = _strings(fields["tags"], "tags")
+    if "locations" in fields:
+        if not isinstance(fields["locations"], list):
+            raise BadRequest("locations must be a list")
+        fields["locations"] = [decode_location(v) for v in fields["locations"]]
     if "properties" in fields:
         fields["properties"] = _mapping(fields["properties"], "properties")
     try:

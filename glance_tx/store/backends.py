@@ -19,6 +19,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from glance_tx.config import Config, ConfigError
 from glance_tx.errors import BadRequest, StoreError
+from glance_tx.images import Location, as_location
 from glance_tx.store.factory import StoreFactory, StoreServices
 from glance_tx.store.filesystem import make_filesystem_store
 from glance_tx.store.http import make_http_store
@@ -77,25 +78,57 @@ class StoreMap:
 
     def get(self, store_id: str | None) -> IStore:
         """The store to upload to; C{None} means the default one."""
+        return self.stores[self.checked_id(store_id)]
+
+    def checked_id(self, store_id: str | None) -> str:
+        """
+        The id of the store to upload to (C{None}: the default's).
+
+        @raise BadRequest: no store of that id is enabled.
+        """
         if store_id is None:
-            return self.default
-        try:
-            return self.stores[store_id]
-        except KeyError:
+            return self.default_id
+        if store_id not in self.stores:
             raise BadRequest(
                 f"Unknown store {store_id!r}; enabled stores are "
                 + ", ".join(sorted(self.stores))
+            )
+        return store_id
+
+    def for_location(self, location: Location | str) -> IStore:
+        """
+        The store that holds C{location}: the one its store id names, or,
+        for a location recorded without one, the store L{store_id_for} its
+        URL.
+
+        @raise StoreError: that store is not enabled (any more).
+        """
+        location = as_location(location)
+        if location.store is None:
+            return self.stores[self.store_id_for(location.url)]
+        try:
+            return self.stores[location.store]
+        except KeyError:
+            raise StoreError(
+                f"The store {location.store!r} that holds this data is not enabled"
             ) from None
 
-    def for_location(self, location: str) -> IStore:
+    def store_id_for(self, url: str) -> str:
         """
-        The store that owns C{location}, judged by its URI scheme (or
-        schemes: the HTTP store reads C{http} and C{https}).
+        The id of the store a URL without a recorded store belongs to,
+        judged by its scheme (or schemes: the HTTP store reads C{http} and
+        C{https}): the default store if it has that scheme, else the first
+        enabled store that has. (Locations were recorded without a store
+        id only while a URL's scheme was all that chose its store.)
+
+        @raise StoreError: no enabled store has that scheme.
         """
-        scheme = urlsplit(location).scheme
-        for store in self.stores.values():
-            if scheme == store.scheme or scheme in getattr(store, "schemes", ()):
-                return store
+        scheme = urlsplit(url).scheme
+        if _serves(self.default, scheme):
+            return self.default_id
+        for store_id, store in self.stores.items():
+            if _serves(store, scheme):
+                return store_id
         raise StoreError(f"No enabled store serves {scheme!r} locations")
 
     def info(self) -> tuple[StoreInfo, ...]:
@@ -109,6 +142,10 @@ class StoreMap:
             )
             for store_id, store in self.stores.items()
         )
+
+
+def _serves(store: IStore, scheme: str) -> bool:
+    return scheme == store.scheme or scheme in getattr(store, "schemes", ())
 
 
 def _http_client(reactor: Any) -> HTTPClient:

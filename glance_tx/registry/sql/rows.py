@@ -14,7 +14,7 @@ from sqlalchemy import Boolean, Connection, Integer, RowMapping, String, insert,
 from sqlalchemy.dialects import postgresql, sqlite
 
 from glance_tx.errors import BadRequest, Conflict, NotFound
-from glance_tx.images import Image, Member, check_image, validate_image_id
+from glance_tx.images import Image, Location, Member, check_image, validate_image_id
 from glance_tx.registry.schema import (
     image_locations,
     image_members,
@@ -83,9 +83,13 @@ def check_record(image: Image) -> None:
             length = _LENGTHS.get(name)
             if length is not None and len(value) > length:
                 raise BadRequest(f"{name} is longer than {length} characters")
-    for url in image.locations:
-        if not isinstance(url, str) or not url:
+    for location in image.locations:
+        if not isinstance(location.url, str) or not location.url:
             raise BadRequest("Image locations must be non-empty strings")
+        if location.store is not None and (
+            not isinstance(location.store, str) or len(location.store) > 255
+        ):
+            raise BadRequest("A location's store must be an id of at most 255 characters")
     for tag in image.tags:
         check_tag(tag)
     check_image(image)
@@ -107,7 +111,7 @@ def load_images(connection: Connection, rows: Sequence[RowMapping]) -> builtins.
         return []
     ids = [row["id"] for row in rows]
     properties: dict[str, dict[str, str]] = {image_id: {} for image_id in ids}
-    locations: dict[str, builtins.list[str]] = {image_id: [] for image_id in ids}
+    locations: dict[str, builtins.list[Location]] = {image_id: [] for image_id in ids}
     tags: dict[str, set[str]] = {image_id: set() for image_id in ids}
     for image_id, name, value in connection.execute(
         select(
@@ -117,12 +121,12 @@ def load_images(connection: Connection, rows: Sequence[RowMapping]) -> builtins.
         ).where(image_properties.c.image_id.in_(ids))
     ):
         properties[image_id][name] = value
-    for image_id, url in connection.execute(
-        select(image_locations.c.image_id, image_locations.c.url)
+    for image_id, url, store in connection.execute(
+        select(image_locations.c.image_id, image_locations.c.url, image_locations.c.store)
         .where(image_locations.c.image_id.in_(ids))
         .order_by(image_locations.c.image_id, image_locations.c.position)
     ):
-        locations[image_id].append(url)
+        locations[image_id].append(Location(url, store))
     for image_id, value in connection.execute(
         select(image_tags.c.image_id, image_tags.c.value).where(
             image_tags.c.image_id.in_(ids)
@@ -154,11 +158,16 @@ def write_properties(
 
 
 def write_locations(
-    connection: Connection, image_id: str, urls: Iterable[str]
+    connection: Connection, image_id: str, locations: Iterable[Location]
 ) -> None:
     rows = [
-        {"image_id": image_id, "position": position, "url": url}
-        for position, url in enumerate(urls)
+        {
+            "image_id": image_id,
+            "position": position,
+            "url": location.url,
+            "store": location.store,
+        }
+        for position, location in enumerate(locations)
     ]
     if rows:
         connection.execute(insert(image_locations), rows)
