@@ -333,6 +333,24 @@ class DiscoveryTests(GlanceCLITestCase):
         self.assertEqual(list_table(run.out), [], run)
 
 
+    async def test_stores_info(self) -> None:
+        """
+        C{glance stores-info} reads C{GET /v2/info/stores} and prints the
+        server's one store as the default; C{--detail} (an admin's) adds
+        its type and data directory.
+        """
+        run = await self.glance("stores-info")
+        self.assertEqual(run.paths()[-1:], ["/v2/info/stores"], run)
+        self.assertEqual(
+            json.loads(show_table(run.out)["stores"]), [{"id": "file", "default": "true"}], run
+        )
+        run = await self.glance("stores-info", "--detail")
+        self.assertEqual(run.paths()[-1:], ["/v2/info/stores/detail"], run)
+        [detail] = json.loads(show_table(run.out)["stores"])
+        self.assertEqual(detail["type"], "file", run)
+        self.assertIn("data_dir", detail["properties"], run)
+
+
 class ImageDataTests(GlanceCLITestCase):
     async def test_create_with_file_64mib_and_download(self) -> None:
         """

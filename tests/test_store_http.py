@@ -552,7 +552,7 @@ class OptionsTests(SynchronousTestCase):
             "[DEFAULT]\nenabled_backends = file:file, web:http\n"
             "[web]\nhttp_store_max_redirects = 1\n"
         ))
-        web = stores.get("web")
+        web = stores.stores["web"]
         self.assertIsInstance(web, HTTPStore)
         self.assertEqual(web.max_redirects, 1)  # type: ignore[attr-defined]
         self.assertIs(stores.for_location("http://h.example/x"), web)

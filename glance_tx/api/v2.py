@@ -29,7 +29,7 @@ from klein import Klein
 from twisted.web.iweb import IRequest
 
 from glance_tx import images, policy
-from glance_tx.api import v2_schemas
+from glance_tx.api import v2_info, v2_schemas
 from glance_tx.api.base import ImagesAPI
 from glance_tx.api.downloads import serve_data
 from glance_tx.api.errors import json_errors
@@ -118,6 +118,10 @@ def image_view(image: Image) -> dict[str, Any]:
             "schema": "/v2/schemas/image",
         }
     )
+    stores = dict.fromkeys(loc.store for loc in image.locations if loc.store)
+    if stores:
+        # Glance's form: the ids of the stores holding the data, comma-joined.
+        view["stores"] = ",".join(stores)
     return view
 
 
@@ -217,6 +221,18 @@ class V2API(ImagesAPI):
         return _json(request, make())
 
     # -- images ---------------------------------------------------------------
+
+    @app.route("/info/stores", methods=["GET"])
+    def stores_info(self, request: IRequest) -> bytes:
+        """The stores an upload may name in C{X-Image-Meta-Store}."""
+        return _json(request, v2_info.stores_document(self.stores))
+
+    @app.route("/info/stores/detail", methods=["GET"])
+    def stores_info_detail(self, request: IRequest) -> bytes:
+        """Each store's type and set-up: for admins only, as in Glance."""
+        if not self._context(request).is_admin:
+            raise Forbidden("Only an admin may see the stores' details")
+        return _json(request, v2_info.stores_detail_document(self.stores))
 
     @app.route("/images", methods=["GET"])
     async def list_images(self, request: IRequest) -> bytes:

@@ -51,6 +51,8 @@ class StoreInfo:
     type: str
     description: str | None
     default: bool
+    #: Serves data it did not store and takes no uploads (the HTTP store).
+    read_only: bool = False
 
 
 @frozen
@@ -84,7 +86,8 @@ class StoreMap:
         """
         The id of the store to upload to (C{None}: the default's).
 
-        @raise BadRequest: no store of that id is enabled.
+        @raise BadRequest: no store of that id is enabled, or it is
+            read-only (before the image changes state or a byte is read).
         """
         if store_id is None:
             return self.default_id
@@ -93,6 +96,8 @@ class StoreMap:
                 f"Unknown store {store_id!r}; enabled stores are "
                 + ", ".join(sorted(self.stores))
             )
+        if is_read_only(self.stores[store_id]):
+            raise BadRequest(f"Store {store_id!r} is read-only: it takes no uploads")
         return store_id
 
     def for_location(self, location: Location | str) -> IStore:
@@ -139,9 +144,15 @@ class StoreMap:
                 type=self.types.get(store_id, store.scheme),
                 description=self.descriptions.get(store_id),
                 default=store_id == self.default_id,
+                read_only=is_read_only(store),
             )
             for store_id, store in self.stores.items()
         )
+
+
+def is_read_only(store: IStore | None) -> bool:
+    """Whether C{store} refuses uploads (it says so with C{read_only})."""
+    return bool(getattr(store, "read_only", False))
 
 
 def _serves(store: IStore, scheme: str) -> bool:
@@ -190,7 +201,7 @@ async def build_store_map(
         description = store_config.options.get("store_description")
         if description:
             descriptions[store_config.id] = description
-    if getattr(stores.get(config.default_backend), "read_only", False):
+    if is_read_only(stores.get(config.default_backend)):
         raise ConfigError(
             f"default_backend {config.default_backend!r} is read-only: "
             "uploads could go nowhere"
