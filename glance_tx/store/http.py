@@ -21,13 +21,10 @@ it (a server that complied would make C{Content-Length} and C{Range} count
 compressed bytes, not the image's) and keeps a cookie jar across every
 image. Here C{Accept-Encoding: identity} is sent and nothing is kept.
 
-The body is relayed by a producer of this module's own rather than the
-shared L{glance_tx.store.reader.BlockProducer}: that one pulls blocks from
-a source and must know up front how many bytes will come, and on
-C{stopProducing} it waits for the block in flight; a response body is
-pushed at us, may not say its length, and a stalled server would then hold
-a gone client's connection until the read timeout. Here a stop closes the
-connection at once.
+The body is read through the shared L{glance_tx.store.reader.BlockProducer}
+from L{glance_tx.store.response.ResponseBlocks} (the connection paused while
+the client is slow), each block's wait bounded by a
+L{glance_tx.store.deadline.Deadline}.
 
 Writes and deletes are refused with L{StoreReadOnly} (403): the request is
 understood and allowed in general, only this store cannot do it, and
@@ -38,26 +35,20 @@ uploads, to other stores; not 400: nothing is wrong with the request.)
 from __future__ import annotations
 
 import base64
-from collections import deque
 from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from attrs import field, frozen, mutable
+from attrs import frozen, mutable
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IConsumer,
-    IDelayedCall,
-    IPushProducer,
     IReactorTime,
 )
 from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
-    PotentialDataLoss,
-    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
 )
@@ -74,8 +65,11 @@ from glance_tx.net_guard import (
     GuardedEndpointFactory,
     parse_networks,
 )
+from glance_tx.store.deadline import Deadline
 from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
+from glance_tx.store.reader import BlockProducer, IBlockSource, NoBytes
+from glance_tx.store.response import response_blocks
 
 __all__ = [
     "HTTPStore",
@@ -85,6 +79,9 @@ __all__ = [
     "make_http_store",
 ]
 
+#: The most one block of a read holds; about two are held while the
+#: client is slow.
+DEFAULT_BLOCK_SIZE = 1 << 20
 #: Hops followed before a chain of redirects is given up.
 DEFAULT_MAX_REDIRECTS = 5
 #: Seconds a TCP connection attempt may take.
@@ -185,14 +182,47 @@ def _discard(response: IResponse) -> None:
     response.deliverBody(_Discard())
 
 
-def _content_range_start(response: IResponse) -> int | None:
-    """Where a 206's C{Content-Range: bytes START-END/SIZE} starts."""
+def _content_range(response: IResponse) -> tuple[int, int] | None:
+    """The first and last byte of a 206's C{Content-Range: bytes A-B/SIZE}."""
     value = response.headers.getRawHeaders(b"content-range", [b""])[0]
     unit, _, rest = value.partition(b" ")
-    start, sep, _ = rest.partition(b"-")
-    if unit.strip().lower() != b"bytes" or not sep or not start.strip().isdigit():
+    span, _, _ = rest.partition(b"/")
+    first, sep, last = span.partition(b"-")
+    if unit.strip().lower() != b"bytes" or not sep:
         return None
-    return int(start)
+    if not (first.strip().isdigit() and last.strip().isdigit()):
+        return None
+    return int(first), int(last)
+
+
+#: What L{HTTPStore._extent} says when the offset is at or past the end.
+_PAST_END = -1
+
+
+@implementer(IBlockSource)
+@mutable
+class _Skip:
+    """
+    C{source} without its first C{skip} bytes: for a server that ignores
+    C{Range} and sends everything.
+    """
+
+    source: IBlockSource
+    skip: int
+
+    def read_block(self, size: int) -> Deferred[bytes]:
+        return Deferred.fromCoroutine(self._read(size))
+
+    async def _read(self, size: int) -> bytes:
+        while self.skip:
+            block = await self.source.read_block(self.skip)
+            if not block:
+                return b""
+            self.skip -= len(block)
+        return await self.source.read_block(size)
+
+    def close(self) -> Deferred[None]:
+        return self.source.close()
 
 
 @implementer(IStore)
@@ -214,6 +244,7 @@ class HTTPStore:
     clock: IReactorTime
     max_redirects: int = DEFAULT_MAX_REDIRECTS
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    block_size: int = DEFAULT_BLOCK_SIZE
 
     def open_writer(self, image_id: str, size: int | None = None) -> Deferred[IStoreWriter]:
         return fail(StoreReadOnly("The HTTP store is read-only: image data cannot be uploaded to it"))
@@ -266,31 +297,57 @@ class HTTPStore:
             raise BadRequest(f"Invalid length {length!r}")
         if length == 0:
             await self._size(location)  # still a NotFound for missing data
-            return await _Relay(consumer, self.clock, self.read_timeout, "", 0, 0).start(None)
+            return await self._produce(NoBytes(), consumer, 0)
         headers = Headers()
         if offset or length is not None:
             end = "" if length is None else str(offset + length - 1)
             headers.setRawHeaders(b"range", [f"bytes={offset}-{end}".encode("ascii")])
         response, target = await self._request(b"GET", location, headers)
-        if response.code in _GONE:
+        try:
+            skip, available = self._extent(response, target, offset)
+            if available is None:  # no length given: ask for the size
+                available = await self._size(location) - offset
+        except BaseException:
             _discard(response)
+            raise
+        if available is _PAST_END:
+            return await self._produce(NoBytes(), consumer, 0)
+        remaining = max(0, available if length is None else min(length, available))
+        source: IBlockSource = Deadline(
+            response_blocks(response, self.block_size, target.shown),
+            self.clock,
+            self.read_timeout,
+            target.shown,
+        )
+        if skip:
+            source = _Skip(source, skip)
+        return await self._produce(source, consumer, remaining)
+
+    def _produce(self, source: IBlockSource, consumer: IConsumer, remaining: int) -> Deferred[None]:
+        return BlockProducer(source, consumer, remaining, self.block_size).start()
+
+    def _extent(
+        self, response: IResponse, target: _Target, offset: int
+    ) -> tuple[int, int | None]:
+        """
+        How many bytes of C{response}'s body come before C{offset}, and how
+        many from C{offset} on (C{None}: it does not say; L{_PAST_END}: the
+        offset is at or past the end).
+        """
         self._check_found(response, target)
-        if response.code == 416:  # the offset is at or past the end
+        if response.code == 416:
             _discard(response)
-            return await _Relay(consumer, self.clock, self.read_timeout, "", 0, 0).start(None)
+            return 0, _PAST_END
         if response.code == 200:
-            skip = offset
-        elif response.code == 206:
-            start = _content_range_start(response)
-            if start is None or start > offset:
-                _discard(response)
+            size = response.length
+            return offset, (size - offset) if isinstance(size, int) else None
+        if response.code == 206:
+            extent = _content_range(response)
+            if extent is None or extent[0] > offset:
                 raise StoreError(f"{target.shown} answered a range other than the one asked for")
-            skip = offset - start
-        else:
-            _discard(response)
-            raise self._answered(response, target)
-        relay = _Relay(consumer, self.clock, self.read_timeout, target.shown, skip, length)
-        return await relay.start(response)
+            start, end = extent
+            return offset - start, end + 1 - offset
+        raise self._answered(response, target)
 
     def _check_found(self, response: IResponse, target: _Target) -> None:
         if response.code in _GONE:
@@ -358,198 +415,6 @@ class HTTPStore:
             if timer.active():
                 timer.cancel()
         return response
-
-
-class _BodyProtocol(Protocol):
-    """Hands a response body to its relay."""
-
-    def __init__(self, relay: _Relay) -> None:
-        self.relay = relay
-
-    def connectionMade(self) -> None:
-        self.relay.connected(self.transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.relay.received(data)
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
-        self.relay.ended(reason)
-
-
-@implementer(IPushProducer)
-@mutable
-class _Relay:
-    """
-    Relays one response body to C{consumer}: C{skip} bytes dropped first,
-    at most C{limit} bytes passed on (C{None}: all).
-
-    Pausing pauses the connection itself, so the server waits for us; the
-    few bytes already read off the socket when a pause comes are held
-    until the resume. The stall timer runs only while the consumer wants
-    data: a slow client is not the server's fault.
-    """
-
-    consumer: IConsumer
-    clock: IReactorTime
-    timeout: float
-    shown: str
-    skip: int
-    limit: int | None
-
-    _done: Deferred[None] = field(factory=Deferred, init=False)
-    _transport: Any = field(default=None, init=False)
-    _held: deque[bytes] = field(factory=deque, init=False)
-    _timer: IDelayedCall | None = field(default=None, init=False)
-    _paused: bool = field(default=False, init=False)
-    _stopped: bool = field(default=False, init=False)
-    _ended: bool = field(default=False, init=False)
-    _finished: bool = field(default=False, init=False)
-    _error: Failure | None = field(default=None, init=False)
-
-    def start(self, response: IResponse | None) -> Deferred[None]:
-        """Register on the consumer and relay C{response}'s body (none: nothing)."""
-        try:
-            self.consumer.registerProducer(self, True)
-        except BaseException:
-            if response is not None:
-                _discard(response)
-            return fail()
-        if self._stopped or response is None or self.limit == 0:
-            if response is not None:
-                _discard(response)
-            self._ended = True
-        else:
-            response.deliverBody(_BodyProtocol(self))
-            if self._paused and not self._ended:
-                # deliverBody resumes the connection after connectionMade.
-                self._transport.pauseProducing()
-            self._arm()
-        self._settle()
-        return self._done
-
-    # IPushProducer
-
-    def pauseProducing(self) -> None:
-        if self._finished:
-            return
-        self._paused = True
-        if self._transport is not None:
-            self._transport.pauseProducing()
-        self._disarm()
-
-    def resumeProducing(self) -> None:
-        if self._finished:
-            return
-        self._paused = False
-        while self._held and not self._paused and not self._finished:
-            self._write(self._held.popleft())
-        if not self._paused and not self._ended:
-            if self._transport is not None:
-                self._transport.resumeProducing()
-            self._arm()
-        self._settle()
-
-    def stopProducing(self) -> None:
-        if self._finished:
-            return
-        self._stopped = True
-        self._end_connection()
-        self._settle()
-
-    # From the body protocol
-
-    def connected(self, transport: Any) -> None:
-        self._transport = transport
-
-    def received(self, data: bytes) -> None:
-        if self._ended:
-            return
-        self._arm()
-        if self.skip:
-            dropped = min(self.skip, len(data))
-            self.skip -= dropped
-            data = data[dropped:]
-        if self.limit is not None:
-            data = data[: self.limit]
-            self.limit -= len(data)
-        if data:
-            if self._paused or self._held:
-                self._held.append(data)
-            else:
-                self._write(data)
-        if self.limit == 0:
-            self._end_connection()  # all we want: no need for the rest
-        self._settle()
-
-    def ended(self, reason: Failure) -> None:
-        if not self._ended:
-            self._ended = True
-            self._disarm()
-            if not reason.check(ResponseDone, PotentialDataLoss):
-                self._error = Failure(
-                    StoreError(f"Reading {self.shown} failed: {_reason(reason.value)}")
-                )
-        self._settle()
-
-    # Internals
-
-    def _write(self, data: bytes) -> None:
-        try:
-            self.consumer.write(data)
-        except BaseException:
-            self._error = Failure()
-            self._end_connection()
-
-    def _stalled(self) -> None:
-        self._timer = None
-        self._error = Failure(
-            StoreError(f"{self.shown} sent nothing for {self.timeout:g} seconds")
-        )
-        self._end_connection()
-        self._settle()
-
-    def _arm(self) -> None:
-        self._disarm()
-        if not (self._paused or self._ended):
-            self._timer = self.clock.callLater(self.timeout, self._stalled)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-
-    def _end_connection(self) -> None:
-        self._disarm()
-        self._ended = True
-        if self._transport is not None:
-            self._transport.stopProducing()
-
-    def _settle(self) -> None:
-        """Finish once stopped, failed, or ended with nothing held."""
-        if self._finished:
-            return
-        if self._stopped:
-            self._finish(unregister=False)
-        elif self._error is not None:
-            self._finish(unregister=True)
-        elif self._ended and not self._held:
-            self._finish(unregister=True)
-
-    def _finish(self, unregister: bool) -> None:
-        self._finished = True
-        self._disarm()
-        self._held.clear()
-        outcome: Failure | None = None if self._stopped else self._error
-        if unregister:
-            try:
-                self.consumer.unregisterProducer()
-            except BaseException:
-                outcome = outcome or Failure()
-        if outcome is not None:
-            self._done.errback(outcome)
-        else:
-            self._done.callback(None)
 
 
 def guarded_agent(
