@@ -95,7 +95,7 @@ def glance_service(
     registry: ReadyService[IRegistry] = (
         HTTPRegistryService(reactor, config, runner)
         if config.registry_url is not None
-        else RegistryService(config.sql_connection, runner)
+        else RegistryService(config.sql_connection, runner, config.thread_pool_size)
     )
     stores = StoresService(config, runner, reactor)
     purger = PurgerService(reactor, config.cache) if config.cache.purge_urls else None

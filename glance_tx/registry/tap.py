@@ -98,7 +98,7 @@ def registry_service(
     """
     if runner is None:
         runner = threads.runner
-    registry = RegistryService(config.sql_connection, runner)
+    registry = RegistryService(config.sql_connection, runner, config.thread_pool_size)
 
     async def site() -> Site:
         from glance_tx.api.site import GlanceSite

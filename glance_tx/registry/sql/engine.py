@@ -59,6 +59,8 @@ def create_registry_engine(url: str | URL, **options: Any) -> Engine:
         connect_args = {"check_same_thread": False, "timeout": 30.0}
         connect_args.update(options.pop("connect_args", {}))
         if memory:
+            # One shared connection: there is no pool to size.
+            options.pop("pool_size", None)
             options.setdefault("poolclass", StaticPool)
         engine = create_engine(url, connect_args=connect_args, **options)
         _configure_sqlite(engine, wal=not memory)
