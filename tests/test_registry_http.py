@@ -58,11 +58,11 @@ class _RealSocketHarness(TestCase):
         return cast(int, listening.getHost().port)
 
     def connect(self, port: int, **kwargs: Any) -> HTTPRegistryClient:
-        http, pool = registry_http_client(self.reactor, connect_timeout=2)
+        agent, pool = registry_http_client(self.reactor, connect_timeout=2)
         self.addCleanup(pool.closeCachedConnections)
         kwargs.setdefault("token", TOKEN)
         return HTTPRegistryClient(
-            http=http, url=f"http://127.0.0.1:{port}", clock=self.reactor, **kwargs
+            agent=agent, url=f"http://127.0.0.1:{port}", clock=self.reactor, **kwargs
         )
 
     async def serve_registry(self, registry: Any) -> HTTPRegistryClient:

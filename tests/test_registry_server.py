@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from attrs import define, field
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -47,6 +47,11 @@ def stub(server: RegistryServer) -> Any:
     return StubTreq(server.resource())
 
 
+def agent_for(server: RegistryServer) -> RequestTraversalAgent:
+    """An in-memory agent for C{server}: what L{HTTPRegistryClient} sends with."""
+    return RequestTraversalAgent(server.resource())
+
+
 def open_memory_registry(case: SynchronousTestCase) -> Any:
     registry = sync_open("sqlite://")
     case.addCleanup(lambda: case.successResultOf(registry.close()))
@@ -62,7 +67,7 @@ class StubConformanceTests(RegistryConformanceMixin, SynchronousTestCase):
     def make_registry(self) -> HTTPRegistryClient:
         server = RegistryServer(open_memory_registry(self), token=TOKEN)
         return HTTPRegistryClient(
-            http=StubTreq(server.resource()), url=BASE, clock=Clock(), token=TOKEN
+            agent=agent_for(server), url=BASE, clock=Clock(), token=TOKEN
         )
 
 
@@ -229,7 +234,7 @@ class ServerTests(SynchronousTestCase):
         """
         for error in (StoreError("disk"), ServiceUnavailable("database down")):
             server = RegistryServer(FailingRegistry(error))
-            client = HTTPRegistryClient(StubTreq(server.resource()), BASE, Clock())
+            client = HTTPRegistryClient(agent_for(server), BASE, Clock())
             failure = self.failureResultOf(client.get(make_image().id))
             self.assertIs(type(failure.value), type(error))
             self.assertEqual(failure.value.message, error.message)
@@ -281,24 +286,26 @@ class ServerTests(SynchronousTestCase):
 
 
 @define
-class FlakyHTTP:
+class FlakyAgent:
     """
-    Stands in for treq's HTTPClient: refuses the first C{failures}
-    connections, then passes requests on to C{http}; records each method.
+    An agent that refuses the first C{failures} connections, then passes
+    requests on to C{agent}; records each method.
     """
 
-    http: Any
+    agent: Any
     failures: int
     methods: list[str] = field(factory=list)
 
-    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
-        self.methods.append(method)
+    def request(
+        self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None
+    ) -> Deferred[Any]:
+        self.methods.append(method.decode("ascii"))
         if self.failures > 0:
             self.failures -= 1
             d: Deferred[Any] = Deferred()
             d.errback(ConnectionRefusedError("refused"))
             return d
-        result: Deferred[Any] = self.http.request(method, url, **kwargs)
+        result: Deferred[Any] = self.agent.request(method, uri, headers, bodyProducer)
         return result
 
 
@@ -308,15 +315,15 @@ class ClientTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.registry = open_memory_registry(self)
-        self.stub = StubTreq(RegistryServer(self.registry, token=TOKEN).resource())
+        self.agent = agent_for(RegistryServer(self.registry, token=TOKEN))
 
-    def client(self, http: Any, **kwargs: Any) -> HTTPRegistryClient:
+    def client(self, agent: Any, **kwargs: Any) -> HTTPRegistryClient:
         kwargs.setdefault("token", TOKEN)
-        return HTTPRegistryClient(http=http, url=BASE + "/", clock=self.clock, **kwargs)
+        return HTTPRegistryClient(agent=agent, url=BASE + "/", clock=self.clock, **kwargs)
 
     def test_provides_interface(self) -> None:
         """The client provides IRegistry."""
-        self.assertTrue(verifyObject(IRegistry, self.client(self.stub)))
+        self.assertTrue(verifyObject(IRegistry, self.client(self.agent)))
 
     def test_slow_registry_times_out(self) -> None:
         """
@@ -324,8 +331,7 @@ class ClientTests(SynchronousTestCase):
         once the timeout passes, not before, and nothing is left waiting.
         """
         slow = FailingRegistry()
-        stub = StubTreq(RegistryServer(slow).resource())
-        d = self.client(stub, timeout=3).get(make_image().id)
+        d = self.client(agent_for(RegistryServer(slow)), timeout=3).get(make_image().id)
         self.clock.advance(2.9)
         self.assertNoResult(d)
         self.clock.advance(0.1)
@@ -344,7 +350,7 @@ class ClientTests(SynchronousTestCase):
             ("PUT", lambda c: c.add_tag(image.id, "t")),
             ("DELETE", lambda c: c.remove_tag(image.id, "t")),
         ):
-            flaky = FlakyHTTP(self.stub, failures=1)
+            flaky = FlakyAgent(self.agent, failures=1)
             d = call(self.client(flaky, retry_delay=0.5))
             self.assertNoResult(d)
             self.clock.advance(0.5)
@@ -353,7 +359,7 @@ class ClientTests(SynchronousTestCase):
 
     def test_post_never_retried(self) -> None:
         """A POST whose connection failed is not sent again: ServiceUnavailable."""
-        flaky = FlakyHTTP(self.stub, failures=1)
+        flaky = FlakyAgent(self.agent, failures=1)
         image = make_image()
         failure = self.failureResultOf(self.client(flaky).create(image))
         self.assertIsInstance(failure.value, ServiceUnavailable)
@@ -366,7 +372,7 @@ class ClientTests(SynchronousTestCase):
         A registry refusing every connection fails an idempotent call after
         1 + retries attempts with ServiceUnavailable.
         """
-        flaky = FlakyHTTP(self.stub, failures=100)
+        flaky = FlakyAgent(self.agent, failures=100)
         d = self.client(flaky, retries=2, retry_delay=1).get(make_image().id)
         self.clock.advance(1)
         self.clock.advance(1)
@@ -379,14 +385,14 @@ class ClientTests(SynchronousTestCase):
         node is misconfigured), never passed on as the caller's 401.
         """
         failure = self.failureResultOf(
-            self.client(self.stub, token="wrong").get(make_image().id)
+            self.client(self.agent, token="wrong").get(make_image().id)
         )
         self.assertIsInstance(failure.value, ServiceUnavailable)
         self.assertIn("registry_token", failure.value.message)
 
     def test_unencodable_path_is_bad_request(self) -> None:
         """An id or tag that cannot be a path segment is a BadRequest, sent nowhere."""
-        flaky = FlakyHTTP(self.stub, failures=0)
+        flaky = FlakyAgent(self.agent, failures=0)
         self.failureResultOf(self.client(flaky).get(""), BadRequest)
         self.failureResultOf(
             self.client(flaky).add_tag(make_image().id, ""), BadRequest
@@ -406,7 +412,7 @@ class APIThroughRegistryTests(SynchronousTestCase):
 
         runner = SynchronousRunner()
         client = HTTPRegistryClient(
-            stub(RegistryServer(registry, token=TOKEN)), BASE, clock, token=TOKEN
+            agent_for(RegistryServer(registry, token=TOKEN)), BASE, clock, token=TOKEN
         )
         store_dir = self.mktemp()
         os.makedirs(store_dir)
