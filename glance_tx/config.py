@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import socket
 from collections.abc import Mapping
 
 from attrs import field, frozen
@@ -68,10 +69,17 @@ class Config:
     default_backend: str
     default_project: str
     thread_pool_size: int
-    #: Run start-up recovery (L{glance_tx.recovery}) before serving. Off
-    #: where other API nodes share the registry or a store: it would take
-    #: their uploads in progress for abandoned ones.
+    #: Reclaim uploads whose node is gone (L{glance_tx.recovery}) before
+    #: serving and then periodically; safe with other nodes on the registry
+    #: and stores, since only expired leases are reclaimed. Off: never.
     recover_on_start: bool = True
+    #: This node's name in upload leases: unique among the nodes sharing a
+    #: registry, and the same across restarts (so a restarted node reclaims
+    #: its own interrupted uploads at once). By default HOST:PORT.
+    node_id: str = "localhost"
+    #: Seconds an upload's lease holds without renewal (renewed every
+    #: third of that); a node silent for longer is taken for gone.
+    upload_lease_seconds: float = 60.0
     cache: CacheConfig = field(factory=CacheConfig)
     #: The registry server to use instead of the in-process SQL registry
     #: (C{http://host:9191}); None keeps the registry in-process.
@@ -178,6 +186,8 @@ def load_config(
         default_project=default.get("default_project", "admin"),
         thread_pool_size=_int(default, "thread_pool_size", 16, minimum=2),
         recover_on_start=_bool(default, "recover_on_start", True),
+        node_id=default.get("node_id") or default_node_id(endpoint),
+        upload_lease_seconds=_seconds(default, "upload_lease_seconds", 60.0),
         cache=_cache_config(parser),
         registry_url=_registry_url(default),
         registry_token=default.get("registry_token") or None,
@@ -185,6 +195,20 @@ def load_config(
         registry_client_retries=_int(default, "registry_client_retries", 1),
         registry_client_ca_file=default.get("registry_client_ca_file") or None,
     )
+
+
+def default_node_id(endpoint: str) -> str:
+    """
+    HOST:PORT of this node: unique per host and port, and stable across
+    restarts. Without a fixed port (port 0, a UNIX socket) the process id
+    stands in for it: unique, though a restarted node then leaves its old
+    uploads to expire.
+    """
+    fields = endpoint.split(":")
+    port = fields[1] if len(fields) > 1 and fields[0] in ("tcp", "tcp6", "ssl") else ""
+    if not port.isdigit() or int(port) == 0:
+        port = f"pid{os.getpid()}"
+    return f"{socket.gethostname()}:{port}"
 
 
 def _registry_url(section: Mapping[str, str]) -> str | None:

@@ -41,6 +41,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IReactorCore,
     IReactorFromThreads,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
@@ -48,7 +49,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from glance_tx.config import CacheConfig, Config
+from glance_tx.leases import UploadLeases
 from glance_tx.purge import Purger
+from glance_tx.recovery import Reclaimer
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
 from glance_tx.store.backends import StoreMap, build_store_map
@@ -326,23 +329,62 @@ class StoresService(ReadyService[StoreMap]):
 
 
 @define(eq=False)
+class LeasesService(ReadyService[UploadLeases]):
+    """
+    This node's L{UploadLeases} on the registry, renewed on C{clock} while
+    the service runs.
+    """
+
+    registry: Ready[IRegistry]
+    clock: IReactorTime
+    node_id: str
+    seconds: float
+    leases: UploadLeases | None = field(default=None, init=False)
+
+    async def start(self) -> UploadLeases:
+        self.leases = UploadLeases(
+            await self.registry.when_ready(), self.clock, self.node_id, self.seconds
+        )
+        self.leases.start()
+        return self.leases
+
+    async def stop(self) -> None:
+        if self.leases is not None:
+            self.leases.stop()
+
+
+@define(eq=False)
 class RecoveryService(ReadyService[None]):
     """
-    Start-up recovery (L{glance_tx.recovery}), ready once it is done; with
+    Crash recovery (L{glance_tx.recovery}): a first round at start (ready
+    once it is done), then one every C{period} seconds on C{clock}. With
     C{enabled} false (C{recover_on_start}), it only says it skipped.
     """
 
     registry: Ready[IRegistry]
     stores: Ready[StoreMap]
+    clock: IReactorTime
+    node_id: str
+    period: float
     enabled: bool = True
+    reclaimer: Reclaimer | None = field(default=None, init=False)
 
     async def start(self) -> None:
-        from glance_tx.recovery import recover
-
         if not self.enabled:
-            log.info("Start-up recovery skipped: recover_on_start is false")
+            log.info("Recovery skipped: recover_on_start is false")
             return
-        await recover(await self.registry.when_ready(), await self.stores.when_ready())
+        self.reclaimer = Reclaimer(
+            await self.registry.when_ready(),
+            await self.stores.when_ready(),
+            self.clock,
+            self.node_id,
+            self.period,
+        )
+        await self.reclaimer.start()
+
+    async def stop(self) -> None:
+        if self.reclaimer is not None:
+            self.reclaimer.stop()
 
 
 @define(eq=False)

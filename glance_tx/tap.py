@@ -7,8 +7,10 @@
      |- registry            opens the SQL registry, running migrations (or,
      |                      with registry_url, a client of glance-registry)
      |- stores              builds the enabled stores
-     |- recovery            start-up recovery (unless recover_on_start is
-     |                      false)
+     |- recovery            reclaims uploads of nodes that are gone, at
+     |                      start and every upload_lease_seconds (unless
+     |                      recover_on_start is false)
+     |- leases              this node's upload leases, renewed on a timer
      |- purger              with [cache] purge_urls only: PURGEs, through
      |                      a connection pool of its own; at stop, pending
      |                      purges get a few seconds to finish
@@ -38,6 +40,7 @@ from glance_tx.config import Config, ConfigError, load_config
 from glance_tx.registry.interface import IRegistry
 from glance_tx.services import (
     HTTPRegistryService,
+    LeasesService,
     ListenerService,
     PurgerService,
     ReadyService,
@@ -99,6 +102,9 @@ def glance_service(
     )
     stores = StoresService(config, runner, reactor)
     purger = PurgerService(reactor, config.cache) if config.cache.purge_urls else None
+    leases = LeasesService(
+        registry, reactor, config.node_id, config.upload_lease_seconds
+    )
 
     async def site() -> Site:
         from glance_tx.api.app import build_site
@@ -117,13 +123,22 @@ def glance_service(
             default_project=config.default_project,
             reactor=reactor,
             cache=config.cache,
+            leases=await leases.when_ready(),
         )
 
     children: dict[str, IService] = {
         "threads": threads,
         "registry": registry,
         "stores": stores,
-        "recovery": RecoveryService(registry, stores, enabled=config.recover_on_start),
+        "recovery": RecoveryService(
+            registry,
+            stores,
+            reactor,
+            config.node_id,
+            config.upload_lease_seconds,
+            enabled=config.recover_on_start,
+        ),
+        "leases": leases,
     }
     if purger is not None:
         children["purger"] = purger

@@ -5,7 +5,9 @@ C{start} moves a queued image to C{saving} (atomically, so two uploads to one
 image cannot both begin) and opens a store writer. The L{Upload} then takes
 the body; C{finish} records the result and makes the image C{active}, and
 C{abort} removes the partial data and puts the image in its truthful failure
-state: v1 says C{killed}, v2 returns the image to C{queued}.
+state: v1 says C{killed}, v2 returns the image to C{queued}. While it runs
+the upload is leased to this node (L{glance_tx.leases}), so that if the node
+dies another node reclaims it (L{glance_tx.recovery}) with that same status.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from twisted.logger import Logger
 from glance_tx import images
 from glance_tx.errors import BadRequest, Conflict, GlanceError, RequestEntityTooLarge
 from glance_tx.images import Image, ImageUpdate, Location
+from glance_tx.leases import UploadLeases
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.interface import IStore
@@ -36,6 +39,7 @@ class Upload:
     store: IStore
     store_id: str
     failure_status: str
+    leases: UploadLeases | None = None
     done: bool = field(default=False, init=False)
 
     def write(self, data: bytes) -> None:
@@ -44,6 +48,16 @@ class Upload:
     async def finish(self) -> Image:
         """Check and commit the data, then record it: the image is active."""
         self.done = True
+        try:
+            return await self._finish()
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        if self.leases is not None:
+            await self.leases.release(self.image.id)
+
+    async def _finish(self) -> Image:
         try:
             result = await self.pipeline.finish()
         except BaseException:
@@ -84,8 +98,11 @@ class Upload:
             image_id=self.image.id,
             reason=reason.message if reason else "client went away",
         )
-        await self.pipeline.abort()
-        await self._mark_failed()
+        try:
+            await self.pipeline.abort()
+            await self._mark_failed()
+        finally:
+            await self._release()
 
     async def _mark_failed(self) -> None:
         try:
@@ -107,6 +124,8 @@ class Uploader:
     stores: StoreMap
     runner: BlockingRunner
     size_cap: int
+    #: This node's upload leases; None (tests of one process) takes none.
+    leases: UploadLeases | None = None
 
     def check_declared_size(
         self, declared_name: str, declared: int | None, content_length: int | None
@@ -154,17 +173,26 @@ class Uploader:
             )
         base = changes or ImageUpdate()
         saving = attrs.evolve(base, fields={**base.fields, "status": images.SAVING})
-        image = await self.registry.update(
-            image.id, saving, expected_status=frozenset({images.QUEUED})
-        )
+        # Leased before it is saving: a saving image never lacks its lease
+        # (one without a lease is reclaimed at once).
+        if self.leases is not None:
+            await self.leases.hold(image.id, failure_status)
         try:
-            writer = await store.open_writer(image.id, size=expected_size)
-        except BaseException:
-            await self.registry.update(
-                image.id,
-                ImageUpdate(fields={"status": failure_status}),
-                expected_status=frozenset({images.SAVING}),
+            image = await self.registry.update(
+                image.id, saving, expected_status=frozenset({images.QUEUED})
             )
+            try:
+                writer = await store.open_writer(image.id, size=expected_size)
+            except BaseException:
+                await self.registry.update(
+                    image.id,
+                    ImageUpdate(fields={"status": failure_status}),
+                    expected_status=frozenset({images.SAVING}),
+                )
+                raise
+        except BaseException:
+            if self.leases is not None:
+                await self.leases.release(image.id)
             raise
         pipeline = UploadPipeline(
             writer=writer,
@@ -180,4 +208,5 @@ class Uploader:
             store=store,
             store_id=store_id,
             failure_status=failure_status,
+            leases=self.leases,
         )

@@ -109,13 +109,11 @@ class MemoryStore:
             image_id = validate_image_id(image_id)
         except BadRequest:
             return fail()
-        token = secrets.token_hex(8)
+        token = f"{image_id}/{secrets.token_hex(8)}"
 
         def opened() -> IStoreWriter:
             self.memory.incoming[token] = bytearray()
-            backend = _IncomingData(
-                self.runner, self.memory, token, f"memory:///{image_id}/{token}"
-            )
+            backend = _IncomingData(self.runner, self.memory, token, f"memory:///{token}")
             return StoreWriter(backend, self.watermarks)
 
         return self.runner.run(opened)
@@ -173,11 +171,16 @@ class MemoryStore:
     def locations(self) -> Deferred[frozenset[str]]:
         return self.runner.run(lambda: frozenset(self.memory.committed))
 
-    def discard_incomplete(self) -> Deferred[int]:
+    def discard_incomplete(self, image_id: str | None = None) -> Deferred[int]:
         def discard() -> int:
-            count = len(self.memory.incoming)
-            self.memory.incoming.clear()
-            return count
+            tokens = [
+                token
+                for token in self.memory.incoming
+                if image_id in (None, token.split("/", 1)[0])
+            ]
+            for token in tokens:
+                del self.memory.incoming[token]
+            return len(tokens)
 
         return self.runner.run(discard)
 

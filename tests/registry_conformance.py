@@ -1601,3 +1601,100 @@ class RegistryConformanceMixin(_Base):
             if not ok:
                 value.raiseException()
         self.assertEqual((await registry.get(image.id)).tags, kept | set(added))
+
+    # -- upload leases -------------------------------------------------------------
+
+    async def saving(self, registry: Any) -> Image:
+        image = await registry.create(make_image())
+        return await registry.update(image.id, ImageUpdate(fields={"status": SAVING}))
+
+    @conformance
+    async def test_live_lease_is_not_reclaimed(self, registry: Any) -> None:
+        """
+        An upload whose node holds a lease that has not expired is never
+        reclaimed (nor by a node naming another node as dead); once that
+        lease is released, it is.
+        """
+        image = await self.saving(registry)
+        await registry.hold_uploads("node-a", {image.id: QUEUED}, 3600)
+        self.assertEqual(await registry.reclaim_uploads(), [])
+        self.assertEqual(await registry.reclaim_uploads("node-b"), [])
+        self.assertEqual((await registry.get(image.id)).status, SAVING)
+        await registry.release_upload(image.id, "node-a")
+        await registry.release_upload(image.id, "node-a")  # no lease: no error
+        [reclaimed] = await registry.reclaim_uploads()
+        self.assertEqual((reclaimed.id, reclaimed.status), (image.id, KILLED))
+
+    @conformance
+    async def test_expired_lease_is_reclaimed_once(self, registry: Any) -> None:
+        """
+        An upload whose lease has expired is reclaimed: its image takes the
+        status the lease names (queued, as a v2 abort sets), updated_at
+        moves, and a second reclaim (another node's) finds nothing.
+        Images not saving are never touched.
+        """
+        image = await self.saving(registry)
+        other = await registry.create(make_image())
+        await registry.hold_uploads("node-a", {image.id: QUEUED, other.id: KILLED}, 0)
+        [reclaimed] = await registry.reclaim_uploads()
+        self.assertEqual(reclaimed.status, QUEUED)
+        self.assertGreater(reclaimed.updated_at, image.updated_at)
+        self.assertEqual(await registry.get(image.id), reclaimed)
+        self.assertEqual(await registry.reclaim_uploads(), [])
+        self.assertEqual(await registry.get(other.id), other)
+
+    @conformance
+    async def test_renewal_keeps_an_upload(self, registry: Any) -> None:
+        """
+        hold_uploads renews a node's leases, all in one call: an expired
+        lease renewed before anyone reclaims is live again.
+        """
+        first, second = await self.saving(registry), await self.saving(registry)
+        await registry.hold_uploads("node-a", {first.id: KILLED, second.id: KILLED}, 0)
+        await registry.hold_uploads("node-a", {first.id: KILLED, second.id: KILLED}, 3600)
+        self.assertEqual(await registry.reclaim_uploads(), [])
+
+    @conformance
+    async def test_dead_node_leases_count_as_expired(self, registry: Any) -> None:
+        """
+        reclaim_uploads(dead_node_id) reclaims that node's uploads although
+        their leases hold (a restarted node's own uploads from before), and
+        leaves another node's live upload alone.
+        """
+        mine, theirs = await self.saving(registry), await self.saving(registry)
+        await registry.hold_uploads("node-a", {mine.id: KILLED}, 3600)
+        await registry.hold_uploads("node-b", {theirs.id: KILLED}, 3600)
+        reclaimed = await registry.reclaim_uploads("node-a")
+        self.assertEqual([image.id for image in reclaimed], [mine.id])
+        self.assertEqual((await registry.get(theirs.id)).status, SAVING)
+
+    @conformance
+    async def test_another_nodes_lease_keeps_an_upload(self, registry: Any) -> None:
+        """
+        Leases are per node: a second node that tried to start the same
+        upload and released its lease leaves the first node's lease, so the
+        upload is not reclaimed.
+        """
+        image = await self.saving(registry)
+        await registry.hold_uploads("node-a", {image.id: KILLED}, 3600)
+        await registry.hold_uploads("node-b", {image.id: KILLED}, 3600)
+        await registry.release_upload(image.id, "node-b")
+        self.assertEqual(await registry.reclaim_uploads(), [])
+
+    @conformance
+    async def test_lease_on_unknown_or_deleted_image_skipped(self, registry: Any) -> None:
+        """
+        hold_uploads skips ids of unknown or deleted images (no error) and
+        still holds the rest; a bad node id or status is a BadRequest.
+        """
+        image = await self.saving(registry)
+        deleted = await registry.create(make_image())
+        await registry.delete(deleted.id)
+        await registry.hold_uploads(
+            "node-a", {image.id: KILLED, deleted.id: KILLED, new_image_id(): KILLED}, 3600
+        )
+        self.assertEqual(await registry.reclaim_uploads(), [])
+        await self.assertFails(registry.hold_uploads("", {image.id: KILLED}, 60), BadRequest)
+        await self.assertFails(
+            registry.hold_uploads("node-a", {image.id: "nonsense"}, 60), BadRequest
+        )

@@ -667,6 +667,28 @@ class _WriteTests(_Harness):
         await abandoned.abort()
 
     @store_test
+    async def test_discard_incomplete_of_one_image(self) -> None:
+        """
+        C{discard_incomplete(image_id)} removes only that image's unfinished
+        writes: another image's upload still in progress commits whole
+        afterwards (a node reclaiming a dead node's upload must not break a
+        live one's).
+        """
+        store = self.make_store()
+        dead_image = new_image_id()
+        dead = await store.open_writer(dead_image)
+        dead.write(b"left by a dead node")
+        live = await store.open_writer(new_image_id())
+        live.write(b"still arriving")
+        self.assertEqual(await store.discard_incomplete(dead_image), 1)
+        self.assertEqual(await store.discard_incomplete(dead_image), 0)
+        live.write(b", and done")
+        stored = await live.commit()
+        self.assertEqual(await self.read_all(store, stored.location), b"still arriving, and done")
+        self.assertEqual(await store.locations(), frozenset({stored.location}))
+        await dead.abort()
+
+    @store_test
     async def test_ping(self) -> None:
         """A working store answers C{ping}."""
         store = self.make_store()

@@ -1,4 +1,4 @@
-"""Start-up recovery: what a crash leaves behind is cleaned up."""
+"""Crash recovery: what a dead node leaves behind is cleaned up, and only that."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ import time
 import urllib.request
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from glance_tx import images
 from glance_tx.config import load_config
 from glance_tx.images import Image, ImageUpdate
-from glance_tx.recovery import recover
+from glance_tx.recovery import OrphanSweep, Reclaimer, reclaim
 from glance_tx.registry.sql import open_sql_registry
 from glance_tx.services import ThreadPoolService
 from glance_tx.store.filesystem import FilesystemStore, filesystem_datadir
@@ -49,37 +51,90 @@ class RecoverTests(SiteTestCase):
             self.successResultOf(self.registry.update(image.id, ImageUpdate(fields=fields)))
         return self.successResultOf(self.registry.get(image.id))
 
-    def test_recover(self) -> None:
-        """Saving images are killed, partial writes and orphans removed,
-        and data an image owns is kept."""
+    def wait(self, coroutine: Any) -> Any:
+        return self.successResultOf(Deferred.fromCoroutine(coroutine))
+
+    def test_reclaim_expired_only(self) -> None:
+        """
+        reclaim fails the upload whose lease has expired (its image takes
+        the lease's status, queued here as a v2 abort sets) and removes its
+        partial write; a live node's upload, its partial write and data an
+        image owns are left alone.
+        """
         kept = self.make(images.ACTIVE, b"keep me")
-        stuck = self.make(images.SAVING)
-        # A write that never finished, as a crash leaves it.
-        writer = self.successResultOf(self.store.open_writer(stuck.id))
-        writer.write(b"partial")
-        # Committed data whose image was never recorded (or since deleted).
-        orphan_writer = self.successResultOf(self.store.open_writer(str(uuid.uuid4())))
-        orphan_writer.write(b"orphan")
-        self.successResultOf(orphan_writer.commit())
+        dead, live = self.make(images.SAVING), self.make(images.SAVING)
+        self.successResultOf(self.registry.hold_uploads("node-a", {dead.id: images.QUEUED}, 0))
+        self.successResultOf(self.registry.hold_uploads("node-b", {live.id: images.KILLED}, 3600))
+        for image in (dead, live):  # writes that are not finished
+            self.successResultOf(self.store.open_writer(image.id)).write(b"partial")
+        self.assertEqual(self.wait(reclaim(self.registry, self.stores)), 1)
+        self.assertEqual(self.successResultOf(self.registry.get(dead.id)).status, images.QUEUED)
+        self.assertEqual(self.successResultOf(self.registry.get(live.id)).status, images.SAVING)
+        self.assertEqual(self.successResultOf(self.registry.get(kept.id)).status, images.ACTIVE)
+        [partial] = self.store.incoming.listdir()
+        self.assertTrue(partial.startswith(live.id + "."))
+        self.assertEqual(self.wait(reclaim(self.registry, self.stores)), 0)
+
+    def test_orphans_removed_only_after_a_lease_period(self) -> None:
+        """
+        Committed data no image owns is removed only once sweeps a lease
+        period apart have both seen it unowned: a live upload's data,
+        committed a moment before its image records it, survives the first
+        sweep and, once recorded, every later one.
+        """
+        clock = Clock()
+        sweep = OrphanSweep(self.registry, self.stores, clock, 60)
+        kept = self.make(images.ACTIVE, b"keep me")
+        orphan = self.successResultOf(self.store.open_writer(str(uuid.uuid4())))
+        orphan.write(b"orphan")
+        self.successResultOf(orphan.commit())
+        recording = self.make(images.SAVING)
+        writer = self.successResultOf(self.store.open_writer(recording.id))
+        writer.write(b"just committed")
+        stored = self.successResultOf(writer.commit())
+        self.assertEqual(self.wait(sweep.sweep()), 0)
         self.assertEqual(len(self.stored_files()), 3)
-
-        report = self.successResultOf(Deferred.fromCoroutine(recover(self.registry, self.stores)))
-
-        self.assertEqual(
-            (report.partial_writes_removed, report.images_killed, report.orphans_removed), (1, 1, 1)
+        # The upload records its data; the orphan stays unowned.
+        self.successResultOf(
+            self.registry.update(
+                recording.id,
+                ImageUpdate(fields={"status": images.ACTIVE, "locations": (stored.location,)}),
+            )
         )
-        self.assertEqual(self.successResultOf(self.registry.get(stuck.id)).status, images.KILLED)
-        self.assertEqual(self.successResultOf(self.registry.get(kept.id)).status, images.ACTIVE)
-        self.assertEqual(self.stored_files(), [kept.locations[0].url[len("file://"):]])
+        clock.advance(59)
+        self.assertEqual(self.wait(sweep.sweep()), 0)
+        clock.advance(1)
+        self.assertEqual(self.wait(sweep.sweep()), 1)
+        self.assertEqual(
+            sorted(self.stored_files()),
+            sorted(image.locations[0].url[len("file://"):] for image in (
+                kept, self.successResultOf(self.registry.get(recording.id))
+            )),
+        )
 
-    def test_nothing_to_do(self) -> None:
-        """A clean start changes nothing."""
-        kept = self.make(images.ACTIVE, b"data")
-        report = self.successResultOf(Deferred.fromCoroutine(recover(self.registry, self.stores)))
-        self.assertEqual((report.partial_writes_removed, report.images_killed, report.orphans_removed), (0, 0, 0))
-        self.assertEqual(len(self.stored_files()), 1)
-        self.assertEqual(self.successResultOf(self.registry.get(kept.id)).status, images.ACTIVE)
-
+    def test_reclaimer_runs_every_period(self) -> None:
+        """
+        The Reclaimer reclaims at start (this node's own uploads from before
+        a restart at once, though their leases hold) and then every period,
+        so an upload whose node stops renewing is reclaimed without a
+        restart; a lease renewed in time is never reclaimed.
+        """
+        clock = Clock()
+        mine, theirs, renewed = (self.make(images.SAVING) for _ in range(3))
+        hold = self.registry.hold_uploads
+        self.successResultOf(hold("me", {mine.id: images.KILLED}, 3600))
+        self.successResultOf(hold("them", {theirs.id: images.KILLED}, 3600))
+        self.successResultOf(hold("alive", {renewed.id: images.KILLED}, 3600))
+        reclaimer = Reclaimer(self.registry, self.stores, clock, "me", 60)
+        self.wait(reclaimer.start())
+        self.addCleanup(reclaimer.stop)
+        status = lambda image: self.successResultOf(self.registry.get(image.id)).status  # noqa: E731
+        self.assertEqual([status(i) for i in (mine, theirs, renewed)], ["killed", "saving", "saving"])
+        # "them" dies: its lease expires; "alive" keeps renewing.
+        self.successResultOf(hold("them", {theirs.id: images.KILLED}, 0))
+        self.successResultOf(hold("alive", {renewed.id: images.KILLED}, 3600))
+        clock.advance(60)
+        self.assertEqual([status(i) for i in (theirs, renewed)], ["killed", "saving"])
 
 class RecoverOnStartTests(TestCase):
     """The API's service tree runs start-up recovery exactly when recover_on_start says."""

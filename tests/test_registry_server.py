@@ -92,6 +92,7 @@ class FailingRegistry:
     create = get = list = update = delete = all_locations = _answer
     add_tag = remove_tag = add_member = get_member = list_members = _answer
     update_member = remove_member = ping = _answer
+    hold_uploads = release_upload = reclaim_uploads = _answer
 
 
 class ServerTests(SynchronousTestCase):

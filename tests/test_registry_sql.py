@@ -78,6 +78,7 @@ TABLES = {
     "image_locations",
     "image_tags",
     "image_members",
+    "upload_leases",
 }
 HEAD = SCHEMA_REVISION
 
@@ -164,7 +165,7 @@ def shared_database(admin_url: URL) -> URL:
 def empty_tables(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.exec_driver_sql(
-            "TRUNCATE image_members, image_tags, image_locations, image_properties,"
+            "TRUNCATE upload_leases, image_members, image_tags, image_locations, image_properties,"
             " images"
         )
 

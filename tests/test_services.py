@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -261,7 +262,7 @@ class RecoveryServiceTests(SynchronousTestCase):
         registry_service.startService()
         self.addCleanup(registry_service.stopService)
         stores = Pending()
-        recovery = RecoveryService(registry_service, stores)
+        recovery = RecoveryService(registry_service, stores, Clock(), "node", 60)
         recovery.startService()
         ready = recovery.when_ready()
         self.assertNoResult(ready)
@@ -273,7 +274,7 @@ class RecoveryServiceTests(SynchronousTestCase):
         With recover_on_start false it is ready at once, without waiting for
         (or touching) the registry or the stores.
         """
-        recovery = RecoveryService(Pending(), Pending(), enabled=False)  # type: ignore[arg-type]
+        recovery = RecoveryService(Pending(), Pending(), Clock(), "node", 60, enabled=False)  # type: ignore[arg-type]
         recovery.startService()
         self.successResultOf(recovery.when_ready())
 

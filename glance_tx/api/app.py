@@ -9,6 +9,7 @@ from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
 from glance_tx.config import CacheConfig
+from glance_tx.leases import UploadLeases
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.threads import BlockingRunner
@@ -24,10 +25,15 @@ def build_site(
     default_project: str,
     reactor: Any,
     cache: CacheConfig | None = None,
+    leases: UploadLeases | None = None,
 ) -> GlanceSite:
     cache = cache or CacheConfig()
     uploader = Uploader(
-        registry=registry, stores=stores, runner=runner, size_cap=image_size_cap
+        registry=registry,
+        stores=stores,
+        runner=runner,
+        size_cap=image_size_cap,
+        leases=leases,
     )
     v1 = V1API(
         registry=registry,

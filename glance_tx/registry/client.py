@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import builtins
 import json
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -360,6 +361,39 @@ class HTTPRegistryClient:
             await self._call("DELETE", self._member_path(image_id, member_id))
 
         return self._run(remove_member())
+
+    def _lease_path(self, node_id: str) -> str:
+        return "/leases/" + wire.path_segment(node_id, "node id")
+
+    def hold_uploads(
+        self, node_id: str, uploads: Mapping[str, str], seconds: float
+    ) -> Deferred[None]:
+        async def hold_uploads() -> None:
+            await self._call(
+                "PUT", self._lease_path(node_id), body=wire.encode_leases(uploads, seconds)
+            )
+
+        return self._run(hold_uploads())
+
+    def release_upload(self, image_id: str, node_id: str) -> Deferred[None]:
+        async def release_upload() -> None:
+            path = self._lease_path(node_id) + "/" + wire.path_segment(image_id, "image id")
+            await self._call("DELETE", path)
+
+        return self._run(release_upload())
+
+    def reclaim_uploads(
+        self, dead_node_id: str | None = None
+    ) -> Deferred[builtins.list[Image]]:
+        async def reclaim_uploads() -> builtins.list[Image]:
+            # POST: not repeated after a lost answer, though a repeat would
+            # only find nothing left to reclaim.
+            answer = await self._call(
+                "POST", "/leases/reclaim", body={"dead_node_id": dead_node_id}
+            )
+            return [wire.decode_image(value) for value in answer["images"]]
+
+        return self._run(reclaim_uploads())
 
     def ping(self) -> Deferred[None]:
         async def ping() -> None:

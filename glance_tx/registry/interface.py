@@ -10,6 +10,7 @@ their blocking work elsewhere.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
@@ -113,6 +114,39 @@ class IRegistry(Interface):
 
     def remove_member(image_id: str, member_id: str) -> Deferred[None]:
         """Remove a membership; NotFound if absent."""
+
+    def hold_uploads(
+        node_id: str, uploads: Mapping[str, str], seconds: float
+    ) -> Deferred[None]:
+        """
+        Record, or renew, node C{node_id}'s lease on each upload in
+        C{uploads} (image id -> the status the image takes if the upload is
+        reclaimed: what its own abort would set), held until C{seconds} from
+        now by the registry's clock (so API nodes' clocks need not agree).
+        One call renews all of a node's uploads. Ids of images that are
+        unknown or deleted are skipped: their uploads are failing anyway.
+        """
+
+    def release_upload(image_id: str, node_id: str) -> Deferred[None]:
+        """
+        Drop C{node_id}'s lease on the upload of C{image_id} (once the upload
+        has finished or failed); no lease is not an error, and another
+        node's lease on that image stays.
+        """
+
+    def reclaim_uploads(dead_node_id: str | None = None) -> Deferred[builtins.list[Image]]:
+        """
+        Reclaim every upload whose node is gone: each image in C{saving} on
+        which no node holds a lease any more (none recorded, or all expired
+        by the registry's clock; leases of C{dead_node_id}, a node known to
+        have stopped, count as expired) takes the status its lease names
+        (C{killed} without one) and loses its leases. Each image is checked
+        and changed in one transaction that holds its row, so of several
+        nodes reclaiming at once only one reclaims each image, and an upload
+        whose lease is renewed meanwhile is left alone. Fires with the
+        reclaimed images' new records; removing their partial data is the
+        caller's business.
+        """
 
     def ping() -> Deferred[None]:
         """Fire when the registry answers; fail with the reason when not."""

@@ -205,3 +205,22 @@ image_members = Table(
         "image_id",
     ),
 )
+
+upload_leases = Table(
+    "upload_leases",
+    metadata,
+    Column(
+        "image_id",
+        String(36),
+        ForeignKey("images.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    # The node running the upload (its node_id); one row per node, so a
+    # second node's failed attempt to start never removes the first's.
+    Column("node_id", String(255), primary_key=True),
+    # Until when, by the registry's clock, the node vouches it is alive.
+    Column("expires_at", UTCDateTime, nullable=False),
+    # The status the image takes if the upload is reclaimed: what the
+    # upload's own abort would have set (v1 killed, v2 queued).
+    Column("failure_status", String(30), nullable=False),
+)

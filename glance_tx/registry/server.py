@@ -19,6 +19,11 @@ Every body is JSON in the shapes of L{glance_tx.registry.wire}::
     PUT    /images/ID/members/M    {"status": S}     update a member
     DELETE /images/ID/members/M                      remove a member (204)
     GET    /locations                                every live location
+    PUT    /leases/NODE            {"uploads": {ID: S}, "seconds": N}
+                                                     hold or renew NODE's uploads
+    DELETE /leases/NODE/ID                           release one upload's lease
+    POST   /leases/reclaim         {"dead_node_id": NODE or null}
+                                                     reclaim expired uploads
 
 A listing's C{query} is one encoded L{glance_tx.images.ImageQuery}, so the
 registry lists with the same filters, order and keyset pages the API asked
@@ -174,6 +179,31 @@ class RegistryServer:
     async def all_locations(self, request: IRequest) -> bytes:
         locations = await self.registry.all_locations()
         return _json(request, {"locations": sorted(locations)})
+
+    # -- upload leases -------------------------------------------------------------
+
+    @app.route("/leases/reclaim", methods=["POST"])
+    async def reclaim_uploads(self, request: IRequest) -> bytes:
+        dead = _body(request).get("dead_node_id")
+        if dead is not None and not isinstance(dead, str):
+            raise BadRequest("dead_node_id must be a string or null")
+        reclaimed = await self.registry.reclaim_uploads(dead)
+        return _json(request, {"images": [wire.encode_image(i) for i in reclaimed]})
+
+    @app.route("/leases/<node_id>", methods=["PUT"])
+    async def hold_uploads(self, request: IRequest, node_id: str) -> bytes:
+        uploads, seconds = wire.decode_leases(_body(request))
+        await self.registry.hold_uploads(node_id, uploads, seconds)
+        request.setResponseCode(HTTPStatus.NO_CONTENT)
+        return b""
+
+    @app.route("/leases/<node_id>/<image_id>", methods=["DELETE"])
+    async def release_upload(
+        self, request: IRequest, node_id: str, image_id: str
+    ) -> bytes:
+        await self.registry.release_upload(image_id, node_id)
+        request.setResponseCode(HTTPStatus.NO_CONTENT)
+        return b""
 
     # -- tags --------------------------------------------------------------------
 

@@ -220,6 +220,25 @@ def decode_statuses(value: Any) -> frozenset[str] | None:
     return None if value is None else frozenset(_strings(value, "expected_status"))
 
 
+# -- upload leases -----------------------------------------------------------------
+
+
+def encode_leases(uploads: Mapping[str, str], seconds: float) -> dict[str, Any]:
+    """The body of a lease renewal: image id -> failure status, and for how long."""
+    return {"uploads": dict(uploads), "seconds": seconds}
+
+
+def decode_leases(value: Any) -> tuple[dict[str, str], float]:
+    body = _mapping(value, "A lease renewal")
+    uploads = _mapping(body.get("uploads"), "uploads")
+    if not all(isinstance(v, str) for v in uploads.values()):
+        raise BadRequest("uploads must map image ids to statuses")
+    seconds = body.get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise BadRequest("seconds must be a number of seconds, 0 or more")
+    return dict(uploads), float(seconds)
+
+
 # -- queries -----------------------------------------------------------------------
 
 

@@ -173,13 +173,15 @@ def _list_images(root: str) -> list[str]:
         raise StoreError(f"Could not list image data: {describe(e)}") from e
 
 
-def _discard_incoming(incoming: str) -> int:
+def _discard_incoming(incoming: str, image_id: str | None) -> int:
     removed = 0
     try:
         with os.scandir(incoming) as scan:
             entries = list(scan)
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
+                continue
+            if image_id is not None and not entry.name.startswith(f"{image_id}."):
                 continue
             try:
                 os.unlink(entry.path)
@@ -466,13 +468,13 @@ class FilesystemStore:
         d = self.runner.run(_list_images, self.root.path)
         return d.addCallback(lambda names: frozenset(map(self.location_for, names)))
 
-    def discard_incomplete(self) -> Deferred[int]:
+    def discard_incomplete(self, image_id: str | None = None) -> Deferred[int]:
         """
         See L{IStore.discard_incomplete}: removes every file in
-        C{<root>/incoming}, including those of writers still open, so run it
-        only before the store is in use.
+        C{<root>/incoming} (those of writers still open too), or with
+        C{image_id} its C{<image id>.<random>.partial} files only.
         """
-        return self.runner.run(_discard_incoming, self.incoming.path)
+        return self.runner.run(_discard_incoming, self.incoming.path, image_id)
 
     def ping(self) -> Deferred[None]:
         """

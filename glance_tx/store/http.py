@@ -256,7 +256,7 @@ class HTTPStore:
         """Nothing: the store holds no data of its own."""
         return succeed(frozenset())
 
-    def discard_incomplete(self) -> Deferred[int]:
+    def discard_incomplete(self, image_id: str | None = None) -> Deferred[int]:
         """Nothing: the store never writes."""
         return succeed(0)
 

@@ -93,10 +93,14 @@ class IStore(Interface):
     def locations() -> Deferred[frozenset[str]]:
         """Fire with every location this store holds committed data for."""
 
-    def discard_incomplete() -> Deferred[int]:
+    def discard_incomplete(image_id: str | None = None) -> Deferred[int]:
         """
         Remove data left by writes that never committed or aborted (a crash
-        mid-upload); fire with how many were removed. Run before serving.
+        mid-upload); fire with how many were removed. Without C{image_id},
+        every such write, those still open included: run it only where no
+        other process writes to the store. With it, only the writes of that
+        image: what a node reclaiming a dead node's upload removes
+        (L{glance_tx.recovery}), leaving other images' uploads alone.
         """
 
     def ping() -> Deferred[None]:

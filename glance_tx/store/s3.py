@@ -197,11 +197,11 @@ class S3Store:
 
         return Deferred.fromCoroutine(listed())
 
-    def discard_incomplete(self) -> Deferred[int]:
+    def discard_incomplete(self, image_id: str | None = None) -> Deferred[int]:
         """
         See L{IStore.discard_incomplete}: aborts every multipart upload in
-        progress for an image key in the bucket, including those of writers
-        still open, so run it only before the store is in use. (An
+        progress for an image key in the bucket (with C{image_id}, for that
+        image's key only), including those of writers still open. (An
         unfinished single PUT leaves nothing: S3 stores a body only whole.)
         """
 
@@ -212,7 +212,7 @@ class S3Store:
                 return 0
             removed = 0
             for upload in uploads:
-                if _is_image_id(upload.key):
+                if _is_image_id(upload.key) and image_id in (None, upload.key):
                     await self.client.abort_multipart_upload(upload)
                     removed += 1
             return removed

@@ -250,20 +250,25 @@ class SwiftStore:
             return frozenset()
         return frozenset(self.location_for(n) for n in names if _is_image_id(n))
 
-    def discard_incomplete(self) -> Deferred[int]:
+    def discard_incomplete(self, image_id: str | None = None) -> Deferred[int]:
         """
-        See L{IStore.discard_incomplete}: every upload marker, with the
-        segments under it, is removed, those of uploads still open too, so
-        run it only before any upload starts.
+        See L{IStore.discard_incomplete}: every upload marker (with
+        C{image_id}, every C{<image id>/<upload id>} marker of that image),
+        with the segments under it, is removed, those of uploads still open
+        too.
         """
-        return Deferred.fromCoroutine(self._discard_incomplete())
+        return Deferred.fromCoroutine(self._discard_incomplete(image_id))
 
-    async def _discard_incomplete(self) -> int:
+    async def _discard_incomplete(self, image_id: str | None) -> int:
         try:
             names = await self.client.list_objects(self.segments_container)
         except NotFound:
             return 0
-        markers = {n for n in names if n.count("/") == 1}
+        markers = {
+            n
+            for n in names
+            if n.count("/") == 1 and image_id in (None, n.split("/", 1)[0])
+        }
         for name in names:
             if name not in markers and name.rsplit("/", 1)[0] in markers:
                 await self.client.delete_object(self.segments_container, name)

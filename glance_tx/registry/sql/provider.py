@@ -28,6 +28,7 @@ from glance_tx.images import (
     DELETED,
     KILLED,
     MEMBER_STATUSES,
+    SAVING,
     STATUSES,
     Image,
     ImageQuery,
@@ -42,6 +43,7 @@ from glance_tx.registry.schema import (
     image_properties,
     image_tags,
     images,
+    upload_leases,
 )
 from glance_tx.registry.sql.engine import is_memory_sqlite, open_engine, transaction
 from glance_tx.registry.sql.query import (
@@ -189,6 +191,19 @@ class SQLRegistry:
 
     def ping(self) -> Deferred[None]:
         return self._run(self._ping)
+
+    def hold_uploads(
+        self, node_id: str, uploads: Mapping[str, str], seconds: float
+    ) -> Deferred[None]:
+        return self._run(self._hold_uploads, node_id, dict(uploads), seconds)
+
+    def release_upload(self, image_id: str, node_id: str) -> Deferred[None]:
+        return self._run(self._release_upload, image_id, node_id)
+
+    def reclaim_uploads(
+        self, dead_node_id: str | None = None
+    ) -> Deferred[builtins.list[Image]]:
+        return self._run(self._reclaim_uploads, dead_node_id)
 
     def close(self) -> Deferred[None]:
         """Close the database connections (the registry is unusable after)."""
@@ -407,6 +422,101 @@ class SQLRegistry:
     def _ping(self) -> None:
         with self._read() as connection:
             connection.execute(select(1)).scalar_one()
+
+    # upload leases (see IRegistry.hold_uploads): times are this registry's
+    # clock, never a node's.
+
+    def _hold_uploads(
+        self, node_id: str, uploads: dict[str, str], seconds: float
+    ) -> None:
+        if not isinstance(node_id, str) or not node_id or len(node_id) > 255:
+            raise BadRequest("A node id must be a string of 1 to 255 characters")
+        for status in uploads.values():
+            if status not in STATUSES:
+                raise BadRequest(f"Invalid status {status!r}")
+        if not uploads:
+            return
+        expires_at = self.now() + timedelta(seconds=seconds)
+        with self._write() as connection:
+            live = set(
+                connection.execute(
+                    select(images.c.id).where(
+                        images.c.id.in_(sorted(uploads)), images.c.deleted == false()
+                    )
+                ).scalars()
+            )
+            connection.execute(
+                delete(upload_leases).where(
+                    upload_leases.c.node_id == node_id,
+                    upload_leases.c.image_id.in_(sorted(uploads)),
+                )
+            )
+            if live:
+                connection.execute(
+                    insert(upload_leases),
+                    [
+                        {
+                            "image_id": image_id,
+                            "node_id": node_id,
+                            "expires_at": expires_at,
+                            "failure_status": uploads[image_id],
+                        }
+                        for image_id in sorted(live)
+                    ],
+                )
+
+    def _release_upload(self, image_id: str, node_id: str) -> None:
+        with self._write() as connection:
+            connection.execute(
+                delete(upload_leases).where(
+                    upload_leases.c.image_id == image_id,
+                    upload_leases.c.node_id == node_id,
+                )
+            )
+
+    def _reclaim_uploads(self, dead_node_id: str | None) -> builtins.list[Image]:
+        with self._read() as connection:
+            saving = connection.execute(
+                select(images.c.id)
+                .where(images.c.deleted == false(), images.c.status == SAVING)
+                .order_by(images.c.created_at, images.c.id)
+            ).scalars().all()
+        reclaimed = []
+        for image_id in saving:
+            image = self._reclaim_one(image_id, dead_node_id)
+            if image is not None:
+                reclaimed.append(image)
+        return reclaimed
+
+    def _reclaim_one(self, image_id: str, dead_node_id: str | None) -> Image | None:
+        """Reclaim one image's upload if, with its row held, it is still ours to."""
+        with self._write() as connection:
+            try:
+                current = self._fetch(connection, image_id, False, for_update=True)
+            except NotFound:
+                return None
+            if current.status != SAVING:
+                return None  # finished, failed, or reclaimed by another node
+            now = self.now()
+            leases = connection.execute(
+                select(upload_leases).where(upload_leases.c.image_id == image_id)
+            ).mappings().all()
+            if any(
+                lease["expires_at"] > now and lease["node_id"] != dead_node_id
+                for lease in leases
+            ):
+                return None  # a live node runs it
+            statuses = {lease["failure_status"] for lease in leases}
+            # Several leases (two nodes raced to start; one won) name one
+            # status unless v1 and v2 raced: then killed, the stricter.
+            status = statuses.pop() if len(statuses) == 1 else KILLED
+            new = evolve(current, status=status, updated_at=self._after(current.updated_at))
+            check_transition(current.status, status)
+            self._store_changes(connection, current, new)
+            connection.execute(
+                delete(upload_leases).where(upload_leases.c.image_id == image_id)
+            )
+            return self._fetch(connection, image_id, include_deleted=True)
 
     # tags: each call is one transaction that first locks the image's row,
     # so changes to one image (tags, update, delete) happen one after the
