@@ -17,6 +17,9 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
@@ -32,8 +35,11 @@ PATCH = "application/openstack-images-v2.1-json-patch"
 class TwoNodesOneRegistryTests(TestCase):
     """Two API nodes through glance-registry on PostgreSQL, one shared store."""
 
-    async def start_cluster(self) -> tuple[str, str]:
-        """Start glance-registry and nodes A and B; return A's and B's URLs."""
+    async def start_cluster(self, lease_seconds: float = 60) -> tuple[str, str]:
+        """
+        Start glance-registry and nodes A and B (recovery on, as by default:
+        leases make it safe with shared nodes); return A's and B's URLs.
+        """
         from twisted.internet import reactor
 
         admin_url = postgres_admin_url(self)
@@ -47,18 +53,18 @@ class TwoNodesOneRegistryTests(TestCase):
         self.registry = registry = await start_twistd(
             self, "glance-registry", self.registry_config, name="glance-registry"
         )
-        store = FilePath(self.mktemp())
+        self.store = store = FilePath(self.mktemp())
         store.makedirs()
-        node_config = (
+        self.node_config = node_config = (
             "[DEFAULT]\n"
             f"registry_url = {registry.url}\n"
             f"registry_token = {TOKEN}\n"
-            "recover_on_start = false\n"
+            f"upload_lease_seconds = {lease_seconds}\n"
             "[file]\n"
             f"filesystem_store_datadir = {store.path}\n"
         )
-        a = await start_twistd(self, "glance", node_config, name="node A")
-        b = await start_twistd(self, "glance", node_config, name="node B")
+        self.a = a = await start_twistd(self, "glance", node_config, name="node A")
+        self.b = b = await start_twistd(self, "glance", node_config, name="node B")
         pool = HTTPConnectionPool(reactor)
         self.addCleanup(pool.closeCachedConnections)
         self.http = HTTPClient(Agent(reactor, pool=pool))
@@ -194,3 +200,124 @@ class TwoNodesOneRegistryTests(TestCase):
         )
         code, body = await self.call("GET", f"{a}/v2/images/{image_id}")
         self.assertEqual((code, json.loads(body)["name"]), (200, "survivor"))
+
+    async def new_image(self, node: str, name: str) -> str:
+        code, body = await self.call(
+            "POST",
+            f"{node}/v2/images",
+            {"name": name, "disk_format": "raw", "container_format": "bare"},
+        )
+        self.assertEqual(code, 201, body)
+        return str(json.loads(body)["id"])
+
+    async def status(self, node: str, image_id: str) -> str:
+        code, body = await self.call("GET", f"{node}/v2/images/{image_id}")
+        self.assertEqual(code, 200, body)
+        return str(json.loads(body)["status"])
+
+    async def wait_for_status(self, node: str, image_id: str, wanted: str) -> None:
+        from twisted.internet import reactor
+
+        deadline = time.monotonic() + 30
+        while (status := await self.status(node, image_id)) != wanted:
+            if time.monotonic() > deadline:
+                self.fail(f"{image_id} stayed {status}, never {wanted}")
+            await deferLater(reactor, 0.1, lambda: None)
+
+    def partials(self, image_id: str) -> list[str]:
+        incoming = self.store.child("incoming")
+        if not incoming.exists():
+            return []
+        return [n for n in incoming.listdir() if n.startswith(image_id + ".")]
+
+    async def slow_upload(self, node: str, image_id: str) -> SlowUpload:
+        """Start a v2 upload of 2 MiB through C{node} and send only half of it."""
+        from twisted.internet import reactor
+
+        host, port = node.rsplit("/", 1)[1].split(":")
+        upload = SlowUpload(
+            f"PUT /v2/images/{image_id}/file HTTP/1.1\r\nHost: {host}\r\n"
+            "Content-Type: application/octet-stream\r\n"
+            f"Content-Length: {SLOW_SIZE}\r\n\r\n".encode()
+            + b"x" * (SLOW_SIZE // 2)
+        )
+        await connectProtocol(TCP4ClientEndpoint(reactor, host, int(port)), upload)
+        self.addCleanup(upload.close)
+        await self.wait_for_status(node, image_id, "saving")
+        deadline = time.monotonic() + 30
+        while not self.partials(image_id) and time.monotonic() < deadline:
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertTrue(self.partials(image_id), "the upload has partial data")
+        return upload
+
+    async def test_dead_nodes_upload_reclaimed_live_one_kept(self) -> None:
+        """
+        SIGKILL node A mid-upload: node B keeps serving and uploading, and
+        once A's lease expires B reclaims A's upload by itself (the image is
+        queued again, as a v2 upload that failed; its partial data is gone
+        from the shared store) without touching its own upload in progress.
+        Node A restarted at once does not reclaim B's live upload either,
+        which then completes.
+        """
+        a, b = await self.start_cluster(lease_seconds=2)
+        on_a = await self.new_image(a, "on A")
+        await self.slow_upload(a, on_a)
+        on_b = await self.new_image(b, "on B")
+        live = await self.slow_upload(b, on_b)
+
+        self.a.protocol.transport.signalProcess("KILL")
+        await self.a.protocol.ended
+        done = await self.new_image(b, "after the crash")
+        code, body = await self.call(
+            "PUT", f"{b}/v2/images/{done}/file", b"data", "application/octet-stream"
+        )
+        self.assertEqual(code, 204, body)
+        self.assertEqual(await self.status(b, on_a), "saving")  # the lease holds
+
+        await self.wait_for_status(b, on_a, "queued")
+        self.assertEqual(self.partials(on_a), [])
+        self.assertEqual(await self.status(b, on_b), "saving")
+        self.assertEqual(len(self.partials(on_b)), 1)
+
+        port = int(self.a.url.rsplit(":", 1)[1])
+        self.a = await start_twistd(self, "glance", self.node_config, name="node A", port=port)
+        self.assertEqual(await self.status(a, on_b), "saving")
+        self.assertEqual(len(self.partials(on_b)), 1)
+
+        code = await live.finish(b"x" * (SLOW_SIZE - SLOW_SIZE // 2))
+        self.assertEqual(code, 204, live.received)
+        self.assertEqual(await self.status(a, on_b), "active")
+
+
+SLOW_SIZE = 2 << 20
+
+
+class SlowUpload(Protocol):
+    """An HTTP upload sent by hand, so that it can stop half-way and go on."""
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head
+        self.received = b""
+        self.answered: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.head)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if b"\r\n\r\n" in self.received and not self.answered.called:
+            self.answered.callback(None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.answered.called:
+            self.answered.callback(None)
+
+    async def finish(self, rest: bytes) -> int:
+        """Send the rest of the body; return the response's status code."""
+        self.transport.write(rest)  # type: ignore[union-attr]
+        await self.answered
+        return int(self.received.split(b" ", 2)[1])
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
