@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -71,3 +74,34 @@ class RegistryClientOptionsTests(SynchronousTestCase):
         ):
             error = self.assertRaises(ConfigError, self.load, f"[DEFAULT]\n{line}\n")
             self.assertIn(line.split(" ")[0], str(error))
+
+
+class LeaseOptionsTests(SynchronousTestCase):
+    """node_id and upload_lease_seconds in [DEFAULT]."""
+
+    def load(self, text: str, endpoint: str | None = None) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode("utf-8"))
+        return load_config(path.path, endpoint=endpoint)
+
+    def test_defaults(self) -> None:
+        """
+        node_id defaults to HOST:PORT of the listening endpoint (stable
+        across restarts), to HOST:pidN without a fixed port; the lease is 60 s.
+        """
+        host = socket.gethostname()
+        config = self.load("", endpoint="tcp:9393:interface=127.0.0.1")
+        self.assertEqual(config.node_id, f"{host}:9393")
+        self.assertEqual(load_config().node_id, f"{host}:9292")
+        self.assertEqual(self.load("", endpoint="tcp:0").node_id, f"{host}:pid{os.getpid()}")
+        self.assertEqual(config.upload_lease_seconds, 60.0)
+
+    def test_set(self) -> None:
+        """Both are read; a lease that is not a positive number is refused."""
+        config = self.load("[DEFAULT]\nnode_id = api-1\nupload_lease_seconds = 2.5\n")
+        self.assertEqual((config.node_id, config.upload_lease_seconds), ("api-1", 2.5))
+        for bad in ("0", "soon"):
+            error = self.assertRaises(
+                ConfigError, self.load, f"[DEFAULT]\nupload_lease_seconds = {bad}\n"
+            )
+            self.assertIn("upload_lease_seconds", str(error))

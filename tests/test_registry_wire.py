@@ -257,6 +257,28 @@ class RoundTripTests(SynchronousTestCase):
 class DecodingRefusalTests(SynchronousTestCase):
     """What the server receives is checked: bad input is a BadRequest, not a 500."""
 
+    def test_leases(self) -> None:
+        """
+        A lease renewal round-trips; one whose uploads are not an object of
+        statuses, or whose seconds are not a number of 0 or more, is a
+        BadRequest.
+        """
+        uploads = {"a" * 36: "killed", "b" * 36: "queued"}
+        self.assertEqual(
+            wire.decode_leases(json.loads(json.dumps(wire.encode_leases(uploads, 60)))),
+            (uploads, 60.0),
+        )
+        bad: Any
+        for bad in (
+            None,
+            {"uploads": ["x"], "seconds": 1},
+            {"uploads": {"x": 1}, "seconds": 1},
+            {"uploads": {}, "seconds": -1},
+            {"uploads": {}, "seconds": True},
+            {"uploads": {}, "seconds": "60"},
+        ):
+            self.assertRaises(BadRequest, wire.decode_leases, bad)
+
     def test_invalid_query(self) -> None:
         """
         A query the registry would refuse (unknown filter, bad sort, limit
