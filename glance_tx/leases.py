@@ -80,6 +80,9 @@ class UploadLeases:
             # The next tick tries again; two misses in a row and another
             # node may reclaim these uploads.
             log.warn("Upload leases not renewed: {e}", e=e.message)
+        except Exception:
+            # Logged, not raised: a failure would stop the timer for good.
+            log.failure("Upload leases not renewed")
 
     def start(self) -> None:
         """Renew every third of the lease time, from now on."""

@@ -3,7 +3,7 @@ The parts of a node, each a Twisted service, and the chain that runs them.
 
 A twistd plugin's C{makeService} builds a L{ServiceChain} of these, in the
 order they depend on each other (``twistd glance``: threads, registry,
-stores, recovery, purger, listener; a registry server can take threads,
+stores, recovery, leases, purger, listener; a registry server can take threads,
 registry and listener).
 
 The ready protocol, which Twisted's L{MultiService} does not have (it
