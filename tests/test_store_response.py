@@ -156,6 +156,16 @@ class _Watching(ResponseBlocks):
         self.most = max(self.most, self._held_bytes)
 
 
+class _Largest(ResponseBlocks):
+    """Notes the largest piece of the body that arrived at once."""
+
+    largest = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.largest = max(self.largest, len(data))
+        super().dataReceived(data)
+
+
 @define
 class SlowConsumer(FakeConsumer):
     """Pauses its producer at every write and resumes it a little later."""
@@ -190,6 +200,27 @@ class RealSocketTests(TestCase):
         self.assertEqual(consumer.value(), data)
         self.assertLess(blocks.most, 2 * block + 256 * 1024)
         # Let the server side see the connection end.
+        await deferLater(global_reactor, 0.01, lambda: None)  # type: ignore[arg-type]
+
+    async def test_reads_a_block_at_a_time(self) -> None:
+        """
+        The connection under a body read in 1 MiB blocks reads more than
+        twisted's default 64 KiB per recv() (L{widen_body_reads} says what
+        that saves); it would not if Twisted's transports changed shape
+        under L{widen_body_reads}.
+        """
+        data = make_data(8 << 20, seed=14)
+        port = global_reactor.listenTCP(0, Site(_Data(data)), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        client = HTTPClient(Agent(global_reactor, pool=HTTPConnectionPool(global_reactor, persistent=False)))
+        response = await client.get(f"http://127.0.0.1:{port.getHost().port}/")
+        blocks = _Largest(Watermarks(high=2 << 20, low=1 << 20), "the test server", read_size=1 << 20)
+        response.deliverBody(blocks)
+        consumer = FakeConsumer()
+        await BlockProducer(blocks, consumer, remaining=len(data), block_size=1 << 20).start()
+        self.assertEqual(consumer.value(), data)
+        self.assertGreater(blocks.largest, 64 * 1024)
+        self.assertLessEqual(blocks.largest, 1 << 20)
         await deferLater(global_reactor, 0.01, lambda: None)  # type: ignore[arg-type]
 
     async def test_client_goes_away(self) -> None:

@@ -167,7 +167,7 @@ class S3Store:
                     raise StoreError("S3 answered a GET without a Content-Length")
                 remaining = response.length
                 origin = f"the S3 store {self.client.store_name!r}"
-                source = response_blocks(response, self.block_size, origin)
+                source = response_blocks(response, self.block_size, origin, wide_reads=True)
         producer = BlockProducer(
             source=source, consumer=consumer, remaining=remaining, block_size=self.block_size
         )

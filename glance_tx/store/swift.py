@@ -215,7 +215,7 @@ class SwiftStore:
                 source, remaining = NoBytes(), 0
             else:
                 origin = f"the Swift store {self.client.store_name!r}"
-                source = response_blocks(response, self.block_size, origin)
+                source = response_blocks(response, self.block_size, origin, wide_reads=True)
                 remaining = _length(response)
         producer = BlockProducer(
             source=source, consumer=consumer, remaining=remaining, block_size=self.block_size
