@@ -289,6 +289,64 @@ class TwoNodesOneRegistryTests(TestCase):
         self.assertEqual(await self.status(a, on_b), "active")
 
 
+    def files_of(self, image_id: str) -> list[str]:
+        return [
+            path.path for path in self.store.walk() if image_id in path.basename()
+        ]
+
+    async def test_delete_during_upload(self) -> None:
+        """
+        An image deleted through node B while node A receives its data: A's
+        upload, once its body is complete, fails cleanly (a 4xx JSON error,
+        not a 500) and its data is removed, committed or partial; the image
+        stays deleted on both nodes.
+        """
+        a, b = await self.start_cluster()
+        image_id = await self.new_image(a, "deleted mid-upload")
+        upload = await self.slow_upload(a, image_id)
+        code, body = await self.call("DELETE", f"{b}/v2/images/{image_id}")
+        self.assertEqual(code, 204, body)
+        code = await upload.finish(b"x" * (SLOW_SIZE - SLOW_SIZE // 2))
+        self.assertIn(code, (404, 409, 410), upload.received)
+        self.assertIn(b'"error"', upload.received)
+        self.assertEqual(self.files_of(image_id), [])
+        for node in (a, b):
+            code, body = await self.call("GET", f"{node}/v2/images/{image_id}")
+            self.assertEqual(code, 404, body)
+
+    async def test_membership_added_twice_at_once(self) -> None:
+        """
+        The same member added to one image through node A and node B at once
+        is added once: one request is 200, the other a 409, and the image
+        has that one member.
+        """
+        a, b = await self.start_cluster()
+        code, body = await self.call(
+            "POST",
+            f"{a}/v2/images",
+            {
+                "name": "shared",
+                "disk_format": "raw",
+                "container_format": "bare",
+                "visibility": "shared",
+            },
+        )
+        self.assertEqual(code, 201, body)
+        image_id = json.loads(body)["id"]
+        results = await gatherResults(
+            [
+                Deferred.fromCoroutine(
+                    self.call("POST", f"{node}/v2/images/{image_id}/members", {"member": "p1"})
+                )
+                for node in (a, b)
+            ]
+        )
+        self.assertEqual(sorted(code for code, _ in results), [200, 409], results)
+        code, body = await self.call("GET", f"{b}/v2/images/{image_id}/members")
+        self.assertEqual(code, 200, body)
+        self.assertEqual([m["member_id"] for m in json.loads(body)["members"]], ["p1"])
+
+
 SLOW_SIZE = 2 << 20
 
 
@@ -321,3 +379,4 @@ class SlowUpload(Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.loseConnection()
+
