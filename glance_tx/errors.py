@@ -74,6 +74,11 @@ class ServiceUnavailable(GlanceError):
 
 
 class StoreError(GlanceError):
-    """A store failed to read, write or delete; the client sees a 503."""
+    """
+    A store failed to read, write or delete; the client sees a 503. Most
+    such failures pass (a dropped connection, a busy object store), so the
+    client is told when to try again.
+    """
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
+    retry_after = 5

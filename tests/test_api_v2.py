@@ -800,6 +800,23 @@ class DeleteTests(V2TestCase):
 
 
 class UploadTests(V2TestCase):
+    def test_store_failure(self) -> None:
+        """
+        An upload the store cannot take (a file where its directory should
+        be) is a 503 with C{Retry-After} and the JSON error, and the image
+        is queued again, ready for a retry once the store is back.
+        """
+        image = self.create()
+        self.store_root.remove()
+        self.store_root.setContent(b"not a directory")
+        answer = self.upload(image["id"], b"data")
+        self.assertError(answer, 503)
+        self.assertEqual(answer.header("Retry-After"), "5")
+        self.assertEqual(self.show(image["id"])["status"], "queued")
+        self.store_root.remove()
+        self.store_root.makedirs()
+        self.assertEqual(self.upload(image["id"], b"data").code, 204)
+
     def test_upload_and_download(self) -> None:
         """PUT /file (204) makes the image active with md5 and sha512; GET
         /file sends it with Content-Length and a hex Content-MD5 as Glance."""
