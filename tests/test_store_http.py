@@ -983,6 +983,33 @@ class ApiTests(TestCase):
         self.assertEqual(ranged.code, 206)
         self.assertEqual(await ranged.content(), data[1000:2000])
 
+    async def test_location_is_for_admins(self) -> None:
+        """
+        A project without the admin role may not point an image at a URL
+        (403, and no image is made); deleting an admin's web-backed image
+        leaves the web server's file alone.
+        """
+        self.root.child("image").setContent(b"web bytes")
+        response = await self.treq.post(
+            f"{self.base}/v1/images",
+            headers={
+                "x-image-meta-name": "mine",
+                "x-image-meta-location": f"{self.web}/files/image",
+                "X-Project-Id": "someone",
+                "X-Roles": "member",
+            },
+        )
+        self.assertEqual(response.code, 403, await response.text())
+        self.assertIn("admin", (await response.json())["error"]["message"])
+        listed = await (await self.treq.get(f"{self.base}/v1/images")).json()
+        self.assertEqual(listed["images"], [])
+        response = await self.create(f"{self.web}/files/image")
+        image = (await response.json())["image"]
+        deleted = await self.treq.delete(f"{self.base}/v1/images/{image['id']}")
+        self.assertEqual(deleted.code, 200, await deleted.text())
+        await deleted.content()
+        self.assertEqual(self.root.child("image").getContent(), b"web bytes")
+
     async def test_forbidden_location(self) -> None:
         """
         A location at an address the guard refuses (127.0.0.2, outside the

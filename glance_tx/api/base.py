@@ -21,7 +21,7 @@ from glance_tx.context import RequestContext
 from glance_tx.errors import BadRequest, NotFound
 from glance_tx.images import Image, Member
 from glance_tx.registry.interface import IRegistry
-from glance_tx.store.backends import StoreMap
+from glance_tx.store.backends import StoreMap, is_read_only
 from glance_tx.uploads import Uploader
 
 log = Logger()
@@ -70,7 +70,10 @@ class ImagesAPI:
         await self.registry.delete(image.id)
         for location in image.locations:
             try:
-                await self.stores.for_location(location).delete(location.url)
+                store = self.stores.for_location(location)
+                if is_read_only(store):
+                    continue  # data it serves but does not own (the web's)
+                await store.delete(location.url)
             except Exception:
                 # The record is gone; the orphan sweep at the next start
                 # removes data a store failed to delete now.

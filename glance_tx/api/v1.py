@@ -288,6 +288,7 @@ class V1API(ImagesAPI):
             _check_framed(request)
             context = self._context(request)
             meta = parse_headers(request.requestHeaders)
+            _check_location_allowed(context, meta)
             image = await self.registry.create(self._new_image(context, meta))
             if meta.location is not None:
                 try:
@@ -306,6 +307,7 @@ class V1API(ImagesAPI):
             return _json(request, {"image": image_document(image)})
         _check_framed(request)
         meta = parse_headers(request.requestHeaders)
+        _check_location_allowed(self._context(request), meta)
         image, changes = await self._changes(request, image_id, meta)
         if meta.location is not None:
             image = await self._register_location(image, meta, changes)
@@ -368,3 +370,14 @@ def _check_framed(request: IRequest) -> None:
 def _header(request: IRequest, name: bytes) -> str | None:
     values = request.requestHeaders.getRawHeaders(name)
     return values[-1].decode("utf-8") if values else None
+
+
+def _check_location_allowed(context: RequestContext, meta: V1Meta) -> None:
+    """
+    Only an admin may point an image at data elsewhere: the server fetches
+    the URL, and however well the address guard keeps it off internal
+    networks, a user should not make it fetch arbitrary URLs on their behalf
+    (Glance's C{set_image_location} policy).
+    """
+    if meta.location is not None and not context.is_admin:
+        raise policy.Forbidden("Only an admin may set an image's location")
