@@ -141,6 +141,9 @@ class Image:
     tags: frozenset[str] = field(default=frozenset(), converter=_string_set)
     deleted_at: datetime | None = None
     deleted: bool = False
+    #: The registry's row version: 1 when created, one more at every change
+    #: of this record (see L{glance_tx.registry.interface.IRegistry.update}).
+    version: int = 1
 
     @property
     def is_public(self) -> bool:

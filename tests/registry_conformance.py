@@ -460,6 +460,107 @@ class RegistryConformanceMixin(_Base):
         self.assertEqual((await registry.get(image.id)).name, winners[0].name)
 
     @conformance
+    async def test_version_counts_changes_of_the_record(self, registry: Any) -> None:
+        """
+        A new record is at version 1 (whatever it said); every change of
+        the record moves it up by one: an update, a new tag, a removed tag,
+        the delete. Adding a tag it has, and membership changes, do not.
+        """
+        image = await registry.create(make_image(version=7))
+        self.assertEqual(image.version, 1)
+        self.assertEqual((await registry.get(image.id)).version, 1)
+        updated = await registry.update(image.id, ImageUpdate(fields={"name": "x"}))
+        self.assertEqual(updated.version, 2)
+        self.assertEqual((await registry.add_tag(image.id, "a")).version, 3)
+        self.assertEqual((await registry.add_tag(image.id, "a")).version, 3)
+        self.assertEqual((await registry.remove_tag(image.id, "a")).version, 4)
+        await registry.add_member(image.id, "p")
+        await registry.update_member(image.id, "p", "accepted")
+        await registry.remove_member(image.id, "p")
+        self.assertEqual((await registry.get(image.id)).version, 4)
+        self.assertEqual((await registry.delete(image.id)).version, 5)
+        self.assertEqual((await registry.get(image.id, include_deleted=True)).version, 5)
+
+    @conformance
+    async def test_update_expected_version(self, registry: Any) -> None:
+        """
+        With expected_version, an update applies only to the record at that
+        version: a caller that read an older one gets Conflict, naming the
+        current version, and nothing changes.
+        """
+        image = await registry.create(make_image())
+        changed = await registry.update(image.id, ImageUpdate(fields={"name": "first"}))
+        error = await self.assertFails(
+            registry.update(
+                image.id, ImageUpdate(fields={"name": "stale"}), expected_version=1
+            ),
+            Conflict,
+        )
+        self.assertIn("version 2", error.message)
+        self.assertEqual(await registry.get(image.id), changed)
+        updated = await registry.update(
+            image.id, ImageUpdate(fields={"name": "second"}), expected_version=2
+        )
+        self.assertEqual((updated.name, updated.version), ("second", 3))
+
+    @conformance
+    async def test_expected_version_admits_one_of_concurrent_updates(
+        self, registry: Any
+    ) -> None:
+        """
+        Of several updates issued at once by callers that all read version
+        1, exactly one succeeds and the others are Conflicts: they cannot
+        all win, whichever node each runs on.
+        """
+        image = await registry.create(make_image())
+        results = await DeferredList(
+            [
+                registry.update(
+                    image.id,
+                    ImageUpdate(fields={"name": f"writer-{n}"}, tags=frozenset({f"t{n}"})),
+                    expected_version=1,
+                )
+                for n in range(6)
+            ],
+            consumeErrors=True,
+        )
+        winners = [value for ok, value in results if ok]
+        losers = [value for ok, value in results if not ok]
+        self.assertEqual(len(winners), 1)
+        for failure in losers:
+            failure.trap(Conflict)
+        stored = await registry.get(image.id)
+        self.assertEqual(stored, winners[0])
+        self.assertEqual(stored.version, 2)
+
+    @conformance
+    async def test_delete_expected_version(self, registry: Any) -> None:
+        """
+        A delete with expected_version deletes only the record at that
+        version: a stale one is a Conflict and the image stays.
+        """
+        image = await registry.create(make_image())
+        await registry.add_tag(image.id, "moved")
+        await self.assertFails(registry.delete(image.id, expected_version=1), Conflict)
+        self.assertFalse((await registry.get(image.id)).deleted)
+        deleted = await registry.delete(image.id, expected_version=2)
+        self.assertTrue(deleted.deleted)
+
+    @conformance
+    async def test_expected_version_must_be_an_integer(self, registry: Any) -> None:
+        """An expected_version that is not an integer is a BadRequest."""
+        image = await registry.create(make_image())
+        for bad in (True, 1.5):
+            await self.assertFails(
+                registry.update(
+                    image.id, ImageUpdate(fields={"name": "x"}), expected_version=bad
+                ),
+                BadRequest,
+            )
+            await self.assertFails(registry.delete(image.id, expected_version=bad), BadRequest)
+        self.assertEqual(await registry.get(image.id), image)
+
+    @conformance
     async def test_update_invalid_bad_request(self, registry: Any) -> None:
         """An update leaving a record that fails check_image is a BadRequest."""
         image = await registry.create(make_image())

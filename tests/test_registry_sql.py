@@ -520,6 +520,35 @@ class MigrationTestsMixin:
                 connection.execute(text("SELECT count(*) FROM image_locations")).scalar(), 3
             )
 
+    def test_upgrade_from_0004_starts_every_image_at_version_1(self: Any) -> None:
+        """
+        Images stored before row versions (0004) are at version 1 after the
+        upgrade and count on from there; a downgrade to 0004 drops the
+        column and keeps the images.
+        """
+        engine = self.make_engine()
+        upgrade(engine, "0004")
+        stored = [
+            make_image(
+                name=f"old-{n}", properties={"n": str(n)}, locations=(f"file:///{n}",), tags={"t"}
+            )
+            for n in range(2)
+        ]
+        with engine.begin() as connection:
+            insert_at_0001(connection, stored)
+        upgrade(engine)
+        registry = SQLRegistry(engine, SynchronousRunner())
+        for image in stored:
+            self.assertEqual(self.successResultOf(registry.get(image.id)).version, 1)
+        updated = self.successResultOf(
+            registry.update(stored[0].id, ImageUpdate(fields={"name": "new"}), expected_version=1)
+        )
+        self.assertEqual(updated.version, 2)
+        downgrade(engine, "0004")
+        self.assertNotIn("version", {c["name"] for c in inspect(engine).get_columns("images")})
+        upgrade(engine)
+        self.assertEqual(self.successResultOf(registry.get(stored[0].id)).name, "new")
+
     def test_upgrade_from_older_revision(self: Any) -> None:
         """
         A database at an older revision (here: base, the only one before

@@ -271,20 +271,25 @@ class HTTPRegistryClient:
         image_id: str,
         update: ImageUpdate,
         expected_status: frozenset[str] | None = None,
+        expected_version: int | None = None,
     ) -> Deferred[Image]:
         async def update_() -> Image:
             body = {
                 "update": wire.encode_update(update),
                 "expected_status": wire.encode_statuses(expected_status),
+                "expected_version": expected_version,
             }
             answer = await self._call("PUT", self._image_path(image_id), body=body)
             return wire.decode_image(answer["image"])
 
         return self._run(update_())
 
-    def delete(self, image_id: str) -> Deferred[Image]:
+    def delete(self, image_id: str, expected_version: int | None = None) -> Deferred[Image]:
         async def delete() -> Image:
-            answer = await self._call("DELETE", self._image_path(image_id))
+            params = None
+            if expected_version is not None:
+                params = {"expected_version": str(expected_version)}
+            answer = await self._call("DELETE", self._image_path(image_id), params=params)
             return wire.decode_image(answer["image"])
 
         return self._run(delete())

@@ -23,8 +23,9 @@ class IRegistry(Interface):
 
     def create(image: Image) -> Deferred[Image]:
         """
-        Store a new image record as given (id, status, timestamps included)
-        and fire with the record as stored.
+        Store a new image record as given (id, status, timestamps included;
+        its C{version} is 1 whatever it says) and fire with the record as
+        stored.
 
         Fails with L{glance_tx.errors.Conflict} if an image (even a deleted
         one) already has that id, and L{glance_tx.errors.BadRequest} if the
@@ -48,24 +49,35 @@ class IRegistry(Interface):
         image_id: str,
         update: ImageUpdate,
         expected_status: frozenset[str] | None = None,
+        expected_version: int | None = None,
     ) -> Deferred[Image]:
         """
         Apply an L{glance_tx.images.ImageUpdate} atomically, bump
-        C{updated_at}, and fire with the new record.
+        C{updated_at} and C{version}, and fire with the new record.
 
         A status change must be allowed by
         L{glance_tx.images.check_transition} (else
         L{glance_tx.errors.Conflict}). With C{expected_status}, the update
         happens only if the current status is one of those, checked and
         written in one transaction (else L{glance_tx.errors.Conflict}): this
-        is how two uploads to one image are kept from both starting.
+        is how two uploads to one image are kept from both starting. With
+        C{expected_version}, it happens only if the record is still at that
+        L{glance_tx.images.Image.version} (else
+        L{glance_tx.errors.Conflict}, and nothing changes): of two callers
+        that read the same record and then write, whichever node they run
+        on, only the first wins.
+
+        Every change of an image's record (C{update}, C{delete}, a tag added
+        or removed) moves its C{version} up by one; a new record is at 1.
+        Memberships are not part of the record and leave it alone.
         """
 
-    def delete(image_id: str) -> Deferred[Image]:
+    def delete(image_id: str, expected_version: int | None = None) -> Deferred[Image]:
         """
         Mark the image deleted (status C{deleted}, C{deleted=True},
         C{deleted_at} set, locations cleared) and fire with the record.
-        The row is kept, so the id is never reused.
+        The row is kept, so the id is never reused. C{expected_version} as
+        for L{update}.
         """
 
     def all_locations() -> Deferred[frozenset[str]]:

@@ -110,16 +110,19 @@ class PurgingRegistry(proxyForInterface(IRegistry, "registry")):  # type: ignore
         image_id: str,
         update: ImageUpdate,
         expected_status: frozenset[str] | None = None,
+        expected_version: int | None = None,
     ) -> Deferred[Image]:
         def updated(image: Image) -> Image | Deferred[Image]:
             if hides_image(update, image):
                 return self._after_purge(image.id, image)
             return image
 
-        return self.registry.update(image_id, update, expected_status).addCallback(updated)
+        return self.registry.update(
+            image_id, update, expected_status, expected_version
+        ).addCallback(updated)
 
-    def delete(self, image_id: str) -> Deferred[Image]:
-        return self.registry.delete(image_id).addCallback(
+    def delete(self, image_id: str, expected_version: int | None = None) -> Deferred[Image]:
+        return self.registry.delete(image_id, expected_version).addCallback(
             lambda image: self._after_purge(image.id, image)
         )
 

@@ -114,6 +114,9 @@ images = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("deleted_at", UTCDateTime),
     Column("deleted", Boolean, nullable=False),
+    # The row version: 1 when created, one more at every change of the
+    # record, so a write can be made conditional on what its caller read.
+    Column("version", Integer, nullable=False, server_default="1"),
     Index("ix_images_deleted_created_at_id", "deleted", "created_at", "id"),
     Index("ix_images_deleted_updated_at_id", "deleted", "updated_at", "id"),
     Index("ix_images_deleted_name_id", "deleted", "name", "id"),

@@ -9,8 +9,9 @@ Every body is JSON in the shapes of L{glance_tx.registry.wire}::
     GET    /images/detail?query=JSON                 full listing
     POST   /images                 {"image": ...}    create (201)
     GET    /images/ID[?include_deleted=true]         get
-    PUT    /images/ID              {"update": ..., "expected_status": [...]}
-    DELETE /images/ID                                delete
+    PUT    /images/ID              {"update": ..., "expected_status": [...],
+                                    "expected_version": N}
+    DELETE /images/ID[?expected_version=N]           delete
     PUT    /images/ID/tags/TAG                       add a tag
     DELETE /images/ID/tags/TAG                       remove a tag
     GET    /images/ID/members                        list members
@@ -167,12 +168,15 @@ class RegistryServer:
             image_id,
             wire.decode_update(body.get("update")),
             expected_status=wire.decode_statuses(body.get("expected_status")),
+            expected_version=wire.decode_version(body.get("expected_version")),
         )
         return _json(request, {"image": wire.encode_image(image)})
 
     @app.route("/images/<image_id>", methods=["DELETE"])
     async def delete(self, request: IRequest, image_id: str) -> bytes:
-        image = await self.registry.delete(image_id)
+        image = await self.registry.delete(
+            image_id, expected_version=wire.decode_version(_arg(request, b"expected_version"))
+        )
         return _json(request, {"image": wire.encode_image(image)})
 
     @app.route("/locations", methods=["GET"])

@@ -163,6 +163,7 @@ def encode_image(image: Image) -> dict[str, Any]:
         "tags": sorted(image.tags),
         "deleted_at": encode_datetime(image.deleted_at),
         "deleted": image.deleted,
+        "version": image.version,
     }
 
 
@@ -218,6 +219,17 @@ def encode_statuses(statuses: frozenset[str] | None) -> list[str] | None:
 
 def decode_statuses(value: Any) -> frozenset[str] | None:
     return None if value is None else frozenset(_strings(value, "expected_status"))
+
+
+def decode_version(value: Any) -> int | None:
+    """An C{expected_version}: a JSON integer, or digits in a query string."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest("expected_version must be an integer")
+    return value
 
 
 # -- upload leases -----------------------------------------------------------------

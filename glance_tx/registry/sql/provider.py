@@ -143,11 +143,12 @@ class SQLRegistry:
         image_id: str,
         update: ImageUpdate,
         expected_status: frozenset[str] | None = None,
+        expected_version: int | None = None,
     ) -> Deferred[Image]:
-        return self._run(self._update, image_id, update, expected_status)
+        return self._run(self._update, image_id, update, expected_status, expected_version)
 
-    def delete(self, image_id: str) -> Deferred[Image]:
-        return self._run(self._delete, image_id)
+    def delete(self, image_id: str, expected_version: int | None = None) -> Deferred[Image]:
+        return self._run(self._delete, image_id, expected_version)
 
     def all_locations(self) -> Deferred[frozenset[str]]:
         return self._run(self._all_locations)
@@ -241,6 +242,7 @@ class SQLRegistry:
     # blocking implementations
 
     def _create(self, image: Image) -> Image:
+        image = evolve(image, version=1)
         check_record(image)
         with self._write() as connection:
             taken = connection.execute(
@@ -321,9 +323,12 @@ class SQLRegistry:
         image_id: str,
         change: ImageUpdate,
         expected_status: frozenset[str] | None,
+        expected_version: int | None,
     ) -> Image:
+        _check_version(expected_version)
         with self._write() as connection:
             current = self._fetch(connection, image_id, False, for_update=True)
+            _check_current(current, expected_version)
             if expected_status is not None and current.status not in expected_status:
                 raise Conflict(
                     f"Image {image_id} is {current.status}, not "
@@ -360,11 +365,20 @@ class SQLRegistry:
             return self._fetch(connection, image_id, include_deleted=True)
 
     def _store_changes(self, connection: Connection, old: Image, new: Image) -> None:
-        connection.execute(
+        """
+        Write C{new} over C{old}, one version on. The row is locked already;
+        the version in the WHERE makes the write itself conditional on the
+        row being the one read, whatever locking a database does.
+        """
+        values = {name: getattr(new, name) for name in CORE_FIELDS if name != "id"}
+        values["version"] = old.version + 1
+        written = connection.execute(
             sql_update(images)
-            .where(images.c.id == old.id)
-            .values({name: getattr(new, name) for name in CORE_FIELDS if name != "id"})
+            .where(images.c.id == old.id, images.c.version == old.version)
+            .values(values)
         )
+        if written.rowcount != 1:
+            raise Conflict(f"Image {old.id} was changed meanwhile")
         gone = {
             key
             for key, value in old.properties.items()
@@ -393,9 +407,11 @@ class SQLRegistry:
             )
             write_tags(connection, old.id, new.tags)
 
-    def _delete(self, image_id: str) -> Image:
+    def _delete(self, image_id: str, expected_version: int | None) -> Image:
+        _check_version(expected_version)
         with self._write() as connection:
             current = self._fetch(connection, image_id, False, for_update=True)
+            _check_current(current, expected_version)
             check_transition(current.status, DELETED)
             now = self._after(current.updated_at)
             new = evolve(
@@ -551,7 +567,7 @@ class SQLRegistry:
         connection.execute(
             sql_update(images)
             .where(images.c.id == image_id)
-            .values(updated_at=self._after(updated_at))
+            .values(updated_at=self._after(updated_at), version=images.c.version + 1)
         )
 
     # memberships: each call is one transaction; the image must exist and
@@ -630,3 +646,19 @@ class SQLRegistry:
             ).rowcount
             if not removed:
                 raise not_member(image_id, member_id)
+
+
+def _check_version(expected_version: int | None) -> None:
+    if expected_version is not None and (
+        isinstance(expected_version, bool) or not isinstance(expected_version, int)
+    ):
+        raise BadRequest("expected_version must be an integer")
+
+
+def _check_current(current: Image, expected_version: int | None) -> None:
+    """Conflict unless the record is at C{expected_version} (if given)."""
+    if expected_version is not None and current.version != expected_version:
+        raise Conflict(
+            f"Image {current.id} has changed: it is at version {current.version}, "
+            f"not {expected_version}"
+        )
