@@ -29,13 +29,14 @@ from urllib.parse import quote, urlencode
 from attrs import define
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectError, ConnectingCancelledError
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.iweb import IAgent
 from zope.interface import implementer
 
+from glance_tx.bodies import BytesBody
 from glance_tx.errors import GlanceError, ServiceUnavailable
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Member
 from glance_tx.registry import wire
@@ -214,7 +215,7 @@ class HTTPRegistryClient:
             )
         producer = None
         if body is not None:
-            producer = _BytesProducer(json.dumps(body).encode("utf-8"))
+            producer = BytesBody(json.dumps(body).encode("utf-8"))
             headers.setRawHeaders(b"Content-Type", [b"application/json"])
         url = self.url + path
         if params:
@@ -405,31 +406,6 @@ class HTTPRegistryClient:
             await self._call("GET", "/healthcheck")
 
         return self._run(ping())
-
-
-@implementer(IBodyProducer)
-@define
-class _BytesProducer:
-    """A request body already in memory, written at once."""
-
-    body: bytes
-
-    @property
-    def length(self) -> int:
-        return len(self.body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self.body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 def _reason(error: Exception) -> str:

@@ -46,7 +46,7 @@ from glance_tx.images import validate_image_id
 from glance_tx.store.describe import describe
 from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
-from glance_tx.store.reader import BlockProducer, IBlockSource
+from glance_tx.store.reader import BlockProducer, IBlockSource, check_read_range
 from glance_tx.store.writer import IWriteBackend, StoreWriter
 from glance_tx.threads import BlockingRunner
 
@@ -423,10 +423,7 @@ class FilesystemStore:
         """
         try:
             where = self._parse(location)
-            if not isinstance(offset, int) or offset < 0:
-                raise BadRequest(f"Invalid offset {offset!r}")
-            if length is not None and (not isinstance(length, int) or length < 0):
-                raise BadRequest(f"Invalid length {length!r}")
+            check_read_range(offset, length)
         except BadRequest:
             return fail()
         d = self.runner.run(

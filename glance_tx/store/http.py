@@ -68,7 +68,12 @@ from glance_tx.net_guard import (
 from glance_tx.store.deadline import Deadline
 from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
-from glance_tx.store.reader import BlockProducer, IBlockSource, NoBytes
+from glance_tx.store.reader import (
+    BlockProducer,
+    IBlockSource,
+    NoBytes,
+    check_read_range,
+)
 from glance_tx.store.response import response_blocks
 
 __all__ = [
@@ -291,10 +296,7 @@ class HTTPStore:
     async def _read(
         self, location: str, consumer: IConsumer, offset: int, length: int | None
     ) -> None:
-        if not isinstance(offset, int) or offset < 0:
-            raise BadRequest(f"Invalid offset {offset!r}")
-        if length is not None and (not isinstance(length, int) or length < 0):
-            raise BadRequest(f"Invalid length {length!r}")
+        check_read_range(offset, length)
         if length == 0:
             await self._size(location)  # still a NotFound for missing data
             return await self._produce(NoBytes(), consumer, 0)

@@ -17,10 +17,22 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from glance_tx.errors import GlanceError, StoreError
+from glance_tx.errors import BadRequest, GlanceError, StoreError
 from glance_tx.store.describe import describe
 
-__all__ = ["BlockProducer", "IBlockSource", "NoBytes"]
+__all__ = ["BlockProducer", "IBlockSource", "NoBytes", "check_read_range"]
+
+
+def check_read_range(offset: object, length: object) -> None:
+    """
+    Refuse what L{glance_tx.store.interface.IStore.read} refuses before any
+    I/O: an offset that is not a whole number of at least 0, or a length
+    that is neither C{None} nor such a number.
+    """
+    if not isinstance(offset, int) or offset < 0:
+        raise BadRequest(f"Invalid offset {offset!r}")
+    if length is not None and (not isinstance(length, int) or length < 0):
+        raise BadRequest(f"Invalid length {length!r}")
 
 _log = Logger()
 

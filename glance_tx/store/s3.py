@@ -39,7 +39,12 @@ from glance_tx.errors import BadRequest, NotFound, StoreError
 from glance_tx.images import validate_image_id
 from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
-from glance_tx.store.reader import BlockProducer, IBlockSource, NoBytes
+from glance_tx.store.reader import (
+    BlockProducer,
+    IBlockSource,
+    NoBytes,
+    check_read_range,
+)
 from glance_tx.store.response import response_blocks
 from glance_tx.store.s3_client import (
     BodyFeed,
@@ -152,10 +157,7 @@ class S3Store:
         self, location: str, consumer: IConsumer, offset: int, length: int | None
     ) -> None:
         key = self._key(location)
-        if not isinstance(offset, int) or offset < 0:
-            raise BadRequest(f"Invalid offset {offset!r}")
-        if length is not None and (not isinstance(length, int) or length < 0):
-            raise BadRequest(f"Invalid length {length!r}")
+        check_read_range(offset, length)
         source: IBlockSource = NoBytes()
         remaining = 0
         if length == 0:

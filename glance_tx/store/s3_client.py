@@ -32,12 +32,13 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config as BotocoreConfig
 from botocore.credentials import Credentials
 from treq import content
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
+from glance_tx.bodies import BytesBody
 from glance_tx.errors import BadRequest, NotFound, StoreError
 
 __all__ = [
@@ -208,31 +209,6 @@ class BodyFeed:
             d.errback(Failure(reason))
 
 
-@implementer(IBodyProducer)
-@frozen
-class _BytesBody:
-    """A small body, written at once (XML documents)."""
-
-    data: bytes
-
-    @property
-    def length(self) -> int:
-        return len(self.data)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self.data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 @frozen
 class MultipartUpload:
     """A multipart upload in progress: where it goes and its id."""
@@ -384,7 +360,7 @@ class S3Client:
             producer = body
         else:
             signed = self._signed_headers(method, url, extra, body or b"")
-            producer = _BytesBody(body) if body else None
+            producer = BytesBody(body) if body else None
         kwargs: dict[str, Any] = {
             "headers": signed,
             "data": producer,

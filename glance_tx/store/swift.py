@@ -48,7 +48,12 @@ from glance_tx.errors import BadRequest, NotFound, StoreError
 from glance_tx.images import validate_image_id
 from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
-from glance_tx.store.reader import BlockProducer, IBlockSource, NoBytes
+from glance_tx.store.reader import (
+    BlockProducer,
+    IBlockSource,
+    NoBytes,
+    check_read_range,
+)
 from glance_tx.store.response import response_blocks
 from glance_tx.store.swift_client import (
     INTERFACES,
@@ -194,10 +199,7 @@ class SwiftStore:
     ) -> Deferred[None]:
         try:
             name = self._object_name(location)
-            if not isinstance(offset, int) or offset < 0:
-                raise BadRequest(f"Invalid offset {offset!r}")
-            if length is not None and (not isinstance(length, int) or length < 0):
-                raise BadRequest(f"Invalid length {length!r}")
+            check_read_range(offset, length)
         except BadRequest:
             return fail()
         return Deferred.fromCoroutine(self._read(name, consumer, offset, length))
