@@ -325,6 +325,14 @@ def validate_image_id(image_id: str) -> str:
         raise BadRequest(f"Image id {image_id!r} is not a valid UUID") from None
 
 
+def is_image_id(name: str) -> bool:
+    """Whether C{name} is an image id in canonical form (a store's file or key name)."""
+    try:
+        return validate_image_id(name) == name
+    except BadRequest:
+        return False
+
+
 def check_transition(current: str, new: str) -> None:
     """Refuse a status change Glance's state machine does not allow."""
     if current != new and new not in TRANSITIONS.get(current, frozenset()):

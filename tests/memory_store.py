@@ -23,7 +23,7 @@ from glance_tx.backpressure import Watermarks
 from glance_tx.errors import BadRequest, NotFound
 from glance_tx.images import validate_image_id
 from glance_tx.store.interface import IStore, IStoreWriter
-from glance_tx.store.reader import BlockProducer, IBlockSource
+from glance_tx.store.reader import BlockProducer, IBlockSource, check_read_range
 from glance_tx.store.writer import IWriteBackend, StoreWriter
 from glance_tx.threads import BlockingRunner
 
@@ -127,8 +127,7 @@ class MemoryStore:
     ) -> Deferred[None]:
         try:
             location = self._checked(location)
-            if offset < 0 or (length is not None and length < 0):
-                raise BadRequest("Invalid range")
+            check_read_range(offset, length)
         except BadRequest:
             return fail()
 

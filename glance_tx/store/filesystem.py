@@ -42,7 +42,7 @@ from zope.interface import implementer
 from glance_tx.backpressure import Watermarks
 from glance_tx.config import StoreConfig
 from glance_tx.errors import BadRequest, NotFound, StoreError
-from glance_tx.images import validate_image_id
+from glance_tx.images import is_image_id, validate_image_id
 from glance_tx.store.describe import describe
 from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
@@ -80,13 +80,6 @@ def _as_filepath(root: FilePath[Any] | str | os.PathLike[str]) -> FilePath[str]:
 def _positive(instance: object, attribute: Any, value: int) -> None:
     if value < 1:
         raise ValueError(f"{attribute.name} must be at least 1, not {value}")
-
-
-def _is_image_id(name: str) -> bool:
-    try:
-        return validate_image_id(name) == name
-    except BadRequest:
-        return False
 
 
 # Blocking helpers. Each runs on the runner; none touches the reactor.
@@ -165,7 +158,7 @@ def _list_images(root: str) -> list[str]:
             return [
                 entry.name
                 for entry in entries
-                if _is_image_id(entry.name) and entry.is_file(follow_symlinks=False)
+                if is_image_id(entry.name) and entry.is_file(follow_symlinks=False)
             ]
     except (FileNotFoundError, NotADirectoryError):
         return []
@@ -383,7 +376,7 @@ class FilesystemStore:
         ):
             raise BadRequest(refusal)
         directory, name = posixpath.split(path)
-        if not _is_image_id(name):
+        if not is_image_id(name):
             raise BadRequest(refusal)
         return _Location(directory, name)
 

@@ -36,7 +36,7 @@ from zope.interface import implementer
 from glance_tx.backpressure import Watermarks
 from glance_tx.config import ConfigError, StoreConfig
 from glance_tx.errors import BadRequest, NotFound, StoreError
-from glance_tx.images import validate_image_id
+from glance_tx.images import is_image_id, validate_image_id
 from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
 from glance_tx.store.reader import (
@@ -68,13 +68,6 @@ MIN_CHUNK_SIZE_MIB = 5  # S3's smallest part, but for the last
 DEFAULT_BLOCK_SIZE = 1 * MiB
 #: How much of a part goes into the connection per write.
 _FEED_SLICE = 256 * 1024
-
-
-def _is_image_id(name: str) -> bool:
-    try:
-        return validate_image_id(name) == name
-    except BadRequest:
-        return False
 
 
 @implementer(IStore)
@@ -119,7 +112,7 @@ class S3Store:
             or parts.netloc != self.bucket
             or parts.query
             or parts.fragment
-            or not _is_image_id(key)
+            or not is_image_id(key)
         ):
             raise BadRequest(refusal)
         return key
@@ -195,7 +188,7 @@ class S3Store:
                 keys = await self.client.list_keys(self.bucket)
             except NotFound:
                 return frozenset()  # no bucket yet: nothing stored
-            return frozenset(self.location_for(key) for key in keys if _is_image_id(key))
+            return frozenset(self.location_for(key) for key in keys if is_image_id(key))
 
         return Deferred.fromCoroutine(listed())
 
@@ -214,7 +207,7 @@ class S3Store:
                 return 0
             removed = 0
             for upload in uploads:
-                if _is_image_id(upload.key) and image_id in (None, upload.key):
+                if is_image_id(upload.key) and image_id in (None, upload.key):
                     await self.client.abort_multipart_upload(upload)
                     removed += 1
             return removed

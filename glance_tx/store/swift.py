@@ -45,7 +45,7 @@ from zope.interface import implementer
 from glance_tx.backpressure import Watermarks
 from glance_tx.config import ConfigError, StoreConfig
 from glance_tx.errors import BadRequest, NotFound, StoreError
-from glance_tx.images import validate_image_id
+from glance_tx.images import is_image_id, validate_image_id
 from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
 from glance_tx.store.reader import (
@@ -75,13 +75,6 @@ DEFAULT_LOW_WATERMARK = 1 * MiB
 #: glance_store's defaults, in bytes (its options are in MiB).
 DEFAULT_LARGE_OBJECT_SIZE = 5120 * MiB
 DEFAULT_LARGE_OBJECT_CHUNK_SIZE = 200 * MiB
-
-
-def _is_image_id(name: str) -> bool:
-    try:
-        return validate_image_id(name) == name
-    except BadRequest:
-        return False
 
 
 @implementer(IStore)
@@ -142,7 +135,7 @@ class SwiftStore:
         if (
             not isinstance(location, str)
             or not location.startswith(self._prefix)
-            or not _is_image_id(location[len(self._prefix) :])
+            or not is_image_id(location[len(self._prefix) :])
         ):
             raise BadRequest(f"{location!r} is not a location in this store")
         return location[len(self._prefix) :]
@@ -250,7 +243,7 @@ class SwiftStore:
             names = await self.client.list_objects(self.container)
         except NotFound:
             return frozenset()
-        return frozenset(self.location_for(n) for n in names if _is_image_id(n))
+        return frozenset(self.location_for(n) for n in names if is_image_id(n))
 
     def discard_incomplete(self, image_id: str | None = None) -> Deferred[int]:
         """
