@@ -64,7 +64,6 @@ import transfer
 from transfer import BenchError, GiB, MiB, Server
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "RESULTS.md"
 VCL = REPO / "doc" / "varnish.vcl"
 
 
@@ -376,11 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{os.cpu_count()} vCPUs, load average {os.getloadavg()[0]:.2f} at the end"
             )
             section = report(args, direct, cached, machine)
-            print()
-            print(section)
-            if not args.no_write:
-                transfer.write_results_section("proxy.py", section)
-                print(f"\nwritten to {RESULTS}")
+            transfer.publish_section("proxy.py", section, write=not args.no_write)
         except BenchError as e:
             print(f"benchmark failed: {e}", file=sys.stderr)
             return 1

@@ -348,8 +348,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    md5, sha512, both = transfer.hash_ceiling(256 * transfer.MiB)
-    hashes = f"md5 {md5:.0f} MiB/s, sha512 {sha512:.0f} MiB/s, both on two threads {both:.0f}"
+    hashes = transfer.hash_speeds()
     print(hashes, flush=True)
     figures = []
     try:
@@ -359,12 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 1
-    section = report(args, figures, hashes)
-    print()
-    print(section)
-    if not args.no_write:
-        transfer.write_results_section("registry.py", section)
-        print(f"\nwritten to {transfer.REPO / 'bench' / 'RESULTS.md'}")
+    transfer.publish_section("registry.py", report(args, figures, hashes), not args.no_write)
     return 0
 
 

@@ -52,7 +52,7 @@ from urllib.parse import unquote, urlsplit
 # This directory is on sys.path when the script runs: reuse the transfer
 # benchmark's processes, files and measurements.
 import transfer
-from transfer import BenchError, MiB, Sample, Server
+from transfer import BenchError, Sample, Server
 
 REPO = transfer.REPO
 BUCKET = "glance-bench"
@@ -382,20 +382,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     transfer.QUIET_WAIT = args.quiet_wait
-    md5, sha512, both = transfer.hash_ceiling(256 * MiB)
-    hashes = f"md5 {md5:.0f} MiB/s, sha512 {sha512:.0f} MiB/s, both on two threads {both:.0f}"
+    hashes = transfer.hash_speeds()
     print(hashes, flush=True)
     try:
         rows = run(args)
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 1
-    text = section(args, rows, hashes)
-    print()
-    print(text)
-    if not args.no_write:
-        transfer.write_results_section("stores.py", text)
-        print(f"\nwritten to {REPO / 'bench' / 'RESULTS.md'}")
+    transfer.publish_section("stores.py", section(args, rows, hashes), not args.no_write)
     return 0
 
 

@@ -333,6 +333,15 @@ def workdir_with_test_file(
 # -- the record ------------------------------------------------------------
 
 
+def publish_section(script: str, section: str, write: bool) -> None:
+    """Print a script's RESULTS.md section, and with C{write} record it there."""
+    print()
+    print(section)
+    if write:
+        write_results_section(script, section)
+        print(f"\nwritten to {REPO / 'bench' / 'RESULTS.md'}")
+
+
 def write_results_section(script: str, section: str) -> None:
     """
     Put C{section} into C{bench/RESULTS.md} between the markers of
@@ -353,6 +362,12 @@ def write_results_section(script: str, section: str) -> None:
 
 
 # -- measuring -------------------------------------------------------------
+
+
+def hash_speeds(size: int = 256 * MiB) -> str:
+    """This machine's hash speeds now, as every figure in RESULTS.md gives them."""
+    md5, sha512, both = hash_ceiling(size)
+    return f"md5 {md5:.0f} MiB/s, sha512 {sha512:.0f} MiB/s, both on two threads {both:.0f}"
 
 
 def hash_ceiling(size: int = 512 * MiB) -> tuple[float, float, float]:
