@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from glance_tx import images
 from glance_tx.api import v2_schemas
+from glance_tx.api.params import MAX_JSON_DEPTH
 from glance_tx.api.ranges import ByteRange, parse_ranges
 from glance_tx.errors import RangeNotSatisfiable
 from tests.api_fixtures import Answer, SiteTestCase
@@ -333,6 +334,30 @@ class CreateTests(V2TestCase):
                 "POST", "/v2/images", {"Content-Type": "application/json"}, data=body
             )
             self.assertError(answer, 400)
+
+    def test_deeply_nested_json(self) -> None:
+        """
+        JSON nested 100,000 levels (past the decoder's recursion limit) or
+        just past MAX_JSON_DEPTH is a JSON 400 that says so, not a 500; at
+        the limit it parses (and is then refused for what it says).
+        """
+        headers = {"Content-Type": "application/json"}
+        for depth in (100_000, MAX_JSON_DEPTH + 1):
+            body = b'{"a": ' + b"[" * depth + b"]" * depth + b"}"
+            answer = self.request("POST", "/v2/images", headers, data=body)
+            self.assertError(answer, 400, "nested deeper")
+        body = b'{"tags": ' + b"[" * (MAX_JSON_DEPTH - 1) + b"]" * (MAX_JSON_DEPTH - 1) + b"}"
+        answer = self.request("POST", "/v2/images", headers, data=body)
+        self.assertEqual(answer.code, 400, answer.body)
+        self.assertNotIn("nested", answer.json()["error"]["message"])
+
+    def test_non_utf8_json(self) -> None:
+        """A body that is not UTF-8 is a 400 that says so."""
+        answer = self.request(
+            "POST", "/v2/images", {"Content-Type": "application/json"},
+            data=b'{"name": "\xff"}',
+        )
+        self.assertError(answer, 400, "UTF-8")
 
     def test_oversized_body(self) -> None:
         """A JSON body over 1 MiB is a 413."""
@@ -667,6 +692,8 @@ class PatchTests(V2TestCase):
         image = self.create()
         path = f"/v2/images/{image['id']}"
         self.assertError(self.request("PATCH", path, PATCH_21, data=b"[{"), 400, "Malformed")
+        nested = b"[" * 100_000 + b"]" * 100_000
+        self.assertError(self.request("PATCH", path, PATCH_21, data=nested), 400, "nested deeper")
         for operations, fragment in [
             ({"op": "replace"}, "array"),
             (["replace"], "objects"),

@@ -1,8 +1,17 @@
-"""Parsing of integer values in headers and query strings, for every API."""
+"""Parsing of values in headers, query strings and JSON bodies, for every API."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from glance_tx.errors import BadRequest
+
+#: Deepest nesting of arrays and objects a request body may have. Image
+#: metadata is flat and a patch value is at most a location with its metadata
+#: dict; the limit keeps a hostile C{[[[[...]]]]} from costing more than
+#: one walk.
+MAX_JSON_DEPTH = 32
 
 
 def parse_int(name: str, value: str, maximum: int | None = None) -> int:
@@ -19,3 +28,45 @@ def parse_int(name: str, value: str, maximum: int | None = None) -> int:
     if maximum is not None and number > maximum:
         raise BadRequest(f"{name} must be between 0 and {maximum}")
     return number
+
+
+def parse_json(data: bytes) -> Any:
+    """
+    A JSON document, or a 400 that says what is wrong with it: not UTF-8,
+    not JSON, or nested deeper than L{MAX_JSON_DEPTH}.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("Request body is not UTF-8.") from None
+    try:
+        document = json.loads(text)
+    except RecursionError:
+        # The C decoder gives up at the interpreter's recursion limit.
+        document = None
+        too_deep = True
+    except ValueError:
+        raise BadRequest("Malformed JSON in request body.") from None
+    else:
+        too_deep = _depth_exceeds(document, MAX_JSON_DEPTH)
+    if too_deep:
+        raise BadRequest(
+            f"JSON in request body is nested deeper than {MAX_JSON_DEPTH} levels."
+        )
+    return document
+
+
+def _depth_exceeds(document: Any, limit: int) -> bool:
+    """Whether C{document} nests arrays and objects more than C{limit} deep."""
+    level = [document]
+    for _ in range(limit + 1):
+        children = []
+        for value in level:
+            if isinstance(value, dict):
+                children.extend(value.values())
+            elif isinstance(value, list):
+                children.extend(value)
+        if not children:
+            return False
+        level = children
+    return True

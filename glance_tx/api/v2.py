@@ -44,7 +44,7 @@ from glance_tx.api.http_cache import (
     serve_document,
     shareable,
 )
-from glance_tx.api.params import parse_int
+from glance_tx.api.params import parse_int, parse_json
 from glance_tx.api.site import StreamingRequest, UploadRoute
 from glance_tx.api.v2_patch import ACCEPT_PATCH, apply_patch, draft_for, parse_patch
 from glance_tx.api.v2_query import parse_query
@@ -168,10 +168,7 @@ def _read_json(request: IRequest) -> Any:
     data = _body(request)
     if not data.strip():
         raise BadRequest("Body expected in request.")
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("Malformed JSON in request body.") from None
+    return parse_json(data)
 
 
 def _read_object(request: IRequest) -> dict[str, Any]:

@@ -24,7 +24,6 @@ L{ImageUpdate}, so the registry sees a single atomic update.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -33,6 +32,7 @@ from attrs import frozen
 
 from glance_tx import images
 from glance_tx.api import v2_schemas
+from glance_tx.api.params import parse_json
 from glance_tx.errors import BadRequest, Conflict, Forbidden, UnsupportedMediaType
 from glance_tx.images import Image, ImageUpdate
 
@@ -85,10 +85,7 @@ def draft_for(content_type: str | None) -> int:
 
 def parse_patch(body: bytes, draft: int) -> tuple[Change, ...]:
     """Read and check a patch document; 400 or 403 for what Glance refuses."""
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("Malformed JSON in request body.") from None
+    document = parse_json(body)
     if not isinstance(document, list):
         raise BadRequest("Request body must be a JSON array of operation objects.")
     changes = []
