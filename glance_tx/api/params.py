@@ -60,7 +60,7 @@ def _depth_exceeds(document: Any, limit: int) -> bool:
     """Whether C{document} nests arrays and objects more than C{limit} deep."""
     level = [document]
     for _ in range(limit + 1):
-        children = []
+        children: list[Any] = []
         for value in level:
             if isinstance(value, dict):
                 children.extend(value.values())
