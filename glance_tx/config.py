@@ -117,8 +117,11 @@ def _int(section: Mapping[str, str], name: str, default: int, minimum: int = 0) 
     return value
 
 
-def _bool(section: Mapping[str, str], name: str, default: bool) -> bool:
-    """A boolean as configparser spells them: true/false, yes/no, on/off, 1/0."""
+def bool_option(section: Mapping[str, str], name: str, default: bool) -> bool:
+    """
+    A boolean as configparser spells them: true/false, yes/no, on/off, 1/0
+    (the one parser of boolean options, stores' sections included).
+    """
     raw = section.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -185,7 +188,7 @@ def load_config(
         default_backend=default_backend,
         default_project=default.get("default_project", "admin"),
         thread_pool_size=_int(default, "thread_pool_size", 16, minimum=2),
-        recover_on_start=_bool(default, "recover_on_start", True),
+        recover_on_start=bool_option(default, "recover_on_start", True),
         node_id=default.get("node_id") or default_node_id(endpoint),
         upload_lease_seconds=_seconds(default, "upload_lease_seconds", 60.0),
         cache=_cache_config(parser),

@@ -15,12 +15,11 @@ from urllib.parse import urlsplit
 
 from attrs import field, frozen
 from treq.client import HTTPClient
-from twisted.web.client import Agent, HTTPConnectionPool
 
 from glance_tx.config import Config, ConfigError
 from glance_tx.errors import BadRequest, StoreError
 from glance_tx.images import Location, as_location
-from glance_tx.store.factory import StoreFactory, StoreServices
+from glance_tx.store.factory import StoreFactory, StoreServices, store_http_client
 from glance_tx.store.filesystem import make_filesystem_store
 from glance_tx.store.http import make_http_store
 from glance_tx.store.interface import IStore
@@ -159,15 +158,6 @@ def _serves(store: IStore, scheme: str) -> bool:
     return scheme == store.scheme or scheme in getattr(store, "schemes", ())
 
 
-def _http_client(reactor: Any) -> HTTPClient:
-    """
-    A client for the stores' requests. Connections are not kept: a store's
-    requests carry megabytes each, so a new connection costs little, and
-    none is left open at shutdown.
-    """
-    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
-
-
 async def build_store_map(
     config: Config,
     runner: BlockingRunner,
@@ -185,7 +175,7 @@ async def build_store_map(
     services = StoreServices(
         runner=runner,
         reactor=reactor,
-        http_client=http_client or _http_client(reactor),
+        http_client=http_client or store_http_client(reactor),
         data_dir=config.data_dir,
     )
     stores: dict[str, IStore] = {}

@@ -15,12 +15,14 @@ from typing import Any, Protocol
 
 from attrs import frozen
 from treq.client import HTTPClient
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
 
 from glance_tx.config import StoreConfig
 from glance_tx.store.interface import IStore
 from glance_tx.threads import BlockingRunner
 
-__all__ = ["StoreFactory", "StoreServices"]
+__all__ = ["StoreFactory", "StoreServices", "store_http_client"]
 
 
 @frozen
@@ -43,6 +45,31 @@ class StoreServices:
     reactor: Any
     http_client: HTTPClient
     data_dir: str
+
+    def http_client_for(self, tls_policy: IPolicyForHTTPS | None) -> HTTPClient:
+        """
+        The shared client, or, for a store with TLS options of its own
+        (L{glance_tx.store.tls}), a client of its own that trusts what
+        C{tls_policy} says.
+        """
+        if tls_policy is None:
+            return self.http_client
+        return store_http_client(self.reactor, tls_policy)
+
+
+def store_http_client(reactor: Any, tls_policy: IPolicyForHTTPS | None = None) -> HTTPClient:
+    """
+    A client for stores' requests. Connections are not kept: a store's
+    requests carry megabytes each, so a new connection costs little, and
+    none is left open at shutdown.
+    """
+    return HTTPClient(
+        Agent(
+            reactor,
+            contextFactory=tls_policy or BrowserLikePolicyForHTTPS(),
+            pool=HTTPConnectionPool(reactor, persistent=False),
+        )
+    )
 
 
 class StoreFactory(Protocol):

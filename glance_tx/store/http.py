@@ -48,12 +48,13 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol
 from twisted.web.client import (
     Agent,
+    BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     ResponseFailed,
     ResponseNeverReceived,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from glance_tx.config import ConfigError, StoreConfig
@@ -75,6 +76,7 @@ from glance_tx.store.reader import (
     check_read_range,
 )
 from glance_tx.store.response import response_blocks
+from glance_tx.store.tls import HTTP_TLS, load_tls_policy
 
 __all__ = [
     "HTTPStore",
@@ -424,18 +426,21 @@ def guarded_agent(
     policy: AddressPolicy,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     resolver: Any = None,
+    tls_policy: IPolicyForHTTPS | None = None,
 ) -> IAgent:
     """
     An agent whose connections keep to C{policy}, names resolved by
     C{resolver} (by default the reactor's C{nameResolver}, which runs
-    C{getaddrinfo} on a thread). Connections are not kept: each read is
-    one long transfer, and none is left open at shutdown.
+    C{getaddrinfo} on a thread), https checked as C{tls_policy} says (by
+    default against the system's CAs). Connections are not kept: each read
+    is one long transfer, and none is left open at shutdown.
     """
     factory = GuardedEndpointFactory(
         reactor,
         resolver if resolver is not None else reactor.nameResolver,
         policy,
         connect_timeout=connect_timeout,
+        tls_policy=tls_policy or BrowserLikePolicyForHTTPS(),
     )
     return Agent.usingEndpointFactory(
         reactor, factory, pool=HTTPConnectionPool(reactor, persistent=False)
@@ -461,14 +466,18 @@ async def make_http_store(config: StoreConfig, services: StoreServices) -> HTTPS
     shared C{services.http_client} is not used: it may reach any address,
     and this store's connections must keep to the guard.
     """
+    tls = await load_tls_policy(config.options, HTTP_TLS, services.runner)
     try:
-        return http_store_from_options(config.options, services.reactor)
+        return http_store_from_options(config.options, services.reactor, tls_policy=tls)
     except ValueError as e:
         raise ConfigError(f"store {config.id!r}: {e}") from None
 
 
 def http_store_from_options(
-    options: Mapping[str, str], reactor: Any, resolver: Any = None
+    options: Mapping[str, str],
+    reactor: Any,
+    resolver: Any = None,
+    tls_policy: IPolicyForHTTPS | None = None,
 ) -> HTTPStore:
     """
     An L{HTTPStore} from its config section (see doc/configuration.rst).
@@ -490,6 +499,7 @@ def http_store_from_options(
         AddressPolicy(networks),
         connect_timeout=_number(options, "http_store_connect_timeout", DEFAULT_CONNECT_TIMEOUT),
         resolver=resolver,
+        tls_policy=tls_policy,
     )
     return HTTPStore(
         agent=agent,

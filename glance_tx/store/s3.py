@@ -34,7 +34,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
 from glance_tx.backpressure import Watermarks
-from glance_tx.config import ConfigError, StoreConfig
+from glance_tx.config import ConfigError, StoreConfig, bool_option
 from glance_tx.errors import BadRequest, NotFound, StoreError
 from glance_tx.images import is_image_id, validate_image_id
 from glance_tx.store.factory import StoreServices
@@ -53,6 +53,7 @@ from glance_tx.store.s3_client import (
     S3Client,
     S3Credentials,
 )
+from glance_tx.store.tls import S3_TLS, load_tls_policy
 from glance_tx.store.writer import IWriteBackend, StoreWriter
 
 __all__ = ["S3Store", "make_s3_store", "s3_store_from_options"]
@@ -441,9 +442,7 @@ def s3_store_from_options(
     if "://" not in host:
         host = "https://" + host
     addressing = options.get("s3_store_bucket_url_format", "auto").strip() or "auto"
-    create = options.get("s3_store_create_bucket_on_put", "false").strip().lower()
-    if create not in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-        raise ConfigError(f"s3_store_create_bucket_on_put must be true or false, not {create!r}")
+    create = bool_option(options, "s3_store_create_bucket_on_put", False)
     try:
         client = S3Client(
             http=http,
@@ -471,15 +470,16 @@ def s3_store_from_options(
             DEFAULT_LARGE_OBJECT_CHUNK_SIZE_MIB,
             MIN_CHUNK_SIZE_MIB,
         ),
-        create_bucket_on_put=create in ("true", "yes", "on", "1"),
+        create_bucket_on_put=create,
     )
 
 
 async def make_s3_store(config: StoreConfig, services: StoreServices) -> S3Store:
     """
     The store factory of C{s3} stores (see L{glance_tx.store.factory}):
-    no I/O at start-up; C{ping} checks the bucket.
+    reads a C{s3_store_cacert} bundle, if any; C{ping} checks the bucket.
     """
+    tls = await load_tls_policy(config.options, S3_TLS, services.runner)
     return s3_store_from_options(
-        config.id, config.options, services.http_client, services.reactor
+        config.id, config.options, services.http_client_for(tls), services.reactor
     )

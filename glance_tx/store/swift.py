@@ -43,7 +43,7 @@ from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from glance_tx.backpressure import Watermarks
-from glance_tx.config import ConfigError, StoreConfig
+from glance_tx.config import ConfigError, StoreConfig, bool_option
 from glance_tx.errors import BadRequest, NotFound, StoreError
 from glance_tx.images import is_image_id, validate_image_id
 from glance_tx.store.factory import StoreServices
@@ -63,6 +63,7 @@ from glance_tx.store.swift_client import (
     SwiftClient,
     TempAuth,
 )
+from glance_tx.store.tls import SWIFT_TLS, load_tls_policy
 from glance_tx.store.writer import IWriteBackend, StoreWriter
 
 __all__ = ["SwiftStore", "make_swift_store", "swift_store_from_options"]
@@ -439,9 +440,13 @@ def _mib(options: Mapping[str, str], name: str, default: int) -> int:
 
 
 async def make_swift_store(config: StoreConfig, services: StoreServices) -> SwiftStore:
-    """The L{glance_tx.store.factory.StoreFactory} of C{swift} stores."""
+    """
+    The L{glance_tx.store.factory.StoreFactory} of C{swift} stores: reads
+    a C{swift_store_cacert} bundle, if any; the first request logs in.
+    """
+    tls = await load_tls_policy(config.options, SWIFT_TLS, services.runner)
     return swift_store_from_options(
-        config.id, config.options, services.http_client, services.reactor
+        config.id, config.options, services.http_client_for(tls), services.reactor
     )
 
 
@@ -458,16 +463,6 @@ def swift_store_from_options(
         value = options.get(name)
         if not value:
             raise ConfigError(f"store {store_id!r}: {name} is required")
-        return value
-
-    def flag(name: str, default: bool) -> bool:
-        raw = options.get(name)
-        if raw is None:
-            return default
-        value = {"true": True, "yes": True, "1": True, "on": True,
-                 "false": False, "no": False, "0": False, "off": False}.get(raw.lower())
-        if value is None:
-            raise ConfigError(f"store {store_id!r}: {name} must be true or false")
         return value
 
     auth_address = need("swift_store_auth_address")
@@ -517,7 +512,7 @@ def swift_store_from_options(
             client=SwiftClient(http=http, auth=auth, clock=clock, store_name=store_id),
             auth_address=auth_address,
             container=options.get("swift_store_container", "glance"),
-            create_container=flag("swift_store_create_container_on_put", False),
+            create_container=bool_option(options, "swift_store_create_container_on_put", False),
             large_object_size=_mib(
                 options, "swift_store_large_object_size", DEFAULT_LARGE_OBJECT_SIZE
             ),
