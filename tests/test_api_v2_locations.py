@@ -352,3 +352,22 @@ class OptionOffTests(LocationsTestCase):
         self.assertError(answer, 403, "show_multiple_locations")
         self.assertQueued(image["id"])
         self.assertNotIn("locations", self.show(image["id"], ADMIN))
+
+
+class V1Tests(LocationsTestCase):
+    def test_v1_location_in_a_named_store(self) -> None:
+        """
+        v1's x-image-meta-location goes through the same code: the store
+        x-image-meta-store names must serve the URL (400 otherwise), and
+        the location is recorded with it.
+        """
+        url = self.web.add(DATA)
+        headers = {**ADMIN, "x-image-meta-name": "v1", "x-image-meta-location": url}
+        answer = self.request("POST", "/v1/images", {**headers, "x-image-meta-store": "file"})
+        self.assertError(answer, 400, "does not serve")
+        answer = self.request("POST", "/v1/images", {**headers, "x-image-meta-store": "web"})
+        self.assertEqual(answer.code, 201, answer.body)
+        image = answer.json()["image"]
+        self.assertEqual((image["status"], image["size"]), ("active", len(DATA)))
+        self.assertEqual(self.stored_record(image["id"]).locations, (Location(url, "web"),))
+        self.assertEqual(self.show(image["id"], ADMIN)["locations"][0]["url"], url)
