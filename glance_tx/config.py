@@ -96,6 +96,11 @@ class Config:
     #: PEM file of the authority that signed an https registry's
     #: certificate (Glance's name); None trusts the system's authorities.
     registry_client_ca_file: str | None = None
+    #: Show admins every image's locations in v2, and let them add and
+    #: remove locations (Glance's name; off, as there).
+    show_multiple_locations: bool = False
+    #: Show admins every image's C{direct_url} in v2 (Glance's name).
+    show_image_direct_url: bool = False
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -197,6 +202,8 @@ def load_config(
         registry_client_timeout=_seconds(default, "registry_client_timeout", 5.0),
         registry_client_retries=_int(default, "registry_client_retries", 1),
         registry_client_ca_file=default.get("registry_client_ca_file") or None,
+        show_multiple_locations=_bool(default, "show_multiple_locations", False),
+        show_image_direct_url=_bool(default, "show_image_direct_url", False),
     )
 
 

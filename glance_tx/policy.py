@@ -67,6 +67,18 @@ def check_admin(context: RequestContext, action: str) -> None:
         raise Forbidden(f"Only an admin can {action}")
 
 
+def check_set_location(context: RequestContext) -> None:
+    """
+    Only an admin may point an image at data elsewhere (v1's
+    C{x-image-meta-location}, v2's C{/locations}): the server fetches the
+    URL, and however well the address guard keeps it off internal networks,
+    a user should not make it fetch arbitrary URLs on their behalf
+    (Glance's C{set_image_location} policy).
+    """
+    if not context.is_admin:
+        raise Forbidden("Only an admin may set an image's location")
+
+
 def check_deletable(context: RequestContext, image: Image) -> None:
     check_modifiable(context, image)
     if image.protected:

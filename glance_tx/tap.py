@@ -124,6 +124,8 @@ def glance_service(
             reactor=reactor,
             cache=config.cache,
             leases=await leases.when_ready(),
+            show_multiple_locations=config.show_multiple_locations,
+            show_image_direct_url=config.show_image_direct_url,
         )
 
     children: dict[str, IService] = {

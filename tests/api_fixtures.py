@@ -46,6 +46,8 @@ class SiteTestCase(SynchronousTestCase):
     size_cap = 1 << 40
     #: How responses are marked for caches; None: the service's defaults.
     cache: CacheConfig | None = None
+    #: More keyword arguments for build_site (show_multiple_locations, ...).
+    site_options: dict[str, Any] = {}
 
     def setUp(self) -> None:
         self.runner = SynchronousRunner()
@@ -65,6 +67,7 @@ class SiteTestCase(SynchronousTestCase):
             default_project="admin",
             reactor=MemoryReactorClock(),
             cache=self.cache,
+            **self.site_options,
         )
         self.client, self.agent = memory_client(self.site)
 

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tests.live_server import (
+    EXTERNAL_URL,
     MEMBER_PROJECT,
     MEMBER_TOKEN,
     OWNER_PROJECT,
@@ -623,3 +624,71 @@ class MemberTests(GlanceCLITestCase):
         self.assertEqual(await self.names(*mine, token=MEMBER_TOKEN), [])
         await self.glance("image-show", image_id, token=MEMBER_TOKEN, fails=True)
 
+
+
+class LocationTests(GlanceCLITestCase):
+    """
+    C{glance location-add} and C{location-delete} against a glance-tx with
+    an HTTP store and C{show_multiple_locations} on, the data on a web
+    server of the test's on loopback.
+    """
+
+    skip = _skip_reason() or ("needs this server's configuration" if EXTERNAL_URL else None)
+    config_text = (
+        "[DEFAULT]\nenabled_backends = file:file, web:http\n"
+        "show_multiple_locations = true\n"
+        "[web]\nhttp_store_allowed_networks = 127.0.0.1/32\n"
+    )
+
+    def setUp(self) -> Deferred[None]:
+        from twisted.web import server, static
+
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        self.data = pattern_bytes(300_000)
+        for name in ("a.img", "b.img"):
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(self.data)
+        port = reactor.listenTCP(0, server.Site(static.File(root)), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.web = f"http://127.0.0.1:{port.getHost().port}"
+        return super().setUp()
+
+    async def test_location_add_and_delete(self) -> None:
+        """
+        C{location-add} makes a queued image active with the web file's
+        size, and shows its locations; a second copy is added; deleting
+        one leaves the other (the web's file untouched), and the client
+        gets a refusal for the last one.
+        """
+        created = show_table((await self.glance(
+            "image-create", "--name", "web", "--disk-format", "raw", "--container-format", "bare",
+        )).out)
+        image_id = created["id"]
+        first, second = f"{self.web}/a.img", f"{self.web}/b.img"
+        run = await self.glance(
+            "location-add", "--url", first,
+            "--hash-algo", "sha512", "--hash-value", hashlib.sha512(self.data).hexdigest(),
+            image_id,
+        )
+        self.assertIn(f"/v2/images/{image_id}", run.paths("PATCH"), run)
+        shown = show_table(run.out)
+        self.assertImage(shown, run, status="active", size=str(len(self.data)))
+        self.assertEqual(
+            json.loads(shown["locations"].replace("'", '"')),
+            [{"url": first, "metadata": {"store": "web"}}],
+            run,
+        )
+        await self.glance("location-add", "--url", second, image_id)
+        await self.glance("location-delete", "--url", first, image_id)
+        shown = await self.show(image_id)
+        self.assertIn(second, shown["locations"])
+        self.assertNotIn(first, shown["locations"])
+        run = await self.glance("location-delete", "--url", second, image_id, fails=True)
+        self.assertIn("last location", run.err, run)
+        out = os.path.join(self.home, "web.img")
+        await self.glance("image-download", "--file", out, image_id)
+        self.assertEqual(
+            await deferToThread(file_digests, out),
+            (len(self.data), hashlib.md5(self.data).hexdigest(), hashlib.sha512(self.data).hexdigest()),
+        )

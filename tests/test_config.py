@@ -105,3 +105,21 @@ class LeaseOptionsTests(SynchronousTestCase):
                 ConfigError, self.load, f"[DEFAULT]\nupload_lease_seconds = {bad}\n"
             )
             self.assertIn("upload_lease_seconds", str(error))
+
+
+class LocationOptionsTests(SynchronousTestCase):
+    """show_multiple_locations and show_image_direct_url in [DEFAULT]."""
+
+    def load(self, text: str) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode("utf-8"))
+        return load_config(path.path)
+
+    def test_options(self) -> None:
+        """Both are off unless set, as in Glance; a value not a boolean is refused."""
+        config = load_config()
+        self.assertEqual((config.show_multiple_locations, config.show_image_direct_url), (False, False))
+        config = self.load("[DEFAULT]\nshow_multiple_locations = true\nshow_image_direct_url = yes\n")
+        self.assertEqual((config.show_multiple_locations, config.show_image_direct_url), (True, True))
+        error = self.assertRaises(ConfigError, self.load, "[DEFAULT]\nshow_multiple_locations = maybe\n")
+        self.assertIn("show_multiple_locations", str(error))

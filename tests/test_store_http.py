@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import functools
 import itertools
+import json
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -941,6 +942,7 @@ class ApiTests(TestCase):
         config = live_config(
             self,
             "[DEFAULT]\nenabled_backends = file:file, web:http\n"
+            "show_multiple_locations = true\n"
             "[web]\nhttp_store_allowed_networks = 127.0.0.1/32\n",
         )
         service = await start_glance_tx(config, self.addCleanup, "http-store-api")
@@ -1011,6 +1013,70 @@ class ApiTests(TestCase):
         self.assertEqual(deleted.code, 200, await deleted.text())
         await deleted.content()
         self.assertEqual(self.root.child("image").getContent(), b"web bytes")
+
+    async def add_v2(self, location: str) -> tuple[str, Any]:
+        """A queued v2 image, then a PATCH that adds C{location}: its id and the answer."""
+        created = await self.treq.post(
+            f"{self.base}/v2/images",
+            json={"name": "v2 from the web", "disk_format": "raw", "container_format": "bare"},
+        )
+        image_id = (await created.json())["id"]
+        patched = await self.treq.patch(
+            f"{self.base}/v2/images/{image_id}",
+            data=json.dumps(
+                [{"op": "add", "path": "/locations/-", "value": {"url": location, "metadata": {}}}]
+            ).encode(),
+            headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
+        )
+        return image_id, patched
+
+    async def test_v2_add_location(self) -> None:
+        """
+        v2's PATCH add /locations/- (show_multiple_locations on) takes the
+        size from the web server's HEAD and makes the image active; its
+        data streams from the web server; a second copy of another size is
+        a 400.
+        """
+        data = make_data(200_000, seed=21)
+        self.root.child("image").setContent(data)
+        self.root.child("other").setContent(data[:-1])
+        image_id, patched = await self.add_v2(f"{self.web}/files/image")
+        self.assertEqual(patched.code, 200, await patched.text())
+        image = await patched.json()
+        self.assertEqual((image["status"], image["size"]), ("active", len(data)))
+        self.assertEqual(
+            image["locations"], [{"url": f"{self.web}/files/image", "metadata": {"store": "web"}}]
+        )
+        got = await self.treq.get(f"{self.base}/v2/images/{image_id}/file")
+        self.assertEqual(await got.content(), data)
+        second = await self.treq.patch(
+            f"{self.base}/v2/images/{image_id}",
+            data=json.dumps([{"op": "add", "path": "/locations/-",
+                              "value": {"url": f"{self.web}/files/other", "metadata": {}}}]).encode(),
+            headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
+        )
+        self.assertEqual(second.code, 400)
+        self.assertIn("bytes", await second.text())
+
+    async def test_v2_forbidden_location(self) -> None:
+        """
+        v2 is guarded as v1: an address outside the allowed networks is a
+        400 naming why, a server that is gone a 400 too; the image stays
+        queued.
+        """
+        port = self.web.rsplit(":", 1)[1]
+        gone = self.reactor.listenTCP(0, server.Site(Resource()), interface="127.0.0.1")
+        gone_port = gone.getHost().port
+        await gone.stopListening()
+        for url, reason in [
+            (f"http://127.0.0.2:{port}/files/x", "loopback"),
+            (f"http://127.0.0.1:{gone_port}/x", "Location cannot be used"),
+        ]:
+            image_id, patched = await self.add_v2(url)
+            self.assertEqual(patched.code, 400)
+            self.assertIn(reason, await patched.text())
+            shown = await (await self.treq.get(f"{self.base}/v2/images/{image_id}")).json()
+            self.assertEqual(shown["status"], "queued")
 
     async def test_forbidden_location(self) -> None:
         """

@@ -12,6 +12,7 @@ from glance_tx import images
 from glance_tx.api.v2_patch import (
     ACCEPT_PATCH,
     Change,
+    NewLocation,
     apply_patch,
     decode_pointer,
     draft_for,
@@ -19,6 +20,7 @@ from glance_tx.api.v2_patch import (
 )
 from glance_tx.errors import BadRequest, Conflict, Forbidden, UnsupportedMediaType
 from glance_tx.images import Image, ImageUpdate
+from glance_tx.locations import Validation
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -80,10 +82,55 @@ class ParseTests(SynchronousTestCase):
         self.assertRaises(BadRequest, parse, [{"value": "v"}], 4)
 
     def test_forbidden(self) -> None:
-        """Read-only, reserved and location paths are Forbidden."""
-        for path in ("/status", "/id", "/self", "/deleted", "/os_glance_x", "/locations",
-                     "/locations/0"):
+        """Read-only and reserved paths are Forbidden, and so is replacing the locations."""
+        for path in ("/status", "/id", "/self", "/deleted", "/os_glance_x"):
             self.assertRaises(Forbidden, parse, [{"op": "add", "path": path, "value": "v"}])
+        self.assertRaises(Forbidden, parse, [{"op": "replace", "path": "/locations", "value": []}])
+
+    def test_locations(self) -> None:
+        """
+        An add at /locations/N or /locations/- names a position (None for
+        -) and a NewLocation with the store its metadata names and its
+        validation data; a remove names a position. Both dialects.
+        """
+        url = "http://images.example/x"
+        value = {"url": url, "metadata": {"store": "web"},
+                 "validation_data": {"os_hash_algo": "sha512", "os_hash_value": "ab"}}
+        added, removed = parse([
+            {"op": "add", "path": "/locations/-", "value": value},
+            {"op": "remove", "path": "/locations/3"},
+        ])
+        self.assertEqual((added.op, added.name, added.position), ("add", "locations", None))
+        self.assertEqual(added.value, NewLocation(url, "web", Validation(None, "sha512", "ab")))
+        self.assertEqual((removed.op, removed.position, removed.value), ("remove", 3, None))
+        (old,) = parse([{"add": "/locations/0", "value": {"url": url, "metadata": {}}}], 4)
+        self.assertEqual((old.position, old.value), (0, NewLocation(url)))
+
+    def test_bad_locations(self) -> None:
+        """Malformed location operations are 400s, before any image is read."""
+        for operation in (
+            {"op": "add", "path": "/locations", "value": {"url": "u", "metadata": {}}},
+            {"op": "add", "path": "/locations/0/url", "value": "u"},
+            {"op": "add", "path": "/locations/one", "value": {"url": "u", "metadata": {}}},
+            {"op": "remove", "path": "/locations/-1"},
+            {"op": "add", "path": "/locations/-"},
+            {"op": "add", "path": "/locations/-", "value": "http://x"},
+            {"op": "add", "path": "/locations/-", "value": {"url": "u"}},
+            {"op": "add", "path": "/locations/-", "value": {"url": "u" * 256, "metadata": {}}},
+            {"op": "add", "path": "/locations/-", "value": {"url": "u", "metadata": {"a": 1}}},
+            {"op": "add", "path": "/locations/-", "value": {"url": "u", "metadata": {"store": 1}}},
+            {"op": "add", "path": "/locations/-",
+             "value": {"url": "u", "metadata": {}, "validation_data": {"checksum": "ab"}}},
+        ):
+            self.assertRaises(BadRequest, parse, [operation])
+
+    def test_apply_leaves_locations(self) -> None:
+        """apply_patch folds the other changes and leaves locations to the caller."""
+        changes = parse([
+            {"op": "add", "path": "/locations/-", "value": {"url": "u", "metadata": {}}},
+            {"op": "replace", "path": "/name", "value": "n"},
+        ])
+        self.assertEqual(apply_patch(image(), changes), ImageUpdate(fields={"name": "n"}))
 
 
 class ApplyTests(SynchronousTestCase):

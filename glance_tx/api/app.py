@@ -26,6 +26,8 @@ def build_site(
     reactor: Any,
     cache: CacheConfig | None = None,
     leases: UploadLeases | None = None,
+    show_multiple_locations: bool = False,
+    show_image_direct_url: bool = False,
 ) -> GlanceSite:
     cache = cache or CacheConfig()
     uploader = Uploader(
@@ -48,6 +50,8 @@ def build_site(
         uploader=uploader,
         default_project=default_project,
         cache=cache,
+        show_multiple_locations=show_multiple_locations,
+        show_image_direct_url=show_image_direct_url,
     )
     root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())
     site = GlanceSite(

@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 
 from attrs import define, field
 from klein import Klein
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from glance_tx import images, policy
@@ -20,11 +19,10 @@ from glance_tx.config import CacheConfig
 from glance_tx.context import RequestContext
 from glance_tx.errors import BadRequest, NotFound
 from glance_tx.images import Image, Member
+from glance_tx.locations import delete_data
 from glance_tx.registry.interface import IRegistry
-from glance_tx.store.backends import StoreMap, is_read_only
+from glance_tx.store.backends import StoreMap
 from glance_tx.uploads import Uploader
-
-log = Logger()
 
 
 @define
@@ -68,16 +66,7 @@ class ImagesAPI:
     async def _delete(self, image: Image) -> None:
         """Remove the image's record, then its data from every store."""
         await self.registry.delete(image.id)
-        for location in image.locations:
-            try:
-                store = self.stores.for_location(location)
-                if is_read_only(store):
-                    continue  # data it serves but does not own (the web's)
-                await store.delete(location.url)
-            except Exception:
-                # The record is gone; the orphan sweep at the next start
-                # removes data a store failed to delete now.
-                log.failure("Could not delete data of image {image_id}", image_id=image.id)
+        await delete_data(self.stores, image.id, image.locations)
 
     async def _membership(self, context: RequestContext, image: Image) -> Member | None:
         """The caller's project's membership of a shared image, if any."""

@@ -49,7 +49,8 @@ from glance_tx.errors import (
     LengthRequired,
     UnsupportedMediaType,
 )
-from glance_tx.images import Image, ImageQuery, ImageUpdate, Location, Viewer
+from glance_tx.images import Image, ImageQuery, ImageUpdate, Viewer
+from glance_tx.locations import LocationEdit, Validation
 from glance_tx.uploads import Upload
 
 _V1_FILTERS = ("name", "status", "container_format", "disk_format")
@@ -154,30 +155,21 @@ class V1API(ImagesAPI):
         return image, ImageUpdate(fields=meta.core, properties=meta.properties, purge_properties=purge)
 
     async def _register_location(self, image: Image, meta: V1Meta, update: ImageUpdate) -> Image:
-        """Make a queued image active with data that already lives elsewhere."""
+        """
+        Make a queued image active with data that already lives elsewhere
+        (v1 sets the one location of an image that has none).
+        """
         assert meta.location is not None
         if image.status != images.QUEUED:
             raise Conflict(f"Image {image.id} is {image.status}; a location can only be set on a queued image")
-        try:
-            location = Location(meta.location, self.stores.store_id_for(meta.location))
-            size = await self.stores.for_location(location).size(location.url)
-        except GlanceError as e:
-            raise BadRequest(f"Location cannot be used: {e.message}") from None
-        if meta.size is not None and meta.size != size:
-            raise BadRequest(f"x-image-meta-size ({meta.size}) does not match the data at the location ({size})")
-        fields = {
-            **update.fields,
-            "status": images.ACTIVE,
-            "size": size,
-            "locations": (location,),
-        }
-        if meta.checksum:
-            fields["checksum"] = meta.checksum
-        return await self.registry.update(
-            image.id,
-            ImageUpdate(fields=fields, properties=update.properties, purge_properties=update.purge_properties),
-            expected_status=frozenset({images.QUEUED}),
+        edit = LocationEdit(image, self.stores)
+        await edit.add(
+            meta.location,
+            store_id=meta.store,
+            declared_size=meta.size,
+            validation=Validation(checksum=meta.checksum),
         )
+        return await edit.save(self.registry, update)
 
     # -- uploads, started before the body arrives ---------------------------
 
@@ -288,7 +280,8 @@ class V1API(ImagesAPI):
             _check_framed(request)
             context = self._context(request)
             meta = parse_headers(request.requestHeaders)
-            _check_location_allowed(context, meta)
+            if meta.location is not None:
+                policy.check_set_location(context)
             image = await self.registry.create(self._new_image(context, meta))
             if meta.location is not None:
                 try:
@@ -307,7 +300,8 @@ class V1API(ImagesAPI):
             return _json(request, {"image": image_document(image)})
         _check_framed(request)
         meta = parse_headers(request.requestHeaders)
-        _check_location_allowed(self._context(request), meta)
+        if meta.location is not None:
+            policy.check_set_location(self._context(request))
         image, changes = await self._changes(request, image_id, meta)
         if meta.location is not None:
             image = await self._register_location(image, meta, changes)
@@ -370,14 +364,3 @@ def _check_framed(request: IRequest) -> None:
 def _header(request: IRequest, name: bytes) -> str | None:
     values = request.requestHeaders.getRawHeaders(name)
     return values[-1].decode("utf-8") if values else None
-
-
-def _check_location_allowed(context: RequestContext, meta: V1Meta) -> None:
-    """
-    Only an admin may point an image at data elsewhere: the server fetches
-    the URL, and however well the address guard keeps it off internal
-    networks, a user should not make it fetch arbitrary URLs on their behalf
-    (Glance's C{set_image_location} policy).
-    """
-    if meta.location is not None and not context.is_admin:
-        raise policy.Forbidden("Only an admin may set an image's location")

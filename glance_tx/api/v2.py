@@ -46,7 +46,14 @@ from glance_tx.api.http_cache import (
 )
 from glance_tx.api.params import parse_int, parse_json
 from glance_tx.api.site import StreamingRequest, UploadRoute
-from glance_tx.api.v2_patch import ACCEPT_PATCH, apply_patch, draft_for, parse_patch
+from glance_tx.api.v2_patch import (
+    ACCEPT_PATCH,
+    Change,
+    NewLocation,
+    apply_patch,
+    draft_for,
+    parse_patch,
+)
 from glance_tx.api.v2_query import parse_query
 from glance_tx.api.versions import versions_document
 from glance_tx.context import RequestContext
@@ -58,7 +65,9 @@ from glance_tx.errors import (
     RequestEntityTooLarge,
     UnsupportedMediaType,
 )
-from glance_tx.images import Image, ImageUpdate, Member, Viewer
+from glance_tx.images import Image, ImageUpdate, Location, Member, Viewer
+from glance_tx.locations import LocationEdit
+from glance_tx.store.http import shown_url
 from glance_tx.uploads import Upload
 
 #: Core fields a create may set (id is checked on its own).
@@ -81,10 +90,15 @@ def _timestamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def image_view(image: Image) -> dict[str, Any]:
+def image_view(
+    image: Image, *, locations: bool = False, direct_url: bool = False
+) -> dict[str, Any]:
     """
     The v2 image document: core fields, links, and extra properties as
-    top-level strings. Never the locations: they can hold secrets.
+    top-level strings; with C{locations}, the image's locations, and with
+    C{direct_url}, its first one's URL (Glance's C{show_multiple_locations}
+    and C{show_image_direct_url}). A URL is shown without what can hold a
+    secret: no userinfo, no query (see L{shown_url}).
     """
     view: dict[str, Any] = {
         key: value
@@ -122,7 +136,17 @@ def image_view(image: Image) -> dict[str, Any]:
     if stores:
         # Glance's form: the ids of the stores holding the data, comma-joined.
         view["stores"] = ",".join(stores)
+    if locations:
+        view["locations"] = [location_view(location) for location in image.locations]
+    if direct_url and image.locations:
+        view["direct_url"] = shown_url(image.locations[0].url)
     return view
+
+
+def location_view(location: Location) -> dict[str, Any]:
+    """One location as Glance shows it, the store id in its metadata."""
+    metadata = {"store": location.store} if location.store else {}
+    return {"url": shown_url(location.url), "metadata": metadata}
 
 
 def member_view(member: Member) -> dict[str, Any]:
@@ -184,6 +208,12 @@ class V2API(ImagesAPI):
 
     app = json_errors(Klein())
 
+    #: Show admins each image's C{locations}, and let them add and remove
+    #: locations (Glance's option; off by default, as there).
+    show_multiple_locations: bool = False
+    #: Show admins each image's C{direct_url} (Glance's option).
+    show_image_direct_url: bool = False
+
     def upload_routes(self, prefix: bytes = rb"/v2") -> tuple[UploadRoute, ...]:
         """The requests whose bodies are image data, for the site."""
         return (
@@ -197,10 +227,24 @@ class V2API(ImagesAPI):
     def _base_url(self, request: IRequest) -> str:
         return str(request.URLPath().click(b"/")).rstrip("/")
 
-    def _document(self, image: Image) -> tuple[bytes, Validators]:
-        """The image JSON a GET sends, and its validators."""
-        body = json.dumps(image_view(image)).encode("utf-8")
-        cache_control = metadata_cache_control(self.cache, public=shareable(image))
+    def _view(self, context: RequestContext, image: Image) -> dict[str, Any]:
+        """
+        The image document for this caller: only an admin sees where the
+        data lives, and only when the options say so.
+        """
+        return image_view(
+            image,
+            locations=context.is_admin and self.show_multiple_locations,
+            direct_url=context.is_admin and self.show_image_direct_url,
+        )
+
+    def _document(self, context: RequestContext, image: Image) -> tuple[bytes, Validators]:
+        """The image JSON a GET sends this caller, and its validators."""
+        view = self._view(context, image)
+        body = json.dumps(view).encode("utf-8")
+        # What only an admin may see is kept out of shared caches.
+        public = shareable(image) and "locations" not in view and "direct_url" not in view
+        cache_control = metadata_cache_control(self.cache, public=public)
         return body, metadata_validators(body, image.updated_at, cache_control)
 
     # -- versions and schemas -----------------------------------------------
@@ -244,7 +288,7 @@ class V2API(ImagesAPI):
             for value in values
         ]
         document: dict[str, Any] = {
-            "images": [image_view(image) for image in found],
+            "images": [self._view(context, image) for image in found],
             "first": "/v2/images" + (f"?{urlencode(params)}" if params else ""),
             "schema": "/v2/schemas/images",
         }
@@ -262,7 +306,7 @@ class V2API(ImagesAPI):
         image = await self.registry.create(image)
         request.setHeader(b"Location", f"{self._base_url(request)}/v2/images/{image.id}".encode())
         request.setHeader(b"OpenStack-image-import-methods", IMPORT_METHODS)
-        return _json(request, image_view(image), 201)
+        return _json(request, self._view(context, image), 201)
 
     def _new_image(self, context: RequestContext, body: dict[str, Any]) -> Image:
         """An image from a create's body, refused as Glance refuses it."""
@@ -304,8 +348,8 @@ class V2API(ImagesAPI):
     @app.route("/images/<image_id>", methods=["GET"])
     async def show(self, request: IRequest, image_id: str) -> bytes:
         forbid_storing(request)
-        _, image = await self._image(request, image_id)
-        body, validators = self._document(image)
+        context, image = await self._image(request, image_id)
+        body, validators = self._document(context, image)
         return serve_document(request, body, b"application/json", validators)
 
     @app.route("/images/<image_id>", methods=["PATCH"])
@@ -322,22 +366,50 @@ class V2API(ImagesAPI):
         changes = parse_patch(_body(request), draft)
         context, image = await self._image(request, image_id)
         policy.check_modifiable(context, image)
-        check_preconditions(request, self._document(image)[1])
+        check_preconditions(request, self._document(context, image)[1])
+        located = [change for change in changes if change.name == "locations"]
+        if located:
+            policy.check_set_location(context)
+            if not self.show_multiple_locations:
+                raise Forbidden(
+                    "It's not allowed to change locations if locations are "
+                    "invisible (show_multiple_locations is off)."
+                )
         update = apply_patch(image, changes)
         if "owner" in update.fields:
             policy.check_owner_change(context, image, update.fields["owner"])
         if "visibility" in update.fields:
             policy.check_publicize(context, update.fields["visibility"])
-        if update.fields or update.properties or update.tags is not None:
+        if located:
+            image = await self._edit_locations(image, located, update)
+        elif update.fields or update.properties or update.tags is not None:
             image = await self.registry.update(image.id, update)
-        return _json(request, image_view(image))
+        return _json(request, self._view(context, image))
+
+    async def _edit_locations(
+        self, image: Image, changes: list[Change], update: ImageUpdate
+    ) -> Image:
+        """Apply location changes in order; save them with C{update}."""
+        edit = LocationEdit(image, self.stores)
+        for change in changes:
+            if change.op == "add":
+                new: NewLocation = change.value
+                await edit.add(
+                    new.url,
+                    store_id=new.store,
+                    position=change.position,
+                    validation=new.validation,
+                )
+            else:
+                edit.remove(change.position)
+        return await edit.save(self.registry, update)
 
     @app.route("/images/<image_id>", methods=["DELETE"])
     async def delete(self, request: IRequest, image_id: str) -> bytes:
         """Preconditions are evaluated as for PATCH."""
         context, image = await self._image(request, image_id)
         policy.check_deletable(context, image)
-        check_preconditions(request, self._document(image)[1])
+        check_preconditions(request, self._document(context, image)[1])
         await self._delete(image)
         return _no_content(request)
 

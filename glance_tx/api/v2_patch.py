@@ -20,6 +20,11 @@ Parsing is separate from applying: L{parse_patch} turns a body into
 L{Change}s (400 for anything malformed) before any image is looked up, and
 L{apply_patch} turns changes and the current L{Image} into one
 L{ImageUpdate}, so the registry sees a single atomic update.
+
+Locations (``add`` at ``/locations/N`` or ``/locations/-``, ``remove`` of
+``/locations/N``) parse into changes too, their values into
+L{NewLocation}s; applying them needs the stores, so the API does it (see
+L{glance_tx.locations}) and L{apply_patch} takes the other changes.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from glance_tx.api import v2_schemas
 from glance_tx.api.params import parse_json
 from glance_tx.errors import BadRequest, Conflict, Forbidden, UnsupportedMediaType
 from glance_tx.images import Image, ImageUpdate
+from glance_tx.locations import Validation
 
 #: Media type -> JSON Schema draft it follows.
 MEDIA_TYPES = {
@@ -66,6 +72,18 @@ class Change:
     name: str
     value: Any = None
     draft: int = 10
+    #: For C{locations}: the index the operation names (C{None}: C{-}).
+    position: int | None = None
+
+
+@frozen
+class NewLocation:
+    """The value of an C{add} to C{/locations}."""
+
+    url: str
+    #: The store id its metadata names, if any.
+    store: str | None = None
+    validation: Validation = Validation()
 
 
 def draft_for(content_type: str | None) -> int:
@@ -96,7 +114,8 @@ def parse_patch(body: bytes, draft: int) -> tuple[Change, ...]:
         path = decode_pointer(pointer)
         name = path[0]
         if name == "locations":
-            raise Forbidden("Image locations are not exposed by this service.")
+            changes.append(_location_change(op, path, raw, draft))
+            continue
         if len(path) != 1:
             raise BadRequest(f"Invalid JSON pointer for this resource: '/{'/'.join(path)}'")
         check_writable(name)
@@ -110,6 +129,63 @@ def parse_patch(body: bytes, draft: int) -> tuple[Change, ...]:
                 check_property_name(name)
         changes.append(Change(op=op, name=name, value=value, draft=draft))
     return tuple(changes)
+
+
+def _location_change(op: str, path: list[str], raw: dict[str, Any], draft: int) -> Change:
+    """
+    An C{add} or C{remove} of one location, at C{/locations/N} (counted
+    from 0) or C{/locations/-} (after the last; for a remove, the last).
+    """
+    if op == "replace":
+        raise Forbidden(
+            "Replacing the whole location list is not supported; add and "
+            "remove locations one at a time."
+        )
+    if len(path) != 2:
+        raise BadRequest(f"Invalid JSON pointer for this resource: '/{'/'.join(path)}'")
+    position = None if path[1] == "-" else _position(path[1], op)
+    value = None
+    if op == "add":
+        if "value" not in raw:
+            raise BadRequest(f'Operation "{op}" requires a member named "value".')
+        v2_schemas.validate_image({"locations": [raw["value"]]})
+        value = _location_value(raw["value"])
+    return Change(op=op, name="locations", value=value, draft=draft, position=position)
+
+
+def _position(part: str, op: str) -> int:
+    if not part.isdigit():
+        noun = "adding" if op == "add" else "removing"
+        raise BadRequest(f"Invalid position for {noun} a location.")
+    return int(part)
+
+
+def _location_value(value: dict[str, Any]) -> NewLocation:
+    """
+    The location a (schema-valid) C{add} value names. Of its metadata only
+    C{store} is kept, as glance_store keeps it: the id of the enabled store
+    that holds the data.
+    """
+    metadata = value["metadata"]
+    unknown = sorted(set(metadata) - {"store"})
+    if unknown:
+        raise BadRequest(
+            "Location metadata other than 'store' is not kept by this service: "
+            + ", ".join(unknown)
+        )
+    store = metadata.get("store")
+    if store is not None and not isinstance(store, str):
+        raise BadRequest("Location metadata 'store' must be a store id (a string).")
+    digests = value.get("validation_data", {})
+    return NewLocation(
+        url=value["url"],
+        store=store,
+        validation=Validation(
+            checksum=digests.get("checksum"),
+            os_hash_algo=digests.get("os_hash_algo"),
+            os_hash_value=digests.get("os_hash_value"),
+        ),
+    )
 
 
 def _operation_d10(raw: dict[str, Any]) -> tuple[str, str]:
@@ -182,6 +258,7 @@ def apply_patch(image: Image, changes: tuple[Change, ...]) -> ImageUpdate:
     Apply C{changes} in order to C{image} and return the one update that
     has the same effect. Policy (who may change the owner or publicize) is
     the caller's; this applies Glance's rules about the fields themselves.
+    Changes to C{locations} are left out (the caller applies them).
     """
     core: dict[str, Any] = {
         name: getattr(image, name) for name in PATCHABLE if name != "tags"
@@ -190,6 +267,8 @@ def apply_patch(image: Image, changes: tuple[Change, ...]) -> ImageUpdate:
     properties: dict[str, str] = dict(image.properties)
     for change in changes:
         name = change.name
+        if name == "locations":
+            continue
         if name in PATCHABLE:
             if change.op == "remove":
                 raise Forbidden(f"Property {name} may not be removed.")

@@ -184,6 +184,22 @@ def _base_properties() -> dict[str, Any]:
                 "properties": {
                     "url": {"type": "string", "maxLength": 255},
                     "metadata": {"type": "object"},
+                    "validation_data": {
+                        "description": (
+                            "Digests of the data at this URL: they fill in the "
+                            "image's own while it is queued, and must equal "
+                            "them otherwise."
+                        ),
+                        "type": "object",
+                        "writeOnly": True,
+                        "additionalProperties": False,
+                        "properties": {
+                            "checksum": {"type": "string", "minLength": 32, "maxLength": 32},
+                            "os_hash_algo": {"type": "string", "maxLength": 64},
+                            "os_hash_value": {"type": "string", "maxLength": 128},
+                        },
+                        "required": ["os_hash_algo", "os_hash_value"],
+                    },
                 },
                 "required": ["url", "metadata"],
             },

@@ -135,6 +135,11 @@ class StoreMap:
                 return store_id
         raise StoreError(f"No enabled store serves {scheme!r} locations")
 
+    def serves(self, store_id: str, url: str) -> bool:
+        """Whether the enabled store C{store_id} reads locations like C{url}."""
+        store = self.stores.get(store_id)
+        return store is not None and _serves(store, urlsplit(url).scheme)
+
     def info(self) -> tuple[StoreInfo, ...]:
         """Every enabled store, in the order C{enabled_backends} names them."""
         return tuple(
