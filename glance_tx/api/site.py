@@ -39,7 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 
-from glance_tx.api.errors import error_document
+from glance_tx.api.errors import error_document, handle_unexpected_error
 from glance_tx.errors import GlanceError
 from glance_tx.uploads import Upload
 
@@ -217,6 +217,20 @@ class StreamingRequest(server.Request):
         if self.upload is not None:
             self._set_read_size(None)
         super().requestReceived(command, path, version)
+
+    def processingFailed(self, reason: Failure) -> Failure:
+        """
+        Twisted's last resort for an exception while rendering (Klein's too,
+        for what no handler of an app took) is an HTML page; ours is the JSON
+        500 of L{handle_unexpected_error}.
+        """
+        body = handle_unexpected_error(self, reason)
+        if not self.finished and not self._lost:
+            if body:
+                self.setHeader(b"Content-Length", b"%d" % (len(body),))
+                self.write(body)
+            self.finish()
+        return reason
 
     def process(self) -> None:
         if self._refused:

@@ -46,19 +46,16 @@ from typing import Any
 
 from attrs import define
 from klein import Klein
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 
-from glance_tx.api.errors import handle_routing_error
+from glance_tx.api.errors import handle_routing_error, unexpected_error
 from glance_tx.errors import BadRequest, GlanceError
 from glance_tx.images import ImageQuery
 from glance_tx.registry import wire
 from glance_tx.registry.interface import IRegistry
-
-log = Logger()
 
 
 def _json(request: IRequest, value: Any, status: int = HTTPStatus.OK) -> bytes:
@@ -126,8 +123,7 @@ class RegistryServer:
 
     @app.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        log.failure("Registry request failed", failure)
-        error = GlanceError("The registry failed to answer; see its log")
+        error = unexpected_error(request, failure)
         return _json(request, wire.encode_error(error), error.status)
 
     # -- health ------------------------------------------------------------------
