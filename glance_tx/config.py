@@ -96,6 +96,9 @@ class Config:
     #: PEM file of the authority that signed an https registry's
     #: certificate (Glance's name); None trusts the system's authorities.
     registry_client_ca_file: str | None = None
+    #: The longest request line or header line (Glance's name and
+    #: default): longer is a 414 or 431 (L{glance_tx.api.channel}).
+    max_header_line: int = 16384
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -194,6 +197,7 @@ def load_config(
         registry_client_timeout=_seconds(default, "registry_client_timeout", 5.0),
         registry_client_retries=_int(default, "registry_client_retries", 1),
         registry_client_ca_file=default.get("registry_client_ca_file") or None,
+        max_header_line=_int(default, "max_header_line", 16384, minimum=1024),
     )
 
 

@@ -124,6 +124,7 @@ def glance_service(
             reactor=reactor,
             cache=config.cache,
             leases=await leases.when_ready(),
+            max_header_line=config.max_header_line,
         )
 
     children: dict[str, IService] = {

@@ -105,3 +105,22 @@ class LeaseOptionsTests(SynchronousTestCase):
                 ConfigError, self.load, f"[DEFAULT]\nupload_lease_seconds = {bad}\n"
             )
             self.assertIn("upload_lease_seconds", str(error))
+
+
+class HeadLimitOptionTests(SynchronousTestCase):
+    """max_header_line in [DEFAULT]."""
+
+    def load(self, text: str) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode("utf-8"))
+        return load_config(path.path)
+
+    def test_max_header_line(self) -> None:
+        """Glance's default, 16384; set; below 1024 or not a number refused."""
+        self.assertEqual(load_config().max_header_line, 16384)
+        self.assertEqual(self.load("[DEFAULT]\nmax_header_line = 32768\n").max_header_line, 32768)
+        for bad in ("100", "big"):
+            error = self.assertRaises(
+                ConfigError, self.load, f"[DEFAULT]\nmax_header_line = {bad}\n"
+            )
+            self.assertIn("max_header_line", str(error))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from glance_tx.api.channel import DEFAULT_MAX_HEADER_LINE
 from glance_tx.api.root import RootAPI
 from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
@@ -26,6 +27,7 @@ def build_site(
     reactor: Any,
     cache: CacheConfig | None = None,
     leases: UploadLeases | None = None,
+    max_header_line: int = DEFAULT_MAX_HEADER_LINE,
 ) -> GlanceSite:
     cache = cache or CacheConfig()
     uploader = Uploader(
@@ -53,6 +55,7 @@ def build_site(
     site = GlanceSite(
         root.resource(),
         upload_routes=v1.upload_routes() + v2.upload_routes(),
+        max_header_line=max_header_line,
         reactor=reactor,
     )
     site.displayTracebacks = False
