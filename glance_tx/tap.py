@@ -125,6 +125,7 @@ def glance_service(
             cache=config.cache,
             leases=await leases.when_ready(),
             max_header_line=config.max_header_line,
+            quotas=config.quotas,
         )
 
     children: dict[str, IService] = {

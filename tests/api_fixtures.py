@@ -16,7 +16,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from glance_tx.api.app import build_site
-from glance_tx.config import CacheConfig
+from glance_tx.config import CacheConfig, ImageQuotas
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.filesystem import FilesystemStore
@@ -46,6 +46,8 @@ class SiteTestCase(SynchronousTestCase):
     size_cap = 1 << 40
     #: How responses are marked for caches; None: the service's defaults.
     cache: CacheConfig | None = None
+    #: The per-image quotas; None: Glance's defaults.
+    quotas: ImageQuotas | None = None
 
     def setUp(self) -> None:
         self.runner = SynchronousRunner()
@@ -65,6 +67,7 @@ class SiteTestCase(SynchronousTestCase):
             default_project="admin",
             reactor=MemoryReactorClock(),
             cache=self.cache,
+            quotas=self.quotas,
         )
         self.client, self.agent = memory_client(self.site)
 

@@ -8,7 +8,7 @@ import socket
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from glance_tx.config import CacheConfig, Config, ConfigError, load_config
+from glance_tx.config import CacheConfig, Config, ConfigError, ImageQuotas, load_config
 
 
 class CacheSectionTests(SynchronousTestCase):
@@ -124,3 +124,30 @@ class HeadLimitOptionTests(SynchronousTestCase):
                 ConfigError, self.load, f"[DEFAULT]\nmax_header_line = {bad}\n"
             )
             self.assertIn("max_header_line", str(error))
+
+
+class QuotaOptionTests(SynchronousTestCase):
+    """The per-image quotas in [DEFAULT]."""
+
+    def load(self, text: str) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode("utf-8"))
+        return load_config(path.path)
+
+    def test_defaults(self) -> None:
+        """Glance's defaults: 128 members, properties and tags, 10 locations."""
+        self.assertEqual(load_config().quotas, ImageQuotas(128, 128, 128, 10))
+
+    def test_set(self) -> None:
+        """Each is read; negative (unlimited) is taken."""
+        quotas = self.load(
+            "[DEFAULT]\nimage_member_quota = 5\nimage_property_quota = -1\n"
+            "image_tag_quota = 0\nimage_location_quota = 2\n"
+        ).quotas
+        self.assertEqual(quotas, ImageQuotas(5, -1, 0, 2))
+
+    def test_refused(self) -> None:
+        """Not a number, or a location quota of 0 (no upload could finish)."""
+        for line in ("image_tag_quota = many", "image_location_quota = 0"):
+            error = self.assertRaises(ConfigError, self.load, f"[DEFAULT]\n{line}\n")
+            self.assertIn(line.split(" ")[0], str(error))

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from glance_tx.api.channel import DEFAULT_MAX_HEADER_LINE
 from glance_tx.api.root import RootAPI
 from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
-from glance_tx.config import CacheConfig
+from glance_tx.config import CacheConfig, ImageQuotas
 from glance_tx.leases import UploadLeases
 from glance_tx.registry.interface import IRegistry
+from glance_tx.registry.quotas import QuotaRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.threads import BlockingRunner
 from glance_tx.uploads import Uploader
@@ -28,8 +29,11 @@ def build_site(
     cache: CacheConfig | None = None,
     leases: UploadLeases | None = None,
     max_header_line: int = DEFAULT_MAX_HEADER_LINE,
+    quotas: ImageQuotas | None = None,
 ) -> GlanceSite:
     cache = cache or CacheConfig()
+    # Every change the APIs make passes the per-image quotas.
+    registry = cast(IRegistry, QuotaRegistry(registry, quotas or ImageQuotas()))
     uploader = Uploader(
         registry=registry,
         stores=stores,
