@@ -94,13 +94,18 @@ class BrokenRegistry(proxyForInterface(IRegistry, "registry")):  # type: ignore[
 class BrokenReadStore(proxyForInterface(IStore, "store")):  # type: ignore[misc]
     """
     The wrapped L{IStore}, except that C{read} writes C{sent} bytes and then
-    fails with a C{RuntimeError}, as a disk that breaks mid-download would.
+    fails with C{error} (by default a C{RuntimeError}, as a bug would; a
+    L{glance_tx.errors.StoreError}, as a disk that breaks mid-download).
     """
 
     sent = 1000
+
+    def __init__(self, store: IStore, error: Exception | None = None) -> None:
+        super().__init__(store)
+        self.error = error or RuntimeError(SECRET_DETAIL)
 
     def read(
         self, location: str, consumer: Any, offset: int = 0, length: int | None = None
     ) -> Deferred[None]:
         consumer.write(b"x" * self.sent)
-        return fail(RuntimeError(SECRET_DETAIL))
+        return fail(self.error)

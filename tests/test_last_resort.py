@@ -17,6 +17,7 @@ from twisted.web.client import ResponseFailed
 
 from glance_tx.api.app import build_site
 from glance_tx.api.site import GlanceSite
+from glance_tx.errors import StoreError
 from glance_tx.registry.server import RegistryServer
 from glance_tx.store.backends import StoreMap
 from tests.api_fixtures import BASE, SiteTestCase
@@ -82,13 +83,21 @@ class BrokenDownloadTests(SiteTestCase):
         The status and part of the body are out; the connection is aborted,
         with no error document (JSON or HTML) after the bytes sent.
         """
+        self.assertDropped(BrokenReadStore(self.store))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_typed_error_drops_too(self) -> None:
+        """A typed error (a store failing) after the response began: dropped as well."""
+        self.assertDropped(BrokenReadStore(self.store, StoreError("disk gone")))
+
+    def assertDropped(self, store: BrokenReadStore) -> None:
         answer = self.request(
             "POST", "/v1/images", {"Content-Type": "application/octet-stream"}, data=b"y" * 5000
         )
         image_id = answer.json()["image"]["id"]
         site = build_site(
             registry=self.registry,
-            stores=StoreMap({"file": BrokenReadStore(self.store)}, "file"),
+            stores=StoreMap({"file": store}, "file"),
             runner=self.runner,
             image_size_cap=self.size_cap,
             default_project="admin",
@@ -106,7 +115,6 @@ class BrokenDownloadTests(SiteTestCase):
         # Cut short: 1000 bytes of the 5000 promised, then the connection ends.
         self.failureResultOf(done, ResponseFailed)
         self.assertEqual(b"".join(received), b"x" * BrokenReadStore.sent)
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class RegistryServerLastResortTests(SynchronousTestCase):
