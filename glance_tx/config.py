@@ -60,6 +60,20 @@ class CacheConfig:
 
 
 @frozen
+class ImageQuotas:
+    """
+    Glance's per-image quotas (its option names and defaults): how many
+    members, properties, tags and locations one image may have. A negative
+    value is unlimited, as in Glance.
+    """
+
+    image_member_quota: int = 128
+    image_property_quota: int = 128
+    image_tag_quota: int = 128
+    image_location_quota: int = 10
+
+
+@frozen
 class Config:
     endpoint: str
     data_dir: str
@@ -101,6 +115,10 @@ class Config:
     show_multiple_locations: bool = False
     #: Show admins every image's C{direct_url} in v2 (Glance's name).
     show_image_direct_url: bool = False
+    #: The longest request line or header line (Glance's name and
+    #: default): longer is a 414 or 431 (L{glance_tx.api.channel}).
+    max_header_line: int = 16384
+    quotas: ImageQuotas = field(factory=ImageQuotas)
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -204,6 +222,8 @@ def load_config(
         registry_client_ca_file=default.get("registry_client_ca_file") or None,
         show_multiple_locations=bool_option(default, "show_multiple_locations", False),
         show_image_direct_url=bool_option(default, "show_image_direct_url", False),
+        max_header_line=_int(default, "max_header_line", 16384, minimum=1024),
+        quotas=_quotas(default),
     )
 
 
@@ -241,6 +261,26 @@ def _seconds(section: Mapping[str, str], name: str, default: float) -> float:
     if not 0 < value < float("inf"):
         raise ConfigError(f"{name} must be a finite number of seconds above 0")
     return value
+
+
+def _quotas(section: Mapping[str, str]) -> ImageQuotas:
+    """
+    The quotas of [DEFAULT]; see L{ImageQuotas}. A location quota of 0
+    is refused: every image with data has a location, so it would fail
+    every upload after its data was sent.
+    """
+    defaults = ImageQuotas()
+    values = {
+        name: _int(section, name, getattr(defaults, name), minimum=-(2**63))
+        for name in ("image_member_quota", "image_property_quota", "image_tag_quota",
+                     "image_location_quota")
+    }
+    if values["image_location_quota"] == 0:
+        raise ConfigError(
+            "image_location_quota must be at least 1 (or negative: unlimited); "
+            "an image with data has a location"
+        )
+    return ImageQuotas(**values)
 
 
 def _cache_config(parser: configparser.ConfigParser) -> CacheConfig:

@@ -13,7 +13,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 from glance_tx.errors import BadRequest, Conflict
 
@@ -170,6 +170,27 @@ class ImageUpdate:
         unknown = set(self.fields) - MUTABLE_FIELDS
         if unknown:
             raise BadRequest(f"Cannot change field(s): {', '.join(sorted(unknown))}")
+
+
+def apply_update(image: Image, update: ImageUpdate) -> Image:
+    """
+    C{image} as it is once C{update} is applied: the one reading of an
+    L{ImageUpdate}, for the registries that store it and the callers that
+    check its outcome first. Bookkeeping (C{updated_at}, C{version}) is the
+    registry's. A field of the wrong type raises C{TypeError}.
+    """
+    properties = {} if update.purge_properties else dict(image.properties)
+    for key, value in update.properties.items():
+        if value is None:
+            properties.pop(key, None)
+        else:
+            properties[key] = value
+    return evolve(
+        image,
+        **update.fields,
+        properties=properties,
+        tags=image.tags if update.tags is None else update.tags,
+    )
 
 
 #: Columns a listing can be sorted by.

@@ -126,6 +126,8 @@ def glance_service(
             leases=await leases.when_ready(),
             show_multiple_locations=config.show_multiple_locations,
             show_image_direct_url=config.show_image_direct_url,
+            max_header_line=config.max_header_line,
+            quotas=config.quotas,
         )
 
     children: dict[str, IService] = {

@@ -16,7 +16,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from glance_tx.api.app import build_site
-from glance_tx.config import CacheConfig
+from glance_tx.config import CacheConfig, ImageQuotas
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.filesystem import FilesystemStore
@@ -48,6 +48,8 @@ class SiteTestCase(SynchronousTestCase):
     cache: CacheConfig | None = None
     #: More keyword arguments for build_site (show_multiple_locations, ...).
     site_options: dict[str, Any] = {}
+    #: The per-image quotas; None: Glance's defaults.
+    quotas: ImageQuotas | None = None
 
     def setUp(self) -> None:
         self.runner = SynchronousRunner()
@@ -68,6 +70,7 @@ class SiteTestCase(SynchronousTestCase):
             reactor=MemoryReactorClock(),
             cache=self.cache,
             **self.site_options,
+            quotas=self.quotas,
         )
         self.client, self.agent = memory_client(self.site)
 

@@ -7,8 +7,12 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from attrs import define, field
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
+from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
+
+from glance_tx.registry.interface import IRegistry
+from glance_tx.store.interface import IStore
 
 T = TypeVar("T")
 
@@ -67,3 +71,41 @@ def drain(pacer: Pacer, limit: int = 100_000) -> None:
             return
         pacer.run_one()
     raise AssertionError(f"Still {pacer.pending()} steps pending after {limit}")
+
+
+#: What a bug's exception says; no client may ever see it.
+SECRET_DETAIL = "internal detail: /srv/glance/secret.conf"
+
+
+# mypy cannot see through a base class made at run time (proxyForInterface).
+class BrokenRegistry(proxyForInterface(IRegistry, "registry")):  # type: ignore[misc]
+    """
+    The wrapped L{IRegistry}, except that C{get} and C{list} fail with a
+    C{RuntimeError}, as a bug would.
+    """
+
+    def get(self, image_id: str, include_deleted: bool = False) -> Deferred[Any]:
+        return fail(RuntimeError(SECRET_DETAIL))
+
+    def list(self, query: Any) -> Deferred[Any]:
+        return fail(RuntimeError(SECRET_DETAIL))
+
+
+class BrokenReadStore(proxyForInterface(IStore, "store")):  # type: ignore[misc]
+    """
+    The wrapped L{IStore}, except that C{read} writes C{sent} bytes and then
+    fails with C{error} (by default a C{RuntimeError}, as a bug would; a
+    L{glance_tx.errors.StoreError}, as a disk that breaks mid-download).
+    """
+
+    sent = 1000
+
+    def __init__(self, store: IStore, error: Exception | None = None) -> None:
+        super().__init__(store)
+        self.error = error or RuntimeError(SECRET_DETAIL)
+
+    def read(
+        self, location: str, consumer: Any, offset: int = 0, length: int | None = None
+    ) -> Deferred[None]:
+        consumer.write(b"x" * self.sent)
+        return fail(self.error)

@@ -8,7 +8,7 @@ import socket
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from glance_tx.config import CacheConfig, Config, ConfigError, load_config
+from glance_tx.config import CacheConfig, Config, ConfigError, ImageQuotas, load_config
 
 
 class CacheSectionTests(SynchronousTestCase):
@@ -123,3 +123,49 @@ class LocationOptionsTests(SynchronousTestCase):
         self.assertEqual((config.show_multiple_locations, config.show_image_direct_url), (True, True))
         error = self.assertRaises(ConfigError, self.load, "[DEFAULT]\nshow_multiple_locations = maybe\n")
         self.assertIn("show_multiple_locations", str(error))
+
+
+class HeadLimitOptionTests(SynchronousTestCase):
+    """max_header_line in [DEFAULT]."""
+
+    def load(self, text: str) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode("utf-8"))
+        return load_config(path.path)
+
+    def test_max_header_line(self) -> None:
+        """Glance's default, 16384; set; below 1024 or not a number refused."""
+        self.assertEqual(load_config().max_header_line, 16384)
+        self.assertEqual(self.load("[DEFAULT]\nmax_header_line = 32768\n").max_header_line, 32768)
+        for bad in ("100", "big"):
+            error = self.assertRaises(
+                ConfigError, self.load, f"[DEFAULT]\nmax_header_line = {bad}\n"
+            )
+            self.assertIn("max_header_line", str(error))
+
+
+class QuotaOptionTests(SynchronousTestCase):
+    """The per-image quotas in [DEFAULT]."""
+
+    def load(self, text: str) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode("utf-8"))
+        return load_config(path.path)
+
+    def test_defaults(self) -> None:
+        """Glance's defaults: 128 members, properties and tags, 10 locations."""
+        self.assertEqual(load_config().quotas, ImageQuotas(128, 128, 128, 10))
+
+    def test_set(self) -> None:
+        """Each is read; negative (unlimited) is taken."""
+        quotas = self.load(
+            "[DEFAULT]\nimage_member_quota = 5\nimage_property_quota = -1\n"
+            "image_tag_quota = 0\nimage_location_quota = 2\n"
+        ).quotas
+        self.assertEqual(quotas, ImageQuotas(5, -1, 0, 2))
+
+    def test_refused(self) -> None:
+        """Not a number, or a location quota of 0 (no upload could finish)."""
+        for line in ("image_tag_quota = many", "image_location_quota = 0"):
+            error = self.assertRaises(ConfigError, self.load, f"[DEFAULT]\n{line}\n")
+            self.assertIn(line.split(" ")[0], str(error))

@@ -250,6 +250,27 @@ class ServerTests(SynchronousTestCase):
         self.assertNotIn("oops", body["error"]["message"])
         self.flushLoggedErrors(ZeroDivisionError)
 
+    def test_hostile_json(self) -> None:
+        """
+        A body nested 100,000 deep (a query 40 deep: a URL is short), not
+        JSON or not UTF-8 is a 400 error document saying which, and the
+        registry is not touched.
+        """
+        deep = b"[" * 100_000 + b"]" * 100_000
+        less_deep = "[" * 40 + "]" * 40
+        for method, path, body, says in (
+            ("POST", "/images", deep, "nested deeper than 32"),
+            ("POST", "/images", b"{", "Malformed JSON in request body"),
+            ("POST", "/images", b'{"image": "\xff"}', "not UTF-8"),
+            ("GET", "/images?query=" + quote(less_deep), None, "nested deeper than 32"),
+            ("GET", "/images?query=%7B", None, "Malformed JSON in the query parameter"),
+        ):
+            code, _, answer = self.call(method, path, data=body)
+            self.assertEqual(code, 400, (method, path[:20], body and body[:20]))
+            self.assertIn(says, answer["error"]["message"])
+            self.assertEqual(answer["error"]["type"], "BadRequest")
+        self.assertEqual(self.successResultOf(self.registry.list(ImageQuery())), [])
+
     def test_unknown_route(self) -> None:
         """An unknown path is a 404 JSON error, a wrong method a 405."""
         self.assertEqual(self.call("GET", "/nonesuch")[0], 404)

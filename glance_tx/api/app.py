@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from glance_tx.api.channel import DEFAULT_MAX_HEADER_LINE
 from glance_tx.api.root import RootAPI
 from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
-from glance_tx.config import CacheConfig
+from glance_tx.config import CacheConfig, ImageQuotas
 from glance_tx.leases import UploadLeases
 from glance_tx.registry.interface import IRegistry
+from glance_tx.registry.quotas import QuotaRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.threads import BlockingRunner
 from glance_tx.uploads import Uploader
@@ -28,8 +30,12 @@ def build_site(
     leases: UploadLeases | None = None,
     show_multiple_locations: bool = False,
     show_image_direct_url: bool = False,
+    max_header_line: int = DEFAULT_MAX_HEADER_LINE,
+    quotas: ImageQuotas | None = None,
 ) -> GlanceSite:
     cache = cache or CacheConfig()
+    # Every change the APIs make passes the per-image quotas.
+    registry = cast(IRegistry, QuotaRegistry(registry, quotas or ImageQuotas()))
     uploader = Uploader(
         registry=registry,
         stores=stores,
@@ -57,6 +63,7 @@ def build_site(
     site = GlanceSite(
         root.resource(),
         upload_routes=v1.upload_routes() + v2.upload_routes(),
+        max_header_line=max_header_line,
         reactor=reactor,
     )
     site.displayTracebacks = False

@@ -30,15 +30,15 @@ def parse_int(name: str, value: str, maximum: int | None = None) -> int:
     return number
 
 
-def parse_json(data: bytes) -> Any:
+def parse_json(data: bytes, what: str = "request body") -> Any:
     """
-    A JSON document, or a 400 that says what is wrong with it: not UTF-8,
-    not JSON, or nested deeper than L{MAX_JSON_DEPTH}.
+    A JSON document, or a 400 that says what is wrong with C{what}: not
+    UTF-8, not JSON, or nested deeper than L{MAX_JSON_DEPTH}.
     """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadRequest("Request body is not UTF-8.") from None
+        raise BadRequest(f"{what[0].upper()}{what[1:]} is not UTF-8.") from None
     try:
         document = json.loads(text)
     except RecursionError:
@@ -46,12 +46,12 @@ def parse_json(data: bytes) -> Any:
         document = None
         too_deep = True
     except ValueError:
-        raise BadRequest("Malformed JSON in request body.") from None
+        raise BadRequest(f"Malformed JSON in {what}.") from None
     else:
         too_deep = _depth_exceeds(document, MAX_JSON_DEPTH)
     if too_deep:
         raise BadRequest(
-            f"JSON in request body is nested deeper than {MAX_JSON_DEPTH} levels."
+            f"JSON in {what} is nested deeper than {MAX_JSON_DEPTH} levels."
         )
     return document
 

@@ -28,25 +28,26 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 
-from glance_tx.api.errors import error_document
+from glance_tx.api.channel import (
+    DEFAULT_MAX_HEADER_LINE,
+    GlanceChannel,
+    answer_and_close,
+    raw_answer,
+)
+from glance_tx.api.errors import handle_unexpected_error
 from glance_tx.errors import GlanceError
 from glance_tx.uploads import Upload
 
 log = Logger()
-
-#: How long a refused upload's client may go on sending before it is cut off.
-REFUSED_BODY_GRACE_SECONDS = 30.0
 
 #: How much one read from the socket may take while an upload's body streams
 #: in (Twisted reads 64 KiB at a time). Each read runs the HTTP parser and the
@@ -218,6 +219,20 @@ class StreamingRequest(server.Request):
             self._set_read_size(None)
         super().requestReceived(command, path, version)
 
+    def processingFailed(self, reason: Failure) -> Failure:
+        """
+        Twisted's last resort for an exception while rendering (Klein's too,
+        for what no handler of an app took) is an HTML page; ours is the JSON
+        500 of L{handle_unexpected_error}.
+        """
+        body = handle_unexpected_error(self, reason)
+        if not self.finished and not self._lost:
+            if body:
+                self.setHeader(b"Content-Length", b"%d" % (len(body),))
+                self.write(body)
+            self.finish()
+        return reason
+
     def process(self) -> None:
         if self._refused:
             # Already answered; the connection is closing.
@@ -260,30 +275,13 @@ class StreamingRequest(server.Request):
     def _send_refusal(self, error: GlanceError) -> None:
         if self._lost:
             return
-        body = error_document(error.status, error.message)
-        head = [
-            f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}",
-            "Content-Type: application/json",
-            f"Content-Length: {len(body)}",
-            f"x-openstack-request-id: {self.request_id}",
-            "Connection: close",
-        ]
-        if error.retry_after is not None:
-            head.append(f"Retry-After: {error.retry_after}")
+        response = raw_answer(error.status, error.message, self.request_id, error.retry_after)
         self.code = error.status
-        self.sentLength = len(body)
-        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
-        self.channel.site.log_request(self)
+        self.sentLength = len(response) - response.index(b"\r\n\r\n") - 4
         # Close our side only, so the client can still read the answer while
         # it stops sending; cut it off if it does not stop.
-        if ITCPTransport.providedBy(self.transport):
-            self.transport.loseWriteConnection()
-            self._resume_client()
-            self._cut_off = self.channel.site.reactor.callLater(
-                REFUSED_BODY_GRACE_SECONDS, self.transport.abortConnection
-            )
-        else:
-            self.transport.loseConnection()
+        self._cut_off = answer_and_close(self.transport, response, self.channel.site.reactor)
+        self.channel.site.log_request(self)
 
     def connectionLost(self, reason: Failure) -> None:
         site = self.channel.site if self.channel is not None else None
@@ -303,15 +301,33 @@ async def _awaited(awaitable: Awaitable[Upload]) -> Upload:
 
 
 class GlanceSite(server.Site):
-    """A Site with streaming uploads and one log line per request."""
+    """
+    A Site with streaming uploads, one log line per request, and an answer
+    to an oversize request head (L{GlanceChannel}); C{max_header_line} is
+    Glance's option of that name.
+    """
 
     requestFactory = StreamingRequest
+    # twisted.web's own protocol factory wraps HTTPChannel in a private
+    # class that can switch to HTTP/2; Factory.protocol is the public way to
+    # choose the protocol (see glance_tx.api.channel).
+    protocol = GlanceChannel  # type: ignore[assignment]
 
     def __init__(
-        self, resource: Any, upload_routes: tuple[UploadRoute, ...] = (), **kwargs: Any
+        self,
+        resource: Any,
+        upload_routes: tuple[UploadRoute, ...] = (),
+        max_header_line: int = DEFAULT_MAX_HEADER_LINE,
+        **kwargs: Any,
     ) -> None:
         super().__init__(resource, **kwargs)
         self.upload_routes = upload_routes
+        self.max_header_line = max_header_line
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.MAX_LENGTH = self.max_header_line
+        return channel
 
     def match_upload(
         self, method: bytes, path: bytes

@@ -32,7 +32,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import attrs
 from attrs import frozen
 
 from glance_tx import images
@@ -312,16 +311,5 @@ def apply_patch(image: Image, changes: tuple[Change, ...]) -> ImageUpdate:
         properties=changed,
         tags=frozenset(tags) if tags != set(image.tags) else None,
     )
-    images.check_image(_evolve(image, update))
+    images.check_image(images.apply_update(image, update))
     return update
-
-
-def _evolve(image: Image, update: ImageUpdate) -> Image:
-    """The image as it will be once C{update} is applied, for validation."""
-    properties = {**image.properties, **update.properties}
-    return attrs.evolve(
-        image,
-        **update.fields,
-        properties={k: v for k, v in properties.items() if v is not None},
-        tags=update.tags if update.tags is not None else image.tags,
-    )

@@ -46,19 +46,17 @@ from typing import Any
 
 from attrs import define
 from klein import Klein
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 
-from glance_tx.api.errors import handle_routing_error
+from glance_tx.api.errors import handle_routing_error, unexpected_error
+from glance_tx.api.params import parse_json
 from glance_tx.errors import BadRequest, GlanceError
 from glance_tx.images import ImageQuery
 from glance_tx.registry import wire
 from glance_tx.registry.interface import IRegistry
-
-log = Logger()
 
 
 def _json(request: IRequest, value: Any, status: int = HTTPStatus.OK) -> bytes:
@@ -71,30 +69,30 @@ def _json(request: IRequest, value: Any, status: int = HTTPStatus.OK) -> bytes:
 def _body(request: IRequest) -> dict[str, Any]:
     """The request's JSON object body, or a BadRequest."""
     content = request.content
-    raw = content.read() if content is not None else b""
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise BadRequest("The request body is not JSON") from None
+    value = parse_json(content.read() if content is not None else b"")
     if not isinstance(value, dict):
         raise BadRequest("The request body must be a JSON object")
     return value
 
 
-def _arg(request: IRequest, name: bytes) -> str | None:
+def _raw_arg(request: IRequest, name: bytes) -> bytes | None:
     values = (request.args or {}).get(name)
-    return values[-1].decode("utf-8") if values else None
+    return values[-1] if values else None
+
+
+def _arg(request: IRequest, name: bytes) -> str | None:
+    raw = _raw_arg(request, name)
+    try:
+        return raw.decode("utf-8") if raw is not None else None
+    except UnicodeDecodeError:
+        raise BadRequest(f"The {name.decode()} parameter is not UTF-8") from None
 
 
 def _query(request: IRequest) -> ImageQuery:
-    raw = _arg(request, b"query")
+    raw = _raw_arg(request, b"query")
     if raw is None:
         return ImageQuery()
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise BadRequest("The query parameter is not JSON") from None
-    return wire.decode_query(value)
+    return wire.decode_query(parse_json(raw, "the query parameter"))
 
 
 @define
@@ -126,8 +124,7 @@ class RegistryServer:
 
     @app.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes:
-        log.failure("Registry request failed", failure)
-        error = GlanceError("The registry failed to answer; see its log")
+        error = unexpected_error(request, failure)
         return _json(request, wire.encode_error(error), error.status)
 
     # -- health ------------------------------------------------------------------

@@ -114,7 +114,9 @@ def registry_service(
             )
         # GlanceSite for its request ids and one log line per request (it
         # has no upload routes here).
-        site = GlanceSite(server.resource(), reactor=reactor)
+        site = GlanceSite(
+            server.resource(), max_header_line=config.max_header_line, reactor=reactor
+        )
         site.displayTracebacks = False
         return site
 

@@ -34,6 +34,7 @@ from glance_tx.images import (
     ImageQuery,
     ImageUpdate,
     Member,
+    apply_update,
     check_transition,
 )
 from glance_tx.registry.interface import IRegistry
@@ -341,21 +342,9 @@ class SQLRegistry:
                 check_transition(current.status, fields["status"])
             if isinstance(fields.get("locations"), str | bytes):
                 raise BadRequest("locations must be a list of URLs")
-            properties = {} if change.purge_properties else dict(current.properties)
-            for key, value in change.properties.items():
-                if value is None:
-                    properties.pop(key, None)
-                else:
-                    properties[key] = value
             now = self._after(current.updated_at)
             try:
-                new = evolve(
-                    current,
-                    **fields,
-                    properties=properties,
-                    tags=current.tags if change.tags is None else change.tags,
-                    updated_at=now,
-                )
+                new = evolve(apply_update(current, change), updated_at=now)
             except TypeError as e:
                 raise BadRequest(f"Invalid image update: {e}") from None
             if new.status == DELETED:

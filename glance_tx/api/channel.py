@@ -1,0 +1,188 @@
+"""
+The HTTP connection: Twisted's HTTPChannel, with an oversize request head
+answered (414, 431, with the JSON error body) rather than dropped.
+
+twisted.web.http.HTTPChannel enforces three limits on a request's head, all
+public attributes: a line longer than C{MAX_LENGTH} (LineReceiver's) closes
+the connection with no answer at all; a head larger than
+C{totalHeadersSize} or with more than C{maxHeaders} headers is answered
+C{400 Bad Request} with an empty body, by the same private method that
+answers every malformed head, so the reason cannot be told apart there.
+L{GlanceChannel} therefore counts the head itself, with the same limits,
+before HTTPChannel does (C{lineReceived} is where HTTPChannel sees each
+line; C{lineLengthExceeded} is LineReceiver's documented hook for a line too
+long; C{allHeadersReceived} marks the end of a head), and answers first:
+
+  - a request line longer than C{max_header_line}: 414 URI Too Long;
+  - a header line longer than C{max_header_line}, a head of more than
+    L{MAX_HEAD_BYTES} or more than L{MAX_HEADERS} headers: 431 Request
+    Header Fields Too Large.
+
+No private attribute of Twisted is used. Other malformed heads (no colon,
+a bad Content-Length) still get Twisted's bare 400.
+
+Every answer given outside a request's normal course (these, and an upload
+refused mid-body, L{glance_tx.api.site}) is written by L{answer_and_close}:
+the connection is closed for writing only and the client's further bytes
+are read and discarded for a grace period, because closing a socket with
+unread bytes makes the kernel send a reset that can destroy the answer
+before the client reads it.
+
+The site speaks HTTP/1.x only: Twisted's HTTP/2 (which needs C{h2} and TLS
+ALPN) sits behind a private wrapper this channel does not use.
+"""
+
+from __future__ import annotations
+
+import uuid
+from http import HTTPStatus
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, ITCPTransport
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+
+from glance_tx.api.errors import error_document
+
+log = Logger()
+
+#: Glance's C{max_header_line}: the longest request or header line.
+DEFAULT_MAX_HEADER_LINE = 16384
+
+#: The largest request head (request line and headers). Glance (eventlet)
+#: has no such limit; 64 KiB takes a v1 request with Glance's 128 properties
+#: of 255 characters each in C{x-image-meta-property-*} headers.
+MAX_HEAD_BYTES = 64 * 1024
+
+#: The most headers a request may have (Twisted's own limit).
+MAX_HEADERS = HTTPChannel.maxHeaders
+
+#: How long a refused client may go on sending before it is cut off.
+REFUSED_BODY_GRACE_SECONDS = 30.0
+
+
+def raw_answer(
+    status: int,
+    message: str,
+    request_id: str,
+    retry_after: int | None = None,
+) -> bytes:
+    """A whole HTTP/1.1 response with the JSON error body, closing the connection."""
+    body = error_document(status, message)
+    head = [
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        f"x-openstack-request-id: {request_id}",
+        "Connection: close",
+    ]
+    if retry_after is not None:
+        head.append(f"Retry-After: {retry_after}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
+
+
+def answer_and_close(transport: Any, response: bytes, reactor: Any) -> IDelayedCall | None:
+    """
+    Write C{response} and close the connection once the client has seen it
+    (see the module docstring); returns the call that cuts the client off
+    after L{REFUSED_BODY_GRACE_SECONDS}, to be cancelled when it goes.
+    """
+    transport.write(response)
+    is_tcp = ITCPTransport.providedBy(transport)
+    if not is_tcp:  # an in-memory test's
+        transport.loseConnection()
+        return None
+    transport.loseWriteConnection()
+    transport.resumeProducing()  # read, and discard, what comes
+    call: IDelayedCall = reactor.callLater(
+        REFUSED_BODY_GRACE_SECONDS, transport.abortConnection
+    )
+    return call
+
+
+class GlanceChannel(HTTPChannel):
+    """An HTTPChannel that answers an oversize head (module docstring)."""
+
+    MAX_LENGTH = DEFAULT_MAX_HEADER_LINE
+    totalHeadersSize = MAX_HEAD_BYTES
+    maxHeaders = MAX_HEADERS
+    # Set by the site (twisted.web.server.Site.buildProtocol).
+    site: Any
+
+    _in_head = False
+    _head_bytes = 0
+    _header_count = 0
+    _refused = False
+    _cut_off: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # what follows a refusal is discarded
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return  # the rest of a read that held the refused line
+        if not self._in_head:
+            if not line:
+                # An empty line between requests, which HTTPChannel allows.
+                super().lineReceived(line)
+                return
+            self._in_head = True
+            self._head_bytes = self._header_count = 0
+        elif line and line[0] not in b" \t":
+            self._header_count += 1
+        self._head_bytes += len(line)
+        if self._head_bytes > self.totalHeadersSize:
+            self._refuse_head(
+                f"The request's header fields are larger than {self.totalHeadersSize} bytes."
+            )
+        elif self._header_count > self.maxHeaders:
+            self._refuse_head(f"The request has more than {self.maxHeaders} header fields.")
+        else:
+            super().lineReceived(line)
+
+    def allHeadersReceived(self) -> None:
+        self._in_head = False
+        super().allHeadersReceived()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._in_head:
+            self._refuse_head(
+                f"A header field of the request is longer than {self.MAX_LENGTH} bytes."
+            )
+        else:
+            self._refuse(
+                HTTPStatus.REQUEST_URI_TOO_LONG,
+                f"The request line is longer than {self.MAX_LENGTH} bytes.",
+            )
+
+    def _refuse_head(self, message: str) -> None:
+        self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, message)
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._refused = True
+        # The request object exists once its request line was read.
+        request = self.requests[-1] if self.requests else None
+        if request is not None:
+            request.setResponseCode(status)  # for its log line
+        request_id = getattr(request, "request_id", None) or "req-" + str(uuid.uuid4())
+        transport: Any = self.transport
+        peer = transport.getPeer()
+        log.info(
+            "{request_id} {client} refused before routing: {status} {message}",
+            request_id=request_id,
+            client=getattr(peer, "host", "-"),
+            status=int(status),
+            message=message,
+        )
+        self._cut_off = answer_and_close(
+            transport, raw_answer(status, message, request_id), self.site.reactor
+        )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._cut_off is not None and self._cut_off.active():
+            self._cut_off.cancel()
+        super().connectionLost(reason)
