@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.web.http_headers import Headers
 
 from glance_tx import images
+from glance_tx.config import ImageQuotas
 from glance_tx.errors import Conflict
 from glance_tx.images import ImageUpdate, Location
 from glance_tx.locations import LocationEdit
@@ -220,6 +221,23 @@ class AddTests(LocationsTestCase):
         self.failureResultOf(Deferred.fromCoroutine(edit.save(self.registry)), Conflict)
         record = self.stored_record(image.id)
         self.assertEqual((record.name, record.status), ("other", images.QUEUED))
+
+
+class QuotaTests(LocationsTestCase):
+    quotas = ImageQuotas(image_location_quota=2)
+
+    def test_location_quota(self) -> None:
+        """
+        C{image_location_quota} caps the copies an admin adds: the third is
+        a 413 with Glance's message and the image keeps its two.
+        """
+        image = self.active(DATA, ADMIN)
+        self.assertEqual(self.patch(image["id"], add(self.web.add(DATA)), ADMIN).code, 200)
+        kept = self.stored_record(image["id"]).locations
+        self.assertEqual(len(kept), 2)
+        answer = self.patch(image["id"], add(self.web.add(DATA)), ADMIN)
+        self.assertError(answer, 413, "Maximum: 2")
+        self.assertEqual(self.stored_record(image["id"]).locations, kept)
 
 
 class RemoveTests(LocationsTestCase):
