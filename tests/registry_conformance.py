@@ -25,7 +25,13 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from glance_tx.errors import BadRequest, Conflict, GlanceError, NotFound
+from glance_tx.errors import (
+    BadRequest,
+    Conflict,
+    GlanceError,
+    NotFound,
+    VersionConflict,
+)
 from glance_tx.images import (
     ACTIVE,
     DEACTIVATED,
@@ -485,7 +491,8 @@ class RegistryConformanceMixin(_Base):
     async def test_update_expected_version(self, registry: Any) -> None:
         """
         With expected_version, an update applies only to the record at that
-        version: a caller that read an older one gets Conflict, naming the
+        version: a caller that read an older one gets VersionConflict (a
+        Conflict the API can tell from others), naming the
         current version, and nothing changes.
         """
         image = await registry.create(make_image())
@@ -494,7 +501,7 @@ class RegistryConformanceMixin(_Base):
             registry.update(
                 image.id, ImageUpdate(fields={"name": "stale"}), expected_version=1
             ),
-            Conflict,
+            VersionConflict,
         )
         self.assertIn("version 2", error.message)
         self.assertEqual(await registry.get(image.id), changed)
@@ -509,7 +516,7 @@ class RegistryConformanceMixin(_Base):
     ) -> None:
         """
         Of several updates issued at once by callers that all read version
-        1, exactly one succeeds and the others are Conflicts: they cannot
+        1, exactly one succeeds and the others are VersionConflicts: they cannot
         all win, whichever node each runs on.
         """
         image = await registry.create(make_image())
@@ -528,7 +535,7 @@ class RegistryConformanceMixin(_Base):
         losers = [value for ok, value in results if not ok]
         self.assertEqual(len(winners), 1)
         for failure in losers:
-            failure.trap(Conflict)
+            failure.trap(VersionConflict)
         stored = await registry.get(image.id)
         self.assertEqual(stored, winners[0])
         self.assertEqual(stored.version, 2)
@@ -537,11 +544,13 @@ class RegistryConformanceMixin(_Base):
     async def test_delete_expected_version(self, registry: Any) -> None:
         """
         A delete with expected_version deletes only the record at that
-        version: a stale one is a Conflict and the image stays.
+        version: a stale one is a VersionConflict and the image stays.
         """
         image = await registry.create(make_image())
         await registry.add_tag(image.id, "moved")
-        await self.assertFails(registry.delete(image.id, expected_version=1), Conflict)
+        await self.assertFails(
+            registry.delete(image.id, expected_version=1), VersionConflict
+        )
         self.assertFalse((await registry.get(image.id)).deleted)
         deleted = await registry.delete(image.id, expected_version=2)
         self.assertTrue(deleted.deleted)

@@ -63,7 +63,8 @@ class IRegistry(Interface):
         is how two uploads to one image are kept from both starting. With
         C{expected_version}, it happens only if the record is still at that
         L{glance_tx.images.Image.version} (else
-        L{glance_tx.errors.Conflict}, and nothing changes): of two callers
+        L{glance_tx.errors.VersionConflict}, a Conflict, and nothing
+        changes): of two callers
         that read the same record and then write, whichever node they run
         on, only the first wins.
 

@@ -23,7 +23,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from glance_tx.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from glance_tx.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    VersionConflict,
+)
 from glance_tx.images import (
     DELETED,
     KILLED,
@@ -378,7 +384,7 @@ class SQLRegistry:
             .values(values)
         )
         if written.rowcount != 1:
-            raise Conflict(f"Image {old.id} was changed meanwhile")
+            raise VersionConflict(f"Image {old.id} was changed meanwhile")
         gone = {
             key
             for key, value in old.properties.items()
@@ -656,9 +662,9 @@ def _check_version(expected_version: int | None) -> None:
 
 
 def _check_current(current: Image, expected_version: int | None) -> None:
-    """Conflict unless the record is at C{expected_version} (if given)."""
+    """VersionConflict unless the record is at C{expected_version} (if given)."""
     if expected_version is not None and current.version != expected_version:
-        raise Conflict(
+        raise VersionConflict(
             f"Image {current.id} has changed: it is at version {current.version}, "
             f"not {expected_version}"
         )
