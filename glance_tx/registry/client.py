@@ -11,6 +11,9 @@ is back.
 Errors name no address: they reach the API's clients, and a URL may carry
 credentials.
 
+Every request carries the x-openstack-request-id of the API request it is
+made for (L{glance_tx.request_ids}), which the registry's log line shows.
+
 Retries: only an idempotent request (GET, PUT, DELETE) whose connection
 failed before any response (refused, or lost, as a pooled connection the
 registry closed is) is sent again; a POST never is. A request that timed
@@ -41,6 +44,8 @@ from glance_tx.errors import GlanceError, ServiceUnavailable
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Member
 from glance_tx.registry import wire
 from glance_tx.registry.interface import IRegistry
+from glance_tx.request_ids import HEADER as REQUEST_ID_HEADER
+from glance_tx.request_ids import current_request_id
 
 #: Methods that may be sent again after a connection failure.
 IDEMPOTENT = frozenset({"GET", "PUT", "DELETE"})
@@ -209,6 +214,9 @@ class HTTPRegistryClient:
         self, method: str, path: str, params: dict[str, str] | None, body: Any
     ) -> Any:
         headers = Headers({b"Accept": [b"application/json"]})
+        request_id = current_request_id()
+        if request_id is not None:
+            headers.setRawHeaders(REQUEST_ID_HEADER, [request_id.encode("ascii")])
         if self.token is not None:
             headers.setRawHeaders(
                 wire.TOKEN_HEADER, [wire.TOKEN_SCHEME + self.token.encode("utf-8")]

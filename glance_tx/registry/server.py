@@ -50,9 +50,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException
 
 from glance_tx.api.errors import handle_routing_error
+from glance_tx.api.site import GlanceSite
 from glance_tx.errors import BadRequest, GlanceError
 from glance_tx.images import ImageQuery
 from glance_tx.registry import wire
@@ -260,6 +262,17 @@ class RegistryServer:
         await self.registry.remove_member(image_id, member_id)
         request.setResponseCode(HTTPStatus.NO_CONTENT)
         return b""
+
+
+def registry_site(server: RegistryServer, reactor: Any) -> Site:
+    """
+    The registry server's Site: a GlanceSite for its request ids and one
+    log line per request (it has no upload routes), naming the API
+    request each call is for (the x-openstack-request-id API nodes send).
+    """
+    site = GlanceSite(server.resource(), reactor=reactor, caller_request_ids=True)
+    site.displayTracebacks = False
+    return site
 
 
 class _TokenGate(Resource):
