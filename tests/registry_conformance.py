@@ -52,7 +52,7 @@ from glance_tx.images import (
     Viewer,
     new_image_id,
 )
-from glance_tx.registry.interface import IRegistry
+from glance_tx.registry.interface import HeldClaim, IRegistry
 
 if TYPE_CHECKING:
     _Base = SynchronousTestCase
@@ -1808,3 +1808,73 @@ class RegistryConformanceMixin(_Base):
         await self.assertFails(
             registry.hold_uploads("node-a", {image.id: "nonsense"}, 60), BadRequest
         )
+
+    # -- node claims ---------------------------------------------------------------
+
+    @conformance
+    async def test_node_claim_held_by_a_live_instance(self, registry: Any) -> None:
+        """
+        A node id claimed by one instance is not another's while the claim
+        holds: the other is told who holds it and for how long, and nothing
+        changes; the holder renews it freely.
+        """
+        self.assertIsNone(await registry.claim_node("node-a", "first", 3600))
+        held = await registry.claim_node("node-a", "second", 3600)
+        self.assertIsInstance(held, HeldClaim)
+        self.assertEqual(held.instance, "first")
+        self.assertGreater(held.seconds_left, 3500)
+        self.assertLessEqual(held.seconds_left, 3600)
+        self.assertIsNone(await registry.claim_node("node-a", "first", 3600))
+        self.assertEqual(
+            (await registry.claim_node("node-a", "second", 60)).instance, "first"
+        )
+        # Other ids are other nodes.
+        self.assertIsNone(await registry.claim_node("node-b", "second", 3600))
+
+    @conformance
+    async def test_node_claim_taken_over_from_a_stopped_instance(
+        self, registry: Any
+    ) -> None:
+        """
+        A claim is taken over, unexpired, only from the instance the caller
+        names as stopped (C{replacing}); naming another changes nothing.
+        """
+        await registry.claim_node("node-a", "crashed", 3600)
+        held = await registry.claim_node("node-a", "new", 3600, replacing="someone-else")
+        self.assertEqual(held.instance, "crashed")
+        self.assertIsNone(await registry.claim_node("node-a", "new", 3600, replacing="crashed"))
+        self.assertEqual((await registry.claim_node("node-a", "crashed", 3600)).instance, "new")
+
+    @conformance
+    async def test_node_claim_expires_or_is_released(self, registry: Any) -> None:
+        """
+        An expired claim (its process stopped renewing) passes to the next
+        instance that claims the id, and so does a released one; releasing
+        another instance's claim, or none, changes nothing.
+        """
+        self.assertIsNone(await registry.claim_node("node-a", "crashed", 0))
+        self.assertIsNone(await registry.claim_node("node-a", "restarted", 3600))
+        await registry.release_node("node-a", "crashed")
+        self.assertIsNotNone(await registry.claim_node("node-a", "third", 3600))
+        await registry.release_node("node-a", "restarted")
+        await registry.release_node("node-a", "restarted")
+        self.assertIsNone(await registry.claim_node("node-a", "third", 3600))
+
+    @conformance
+    async def test_node_claim_refusals(self, registry: Any) -> None:
+        """A node id or instance that is empty or too long is a BadRequest."""
+        for node_id, instance in (("", "i"), ("n" * 256, "i"), ("n", ""), ("n", "i" * 256)):
+            await self.assertFails(registry.claim_node(node_id, instance, 60), BadRequest)
+
+    @conformance
+    async def test_one_of_concurrent_node_claims_wins(self, registry: Any) -> None:
+        """
+        Of several instances claiming a fresh node id at once (two nodes
+        started with one node_id), exactly one gets it.
+        """
+        results = await DeferredList(
+            [registry.claim_node("node-a", f"instance-{n}", 3600) for n in range(6)],
+            consumeErrors=True,
+        )
+        self.assertTrue(all(ok for ok, _ in results), results)
+        self.assertEqual([value for _, value in results].count(None), 1)

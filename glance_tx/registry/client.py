@@ -43,7 +43,7 @@ from glance_tx.bodies import BytesBody
 from glance_tx.errors import GlanceError, ServiceUnavailable
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Member
 from glance_tx.registry import wire
-from glance_tx.registry.interface import IRegistry
+from glance_tx.registry.interface import HeldClaim, IRegistry
 from glance_tx.request_ids import HEADER as REQUEST_ID_HEADER
 from glance_tx.request_ids import current_request_id
 
@@ -408,6 +408,31 @@ class HTTPRegistryClient:
             return [wire.decode_image(value) for value in answer["images"]]
 
         return self._run(reclaim_uploads())
+
+    def _node_path(self, node_id: str) -> str:
+        return "/nodes/" + wire.path_segment(node_id, "node id")
+
+    def claim_node(
+        self, node_id: str, instance: str, seconds: float, replacing: str | None = None
+    ) -> Deferred[HeldClaim | None]:
+        async def claim_node() -> HeldClaim | None:
+            # PUT: repeated after a lost answer, it finds its own claim and
+            # renews it.
+            answer = await self._call(
+                "PUT",
+                self._node_path(node_id),
+                body=wire.encode_claim(instance, seconds, replacing),
+            )
+            return wire.decode_claim_answer(answer)
+
+        return self._run(claim_node())
+
+    def release_node(self, node_id: str, instance: str) -> Deferred[None]:
+        async def release_node() -> None:
+            path = self._node_path(node_id) + "/" + wire.path_segment(instance, "instance")
+            await self._call("DELETE", path)
+
+        return self._run(release_node())
 
     def ping(self) -> Deferred[None]:
         async def ping() -> None:

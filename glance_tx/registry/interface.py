@@ -12,10 +12,20 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping
 
+from attrs import frozen
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Member
+
+
+@frozen
+class HeldClaim:
+    """Another process's unexpired claim on a node id (L{IRegistry.claim_node})."""
+
+    instance: str
+    #: Until it expires, by the registry's clock.
+    seconds_left: float
 
 
 class IRegistry(Interface):
@@ -159,6 +169,29 @@ class IRegistry(Interface):
         whose lease is renewed meanwhile is left alone. Fires with the
         reclaimed images' new records; removing their partial data is the
         caller's business.
+        """
+
+    def claim_node(
+        node_id: str, instance: str, seconds: float, replacing: str | None = None
+    ) -> Deferred[HeldClaim | None]:
+        """
+        Claim node id C{node_id} for the process C{instance} (new at each
+        start) until C{seconds} from now by the registry's clock, or renew
+        its claim; fire with None. If another instance holds an unexpired
+        claim on that id, change nothing and fire with that claim (a live
+        process holding it renews it before it expires, a dead one does
+        not) -- unless that instance is C{replacing}, one the caller knows
+        has stopped: then the claim is taken over. Checked and written in
+        one transaction, so of two processes claiming one id at once only
+        one gets it. BadRequest for an id or instance that is not a string
+        of 1 to 255 characters.
+        """
+
+    def release_node(node_id: str, instance: str) -> Deferred[None]:
+        """
+        Drop C{instance}'s claim on C{node_id} (at a clean stop, so the
+        node may start again at once); another instance's claim stays, and
+        no claim is not an error.
         """
 
     def ping() -> Deferred[None]:

@@ -227,3 +227,16 @@ upload_leases = Table(
     # upload's own abort would have set (v1 killed, v2 queued).
     Column("failure_status", String(30), nullable=False),
 )
+
+#: Which process runs as each node id (L{IRegistry.claim_node}): a node_id
+#: names one process at a time, or two nodes would reclaim each other's
+#: uploads.
+node_claims = Table(
+    "node_claims",
+    metadata,
+    Column("node_id", String(255), primary_key=True),
+    # The claiming process, new at every start (host, pid and a random part).
+    Column("instance", String(255), nullable=False),
+    # Until when, by the registry's clock, the process vouches it is alive.
+    Column("expires_at", UTCDateTime, nullable=False),
+)

@@ -25,6 +25,11 @@ Every body is JSON in the shapes of L{glance_tx.registry.wire}::
     DELETE /leases/NODE/ID                           release one upload's lease
     POST   /leases/reclaim         {"dead_node_id": NODE or null}
                                                      reclaim expired uploads
+    PUT    /nodes/NODE             {"instance": I, "seconds": N, "replacing": J}
+                                                     claim or renew node id NODE:
+                                                     {"held": null or {"instance": K,
+                                                                       "seconds_left": N}}
+    DELETE /nodes/NODE/I                             release I's claim (204)
 
 A listing's C{query} is one encoded L{glance_tx.images.ImageQuery}, so the
 registry lists with the same filters, order and keyset pages the API asked
@@ -208,6 +213,21 @@ class RegistryServer:
         self, request: IRequest, node_id: str, image_id: str
     ) -> bytes:
         await self.registry.release_upload(image_id, node_id)
+        request.setResponseCode(HTTPStatus.NO_CONTENT)
+        return b""
+
+    # -- node claims -------------------------------------------------------------
+
+    @app.route("/nodes/<node_id>", methods=["PUT"])
+    async def claim_node(self, request: IRequest, node_id: str) -> bytes:
+        instance, seconds, replacing = wire.decode_claim(_body(request))
+        held = await self.registry.claim_node(node_id, instance, seconds, replacing)
+        return _json(request, wire.encode_claim_answer(held))
+
+    # Not <instance>: Klein's route wrapper has a parameter of that name.
+    @app.route("/nodes/<node_id>/<claimant>", methods=["DELETE"])
+    async def release_node(self, request: IRequest, node_id: str, claimant: str) -> bytes:
+        await self.registry.release_node(node_id, claimant)
         request.setResponseCode(HTTPStatus.NO_CONTENT)
         return b""
 

@@ -42,13 +42,14 @@ from glance_tx.images import (
     Member,
     check_transition,
 )
-from glance_tx.registry.interface import IRegistry
+from glance_tx.registry.interface import HeldClaim, IRegistry
 from glance_tx.registry.schema import (
     image_locations,
     image_members,
     image_properties,
     image_tags,
     images,
+    node_claims,
     upload_leases,
 )
 from glance_tx.registry.sql.engine import is_memory_sqlite, open_engine, transaction
@@ -211,6 +212,14 @@ class SQLRegistry:
         self, dead_node_id: str | None = None
     ) -> Deferred[builtins.list[Image]]:
         return self._run(self._reclaim_uploads, dead_node_id)
+
+    def claim_node(
+        self, node_id: str, instance: str, seconds: float, replacing: str | None = None
+    ) -> Deferred[HeldClaim | None]:
+        return self._run(self._claim_node, node_id, instance, seconds, replacing)
+
+    def release_node(self, node_id: str, instance: str) -> Deferred[None]:
+        return self._run(self._release_node, node_id, instance)
 
     def close(self) -> Deferred[None]:
         """Close the database connections (the registry is unusable after)."""
@@ -451,8 +460,7 @@ class SQLRegistry:
     def _hold_uploads(
         self, node_id: str, uploads: dict[str, str], seconds: float
     ) -> None:
-        if not isinstance(node_id, str) or not node_id or len(node_id) > 255:
-            raise BadRequest("A node id must be a string of 1 to 255 characters")
+        _check_node_id(node_id)
         for status in uploads.values():
             if status not in STATUSES:
                 raise BadRequest(f"Invalid status {status!r}")
@@ -539,6 +547,57 @@ class SQLRegistry:
                 delete(upload_leases).where(upload_leases.c.image_id == image_id)
             )
             return self._fetch(connection, image_id, include_deleted=True)
+
+    # node claims (see IRegistry.claim_node): the registry's clock, as for
+    # leases.
+
+    def _claim_node(
+        self, node_id: str, instance: str, seconds: float, replacing: str | None
+    ) -> HeldClaim | None:
+        _check_node_id(node_id)
+        if not isinstance(instance, str) or not instance or len(instance) > 255:
+            raise BadRequest("A node instance must be a string of 1 to 255 characters")
+        try:
+            return self._claim_node_once(node_id, instance, seconds, replacing)
+        except IntegrityError:
+            # Another process inserted the first claim on this id at the
+            # same moment: decide again, against its row.
+            return self._claim_node_once(node_id, instance, seconds, replacing)
+
+    def _claim_node_once(
+        self, node_id: str, instance: str, seconds: float, replacing: str | None
+    ) -> HeldClaim | None:
+        with self._write() as connection:
+            now = self.now()
+            row = connection.execute(
+                select(node_claims)
+                .where(node_claims.c.node_id == node_id)
+                .with_for_update()
+            ).mappings().first()
+            expires_at = now + timedelta(seconds=seconds)
+            if row is None:
+                connection.execute(
+                    insert(node_claims),
+                    {"node_id": node_id, "instance": instance, "expires_at": expires_at},
+                )
+                return None
+            holder = row["instance"]
+            if holder not in (instance, replacing) and row["expires_at"] > now:
+                return HeldClaim(holder, (row["expires_at"] - now).total_seconds())
+            connection.execute(
+                sql_update(node_claims)
+                .where(node_claims.c.node_id == node_id)
+                .values(instance=instance, expires_at=expires_at)
+            )
+            return None
+
+    def _release_node(self, node_id: str, instance: str) -> None:
+        with self._write() as connection:
+            connection.execute(
+                delete(node_claims).where(
+                    node_claims.c.node_id == node_id, node_claims.c.instance == instance
+                )
+            )
 
     # tags: each call is one transaction that first locks the image's row,
     # so changes to one image (tags, update, delete) happen one after the
@@ -652,6 +711,11 @@ class SQLRegistry:
             ).rowcount
             if not removed:
                 raise not_member(image_id, member_id)
+
+
+def _check_node_id(node_id: str) -> None:
+    if not isinstance(node_id, str) or not node_id or len(node_id) > 255:
+        raise BadRequest("A node id must be a string of 1 to 255 characters")
 
 
 def _check_version(expected_version: int | None) -> None:
