@@ -556,6 +556,73 @@ class RegistryConformanceMixin(_Base):
         self.assertTrue(deleted.deleted)
 
     @conformance
+    async def test_repeated_write_answered_as_made(self, registry: Any) -> None:
+        """
+        An update repeated with its write_id (its answer was lost) changes
+        nothing and answers the record, though its expected_version and
+        expected_status no longer hold; another write that read the same
+        version is still a VersionConflict.
+        """
+        image = await registry.create(make_image())
+        first = await registry.update(
+            image.id,
+            ImageUpdate(fields={"status": SAVING}, properties={"n": "1"}),
+            expected_status=frozenset({QUEUED}),
+            expected_version=1,
+            write_id="write-1",
+        )
+        again = await registry.update(
+            image.id,
+            ImageUpdate(fields={"status": SAVING}, properties={"n": "1"}),
+            expected_status=frozenset({QUEUED}),
+            expected_version=1,
+            write_id="write-1",
+        )
+        self.assertEqual(again, first)
+        self.assertEqual(await registry.get(image.id), first)
+        await self.assertFails(
+            registry.update(
+                image.id, ImageUpdate(fields={"name": "x"}), expected_version=1,
+                write_id="write-2",
+            ),
+            VersionConflict,
+        )
+        # Once another identified write came after it, it is no longer the
+        # last: a repeat then is decided as any write.
+        await registry.update(image.id, ImageUpdate(fields={"name": "later"}), write_id="write-3")
+        await self.assertFails(
+            registry.update(
+                image.id, ImageUpdate(fields={"name": "x"}), expected_version=1,
+                write_id="write-1",
+            ),
+            VersionConflict,
+        )
+
+    @conformance
+    async def test_repeated_delete_answers_the_deleted_record(self, registry: Any) -> None:
+        """
+        A delete repeated with its write_id answers the deleted record (not
+        NotFound, not a VersionConflict); without one, it is NotFound.
+        """
+        image = await registry.create(make_image())
+        deleted = await registry.delete(image.id, expected_version=1, write_id="del-1")
+        self.assertEqual(
+            await registry.delete(image.id, expected_version=1, write_id="del-1"), deleted
+        )
+        await self.assertFails(registry.delete(image.id, write_id="del-2"), NotFound)
+
+    @conformance
+    async def test_write_id_checked(self, registry: Any) -> None:
+        """A write_id that is empty or over 64 characters is a BadRequest."""
+        image = await registry.create(make_image())
+        for bad in ("", "w" * 65):
+            await self.assertFails(
+                registry.update(image.id, ImageUpdate(fields={"name": "x"}), write_id=bad),
+                BadRequest,
+            )
+            await self.assertFails(registry.delete(image.id, write_id=bad), BadRequest)
+
+    @conformance
     async def test_expected_version_must_be_an_integer(self, registry: Any) -> None:
         """An expected_version that is not an integer is a BadRequest."""
         image = await registry.create(make_image())

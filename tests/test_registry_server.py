@@ -17,10 +17,12 @@ from urllib.parse import quote
 from attrs import define, field
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseNeverReceived
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -30,7 +32,7 @@ from glance_tx.errors import (
     ServiceUnavailable,
     StoreError,
 )
-from glance_tx.images import ImageQuery
+from glance_tx.images import QUEUED, SAVING, ImageQuery, ImageUpdate
 from glance_tx.registry import wire
 from glance_tx.registry.client import HTTPRegistryClient
 from glance_tx.registry.interface import IRegistry
@@ -312,6 +314,33 @@ class FlakyAgent:
         return result
 
 
+@define
+class LosingAgent:
+    """
+    An agent whose first C{losses} requests reach the registry (and are
+    applied) but whose answers are lost, as when the connection drops
+    between the registry's commit and its response; records each method.
+    """
+
+    agent: Any
+    losses: int
+    methods: list[str] = field(factory=list)
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None
+    ) -> Deferred[Any]:
+        self.methods.append(method.decode("ascii"))
+        result: Deferred[Any] = self.agent.request(method, uri, headers, bodyProducer)
+        if self.losses > 0:
+            self.losses -= 1
+
+            def lost(response: Any) -> Any:
+                raise ResponseNeverReceived([Failure(ConnectionLost("gone"))])
+
+            result.addCallback(lost)
+        return result
+
+
 class ClientTests(SynchronousTestCase):
     """The client's time bound, retries and token, on a Clock."""
 
@@ -359,6 +388,41 @@ class ClientTests(SynchronousTestCase):
             self.clock.advance(0.5)
             self.successResultOf(d)
             self.assertEqual(flaky.methods, [method, method])
+
+    def test_conditional_writes_repeated_after_a_lost_answer(self) -> None:
+        """
+        An update or delete conditional on what was read, applied by the
+        registry but its answer lost, is sent again and succeeds, applied
+        once: the repeat is known by its write_id, not refused for failing
+        its own expected_version or expected_status (nor a delete for
+        finding the image gone).
+        """
+        image = self.successResultOf(self.registry.create(make_image()))
+        calls = [
+            lambda c: c.update(
+                image.id,
+                ImageUpdate(fields={"status": SAVING}),
+                expected_status=frozenset({QUEUED}),
+                expected_version=1,
+            ),
+            lambda c: c.update(
+                image.id, ImageUpdate(properties={"n": "1"}), expected_version=2
+            ),
+            lambda c: c.delete(image.id, expected_version=3),
+        ]
+        for version, call in enumerate(calls, start=2):
+            losing = LosingAgent(self.agent, losses=1)
+            d = call(self.client(losing, retry_delay=0.5))
+            self.assertNoResult(d)
+            self.clock.advance(0.5)
+            answered = self.successResultOf(d)
+            self.assertEqual(losing.methods[0], losing.methods[1])
+            self.assertEqual(len(losing.methods), 2)
+            self.assertEqual(answered.version, version)
+            stored = self.successResultOf(self.registry.get(image.id, include_deleted=True))
+            self.assertEqual(stored, answered)
+        self.assertTrue(stored.deleted)
+        self.assertEqual(stored.properties, {"n": "1"})
 
     def test_post_never_retried(self) -> None:
         """A POST whose connection failed is not sent again: ServiceUnavailable."""

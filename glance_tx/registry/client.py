@@ -19,12 +19,24 @@ failed before any response (refused, or lost, as a pooled connection the
 registry closed is) is sent again; a POST never is. A request that timed
 out is not retried either: the registry may be applying it, and the wait
 is already as long as the deployment allows.
+
+A connection lost after the registry applied a write but before its answer
+arrived is the case a repeat must get right: an image update or delete
+made conditional on what was read (C{expected_version}, C{expected_status})
+would fail its own condition the second time, a delete would find nothing
+to delete. So each update and delete carries a C{write_id}, random and the
+same on its repeat, and the registry answers a repeat of the image's last
+identified write with the record as it is (L{IRegistry.update}). The other
+PUTs and DELETEs are idempotent as they are: a tag added again, leases and
+claims renewed again, a membership set to the same status again. (A
+removed tag or membership removed again is a NotFound.)
 """
 
 from __future__ import annotations
 
 import builtins
 import json
+import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -281,23 +293,28 @@ class HTTPRegistryClient:
         update: ImageUpdate,
         expected_status: frozenset[str] | None = None,
         expected_version: int | None = None,
+        write_id: str | None = None,
     ) -> Deferred[Image]:
         async def update_() -> Image:
             body = {
                 "update": wire.encode_update(update),
                 "expected_status": wire.encode_statuses(expected_status),
                 "expected_version": expected_version,
+                # The same on a repeat (see the module docstring).
+                "write_id": _new_write_id() if write_id is None else write_id,
             }
             answer = await self._call("PUT", self._image_path(image_id), body=body)
             return wire.decode_image(answer["image"])
 
         return self._run(update_())
 
-    def delete(self, image_id: str, expected_version: int | None = None) -> Deferred[Image]:
+    def delete(
+        self, image_id: str, expected_version: int | None = None, write_id: str | None = None
+    ) -> Deferred[Image]:
         async def delete() -> Image:
-            params = None
+            params = {"write_id": _new_write_id() if write_id is None else write_id}
             if expected_version is not None:
-                params = {"expected_version": str(expected_version)}
+                params["expected_version"] = str(expected_version)
             answer = await self._call("DELETE", self._image_path(image_id), params=params)
             return wire.decode_image(answer["image"])
 
@@ -439,6 +456,10 @@ class HTTPRegistryClient:
             await self._call("GET", "/healthcheck")
 
         return self._run(ping())
+
+
+def _new_write_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _reason(error: Exception) -> str:

@@ -60,6 +60,7 @@ class IRegistry(Interface):
         update: ImageUpdate,
         expected_status: frozenset[str] | None = None,
         expected_version: int | None = None,
+        write_id: str | None = None,
     ) -> Deferred[Image]:
         """
         Apply an L{glance_tx.images.ImageUpdate} atomically, bump
@@ -78,17 +79,27 @@ class IRegistry(Interface):
         that read the same record and then write, whichever node they run
         on, only the first wins.
 
+        C{write_id} (up to 64 characters) names this write, the same on a
+        repeat of it: when the image's last write that came with an id was
+        this one, nothing changes (no condition is checked) and the record
+        is answered as it is, so a write repeated because its answer was
+        lost succeeds as the first did, instead of failing its own
+        C{expected_version} or C{expected_status}.
+
         Every change of an image's record (C{update}, C{delete}, a tag added
         or removed) moves its C{version} up by one; a new record is at 1.
         Memberships are not part of the record and leave it alone.
         """
 
-    def delete(image_id: str, expected_version: int | None = None) -> Deferred[Image]:
+    def delete(
+        image_id: str, expected_version: int | None = None, write_id: str | None = None
+    ) -> Deferred[Image]:
         """
         Mark the image deleted (status C{deleted}, C{deleted=True},
         C{deleted_at} set, locations cleared) and fire with the record.
-        The row is kept, so the id is never reused. C{expected_version} as
-        for L{update}.
+        The row is kept, so the id is never reused. C{expected_version} and
+        C{write_id} as for L{update} (a repeated delete answers the deleted
+        record, not NotFound).
         """
 
     def all_locations() -> Deferred[frozenset[str]]:

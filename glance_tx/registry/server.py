@@ -10,8 +10,9 @@ Every body is JSON in the shapes of L{glance_tx.registry.wire}::
     POST   /images                 {"image": ...}    create (201)
     GET    /images/ID[?include_deleted=true]         get
     PUT    /images/ID              {"update": ..., "expected_status": [...],
-                                    "expected_version": N}
-    DELETE /images/ID[?expected_version=N]           delete
+                                    "expected_version": N, "write_id": W}
+    DELETE /images/ID[?expected_version=N][&write_id=W]
+                                                     delete
     PUT    /images/ID/tags/TAG                       add a tag
     DELETE /images/ID/tags/TAG                       remove a tag
     GET    /images/ID/members                        list members
@@ -176,13 +177,16 @@ class RegistryServer:
             wire.decode_update(body.get("update")),
             expected_status=wire.decode_statuses(body.get("expected_status")),
             expected_version=wire.decode_version(body.get("expected_version")),
+            write_id=wire.decode_write_id(body.get("write_id")),
         )
         return _json(request, {"image": wire.encode_image(image)})
 
     @app.route("/images/<image_id>", methods=["DELETE"])
     async def delete(self, request: IRequest, image_id: str) -> bytes:
         image = await self.registry.delete(
-            image_id, expected_version=wire.decode_version(_arg(request, b"expected_version"))
+            image_id,
+            expected_version=wire.decode_version(_arg(request, b"expected_version")),
+            write_id=wire.decode_write_id(_arg(request, b"write_id")),
         )
         return _json(request, {"image": wire.encode_image(image)})
 

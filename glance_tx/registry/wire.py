@@ -233,6 +233,13 @@ def decode_version(value: Any) -> int | None:
     return value
 
 
+def decode_write_id(value: Any) -> str | None:
+    """A C{write_id}: a string, or absent (the registry checks its length)."""
+    if value is None or isinstance(value, str):
+        return value
+    raise BadRequest("write_id must be a string")
+
+
 # -- upload leases -----------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ from glance_tx.registry.schema import (
     image_members,
     image_properties,
     image_tags,
+    image_writes,
     images,
     node_claims,
     upload_leases,
@@ -151,11 +152,16 @@ class SQLRegistry:
         update: ImageUpdate,
         expected_status: frozenset[str] | None = None,
         expected_version: int | None = None,
+        write_id: str | None = None,
     ) -> Deferred[Image]:
-        return self._run(self._update, image_id, update, expected_status, expected_version)
+        return self._run(
+            self._update, image_id, update, expected_status, expected_version, write_id
+        )
 
-    def delete(self, image_id: str, expected_version: int | None = None) -> Deferred[Image]:
-        return self._run(self._delete, image_id, expected_version)
+    def delete(
+        self, image_id: str, expected_version: int | None = None, write_id: str | None = None
+    ) -> Deferred[Image]:
+        return self._run(self._delete, image_id, expected_version, write_id)
 
     def all_locations(self) -> Deferred[frozenset[str]]:
         return self._run(self._all_locations)
@@ -339,9 +345,13 @@ class SQLRegistry:
         change: ImageUpdate,
         expected_status: frozenset[str] | None,
         expected_version: int | None,
+        write_id: str | None,
     ) -> Image:
         _check_version(expected_version)
+        _check_write_id(write_id)
         with self._write() as connection:
+            if _repeated(connection, image_id, write_id):
+                return self._fetch(connection, image_id, include_deleted=True)
             current = self._fetch(connection, image_id, False, for_update=True)
             _check_current(current, expected_version)
             if expected_status is not None and current.status not in expected_status:
@@ -377,6 +387,7 @@ class SQLRegistry:
                 new = evolve(new, deleted=True, deleted_at=now, locations=())
             check_record(new)
             self._store_changes(connection, current, new)
+            _record_write(connection, image_id, write_id)
             return self._fetch(connection, image_id, include_deleted=True)
 
     def _store_changes(self, connection: Connection, old: Image, new: Image) -> None:
@@ -422,9 +433,14 @@ class SQLRegistry:
             )
             write_tags(connection, old.id, new.tags)
 
-    def _delete(self, image_id: str, expected_version: int | None) -> Image:
+    def _delete(
+        self, image_id: str, expected_version: int | None, write_id: str | None
+    ) -> Image:
         _check_version(expected_version)
+        _check_write_id(write_id)
         with self._write() as connection:
+            if _repeated(connection, image_id, write_id):
+                return self._fetch(connection, image_id, include_deleted=True)
             current = self._fetch(connection, image_id, False, for_update=True)
             _check_current(current, expected_version)
             check_transition(current.status, DELETED)
@@ -438,6 +454,7 @@ class SQLRegistry:
                 locations=(),
             )
             self._store_changes(connection, current, new)
+            _record_write(connection, image_id, write_id)
             return self._fetch(connection, image_id, include_deleted=True)
 
     def _all_locations(self) -> frozenset[str]:
@@ -711,6 +728,38 @@ class SQLRegistry:
             ).rowcount
             if not removed:
                 raise not_member(image_id, member_id)
+
+
+def _check_write_id(write_id: str | None) -> None:
+    if write_id is not None and (
+        not isinstance(write_id, str) or not write_id or len(write_id) > 64
+    ):
+        raise BadRequest("write_id must be a string of 1 to 64 characters")
+
+
+def _repeated(connection: Connection, image_id: str, write_id: str | None) -> bool:
+    """
+    Whether the image's last identified write was C{write_id}: then this
+    write is a repeat of one already made. Locks the image's row first, so
+    a repeat that arrives while its first is still running waits for it.
+    """
+    if write_id is None:
+        return False
+    connection.execute(
+        select(images.c.id).where(images.c.id == image_id).with_for_update()
+    ).first()
+    last = connection.execute(
+        select(image_writes.c.write_id).where(image_writes.c.image_id == image_id)
+    ).scalar()
+    return bool(last == write_id)
+
+
+def _record_write(connection: Connection, image_id: str, write_id: str | None) -> None:
+    """Remember C{write_id} as the image's last identified write."""
+    if write_id is None:
+        return
+    connection.execute(delete(image_writes).where(image_writes.c.image_id == image_id))
+    connection.execute(insert(image_writes), {"image_id": image_id, "write_id": write_id})
 
 
 def _check_node_id(node_id: str) -> None:
