@@ -46,6 +46,13 @@ class Conflict(GlanceError):
     status = HTTPStatus.CONFLICT
 
 
+class VersionConflict(Conflict):
+    """
+    The record is no longer at the version the caller read (another
+    change landed in between): read it again and decide again.
+    """
+
+
 class LengthRequired(GlanceError):
     status = HTTPStatus.LENGTH_REQUIRED
 

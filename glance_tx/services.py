@@ -3,7 +3,7 @@ The parts of a node, each a Twisted service, and the chain that runs them.
 
 A twistd plugin's C{makeService} builds a L{ServiceChain} of these, in the
 order they depend on each other (``twistd glance``: threads, registry,
-stores, recovery, leases, purger, listener; a registry server can take threads,
+node, stores, recovery, leases, purger, listener; a registry server can take threads,
 registry and listener).
 
 The ready protocol, which Twisted's L{MultiService} does not have (it
@@ -50,6 +50,7 @@ from twisted.python.threadpool import ThreadPool
 
 from glance_tx.config import CacheConfig, Config
 from glance_tx.leases import UploadLeases
+from glance_tx.node_claim import NodeClaim
 from glance_tx.purge import Purger
 from glance_tx.recovery import Reclaimer
 from glance_tx.registry.interface import IRegistry
@@ -351,6 +352,40 @@ class LeasesService(ReadyService[UploadLeases]):
     async def stop(self) -> None:
         if self.leases is not None:
             self.leases.stop()
+
+
+@define(eq=False)
+class NodeClaimService(ReadyService[NodeClaim]):
+    """
+    This process's claim on its C{node_id} (L{glance_tx.node_claim}): taken
+    before anything acts as that node, so a second live process with the
+    same id fails to start (L{NodeIdInUse}); renewed while the service
+    runs, released when it stops.
+    """
+
+    registry: Ready[IRegistry]
+    clock: IReactorTime
+    node_id: str
+    seconds: float
+    claim: NodeClaim | None = field(default=None, init=False)
+
+    async def start(self) -> NodeClaim:
+        claim = self.claim = NodeClaim(
+            await self.registry.when_ready(), self.clock, self.node_id, self.seconds
+        )
+        await claim.take()
+        claim.start()
+        return claim
+
+    def stopService(self) -> Deferred[None]:
+        # A start waiting out another claim ends now, not when it expires.
+        if self.claim is not None:
+            self.claim.give_up()
+        return super().stopService()
+
+    async def stop(self) -> None:
+        if self.claim is not None:
+            await self.claim.stop()
 
 
 @define(eq=False)

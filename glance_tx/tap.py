@@ -6,6 +6,8 @@
      |- threads             the thread pool: database, file, hashing work
      |- registry            opens the SQL registry, running migrations (or,
      |                      with registry_url, a client of glance-registry)
+     |- node                claims node_id for this process (refusing to
+     |                      start if another live process holds it)
      |- stores              builds the enabled stores
      |- recovery            reclaims uploads of nodes that are gone, at
      |                      start and every upload_lease_seconds (unless
@@ -42,6 +44,7 @@ from glance_tx.services import (
     HTTPRegistryService,
     LeasesService,
     ListenerService,
+    NodeClaimService,
     PurgerService,
     ReadyService,
     RecoveryService,
@@ -133,6 +136,9 @@ def glance_service(
     children: dict[str, IService] = {
         "threads": threads,
         "registry": registry,
+        "node": NodeClaimService(
+            registry, reactor, config.node_id, config.upload_lease_seconds
+        ),
         "stores": stores,
         "recovery": RecoveryService(
             registry,

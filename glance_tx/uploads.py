@@ -156,13 +156,17 @@ class Uploader:
         expected_checksum: str | None = None,
         failure_status: str = images.KILLED,
         changes: ImageUpdate | None = None,
+        expected_version: int | None = None,
     ) -> Upload:
         """
         Move C{image} from C{queued} to C{saving} (applying C{changes} in the
-        same step) and open a writer on the chosen store.
+        same step) and open a writer on the chosen store. With
+        C{expected_version}, only if the record is still at that version.
 
         @raise Conflict: the image is not queued (already has data, or
             another upload has started).
+        @raise VersionConflict: the record is no longer at
+            C{expected_version}.
         """
         store_id = self.stores.checked_id(store_id)
         store = self.stores.get(store_id)
@@ -179,7 +183,10 @@ class Uploader:
             await self.leases.hold(image.id, failure_status)
         try:
             image = await self.registry.update(
-                image.id, saving, expected_status=frozenset({images.QUEUED})
+                image.id,
+                saving,
+                expected_status=frozenset({images.QUEUED}),
+                expected_version=expected_version,
             )
             try:
                 writer = await store.open_writer(image.id, size=expected_size)

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from glance_tx.api.app import build_site
 from glance_tx.config import CacheConfig, ImageQuotas
+from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.filesystem import FilesystemStore
@@ -62,7 +63,7 @@ class SiteTestCase(SynchronousTestCase):
         self.store = FilesystemStore(self.store_root.path, self.runner)
         self.stores = self.make_stores()
         self.site = build_site(
-            registry=self.registry,
+            registry=self.api_registry(),
             stores=self.stores,
             runner=self.runner,
             image_size_cap=self.size_cap,
@@ -73,6 +74,10 @@ class SiteTestCase(SynchronousTestCase):
             quotas=self.quotas,
         )
         self.client, self.agent = memory_client(self.site)
+
+    def api_registry(self) -> IRegistry:
+        """What the API talks to; by default C{self.registry} itself."""
+        return self.registry
 
     def make_stores(self) -> StoreMap:
         """The enabled stores; by default the one filesystem store, C{file}."""

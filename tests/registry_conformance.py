@@ -25,7 +25,13 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from glance_tx.errors import BadRequest, Conflict, GlanceError, NotFound
+from glance_tx.errors import (
+    BadRequest,
+    Conflict,
+    GlanceError,
+    NotFound,
+    VersionConflict,
+)
 from glance_tx.images import (
     ACTIVE,
     DEACTIVATED,
@@ -46,7 +52,7 @@ from glance_tx.images import (
     Viewer,
     new_image_id,
 )
-from glance_tx.registry.interface import IRegistry
+from glance_tx.registry.interface import HeldClaim, IRegistry
 
 if TYPE_CHECKING:
     _Base = SynchronousTestCase
@@ -485,7 +491,8 @@ class RegistryConformanceMixin(_Base):
     async def test_update_expected_version(self, registry: Any) -> None:
         """
         With expected_version, an update applies only to the record at that
-        version: a caller that read an older one gets Conflict, naming the
+        version: a caller that read an older one gets VersionConflict (a
+        Conflict the API can tell from others), naming the
         current version, and nothing changes.
         """
         image = await registry.create(make_image())
@@ -494,7 +501,7 @@ class RegistryConformanceMixin(_Base):
             registry.update(
                 image.id, ImageUpdate(fields={"name": "stale"}), expected_version=1
             ),
-            Conflict,
+            VersionConflict,
         )
         self.assertIn("version 2", error.message)
         self.assertEqual(await registry.get(image.id), changed)
@@ -509,7 +516,7 @@ class RegistryConformanceMixin(_Base):
     ) -> None:
         """
         Of several updates issued at once by callers that all read version
-        1, exactly one succeeds and the others are Conflicts: they cannot
+        1, exactly one succeeds and the others are VersionConflicts: they cannot
         all win, whichever node each runs on.
         """
         image = await registry.create(make_image())
@@ -528,7 +535,7 @@ class RegistryConformanceMixin(_Base):
         losers = [value for ok, value in results if not ok]
         self.assertEqual(len(winners), 1)
         for failure in losers:
-            failure.trap(Conflict)
+            failure.trap(VersionConflict)
         stored = await registry.get(image.id)
         self.assertEqual(stored, winners[0])
         self.assertEqual(stored.version, 2)
@@ -537,14 +544,83 @@ class RegistryConformanceMixin(_Base):
     async def test_delete_expected_version(self, registry: Any) -> None:
         """
         A delete with expected_version deletes only the record at that
-        version: a stale one is a Conflict and the image stays.
+        version: a stale one is a VersionConflict and the image stays.
         """
         image = await registry.create(make_image())
         await registry.add_tag(image.id, "moved")
-        await self.assertFails(registry.delete(image.id, expected_version=1), Conflict)
+        await self.assertFails(
+            registry.delete(image.id, expected_version=1), VersionConflict
+        )
         self.assertFalse((await registry.get(image.id)).deleted)
         deleted = await registry.delete(image.id, expected_version=2)
         self.assertTrue(deleted.deleted)
+
+    @conformance
+    async def test_repeated_write_answered_as_made(self, registry: Any) -> None:
+        """
+        An update repeated with its write_id (its answer was lost) changes
+        nothing and answers the record, though its expected_version and
+        expected_status no longer hold; another write that read the same
+        version is still a VersionConflict.
+        """
+        image = await registry.create(make_image())
+        first = await registry.update(
+            image.id,
+            ImageUpdate(fields={"status": SAVING}, properties={"n": "1"}),
+            expected_status=frozenset({QUEUED}),
+            expected_version=1,
+            write_id="write-1",
+        )
+        again = await registry.update(
+            image.id,
+            ImageUpdate(fields={"status": SAVING}, properties={"n": "1"}),
+            expected_status=frozenset({QUEUED}),
+            expected_version=1,
+            write_id="write-1",
+        )
+        self.assertEqual(again, first)
+        self.assertEqual(await registry.get(image.id), first)
+        await self.assertFails(
+            registry.update(
+                image.id, ImageUpdate(fields={"name": "x"}), expected_version=1,
+                write_id="write-2",
+            ),
+            VersionConflict,
+        )
+        # Once another identified write came after it, it is no longer the
+        # last: a repeat then is decided as any write.
+        await registry.update(image.id, ImageUpdate(fields={"name": "later"}), write_id="write-3")
+        await self.assertFails(
+            registry.update(
+                image.id, ImageUpdate(fields={"name": "x"}), expected_version=1,
+                write_id="write-1",
+            ),
+            VersionConflict,
+        )
+
+    @conformance
+    async def test_repeated_delete_answers_the_deleted_record(self, registry: Any) -> None:
+        """
+        A delete repeated with its write_id answers the deleted record (not
+        NotFound, not a VersionConflict); without one, it is NotFound.
+        """
+        image = await registry.create(make_image())
+        deleted = await registry.delete(image.id, expected_version=1, write_id="del-1")
+        self.assertEqual(
+            await registry.delete(image.id, expected_version=1, write_id="del-1"), deleted
+        )
+        await self.assertFails(registry.delete(image.id, write_id="del-2"), NotFound)
+
+    @conformance
+    async def test_write_id_checked(self, registry: Any) -> None:
+        """A write_id that is empty or over 64 characters is a BadRequest."""
+        image = await registry.create(make_image())
+        for bad in ("", "w" * 65):
+            await self.assertFails(
+                registry.update(image.id, ImageUpdate(fields={"name": "x"}), write_id=bad),
+                BadRequest,
+            )
+            await self.assertFails(registry.delete(image.id, write_id=bad), BadRequest)
 
     @conformance
     async def test_expected_version_must_be_an_integer(self, registry: Any) -> None:
@@ -1799,3 +1875,73 @@ class RegistryConformanceMixin(_Base):
         await self.assertFails(
             registry.hold_uploads("node-a", {image.id: "nonsense"}, 60), BadRequest
         )
+
+    # -- node claims ---------------------------------------------------------------
+
+    @conformance
+    async def test_node_claim_held_by_a_live_instance(self, registry: Any) -> None:
+        """
+        A node id claimed by one instance is not another's while the claim
+        holds: the other is told who holds it and for how long, and nothing
+        changes; the holder renews it freely.
+        """
+        self.assertIsNone(await registry.claim_node("node-a", "first", 3600))
+        held = await registry.claim_node("node-a", "second", 3600)
+        self.assertIsInstance(held, HeldClaim)
+        self.assertEqual(held.instance, "first")
+        self.assertGreater(held.seconds_left, 3500)
+        self.assertLessEqual(held.seconds_left, 3600)
+        self.assertIsNone(await registry.claim_node("node-a", "first", 3600))
+        self.assertEqual(
+            (await registry.claim_node("node-a", "second", 60)).instance, "first"
+        )
+        # Other ids are other nodes.
+        self.assertIsNone(await registry.claim_node("node-b", "second", 3600))
+
+    @conformance
+    async def test_node_claim_taken_over_from_a_stopped_instance(
+        self, registry: Any
+    ) -> None:
+        """
+        A claim is taken over, unexpired, only from the instance the caller
+        names as stopped (C{replacing}); naming another changes nothing.
+        """
+        await registry.claim_node("node-a", "crashed", 3600)
+        held = await registry.claim_node("node-a", "new", 3600, replacing="someone-else")
+        self.assertEqual(held.instance, "crashed")
+        self.assertIsNone(await registry.claim_node("node-a", "new", 3600, replacing="crashed"))
+        self.assertEqual((await registry.claim_node("node-a", "crashed", 3600)).instance, "new")
+
+    @conformance
+    async def test_node_claim_expires_or_is_released(self, registry: Any) -> None:
+        """
+        An expired claim (its process stopped renewing) passes to the next
+        instance that claims the id, and so does a released one; releasing
+        another instance's claim, or none, changes nothing.
+        """
+        self.assertIsNone(await registry.claim_node("node-a", "crashed", 0))
+        self.assertIsNone(await registry.claim_node("node-a", "restarted", 3600))
+        await registry.release_node("node-a", "crashed")
+        self.assertIsNotNone(await registry.claim_node("node-a", "third", 3600))
+        await registry.release_node("node-a", "restarted")
+        await registry.release_node("node-a", "restarted")
+        self.assertIsNone(await registry.claim_node("node-a", "third", 3600))
+
+    @conformance
+    async def test_node_claim_refusals(self, registry: Any) -> None:
+        """A node id or instance that is empty or too long is a BadRequest."""
+        for node_id, instance in (("", "i"), ("n" * 256, "i"), ("n", ""), ("n", "i" * 256)):
+            await self.assertFails(registry.claim_node(node_id, instance, 60), BadRequest)
+
+    @conformance
+    async def test_one_of_concurrent_node_claims_wins(self, registry: Any) -> None:
+        """
+        Of several instances claiming a fresh node id at once (two nodes
+        started with one node_id), exactly one gets it.
+        """
+        results = await DeferredList(
+            [registry.claim_node("node-a", f"instance-{n}", 3600) for n in range(6)],
+            consumeErrors=True,
+        )
+        self.assertTrue(all(ok for ok, _ in results), results)
+        self.assertEqual([value for _, value in results].count(None), 1)

@@ -95,6 +95,36 @@ class PostgreSQLHTTPConformanceTests(RegistryConformanceMixin, _RealSocketHarnes
         return await self.serve_registry(registry)
 
 
+class RequestIdTests(_RealSocketHarness):
+    """The API request's id, over a real socket, in the registry's log line."""
+
+    async def test_registry_log_line_names_the_request(self) -> None:
+        """
+        A call the client makes while working for an API request carries
+        that request's id, and the registry server's own Site (the one
+        C{twistd glance-registry} runs) logs it on the call's line.
+        """
+        from twisted.logger import capturedLogs, formatEvent
+
+        from glance_tx.registry.server import registry_site
+        from glance_tx.request_ids import new_request_id, working_for
+
+        url = f"sqlite:///{os.path.abspath(self.mktemp())}"
+        registry = await open_sql_registry(url, self.runner)
+        self.addCleanup(registry.close)
+        image = await registry.create(make_image())
+        site = registry_site(RegistryServer(registry, token=TOKEN), self.reactor)
+        client = self.connect(await self.serve(site))
+        given = new_request_id()
+        with capturedLogs() as events:
+            with working_for(given):
+                got = client.get(image.id)
+            self.assertEqual(await got, image)
+        [line] = [e for e in events if e.get("method") == "GET"]
+        self.assertEqual(line["caller_request_id"], given)
+        self.assertIn(f" for {given} ", formatEvent(line))
+
+
 class _Silent(Protocol):
     """Accepts a connection and never answers."""
 

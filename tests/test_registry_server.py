@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from typing import Any
 from urllib.parse import quote
 
 from attrs import define, field
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseNeverReceived
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -29,7 +32,7 @@ from glance_tx.errors import (
     ServiceUnavailable,
     StoreError,
 )
-from glance_tx.images import ImageQuery
+from glance_tx.images import QUEUED, SAVING, ImageQuery, ImageUpdate
 from glance_tx.registry import wire
 from glance_tx.registry.client import HTTPRegistryClient
 from glance_tx.registry.interface import IRegistry
@@ -93,6 +96,7 @@ class FailingRegistry:
     add_tag = remove_tag = add_member = get_member = list_members = _answer
     update_member = remove_member = ping = _answer
     hold_uploads = release_upload = reclaim_uploads = _answer
+    claim_node = release_node = _answer
 
 
 class ServerTests(SynchronousTestCase):
@@ -331,6 +335,33 @@ class FlakyAgent:
         return result
 
 
+@define
+class LosingAgent:
+    """
+    An agent whose first C{losses} requests reach the registry (and are
+    applied) but whose answers are lost, as when the connection drops
+    between the registry's commit and its response; records each method.
+    """
+
+    agent: Any
+    losses: int
+    methods: list[str] = field(factory=list)
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None
+    ) -> Deferred[Any]:
+        self.methods.append(method.decode("ascii"))
+        result: Deferred[Any] = self.agent.request(method, uri, headers, bodyProducer)
+        if self.losses > 0:
+            self.losses -= 1
+
+            def lost(response: Any) -> Any:
+                raise ResponseNeverReceived([Failure(ConnectionLost("gone"))])
+
+            result.addCallback(lost)
+        return result
+
+
 class ClientTests(SynchronousTestCase):
     """The client's time bound, retries and token, on a Clock."""
 
@@ -378,6 +409,41 @@ class ClientTests(SynchronousTestCase):
             self.clock.advance(0.5)
             self.successResultOf(d)
             self.assertEqual(flaky.methods, [method, method])
+
+    def test_conditional_writes_repeated_after_a_lost_answer(self) -> None:
+        """
+        An update or delete conditional on what was read, applied by the
+        registry but its answer lost, is sent again and succeeds, applied
+        once: the repeat is known by its write_id, not refused for failing
+        its own expected_version or expected_status (nor a delete for
+        finding the image gone).
+        """
+        image = self.successResultOf(self.registry.create(make_image()))
+        calls = [
+            lambda c: c.update(
+                image.id,
+                ImageUpdate(fields={"status": SAVING}),
+                expected_status=frozenset({QUEUED}),
+                expected_version=1,
+            ),
+            lambda c: c.update(
+                image.id, ImageUpdate(properties={"n": "1"}), expected_version=2
+            ),
+            lambda c: c.delete(image.id, expected_version=3),
+        ]
+        for version, call in enumerate(calls, start=2):
+            losing = LosingAgent(self.agent, losses=1)
+            d = call(self.client(losing, retry_delay=0.5))
+            self.assertNoResult(d)
+            self.clock.advance(0.5)
+            answered = self.successResultOf(d)
+            self.assertEqual(losing.methods[0], losing.methods[1])
+            self.assertEqual(len(losing.methods), 2)
+            self.assertEqual(answered.version, version)
+            stored = self.successResultOf(self.registry.get(image.id, include_deleted=True))
+            self.assertEqual(stored, answered)
+        self.assertTrue(stored.deleted)
+        self.assertEqual(stored.properties, {"n": "1"})
 
     def test_post_never_retried(self) -> None:
         """A POST whose connection failed is not sent again: ServiceUnavailable."""
@@ -498,3 +564,182 @@ class APIThroughRegistryTests(SynchronousTestCase):
         agent.flush()
         body = self.successResultOf(self.successResultOf(d).content())
         self.assertEqual([i["name"] for i in json.loads(body)["images"]], ["over-http"])
+
+
+@define
+class HeaderRecorder:
+    """An agent that records each request's headers and passes it on."""
+
+    agent: Any
+    headers: list[Any] = field(factory=list)
+
+    def request(
+        self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None
+    ) -> Deferred[Any]:
+        self.headers.append(headers)
+        result: Deferred[Any] = self.agent.request(method, uri, headers, bodyProducer)
+        return result
+
+
+class RequestIdTests(SynchronousTestCase):
+    """
+    One request followed across nodes: the registry client sends the
+    x-openstack-request-id of the API request it works for, and the
+    registry server's log line names it.
+    """
+
+    def setUp(self) -> None:
+        from glance_tx.api.app import build_site
+        from glance_tx.registry.server import registry_site
+        from glance_tx.store.backends import StoreMap
+        from glance_tx.store.filesystem import FilesystemStore
+        from glance_tx.threads import SynchronousRunner
+        from tests.memory_http import SiteAgent, memory_client
+
+        self.registry = open_memory_registry(self)
+        self.registry_agent = SiteAgent(
+            registry_site(RegistryServer(self.registry, token=TOKEN), MemoryReactorClock())
+        )
+        self.recorder = HeaderRecorder(self.registry_agent)
+        client = HTTPRegistryClient(self.recorder, BASE, Clock(), token=TOKEN)
+        runner = SynchronousRunner()
+        store_dir = self.mktemp()
+        os.makedirs(store_dir)
+        self.api = build_site(
+            registry=client,
+            stores=StoreMap({"file": FilesystemStore(store_dir, runner)}, "file"),
+            runner=runner,
+            image_size_cap=1 << 30,
+            default_project="admin",
+            reactor=MemoryReactorClock(),
+        )
+        self.http, self.api_agent = memory_client(self.api)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> tuple[Any, bytes, list[Any]]:
+        """
+        One API request, both sites pumped until it is answered: the
+        response, its body, and the log events of both nodes meanwhile.
+        """
+        from twisted.logger import capturedLogs
+
+        with capturedLogs() as events:
+            d = self.http.request(method, "http://api.example" + path, **kwargs)
+            for _ in range(20):
+                self.api_agent.flush()
+                self.registry_agent.flush()
+            response = self.successResultOf(d)
+            body_d = response.content()
+            self.api_agent.flush()
+            body = self.successResultOf(body_d)
+        return response, body, list(events)
+
+    def request_lines(self, events: list[Any]) -> list[Any]:
+        return [e for e in events if "request_id" in e and "method" in e]
+
+    def test_registry_log_names_the_api_request(self) -> None:
+        """
+        Every registry call a PATCH makes (the read, the write) carries the
+        API request's id, and each of the registry's log lines names it
+        after its own id; the API's own line names no caller.
+        """
+        created, body, _ = self.call(
+            "POST", "/v2/images", json={"disk_format": "raw", "container_format": "bare"}
+        )
+        image_id = json.loads(body)["id"]
+        self.recorder.headers.clear()
+        response, body, events = self.call(
+            "PATCH",
+            f"/v2/images/{image_id}",
+            data=b'[{"op": "replace", "path": "/name", "value": "x"}]',
+            headers={"Content-Type": ["application/openstack-images-v2.1-json-patch"]},
+        )
+        self.assertEqual(response.code, 200, body)
+        [api_id] = response.headers.getRawHeaders(b"x-openstack-request-id")
+        sent = [h.getRawHeaders(b"x-openstack-request-id") for h in self.recorder.headers]
+        self.assertEqual(sent, [[api_id]] * len(sent))
+        self.assertGreaterEqual(len(sent), 2)
+        lines = self.request_lines(events)
+        registry_lines = [e for e in lines if e["uri"].startswith("/images/")]
+        self.assertEqual(
+            sorted(e["method"] for e in registry_lines), ["GET", "PUT"]
+        )
+        from twisted.logger import formatEvent
+
+        for event in registry_lines:
+            self.assertEqual(event["caller_request_id"], api_id.decode())
+            self.assertNotEqual(event["request_id"], api_id.decode())
+            self.assertIn(f" for {api_id.decode()} ", formatEvent(event))
+        [api_line] = [e for e in lines if e["uri"].startswith("/v2/")]
+        self.assertEqual(api_line["request_id"], api_id.decode())
+        self.assertIsNone(api_line["caller_request_id"])
+
+    def test_upload_calls_carry_the_id(self) -> None:
+        """
+        An upload's registry calls, started before the body arrives and
+        finished after, carry the upload request's id too.
+        """
+        _, body, _ = self.call(
+            "POST", "/v2/images", json={"disk_format": "raw", "container_format": "bare"}
+        )
+        image_id = json.loads(body)["id"]
+        self.recorder.headers.clear()
+        response, body, _ = self.call(
+            "PUT",
+            f"/v2/images/{image_id}/file",
+            data=b"data" * 1000,
+            headers={"Content-Type": ["application/octet-stream"]},
+        )
+        self.assertEqual(response.code, 204, body)
+        [api_id] = response.headers.getRawHeaders(b"x-openstack-request-id")
+        sent = [h.getRawHeaders(b"x-openstack-request-id") for h in self.recorder.headers]
+        # read, queued -> saving, saving -> active
+        self.assertGreaterEqual(len(sent), 3)
+        self.assertEqual(sent, [[api_id]] * len(sent))
+
+    def test_caller_ids_taken_only_where_configured(self) -> None:
+        """
+        The API node does not take a client's x-openstack-request-id as its
+        caller's (clients are not API nodes); the registry ignores one that
+        is not a request id, so nothing odd reaches its log.
+        """
+        from tests.memory_http import memory_client
+
+        given = "req-" + str(uuid.uuid4())
+        _, _, events = self.call(
+            "GET", "/v2/images", headers={"x-openstack-request-id": [given]}
+        )
+        [api_line] = [e for e in self.request_lines(events) if e["uri"].startswith("/v2/")]
+        self.assertIsNone(api_line["caller_request_id"])
+        http, agent = memory_client(self.registry_agent.site)
+        from twisted.logger import capturedLogs
+
+        for odd in (given + "\nforged line", "req-1", given.upper()):
+            with capturedLogs() as events:
+                d = http.get(
+                    BASE + "/healthcheck", headers={"x-openstack-request-id": [odd]}
+                )
+                agent.flush()
+                self.successResultOf(d)
+            [line] = self.request_lines(list(events))
+            self.assertIsNone(line["caller_request_id"], odd)
+
+    def test_no_id_outside_a_request(self) -> None:
+        """
+        Work no API request started (the purger, lease renewals) sends no
+        request id; inside working_for, the client sends that one.
+        """
+        from glance_tx.request_ids import working_for
+
+        client = HTTPRegistryClient(self.recorder, BASE, Clock(), token=TOKEN)
+        d = client.ping()
+        self.registry_agent.flush()
+        self.successResultOf(d)
+        given = "req-" + str(uuid.uuid4())
+        with working_for(given):
+            d = client.ping()
+        self.registry_agent.flush()
+        self.successResultOf(d)
+        self.assertEqual(
+            [h.getRawHeaders(b"x-openstack-request-id") for h in self.recorder.headers],
+            [None, [given.encode()]],
+        )

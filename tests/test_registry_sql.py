@@ -79,6 +79,8 @@ TABLES = {
     "image_tags",
     "image_members",
     "upload_leases",
+    "node_claims",
+    "image_writes",
 }
 HEAD = SCHEMA_REVISION
 
@@ -165,7 +167,7 @@ def shared_database(admin_url: URL) -> URL:
 def empty_tables(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.exec_driver_sql(
-            "TRUNCATE upload_leases, image_members, image_tags, image_locations, image_properties,"
+            "TRUNCATE image_writes, node_claims, upload_leases, image_members, image_tags, image_locations, image_properties,"
             " images"
         )
 

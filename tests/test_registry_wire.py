@@ -43,6 +43,7 @@ from glance_tx.images import (
     new_image_id,
 )
 from glance_tx.registry import wire
+from glance_tx.registry.interface import HeldClaim
 
 #: How many generated values each round-trip test tries.
 EXAMPLES = 300
@@ -278,6 +279,46 @@ class DecodingRefusalTests(SynchronousTestCase):
             {"uploads": {}, "seconds": "60"},
         ):
             self.assertRaises(BadRequest, wire.decode_leases, bad)
+
+    def test_node_claims(self) -> None:
+        """
+        A node claim and its two answers round-trip; a claim whose instance
+        or replacing is not a string, or whose seconds are not a number of
+        0 or more, and an answer whose claim is malformed, are BadRequests.
+        """
+        def through_json(value: Any) -> Any:
+            return json.loads(json.dumps(value))
+
+        self.assertEqual(
+            wire.decode_claim(through_json(wire.encode_claim("h:1:x", 60, None))),
+            ("h:1:x", 60.0, None),
+        )
+        self.assertEqual(
+            wire.decode_claim(through_json(wire.encode_claim("h:1:x", 6, "h:2:y"))),
+            ("h:1:x", 6.0, "h:2:y"),
+        )
+        self.assertIsNone(wire.decode_claim_answer(through_json(wire.encode_claim_answer(None))))
+        held = HeldClaim("h:2:y", 12.5)
+        self.assertEqual(
+            wire.decode_claim_answer(through_json(wire.encode_claim_answer(held))), held
+        )
+        bad: Any
+        for bad in (
+            None,
+            {"instance": 1, "seconds": 1},
+            {"instance": "i", "seconds": -1},
+            {"instance": "i", "seconds": 1, "replacing": 2},
+        ):
+            self.assertRaises(BadRequest, wire.decode_claim, bad)
+        for bad in ({"held": []}, {"held": {"instance": None, "seconds_left": 1}}):
+            self.assertRaises(BadRequest, wire.decode_claim_answer, bad)
+
+    def test_write_id(self) -> None:
+        """A write_id is a string or absent; anything else is a BadRequest."""
+        self.assertEqual(wire.decode_write_id("w"), "w")
+        self.assertIsNone(wire.decode_write_id(None))
+        for bad in (1, ["w"], {"w": 1}):
+            self.assertRaises(BadRequest, wire.decode_write_id, bad)
 
     def test_invalid_query(self) -> None:
         """

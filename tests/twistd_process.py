@@ -88,6 +88,34 @@ async def start_twistd(
     from twisted.internet import reactor
     from twisted.web.client import Agent
 
+    process = spawn_twistd(case, plugin, config_text, extra_args, name, port)
+    protocol = process.protocol
+    http = HTTPClient(Agent(reactor))
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        try:
+            response = await http.get(process.url + "/healthcheck", timeout=2)
+            await response.content()
+            if response.code == 200:
+                return process
+        except Exception:
+            pass
+        if protocol.ended.called or time.monotonic() > deadline:
+            case.fail(f"{process.name} did not come up:\n{process.output}")
+        await deferLater(reactor, 0.2, lambda: None)
+
+
+def spawn_twistd(
+    case: TestCase,
+    plugin: str,
+    config_text: str,
+    extra_args: Sequence[str] = (),
+    name: str | None = None,
+    port: int | None = None,
+) -> TwistdProcess:
+    """As L{start_twistd}, without waiting for it to come up (or fail)."""
+    from twisted.internet import reactor
+
     workdir = FilePath(case.mktemp())
     workdir.makedirs()
     config = workdir.child("service.conf")
@@ -118,17 +146,4 @@ async def start_twistd(
     )
     process = TwistdProcess(name or plugin, f"http://127.0.0.1:{port}", protocol)
     case.addCleanup(process.stop)
-
-    http = HTTPClient(Agent(reactor))
-    deadline = time.monotonic() + START_SECONDS
-    while True:
-        try:
-            response = await http.get(process.url + "/healthcheck", timeout=2)
-            await response.content()
-            if response.code == 200:
-                return process
-        except Exception:
-            pass
-        if protocol.ended.called or time.monotonic() > deadline:
-            case.fail(f"{process.name} did not come up:\n{process.output}")
-        await deferLater(reactor, 0.2, lambda: None)
+    return process

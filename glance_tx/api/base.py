@@ -6,23 +6,33 @@ versions answer a request for an image alike.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from attrs import define, field
 from klein import Klein
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from glance_tx import images, policy
 from glance_tx.config import CacheConfig
 from glance_tx.context import RequestContext
-from glance_tx.errors import BadRequest, NotFound
+from glance_tx.errors import BadRequest, NotFound, VersionConflict
 from glance_tx.images import Image, Member
 from glance_tx.locations import delete_data
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.uploads import Uploader
+
+log = Logger()
+
+T = TypeVar("T")
+
+#: How many times a write to an image is made from a fresh read when other
+#: changes keep landing between its read and its write (see
+#: L{ImagesAPI._change_image}); past that, the registry's 409 is answered.
+WRITE_ATTEMPTS = 5
 
 
 @define
@@ -63,9 +73,44 @@ class ImagesAPI:
             policy.check_visible(context, image, await self._membership(context, image))
         return context, image
 
+    async def _change_image(
+        self,
+        request: IRequest,
+        image_id: str,
+        write: Callable[[RequestContext, Image], Awaitable[T]],
+    ) -> T:
+        """
+        Read the image (as L{_image}) and hand it to C{write}, which makes
+        its checks (policy, preconditions) against that record and writes
+        with C{expected_version=image.version}. If another change landed
+        in between (L{VersionConflict}), start again from a fresh read, so
+        the checks hold for the record actually written: an C{If-Match}
+        naming the representation read first is then a 412, a PATCH is
+        applied to the new record (a property removed meanwhile is not
+        brought back), a DELETE of an image protected meanwhile is a 403.
+        Retried rather than a 409 at once: two requests that change
+        different things do not conflict, and Glance applies both. At
+        most L{WRITE_ATTEMPTS} reads; then the registry's 409.
+        """
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            context, image = await self._image(request, image_id)
+            try:
+                return await write(context, image)
+            except VersionConflict:
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                log.debug(
+                    "Image {image_id} changed during a write; retrying",
+                    image_id=image.id,
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _delete(self, image: Image) -> None:
-        """Remove the image's record, then its data from every store."""
-        await self.registry.delete(image.id)
+        """
+        Remove the image's record if it is still the one read (else
+        L{VersionConflict}), then its data from every store.
+        """
+        await self.registry.delete(image.id, expected_version=image.version)
         await delete_data(self.stores, image.id, image.locations)
 
     async def _membership(self, context: RequestContext, image: Image) -> Member | None:

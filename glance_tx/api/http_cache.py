@@ -91,9 +91,12 @@ validators): C{If-Match} fails, C{If-None-Match: *} holds. A metadata
 date has microseconds the C{Last-Modified} header drops, so
 C{If-Unmodified-Since} with that header fails unless the last change fell
 on a whole second (a 412, never a lost update); C{If-Match} is the
-validator that works. The check is best effort: Glance's registry has no
-compare-and-swap on metadata, so a change committed between the check
-and the write is not detected.
+validator that works. The check holds for what is written: the write
+names the version of the record the preconditions were evaluated against
+(C{expected_version}), and when another change was committed in between
+the request is evaluated again against the new record (see
+L{glance_tx.api.base.ImagesAPI._change_image}), so an C{If-Match} naming
+the old representation is a 412, never a lost update.
 """
 
 from __future__ import annotations
@@ -311,7 +314,8 @@ def check_preconditions(request: IRequest, validators: Validators | None) -> Non
     """
     Evaluate a write's preconditions against the C{validators} a GET or
     HEAD of the same URL would send now, or None when it has no current
-    representation. Best effort: see the module docstring.
+    representation. The caller writes only the record these came from
+    (see the module docstring).
 
     @raise PreconditionFailed: a precondition is false; change nothing.
     """

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -45,6 +44,7 @@ from glance_tx.api.channel import (
 )
 from glance_tx.api.errors import handle_unexpected_error
 from glance_tx.errors import GlanceError
+from glance_tx.request_ids import HEADER, new_request_id, parse_request_id, working_for
 from glance_tx.uploads import Upload
 
 log = Logger()
@@ -100,8 +100,14 @@ class _StreamedBody:
 class StreamingRequest(server.Request):
     """
     A Request with an id, a start time, and image-data uploads streamed to
-    the store (see the module docstring).
+    the store (see the module docstring). Its route runs, and its upload
+    starts, working for its id (L{glance_tx.request_ids}), or for the
+    caller's when the site takes callers' ids.
     """
+
+    #: The id the caller sent in x-openstack-request-id, when the site
+    #: takes them (a registry server, whose callers are API nodes).
+    caller_request_id: str | None = None
 
     upload: Upload | None = None
     upload_started: Deferred[Upload] | None = None
@@ -113,11 +119,9 @@ class StreamingRequest(server.Request):
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
-        self.request_id = "req-" + str(uuid.uuid4())
+        self.request_id = new_request_id()
         self.started = time.monotonic()
-        self.responseHeaders.setRawHeaders(
-            b"x-openstack-request-id", [self.request_id.encode("ascii")]
-        )
+        self.responseHeaders.setRawHeaders(HEADER, [self.request_id.encode("ascii")])
         self._refused = False
         self._body_complete = False
         self._early_chunks: list[bytes] = []
@@ -126,11 +130,19 @@ class StreamingRequest(server.Request):
 
     # -- deciding, before the body, whether this is an upload ------------
 
+    @property
+    def working_for(self) -> str:
+        """The request id this request's work is done for."""
+        return self.caller_request_id or self.request_id
+
     def gotLength(self, length: int | None) -> None:
         super().gotLength(length)
+        site = self.channel.site
+        # Called once every header is in.
+        if getattr(site, "caller_request_ids", False):
+            self.caller_request_id = parse_request_id(self.requestHeaders.getRawHeaders(HEADER))
         if length == 0:
             return
-        site = self.channel.site
         # Private: see the module docstring.
         command: bytes = self.channel._command
         uri: bytes = self.channel._path
@@ -150,7 +162,8 @@ class StreamingRequest(server.Request):
             self._send_continue = self.channel._version == b"HTTP/1.1"
         self._pause_client()
         self.upload_started = Deferred()
-        started = Deferred.fromCoroutine(_awaited(route.start(self, found)))
+        with working_for(self.working_for):
+            started = Deferred.fromCoroutine(_awaited(route.start(self, found)))
         started.addCallbacks(self._upload_ready, self._upload_refused)
 
     def _pause_client(self) -> None:
@@ -237,7 +250,8 @@ class StreamingRequest(server.Request):
         if self._refused:
             # Already answered; the connection is closing.
             return
-        super().process()
+        with working_for(self.working_for):
+            super().process()
 
     # -- refusing early, and losing the client -----------------------------
 
@@ -304,7 +318,10 @@ class GlanceSite(server.Site):
     """
     A Site with streaming uploads, one log line per request, and an answer
     to an oversize request head (L{GlanceChannel}); C{max_header_line} is
-    Glance's option of that name.
+    Glance's option of that name. With C{caller_request_ids}, a request's
+    line also names the x-openstack-request-id its caller sent (for a
+    registry server, whose callers are API nodes sending the id of their
+    own request).
     """
 
     requestFactory = StreamingRequest
@@ -318,11 +335,14 @@ class GlanceSite(server.Site):
         resource: Any,
         upload_routes: tuple[UploadRoute, ...] = (),
         max_header_line: int = DEFAULT_MAX_HEADER_LINE,
+        *,
+        caller_request_ids: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, **kwargs)
         self.upload_routes = upload_routes
         self.max_header_line = max_header_line
+        self.caller_request_ids = caller_request_ids
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
@@ -345,9 +365,13 @@ class GlanceSite(server.Site):
     def log_request(self, request: Any, note: str = "") -> None:
         started = getattr(request, "started", None)
         elapsed = time.monotonic() - started if started is not None else 0.0
+        caller = getattr(request, "caller_request_id", None)
         log.info(
-            '{request_id} {client} "{method} {uri}" {code} {length} {elapsed:.3f}s{note}',
+            '{request_id}{for_caller} {client} "{method} {uri}" {code} {length} '
+            "{elapsed:.3f}s{note}",
             request_id=getattr(request, "request_id", "-"),
+            caller_request_id=caller,
+            for_caller=f" for {caller}" if caller else "",
             client=request.getClientAddress().host
             if hasattr(request.getClientAddress(), "host")
             else "-",

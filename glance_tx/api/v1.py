@@ -137,22 +137,22 @@ class V1API(ImagesAPI):
         images.check_image(image)
         return image
 
-    async def _changes(
-        self, request: IRequest, image_id: str, meta: V1Meta
-    ) -> tuple[Image, ImageUpdate]:
+    def _changes(
+        self, request: IRequest, context: RequestContext, image: Image, meta: V1Meta
+    ) -> ImageUpdate:
         """
-        The image a PUT names, and what it asks to change, once the caller
-        may change it and the request's preconditions hold (against what a
-        HEAD sends; best effort, see glance_tx.api.http_cache).
+        What a PUT of C{image} asks to change, once the caller may change
+        it and the request's preconditions hold against what a HEAD of
+        this record sends. The caller writes with C{expected_version}
+        (see L{ImagesAPI._change_image}), so they hold for what is written.
         """
         purge = parse_bool("purge-props", _header(request, b"x-glance-registry-purge-props") or "false")
-        context, image = await self._image(request, image_id)
         policy.check_modifiable(context, image)
         policy.check_publicize(context, meta.core.get("visibility"))
         if "owner" in meta.core and not context.is_admin:
             raise policy.Forbidden("Only an admin can change an image's owner")
         check_preconditions(request, self._representation(image)[1])
-        return image, ImageUpdate(fields=meta.core, properties=meta.properties, purge_properties=purge)
+        return ImageUpdate(fields=meta.core, properties=meta.properties, purge_properties=purge)
 
     async def _register_location(self, image: Image, meta: V1Meta, update: ImageUpdate) -> Image:
         """
@@ -182,13 +182,20 @@ class V1API(ImagesAPI):
     async def _start_update(self, request: StreamingRequest, match: re.Match[bytes]) -> Upload:
         meta = parse_headers(request.requestHeaders)
         expected_size = self._check_upload_request(request, meta)
-        image, changes = await self._changes(request, match.group(1).decode("utf-8"), meta)
-        return await self._start_upload(image, meta, expected_size, changes)
+
+        async def start(context: RequestContext, image: Image) -> Upload:
+            changes = self._changes(request, context, image, meta)
+            return await self._start_upload(image, meta, expected_size, changes)
+
+        return await self._change_image(request, match.group(1).decode("utf-8"), start)
 
     async def _start_upload(
         self, image: Image, meta: V1Meta, expected_size: int | None, changes: ImageUpdate | None
     ) -> Upload:
-        """v1 uploads: a failed one leaves the image killed."""
+        """
+        v1 uploads: a failed one leaves the image killed. Only from the
+        record read (C{expected_version}).
+        """
         return await self.uploader.start(
             image,
             store_id=meta.store,
@@ -196,6 +203,7 @@ class V1API(ImagesAPI):
             expected_checksum=meta.checksum,
             failure_status=images.KILLED,
             changes=changes,
+            expected_version=image.version,
         )
 
     # -- routes ---------------------------------------------------------------
@@ -302,11 +310,16 @@ class V1API(ImagesAPI):
         meta = parse_headers(request.requestHeaders)
         if meta.location is not None:
             policy.check_set_location(self._context(request))
-        image, changes = await self._changes(request, image_id, meta)
-        if meta.location is not None:
-            image = await self._register_location(image, meta, changes)
-        else:
-            image = await self.registry.update(image.id, changes)
+
+        async def write(context: RequestContext, image: Image) -> Image:
+            changes = self._changes(request, context, image, meta)
+            if meta.location is not None:
+                return await self._register_location(image, meta, changes)
+            return await self.registry.update(
+                image.id, changes, expected_version=image.version
+            )
+
+        image = await self._change_image(request, image_id, write)
         return _json(request, {"image": image_document(image)})
 
     @app.route("/images/<image_id>", methods=["GET", "HEAD"])
@@ -334,11 +347,14 @@ class V1API(ImagesAPI):
 
     @app.route("/images/<image_id>", methods=["DELETE"])
     async def delete(self, request: IRequest, image_id: str) -> bytes:
-        """Preconditions are evaluated as for PUT (best effort)."""
-        context, image = await self._image(request, image_id)
-        policy.check_deletable(context, image)
-        check_preconditions(request, self._representation(image)[1])
-        await self._delete(image)
+        """Preconditions are evaluated as for PUT."""
+
+        async def write(context: RequestContext, image: Image) -> None:
+            policy.check_deletable(context, image)
+            check_preconditions(request, self._representation(image)[1])
+            await self._delete(image)
+
+        await self._change_image(request, image_id, write)
         request.setResponseCode(200)
         return b""
 

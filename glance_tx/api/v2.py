@@ -355,8 +355,10 @@ class V2API(ImagesAPI):
     @app.route("/images/<image_id>", methods=["PATCH"])
     async def update(self, request: IRequest, image_id: str) -> bytes:
         """
-        Preconditions are evaluated against the image JSON's validators
-        (best effort: see glance_tx.api.http_cache).
+        The patch is applied to the record read and written only if that
+        record is still current, and preconditions are evaluated against
+        the image JSON's validators of that record (see
+        L{ImagesAPI._change_image}).
         """
         try:
             draft = draft_for(_header(request, b"content-type"))
@@ -364,26 +366,32 @@ class V2API(ImagesAPI):
             request.setHeader(b"Accept-Patch", ACCEPT_PATCH.encode("ascii"))
             raise
         changes = parse_patch(_body(request), draft)
-        context, image = await self._image(request, image_id)
-        policy.check_modifiable(context, image)
-        check_preconditions(request, self._document(context, image)[1])
         located = [change for change in changes if change.name == "locations"]
-        if located:
-            policy.check_set_location(context)
-            if not self.show_multiple_locations:
-                raise Forbidden(
-                    "It's not allowed to change locations if locations are "
-                    "invisible (show_multiple_locations is off)."
-                )
-        update = apply_patch(image, changes)
-        if "owner" in update.fields:
-            policy.check_owner_change(context, image, update.fields["owner"])
-        if "visibility" in update.fields:
-            policy.check_publicize(context, update.fields["visibility"])
-        if located:
-            image = await self._edit_locations(image, located, update)
-        elif update.fields or update.properties or update.tags is not None:
-            image = await self.registry.update(image.id, update)
+
+        async def write(context: RequestContext, image: Image) -> tuple[RequestContext, Image]:
+            policy.check_modifiable(context, image)
+            check_preconditions(request, self._document(context, image)[1])
+            if located:
+                policy.check_set_location(context)
+                if not self.show_multiple_locations:
+                    raise Forbidden(
+                        "It's not allowed to change locations if locations are "
+                        "invisible (show_multiple_locations is off)."
+                    )
+            update = apply_patch(image, changes)
+            if "owner" in update.fields:
+                policy.check_owner_change(context, image, update.fields["owner"])
+            if "visibility" in update.fields:
+                policy.check_publicize(context, update.fields["visibility"])
+            if located:
+                return context, await self._edit_locations(image, located, update)
+            if not (update.fields or update.properties or update.tags is not None):
+                return context, image
+            return context, await self.registry.update(
+                image.id, update, expected_version=image.version
+            )
+
+        context, image = await self._change_image(request, image_id, write)
         return _json(request, self._view(context, image))
 
     async def _edit_locations(
@@ -407,10 +415,13 @@ class V2API(ImagesAPI):
     @app.route("/images/<image_id>", methods=["DELETE"])
     async def delete(self, request: IRequest, image_id: str) -> bytes:
         """Preconditions are evaluated as for PATCH."""
-        context, image = await self._image(request, image_id)
-        policy.check_deletable(context, image)
-        check_preconditions(request, self._document(context, image)[1])
-        await self._delete(image)
+
+        async def write(context: RequestContext, image: Image) -> None:
+            policy.check_deletable(context, image)
+            check_preconditions(request, self._document(context, image)[1])
+            await self._delete(image)
+
+        await self._change_image(request, image_id, write)
         return _no_content(request)
 
     # -- image data -----------------------------------------------------------
@@ -427,25 +438,29 @@ class V2API(ImagesAPI):
                 + (content_type or "no content type")
             )
         expected_size = self._declared_size(request)
-        context, image = await self._image(request, image_id)
-        policy.check_modifiable(context, image)
-        if image.status != images.QUEUED:
-            raise Conflict(
-                f"Image {image.id} is {image.status}; data can only be uploaded "
-                "to a queued image"
+
+        async def start(context: RequestContext, image: Image) -> Upload:
+            policy.check_modifiable(context, image)
+            if image.status != images.QUEUED:
+                raise Conflict(
+                    f"Image {image.id} is {image.status}; data can only be uploaded "
+                    "to a queued image"
+                )
+            missing = [f for f in ("disk_format", "container_format") if not getattr(image, f)]
+            if missing:
+                noun = "Property" if len(missing) == 1 else "Properties"
+                raise BadRequest(f"{noun} {', '.join(missing)} must be set prior to saving data.")
+            # A queued image's data has no representation yet (a GET is a 204).
+            check_preconditions(request, None)
+            return await self.uploader.start(
+                image,
+                store_id=_header(request, b"x-image-meta-store") or None,
+                expected_size=expected_size,
+                failure_status=images.QUEUED,
+                expected_version=image.version,
             )
-        missing = [f for f in ("disk_format", "container_format") if not getattr(image, f)]
-        if missing:
-            noun = "Property" if len(missing) == 1 else "Properties"
-            raise BadRequest(f"{noun} {', '.join(missing)} must be set prior to saving data.")
-        # A queued image's data has no representation yet (a GET is a 204).
-        check_preconditions(request, None)
-        return await self.uploader.start(
-            image,
-            store_id=_header(request, b"x-image-meta-store") or None,
-            expected_size=expected_size,
-            failure_status=images.QUEUED,
-        )
+
+        return await self._change_image(request, image_id, start)
 
     def _declared_size(self, request: IRequest) -> int | None:
         """

@@ -11,17 +11,32 @@ is back.
 Errors name no address: they reach the API's clients, and a URL may carry
 credentials.
 
+Every request carries the x-openstack-request-id of the API request it is
+made for (L{glance_tx.request_ids}), which the registry's log line shows.
+
 Retries: only an idempotent request (GET, PUT, DELETE) whose connection
 failed before any response (refused, or lost, as a pooled connection the
 registry closed is) is sent again; a POST never is. A request that timed
 out is not retried either: the registry may be applying it, and the wait
 is already as long as the deployment allows.
+
+A connection lost after the registry applied a write but before its answer
+arrived is the case a repeat must get right: an image update or delete
+made conditional on what was read (C{expected_version}, C{expected_status})
+would fail its own condition the second time, a delete would find nothing
+to delete. So each update and delete carries a C{write_id}, random and the
+same on its repeat, and the registry answers a repeat of the image's last
+identified write with the record as it is (L{IRegistry.update}). The other
+PUTs and DELETEs are idempotent as they are: a tag added again, leases and
+claims renewed again, a membership set to the same status again. (A
+removed tag or membership removed again is a NotFound.)
 """
 
 from __future__ import annotations
 
 import builtins
 import json
+import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -40,7 +55,9 @@ from glance_tx.bodies import BytesBody
 from glance_tx.errors import GlanceError, ServiceUnavailable
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Member
 from glance_tx.registry import wire
-from glance_tx.registry.interface import IRegistry
+from glance_tx.registry.interface import HeldClaim, IRegistry
+from glance_tx.request_ids import HEADER as REQUEST_ID_HEADER
+from glance_tx.request_ids import current_request_id
 
 #: Methods that may be sent again after a connection failure.
 IDEMPOTENT = frozenset({"GET", "PUT", "DELETE"})
@@ -209,6 +226,9 @@ class HTTPRegistryClient:
         self, method: str, path: str, params: dict[str, str] | None, body: Any
     ) -> Any:
         headers = Headers({b"Accept": [b"application/json"]})
+        request_id = current_request_id()
+        if request_id is not None:
+            headers.setRawHeaders(REQUEST_ID_HEADER, [request_id.encode("ascii")])
         if self.token is not None:
             headers.setRawHeaders(
                 wire.TOKEN_HEADER, [wire.TOKEN_SCHEME + self.token.encode("utf-8")]
@@ -273,23 +293,28 @@ class HTTPRegistryClient:
         update: ImageUpdate,
         expected_status: frozenset[str] | None = None,
         expected_version: int | None = None,
+        write_id: str | None = None,
     ) -> Deferred[Image]:
         async def update_() -> Image:
             body = {
                 "update": wire.encode_update(update),
                 "expected_status": wire.encode_statuses(expected_status),
                 "expected_version": expected_version,
+                # The same on a repeat (see the module docstring).
+                "write_id": _new_write_id() if write_id is None else write_id,
             }
             answer = await self._call("PUT", self._image_path(image_id), body=body)
             return wire.decode_image(answer["image"])
 
         return self._run(update_())
 
-    def delete(self, image_id: str, expected_version: int | None = None) -> Deferred[Image]:
+    def delete(
+        self, image_id: str, expected_version: int | None = None, write_id: str | None = None
+    ) -> Deferred[Image]:
         async def delete() -> Image:
-            params = None
+            params = {"write_id": _new_write_id() if write_id is None else write_id}
             if expected_version is not None:
-                params = {"expected_version": str(expected_version)}
+                params["expected_version"] = str(expected_version)
             answer = await self._call("DELETE", self._image_path(image_id), params=params)
             return wire.decode_image(answer["image"])
 
@@ -401,11 +426,40 @@ class HTTPRegistryClient:
 
         return self._run(reclaim_uploads())
 
+    def _node_path(self, node_id: str) -> str:
+        return "/nodes/" + wire.path_segment(node_id, "node id")
+
+    def claim_node(
+        self, node_id: str, instance: str, seconds: float, replacing: str | None = None
+    ) -> Deferred[HeldClaim | None]:
+        async def claim_node() -> HeldClaim | None:
+            # PUT: repeated after a lost answer, it finds its own claim and
+            # renews it.
+            answer = await self._call(
+                "PUT",
+                self._node_path(node_id),
+                body=wire.encode_claim(instance, seconds, replacing),
+            )
+            return wire.decode_claim_answer(answer)
+
+        return self._run(claim_node())
+
+    def release_node(self, node_id: str, instance: str) -> Deferred[None]:
+        async def release_node() -> None:
+            path = self._node_path(node_id) + "/" + wire.path_segment(instance, "instance")
+            await self._call("DELETE", path)
+
+        return self._run(release_node())
+
     def ping(self) -> Deferred[None]:
         async def ping() -> None:
             await self._call("GET", "/healthcheck")
 
         return self._run(ping())
+
+
+def _new_write_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _reason(error: Exception) -> str:

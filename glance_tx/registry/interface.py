@@ -12,10 +12,20 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping
 
+from attrs import frozen
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Member
+
+
+@frozen
+class HeldClaim:
+    """Another process's unexpired claim on a node id (L{IRegistry.claim_node})."""
+
+    instance: str
+    #: Until it expires, by the registry's clock.
+    seconds_left: float
 
 
 class IRegistry(Interface):
@@ -50,6 +60,7 @@ class IRegistry(Interface):
         update: ImageUpdate,
         expected_status: frozenset[str] | None = None,
         expected_version: int | None = None,
+        write_id: str | None = None,
     ) -> Deferred[Image]:
         """
         Apply an L{glance_tx.images.ImageUpdate} atomically, bump
@@ -63,21 +74,32 @@ class IRegistry(Interface):
         is how two uploads to one image are kept from both starting. With
         C{expected_version}, it happens only if the record is still at that
         L{glance_tx.images.Image.version} (else
-        L{glance_tx.errors.Conflict}, and nothing changes): of two callers
+        L{glance_tx.errors.VersionConflict}, a Conflict, and nothing
+        changes): of two callers
         that read the same record and then write, whichever node they run
         on, only the first wins.
+
+        C{write_id} (up to 64 characters) names this write, the same on a
+        repeat of it: when the image's last write that came with an id was
+        this one, nothing changes (no condition is checked) and the record
+        is answered as it is, so a write repeated because its answer was
+        lost succeeds as the first did, instead of failing its own
+        C{expected_version} or C{expected_status}.
 
         Every change of an image's record (C{update}, C{delete}, a tag added
         or removed) moves its C{version} up by one; a new record is at 1.
         Memberships are not part of the record and leave it alone.
         """
 
-    def delete(image_id: str, expected_version: int | None = None) -> Deferred[Image]:
+    def delete(
+        image_id: str, expected_version: int | None = None, write_id: str | None = None
+    ) -> Deferred[Image]:
         """
         Mark the image deleted (status C{deleted}, C{deleted=True},
         C{deleted_at} set, locations cleared) and fire with the record.
-        The row is kept, so the id is never reused. C{expected_version} as
-        for L{update}.
+        The row is kept, so the id is never reused. C{expected_version} and
+        C{write_id} as for L{update} (a repeated delete answers the deleted
+        record, not NotFound).
         """
 
     def all_locations() -> Deferred[frozenset[str]]:
@@ -158,6 +180,29 @@ class IRegistry(Interface):
         whose lease is renewed meanwhile is left alone. Fires with the
         reclaimed images' new records; removing their partial data is the
         caller's business.
+        """
+
+    def claim_node(
+        node_id: str, instance: str, seconds: float, replacing: str | None = None
+    ) -> Deferred[HeldClaim | None]:
+        """
+        Claim node id C{node_id} for the process C{instance} (new at each
+        start) until C{seconds} from now by the registry's clock, or renew
+        its claim; fire with None. If another instance holds an unexpired
+        claim on that id, change nothing and fire with that claim (a live
+        process holding it renews it before it expires, a dead one does
+        not) -- unless that instance is C{replacing}, one the caller knows
+        has stopped: then the claim is taken over. Checked and written in
+        one transaction, so of two processes claiming one id at once only
+        one gets it. BadRequest for an id or instance that is not a string
+        of 1 to 255 characters.
+        """
+
+    def release_node(node_id: str, instance: str) -> Deferred[None]:
+        """
+        Drop C{instance}'s claim on C{node_id} (at a clean stop, so the
+        node may start again at once); another instance's claim stays, and
+        no claim is not an error.
         """
 
     def ping() -> Deferred[None]:

@@ -111,6 +111,7 @@ class PurgingRegistry(proxyForInterface(IRegistry, "registry")):  # type: ignore
         update: ImageUpdate,
         expected_status: frozenset[str] | None = None,
         expected_version: int | None = None,
+        write_id: str | None = None,
     ) -> Deferred[Image]:
         def updated(image: Image) -> Image | Deferred[Image]:
             if hides_image(update, image):
@@ -118,11 +119,13 @@ class PurgingRegistry(proxyForInterface(IRegistry, "registry")):  # type: ignore
             return image
 
         return self.registry.update(
-            image_id, update, expected_status, expected_version
+            image_id, update, expected_status, expected_version, write_id
         ).addCallback(updated)
 
-    def delete(self, image_id: str, expected_version: int | None = None) -> Deferred[Image]:
-        return self.registry.delete(image_id, expected_version).addCallback(
+    def delete(
+        self, image_id: str, expected_version: int | None = None, write_id: str | None = None
+    ) -> Deferred[Image]:
+        return self.registry.delete(image_id, expected_version, write_id).addCallback(
             lambda image: self._after_purge(image.id, image)
         )
 

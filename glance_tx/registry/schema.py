@@ -227,3 +227,31 @@ upload_leases = Table(
     # upload's own abort would have set (v1 killed, v2 queued).
     Column("failure_status", String(30), nullable=False),
 )
+
+#: The id of each image's last write that came with one (see
+#: IRegistry.update's C{write_id}): a write repeated after its answer was
+#: lost finds its own id here and is answered as the first was.
+image_writes = Table(
+    "image_writes",
+    metadata,
+    Column(
+        "image_id",
+        String(36),
+        ForeignKey("images.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("write_id", String(64), nullable=False),
+)
+
+#: Which process runs as each node id (L{IRegistry.claim_node}): a node_id
+#: names one process at a time, or two nodes would reclaim each other's
+#: uploads.
+node_claims = Table(
+    "node_claims",
+    metadata,
+    Column("node_id", String(255), primary_key=True),
+    # The claiming process, new at every start (host, pid and a random part).
+    Column("instance", String(255), nullable=False),
+    # Until when, by the registry's clock, the process vouches it is alive.
+    Column("expires_at", UTCDateTime, nullable=False),
+)

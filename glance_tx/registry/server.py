@@ -10,8 +10,9 @@ Every body is JSON in the shapes of L{glance_tx.registry.wire}::
     POST   /images                 {"image": ...}    create (201)
     GET    /images/ID[?include_deleted=true]         get
     PUT    /images/ID              {"update": ..., "expected_status": [...],
-                                    "expected_version": N}
-    DELETE /images/ID[?expected_version=N]           delete
+                                    "expected_version": N, "write_id": W}
+    DELETE /images/ID[?expected_version=N][&write_id=W]
+                                                     delete
     PUT    /images/ID/tags/TAG                       add a tag
     DELETE /images/ID/tags/TAG                       remove a tag
     GET    /images/ID/members                        list members
@@ -25,6 +26,11 @@ Every body is JSON in the shapes of L{glance_tx.registry.wire}::
     DELETE /leases/NODE/ID                           release one upload's lease
     POST   /leases/reclaim         {"dead_node_id": NODE or null}
                                                      reclaim expired uploads
+    PUT    /nodes/NODE             {"instance": I, "seconds": N, "replacing": J}
+                                                     claim or renew node id NODE:
+                                                     {"held": null or {"instance": K,
+                                                                       "seconds_left": N}}
+    DELETE /nodes/NODE/I                             release I's claim (204)
 
 A listing's C{query} is one encoded L{glance_tx.images.ImageQuery}, so the
 registry lists with the same filters, order and keyset pages the API asked
@@ -49,10 +55,13 @@ from klein import Klein
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Site
 from werkzeug.exceptions import HTTPException
 
+from glance_tx.api.channel import DEFAULT_MAX_HEADER_LINE
 from glance_tx.api.errors import handle_routing_error, unexpected_error
 from glance_tx.api.params import parse_json
+from glance_tx.api.site import GlanceSite
 from glance_tx.errors import BadRequest, GlanceError
 from glance_tx.images import ImageQuery
 from glance_tx.registry import wire
@@ -166,13 +175,16 @@ class RegistryServer:
             wire.decode_update(body.get("update")),
             expected_status=wire.decode_statuses(body.get("expected_status")),
             expected_version=wire.decode_version(body.get("expected_version")),
+            write_id=wire.decode_write_id(body.get("write_id")),
         )
         return _json(request, {"image": wire.encode_image(image)})
 
     @app.route("/images/<image_id>", methods=["DELETE"])
     async def delete(self, request: IRequest, image_id: str) -> bytes:
         image = await self.registry.delete(
-            image_id, expected_version=wire.decode_version(_arg(request, b"expected_version"))
+            image_id,
+            expected_version=wire.decode_version(_arg(request, b"expected_version")),
+            write_id=wire.decode_write_id(_arg(request, b"write_id")),
         )
         return _json(request, {"image": wire.encode_image(image)})
 
@@ -203,6 +215,21 @@ class RegistryServer:
         self, request: IRequest, node_id: str, image_id: str
     ) -> bytes:
         await self.registry.release_upload(image_id, node_id)
+        request.setResponseCode(HTTPStatus.NO_CONTENT)
+        return b""
+
+    # -- node claims -------------------------------------------------------------
+
+    @app.route("/nodes/<node_id>", methods=["PUT"])
+    async def claim_node(self, request: IRequest, node_id: str) -> bytes:
+        instance, seconds, replacing = wire.decode_claim(_body(request))
+        held = await self.registry.claim_node(node_id, instance, seconds, replacing)
+        return _json(request, wire.encode_claim_answer(held))
+
+    # Not <instance>: Klein's route wrapper has a parameter of that name.
+    @app.route("/nodes/<node_id>/<claimant>", methods=["DELETE"])
+    async def release_node(self, request: IRequest, node_id: str, claimant: str) -> bytes:
+        await self.registry.release_node(node_id, claimant)
         request.setResponseCode(HTTPStatus.NO_CONTENT)
         return b""
 
@@ -257,6 +284,24 @@ class RegistryServer:
         await self.registry.remove_member(image_id, member_id)
         request.setResponseCode(HTTPStatus.NO_CONTENT)
         return b""
+
+
+def registry_site(
+    server: RegistryServer, reactor: Any, max_header_line: int = DEFAULT_MAX_HEADER_LINE
+) -> Site:
+    """
+    The registry server's Site: a GlanceSite for its request ids and one
+    log line per request (it has no upload routes), naming the API
+    request each call is for (the x-openstack-request-id API nodes send).
+    """
+    site = GlanceSite(
+        server.resource(),
+        max_header_line=max_header_line,
+        reactor=reactor,
+        caller_request_ids=True,
+    )
+    site.displayTracebacks = False
+    return site
 
 
 class _TokenGate(Resource):

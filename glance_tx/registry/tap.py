@@ -101,8 +101,7 @@ def registry_service(
     registry = RegistryService(config.sql_connection, runner, config.thread_pool_size)
 
     async def site() -> Site:
-        from glance_tx.api.site import GlanceSite
-        from glance_tx.registry.server import RegistryServer
+        from glance_tx.registry.server import RegistryServer, registry_site
 
         server = RegistryServer(
             await registry.when_ready(), token=config.registry_token
@@ -112,13 +111,7 @@ def registry_service(
                 "glance-registry has no registry_token: whoever reaches its "
                 "port may change every image record"
             )
-        # GlanceSite for its request ids and one log line per request (it
-        # has no upload routes here).
-        site = GlanceSite(
-            server.resource(), max_header_line=config.max_header_line, reactor=reactor
-        )
-        site.displayTracebacks = False
-        return site
+        return registry_site(server, reactor, max_header_line=config.max_header_line)
 
     return ServiceChain.of(
         {

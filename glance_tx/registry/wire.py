@@ -31,6 +31,7 @@ from glance_tx.images import (
     Member,
     Viewer,
 )
+from glance_tx.registry.interface import HeldClaim
 
 #: The header an API node sends the registry's shared secret in.
 TOKEN_HEADER = b"Authorization"
@@ -232,6 +233,13 @@ def decode_version(value: Any) -> int | None:
     return value
 
 
+def decode_write_id(value: Any) -> str | None:
+    """A C{write_id}: a string, or absent (the registry checks its length)."""
+    if value is None or isinstance(value, str):
+        return value
+    raise BadRequest("write_id must be a string")
+
+
 # -- upload leases -----------------------------------------------------------------
 
 
@@ -245,10 +253,50 @@ def decode_leases(value: Any) -> tuple[dict[str, str], float]:
     uploads = _mapping(body.get("uploads"), "uploads")
     if not all(isinstance(v, str) for v in uploads.values()):
         raise BadRequest("uploads must map image ids to statuses")
-    seconds = body.get("seconds")
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+    return dict(uploads), _seconds(body.get("seconds"))
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise BadRequest("seconds must be a number of seconds, 0 or more")
-    return dict(uploads), float(seconds)
+    return float(value)
+
+
+# -- node claims -------------------------------------------------------------------
+
+
+def encode_claim(instance: str, seconds: float, replacing: str | None) -> dict[str, Any]:
+    """The body of a node claim: the claiming process, for how long, whom it replaces."""
+    return {"instance": instance, "seconds": seconds, "replacing": replacing}
+
+
+def decode_claim(value: Any) -> tuple[str, float, str | None]:
+    body = _mapping(value, "A node claim")
+    instance = body.get("instance")
+    if not isinstance(instance, str):
+        raise BadRequest("instance must be a string")
+    replacing = body.get("replacing")
+    if replacing is not None and not isinstance(replacing, str):
+        raise BadRequest("replacing must be a string or null")
+    return instance, _seconds(body.get("seconds")), replacing
+
+
+def encode_claim_answer(held: HeldClaim | None) -> dict[str, Any]:
+    """A claim's answer: null when claimed, else the claim that holds."""
+    if held is None:
+        return {"held": None}
+    return {"held": {"instance": held.instance, "seconds_left": held.seconds_left}}
+
+
+def decode_claim_answer(value: Any) -> HeldClaim | None:
+    held = _mapping(value, "A node claim's answer").get("held")
+    if held is None:
+        return None
+    body = _mapping(held, "held")
+    instance = body.get("instance")
+    if not isinstance(instance, str):
+        raise BadRequest("held.instance must be a string")
+    return HeldClaim(instance, _seconds(body.get("seconds_left")))
 
 
 # -- queries -----------------------------------------------------------------------

@@ -23,7 +23,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from glance_tx.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from glance_tx.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    VersionConflict,
+)
 from glance_tx.images import (
     DELETED,
     KILLED,
@@ -37,13 +43,15 @@ from glance_tx.images import (
     apply_update,
     check_transition,
 )
-from glance_tx.registry.interface import IRegistry
+from glance_tx.registry.interface import HeldClaim, IRegistry
 from glance_tx.registry.schema import (
     image_locations,
     image_members,
     image_properties,
     image_tags,
+    image_writes,
     images,
+    node_claims,
     upload_leases,
 )
 from glance_tx.registry.sql.engine import is_memory_sqlite, open_engine, transaction
@@ -145,11 +153,16 @@ class SQLRegistry:
         update: ImageUpdate,
         expected_status: frozenset[str] | None = None,
         expected_version: int | None = None,
+        write_id: str | None = None,
     ) -> Deferred[Image]:
-        return self._run(self._update, image_id, update, expected_status, expected_version)
+        return self._run(
+            self._update, image_id, update, expected_status, expected_version, write_id
+        )
 
-    def delete(self, image_id: str, expected_version: int | None = None) -> Deferred[Image]:
-        return self._run(self._delete, image_id, expected_version)
+    def delete(
+        self, image_id: str, expected_version: int | None = None, write_id: str | None = None
+    ) -> Deferred[Image]:
+        return self._run(self._delete, image_id, expected_version, write_id)
 
     def all_locations(self) -> Deferred[frozenset[str]]:
         return self._run(self._all_locations)
@@ -206,6 +219,14 @@ class SQLRegistry:
         self, dead_node_id: str | None = None
     ) -> Deferred[builtins.list[Image]]:
         return self._run(self._reclaim_uploads, dead_node_id)
+
+    def claim_node(
+        self, node_id: str, instance: str, seconds: float, replacing: str | None = None
+    ) -> Deferred[HeldClaim | None]:
+        return self._run(self._claim_node, node_id, instance, seconds, replacing)
+
+    def release_node(self, node_id: str, instance: str) -> Deferred[None]:
+        return self._run(self._release_node, node_id, instance)
 
     def close(self) -> Deferred[None]:
         """Close the database connections (the registry is unusable after)."""
@@ -325,9 +346,13 @@ class SQLRegistry:
         change: ImageUpdate,
         expected_status: frozenset[str] | None,
         expected_version: int | None,
+        write_id: str | None,
     ) -> Image:
         _check_version(expected_version)
+        _check_write_id(write_id)
         with self._write() as connection:
+            if _repeated(connection, image_id, write_id):
+                return self._fetch(connection, image_id, include_deleted=True)
             current = self._fetch(connection, image_id, False, for_update=True)
             _check_current(current, expected_version)
             if expected_status is not None and current.status not in expected_status:
@@ -351,6 +376,7 @@ class SQLRegistry:
                 new = evolve(new, deleted=True, deleted_at=now, locations=())
             check_record(new)
             self._store_changes(connection, current, new)
+            _record_write(connection, image_id, write_id)
             return self._fetch(connection, image_id, include_deleted=True)
 
     def _store_changes(self, connection: Connection, old: Image, new: Image) -> None:
@@ -367,7 +393,7 @@ class SQLRegistry:
             .values(values)
         )
         if written.rowcount != 1:
-            raise Conflict(f"Image {old.id} was changed meanwhile")
+            raise VersionConflict(f"Image {old.id} was changed meanwhile")
         gone = {
             key
             for key, value in old.properties.items()
@@ -396,9 +422,14 @@ class SQLRegistry:
             )
             write_tags(connection, old.id, new.tags)
 
-    def _delete(self, image_id: str, expected_version: int | None) -> Image:
+    def _delete(
+        self, image_id: str, expected_version: int | None, write_id: str | None
+    ) -> Image:
         _check_version(expected_version)
+        _check_write_id(write_id)
         with self._write() as connection:
+            if _repeated(connection, image_id, write_id):
+                return self._fetch(connection, image_id, include_deleted=True)
             current = self._fetch(connection, image_id, False, for_update=True)
             _check_current(current, expected_version)
             check_transition(current.status, DELETED)
@@ -412,6 +443,7 @@ class SQLRegistry:
                 locations=(),
             )
             self._store_changes(connection, current, new)
+            _record_write(connection, image_id, write_id)
             return self._fetch(connection, image_id, include_deleted=True)
 
     def _all_locations(self) -> frozenset[str]:
@@ -434,8 +466,7 @@ class SQLRegistry:
     def _hold_uploads(
         self, node_id: str, uploads: dict[str, str], seconds: float
     ) -> None:
-        if not isinstance(node_id, str) or not node_id or len(node_id) > 255:
-            raise BadRequest("A node id must be a string of 1 to 255 characters")
+        _check_node_id(node_id)
         for status in uploads.values():
             if status not in STATUSES:
                 raise BadRequest(f"Invalid status {status!r}")
@@ -522,6 +553,57 @@ class SQLRegistry:
                 delete(upload_leases).where(upload_leases.c.image_id == image_id)
             )
             return self._fetch(connection, image_id, include_deleted=True)
+
+    # node claims (see IRegistry.claim_node): the registry's clock, as for
+    # leases.
+
+    def _claim_node(
+        self, node_id: str, instance: str, seconds: float, replacing: str | None
+    ) -> HeldClaim | None:
+        _check_node_id(node_id)
+        if not isinstance(instance, str) or not instance or len(instance) > 255:
+            raise BadRequest("A node instance must be a string of 1 to 255 characters")
+        try:
+            return self._claim_node_once(node_id, instance, seconds, replacing)
+        except IntegrityError:
+            # Another process inserted the first claim on this id at the
+            # same moment: decide again, against its row.
+            return self._claim_node_once(node_id, instance, seconds, replacing)
+
+    def _claim_node_once(
+        self, node_id: str, instance: str, seconds: float, replacing: str | None
+    ) -> HeldClaim | None:
+        with self._write() as connection:
+            now = self.now()
+            row = connection.execute(
+                select(node_claims)
+                .where(node_claims.c.node_id == node_id)
+                .with_for_update()
+            ).mappings().first()
+            expires_at = now + timedelta(seconds=seconds)
+            if row is None:
+                connection.execute(
+                    insert(node_claims),
+                    {"node_id": node_id, "instance": instance, "expires_at": expires_at},
+                )
+                return None
+            holder = row["instance"]
+            if holder not in (instance, replacing) and row["expires_at"] > now:
+                return HeldClaim(holder, (row["expires_at"] - now).total_seconds())
+            connection.execute(
+                sql_update(node_claims)
+                .where(node_claims.c.node_id == node_id)
+                .values(instance=instance, expires_at=expires_at)
+            )
+            return None
+
+    def _release_node(self, node_id: str, instance: str) -> None:
+        with self._write() as connection:
+            connection.execute(
+                delete(node_claims).where(
+                    node_claims.c.node_id == node_id, node_claims.c.instance == instance
+                )
+            )
 
     # tags: each call is one transaction that first locks the image's row,
     # so changes to one image (tags, update, delete) happen one after the
@@ -637,6 +719,43 @@ class SQLRegistry:
                 raise not_member(image_id, member_id)
 
 
+def _check_write_id(write_id: str | None) -> None:
+    if write_id is not None and (
+        not isinstance(write_id, str) or not write_id or len(write_id) > 64
+    ):
+        raise BadRequest("write_id must be a string of 1 to 64 characters")
+
+
+def _repeated(connection: Connection, image_id: str, write_id: str | None) -> bool:
+    """
+    Whether the image's last identified write was C{write_id}: then this
+    write is a repeat of one already made. Locks the image's row first, so
+    a repeat that arrives while its first is still running waits for it.
+    """
+    if write_id is None:
+        return False
+    connection.execute(
+        select(images.c.id).where(images.c.id == image_id).with_for_update()
+    ).first()
+    last = connection.execute(
+        select(image_writes.c.write_id).where(image_writes.c.image_id == image_id)
+    ).scalar()
+    return bool(last == write_id)
+
+
+def _record_write(connection: Connection, image_id: str, write_id: str | None) -> None:
+    """Remember C{write_id} as the image's last identified write."""
+    if write_id is None:
+        return
+    connection.execute(delete(image_writes).where(image_writes.c.image_id == image_id))
+    connection.execute(insert(image_writes), {"image_id": image_id, "write_id": write_id})
+
+
+def _check_node_id(node_id: str) -> None:
+    if not isinstance(node_id, str) or not node_id or len(node_id) > 255:
+        raise BadRequest("A node id must be a string of 1 to 255 characters")
+
+
 def _check_version(expected_version: int | None) -> None:
     if expected_version is not None and (
         isinstance(expected_version, bool) or not isinstance(expected_version, int)
@@ -645,9 +764,9 @@ def _check_version(expected_version: int | None) -> None:
 
 
 def _check_current(current: Image, expected_version: int | None) -> None:
-    """Conflict unless the record is at C{expected_version} (if given)."""
+    """VersionConflict unless the record is at C{expected_version} (if given)."""
     if expected_version is not None and current.version != expected_version:
-        raise Conflict(
+        raise VersionConflict(
             f"Image {current.id} has changed: it is at version {current.version}, "
             f"not {expected_version}"
         )
