@@ -110,6 +110,7 @@ class QuotaRegistry(proxyForInterface(IRegistry, "registry")):  # type: ignore[m
         update: ImageUpdate,
         expected_status: frozenset[str] | None = None,
         expected_version: int | None = None,
+        write_id: str | None = None,
     ) -> Deferred[Image]:
         async def checked_update() -> Image:
             known = _known_counts(update)
@@ -124,7 +125,11 @@ class QuotaRegistry(proxyForInterface(IRegistry, "registry")):  # type: ignore[m
                     after = current  # a malformed update: the registry says why
                 check_growth(self.quotas, _counts(current), _counts(after))
             return await self.registry.update(
-                image_id, update, expected_status=expected_status, expected_version=expected_version
+                image_id,
+                update,
+                expected_status=expected_status,
+                expected_version=expected_version,
+                write_id=write_id,
             )
 
         return Deferred.fromCoroutine(checked_update())
