@@ -9,6 +9,8 @@ from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
 from glance_tx.config import CacheConfig
+from glance_tx.identity.headers import HeaderIdentity
+from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.leases import UploadLeases
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
@@ -26,8 +28,16 @@ def build_site(
     reactor: Any,
     cache: CacheConfig | None = None,
     leases: UploadLeases | None = None,
+    identity: IIdentityResolver | None = None,
 ) -> GlanceSite:
+    """
+    The API's site. Who is asking comes from C{identity}; without one, from
+    the headers, with C{default_project} for requests that have none
+    (C{auth_strategy = noauth}).
+    """
     cache = cache or CacheConfig()
+    if identity is None:
+        identity = HeaderIdentity(default_project)
     uploader = Uploader(
         registry=registry,
         stores=stores,
@@ -39,14 +49,14 @@ def build_site(
         registry=registry,
         stores=stores,
         uploader=uploader,
-        default_project=default_project,
+        identity=identity,
         cache=cache,
     )
     v2 = V2API(
         registry=registry,
         stores=stores,
         uploader=uploader,
-        default_project=default_project,
+        identity=identity,
         cache=cache,
     )
     root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())

@@ -19,6 +19,7 @@ from glance_tx import images, policy
 from glance_tx.config import CacheConfig
 from glance_tx.context import RequestContext
 from glance_tx.errors import BadRequest, NotFound
+from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.images import Image, Member
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap, is_read_only
@@ -37,7 +38,8 @@ class ImagesAPI:
     registry: IRegistry
     stores: StoreMap
     uploader: Uploader
-    default_project: str
+    #: Who is asking (C{auth_strategy}'s provider, L{glance_tx.identity}).
+    identity: IIdentityResolver
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     #: How responses are marked for caches (see glance_tx.api.http_cache).
     cache: CacheConfig = field(factory=CacheConfig)
@@ -47,15 +49,16 @@ class ImagesAPI:
     def resource(self) -> Any:
         return self.app.resource()
 
-    def _context(self, request: IRequest) -> RequestContext:
-        return RequestContext.from_request(request, self.default_project)
+    async def _context(self, request: IRequest) -> RequestContext:
+        """Who asks: the one place the API asks the identity provider."""
+        return await self.identity.resolve(request)
 
     async def _image(self, request: IRequest, image_id: str) -> tuple[RequestContext, Image]:
         """
         Who asks, and the image if they may see it; otherwise, as for an id
         that is no UUID or names no image, a 404 (as in Glance, v1 and v2).
         """
-        context = self._context(request)
+        context = await self._context(request)
         try:
             canonical = images.validate_image_id(image_id)
         except BadRequest:

@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 
 from glance_tx.api.errors import error_document
-from glance_tx.errors import GlanceError
+from glance_tx.errors import GlanceError, Unauthorized
 from glance_tx.uploads import Upload
 
 log = Logger()
@@ -270,6 +270,8 @@ class StreamingRequest(server.Request):
         ]
         if error.retry_after is not None:
             head.append(f"Retry-After: {error.retry_after}")
+        if isinstance(error, Unauthorized) and error.challenge is not None:
+            head.append(f"WWW-Authenticate: {error.challenge}")
         self.code = error.status
         self.sentLength = len(body)
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
