@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from glance_tx.api.app import build_site
 from glance_tx.config import CacheConfig
+from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.filesystem import FilesystemStore
@@ -65,8 +66,13 @@ class SiteTestCase(SynchronousTestCase):
             default_project="admin",
             reactor=MemoryReactorClock(),
             cache=self.cache,
+            identity=self.make_identity(),
         )
         self.client, self.agent = memory_client(self.site)
+
+    def make_identity(self) -> IIdentityResolver | None:
+        """Who is asking; by default (None) the headers, as with noauth."""
+        return None
 
     def make_stores(self) -> StoreMap:
         """The enabled stores; by default the one filesystem store, C{file}."""
