@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
@@ -358,6 +359,52 @@ class KeystoneSiteTests(SiteTestCase):
         _, listing = self.answer("GET", "/v2/images", one, **{"X-Roles": "admin"})
         self.assertEqual([i["name"] for i in listing["images"]], ["one"])
         self.assertEqual(listing["images"][0]["owner"], "p-one")
+
+    def test_upload_without_token(self) -> None:
+        """An image-data upload, refused before its body: 401 with the challenge."""
+        d = self.client.put(
+            "http://127.0.0.1:9292/v2/images/" + "0" * 8 + "-0000-4000-8000-" + "0" * 12 + "/file",
+            data=b"x" * 1000,
+            headers={"Content-Type": ["application/octet-stream"], "X-Roles": ["admin"]},
+        )
+        for _ in range(3):
+            self.agent.flush()
+            self.stub.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 401)
+        self.assertEqual(
+            response.headers.getRawHeaders("WWW-Authenticate"),
+            ['Keystone uri="http://keystone.test:5000"'],
+        )
+        self.assertEqual(self.keystone.validations, 0)
+
+    def test_one_validation_per_request(self) -> None:
+        """A v1 update asks who is asking twice; Keystone is asked once."""
+        self.resolver_cache_off()
+        token = self.keystone.issue("u-1", "p-one", ["member"])
+        response, body = self.answer("POST", "/v1/images", token, **{"x-image-meta-name": "n"})
+        self.assertEqual(response.code, 201)
+        before = self.keystone.validations
+        response, _ = self.answer(
+            "PUT", f"/v1/images/{body['image']['id']}", token, **{"x-image-meta-name": "m"}
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.keystone.validations - before, 1)
+
+    def resolver_cache_off(self) -> None:
+        """Rebuild the site with token_cache_time = 0 (every request asks)."""
+        from glance_tx.api.app import build_site
+        from tests.memory_http import memory_client
+
+        identity = keystone_identity(
+            self.clock, self.keystone.config(token_cache_time=0), self.stub
+        )
+        self.site = build_site(
+            registry=self.registry, stores=self.stores, runner=self.runner,
+            image_size_cap=self.size_cap, default_project="admin",
+            reactor=MemoryReactorClock(), identity=identity,
+        )
+        self.client, self.agent = memory_client(self.site)
 
     def test_keystone_down_503(self) -> None:
         """Keystone answering 500: the API answers 503 with Retry-After."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
+from weakref import WeakKeyDictionary
 
 from attrs import define, field
 from klein import Klein
@@ -49,9 +50,19 @@ class ImagesAPI:
     def resource(self) -> Any:
         return self.app.resource()
 
+    #: Each live request's context, so that a request whose handling asks
+    #: more than once (an upload started before its route runs) costs one
+    #: resolution (with Keystone, at most one validation).
+    _resolved: WeakKeyDictionary[IRequest, RequestContext] = field(
+        factory=WeakKeyDictionary, init=False
+    )
+
     async def _context(self, request: IRequest) -> RequestContext:
         """Who asks: the one place the API asks the identity provider."""
-        return await self.identity.resolve(request)
+        context = self._resolved.get(request)
+        if context is None:
+            context = self._resolved[request] = await self.identity.resolve(request)
+        return context
 
     async def _image(self, request: IRequest, image_id: str) -> tuple[RequestContext, Image]:
         """
