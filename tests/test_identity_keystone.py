@@ -221,11 +221,22 @@ class CacheTests(KeystoneHarness):
         self.successResultOf(self.start(self.token_request(tokens[0])))
         self.assertEqual(self.keystone.validations, 4)
 
-    def test_refusal_not_cached(self) -> None:
-        """A refused token is asked about again (it is not remembered as valid)."""
+    def test_refusal_cached(self) -> None:
+        """A refused token is refused again without asking, until token_cache_time."""
         self.refusal(self.token_request("gAAAAunknown"))
+        self.refusal(self.token_request("gAAAAunknown"))
+        self.assertEqual(self.keystone.validations, 1)
+        self.clock.advance(301)
         self.refusal(self.token_request("gAAAAunknown"))
         self.assertEqual(self.keystone.validations, 2)
+
+    def test_unavailable_not_cached(self) -> None:
+        """A Keystone that failed to answer is asked again on the next request."""
+        token = self.member_token()
+        self.keystone.broken = 500
+        self.failureResultOf(self.start(self.token_request(token)), ServiceUnavailable)
+        self.keystone.broken = None
+        self.assertEqual(self.successResultOf(self.start(self.token_request(token))).project_id, "p-one")
 
 
 class ServiceTokenTests(KeystoneHarness):

@@ -8,7 +8,10 @@ honoured for at most that long. The cache is bounded: past C{max_entries}
 the least recently used entry goes. Concurrent requests with one token
 that is not cached yet share one validation.
 
-Refusals are not cached: a request with a bad token costs a validation.
+Refusals are remembered too (as keystonemiddleware does), for as long: an
+expired or revoked token never becomes valid again, and a caller retrying
+a bad token must not cost Keystone a validation each time. Failures to ask
+Keystone are not remembered.
 """
 
 from __future__ import annotations
@@ -42,7 +45,10 @@ class TokenCache:
     #: Seconds an entry is trusted at most (C{token_cache_time}); 0: not cached.
     ttl: float
     max_entries: int = MAX_ENTRIES
-    _entries: OrderedDict[str, tuple[float, TokenInfo]] = field(factory=OrderedDict, init=False)
+    #: sha256 -> (until, what Keystone said: the token's info, or its refusal)
+    _entries: OrderedDict[str, tuple[float, TokenInfo | InvalidToken]] = field(
+        factory=OrderedDict, init=False
+    )
     _pending: dict[str, Once[TokenInfo]] = field(factory=dict, init=False)
 
     def __len__(self) -> int:
@@ -56,6 +62,8 @@ class TokenCache:
             until, info = entry
             if now < until:
                 self._entries.move_to_end(key)
+                if isinstance(info, InvalidToken):
+                    raise InvalidToken(str(info))
                 return info
             del self._entries[key]
         pending = self._pending.get(key)
@@ -70,13 +78,19 @@ class TokenCache:
     ) -> TokenInfo:
         try:
             info = await validate(token)
+            if info.expires <= self.clock.seconds():
+                raise InvalidToken("The token has expired")
+        except InvalidToken as refusal:
+            self._remember(key, self.clock.seconds() + self.ttl, refusal)
+            raise
         finally:
             self._pending.pop(key, None)
-        now = self.clock.seconds()
-        if info.expires <= now:
-            raise InvalidToken("The token has expired")
-        if self.ttl > 0:
-            self._entries[key] = (min(info.expires, now + self.ttl), info)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+        self._remember(key, min(info.expires, self.clock.seconds() + self.ttl), info)
         return info
+
+    def _remember(self, key: str, until: float, outcome: TokenInfo | InvalidToken) -> None:
+        if self.ttl <= 0:
+            return
+        self._entries[key] = (until, outcome)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
