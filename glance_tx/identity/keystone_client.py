@@ -7,19 +7,20 @@ The two Keystone v3 calls token validation needs, on treq.
     that needs it (concurrent ones wait for that one login).
   - A caller's token: C{GET /v3/auth/tokens} with the service token as
     C{X-Auth-Token} and the caller's as C{X-Subject-Token}. 200 is a valid
-    token; 404 (and 401 for the subject) is one Keystone does not know or
-    no longer honours: expired, revoked, malformed. A 401 is for the
-    service token (revoked early): log in again and ask once more.
+    token; 404 is one Keystone does not know or no longer honours: expired,
+    revoked, malformed. A 401 is about the service token (revoked early):
+    log in again and ask once more.
 
-Every call is bounded by C{timeout} on the injected clock: a Keystone that
-does not answer is L{KeystoneUnavailable} within that time, never a hang.
+Every call is bounded by C{http_connect_timeout} on the injected clock: a
+Keystone that does not answer is L{KeystoneUnavailable} within that time,
+never a hang.
 No message carries a token or the password.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from attrs import define, field, frozen
@@ -30,6 +31,8 @@ from twisted.logger import Logger
 from glance_tx.config import KeystoneConfig
 from glance_tx.once import Once, run_once
 from glance_tx.store.describe import describe
+
+# The Swift store's Keystone login already builds the password-auth body.
 from glance_tx.store.swift_client import KeystoneV3Auth
 
 log = Logger()
@@ -81,7 +84,10 @@ def token_info(document: Any) -> TokenInfo:
 
 
 def _timestamp(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # Keystone's times are UTC
+    return moment.timestamp()
 
 
 @define
