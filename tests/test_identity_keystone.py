@@ -346,6 +346,16 @@ class KeystoneSiteTests(SiteTestCase):
             )
             self.assertEqual(body["error"]["code"], 401)
 
+    def test_refusals_not_stored(self) -> None:
+        """A 401 or 503 on a cacheable route tells caches not to store it."""
+        response = self.ask("GET", "/v2/images")
+        self.assertEqual(response.code, 401)
+        self.assertEqual(response.headers.getRawHeaders("Cache-Control"), ["no-store"])
+        self.keystone.broken = 500
+        response = self.ask("GET", "/v2/images", "gAAAAsome")
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders("Cache-Control"), ["no-store"])
+
     def test_versions_open(self) -> None:
         """The versions document needs no token (clients discover with it)."""
         response = self.ask("GET", "/versions")
