@@ -59,6 +59,44 @@ class CacheConfig:
     purge_repeat_delay: int = 5
 
 
+#: C{[DEFAULT] auth_strategy} values (Glance's option).
+AUTH_STRATEGIES = ("noauth", "keystone")
+
+
+@frozen
+class KeystoneConfig:
+    """
+    C{[keystone_authtoken]}, with keystonemiddleware's option names (so an
+    operator's existing Glance file works): where callers get tokens, and
+    the service user glance-tx validates them as.
+    """
+
+    #: Keystone's v3 API, C{http://keystone:5000} or C{.../v3}.
+    auth_url: str
+    username: str
+    password: str = field(repr=False)
+    project_name: str
+    #: Sent to callers in C{WWW-Authenticate: Keystone uri="..."}.
+    www_authenticate_uri: str
+    user_domain_name: str = "Default"
+    project_domain_name: str = "Default"
+    #: Seconds a validated token is trusted before Keystone is asked again
+    #: (never past the token's own expiry).
+    token_cache_time: float = 300.0
+    #: Seconds one call to Keystone (connecting and answering) may take
+    #: before the caller gets a 503.
+    http_connect_timeout: float = 5.0
+    #: PEM file of the authority that signed an https Keystone's
+    #: certificate; None trusts the system's authorities.
+    cafile: str | None = None
+
+    @property
+    def v3_url(self) -> str:
+        """C{auth_url} ending in C{/v3}, as keystonemiddleware accepts both."""
+        url = self.auth_url.rstrip("/")
+        return url if url.endswith("/v3") else url + "/v3"
+
+
 @frozen
 class ImageQuotas:
     """
@@ -119,6 +157,11 @@ class Config:
     #: default): longer is a 414 or 431 (L{glance_tx.api.channel}).
     max_header_line: int = 16384
     quotas: ImageQuotas = field(factory=ImageQuotas)
+    #: Where identity comes from: C{noauth} (the headers, or
+    #: C{default_project} as admin) or C{keystone} (a validated token).
+    auth_strategy: str = "noauth"
+    #: C{[keystone_authtoken]}; set when C{auth_strategy} is keystone.
+    keystone: KeystoneConfig | None = None
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -201,6 +244,7 @@ def load_config(
     if default_backend not in {s.id for s in stores}:
         raise ConfigError(f"default_backend {default_backend!r} is not in enabled_backends")
 
+    auth_strategy, keystone = _auth(parser)
     return Config(
         endpoint=endpoint,
         data_dir=data_dir,
@@ -224,7 +268,64 @@ def load_config(
         show_image_direct_url=bool_option(default, "show_image_direct_url", False),
         max_header_line=_int(default, "max_header_line", 16384, minimum=1024),
         quotas=_quotas(default),
+        auth_strategy=auth_strategy,
+        keystone=keystone,
     )
+
+
+def _auth(parser: configparser.ConfigParser) -> tuple[str, KeystoneConfig | None]:
+    """C{auth_strategy} and, for keystone, C{[keystone_authtoken]}."""
+    strategy = (parser.defaults().get("auth_strategy") or "noauth").strip().lower()
+    if strategy not in AUTH_STRATEGIES:
+        raise ConfigError(
+            f"auth_strategy must be one of {', '.join(AUTH_STRATEGIES)}, not {strategy!r}"
+        )
+    if strategy != "keystone":
+        return strategy, None
+    section: Mapping[str, str] = (
+        {k: v for k, v in parser["keystone_authtoken"].items() if k not in parser.defaults()}
+        if parser.has_section("keystone_authtoken")
+        else {}
+    )
+    missing = [
+        name
+        for name in ("auth_url", "username", "password", "project_name")
+        if not (section.get(name) or "").strip()
+    ]
+    if missing:
+        raise ConfigError(
+            "auth_strategy = keystone needs [keystone_authtoken] " + ", ".join(missing)
+        )
+    auth_type = (section.get("auth_type") or "password").strip()
+    if auth_type not in ("password", "v3password"):
+        raise ConfigError(f"[keystone_authtoken] auth_type {auth_type!r} is not supported (password)")
+    auth_url = section["auth_url"].strip()
+    if not auth_url.startswith(("http://", "https://")):
+        raise ConfigError(f"[keystone_authtoken] auth_url {auth_url!r} is not an http(s) URL")
+    defaults = KeystoneConfig("", "", "", "", "")
+    cache_time = section.get("token_cache_time")
+    keystone = KeystoneConfig(
+        auth_url=auth_url,
+        username=section["username"].strip(),
+        password=section["password"],
+        project_name=section["project_name"].strip(),
+        www_authenticate_uri=(
+            section.get("www_authenticate_uri") or section.get("auth_uri") or auth_url
+        ).strip(),
+        user_domain_name=(section.get("user_domain_name") or defaults.user_domain_name).strip(),
+        project_domain_name=(
+            section.get("project_domain_name") or defaults.project_domain_name
+        ).strip(),
+        # keystonemiddleware: -1 disables the cache; 0 here does the same.
+        token_cache_time=0.0
+        if cache_time is not None and cache_time.strip() == "-1"
+        else float(_int(section, "token_cache_time", int(defaults.token_cache_time))),
+        http_connect_timeout=_seconds(
+            section, "http_connect_timeout", defaults.http_connect_timeout
+        ),
+        cafile=(section.get("cafile") or "").strip() or None,
+    )
+    return strategy, keystone
 
 
 def default_node_id(endpoint: str) -> str:

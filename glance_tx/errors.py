@@ -30,6 +30,20 @@ class BadRequest(GlanceError):
     status = HTTPStatus.BAD_REQUEST
 
 
+class Unauthorized(GlanceError):
+    """
+    The caller is not known: no token, or one the identity service
+    refuses. C{challenge} is the C{WWW-Authenticate} value that says where
+    to get a token (Keystone's C{Keystone uri="..."}).
+    """
+
+    status = HTTPStatus.UNAUTHORIZED
+
+    def __init__(self, message: str, challenge: str | None = None) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+
 class Forbidden(GlanceError):
     status = HTTPStatus.FORBIDDEN
 
@@ -74,7 +88,10 @@ class RangeNotSatisfiable(GlanceError):
 
 
 class ServiceUnavailable(GlanceError):
-    """A service this one needs (the registry, its database) is not answering."""
+    """
+    A service this one needs (the registry, its database, Keystone) is not
+    answering.
+    """
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     retry_after = 5

@@ -35,7 +35,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 from attrs import define, field
 from sqlalchemy.engine import make_url
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
@@ -49,8 +49,11 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from glance_tx.config import CacheConfig, Config
+from glance_tx.identity.headers import HeaderIdentity
+from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.leases import UploadLeases
 from glance_tx.node_claim import NodeClaim
+from glance_tx.once import Once
 from glance_tx.purge import Purger
 from glance_tx.recovery import Reclaimer
 from glance_tx.registry.interface import IRegistry
@@ -69,33 +72,6 @@ class Ready(Protocol[T]):
         """Fires with the C{T} once made, or fails as making it did."""
 
 
-@define
-class _Once(Generic[T]):
-    """An outcome that arrives once and is handed to every observer."""
-
-    _waiting: list[Deferred[T]] = field(factory=list)
-    _outcome: list[T | Failure] = field(factory=list)
-
-    def observe(self) -> Deferred[T]:
-        if not self._outcome:
-            waiter: Deferred[T] = Deferred()
-            self._waiting.append(waiter)
-            return waiter
-        outcome = self._outcome[0]
-        if isinstance(outcome, Failure):
-            return fail(outcome)
-        return succeed(outcome)
-
-    def fire(self, outcome: T | Failure) -> None:
-        self._outcome.append(outcome)
-        waiting, self._waiting = self._waiting, []
-        for waiter in waiting:
-            if isinstance(outcome, Failure):
-                waiter.errback(outcome)
-            else:
-                waiter.callback(outcome)
-
-
 @define(eq=False)
 class ReadyService(Service, Generic[T]):
     """
@@ -106,7 +82,7 @@ class ReadyService(Service, Generic[T]):
     L{ServiceChain} passes it on through its own).
     """
 
-    _ready: _Once[T] = field(factory=_Once, init=False)
+    _ready: Once[T] = field(factory=Once, init=False)
     _starting: Deferred[None] | None = field(default=None, init=False)
 
     async def start(self) -> T:
@@ -144,7 +120,7 @@ class ServiceChain(MultiService):
     fails as the first child that failed to start.
     """
 
-    _ready: _Once[None] = field(factory=_Once, init=False)
+    _ready: Once[None] = field(factory=Once, init=False)
     _starting: Deferred[None] | None = field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -462,6 +438,45 @@ class PurgerService(ReadyService[Purger]):
             await self.purger.stop(self.grace)
         if self._http_pool is not None:
             await self._http_pool.closeCachedConnections()
+
+
+@define(eq=False)
+class IdentityService(ReadyService[IIdentityResolver]):
+    """
+    Who is asking, as C{config}'s C{auth_strategy} says: for keystone, a
+    L{glance_tx.identity.keystone.KeystoneIdentity} with a connection pool
+    of its own (closed at stop) that trusts C{[keystone_authtoken] cafile}
+    when set; for noauth, the headers with C{default_project}.
+    """
+
+    reactor: Any
+    config: Config
+    runner: BlockingRunner
+    _http_pool: Any = field(default=None, init=False)
+
+    async def start(self) -> IIdentityResolver:
+        keystone = self.config.keystone
+        if self.config.auth_strategy != "keystone" or keystone is None:
+            return HeaderIdentity(self.config.default_project)
+        from treq.client import HTTPClient
+
+        from glance_tx.identity.keystone import keystone_identity
+
+        # One agent recipe (pool, timeout, CA) for every internal HTTPS peer.
+        from glance_tx.registry.client import registry_http_client
+
+        ca = None
+        if keystone.cafile is not None:
+            ca = await self.runner.run(_read_bytes, keystone.cafile)
+        agent, self._http_pool = registry_http_client(
+            self.reactor, connect_timeout=keystone.http_connect_timeout, ca_certificate=ca
+        )
+        return keystone_identity(self.reactor, keystone, HTTPClient(agent))
+
+    async def stop(self) -> None:
+        if self._http_pool is not None:
+            pool, self._http_pool = self._http_pool, None
+            await pool.closeCachedConnections()
 
 
 @define(eq=False)

@@ -13,6 +13,8 @@
      |                      start and every upload_lease_seconds (unless
      |                      recover_on_start is false)
      |- leases              this node's upload leases, renewed on a timer
+     |- identity            who is asking (auth_strategy): the headers, or
+     |                      Keystone's token validation with its connections
      |- purger              with [cache] purge_urls only: PURGEs, through
      |                      a connection pool of its own; at stop, pending
      |                      purges get a few seconds to finish
@@ -42,6 +44,7 @@ from glance_tx.config import Config, ConfigError, load_config
 from glance_tx.registry.interface import IRegistry
 from glance_tx.services import (
     HTTPRegistryService,
+    IdentityService,
     LeasesService,
     ListenerService,
     NodeClaimService,
@@ -105,6 +108,7 @@ def glance_service(
     )
     stores = StoresService(config, runner, reactor)
     purger = PurgerService(reactor, config.cache) if config.cache.purge_urls else None
+    identity = IdentityService(reactor, config, runner)
     leases = LeasesService(
         registry, reactor, config.node_id, config.upload_lease_seconds
     )
@@ -131,6 +135,7 @@ def glance_service(
             show_image_direct_url=config.show_image_direct_url,
             max_header_line=config.max_header_line,
             quotas=config.quotas,
+            identity=await identity.when_ready(),
         )
 
     children: dict[str, IService] = {
@@ -149,6 +154,7 @@ def glance_service(
             enabled=config.recover_on_start,
         ),
         "leases": leases,
+        "identity": identity,
     }
     if purger is not None:
         children["purger"] = purger

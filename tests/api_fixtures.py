@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from glance_tx.api.app import build_site
 from glance_tx.config import CacheConfig, ImageQuotas
+from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
 from glance_tx.store.backends import StoreMap
@@ -72,12 +73,17 @@ class SiteTestCase(SynchronousTestCase):
             cache=self.cache,
             **self.site_options,
             quotas=self.quotas,
+            identity=self.make_identity(),
         )
         self.client, self.agent = memory_client(self.site)
 
     def api_registry(self) -> IRegistry:
         """What the API talks to; by default C{self.registry} itself."""
         return self.registry
+
+    def make_identity(self) -> IIdentityResolver | None:
+        """Who is asking; by default (None) the headers, as with noauth."""
+        return None
 
     def make_stores(self) -> StoreMap:
         """The enabled stores; by default the one filesystem store, C{file}."""

@@ -169,3 +169,67 @@ class QuotaOptionTests(SynchronousTestCase):
         for line in ("image_tag_quota = many", "image_location_quota = 0"):
             error = self.assertRaises(ConfigError, self.load, f"[DEFAULT]\n{line}\n")
             self.assertIn(line.split(" ")[0], str(error))
+class AuthOptionsTests(SynchronousTestCase):
+    """C{auth_strategy} and keystonemiddleware's C{[keystone_authtoken]}."""
+
+    KEYSTONE = (
+        "[DEFAULT]\nauth_strategy = keystone\n"
+        "[keystone_authtoken]\n"
+        "auth_url = http://ks:5000/\nusername = glance\npassword = s3cret\n"
+        "project_name = service\n"
+    )
+
+    def load(self, text: str) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode())
+        return load_config(path.path, data_dir=self.mktemp())
+
+    def test_default_noauth(self) -> None:
+        """Without auth_strategy: noauth, and no Keystone settings."""
+        config = self.load("[DEFAULT]\n")
+        self.assertEqual((config.auth_strategy, config.keystone), ("noauth", None))
+
+    def test_keystone(self) -> None:
+        """An operator's keystonemiddleware section is read with its defaults."""
+        config = self.load(
+            self.KEYSTONE + "www_authenticate_uri = https://ks.example\n"
+            "user_domain_name = Users\ncafile = /etc/ca.pem\nauth_type = password\n"
+            "memcached_servers = ignored:11211\n"
+        )
+        keystone = config.keystone
+        assert keystone is not None
+        self.assertEqual(keystone.v3_url, "http://ks:5000/v3")
+        self.assertEqual(keystone.www_authenticate_uri, "https://ks.example")
+        self.assertEqual(
+            (keystone.user_domain_name, keystone.project_domain_name), ("Users", "Default")
+        )
+        self.assertEqual((keystone.token_cache_time, keystone.http_connect_timeout), (300, 5))
+        self.assertEqual(keystone.cafile, "/etc/ca.pem")
+        self.assertNotIn("s3cret", repr(config))
+
+    def test_www_authenticate_uri_defaults(self) -> None:
+        """Without www_authenticate_uri (or the older auth_uri): auth_url."""
+        keystone = self.load(self.KEYSTONE).keystone
+        assert keystone is not None
+        self.assertEqual(keystone.www_authenticate_uri, "http://ks:5000/")
+        keystone = self.load(self.KEYSTONE + "auth_uri = http://old\n").keystone
+        assert keystone is not None
+        self.assertEqual(keystone.www_authenticate_uri, "http://old")
+
+    def test_token_cache_time(self) -> None:
+        """token_cache_time in seconds; -1 (keystonemiddleware's 'off') is 0."""
+        for raw, expected in (("60", 60), ("-1", 0), ("0", 0)):
+            keystone = self.load(self.KEYSTONE + f"token_cache_time = {raw}\n").keystone
+            assert keystone is not None
+            self.assertEqual(keystone.token_cache_time, expected)
+
+    def test_refused(self) -> None:
+        """Unknown strategies, missing options and other auth types are refused by name."""
+        for text, words in (
+            ("[DEFAULT]\nauth_strategy = magic\n", "auth_strategy"),
+            ("[DEFAULT]\nauth_strategy = keystone\n", "auth_url, username, password, project_name"),
+            (self.KEYSTONE + "auth_type = v3token\n", "auth_type"),
+            (self.KEYSTONE.replace("http://ks:5000/", "ks:5000"), "auth_url"),
+        ):
+            error = self.assertRaises(ConfigError, self.load, text)
+            self.assertIn(words, str(error))

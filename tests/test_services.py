@@ -22,8 +22,12 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from glance_tx.config import load_config
+from glance_tx.identity.headers import HeaderIdentity
+from glance_tx.identity.interface import IIdentityResolver
+from glance_tx.identity.keystone import KeystoneIdentity
 from glance_tx.registry.interface import IRegistry
 from glance_tx.services import (
+    IdentityService,
     ListenerService,
     ReadyService,
     RecoveryService,
@@ -307,3 +311,33 @@ class ListenerServiceTests(TestCase):
         await listener.stopService()
         with self.assertRaises(ConnectionRefusedError):
             await client.connect(Factory.forProtocol(Protocol))
+
+
+class IdentityServiceTests(SynchronousTestCase):
+    """The identity part of the tree makes auth_strategy's provider."""
+
+    def make(self, text: str) -> object:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        service = IdentityService(MemoryReactorClock(), load_config(path), SynchronousRunner())
+        service.startService()
+        resolver = self.successResultOf(service.when_ready())
+        self.assertTrue(verifyObject(IIdentityResolver, resolver))
+        self.addCleanup(lambda: self.successResultOf(service.stopService()))
+        return resolver
+
+    def test_noauth(self) -> None:
+        """noauth (the default): the headers, with default_project."""
+        resolver = self.make("[DEFAULT]\ndefault_project = p0\n")
+        self.assertEqual(resolver, HeaderIdentity("p0"))
+
+    def test_keystone(self) -> None:
+        """keystone: the Keystone provider, challenging with www_authenticate_uri."""
+        resolver = self.make(
+            "[DEFAULT]\nauth_strategy = keystone\n[keystone_authtoken]\n"
+            "auth_url = http://ks:5000\nusername = u\npassword = p\nproject_name = s\n"
+            "www_authenticate_uri = https://ks.example\n"
+        )
+        assert isinstance(resolver, KeystoneIdentity)
+        self.assertEqual(resolver.challenge, 'Keystone uri="https://ks.example"')

@@ -216,7 +216,7 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertTrue(IServiceCollection.providedBy(top))
         self.assertEqual(
             [child.name for child in top],
-            ["threads", "registry", "node", "stores", "recovery", "leases", "listener"],
+            ["threads", "registry", "node", "stores", "recovery", "leases", "identity", "listener"],
         )
         threads = top.getServiceNamed("threads")
         self.assertIsInstance(threads, ThreadPoolService)
@@ -236,7 +236,10 @@ class ServiceTreeTests(SynchronousTestCase):
         top = makeService(options)
         self.assertEqual(
             [child.name for child in top],
-            ["threads", "registry", "node", "stores", "recovery", "leases", "purger", "listener"],
+            [
+                "threads", "registry", "node", "stores", "recovery",
+                "leases", "identity", "purger", "listener",
+            ],
         )
         self.assertIsInstance(top.getServiceNamed("purger"), PurgerService)
 

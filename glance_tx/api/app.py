@@ -10,6 +10,8 @@ from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
 from glance_tx.config import CacheConfig, ImageQuotas
+from glance_tx.identity.headers import HeaderIdentity
+from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.leases import UploadLeases
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.quotas import QuotaRegistry
@@ -32,10 +34,18 @@ def build_site(
     show_image_direct_url: bool = False,
     max_header_line: int = DEFAULT_MAX_HEADER_LINE,
     quotas: ImageQuotas | None = None,
+    identity: IIdentityResolver | None = None,
 ) -> GlanceSite:
+    """
+    The API's site. Who is asking comes from C{identity}; without one, from
+    the headers, with C{default_project} for requests that have none
+    (C{auth_strategy = noauth}).
+    """
     cache = cache or CacheConfig()
     # Every change the APIs make passes the per-image quotas.
     registry = cast(IRegistry, QuotaRegistry(registry, quotas or ImageQuotas()))
+    if identity is None:
+        identity = HeaderIdentity(default_project)
     uploader = Uploader(
         registry=registry,
         stores=stores,
@@ -47,14 +57,14 @@ def build_site(
         registry=registry,
         stores=stores,
         uploader=uploader,
-        default_project=default_project,
+        identity=identity,
         cache=cache,
     )
     v2 = V2API(
         registry=registry,
         stores=stores,
         uploader=uploader,
-        default_project=default_project,
+        identity=identity,
         cache=cache,
         show_multiple_locations=show_multiple_locations,
         show_image_direct_url=show_image_direct_url,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
+from weakref import WeakKeyDictionary
 
 from attrs import define, field
 from klein import Klein
@@ -19,6 +20,7 @@ from glance_tx import images, policy
 from glance_tx.config import CacheConfig
 from glance_tx.context import RequestContext
 from glance_tx.errors import BadRequest, NotFound, VersionConflict
+from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.images import Image, Member
 from glance_tx.locations import delete_data
 from glance_tx.registry.interface import IRegistry
@@ -45,7 +47,8 @@ class ImagesAPI:
     registry: IRegistry
     stores: StoreMap
     uploader: Uploader
-    default_project: str
+    #: Who is asking (C{auth_strategy}'s provider, L{glance_tx.identity}).
+    identity: IIdentityResolver
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     #: How responses are marked for caches (see glance_tx.api.http_cache).
     cache: CacheConfig = field(factory=CacheConfig)
@@ -55,15 +58,26 @@ class ImagesAPI:
     def resource(self) -> Any:
         return self.app.resource()
 
-    def _context(self, request: IRequest) -> RequestContext:
-        return RequestContext.from_request(request, self.default_project)
+    #: Each live request's context, so that a request whose handling asks
+    #: more than once (an upload started before its route runs) costs one
+    #: resolution (with Keystone, at most one validation).
+    _resolved: WeakKeyDictionary[IRequest, RequestContext] = field(
+        factory=WeakKeyDictionary, init=False
+    )
+
+    async def _context(self, request: IRequest) -> RequestContext:
+        """Who asks: the one place the API asks the identity provider."""
+        context = self._resolved.get(request)
+        if context is None:
+            context = self._resolved[request] = await self.identity.resolve(request)
+        return context
 
     async def _image(self, request: IRequest, image_id: str) -> tuple[RequestContext, Image]:
         """
         Who asks, and the image if they may see it; otherwise, as for an id
         that is no UUID or names no image, a 404 (as in Glance, v1 and v2).
         """
-        context = self._context(request)
+        context = await self._context(request)
         try:
             canonical = images.validate_image_id(image_id)
         except BadRequest:

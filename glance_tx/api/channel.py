@@ -68,8 +68,12 @@ def raw_answer(
     message: str,
     request_id: str,
     retry_after: int | None = None,
+    challenge: str | None = None,
 ) -> bytes:
-    """A whole HTTP/1.1 response with the JSON error body, closing the connection."""
+    """
+    A whole HTTP/1.1 response with the JSON error body, closing the
+    connection; C{challenge} is a 401's C{WWW-Authenticate}.
+    """
     body = error_document(status, message)
     head = [
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
@@ -80,6 +84,8 @@ def raw_answer(
     ]
     if retry_after is not None:
         head.append(f"Retry-After: {retry_after}")
+    if challenge is not None:
+        head.append(f"WWW-Authenticate: {challenge}")
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
 
 

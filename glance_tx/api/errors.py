@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
-from glance_tx.errors import GlanceError
+from glance_tx.errors import GlanceError, Unauthorized
 
 log = Logger()
 
@@ -108,6 +108,8 @@ def handle_glance_error(request: IRequest, failure: Failure) -> bytes:
     assert isinstance(error, GlanceError)
     if error.retry_after is not None:
         request.setHeader(b"Retry-After", str(error.retry_after).encode("ascii"))
+    if isinstance(error, Unauthorized) and error.challenge is not None:
+        request.setHeader(b"WWW-Authenticate", error.challenge.encode("utf-8"))
     return render_error(request, error.status, error.message)
 
 

@@ -43,7 +43,7 @@ from glance_tx.api.channel import (
     raw_answer,
 )
 from glance_tx.api.errors import handle_unexpected_error
-from glance_tx.errors import GlanceError
+from glance_tx.errors import GlanceError, Unauthorized
 from glance_tx.request_ids import HEADER, new_request_id, parse_request_id, working_for
 from glance_tx.uploads import Upload
 
@@ -289,7 +289,10 @@ class StreamingRequest(server.Request):
     def _send_refusal(self, error: GlanceError) -> None:
         if self._lost:
             return
-        response = raw_answer(error.status, error.message, self.request_id, error.retry_after)
+        challenge = error.challenge if isinstance(error, Unauthorized) else None
+        response = raw_answer(
+            error.status, error.message, self.request_id, error.retry_after, challenge
+        )
         self.code = error.status
         self.sentLength = len(response) - response.index(b"\r\n\r\n") - 4
         # Close our side only, so the client can still read the answer while

@@ -174,9 +174,10 @@ class V1API(ImagesAPI):
     # -- uploads, started before the body arrives ---------------------------
 
     async def _start_create(self, request: StreamingRequest, match: re.Match[bytes]) -> Upload:
+        context = await self._context(request)
         meta = parse_headers(request.requestHeaders)
         expected_size = self._check_upload_request(request, meta)
-        image = await self.registry.create(self._new_image(self._context(request), meta))
+        image = await self.registry.create(self._new_image(context, meta))
         return await self._start_upload(image, meta, expected_size, None)
 
     async def _start_update(self, request: StreamingRequest, match: re.Match[bytes]) -> Upload:
@@ -211,13 +212,13 @@ class V1API(ImagesAPI):
     @app.route("/images", methods=["GET", "HEAD"])
     async def list_brief(self, request: IRequest) -> bytes:
         forbid_storing(request)
-        found = await self.registry.list(self._query(request))
+        found = await self.registry.list(await self._query(request))
         return self._listing(request, found, [brief_document(i) for i in found])
 
     @app.route("/images/detail", methods=["GET", "HEAD"])
     async def list_detail(self, request: IRequest) -> bytes:
         forbid_storing(request)
-        found = await self.registry.list(self._query(request))
+        found = await self.registry.list(await self._query(request))
         return self._listing(request, found, [image_document(i) for i in found])
 
     def _listing(self, request: IRequest, found: list[Image], documents: list[Any]) -> bytes:
@@ -226,8 +227,8 @@ class V1API(ImagesAPI):
         validators = listing_validators(body, found, self.cache)
         return serve_document(request, body, b"application/json", validators)
 
-    def _query(self, request: IRequest) -> ImageQuery:
-        context = self._context(request)
+    async def _query(self, request: IRequest) -> ImageQuery:
+        context = await self._context(request)
         filters: dict[str, Any] = {}
         for name in _V1_FILTERS:
             value = _arg(request, name)
@@ -286,7 +287,7 @@ class V1API(ImagesAPI):
             image = await upload.finish()
         else:
             _check_framed(request)
-            context = self._context(request)
+            context = await self._context(request)
             meta = parse_headers(request.requestHeaders)
             if meta.location is not None:
                 policy.check_set_location(context)
@@ -309,7 +310,7 @@ class V1API(ImagesAPI):
         _check_framed(request)
         meta = parse_headers(request.requestHeaders)
         if meta.location is not None:
-            policy.check_set_location(self._context(request))
+            policy.check_set_location(await self._context(request))
 
         async def write(context: RequestContext, image: Image) -> Image:
             changes = self._changes(request, context, image, meta)

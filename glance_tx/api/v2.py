@@ -255,7 +255,8 @@ class V2API(ImagesAPI):
         return _json(request, versions_document(self._base_url(request)))
 
     @app.route("/schemas/<name>", methods=["GET"])
-    def schema(self, request: IRequest, name: str) -> bytes:
+    async def schema(self, request: IRequest, name: str) -> bytes:
+        await self._context(request)  # only for callers who authenticate, as in Glance
         make = v2_schemas.SCHEMAS.get(name)
         if make is None:
             raise NotFound(f"No schema named {name!r}")
@@ -264,21 +265,22 @@ class V2API(ImagesAPI):
     # -- images ---------------------------------------------------------------
 
     @app.route("/info/stores", methods=["GET"])
-    def stores_info(self, request: IRequest) -> bytes:
+    async def stores_info(self, request: IRequest) -> bytes:
         """The stores an upload may name in C{X-Image-Meta-Store}."""
+        await self._context(request)
         return _json(request, v2_info.stores_document(self.stores))
 
     @app.route("/info/stores/detail", methods=["GET"])
-    def stores_info_detail(self, request: IRequest) -> bytes:
+    async def stores_info_detail(self, request: IRequest) -> bytes:
         """Each store's type and set-up: for admins only, as in Glance."""
-        if not self._context(request).is_admin:
+        if not (await self._context(request)).is_admin:
             raise Forbidden("Only an admin may see the stores' details")
         return _json(request, v2_info.stores_detail_document(self.stores))
 
     @app.route("/images", methods=["GET"])
     async def list_images(self, request: IRequest) -> bytes:
         forbid_storing(request)
-        context = self._context(request)
+        context = await self._context(request)
         query = parse_query(request.args, Viewer(context.project_id, context.is_admin))
         found = await self.registry.list(query)
         params = [
@@ -301,7 +303,7 @@ class V2API(ImagesAPI):
 
     @app.route("/images", methods=["POST"])
     async def create(self, request: IRequest) -> bytes:
-        context = self._context(request)
+        context = await self._context(request)
         image = self._new_image(context, _read_object(request))
         image = await self.registry.create(image)
         request.setHeader(b"Location", f"{self._base_url(request)}/v2/images/{image.id}".encode())

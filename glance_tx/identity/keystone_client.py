@@ -1,0 +1,212 @@
+"""
+The two Keystone v3 calls token validation needs, on treq.
+
+  - The service's own token: C{POST /v3/auth/tokens} with the
+    C{[keystone_authtoken]} user's password, scoped to its project; kept
+    until a minute before it expires, then renewed by the first request
+    that needs it (concurrent ones wait for that one login).
+  - A caller's token: C{GET /v3/auth/tokens} with the service token as
+    C{X-Auth-Token} and the caller's as C{X-Subject-Token}. 200 is a valid
+    token; 404 is one Keystone does not know or no longer honours: expired,
+    revoked, malformed. A 401 is about the service token (revoked early):
+    log in again and ask once more.
+
+Every call is bounded by C{http_connect_timeout} on the injected clock: a
+Keystone that does not answer is L{KeystoneUnavailable} within that time,
+never a hang.
+No message carries a token or the password.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from attrs import define, field, frozen
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from glance_tx.config import KeystoneConfig
+from glance_tx.once import Once, run_once
+from glance_tx.store.describe import describe
+
+# The Swift store's Keystone login already builds the password-auth body.
+from glance_tx.store.swift_client import KeystoneV3Auth
+
+log = Logger()
+
+#: Renew the service token this long before it expires.
+EXPIRE_SOON = 60.0
+
+
+class InvalidToken(Exception):
+    """Keystone does not honour the caller's token (expired, revoked, unknown)."""
+
+
+class KeystoneUnavailable(Exception):
+    """Keystone could not be asked: unreachable, too slow, or refusing us."""
+
+
+@frozen
+class TokenInfo:
+    """What a validated token says: who, for which project, until when."""
+
+    user_id: str | None
+    project_id: str | None
+    roles: frozenset[str]
+    #: When the token expires, in the clock's seconds (the epoch).
+    expires: float
+
+
+@frozen
+class _ServiceToken:
+    token: str = field(repr=False)
+    expires: float
+
+
+def token_info(document: Any) -> TokenInfo:
+    """The L{TokenInfo} of a C{{"token": ...}} document Keystone sent."""
+    try:
+        token = document["token"]
+        expires = _timestamp(token["expires_at"])
+        roles = frozenset(
+            str(role["name"]).lower() for role in token.get("roles") or [] if role.get("name")
+        )
+        project = token.get("project") or {}
+        user = token.get("user") or {}
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise KeystoneUnavailable("Keystone sent a token document glance-tx cannot read") from None
+    return TokenInfo(
+        user_id=user.get("id"), project_id=project.get("id"), roles=roles, expires=expires
+    )
+
+
+def _timestamp(value: str) -> float:
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # Keystone's times are UTC
+    return moment.timestamp()
+
+
+@define
+class KeystoneClient:
+    """
+    Validates tokens as the C{config}'s service user through C{http} (a
+    treq C{HTTPClient}); C{clock} tells the time (epoch seconds, as the
+    reactor's) and bounds every call.
+    """
+
+    http: Any
+    clock: IReactorTime
+    config: KeystoneConfig
+    _service: _ServiceToken | None = field(default=None, init=False)
+    _login: Once[_ServiceToken] | None = field(default=None, init=False)
+
+    async def validate(self, token: str) -> TokenInfo:
+        """
+        What Keystone says of C{token}.
+
+        @raise InvalidToken: Keystone does not honour it.
+        @raise KeystoneUnavailable: Keystone could not be asked.
+        """
+        for attempt in range(2):
+            service = await self._service_token()
+            code, body = await self._call(
+                "GET",
+                "/auth/tokens",
+                headers={"X-Auth-Token": [service.token], "X-Subject-Token": [token]},
+            )
+            if code == 200:
+                try:
+                    return token_info(json.loads(body))
+                except ValueError:
+                    raise KeystoneUnavailable("Keystone sent a token that is not JSON") from None
+            if code == 404:
+                raise InvalidToken("The token is expired, revoked or unknown")
+            if code == 401 and attempt == 0:
+                # Our token (or theirs): drop ours, log in again, ask once more.
+                if self._service is service:
+                    self._service = None
+                continue
+            if code == 401:
+                log.error("Keystone refused glance-tx's fresh service token")
+                raise KeystoneUnavailable("Keystone refused the service's token")
+            log.warn("Keystone answered {code} to a token validation", code=code)
+            raise KeystoneUnavailable(f"Keystone answered {code} to a token validation")
+        raise AssertionError("unreachable")
+
+    async def _service_token(self) -> _ServiceToken:
+        service = self._service
+        if service is not None and service.expires - self.clock.seconds() > EXPIRE_SOON:
+            return service
+        login = self._login
+        if login is None:
+            login = run_once(self._log_in())
+            if not login.done:
+                self._login = login
+            login.observe().addBoth(self._logged_in)
+        return await login.observe()
+
+    def _logged_in(self, result: object) -> None:
+        self._login = None
+        if isinstance(result, _ServiceToken):
+            self._service = result
+
+    async def _log_in(self) -> _ServiceToken:
+        config = self.config
+        body = KeystoneV3Auth(
+            auth_address=config.v3_url,
+            user=config.username,
+            key=config.password,
+            project=config.project_name,
+            user_domain_name=config.user_domain_name,
+            project_domain_name=config.project_domain_name,
+        ).request_body()
+        code, answer, headers = await self._exchange(
+            "POST",
+            "/auth/tokens",
+            headers={"Content-Type": ["application/json"]},
+            data=json.dumps(body).encode("utf-8"),
+        )
+        if code in (401, 403):
+            log.error(
+                "Keystone refused glance-tx's service user {user} ([keystone_authtoken])",
+                user=config.username,
+            )
+            raise KeystoneUnavailable("Keystone refused the service's credentials")
+        if code != 201 and code != 200:
+            raise KeystoneUnavailable(f"Keystone answered {code} to the service's login")
+        tokens = headers.getRawHeaders("X-Subject-Token")
+        if not tokens:
+            raise KeystoneUnavailable("Keystone sent no X-Subject-Token")
+        try:
+            expires = token_info(json.loads(answer)).expires
+        except ValueError:
+            raise KeystoneUnavailable("Keystone sent a token that is not JSON") from None
+        return _ServiceToken(tokens[0], expires)
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+        code, body, _ = await self._exchange(method, path, **kwargs)
+        return code, body
+
+    async def _exchange(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, Any]:
+        """One bounded request: status, body and headers, or KeystoneUnavailable."""
+        async def exchange() -> tuple[int, bytes, Any]:
+            response = await self.http.request(method, self.config.v3_url + path, **kwargs)
+            body = await response.content()
+            return response.code, body, response.headers
+
+        d = Deferred.fromCoroutine(exchange())
+        d.addTimeout(self.config.http_connect_timeout, self.clock)
+        try:
+            return await d
+        except (TimeoutError, CancelledError):
+            raise KeystoneUnavailable(
+                f"Keystone did not answer within {self.config.http_connect_timeout:g} s"
+            ) from None
+        except KeystoneUnavailable:
+            raise
+        except Exception as e:
+            raise KeystoneUnavailable(f"Keystone could not be reached: {describe(e)}") from None

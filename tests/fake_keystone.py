@@ -1,0 +1,150 @@
+"""
+An in-memory Keystone v3, enough of it for token validation: a Klein app
+(served through treq's StubTreq, no socket) that issues password tokens,
+validates them for a service token holding the C{service} or C{admin}
+role, and forgets revoked and expired ones (404, as Keystone answers). It
+counts what it was asked, and can be made slow (requests wait on a gate)
+or broken (a status of the test's choosing).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from attrs import define, field, frozen
+from klein import Klein
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+
+from glance_tx.config import KeystoneConfig
+
+SERVICE_USER = "glance"
+SERVICE_PASSWORD = "service-secret"
+SERVICE_PROJECT = "service"
+
+
+@frozen
+class Issued:
+    user_id: str
+    project_id: str
+    roles: frozenset[str]
+    expires: float
+
+
+@define
+class FakeKeystone:
+    clock: IReactorTime
+    lifetime: float = 3600.0
+    #: user name -> (password, user id, project name, project id, roles)
+    users: dict[str, tuple[str, str, str, str, frozenset[str]]] = field(factory=dict)
+    tokens: dict[str, Issued] = field(factory=dict)
+    logins: int = 0
+    validations: int = 0
+    #: When set, every request waits for it (a slow or hung Keystone).
+    gate: Deferred[None] | None = None
+    #: When set, every request is answered with this status.
+    broken: int | None = None
+
+    app = Klein()
+
+    def __attrs_post_init__(self) -> None:
+        self.add_user(SERVICE_USER, SERVICE_PASSWORD, SERVICE_PROJECT, ["service"])
+
+    def add_user(self, name: str, password: str, project: str, roles: Iterable[str]) -> None:
+        self.users[name] = (password, f"uid-{name}", project, f"pid-{project}", frozenset(roles))
+
+    def issue(
+        self, user_id: str, project_id: str, roles: Iterable[str], lifetime: float | None = None
+    ) -> str:
+        """A token for that identity, as a login would give."""
+        token = "gAAAA" + secrets.token_urlsafe(32)
+        expires = self.clock.seconds() + (self.lifetime if lifetime is None else lifetime)
+        self.tokens[token] = Issued(user_id, project_id, frozenset(roles), expires)
+        return token
+
+    def revoke(self, token: str) -> None:
+        self.tokens.pop(token, None)
+
+    def client(self) -> StubTreq:
+        return StubTreq(self.app.resource())
+
+    def config(self, **overrides: Any) -> KeystoneConfig:
+        values: dict[str, Any] = {
+            "auth_url": "http://keystone.test:5000",
+            "username": SERVICE_USER,
+            "password": SERVICE_PASSWORD,
+            "project_name": SERVICE_PROJECT,
+            "www_authenticate_uri": "http://keystone.test:5000",
+        }
+        values.update(overrides)
+        return KeystoneConfig(**values)
+
+    def _document(self, issued: Issued) -> bytes:
+        expires = datetime.fromtimestamp(issued.expires, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return json.dumps(
+            {
+                "token": {
+                    "expires_at": expires,
+                    "user": {"id": issued.user_id},
+                    "project": {"id": issued.project_id},
+                    "roles": [{"id": "r-" + r, "name": r} for r in sorted(issued.roles)],
+                }
+            }
+        ).encode()
+
+    def _live(self, token: str | None) -> Issued | None:
+        issued = self.tokens.get(token or "")
+        if issued is None or issued.expires <= self.clock.seconds():
+            return None
+        return issued
+
+    async def _wait(self, request: IRequest) -> bool:
+        if self.gate is not None:
+            await self.gate
+        if self.broken is not None:
+            request.setResponseCode(self.broken)
+            return False
+        return True
+
+    @app.route("/v3/auth/tokens", methods=["POST"])
+    async def login(self, request: IRequest) -> bytes:
+        self.logins += 1
+        if not await self._wait(request):
+            return b"{}"
+        body = json.loads(request.content.read())
+        user = body["auth"]["identity"]["password"]["user"]
+        known = self.users.get(user["name"])
+        if known is None or known[0] != user["password"]:
+            request.setResponseCode(401)
+            return b'{"error": {"code": 401}}'
+        _, user_id, _, project_id, roles = known
+        token = self.issue(user_id, project_id, roles)
+        request.setResponseCode(201)
+        request.setHeader(b"X-Subject-Token", token.encode())
+        return self._document(self.tokens[token])
+
+    @app.route("/v3/auth/tokens", methods=["GET"])
+    async def validate(self, request: IRequest) -> bytes:
+        self.validations += 1
+        if not await self._wait(request):
+            return b"{}"
+
+        def header(name: bytes) -> str | None:
+            values = request.requestHeaders.getRawHeaders(name)
+            return values[0].decode() if values else None
+
+        service = self._live(header(b"X-Auth-Token"))
+        if service is None or not service.roles & {"service", "admin"}:
+            request.setResponseCode(401)
+            return b'{"error": {"code": 401}}'
+        subject = self._live(header(b"X-Subject-Token"))
+        if subject is None:
+            request.setResponseCode(404)
+            return b'{"error": {"code": 404}}'
+        return self._document(subject)
