@@ -202,8 +202,8 @@ def load_config(
         registry_client_timeout=_seconds(default, "registry_client_timeout", 5.0),
         registry_client_retries=_int(default, "registry_client_retries", 1),
         registry_client_ca_file=default.get("registry_client_ca_file") or None,
-        show_multiple_locations=_bool(default, "show_multiple_locations", False),
-        show_image_direct_url=_bool(default, "show_image_direct_url", False),
+        show_multiple_locations=bool_option(default, "show_multiple_locations", False),
+        show_image_direct_url=bool_option(default, "show_image_direct_url", False),
     )
 
 
