@@ -1,6 +1,7 @@
 """
 Faults of the machinery under the API, made for real: a store whose disk
-fills up mid-upload (a small tmpfs this test mounts). Each must end in a
+fills up mid-upload (a small tmpfs this test mounts), one that turns
+read-only or unreadable. Each must end in a
 clear answer, the image in its truthful state, no partial data left, and
 service that goes on once the fault is mended.
 """
@@ -9,17 +10,23 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from attrs import define
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from glance_tx.errors import StorageFull, StoreError, os_error
 from glance_tx.images import ImageQuery
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.filesystem import FilesystemStore
-from tests.api_fixtures import SiteTestCase
-from tests.mounts import tmpfs
+from glance_tx.threads import SynchronousRunner
+from tests.api_fixtures import Answer, SiteTestCase
+from tests.mounts import remount, tmpfs
 from tests.test_api_v1 import OCTET, ErrorShapeMixin, meta
 
+T = TypeVar("T")
 MiB = 1024 * 1024
 
 #: Glance's message for glance_store's StorageFull.
@@ -105,3 +112,132 @@ class OSErrorTests(SynchronousTestCase):
         self.assertIsInstance(error, StoreError)
         self.assertEqual(error.status, 503)
         self.assertEqual(error.message, "Writing: Read-only file system")
+
+
+class ReadOnlyStoreTests(ErrorShapeMixin, SiteTestCase):
+    """
+    The filesystem store on a tmpfs remounted read-only (EROFS; as root,
+    permission bits would not stop a write), then read-write again.
+    """
+
+    def make_stores(self) -> StoreMap:
+        self.disk = tmpfs(self, "4m")
+        self.store_root = self.disk.child("images")
+        self.store_root.makedirs()
+        self.store = FilesystemStore(self.store_root.path, self.runner)
+        return StoreMap({"file": self.store}, "file")
+
+    def assertUnavailable(self, answer: Answer, fragment: str) -> None:
+        self.assertError(answer, 503, fragment)
+        self.assertEqual(answer.header("Retry-After"), "5")
+
+    def test_read_only_then_mended(self) -> None:
+        """
+        While the store is read-only, v1 and v2 uploads get a 503 JSON
+        answer with Retry-After naming the cause, their images end killed
+        (v1) or queued (v2), data already stored is still served, and the
+        health check says the store is down. Once the store is writable
+        again, uploads work with no restart.
+        """
+        stored = self.request(
+            "POST", "/v1/images",
+            {**OCTET, **meta(name="before", disk_format="raw", container_format="bare")},
+            data=b"kept" * 1000,
+        ).json()["image"]
+        remount(self, self.disk, "ro")
+        self.addCleanup(remount, self, self.disk, "rw")
+
+        answer = self.request(
+            "POST", "/v1/images",
+            {**OCTET, **meta(name="v1", disk_format="raw", container_format="bare")},
+            data=b"x" * 1000,
+        )
+        self.assertUnavailable(answer, "Read-only file system")
+        v1 = [
+            image
+            for image in self.successResultOf(
+                self.registry.list(ImageQuery(exclude_statuses=frozenset()))
+            )
+            if image.name == "v1"
+        ]
+        self.assertEqual([image.status for image in v1], ["killed"])
+
+        created = self.request(
+            "POST", "/v2/images", {"Content-Type": "application/json"},
+            data=b'{"disk_format": "raw", "container_format": "bare"}',
+        )
+        image_id = created.json()["id"]
+        answer = self.request("PUT", f"/v2/images/{image_id}/file", OCTET, data=b"y" * 1000)
+        self.assertUnavailable(answer, "Read-only file system")
+        self.assertEqual(self.request("GET", f"/v2/images/{image_id}").json()["status"], "queued")
+
+        self.assertEqual(self.request("GET", f"/v1/images/{stored['id']}").body, b"kept" * 1000)
+        health = self.request("GET", "/healthcheck")
+        self.assertEqual(health.code, 503)
+        self.assertIn("Read-only file system", health.json()["checks"]["store:file"])
+
+        remount(self, self.disk, "rw")
+        answer = self.request("PUT", f"/v2/images/{image_id}/file", OCTET, data=b"y" * 1000)
+        self.assertEqual(answer.code, 204, answer.body)
+        self.assertEqual(self.request("GET", f"/v2/images/{image_id}/file").body, b"y" * 1000)
+        self.assertEqual(self.request("GET", "/healthcheck").code, 200)
+
+
+@define
+class UnreadableRunner:
+    """
+    Runs calls synchronously; while C{error} is set, a call of one of
+    C{failing} fails instead as the store's own code fails on that
+    L{OSError} (L{os_error}, as its C{except OSError} clauses do). As
+    root, an unreadable directory cannot be made with permission bits, so
+    EACCES is injected here.
+    """
+
+    failing: frozenset[str]
+    error: OSError | None = None
+
+    def run(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
+        error = self.error
+        if error is not None and f.__name__ in self.failing:
+
+            def broken() -> T:
+                raise os_error(error, "Could not read image data") from error
+
+            return SynchronousRunner().run(broken)
+        return SynchronousRunner().run(f, *args, **kwargs)
+
+    def serial(self) -> UnreadableRunner:
+        return self
+
+
+class UnreadableStoreTests(ErrorShapeMixin, SiteTestCase):
+    """The store's directory cannot be read (EACCES on open)."""
+
+    def make_stores(self) -> StoreMap:
+        self.faults = UnreadableRunner(frozenset({"_open_for_read"}))
+        self.store = FilesystemStore(self.store_root.path, self.faults)
+        return StoreMap({"file": self.store}, "file")
+
+    def test_unreadable_then_mended(self) -> None:
+        """
+        A download from an unreadable store is a 503 JSON answer with
+        Retry-After, not a 500 or a 404; once readable, the data is served.
+        """
+        created = self.request(
+            "POST", "/v2/images", {"Content-Type": "application/json"},
+            data=b'{"disk_format": "raw", "container_format": "bare"}',
+        )
+        image_id = created.json()["id"]
+        self.assertEqual(
+            self.request("PUT", f"/v2/images/{image_id}/file", OCTET, data=b"z" * 100).code, 204
+        )
+        self.faults.error = PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/x")
+        for path in (f"/v2/images/{image_id}/file", f"/v1/images/{image_id}"):
+            answer = self.request("GET", path)
+            self.assertError(answer, 503, "Permission denied")
+            self.assertEqual(answer.header("Retry-After"), "5")
+            # The headers prepared for the data do not describe the error.
+            self.assertIsNone(answer.header("Content-MD5"))
+            self.assertNotEqual(answer.header("Content-Length"), "100")
+        self.faults.error = None
+        self.assertEqual(self.request("GET", f"/v2/images/{image_id}/file").body, b"z" * 100)
