@@ -51,9 +51,7 @@ class SiteTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.runner = SynchronousRunner()
-        self.registry: SQLRegistry = self.successResultOf(
-            Deferred.fromCoroutine(open_sql_registry("sqlite://", self.runner))
-        )
+        self.registry: SQLRegistry = self.open_registry()
         self.addCleanup(lambda: self.successResultOf(self.registry.close()))
         self.store_root = FilePath(self.mktemp())
         self.store_root.makedirs()
@@ -70,6 +68,12 @@ class SiteTestCase(SynchronousTestCase):
             **self.site_options,
         )
         self.client, self.agent = memory_client(self.site)
+
+    def open_registry(self) -> SQLRegistry:
+        """The registry; by default an in-memory SQLite one."""
+        return self.successResultOf(
+            Deferred.fromCoroutine(open_sql_registry("sqlite://", self.runner))
+        )
 
     def make_stores(self) -> StoreMap:
         """The enabled stores; by default the one filesystem store, C{file}."""

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from attrs import define
 from twisted.internet.defer import Deferred
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from glance_tx.errors import StorageFull, StoreError, os_error
 from glance_tx.images import ImageQuery
+from glance_tx.registry.sql import SQLRegistry, open_sql_registry
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.filesystem import FilesystemStore
 from glance_tx.threads import SynchronousRunner
@@ -241,3 +245,77 @@ class UnreadableStoreTests(ErrorShapeMixin, SiteTestCase):
             self.assertNotEqual(answer.header("Content-Length"), "100")
         self.faults.error = None
         self.assertEqual(self.request("GET", f"/v2/images/{image_id}/file").body, b"z" * 100)
+
+
+class SQLiteFaultTests(ErrorShapeMixin, SiteTestCase):
+    """
+    The registry on a SQLite file, locked by another process's connection
+    or moved away, then released or put back.
+    """
+
+    #: A short busy timeout, so that a locked database is a quick 503.
+    busy_timeout = 0.2
+
+    def open_registry(self) -> SQLRegistry:
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        self.database = directory.child("glance.sqlite").path
+        return self.successResultOf(
+            Deferred.fromCoroutine(
+                open_sql_registry(
+                    f"sqlite:///{self.database}",
+                    self.runner,
+                    engine_options={"connect_args": {"timeout": self.busy_timeout}},
+                )
+            )
+        )
+
+    def create(self) -> Answer:
+        return self.request(
+            "POST", "/v2/images", {"Content-Type": "application/json"},
+            data=b'{"disk_format": "raw", "container_format": "bare"}',
+        )
+
+    def assertUnavailable(self, answer: Answer) -> None:
+        self.assertError(answer, 503, "The image registry database is unavailable")
+        self.assertEqual(answer.header("Retry-After"), "5")
+
+    def test_locked_then_released(self) -> None:
+        """
+        While another connection holds the database's write lock, a write
+        is a 503 with Retry-After after the busy timeout, not a hang;
+        reads go on (WAL). Once the lock is released, writes work again.
+        """
+        image_id = self.create().json()["id"]
+        holder = sqlite3.connect(self.database, isolation_level=None)
+        self.addCleanup(holder.close)
+        holder.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        self.assertUnavailable(self.create())
+        self.assertLess(time.monotonic() - started, 5 * self.busy_timeout + 1)
+        self.assertEqual(self.request("GET", f"/v2/images/{image_id}").code, 200)
+        holder.execute("ROLLBACK")
+        self.assertEqual(self.create().code, 201)
+
+    def test_file_gone_then_back(self) -> None:
+        """
+        With the database file moved away, reads and writes are a 503 with
+        Retry-After (not an empty database made in its place, nor writes
+        to the file no one will see); once it is back, service resumes
+        with the records it held.
+        """
+        image_id = self.create().json()["id"]
+        away = self.mktemp()
+        os.makedirs(away)
+        names = [n for n in os.listdir(os.path.dirname(self.database)) if n.startswith("glance.sqlite")]
+        for name in names:
+            os.rename(os.path.join(os.path.dirname(self.database), name), os.path.join(away, name))
+        self.assertUnavailable(self.request("GET", f"/v2/images/{image_id}"))
+        self.assertUnavailable(self.create())
+        self.assertEqual(self.request("GET", "/healthcheck").code, 503)
+        self.assertFalse(os.path.exists(self.database))
+        for name in names:
+            os.rename(os.path.join(away, name), os.path.join(os.path.dirname(self.database), name))
+        self.assertEqual(self.request("GET", f"/v2/images/{image_id}").code, 200)
+        self.assertEqual(self.create().code, 201)
+        self.assertEqual(self.request("GET", "/healthcheck").code, 200)
