@@ -1,7 +1,8 @@
 """
 Faults of the machinery under the API, made for real: a store whose disk
 fills up mid-upload (a small tmpfs this test mounts), one that turns
-read-only or unreadable. Each must end in a
+read-only or unreadable, a SQLite database locked or moved away, a
+PostgreSQL server stopped or silent (behind a relay the test cuts). Each must end in a
 clear answer, the image in its truthful state, no partial data left, and
 service that goes on once the fault is mended.
 """
@@ -28,7 +29,9 @@ from glance_tx.store.filesystem import FilesystemStore
 from glance_tx.threads import SynchronousRunner
 from tests.api_fixtures import Answer, SiteTestCase
 from tests.mounts import remount, tmpfs
+from tests.tcp_relay import TCPRelay
 from tests.test_api_v1 import OCTET, ErrorShapeMixin, meta
+from tests.test_registry_sql import create_database, drop_database, postgres_admin_url
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -319,3 +322,72 @@ class SQLiteFaultTests(ErrorShapeMixin, SiteTestCase):
         self.assertEqual(self.request("GET", f"/v2/images/{image_id}").code, 200)
         self.assertEqual(self.create().code, 201)
         self.assertEqual(self.request("GET", "/healthcheck").code, 200)
+
+
+class PostgresFaultTests(ErrorShapeMixin, SiteTestCase):
+    """
+    The registry on PostgreSQL through a relay the test cuts: the server
+    seems stopped (connections reset, the port closed) or silent (it
+    accepts and never answers), then back.
+    """
+
+    connect_timeout = 1
+
+    def open_registry(self) -> SQLRegistry:
+        admin_url = postgres_admin_url(self)
+        url = create_database(admin_url)
+        self.addCleanup(drop_database, admin_url, url)
+        self.relay = TCPRelay((admin_url.host or "127.0.0.1", admin_url.port or 5432)).start()
+        self.addCleanup(self.relay.cut)
+        return self.successResultOf(
+            Deferred.fromCoroutine(
+                open_sql_registry(
+                    url.set(host="127.0.0.1", port=self.relay.port),
+                    self.runner,
+                    engine_options={"connect_args": {"connect_timeout": self.connect_timeout}},
+                )
+            )
+        )
+
+    def create(self) -> Answer:
+        return self.request(
+            "POST", "/v2/images", {"Content-Type": "application/json"},
+            data=b'{"disk_format": "raw", "container_format": "bare"}',
+        )
+
+    def assertUnavailable(self, answer: Answer) -> None:
+        self.assertError(answer, 503, "The image registry database is unavailable")
+        self.assertEqual(answer.header("Retry-After"), "5")
+
+    def assertResumes(self, image_id: str) -> None:
+        self.relay.mend()
+        self.assertEqual(self.request("GET", f"/v2/images/{image_id}").code, 200)
+        self.assertEqual(self.create().code, 201)
+        self.assertEqual(self.request("GET", "/healthcheck").code, 200)
+
+    def test_stopped_then_back(self) -> None:
+        """
+        With the server gone (its connections reset, its port closed),
+        reads, writes and the health check answer 503 with Retry-After at
+        once; once it is back, service resumes with no restart.
+        """
+        image_id = self.create().json()["id"]
+        self.relay.cut()
+        started = time.monotonic()
+        self.assertUnavailable(self.request("GET", f"/v2/images/{image_id}"))
+        self.assertUnavailable(self.create())
+        self.assertEqual(self.request("GET", "/healthcheck").code, 503)
+        self.assertLess(time.monotonic() - started, 3)
+        self.assertResumes(image_id)
+
+    def test_silent_then_back(self) -> None:
+        """
+        A server that accepts connections and never answers is a 503
+        after the connect timeout, not a hang; then service resumes.
+        """
+        image_id = self.create().json()["id"]
+        self.relay.black_hole()
+        started = time.monotonic()
+        self.assertUnavailable(self.request("GET", f"/v2/images/{image_id}"))
+        self.assertLess(time.monotonic() - started, 3 * self.connect_timeout + 2)
+        self.assertResumes(image_id)
