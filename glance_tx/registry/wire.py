@@ -232,6 +232,17 @@ def decode_version(value: Any) -> int | None:
     return value
 
 
+def decode_seconds(value: str | None, what: str) -> float:
+    """A finite number of seconds, 0 or more, from a query string."""
+    try:
+        seconds = float(value if value is not None else "")
+    except ValueError:
+        raise BadRequest(f"{what} must be a number of seconds") from None
+    if not 0 <= seconds < float("inf"):
+        raise BadRequest(f"{what} must be a finite number of seconds, 0 or more")
+    return seconds
+
+
 # -- upload leases -----------------------------------------------------------------
 
 
