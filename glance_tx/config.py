@@ -101,6 +101,15 @@ class Config:
     show_multiple_locations: bool = False
     #: Show admins every image's C{direct_url} in v2 (Glance's name).
     show_image_direct_url: bool = False
+    #: A delete of an active image leaves it C{pending_delete}, its data
+    #: kept until the scrubber removes it (Glance's name; off, as there).
+    delayed_delete: bool = False
+    #: Seconds an image stays pending delete before the scrubber removes
+    #: its data (Glance's name and default).
+    scrub_time: int = 0
+    #: Seconds between the scrubber's rounds (Glance's glance-scrubber
+    #: option, and its default).
+    wakeup_time: int = 300
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -204,6 +213,9 @@ def load_config(
         registry_client_ca_file=default.get("registry_client_ca_file") or None,
         show_multiple_locations=bool_option(default, "show_multiple_locations", False),
         show_image_direct_url=bool_option(default, "show_image_direct_url", False),
+        delayed_delete=bool_option(default, "delayed_delete", False),
+        scrub_time=_int(default, "scrub_time", 0),
+        wakeup_time=_int(default, "wakeup_time", 300, minimum=1),
     )
 
 

@@ -3,7 +3,7 @@ The parts of a node, each a Twisted service, and the chain that runs them.
 
 A twistd plugin's C{makeService} builds a L{ServiceChain} of these, in the
 order they depend on each other (``twistd glance``: threads, registry,
-stores, recovery, leases, purger, listener; a registry server can take threads,
+stores, recovery, leases, scrubber, purger, listener; a registry server can take threads,
 registry and listener).
 
 The ready protocol, which Twisted's L{MultiService} does not have (it
@@ -34,6 +34,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 
 from attrs import define, field
 from sqlalchemy.engine import make_url
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import (
@@ -54,6 +55,7 @@ from glance_tx.purge import Purger
 from glance_tx.recovery import Reclaimer
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
+from glance_tx.scrubber import Scrubber
 from glance_tx.store.backends import StoreMap, build_store_map
 from glance_tx.threads import BlockingRunner, ThreadPoolRunner
 
@@ -385,6 +387,28 @@ class RecoveryService(ReadyService[None]):
     async def stop(self) -> None:
         if self.reclaimer is not None:
             self.reclaimer.stop()
+
+
+def scrubber_service(
+    registry: Ready[IRegistry],
+    stores: Ready[StoreMap],
+    clock: IReactorTime,
+    scrub_time: float,
+    wakeup_time: float,
+) -> TimerService:
+    """
+    The scrubber of delayed delete (L{glance_tx.scrubber}): a round at
+    start and every C{wakeup_time} seconds on C{clock}. At stop, a round
+    in progress is waited for.
+    """
+
+    async def scrub() -> None:
+        scrubber = Scrubber(await registry.when_ready(), await stores.when_ready(), scrub_time)
+        await scrubber.scrub()
+
+    service = TimerService(wakeup_time, lambda: Deferred.fromCoroutine(scrub()))
+    service.clock = clock
+    return service
 
 
 @define(eq=False)

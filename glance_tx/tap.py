@@ -11,6 +11,7 @@
      |                      start and every upload_lease_seconds (unless
      |                      recover_on_start is false)
      |- leases              this node's upload leases, renewed on a timer
+ |- scrubber            delayed delete's scrubber, every wakeup_time
      |- purger              with [cache] purge_urls only: PURGEs, through
      |                      a connection pool of its own; at stop, pending
      |                      purges get a few seconds to finish
@@ -49,6 +50,7 @@ from glance_tx.services import (
     ServiceChain,
     StoresService,
     ThreadPoolService,
+    scrubber_service,
     stop_reactor_on_failure,
 )
 from glance_tx.threads import BlockingRunner
@@ -126,6 +128,7 @@ def glance_service(
             leases=await leases.when_ready(),
             show_multiple_locations=config.show_multiple_locations,
             show_image_direct_url=config.show_image_direct_url,
+            delayed_delete=config.delayed_delete,
         )
 
     children: dict[str, IService] = {
@@ -141,6 +144,9 @@ def glance_service(
             enabled=config.recover_on_start,
         ),
         "leases": leases,
+        "scrubber": scrubber_service(
+            registry, stores, reactor, config.scrub_time, config.wakeup_time
+        ),
     }
     if purger is not None:
         children["purger"] = purger

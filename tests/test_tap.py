@@ -216,7 +216,7 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertTrue(IServiceCollection.providedBy(top))
         self.assertEqual(
             [child.name for child in top],
-            ["threads", "registry", "stores", "recovery", "leases", "listener"],
+            ["threads", "registry", "stores", "recovery", "leases", "scrubber", "listener"],
         )
         threads = top.getServiceNamed("threads")
         self.assertIsInstance(threads, ThreadPoolService)
@@ -236,7 +236,7 @@ class ServiceTreeTests(SynchronousTestCase):
         top = makeService(options)
         self.assertEqual(
             [child.name for child in top],
-            ["threads", "registry", "stores", "recovery", "leases", "purger", "listener"],
+            ["threads", "registry", "stores", "recovery", "leases", "scrubber", "purger", "listener"],
         )
         self.assertIsInstance(top.getServiceNamed("purger"), PurgerService)
 

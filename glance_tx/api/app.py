@@ -28,6 +28,7 @@ def build_site(
     leases: UploadLeases | None = None,
     show_multiple_locations: bool = False,
     show_image_direct_url: bool = False,
+    delayed_delete: bool = False,
 ) -> GlanceSite:
     cache = cache or CacheConfig()
     uploader = Uploader(
@@ -43,6 +44,7 @@ def build_site(
         uploader=uploader,
         default_project=default_project,
         cache=cache,
+        delayed_delete=delayed_delete,
     )
     v2 = V2API(
         registry=registry,
@@ -52,6 +54,7 @@ def build_site(
         cache=cache,
         show_multiple_locations=show_multiple_locations,
         show_image_direct_url=show_image_direct_url,
+        delayed_delete=delayed_delete,
     )
     root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())
     site = GlanceSite(

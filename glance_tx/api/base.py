@@ -18,7 +18,7 @@ from glance_tx import images, policy
 from glance_tx.config import CacheConfig
 from glance_tx.context import RequestContext
 from glance_tx.errors import BadRequest, NotFound
-from glance_tx.images import Image, Member
+from glance_tx.images import Image, ImageUpdate, Member
 from glance_tx.locations import delete_data
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
@@ -39,6 +39,9 @@ class ImagesAPI:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     #: How responses are marked for caches (see glance_tx.api.http_cache).
     cache: CacheConfig = field(factory=CacheConfig)
+    #: Glance's delayed delete: a deleted active image is left pending
+    #: delete, its data for the scrubber (L{glance_tx.scrubber}).
+    delayed_delete: bool = False
 
     app: ClassVar[Klein]
 
@@ -64,7 +67,20 @@ class ImagesAPI:
         return context, image
 
     async def _delete(self, image: Image) -> None:
-        """Remove the image's record, then its data from every store."""
+        """
+        Remove the image's record, then its data from every store; with
+        C{delayed_delete}, an active image with data is only marked
+        C{pending_delete} (as Glance's C{Image.delete}), its data left for
+        the scrubber. Either way it is gone for readers, and caching
+        proxies are purged now (L{glance_tx.registry.purging}).
+        """
+        if self.delayed_delete and image.locations and image.status == images.ACTIVE:
+            await self.registry.update(
+                image.id,
+                ImageUpdate(fields={"status": images.PENDING_DELETE}),
+                expected_status=frozenset({images.ACTIVE}),
+            )
+            return
         await self.registry.delete(image.id)
         await delete_data(self.stores, image.id, image.locations)
 

@@ -437,7 +437,8 @@ class SQLRegistry:
                 current,
                 status=DELETED,
                 deleted=True,
-                deleted_at=now,
+                # A pending delete keeps the time it was deleted at.
+                deleted_at=current.deleted_at if current.deleted else now,
                 updated_at=now,
                 locations=(),
             )

@@ -1,0 +1,218 @@
+"""
+Delayed delete (C{delayed_delete}, C{scrub_time}, C{wakeup_time}): a
+deleted active image is pending delete, its data kept for the window and
+then removed by the scrubber's timer, on a L{Clock}; caching proxies are
+purged at delete time all the same.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from attrs import define
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from glance_tx import images
+from glance_tx.api.app import build_site
+from glance_tx.config import load_config
+from glance_tx.errors import ServiceUnavailable
+from glance_tx.registry.purging import PurgingRegistry
+from glance_tx.registry.sql import SQLRegistry, open_sql_registry
+from glance_tx.scrubber import Scrubber
+from glance_tx.services import scrubber_service
+from glance_tx.store.backends import StoreMap
+from glance_tx.store.filesystem import FilesystemStore
+from glance_tx.threads import SynchronousRunner
+from tests.api_fixtures import BASE, SiteTestCase
+from tests.memory_http import memory_client
+from tests.test_api_v1 import OCTET, meta
+from tests.test_purge import RecordingPurger
+
+T = TypeVar("T")
+
+SCRUB_TIME = 60
+WAKEUP_TIME = 10
+
+
+@define
+class Made(Generic[T]):
+    """A L{glance_tx.services.Ready} that has made C{value} already."""
+
+    value: T
+
+    def when_ready(self) -> Deferred[T]:
+        return succeed(self.value)
+
+
+class DelayedDeleteTests(SiteTestCase):
+    """The API with delayed_delete on, the registry on the test's clock."""
+
+    site_options = {"delayed_delete": True}
+
+    def open_registry(self) -> SQLRegistry:
+        self.clock = Clock()
+        # The API stamps records by the real clock; the registry's clock
+        # starts there and then moves only with the test's.
+        self.clock.advance(time.time())
+        return self.successResultOf(
+            Deferred.fromCoroutine(
+                open_sql_registry(
+                    "sqlite://",
+                    self.runner,
+                    now=lambda: datetime.fromtimestamp(self.clock.seconds(), UTC),
+                )
+            )
+        )
+
+    def start_scrubber(self) -> None:
+        service = scrubber_service(
+            Made(self.registry), Made(self.stores), self.clock, SCRUB_TIME, WAKEUP_TIME
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+
+    def active_image(self, api: str) -> str:
+        if api == "v1":
+            answer = self.request(
+                "POST", "/v1/images",
+                {**OCTET, **meta(name="x", disk_format="raw", container_format="bare")},
+                data=b"data" * 100,
+            )
+            self.assertEqual(answer.code, 201, answer.body)
+            image_id: str = answer.json()["image"]["id"]
+            return image_id
+        created = self.request(
+            "POST", "/v2/images", {"Content-Type": "application/json"},
+            data=b'{"disk_format": "raw", "container_format": "bare"}',
+        )
+        image_id = created.json()["id"]
+        self.assertEqual(
+            self.request("PUT", f"/v2/images/{image_id}/file", OCTET, data=b"data" * 100).code,
+            204,
+        )
+        return image_id
+
+    def test_pending_then_scrubbed(self) -> None:
+        """
+        v1 and v2: a delete answers as usual and the image is gone for
+        readers (v2 and v1 answer 404, as Glance's do for a deleted
+        image), but its record is pending_delete and its data stays for
+        all of scrub_time, through every round of the scrubber before;
+        the first round after removes the data and deletes the record.
+        """
+        self.start_scrubber()
+        for api, deleted in (("v1", 200), ("v2", 204)):
+            image_id = self.active_image(api)
+            path = self.store_root.child(image_id).path
+            path_v = "/v1/images/" if api == "v1" else "/v2/images/"
+            self.assertEqual(self.request("DELETE", path_v + image_id).code, deleted)
+            record = self.successResultOf(self.registry.get(image_id, include_deleted=True))
+            self.assertEqual((record.status, record.deleted), (images.PENDING_DELETE, True))
+            self.assertEqual(self.request("GET", f"/v2/images/{image_id}").code, 404)
+            self.assertEqual(self.request("HEAD", f"/v1/images/{image_id}").code, 404)
+            self.assertEqual(self.request("GET", f"/v2/images/{image_id}/file").code, 404)
+            self.assertEqual(self.request("DELETE", path_v + image_id).code, 404)
+
+            for _ in range(SCRUB_TIME // WAKEUP_TIME - 1):
+                self.clock.advance(WAKEUP_TIME)
+                self.assertTrue(os.path.exists(path), "removed before scrub_time")
+            self.clock.advance(WAKEUP_TIME - 1)
+            self.assertTrue(os.path.exists(path), "removed before scrub_time")
+            self.clock.advance(1)  # the round at scrub_time: its first chance
+            self.clock.advance(WAKEUP_TIME)
+            self.assertFalse(os.path.exists(path))
+            record = self.successResultOf(self.registry.get(image_id, include_deleted=True))
+            self.assertEqual((record.status, record.locations), (images.DELETED, ()))
+            self.assertEqual(self.stored_files(), [])
+
+    def test_scrubbed_at_once_with_scrub_time_0(self) -> None:
+        """With Glance's default scrub_time of 0, the next round removes the data."""
+        image_id = self.active_image("v2")
+        self.request("DELETE", f"/v2/images/{image_id}")
+        self.assertTrue(os.path.exists(self.store_root.child(image_id).path))
+        self.clock.advance(1)  # past the real time the API stamped
+        scrubbed = Scrubber(self.registry, self.stores, 0).scrub()
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(scrubbed)), 1)
+        self.assertFalse(os.path.exists(self.store_root.child(image_id).path))
+
+    def test_without_data_deleted_at_once(self) -> None:
+        """An image with no data (queued) is deleted at once, as in Glance."""
+        created = self.request(
+            "POST", "/v2/images", {"Content-Type": "application/json"}, data=b"{}"
+        )
+        image_id = created.json()["id"]
+        self.assertEqual(self.request("DELETE", f"/v2/images/{image_id}").code, 204)
+        record = self.successResultOf(self.registry.get(image_id, include_deleted=True))
+        self.assertEqual(record.status, images.DELETED)
+
+    def test_purged_at_delete_time(self) -> None:
+        """Caching proxies are purged when the image goes pending delete, not when scrubbed."""
+        purger = RecordingPurger()
+        site = build_site(
+            registry=PurgingRegistry(self.registry, purger),
+            stores=self.stores,
+            runner=self.runner,
+            image_size_cap=1 << 30,
+            default_project="admin",
+            reactor=self.clock,
+            delayed_delete=True,
+        )
+        client, agent = memory_client(site)
+        image_id = self.active_image("v2")
+        d = client.request("DELETE", f"{BASE}/v2/images/{image_id}")
+        agent.flush()
+        self.assertEqual(self.successResultOf(d).code, 204)
+        self.assertEqual(purger.purged, [image_id])
+        self.assertTrue(os.path.exists(self.store_root.child(image_id).path))
+
+
+class ImmediateDeleteTests(SiteTestCase):
+    """delayed_delete off (the default): the data goes with the delete."""
+
+    def test_deleted_at_once(self) -> None:
+        answer = self.request(
+            "POST", "/v1/images",
+            {**OCTET, **meta(name="x", disk_format="raw", container_format="bare")},
+            data=b"data",
+        )
+        image_id = answer.json()["image"]["id"]
+        self.request("DELETE", f"/v1/images/{image_id}")
+        record = self.successResultOf(self.registry.get(image_id, include_deleted=True))
+        self.assertEqual(record.status, images.DELETED)
+        self.assertEqual(self.stored_files(), [])
+
+
+@define
+class UnavailableRegistry:
+    """Answers pending_deletes with a 503, as a registry that is down."""
+
+    def pending_deletes(self, older_than: float) -> Deferred[Any]:
+        return fail(ServiceUnavailable("The image registry database is unavailable"))
+
+
+class ScrubberTests(SynchronousTestCase):
+    def test_registry_down(self) -> None:
+        """A round whose registry does not answer scrubs nothing and does not fail."""
+        stores = StoreMap({"file": FilesystemStore(self.mktemp(), SynchronousRunner())}, "file")
+        scrubber = Scrubber(UnavailableRegistry(), stores, 0)  # type: ignore[arg-type]
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(scrubber.scrub())), 0)
+        self.flushLoggedErrors(ServiceUnavailable)
+
+    def test_options(self) -> None:
+        """Glance's names and defaults: delayed_delete off, scrub_time 0, wakeup_time 300."""
+        config = load_config()
+        self.assertEqual(
+            (config.delayed_delete, config.scrub_time, config.wakeup_time), (False, 0, 300)
+        )
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[DEFAULT]\ndelayed_delete = true\nscrub_time = 3600\nwakeup_time = 60\n")
+        config = load_config(path)
+        self.assertEqual(
+            (config.delayed_delete, config.scrub_time, config.wakeup_time), (True, 3600, 60)
+        )
