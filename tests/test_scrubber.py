@@ -100,8 +100,9 @@ class DelayedDeleteTests(SiteTestCase):
     def test_pending_then_scrubbed(self) -> None:
         """
         v1 and v2: a delete answers as usual and the image is gone for
-        readers (v2 and v1 answer 404, as Glance's do for a deleted
-        image), but its record is pending_delete and its data stays for
+        readers (v2 answers 404; v1 shows it to admins only, on HEAD, as
+        pending_delete and deleted, refuses to delete it again with 403,
+        and answers 404 to others, as Glance does), but its data stays for
         all of scrub_time, through every round of the scrubber before;
         the first round after removes the data and deletes the record.
         """
@@ -109,14 +110,23 @@ class DelayedDeleteTests(SiteTestCase):
         for api, deleted in (("v1", 200), ("v2", 204)):
             image_id = self.active_image(api)
             path = self.store_root.child(image_id).path
-            path_v = "/v1/images/" if api == "v1" else "/v2/images/"
-            self.assertEqual(self.request("DELETE", path_v + image_id).code, deleted)
+            self.assertEqual(self.request("DELETE", f"/{api}/images/{image_id}").code, deleted)
             record = self.successResultOf(self.registry.get(image_id, include_deleted=True))
             self.assertEqual((record.status, record.deleted), (images.PENDING_DELETE, True))
             self.assertEqual(self.request("GET", f"/v2/images/{image_id}").code, 404)
-            self.assertEqual(self.request("HEAD", f"/v1/images/{image_id}").code, 404)
             self.assertEqual(self.request("GET", f"/v2/images/{image_id}/file").code, 404)
-            self.assertEqual(self.request("DELETE", path_v + image_id).code, 404)
+            self.assertEqual(self.request("DELETE", f"/v2/images/{image_id}").code, 404)
+            head = self.request("HEAD", f"/v1/images/{image_id}")
+            self.assertEqual(head.code, 200)
+            self.assertEqual(head.header("x-image-meta-status"), "pending_delete")
+            self.assertEqual(head.header("x-image-meta-deleted"), "True")
+            self.assertEqual(self.request("GET", f"/v1/images/{image_id}").code, 404)
+            again = self.request("DELETE", f"/v1/images/{image_id}")
+            self.assertEqual(again.code, 403)
+            self.assertIn("Forbidden to delete a pending_delete image", again.json()["error"]["message"])
+            user = {"X-Project-Id": "other", "X-Roles": "member"}
+            self.assertEqual(self.request("HEAD", f"/v1/images/{image_id}", user).code, 404)
+            self.assertEqual(self.request("DELETE", f"/v1/images/{image_id}", user).code, 404)
 
             for _ in range(SCRUB_TIME // WAKEUP_TIME - 1):
                 self.clock.advance(WAKEUP_TIME)
@@ -129,6 +139,7 @@ class DelayedDeleteTests(SiteTestCase):
             record = self.successResultOf(self.registry.get(image_id, include_deleted=True))
             self.assertEqual((record.status, record.locations), (images.DELETED, ()))
             self.assertEqual(self.stored_files(), [])
+            self.assertEqual(self.request("HEAD", f"/v1/images/{image_id}").code, 404)
 
     def test_scrubbed_at_once_with_scrub_time_0(self) -> None:
         """With Glance's default scrub_time of 0, the next round removes the data."""

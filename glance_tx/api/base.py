@@ -51,17 +51,29 @@ class ImagesAPI:
     def _context(self, request: IRequest) -> RequestContext:
         return RequestContext.from_request(request, self.default_project)
 
-    async def _image(self, request: IRequest, image_id: str) -> tuple[RequestContext, Image]:
+    async def _image(
+        self, request: IRequest, image_id: str, show_pending: bool = False
+    ) -> tuple[RequestContext, Image]:
         """
         Who asks, and the image if they may see it; otherwise, as for an id
         that is no UUID or names no image, a 404 (as in Glance, v1 and v2).
+        With C{show_pending}, an admin also sees an image pending delete
+        (deleted, its data not yet scrubbed), as Glance's v1 shows admins.
         """
         context = self._context(request)
         try:
             canonical = images.validate_image_id(image_id)
         except BadRequest:
             raise NotFound(f"No image found with ID {image_id}") from None
-        image = await self.registry.get(canonical)
+        try:
+            image = await self.registry.get(canonical)
+        except NotFound:
+            if not (show_pending and context.is_admin):
+                raise
+            image = await self.registry.get(canonical, include_deleted=True)
+            if image.status != images.PENDING_DELETE:
+                raise
+            return context, image
         if not policy.can_see(context, image):
             policy.check_visible(context, image, await self._membership(context, image))
         return context, image
