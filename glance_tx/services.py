@@ -317,6 +317,16 @@ class HTTPRegistryService(ReadyService[IRegistry]):
             await registry.close()
 
 
+def registry_service(config: Config, reactor: Any, runner: BlockingRunner) -> ReadyService[IRegistry]:
+    """
+    The registry a node uses: a client of C{registry_url} when set, else
+    the SQL registry of C{sql_connection}.
+    """
+    if config.registry_url is not None:
+        return HTTPRegistryService(reactor, config, runner)
+    return RegistryService(config.sql_connection, runner, config.thread_pool_size)
+
+
 @define(eq=False)
 class StoresService(ReadyService[StoreMap]):
     """Makes every enabled store (L{build_store_map})."""

@@ -38,18 +38,15 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from glance_tx.config import Config, ConfigError, load_config
-from glance_tx.registry.interface import IRegistry
 from glance_tx.services import (
-    HTTPRegistryService,
     LeasesService,
     ListenerService,
     PurgerService,
-    ReadyService,
     RecoveryService,
-    RegistryService,
     ServiceChain,
     StoresService,
     ThreadPoolService,
+    registry_service,
     scrubber_service,
     stop_reactor_on_failure,
 )
@@ -97,11 +94,7 @@ def glance_service(
     """
     if runner is None:
         runner = threads.runner
-    registry: ReadyService[IRegistry] = (
-        HTTPRegistryService(reactor, config, runner)
-        if config.registry_url is not None
-        else RegistryService(config.sql_connection, runner, config.thread_pool_size)
-    )
+    registry = registry_service(config, reactor, runner)
     stores = StoresService(config, runner, reactor)
     purger = PurgerService(reactor, config.cache) if config.cache.purge_urls else None
     leases = LeasesService(

@@ -15,21 +15,27 @@ from typing import Any, Generic, TypeVar
 from attrs import define
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.filepath import FilePath
+from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase
 
-from glance_tx import images
+from glance_tx import images, scrubber_tap
 from glance_tx.api.app import build_site
 from glance_tx.config import load_config
 from glance_tx.errors import ServiceUnavailable
+from glance_tx.images import ImageUpdate, Location, new_image_id
 from glance_tx.registry.purging import PurgingRegistry
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
 from glance_tx.scrubber import Scrubber
-from glance_tx.services import scrubber_service
+from glance_tx.scrubber_tap import Options as ScrubberOptions
+from glance_tx.services import ThreadPoolService, scrubber_service
 from glance_tx.store.backends import StoreMap
-from glance_tx.store.filesystem import FilesystemStore
+from glance_tx.store.filesystem import FilesystemStore, filesystem_datadir
 from glance_tx.threads import SynchronousRunner
 from tests.api_fixtures import BASE, SiteTestCase
 from tests.memory_http import memory_client
+from tests.registry_conformance import make_image
 from tests.test_api_v1 import OCTET, meta
 from tests.test_purge import RecordingPurger
 
@@ -227,3 +233,62 @@ class ScrubberTests(SynchronousTestCase):
         self.assertEqual(
             (config.delayed_delete, config.scrub_time, config.wakeup_time), (True, 3600, 60)
         )
+
+
+class ScrubberTapTests(SynchronousTestCase):
+    """C{twistd glance-scrubber}: options, the service tree, a round."""
+
+    def options(self, config: str) -> ScrubberOptions:
+        path = FilePath(self.mktemp())
+        path.setContent(config.encode("utf-8"))
+        options = ScrubberOptions()
+        options.parseOptions(["--data-dir", self.mktemp(), "--config", path.path])
+        return options
+
+    def test_plugin(self) -> None:
+        """The twistd plugin glance-scrubber points at glance_tx.scrubber_tap."""
+        from twisted.plugins.glance_tx_plugin import glance_scrubber
+
+        self.assertEqual(glance_scrubber.tapname, "glance-scrubber")
+        self.assertEqual(glance_scrubber.module, "glance_tx.scrubber_tap")
+
+    def test_service_tree(self) -> None:
+        """Threads, registry, stores and the scrubber, every wakeup_time; nothing listens."""
+        top = scrubber_tap.makeService(self.options("[DEFAULT]\nwakeup_time = 42\n"))
+        self.assertEqual([child.name for child in top], ["threads", "registry", "stores", "scrubber"])
+        self.assertEqual(top.getServiceNamed("scrubber").step, 42)
+
+    def test_scrubs(self) -> None:
+        """
+        Started, the chain's first round scrubs what the API nodes left
+        pending delete: the data goes, the record is deleted for good.
+        """
+        config = self.options("[DEFAULT]\nscrub_time = 0\n").config
+        os.makedirs(config.data_dir)
+        runner = SynchronousRunner()
+        registry = self.successResultOf(
+            Deferred.fromCoroutine(open_sql_registry(config.sql_connection, runner))
+        )
+        self.addCleanup(lambda: self.successResultOf(registry.close()))
+        data = FilePath(filesystem_datadir(config.store("file"), config.data_dir))
+        data.makedirs()
+        image_id = new_image_id()
+        data.child(image_id).setContent(b"data")
+        location = Location(FilesystemStore(data.path, runner).location_for(image_id), "file")
+        self.successResultOf(
+            registry.create(make_image(id=image_id, status=images.ACTIVE, locations=(location,)))
+        )
+        self.successResultOf(
+            registry.update(image_id, ImageUpdate(fields={"status": images.PENDING_DELETE}))
+        )
+
+        reactor = MemoryReactorClock()
+        pool = ThreadPool(minthreads=0, maxthreads=1)
+        top = scrubber_tap.scrubber_chain(config, reactor, ThreadPoolService(reactor, pool), runner)
+        top.startService()
+        self.addCleanup(top.stopService)
+        self.successResultOf(top.when_ready())
+        self.assertFalse(os.path.exists(data.child(image_id).path))
+        record = self.successResultOf(registry.get(image_id, include_deleted=True))
+        self.assertEqual(record.status, images.DELETED)
+        self.assertEqual(reactor.getDelayedCalls()[0].getTime(), config.wakeup_time)
