@@ -162,6 +162,13 @@ class StoreWriter:
     _gate: PauseGate = field(factory=PauseGate, init=False)
 
     @property
+    def error(self) -> GlanceError | None:
+        """See L{IStoreWriter.error}."""
+        if self._error is None:
+            return None
+        return _as_store_error(self._error, "Could not store image data")
+
+    @property
     def state(self) -> str:
         """One of C{open}, C{committing}, C{committed}, C{failed}, C{aborted}."""
         return self._state
