@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
+import select
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -18,8 +20,9 @@ from typing import Any, TypeVar
 
 from attrs import define
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThread
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from glance_tx.errors import StorageFull, StoreError, os_error
 from glance_tx.images import ImageQuery
@@ -28,6 +31,12 @@ from glance_tx.store.backends import StoreMap
 from glance_tx.store.filesystem import FilesystemStore
 from glance_tx.threads import SynchronousRunner
 from tests.api_fixtures import Answer, SiteTestCase
+from tests.live_server import (
+    listening_port,
+    live_config,
+    settled_client,
+    start_glance_tx,
+)
 from tests.mounts import remount, tmpfs
 from tests.tcp_relay import TCPRelay
 from tests.test_api_v1 import OCTET, ErrorShapeMixin, meta
@@ -391,3 +400,74 @@ class PostgresFaultTests(ErrorShapeMixin, SiteTestCase):
         self.assertUnavailable(self.request("GET", f"/v2/images/{image_id}"))
         self.assertLess(time.monotonic() - started, 3 * self.connect_timeout + 2)
         self.assertResumes(image_id)
+
+
+def _upload_until_answered(port: int, path: str, size: int) -> tuple[int, bytes]:
+    """
+    PUT C{size} bytes to C{path} over a plain socket, a chunk at a time,
+    stopping as soon as the server answers; return how many bytes were
+    sent and the answer. Blocking: run it on a thread.
+    """
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(
+            f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n".encode()
+        )
+        chunk = b"x" * (64 * 1024)
+        while sent < size:
+            readable, _, _ = select.select([s], [], [], 0)
+            if readable:
+                break
+            try:
+                s.sendall(chunk)
+            except OSError:
+                break
+            sent += len(chunk)
+        answer = b""
+        try:
+            while data := s.recv(65536):
+                answer += data
+        except OSError:
+            pass
+    return sent, answer
+
+
+class DiskFullLiveTests(TestCase):
+    """A real glance-tx over TCP whose store is a 2 MiB tmpfs."""
+
+    timeout = 60
+
+    def test_answered_before_the_body_ends(self) -> Deferred[None]:
+        """
+        A 4 GiB upload to a 2 MiB disk is answered 413, with Glance's
+        message, long before the client has sent its body (the bytes that
+        reach the server while the partial data is removed and the image
+        marked are dropped), and the image is queued again.
+        """
+        disk = tmpfs(self, "2m")
+
+        async def run() -> None:
+            config = live_config(
+                self, f"[file]\nfilesystem_store_datadir = {disk.child('images').path}\n"
+            )
+            service = await start_glance_tx(config, self.addCleanup, "disk-full")
+            port = listening_port(service)
+            client = settled_client(self)
+            response = await client.post(
+                f"http://127.0.0.1:{port}/v2/images",
+                json={"disk_format": "raw", "container_format": "bare"},
+            )
+            image_id = (await response.json())["id"]
+            size = 4096 * MiB
+            sent, answer = await deferToThread(
+                _upload_until_answered, port, f"/v2/images/{image_id}/file", size
+            )
+            self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:200])
+            self.assertIn(FULL.encode(), answer)
+            self.assertLess(sent, size // 4)
+            response = await client.get(f"http://127.0.0.1:{port}/v2/images/{image_id}")
+            self.assertEqual((await response.json())["status"], "queued")
+            self.assertEqual([p for p in disk.walk() if p.isfile()], [])
+
+        return Deferred.fromCoroutine(run())
