@@ -162,6 +162,15 @@ class Config:
     auth_strategy: str = "noauth"
     #: C{[keystone_authtoken]}; set when C{auth_strategy} is keystone.
     keystone: KeystoneConfig | None = None
+    #: A delete of an active image leaves it C{pending_delete}, its data
+    #: kept until the scrubber removes it (Glance's name; off, as there).
+    delayed_delete: bool = False
+    #: Seconds an image stays pending delete before the scrubber removes
+    #: its data (Glance's name and default).
+    scrub_time: int = 0
+    #: Seconds between the scrubber's rounds (Glance's glance-scrubber
+    #: option, and its default).
+    wakeup_time: int = 300
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -270,6 +279,9 @@ def load_config(
         quotas=_quotas(default),
         auth_strategy=auth_strategy,
         keystone=keystone,
+        delayed_delete=bool_option(default, "delayed_delete", False),
+        scrub_time=_int(default, "scrub_time", 0),
+        wakeup_time=_int(default, "wakeup_time", 300, minimum=1),
     )
 
 

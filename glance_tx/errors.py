@@ -7,6 +7,7 @@ place (``glance_tx.api.errors``), so every refusal has the same JSON shape.
 
 from __future__ import annotations
 
+import errno
 from http import HTTPStatus
 
 
@@ -79,6 +80,22 @@ class RequestEntityTooLarge(GlanceError):
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
+class StorageFull(RequestEntityTooLarge):
+    """
+    The store has no room for the data (C{ENOSPC}, C{EDQUOT}, C{EFBIG}):
+    a 413 with Glance's message, as glance_store's C{StorageFull}.
+    """
+
+    def __init__(
+        self,
+        message: str = (
+            "Image storage media is full: "
+            "There is not enough disk space on the image storage media."
+        ),
+    ) -> None:
+        super().__init__(message)
+
+
 class UnsupportedMediaType(GlanceError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
@@ -106,3 +123,20 @@ class StoreError(GlanceError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     retry_after = 5
+
+
+#: The errnos that mean the store has no room (glance_store's StorageFull).
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def os_error(error: OSError, doing: str) -> GlanceError:
+    """
+    What a client is told of a store's L{OSError} while C{doing} something:
+    L{StorageFull} when the media is full, else a L{StoreError} (503: a
+    read-only or unreadable store is the operator's to mend, and the client
+    may try again) with the error's C{strerror} but not the file names it
+    may carry.
+    """
+    if error.errno in FULL_ERRNOS:
+        return StorageFull()
+    return StoreError(f"{doing}: {error.strerror or type(error).__name__}")

@@ -226,13 +226,16 @@ class LocationEdit:
         return saved
 
 
-async def delete_data(stores: StoreMap, image_id: str, locations: Iterable[Location]) -> None:
+async def delete_data(stores: StoreMap, image_id: str, locations: Iterable[Location]) -> bool:
     """
     Delete the data at C{locations} of an image whose record no longer
-    names them; data in a read-only store (the web's) is not ours to
-    delete, and a failure is logged, not raised: the orphan sweep at the
-    next start removes what a store failed to delete now.
+    names them (or, for the scrubber, is pending delete); data in a
+    read-only store (the web's) is not ours to delete, and a failure is
+    logged, not raised: the orphan sweep removes what a store failed to
+    delete now (the scrubber tries again instead). Returns whether every
+    location's data is gone.
     """
+    deleted = True
     for location in locations:
         try:
             store = stores.for_location(location)
@@ -240,4 +243,6 @@ async def delete_data(stores: StoreMap, image_id: str, locations: Iterable[Locat
                 continue
             await store.delete(location.url)
         except Exception:
+            deleted = False
             log.failure("Could not delete data of image {image_id}", image_id=image_id)
+    return deleted

@@ -3,8 +3,8 @@ The parts of a node, each a Twisted service, and the chain that runs them.
 
 A twistd plugin's C{makeService} builds a L{ServiceChain} of these, in the
 order they depend on each other (``twistd glance``: threads, registry,
-node, stores, recovery, leases, purger, listener; a registry server can take threads,
-registry and listener).
+node, stores, recovery, leases, identity, scrubber, purger, listener; a
+registry server can take threads, registry and listener).
 
 The ready protocol, which Twisted's L{MultiService} does not have (it
 starts every child at once and does not wait for a start that takes time):
@@ -34,6 +34,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 
 from attrs import define, field
 from sqlalchemy.engine import make_url
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import (
@@ -58,6 +59,7 @@ from glance_tx.purge import Purger
 from glance_tx.recovery import Reclaimer
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
+from glance_tx.scrubber import Scrubber
 from glance_tx.store.backends import StoreMap, build_store_map
 from glance_tx.threads import BlockingRunner, ThreadPoolRunner
 
@@ -292,6 +294,16 @@ class HTTPRegistryService(ReadyService[IRegistry]):
             await registry.close()
 
 
+def registry_service(config: Config, reactor: Any, runner: BlockingRunner) -> ReadyService[IRegistry]:
+    """
+    The registry a node uses: a client of C{registry_url} when set, else
+    the SQL registry of C{sql_connection}.
+    """
+    if config.registry_url is not None:
+        return HTTPRegistryService(reactor, config, runner)
+    return RegistryService(config.sql_connection, runner, config.thread_pool_size)
+
+
 @define(eq=False)
 class StoresService(ReadyService[StoreMap]):
     """Makes every enabled store (L{build_store_map})."""
@@ -396,6 +408,28 @@ class RecoveryService(ReadyService[None]):
     async def stop(self) -> None:
         if self.reclaimer is not None:
             self.reclaimer.stop()
+
+
+def scrubber_service(
+    registry: Ready[IRegistry],
+    stores: Ready[StoreMap],
+    clock: IReactorTime,
+    scrub_time: float,
+    wakeup_time: float,
+) -> TimerService:
+    """
+    The scrubber of delayed delete (L{glance_tx.scrubber}): a round at
+    start and every C{wakeup_time} seconds on C{clock}. At stop, a round
+    in progress is waited for.
+    """
+
+    async def scrub() -> None:
+        scrubber = Scrubber(await registry.when_ready(), await stores.when_ready(), scrub_time)
+        await scrubber.scrub()
+
+    service = TimerService(wakeup_time, lambda: Deferred.fromCoroutine(scrub()))
+    service.clock = clock
+    return service
 
 
 @define(eq=False)

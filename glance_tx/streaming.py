@@ -119,7 +119,12 @@ class UploadPipeline:
         self._gate.detach()
 
     def write(self, data: bytes) -> None:
-        """Take one chunk of the body; raise the first refusal at once."""
+        """
+        Take one chunk of the body; raise the first refusal at once, the
+        store's too (a full disk), so the rest of the body is not read.
+        """
+        if self.failure is None and self.writer.error is not None:
+            self.failure = self.writer.error
         if self.failure is not None:
             raise self.failure
         if self._finished:

@@ -15,6 +15,7 @@
      |- leases              this node's upload leases, renewed on a timer
      |- identity            who is asking (auth_strategy): the headers, or
      |                      Keystone's token validation with its connections
+     |- scrubber            delayed delete's scrubber, every wakeup_time
      |- purger              with [cache] purge_urls only: PURGEs, through
      |                      a connection pool of its own; at stop, pending
      |                      purges get a few seconds to finish
@@ -41,20 +42,18 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from glance_tx.config import Config, ConfigError, load_config
-from glance_tx.registry.interface import IRegistry
 from glance_tx.services import (
-    HTTPRegistryService,
     IdentityService,
     LeasesService,
     ListenerService,
     NodeClaimService,
     PurgerService,
-    ReadyService,
     RecoveryService,
-    RegistryService,
     ServiceChain,
     StoresService,
     ThreadPoolService,
+    registry_service,
+    scrubber_service,
     stop_reactor_on_failure,
 )
 from glance_tx.threads import BlockingRunner
@@ -101,11 +100,7 @@ def glance_service(
     """
     if runner is None:
         runner = threads.runner
-    registry: ReadyService[IRegistry] = (
-        HTTPRegistryService(reactor, config, runner)
-        if config.registry_url is not None
-        else RegistryService(config.sql_connection, runner, config.thread_pool_size)
-    )
+    registry = registry_service(config, reactor, runner)
     stores = StoresService(config, runner, reactor)
     purger = PurgerService(reactor, config.cache) if config.cache.purge_urls else None
     identity = IdentityService(reactor, config, runner)
@@ -136,6 +131,7 @@ def glance_service(
             max_header_line=config.max_header_line,
             quotas=config.quotas,
             identity=await identity.when_ready(),
+            delayed_delete=config.delayed_delete,
         )
 
     children: dict[str, IService] = {
@@ -155,6 +151,9 @@ def glance_service(
         ),
         "leases": leases,
         "identity": identity,
+        "scrubber": scrubber_service(
+            registry, stores, reactor, config.scrub_time, config.wakeup_time
+        ),
     }
     if purger is not None:
         children["purger"] = purger

@@ -55,9 +55,7 @@ class SiteTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.runner = SynchronousRunner()
-        self.registry: SQLRegistry = self.successResultOf(
-            Deferred.fromCoroutine(open_sql_registry("sqlite://", self.runner))
-        )
+        self.registry: SQLRegistry = self.open_registry()
         self.addCleanup(lambda: self.successResultOf(self.registry.close()))
         self.store_root = FilePath(self.mktemp())
         self.store_root.makedirs()
@@ -84,6 +82,12 @@ class SiteTestCase(SynchronousTestCase):
     def make_identity(self) -> IIdentityResolver | None:
         """Who is asking; by default (None) the headers, as with noauth."""
         return None
+
+    def open_registry(self) -> SQLRegistry:
+        """The registry; by default an in-memory SQLite one."""
+        return self.successResultOf(
+            Deferred.fromCoroutine(open_sql_registry("sqlite://", self.runner))
+        )
 
     def make_stores(self) -> StoreMap:
         """The enabled stores; by default the one filesystem store, C{file}."""

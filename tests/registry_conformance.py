@@ -718,6 +718,55 @@ class RegistryConformanceMixin(_Base):
         await registry.delete(image.id)
         await self.assertFails(registry.delete(image.id), NotFound)
 
+    # -- delayed delete --------------------------------------------------------
+
+    @conformance
+    async def test_pending_delete(self, registry: Any) -> None:
+        """
+        An update to pending_delete marks the image deleted (not found, not
+        listed) but keeps its locations, held against the orphan sweep;
+        pending_deletes finds it once older than asked; delete then deletes
+        it for good, locations cleared, and it is pending no more.
+        """
+        image = await registry.create(
+            make_image(status=ACTIVE, locations=("file:///p",))
+        )
+        pending = await registry.update(
+            image.id, ImageUpdate(fields={"status": PENDING_DELETE})
+        )
+        self.assertEqual(pending.status, PENDING_DELETE)
+        self.assertTrue(pending.deleted)
+        self.assertIsNotNone(pending.deleted_at)
+        self.assertEqual(pending.locations, (Location("file:///p"),))
+        await self.assertFails(registry.get(image.id), NotFound)
+        self.assertEqual(await registry.get(image.id, include_deleted=True), pending)
+        self.assertEqual(await self.ids(registry, exclude_statuses=frozenset()), [])
+        self.assertEqual(await registry.all_locations(), frozenset({"file:///p"}))
+        await self.assertFails(
+            registry.update(image.id, ImageUpdate(fields={"name": "x"})), NotFound
+        )
+        self.assertEqual(await registry.pending_deletes(3600), [])
+        self.assertEqual(await registry.pending_deletes(0), [pending])
+
+        deleted = await registry.delete(image.id)
+        self.assertEqual((deleted.status, deleted.locations), (DELETED, ()))
+        self.assertTrue(deleted.deleted)
+        self.assertEqual(await registry.pending_deletes(0), [])
+        self.assertEqual(await registry.all_locations(), frozenset())
+        await self.assertFails(registry.delete(image.id), NotFound)
+
+    @conformance
+    async def test_pending_deletes_oldest_first(self, registry: Any) -> None:
+        """pending_deletes lists only images pending delete, oldest first."""
+        ids = []
+        for _ in range(3):
+            image = await registry.create(make_image(status=ACTIVE, locations=("file:///x",)))
+            await registry.update(image.id, ImageUpdate(fields={"status": PENDING_DELETE}))
+            ids.append(image.id)
+        other = await registry.create(make_image(status=ACTIVE))
+        await registry.delete(other.id)
+        self.assertEqual([i.id for i in await registry.pending_deletes(0)], ids)
+
     # -- all_locations ---------------------------------------------------------
 
     @conformance

@@ -280,6 +280,14 @@ class ServerTests(SynchronousTestCase):
         self.assertEqual(self.call("GET", "/nonesuch")[0], 404)
         self.assertEqual(self.call("PATCH", "/images")[0], 405)
 
+    def test_pending_deletes_needs_seconds(self) -> None:
+        """C{older_than} must be a finite number of seconds, 0 or more (400)."""
+        for query in ("", "?older_than=soon", "?older_than=-1", "?older_than=inf"):
+            code, _, body = self.call("GET", "/pending-deletes" + query)
+            self.assertEqual(code, 400, query)
+            self.assertIn("older_than", body["error"]["message"])
+        self.assertEqual(self.call("GET", "/pending-deletes?older_than=0")[2], {"images": []})
+
     def test_tags_and_members_with_awkward_names(self) -> None:
         """
         Tags and member ids with slashes, spaces, percent signs and unicode

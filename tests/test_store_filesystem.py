@@ -27,7 +27,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from glance_tx.errors import BadRequest, NotFound, StoreError
+from glance_tx.errors import BadRequest, NotFound, StorageFull, StoreError
 from glance_tx.images import new_image_id
 from glance_tx.store.filesystem import (
     DEFAULT_BLOCK_SIZE,
@@ -462,8 +462,8 @@ class FilesystemStoreTests(SynchronousTestCase):
     def test_write_error(self) -> None:
         """
         A failed write (the disk is full) removes the partial file at once,
-        drops what follows, and makes C{commit} fail with L{StoreError}; no
-        final file appears.
+        drops what follows, and makes C{commit} fail with L{StorageFull}
+        (413, Glance's message); no final file appears.
         """
         runner = FaultyRunner()
         store = self.store(runner)
@@ -473,8 +473,8 @@ class FilesystemStoreTests(SynchronousTestCase):
         writer.write(b"x" * 100)
         self.assertEqual(self.incoming(), [])
         writer.write(b"more")
-        failure = self.failureResultOf(writer.commit(), StoreError)
-        self.assertIn("No space left on device", failure.value.message)
+        failure = self.failureResultOf(writer.commit(), StorageFull)
+        self.assertIn("Image storage media is full", failure.value.message)
         self.assertFalse(self.root.child(image_id).exists())
         self.assertEqual(self.incoming(), [])
         self.successResultOf(writer.abort())
@@ -755,7 +755,7 @@ class FilesystemStoreTests(SynchronousTestCase):
         writer = self.writer(store)
         runner.fail_after(0, OSError(errno.ENOSPC, "ENOSPC"))
         writer.write(b"abc")
-        self.failureResultOf(writer.commit(), StoreError)
+        self.failureResultOf(writer.commit(), StorageFull)
         writer = self.writer(store)
         writer.write(b"abc")
         runner.fail_after(0, OSError(errno.EIO, "EIO"))

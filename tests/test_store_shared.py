@@ -21,7 +21,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from glance_tx.backpressure import Watermarks
-from glance_tx.errors import NotFound, StoreError
+from glance_tx.errors import NotFound, StorageFull, StoreError
 from glance_tx.store.interface import IStore, IStoreWriter, StoredData
 from glance_tx.store.reader import BlockProducer, IBlockSource
 from glance_tx.store.writer import IWriteBackend, StoreWriter
@@ -216,8 +216,8 @@ class StoreWriterTests(SynchronousTestCase):
         writer = StoreWriter(backend, Watermarks(10, 4))
         writer.write(b"x")
         self.assertEqual(backend.discarded, 1)
-        failure = self.failureResultOf(writer.commit(), StoreError)
-        self.assertIn("No space left on device", failure.value.message)
+        failure = self.failureResultOf(writer.commit(), StorageFull)
+        self.assertIn("Image storage media is full", failure.value.message)
 
 
 @implementer(IBlockSource)

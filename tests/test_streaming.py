@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from glance_tx.errors import BadRequest, RequestEntityTooLarge
+from glance_tx.backpressure import Watermarks
+from glance_tx.errors import BadRequest, RequestEntityTooLarge, StorageFull
 from glance_tx.store.interface import IStoreWriter, StoredData
+from glance_tx.store.writer import IWriteBackend, StoreWriter
 from glance_tx.streaming import UploadPipeline
 from glance_tx.threads import SynchronousRunner
 from tests.fakes import ManualRunner
+
+MiB = 1024 * 1024
 
 
 @implementer(IStoreWriter)
@@ -25,6 +31,7 @@ class RecordingWriter:
     producer: object = None
     committed: bool = False
     aborted: bool = False
+    error: object = None
 
     def registerProducer(self, producer, streaming):
         self.producer = producer
@@ -147,3 +154,40 @@ class PipelineTests(SynchronousTestCase):
         runner.run_all()
         self.assertEqual(transport.resumed, 1)
         self.assertEqual(transport.paused, 1)
+
+
+@implementer(IWriteBackend)
+@define
+class FullDisk:
+    """A store backend whose disk is full: every write fails with ENOSPC."""
+
+    location: str = "fake://full"
+    writes: int = 0
+
+    def write(self, chunks: list[bytes]) -> Deferred[None]:
+        self.writes += 1
+        return fail(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+    def commit(self) -> Deferred[None]:
+        return succeed(None)
+
+    def discard(self) -> Deferred[None]:
+        return succeed(None)
+
+
+class StoreFailureTests(SynchronousTestCase):
+    def test_full_disk_stops_the_body(self) -> None:
+        """
+        Once the store's write has failed (the disk is full), the next
+        chunk of the body is refused with StorageFull, so the upload is
+        answered 413 at once instead of after the rest of the body.
+        """
+        backend = FullDisk()
+        writer = StoreWriter(backend, Watermarks(4 * MiB, MiB))
+        pipeline = UploadPipeline(writer=writer, runner=SynchronousRunner(), size_cap=1 << 40)
+        pipeline.write(b"x" * MiB)  # one batch: written, and failed
+        self.assertEqual(backend.writes, 1)
+        self.assertIsInstance(writer.error, StorageFull)
+        self.assertRaises(StorageFull, pipeline.write, b"more")
+        self.assertEqual(backend.writes, 1)
+        self.failureResultOf(Deferred.fromCoroutine(pipeline.finish()), StorageFull)

@@ -35,6 +35,7 @@ def build_site(
     max_header_line: int = DEFAULT_MAX_HEADER_LINE,
     quotas: ImageQuotas | None = None,
     identity: IIdentityResolver | None = None,
+    delayed_delete: bool = False,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
@@ -59,6 +60,7 @@ def build_site(
         uploader=uploader,
         identity=identity,
         cache=cache,
+        delayed_delete=delayed_delete,
     )
     v2 = V2API(
         registry=registry,
@@ -68,6 +70,7 @@ def build_site(
         cache=cache,
         show_multiple_locations=show_multiple_locations,
         show_image_direct_url=show_image_direct_url,
+        delayed_delete=delayed_delete,
     )
     root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())
     site = GlanceSite(

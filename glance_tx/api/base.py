@@ -21,7 +21,7 @@ from glance_tx.config import CacheConfig
 from glance_tx.context import RequestContext
 from glance_tx.errors import BadRequest, NotFound, VersionConflict
 from glance_tx.identity.interface import IIdentityResolver
-from glance_tx.images import Image, Member
+from glance_tx.images import Image, ImageUpdate, Member
 from glance_tx.locations import delete_data
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
@@ -52,6 +52,9 @@ class ImagesAPI:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     #: How responses are marked for caches (see glance_tx.api.http_cache).
     cache: CacheConfig = field(factory=CacheConfig)
+    #: Glance's delayed delete: a deleted active image is left pending
+    #: delete, its data for the scrubber (L{glance_tx.scrubber}).
+    delayed_delete: bool = False
 
     app: ClassVar[Klein]
 
@@ -72,17 +75,29 @@ class ImagesAPI:
             context = self._resolved[request] = await self.identity.resolve(request)
         return context
 
-    async def _image(self, request: IRequest, image_id: str) -> tuple[RequestContext, Image]:
+    async def _image(
+        self, request: IRequest, image_id: str, show_pending: bool = False
+    ) -> tuple[RequestContext, Image]:
         """
         Who asks, and the image if they may see it; otherwise, as for an id
         that is no UUID or names no image, a 404 (as in Glance, v1 and v2).
+        With C{show_pending}, an admin also sees an image pending delete
+        (deleted, its data not yet scrubbed), as Glance's v1 shows admins.
         """
         context = await self._context(request)
         try:
             canonical = images.validate_image_id(image_id)
         except BadRequest:
             raise NotFound(f"No image found with ID {image_id}") from None
-        image = await self.registry.get(canonical)
+        try:
+            image = await self.registry.get(canonical)
+        except NotFound:
+            if not (show_pending and context.is_admin):
+                raise
+            image = await self.registry.get(canonical, include_deleted=True)
+            if image.status != images.PENDING_DELETE:
+                raise
+            return context, image
         if not policy.can_see(context, image):
             policy.check_visible(context, image, await self._membership(context, image))
         return context, image
@@ -92,6 +107,7 @@ class ImagesAPI:
         request: IRequest,
         image_id: str,
         write: Callable[[RequestContext, Image], Awaitable[T]],
+        show_pending: bool = False,
     ) -> T:
         """
         Read the image (as L{_image}) and hand it to C{write}, which makes
@@ -105,9 +121,10 @@ class ImagesAPI:
         Retried rather than a 409 at once: two requests that change
         different things do not conflict, and Glance applies both. At
         most L{WRITE_ATTEMPTS} reads; then the registry's 409.
+        C{show_pending} as for L{_image}.
         """
         for attempt in range(1, WRITE_ATTEMPTS + 1):
-            context, image = await self._image(request, image_id)
+            context, image = await self._image(request, image_id, show_pending)
             try:
                 return await write(context, image)
             except VersionConflict:
@@ -122,8 +139,20 @@ class ImagesAPI:
     async def _delete(self, image: Image) -> None:
         """
         Remove the image's record if it is still the one read (else
-        L{VersionConflict}), then its data from every store.
+        L{VersionConflict}), then its data from every store; with
+        C{delayed_delete}, an active image with data is only marked
+        C{pending_delete} (as Glance's C{Image.delete}), its data left for
+        the scrubber. Either way it is gone for readers, and caching
+        proxies are purged now (L{glance_tx.registry.purging}).
         """
+        if self.delayed_delete and image.locations and image.status == images.ACTIVE:
+            await self.registry.update(
+                image.id,
+                ImageUpdate(fields={"status": images.PENDING_DELETE}),
+                expected_status=frozenset({images.ACTIVE}),
+                expected_version=image.version,
+            )
+            return
         await self.registry.delete(image.id, expected_version=image.version)
         await delete_data(self.stores, image.id, image.locations)
 

@@ -29,7 +29,7 @@ from glance_tx.api.ranges import (
     unsatisfied_range,
 )
 from glance_tx.backpressure import PauseGate
-from glance_tx.errors import Conflict, Forbidden, RangeNotSatisfiable
+from glance_tx.errors import Conflict, Forbidden, GlanceError, RangeNotSatisfiable
 from glance_tx.images import Image
 from glance_tx.store.backends import StoreMap
 
@@ -145,6 +145,27 @@ async def serve_data(
     if not_modified(request, validators):
         return
     ranges = requested_ranges(request, image, validators)
+    # A store that fails before the first byte (unreadable, unreachable)
+    # is answered with an error document: the headers set here for the
+    # data (its Content-Length above all) must not describe that answer.
+    prepared = request.responseHeaders.copy()
+    try:
+        await _serve(request, image, stores, validators, ranges, hex_md5, metadata)
+    except GlanceError:
+        if not getattr(request, "startedWriting", True):
+            request.responseHeaders = prepared
+        raise
+
+
+async def _serve(
+    request: IRequest,
+    image: Image,
+    stores: StoreMap,
+    validators: Validators,
+    ranges: tuple[ByteRange, ...] | None,
+    hex_md5: bool,
+    metadata: Headers | None,
+) -> None:
     if metadata is not None:
         for name, values in metadata.getAllRawHeaders():
             request.responseHeaders.setRawHeaders(name, values)

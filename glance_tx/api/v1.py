@@ -45,8 +45,10 @@ from glance_tx.context import RequestContext
 from glance_tx.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     GlanceError,
     LengthRequired,
+    NotFound,
     UnsupportedMediaType,
 )
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Viewer
@@ -328,10 +330,13 @@ class V1API(ImagesAPI):
         """
         GET sends the data, HEAD the headers GET would send; both describe
         the image in x-image-meta-* headers. HEAD also describes an image
-        with no data to send (GET refuses it).
+        with no data to send (GET refuses it), and, to admins, one pending
+        delete (a GET of it is a 404, as in Glance).
         """
         forbid_storing(request)
-        _, image = await self._image(request, image_id)
+        _, image = await self._image(request, image_id, show_pending=True)
+        if image.deleted and request.method != b"HEAD":
+            raise NotFound(f"No image found with ID {image.id}")
         if request.method != b"HEAD":
             check_downloadable(image)
         metadata, validators = self._representation(image)
@@ -348,14 +353,20 @@ class V1API(ImagesAPI):
 
     @app.route("/images/<image_id>", methods=["DELETE"])
     async def delete(self, request: IRequest, image_id: str) -> bytes:
-        """Preconditions are evaluated as for PUT."""
+        """
+        Preconditions are evaluated as for PUT. An image pending delete
+        cannot be deleted again (403 to an admin, who sees it; 404 to
+        others), as in Glance.
+        """
 
         async def write(context: RequestContext, image: Image) -> None:
+            if image.status == images.PENDING_DELETE:
+                raise Forbidden(f"Forbidden to delete a {image.status} image.")
             policy.check_deletable(context, image)
             check_preconditions(request, self._representation(image)[1])
             await self._delete(image)
 
-        await self._change_image(request, image_id, write)
+        await self._change_image(request, image_id, write, show_pending=True)
         request.setResponseCode(200)
         return b""
 

@@ -327,6 +327,15 @@ class HTTPRegistryClient:
 
         return self._run(all_locations())
 
+    def pending_deletes(self, older_than: float) -> Deferred[builtins.list[Image]]:
+        async def pending_deletes() -> builtins.list[Image]:
+            answer = await self._call(
+                "GET", "/pending-deletes", params={"older_than": repr(float(older_than))}
+            )
+            return [wire.decode_image(value) for value in answer["images"]]
+
+        return self._run(pending_deletes())
+
     def _tag_path(self, image_id: str, tag: str) -> str:
         return self._image_path(image_id) + "/tags/" + wire.path_segment(tag, "tag")
 

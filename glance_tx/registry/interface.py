@@ -86,6 +86,10 @@ class IRegistry(Interface):
         lost succeeds as the first did, instead of failing its own
         C{expected_version} or C{expected_status}.
 
+        An update to status C{pending_delete} also marks the image deleted
+        (C{deleted}, C{deleted_at}) and keeps its locations, for the
+        scrubber (see L{pending_deletes}).
+
         Every change of an image's record (C{update}, C{delete}, a tag added
         or removed) moves its C{version} up by one; a new record is at 1.
         Memberships are not part of the record and leave it alone.
@@ -99,13 +103,25 @@ class IRegistry(Interface):
         C{deleted_at} set, locations cleared) and fire with the record.
         The row is kept, so the id is never reused. C{expected_version} and
         C{write_id} as for L{update} (a repeated delete answers the deleted
-        record, not NotFound).
+        record, not NotFound). An image pending delete (see
+        L{pending_deletes}), though deleted for every other call, is deleted
+        for good here: the scrubber's last step once its data is gone.
         """
 
     def all_locations() -> Deferred[frozenset[str]]:
         """
         Fire with every location held by an image that is not deleted or
-        killed: what a store may keep when it sweeps out orphaned data.
+        killed, or that is pending delete: what a store may keep when it
+        sweeps out orphaned data.
+        """
+
+    def pending_deletes(older_than: float) -> Deferred[builtins.list[Image]]:
+        """
+        Fire with the images pending delete (with C{delayed_delete}, a
+        delete is an L{update} to status C{pending_delete}, which also sets
+        C{deleted} and C{deleted_at} but keeps the locations) whose
+        C{deleted_at} is at least C{older_than} seconds ago by the
+        registry's clock, oldest first: what the scrubber may remove now.
         """
 
     def add_tag(image_id: str, tag: str) -> Deferred[Image]:

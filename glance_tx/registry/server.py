@@ -193,6 +193,12 @@ class RegistryServer:
         locations = await self.registry.all_locations()
         return _json(request, {"locations": sorted(locations)})
 
+    @app.route("/pending-deletes", methods=["GET"])
+    async def pending_deletes(self, request: IRequest) -> bytes:
+        older_than = wire.decode_seconds(_arg(request, b"older_than"), "older_than")
+        pending = await self.registry.pending_deletes(older_than)
+        return _json(request, {"images": [wire.encode_image(i) for i in pending]})
+
     # -- upload leases -------------------------------------------------------------
 
     @app.route("/leases/reclaim", methods=["POST"])

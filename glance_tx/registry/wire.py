@@ -240,6 +240,17 @@ def decode_write_id(value: Any) -> str | None:
     raise BadRequest("write_id must be a string")
 
 
+def decode_seconds(value: str | None, what: str) -> float:
+    """A finite number of seconds, 0 or more, from a query string."""
+    try:
+        seconds = float(value if value is not None else "")
+    except ValueError:
+        raise BadRequest(f"{what} must be a number of seconds") from None
+    if not 0 <= seconds < float("inf"):
+        raise BadRequest(f"{what} must be a finite number of seconds, 0 or more")
+    return seconds
+
+
 # -- upload leases -----------------------------------------------------------------
 
 

@@ -41,7 +41,7 @@ from zope.interface import implementer
 
 from glance_tx.backpressure import Watermarks
 from glance_tx.config import StoreConfig
-from glance_tx.errors import BadRequest, NotFound, StoreError
+from glance_tx.errors import BadRequest, NotFound, StoreError, os_error
 from glance_tx.images import is_image_id, validate_image_id
 from glance_tx.store.describe import describe
 from glance_tx.store.factory import StoreServices
@@ -109,7 +109,7 @@ def _open_for_read(
     except OSError as e:
         if e.errno == errno.ELOOP:  # a symlink at the image's name
             raise NotFound(f"No image data for image {image_id}") from e
-        raise StoreError(f"Could not read image data: {describe(e)}") from e
+        raise os_error(e, "Could not read image data") from e
     try:
         size = os.fstat(f.fileno()).st_size
         available = max(0, size - offset)
@@ -118,7 +118,7 @@ def _open_for_read(
             f.seek(offset)
     except OSError as e:
         f.close()
-        raise StoreError(f"Could not read image data: {describe(e)}") from e
+        raise os_error(e, "Could not read image data") from e
     except BaseException:
         f.close()
         raise
@@ -136,7 +136,7 @@ def _size(root: str, directory: str, image_id: str) -> int:
     except (FileNotFoundError, NotADirectoryError) as e:
         raise NotFound(f"No image data for image {image_id}") from e
     except OSError as e:
-        raise StoreError(f"Could not read image data: {describe(e)}") from e
+        raise os_error(e, "Could not read image data") from e
     if not stat.S_ISREG(st.st_mode):
         raise NotFound(f"No image data for image {image_id}")
     return st.st_size
@@ -149,7 +149,7 @@ def _delete(root: str, directory: str, image_id: str) -> None:
     except (FileNotFoundError, NotADirectoryError):
         pass
     except OSError as e:
-        raise StoreError(f"Could not delete image data: {describe(e)}") from e
+        raise os_error(e, "Could not delete image data") from e
 
 
 def _list_images(root: str) -> list[str]:
@@ -163,7 +163,7 @@ def _list_images(root: str) -> list[str]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as e:
-        raise StoreError(f"Could not list image data: {describe(e)}") from e
+        raise os_error(e, "Could not list image data") from e
 
 
 def _discard_incoming(incoming: str, image_id: str | None) -> int:
@@ -184,7 +184,7 @@ def _discard_incoming(incoming: str, image_id: str | None) -> int:
     except (FileNotFoundError, NotADirectoryError):
         return removed
     except OSError as e:
-        raise StoreError(f"Could not remove incomplete data: {describe(e)}") from e
+        raise os_error(e, "Could not remove incomplete data") from e
     return removed
 
 
@@ -223,7 +223,7 @@ def _open_partial(incoming: str, image_id: str) -> tuple[IO[bytes], str]:
             except FileExistsError:
                 continue
     except OSError as e:
-        raise StoreError(f"Could not start writing image data: {describe(e)}") from e
+        raise os_error(e, "Could not start writing image data") from e
 
 
 def _write_chunks(f: IO[bytes], chunks: list[bytes]) -> None:

@@ -32,8 +32,16 @@ class IStoreWriter(IConsumer):
     refused) and pauses it while its own queue of unwritten bytes is above a
     high watermark, resuming it below a low one. Nothing is visible at the
     final location until C{commit}. Bytes written after C{abort}, or after a
-    write has failed, are dropped; the failure surfaces at C{commit}.
+    write has failed, are dropped; the failure surfaces at C{commit}, and
+    at once as C{error}, so that the upload can stop before the rest of
+    the body comes.
     """
+
+    error = Attribute(
+        "The L{glance_tx.errors.GlanceError} a failed write left, which"
+        " C{commit} will raise (the disk is full: a StorageFull); None while"
+        " every write has succeeded."
+    )
 
     def commit() -> Deferred[StoredData]:
         """

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from glance_tx.backpressure import PauseGate, Watermarks
-from glance_tx.errors import GlanceError, StoreError
+from glance_tx.errors import GlanceError, StoreError, os_error
 from glance_tx.store.describe import describe
 from glance_tx.store.interface import IStoreWriter, StoredData
 
@@ -58,7 +58,8 @@ class IWriteBackend(Interface):
     an abort came in while it was in flight). A failure may be any
     exception: a L{glance_tx.errors.GlanceError} reaches the client as it
     is, anything else as a L{StoreError} saying what went wrong (an
-    L{OSError} without its file names).
+    L{OSError} without its file names; one of a full disk as
+    L{glance_tx.errors.StorageFull}, a 413).
     """
 
     location = Attribute("The location the data will have once committed (str).")
@@ -120,11 +121,17 @@ _QUEUE = "queue"
 
 
 def _as_store_error(failure: Failure, doing: str) -> GlanceError:
-    """The error a client sees for C{failure}: its own, or a L{StoreError}."""
+    """
+    The error a client sees for C{failure}: its own, L{StorageFull} for a
+    full disk (L{glance_tx.errors.os_error}), or a L{StoreError}.
+    """
     cause = failure.value
     if isinstance(cause, GlanceError):
         return cause
-    error = StoreError(f"{doing}: {describe(cause)}")
+    if isinstance(cause, OSError):
+        error = os_error(cause, doing)
+    else:
+        error = StoreError(f"{doing}: {describe(cause)}")
     error.__cause__ = cause
     return error
 
@@ -153,6 +160,13 @@ class StoreWriter:
     _discarded: bool = field(default=False, init=False)
     _aborted: Observers | None = field(default=None, init=False)
     _gate: PauseGate = field(factory=PauseGate, init=False)
+
+    @property
+    def error(self) -> GlanceError | None:
+        """See L{IStoreWriter.error}."""
+        if self._error is None:
+            return None
+        return _as_store_error(self._error, "Could not store image data")
 
     @property
     def state(self) -> str:

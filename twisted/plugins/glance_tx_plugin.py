@@ -13,3 +13,10 @@ glance_registry = ServiceMaker(
     "Registry API server: image records shared by several API nodes",
     "glance-registry",
 )
+
+glance_scrubber = ServiceMaker(
+    "glance-tx scrubber",
+    "glance_tx.scrubber_tap",
+    "Delayed delete's scrubber: removes the data of images pending delete",
+    "glance-scrubber",
+)

@@ -16,7 +16,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from attrs import define, evolve, field
-from sqlalchemy import Connection, Engine, RowMapping, delete, false, insert, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    RowMapping,
+    and_,
+    delete,
+    false,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -34,6 +44,7 @@ from glance_tx.images import (
     DELETED,
     KILLED,
     MEMBER_STATUSES,
+    PENDING_DELETE,
     SAVING,
     STATUSES,
     Image,
@@ -166,6 +177,9 @@ class SQLRegistry:
 
     def all_locations(self) -> Deferred[frozenset[str]]:
         return self._run(self._all_locations)
+
+    def pending_deletes(self, older_than: float) -> Deferred[builtins.list[Image]]:
+        return self._run(self._pending_deletes, older_than)
 
     def add_tag(self, image_id: str, tag: str) -> Deferred[Image]:
         """
@@ -374,6 +388,9 @@ class SQLRegistry:
                 raise BadRequest(f"Invalid image update: {e}") from None
             if new.status == DELETED:
                 new = evolve(new, deleted=True, deleted_at=now, locations=())
+            elif new.status == PENDING_DELETE and current.status != PENDING_DELETE:
+                # Deleted for every reader, its data kept for the scrubber.
+                new = evolve(new, deleted=True, deleted_at=now)
             check_record(new)
             self._store_changes(connection, current, new)
             _record_write(connection, image_id, write_id)
@@ -430,7 +447,9 @@ class SQLRegistry:
         with self._write() as connection:
             if _repeated(connection, image_id, write_id):
                 return self._fetch(connection, image_id, include_deleted=True)
-            current = self._fetch(connection, image_id, False, for_update=True)
+            current = self._fetch(connection, image_id, True, for_update=True)
+            if current.deleted and current.status != PENDING_DELETE:
+                raise NotFound(f"No image found with ID {image_id}")
             _check_current(current, expected_version)
             check_transition(current.status, DELETED)
             now = self._after(current.updated_at)
@@ -438,7 +457,8 @@ class SQLRegistry:
                 current,
                 status=DELETED,
                 deleted=True,
-                deleted_at=now,
+                # A pending delete keeps the time it was deleted at.
+                deleted_at=current.deleted_at if current.deleted else now,
                 updated_at=now,
                 locations=(),
             )
@@ -452,9 +472,27 @@ class SQLRegistry:
                 connection.execute(
                     select(image_locations.c.url)
                     .join(images, images.c.id == image_locations.c.image_id)
-                    .where(images.c.deleted == false(), images.c.status != KILLED)
+                    .where(
+                        or_(
+                            and_(images.c.deleted == false(), images.c.status != KILLED),
+                            images.c.status == PENDING_DELETE,
+                        )
+                    )
                 ).scalars()
             )
+
+    def _pending_deletes(self, older_than: float) -> builtins.list[Image]:
+        before = self.now() - timedelta(seconds=older_than)
+        with self._read() as connection:
+            rows = connection.execute(
+                select(images)
+                .where(
+                    images.c.status == PENDING_DELETE,
+                    images.c.deleted_at <= before,
+                )
+                .order_by(images.c.deleted_at, images.c.id)
+            ).mappings().all()
+            return load_images(connection, rows)
 
     def _ping(self) -> None:
         with self._read() as connection:
