@@ -423,12 +423,15 @@ class _Answer:
 class _HeldParts:
     """
     An HTTP client speaking just enough S3 for one multipart upload. It
-    takes each part's body at once and holds its answer until the test
-    gives it (L{answer}, L{fail}): the parts in flight are those in
-    C{held}, and C{most} is how many were in flight at once.
+    takes each part's body at once (with C{slow_bodies}, only its first
+    write until L{take_body}) and holds its answer until the test gives it
+    (L{answer}, L{fail}): the parts in flight are those in C{held}, and
+    C{most} is how many were in flight at once.
     """
 
+    slow_bodies: bool = False
     held: dict[int, Deferred[Any]] = field(factory=dict)
+    producers: dict[int, Any] = field(factory=dict)
     bodies: dict[int, StringTransport] = field(factory=dict)
     most: int = 0
     completed: list[bytes] = field(factory=list)
@@ -437,13 +440,17 @@ class _HeldParts:
     def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
         query = parse_qs(urlsplit(url).query, keep_blank_values=True)
         body = StringTransport()
-        if kwargs["data"] is not None:
-            kwargs["data"].startProducing(body)
+        producer = kwargs["data"]
+        if producer is not None:
+            if self.slow_bodies and method == "PUT":
+                producer.pauseProducing()  # as a full connection would
+            producer.startProducing(body)
         if method == "POST" and "uploads" in query:
             return succeed(_Answer(body=b"<Result><UploadId>u-1</UploadId></Result>"))
         if method == "PUT" and "partNumber" in query:
             number = int(query["partNumber"][0])
             self.bodies[number] = body
+            self.producers[number] = producer
             self.held[number] = Deferred()
             self.most = max(self.most, len(self.held))
             return self.held[number]
@@ -459,6 +466,10 @@ class _HeldParts:
         """Part C{number} is stored: answer with its ETag."""
         etag = Headers({b"etag": [f'"etag-{number}"'.encode()]})
         self.held.pop(number).callback(_Answer(headers=etag))
+
+    def take_body(self, number: int) -> None:
+        """The connection of part C{number} takes the rest of its body."""
+        self.producers[number].resumeProducing()
 
     def fail(self, number: int) -> None:
         """Part C{number}'s connection is lost before its answer."""
@@ -533,6 +544,32 @@ class PartsInFlightTests(SynchronousTestCase):
             [e.strip(b'"') for e in etags], [f"etag-{n}".encode() for n in range(1, 8)]
         )
 
+    def test_two_parts_fed_at_once(self) -> None:
+        """
+        However many parts may be in flight, only two are fed at once: a
+        third full part waits (and the client is paused) until one of them
+        is all in its connection, though none has been answered.
+        """
+        fake = _HeldParts(slow_bodies=True)
+        writer, producer = self.writer_and_producer(fake, parts_in_flight=10)
+        data = make_data(4 * self.part, seed=32)
+        for start in range(0, len(data), 1000):
+            writer.write(data[start : start + 1000])
+        self.assertEqual(sorted(fake.held), [1, 2])
+        self.assertEqual(producer.events, ["pause"])
+        fake.take_body(2)
+        self.assertEqual(sorted(fake.held), [1, 2, 3])
+        fake.take_body(1)
+        self.assertEqual(sorted(fake.held), [1, 2, 3, 4])
+        committed = writer.commit()
+        for number in [3, 4]:
+            fake.take_body(number)
+        for number in [4, 1, 3, 2]:
+            fake.answer(number)
+        self.assertEqual(self.successResultOf(committed).size, len(data))
+        self.assertEqual(b"".join(fake.bodies[n].value() for n in range(1, 5)), data)
+        self.assertEqual(len(fake.completed), 1)
+
     def test_failed_part_aborts_after_the_rest_land(self) -> None:
         """
         One of three parts in flight fails: no further part is sent, the
@@ -578,7 +615,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(store.client.region, "us-east-1")
         self.assertEqual(store.client.addressing, "auto")
         self.assertFalse(store.create_bucket_on_put)
-        self.assertEqual(store.parts_in_flight, 4)
+        self.assertEqual(store.parts_in_flight, 10)
         store = s3_store_from_options(
             "bulk",
             {
@@ -589,7 +626,7 @@ class ConfigTests(SynchronousTestCase):
                 "s3_store_region_name": "eu-west-3",
                 "s3_store_bucket_url_format": "virtual",
                 "s3_store_create_bucket_on_put": "true",
-                "s3_store_thread_pools": "10",
+                "s3_store_thread_pools": "3",
             },
             http=None,
             reactor=None,
@@ -599,7 +636,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(store.client.region, "eu-west-3")
         self.assertEqual(store.client.addressing, "virtual")
         self.assertTrue(store.create_bucket_on_put)
-        self.assertEqual(store.parts_in_flight, 10)
+        self.assertEqual(store.parts_in_flight, 3)
 
     def test_refused(self) -> None:
         """

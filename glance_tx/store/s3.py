@@ -8,8 +8,8 @@ body is fed as the client's bytes arrive (L{_PutBackend}). Anything else --
 larger, or of unknown size -- goes up as a multipart upload in parts of
 C{s3_store_large_object_chunk_size}, each sent as soon as it has filled
 while the next ones fill, up to C{s3_store_thread_pools} parts in flight
-(L{_MultipartBackend}): at most that many parts plus one in memory,
-whatever the image size. Any failure or abort aborts the multipart upload
+(L{_MultipartBackend}): at most three parts in memory, whatever the image
+size. Any failure or abort aborts the multipart upload
 (or cuts the PUT short), so S3 keeps no parts and no object.
 
 Reads relay the ranged GET's response through the shared
@@ -64,10 +64,14 @@ MiB = 1024 * 1024
 DEFAULT_LARGE_OBJECT_SIZE_MIB = 100
 DEFAULT_LARGE_OBJECT_CHUNK_SIZE_MIB = 10
 MIN_CHUNK_SIZE_MIB = 5  # S3's smallest part, but for the last
-#: Parts of one multipart upload in flight at once (glance_store's
-#: s3_store_thread_pools, whose default is 10): see doc/configuration.rst
-#: for the measurement behind it.
-DEFAULT_THREAD_POOLS = 4
+#: Parts of one multipart upload in flight at once: glance_store's
+#: s3_store_thread_pools and its default. Most of them only wait for S3's
+#: answer: see _FEEDING.
+DEFAULT_THREAD_POOLS = 10
+#: Parts of one multipart upload still being fed at once, which is what
+#: holds memory (up to a part each). Two keep a connection busy while the
+#: other's last bytes go; see doc/configuration.rst for the measurements.
+_FEEDING = 2
 
 #: Bytes relayed per write to the consumer on a read.
 DEFAULT_BLOCK_SIZE = 1 * MiB
@@ -86,8 +90,9 @@ class S3Store:
     @ivar part_size: Bytes per part of a multipart upload (S3 wants at
         least 5 MiB for every part but the last).
     @ivar parts_in_flight: How many parts of a multipart upload may be on
-        their way to S3 at once (C{s3_store_thread_pools}); each holds up
-        to C{part_size} bytes until they are in its connection.
+        their way to S3 at once (C{s3_store_thread_pools}); at most two of
+        them hold bytes (up to C{part_size} each, until they are in the
+        connection), the others only wait for S3's answer.
     @ivar create_bucket_on_put: Create the bucket at the first upload that
         finds it missing.
     """
@@ -352,11 +357,12 @@ class _MultipartBackend:
     """
     One image as a multipart upload: bytes gather into a part; a full part
     is sent while the next ones gather, up to C{max_in_flight} parts at a
-    time. A write that fills a part while that many are in flight waits
-    for one of them to land, and the L{StoreWriter} queue in front of it
-    then pauses the client. A part in flight holds its bytes until they are
-    in the connection (no copy: the chunks as they came), so the backend
-    holds at most C{max_in_flight + 1} parts.
+    time, of which at most C{_FEEDING} are still being fed (the rest wait
+    for S3's answer). A write that fills a part while either limit is
+    reached waits, and the L{StoreWriter} queue in front of it then pauses
+    the client. A part holds its bytes (the chunks as they came, no copy)
+    only until they are in its connection, so the backend holds at most
+    C{_FEEDING + 1} parts, however many are in flight.
 
     The first part to fail fails the next C{write} or the C{commit};
     C{discard} cuts the parts still being fed, waits for every part in
@@ -373,6 +379,7 @@ class _MultipartBackend:
     _parts: int = 0
     _etags: dict[int, str] = field(factory=dict)
     _in_flight: dict[int, _Part] = field(factory=dict)
+    _feeding: set[int] = field(factory=set)
     _failure: Failure | None = None
     _waiting: list[Deferred[None]] = field(factory=list)
     _committed: bool = False
@@ -404,8 +411,10 @@ class _MultipartBackend:
 
     async def _send_part(self) -> None:
         """Send what has gathered as the next part, once there is room."""
-        while len(self._in_flight) >= self.max_in_flight:
-            await self._one_lands()
+        while self._failure is None and (
+            len(self._in_flight) >= self.max_in_flight or len(self._feeding) >= _FEEDING
+        ):
+            await self._change()
         self._check()
         chunks, size = self._gathering, self._gathered
         self._gathering, self._gathered = [], 0
@@ -416,31 +425,42 @@ class _MultipartBackend:
         _stop_feed_on_failure(sent, body)
         self._in_flight[number] = _Part(number, body, sent)
         sent.addBoth(self._land, number)
+        self._feeding.add(number)
         fed = Deferred.fromCoroutine(_feed_chunks(body, chunks))
         _stop_feed_on_failure(fed, body)
-        fed.addErrback(lambda _: None)  # the part's own request reports it
+        # A feed that fails fails its part's request, which reports it.
+        fed.addBoth(lambda _: self._fed(number))
+
+    def _fed(self, number: int) -> None:
+        """A part's bytes are all in its connection (or never will be)."""
+        self._feeding.discard(number)
+        self._changed()
 
     def _land(self, result: str | Failure, number: int) -> None:
         """A part's request is over: keep its ETag, or its failure."""
         del self._in_flight[number]
+        self._feeding.discard(number)
         if isinstance(result, Failure):
             self._failure = self._failure or result
         else:
             self._etags[number] = result
+        self._changed()
+
+    def _changed(self) -> None:
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(None)
 
-    async def _one_lands(self) -> None:
-        """Wait until a part in flight has landed (or failed)."""
-        landed: Deferred[None] = Deferred()
-        self._waiting.append(landed)
-        await landed
+    async def _change(self) -> None:
+        """Wait until a part has been fed, or has landed or failed."""
+        changed: Deferred[None] = Deferred()
+        self._waiting.append(changed)
+        await changed
 
     async def _all_land(self) -> None:
         """Wait until no part is in flight."""
         while self._in_flight:
-            await self._one_lands()
+            await self._change()
 
     def commit(self) -> Deferred[None]:
         async def committed() -> None:
