@@ -9,10 +9,12 @@ configuration.
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import re
+import zlib
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from xml.etree import ElementTree
 
 from attrs import define, field
 from treq import collect as treq_collect
@@ -39,6 +41,7 @@ from glance_tx.images import new_image_id
 from glance_tx.store.interface import IStoreWriter
 from glance_tx.store.s3 import S3Store, s3_store_from_options
 from glance_tx.store.s3_client import S3Client, S3Credentials
+from glance_tx.threads import SynchronousRunner
 from tests.live_server import (
     listening_port,
     live_config,
@@ -80,6 +83,7 @@ def live_store(case: TestCase, server: S3Server, bucket: str, **overrides: Any) 
         "large_object_size": 4 * TEST_PART_SIZE,
         "block_size": 4096,
         "watermarks": Watermarks(high=64 * 1024, low=16 * 1024),
+        "runner": SynchronousRunner(),
     }
     settings.update(overrides)
     return S3Store(**settings)
@@ -419,6 +423,11 @@ class _Answer:
         protocol.connectionLost(Failure(ResponseDone()))
 
 
+def _text(element: ElementTree.Element, name: str) -> str:
+    [child] = [child for child in element if child.tag == name]
+    return child.text or ""
+
+
 @define
 class _HeldParts:
     """
@@ -434,6 +443,8 @@ class _HeldParts:
     producers: dict[int, Any] = field(factory=dict)
     bodies: dict[int, StringTransport] = field(factory=dict)
     most: int = 0
+    part_checksums: dict[int, str] = field(factory=dict)
+    checksum_algorithm: str = ""
     completed: list[bytes] = field(factory=list)
     aborted: int = 0
 
@@ -445,12 +456,15 @@ class _HeldParts:
             if self.slow_bodies and method == "PUT":
                 producer.pauseProducing()  # as a full connection would
             producer.startProducing(body)
+        headers = {name.lower(): values[0] for name, values in kwargs["headers"].items()}
         if method == "POST" and "uploads" in query:
+            self.checksum_algorithm = headers["x-amz-checksum-algorithm"]
             return succeed(_Answer(body=b"<Result><UploadId>u-1</UploadId></Result>"))
         if method == "PUT" and "partNumber" in query:
             number = int(query["partNumber"][0])
             self.bodies[number] = body
             self.producers[number] = producer
+            self.part_checksums[number] = headers["x-amz-checksum-crc32"]
             self.held[number] = Deferred()
             self.most = max(self.most, len(self.held))
             return self.held[number]
@@ -504,6 +518,7 @@ class PartsInFlightTests(SynchronousTestCase):
             part_size=self.part,
             parts_in_flight=parts_in_flight,
             watermarks=Watermarks(high=self.part, low=self.part // 2),
+            runner=SynchronousRunner(),
         )
         writer = self.successResultOf(store.open_writer(new_image_id()))
         producer = FakeProducer()
@@ -537,12 +552,21 @@ class PartsInFlightTests(SynchronousTestCase):
         self.assertEqual(fake.most, 3)
         self.assertEqual(b"".join(fake.bodies[n].value() for n in range(1, 8)), data)
         [complete] = fake.completed
-        numbers = [int(n) for n in re.findall(rb"<PartNumber>(\d+)</PartNumber>", complete)]
-        etags = re.findall(rb"<ETag>&quot;|<ETag>\"?([^<]*)</ETag>", complete)
-        self.assertEqual(numbers, list(range(1, 8)))
+        listed = [
+            (_text(part, "PartNumber"), _text(part, "ETag"), _text(part, "ChecksumCRC32"))
+            for part in ElementTree.fromstring(complete)
+        ]
         self.assertEqual(
-            [e.strip(b'"') for e in etags], [f"etag-{n}".encode() for n in range(1, 8)]
+            listed,
+            [
+                (str(n), f'"etag-{n}"', fake.part_checksums[n])
+                for n in range(1, 8)
+            ],
         )
+        for n in range(1, 8):
+            crc = zlib.crc32(fake.bodies[n].value()).to_bytes(4, "big")
+            self.assertEqual(fake.part_checksums[n], base64.b64encode(crc).decode())
+        self.assertEqual(fake.checksum_algorithm, "CRC32")
 
     def test_two_parts_fed_at_once(self) -> None:
         """
@@ -607,17 +631,21 @@ class ConfigTests(SynchronousTestCase):
         "s3_store_bucket": "images",
     }
 
+    def from_options(self, options: dict[str, str]) -> S3Store:
+        return s3_store_from_options(
+            "bulk", options, http=None, reactor=None, runner=SynchronousRunner()
+        )
+
     def test_defaults_and_units(self) -> None:
         """Sizes are in MiB (defaults 100 and 10); region and addressing default."""
-        store = s3_store_from_options("bulk", self.options, http=None, reactor=None)
+        store = self.from_options(self.options)
         self.assertEqual(store.large_object_size, 100 * MiB)
         self.assertEqual(store.part_size, 10 * MiB)
         self.assertEqual(store.client.region, "us-east-1")
         self.assertEqual(store.client.addressing, "auto")
         self.assertFalse(store.create_bucket_on_put)
         self.assertEqual(store.parts_in_flight, 10)
-        store = s3_store_from_options(
-            "bulk",
+        store = self.from_options(
             {
                 **self.options,
                 "s3_store_host": "s3.example.com",
@@ -627,9 +655,7 @@ class ConfigTests(SynchronousTestCase):
                 "s3_store_bucket_url_format": "virtual",
                 "s3_store_create_bucket_on_put": "true",
                 "s3_store_thread_pools": "3",
-            },
-            http=None,
-            reactor=None,
+            }
         )
         self.assertEqual(store.client.endpoint, "https://s3.example.com")
         self.assertEqual((store.large_object_size, store.part_size), (50 * MiB, 5 * MiB))
@@ -647,7 +673,7 @@ class ConfigTests(SynchronousTestCase):
         for name in self.options:
             options = {k: v for k, v in self.options.items() if k != name}
             with self.assertRaises(ConfigError) as caught:
-                s3_store_from_options("bulk", options, http=None, reactor=None)
+                self.from_options(options)
             self.assertIn(name, str(caught.exception))
         for name, value in [
             ("s3_store_large_object_chunk_size", "4"),
@@ -658,15 +684,13 @@ class ConfigTests(SynchronousTestCase):
             ("s3_store_thread_pools", "some"),
         ]:
             with self.assertRaises(ConfigError) as caught:
-                s3_store_from_options(
-                    "bulk", {**self.options, name: value}, http=None, reactor=None
-                )
+                self.from_options({**self.options, name: value})
             self.assertIn(name, str(caught.exception))
             self.assertNotIn("secret-key", str(caught.exception))
 
     def test_foreign_locations(self) -> None:
         """Only C{s3://<this bucket>/<image id>} is this store's."""
-        store = s3_store_from_options("bulk", self.options, http=None, reactor=None)
+        store = self.from_options(self.options)
         image = new_image_id()
         for location in [
             f"s3://other/{image}",

@@ -23,6 +23,7 @@ configuration has them.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -53,8 +54,10 @@ from glance_tx.store.s3_client import (
     MultipartUpload,
     S3Client,
     S3Credentials,
+    UploadedPart,
 )
 from glance_tx.store.writer import IWriteBackend, StoreWriter
+from glance_tx.threads import BlockingRunner
 
 __all__ = ["S3Store", "make_s3_store", "s3_store_from_options"]
 
@@ -95,6 +98,7 @@ class S3Store:
         connection), the others only wait for S3's answer.
     @ivar create_bucket_on_put: Create the bucket at the first upload that
         finds it missing.
+    @ivar runner: Where each part's CRC32 is computed, off the reactor.
     """
 
     scheme: ClassVar[str] = "s3"
@@ -107,6 +111,7 @@ class S3Store:
     create_bucket_on_put: bool = False
     block_size: int = DEFAULT_BLOCK_SIZE
     watermarks: Watermarks = field(factory=lambda: Watermarks(high=4 * MiB, low=1 * MiB))
+    runner: BlockingRunner = field(kw_only=True)
 
     def location_for(self, image_id: str) -> str:
         return f"s3://{self.bucket}/{image_id}"
@@ -149,7 +154,7 @@ class S3Store:
         else:
             upload = await self.client.create_multipart_upload(self.bucket, key)
             backend = _MultipartBackend(
-                self.client, upload, self.part_size, self.parts_in_flight
+                self.client, upload, self.part_size, self.runner, self.parts_in_flight
             )
         return StoreWriter(backend, self.watermarks)
 
@@ -251,6 +256,14 @@ class S3Store:
 # Writing
 
 
+def _crc32(chunks: list[bytes]) -> int:
+    """The CRC32 of a part's chunks (zlib lets go of the GIL for each)."""
+    crc = 0
+    for chunk in chunks:
+        crc = zlib.crc32(chunk, crc)
+    return crc
+
+
 async def _feed_chunks(body: BodyFeed, chunks: list[bytes]) -> None:
     """
     Feed C{chunks} in order, each let go of once it is in the connection,
@@ -348,7 +361,7 @@ class _Part:
 
     number: int
     body: BodyFeed
-    sent: Deferred[str]  # fires with the part's ETag
+    sent: Deferred[UploadedPart]
 
 
 @implementer(IWriteBackend)
@@ -373,11 +386,12 @@ class _MultipartBackend:
     client: S3Client
     upload: MultipartUpload
     part_size: int
+    runner: BlockingRunner
     max_in_flight: int = 1
     _gathering: list[bytes] = field(factory=list)
     _gathered: int = 0
     _parts: int = 0
-    _etags: dict[int, str] = field(factory=dict)
+    _stored: dict[int, UploadedPart] = field(factory=dict)
     _in_flight: dict[int, _Part] = field(factory=dict)
     _feeding: set[int] = field(factory=set)
     _failure: Failure | None = None
@@ -420,8 +434,11 @@ class _MultipartBackend:
         self._gathering, self._gathered = [], 0
         self._parts += 1
         number = self._parts
+        crc32 = await self.runner.run(_crc32, chunks)
         body = BodyFeed(size)
-        sent = Deferred.fromCoroutine(self.client.upload_part(self.upload, number, body))
+        sent = Deferred.fromCoroutine(
+            self.client.upload_part(self.upload, number, body, crc32)
+        )
         _stop_feed_on_failure(sent, body)
         self._in_flight[number] = _Part(number, body, sent)
         sent.addBoth(self._land, number)
@@ -436,14 +453,14 @@ class _MultipartBackend:
         self._feeding.discard(number)
         self._changed()
 
-    def _land(self, result: str | Failure, number: int) -> None:
+    def _land(self, result: UploadedPart | Failure, number: int) -> None:
         """A part's request is over: keep its ETag, or its failure."""
         del self._in_flight[number]
         self._feeding.discard(number)
         if isinstance(result, Failure):
             self._failure = self._failure or result
         else:
-            self._etags[number] = result
+            self._stored[number] = result
         self._changed()
 
     def _changed(self) -> None:
@@ -476,8 +493,7 @@ class _MultipartBackend:
                 await self._send_part()
             await self._all_land()
             self._check()
-            etags = [self._etags[number] for number in range(1, self._parts + 1)]
-            await self.client.complete_multipart_upload(self.upload, etags)
+            await self.client.complete_multipart_upload(self.upload, list(self._stored.values()))
             self._committed = True
 
         return Deferred.fromCoroutine(committed())
@@ -524,12 +540,16 @@ def _required(options: Mapping[str, str], store_id: str, name: str) -> str:
 
 
 def s3_store_from_options(
-    store_id: str, options: Mapping[str, str], http: HTTPRequester, reactor: Any
+    store_id: str,
+    options: Mapping[str, str],
+    http: HTTPRequester,
+    reactor: Any,
+    runner: BlockingRunner,
 ) -> S3Store:
     """
     An L{S3Store} from its config section, with glance_store's option names
     and units (see doc/configuration.rst). A host without a scheme is
-    reached over https.
+    reached over https. C{runner} computes the parts' checksums.
     """
     host = _required(options, store_id, "s3_store_host")
     if "://" not in host:
@@ -571,6 +591,7 @@ def s3_store_from_options(
         ),
         parts_in_flight=_whole(options, "s3_store_thread_pools", DEFAULT_THREAD_POOLS, 1, ""),
         create_bucket_on_put=create in ("true", "yes", "on", "1"),
+        runner=runner,
     )
 
 
@@ -580,5 +601,5 @@ async def make_s3_store(config: StoreConfig, services: StoreServices) -> S3Store
     no I/O at start-up; C{ping} checks the bucket.
     """
     return s3_store_from_options(
-        config.id, config.options, services.http_client, services.reactor
+        config.id, config.options, services.http_client, services.reactor, services.runner
     )
