@@ -435,6 +435,7 @@ class _MultipartBackend:
         self._parts += 1
         number = self._parts
         crc32 = await self.runner.run(_crc32, chunks)
+        self._check()  # a part may have failed meanwhile
         body = BodyFeed(size)
         sent = Deferred.fromCoroutine(
             self.client.upload_part(self.upload, number, body, crc32)
