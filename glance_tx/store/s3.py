@@ -9,8 +9,8 @@ larger, or of unknown size -- goes up as a multipart upload in parts of
 C{s3_store_large_object_chunk_size}, each sent as soon as it has filled
 while the next ones fill, up to C{s3_store_thread_pools} parts in flight
 (L{_MultipartBackend}): at most three parts in memory, whatever the image
-size. Any failure or abort aborts the multipart upload
-(or cuts the PUT short), so S3 keeps no parts and no object.
+size. Any failure or abort aborts the multipart upload (or cuts the PUT
+short), so S3 keeps no parts and no object.
 
 Reads relay the ranged GET's response through the shared
 L{BlockProducer} and L{glance_tx.store.response.ResponseBlocks}: the
@@ -73,7 +73,7 @@ MIN_CHUNK_SIZE_MIB = 5  # S3's smallest part, but for the last
 DEFAULT_THREAD_POOLS = 10
 #: Parts of one multipart upload still being fed at once, which is what
 #: holds memory (up to a part each). Two keep a connection busy while the
-#: other's last bytes go; see doc/configuration.rst for the measurements.
+#: other's last bytes go; bench/RESULTS.md has the measurements.
 _FEEDING = 2
 
 #: Bytes relayed per write to the consumer on a read.
