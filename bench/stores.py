@@ -44,6 +44,7 @@ import sys
 import textwrap
 import time
 import urllib.request
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ REPO = transfer.REPO
 BUCKET = "glance-bench"
 CONTAINER = "glance-bench"
 REGION = "us-east-1"
+STORES = ("file", "s3", "swift", "http")
 
 
 @dataclass
@@ -135,9 +137,13 @@ def swift_token(proxy: Server, settings: dict[str, str]) -> tuple[str, str]:
 
 
 def start_glance_tx(
-    workdir: Path, size: int, s3_url: str, swift: Server, settings: dict[str, str],
-    twistd: str, stack: ExitStack,
+    workdir: Path, size: int, s3_url: str, swift: Server | None, settings: dict[str, str],
+    twistd: str, stack: ExitStack, s3_options: Sequence[str] = (),
 ) -> Server:
+    """
+    glance-tx with the file, S3 and HTTP stores, and Swift's when C{swift}
+    runs; C{s3_options} (C{name=value}) go into the S3 store's section.
+    """
     s3 = urlsplit(s3_url)
     data = workdir / "glance-tx"
     data.mkdir()
@@ -147,7 +153,7 @@ def start_glance_tx(
             f"""\
             [DEFAULT]
             image_size_cap = {max(size * 2, 1 << 40)}
-            enabled_backends = file:file, s3:s3, swift:swift, web:http
+            enabled_backends = file:file, s3:s3, web:http{", swift:swift" if swift else ""}
             default_backend = file
             recover_on_start = false
 
@@ -162,20 +168,28 @@ def start_glance_tx(
             s3_store_create_bucket_on_put = true
             s3_store_bucket_url_format = path
             s3_store_region_name = {REGION}
-
-            [swift]
-            swift_store_auth_address = {swift.base_url}/auth/v1.0
-            swift_store_auth_version = 1
-            swift_store_user = {settings["SWIFT_USER"]}
-            swift_store_key = {settings["SWIFT_KEY"]}
-            swift_store_container = {CONTAINER}
-            swift_store_create_container_on_put = true
+            {(chr(10) + " " * 12).join(s3_options)}
 
             [web]
             http_store_allowed_networks = 127.0.0.0/8
             """
         )
     )
+    if swift is not None:
+        with config.open("a") as f:
+            f.write(
+                textwrap.dedent(
+                    f"""
+                    [swift]
+                    swift_store_auth_address = {swift.base_url}/auth/v1.0
+                    swift_store_auth_version = 1
+                    swift_store_user = {settings["SWIFT_USER"]}
+                    swift_store_key = {settings["SWIFT_KEY"]}
+                    swift_store_container = {CONTAINER}
+                    swift_store_create_container_on_put = true
+                    """
+                )
+            )
     port = transfer.free_port()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -242,6 +256,44 @@ def s3_sigv4(s3_url: str) -> list[str]:
     ]
 
 
+#: boto3 uploading one file as the S3 store does past its large-object size:
+#: a multipart upload of the store's part size, here with boto3's own
+#: default of 10 parts in flight. Prints the seconds it took.
+_BOTO3_UPLOAD = """
+import sys, time
+from urllib.parse import unquote, urlsplit
+import boto3
+from boto3.s3.transfer import TransferConfig
+url, bucket, key, path, part = sys.argv[1:6]
+s3 = urlsplit(url)
+client = boto3.client(
+    "s3", endpoint_url=f"http://{s3.hostname}:{s3.port}", region_name=sys.argv[6],
+    aws_access_key_id=unquote(s3.username), aws_secret_access_key=unquote(s3.password),
+)
+config = TransferConfig(multipart_threshold=int(part), multipart_chunksize=int(part))
+began = time.perf_counter()
+client.upload_file(path, bucket, key, Config=config)
+print(time.perf_counter() - began)
+"""
+
+
+def boto3_sample(moto: Server, s3_url: str, key: str, path: Path, size: int) -> Sample:
+    """boto3's managed upload of C{path} in 10 MiB parts (the store's default)."""
+    quiet = transfer.wait_for_quiet(transfer.QUIET_WAIT) if transfer.QUIET_WAIT > 0 else ""
+    part = str(10 * transfer.MiB)
+    with transfer.rss_sampler(moto):
+        cpu0 = transfer.cpu_seconds(moto.pids)
+        done = subprocess.run(
+            [sys.executable, "-c", _BOTO3_UPLOAD, s3_url, BUCKET, key, str(path), part, REGION],
+            capture_output=True, text=True, check=False,
+        )
+        cpu1 = transfer.cpu_seconds(moto.pids)
+    if done.returncode != 0:
+        raise BenchError(f"boto3 upload failed: {done.stderr.strip()[-500:]}")
+    seconds = float(done.stdout.split()[-1])
+    return Sample("s3 direct up (boto3)", size, seconds, cpu1 - cpu0, 0.0, 0, 0.0, 0.0, quiet)
+
+
 def dd_sample(path: Path, target: Path, size: int) -> Sample:
     """The filesystem's own write speed: dd with fsync, as the store does."""
     began = time.perf_counter()
@@ -259,15 +311,18 @@ def run(args: argparse.Namespace) -> list[Row]:
         workdir, path, md5 = transfer.workdir_with_test_file(
             "glance-tx-bench-stores-", args.size, args.tmpdir, False, stack
         )
+        stores = args.stores
+        # Swift, the slow one to start, only when its store is measured.
         moto, s3_url = start_moto(workdir, stack)
-        swift, settings = start_swift(workdir, stack)
+        swift, settings = start_swift(workdir, stack) if "swift" in stores else (None, {})
         www = path.parent
         nginx = transfer.start_nginx(workdir, www, stack)
         glance = start_glance_tx(
-            workdir, args.size, s3_url, swift, settings, args.twistd, stack
+            workdir, args.size, s3_url, swift, settings, args.twistd, stack, args.s3_option
         )
-        print(f"glance-tx {glance.base_url}, moto {moto.base_url}, swift {swift.base_url}, "
-              f"nginx {nginx.base_url}", flush=True)
+        print(f"glance-tx {glance.base_url}, moto {moto.base_url}, "
+              f"swift {swift.base_url if swift else '-'}, nginx {nginx.base_url}; "
+              f"measuring {', '.join(stores)}", flush=True)
 
         def report(row: Row) -> None:
             rows.append(row)
@@ -282,48 +337,56 @@ def run(args: argparse.Namespace) -> list[Row]:
             )
 
         # The filesystem store, against dd (write) and nginx (read).
-        up, image_id = upload_through(glance, path, args.size, md5, "file")
-        report(Row("file", "up", up, dd_sample(path, workdir / "dd.out", args.size),
-                   "dd conv=fsync"))
-        down = download_through(glance, image_id, args.size, "file")
-        direct = transfer.measure("nginx down", nginx, ["-o", "/dev/null",
-                                  f"{nginx.base_url}/{path.name}"], "down", args.size)
-        report(Row("file", "down", down, direct, "nginx"))
+        if "file" in stores:
+            up, image_id = upload_through(glance, path, args.size, md5, "file")
+            report(Row("file", "up", up, dd_sample(path, workdir / "dd.out", args.size),
+                       "dd conv=fsync"))
+            down = download_through(glance, image_id, args.size, "file")
+            direct = transfer.measure("nginx down", nginx, ["-o", "/dev/null",
+                                      f"{nginx.base_url}/{path.name}"], "down", args.size)
+            report(Row("file", "down", down, direct, "nginx"))
 
         # S3 (moto), against curl --aws-sigv4 to the same server.
-        s3_object = f"{moto.base_url}/{BUCKET}/direct-{int(time.time())}"
-        up, image_id = upload_through(glance, path, args.size, md5, "s3")
-        # curl would sign the empty "Expect:" that upload_args sends (to
-        # drop 100-continue) without sending it, and S3 would refuse that.
-        direct = transfer.measure("s3 direct up", moto, ["-T", str(path)]
-                                + s3_sigv4(s3_url) + ["-o", "/dev/null", s3_object],
-                                "up", args.size, ok_codes=(200,))
-        report(Row("s3", "up", up, direct, "curl --aws-sigv4"))
-        down = download_through(glance, image_id, args.size, "s3")
-        direct = transfer.measure("s3 direct down", moto, s3_sigv4(s3_url)
-                                + ["-o", "/dev/null", s3_object], "down", args.size, ok_codes=(200,))
-        report(Row("s3", "down", down, direct, "curl --aws-sigv4"))
+        if "s3" in stores:
+            s3_object = f"{moto.base_url}/{BUCKET}/direct-{int(time.time())}"
+            up, image_id = upload_through(glance, path, args.size, md5, "s3")
+            # curl would sign the empty "Expect:" that upload_args sends (to
+            # drop 100-continue) without sending it, and S3 would refuse that.
+            direct = transfer.measure("s3 direct up", moto, ["-T", str(path)]
+                                    + s3_sigv4(s3_url) + ["-o", "/dev/null", s3_object],
+                                    "up", args.size, ok_codes=(200,))
+            report(Row("s3", "up", up, direct, "curl --aws-sigv4, one PUT"))
+            direct = boto3_sample(moto, s3_url, f"{s3_object.rpartition('/')[2]}-boto3",
+                                  path, args.size)
+            report(Row("s3", "up", up, direct, "boto3 upload_file, 10 MiB parts"))
+            down = download_through(glance, image_id, args.size, "s3")
+            direct = transfer.measure("s3 direct down", moto, s3_sigv4(s3_url)
+                                    + ["-o", "/dev/null", s3_object], "down", args.size, ok_codes=(200,))
+            report(Row("s3", "down", down, direct, "curl --aws-sigv4"))
 
         # Swift, against curl with a token to the same proxy.
-        storage_url, token = swift_token(swift, settings)
-        swift_object = f"{storage_url}/{CONTAINER}/direct"
-        auth = ["-H", f"X-Auth-Token: {token}"]
-        up, image_id = upload_through(glance, path, args.size, md5, "swift")
-        direct = transfer.measure("swift direct up", swift, transfer.upload_args(path, False)
-                                + auth + ["-o", "/dev/null", swift_object],
-                                "up", args.size, ok_codes=(201,))
-        report(Row("swift", "up", up, direct, "curl"))
-        down = download_through(glance, image_id, args.size, "swift")
-        direct = transfer.measure("swift direct down", swift, auth
-                                + ["-o", "/dev/null", swift_object], "down", args.size, ok_codes=(200,))
-        report(Row("swift", "down", down, direct, "curl"))
+        if "swift" in stores:
+            assert swift is not None
+            storage_url, token = swift_token(swift, settings)
+            swift_object = f"{storage_url}/{CONTAINER}/direct"
+            auth = ["-H", f"X-Auth-Token: {token}"]
+            up, image_id = upload_through(glance, path, args.size, md5, "swift")
+            direct = transfer.measure("swift direct up", swift, transfer.upload_args(path, False)
+                                    + auth + ["-o", "/dev/null", swift_object],
+                                    "up", args.size, ok_codes=(201,))
+            report(Row("swift", "up", up, direct, "curl"))
+            down = download_through(glance, image_id, args.size, "swift")
+            direct = transfer.measure("swift direct down", swift, auth
+                                    + ["-o", "/dev/null", swift_object], "down", args.size, ok_codes=(200,))
+            report(Row("swift", "down", down, direct, "curl"))
 
         # The read-only HTTP store, against curl from nginx.
-        image_id = register_http_image(glance, f"{nginx.base_url}/{path.name}", args.size)
-        down = download_through(glance, image_id, args.size, "web")
-        direct = transfer.measure("nginx down", nginx, ["-o", "/dev/null",
-                                  f"{nginx.base_url}/{path.name}"], "down", args.size)
-        report(Row("http", "down", down, direct, "nginx"))
+        if "http" in stores:
+            image_id = register_http_image(glance, f"{nginx.base_url}/{path.name}", args.size)
+            down = download_through(glance, image_id, args.size, "web")
+            direct = transfer.measure("nginx down", nginx, ["-o", "/dev/null",
+                                      f"{nginx.base_url}/{path.name}"], "down", args.size)
+            report(Row("http", "down", down, direct, "nginx"))
     return rows
 
 
@@ -342,7 +405,10 @@ def section(args: argparse.Namespace, rows: list[Row], hashes: str) -> str:
         "",
         f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
         f"{os.cpu_count()} vCPUs; {hashes}",
-        f"- Command: `/work/venv/bin/python bench/stores.py --size {args.size_text}`",
+        f"- Command: `/work/venv/bin/python bench/stores.py --size {args.size_text}"
+        + ("" if tuple(args.stores) == STORES else f" --stores {','.join(args.stores)}")
+        + "".join(f" --s3-option {option}" for option in args.s3_option)
+        + "`",
         "",
         "| store | way | through glance-tx MiB/s | CPU s/GiB | peak RSS MiB "
         "| direct client | direct MiB/s | ratio |",
@@ -363,9 +429,14 @@ def section(args: argparse.Namespace, rows: list[Row], hashes: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--size", default="1G", help="image size [default: 1G]")
+    parser.add_argument("--stores", default=",".join(STORES),
+                        help="comma-separated stores to measure [default: %(default)s]")
     parser.add_argument("--quiet-wait", type=float, default=30.0,
                         help="before each transfer, wait up to this many seconds for a "
                              "quiet machine; 0 to not wait [default: %(default)s]")
+    parser.add_argument("--s3-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="an option for glance-tx's S3 store section, e.g. "
+                             "s3_store_thread_pools=1 (repeatable)")
     parser.add_argument("--no-write", action="store_true",
                         help="print the figures only; leave bench/RESULTS.md alone")
     parser.add_argument("--tmpdir", default=None)
@@ -373,6 +444,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.size_text = args.size
     args.size = transfer.parse_size(args.size)
+    args.stores = [name.strip() for name in args.stores.split(",") if name.strip()]
+    unknown = sorted(set(args.stores) - set(STORES))
+    if unknown or not args.stores:
+        parser.error(f"--stores: choose from {', '.join(STORES)}, not {', '.join(unknown)}")
     for tool in ("curl", "nginx", "memcached"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             parser.error(f"{tool} is not installed")

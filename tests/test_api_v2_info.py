@@ -16,6 +16,7 @@ from glance_tx.store.filesystem import FilesystemStore
 from glance_tx.store.http import HTTPStore
 from glance_tx.store.s3 import S3Store
 from glance_tx.store.s3_client import S3Client, S3Credentials
+from glance_tx.threads import SynchronousRunner
 from tests.test_api_v2 import V2TestCase
 
 MEMBER = {"X-Project-Id": "someone", "X-Roles": "member"}
@@ -37,6 +38,7 @@ class StoresInfoTests(V2TestCase):
             bucket="images",
             large_object_size=64 << 20,
             part_size=16 << 20,
+            runner=SynchronousRunner(),
         )
         self.web = HTTPStore(agent=None, clock=reactor)  # type: ignore[arg-type]
         return StoreMap(

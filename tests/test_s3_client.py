@@ -6,6 +6,8 @@ request signing and addressing also in memory, through a recording HTTP client.
 
 from __future__ import annotations
 
+import base64
+import zlib
 from typing import Any
 
 from attrs import define, field
@@ -124,16 +126,23 @@ class LiveClientTests(TestCase):
             parts = [b"a" * TEST_PART_SIZE, b"b" * TEST_PART_SIZE, b"tail"]
             upload = await self.client.create_multipart_upload(self.bucket, "big")
             self.assertEqual(self.uploads(), ["big"])
-            etags = []
+            stored = []
             for number, part in enumerate(parts, start=1):
                 body = BodyFeed(len(part))
-                d = Deferred.fromCoroutine(self.client.upload_part(upload, number, body))
+                d = Deferred.fromCoroutine(
+                    self.client.upload_part(upload, number, body, zlib.crc32(part))
+                )
                 await feed(body, part, chunk=10_000)
-                etags.append(await d)
-            await self.client.complete_multipart_upload(upload, etags)
+                stored.append(await d)
+            stored.reverse()  # completed in part-number order all the same
+            await self.client.complete_multipart_upload(upload, stored)
             self.assertEqual(self.uploads(), [])
-            got = self.boto.get_object(Bucket=self.bucket, Key="big")["Body"].read()
-            self.assertEqual(got, b"".join(parts))
+            got = self.boto.get_object(Bucket=self.bucket, Key="big", ChecksumMode="ENABLED")
+            self.assertEqual(got["Body"].read(), b"".join(parts))
+            # S3's checksum of a multipart object is of its parts' CRC32s.
+            crcs = b"".join(zlib.crc32(part).to_bytes(4, "big") for part in parts)
+            whole = base64.b64encode(zlib.crc32(crcs).to_bytes(4, "big")).decode()
+            self.assertEqual(got["ChecksumCRC32"], f"{whole}-{len(parts)}")
 
         return Deferred.fromCoroutine(go())
 
@@ -146,8 +155,11 @@ class LiveClientTests(TestCase):
         async def go() -> None:
             upload = await self.client.create_multipart_upload(self.bucket, "doomed")
             body = BodyFeed(TEST_PART_SIZE)
-            d = Deferred.fromCoroutine(self.client.upload_part(upload, 1, body))
-            await feed(body, b"x" * TEST_PART_SIZE)
+            part = b"x" * TEST_PART_SIZE
+            d = Deferred.fromCoroutine(
+                self.client.upload_part(upload, 1, body, zlib.crc32(part))
+            )
+            await feed(body, part)
             await d
             self.assertEqual(
                 await self.client.list_multipart_uploads(self.bucket), [upload]

@@ -9,26 +9,39 @@ configuration.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import zlib
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from xml.etree import ElementTree
 
+from attrs import define, field
 from treq import collect as treq_collect
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+from zope.interface import implementer
 
 from glance_tx.backpressure import Watermarks
 from glance_tx.config import ConfigError
 from glance_tx.errors import BadRequest, StoreError
 from glance_tx.images import new_image_id
+from glance_tx.store.interface import IStoreWriter
 from glance_tx.store.s3 import S3Store, s3_store_from_options
 from glance_tx.store.s3_client import S3Client, S3Credentials
+from glance_tx.threads import SynchronousRunner
 from tests.live_server import (
     listening_port,
     live_config,
@@ -38,6 +51,7 @@ from tests.live_server import (
 from tests.s3_server import REGION, TEST_PART_SIZE, S3Server, s3_server
 from tests.store_conformance import (
     FakeConsumer,
+    FakeProducer,
     UnpacedStoreConformanceMixin,
     make_data,
 )
@@ -69,6 +83,7 @@ def live_store(case: TestCase, server: S3Server, bucket: str, **overrides: Any) 
         "large_object_size": 4 * TEST_PART_SIZE,
         "block_size": 4096,
         "watermarks": Watermarks(high=64 * 1024, low=16 * 1024),
+        "runner": SynchronousRunner(),
     }
     settings.update(overrides)
     return S3Store(**settings)
@@ -190,6 +205,36 @@ class _CuttingProxy(ProxyServer):
         super().dataReceived(data)
 
 
+class _CountingCutProxy(ProxyServer):
+    """
+    Forwards to moto, counting the request bytes of all its connections
+    together: drops the connection that carries the byte past
+    C{factory.cut_after} (once per factory), and records in
+    C{factory.most_open} how many connections were open at once.
+    """
+
+    def connectionMade(self) -> None:
+        factory: Any = self.factory
+        factory.open += 1
+        factory.most_open = max(factory.most_open, factory.open)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any) -> None:
+        factory: Any = self.factory
+        factory.open -= 1
+        super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        factory: Any = self.factory
+        factory.carried += len(data)
+        if factory.cut_after is not None and factory.carried > factory.cut_after:
+            factory.cut_after = None
+            factory.cuts += 1
+            self.transport.abortConnection()
+            return
+        super().dataReceived(data)
+
+
 class FaultTests(_Live):
     """Failures mid-upload leave no object and no parts, as boto3 sees it."""
 
@@ -236,6 +281,41 @@ class FaultTests(_Live):
             with self.assertRaises(StoreError) as caught:
                 await writer.commit()
             self.assertEqual(factory.cuts, 1)
+            self.assertIn("'bulk'", str(caught.exception))
+            self.assertNothingLeft()
+
+        return Deferred.fromCoroutine(go())
+
+    def test_part_fails_with_several_in_flight(self) -> None:
+        """
+        With four parts in flight, the connection of one part half way
+        through the upload drops: the commit fails naming the store, and
+        once the other parts have landed the multipart upload is aborted,
+        so boto3 finds no object and no upload (and so no parts).
+        """
+
+        async def go() -> None:
+            port = self.server.endpoint.rpartition(":")[2]
+            factory = ProxyFactory("127.0.0.1", int(port))
+            factory.protocol = _CountingCutProxy
+            factory.cut_after, factory.cuts, factory.carried = None, 0, 0
+            factory.open = factory.most_open = 0
+            listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+            self.addCleanup(listening.stopListening)
+            endpoint = f"http://127.0.0.1:{listening.getHost().port}"
+            store = live_store(
+                self, self.server, self.bucket, endpoint=endpoint, parts_in_flight=4
+            )
+            writer = await store.open_writer(new_image_id())
+            self.assertEqual(len(self.uploads()), 1)
+            factory.cut_after = factory.carried + 6 * TEST_PART_SIZE
+            data = make_data(12 * TEST_PART_SIZE, seed=23)
+            for start in range(0, len(data), 2000):
+                writer.write(data[start : start + 2000])
+            with self.assertRaises(StoreError) as caught:
+                await writer.commit()
+            self.assertEqual(factory.cuts, 1)
+            self.assertGreaterEqual(factory.most_open, 3)
             self.assertIn("'bulk'", str(caught.exception))
             self.assertNothingLeft()
 
@@ -324,6 +404,223 @@ class ReadFlowTests(_Live):
         return Deferred.fromCoroutine(go())
 
 
+@implementer(IResponse)
+@define
+class _Answer:
+    """An S3 answer with a small body, delivered at once."""
+
+    code: int = 200
+    body: bytes = b""
+    headers: Headers = field(factory=Headers)
+
+    @property
+    def length(self) -> int:
+        return len(self.body)
+
+    def deliverBody(self, protocol: Any) -> None:
+        protocol.makeConnection(None)
+        protocol.dataReceived(self.body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+def _text(element: ElementTree.Element, name: str) -> str:
+    [child] = [child for child in element if child.tag == name]
+    return child.text or ""
+
+
+@define
+class _HeldParts:
+    """
+    An HTTP client speaking just enough S3 for one multipart upload. It
+    takes each part's body at once (with C{slow_bodies}, only its first
+    write until L{take_body}) and holds its answer until the test gives it
+    (L{answer}, L{fail}): the parts in flight are those in C{held}, and
+    C{most} is how many were in flight at once.
+    """
+
+    slow_bodies: bool = False
+    held: dict[int, Deferred[Any]] = field(factory=dict)
+    producers: dict[int, Any] = field(factory=dict)
+    bodies: dict[int, StringTransport] = field(factory=dict)
+    most: int = 0
+    part_checksums: dict[int, str] = field(factory=dict)
+    checksum_algorithm: str = ""
+    completed: list[bytes] = field(factory=list)
+    aborted: int = 0
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+        body = StringTransport()
+        producer = kwargs["data"]
+        if producer is not None:
+            if self.slow_bodies and method == "PUT":
+                producer.pauseProducing()  # as a full connection would
+            producer.startProducing(body)
+        headers = {name.lower(): values[0] for name, values in kwargs["headers"].items()}
+        if method == "POST" and "uploads" in query:
+            self.checksum_algorithm = headers["x-amz-checksum-algorithm"]
+            return succeed(_Answer(body=b"<Result><UploadId>u-1</UploadId></Result>"))
+        if method == "PUT" and "partNumber" in query:
+            number = int(query["partNumber"][0])
+            self.bodies[number] = body
+            self.producers[number] = producer
+            self.part_checksums[number] = headers["x-amz-checksum-crc32"]
+            self.held[number] = Deferred()
+            self.most = max(self.most, len(self.held))
+            return self.held[number]
+        if method == "POST" and "uploadId" in query:
+            self.completed.append(body.value())
+            return succeed(_Answer(body=b"<CompleteMultipartUploadResult/>"))
+        if method == "DELETE" and "uploadId" in query:
+            self.aborted += 1
+            return succeed(_Answer(code=204))
+        raise AssertionError(f"unexpected {method} {url}")
+
+    def answer(self, number: int) -> None:
+        """Part C{number} is stored: answer with its ETag."""
+        etag = Headers({b"etag": [f'"etag-{number}"'.encode()]})
+        self.held.pop(number).callback(_Answer(headers=etag))
+
+    def take_body(self, number: int) -> None:
+        """The connection of part C{number} takes the rest of its body."""
+        self.producers[number].resumeProducing()
+
+    def fail(self, number: int) -> None:
+        """Part C{number}'s connection is lost before its answer."""
+        self.held.pop(number).errback(ConnectionLost())
+
+
+class PartsInFlightTests(SynchronousTestCase):
+    """
+    The multipart writer in memory, against L{_HeldParts}: how many parts
+    are in flight, the client paused while no more may go, ETags in part
+    order whatever order the parts land in, and an abort only once every
+    part in flight has landed.
+    """
+
+    part = 8 * 1024
+
+    def writer_and_producer(
+        self, fake: _HeldParts, parts_in_flight: int
+    ) -> tuple[IStoreWriter, FakeProducer]:
+        client = S3Client(
+            http=fake,
+            reactor=None,
+            endpoint="http://s3.example.com",
+            region=REGION,
+            credentials=S3Credentials("AKIAEXAMPLE", "secret-key"),
+            addressing="path",
+            store_name="bulk",
+        )
+        store = S3Store(
+            client=client,
+            bucket="images",
+            part_size=self.part,
+            parts_in_flight=parts_in_flight,
+            watermarks=Watermarks(high=self.part, low=self.part // 2),
+            runner=SynchronousRunner(),
+        )
+        writer = self.successResultOf(store.open_writer(new_image_id()))
+        producer = FakeProducer()
+        writer.registerProducer(producer, True)
+        return writer, producer
+
+    def test_bounded_in_order(self) -> None:
+        """
+        With three parts in flight, a fourth full part waits and the
+        client is paused until one lands; parts landing out of order still
+        complete the upload with the ETags in part-number order and the
+        bytes in order.
+        """
+        fake = _HeldParts()
+        writer, producer = self.writer_and_producer(fake, parts_in_flight=3)
+        data = make_data(6 * self.part + 100, seed=30)
+        for start in range(0, len(data), 1000):
+            writer.write(data[start : start + 1000])
+        self.assertEqual(sorted(fake.held), [1, 2, 3])
+        self.assertEqual(producer.events, ["pause"])
+        for number in [2, 4, 3]:
+            fake.answer(number)
+        self.assertEqual(sorted(fake.held), [1, 5, 6])
+        self.assertEqual(producer.events, ["pause", "resume"])  # all queued bytes taken
+        committed = writer.commit()
+        self.assertNoResult(committed)  # the last 100 bytes wait for a slot
+        for number in [1, 7, 6, 5]:
+            fake.answer(number)
+        stored = self.successResultOf(committed)
+        self.assertEqual(stored.size, len(data))
+        self.assertEqual(fake.most, 3)
+        self.assertEqual(b"".join(fake.bodies[n].value() for n in range(1, 8)), data)
+        [complete] = fake.completed
+        listed = [
+            (_text(part, "PartNumber"), _text(part, "ETag"), _text(part, "ChecksumCRC32"))
+            for part in ElementTree.fromstring(complete)
+        ]
+        self.assertEqual(
+            listed,
+            [
+                (str(n), f'"etag-{n}"', fake.part_checksums[n])
+                for n in range(1, 8)
+            ],
+        )
+        for n in range(1, 8):
+            crc = zlib.crc32(fake.bodies[n].value()).to_bytes(4, "big")
+            self.assertEqual(fake.part_checksums[n], base64.b64encode(crc).decode())
+        self.assertEqual(fake.checksum_algorithm, "CRC32")
+
+    def test_two_parts_fed_at_once(self) -> None:
+        """
+        However many parts may be in flight, only two are fed at once: a
+        third full part waits (and the client is paused) until one of them
+        is all in its connection, though none has been answered.
+        """
+        fake = _HeldParts(slow_bodies=True)
+        writer, producer = self.writer_and_producer(fake, parts_in_flight=10)
+        data = make_data(4 * self.part, seed=32)
+        for start in range(0, len(data), 1000):
+            writer.write(data[start : start + 1000])
+        self.assertEqual(sorted(fake.held), [1, 2])
+        self.assertEqual(producer.events, ["pause"])
+        fake.take_body(2)
+        self.assertEqual(sorted(fake.held), [1, 2, 3])
+        fake.take_body(1)
+        self.assertEqual(sorted(fake.held), [1, 2, 3, 4])
+        committed = writer.commit()
+        for number in [3, 4]:
+            fake.take_body(number)
+        for number in [4, 1, 3, 2]:
+            fake.answer(number)
+        self.assertEqual(self.successResultOf(committed).size, len(data))
+        self.assertEqual(b"".join(fake.bodies[n].value() for n in range(1, 5)), data)
+        self.assertEqual(len(fake.completed), 1)
+
+    def test_failed_part_aborts_after_the_rest_land(self) -> None:
+        """
+        One of three parts in flight fails: no further part is sent, the
+        client is let go (its bytes are dropped), and the multipart upload
+        is aborted only once the two other parts have landed, so none is
+        stored after the abort; the commit fails naming the store.
+        """
+        fake = _HeldParts()
+        writer, producer = self.writer_and_producer(fake, parts_in_flight=3)
+        data = make_data(5 * self.part, seed=31)
+        for start in range(0, len(data), 1000):
+            writer.write(data[start : start + 1000])
+        self.assertEqual(sorted(fake.held), [1, 2, 3])
+        fake.fail(2)
+        self.assertEqual(producer.events, ["pause", "resume"])
+        committed = writer.commit()
+        fake.answer(3)
+        self.assertEqual(fake.aborted, 0)  # part 1 may still be stored
+        self.assertNoResult(committed)
+        fake.answer(1)
+        self.assertEqual(fake.aborted, 1)
+        failure = self.failureResultOf(committed, StoreError)
+        self.assertIn("'bulk'", str(failure.value))
+        self.assertEqual(sorted(fake.bodies), [1, 2, 3])
+        self.assertEqual(fake.completed, [])
+
+
 class ConfigTests(SynchronousTestCase):
     """The store from its config section, in glance_store's names and units."""
 
@@ -334,16 +631,21 @@ class ConfigTests(SynchronousTestCase):
         "s3_store_bucket": "images",
     }
 
+    def from_options(self, options: dict[str, str]) -> S3Store:
+        return s3_store_from_options(
+            "bulk", options, http=None, reactor=None, runner=SynchronousRunner()
+        )
+
     def test_defaults_and_units(self) -> None:
         """Sizes are in MiB (defaults 100 and 10); region and addressing default."""
-        store = s3_store_from_options("bulk", self.options, http=None, reactor=None)
+        store = self.from_options(self.options)
         self.assertEqual(store.large_object_size, 100 * MiB)
         self.assertEqual(store.part_size, 10 * MiB)
         self.assertEqual(store.client.region, "us-east-1")
         self.assertEqual(store.client.addressing, "auto")
         self.assertFalse(store.create_bucket_on_put)
-        store = s3_store_from_options(
-            "bulk",
+        self.assertEqual(store.parts_in_flight, 10)
+        store = self.from_options(
             {
                 **self.options,
                 "s3_store_host": "s3.example.com",
@@ -352,15 +654,15 @@ class ConfigTests(SynchronousTestCase):
                 "s3_store_region_name": "eu-west-3",
                 "s3_store_bucket_url_format": "virtual",
                 "s3_store_create_bucket_on_put": "true",
-            },
-            http=None,
-            reactor=None,
+                "s3_store_thread_pools": "3",
+            }
         )
         self.assertEqual(store.client.endpoint, "https://s3.example.com")
         self.assertEqual((store.large_object_size, store.part_size), (50 * MiB, 5 * MiB))
         self.assertEqual(store.client.region, "eu-west-3")
         self.assertEqual(store.client.addressing, "virtual")
         self.assertTrue(store.create_bucket_on_put)
+        self.assertEqual(store.parts_in_flight, 3)
 
     def test_refused(self) -> None:
         """
@@ -371,23 +673,24 @@ class ConfigTests(SynchronousTestCase):
         for name in self.options:
             options = {k: v for k, v in self.options.items() if k != name}
             with self.assertRaises(ConfigError) as caught:
-                s3_store_from_options("bulk", options, http=None, reactor=None)
+                self.from_options(options)
             self.assertIn(name, str(caught.exception))
         for name, value in [
             ("s3_store_large_object_chunk_size", "4"),
             ("s3_store_large_object_size", "ten"),
             ("s3_store_bucket_url_format", "sideways"),
             ("s3_store_create_bucket_on_put", "maybe"),
+            ("s3_store_thread_pools", "0"),
+            ("s3_store_thread_pools", "some"),
         ]:
             with self.assertRaises(ConfigError) as caught:
-                s3_store_from_options(
-                    "bulk", {**self.options, name: value}, http=None, reactor=None
-                )
+                self.from_options({**self.options, name: value})
+            self.assertIn(name, str(caught.exception))
             self.assertNotIn("secret-key", str(caught.exception))
 
     def test_foreign_locations(self) -> None:
         """Only C{s3://<this bucket>/<image id>} is this store's."""
-        store = s3_store_from_options("bulk", self.options, http=None, reactor=None)
+        store = self.from_options(self.options)
         image = new_image_id()
         for location in [
             f"s3://other/{image}",

@@ -5,11 +5,12 @@ Ceph RGW, MinIO, ...), named by the location C{s3://<bucket>/<image id>}.
 How the bytes get there depends on what the upload announced. An image of
 known size below C{s3_store_large_object_size} goes up in one PUT whose
 body is fed as the client's bytes arrive (L{_PutBackend}). Anything else --
-larger, or of unknown size -- goes up as a multipart upload, one part of
-C{s3_store_large_object_chunk_size} at a time, each sent as soon as it has
-filled while the next fills (L{_MultipartBackend}): about two parts in
-memory, whatever the image size. Any failure or abort aborts the multipart
-upload (or cuts the PUT short), so S3 keeps no parts and no object.
+larger, or of unknown size -- goes up as a multipart upload in parts of
+C{s3_store_large_object_chunk_size}, each sent as soon as it has filled
+while the next ones fill, up to C{s3_store_thread_pools} parts in flight
+(L{_MultipartBackend}): at most three parts in memory, whatever the image
+size. Any failure or abort aborts the multipart upload (or cuts the PUT
+short), so S3 keeps no parts and no object.
 
 Reads relay the ranged GET's response through the shared
 L{BlockProducer} and L{glance_tx.store.response.ResponseBlocks}: the
@@ -22,11 +23,12 @@ configuration has them.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from attrs import define, field, frozen
+from attrs import define, field, frozen, validators
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
@@ -52,9 +54,11 @@ from glance_tx.store.s3_client import (
     MultipartUpload,
     S3Client,
     S3Credentials,
+    UploadedPart,
 )
 from glance_tx.store.tls import S3_TLS, load_tls_policy
 from glance_tx.store.writer import IWriteBackend, StoreWriter
+from glance_tx.threads import BlockingRunner
 
 __all__ = ["S3Store", "make_s3_store", "s3_store_from_options"]
 
@@ -64,6 +68,14 @@ MiB = 1024 * 1024
 DEFAULT_LARGE_OBJECT_SIZE_MIB = 100
 DEFAULT_LARGE_OBJECT_CHUNK_SIZE_MIB = 10
 MIN_CHUNK_SIZE_MIB = 5  # S3's smallest part, but for the last
+#: Parts of one multipart upload in flight at once: glance_store's
+#: s3_store_thread_pools and its default. Most of them only wait for S3's
+#: answer: see _FEEDING.
+DEFAULT_THREAD_POOLS = 10
+#: Parts of one multipart upload still being fed at once, which is what
+#: holds memory (up to a part each). Two keep a connection busy while the
+#: other's last bytes go; bench/RESULTS.md has the measurements.
+_FEEDING = 2
 
 #: Bytes relayed per write to the consumer on a read.
 DEFAULT_BLOCK_SIZE = 1 * MiB
@@ -81,8 +93,13 @@ class S3Store:
         go up in one PUT; the rest in parts.
     @ivar part_size: Bytes per part of a multipart upload (S3 wants at
         least 5 MiB for every part but the last).
+    @ivar parts_in_flight: How many parts of a multipart upload may be on
+        their way to S3 at once (C{s3_store_thread_pools}); at most two of
+        them hold bytes (up to C{part_size} each, until they are in the
+        connection), the others only wait for S3's answer.
     @ivar create_bucket_on_put: Create the bucket at the first upload that
         finds it missing.
+    @ivar runner: Where each part's CRC32 is computed, off the reactor.
     """
 
     scheme: ClassVar[str] = "s3"
@@ -91,9 +108,11 @@ class S3Store:
     bucket: str
     large_object_size: int = DEFAULT_LARGE_OBJECT_SIZE_MIB * MiB
     part_size: int = DEFAULT_LARGE_OBJECT_CHUNK_SIZE_MIB * MiB
+    parts_in_flight: int = field(default=DEFAULT_THREAD_POOLS, validator=validators.ge(1))
     create_bucket_on_put: bool = False
     block_size: int = DEFAULT_BLOCK_SIZE
     watermarks: Watermarks = field(factory=lambda: Watermarks(high=4 * MiB, low=1 * MiB))
+    runner: BlockingRunner = field(kw_only=True)
 
     def location_for(self, image_id: str) -> str:
         return f"s3://{self.bucket}/{image_id}"
@@ -135,7 +154,9 @@ class S3Store:
             backend = _PutBackend.start(self.client, self.bucket, key, size)
         else:
             upload = await self.client.create_multipart_upload(self.bucket, key)
-            backend = _MultipartBackend(self.client, upload, self.part_size)
+            backend = _MultipartBackend(
+                self.client, upload, self.part_size, self.runner, self.parts_in_flight
+            )
         return StoreWriter(backend, self.watermarks)
 
     def read(
@@ -236,11 +257,31 @@ class S3Store:
 # Writing
 
 
-async def _feed_all(body: BodyFeed, data: bytes) -> None:
-    """Feed C{data} in slices, so the connection's buffer holds no copy of it."""
-    view = memoryview(data)
-    for start in range(0, len(view), _FEED_SLICE):
-        await body.write(bytes(view[start : start + _FEED_SLICE]))
+def _crc32(chunks: list[bytes]) -> int:
+    """The CRC32 of a part's chunks (zlib lets go of the GIL for each)."""
+    crc = 0
+    for chunk in chunks:
+        crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+async def _feed_chunks(body: BodyFeed, chunks: list[bytes]) -> None:
+    """
+    Feed C{chunks} in order, each let go of once it is in the connection,
+    so a part being sent holds only its unsent bytes. A chunk larger than
+    C{_FEED_SLICE} goes in slices, so the connection's buffer holds no copy
+    of all of it.
+    """
+    chunks.reverse()
+    while chunks:
+        chunk = chunks.pop()
+        if len(chunk) <= _FEED_SLICE:
+            await body.write(chunk)
+            continue
+        view = memoryview(chunk)
+        del chunk
+        for start in range(0, len(view), _FEED_SLICE):
+            await body.write(bytes(view[start : start + _FEED_SLICE]))
 
 
 def _stop_feed_on_failure(d: Deferred[Any], body: BodyFeed) -> None:
@@ -315,23 +356,47 @@ class _PutBackend:
         return Deferred.fromCoroutine(discarded())
 
 
+@frozen
+class _Part:
+    """One part of a multipart upload on its way: its body and its request."""
+
+    number: int
+    body: BodyFeed
+    sent: Deferred[UploadedPart]
+
+
 @implementer(IWriteBackend)
 @define
 class _MultipartBackend:
     """
     One image as a multipart upload: bytes gather into a part; a full part
-    is sent while the next one gathers, and a write that fills another
-    waits for it first. At most one part is in flight.
+    is sent while the next ones gather, up to C{max_in_flight} parts at a
+    time, of which at most C{_FEEDING} are still being fed (the rest wait
+    for S3's answer). A write that fills a part while either limit is
+    reached waits, and the L{StoreWriter} queue in front of it then pauses
+    the client. A part holds its bytes (the chunks as they came, no copy)
+    only until they are in its connection, so the backend holds at most
+    C{_FEEDING + 1} parts, however many are in flight.
+
+    The first part to fail fails the next C{write} or the C{commit};
+    C{discard} cuts the parts still being fed, waits for every part in
+    flight to land or fail, and only then aborts the upload, so no part
+    stored after the abort is left behind.
     """
 
     client: S3Client
     upload: MultipartUpload
     part_size: int
+    runner: BlockingRunner
+    max_in_flight: int = 1
     _gathering: list[bytes] = field(factory=list)
     _gathered: int = 0
-    _etags: list[str] = field(factory=list)
-    _in_flight: Deferred[str] | None = None
-    _in_flight_body: BodyFeed | None = None
+    _parts: int = 0
+    _stored: dict[int, UploadedPart] = field(factory=dict)
+    _in_flight: dict[int, _Part] = field(factory=dict)
+    _feeding: set[int] = field(factory=set)
+    _failure: Failure | None = None
+    _waiting: list[Deferred[None]] = field(factory=list)
     _committed: bool = False
 
     @property
@@ -342,6 +407,7 @@ class _MultipartBackend:
         return Deferred.fromCoroutine(self._write(chunks))
 
     async def _write(self, chunks: list[bytes]) -> None:
+        self._check()
         for chunk in chunks:
             start = 0
             while start < len(chunk):
@@ -353,29 +419,72 @@ class _MultipartBackend:
                 if self._gathered == self.part_size:
                     await self._send_part()
 
-    async def _send_part(self) -> None:
-        await self._land_in_flight()
-        data = b"".join(self._gathering)
-        self._gathering, self._gathered = [], 0
-        number = len(self._etags) + 1
-        body = BodyFeed(len(data))
-        sent = Deferred.fromCoroutine(self.client.upload_part(self.upload, number, body))
-        self._in_flight, self._in_flight_body = sent, body
-        fed = Deferred.fromCoroutine(_feed_all(body, data))
-        _stop_feed_on_failure(fed, body)
-        fed.addErrback(lambda _: None)  # the part's own request reports it
-        _stop_feed_on_failure(sent, body)
+    def _check(self) -> None:
+        """Raise the failure of a part, if one has failed."""
+        if self._failure is not None:
+            self._failure.raiseException()
 
-    async def _land_in_flight(self) -> None:
-        """Wait for the part in flight, if any, and keep its ETag."""
-        if self._in_flight is None:
-            return
-        sent, self._in_flight, self._in_flight_body = self._in_flight, None, None
-        self._etags.append(await sent)
+    async def _send_part(self) -> None:
+        """Send what has gathered as the next part, once there is room."""
+        while self._failure is None and (
+            len(self._in_flight) >= self.max_in_flight or len(self._feeding) >= _FEEDING
+        ):
+            await self._change()
+        self._check()
+        chunks, size = self._gathering, self._gathered
+        self._gathering, self._gathered = [], 0
+        self._parts += 1
+        number = self._parts
+        crc32 = await self.runner.run(_crc32, chunks)
+        self._check()  # a part may have failed meanwhile
+        body = BodyFeed(size)
+        sent = Deferred.fromCoroutine(
+            self.client.upload_part(self.upload, number, body, crc32)
+        )
+        _stop_feed_on_failure(sent, body)
+        self._in_flight[number] = _Part(number, body, sent)
+        sent.addBoth(self._land, number)
+        self._feeding.add(number)
+        fed = Deferred.fromCoroutine(_feed_chunks(body, chunks))
+        _stop_feed_on_failure(fed, body)
+        # A feed that fails fails its part's request, which reports it.
+        fed.addBoth(lambda _: self._fed(number))
+
+    def _fed(self, number: int) -> None:
+        """A part's bytes are all in its connection (or never will be)."""
+        self._feeding.discard(number)
+        self._changed()
+
+    def _land(self, result: UploadedPart | Failure, number: int) -> None:
+        """A part's request is over: keep its ETag, or its failure."""
+        del self._in_flight[number]
+        self._feeding.discard(number)
+        if isinstance(result, Failure):
+            self._failure = self._failure or result
+        else:
+            self._stored[number] = result
+        self._changed()
+
+    def _changed(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    async def _change(self) -> None:
+        """Wait until a part has been fed, or has landed or failed."""
+        changed: Deferred[None] = Deferred()
+        self._waiting.append(changed)
+        await changed
+
+    async def _all_land(self) -> None:
+        """Wait until no part is in flight."""
+        while self._in_flight:
+            await self._change()
 
     def commit(self) -> Deferred[None]:
         async def committed() -> None:
-            if self._gathered == 0 and not self._etags and self._in_flight is None:
+            self._check()
+            if self._gathered == 0 and self._parts == 0:
                 # No bytes at all: S3 takes no multipart upload of no parts,
                 # so the empty object goes up by itself.
                 await self.client.abort_multipart_upload(self.upload)
@@ -384,8 +493,9 @@ class _MultipartBackend:
                 return
             if self._gathered:
                 await self._send_part()
-            await self._land_in_flight()
-            await self.client.complete_multipart_upload(self.upload, self._etags)
+            await self._all_land()
+            self._check()
+            await self.client.complete_multipart_upload(self.upload, list(self._stored.values()))
             self._committed = True
 
         return Deferred.fromCoroutine(committed())
@@ -393,13 +503,9 @@ class _MultipartBackend:
     def discard(self) -> Deferred[None]:
         async def discarded() -> None:
             self._gathering, self._gathered = [], 0
-            if self._in_flight_body is not None:
-                self._in_flight_body.fail(StoreError("The upload was aborted"))
-            if self._in_flight is not None:
-                try:
-                    await self._land_in_flight()
-                except Exception:
-                    pass  # cut short, as intended
+            for part in list(self._in_flight.values()):
+                part.body.fail(StoreError("The upload was aborted"))
+            await self._all_land()  # their failures are moot now
             await self.client.abort_multipart_upload(self.upload)
             if self._committed:
                 await self.client.delete_object(self.upload.bucket, self.upload.key)
@@ -410,17 +516,22 @@ class _MultipartBackend:
 # Configuration
 
 
-def _mib(options: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def _whole(options: Mapping[str, str], name: str, default: int, minimum: int, unit: str) -> int:
     raw = options.get(name, "").strip()
     if not raw:
-        return default * MiB
+        return default
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number of MiB, not {raw!r}") from None
+        of = f" of {unit}" if unit else ""
+        raise ConfigError(f"{name} must be a whole number{of}, not {raw!r}") from None
     if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum} (MiB)")
-    return value * MiB
+        raise ConfigError(f"{name} must be at least {minimum}" + (f" ({unit})" if unit else ""))
+    return value
+
+
+def _mib(options: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    return _whole(options, name, default, minimum, "MiB") * MiB
 
 
 def _required(options: Mapping[str, str], store_id: str, name: str) -> str:
@@ -431,17 +542,25 @@ def _required(options: Mapping[str, str], store_id: str, name: str) -> str:
 
 
 def s3_store_from_options(
-    store_id: str, options: Mapping[str, str], http: HTTPRequester, reactor: Any
+    store_id: str,
+    options: Mapping[str, str],
+    http: HTTPRequester,
+    reactor: Any,
+    runner: BlockingRunner,
 ) -> S3Store:
     """
     An L{S3Store} from its config section, with glance_store's option names
     and units (see doc/configuration.rst). A host without a scheme is
-    reached over https.
+    reached over https. C{runner} computes the parts' checksums.
     """
     host = _required(options, store_id, "s3_store_host")
     if "://" not in host:
         host = "https://" + host
     addressing = options.get("s3_store_bucket_url_format", "auto").strip() or "auto"
+    if addressing not in ("auto", "path", "virtual"):
+        raise ConfigError(
+            f"s3_store_bucket_url_format must be auto, path or virtual, not {addressing!r}"
+        )
     create = bool_option(options, "s3_store_create_bucket_on_put", False)
     try:
         client = S3Client(
@@ -470,7 +589,9 @@ def s3_store_from_options(
             DEFAULT_LARGE_OBJECT_CHUNK_SIZE_MIB,
             MIN_CHUNK_SIZE_MIB,
         ),
+        parts_in_flight=_whole(options, "s3_store_thread_pools", DEFAULT_THREAD_POOLS, 1, ""),
         create_bucket_on_put=create,
+        runner=runner,
     )
 
 
@@ -481,5 +602,9 @@ async def make_s3_store(config: StoreConfig, services: StoreServices) -> S3Store
     """
     tls = await load_tls_policy(config.options, S3_TLS, services.runner)
     return s3_store_from_options(
-        config.id, config.options, services.http_client_for(tls), services.reactor
+        config.id,
+        config.options,
+        services.http_client_for(tls),
+        services.reactor,
+        services.runner,
     )

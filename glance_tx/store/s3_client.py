@@ -19,6 +19,7 @@ signature or the server's free-text message about a refused signature.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 import xml.etree.ElementTree as ElementTree
@@ -44,6 +45,7 @@ from glance_tx.errors import BadRequest, NotFound, StoreError
 __all__ = [
     "BodyFeed",
     "MultipartUpload",
+    "UploadedPart",
     "S3Client",
     "S3Credentials",
     "S3Error",
@@ -216,6 +218,20 @@ class MultipartUpload:
     bucket: str
     key: str
     upload_id: str
+
+
+@frozen
+class UploadedPart:
+    """A part S3 has stored: its number, its ETag and its CRC32 checksum."""
+
+    number: int
+    etag: str
+    crc32: int
+
+    @property
+    def checksum(self) -> str:
+        """The CRC32 as S3 writes it: base64 of its four bytes, big-endian."""
+        return base64.b64encode(self.crc32.to_bytes(4, "big")).decode("ascii")
 
 
 def _local(tag: str) -> str:
@@ -508,19 +524,33 @@ class S3Client:
     # Multipart uploads
 
     async def create_multipart_upload(self, bucket: str, key: str) -> MultipartUpload:
-        response = await self._request("POST", bucket, key, query={"uploads": ""})
+        """
+        Start a multipart upload whose parts carry CRC32 checksums, as
+        boto3's do: S3 checks each part's bytes against its checksum.
+        """
+        response = await self._request(
+            "POST",
+            bucket,
+            key,
+            query={"uploads": ""},
+            headers={"x-amz-checksum-algorithm": "CRC32"},
+        )
         upload_id = _text(_parse_xml(await _read_all(response)), "UploadId")
         if not upload_id:
             raise StoreError(self._describe("POST", f"s3://{bucket}/{key}") + ": no UploadId")
         return MultipartUpload(bucket, key, upload_id)
 
-    async def upload_part(self, upload: MultipartUpload, number: int, body: BodyFeed) -> str:
-        """Send part C{number} (from 1); fire with its ETag."""
+    async def upload_part(
+        self, upload: MultipartUpload, number: int, body: BodyFeed, crc32: int
+    ) -> UploadedPart:
+        """Send part C{number} (from 1), whose bytes have C{crc32}."""
+        part = UploadedPart(number, "", crc32)
         response = await self._request(
             "PUT",
             upload.bucket,
             upload.key,
             query={"partNumber": str(number), "uploadId": upload.upload_id},
+            headers={"x-amz-checksum-crc32": part.checksum},
             body=body,
         )
         await _read_all(response)
@@ -530,16 +560,19 @@ class S3Client:
                 self._describe("PUT", f"s3://{upload.bucket}/{upload.key}")
                 + f": no ETag for part {number}"
             )
-        return etags[0].decode("ascii", "replace")
+        return UploadedPart(number, etags[0].decode("ascii", "replace"), crc32)
 
     async def complete_multipart_upload(
-        self, upload: MultipartUpload, etags: Sequence[str]
+        self, upload: MultipartUpload, parts: Sequence[UploadedPart]
     ) -> None:
-        parts = "".join(
-            f"<Part><PartNumber>{number}</PartNumber><ETag>{_xml_escape(etag)}</ETag></Part>"
-            for number, etag in enumerate(etags, start=1)
+        """Make one object of C{parts}, in part-number order."""
+        listed = "".join(
+            f"<Part><PartNumber>{part.number}</PartNumber>"
+            f"<ETag>{_xml_escape(part.etag)}</ETag>"
+            f"<ChecksumCRC32>{part.checksum}</ChecksumCRC32></Part>"
+            for part in sorted(parts, key=lambda part: part.number)
         )
-        body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
+        body = f"<CompleteMultipartUpload>{listed}</CompleteMultipartUpload>".encode()
         response = await self._request(
             "POST", upload.bucket, upload.key, query={"uploadId": upload.upload_id}, body=body
         )
