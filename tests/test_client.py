@@ -1,0 +1,518 @@
+"""
+The async L{glance_tx.client.Client}.
+
+Most tests run it in memory against the real glance-tx site (SQLite, the
+filesystem store, real HTTP parsing on both sides, no socket:
+L{tests.api_fixtures.SiteTestCase}); the streaming ones run it over a
+real socket against a real server (L{tests.live_server}), through a TCP
+relay that can cut a download short.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from attrs import define, field
+from treq.client import HTTPClient
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent
+from zope.interface import implementer
+
+from glance_tx.client import (
+    BadRequest,
+    Client,
+    Conflict,
+    CorruptDownload,
+    Forbidden,
+    HTTPError,
+    ImageInfo,
+    MemberInfo,
+    NoImageData,
+    NotFound,
+    ServiceUnavailable,
+    StoreInfo,
+    Unauthorized,
+    json_patch,
+)
+from glance_tx.client.download import DataSink
+from glance_tx.client.errors import ClientError, error_for, server_message
+from glance_tx.client.upload import FileBody, readable_length
+from glance_tx.threads import SynchronousRunner
+from tests.api_fixtures import BASE, SiteTestCase
+from tests.fakes import ManualRunner
+
+T = TypeVar("T")
+MiB = 1 << 20
+TOKEN = "a-secret-token"
+
+
+def data(size: int, seed: int = 1) -> bytes:
+    unit = hashlib.sha512(seed.to_bytes(4, "big")).digest()
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+@implementer(IAgent)
+@define
+class RecordingAgent:
+    """An agent that notes the headers of every request it passes on."""
+
+    agent: IAgent
+    headers: list[Headers] = field(factory=list)
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None) -> Any:
+        self.headers.append(headers)
+        return self.agent.request(method, uri, headers, bodyProducer)
+
+
+class MemoryClientTestCase(SiteTestCase):
+    """A Client over the in-memory site."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.clock = MemoryReactorClock()
+        self.api = Client(
+            BASE, self.client, self.clock, token=TOKEN, runner=SynchronousRunner()
+        )
+
+    def wait(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Drive C{coroutine} (HTTP pumps and the clock) to its result."""
+        d = Deferred.fromCoroutine(coroutine)
+        for _ in range(200):
+            if d.called:
+                break
+            self.agent.flush()
+            self.clock.advance(1)
+        return self.successResultOf(d)
+
+    def failure(self, coroutine: Coroutine[Any, Any, Any], kind: type[BaseException]) -> Any:
+        d = Deferred.fromCoroutine(coroutine)
+        for _ in range(200):
+            if d.called:
+                break
+            self.agent.flush()
+            self.clock.advance(1)
+        return self.failureResultOf(d, kind).value
+
+    def requests(self) -> int:
+        """How many requests have been sent (one connection each)."""
+        return len(self.agent.pumps)
+
+    def new_image(self, **fields: Any) -> ImageInfo:
+        fields.setdefault("disk_format", "raw")
+        fields.setdefault("container_format", "bare")
+        return self.wait(self.api.create(**fields))
+
+    async def all_images(self, **filters: Any) -> list[ImageInfo]:
+        return [image async for image in self.api.list_images(**filters)]
+
+
+class ImageTests(MemoryClientTestCase):
+    def test_create_returns_typed_image(self) -> None:
+        """create() sends the fields and returns an ImageInfo: core fields
+        typed, extra properties apart, timestamps as datetimes."""
+        image = self.new_image(name="cirros", tags=["a"], min_ram=64, os_distro="cirros")
+        self.assertIsInstance(image, ImageInfo)
+        self.assertEqual(
+            (image.name, image.status, image.min_ram, image.tags, image.disk_format),
+            ("cirros", "queued", 64, frozenset({"a"}), "raw"),
+        )
+        self.assertEqual(image.properties, {"os_distro": "cirros"})
+        assert image.created_at is not None
+        self.assertEqual(image.created_at.utcoffset().total_seconds(), 0)  # type: ignore[union-attr]
+
+    def test_show(self) -> None:
+        """show() returns what create() made."""
+        image = self.new_image(name="x")
+        self.assertEqual(self.wait(self.api.show(image.id)), image)
+
+    def test_token_sent_not_shown(self) -> None:
+        """The token is sent as X-Auth-Token and kept out of the repr."""
+        agent = RecordingAgent(self.agent)
+        api = Client(BASE, HTTPClient(agent), self.clock, token=TOKEN, runner=SynchronousRunner())
+        self.wait(api.stores())
+        self.assertEqual(agent.headers[0].getRawHeaders(b"x-auth-token"), [TOKEN.encode()])
+        self.assertNotIn(TOKEN, repr(api))
+
+    def test_base_url_forms(self) -> None:
+        """The endpoint may be given with or without /v2 and a slash."""
+        for url in (BASE, BASE + "/", BASE + "/v2", BASE + "/v2/"):
+            self.assertEqual(Client(url, self.client, self.clock, runner=SynchronousRunner()).url, BASE)
+
+    def test_list_follows_every_page_lazily(self) -> None:
+        """list_images() yields every image across pages, fetching a page
+        only when the iteration reaches it."""
+        made = {self.new_image(name=f"i{n}").id for n in range(5)}
+        before = self.requests()
+        images = self.api.list_images(page_size=2)
+        first = self.wait(images.__anext__())
+        self.assertIn(first.id, made)
+        self.assertEqual(self.requests() - before, 1)
+
+        async def rest() -> list[ImageInfo]:
+            return [image async for image in images]
+
+        seen = {first.id} | {image.id for image in self.wait(rest())}
+        self.assertEqual(seen, made)
+        # Pages of 2, 2, 1: the last is short, so it has no next link.
+        self.assertEqual(self.requests() - before, 3)
+
+    def test_list_filters(self) -> None:
+        """Filters are sent as query parameters, lists once per item."""
+        self.new_image(name="a", tags=["x", "y"])
+        self.new_image(name="b", tags=["x"])
+        self.new_image(name="c")
+        names = lambda images: sorted(i.name for i in images)  # noqa: E731
+        self.assertEqual(names(self.wait(self.all_images(tag=["x", "y"]))), ["a"])
+        self.assertEqual(names(self.wait(self.all_images(tag="x"))), ["a", "b"])
+        self.assertEqual(names(self.wait(self.all_images(name="c"))), ["c"])
+
+    def test_list_refuses_limit(self) -> None:
+        """limit and marker would fight the paging: a TypeError."""
+        self.failure(self.all_images(limit=3), TypeError)
+
+    def test_update_sets_and_removes(self) -> None:
+        """update() builds one JSON patch: fields and properties set
+        (new or existing), properties removed."""
+        image = self.new_image(name="old", os_distro="cirros", hw_x="1")
+        updated = self.wait(
+            self.api.update(image.id, set={"name": "new", "os_distro": "ubuntu", "k/~": "v"},
+                            remove=["hw_x"])
+        )
+        self.assertEqual(updated.name, "new")
+        self.assertEqual(updated.properties, {"os_distro": "ubuntu", "k/~": "v"})
+        self.assertEqual(self.wait(self.api.show(image.id)), updated)
+
+    def test_json_patch(self) -> None:
+        """Names are escaped as RFC 6901 pointers; add for every set."""
+        self.assertEqual(
+            json_patch({"a/b": 1, "~c": "x"}, ["d"]),
+            [
+                {"op": "add", "path": "/a~1b", "value": 1},
+                {"op": "add", "path": "/~0c", "value": "x"},
+                {"op": "remove", "path": "/d"},
+            ],
+        )
+
+    def test_delete(self) -> None:
+        """delete() removes the image: showing it is then NotFound."""
+        image = self.new_image()
+        self.wait(self.api.delete(image.id))
+        self.failure(self.api.show(image.id), NotFound)
+
+    def test_deactivate_reactivate(self) -> None:
+        """The admin actions change the status of an active image."""
+        image = self.new_image()
+        self.wait(self.api.upload(image.id, io.BytesIO(b"abc")))
+        self.wait(self.api.deactivate(image.id))
+        self.assertEqual(self.wait(self.api.show(image.id)).status, "deactivated")
+        self.wait(self.api.reactivate(image.id))
+        self.assertEqual(self.wait(self.api.show(image.id)).status, "active")
+
+    def test_tags(self) -> None:
+        """add_tag and remove_tag change the image's tags (any characters)."""
+        image = self.new_image()
+        self.wait(self.api.add_tag(image.id, "a b"))
+        self.wait(self.api.add_tag(image.id, "d"))
+        self.assertEqual(self.wait(self.api.show(image.id)).tags, {"a b", "d"})
+        self.wait(self.api.remove_tag(image.id, "a b"))
+        self.assertEqual(self.wait(self.api.show(image.id)).tags, {"d"})
+
+    def test_members(self) -> None:
+        """Members are added (pending), listed, shown, updated, removed."""
+        image = self.new_image(visibility="shared")
+        added = self.wait(self.api.add_member(image.id, "project-b"))
+        self.assertIsInstance(added, MemberInfo)
+        self.assertEqual((added.image_id, added.member_id, added.status),
+                         (image.id, "project-b", "pending"))
+        self.assertEqual(self.wait(self.api.list_members(image.id)), [added])
+        self.assertEqual(self.wait(self.api.show_member(image.id, "project-b")), added)
+        accepted = self.wait(self.api.update_member(image.id, "project-b", "accepted"))
+        self.assertEqual(accepted.status, "accepted")
+        self.wait(self.api.remove_member(image.id, "project-b"))
+        self.assertEqual(self.wait(self.api.list_members(image.id)), [])
+
+    def test_stores(self) -> None:
+        """stores() lists the enabled stores, the default marked."""
+        self.assertEqual(self.wait(self.api.stores()), [StoreInfo("file", default=True)])
+
+
+class RefusalTests(MemoryClientTestCase):
+    """The server's refusals arrive as typed errors with its message."""
+
+    def test_not_found(self) -> None:
+        missing = "8c4b2a1e-3f00-4d0e-9b6a-1a2b3c4d5e6f"
+        error = self.failure(self.api.show(missing), NotFound)
+        self.assertEqual(error.status, 404)
+        self.assertIn(missing, error.message)
+
+    def test_forbidden(self) -> None:
+        """A read-only field in a patch: 403 with glance's message."""
+        image = self.new_image()
+        error = self.failure(self.api.update(image.id, set={"size": 3}), Forbidden)
+        self.assertEqual((error.status, error.message), (403, "Attribute 'size' is read-only."))
+
+    def test_bad_request(self) -> None:
+        error = self.failure(self.api.create(min_ram="lots"), BadRequest)
+        self.assertEqual(error.status, 400)
+        self.assertIn("min_ram", error.message)
+
+    def test_conflict(self) -> None:
+        """A second upload to an image with data: 409."""
+        image = self.new_image()
+        self.wait(self.api.upload(image.id, io.BytesIO(b"abc")))
+        error = self.failure(self.api.upload(image.id, io.BytesIO(b"abc")), Conflict)
+        self.assertIn("queued", error.message)
+
+
+class ErrorParsingTests(SynchronousTestCase):
+    """Error bodies in each shape servers send."""
+
+    def test_glance_tx_shape(self) -> None:
+        body = b'{"error": {"code": 404, "title": "Not Found", "message": "No image x"}}'
+        error = error_for(404, body, "application/json")
+        self.assertIsInstance(error, NotFound)
+        self.assertEqual((error.status, error.message), (404, "No image x"))
+
+    def test_webob_json(self) -> None:
+        """webob's JSON error (OpenStack Glance asked for JSON) is flat."""
+        body = b'{"code": "409 Conflict", "title": "Conflict", "message": "Image is active"}'
+        self.assertEqual(server_message(409, "application/json", body), "Image is active")
+
+    def test_webob_text(self) -> None:
+        """OpenStack Glance's usual answer: webob's plain-text page."""
+        body = b"404 Not Found\n\nNo image found with ID abc\n\n   "
+        self.assertEqual(server_message(404, "text/plain", body), "No image found with ID abc")
+
+    def test_html(self) -> None:
+        body = (b"<html><head><title>401 Unauthorized</title></head><body>"
+                b"<h1>401 Unauthorized</h1>This server could not verify.<br /><br />"
+                b"</body></html>")
+        error = error_for(401, body, "text/html")
+        self.assertIsInstance(error, Unauthorized)
+        self.assertEqual(error.message, "This server could not verify.")
+
+    def test_empty_body(self) -> None:
+        self.assertEqual(error_for(403, b"").message, "Forbidden")
+
+    def test_retry_after(self) -> None:
+        """A 503 keeps Retry-After, as seconds or as an HTTP date."""
+        error = error_for(503, b"", retry_after="7")
+        assert isinstance(error, ServiceUnavailable)
+        self.assertEqual(error.retry_after, 7)
+        dated = error_for(503, b"", retry_after="Thu, 01 Jan 1970 00:01:40 GMT", now=90)
+        assert isinstance(dated, ServiceUnavailable)
+        self.assertEqual(dated.retry_after, 10)
+
+    def test_other_status(self) -> None:
+        """A status with no class of its own is a plain HTTPError."""
+        error = error_for(418, b"teapot")
+        self.assertIs(type(error), HTTPError)
+        self.assertEqual(str(error), "418 I'm a Teapot: teapot")
+
+
+class DataTests(MemoryClientTestCase):
+    """Uploads and downloads in memory."""
+
+    def uploaded(self, body: bytes) -> ImageInfo:
+        image = self.new_image()
+        self.wait(self.api.upload(image.id, io.BytesIO(body)))
+        return self.wait(self.api.show(image.id))
+
+    def test_upload_from_path(self) -> None:
+        """A path is read and sent whole: the server's hashes match."""
+        body = data(3 * MiB + 5)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(body)
+        image = self.new_image()
+        self.wait(self.api.upload(image.id, path))
+        shown = self.wait(self.api.show(image.id))
+        self.assertEqual(
+            (shown.status, shown.size, shown.checksum, shown.os_hash_value),
+            ("active", len(body), hashlib.md5(body).hexdigest(),
+             hashlib.sha512(body).hexdigest()),
+        )
+
+    def test_upload_from_pipe_like_object(self) -> None:
+        """A file object with no size is sent chunked, to its end."""
+        body = data(MiB + 1, seed=2)
+        shown = self.uploaded(body)
+        self.assertEqual((shown.size, shown.checksum), (len(body), hashlib.md5(body).hexdigest()))
+
+    def test_download_to_file_object(self) -> None:
+        """download() writes the bytes and says how it checked them."""
+        body = data(2 * MiB + 3)
+        image = self.uploaded(body)
+        out = io.BytesIO()
+        result = self.wait(self.api.download(image.id, out))
+        self.assertEqual(out.getvalue(), body)
+        self.assertEqual(
+            (result.size, result.algorithm, result.hexdigest, result.resumed),
+            (len(body), "sha512", hashlib.sha512(body).hexdigest(), 0),
+        )
+
+    def test_download_to_path(self) -> None:
+        """A path gets the data, and nothing else is left beside it."""
+        body = data(MiB)
+        image = self.uploaded(body)
+        directory = self.mktemp()
+        os.mkdir(directory)
+        path = os.path.join(directory, "image.raw")
+        self.wait(self.api.download(image.id, path))
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), body)
+        self.assertEqual(os.listdir(directory), ["image.raw"])
+
+    def corrupt_store(self) -> None:
+        """Flip one byte of the (one) stored image file, size unchanged."""
+        (stored,) = self.stored_files()
+        with open(stored, "r+b") as f:
+            f.seek(1000)
+            byte = f.read(1)
+            f.seek(1000)
+            f.write(bytes([byte[0] ^ 0xFF]))
+
+    def test_corrupt_download_caught(self) -> None:
+        """Bytes that do not hash to os_hash_value: CorruptDownload, and
+        the destination path is never created."""
+        body = data(MiB)
+        image = self.uploaded(body)
+        self.corrupt_store()
+        directory = self.mktemp()
+        os.mkdir(directory)
+        error = self.failure(
+            self.api.download(image.id, os.path.join(directory, "x")), CorruptDownload
+        )
+        self.assertEqual((error.algorithm, error.expected), ("sha512", image.os_hash_value))
+        self.assertEqual(os.listdir(directory), [])
+
+    def test_md5_fallback(self) -> None:
+        """Without os_hash_value the md5 checksum is what is checked."""
+        body = data(10_000)
+        image = self.uploaded(body)
+        # What an old (pre-Rocky) Glance shows: no multihash.
+        self.registry_without_multihash(image.id)
+        result = self.wait(self.api.download(image.id, io.BytesIO()))
+        self.assertEqual((result.algorithm, result.hexdigest), ("md5", hashlib.md5(body).hexdigest()))
+        self.corrupt_store()
+        error = self.failure(self.api.download(image.id, io.BytesIO()), CorruptDownload)
+        self.assertEqual(error.algorithm, "md5")
+
+    def registry_without_multihash(self, image_id: str) -> None:
+        from glance_tx.images import ImageUpdate
+
+        self.successResultOf(
+            self.registry.update(
+                image_id, ImageUpdate(fields={"os_hash_algo": None, "os_hash_value": None})
+            )
+        )
+
+    def test_no_data(self) -> None:
+        """A queued image has no data: NoImageData, not an empty file."""
+        image = self.new_image()
+        self.failure(self.api.download(image.id, io.BytesIO()), NoImageData)
+
+
+class FileBodyTests(SynchronousTestCase):
+    """The upload body producer on its own."""
+
+    def test_reads_off_the_reactor_one_block_at_a_time(self) -> None:
+        """Each block is read on the runner, only after the last was
+        written, and not while paused."""
+        runner = ManualRunner()
+        body = FileBody(io.BytesIO(b"x" * 10), runner, 10, block_size=4)
+        consumer = StringTransport()
+        done = body.startProducing(consumer)
+        self.assertEqual((runner.pending(), consumer.value()), (1, b""))
+        runner.run_one()
+        self.assertEqual(consumer.value(), b"xxxx")
+        body.pauseProducing()
+        runner.run_one()
+        self.assertEqual(runner.pending(), 0)
+        self.assertEqual(consumer.value(), b"xxxxxxxx")
+        body.resumeProducing()
+        runner.run_all()
+        self.assertEqual(consumer.value(), b"x" * 10)
+        self.assertIsNone(self.successResultOf(done))
+        self.assertEqual(body.largest_block, 4)
+
+    def test_length(self) -> None:
+        """A known size is the body's length; else chunked (unknown)."""
+        self.assertEqual(FileBody(io.BytesIO(), SynchronousRunner(), 3).length, 3)
+        self.assertIs(FileBody(io.BytesIO(), SynchronousRunner()).length, UNKNOWN_LENGTH)
+
+    def test_short_file_fails(self) -> None:
+        """A file that ends before the size declared fails the body."""
+        body = FileBody(io.BytesIO(b"abc"), SynchronousRunner(), 5)
+        self.failureResultOf(body.startProducing(StringTransport()), ClientError)
+
+    def test_stopped_never_fires(self) -> None:
+        """Once stopped, no more is read and the Deferred never fires."""
+        runner = ManualRunner()
+        body = FileBody(io.BytesIO(b"abcdef"), runner, 6, block_size=2)
+        consumer = StringTransport()
+        done = body.startProducing(consumer)
+        body.stopProducing()
+        runner.run_all()
+        self.assertNoResult(done)
+        self.assertEqual(consumer.value(), b"")
+
+    def test_readable_length(self) -> None:
+        """What is left of a regular file; None for other objects."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"abcdef")
+        with open(path, "rb") as f:
+            f.read(2)
+            self.assertEqual(readable_length(f), 4)
+        self.assertIsNone(readable_length(io.BytesIO(b"abc")))
+
+
+class DataSinkTests(SynchronousTestCase):
+    """The download sink on its own."""
+
+    def test_backpressure(self) -> None:
+        """Past the high watermark the producer is paused; it resumes once
+        the writes catch up; everything is written in order and hashed."""
+        runner = ManualRunner()
+        out = io.BytesIO()
+        sink = DataSink(out, hashlib.sha512(), runner, batch_size=4,
+                        high_watermark=8, low_watermark=4)
+        producer = StringTransport()
+        sink.attach(producer)
+        for piece in (b"aaaa", b"bbbb", b"cccc"):
+            sink.write(piece)
+        self.assertEqual(producer.producerState, "paused")
+        self.assertEqual(runner.pending(), 3)
+        runner.run_one()
+        self.assertEqual(producer.producerState, "paused")
+        runner.run_one()
+        self.assertEqual(producer.producerState, "producing")
+        d = Deferred.fromCoroutine(sink.drain())
+        runner.run_all()
+        self.successResultOf(d)
+        self.assertEqual(out.getvalue(), b"aaaabbbbcccc")
+        self.assertEqual(sink.hexdigest(), hashlib.sha512(b"aaaabbbbcccc").hexdigest())
+        self.assertEqual(sink.peak_held, 12)
+
+    def test_write_failure(self) -> None:
+        """A failed write stops the producer; drain raises it."""
+
+        class Full(io.BytesIO):
+            def write(self, data: Any) -> int:
+                raise OSError(28, "No space left on device")
+
+        sink = DataSink(Full(), None, SynchronousRunner(), batch_size=1)
+        producer = StringTransport()
+        sink.attach(producer)
+        sink.write(b"x")
+        self.assertTrue(sink.failed)
+        self.assertEqual(producer.producerState, "stopped")
+        self.failureResultOf(Deferred.fromCoroutine(sink.drain()), OSError)
