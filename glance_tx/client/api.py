@@ -109,7 +109,8 @@ class Client:
     reactor: Any
     token: str | None = field(default=None, repr=False)
     runner: BlockingRunner = field(default=Factory(_default_runner, takes_self=True))
-    #: Seconds to wait for each answer's head; None: no limit.
+    #: Seconds to wait for each answer's head, and the longest a download
+    #: may go without a byte before it is resumed; None: no limit.
     timeout: float | None = None
     #: How many times one download resumes after a dropped connection.
     resumes: int = 3
@@ -379,7 +380,7 @@ class Client:
         try:
             result = await self._download(image, file)
             await self.runner.run(_commit, file, path)
-        except BaseException:
+        except Exception:
             await self.runner.run(_discard, file)
             raise
         return result
@@ -403,7 +404,7 @@ class Client:
                 skip = self._resumed_at(response, sink.received, image)
                 if etag is None:
                     etag = _first(response.headers.getRawHeaders(b"etag"))
-                ended = await receive(response, sink, skip)
+                ended = await receive(response, sink, self.reactor, skip, self.timeout)
             except _DROPPED as e:
                 reason = str(e)
             else:

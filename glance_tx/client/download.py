@@ -23,7 +23,7 @@ from typing import IO, Any, cast
 from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
@@ -31,7 +31,7 @@ from twisted.web.iweb import IResponse
 from glance_tx.backpressure import PauseGate, Watermarks
 from glance_tx.threads import BlockingRunner
 
-__all__ = ["DataSink", "new_hash", "receive"]
+__all__ = ["BodyStalled", "DataSink", "new_hash", "receive"]
 
 MiB = 1 << 20
 
@@ -69,6 +69,11 @@ class DataSink:
 
     def __attrs_post_init__(self) -> None:
         self._watermarks = Watermarks(self.high_watermark, self.low_watermark)
+
+    @property
+    def paused(self) -> bool:
+        """Whether the sink is holding its producer back."""
+        return self._gate.paused
 
     @property
     def failed(self) -> bool:
@@ -138,18 +143,49 @@ def _nothing() -> None:
 
 
 class _Receiver(Protocol):
-    """One response body into the sink, its first C{skip} bytes dropped."""
+    """
+    One response body into the sink, its first C{skip} bytes dropped.
 
-    def __init__(self, sink: DataSink, skip: int, ended: Deferred[BaseException]) -> None:
+    With an C{idle_timeout}, a body that sends nothing for that long while
+    the sink is not holding it back is given up (its connection closed),
+    so that a stalled link is resumed rather than waited on for ever.
+    """
+
+    def __init__(
+        self,
+        sink: DataSink,
+        skip: int,
+        ended: Deferred[BaseException],
+        clock: IReactorTime,
+        idle_timeout: float | None,
+    ) -> None:
         self.sink = sink
         self.skip = skip
         self.ended = ended
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self._idle: IDelayedCall | None = None
+        self.stalled = False
 
     def connectionMade(self) -> None:
         # twisted.web.client documents the body transport as a push producer.
         self.sink.attach(cast(IPushProducer, self.transport))
+        if self.idle_timeout is not None:
+            self._idle = self.clock.callLater(self.idle_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        assert self.idle_timeout is not None
+        if self.sink.paused:
+            # Our own disk is the slow side: not the link's fault.
+            self._idle = self.clock.callLater(self.idle_timeout, self._check_idle)
+            return
+        self._idle = None
+        self.stalled = True
+        cast(IPushProducer, self.transport).stopProducing()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._idle is not None:
+            self._idle.reset(cast(float, self.idle_timeout))
         if self.sink.failed:
             return
         if self.skip:
@@ -161,17 +197,34 @@ class _Receiver(Protocol):
         self.sink.write(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         self.sink.detach()
+        ended = reason.value if reason.value is not None else ConnectionDone()
+        if self.stalled:
+            ended = BodyStalled(f"No data for {self.idle_timeout} seconds")
         # The exception, not the Failure: a Failure would errback.
-        self.ended.callback(reason.value if reason.value is not None else ConnectionDone())
+        self.ended.callback(ended)
 
 
-async def receive(response: IResponse, sink: DataSink, skip: int = 0) -> BaseException:
+class BodyStalled(Exception):
+    """A response body sent nothing for longer than the idle timeout."""
+
+
+async def receive(
+    response: IResponse,
+    sink: DataSink,
+    clock: IReactorTime,
+    skip: int = 0,
+    idle_timeout: float | None = None,
+) -> BaseException:
     """
     Deliver C{response}'s body into C{sink}, dropping its first C{skip}
-    bytes (what a server that ignored a C{Range} sends again). Returns the
-    exception the body ended with: C{ResponseDone} if whole, else why not.
+    bytes (what a server that ignored a C{Range} sends again), giving up
+    after C{idle_timeout} seconds without a byte. Returns the exception
+    the body ended with: C{ResponseDone} if whole, else why not.
     """
     ended: Deferred[BaseException] = Deferred()
-    response.deliverBody(_Receiver(sink, skip, ended))
+    response.deliverBody(_Receiver(sink, skip, ended, clock, idle_timeout))
     return await ended
