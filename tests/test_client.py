@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import threading
 import tracemalloc
@@ -26,6 +27,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from glance_tx.client import (
@@ -40,6 +43,8 @@ from glance_tx.client import (
     MemberInfo,
     NoImageData,
     NotFound,
+    PreconditionFailed,
+    RequestEntityTooLarge,
     ServiceUnavailable,
     StoreInfo,
     Unauthorized,
@@ -54,11 +59,13 @@ from tests.api_fixtures import BASE, SiteTestCase
 from tests.cutting_relay import CuttingRelay
 from tests.fakes import ManualRunner
 from tests.live_server import (
+    IdentityProxy,
     listening_port,
     live_config,
     settled_client,
     start_glance_tx,
 )
+from tests.memory_http import memory_client
 
 T = TypeVar("T")
 MiB = 1 << 20
@@ -547,9 +554,10 @@ class LiveClientTestCase(TestCase):
     """A Client against a real glance-tx on a real socket."""
 
     timeout = 300
+    config_text = ""
 
     async def _start(self) -> None:
-        config = live_config(self)
+        config = live_config(self, self.config_text)
         self.service = await start_glance_tx(config, self.addCleanup, "client-live")
         self.port = listening_port(self.service)
         self.images_dir = filesystem_datadir(config.store("file"), config.data_dir)
@@ -691,6 +699,140 @@ class LiveStreamingTests(LiveClientTestCase):
         self.assertEqual((shown.size, shown.checksum), (len(body), hashlib.md5(body).hexdigest()))
 
 
+class LiveRefusalTests(LiveClientTestCase):
+    config_text = f"[DEFAULT]\nimage_size_cap = {MiB}\n"
+
+    async def test_too_large_mid_upload(self) -> None:
+        """Data past image_size_cap: RequestEntityTooLarge with the
+        server's message, though the body was still being sent."""
+        image = await self.api.create(name="big", disk_format="raw", container_format="bare")
+        with self.assertRaises(RequestEntityTooLarge) as caught:
+            await self.api.upload(image.id, io.BytesIO(data(8 * MiB)), size=8 * MiB)
+        self.assertEqual(caught.exception.status, 413)
+        self.assertIn("size", caught.exception.message)
+
+    async def test_unauthorized(self) -> None:
+        """A token the identity layer does not know: Unauthorized."""
+        proxy = await IdentityProxy.start(self.api.url)
+        self.addCleanup(proxy.stop)
+        api = Client(proxy.url, self.http, reactor, token="nobody-knows-me")
+        with self.assertRaises(Unauthorized) as caught:
+            await api.show(IMAGE_ID)
+        self.assertEqual(caught.exception.message, "unknown token")
+
+
 def _write_and_close(fd: int, body: bytes) -> None:
     with open(fd, "wb") as f:
         f.write(body)
+
+
+class ScriptedImageServer(Resource):
+    """
+    An Images API v2 holding one image, C{body}, whose data answers are
+    scripted: the first is cut after C{cut_at} bytes; each later one is
+    C{resume_status} (206 as asked, 200 ignoring the Range, 412 as if the
+    image had changed), its Content-Range starting at C{range_offset}
+    bytes past the one asked for. Every data request's headers are kept.
+    """
+
+    isLeaf = True
+
+    def __init__(self, body: bytes, cut_at: int) -> None:
+        super().__init__()
+        self.body = body
+        self.cut_at = cut_at
+        self.resume_status = 206
+        self.range_offset = 0
+        self.unavailable = False
+        self.file_requests: list[Headers] = []
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "id": IMAGE_ID, "status": "active", "size": len(self.body),
+            "checksum": hashlib.md5(self.body).hexdigest(), "os_hash_algo": "sha512",
+            "os_hash_value": hashlib.sha512(self.body).hexdigest(),
+        }
+
+    def render(self, request: Any) -> Any:
+        if self.unavailable:
+            request.setResponseCode(503)
+            request.setHeader(b"Retry-After", b"30")
+            return b"503 Service Unavailable\n\nThe registry is not answering\n\n"
+        if not request.path.endswith(b"/file"):
+            request.setHeader(b"Content-Type", b"application/json")
+            return json.dumps(self.document()).encode()
+        self.file_requests.append(request.requestHeaders.copy())
+        request.setHeader(b"ETag", b'"v1"')
+        if len(self.file_requests) == 1:
+            request.setHeader(b"Content-Length", b"%d" % len(self.body))
+            request.write(self.body[: self.cut_at])
+            request.channel.transport.loseConnection()
+            return NOT_DONE_YET
+        if self.resume_status == 412:
+            request.setResponseCode(412)
+            return b'{"error": {"code": 412, "message": "If-Match: no current representation matches"}}'
+        if self.resume_status == 200:
+            return self.body
+        start = int(request.getHeader(b"range").split(b"=")[1].rstrip(b"-")) + self.range_offset
+        request.setResponseCode(206)
+        request.setHeader(b"Content-Range", b"bytes %d-%d/%d" % (start, len(self.body) - 1, len(self.body)))
+        return self.body[start:]
+
+
+IMAGE_ID = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+
+
+class ResumeTests(SynchronousTestCase):
+    """How a download resumes, against a scripted server in memory."""
+
+    def setUp(self) -> None:
+        self.body = data(300_000, seed=9)
+        self.server = ScriptedImageServer(self.body, cut_at=100_000)
+        self.http, self.agent = memory_client(Site(self.server))
+        self.clock = MemoryReactorClock()
+        self.api = Client(BASE, self.http, self.clock, runner=SynchronousRunner())
+
+    def download(self) -> Deferred[Any]:
+        self.out = io.BytesIO()
+        d = Deferred.fromCoroutine(self.api.download(IMAGE_ID, self.out))
+        for _ in range(50):
+            if d.called:
+                break
+            self.agent.flush()
+            self.clock.advance(1)
+        return d
+
+    def test_resumes_with_range_and_if_match(self) -> None:
+        """The second request asks for the rest, on the first's ETag."""
+        result = self.successResultOf(self.download())
+        self.assertEqual((self.out.getvalue(), result.resumed), (self.body, 1))
+        resumed = self.server.file_requests[1]
+        self.assertEqual(resumed.getRawHeaders(b"range"), [b"bytes=100000-"])
+        self.assertEqual(resumed.getRawHeaders(b"if-match"), [b'"v1"'])
+
+    def test_server_ignoring_range(self) -> None:
+        """A 200 to the resume: what had arrived is skipped, not doubled."""
+        self.server.resume_status = 200
+        result = self.successResultOf(self.download())
+        self.assertEqual((self.out.getvalue(), result.resumed), (self.body, 1))
+
+    def test_image_changed(self) -> None:
+        """A 412 to the resume (the ETag moved): PreconditionFailed, and
+        nothing spliced on."""
+        self.server.resume_status = 412
+        error = self.failureResultOf(self.download(), PreconditionFailed).value
+        self.assertIn("If-Match", error.message)
+        self.assertTrue(self.body[:100_000].startswith(self.out.getvalue()))
+
+    def test_wrong_content_range(self) -> None:
+        """A 206 from another offset than asked is refused, not spliced."""
+        self.server.range_offset = 10
+        self.failureResultOf(self.download(), ClientError)
+
+    def test_service_unavailable(self) -> None:
+        """A 503 carries the server's message and its Retry-After."""
+        self.server.unavailable = True
+        d = Deferred.fromCoroutine(self.api.show(IMAGE_ID))
+        self.agent.flush()
+        error = self.failureResultOf(d, ServiceUnavailable).value
+        self.assertEqual((error.message, error.retry_after), ("The registry is not answering", 30))

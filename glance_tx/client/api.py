@@ -18,13 +18,14 @@ import json
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import quote
 
 from attrs import Factory, define, field
 from treq import collect, content
 from treq.client import HTTPClient
 from twisted.internet.error import ConnectError, ConnectionLost
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
@@ -93,7 +94,9 @@ def _segment(value: str) -> str:
 
 
 def _default_runner(client: Client) -> BlockingRunner:
-    return ThreadPoolRunner(client.reactor, client.reactor.getThreadPool())
+    """The reactor's own thread pool (a reactor with threads, as all real ones)."""
+    reactor = cast(IReactorThreads, client.reactor)
+    return ThreadPoolRunner(reactor, reactor.getThreadPool())
 
 
 @define
@@ -106,7 +109,7 @@ class Client:
 
     url: str = field(converter=lambda url: url.rstrip("/").removesuffix("/v2"))
     http: HTTPClient
-    reactor: Any
+    reactor: IReactorTime
     token: str | None = field(default=None, repr=False)
     runner: BlockingRunner = field(default=Factory(_default_runner, takes_self=True))
     #: Seconds to wait for each answer's head, and the longest a download
@@ -153,7 +156,8 @@ class Client:
             params=params,
             data=body,
             unbuffered=True,
-            reactor=self.reactor,
+            # treq types it as a whole reactor but uses only callLater.
+            reactor=cast(Any, self.reactor),
             timeout=self.timeout,
         )
         if response.code not in expect:
