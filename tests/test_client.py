@@ -26,10 +26,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from glance_tx.client import (
     BadRequest,
@@ -442,25 +443,29 @@ class DataTests(MemoryClientTestCase):
 class FileBodyTests(SynchronousTestCase):
     """The upload body producer on its own."""
 
-    def test_reads_off_the_reactor_one_block_at_a_time(self) -> None:
-        """Each block is read on the runner, only after the last was
-        written, and not while paused."""
+    def test_reads_off_the_reactor_one_block_ahead(self) -> None:
+        """Each block is read on the runner; the next is read while the
+        last is sent, but not written while paused, and no further read
+        starts until it is: two blocks held at most."""
         runner = ManualRunner()
         body = FileBody(io.BytesIO(b"x" * 10), runner, 10, block_size=4)
         consumer = StringTransport()
         done = body.startProducing(consumer)
         self.assertEqual((runner.pending(), consumer.value()), (1, b""))
         runner.run_one()
-        self.assertEqual(consumer.value(), b"xxxx")
+        self.assertEqual((runner.pending(), consumer.value()), (1, b"xxxx"))
         body.pauseProducing()
         runner.run_one()
-        self.assertEqual(runner.pending(), 0)
-        self.assertEqual(consumer.value(), b"xxxxxxxx")
+        self.assertEqual((runner.pending(), consumer.value()), (0, b"xxxx"))
         body.resumeProducing()
+        self.assertEqual((runner.pending(), consumer.value()), (1, b"xxxxxxxx"))
         runner.run_all()
         self.assertEqual(consumer.value(), b"x" * 10)
         self.assertIsNone(self.successResultOf(done))
         self.assertEqual(body.largest_block, 4)
+
+    def test_provides_body_producer(self) -> None:
+        verifyObject(IBodyProducer, FileBody(io.BytesIO(), SynchronousRunner(), 0))
 
     def test_length(self) -> None:
         """A known size is the body's length; else chunked (unknown)."""

@@ -17,7 +17,7 @@ import stat
 from typing import IO, Any
 
 from attrs import define, field
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
@@ -68,6 +68,7 @@ class FileBody:
     largest_block: int = field(default=0, init=False)
     _resumed: Deferred[None] | None = field(default=None, init=False)
     _stopped: bool = field(default=False, init=False)
+    _reading: int = field(default=0, init=False)
 
     @property
     def length(self) -> Any:
@@ -88,29 +89,39 @@ class FileBody:
         Deferred.fromCoroutine(self._produce(consumer)).addBoth(finished)
         return done
 
+    def _read_next(self) -> Deferred[bytes]:
+        """Start reading the next block (b"" once C{size} bytes are sent)."""
+        want = self.block_size
+        if self.size is not None:
+            want = min(want, self.size - self.sent - self._reading)
+            if want == 0:
+                return succeed(b"")
+        self._reading = want
+        return self.runner.run(self.file.read, want)
+
     async def _produce(self, consumer: IConsumer) -> None:
-        while not self._stopped:
-            while self._resumed is not None:
-                await self._resumed
-            if self._stopped:
-                return
-            want = self.block_size
-            if self.size is not None:
-                want = min(want, self.size - self.sent)
-                if want == 0:
-                    return
-            block: bytes = await self.runner.run(self.file.read, want)
+        # The next block is read while the last one is being sent, so the
+        # socket does not idle while the disk is read: two blocks at most.
+        reading = self._read_next()
+        while True:
+            block: bytes = await reading
+            self._reading = 0
             if self._stopped:
                 return
             if not block:
-                if self.size is not None:
+                if self.size is not None and self.sent < self.size:
                     raise ClientError(
                         f"The file ended after {self.sent} of the {self.size} bytes to upload"
                     )
                 return
             self.largest_block = max(self.largest_block, len(block))
+            while self._resumed is not None:
+                await self._resumed
+            if self._stopped:
+                return
             self.sent += len(block)
             consumer.write(block)
+            reading = self._read_next()
 
     def pauseProducing(self) -> None:
         if self._resumed is None:
