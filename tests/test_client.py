@@ -36,6 +36,7 @@ from glance_tx.client import (
     BadRequest,
     Client,
     Conflict,
+    ConnectionFailed,
     CorruptDownload,
     DownloadInterrupted,
     Forbidden,
@@ -48,6 +49,7 @@ from glance_tx.client import (
     RequestEntityTooLarge,
     ServiceUnavailable,
     StoreInfo,
+    TimedOut,
     Unauthorized,
     json_patch,
 )
@@ -704,6 +706,22 @@ class LiveStreamingTests(LiveClientTestCase):
         self.assertEqual((shown.size, shown.checksum), (len(body), hashlib.md5(body).hexdigest()))
 
 
+class LiveConnectionTests(LiveClientTestCase):
+    async def test_connection_refused(self) -> None:
+        """Nothing listening: ConnectionFailed naming the server, not the
+        token."""
+        port = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
+        number = port.getHost().port
+        await port.stopListening()
+        api = Client(f"http://127.0.0.1:{number}", self.http, reactor, token=TOKEN)
+        with self.assertRaises(ConnectionFailed) as caught:
+            await api.show(IMAGE_ID)
+        message = str(caught.exception)
+        self.assertIn(f"Could not reach http://127.0.0.1:{number}: ", message)
+        self.assertIn("refused", message)
+        self.assertNotIn(TOKEN, message)
+
+
 class LiveRefusalTests(LiveClientTestCase):
     config_text = f"[DEFAULT]\nimage_size_cap = {MiB}\n"
 
@@ -749,6 +767,7 @@ class ScriptedImageServer(Resource):
         self.resume_status = 206
         self.range_offset = 0
         self.unavailable = False
+        self.hang = False
         self.file_requests: list[Headers] = []
 
     def document(self) -> dict[str, Any]:
@@ -759,6 +778,8 @@ class ScriptedImageServer(Resource):
         }
 
     def render(self, request: Any) -> Any:
+        if self.hang:
+            return NOT_DONE_YET
         if self.unavailable:
             request.setResponseCode(503)
             request.setHeader(b"Retry-After", b"30")
@@ -833,6 +854,19 @@ class ResumeTests(SynchronousTestCase):
         """A 206 from another offset than asked is refused, not spliced."""
         self.server.range_offset = 10
         self.failureResultOf(self.download(), ClientError)
+
+    def test_timeout(self) -> None:
+        """No answer within the timeout: TimedOut, a ConnectionFailed."""
+        self.server.hang = True
+        api = Client(BASE, self.http, self.clock, runner=SynchronousRunner(), timeout=5)
+        d = Deferred.fromCoroutine(api.show(IMAGE_ID))
+        self.agent.flush()
+        self.clock.advance(4)
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        error = self.failureResultOf(d, TimedOut).value
+        self.assertIsInstance(error, ConnectionFailed)
+        self.assertIn("within 5 seconds", str(error))
 
     def test_service_unavailable(self) -> None:
         """A 503 carries the server's message and its Retry-After."""

@@ -8,6 +8,7 @@ from glance_tx.client.errors import (
     BadRequest,
     ClientError,
     Conflict,
+    ConnectionFailed,
     CorruptDownload,
     DownloadInterrupted,
     Forbidden,
@@ -17,6 +18,7 @@ from glance_tx.client.errors import (
     PreconditionFailed,
     RequestEntityTooLarge,
     ServiceUnavailable,
+    TimedOut,
     Unauthorized,
 )
 from glance_tx.client.values import DownloadResult, ImageInfo, MemberInfo, StoreInfo
@@ -27,6 +29,7 @@ __all__ = [
     "Client",
     "ClientError",
     "Conflict",
+    "ConnectionFailed",
     "CorruptDownload",
     "DownloadInterrupted",
     "DownloadResult",
@@ -40,6 +43,7 @@ __all__ = [
     "RequestEntityTooLarge",
     "ServiceUnavailable",
     "StoreInfo",
+    "TimedOut",
     "Unauthorized",
     "json_patch",
 ]

@@ -19,7 +19,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import IO, Any, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from attrs import Factory, define, field
 from treq import collect, content
@@ -36,14 +36,17 @@ from glance_tx.bodies import BytesBody
 from glance_tx.client.download import DataSink, new_hash, receive
 from glance_tx.client.errors import (
     ClientError,
+    ConnectionFailed,
     CorruptDownload,
     DownloadInterrupted,
     HTTPError,
     NoImageData,
+    TimedOut,
     error_for,
 )
 from glance_tx.client.upload import FileBody, readable_length
 from glance_tx.client.values import DownloadResult, ImageInfo, MemberInfo, StoreInfo
+from glance_tx.store.describe import describe
 from glance_tx.threads import BlockingRunner, ThreadPoolRunner
 
 __all__ = ["PATCH_MEDIA_TYPE", "Client", "json_patch"]
@@ -55,8 +58,8 @@ PATCH_MEDIA_TYPE = "application/openstack-images-v2.1-json-patch"
 #: An error body read past this is cut: the message is in the first bytes.
 MAX_ERROR_BODY = 64 * 1024
 
-#: How a connection fails before an answer arrives, or while a body does.
-_DROPPED = (ConnectError, ConnectionLost, ResponseFailed, ResponseNeverReceived)
+#: How a connection fails before an answer arrives.
+_UNREACHABLE = (ConnectError, ConnectionLost, ResponseFailed, ResponseNeverReceived)
 
 Source = str | os.PathLike[str] | IO[bytes]
 
@@ -124,6 +127,12 @@ class Client:
 
     # -- plumbing -------------------------------------------------------------
 
+    @property
+    def _server(self) -> str:
+        """The server's scheme, host and port: what errors may name."""
+        parsed = urlsplit(self.url)
+        return f"{parsed.scheme}://{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
+
     def _url(self, *segments: str) -> str:
         return "/".join([self.url, "v2", *(_segment(s) for s in segments)])
 
@@ -149,17 +158,30 @@ class Client:
         is in C{expect}, else raise the typed error the server's answer
         stands for.
         """
-        response: IResponse = await self.http.request(
+        d = self.http.request(
             method,
             url,
             headers=self._headers(headers),
             params=params,
             data=body,
             unbuffered=True,
-            # treq types it as a whole reactor but uses only callLater.
-            reactor=cast(Any, self.reactor),
-            timeout=self.timeout,
         )
+        timer = None
+        if self.timeout is not None:
+            timer = self.reactor.callLater(self.timeout, d.cancel)
+        try:
+            response: IResponse = await d
+        except Exception as e:
+            if timer is not None and not timer.active():
+                raise TimedOut(
+                    f"No answer from {self._server} within {self.timeout} seconds"
+                ) from e
+            if isinstance(e, _UNREACHABLE):
+                raise ConnectionFailed(f"Could not reach {self._server}: {_why(e)}") from e
+            raise
+        finally:
+            if timer is not None and timer.active():
+                timer.cancel()
         if response.code not in expect:
             raise await self._error(response)
         return response
@@ -409,7 +431,7 @@ class Client:
                 if etag is None:
                     etag = _first(response.headers.getRawHeaders(b"etag"))
                 ended = await receive(response, sink, self.reactor, skip, self.timeout)
-            except _DROPPED as e:
+            except ConnectionFailed as e:
                 reason = str(e)
             else:
                 if isinstance(ended, ResponseDone) or sink.received == image.size:
@@ -482,6 +504,13 @@ def _discard(file: IO[bytes]) -> None:
         os.unlink(file.name)
     except FileNotFoundError:
         pass
+
+
+def _why(error: BaseException) -> str:
+    """What went wrong with a connection, in a line (no file names)."""
+    if isinstance(error, ResponseFailed | ResponseNeverReceived) and error.reasons:
+        error = error.reasons[0].value
+    return describe(error)
 
 
 def _first(values: list[bytes] | None) -> str | None:

@@ -27,6 +27,7 @@ __all__ = [
     "BadRequest",
     "ClientError",
     "Conflict",
+    "ConnectionFailed",
     "CorruptDownload",
     "DownloadInterrupted",
     "Forbidden",
@@ -36,6 +37,7 @@ __all__ = [
     "PreconditionFailed",
     "RequestEntityTooLarge",
     "ServiceUnavailable",
+    "TimedOut",
     "Unauthorized",
     "error_for",
     "server_message",
@@ -110,6 +112,18 @@ _BY_STATUS: dict[int, type[HTTPError]] = {
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: RequestEntityTooLarge,
     HTTPStatus.SERVICE_UNAVAILABLE: ServiceUnavailable,
 }
+
+
+class ConnectionFailed(ClientError):
+    """
+    No answer came: the server could not be reached (refused, no such
+    host) or the connection was lost before the answer's head arrived.
+    The message names the server's address, never a credential.
+    """
+
+
+class TimedOut(ConnectionFailed):
+    """No answer's head came within the client's C{timeout}."""
 
 
 class NoImageData(ClientError):
