@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from attrs import define, field
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
@@ -867,6 +867,14 @@ class ResumeTests(SynchronousTestCase):
         error = self.failureResultOf(d, TimedOut).value
         self.assertIsInstance(error, ConnectionFailed)
         self.assertIn("within 5 seconds", str(error))
+
+    def test_cancel(self) -> None:
+        """A caller's cancel is a CancelledError, not a ConnectionFailed."""
+        self.server.hang = True
+        d = Deferred.fromCoroutine(self.api.show(IMAGE_ID))
+        self.agent.flush()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
 
     def test_service_unavailable(self) -> None:
         """A 503 carries the server's message and its Retry-After."""

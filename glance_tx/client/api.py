@@ -24,7 +24,12 @@ from urllib.parse import quote, urlsplit
 from attrs import Factory, define, field
 from treq import collect, content
 from treq.client import HTTPClient
-from twisted.internet.error import ConnectError, ConnectionLost
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectingCancelledError,
+    ConnectionLost,
+)
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
@@ -176,6 +181,8 @@ class Client:
                 raise TimedOut(
                     f"No answer from {self._server} within {self.timeout} seconds"
                 ) from e
+            if _cancelled(e):
+                raise CancelledError() from e
             if isinstance(e, _UNREACHABLE):
                 raise ConnectionFailed(f"Could not reach {self._server}: {_why(e)}") from e
             raise
@@ -504,6 +511,13 @@ def _discard(file: IO[bytes]) -> None:
         os.unlink(file.name)
     except FileNotFoundError:
         pass
+
+
+def _cancelled(error: BaseException) -> bool:
+    """Whether a request failed because its Deferred was cancelled."""
+    if isinstance(error, ResponseFailed | ResponseNeverReceived):
+        return any(r.check(CancelledError) for r in error.reasons)
+    return isinstance(error, CancelledError | ConnectingCancelledError)
 
 
 def _why(error: BaseException) -> str:
