@@ -528,6 +528,19 @@ class DataSinkTests(SynchronousTestCase):
         self.assertEqual(sink.hexdigest(), hashlib.sha512(b"aaaabbbbcccc").hexdigest())
         self.assertEqual(sink.peak_held, 12)
 
+    def test_settle(self) -> None:
+        """Once given up, queued writes are skipped and settle() waits
+        until none is running: the file may then be closed."""
+        runner = ManualRunner()
+        out = io.BytesIO()
+        sink = DataSink(out, None, runner, batch_size=1)
+        sink.write(b"a")
+        d = Deferred.fromCoroutine(sink.settle())
+        self.assertNoResult(d)
+        runner.run_all()
+        self.successResultOf(d)
+        self.assertEqual(out.getvalue(), b"")
+
     def test_write_failure(self) -> None:
         """A failed write stops the producer; drain raises it."""
 
@@ -768,6 +781,7 @@ class ScriptedImageServer(Resource):
         self.range_offset = 0
         self.unavailable = False
         self.hang = False
+        self.etag = b'"v1"'
         self.file_requests: list[Headers] = []
 
     def document(self) -> dict[str, Any]:
@@ -788,7 +802,7 @@ class ScriptedImageServer(Resource):
             request.setHeader(b"Content-Type", b"application/json")
             return json.dumps(self.document()).encode()
         self.file_requests.append(request.requestHeaders.copy())
-        request.setHeader(b"ETag", b'"v1"')
+        request.setHeader(b"ETag", self.etag)
         if len(self.file_requests) == 1:
             request.setHeader(b"Content-Length", b"%d" % len(self.body))
             request.write(self.body[: self.cut_at])
@@ -835,6 +849,13 @@ class ResumeTests(SynchronousTestCase):
         resumed = self.server.file_requests[1]
         self.assertEqual(resumed.getRawHeaders(b"range"), [b"bytes=100000-"])
         self.assertEqual(resumed.getRawHeaders(b"if-match"), [b'"v1"'])
+
+    def test_weak_etag_not_named(self) -> None:
+        """A weak ETag never matches If-Match: the resume goes without."""
+        self.server.etag = b'W/"v1"'
+        self.successResultOf(self.download())
+        self.assertIsNone(self.server.file_requests[1].getRawHeaders(b"if-match"))
+        self.assertEqual(self.out.getvalue(), self.body)
 
     def test_server_ignoring_range(self) -> None:
         """A 200 to the resume: what had arrived is skipped, not doubled."""

@@ -421,6 +421,25 @@ class Client:
     async def _download(self, image: ImageInfo, file: IO[bytes]) -> DownloadResult:
         algorithm, expected = _checked_hash(image)
         sink = DataSink(file, new_hash(algorithm) if algorithm else None, self.runner.serial())
+        try:
+            resumed = await self._receive_all(image, sink)
+            await sink.drain()
+        except Exception:
+            # No write may still be running once the caller has the file back.
+            await sink.settle()
+            raise
+        if image.size is not None and sink.received != image.size:
+            raise CorruptDownload(image.id, "size", str(image.size), str(sink.received))
+        actual = sink.hexdigest()
+        if algorithm is not None and expected is not None and actual != expected.lower():
+            raise CorruptDownload(image.id, algorithm, expected, str(actual))
+        return DownloadResult(image.id, sink.received, algorithm, actual, resumed)
+
+    async def _receive_all(self, image: ImageInfo, sink: DataSink) -> int:
+        """
+        Every byte of C{image}'s data into C{sink}, resuming after each
+        dropped connection; returns how many times it resumed.
+        """
         url = self._url("images", image.id, "file")
         etag: str | None = None
         resumed = 0
@@ -436,27 +455,20 @@ class Client:
                     raise NoImageData(image.id)
                 skip = self._resumed_at(response, sink.received, image)
                 if etag is None:
-                    etag = _first(response.headers.getRawHeaders(b"etag"))
+                    etag = _strong(_first(response.headers.getRawHeaders(b"etag")))
                 ended = await receive(response, sink, self.reactor, skip, self.timeout)
             except ConnectionFailed as e:
                 reason = str(e)
             else:
                 if isinstance(ended, ResponseDone) or sink.received == image.size:
-                    break
-                reason = repr(ended)
+                    return resumed
+                reason = _why(ended)
             if sink.failed:
-                break
+                return resumed  # drain() raises why
             if resumed >= self.resumes:
                 raise DownloadInterrupted(image.id, sink.received, resumed + 1, reason)
             resumed += 1
             await deferLater(self.reactor, self.resume_delay)
-        await sink.drain()
-        if image.size is not None and sink.received != image.size:
-            raise CorruptDownload(image.id, "size", str(image.size), str(sink.received))
-        actual = sink.hexdigest()
-        if algorithm is not None and expected is not None and actual != expected.lower():
-            raise CorruptDownload(image.id, algorithm, expected, str(actual))
-        return DownloadResult(image.id, sink.received, algorithm, actual, resumed)
 
     def _resumed_at(self, response: IResponse, received: int, image: ImageInfo) -> int:
         """
@@ -525,6 +537,11 @@ def _why(error: BaseException) -> str:
     if isinstance(error, ResponseFailed | ResponseNeverReceived) and error.reasons:
         error = error.reasons[0].value
     return describe(error)
+
+
+def _strong(etag: str | None) -> str | None:
+    """An ETag If-Match can name: a weak one never matches (RFC 9110 13.1.1)."""
+    return None if etag is None or etag.startswith("W/") else etag
 
 
 def _first(values: list[bytes] | None) -> str | None:

@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 from glance_tx.backpressure import PauseGate, Watermarks
+from glance_tx.client.errors import ClientError
 from glance_tx.threads import BlockingRunner
 
 __all__ = ["BodyStalled", "DataSink", "new_hash", "receive"]
@@ -132,6 +133,17 @@ class DataSink:
         await self.runner.run(_nothing)
         if self._failure is not None:
             self._failure.raiseException()
+
+    async def settle(self) -> None:
+        """
+        After a failure: write nothing more, and wait until no write is
+        running, so that the file may be closed.
+        """
+        self._batch = []
+        self._batch_len = 0
+        if self._failure is None:
+            self._failure = Failure(ClientError("The download was given up"))
+        await self.runner.run(_nothing)
 
     def hexdigest(self) -> str | None:
         """The hash of every byte written (after L{drain})."""
