@@ -146,6 +146,9 @@ class ImageTests(MemoryClientTestCase):
             ("cirros", "queued", 64, frozenset({"a"}), "raw"),
         )
         self.assertEqual(image.properties, {"os_distro": "cirros"})
+        with self.assertRaises(TypeError):
+            image.properties["os_distro"] = "changed"  # type: ignore[index]
+        self.assertEqual(len({image, self.wait(self.api.show(image.id))}), 1)
         assert image.created_at is not None
         self.assertEqual(image.created_at.utcoffset().total_seconds(), 0)  # type: ignore[union-attr]
 
@@ -808,6 +811,11 @@ class ScriptedImageServer(Resource):
             request.write(self.body[: self.cut_at])
             request.channel.transport.loseConnection()
             return NOT_DONE_YET
+        if self.resume_status == 503:
+            self.resume_status = 206
+            request.setResponseCode(503)
+            request.setHeader(b"Retry-After", b"20")
+            return b'{"error": {"code": 503, "message": "The store is not answering"}}'
         if self.resume_status == 412:
             request.setResponseCode(412)
             return b'{"error": {"code": 412, "message": "If-Match: no current representation matches"}}'
@@ -862,6 +870,26 @@ class ResumeTests(SynchronousTestCase):
         self.server.resume_status = 200
         result = self.successResultOf(self.download())
         self.assertEqual((self.out.getvalue(), result.resumed), (self.body, 1))
+
+    def test_unavailable_while_resuming(self) -> None:
+        """A 503 to a resume is waited out as its Retry-After says (not
+        the shorter resume_delay), then the download resumes again."""
+        self.server.resume_status = 503
+        self.out = io.BytesIO()
+        d = Deferred.fromCoroutine(self.api.download(IMAGE_ID, self.out))
+        for _ in range(5):
+            self.agent.flush()
+            self.clock.advance(1)
+        self.assertEqual(len(self.server.file_requests), 2)
+        self.clock.advance(14)
+        self.agent.flush()
+        self.assertEqual(len(self.server.file_requests), 2)
+        for _ in range(10):
+            self.agent.flush()
+            self.clock.advance(1)
+        result = self.successResultOf(d)
+        self.assertEqual((self.out.getvalue(), result.resumed), (self.body, 2))
+        self.assertEqual(len(self.server.file_requests), 3)
 
     def test_image_changed(self) -> None:
         """A 412 to the resume (the ETag moved): PreconditionFailed, and

@@ -46,6 +46,7 @@ from glance_tx.client.errors import (
     DownloadInterrupted,
     HTTPError,
     NoImageData,
+    ServiceUnavailable,
     TimedOut,
     error_for,
 )
@@ -59,6 +60,10 @@ __all__ = ["PATCH_MEDIA_TYPE", "Client", "json_patch"]
 #: The JSON-patch flavour sent: draft 10, where C{add} on an existing
 #: property replaces it, so a patch needs no GET first.
 PATCH_MEDIA_TYPE = "application/openstack-images-v2.1-json-patch"
+
+#: The longest a download waits before resuming after a 503, whatever
+#: its Retry-After says.
+MAX_RETRY_AFTER = 60.0
 
 #: An error body read past this is cut: the message is in the first bytes.
 MAX_ERROR_BODY = 64 * 1024
@@ -401,7 +406,9 @@ class Client:
         drops is resumed from the byte it stopped at, up to C{resumes}
         times (then L{DownloadInterrupted}), with C{If-Match} on the ETag
         the first answer carried, so that bytes of other data are never
-        spliced on (L{PreconditionFailed} instead).
+        spliced on (L{PreconditionFailed} instead). A 503 (a store
+        briefly away) is resumed from too, after its C{Retry-After} (at
+        most L{MAX_RETRY_AFTER} seconds).
         """
         image = await self.show(image_id)
         if isinstance(dest, str | os.PathLike):
@@ -458,17 +465,23 @@ class Client:
                     etag = _strong(_first(response.headers.getRawHeaders(b"etag")))
                 ended = await receive(response, sink, self.reactor, skip, self.timeout)
             except ConnectionFailed as e:
+                reason, wait = str(e), self.resume_delay
+            except ServiceUnavailable as e:
+                # A store or registry behind the server that is briefly
+                # away: worth waiting for, as long as the server asks.
                 reason = str(e)
+                wait = self.resume_delay if e.retry_after is None else e.retry_after
+                wait = min(wait, MAX_RETRY_AFTER)
             else:
                 if isinstance(ended, ResponseDone) or sink.received == image.size:
                     return resumed
-                reason = _why(ended)
+                reason, wait = _why(ended), self.resume_delay
             if sink.failed:
                 return resumed  # drain() raises why
             if resumed >= self.resumes:
                 raise DownloadInterrupted(image.id, sink.received, resumed + 1, reason)
             resumed += 1
-            await deferLater(self.reactor, self.resume_delay)
+            await deferLater(self.reactor, wait)
 
     def _resumed_at(self, response: IResponse, received: int, image: ImageInfo) -> int:
         """

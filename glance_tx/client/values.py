@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from attrs import field, fields, frozen
@@ -29,6 +30,10 @@ def _time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     return datetime.fromisoformat(value)
+
+
+def _read_only(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
 
 
 def _int(value: Any) -> int | None:
@@ -60,8 +65,9 @@ class ImageInfo:
     updated_at: datetime | None = None
     #: The ids of the stores holding the data (Glance's comma-joined C{stores}).
     stores: tuple[str, ...] = ()
-    #: Every other key: the extra properties (and anything newer).
-    properties: Mapping[str, Any] = field(factory=dict)
+    #: Every other key: the extra properties (and anything newer), read-only.
+    #: Left out of the hash (a mapping has none); compared as usual.
+    properties: Mapping[str, Any] = field(factory=dict, converter=_read_only, hash=False)
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> ImageInfo:
