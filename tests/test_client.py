@@ -365,6 +365,18 @@ class DataTests(MemoryClientTestCase):
              hashlib.sha512(body).hexdigest()),
         )
 
+    def test_progress(self) -> None:
+        """Uploads and downloads report (bytes so far, size) as they go,
+        ending at the whole; a size unknown to the upload is None."""
+        body = data(3 * MiB)
+        image = self.new_image()
+        sent: list[tuple[int, int | None]] = []
+        self.wait(self.api.upload(image.id, io.BytesIO(body), progress=lambda *p: sent.append(p)))
+        self.assertEqual(sent, [(MiB, None), (2 * MiB, None), (3 * MiB, None)])
+        received: list[tuple[int, int | None]] = []
+        self.wait(self.api.download(image.id, io.BytesIO(), progress=lambda *p: received.append(p)))
+        self.assertEqual(received[-1], (len(body), len(body)))
+
     def test_upload_from_pipe_like_object(self) -> None:
         """A file object with no size is sent chunked, to its end."""
         body = data(MiB + 1, seed=2)
@@ -658,7 +670,12 @@ class LiveStreamingTests(LiveClientTestCase):
         relay = self.relay(cut_after=3 * MiB)
         api = self.client(relay.url, resume_delay=0.01)
         path = self.mktemp()
-        result = await api.download(image.id, path)
+        progress: list[int] = []
+        result = await api.download(image.id, path, progress=lambda n, _: progress.append(n))
+        # Across the cut, progress only goes forward, to the whole.
+        self.assertGreater(len(progress), 2)
+        self.assertEqual(progress, sorted(set(progress)))
+        self.assertEqual(progress[-1], len(body))
         with open(path, "rb") as f:
             self.assertEqual(f.read(), body)
         self.assertEqual((result.resumed, result.hexdigest), (1, image.os_hash_value))

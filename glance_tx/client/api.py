@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import IO, Any, cast
 from urllib.parse import quote, urlsplit
 
@@ -55,7 +55,7 @@ from glance_tx.client.values import DownloadResult, ImageInfo, MemberInfo, Store
 from glance_tx.store.describe import describe
 from glance_tx.threads import BlockingRunner, ThreadPoolRunner
 
-__all__ = ["PATCH_MEDIA_TYPE", "Client", "json_patch"]
+__all__ = ["PATCH_MEDIA_TYPE", "Client", "Progress", "Source", "json_patch"]
 
 #: The JSON-patch flavour sent: draft 10, where C{add} on an existing
 #: property replaces it, so a patch needs no GET first.
@@ -72,6 +72,9 @@ MAX_ERROR_BODY = 64 * 1024
 _UNREACHABLE = (ConnectError, ConnectionLost, ResponseFailed, ResponseNeverReceived)
 
 Source = str | os.PathLike[str] | IO[bytes]
+#: A transfer's progress callback: (bytes so far, bytes in all or None),
+#: called on the reactor thread.
+Progress = Callable[[int, int | None], object]
 
 
 def _pointer(name: str) -> str:
@@ -360,6 +363,7 @@ class Client:
         *,
         size: int | None = None,
         store: str | None = None,
+        progress: Progress | None = None,
     ) -> None:
         """
         Upload image C{image_id}'s data from C{source}: a path, or a
@@ -367,33 +371,41 @@ class Client:
         closed). Streamed a block at a time, never read whole. C{size} is
         how many bytes to send; by default all that is left of a regular
         file (sent with a C{Content-Length}), else up to the end (sent
-        chunked). C{store} names the store to write to.
+        chunked). C{store} names the store to write to. C{progress} is
+        called as each block is sent.
         """
         if isinstance(source, str | os.PathLike):
             file: IO[bytes] = await self.runner.run(open, os.fspath(source), "rb")
             try:
-                await self._upload(image_id, file, size, store)
+                await self._upload(image_id, file, size, store, progress)
             finally:
                 await self.runner.run(file.close)
         else:
-            await self._upload(image_id, source, size, store)
+            await self._upload(image_id, source, size, store, progress)
 
     async def _upload(
-        self, image_id: str, file: IO[bytes], size: int | None, store: str | None
+        self,
+        image_id: str,
+        file: IO[bytes],
+        size: int | None,
+        store: str | None,
+        progress: Progress | None,
     ) -> None:
         if size is None:
             size = await self.runner.run(readable_length, file)
         headers = {"Content-Type": "application/octet-stream"}
         if store is not None:
             headers["X-Image-Meta-Store"] = store
-        body = FileBody(file, self.runner, size, self.block_size)
+        body = FileBody(file, self.runner, size, self.block_size, progress)
         response = await self._request(
             "PUT", self._url("images", image_id, "file"), headers=headers, body=body,
             expect=(204, 201, 200),
         )
         await content(response)
 
-    async def download(self, image_id: str, dest: Source) -> DownloadResult:
+    async def download(
+        self, image_id: str, dest: Source, *, progress: Progress | None = None
+    ) -> DownloadResult:
         """
         Write image C{image_id}'s data to C{dest}: a path (written under a
         temporary name beside it, and moved into place only once whole and
@@ -408,26 +420,37 @@ class Client:
         the first answer carried, so that bytes of other data are never
         spliced on (L{PreconditionFailed} instead). A 503 (a store
         briefly away) is resumed from too, after its C{Retry-After} (at
-        most L{MAX_RETRY_AFTER} seconds).
+        most L{MAX_RETRY_AFTER} seconds). C{progress} is called as bytes
+        arrive, with the image's size.
         """
         image = await self.show(image_id)
         if isinstance(dest, str | os.PathLike):
-            return await self._download_to_path(image, os.fspath(dest))
-        return await self._download(image, dest)
+            return await self._download_to_path(image, os.fspath(dest), progress)
+        return await self._download(image, dest, progress)
 
-    async def _download_to_path(self, image: ImageInfo, path: str) -> DownloadResult:
+    async def _download_to_path(
+        self, image: ImageInfo, path: str, progress: Progress | None
+    ) -> DownloadResult:
         file: IO[bytes] = await self.runner.run(_incoming, path)
         try:
-            result = await self._download(image, file)
+            result = await self._download(image, file, progress)
             await self.runner.run(_commit, file, path)
         except Exception:
             await self.runner.run(_discard, file)
             raise
         return result
 
-    async def _download(self, image: ImageInfo, file: IO[bytes]) -> DownloadResult:
+    async def _download(
+        self, image: ImageInfo, file: IO[bytes], progress: Progress | None
+    ) -> DownloadResult:
         algorithm, expected = _checked_hash(image)
-        sink = DataSink(file, new_hash(algorithm) if algorithm else None, self.runner.serial())
+        sink = DataSink(
+            file,
+            new_hash(algorithm) if algorithm else None,
+            self.runner.serial(),
+            progress=progress,
+            total=image.size,
+        )
         try:
             resumed = await self._receive_all(image, sink)
             await sink.drain()

@@ -18,6 +18,7 @@ ended.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import IO, Any, cast
 
 from attrs import define, field
@@ -56,6 +57,9 @@ class DataSink:
     # next fills; more would only cost memory.
     high_watermark: int = 4 * MiB
     low_watermark: int = 2 * MiB
+    #: Called with (bytes received, C{total}) as each piece arrives.
+    progress: Callable[[int, int | None], object] | None = None
+    total: int | None = None
 
     #: Bytes taken so far, written or not.
     received: int = field(default=0, init=False)
@@ -90,6 +94,8 @@ class DataSink:
 
     def write(self, data: bytes) -> None:
         self.received += len(data)
+        if self.progress is not None:
+            self.progress(self.received, self.total)
         self._batch.append(data)
         self._batch_len += len(data)
         self.peak_held = max(self.peak_held, self._batch_len + self._backlog)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from typing import IO, Any
 
 from attrs import define, field
@@ -61,6 +62,8 @@ class FileBody:
     runner: BlockingRunner
     size: int | None = None
     block_size: int = MiB
+    #: Called with (bytes sent, C{size}) after each block is handed on.
+    progress: Callable[[int, int | None], object] | None = None
 
     #: Bytes handed to the consumer so far.
     sent: int = field(default=0, init=False)
@@ -121,6 +124,8 @@ class FileBody:
                 return
             self.sent += len(block)
             consumer.write(block)
+            if self.progress is not None:
+                self.progress(self.sent, self.size)
             reading = self._read_next()
 
     def pauseProducing(self) -> None:
