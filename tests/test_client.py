@@ -62,6 +62,9 @@ from tests.api_fixtures import BASE, SiteTestCase
 from tests.cutting_relay import CuttingRelay
 from tests.fakes import ManualRunner
 from tests.live_server import (
+    MEMBER_PROJECT,
+    MEMBER_TOKEN,
+    OWNER_TOKEN,
     IdentityProxy,
     listening_port,
     live_config,
@@ -737,6 +740,40 @@ class LiveStreamingTests(LiveClientTestCase):
             await self.api.upload(image.id, source)
         shown = await self.api.show(image.id)
         self.assertEqual((shown.size, shown.checksum), (len(body), hashlib.md5(body).hexdigest()))
+
+
+class LiveSharingTests(LiveClientTestCase):
+    async def test_share_accept_download(self) -> None:
+        """
+        Two projects through an identity layer: the owner shares an image,
+        the member sees it, accepts it, finds it in its listing and
+        downloads it verified; the member may neither delete it nor add
+        members.
+        """
+        proxy = await IdentityProxy.start(self.api.url)
+        self.addCleanup(proxy.stop)
+        owner = Client(proxy.url, self.http, reactor, token=OWNER_TOKEN)
+        member = Client(proxy.url, self.http, reactor, token=MEMBER_TOKEN)
+        body = data(MiB + 3, seed=8)
+        image = await owner.create(
+            name="shared", visibility="shared", disk_format="raw", container_format="bare"
+        )
+        await owner.upload(image.id, io.BytesIO(body))
+        offer = await owner.add_member(image.id, MEMBER_PROJECT)
+        self.assertEqual(offer.status, "pending")
+        self.assertEqual((await member.show(image.id)).name, "shared")
+        accepted = await member.update_member(image.id, MEMBER_PROJECT, "accepted")
+        self.assertEqual(accepted.status, "accepted")
+        listed = [i.id async for i in member.list_images(visibility="shared")]
+        self.assertEqual(listed, [image.id])
+        out = io.BytesIO()
+        result = await member.download(image.id, out)
+        self.assertEqual((out.getvalue(), result.algorithm), (body, "sha512"))
+        with self.assertRaises(Forbidden):
+            await member.delete(image.id)
+        with self.assertRaises(Forbidden):
+            await member.add_member(image.id, "someone-else")
+        self.assertEqual(await owner.list_members(image.id), [accepted])
 
 
 class LiveConnectionTests(LiveClientTestCase):
