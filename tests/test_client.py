@@ -546,6 +546,26 @@ class DataSinkTests(SynchronousTestCase):
         self.assertEqual(sink.hexdigest(), hashlib.sha512(b"aaaabbbbcccc").hexdigest())
         self.assertEqual(sink.peak_held, 12)
 
+    def test_short_writes(self) -> None:
+        """A raw file that takes a few bytes per write still gets all."""
+
+        class Trickle(io.RawIOBase):
+            def __init__(self) -> None:
+                self.kept = bytearray()
+
+            def writable(self) -> bool:
+                return True
+
+            def write(self, data: Any) -> int:
+                self.kept += bytes(data[:3])
+                return min(3, len(data))
+
+        out = Trickle()
+        sink = DataSink(out, None, SynchronousRunner(), batch_size=4)
+        sink.write(b"abcdefghij")
+        self.successResultOf(Deferred.fromCoroutine(sink.drain()))
+        self.assertEqual(bytes(out.kept), b"abcdefghij")
+
     def test_settle(self) -> None:
         """Once given up, queued writes are skipped and settle() waits
         until none is running: the file may then be closed."""

@@ -118,7 +118,7 @@ class DataSink:
         """On the runner: the file, then the hash, strictly in order."""
         if self._failure is not None:
             return
-        self.file.write(data)
+        _write_all(self.file, data)
         if self.hasher is not None:
             self.hasher.update(data)
 
@@ -158,6 +158,19 @@ class DataSink:
 
 def _nothing() -> None:
     pass
+
+
+def _write_all(file: IO[bytes], data: bytes) -> None:
+    """
+    All of C{data}: a raw (unbuffered) file may take less than it is
+    given. A file whose write returns nothing is taken to have taken all.
+    """
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        if written is None:
+            return
+        view = view[written:]
 
 
 class _Receiver(Protocol):
