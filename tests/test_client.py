@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import threading
 import tracemalloc
 from collections.abc import Coroutine
@@ -23,7 +24,10 @@ from attrs import define, field
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.threads import deferToThread
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer
@@ -53,8 +57,10 @@ from glance_tx.client import (
     Unauthorized,
     json_patch,
 )
+from glance_tx.client.blocking import BlockingClient
 from glance_tx.client.download import DataSink
 from glance_tx.client.errors import ClientError, error_for, server_message
+from glance_tx.client.reactor_thread import ReactorThread
 from glance_tx.client.upload import FileBody, readable_length
 from glance_tx.store.filesystem import filesystem_datadir
 from glance_tx.threads import SynchronousRunner
@@ -1006,3 +1012,112 @@ class ResumeTests(SynchronousTestCase):
         self.agent.flush()
         error = self.failureResultOf(d, ServiceUnavailable).value
         self.assertEqual((error.message, error.retry_after), ("The registry is not answering", 30))
+
+
+#: A script with no reactor of its own: the facade, as a user runs it.
+SCRIPT = """
+import json, sys
+from glance_tx.client import NotFound
+from glance_tx.client.blocking import BlockingClient
+
+url, source, dest = sys.argv[1:]
+with BlockingClient.connect(url, token="t", timeout=30) as glance:
+    image = glance.create(name="scripted", disk_format="raw", container_format="bare")
+    glance.upload(image.id, source)
+    result = glance.download(image.id, dest)
+    try:
+        glance.show("00000000-0000-4000-8000-000000000000")
+        missing = None
+    except NotFound as e:
+        missing = e.status
+    names = [i.name for i in glance.list_images(page_size=1)]
+print(json.dumps({"id": image.id, "hash": result.hexdigest, "missing": missing, "names": names}))
+"""
+
+
+class BlockingClientTests(LiveClientTestCase):
+    """The blocking facade against a real server."""
+
+    async def test_from_a_worker_thread(self) -> None:
+        """In a Twisted program, from a worker thread, on the running
+        reactor: every call blocks until done; values and errors typed;
+        the listing fetched lazily."""
+        glance = BlockingClient(self.api)
+        body = data(2 * MiB + 1, seed=11)
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(body)
+
+        def script() -> tuple[Any, ...]:
+            made = [glance.create(name=f"b{n}", disk_format="raw", container_format="bare")
+                    for n in range(3)]
+            glance.upload(made[0].id, path)
+            out = io.BytesIO()
+            result = glance.download(made[0].id, out)
+            listed = glance.list_images(page_size=1, sort_key="name", sort_dir="asc")
+            first = next(listed)
+            listed.close()
+            try:
+                glance.show(IMAGE_ID)
+            except NotFound as e:
+                missing = e
+            return out.getvalue(), result, first.name, missing
+
+        got, result, first, missing = await deferToThread(script)
+        self.assertEqual(got, body)
+        self.assertEqual(result.hexdigest, hashlib.sha512(body).hexdigest())
+        self.assertEqual(first, "b0")
+        self.assertEqual(missing.status, 404)
+
+    async def test_reactor_thread_calls(self) -> None:
+        """ReactorThread.call returns a plain result, a Deferred's and a
+        coroutine's, and raises what they raised, in the calling thread."""
+        thread = ReactorThread(reactor)
+
+        async def coroutine() -> str:
+            await deferLater(reactor, 0.01)
+            return "awaited"
+
+        def calls() -> tuple[Any, ...]:
+            plain = thread.call(lambda: "plain")
+            deferred = thread.call(deferLater, reactor, 0.01, lambda: "deferred")
+            awaited = thread.call(coroutine)
+            try:
+                thread.call(lambda: 1 / 0)
+            except ZeroDivisionError as e:
+                raised = e
+            return plain, deferred, awaited, raised
+
+        plain, deferred, awaited, raised = await deferToThread(calls)
+        self.assertEqual((plain, deferred, awaited), ("plain", "deferred", "awaited"))
+        self.assertIsInstance(raised, ZeroDivisionError)
+
+    def test_not_from_the_reactor_thread(self) -> None:
+        """From the reactor thread a blocking call would deadlock: refused."""
+        with self.assertRaises(RuntimeError):
+            BlockingClient(self.api).show(IMAGE_ID)
+
+    async def test_script_without_a_reactor(self) -> None:
+        """
+        A plain script (a subprocess) connects, uploads from a path,
+        downloads verified, gets NotFound typed, lists, and exits by
+        itself once done: the reactor thread stops with the main thread.
+        """
+        body = data(3 * MiB, seed=12)
+        source = os.path.abspath(self.mktemp())
+        with open(source, "wb") as f:
+            f.write(body)
+        dest = os.path.abspath(self.mktemp())
+        script = os.path.abspath(self.mktemp())
+        with open(script, "w") as f:
+            f.write(SCRIPT)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, [script, self.api.url, source, dest], env=env, reactor=reactor
+        )
+        self.assertEqual(code, 0, err.decode())
+        report = json.loads(out)
+        self.assertEqual(report["hash"], hashlib.sha512(body).hexdigest())
+        self.assertEqual((report["missing"], report["names"]), (404, ["scripted"]))
+        with open(dest, "rb") as f:
+            self.assertEqual(f.read(), body)

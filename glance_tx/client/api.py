@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from typing import IO, Any, cast
 from urllib.parse import quote, urlsplit
 
@@ -236,7 +236,7 @@ class Client:
 
     async def list_images(
         self, *, page_size: int | None = None, **filters: Any
-    ) -> AsyncIterator[ImageInfo]:
+    ) -> AsyncGenerator[ImageInfo, None]:
         """
         Every image the filters select (Glance's listing parameters:
         C{name}, C{status}, C{visibility}, C{owner}, C{tag}, C{sort_key},
