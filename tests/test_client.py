@@ -24,6 +24,7 @@ from attrs import define, field
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.threads import deferToThread
@@ -1121,3 +1122,78 @@ class BlockingClientTests(LiveClientTestCase):
         self.assertEqual((report["missing"], report["names"]), (404, ["scripted"]))
         with open(dest, "rb") as f:
             self.assertEqual(f.read(), body)
+
+
+INTERRUPTED_SCRIPT = """
+import sys
+from glance_tx.client.blocking import BlockingClient
+
+glance = BlockingClient.connect(sys.argv[1], timeout=None)
+try:
+    glance.show("3f2504e0-4f89-41d3-9a0c-0305e82c3301")
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    # Still running: only the cancel can have closed the request.
+    sys.stdin.read()
+"""
+
+
+class _Hanging(Resource):
+    """Answers nothing; fires C{seen} on a request, C{lost} when it goes."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: Deferred[None] = Deferred()
+        self.lost: Deferred[None] = Deferred()
+
+    def render(self, request: Any) -> Any:
+        request.notifyFinish().addBoth(lambda _: self.lost.callback(None))
+        self.seen.callback(None)
+        return NOT_DONE_YET
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self) -> None:
+        self.out = b""
+        self.ended: Deferred[int] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+class InterruptTests(TestCase):
+    timeout = 60
+
+    async def test_ctrl_c_cancels_the_call(self) -> None:
+        """Ctrl-C in a script blocked on a call raises KeyboardInterrupt
+        there and cancels the request: the server sees it go while the
+        script still runs."""
+        hanging = _Hanging()
+        site = Site(hanging)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        script = os.path.abspath(self.mktemp())
+        with open(script, "w") as f:
+            f.write(INTERRUPTED_SCRIPT)
+        collect = _Collect()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        process = reactor.spawnProcess(
+            collect, sys.executable,
+            [sys.executable, script, f"http://127.0.0.1:{port.getHost().port}"], env=env,
+        )
+        await hanging.seen
+        process.signalProcess("INT")
+        for _ in range(500):
+            if hanging.lost.called:
+                break
+            await deferLater(reactor, 0.02)
+        self.assertTrue(hanging.lost.called, "the request outlived the interrupt")
+        self.assertFalse(collect.ended.called)
+        process.closeStdin()
+        self.assertEqual(await collect.ended, 0)
+        self.assertEqual(collect.out.strip(), b"interrupted")
