@@ -882,6 +882,10 @@ class ScriptedImageServer(Resource):
             request.setResponseCode(503)
             request.setHeader(b"Retry-After", b"30")
             return b"503 Service Unavailable\n\nThe registry is not answering\n\n"
+        if request.method == b"PUT":
+            self.uploaded = request.content.read()
+            request.setResponseCode(204)
+            return b""
         if not request.path.endswith(b"/file"):
             request.setHeader(b"Content-Type", b"application/json")
             return json.dumps(self.document()).encode()
@@ -997,6 +1001,40 @@ class ResumeTests(SynchronousTestCase):
         error = self.failureResultOf(d, TimedOut).value
         self.assertIsInstance(error, ConnectionFailed)
         self.assertIn("within 5 seconds", str(error))
+
+    def paced_upload(self, steps: int, reads: int) -> Deferred[None]:
+        """
+        Upload 50 bytes in blocks of 10 with a timeout of 5 s, the runner
+        doing one file read per 4 s step, C{reads} reads at most.
+        """
+        runner = ManualRunner()
+        api = Client(BASE, self.http, self.clock, runner=runner, timeout=5, block_size=10)
+        d = Deferred.fromCoroutine(api.upload(IMAGE_ID, io.BytesIO(b"x" * 50)))
+        for _ in range(steps):
+            if runner.pending() and reads:
+                reads -= 1
+                runner.run_one()
+            self.agent.flush()
+            self.clock.advance(4)
+        return d
+
+    def test_upload_timeout_bounds_silence_not_the_upload(self) -> None:
+        """An upload that keeps sending outlasts the timeout unharmed."""
+        self.successResultOf(self.paced_upload(steps=12, reads=100))
+        self.assertEqual(self.server.uploaded, b"x" * 50)
+
+    def test_upload_stalled(self) -> None:
+        """An upload that sends nothing for the timeout: TimedOut."""
+        error = self.failureResultOf(self.paced_upload(steps=6, reads=3), TimedOut).value
+        self.assertIn("after 20 bytes", str(error))
+
+    def test_upload_file_shorter_than_size(self) -> None:
+        """A file that ends before the size given: the client's own error
+        (not Twisted's wrapper), saying how far it got."""
+        d = Deferred.fromCoroutine(self.api.upload(IMAGE_ID, io.BytesIO(b"abc"), size=10))
+        self.agent.flush()
+        error = self.failureResultOf(d, ClientError).value
+        self.assertIn("after 3 of the 10 bytes", str(error))
 
     def test_cancel(self) -> None:
         """A caller's cancel is a CancelledError, not a ConnectionFailed."""

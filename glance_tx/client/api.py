@@ -24,15 +24,21 @@ from urllib.parse import quote, urlsplit
 from attrs import Factory, define, field
 from treq import collect, content
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import (
     ConnectError,
     ConnectingCancelledError,
     ConnectionLost,
 )
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
-from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    RequestGenerationFailed,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
@@ -69,7 +75,20 @@ MAX_RETRY_AFTER = 60.0
 MAX_ERROR_BODY = 64 * 1024
 
 #: How a connection fails before an answer arrives.
-_UNREACHABLE = (ConnectError, ConnectionLost, ResponseFailed, ResponseNeverReceived)
+_UNREACHABLE = (
+    ConnectError,
+    ConnectionLost,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+#: Twisted's wrappers of the failures of one request, in C{reasons}.
+_WRAPPERS = (
+    RequestGenerationFailed,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 
 Source = str | os.PathLike[str] | IO[bytes]
 #: A transfer's progress callback: (bytes so far, bytes in all or None),
@@ -128,8 +147,9 @@ class Client:
     reactor: IReactorTime
     token: str | None = field(default=None, repr=False)
     runner: BlockingRunner = field(default=Factory(_default_runner, takes_self=True))
-    #: Seconds to wait for each answer's head, and the longest a download
-    #: may go without a byte before it is resumed; None: no limit.
+    #: Seconds to wait for each answer's head, the longest an upload may
+    #: go without the server taking a block or answering, and the longest
+    #: a download may go without a byte before it is resumed; None: no limit.
     timeout: float | None = None
     #: How many times one download resumes after a dropped connection.
     resumes: int = 3
@@ -165,11 +185,13 @@ class Client:
         body: Any = None,
         params: list[tuple[str, str]] | None = None,
         expect: tuple[int, ...] = (200,),
+        timed: bool = True,
     ) -> IResponse:
         """
         Send one request; return its response (body unread) if its status
         is in C{expect}, else raise the typed error the server's answer
-        stands for.
+        stands for. With C{timed}, the answer's head must come within
+        C{timeout}; without, the caller keeps time.
         """
         d = self.http.request(
             method,
@@ -180,7 +202,7 @@ class Client:
             unbuffered=True,
         )
         timer = None
-        if self.timeout is not None:
+        if timed and self.timeout is not None:
             timer = self.reactor.callLater(self.timeout, d.cancel)
         try:
             response: IResponse = await d
@@ -191,6 +213,9 @@ class Client:
                 ) from e
             if _cancelled(e):
                 raise CancelledError() from e
+            if isinstance(e, RequestGenerationFailed) and e.reasons:
+                # The body failed (a file shorter than its size): say why.
+                e.reasons[0].raiseException()
             if isinstance(e, _UNREACHABLE):
                 raise ConnectionFailed(f"Could not reach {self._server}: {_why(e)}") from e
             raise
@@ -396,11 +421,44 @@ class Client:
         headers = {"Content-Type": "application/octet-stream"}
         if store is not None:
             headers["X-Image-Meta-Store"] = store
-        body = FileBody(file, self.runner, size, self.block_size, progress)
-        response = await self._request(
-            "PUT", self._url("images", image_id, "file"), headers=headers, body=body,
-            expect=(204, 201, 200),
+        # The timeout bounds a silence, not the upload: a long upload that
+        # keeps sending is not cut, one the server stops taking is.
+        idle: IDelayedCall | None = None
+        request: Deferred[IResponse] | None = None
+
+        def expire() -> None:
+            nonlocal idle
+            idle = None
+            if request is not None:
+                request.cancel()
+
+        def sent(done: int, total: int | None) -> None:
+            if idle is not None and self.timeout is not None:
+                idle.reset(self.timeout)
+            if progress is not None:
+                progress(done, total)
+
+        body = FileBody(file, self.runner, size, self.block_size, sent)
+        request = Deferred.fromCoroutine(
+            self._request(
+                "PUT", self._url("images", image_id, "file"), headers=headers, body=body,
+                expect=(204, 201, 200), timed=False,
+            )
         )
+        if self.timeout is not None:
+            idle = self.reactor.callLater(self.timeout, expire)
+        try:
+            response = await request
+        except CancelledError:
+            if idle is None and self.timeout is not None:
+                raise TimedOut(
+                    f"{self._server} took nothing and answered nothing for "
+                    f"{self.timeout} seconds after {body.sent} bytes"
+                ) from None
+            raise
+        finally:
+            if idle is not None:
+                idle.cancel()
         await content(response)
 
     async def download(
@@ -563,14 +621,14 @@ def _discard(file: IO[bytes]) -> None:
 
 def _cancelled(error: BaseException) -> bool:
     """Whether a request failed because its Deferred was cancelled."""
-    if isinstance(error, ResponseFailed | ResponseNeverReceived):
+    if isinstance(error, _WRAPPERS):
         return any(r.check(CancelledError) for r in error.reasons)
     return isinstance(error, CancelledError | ConnectingCancelledError)
 
 
 def _why(error: BaseException) -> str:
     """What went wrong with a connection, in a line (no file names)."""
-    if isinstance(error, ResponseFailed | ResponseNeverReceived) and error.reasons:
+    if isinstance(error, _WRAPPERS) and error.reasons:
         error = error.reasons[0].value
     return describe(error)
 
