@@ -282,6 +282,7 @@ class RefusalTests(MemoryClientTestCase):
     """The server's refusals arrive as typed errors with its message."""
 
     def test_not_found(self) -> None:
+        """An unknown image: NotFound, 404, the server's message naming it."""
         missing = "8c4b2a1e-3f00-4d0e-9b6a-1a2b3c4d5e6f"
         error = self.failure(self.api.show(missing), NotFound)
         self.assertEqual(error.status, 404)
@@ -294,6 +295,7 @@ class RefusalTests(MemoryClientTestCase):
         self.assertEqual((error.status, error.message), (403, "Attribute 'size' is read-only."))
 
     def test_bad_request(self) -> None:
+        """A value the schema refuses: BadRequest naming the field."""
         error = self.failure(self.api.create(min_ram="lots"), BadRequest)
         self.assertEqual(error.status, 400)
         self.assertIn("min_ram", error.message)
@@ -310,6 +312,7 @@ class ErrorParsingTests(SynchronousTestCase):
     """Error bodies in each shape servers send."""
 
     def test_glance_tx_shape(self) -> None:
+        """glance-tx's (and Keystone's) nested error document."""
         body = b'{"error": {"code": 404, "title": "Not Found", "message": "No image x"}}'
         error = error_for(404, body, "application/json")
         self.assertIsInstance(error, NotFound)
@@ -326,6 +329,7 @@ class ErrorParsingTests(SynchronousTestCase):
         self.assertEqual(server_message(404, "text/plain", body), "No image found with ID abc")
 
     def test_html(self) -> None:
+        """An HTML page: tags, title and repeated status line dropped."""
         body = (b"<html><head><title>401 Unauthorized</title></head><body>"
                 b"<h1>401 Unauthorized</h1>This server could not verify.<br /><br />"
                 b"</body></html>")
@@ -334,6 +338,7 @@ class ErrorParsingTests(SynchronousTestCase):
         self.assertEqual(error.message, "This server could not verify.")
 
     def test_empty_body(self) -> None:
+        """Nothing said: the status phrase is the message."""
         self.assertEqual(error_for(403, b"").message, "Forbidden")
 
     def test_retry_after(self) -> None:
@@ -492,6 +497,7 @@ class FileBodyTests(SynchronousTestCase):
         self.assertEqual(body.largest_block, 4)
 
     def test_provides_body_producer(self) -> None:
+        """FileBody provides IBodyProducer, as treq and the Agent need."""
         verifyObject(IBodyProducer, FileBody(io.BytesIO(), SynchronousRunner(), 0))
 
     def test_length(self) -> None:
