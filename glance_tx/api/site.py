@@ -10,10 +10,9 @@ the matching L{UploadRoute} to start the upload (check the image, open a
 store writer) while the client's transport is paused, then passes each body
 chunk straight to it.
 
-The one private detail this needs is the request line, which HTTPChannel keeps
-on C{_command} and C{_path} until the body is complete (public C{method} and
-C{uri} are set only later, in C{requestReceived}). C{tests/test_site.py} pins
-that detail so that a Twisted upgrade that changes it fails loudly.
+The private details of Twisted this needs -- the request line before the
+body, its HTTP version, whether the client is gone, the socket's read size --
+are read through L{glance_tx.twisted_private}, where each is pinned by a test.
 
 A refusal decided before or during the body (unknown image, wrong status,
 size over the cap) is answered at once with a complete response and the
@@ -39,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 
+from glance_tx import twisted_private
 from glance_tx.api.errors import error_document
 from glance_tx.errors import GlanceError
 from glance_tx.uploads import Upload
@@ -130,9 +130,7 @@ class StreamingRequest(server.Request):
         if length == 0:
             return
         site = self.channel.site
-        # Private: see the module docstring.
-        command: bytes = self.channel._command
-        uri: bytes = self.channel._path
+        command, uri = twisted_private.request_line(self.channel)
         path, _, query = uri.partition(b"?")
         match = site.match_upload(command, path)
         if match is None:
@@ -146,7 +144,9 @@ class StreamingRequest(server.Request):
         if expect and expect[0].lower() == b"100-continue":
             # Keep HTTPChannel from saying "100 Continue" before we know.
             self.requestHeaders.removeHeader(b"expect")
-            self._send_continue = self.channel._version == b"HTTP/1.1"
+            self._send_continue = (
+                twisted_private.request_version(self.channel) == b"HTTP/1.1"
+            )
         self._pause_client()
         self.upload_started = Deferred()
         started = Deferred.fromCoroutine(_awaited(route.start(self, found)))
@@ -205,12 +205,7 @@ class StreamingRequest(server.Request):
     def _set_read_size(self, size: int | None) -> None:
         """Read C{size} bytes at a time from a TCP client (None: the default)."""
         transport = self.channel.transport if self.channel is not None else None
-        if transport is None or not hasattr(transport, "bufferSize"):
-            return  # not a TCP connection (an in-memory test transport)
-        if size is None:
-            vars(transport).pop("bufferSize", None)
-        else:
-            transport.bufferSize = size
+        twisted_private.set_read_size(transport, size)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._body_complete = True
@@ -228,7 +223,7 @@ class StreamingRequest(server.Request):
 
     @property
     def _lost(self) -> bool:
-        return bool(getattr(self, "_disconnected", False))
+        return twisted_private.client_gone(self)
 
     def refuse(self, error: GlanceError) -> None:
         """
