@@ -165,12 +165,12 @@ class StreamingRequest(server.Request):
             return
         if self._send_continue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        upload.pipeline.registerProducer(self.transport, True)
+        upload.registerProducer(self.transport, True)
         self._set_read_size(UPLOAD_READ_SIZE)
         chunks, self._early_chunks = self._early_chunks, []
         for chunk in chunks:
             self._deliver(chunk)
-        if not self._refused and not upload.pipeline.paused:
+        if not self._refused and not upload.paused:
             self._resume_client()
         assert self.upload_started is not None
         self.upload_started.callback(upload)
