@@ -454,7 +454,7 @@ class UpdateDeleteTests(ErrorShapeMixin, SiteTestCase):
         image_id = self.create(name="racy")
         upload = self.successResultOf(
             Deferred.fromCoroutine(
-                self.site.upload_routes[1].start.__self__.uploader.start(
+                self.site.upload_routes[1].api.uploader.start(
                     self.successResultOf(self.registry.get(image_id))
                 )
             )

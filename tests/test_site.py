@@ -79,7 +79,7 @@ class RawUploadTests(SiteTestCase):
 
     def test_over_cap_before_body(self) -> None:
         """A Content-Length over the cap is a 413 before any body byte."""
-        self.site.upload_routes[0].start.__self__.uploader.size_cap = 10
+        self.site.upload_routes[0].api.uploader.size_cap = 10
         protocol, transport = self.connect()
         protocol.dataReceived(
             b"POST /v1/images HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from glance_tx.api.root import RootAPI
+from glance_tx.api.root import V1_PREFIXES, V2_PREFIXES, RootAPI
 from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
@@ -52,7 +52,7 @@ def build_site(
     root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())
     site = GlanceSite(
         root.resource(),
-        upload_routes=v1.upload_routes() + v2.upload_routes(),
+        upload_routes=v1.uploads.bound(v1, V1_PREFIXES) + v2.uploads.bound(v2, V2_PREFIXES),
         reactor=reactor,
     )
     site.displayTracebacks = False

@@ -5,10 +5,11 @@ twisted.web (through 26.x) has no public streaming request-body API: a
 request is routed only after its last body byte, which has been spooled to
 memory or a temp file. glance-tx cannot afford either for multi-GiB images.
 So L{StreamingRequest} decides in C{gotLength} -- after the headers, before
-any body byte -- whether the request is an image-data upload; if so it asks
-the matching L{UploadRoute} to start the upload (check the image, open a
-store writer) while the client's transport is paused, then passes each body
-chunk straight to it.
+any body byte -- whether the request is an image-data upload (one of the
+routes declared in L{glance_tx.api.upload_routes}); if so it asks that route
+to start the upload (check the image, open a store writer) while the
+client's transport is paused, then passes each body chunk straight to the
+L{glance_tx.uploads.Upload}.
 
 The private details of Twisted this needs -- the request line before the
 body, its HTTP version, whether the client is gone, the socket's read size --
@@ -23,15 +24,13 @@ really started, so a refused one never sends its body.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
-from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ITCPTransport
 from twisted.logger import Logger
@@ -40,6 +39,7 @@ from twisted.web import server
 
 from glance_tx import twisted_private
 from glance_tx.api.errors import error_document
+from glance_tx.api.upload_routes import UploadMatcher, UploadRoute
 from glance_tx.errors import GlanceError
 from glance_tx.uploads import Upload
 
@@ -55,19 +55,6 @@ REFUSED_BODY_GRACE_SECONDS = 30.0
 #: throughput in bench/transfer.py). Bigger reads gain nothing more and cost
 #: more memory per connection.
 UPLOAD_READ_SIZE = 256 * 1024
-
-
-@frozen
-class UploadRoute:
-    """
-    Requests whose method and path match are image-data uploads (when they
-    have a body); C{start} begins one and returns the L{Upload}, or raises a
-    L{GlanceError} to refuse it.
-    """
-
-    method: bytes
-    path: re.Pattern[bytes]
-    start: Callable[[StreamingRequest, re.Match[bytes]], Awaitable[Upload]]
 
 
 class _StreamedBody:
@@ -132,10 +119,10 @@ class StreamingRequest(server.Request):
         site = self.channel.site
         command, uri = twisted_private.request_line(self.channel)
         path, _, query = uri.partition(b"?")
-        match = site.match_upload(command, path)
+        match = site.upload_matcher.match(command, path)
         if match is None:
             return
-        route, found = match
+        route, arguments = match
         self.method, self.uri, self.path = command, uri, path
         self.args = parse_qs(query, True)
         self.content.close()
@@ -149,7 +136,7 @@ class StreamingRequest(server.Request):
             )
         self._pause_client()
         self.upload_started = Deferred()
-        started = Deferred.fromCoroutine(_awaited(route.start(self, found)))
+        started = Deferred.fromCoroutine(_awaited(route.begin(self, arguments)))
         started.addCallbacks(self._upload_ready, self._upload_refused)
 
     def _pause_client(self) -> None:
@@ -307,16 +294,7 @@ class GlanceSite(server.Site):
     ) -> None:
         super().__init__(resource, **kwargs)
         self.upload_routes = upload_routes
-
-    def match_upload(
-        self, method: bytes, path: bytes
-    ) -> tuple[UploadRoute, re.Match[bytes]] | None:
-        for route in self.upload_routes:
-            if route.method == method.upper():
-                found = route.path.fullmatch(path)
-                if found is not None:
-                    return route, found
-        return None
+        self.upload_matcher = UploadMatcher(upload_routes)
 
     def log(self, request: Any) -> None:
         self.log_request(request)
