@@ -123,6 +123,7 @@ def glance_service(
             default_project=config.default_project,
             reactor=reactor,
             cache=config.cache,
+            image_format=config.image_format,
             leases=await leases.when_ready(),
         )
 

@@ -24,7 +24,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from glance_tx import images
+from glance_tx.config import ImageFormatConfig
 from glance_tx.errors import BadRequest, Conflict, GlanceError, RequestEntityTooLarge
+from glance_tx.formats.inspection import InspectionStage, wants_inspection
 from glance_tx.images import Image, ImageUpdate, Location
 from glance_tx.leases import UploadLeases
 from glance_tx.registry.interface import IRegistry
@@ -151,10 +153,18 @@ class Uploader:
     leases: UploadLeases | None = None
     #: The algorithm of os_hash_value (Glance's hashing_algorithm).
     hashing_algorithm: str = "sha512"
+    #: What the content of a bare image must be; None inspects nothing.
+    image_format: ImageFormatConfig | None = field(factory=ImageFormatConfig)
 
     def stages(self, image: Image, expected_checksum: str | None) -> Sequence[IUploadStage]:
         """What every byte of an upload to C{image} passes through."""
-        return (ChecksumStage(expected_checksum), HashStage(self.hashing_algorithm))
+        stages: list[IUploadStage] = [
+            ChecksumStage(expected_checksum),
+            HashStage(self.hashing_algorithm),
+        ]
+        if self.image_format is not None and wants_inspection(image.container_format):
+            stages.append(InspectionStage(image.disk_format, self.image_format))
+        return stages
 
     def check_declared_size(
         self, declared_name: str, declared: int | None, content_length: int | None

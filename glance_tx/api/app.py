@@ -8,7 +8,7 @@ from glance_tx.api.root import V1_PREFIXES, V2_PREFIXES, RootAPI
 from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
-from glance_tx.config import CacheConfig
+from glance_tx.config import CacheConfig, ImageFormatConfig
 from glance_tx.leases import UploadLeases
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
@@ -26,6 +26,7 @@ def build_site(
     reactor: Any,
     cache: CacheConfig | None = None,
     leases: UploadLeases | None = None,
+    image_format: ImageFormatConfig | None = None,
 ) -> GlanceSite:
     cache = cache or CacheConfig()
     uploader = Uploader(
@@ -34,6 +35,7 @@ def build_site(
         runner=runner,
         size_cap=image_size_cap,
         leases=leases,
+        image_format=image_format or ImageFormatConfig(),
     )
     v1 = V1API(
         registry=registry,

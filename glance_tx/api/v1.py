@@ -46,6 +46,7 @@ from glance_tx.errors import (
     BadRequest,
     Conflict,
     GlanceError,
+    InvalidImageData,
     LengthRequired,
     UnsupportedMediaType,
 )
@@ -64,6 +65,14 @@ def _json(request: IRequest, document: Any, status: int = 200) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     return json.dumps(document).encode("utf-8")
+
+
+async def _finished(upload: Upload) -> Image:
+    """Finish an upload; content refused is a 400 in v1 (v2 says 415)."""
+    try:
+        return await upload.finish()
+    except InvalidImageData as e:
+        raise BadRequest(e.message) from None
 
 
 def _arg(request: IRequest, name: str) -> str | None:
@@ -275,8 +284,7 @@ class V1API(ImagesAPI):
     @uploads.route("/images", "POST", start=_start_create)
     async def create(self, request: StreamingRequest) -> bytes:
         if request.upload_started is not None:
-            upload = await request.upload_started
-            image = await upload.finish()
+            image = await _finished(await request.upload_started)
         else:
             _check_framed(request)
             context = self._context(request)
@@ -295,8 +303,7 @@ class V1API(ImagesAPI):
     @uploads.route("/images/<image_id>", "PUT", start=_start_update)
     async def update(self, request: StreamingRequest, image_id: str) -> bytes:
         if request.upload_started is not None:
-            upload = await request.upload_started
-            image = await upload.finish()
+            image = await _finished(await request.upload_started)
             return _json(request, {"image": image_document(image)})
         _check_framed(request)
         meta = parse_headers(request.requestHeaders)
