@@ -245,3 +245,31 @@ class PipelineTests(SynchronousTestCase):
         self.assertNotIn("internal detail", failure.value.message)
         self.assertTrue(writer.aborted)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_each_stage_sees_every_byte_once(self) -> None:
+        """Every stage is fed the very batches the store writer gets, each
+        once, in order: inspection costs no second read of the data."""
+
+        @implementer(IUploadStage)
+        @define
+        class Recording:
+            batches: list[bytes] = field(factory=list)
+
+            def feed(self, data):
+                self.batches.append(data)
+
+            def result(self):
+                return {"seen": sum(map(len, self.batches))}
+
+        writer = RecordingWriter()
+        first, second = Recording(), Recording()
+        pipeline = UploadPipeline(
+            writer, SynchronousRunner(), size_cap=10**9, batch_size=100, stages=(first, second)
+        )
+        for i in range(1000):
+            pipeline.write(bytes([i % 256]) * 7)
+        result = self.successResultOf(self.finish(pipeline))
+        self.assertEqual(first.batches, writer.data)
+        self.assertEqual(second.batches, writer.data)
+        self.assertTrue(all(a is b for a, b in zip(first.batches, writer.data, strict=True)))
+        self.assertEqual(dict(result.fields), {"seen": 7000})
