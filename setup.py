@@ -21,6 +21,9 @@ setup(
         "attrs >= 23.1",
         # SigV4 signing for the S3 store (glance_tx/store/s3_client.py).
         "botocore >= 1.34, < 2",
+        # The disk image format inspector OpenStack maintains
+        # (glance_tx/formats/inspection.py); pinned in constraints.txt.
+        "oslo.utils[image-inspection] >= 10, < 11",
     ],
     extras_require={
         "postgresql": ["psycopg[binary] >= 3.1, < 4"],

@@ -12,6 +12,7 @@ import configparser
 import os
 import socket
 from collections.abc import Mapping
+from typing import Any
 
 from attrs import field, frozen
 
@@ -111,6 +112,26 @@ class ImageQuotas:
     image_location_quota: int = 10
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(value)
+
+
+@frozen
+class ImageFormatConfig:
+    """
+    What an upload's content must be (Glance's C{[image_format]} options;
+    see L{glance_tx.formats.inspection}).
+    """
+
+    #: Refuse an upload whose content is not its declared disk_format.
+    require_image_format_match: bool = True
+    #: The VMDK create types allowed; others (descriptor files naming
+    #: extents, such as monolithicFlat) are refused.
+    vmdk_allowed_types: tuple[str, ...] = field(
+        default=("streamOptimized", "monolithicSparse"), converter=_names
+    )
+
+
 @frozen
 class Config:
     endpoint: str
@@ -133,6 +154,7 @@ class Config:
     #: third of that); a node silent for longer is taken for gone.
     upload_lease_seconds: float = 60.0
     cache: CacheConfig = field(factory=CacheConfig)
+    image_format: ImageFormatConfig = field(factory=ImageFormatConfig)
     #: The registry server to use instead of the in-process SQL registry
     #: (C{http://host:9191}); None keeps the registry in-process.
     registry_url: str | None = None
@@ -268,6 +290,7 @@ def load_config(
         node_id=default.get("node_id") or default_node_id(endpoint),
         upload_lease_seconds=_seconds(default, "upload_lease_seconds", 60.0),
         cache=_cache_config(parser),
+        image_format=_image_format_config(parser),
         registry_url=_registry_url(default),
         registry_token=default.get("registry_token") or None,
         registry_client_timeout=_seconds(default, "registry_client_timeout", 5.0),
@@ -414,4 +437,21 @@ def _cache_config(parser: configparser.ConfigParser) -> CacheConfig:
         purge_urls=urls,
         purge_attempts=_int(section, "purge_attempts", defaults.purge_attempts, minimum=1),
         purge_repeat_delay=_int(section, "purge_repeat_delay", defaults.purge_repeat_delay),
+    )
+
+
+def _image_format_config(parser: configparser.ConfigParser) -> ImageFormatConfig:
+    """The [image_format] section; see L{ImageFormatConfig}."""
+    section: Mapping[str, str] = (
+        parser["image_format"] if parser.has_section("image_format") else {}
+    )
+    defaults = ImageFormatConfig()
+    types = section.get("vmdk_allowed_types")
+    return ImageFormatConfig(
+        require_image_format_match=bool_option(
+            section, "require_image_format_match", defaults.require_image_format_match
+        ),
+        vmdk_allowed_types=defaults.vmdk_allowed_types
+        if types is None
+        else tuple(t.strip() for t in types.split(",") if t.strip()),
     )

@@ -100,6 +100,13 @@ class UnsupportedMediaType(GlanceError):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
 
+class InvalidImageData(UnsupportedMediaType):
+    """
+    Image data whose content contradicts its C{disk_format}, or that is not
+    safe to boot (Glance's C{InvalidImageData}): 415 in v2, 400 in v1.
+    """
+
+
 class RangeNotSatisfiable(GlanceError):
     status = HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE
 

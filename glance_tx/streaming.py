@@ -1,74 +1,77 @@
 """
 The consumer chain every upload body goes through:
 
-    client socket -> size limit -> md5 + sha512 -> store writer
+    client socket -> size limit -> stages (md5, the os_hash, ...) -> store writer
 
-Bytes are gathered into batches of about 1 MiB so that each hash and the
-store see few, large calls. Each hash runs on its own serial runner
-(``hashlib`` releases the GIL, so both hashes and the store's writes proceed in
-parallel on worker threads), which keeps its batches in order and lets one
-pool thread take batch after batch without a trip through the reactor.
-Backpressure: when the
-hashes fall more than a high watermark behind, or the store writer asks for a
-pause, the client's transport is paused; it resumes once every reason to
-pause has gone (L{glance_tx.backpressure.PauseGate}).
+Bytes are gathered into batches of about 1 MiB so that each stage and the
+store see few, large calls. Each stage (L{glance_tx.stages.IUploadStage})
+runs on its own serial runner (``hashlib`` releases the GIL, so the hashes
+and the store's writes proceed in parallel on worker threads), which keeps
+its batches in order and lets one pool thread take batch after batch
+without a trip through the reactor. What the stages find flows into the
+upload's result as image fields. Backpressure: when the slowest stage falls
+more than a high watermark behind, or the store writer asks for a pause,
+the client's transport is paused; it resumes once every reason to pause
+has gone (L{glance_tx.backpressure.PauseGate}).
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, cast
 
 from attrs import define, field, frozen
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from glance_tx.backpressure import PauseGate, Watermarks
 from glance_tx.errors import BadRequest, GlanceError, RequestEntityTooLarge
+from glance_tx.stages import IUploadStage
 from glance_tx.store.interface import IStoreWriter, StoredData
 from glance_tx.threads import BlockingRunner
+
+log = Logger()
 
 MiB = 1 << 20
 
 
 @frozen
 class UploadResult:
-    """What arrived: where it is stored, its size and its hashes."""
+    """
+    What arrived: where it is stored, its size, and the image fields the
+    stages found (C{checksum}, C{os_hash_algo}, C{os_hash_value}, ...).
+    """
 
     location: str
     size: int
-    checksum: str
-    os_hash_algo: str
-    os_hash_value: str
+    fields: Mapping[str, Any] = field(converter=lambda f: MappingProxyType(dict(f)))
 
 
 @define
-class _SerialHasher:
-    """One hash object, fed batches strictly in order on a serial runner."""
+class _SerialStage:
+    """One stage, fed batches strictly in order on a serial runner."""
 
     runner: BlockingRunner
-    hasher: Any
-    #: Bytes fed but not yet hashed.
+    stage: IUploadStage
+    #: Bytes fed but not yet taken by the stage.
     backlog: int = 0
 
     def feed(self, data: bytes) -> Deferred[None]:
-        """Queue C{data}; the returned Deferred fires once it is hashed."""
+        """Queue C{data}; the returned Deferred fires once the stage took it."""
         self.backlog += len(data)
-        return self.runner.run(self.hasher.update, data).addCallback(
-            self._hashed, len(data)
-        )
+        return self.runner.run(self.stage.feed, data).addBoth(self._fed, len(data))
 
-    def _hashed(self, _: None, length: int) -> None:
+    def _fed(self, result: Any, length: int) -> Any:
         self.backlog -= length
+        return result
 
-    def drained(self) -> Deferred[None]:
-        """Fire once everything fed so far is hashed."""
-        return self.runner.run(_nothing)
-
-
-def _nothing() -> None:
-    pass
+    def result(self) -> Deferred[Mapping[str, Any]]:
+        """After everything fed so far: what the stage found."""
+        return self.runner.run(self.stage.result)
 
 
 @implementer(IConsumer, IPushProducer)
@@ -76,19 +79,20 @@ def _nothing() -> None:
 class UploadPipeline:
     """
     Takes an upload's body bytes (as an L{IConsumer}) and passes them on to
-    a store writer (as the L{IPushProducer} registered on it), enforcing the
-    size cap and the declared size as the bytes arrive and hashing them.
+    a store writer (as the L{IPushProducer} registered on it) and to each
+    of its C{stages}, enforcing the size cap and the declared size as the
+    bytes arrive.
     """
 
     writer: IStoreWriter
     runner: BlockingRunner
     size_cap: int
+    stages: Sequence[IUploadStage] = ()
     expected_size: int | None = None
-    expected_checksum: str | None = None
     batch_size: int = MiB
-    # Bytes handed to the hashes but not yet hashed. A few batches keep both
+    # Bytes handed to the stages but not yet taken. A few batches keep both
     # hash threads busy; more would only cost memory. Resuming as soon as
-    # one batch has room (not once the hashes have nearly run dry) keeps
+    # one batch has room (not once the stages have nearly run dry) keeps
     # them from idling while the next batch arrives.
     high_watermark: int = 4 * MiB
     low_watermark: int = 3 * MiB
@@ -97,18 +101,14 @@ class UploadPipeline:
     failure: GlanceError | None = field(default=None, init=False)
     _batch: list[bytes] = field(factory=list, init=False)
     _batch_len: int = field(default=0, init=False)
-    _md5: _SerialHasher = field(init=False)
-    _sha512: _SerialHasher = field(init=False)
+    _stages: list[_SerialStage] = field(init=False)
     _gate: PauseGate = field(factory=PauseGate, init=False)
-    _hash_watermarks: Watermarks = field(init=False)
+    _stage_watermarks: Watermarks = field(init=False)
     _finished: bool = field(default=False, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._md5 = _SerialHasher(
-            self.runner.serial(), hashlib.md5(usedforsecurity=False)
-        )
-        self._sha512 = _SerialHasher(self.runner.serial(), hashlib.sha512())
-        self._hash_watermarks = Watermarks(self.high_watermark, self.low_watermark)
+        self._stages = [_SerialStage(self.runner.serial(), stage) for stage in self.stages]
+        self._stage_watermarks = Watermarks(self.high_watermark, self.low_watermark)
         self.writer.registerProducer(self, True)
 
     # IConsumer: the client's transport registers here.
@@ -159,17 +159,23 @@ class UploadPipeline:
         self._batch = []
         self._batch_len = 0
         self.writer.write(data)
-        self._md5.feed(data).addCallback(self._hashed)
-        self._sha512.feed(data).addCallback(self._hashed)
-        self._hashed(None)
+        for stage in self._stages:
+            stage.feed(data).addCallbacks(self._stage_took, self._stage_failed)
+        self._stage_took(None)
 
     @property
-    def _hash_backlog(self) -> int:
-        """How far the slower hash is behind."""
-        return max(self._md5.backlog, self._sha512.backlog)
+    def _stage_backlog(self) -> int:
+        """How far the slowest stage is behind."""
+        return max((stage.backlog for stage in self._stages), default=0)
 
-    def _hashed(self, _: None) -> None:
-        self._hash_watermarks.apply(self._gate, "hashing", self._hash_backlog)
+    def _stage_took(self, _: None) -> None:
+        self._stage_watermarks.apply(self._gate, "stages", self._stage_backlog)
+
+    def _stage_failed(self, failure: Failure) -> None:
+        """A stage refused the upload: the next write, or the finish, says so."""
+        self._stage_took(None)
+        if self.failure is None:
+            self.failure = _as_refusal(failure)
 
     # IPushProducer: the store writer pauses and resumes us.
     def pauseProducing(self) -> None:
@@ -187,41 +193,36 @@ class UploadPipeline:
 
     async def finish(self) -> UploadResult:
         """
-        After the last body byte: drain the hashes, check the declared size
-        and checksum, and commit the data. On any refusal the data is
-        aborted before the error is raised.
+        After the last body byte: let every stage take the rest, check the
+        declared size, gather what the stages found (each may refuse), and
+        commit the data. On any refusal the data is aborted before the
+        error is raised.
         """
         self._finished = True
         try:
+            self._flush()
             if self.failure is not None:
                 raise self.failure
-            self._flush()
-            await gatherResults([self._md5.drained(), self._sha512.drained()])
             if self.expected_size is not None and self.received != self.expected_size:
                 raise BadRequest(
                     f"Image data is {self.received} bytes but the declared size "
                     f"is {self.expected_size}"
                 )
-            checksum = self._md5.hasher.hexdigest()
-            if (
-                self.expected_checksum is not None
-                and self.expected_checksum.lower() != checksum
-            ):
-                raise BadRequest(
-                    f"Image data has checksum {checksum} but the declared "
-                    f"checksum is {self.expected_checksum}"
-                )
+            fields: dict[str, Any] = {}
+            for stage in self._stages:
+                # Queued behind the stage's last feed, so it runs after it.
+                try:
+                    found = await stage.result()
+                except Exception:
+                    raise self.failure or _as_refusal(Failure()) from None
+                if self.failure is not None:
+                    raise self.failure
+                fields.update(found)
         except BaseException:
             await self.abort()
             raise
         stored: StoredData = await self.writer.commit()
-        return UploadResult(
-            location=stored.location,
-            size=stored.size,
-            checksum=checksum,
-            os_hash_algo="sha512",
-            os_hash_value=self._sha512.hasher.hexdigest(),
-        )
+        return UploadResult(location=stored.location, size=stored.size, fields=fields)
 
     async def abort(self) -> None:
         """Drop everything received; the store removes what it wrote."""
@@ -229,3 +230,11 @@ class UploadPipeline:
         self._batch = []
         self._gate.detach()
         await self.writer.abort()
+
+
+def _as_refusal(failure: Failure) -> GlanceError:
+    """A stage's error as what the client is told: its own, or a 500 logged here."""
+    if isinstance(failure.value, GlanceError):
+        return failure.value
+    log.failure("An upload stage failed", failure)
+    return GlanceError("The upload could not be checked")

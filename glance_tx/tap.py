@@ -125,6 +125,7 @@ def glance_service(
             default_project=config.default_project,
             reactor=reactor,
             cache=config.cache,
+            image_format=config.image_format,
             leases=await leases.when_ready(),
             show_multiple_locations=config.show_multiple_locations,
             show_image_direct_url=config.show_image_direct_url,

@@ -2,8 +2,11 @@
 The life of one image-data upload, independent of API version.
 
 C{start} moves a queued image to C{saving} (atomically, so two uploads to one
-image cannot both begin) and opens a store writer. The L{Upload} then takes
-the body; C{finish} records the result and makes the image C{active}, and
+image cannot both begin), opens a store writer and chooses the stages the
+bytes pass through (L{glance_tx.stages}). The L{Upload} then takes the body,
+as the L{IConsumer} the client's transport is registered on; C{finish}
+records the result (what the stages found included) and makes the image
+C{active}, and
 C{abort} removes the partial data and puts the image in its truthful failure
 state: v1 says C{killed}, v2 returns the image to C{queued}. While it runs
 the upload is leased to this node (L{glance_tx.leases}), so that if the node
@@ -12,15 +15,22 @@ dies another node reclaims it (L{glance_tx.recovery}) with that same status.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 from attrs import define, field
+from twisted.internet.interfaces import IConsumer, IProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from glance_tx import images
+from glance_tx.config import ImageFormatConfig
 from glance_tx.errors import BadRequest, Conflict, GlanceError, RequestEntityTooLarge
+from glance_tx.formats.inspection import InspectionStage, wants_inspection
 from glance_tx.images import Image, ImageUpdate, Location
 from glance_tx.leases import UploadLeases
 from glance_tx.registry.interface import IRegistry
+from glance_tx.stages import ChecksumStage, HashStage, IUploadStage
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.interface import IStore
 from glance_tx.streaming import UploadPipeline
@@ -29,9 +39,14 @@ from glance_tx.threads import BlockingRunner
 log = Logger()
 
 
+@implementer(IConsumer)
 @define
 class Upload:
-    """One upload in progress; the body's bytes go to C{write}."""
+    """
+    One upload in progress: the consumer of its body. The client's
+    transport registers as its producer (and is paused while the store or
+    a stage is behind); the body's bytes go to C{write}.
+    """
 
     image: Image
     pipeline: UploadPipeline
@@ -42,8 +57,20 @@ class Upload:
     leases: UploadLeases | None = None
     done: bool = field(default=False, init=False)
 
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self.pipeline.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.pipeline.unregisterProducer()
+
     def write(self, data: bytes) -> None:
+        """Take the next body bytes; raise a L{GlanceError} to refuse them."""
         self.pipeline.write(data)
+
+    @property
+    def paused(self) -> bool:
+        """Whether the client should be paused now."""
+        return self.pipeline.paused
 
     async def finish(self) -> Image:
         """Check and commit the data, then record it: the image is active."""
@@ -68,11 +95,9 @@ class Upload:
                 self.image.id,
                 ImageUpdate(
                     fields={
+                        **result.fields,
                         "status": images.ACTIVE,
                         "size": result.size,
-                        "checksum": result.checksum,
-                        "os_hash_algo": result.os_hash_algo,
-                        "os_hash_value": result.os_hash_value,
                         "locations": (Location(result.location, self.store_id),),
                     }
                 ),
@@ -126,6 +151,20 @@ class Uploader:
     size_cap: int
     #: This node's upload leases; None (tests of one process) takes none.
     leases: UploadLeases | None = None
+    #: The algorithm of os_hash_value (Glance's hashing_algorithm).
+    hashing_algorithm: str = "sha512"
+    #: What the content of a bare image must be; None inspects nothing.
+    image_format: ImageFormatConfig | None = field(factory=ImageFormatConfig)
+
+    def stages(self, image: Image, expected_checksum: str | None) -> Sequence[IUploadStage]:
+        """What every byte of an upload to C{image} passes through."""
+        stages: list[IUploadStage] = [
+            ChecksumStage(expected_checksum),
+            HashStage(self.hashing_algorithm),
+        ]
+        if self.image_format is not None and wants_inspection(image.container_format):
+            stages.append(InspectionStage(image.disk_format, self.image_format))
+        return stages
 
     def check_declared_size(
         self, declared_name: str, declared: int | None, content_length: int | None
@@ -205,8 +244,8 @@ class Uploader:
             writer=writer,
             runner=self.runner,
             size_cap=self.size_cap,
+            stages=self.stages(image, expected_checksum),
             expected_size=expected_size,
-            expected_checksum=expected_checksum,
         )
         return Upload(
             image=image,

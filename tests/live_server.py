@@ -60,6 +60,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.server import Request as WebRequest
 
+from glance_tx import twisted_private
 from glance_tx.config import Config, load_config
 from glance_tx.services import ServiceChain, ThreadPoolService
 from glance_tx.tap import glance_service
@@ -259,9 +260,8 @@ class _ProxyResource(Resource):
 
         def failed(failure: Any) -> None:
             log.failure("identity proxy", failure)
-            if not request.finished and not request._disconnected:
-                # _disconnected: twisted.web has no public "is the client
-                # gone" flag; finishing a gone request raises.
+            if not request.finished and not twisted_private.client_gone(request):
+                # Finishing a gone request raises.
                 request.setResponseCode(502)
                 request.finish()
 
@@ -312,8 +312,7 @@ class _ProxyResource(Resource):
             request.responseHeaders.setRawHeaders(name, values)
         if method != b"HEAD":
             await treq_collect(response, request.write)
-        if not request._disconnected:
-            # See failed() above for _disconnected.
+        if not twisted_private.client_gone(request):
             request.finish()
 
 

@@ -323,13 +323,14 @@ class ListTests(ErrorShapeMixin, SiteTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.ids = {}
+        # In ovf containers: the made-up data is not a disk to inspect.
         for name, disk, size, public in [
             ("a", "raw", 10, "true"), ("b", "qcow2", 20, "false"),
             ("c", "qcow2", 30, "true"), ("d", "iso", 40, "false"),
         ]:
             answer = self.request(
                 "POST", "/v1/images",
-                {**OCTET, **meta(name=name, disk_format=disk, container_format="bare",
+                {**OCTET, **meta(name=name, disk_format=disk, container_format="ovf",
                                  is_public=public, property_tier=name.upper())},
                 data=b"x" * size,
             )
@@ -361,7 +362,7 @@ class ListTests(ErrorShapeMixin, SiteTestCase):
         self.assertEqual(sorted(self.names("?is_public=true")), ["a", "c"])
         self.assertEqual(sorted(self.names("?is_public=false")), ["b", "d", "queued-one"])
         self.assertEqual(self.names("?property-tier=D"), ["d"])
-        self.assertEqual(sorted(self.names("?container_format=bare&disk_format=iso")), ["d"])
+        self.assertEqual(sorted(self.names("?container_format=ovf&disk_format=iso")), ["d"])
 
     def test_sort_and_paginate(self) -> None:
         """sort_key/sort_dir order the list; marker+limit page through it."""
@@ -454,7 +455,7 @@ class UpdateDeleteTests(ErrorShapeMixin, SiteTestCase):
         image_id = self.create(name="racy")
         upload = self.successResultOf(
             Deferred.fromCoroutine(
-                self.site.upload_routes[1].start.__self__.uploader.start(
+                self.site.upload_routes[1].api.uploader.start(
                     self.successResultOf(self.registry.get(image_id))
                 )
             )

@@ -10,12 +10,19 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from glance_tx.backpressure import Watermarks
-from glance_tx.errors import BadRequest, RequestEntityTooLarge, StorageFull
+from glance_tx.errors import (
+    BadRequest,
+    RequestEntityTooLarge,
+    StorageFull,
+    UnsupportedMediaType,
+)
+from glance_tx.stages import ChecksumStage, HashStage, IUploadStage
 from glance_tx.store.interface import IStoreWriter, StoredData
 from glance_tx.store.writer import IWriteBackend, StoreWriter
-from glance_tx.streaming import UploadPipeline
+from glance_tx.streaming import UploadPipeline as _Pipeline
 from glance_tx.threads import SynchronousRunner
 from tests.fakes import ManualRunner
 
@@ -51,6 +58,30 @@ class RecordingWriter:
         return succeed(None)
 
 
+def UploadPipeline(writer, runner, *, expected_checksum=None, stages=None, **kwargs):
+    """The pipeline with the stages every upload has (md5, sha512)."""
+    if stages is None:
+        stages = (ChecksumStage(expected_checksum), HashStage("sha512"))
+    return _Pipeline(writer, runner, stages=stages, **kwargs)
+
+
+@implementer(IUploadStage)
+@define
+class RefusingStage:
+    """A stage that refuses once it has seen C{after} bytes, or at the end."""
+
+    after: int | None = None
+    seen: int = 0
+
+    def feed(self, data):
+        self.seen += len(data)
+        if self.after is not None and self.seen >= self.after:
+            raise UnsupportedMediaType(f"refused after {self.seen} bytes")
+
+    def result(self):
+        raise UnsupportedMediaType(f"refused at the end, after {self.seen} bytes")
+
+
 @define
 class FakeTransport:
     paused: int = 0
@@ -81,8 +112,14 @@ class PipelineTests(SynchronousTestCase):
         data = b"".join(chunks)
         self.assertEqual(b"".join(writer.data), data)
         self.assertTrue(all(len(d) >= 10 for d in writer.data[:-1]))
-        self.assertEqual(result.checksum, hashlib.md5(data).hexdigest())
-        self.assertEqual(result.os_hash_value, hashlib.sha512(data).hexdigest())
+        self.assertEqual(
+            dict(result.fields),
+            {
+                "checksum": hashlib.md5(data).hexdigest(),
+                "os_hash_algo": "sha512",
+                "os_hash_value": hashlib.sha512(data).hexdigest(),
+            },
+        )
         self.assertEqual(result.size, len(data))
         self.assertTrue(writer.committed)
 
@@ -154,6 +191,100 @@ class PipelineTests(SynchronousTestCase):
         runner.run_all()
         self.assertEqual(transport.resumed, 1)
         self.assertEqual(transport.paused, 1)
+
+    def test_stages_are_upload_stages(self) -> None:
+        """Every stage provides IUploadStage."""
+        for stage in (ChecksumStage(), HashStage("sha256"), RefusingStage()):
+            self.assertTrue(verifyObject(IUploadStage, stage))
+
+    def test_hash_stage_algorithm(self) -> None:
+        """The hash stage's algorithm is a parameter (Glance's hashing_algorithm)."""
+        pipeline = UploadPipeline(
+            RecordingWriter(), SynchronousRunner(), size_cap=100, stages=(HashStage("sha256"),)
+        )
+        pipeline.write(b"abc")
+        result = self.successResultOf(self.finish(pipeline))
+        self.assertEqual(
+            dict(result.fields),
+            {"os_hash_algo": "sha256", "os_hash_value": hashlib.sha256(b"abc").hexdigest()},
+        )
+
+    def test_stage_refuses_mid_stream(self) -> None:
+        """A stage that refuses while the body streams fails the next write
+        with its error, and finishing then aborts instead of committing."""
+        writer = RecordingWriter()
+        pipeline = UploadPipeline(
+            writer, SynchronousRunner(), size_cap=10**9, batch_size=10,
+            stages=(ChecksumStage(), RefusingStage(after=20)),
+        )
+        pipeline.write(b"x" * 10)
+        pipeline.write(b"x" * 10)
+        error = self.assertRaises(UnsupportedMediaType, pipeline.write, b"x")
+        self.assertEqual(error.message, "refused after 20 bytes")
+        self.failureResultOf(self.finish(pipeline), UnsupportedMediaType)
+        self.assertTrue(writer.aborted)
+        self.assertFalse(writer.committed)
+
+    def test_stage_refuses_at_the_end(self) -> None:
+        """A stage's result may refuse: the data is aborted, not committed."""
+        writer = RecordingWriter()
+        pipeline = UploadPipeline(
+            writer, SynchronousRunner(), size_cap=100, stages=(ChecksumStage(), RefusingStage())
+        )
+        pipeline.write(b"abc")
+        failure = self.failureResultOf(self.finish(pipeline), UnsupportedMediaType)
+        self.assertEqual(failure.value.message, "refused at the end, after 3 bytes")
+        self.assertTrue(writer.aborted)
+        self.assertFalse(writer.committed)
+
+    def test_stage_crash_is_a_500(self) -> None:
+        """A stage failing with an unexpected error refuses with a 500 that
+        says nothing of the error, and the data is aborted."""
+
+        @implementer(IUploadStage)
+        class Crashing:
+            def feed(self, data):
+                raise ZeroDivisionError("internal detail")
+
+            def result(self):
+                return {}
+
+        writer = RecordingWriter()
+        pipeline = UploadPipeline(writer, SynchronousRunner(), size_cap=100, stages=(Crashing(),))
+        pipeline.write(b"abc")
+        failure = self.failureResultOf(self.finish(pipeline))
+        self.assertEqual(failure.value.status, 500)
+        self.assertNotIn("internal detail", failure.value.message)
+        self.assertTrue(writer.aborted)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_each_stage_sees_every_byte_once(self) -> None:
+        """Every stage is fed the very batches the store writer gets, each
+        once, in order: inspection costs no second read of the data."""
+
+        @implementer(IUploadStage)
+        @define
+        class Recording:
+            batches: list[bytes] = field(factory=list)
+
+            def feed(self, data):
+                self.batches.append(data)
+
+            def result(self):
+                return {"seen": sum(map(len, self.batches))}
+
+        writer = RecordingWriter()
+        first, second = Recording(), Recording()
+        pipeline = UploadPipeline(
+            writer, SynchronousRunner(), size_cap=10**9, batch_size=100, stages=(first, second)
+        )
+        for i in range(1000):
+            pipeline.write(bytes([i % 256]) * 7)
+        result = self.successResultOf(self.finish(pipeline))
+        self.assertEqual(first.batches, writer.data)
+        self.assertEqual(second.batches, writer.data)
+        self.assertTrue(all(a is b for a, b in zip(first.batches, writer.data, strict=True)))
+        self.assertEqual(dict(result.fields), {"seen": 7000})
 
 
 @implementer(IWriteBackend)

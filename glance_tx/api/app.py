@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any, cast
 
 from glance_tx.api.channel import DEFAULT_MAX_HEADER_LINE
-from glance_tx.api.root import RootAPI
+from glance_tx.api.root import V1_PREFIXES, V2_PREFIXES, RootAPI
 from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
-from glance_tx.config import CacheConfig, ImageQuotas
+from glance_tx.config import CacheConfig, ImageFormatConfig, ImageQuotas
 from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.leases import UploadLeases
@@ -36,6 +36,7 @@ def build_site(
     quotas: ImageQuotas | None = None,
     identity: IIdentityResolver | None = None,
     delayed_delete: bool = False,
+    image_format: ImageFormatConfig | None = None,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
@@ -53,6 +54,7 @@ def build_site(
         runner=runner,
         size_cap=image_size_cap,
         leases=leases,
+        image_format=image_format or ImageFormatConfig(),
     )
     v1 = V1API(
         registry=registry,
@@ -75,7 +77,7 @@ def build_site(
     root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())
     site = GlanceSite(
         root.resource(),
-        upload_routes=v1.upload_routes() + v2.upload_routes(),
+        upload_routes=v1.uploads.bound(v1, V1_PREFIXES) + v2.uploads.bound(v2, V2_PREFIXES),
         max_header_line=max_header_line,
         reactor=reactor,
     )

@@ -24,6 +24,11 @@ from glance_tx.api.versions import versions_document
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 
+#: Where each version's app is mounted (the dispatch below): what its upload
+#: routes are served under.
+V1_PREFIXES = ("/v1", "")
+V2_PREFIXES = ("/v2",)
+
 
 @define
 class RootAPI:

@@ -5,15 +5,15 @@ twisted.web (through 26.x) has no public streaming request-body API: a
 request is routed only after its last body byte, which has been spooled to
 memory or a temp file. glance-tx cannot afford either for multi-GiB images.
 So L{StreamingRequest} decides in C{gotLength} -- after the headers, before
-any body byte -- whether the request is an image-data upload; if so it asks
-the matching L{UploadRoute} to start the upload (check the image, open a
-store writer) while the client's transport is paused, then passes each body
-chunk straight to it.
+any body byte -- whether the request is an image-data upload (one of the
+routes declared in L{glance_tx.api.upload_routes}); if so it asks that route
+to start the upload (check the image, open a store writer) while the
+client's transport is paused, then passes each body chunk straight to the
+L{glance_tx.uploads.Upload}.
 
-The one private detail this needs is the request line, which HTTPChannel keeps
-on C{_command} and C{_path} until the body is complete (public C{method} and
-C{uri} are set only later, in C{requestReceived}). C{tests/test_site.py} pins
-that detail so that a Twisted upgrade that changes it fails loudly.
+The private details of Twisted this needs -- the request line before the
+body, its HTTP version, whether the client is gone, the socket's read size --
+are read through L{glance_tx.twisted_private}, where each is pinned by a test.
 
 A refusal decided before or during the body (unknown image, wrong status,
 size over the cap) is answered at once with a complete response and the
@@ -24,18 +24,17 @@ really started, so a refused one never sends its body.
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qs
 
-from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 
+from glance_tx import twisted_private
 from glance_tx.api.channel import (
     DEFAULT_MAX_HEADER_LINE,
     GlanceChannel,
@@ -43,6 +42,7 @@ from glance_tx.api.channel import (
     raw_answer,
 )
 from glance_tx.api.errors import handle_unexpected_error
+from glance_tx.api.upload_routes import UploadMatcher, UploadRoute
 from glance_tx.errors import GlanceError, Unauthorized
 from glance_tx.request_ids import HEADER, new_request_id, parse_request_id, working_for
 from glance_tx.uploads import Upload
@@ -56,19 +56,6 @@ log = Logger()
 #: throughput in bench/transfer.py). Bigger reads gain nothing more and cost
 #: more memory per connection.
 UPLOAD_READ_SIZE = 256 * 1024
-
-
-@frozen
-class UploadRoute:
-    """
-    Requests whose method and path match are image-data uploads (when they
-    have a body); C{start} begins one and returns the L{Upload}, or raises a
-    L{GlanceError} to refuse it.
-    """
-
-    method: bytes
-    path: re.Pattern[bytes]
-    start: Callable[[StreamingRequest, re.Match[bytes]], Awaitable[Upload]]
 
 
 class _StreamedBody:
@@ -143,14 +130,12 @@ class StreamingRequest(server.Request):
             self.caller_request_id = parse_request_id(self.requestHeaders.getRawHeaders(HEADER))
         if length == 0:
             return
-        # Private: see the module docstring.
-        command: bytes = self.channel._command
-        uri: bytes = self.channel._path
+        command, uri = twisted_private.request_line(self.channel)
         path, _, query = uri.partition(b"?")
-        match = site.match_upload(command, path)
+        match = site.upload_matcher.match(command, path)
         if match is None:
             return
-        route, found = match
+        route, arguments = match
         self.method, self.uri, self.path = command, uri, path
         self.args = parse_qs(query, True)
         self.content.close()
@@ -159,11 +144,13 @@ class StreamingRequest(server.Request):
         if expect and expect[0].lower() == b"100-continue":
             # Keep HTTPChannel from saying "100 Continue" before we know.
             self.requestHeaders.removeHeader(b"expect")
-            self._send_continue = self.channel._version == b"HTTP/1.1"
+            self._send_continue = (
+                twisted_private.request_version(self.channel) == b"HTTP/1.1"
+            )
         self._pause_client()
         self.upload_started = Deferred()
         with working_for(self.working_for):
-            started = Deferred.fromCoroutine(_awaited(route.start(self, found)))
+            started = Deferred.fromCoroutine(_awaited(route.begin(self, arguments)))
         started.addCallbacks(self._upload_ready, self._upload_refused)
 
     def _pause_client(self) -> None:
@@ -179,12 +166,12 @@ class StreamingRequest(server.Request):
             return
         if self._send_continue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        upload.pipeline.registerProducer(self.transport, True)
+        upload.registerProducer(self.transport, True)
         self._set_read_size(UPLOAD_READ_SIZE)
         chunks, self._early_chunks = self._early_chunks, []
         for chunk in chunks:
             self._deliver(chunk)
-        if not self._refused and not upload.pipeline.paused:
+        if not self._refused and not upload.paused:
             self._resume_client()
         assert self.upload_started is not None
         self.upload_started.callback(upload)
@@ -219,12 +206,7 @@ class StreamingRequest(server.Request):
     def _set_read_size(self, size: int | None) -> None:
         """Read C{size} bytes at a time from a TCP client (None: the default)."""
         transport = self.channel.transport if self.channel is not None else None
-        if transport is None or not hasattr(transport, "bufferSize"):
-            return  # not a TCP connection (an in-memory test transport)
-        if size is None:
-            vars(transport).pop("bufferSize", None)
-        else:
-            transport.bufferSize = size
+        twisted_private.set_read_size(transport, size)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._body_complete = True
@@ -257,7 +239,7 @@ class StreamingRequest(server.Request):
 
     @property
     def _lost(self) -> bool:
-        return bool(getattr(self, "_disconnected", False))
+        return twisted_private.client_gone(self)
 
     def refuse(self, error: GlanceError) -> None:
         """
@@ -346,21 +328,12 @@ class GlanceSite(server.Site):
         self.upload_routes = upload_routes
         self.max_header_line = max_header_line
         self.caller_request_ids = caller_request_ids
+        self.upload_matcher = UploadMatcher(upload_routes)
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         channel.MAX_LENGTH = self.max_header_line
         return channel
-
-    def match_upload(
-        self, method: bytes, path: bytes
-    ) -> tuple[UploadRoute, re.Match[bytes]] | None:
-        for route in self.upload_routes:
-            if route.method == method.upper():
-                found = route.path.fullmatch(path)
-                if found is not None:
-                    return route, found
-        return None
 
     def log(self, request: Any) -> None:
         self.log_request(request)

@@ -3,14 +3,13 @@ Images API v1: the original ``x-image-meta-*`` header API.
 
 Served under ``/v1/images`` and, as the first Glance did, ``/images``; the
 root resource strips the version prefix, so routes here start at
-``/images``. Uploads with a body stream through L{UploadRoute}s (see
-L{glance_tx.api.site}); the route handlers then only finish them.
+``/images``. Uploads with a body stream to the store as they arrive (see
+L{glance_tx.api.upload_routes}); the route handlers then only finish them.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from attrs import define
@@ -31,7 +30,8 @@ from glance_tx.api.http_cache import (
     serve_document,
 )
 from glance_tx.api.params import parse_int
-from glance_tx.api.site import StreamingRequest, UploadRoute
+from glance_tx.api.site import StreamingRequest
+from glance_tx.api.upload_routes import UploadRoutes
 from glance_tx.api.v1_meta import (
     V1Meta,
     brief_document,
@@ -47,6 +47,7 @@ from glance_tx.errors import (
     Conflict,
     Forbidden,
     GlanceError,
+    InvalidImageData,
     LengthRequired,
     NotFound,
     UnsupportedMediaType,
@@ -69,6 +70,14 @@ def _json(request: IRequest, document: Any, status: int = 200) -> bytes:
     return json.dumps(document).encode("utf-8")
 
 
+async def _finished(upload: Upload) -> Image:
+    """Finish an upload; content refused is a 400 in v1 (v2 says 415)."""
+    try:
+        return await upload.finish()
+    except InvalidImageData as e:
+        raise BadRequest(e.message) from None
+
+
 def _arg(request: IRequest, name: str) -> str | None:
     values = request.args.get(name.encode("utf-8"))
     return values[-1].decode("utf-8") if values else None
@@ -79,15 +88,8 @@ class V1API(ImagesAPI):
     """The v1 Klein app."""
 
     app = json_errors(Klein())
-
-    def upload_routes(self, prefix: bytes = rb"(?:/v1)?") -> tuple[UploadRoute, ...]:
-        """The requests whose bodies are image data, for the site."""
-        return (
-            UploadRoute(b"POST", re.compile(prefix + rb"/images/?"), self._start_create),
-            UploadRoute(
-                b"PUT", re.compile(prefix + rb"/images/([^/]+)"), self._start_update
-            ),
-        )
+    #: The requests whose bodies are image data (see upload_routes).
+    uploads = UploadRoutes(app)
 
     # -- helpers ------------------------------------------------------------
 
@@ -175,14 +177,14 @@ class V1API(ImagesAPI):
 
     # -- uploads, started before the body arrives ---------------------------
 
-    async def _start_create(self, request: StreamingRequest, match: re.Match[bytes]) -> Upload:
+    async def _start_create(self, request: StreamingRequest) -> Upload:
         context = await self._context(request)
         meta = parse_headers(request.requestHeaders)
         expected_size = self._check_upload_request(request, meta)
         image = await self.registry.create(self._new_image(context, meta))
         return await self._start_upload(image, meta, expected_size, None)
 
-    async def _start_update(self, request: StreamingRequest, match: re.Match[bytes]) -> Upload:
+    async def _start_update(self, request: StreamingRequest, image_id: str) -> Upload:
         meta = parse_headers(request.requestHeaders)
         expected_size = self._check_upload_request(request, meta)
 
@@ -190,7 +192,7 @@ class V1API(ImagesAPI):
             changes = self._changes(request, context, image, meta)
             return await self._start_upload(image, meta, expected_size, changes)
 
-        return await self._change_image(request, match.group(1).decode("utf-8"), start)
+        return await self._change_image(request, image_id, start)
 
     async def _start_upload(
         self, image: Image, meta: V1Meta, expected_size: int | None, changes: ImageUpdate | None
@@ -282,11 +284,10 @@ class V1API(ImagesAPI):
             size_max=sizes.get("size_max"),
         )
 
-    @app.route("/images", methods=["POST"])
+    @uploads.route("/images", "POST", start=_start_create)
     async def create(self, request: StreamingRequest) -> bytes:
         if request.upload_started is not None:
-            upload = await request.upload_started
-            image = await upload.finish()
+            image = await _finished(await request.upload_started)
         else:
             _check_framed(request)
             context = await self._context(request)
@@ -303,11 +304,10 @@ class V1API(ImagesAPI):
         request.setHeader(b"Location", f"{self._base_url(request)}/images/{image.id}".encode())
         return _json(request, {"image": image_document(image)}, 201)
 
-    @app.route("/images/<image_id>", methods=["PUT"])
+    @uploads.route("/images/<image_id>", "PUT", start=_start_update)
     async def update(self, request: StreamingRequest, image_id: str) -> bytes:
         if request.upload_started is not None:
-            upload = await request.upload_started
-            image = await upload.finish()
+            image = await _finished(await request.upload_started)
             return _json(request, {"image": image_document(image)})
         _check_framed(request)
         meta = parse_headers(request.requestHeaders)

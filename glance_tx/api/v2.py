@@ -4,7 +4,7 @@ Images API v2: the JSON API today's OpenStack tooling speaks.
 Served under ``/v2``; the root resource moves that segment to C{prepath}, so
 routes here start at ``/images``. Image data uploaded with ``PUT
 /v2/images/{id}/file`` streams through an L{UploadRoute} (see
-L{glance_tx.api.site}); the route handler then only finishes it. A failed
+L{glance_tx.api.upload_routes}); the route handler then only finishes it. A failed
 upload puts the image back to ``queued`` with no data left, as Glance v2
 does. Downloads take the one streaming path every version shares
 (L{glance_tx.api.downloads}).
@@ -19,7 +19,6 @@ name first (openstacksdk's C{find_image}) fall back to a listing.
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -45,7 +44,8 @@ from glance_tx.api.http_cache import (
     shareable,
 )
 from glance_tx.api.params import parse_int, parse_json
-from glance_tx.api.site import StreamingRequest, UploadRoute
+from glance_tx.api.site import StreamingRequest
+from glance_tx.api.upload_routes import UploadRoutes
 from glance_tx.api.v2_patch import (
     ACCEPT_PATCH,
     Change,
@@ -207,20 +207,14 @@ class V2API(ImagesAPI):
     """The v2 Klein app."""
 
     app = json_errors(Klein())
+    #: The requests whose bodies are image data (see upload_routes).
+    uploads = UploadRoutes(app)
 
     #: Show admins each image's C{locations}, and let them add and remove
     #: locations (Glance's option; off by default, as there).
     show_multiple_locations: bool = False
     #: Show admins each image's C{direct_url} (Glance's option).
     show_image_direct_url: bool = False
-
-    def upload_routes(self, prefix: bytes = rb"/v2") -> tuple[UploadRoute, ...]:
-        """The requests whose bodies are image data, for the site."""
-        return (
-            UploadRoute(
-                b"PUT", re.compile(prefix + rb"/images/([^/]+)/file"), self._start_upload
-            ),
-        )
 
     # -- helpers ------------------------------------------------------------
 
@@ -428,9 +422,6 @@ class V2API(ImagesAPI):
 
     # -- image data -----------------------------------------------------------
 
-    async def _start_upload(self, request: StreamingRequest, match: re.Match[bytes]) -> Upload:
-        return await self._begin_upload(request, match.group(1).decode("utf-8", "replace"))
-
     async def _begin_upload(self, request: IRequest, image_id: str) -> Upload:
         """Every check an upload needs before its first byte, then start it."""
         content_type = (_header(request, b"content-type") or "").split(";")[0].strip().lower()
@@ -477,7 +468,7 @@ class V2API(ImagesAPI):
             parse_int("Content-Length", length) if length else None,
         )
 
-    @app.route("/images/<image_id>/file", methods=["PUT"])
+    @uploads.route("/images/<image_id>/file", "PUT", start=_begin_upload)
     async def upload(self, request: StreamingRequest, image_id: str) -> bytes:
         if request.upload_started is not None:
             upload = await request.upload_started

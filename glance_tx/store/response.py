@@ -23,6 +23,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
+from glance_tx import twisted_private
 from glance_tx.backpressure import PauseGate, Watermarks
 from glance_tx.errors import StoreError
 from glance_tx.store.reader import IBlockSource
@@ -43,15 +44,11 @@ def widen_body_reads(transport: Any, size: int) -> None:
     processes side by side, 128 MiB downloads, 4 interleaved rounds,
     medians, with 1 MiB reads: S3 205 -> 290 MiB/s and 1.12 -> 0.80 CPU
     s/GiB; Swift (bound by its proxy) 142 -> 131 MiB/s and 1.28 -> 1.20
-    CPU s/GiB. Twisted has no public API for this: the
-    body's transport (twisted.web.client's TransportProxyProducer) holds
-    the TCP transport as C{_producer}, and C{bufferSize} is a class
-    attribute meant to be overridable per instance. Anything else (a test's
+    CPU s/GiB. Twisted has no public API for this (see
+    L{glance_tx.twisted_private.widen_body_reads}); anything else (a test's
     fake transport) is left as it is.
     """
-    connection = getattr(transport, "_producer", None)
-    if connection is not None and isinstance(getattr(connection, "bufferSize", None), int):
-        connection.bufferSize = max(size, connection.bufferSize)
+    twisted_private.widen_body_reads(transport, size)
 
 
 #: The L{PauseGate} reason for more held than the high watermark.

@@ -1,0 +1,1 @@
+"""Disk image formats: what an upload's content is, and whether it is safe."""

@@ -1,0 +1,88 @@
+"""
+Every private detail of Twisted that glance-tx relies on, in one place.
+
+Twisted (through 26.x) has no public API for what these do: stream a
+request body before routing, tell whether a request's client has gone, or
+tune how much one socket read or send may take. Each function names the
+detail it uses and why; C{tests/test_twisted_private.py} pins each one, so
+a Twisted release that changes any of them fails loudly there rather than
+quietly here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "client_gone",
+    "request_line",
+    "request_version",
+    "set_read_size",
+    "set_send_limit",
+    "widen_body_reads",
+]
+
+
+def request_line(channel: Any) -> tuple[bytes, bytes]:
+    """
+    The method and URI of the request whose headers C{channel} (an
+    C{HTTPChannel}) has just parsed. At C{gotLength} time, before the body,
+    they are only on the private C{_command} and C{_path}; the public
+    C{Request.method} and C{uri} are set after the last body byte.
+    """
+    return channel._command, channel._path
+
+
+def request_version(channel: Any) -> bytes:
+    """The HTTP version of that request (private C{_version}, as above)."""
+    version: bytes = channel._version
+    return version
+
+
+def client_gone(request: Any) -> bool:
+    """
+    Whether a C{twisted.web} request's connection was lost (private
+    C{_disconnected}): there is no public flag, and finishing or writing
+    to a gone request raises.
+    """
+    return bool(getattr(request, "_disconnected", False))
+
+
+def set_read_size(transport: Any, size: int | None) -> None:
+    """
+    Make a TCP C{transport} read C{size} bytes per C{recv()}; C{None} gives
+    it back the class default. C{twisted.internet.tcp.Connection} reads its
+    C{bufferSize} (64 KiB), a class attribute meant to be overridable per
+    instance. Anything without one (an in-memory test transport) is left
+    as it is.
+    """
+    if transport is None or not isinstance(getattr(transport, "bufferSize", None), int):
+        return
+    if size is None:
+        vars(transport).pop("bufferSize", None)
+    else:
+        transport.bufferSize = size
+
+
+def set_send_limit(transport: Any, limit: int) -> None:
+    """
+    Let a transport send up to C{limit} bytes per C{send()}.
+    C{twisted.internet.abstract.FileDescriptor} sends at most its class
+    attribute C{SEND_LIMIT} (128 KiB) and asks its producer for more only
+    once its buffer is empty.
+    """
+    if transport is not None and isinstance(getattr(transport, "SEND_LIMIT", None), int):
+        transport.SEND_LIMIT = limit
+
+
+def widen_body_reads(transport: Any, size: int) -> None:
+    """
+    Let the TCP connection under a client response body's C{transport}
+    read at least C{size} bytes per C{recv()}. The body's transport
+    (C{twisted.web._newclient.TransportProxyProducer}) holds the
+    connection as the private C{_producer}; its C{bufferSize} is as in
+    L{set_read_size}.
+    """
+    connection = getattr(transport, "_producer", None)
+    if connection is not None and isinstance(getattr(connection, "bufferSize", None), int):
+        connection.bufferSize = max(size, connection.bufferSize)

@@ -1,0 +1,119 @@
+"""
+Pins for every private Twisted detail in L{glance_tx.twisted_private}: each
+test fails loudly if a Twisted release changes the detail it names.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from twisted.internet import abstract, tcp
+from twisted.internet.error import ConnectionLost
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import http
+from twisted.web._newclient import TransportProxyProducer
+from twisted.web.test.requesthelper import DummyChannel
+
+from glance_tx import twisted_private
+
+
+def _headers_seen(raw: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """What twisted_private reads at gotLength, for one request's head."""
+    seen = []
+
+    class Recording(http.Request):
+        def gotLength(self, length):
+            seen.append(
+                (*twisted_private.request_line(self.channel), twisted_private.request_version(self.channel))
+            )
+            super().gotLength(length)
+
+    channel = http.HTTPChannel()
+    channel.requestFactory = Recording
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(raw)
+    return seen
+
+
+class RequestLineTests(SynchronousTestCase):
+    def test_request_line_known_at_got_length(self) -> None:
+        """
+        HTTPChannel's private _command and _path hold the request line at
+        gotLength, before the body: streaming uploads are routed by them.
+        """
+        seen = _headers_seen(
+            b"PUT /v1/images/x?y=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n"
+        )
+        self.assertEqual([s[:2] for s in seen], [(b"PUT", b"/v1/images/x?y=1")])
+
+    def test_version_known_at_got_length(self) -> None:
+        """
+        HTTPChannel's private _version holds the request's HTTP version at
+        gotLength: only an HTTP/1.1 client is sent 100 Continue.
+        """
+        self.assertEqual(
+            [s[2] for s in _headers_seen(b"PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n")],
+            [b"HTTP/1.1"],
+        )
+        self.assertEqual(
+            [s[2] for s in _headers_seen(b"PUT /x HTTP/1.0\r\nContent-Length: 3\r\n\r\n")],
+            [b"HTTP/1.0"],
+        )
+
+
+class ClientGoneTests(SynchronousTestCase):
+    def test_disconnected_after_connection_lost(self) -> None:
+        """
+        twisted.web.http.Request sets its private _disconnected when its
+        connection is lost, and not before.
+        """
+        request = http.Request(DummyChannel())
+        self.assertFalse(twisted_private.client_gone(request))
+        request.connectionLost(Failure(ConnectionLost()))
+        self.assertTrue(twisted_private.client_gone(request))
+
+
+class ReadSizeTests(SynchronousTestCase):
+    def test_tcp_reads_buffer_size(self) -> None:
+        """
+        twisted.internet.tcp.Connection reads self.bufferSize per recv(),
+        a class attribute (64 KiB) an instance may override.
+        """
+        self.assertIsInstance(tcp.Connection.bufferSize, int)
+        self.assertIn("self.socket.recv(self.bufferSize)", inspect.getsource(tcp.Connection.doRead))
+
+    def test_set_and_restore(self) -> None:
+        """set_read_size overrides per instance and gives back the default."""
+        transport = type("TCPLike", (StringTransport,), {"bufferSize": 65536})()
+        twisted_private.set_read_size(transport, 1 << 18)
+        self.assertEqual(transport.bufferSize, 1 << 18)
+        twisted_private.set_read_size(transport, None)
+        self.assertEqual(transport.bufferSize, 65536)
+        self.assertNotIn("bufferSize", vars(transport))
+        plain = StringTransport()
+        twisted_private.set_read_size(plain, 1 << 18)
+        self.assertFalse(hasattr(plain, "bufferSize"))
+
+    def test_response_body_transport_holds_connection(self) -> None:
+        """
+        twisted.web's client response body transport keeps the TCP
+        connection as its private _producer.
+        """
+        connection = type("TCPLike", (StringTransport,), {"bufferSize": 65536})()
+        twisted_private.widen_body_reads(TransportProxyProducer(connection), 1 << 20)
+        self.assertEqual(connection.bufferSize, 1 << 20)
+
+
+class SendLimitTests(SynchronousTestCase):
+    def test_file_descriptor_sends_send_limit(self) -> None:
+        """
+        twisted.internet.abstract.FileDescriptor sends at most its class
+        attribute SEND_LIMIT per write, which an instance may override.
+        """
+        self.assertIsInstance(abstract.FileDescriptor.SEND_LIMIT, int)
+        self.assertIn("self.SEND_LIMIT", inspect.getsource(abstract.FileDescriptor.doWrite))
+        transport = type("FDLike", (StringTransport,), {"SEND_LIMIT": 131072})()
+        twisted_private.set_send_limit(transport, 1 << 20)
+        self.assertEqual(transport.SEND_LIMIT, 1 << 20)
