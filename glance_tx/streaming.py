@@ -1,8 +1,10 @@
 """
 The consumer chain every upload body goes through:
 
-    client socket -> size limit -> md5 + sha512 -> store writer
+    client socket -> size limit -> md5 + os_hash_algo -> store writer
 
+The second hash is the configured C{hashing_algorithm} (sha512 unless set),
+recorded as the image's C{os_hash_algo}/C{os_hash_value}.
 Bytes are gathered into batches of about 1 MiB so that each hash and the
 store see few, large calls. Each hash runs on its own serial runner
 (``hashlib`` releases the GIL, so both hashes and the store's writes proceed in
@@ -85,6 +87,9 @@ class UploadPipeline:
     size_cap: int
     expected_size: int | None = None
     expected_checksum: str | None = None
+    #: The C{hashlib} name of the os_hash_value's algorithm (checked by
+    #: L{glance_tx.config.hashing_algorithm}).
+    hash_algo: str = "sha512"
     batch_size: int = MiB
     # Bytes handed to the hashes but not yet hashed. A few batches keep both
     # hash threads busy; more would only cost memory. Resuming as soon as
@@ -98,7 +103,7 @@ class UploadPipeline:
     _batch: list[bytes] = field(factory=list, init=False)
     _batch_len: int = field(default=0, init=False)
     _md5: _SerialHasher = field(init=False)
-    _sha512: _SerialHasher = field(init=False)
+    _multihash: _SerialHasher = field(init=False)
     _gate: PauseGate = field(factory=PauseGate, init=False)
     _hash_watermarks: Watermarks = field(init=False)
     _finished: bool = field(default=False, init=False)
@@ -107,7 +112,7 @@ class UploadPipeline:
         self._md5 = _SerialHasher(
             self.runner.serial(), hashlib.md5(usedforsecurity=False)
         )
-        self._sha512 = _SerialHasher(self.runner.serial(), hashlib.sha512())
+        self._multihash = _SerialHasher(self.runner.serial(), hashlib.new(self.hash_algo))
         self._hash_watermarks = Watermarks(self.high_watermark, self.low_watermark)
         self.writer.registerProducer(self, True)
 
@@ -155,13 +160,13 @@ class UploadPipeline:
         self._batch_len = 0
         self.writer.write(data)
         self._md5.feed(data).addCallback(self._hashed)
-        self._sha512.feed(data).addCallback(self._hashed)
+        self._multihash.feed(data).addCallback(self._hashed)
         self._hashed(None)
 
     @property
     def _hash_backlog(self) -> int:
         """How far the slower hash is behind."""
-        return max(self._md5.backlog, self._sha512.backlog)
+        return max(self._md5.backlog, self._multihash.backlog)
 
     def _hashed(self, _: None) -> None:
         self._hash_watermarks.apply(self._gate, "hashing", self._hash_backlog)
@@ -191,7 +196,7 @@ class UploadPipeline:
             if self.failure is not None:
                 raise self.failure
             self._flush()
-            await gatherResults([self._md5.drained(), self._sha512.drained()])
+            await gatherResults([self._md5.drained(), self._multihash.drained()])
             if self.expected_size is not None and self.received != self.expected_size:
                 raise BadRequest(
                     f"Image data is {self.received} bytes but the declared size "
@@ -214,8 +219,8 @@ class UploadPipeline:
             location=stored.location,
             size=stored.size,
             checksum=checksum,
-            os_hash_algo="sha512",
-            os_hash_value=self._sha512.hasher.hexdigest(),
+            os_hash_algo=self.hash_algo,
+            os_hash_value=self._multihash.hasher.hexdigest(),
         )
 
     async def abort(self) -> None:

@@ -124,6 +124,7 @@ def glance_service(
             reactor=reactor,
             cache=config.cache,
             leases=await leases.when_ready(),
+            hashing_algorithm=config.hashing_algorithm,
         )
 
     children: dict[str, IService] = {

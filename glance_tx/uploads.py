@@ -124,6 +124,8 @@ class Uploader:
     stores: StoreMap
     runner: BlockingRunner
     size_cap: int
+    #: The C{hashlib} name of every upload's os_hash_value.
+    hash_algo: str = "sha512"
     #: This node's upload leases; None (tests of one process) takes none.
     leases: UploadLeases | None = None
 
@@ -200,6 +202,7 @@ class Uploader:
             size_cap=self.size_cap,
             expected_size=expected_size,
             expected_checksum=expected_checksum,
+            hash_algo=self.hash_algo,
         )
         return Upload(
             image=image,

@@ -46,6 +46,8 @@ class SiteTestCase(SynchronousTestCase):
     size_cap = 1 << 40
     #: How responses are marked for caches; None: the service's defaults.
     cache: CacheConfig | None = None
+    #: The os_hash_value's algorithm (the config's hashing_algorithm).
+    hashing_algorithm = "sha512"
 
     def setUp(self) -> None:
         self.runner = SynchronousRunner()
@@ -65,6 +67,7 @@ class SiteTestCase(SynchronousTestCase):
             default_project="admin",
             reactor=MemoryReactorClock(),
             cache=self.cache,
+            hashing_algorithm=self.hashing_algorithm,
         )
         self.client, self.agent = memory_client(self.site)
 

@@ -26,6 +26,7 @@ def build_site(
     reactor: Any,
     cache: CacheConfig | None = None,
     leases: UploadLeases | None = None,
+    hashing_algorithm: str = "sha512",
 ) -> GlanceSite:
     cache = cache or CacheConfig()
     uploader = Uploader(
@@ -33,6 +34,7 @@ def build_site(
         stores=stores,
         runner=runner,
         size_cap=image_size_cap,
+        hash_algo=hashing_algorithm,
         leases=leases,
     )
     v1 = V1API(
