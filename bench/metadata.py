@@ -385,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
             captured = [capture(glance_tx, path) for path in paths.values()]
             for name, c in zip(paths, captured, strict=True):
                 sizes[name] = len(c.body)
+            if "/healthcheck" not in paths.values():
+                # The reference answers it too: it is how its start is awaited.
+                captured.append(capture(glance_tx, "/healthcheck"))
             write_bodies(work / "bodies", captured)
             reference = start_reference(work, args.twistd, work / "bodies", stack)
             print(f"twisted.web {reference.base_url} (pid {reference.popen.pid})", flush=True)
