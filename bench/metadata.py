@@ -269,6 +269,18 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
+def commit() -> str:
+    """The checkout's commit (and whether it has changes), for the record."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(transfer.REPO), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head or "unknown"
+
+
 def report(
     args: argparse.Namespace,
     sizes: dict[str, int],
@@ -290,9 +302,11 @@ def report(
         ),
         "",
         f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
-        f"`nproc` {os.cpu_count()}, {cpu_model()}; {hashes}; load average {load}",
+        f"`nproc` {os.cpu_count()}, {cpu_model()}; {hashes}; load average {load}; "
+        f"glance-tx commit {commit()}",
         f"- Command: `/work/venv/bin/python bench/metadata.py --images {args.images} "
-        f"--seconds {args.seconds} --connections {args.connections}`",
+        f"--seconds {args.seconds} --connections {args.connections}"
+        + (f" --only {args.only}" if args.only else "") + "`",
         "",
         "| request | body bytes | twisted.web req/s | p99 ms | CPU ms/req "
         "| glance-tx req/s | p99 ms | CPU ms/req |",
@@ -368,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     hashes = transfer.hash_speeds()
     print(hashes, flush=True)
-    load_before = f"{os.getloadavg()[0]:.2f}"
+    load_before = os.getloadavg()[0]
     results: dict[str, tuple[Figures, Figures]] = {}
     sizes: dict[str, int] = {}
     try:
@@ -405,7 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 1
-    load = f"{load_before} before, {os.getloadavg()[0]:.2f} after"
+    load_after = os.getloadavg()[0]
+    load = f"{load_before:.2f} before, {load_after:.2f} after"
+    if max(load_before, load_after) > (os.cpu_count() or 1):
+        load += " (more than the cores: the machine was shared; trust the ratios, not the rates)"
     transfer.publish_section(
         "metadata.py", report(args, sizes, results, hashes, load), not args.no_write
     )
