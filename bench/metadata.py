@@ -31,8 +31,8 @@ cores as the server: on a 2-core machine it takes a share of them, the same
 share for both servers. On a machine shared with other work, compare the
 ratios, and the CPU per request (less disturbed than the rate).
 
-    /work/venv/bin/python bench/metadata.py
-    /work/venv/bin/python bench/metadata.py --seconds 5 --no-write
+    .venv/bin/python bench/metadata.py
+    .venv/bin/python bench/metadata.py --seconds 5 --no-write
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ def report(
         f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
         f"`nproc` {os.cpu_count()}, {cpu_model()}; {hashes}; load average {load}; "
         f"glance-tx commit {commit()}",
-        f"- Command: `/work/venv/bin/python bench/metadata.py --images {args.images} "
+        f"- Command: `.venv/bin/python bench/metadata.py --images {args.images} "
         f"--seconds {args.seconds} --connections {args.connections}"
         + (f" --only {args.only}" if args.only else "") + "`",
         "",
