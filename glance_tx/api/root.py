@@ -25,6 +25,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from glance_tx.api.errors import json_errors
+from glance_tx.api.urls import site_url
 from glance_tx.api.versions import versions_document
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
@@ -43,7 +44,7 @@ class RootAPI:
         return RootDispatch(self.app.resource(), v1=self.v1, v2=self.v2)
 
     def _host_url(self, request: IRequest) -> str:
-        return request.URLPath().click(b"/").__str__().rstrip("/")
+        return site_url(request)
 
     @app.route("/", methods=["GET", "HEAD"])
     @app.route("/versions", methods=["GET", "HEAD"])

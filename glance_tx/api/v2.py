@@ -46,6 +46,7 @@ from glance_tx.api.http_cache import (
 )
 from glance_tx.api.params import parse_int, parse_json
 from glance_tx.api.site import StreamingRequest, UploadRoute
+from glance_tx.api.urls import site_url
 from glance_tx.api.v2_patch import ACCEPT_PATCH, apply_patch, draft_for, parse_patch
 from glance_tx.api.v2_query import parse_query
 from glance_tx.api.versions import versions_document
@@ -195,7 +196,7 @@ class V2API(ImagesAPI):
     # -- helpers ------------------------------------------------------------
 
     def _base_url(self, request: IRequest) -> str:
-        return str(request.URLPath().click(b"/")).rstrip("/")
+        return site_url(request)
 
     def _document(self, image: Image) -> tuple[bytes, Validators]:
         """The image JSON a GET sends, and its validators."""
