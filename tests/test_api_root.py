@@ -37,8 +37,8 @@ class DispatchTests(SynchronousTestCase):
         """
         /v1/... and /v2/... reach those apps by twisted.web traversal, the
         segment moved to prepath, never through the root's Klein app (an
-        image GET routed by both apps spent a fifth of the reactor thread's
-        time in the root's routing).
+        image GET routed by both apps spent 7% of its CPU in the root's
+        routing).
         """
         self.assertEqual(
             self.traverse(b"/v2/images/x"), (self.v2, [b"v2"], [b"images", b"x"])

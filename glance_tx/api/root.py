@@ -9,8 +9,9 @@ Everything else is answered by the root's own Klein app.
 
 That dispatch is plain twisted.web traversal (L{RootDispatch}), not Klein
 branch routes: an image GET would otherwise be routed twice, once by the
-root app and once by v2's, and the root's routing (werkzeug matching, the
-branch and its Deferreds) was a fifth of the reactor thread's time per GET.
+root app and once by v2's; the root's routing (werkzeug matching, the
+branch and its Deferreds) was 7% of a GET's CPU (bench/metadata.py
+--in-process).
 """
 
 from __future__ import annotations
