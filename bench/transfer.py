@@ -23,8 +23,9 @@ One run of this script:
    50 ms;
 6. prints the median (or, with ``--stat best``, the best) of the runs for
    throughput and CPU, the largest peak RSS seen in any run, the per-run
-   figures, and how fast this machine hashes md5 and sha512 right now (the
-   ceiling for any upload that computes both);
+   figures, and how fast this machine hashes md5 and sha512 (or the
+   ``--hashing-algorithm`` given to both servers) right now (the ceiling
+   for any upload that computes both);
 7. stops every process it started and removes the temporary directory
    (unless ``--keep``), whatever happened.
 
@@ -367,15 +368,32 @@ def write_results_section(script: str, section: str) -> None:
 def hash_speeds(size: int = 256 * MiB) -> str:
     """This machine's hash speeds now, as every figure in RESULTS.md gives them."""
     md5, sha512, both = hash_ceiling(size)
-    return f"md5 {md5:.0f} MiB/s, sha512 {sha512:.0f} MiB/s, both on two threads {both:.0f}"
+    sha256 = hash_rate("sha256", size)
+    return (
+        f"md5 {md5:.0f} MiB/s, sha512 {sha512:.0f} MiB/s, both on two threads {both:.0f}; "
+        f"sha256 {sha256:.0f} MiB/s"
+    )
 
 
-def hash_ceiling(size: int = 512 * MiB) -> tuple[float, float, float]:
+def hash_rate(name: str, size: int, block: bytes | None = None) -> float:
+    """MiB/s of the C{hashlib} algorithm C{name} on one thread, in memory."""
+    block = block or os.urandom(MiB)
+    h = hashlib.new(name)
+    started = time.perf_counter()
+    for _ in range(size // MiB):
+        h.update(block)
+    return size / MiB / (time.perf_counter() - started)
+
+
+def hash_ceiling(
+    size: int = 512 * MiB, algorithm: str = "sha512"
+) -> tuple[float, float, float]:
     """
-    MiB/s of md5 alone, sha512 alone (one thread each, in memory), and of
-    both at once on two threads (C{hashlib} releases the GIL): the most an
-    upload that computes both can reach on this machine, right now, before
-    receiving, parsing, writing or curl take their share of the cores.
+    MiB/s of md5 alone, C{algorithm} (glance-tx's hashing_algorithm) alone
+    (one thread each, in memory), and of both at once on two threads
+    (C{hashlib} releases the GIL): the most an upload that computes both
+    can reach on this machine, right now, before receiving, parsing,
+    writing or curl take their share of the cores.
     """
     block = os.urandom(MiB)
 
@@ -383,14 +401,10 @@ def hash_ceiling(size: int = 512 * MiB) -> tuple[float, float, float]:
         for _ in range(size // MiB):
             h.update(block)
 
-    rates = []
-    for name in ("md5", "sha512"):
-        started = time.perf_counter()
-        feed(hashlib.new(name))
-        rates.append(size / MiB / (time.perf_counter() - started))
+    rates = [hash_rate(name, size, block) for name in ("md5", algorithm)]
     threads = [
         threading.Thread(target=feed, args=(hashlib.new(name),))
-        for name in ("md5", "sha512")
+        for name in ("md5", algorithm)
     ]
     started = time.perf_counter()
     for t in threads:
@@ -598,7 +612,8 @@ def upload_args(path: Path, chunked: bool) -> list[str]:
 
 
 def start_glance_tx(
-    workdir: Path, size: int, twistd: str, stack: ExitStack
+    workdir: Path, size: int, twistd: str, stack: ExitStack,
+    hashing_algorithm: str = "sha512",
 ) -> Server:
     data = workdir / "glance-tx"
     data.mkdir()
@@ -608,6 +623,7 @@ def start_glance_tx(
             f"""\
             [DEFAULT]
             image_size_cap = {max(size * 2, 1 << 40)}
+            hashing_algorithm = {hashing_algorithm}
             enabled_backends = file:file
             default_backend = file
 
@@ -680,7 +696,8 @@ def start_nginx(workdir: Path, www: Path, stack: ExitStack) -> Server:
 
 
 def start_openstack_glance(
-    workdir: Path, size: int, venv: Path, stack: ExitStack
+    workdir: Path, size: int, venv: Path, stack: ExitStack,
+    hashing_algorithm: str = "sha512",
 ) -> Server:
     """
     OpenStack Glance (PyPI ``glance``) under uwsgi, as DevStack runs it but
@@ -700,6 +717,7 @@ def start_openstack_glance(
             [DEFAULT]
             enabled_backends = file:file
             image_size_cap = {max(size * 2, 1 << 40)}
+            hashing_algorithm = {hashing_algorithm}
             log_file = {base / "glance-api.log"}
             use_stderr = false
             show_image_direct_url = false
@@ -1003,11 +1021,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="before each transfer, wait up to this many seconds for the "
                              "machine to be quiet (< 0.3 cores busy for 1 s); 0 to not wait "
                              "[default: %(default)s]")
+    parser.add_argument("--hashing-algorithm", default="sha512", metavar="NAME",
+                        help="glance-tx's hashing_algorithm (os_hash_algo), e.g. sha256; "
+                             "the floor and hash ceiling use it too [default: %(default)s]")
     parser.add_argument("--with-glance", action="store_true",
                         help="also measure OpenStack Glance (API v2) under uwsgi")
     parser.add_argument("--glance-venv", type=Path, default=Path("/work/glance-peer-venv"),
                         help="virtualenv with PyPI glance and uwsgi [default: %(default)s]")
     args = parser.parse_args(argv)
+    try:
+        hashlib.new(args.hashing_algorithm)
+    except ValueError:
+        parser.error(f"--hashing-algorithm {args.hashing_algorithm!r} is not a hashlib algorithm")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if not Path(args.twistd).exists() and shutil.which(args.twistd) is None:
@@ -1030,10 +1055,14 @@ def main(argv: list[str] | None = None) -> int:
                 "glance-tx-bench-", args.size, args.tmpdir, args.keep, stack
             )
             load_before = f"{os.getloadavg()[0]:.2f}"
-            glance_tx = start_glance_tx(workdir, args.size, args.twistd, stack)
+            glance_tx = start_glance_tx(
+                workdir, args.size, args.twistd, stack, args.hashing_algorithm
+            )
             nginx = start_nginx(workdir, path.parent, stack)
             peer = (
-                start_openstack_glance(workdir, args.size, args.glance_venv, stack)
+                start_openstack_glance(
+                    workdir, args.size, args.glance_venv, stack, args.hashing_algorithm
+                )
                 if args.with_glance else None
             )
             print(
@@ -1049,10 +1078,11 @@ def main(argv: list[str] | None = None) -> int:
             hwm = {s.name: status_kib(s.pids, "VmHWM") for s in (glance_tx, nginx, peer) if s}
             if QUIET_WAIT > 0:
                 wait_for_quiet(QUIET_WAIT)
-            md5_rate, sha_rate, both_rate = hash_ceiling()
+            algorithm = args.hashing_algorithm
+            md5_rate, sha_rate, both_rate = hash_ceiling(algorithm=algorithm)
             floor = {
                 "md5": GiB / MiB / md5_rate,
-                "sha512": GiB / MiB / sha_rate,
+                algorithm: GiB / MiB / sha_rate,
                 "receive": receive_cpu(path),
                 "page-cache write": write_cpu(workdir, min(args.size, GiB)),
                 "curl": statistics.median(
@@ -1061,13 +1091,14 @@ def main(argv: list[str] | None = None) -> int:
             }
             print()
             print(
-                f"{human(args.size)}, {args.runs} run(s), {args.stat}; tmpdir {workdir.parent}; "
+                f"{human(args.size)}, {args.runs} run(s), {args.stat}; "
+                f"hashing_algorithm {algorithm}; tmpdir {workdir.parent}; "
                 f"load average {load_before} before, {os.getloadavg()[0]:.2f} after"
             )
             print(report(runs, hwm, peer is not None, args.stat))
             print(
                 f"Hashing on this machine now, in memory: md5 {md5_rate:.0f} MiB/s, "
-                f"sha512 {sha_rate:.0f} MiB/s (one thread each); both at once on "
+                f"{algorithm} {sha_rate:.0f} MiB/s (one thread each); both at once on "
                 f"two threads {both_rate:.0f} MiB/s: the ceiling for an upload "
                 "that computes both, before any network, parsing, disk or curl work."
             )

@@ -9,6 +9,7 @@ filesystem store under the data directory, listening on loopback.
 from __future__ import annotations
 
 import configparser
+import hashlib
 import os
 import socket
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from attrs import field, frozen
 DEFAULT_DATA_DIR = "glance-data"
 DEFAULT_BIND_HOST = "127.0.0.1"
 DEFAULT_BIND_PORT = 9292
+DEFAULT_HASHING_ALGORITHM = "sha512"
 ONE_TIB = 1 << 40
 
 
@@ -193,6 +195,10 @@ class Config:
     #: Seconds between the scrubber's rounds (Glance's glance-scrubber
     #: option, and its default).
     wakeup_time: int = 300
+    #: The C{hashlib} algorithm of every upload's C{os_hash_value}, recorded
+    #: as its C{os_hash_algo} (Glance's option and default): an operator
+    #: whose CPUs hash sha256 in hardware may prefer it.
+    hashing_algorithm: str = DEFAULT_HASHING_ALGORITHM
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -305,6 +311,9 @@ def load_config(
         delayed_delete=bool_option(default, "delayed_delete", False),
         scrub_time=_int(default, "scrub_time", 0),
         wakeup_time=_int(default, "wakeup_time", 300, minimum=1),
+        hashing_algorithm=hashing_algorithm(
+            default.get("hashing_algorithm") or DEFAULT_HASHING_ALGORITHM
+        ),
     )
 
 
@@ -361,6 +370,30 @@ def _auth(parser: configparser.ConfigParser) -> tuple[str, KeystoneConfig | None
         cafile=(section.get("cafile") or "").strip() or None,
     )
     return strategy, keystone
+
+
+def hashing_algorithm(name: str) -> str:
+    """
+    C{name} as C{hashlib} spells it, checked to be an algorithm this
+    Python can run with a fixed-size digest (the shake functions need a
+    length that C{os_hash_value} has no room for).
+
+    @raise ConfigError: an unknown or variable-length algorithm.
+    """
+    name = name.strip().lower()
+    try:
+        hasher = hashlib.new(name)
+    except ValueError:
+        hasher = None
+    if hasher is None or name.startswith("shake_"):
+        usable = sorted(
+            a for a in hashlib.algorithms_available if not a.startswith("shake_")
+        )
+        raise ConfigError(
+            f"hashing_algorithm {name!r} is not a fixed-length hashlib algorithm; "
+            f"one of: {', '.join(usable)}"
+        )
+    return name
 
 
 def default_node_id(endpoint: str) -> str:

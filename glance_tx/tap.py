@@ -133,6 +133,7 @@ def glance_service(
             quotas=config.quotas,
             identity=await identity.when_ready(),
             delayed_delete=config.delayed_delete,
+            hashing_algorithm=config.hashing_algorithm,
         )
 
     children: dict[str, IService] = {

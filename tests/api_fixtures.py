@@ -52,6 +52,8 @@ class SiteTestCase(SynchronousTestCase):
     site_options: dict[str, Any] = {}
     #: The per-image quotas; None: Glance's defaults.
     quotas: ImageQuotas | None = None
+    #: The os_hash_value's algorithm (the config's hashing_algorithm).
+    hashing_algorithm = "sha512"
 
     def setUp(self) -> None:
         self.runner = SynchronousRunner()
@@ -72,6 +74,7 @@ class SiteTestCase(SynchronousTestCase):
             **self.site_options,
             quotas=self.quotas,
             identity=self.make_identity(),
+            hashing_algorithm=self.hashing_algorithm,
         )
         self.client, self.agent = memory_client(self.site)
 

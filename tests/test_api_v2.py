@@ -990,6 +990,21 @@ class UploadTests(V2TestCase):
         self.assertError(self.request("GET", f"/v2/images/{image['id']}/file", BOB), 404)
 
 
+class HashingAlgorithmTests(V2TestCase):
+    hashing_algorithm = "sha256"
+
+    def test_upload_records_the_configured_algorithm(self) -> None:
+        """
+        With hashing_algorithm = sha256 an upload records os_hash_algo
+        sha256 and the sha256 of the data (the md5 checksum is unchanged).
+        """
+        data = bytes(range(256)) * 4000
+        shown = self.active(data)
+        self.assertEqual(shown["os_hash_algo"], "sha256")
+        self.assertEqual(shown["os_hash_value"], hashlib.sha256(data).hexdigest())
+        self.assertEqual(shown["checksum"], hashlib.md5(data).hexdigest())
+
+
 class SizeCapTests(V2TestCase):
     size_cap = 100
 

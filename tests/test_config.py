@@ -233,3 +233,36 @@ class AuthOptionsTests(SynchronousTestCase):
         ):
             error = self.assertRaises(ConfigError, self.load, text)
             self.assertIn(words, str(error))
+
+
+class HashingAlgorithmTests(SynchronousTestCase):
+    """hashing_algorithm in [DEFAULT] (Glance's option)."""
+
+    def load(self, text: str) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode("utf-8"))
+        return load_config(path.path)
+
+    def test_default(self) -> None:
+        """Unset (or empty), it is sha512, Glance's default."""
+        self.assertEqual(load_config().hashing_algorithm, "sha512")
+        self.assertEqual(self.load("[DEFAULT]\nhashing_algorithm =\n").hashing_algorithm, "sha512")
+
+    def test_set(self) -> None:
+        """Any fixed-length hashlib algorithm, as hashlib spells it."""
+        for raw, name in [("sha256", "sha256"), (" SHA3_256 ", "sha3_256"), ("blake2b", "blake2b")]:
+            config = self.load(f"[DEFAULT]\nhashing_algorithm = {raw}\n")
+            self.assertEqual(config.hashing_algorithm, name)
+
+    def test_refused(self) -> None:
+        """
+        An unknown name, or a shake function (its digest has no fixed
+        length), is a ConfigError naming the option and the value.
+        """
+        for bad in ("sha257", "shake_128"):
+            error = self.assertRaises(
+                ConfigError, self.load, f"[DEFAULT]\nhashing_algorithm = {bad}\n"
+            )
+            self.assertIn("hashing_algorithm", str(error))
+            self.assertIn(bad, str(error))
+            self.assertIn("sha256", str(error))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
+import treq
 from attrs import define
 from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred
@@ -26,6 +29,7 @@ from glance_tx.services import (
 from glance_tx.store.filesystem import filesystem_datadir
 from glance_tx.tap import Options, glance_service, makeService
 from glance_tx.threads import SynchronousRunner
+from tests.memory_http import memory_client
 
 
 class OptionsTests(SynchronousTestCase):
@@ -75,6 +79,7 @@ class OptionsTests(SynchronousTestCase):
             (b"[DEFAULT]\nenabled_backends = nocolon\n", "enabled_backends"),
             (b"[DEFAULT]\ndefault_backend = s3\n", "default_backend"),
             (b"[DEFAULT]\nrecover_on_start = maybe\n", "recover_on_start"),
+            (b"[DEFAULT]\nhashing_algorithm = sha257\n", "hashing_algorithm"),
         ]:
             path = FilePath(self.mktemp())
             path.setContent(content)
@@ -289,6 +294,55 @@ class ServiceTreeTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(
             events, ["listener stopped", "registry closed", "pool stopped"]
+        )
+
+    def test_hashing_algorithm_reaches_uploads(self) -> None:
+        """
+        The node's uploads hash with the configured hashing_algorithm: an
+        image uploaded to the site the listener serves records sha256.
+        """
+        options = parse(
+            self, "--data-dir", self.mktemp(), "--port", "tcp:0",
+            config="[DEFAULT]\nhashing_algorithm = sha256\n",
+        )
+        reactor = MemoryReactorClock()
+        top = glance_service(
+            options.config,
+            reactor,
+            ThreadPoolService(reactor, ThreadPool(minthreads=0, maxthreads=1)),
+            runner=SynchronousRunner(),
+        )
+        top.startService()
+        self.addCleanup(lambda: self.successResultOf(top.stopService()))
+        self.successResultOf(top.when_ready())
+        client, agent = memory_client(reactor.tcpServers[0][1])
+
+        def call(method: str, path: str, data: bytes, media: str) -> Any:
+            d = client.request(
+                method, "http://127.0.0.1:9292" + path,
+                headers={"Content-Type": [media]}, data=data,
+            )
+            agent.flush()
+            response = self.successResultOf(d)
+            body = treq.content(response)
+            agent.flush()
+            return response.code, self.successResultOf(body)
+
+        code, body = call(
+            "POST", "/v2/images",
+            json.dumps({"disk_format": "raw", "container_format": "bare"}).encode(),
+            "application/json",
+        )
+        self.assertEqual(code, 201, body)
+        image_id = json.loads(body)["id"]
+        data = b"sha256 please" * 1000
+        code, body = call("PUT", f"/v2/images/{image_id}/file", data, "application/octet-stream")
+        self.assertEqual(code, 204, body)
+        code, body = call("GET", f"/v2/images/{image_id}", b"", "application/json")
+        shown = json.loads(body)
+        self.assertEqual(
+            (shown["os_hash_algo"], shown["os_hash_value"]),
+            ("sha256", hashlib.sha256(data).hexdigest()),
         )
 
     def test_failed_start_is_logged_and_stops_the_reactor(self) -> None:

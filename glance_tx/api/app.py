@@ -37,6 +37,7 @@ def build_site(
     identity: IIdentityResolver | None = None,
     delayed_delete: bool = False,
     image_format: ImageFormatConfig | None = None,
+    hashing_algorithm: str = "sha512",
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
@@ -53,6 +54,7 @@ def build_site(
         stores=stores,
         runner=runner,
         size_cap=image_size_cap,
+        hashing_algorithm=hashing_algorithm,
         leases=leases,
         image_format=image_format or ImageFormatConfig(),
     )

@@ -5,11 +5,12 @@ cache can keep images safely and revalidate them cheaply.
 
 Image data (v2 C{/v2/images/ID/file}, GET and HEAD)
     - C{ETag}: strong, the image's stored hash in quotes: the
-      C{os_hash_value} (sha512) when there is one, otherwise the md5
-      C{checksum}. Both are written once, when the data becomes active,
-      and no API changes them afterwards, so for an image the choice never
-      flips and the tag never changes. sha512 is preferred because it
-      resists collisions; md5 is only there for images registered with
+      C{os_hash_value} (sha512 by default) when there is one, otherwise
+      the md5 C{checksum}. Both are written once, when the data becomes
+      active, and no API changes them afterwards, so for an image the
+      choice never flips and the tag never changes. It is preferred
+      because sha512 (and any sensible hashing_algorithm) resists
+      collisions; md5 is only there for images registered with
       nothing else (a v1 location with C{x-image-meta-checksum}). An image
       with neither has no ETag (a stored hash is the only thing that
       vouches for the bytes).

@@ -32,6 +32,7 @@ from glance_tx.api.http_cache import (
 from glance_tx.api.params import parse_int
 from glance_tx.api.site import StreamingRequest
 from glance_tx.api.upload_routes import UploadRoutes
+from glance_tx.api.urls import site_url
 from glance_tx.api.v1_meta import (
     V1Meta,
     brief_document,
@@ -103,7 +104,7 @@ class V1API(ImagesAPI):
         return metadata, image_validators(image, metadata, self.cache)
 
     def _base_url(self, request: IRequest) -> str:
-        return str(request.URLPath().click(b"/")).rstrip("/") + "/v1"
+        return site_url(request) + "/v1"
 
     def _check_upload_request(self, request: IRequest, meta: V1Meta) -> int | None:
         """Refusals that need no lookup: content type, declared sizes."""

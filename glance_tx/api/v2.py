@@ -46,6 +46,7 @@ from glance_tx.api.http_cache import (
 from glance_tx.api.params import parse_int, parse_json
 from glance_tx.api.site import StreamingRequest
 from glance_tx.api.upload_routes import UploadRoutes
+from glance_tx.api.urls import site_url
 from glance_tx.api.v2_patch import (
     ACCEPT_PATCH,
     Change,
@@ -219,7 +220,7 @@ class V2API(ImagesAPI):
     # -- helpers ------------------------------------------------------------
 
     def _base_url(self, request: IRequest) -> str:
-        return str(request.URLPath().click(b"/")).rstrip("/")
+        return site_url(request)
 
     def _view(self, context: RequestContext, image: Image) -> dict[str, Any]:
         """

@@ -74,6 +74,8 @@ from glance_tx.registry.sql.query import (
 )
 from glance_tx.registry.sql.rows import (
     CORE_FIELDS,
+    IMAGE_BY_ID,
+    IMAGE_BY_ID_FOR_UPDATE,
     already_member,
     check_member_id,
     check_member_type,
@@ -308,10 +310,8 @@ class SQLRegistry:
         include_deleted: bool,
         for_update: bool = False,
     ) -> Image:
-        statement = select(images).where(images.c.id == image_id)
-        if for_update:
-            statement = statement.with_for_update()
-        row = connection.execute(statement).mappings().first()
+        statement = IMAGE_BY_ID_FOR_UPDATE if for_update else IMAGE_BY_ID
+        row = connection.execute(statement, {"image_id": image_id}).mappings().first()
         if row is None or (row["deleted"] and not include_deleted):
             raise NotFound(f"No image found with ID {image_id}")
         return load_images(connection, [row])[0]

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     RowMapping,
     String,
+    bindparam,
     cast,
     insert,
     literal,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.elements import BindParameter
 
 from glance_tx.errors import BadRequest, Conflict, NotFound
 from glance_tx.images import Image, Location, Member, check_image, validate_image_id
@@ -117,6 +119,44 @@ def check_tag(tag: str) -> None:
 #: What each row of L{load_images}'s one query is.
 _PROPERTY, _LOCATION, _TAG = 0, 1, 2
 
+# The statements of every read are built once, with bound parameters:
+# building a SQLAlchemy statement and computing its cache key (which a
+# statement built once keeps) cost more than SQLite takes to run it.
+# Measured on one GET of an image with three properties and two tags:
+# 450 us in the registry with the statements built per call, 170 us with
+# these (SQLite itself: under 10 us).
+
+#: An image's row by id (parameter C{image_id}).
+IMAGE_BY_ID = select(images).where(images.c.id == bindparam("image_id"))
+#: The same, locking the row until the transaction ends (PostgreSQL).
+IMAGE_BY_ID_FOR_UPDATE = IMAGE_BY_ID.with_for_update()
+
+_IDS: BindParameter[str] = bindparam("ids", expanding=True)
+#: The properties, locations and tags of the images C{ids}, in one query.
+_CHILDREN = union_all(
+    select(
+        literal(_PROPERTY, Integer),
+        image_properties.c.image_id,
+        image_properties.c.name,
+        image_properties.c.value,
+        cast(null(), Integer),
+    ).where(image_properties.c.image_id.in_(_IDS)),
+    select(
+        literal(_LOCATION, Integer),
+        image_locations.c.image_id,
+        image_locations.c.url,
+        image_locations.c.store,
+        image_locations.c.position,
+    ).where(image_locations.c.image_id.in_(_IDS)),
+    select(
+        literal(_TAG, Integer),
+        image_tags.c.image_id,
+        image_tags.c.value,
+        cast(null(), String),
+        cast(null(), Integer),
+    ).where(image_tags.c.image_id.in_(_IDS)),
+)
+
 
 def load_images(connection: Connection, rows: Sequence[RowMapping]) -> builtins.list[Image]:
     """
@@ -135,30 +175,9 @@ def load_images(connection: Connection, rows: Sequence[RowMapping]) -> builtins.
         image_id: [] for image_id in ids
     }
     tags: dict[str, set[str]] = {image_id: set() for image_id in ids}
-    children = union_all(
-        select(
-            literal(_PROPERTY, Integer),
-            image_properties.c.image_id,
-            image_properties.c.name,
-            image_properties.c.value,
-            cast(null(), Integer),
-        ).where(image_properties.c.image_id.in_(ids)),
-        select(
-            literal(_LOCATION, Integer),
-            image_locations.c.image_id,
-            image_locations.c.url,
-            image_locations.c.store,
-            image_locations.c.position,
-        ).where(image_locations.c.image_id.in_(ids)),
-        select(
-            literal(_TAG, Integer),
-            image_tags.c.image_id,
-            image_tags.c.value,
-            cast(null(), String),
-            cast(null(), Integer),
-        ).where(image_tags.c.image_id.in_(ids)),
-    )
-    for kind, image_id, first, second, position in connection.execute(children):
+    for kind, image_id, first, second, position in connection.execute(
+        _CHILDREN, {"ids": ids}
+    ):
         if kind == _PROPERTY:
             properties[image_id][first] = second
         elif kind == _LOCATION:
