@@ -15,6 +15,7 @@ from treq import content
 from treq.client import HTTPClient
 from twisted.internet import reactor as _global_reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -24,7 +25,8 @@ from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from glance_tx.errors import BadRequest, NotFound, StoreError
-from glance_tx.store.s3_client import BodyFeed, S3Client, S3Credentials
+from glance_tx.store.fed_body import FedBody
+from glance_tx.store.s3_client import S3Client, S3Credentials
 from tests.s3_server import REGION, TEST_PART_SIZE, S3Server, s3_server
 
 
@@ -45,7 +47,7 @@ def live_client(case: TestCase, server: S3Server, **overrides: Any) -> S3Client:
     return S3Client(**settings)
 
 
-async def feed(body: BodyFeed, data: bytes, chunk: int = 7919) -> None:
+async def feed(body: FedBody, data: bytes, chunk: int = 7919) -> None:
     for start in range(0, len(data), chunk):
         await body.write(data[start : start + chunk])
 
@@ -68,7 +70,7 @@ class LiveClientTests(TestCase):
         return [item["Key"] for item in listing.get("Uploads", [])]
 
     async def put(self, key: str, data: bytes) -> None:
-        body = BodyFeed(len(data))
+        body = FedBody(_global_reactor, len(data), peer="S3")
         put = Deferred.fromCoroutine(self.client.put_object(self.bucket, key, body))
         await feed(body, data)
         await put
@@ -128,7 +130,7 @@ class LiveClientTests(TestCase):
             self.assertEqual(self.uploads(), ["big"])
             stored = []
             for number, part in enumerate(parts, start=1):
-                body = BodyFeed(len(part))
+                body = FedBody(_global_reactor, len(part), peer="S3")
                 d = Deferred.fromCoroutine(
                     self.client.upload_part(upload, number, body, zlib.crc32(part))
                 )
@@ -154,7 +156,7 @@ class LiveClientTests(TestCase):
 
         async def go() -> None:
             upload = await self.client.create_multipart_upload(self.bucket, "doomed")
-            body = BodyFeed(TEST_PART_SIZE)
+            body = FedBody(_global_reactor, TEST_PART_SIZE, peer="S3")
             part = b"x" * TEST_PART_SIZE
             d = Deferred.fromCoroutine(
                 self.client.upload_part(upload, 1, body, zlib.crc32(part))
@@ -174,12 +176,12 @@ class LiveClientTests(TestCase):
 
     def test_failed_body_stores_nothing(self) -> None:
         """
-        A body given up half way (L{BodyFeed.fail}) fails the PUT and the
+        A body given up half way (L{FedBody.fail}) fails the PUT and the
         connection is dropped: S3 stores nothing.
         """
 
         async def go() -> None:
-            body = BodyFeed(100_000)
+            body = FedBody(_global_reactor, 100_000, peer="S3")
             put = Deferred.fromCoroutine(self.client.put_object(self.bucket, "cut", body))
             await feed(body, b"y" * 40_000)
             body.fail(StoreError("the client went away"))
@@ -193,7 +195,7 @@ class LiveClientTests(TestCase):
         """Writing past a feed's length fails at once; nothing is stored."""
 
         async def go() -> None:
-            body = BodyFeed(10)
+            body = FedBody(_global_reactor, 10, peer="S3")
             put = Deferred.fromCoroutine(self.client.put_object(self.bucket, "long", body))
             await body.write(b"12345")
             with self.assertRaises(StoreError):
@@ -320,7 +322,7 @@ class SigningTests(SynchronousTestCase):
         """
         recorder = _Recorder()
         client = self.client(recorder)
-        body = BodyFeed(3)
+        body = FedBody(Clock(), 3, peer="S3")
         d = Deferred.fromCoroutine(client.put_object("bucket", "key", body))
         Deferred.fromCoroutine(body.write(b"abc"))
         self.successResultOf(d)

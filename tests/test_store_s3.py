@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.protocols.portforward import ProxyFactory, ProxyServer
 from twisted.python.failure import Failure
@@ -439,6 +439,8 @@ class _HeldParts:
     """
 
     slow_bodies: bool = False
+    #: The client's clock: a fed body wakes its feeder on it.
+    clock: Clock = field(factory=Clock)
     held: dict[int, Deferred[Any]] = field(factory=dict)
     producers: dict[int, Any] = field(factory=dict)
     bodies: dict[int, StringTransport] = field(factory=dict)
@@ -484,6 +486,7 @@ class _HeldParts:
     def take_body(self, number: int) -> None:
         """The connection of part C{number} takes the rest of its body."""
         self.producers[number].resumeProducing()
+        self.clock.advance(0)
 
     def fail(self, number: int) -> None:
         """Part C{number}'s connection is lost before its answer."""
@@ -505,7 +508,7 @@ class PartsInFlightTests(SynchronousTestCase):
     ) -> tuple[IStoreWriter, FakeProducer]:
         client = S3Client(
             http=fake,
-            reactor=None,
+            reactor=fake.clock,
             endpoint="http://s3.example.com",
             region=REGION,
             credentials=S3Credentials("AKIAEXAMPLE", "secret-key"),

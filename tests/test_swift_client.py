@@ -16,7 +16,7 @@ from klein import Klein
 from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -28,7 +28,6 @@ from glance_tx.errors import NotFound, StoreError
 from glance_tx.store.swift_client import (
     KeystoneV3Auth,
     Segment,
-    StreamedBody,
     SwiftClient,
     SwiftSession,
     TempAuth,
@@ -253,60 +252,6 @@ class SessionTests(SynchronousTestCase):
 
 
 @implementer(IConsumer)
-@define
-class ListConsumer:
-    data: list[bytes] = field(factory=list)
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        pass
-
-    def unregisterProducer(self) -> None:
-        pass
-
-    def write(self, data: bytes) -> None:
-        self.data.append(data)
-
-
-class StreamedBodyTests(SynchronousTestCase):
-    """L{StreamedBody} sends no faster than its connection takes bytes."""
-
-    def test_send_waits_for_start_and_resume(self) -> None:
-        """
-        A send before the connection starts the body waits; one while the
-        connection is paused fires only on resume: fails if the body buffers
-        without bound instead.
-        """
-        clock = Clock()
-        body = StreamedBody(clock)
-        consumer = ListConsumer()
-        first = ensureDeferred(body.send([b"a", b"b"]))
-        self.assertNoResult(first)
-        done = body.startProducing(consumer)
-        self.assertNoResult(first)  # woken on the clock, not inside startProducing
-        clock.advance(0)
-        self.successResultOf(first)
-        body.pauseProducing()
-        second = ensureDeferred(body.send([b"c"]))
-        self.assertEqual(consumer.data, [b"a", b"b", b"c"])
-        self.assertNoResult(second)
-        body.resumeProducing()
-        clock.advance(0)
-        self.successResultOf(second)
-        self.assertNoResult(done)
-        body.finish()
-        self.successResultOf(done)
-
-    def test_cancel_fails_the_body(self) -> None:
-        """C{cancel} fails the body (the agent then drops the request) and any waiting send."""
-        body = StreamedBody(Clock())
-        done = body.startProducing(ListConsumer())
-        body.pauseProducing()
-        waiting = ensureDeferred(body.send([b"x"]))
-        body.cancel()
-        self.failureResultOf(done)
-        self.failureResultOf(waiting, StoreError)
-
-
 # -- Against the real Swift ----------------------------------------------------------
 
 
@@ -393,7 +338,7 @@ class SwiftClientTests(TestCase):
         await client.create_container(self.container)
         put = client.put_object_streaming(await client.session(), self.container, "img")
         await put.body.send([b"x" * 100_000])
-        put.body.cancel()
+        put.body.fail(CancelledError("upload cancelled"))
         with self.assertRaises(StoreError):
             await client.put_answer(put, "writing img")
         self.assertEqual(self.connection.get_container(self.container)[1], [])

@@ -40,6 +40,7 @@ from glance_tx.config import ConfigError, StoreConfig, bool_option
 from glance_tx.errors import BadRequest, NotFound, StoreError
 from glance_tx.images import is_image_id, validate_image_id
 from glance_tx.store.factory import StoreServices
+from glance_tx.store.fed_body import FedBody
 from glance_tx.store.interface import IStore, IStoreWriter
 from glance_tx.store.reader import (
     BlockProducer,
@@ -49,7 +50,6 @@ from glance_tx.store.reader import (
 )
 from glance_tx.store.response import response_blocks
 from glance_tx.store.s3_client import (
-    BodyFeed,
     HTTPRequester,
     MultipartUpload,
     S3Client,
@@ -265,7 +265,7 @@ def _crc32(chunks: list[bytes]) -> int:
     return crc
 
 
-async def _feed_chunks(body: BodyFeed, chunks: list[bytes]) -> None:
+async def _feed_chunks(body: FedBody, chunks: list[bytes]) -> None:
     """
     Feed C{chunks} in order, each let go of once it is in the connection,
     so a part being sent holds only its unsent bytes. A chunk larger than
@@ -284,7 +284,7 @@ async def _feed_chunks(body: BodyFeed, chunks: list[bytes]) -> None:
             await body.write(bytes(view[start : start + _FEED_SLICE]))
 
 
-def _stop_feed_on_failure(d: Deferred[Any], body: BodyFeed) -> None:
+def _stop_feed_on_failure(d: Deferred[Any], body: FedBody) -> None:
     """A request (or feeding) that fails before its body is done stops the body."""
 
     def failed(failure: Failure) -> Failure:
@@ -302,7 +302,7 @@ class _PutBackend:
     client: S3Client
     bucket: str
     key: str
-    body: BodyFeed
+    body: FedBody
     put: Deferred[None]
     _stored: bool = False
 
@@ -314,7 +314,7 @@ class _PutBackend:
 
     @classmethod
     def start(cls, client: S3Client, bucket: str, key: str, size: int) -> _PutBackend:
-        body = BodyFeed(size)
+        body = FedBody(client.reactor, size, peer="S3")
         put = Deferred.fromCoroutine(client.put_object(bucket, key, body))
         _stop_feed_on_failure(put, body)
         return cls(client, bucket, key, body, put)
@@ -361,7 +361,7 @@ class _Part:
     """One part of a multipart upload on its way: its body and its request."""
 
     number: int
-    body: BodyFeed
+    body: FedBody
     sent: Deferred[UploadedPart]
 
 
@@ -437,7 +437,7 @@ class _MultipartBackend:
         number = self._parts
         crc32 = await self.runner.run(_crc32, chunks)
         self._check()  # a part may have failed meanwhile
-        body = BodyFeed(size)
+        body = FedBody(self.client.reactor, size, peer="S3")
         sent = Deferred.fromCoroutine(
             self.client.upload_part(self.upload, number, body, crc32)
         )
@@ -488,7 +488,7 @@ class _MultipartBackend:
                 # No bytes at all: S3 takes no multipart upload of no parts,
                 # so the empty object goes up by itself.
                 await self.client.abort_multipart_upload(self.upload)
-                await self.client.put_object(self.upload.bucket, self.upload.key, BodyFeed(0))
+                await self.client.put_object(self.upload.bucket, self.upload.key, FedBody(self.client.reactor, 0, peer="S3"))
                 self._committed = True
                 return
             if self._gathered:

@@ -8,7 +8,7 @@ treq L{HTTPClient} and are signed by botocore's SigV4 signer
 C{UNSIGNED-PAYLOAD}, as botocore does for streaming uploads; small XML
 bodies are signed with their SHA-256.
 
-Request bodies are L{BodyFeed}s, fed as the bytes arrive and paused by the
+Request bodies are L{glance_tx.store.fed_body.FedBody}s, fed as the bytes arrive and paused by the
 connection; response bodies of C{GET} are handed back unread, for the
 caller to relay with backpressure. Nothing here buffers an object.
 
@@ -27,23 +27,20 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
-from attrs import define, field, frozen
+from attrs import field, frozen
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config as BotocoreConfig
 from botocore.credentials import Credentials
 from treq import content
-from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IConsumer
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred
 from twisted.web.iweb import IBodyProducer, IResponse
-from zope.interface import implementer
 
 from glance_tx.bodies import BytesBody
 from glance_tx.errors import BadRequest, NotFound, StoreError
+from glance_tx.store.fed_body import FedBody
 
 __all__ = [
-    "BodyFeed",
     "MultipartUpload",
     "UploadedPart",
     "S3Client",
@@ -106,109 +103,6 @@ class S3NotFound(NotFound):
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-@implementer(IBodyProducer)
-@define
-class BodyFeed:
-    """
-    A request body of known C{length}, written as its bytes arrive.
-
-    The connection registers the feed as its producer and pauses it while
-    its buffer is full; L{write} fires only once the connection can take
-    more, so whoever feeds it waits with it. L{fail} ends the request
-    without a complete body: the connection is dropped, and S3 stores
-    nothing for a body cut short.
-    """
-
-    length: int
-    _consumer: IConsumer | None = field(default=None, init=False)
-    _done: Deferred[None] | None = field(default=None, init=False)
-    _started: list[Deferred[None]] = field(factory=list, init=False)
-    _ready: Deferred[None] | None = field(default=None, init=False)
-    _paused: bool = field(default=False, init=False)
-    _stopped: bool = field(default=False, init=False)
-    _failed: Failure | None = field(default=None, init=False)
-    sent: int = field(default=0, init=False)
-
-    # IBodyProducer
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        if self._failed is not None:  # given up before the connection was made
-            return fail(self._failed)
-        done: Deferred[None] = Deferred()
-        self._consumer, self._done = consumer, done
-        if self.length == 0:
-            self._done = None
-            done.callback(None)
-        # A waiting writer may run to the end from here and fire C{done}.
-        started, self._started = self._started, []
-        for d in started:
-            d.callback(None)
-        return done
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        ready, self._ready = self._ready, None
-        if ready is not None:
-            ready.callback(None)
-
-    def stopProducing(self) -> None:
-        self._stopped = True
-        self._fail_waiters(StoreError("The connection to S3 was closed"))
-
-    # The feeding side
-
-    async def write(self, data: bytes) -> None:
-        """
-        Send C{data}; fire once the connection can take more. Fails once
-        the feed has failed or been stopped, or if C{data} would run past
-        C{length}.
-        """
-        if self._consumer is None and not self._failed and not self._stopped:
-            waiting: Deferred[None] = Deferred()
-            self._started.append(waiting)
-            await waiting
-        self._check()
-        if self.sent + len(data) > self.length:
-            raise StoreError(
-                f"More image data than the {self.length} bytes announced"
-            )
-        assert self._consumer is not None
-        self._consumer.write(data)
-        self.sent += len(data)
-        if self.sent == self.length and self._done is not None:
-            done, self._done = self._done, None
-            done.callback(None)
-        elif self._paused:
-            self._ready = Deferred()
-            await self._ready
-            self._check()
-
-    def fail(self, reason: BaseException) -> None:
-        """Give up on the body: the request fails and its connection closes."""
-        if self._failed is not None:
-            return
-        self._failed = Failure(reason)
-        self._fail_waiters(reason)
-        done, self._done = self._done, None
-        if done is not None and not self._stopped:
-            done.errback(self._failed)
-
-    def _check(self) -> None:
-        if self._failed is not None:
-            self._failed.raiseException()
-        if self._stopped:
-            raise StoreError("The connection to S3 was closed")
-
-    def _fail_waiters(self, reason: BaseException) -> None:
-        waiting = self._started + ([self._ready] if self._ready else [])
-        self._started, self._ready = [], None
-        for d in waiting:
-            d.errback(Failure(reason))
 
 
 @frozen
@@ -358,7 +252,7 @@ class S3Client:
         *,
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        body: bytes | BodyFeed | None = None,
+        body: bytes | FedBody | None = None,
         ok: Sequence[int] = (200,),
     ) -> IResponse:
         """
@@ -370,7 +264,7 @@ class S3Client:
         what = f"s3://{bucket}/{key}" if key else f"bucket {bucket!r}"
         extra = dict(headers or {})
         producer: IBodyProducer | None
-        if isinstance(body, BodyFeed):
+        if isinstance(body, FedBody):
             extra["Content-Length"] = str(body.length)
             signed = self._signed_headers(method, url, extra, None)
             producer = body
@@ -384,7 +278,7 @@ class S3Client:
             "unbuffered": True,
             "reactor": self.reactor,
         }
-        if not isinstance(body, BodyFeed):
+        if not isinstance(body, FedBody):
             kwargs["timeout"] = self.timeout
         try:
             response: IResponse = await self.http.request(method, url, **kwargs)
@@ -474,7 +368,7 @@ class S3Client:
 
     # Objects
 
-    async def put_object(self, bucket: str, key: str, body: BodyFeed) -> None:
+    async def put_object(self, bucket: str, key: str, body: FedBody) -> None:
         """PUT C{key} with a body fed as it arrives; fires once S3 has it."""
         await _read_all(await self._request("PUT", bucket, key, body=body))
 
@@ -541,7 +435,7 @@ class S3Client:
         return MultipartUpload(bucket, key, upload_id)
 
     async def upload_part(
-        self, upload: MultipartUpload, number: int, body: BodyFeed, crc32: int
+        self, upload: MultipartUpload, number: int, body: FedBody, crc32: int
     ) -> UploadedPart:
         """Send part C{number} (from 1), whose bytes have C{crc32}."""
         part = UploadedPart(number, "", crc32)

@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from attrs import define, field, mutable
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
@@ -410,7 +410,7 @@ class _SwiftUpload:
         segments = self.store.segments_container
         if self._put is not None:
             put, self._put = self._put, None
-            put.body.cancel()
+            put.body.fail(CancelledError("upload cancelled"))
             try:
                 await self.client.put_answer(put, "cancelling an upload")
             except Exception:

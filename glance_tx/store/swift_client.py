@@ -10,8 +10,8 @@ revoked or expired early) logs in again and retries the request once. A
 request whose body streams cannot be replayed, so it is not retried: the
 caller sees the error.
 
-Object bodies stream both ways: L{StreamedBody} is an C{IBodyProducer}
-that is fed as bytes arrive and paused by the connection (chunked transfer
+Object bodies stream both ways: a L{glance_tx.store.fed_body.FedBody}
+is fed as bytes arrive and paused by the connection (chunked transfer
 encoding, so no length is needed up front), and C{get_object} returns the
 response unread for the caller to relay. Static Large Objects are a
 manifest PUT with C{?multipart-manifest=put}; deleting with
@@ -31,19 +31,18 @@ from typing import Any
 from urllib.parse import quote
 
 from attrs import field, frozen, mutable
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IResponse
 
 from glance_tx.errors import NotFound, StoreError
 from glance_tx.store.describe import describe
+from glance_tx.store.fed_body import FedBody
 
 __all__ = [
     "KeystoneV3Auth",
     "Segment",
-    "StreamedBody",
     "SwiftClient",
     "SwiftSession",
     "TempAuth",
@@ -250,109 +249,12 @@ class Segment:
         }
 
 
-@implementer(IBodyProducer)
-@mutable
-class StreamedBody:
-    """
-    A request body fed by its owner as bytes arrive.
-
-    C{send} hands chunks to the connection and fires once the connection
-    has taken them and is not paused, so an owner that waits for it sends
-    no faster than the network takes the bytes. C{finish} ends the body
-    (the request is then complete); C{cancel} fails it, which makes the
-    agent drop the connection before the last chunk, so Swift stores
-    nothing.
-
-    The owner is woken on C{clock}, never from inside C{startProducing} or
-    C{resumeProducing}: the connection calls those in the middle of its own
-    state changes, and an owner that went on from there at once (finishing
-    the body, starting its next request) would run inside them.
-    """
-
-    clock: IReactorTime
-    length: object = field(default=UNKNOWN_LENGTH, init=False)
-    _consumer: IConsumer | None = field(default=None, init=False)
-    _done: Deferred[None] | None = field(default=None, init=False)
-    _waiting: list[Deferred[None]] = field(factory=list, init=False)
-    _paused: bool = field(default=False, init=False)
-    _stopped: bool = field(default=False, init=False)
-    _ended: bool = field(default=False, init=False)
-
-    # IBodyProducer
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        self._consumer = consumer
-        self._done = Deferred()
-        if self._ended:
-            self._done.callback(None)
-        self._wake_soon()
-        return self._done
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._wake_soon()
-
-    def stopProducing(self) -> None:
-        self._stopped = True
-        self._wake_soon()
-
-    # The owner's side
-
-    @property
-    def stopped(self) -> bool:
-        """Whether the connection stopped taking the body."""
-        return self._stopped
-
-    async def send(self, chunks: Sequence[bytes]) -> None:
-        """Write C{chunks}; return once they are taken and we may write more."""
-        while self._consumer is None and not self._stopped:
-            await self._wait()
-        for chunk in chunks:
-            if self._stopped:
-                raise StoreError("the connection stopped taking the upload")
-            assert self._consumer is not None
-            self._consumer.write(chunk)
-        while self._paused and not self._stopped:
-            await self._wait()
-        if self._stopped:
-            raise StoreError("the connection stopped taking the upload")
-
-    def finish(self) -> None:
-        """The body is complete."""
-        self._ended = True
-        if self._done is not None and not self._done.called:
-            self._done.callback(None)
-
-    def cancel(self) -> None:
-        """Give up the body: the request fails and Swift keeps nothing."""
-        self._stopped = True
-        if self._done is not None and not self._done.called:
-            self._done.errback(Failure(CancelledError("upload cancelled")))
-        self._wake()
-
-    def _wait(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._waiting.append(d)
-        return d
-
-    def _wake_soon(self) -> None:
-        if self._waiting:
-            self.clock.callLater(0, self._wake)
-
-    def _wake(self) -> None:
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(None)
-
 
 @frozen
 class StreamingPut:
     """An object PUT in flight: feed C{body}, then wait for C{response}."""
 
-    body: StreamedBody
+    body: FedBody
     response: Deferred[IResponse]
 
 
@@ -531,7 +433,7 @@ class SwiftClient:
         replayed). Take the session from L{session} just before, so the
         token is fresh.
         """
-        body = StreamedBody(self.clock)
+        body = FedBody(self.clock, peer="Swift")
         all_headers = {k: [v] for k, v in (headers or {}).items()}
         all_headers["X-Auth-Token"] = [session.token]
         response: Deferred[IResponse] = self.http.request(
