@@ -21,6 +21,8 @@ setup(
         "attrs >= 23.1",
         # SigV4 signing for the S3 store (glance_tx/store/s3_client.py).
         "botocore >= 1.34, < 2",
+        # Glance's policy engine and rule language (glance_tx/policy.py).
+        "oslo.policy >= 4.0, < 7",
     ],
     extras_require={
         "postgresql": ["psycopg[binary] >= 3.1, < 4"],

@@ -13,6 +13,7 @@ from glance_tx.config import CacheConfig, ImageQuotas
 from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.leases import UploadLeases
+from glance_tx.policy import Policy
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.quotas import QuotaRegistry
 from glance_tx.store.backends import StoreMap
@@ -35,12 +36,15 @@ def build_site(
     max_header_line: int = DEFAULT_MAX_HEADER_LINE,
     quotas: ImageQuotas | None = None,
     identity: IIdentityResolver | None = None,
+    policy: Policy | None = None,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
     the headers, with C{default_project} for requests that have none
-    (C{auth_strategy = noauth}).
+    (C{auth_strategy = noauth}). What they may do is C{policy}'s to say
+    (by default Glance's rules); v1 and v2 share it.
     """
+    policy = policy or Policy()
     cache = cache or CacheConfig()
     # Every change the APIs make passes the per-image quotas.
     registry = cast(IRegistry, QuotaRegistry(registry, quotas or ImageQuotas()))
@@ -59,6 +63,7 @@ def build_site(
         uploader=uploader,
         identity=identity,
         cache=cache,
+        policy=policy,
     )
     v2 = V2API(
         registry=registry,
@@ -66,6 +71,7 @@ def build_site(
         uploader=uploader,
         identity=identity,
         cache=cache,
+        policy=policy,
         show_multiple_locations=show_multiple_locations,
         show_image_direct_url=show_image_direct_url,
     )

@@ -16,13 +16,14 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from glance_tx import images, policy
+from glance_tx import images
 from glance_tx.config import CacheConfig
 from glance_tx.context import RequestContext
 from glance_tx.errors import BadRequest, NotFound, VersionConflict
 from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.images import Image, Member
 from glance_tx.locations import delete_data
+from glance_tx.policy import Policy
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.uploads import Uploader
@@ -52,6 +53,8 @@ class ImagesAPI:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     #: How responses are marked for caches (see glance_tx.api.http_cache).
     cache: CacheConfig = field(factory=CacheConfig)
+    #: The rules every decision asks (Glance's defaults, an operator's file).
+    policy: Policy = field(factory=Policy)
 
     app: ClassVar[Klein]
 
@@ -83,8 +86,8 @@ class ImagesAPI:
         except BadRequest:
             raise NotFound(f"No image found with ID {image_id}") from None
         image = await self.registry.get(canonical)
-        if not policy.can_see(context, image):
-            policy.check_visible(context, image, await self._membership(context, image))
+        if not self.policy.can_see(context, image):
+            self.policy.check_visible(context, image, await self._membership(context, image))
         return context, image
 
     async def _change_image(
