@@ -162,6 +162,9 @@ class Config:
     auth_strategy: str = "noauth"
     #: C{[keystone_authtoken]}; set when C{auth_strategy} is keystone.
     keystone: KeystoneConfig | None = None
+    #: C{[oslo_policy] policy_file}: rules over Glance's defaults (an
+    #: operator's Glance C{policy.yaml}); None: the defaults alone.
+    policy_file: str | None = None
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -270,7 +273,26 @@ def load_config(
         quotas=_quotas(default),
         auth_strategy=auth_strategy,
         keystone=keystone,
+        policy_file=_policy_file(parser, path),
     )
+
+
+def _policy_file(parser: configparser.ConfigParser, path: str | None) -> str | None:
+    """
+    C{[oslo_policy] policy_file}, relative to the configuration file's
+    directory, as oslo.config finds it. Unset: C{policy.yaml} beside the
+    configuration file when there is one (Glance's default name), else
+    none. A named file that is missing is an error, not the defaults.
+    """
+    config_dir = os.path.dirname(os.path.abspath(path)) if path is not None else os.getcwd()
+    name = parser.get("oslo_policy", "policy_file", fallback=None)
+    if name is None or not name.strip():
+        beside = os.path.join(config_dir, "policy.yaml")
+        return beside if path is not None and os.path.isfile(beside) else None
+    policy_file = os.path.join(config_dir, name.strip())
+    if not os.path.isfile(policy_file):
+        raise ConfigError(f"[oslo_policy] policy_file {policy_file} does not exist")
+    return policy_file
 
 
 def _auth(parser: configparser.ConfigParser) -> tuple[str, KeystoneConfig | None]:

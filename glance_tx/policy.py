@@ -296,25 +296,8 @@ class Policy:
         return self.allowed("modify_member", context, target)
 
 
-def policy_file_from(section: dict[str, str], config_dir: str | None) -> str | None:
-    """
-    C{[oslo_policy] policy_file}, relative to the configuration file's
-    directory. Unset: C{policy.yaml} beside it if there is one (Glance's
-    default name), else Glance's defaults alone.
-    """
-    name = section.get("policy_file")
-    if name is None:
-        if config_dir is None:
-            return None
-        beside = os.path.join(config_dir, "policy.yaml")
-        return beside if os.path.isfile(beside) else None
-    return os.path.join(config_dir or ".", name)
-
-
 def load_policy(policy_file: str | None) -> Policy:
     """Glance's defaults overridden by C{policy_file}. Blocking: reads it."""
-    if policy_file is not None and not os.path.isfile(policy_file):
-        raise FileNotFoundError(f"[oslo_policy] policy_file {policy_file} does not exist")
     return Policy(_new_enforcer(read_policy_file(policy_file) if policy_file else None))
 
 

@@ -15,6 +15,8 @@
      |- leases              this node's upload leases, renewed on a timer
      |- identity            who is asking (auth_strategy): the headers, or
      |                      Keystone's token validation with its connections
+     |- policy              Glance's rules over [oslo_policy] policy_file,
+     |                      reread on the pool when the file changes
      |- purger              with [cache] purge_urls only: PURGEs, through
      |                      a connection pool of its own; at stop, pending
      |                      purges get a few seconds to finish
@@ -48,6 +50,7 @@ from glance_tx.services import (
     LeasesService,
     ListenerService,
     NodeClaimService,
+    PolicyService,
     PurgerService,
     ReadyService,
     RecoveryService,
@@ -109,6 +112,7 @@ def glance_service(
     stores = StoresService(config, runner, reactor)
     purger = PurgerService(reactor, config.cache) if config.cache.purge_urls else None
     identity = IdentityService(reactor, config, runner)
+    policy = PolicyService(reactor, config.policy_file, runner)
     leases = LeasesService(
         registry, reactor, config.node_id, config.upload_lease_seconds
     )
@@ -136,6 +140,7 @@ def glance_service(
             max_header_line=config.max_header_line,
             quotas=config.quotas,
             identity=await identity.when_ready(),
+            policy=await policy.when_ready(),
         )
 
     children: dict[str, IService] = {
@@ -155,6 +160,7 @@ def glance_service(
         ),
         "leases": leases,
         "identity": identity,
+        "policy": policy,
     }
     if purger is not None:
         children["purger"] = purger

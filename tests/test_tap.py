@@ -216,7 +216,10 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertTrue(IServiceCollection.providedBy(top))
         self.assertEqual(
             [child.name for child in top],
-            ["threads", "registry", "node", "stores", "recovery", "leases", "identity", "listener"],
+            [
+                "threads", "registry", "node", "stores", "recovery", "leases",
+                "identity", "policy", "listener",
+            ],
         )
         threads = top.getServiceNamed("threads")
         self.assertIsInstance(threads, ThreadPoolService)
@@ -238,7 +241,7 @@ class ServiceTreeTests(SynchronousTestCase):
             [child.name for child in top],
             [
                 "threads", "registry", "node", "stores", "recovery",
-                "leases", "identity", "purger", "listener",
+                "leases", "identity", "policy", "purger", "listener",
             ],
         )
         self.assertIsInstance(top.getServiceNamed("purger"), PurgerService)
