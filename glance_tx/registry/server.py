@@ -193,6 +193,11 @@ class RegistryServer:
         locations = await self.registry.all_locations()
         return _json(request, {"locations": sorted(locations)})
 
+    @app.route("/projects/<path:project_id>/usage", methods=["GET"])
+    async def project_usage(self, request: IRequest, project_id: str) -> bytes:
+        usage = await self.registry.project_usage(project_id)
+        return _json(request, {"usage": wire.encode_usage(usage)})
+
     # -- upload leases -------------------------------------------------------------
 
     @app.route("/leases/reclaim", methods=["POST"])

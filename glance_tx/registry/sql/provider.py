@@ -16,7 +16,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from attrs import define, evolve, field
-from sqlalchemy import Connection, Engine, RowMapping, delete, false, insert, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    RowMapping,
+    case,
+    delete,
+    false,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -32,14 +42,18 @@ from glance_tx.errors import (
 )
 from glance_tx.images import (
     DELETED,
+    IMAGE_IMPORTING,
     KILLED,
     MEMBER_STATUSES,
     SAVING,
     STATUSES,
+    UPLOADING,
+    UPLOADING_STATUSES,
     Image,
     ImageQuery,
     ImageUpdate,
     Member,
+    ProjectUsage,
     apply_update,
     check_transition,
 )
@@ -166,6 +180,9 @@ class SQLRegistry:
 
     def all_locations(self) -> Deferred[frozenset[str]]:
         return self._run(self._all_locations)
+
+    def project_usage(self, project_id: str) -> Deferred[ProjectUsage]:
+        return self._run(self._project_usage, project_id)
 
     def add_tag(self, image_id: str, tag: str) -> Deferred[Image]:
         """
@@ -455,6 +472,27 @@ class SQLRegistry:
                     .where(images.c.deleted == false(), images.c.status != KILLED)
                 ).scalars()
             )
+
+    def _project_usage(self, project_id: str) -> ProjectUsage:
+        """One aggregate query, on the (deleted, owner) index."""
+        size = func.coalesce(images.c.size, 0)
+        staged = (UPLOADING, IMAGE_IMPORTING)
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(case((images.c.status != KILLED, size), else_=0)), 0),
+            func.coalesce(func.sum(case((images.c.status.in_(staged), size), else_=0)), 0),
+            func.coalesce(
+                func.sum(case((images.c.status.in_(sorted(UPLOADING_STATUSES)), 1), else_=0)), 0
+            ),
+        ).where(images.c.owner == project_id, images.c.deleted == false())
+        with self._read() as connection:
+            count, total, stage, uploading = connection.execute(query).one()
+        return ProjectUsage(
+            image_size_total=int(total),
+            image_stage_total=int(stage),
+            image_count_total=int(count),
+            image_count_uploading=int(uploading),
+        )
 
     def _ping(self) -> None:
         with self._read() as connection:
