@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Mapping
 
+import attrs
 from attrs import field, frozen
 
 DEFAULT_DATA_DIR = "glance-data"
@@ -112,6 +113,22 @@ class ImageQuotas:
 
 
 @frozen
+class ProjectLimits:
+    """
+    Per-project limits under the names of Glance's unified limits, the same
+    for every project: glance-tx's own C{[project_limits]} section, what
+    Glance takes from Keystone's registered limits with
+    C{use_keystone_limits}. Sizes in MiB, as Keystone's limits for Glance;
+    C{-1} is unlimited (the default).
+    """
+
+    image_size_total: int = -1
+    image_stage_total: int = -1
+    image_count_total: int = -1
+    image_count_uploading: int = -1
+
+
+@frozen
 class Config:
     endpoint: str
     data_dir: str
@@ -165,6 +182,8 @@ class Config:
     #: C{[oslo_policy] policy_file}: rules over Glance's defaults (an
     #: operator's Glance C{policy.yaml}); None: the defaults alone.
     policy_file: str | None = None
+    #: C{[project_limits]}: each project's limits (see L{ProjectLimits}).
+    project_limits: ProjectLimits = field(factory=ProjectLimits)
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -274,6 +293,30 @@ def load_config(
         auth_strategy=auth_strategy,
         keystone=keystone,
         policy_file=_policy_file(parser, path),
+        project_limits=_project_limits(parser),
+    )
+
+
+def _project_limits(parser: configparser.ConfigParser) -> ProjectLimits:
+    """
+    C{[project_limits]}; C{[DEFAULT] use_keystone_limits = true} (limits
+    from Keystone's unified limits, as Glance) is refused until supported,
+    rather than silently leaving projects unlimited.
+    """
+    if bool_option(parser.defaults(), "use_keystone_limits", False):
+        raise ConfigError(
+            "use_keystone_limits = true is not supported yet: set each project's "
+            "limits in [project_limits] (image_size_total, image_stage_total, "
+            "image_count_total, image_count_uploading)"
+        )
+    if not parser.has_section("project_limits"):
+        return ProjectLimits()
+    section = {k: v for k, v in parser["project_limits"].items() if k not in parser.defaults()}
+    unknown = sorted(set(section) - set(attrs.fields_dict(ProjectLimits)))
+    if unknown:
+        raise ConfigError(f"[project_limits] has no option {', '.join(unknown)}")
+    return ProjectLimits(
+        **{name: _int(section, name, -1, minimum=-1) for name in attrs.fields_dict(ProjectLimits)}
     )
 
 

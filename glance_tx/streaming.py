@@ -84,6 +84,8 @@ class UploadPipeline:
     runner: BlockingRunner
     size_cap: int
     expected_size: int | None = None
+    #: What a body past C{size_cap} is told (by default, the cap itself).
+    size_cap_message: str | None = None
     expected_checksum: str | None = None
     batch_size: int = MiB
     # Bytes handed to the hashes but not yet hashed. A few batches keep both
@@ -128,7 +130,8 @@ class UploadPipeline:
         if self.received > self.size_cap:
             self._refuse(
                 RequestEntityTooLarge(
-                    f"Image data exceeds the size limit of {self.size_cap} bytes"
+                    self.size_cap_message
+                    or f"Image data exceeds the size limit of {self.size_cap} bytes"
                 )
             )
         if self.expected_size is not None and self.received > self.expected_size:

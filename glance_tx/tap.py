@@ -141,6 +141,7 @@ def glance_service(
             quotas=config.quotas,
             identity=await identity.when_ready(),
             policy=await policy.when_ready(),
+            project_limits=config.project_limits,
         )
 
     children: dict[str, IService] = {

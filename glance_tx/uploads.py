@@ -20,6 +20,7 @@ from glance_tx import images
 from glance_tx.errors import BadRequest, Conflict, GlanceError, RequestEntityTooLarge
 from glance_tx.images import Image, ImageUpdate, Location
 from glance_tx.leases import UploadLeases
+from glance_tx.project_limits import ProjectLimiter
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.interface import IStore
@@ -126,6 +127,8 @@ class Uploader:
     size_cap: int
     #: This node's upload leases; None (tests of one process) takes none.
     leases: UploadLeases | None = None
+    #: Per-project limits (image_count_uploading, image_size_total).
+    limiter: ProjectLimiter | None = None
 
     def check_declared_size(
         self, declared_name: str, declared: int | None, content_length: int | None
@@ -146,6 +149,26 @@ class Uploader:
                 f"Content-Length ({content_length})"
             )
         return declared if declared is not None else content_length
+
+    async def _size_cap(self, image: Image, expected_size: int | None) -> tuple[int, str | None]:
+        """
+        The most this upload may write, and what a body past it is told:
+        C{image_size_cap}, or less when the owner's C{image_size_total}
+        leaves less (refused at once when the declared size does not fit).
+        """
+        if self.limiter is None:
+            return self.size_cap, None
+        allowance = await self.limiter.upload_allowance(image.owner)
+        if allowance is None or allowance >= self.size_cap:
+            return self.size_cap, None
+        message = (
+            f"Image data exceeds what is left of project {image.owner}'s "
+            f"image_size_total limit of {self.limiter.limits.image_size_total} MiB "
+            f"({allowance} bytes)"
+        )
+        if expected_size is not None and expected_size > allowance:
+            raise RequestEntityTooLarge(message)
+        return allowance, message
 
     async def start(
         self,
@@ -175,6 +198,7 @@ class Uploader:
                 f"Image {image.id} is {image.status}; data can only be uploaded "
                 "to a queued image"
             )
+        size_cap, cap_message = await self._size_cap(image, expected_size)
         base = changes or ImageUpdate()
         saving = attrs.evolve(base, fields={**base.fields, "status": images.SAVING})
         # Leased before it is saving: a saving image never lacks its lease
@@ -204,7 +228,8 @@ class Uploader:
         pipeline = UploadPipeline(
             writer=writer,
             runner=self.runner,
-            size_cap=self.size_cap,
+            size_cap=size_cap,
+            size_cap_message=cap_message,
             expected_size=expected_size,
             expected_checksum=expected_checksum,
         )

@@ -9,11 +9,12 @@ from glance_tx.api.root import RootAPI
 from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
-from glance_tx.config import CacheConfig, ImageQuotas
+from glance_tx.config import CacheConfig, ImageQuotas, ProjectLimits
 from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.leases import UploadLeases
 from glance_tx.policy import Policy
+from glance_tx.project_limits import ProjectLimiter
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.quotas import QuotaRegistry
 from glance_tx.store.backends import StoreMap
@@ -37,6 +38,7 @@ def build_site(
     quotas: ImageQuotas | None = None,
     identity: IIdentityResolver | None = None,
     policy: Policy | None = None,
+    project_limits: ProjectLimits | None = None,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
@@ -47,7 +49,9 @@ def build_site(
     policy = policy or Policy()
     cache = cache or CacheConfig()
     # Every change the APIs make passes the per-image quotas.
-    registry = cast(IRegistry, QuotaRegistry(registry, quotas or ImageQuotas()))
+    # and creations and uploads the per-project limits.
+    limiter = ProjectLimiter(registry, project_limits or ProjectLimits())
+    registry = cast(IRegistry, QuotaRegistry(registry, quotas or ImageQuotas(), limiter))
     if identity is None:
         identity = HeaderIdentity(default_project)
     uploader = Uploader(
@@ -56,6 +60,7 @@ def build_site(
         runner=runner,
         size_cap=image_size_cap,
         leases=leases,
+        limiter=limiter,
     )
     v1 = V1API(
         registry=registry,
@@ -72,6 +77,7 @@ def build_site(
         identity=identity,
         cache=cache,
         policy=policy,
+        limiter=limiter,
         show_multiple_locations=show_multiple_locations,
         show_image_direct_url=show_image_direct_url,
     )

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from attrs import define
+from attrs import Factory, define, field
 from klein import Klein
 from twisted.web.iweb import IRequest
 
@@ -56,6 +56,7 @@ from glance_tx.api.v2_patch import (
 )
 from glance_tx.api.v2_query import parse_query
 from glance_tx.api.versions import versions_document
+from glance_tx.config import ProjectLimits
 from glance_tx.context import RequestContext
 from glance_tx.errors import (
     BadRequest,
@@ -67,6 +68,7 @@ from glance_tx.errors import (
 )
 from glance_tx.images import Image, ImageUpdate, Location, Member, Viewer
 from glance_tx.locations import LocationEdit
+from glance_tx.project_limits import ProjectLimiter
 from glance_tx.store.http import shown_url
 from glance_tx.uploads import Upload
 
@@ -213,6 +215,10 @@ class V2API(ImagesAPI):
     show_multiple_locations: bool = False
     #: Show admins each image's C{direct_url} (Glance's option).
     show_image_direct_url: bool = False
+    #: The per-project limits C{/v2/info/usage} reports (by default none).
+    limiter: ProjectLimiter = field(
+        default=Factory(lambda self: ProjectLimiter(self.registry, ProjectLimits()), takes_self=True)
+    )
 
     def upload_routes(self, prefix: bytes = rb"/v2") -> tuple[UploadRoute, ...]:
         """The requests whose bodies are image data, for the site."""
@@ -269,6 +275,12 @@ class V2API(ImagesAPI):
         """The stores an upload may name in C{X-Image-Meta-Store}."""
         await self._context(request)
         return _json(request, v2_info.stores_document(self.stores))
+
+    @app.route("/info/usage", methods=["GET"])
+    async def usage_info(self, request: IRequest) -> bytes:
+        """The caller's project's limits and usage (Glance's unified-limit names)."""
+        context = await self._context(request)
+        return _json(request, await self.limiter.usage_document(context.project_id))
 
     @app.route("/info/stores/detail", methods=["GET"])
     async def stores_info_detail(self, request: IRequest) -> bytes:
