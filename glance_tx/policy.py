@@ -289,6 +289,13 @@ class Policy:
     def manages_members(self, context: RequestContext, image: Image) -> bool:
         return self.allowed("add_member", context, image_target(image))
 
+    def reads_members(self, context: RequestContext, image: Image) -> bool:
+        """
+        C{get_members} without a membership: the owner project's readers
+        (and admins) see every member; a member project only its own.
+        """
+        return self.allowed("get_members", context, image_target(image))
+
     def may_answer_for(self, context: RequestContext, image: Image, member_id: str) -> bool:
         """Accepting or rejecting: the member project itself (or an admin)."""
         target = image_target(image)

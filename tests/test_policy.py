@@ -212,6 +212,29 @@ class MatrixTests(PersonaSite):
         other = {"name": "n", "owner": "beta"}
         self.assertEqual(self.send_json("POST", "/v2/images", other, self.as_("owner-member")).code, 403)
 
+    def test_members_seen(self) -> None:
+        """
+        get_members: the owner's reader sees every member of a shared image
+        (and may not add one); the member project sees only its own
+        membership; a project no member gets 404.
+        """
+        image_id = self.image("shared-pending")
+        members = f"/v2/images/{image_id}/members"
+        self.send_json("POST", members, {"member": "delta"}, self.as_("owner-member"))
+
+        def listed(persona: str) -> list[str]:
+            answer = self.request("GET", members, self.as_(persona))
+            self.assertEqual(answer.code, 200, answer.body)
+            return sorted(m["member_id"] for m in answer.json()["members"])
+
+        self.assertEqual(listed("owner-reader"), ["beta", "delta"])
+        self.assertEqual(listed("other-reader"), ["beta"])
+        self.assertEqual(self.request("GET", f"{members}/delta", self.as_("owner-reader")).code, 200)
+        self.assertEqual(self.request("GET", f"{members}/delta", self.as_("other-member")).code, 404)
+        self.assertEqual(self.request("GET", members, self.as_("stranger")).code, 404)
+        added = self.send_json("POST", members, {"member": "epsilon"}, self.as_("owner-reader"))
+        self.assertEqual(added.code, 403)
+
     def test_v1_asks_the_same_rules(self) -> None:
         """v1 answers alike: a reader may read but not change or delete."""
         image_id = self.image("private")

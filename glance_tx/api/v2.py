@@ -564,7 +564,7 @@ class V2API(ImagesAPI):
     async def list_members(self, request: IRequest, image_id: str) -> bytes:
         context, image = await self._shared(request, image_id)
         members = await self.registry.list_members(image.id)
-        if not self._manages_members(context, image):
+        if not self.policy.reads_members(context, image):
             # A member sees its own membership only.
             members = [m for m in members if m.member_id == context.project_id]
         return _json(
@@ -579,7 +579,7 @@ class V2API(ImagesAPI):
         except Forbidden as e:
             # As Glance: no hint that an image the caller may see exists.
             raise NotFound(e.message) from None
-        if not (self._manages_members(context, image) or member_id == context.project_id):
+        if not (self.policy.reads_members(context, image) or member_id == context.project_id):
             raise NotFound(f"{member_id} not found in the member list of the image {image.id}.")
         return _json(request, member_view(await self.registry.get_member(image.id, member_id)))
 
