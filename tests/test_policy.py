@@ -26,7 +26,13 @@ from glance_tx.config import ConfigError, load_config
 from glance_tx.context import RequestContext
 from glance_tx.errors import Unauthorized
 from glance_tx.identity.interface import IIdentityResolver
-from glance_tx.policy import DEFAULT_RULES, Policy, PolicyFile, effective_roles
+from glance_tx.policy import (
+    DEFAULT_RULES,
+    Policy,
+    PolicyFile,
+    effective_roles,
+    load_policy,
+)
 from glance_tx.services import POLICY_CHECK_SECONDS, PolicyService
 from glance_tx.threads import SynchronousRunner
 from tests.api_fixtures import SiteTestCase
@@ -264,6 +270,38 @@ class OverrideTests(PersonaSite):
         self.assertEqual(self.attempt("owner-member", image_id, "update"), 200)
         refused = self.send_json("POST", "/v2/images", {"name": "n"}, self.as_("owner-member"))
         self.assertEqual(refused.code, 403)
+
+
+class PolicyYamlTests(PersonaSite):
+    """An operator's policy.yaml, as Glance's, read through L{load_policy}."""
+
+    def setUp(self) -> None:
+        path = FilePath(self.mktemp())
+        path.setContent(
+            b"# Glance's names and rule language\n"
+            b'"get_image": "role:admin or project_id:%(project_id)s"\n'
+            b'"deactivate": "role:admin"\n'
+            b'"restricted": "not role:reader or role:member"\n'
+            b'"get_images": "rule:restricted"\n'
+        )
+        self.site_options = {"policy": load_policy(path.path)}
+        super().setUp()
+
+    def test_policy_yaml(self) -> None:
+        """
+        Rules from the file apply: public images are hidden from other
+        projects (get_image), only an admin deactivates, a reader may not
+        list (a rule naming another rule); the owner's member still may
+        update (a default the file leaves alone).
+        """
+        image_id = self.image("public")
+        self.assertEqual(self.attempt("other-member", image_id, "show"), 404)
+        self.assertEqual(self.attempt("owner-reader", image_id, "show"), 200)
+        self.assertEqual(self.attempt("owner-member", image_id, "deactivate"), 403)
+        self.assertEqual(self.attempt("admin", image_id, "deactivate"), 204)
+        self.assertEqual(self.request("GET", "/v2/images", self.as_("owner-reader")).code, 403)
+        self.assertEqual(self.request("GET", "/v2/images", self.as_("owner-member")).code, 200)
+        self.assertEqual(self.attempt("owner-member", image_id, "update"), 200)
 
 
 class PolicyFileTests(SynchronousTestCase):
