@@ -48,8 +48,8 @@ def build_site(
     """
     policy = policy or Policy()
     cache = cache or CacheConfig()
-    # Every change the APIs make passes the per-image quotas.
-    # and creations and uploads the per-project limits.
+    # Every change the APIs make passes the per-image quotas, and every
+    # create and upload the per-project limits.
     limiter = ProjectLimiter(registry, project_limits or ProjectLimits())
     registry = cast(IRegistry, QuotaRegistry(registry, quotas or ImageQuotas(), limiter))
     if identity is None:
