@@ -155,6 +155,9 @@ class Policy:
         self._enforcer = other._enforcer
 
     def allowed(self, rule: str, context: RequestContext, target: dict[str, Any]) -> bool:
+        if rule not in DEFAULT_RULES:
+            # A misspelt name would fall to "default" (which allows).
+            raise ValueError(f"{rule!r} is not one of Glance's policy rules")
         creds = {
             "project_id": context.project_id,
             "user_id": context.user_id,

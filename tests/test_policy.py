@@ -394,6 +394,10 @@ class RuleTests(SynchronousTestCase):
             set(DEFAULT_RULES),
         )
 
+    def test_unknown_rule(self) -> None:
+        """A rule name that is not Glance's is a programming error, never "default"."""
+        self.assertRaises(ValueError, Policy().allowed, "get_imagez", PERSONAS["admin"], {})
+
     def test_no_role_no_access(self) -> None:
         """A token with no role on the project may not even list (get_images)."""
         nobody = RequestContext("alpha", "u", frozenset())
