@@ -24,6 +24,8 @@ setup(
         # The disk image format inspector OpenStack maintains
         # (glance_tx/formats/inspection.py); pinned in constraints.txt.
         "oslo.utils[image-inspection] >= 10, < 11",
+        # Glance's policy engine and rule language (glance_tx/policy.py).
+        "oslo.policy >= 4.0, < 7",
     ],
     extras_require={
         "postgresql": ["psycopg[binary] >= 3.1, < 4"],

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from attrs import field, frozen
 
 DEFAULT_DATA_DIR = "glance-data"
@@ -135,6 +136,22 @@ class ImageFormatConfig:
 
 
 @frozen
+class ProjectLimits:
+    """
+    Per-project limits under the names of Glance's unified limits, the same
+    for every project: glance-tx's own C{[project_limits]} section, what
+    Glance takes from Keystone's registered limits with
+    C{use_keystone_limits}. Sizes in MiB, as Keystone's limits for Glance;
+    C{-1} is unlimited (the default).
+    """
+
+    image_size_total: int = -1
+    image_stage_total: int = -1
+    image_count_total: int = -1
+    image_count_uploading: int = -1
+
+
+@frozen
 class Config:
     endpoint: str
     data_dir: str
@@ -199,6 +216,11 @@ class Config:
     #: as its C{os_hash_algo} (Glance's option and default): an operator
     #: whose CPUs hash sha256 in hardware may prefer it.
     hashing_algorithm: str = DEFAULT_HASHING_ALGORITHM
+    #: C{[oslo_policy] policy_file}: rules over Glance's defaults (an
+    #: operator's Glance C{policy.yaml}); None: the defaults alone.
+    policy_file: str | None = None
+    #: C{[project_limits]}: each project's limits (see L{ProjectLimits}).
+    project_limits: ProjectLimits = field(factory=ProjectLimits)
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -314,7 +336,50 @@ def load_config(
         hashing_algorithm=hashing_algorithm(
             default.get("hashing_algorithm") or DEFAULT_HASHING_ALGORITHM
         ),
+        policy_file=_policy_file(parser, path),
+        project_limits=_project_limits(parser),
     )
+
+
+def _project_limits(parser: configparser.ConfigParser) -> ProjectLimits:
+    """
+    C{[project_limits]}; C{[DEFAULT] use_keystone_limits = true} (limits
+    from Keystone's unified limits, as Glance) is refused until supported,
+    rather than silently leaving projects unlimited.
+    """
+    if bool_option(parser.defaults(), "use_keystone_limits", False):
+        raise ConfigError(
+            "use_keystone_limits = true is not supported yet: set each project's "
+            "limits in [project_limits] (image_size_total, image_stage_total, "
+            "image_count_total, image_count_uploading)"
+        )
+    if not parser.has_section("project_limits"):
+        return ProjectLimits()
+    section = {k: v for k, v in parser["project_limits"].items() if k not in parser.defaults()}
+    unknown = sorted(set(section) - set(attrs.fields_dict(ProjectLimits)))
+    if unknown:
+        raise ConfigError(f"[project_limits] has no option {', '.join(unknown)}")
+    return ProjectLimits(
+        **{name: _int(section, name, -1, minimum=-1) for name in attrs.fields_dict(ProjectLimits)}
+    )
+
+
+def _policy_file(parser: configparser.ConfigParser, path: str | None) -> str | None:
+    """
+    C{[oslo_policy] policy_file}, relative to the configuration file's
+    directory, as oslo.config finds it. Unset: C{policy.yaml} beside the
+    configuration file when there is one (Glance's default name), else
+    none. A named file that is missing is an error, not the defaults.
+    """
+    config_dir = os.path.dirname(os.path.abspath(path)) if path is not None else os.getcwd()
+    name = parser.get("oslo_policy", "policy_file", fallback=None)
+    if name is None or not name.strip():
+        beside = os.path.join(config_dir, "policy.yaml")
+        return beside if path is not None and os.path.isfile(beside) else None
+    policy_file = os.path.join(config_dir, name.strip())
+    if not os.path.isfile(policy_file):
+        raise ConfigError(f"[oslo_policy] policy_file {policy_file} does not exist")
+    return policy_file
 
 
 def _auth(parser: configparser.ConfigParser) -> tuple[str, KeystoneConfig | None]:

@@ -252,6 +252,29 @@ class Member:
     updated_at: datetime
 
 
+#: The statuses whose images are counted as uploading (Glance's
+#: C{image_count_uploading}: data on its way in, by upload or import).
+UPLOADING_STATUSES = frozenset({SAVING, UPLOADING, IMAGE_IMPORTING})
+
+
+@frozen
+class ProjectUsage:
+    """
+    What one project's images hold, as Glance's unified limits count it;
+    deleted images count for nothing.
+    """
+
+    #: Bytes of the project's images that have data (not killed): the sum
+    #: of their sizes (C{image_size_total} counts it in MiB).
+    image_size_total: int = 0
+    #: Bytes staged for import (images C{uploading} or C{importing}).
+    image_stage_total: int = 0
+    #: Images the project owns.
+    image_count_total: int = 0
+    #: Images whose data is on its way in (L{UPLOADING_STATUSES}).
+    image_count_uploading: int = 0
+
+
 @frozen
 class Viewer:
     """Who a listing is for: which images they may see follows from it."""

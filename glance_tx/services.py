@@ -55,6 +55,7 @@ from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.leases import UploadLeases
 from glance_tx.node_claim import NodeClaim
 from glance_tx.once import Once
+from glance_tx.policy import Policy, PolicyFile
 from glance_tx.purge import Purger
 from glance_tx.recovery import Reclaimer
 from glance_tx.registry.interface import IRegistry
@@ -511,6 +512,50 @@ class IdentityService(ReadyService[IIdentityResolver]):
         if self._http_pool is not None:
             pool, self._http_pool = self._http_pool, None
             await pool.closeCachedConnections()
+
+
+#: Seconds between looks at the policy file's mtime (a stat on the pool;
+#: oslo.policy itself stats on every enforcement, on the caller's thread).
+POLICY_CHECK_SECONDS = 5.0
+
+
+@define(eq=False)
+class PolicyService(ReadyService[Policy]):
+    """
+    The rules in force: Glance's defaults over which C{[oslo_policy]
+    policy_file} is read at start (a file that does not parse fails the
+    start) and reread on the pool when it changes; a change that does not
+    parse is logged and the rules stay as they were.
+    """
+
+    reactor: IReactorTime
+    policy_file: str | None
+    runner: BlockingRunner
+    _file: PolicyFile | None = field(default=None, init=False)
+    _loop: Any = field(default=None, init=False)
+
+    async def start(self) -> Policy:
+        from twisted.internet.task import LoopingCall
+
+        self._file = PolicyFile(self.policy_file, self.runner)
+        await self._file.refresh()
+        if self.policy_file is not None:
+            self._loop = LoopingCall(lambda: Deferred.fromCoroutine(self._refresh()))
+            self._loop.clock = self.reactor
+            self._loop.start(POLICY_CHECK_SECONDS, now=False)
+        return self._file.policy
+
+    async def _refresh(self) -> None:
+        assert self._file is not None
+        try:
+            if await self._file.refresh():
+                log.info("Reloaded policy file {path}", path=self.policy_file)
+        except Exception:
+            log.failure("Policy file {path} not reloaded", path=self.policy_file)
+
+    async def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
 
 
 @define(eq=False)

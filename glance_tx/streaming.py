@@ -89,6 +89,8 @@ class UploadPipeline:
     size_cap: int
     stages: Sequence[IUploadStage] = ()
     expected_size: int | None = None
+    #: What a body past C{size_cap} is told (by default, the cap itself).
+    size_cap_message: str | None = None
     batch_size: int = MiB
     # Bytes handed to the stages but not yet taken. A few batches keep both
     # hash threads busy; more would only cost memory. Resuming as soon as
@@ -133,7 +135,8 @@ class UploadPipeline:
         if self.received > self.size_cap:
             self._refuse(
                 RequestEntityTooLarge(
-                    f"Image data exceeds the size limit of {self.size_cap} bytes"
+                    self.size_cap_message
+                    or f"Image data exceeds the size limit of {self.size_cap} bytes"
                 )
             )
         if self.expected_size is not None and self.received > self.expected_size:

@@ -16,6 +16,8 @@
      |- identity            who is asking (auth_strategy): the headers, or
      |                      Keystone's token validation with its connections
      |- scrubber            delayed delete's scrubber, every wakeup_time
+     |- policy              Glance's rules over [oslo_policy] policy_file,
+     |                      reread on the pool when the file changes
      |- purger              with [cache] purge_urls only: PURGEs, through
      |                      a connection pool of its own; at stop, pending
      |                      purges get a few seconds to finish
@@ -47,6 +49,7 @@ from glance_tx.services import (
     LeasesService,
     ListenerService,
     NodeClaimService,
+    PolicyService,
     PurgerService,
     RecoveryService,
     ServiceChain,
@@ -104,6 +107,7 @@ def glance_service(
     stores = StoresService(config, runner, reactor)
     purger = PurgerService(reactor, config.cache) if config.cache.purge_urls else None
     identity = IdentityService(reactor, config, runner)
+    policy = PolicyService(reactor, config.policy_file, runner)
     leases = LeasesService(
         registry, reactor, config.node_id, config.upload_lease_seconds
     )
@@ -134,6 +138,8 @@ def glance_service(
             identity=await identity.when_ready(),
             delayed_delete=config.delayed_delete,
             hashing_algorithm=config.hashing_algorithm,
+            policy=await policy.when_ready(),
+            project_limits=config.project_limits,
         )
 
     children: dict[str, IService] = {
@@ -156,6 +162,7 @@ def glance_service(
         "scrubber": scrubber_service(
             registry, stores, reactor, config.scrub_time, config.wakeup_time
         ),
+        "policy": policy,
     }
     if purger is not None:
         children["purger"] = purger

@@ -29,6 +29,7 @@ from glance_tx.errors import BadRequest, Conflict, GlanceError, RequestEntityToo
 from glance_tx.formats.inspection import InspectionStage, wants_inspection
 from glance_tx.images import Image, ImageUpdate, Location
 from glance_tx.leases import UploadLeases
+from glance_tx.project_limits import ProjectLimiter
 from glance_tx.registry.interface import IRegistry
 from glance_tx.stages import ChecksumStage, HashStage, IUploadStage
 from glance_tx.store.backends import StoreMap
@@ -165,6 +166,8 @@ class Uploader:
         if self.image_format is not None and wants_inspection(image.container_format):
             stages.append(InspectionStage(image.disk_format, self.image_format))
         return stages
+    #: Per-project limits (image_count_uploading, image_size_total).
+    limiter: ProjectLimiter | None = None
 
     def check_declared_size(
         self, declared_name: str, declared: int | None, content_length: int | None
@@ -185,6 +188,26 @@ class Uploader:
                 f"Content-Length ({content_length})"
             )
         return declared if declared is not None else content_length
+
+    async def _size_cap(self, image: Image, expected_size: int | None) -> tuple[int, str | None]:
+        """
+        The most this upload may write, and what a body past it is told:
+        C{image_size_cap}, or less when the owner's C{image_size_total}
+        leaves less (refused at once when the declared size does not fit).
+        """
+        if self.limiter is None:
+            return self.size_cap, None
+        allowance = await self.limiter.upload_allowance(image.owner)
+        if allowance is None or allowance >= self.size_cap:
+            return self.size_cap, None
+        message = (
+            f"Image data exceeds what is left of project {image.owner}'s "
+            f"image_size_total limit of {self.limiter.limits.image_size_total} MiB "
+            f"({allowance} bytes)"
+        )
+        if expected_size is not None and expected_size > allowance:
+            raise RequestEntityTooLarge(message)
+        return allowance, message
 
     async def start(
         self,
@@ -214,6 +237,7 @@ class Uploader:
                 f"Image {image.id} is {image.status}; data can only be uploaded "
                 "to a queued image"
             )
+        size_cap, cap_message = await self._size_cap(image, expected_size)
         base = changes or ImageUpdate()
         saving = attrs.evolve(base, fields={**base.fields, "status": images.SAVING})
         # Leased before it is saving: a saving image never lacks its lease
@@ -243,7 +267,8 @@ class Uploader:
         pipeline = UploadPipeline(
             writer=writer,
             runner=self.runner,
-            size_cap=self.size_cap,
+            size_cap=size_cap,
+            size_cap_message=cap_message,
             stages=self.stages(image, expected_checksum),
             expected_size=expected_size,
         )

@@ -49,6 +49,7 @@ from glance_tx.images import (
     ImageUpdate,
     Location,
     Member,
+    ProjectUsage,
     Viewer,
     new_image_id,
 )
@@ -795,6 +796,42 @@ class RegistryConformanceMixin(_Base):
     async def test_all_locations_empty(self, registry: Any) -> None:
         """An empty registry holds no locations."""
         self.assertEqual(await registry.all_locations(), frozenset())
+
+    # -- project_usage -----------------------------------------------------------
+
+    @conformance
+    async def test_project_usage(self, registry: Any) -> None:
+        """
+        project_usage counts one project's images that are not deleted:
+        sizes of those not killed, sizes staged (uploading, importing),
+        all of them, and those with data on its way in (saving, uploading,
+        importing); other projects' images and deleted ones count nothing.
+        """
+        mine = "p-usage"
+        await registry.create(make_image(owner=mine, status=ACTIVE, size=100, locations=("file:///1",)))
+        await registry.create(make_image(owner=mine, status=KILLED, size=7))
+        await registry.create(make_image(owner=mine, status=SAVING))
+        await registry.create(make_image(owner=mine, status=UPLOADING, size=30))
+        await registry.create(make_image(owner=mine, status=IMAGE_IMPORTING, size=5))
+        await registry.create(make_image(owner=mine, status=QUEUED))
+        gone = await registry.create(make_image(owner=mine, status=ACTIVE, size=1000))
+        await registry.delete(gone.id)
+        await registry.create(make_image(owner="someone-else", status=ACTIVE, size=50))
+        self.assertEqual(
+            await registry.project_usage(mine),
+            ProjectUsage(
+                image_size_total=135,
+                image_stage_total=35,
+                image_count_total=6,
+                image_count_uploading=3,
+            ),
+        )
+
+    @conformance
+    async def test_project_usage_none(self, registry: Any) -> None:
+        """A project with no images (an id with a slash too) holds nothing."""
+        self.assertEqual(await registry.project_usage("nobody"), ProjectUsage())
+        self.assertEqual(await registry.project_usage("a/b c"), ProjectUsage())
 
     # -- list: filters ---------------------------------------------------------
 

@@ -1215,10 +1215,18 @@ class ActionTests(V2TestCase):
             self.assertEqual(self.request("POST", f"{base}/reactivate", ADMIN).code, 204)
             self.assertEqual(self.show(image["id"])["status"], "active")
 
-    def test_admin_only(self) -> None:
-        """Owners who are not admins may not deactivate (403)."""
-        image = self.active(headers=ALICE)
-        self.assertError(self.request("POST", f"/v2/images/{image['id']}/actions/deactivate", ALICE), 403)
+    def test_owner_member_or_admin(self) -> None:
+        """
+        Glance's secure-RBAC C{deactivate} rule: the owner project's member
+        may deactivate (204); a reader of it (403) and another project that
+        sees the image (403) may not.
+        """
+        image = self.active(headers=ALICE, visibility="community")
+        action = f"/v2/images/{image['id']}/actions/deactivate"
+        self.assertError(self.request("POST", action, project("alice", "reader")), 403)
+        self.assertError(self.request("POST", action, BOB), 403)
+        self.assertEqual(self.request("POST", action, ALICE).code, 204)
+        self.assertEqual(self.show(image["id"])["status"], "deactivated")
 
     def test_illegal_transition(self) -> None:
         """Deactivating or reactivating a queued image is refused as Glance

@@ -186,3 +186,72 @@ class KeystoneEndToEndTests(TestCase):
         self.assertNotIn(alpha, json.dumps(body))
         self.relay.open()
         self.assertEqual((await self.call("GET", "/v2/images", alpha))[0], 200)
+
+    async def test_policy_matrix(self) -> None:
+        """
+        A smaller cell-by-cell matrix through real tokens (roles as Keystone
+        grants and implies them): admin, alpha's member and reader and
+        beta's member x alpha's private, shared-with-beta (accepted) and
+        public images x show, download, update, tag and delete, each answered
+        as Glance's rules say (L{tests.test_policy.expected}).
+        """
+        from tests.test_policy import expected
+
+        users = {"admin": "admin", "alpha-member": "owner-member",
+                 "alpha-reader": "owner-reader", "beta-member": "other-member"}
+        tokens = {user: (await self.token(user)) for user in users}
+        alpha_id = tokens["alpha-member"][1]
+        beta_id = tokens["beta-member"][1]
+        admin = tokens["admin"][0]
+
+        async def image(visibility: str) -> str:
+            kind = visibility.split("-")[0]
+            code, _, created = await self.call("POST", "/v2/images", admin, {
+                "name": visibility, "visibility": kind, "owner": alpha_id,
+                "disk_format": "raw", "container_format": "bare"})
+            self.assertEqual(code, 201, created)
+            response = await self.treq.put(
+                f"{self.base}/v2/images/{created['id']}/file", data=b"bytes",
+                headers={"X-Auth-Token": [admin], "Content-Type": ["application/octet-stream"]})
+            await response.content()
+            self.assertEqual(response.code, 204)
+            if kind == "shared":
+                members = f"/v2/images/{created['id']}/members"
+                code, _, _ = await self.call("POST", members, tokens["alpha-member"][0],
+                                             {"member": beta_id})
+                self.assertEqual(code, 200)
+                code, _, _ = await self.call("PUT", f"{members}/{beta_id}",
+                                             tokens["beta-member"][0], {"status": "accepted"})
+                self.assertEqual(code, 200)
+            return str(created["id"])
+
+        async def attempt(token: str, image_id: str, operation: str) -> int:
+            path = f"/v2/images/{image_id}"
+            if operation == "download":
+                response = await self.treq.get(self.base + path + "/file",
+                                               headers={"X-Auth-Token": [token]})
+                await response.content()
+                return int(response.code)
+            if operation == "update":
+                response = await self.treq.patch(
+                    self.base + path,
+                    data=json.dumps([{"op": "replace", "path": "/name", "value": "x"}]).encode(),
+                    headers={"X-Auth-Token": [token], "Content-Type":
+                             ["application/openstack-images-v2.1-json-patch"]})
+                await response.content()
+                return int(response.code)
+            method, suffix = {"show": ("GET", ""), "tag": ("PUT", "/tags/t"),
+                              "delete": ("DELETE", "")}[operation]
+            return (await self.call(method, path + suffix, token))[0]
+
+        wrong = []
+        for visibility in ("private", "shared-accepted", "public"):
+            shared = await image(visibility)
+            for user, persona in users.items():
+                for operation in ("show", "download", "update", "tag", "delete"):
+                    image_id = await image(visibility) if operation == "delete" else shared
+                    got = await attempt(tokens[user][0], image_id, operation)
+                    want = expected(persona, visibility, operation)
+                    if got != want:
+                        wrong.append(f"{user} {operation} {visibility}: {got}, Glance {want}")
+        self.assertEqual(wrong, [], "\n".join(wrong))

@@ -96,7 +96,7 @@ class FailingRegistry:
     add_tag = remove_tag = add_member = get_member = list_members = _answer
     update_member = remove_member = ping = _answer
     hold_uploads = release_upload = reclaim_uploads = _answer
-    claim_node = release_node = _answer
+    claim_node = release_node = project_usage = _answer
 
 
 class ServerTests(SynchronousTestCase):

@@ -9,10 +9,12 @@ from glance_tx.api.root import V1_PREFIXES, V2_PREFIXES, RootAPI
 from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
-from glance_tx.config import CacheConfig, ImageFormatConfig, ImageQuotas
+from glance_tx.config import CacheConfig, ImageFormatConfig, ImageQuotas, ProjectLimits
 from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.leases import UploadLeases
+from glance_tx.policy import Policy
+from glance_tx.project_limits import ProjectLimiter
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.quotas import QuotaRegistry
 from glance_tx.store.backends import StoreMap
@@ -38,15 +40,21 @@ def build_site(
     delayed_delete: bool = False,
     image_format: ImageFormatConfig | None = None,
     hashing_algorithm: str = "sha512",
+    policy: Policy | None = None,
+    project_limits: ProjectLimits | None = None,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
     the headers, with C{default_project} for requests that have none
-    (C{auth_strategy = noauth}).
+    (C{auth_strategy = noauth}). What they may do is C{policy}'s to say
+    (by default Glance's rules); v1 and v2 share it.
     """
+    policy = policy or Policy()
     cache = cache or CacheConfig()
-    # Every change the APIs make passes the per-image quotas.
-    registry = cast(IRegistry, QuotaRegistry(registry, quotas or ImageQuotas()))
+    # Every change the APIs make passes the per-image quotas, and every
+    # create and upload the per-project limits.
+    limiter = ProjectLimiter(registry, project_limits or ProjectLimits())
+    registry = cast(IRegistry, QuotaRegistry(registry, quotas or ImageQuotas(), limiter))
     if identity is None:
         identity = HeaderIdentity(default_project)
     uploader = Uploader(
@@ -57,6 +65,7 @@ def build_site(
         hashing_algorithm=hashing_algorithm,
         leases=leases,
         image_format=image_format or ImageFormatConfig(),
+        limiter=limiter,
     )
     v1 = V1API(
         registry=registry,
@@ -65,6 +74,7 @@ def build_site(
         identity=identity,
         cache=cache,
         delayed_delete=delayed_delete,
+        policy=policy,
     )
     v2 = V2API(
         registry=registry,
@@ -72,6 +82,8 @@ def build_site(
         uploader=uploader,
         identity=identity,
         cache=cache,
+        policy=policy,
+        limiter=limiter,
         show_multiple_locations=show_multiple_locations,
         show_image_direct_url=show_image_direct_url,
         delayed_delete=delayed_delete,

@@ -16,13 +16,14 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from glance_tx import images, policy
+from glance_tx import images
 from glance_tx.config import CacheConfig
 from glance_tx.context import RequestContext
 from glance_tx.errors import BadRequest, NotFound, VersionConflict
 from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.images import Image, ImageUpdate, Member
 from glance_tx.locations import delete_data
+from glance_tx.policy import Policy
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.uploads import Uploader
@@ -55,6 +56,8 @@ class ImagesAPI:
     #: Glance's delayed delete: a deleted active image is left pending
     #: delete, its data for the scrubber (L{glance_tx.scrubber}).
     delayed_delete: bool = False
+    #: The rules every decision asks (Glance's defaults, an operator's file).
+    policy: Policy = field(factory=Policy)
 
     app: ClassVar[Klein]
 
@@ -98,8 +101,8 @@ class ImagesAPI:
             if image.status != images.PENDING_DELETE:
                 raise
             return context, image
-        if not policy.can_see(context, image):
-            policy.check_visible(context, image, await self._membership(context, image))
+        if not self.policy.can_see(context, image):
+            self.policy.check_visible(context, image, await self._membership(context, image))
         return context, image
 
     async def _change_image(

@@ -17,7 +17,7 @@ from klein import Klein
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
-from glance_tx import images, policy
+from glance_tx import images
 from glance_tx.api.base import ImagesAPI
 from glance_tx.api.downloads import check_downloadable, serve_data
 from glance_tx.api.errors import json_errors
@@ -125,10 +125,9 @@ class V1API(ImagesAPI):
         return self.uploader.check_declared_size("x-image-meta-size", meta.size, content_length)
 
     def _new_image(self, context: RequestContext, meta: V1Meta) -> Image:
-        policy.check_publicize(context, meta.core.get("visibility"))
+        self.policy.check_create(context, meta.core.get("owner"))
+        self.policy.check_visibility(context, None, meta.core.get("visibility"))
         core = dict(meta.core)
-        if "owner" in core and core["owner"] != context.project_id and not context.is_admin:
-            raise policy.Forbidden("Only an admin can create an image for another owner")
         core.setdefault("owner", context.project_id)
         now = self.clock()
         image = Image(
@@ -152,10 +151,10 @@ class V1API(ImagesAPI):
         (see L{ImagesAPI._change_image}), so they hold for what is written.
         """
         purge = parse_bool("purge-props", _header(request, b"x-glance-registry-purge-props") or "false")
-        policy.check_modifiable(context, image)
-        policy.check_publicize(context, meta.core.get("visibility"))
-        if "owner" in meta.core and not context.is_admin:
-            raise policy.Forbidden("Only an admin can change an image's owner")
+        self.policy.check_modifiable(context, image)
+        self.policy.check_visibility(context, image, meta.core.get("visibility"))
+        if "owner" in meta.core:
+            self.policy.check_owner_change(context, image, meta.core["owner"])
         check_preconditions(request, self._representation(image)[1])
         return ImageUpdate(fields=meta.core, properties=meta.properties, purge_properties=purge)
 
@@ -191,6 +190,7 @@ class V1API(ImagesAPI):
 
         async def start(context: RequestContext, image: Image) -> Upload:
             changes = self._changes(request, context, image, meta)
+            self.policy.check_upload(context, image)
             return await self._start_upload(image, meta, expected_size, changes)
 
         return await self._change_image(request, image_id, start)
@@ -234,6 +234,7 @@ class V1API(ImagesAPI):
 
     async def _query(self, request: IRequest) -> ImageQuery:
         context = await self._context(request)
+        self.policy.check_list(context)
         filters: dict[str, Any] = {}
         for name in _V1_FILTERS:
             value = _arg(request, name)
@@ -243,7 +244,7 @@ class V1API(ImagesAPI):
             value = _arg(request, name)
             if value is not None:
                 filters[name] = parse_int(name, value, images.MAX_INT)
-        viewer = Viewer(context.project_id, context.is_admin)
+        viewer = Viewer(context.project_id, self.policy.is_admin(context))
         # Glance v1's default: what the caller can use (public, own, shared
         # and accepted); is_public=none widens to everything visible.
         visibility = None
@@ -294,7 +295,7 @@ class V1API(ImagesAPI):
             context = await self._context(request)
             meta = parse_headers(request.requestHeaders)
             if meta.location is not None:
-                policy.check_set_location(context)
+                self.policy.check_set_location(context)
             image = await self.registry.create(self._new_image(context, meta))
             if meta.location is not None:
                 try:
@@ -313,7 +314,7 @@ class V1API(ImagesAPI):
         _check_framed(request)
         meta = parse_headers(request.requestHeaders)
         if meta.location is not None:
-            policy.check_set_location(await self._context(request))
+            self.policy.check_set_location(await self._context(request))
 
         async def write(context: RequestContext, image: Image) -> Image:
             changes = self._changes(request, context, image, meta)
@@ -335,10 +336,11 @@ class V1API(ImagesAPI):
         delete (a GET of it is a 404, as in Glance).
         """
         forbid_storing(request)
-        _, image = await self._image(request, image_id, show_pending=True)
+        context, image = await self._image(request, image_id, show_pending=True)
         if image.deleted and request.method != b"HEAD":
             raise NotFound(f"No image found with ID {image.id}")
         if request.method != b"HEAD":
+            self.policy.check_download(context, image)
             check_downloadable(image)
         metadata, validators = self._representation(image)
         if image.status == images.ACTIVE:
@@ -363,7 +365,7 @@ class V1API(ImagesAPI):
         async def write(context: RequestContext, image: Image) -> None:
             if image.status == images.PENDING_DELETE:
                 raise Forbidden(f"Forbidden to delete a {image.status} image.")
-            policy.check_deletable(context, image)
+            self.policy.check_deletable(context, image)
             check_preconditions(request, self._representation(image)[1])
             await self._delete(image)
 

@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from attrs import define
+from attrs import Factory, define, field
 from klein import Klein
 from twisted.web.iweb import IRequest
 
-from glance_tx import images, policy
+from glance_tx import images
 from glance_tx.api import v2_info, v2_schemas
 from glance_tx.api.base import ImagesAPI
 from glance_tx.api.downloads import serve_data
@@ -57,6 +57,7 @@ from glance_tx.api.v2_patch import (
 )
 from glance_tx.api.v2_query import parse_query
 from glance_tx.api.versions import versions_document
+from glance_tx.config import ProjectLimits
 from glance_tx.context import RequestContext
 from glance_tx.errors import (
     BadRequest,
@@ -68,6 +69,7 @@ from glance_tx.errors import (
 )
 from glance_tx.images import Image, ImageUpdate, Location, Member, Viewer
 from glance_tx.locations import LocationEdit
+from glance_tx.project_limits import ProjectLimiter
 from glance_tx.store.http import shown_url
 from glance_tx.uploads import Upload
 
@@ -216,6 +218,10 @@ class V2API(ImagesAPI):
     show_multiple_locations: bool = False
     #: Show admins each image's C{direct_url} (Glance's option).
     show_image_direct_url: bool = False
+    #: The per-project limits C{/v2/info/usage} reports (by default none).
+    limiter: ProjectLimiter = field(
+        default=Factory(lambda self: ProjectLimiter(self.registry, ProjectLimits()), takes_self=True)
+    )
 
     # -- helpers ------------------------------------------------------------
 
@@ -229,8 +235,8 @@ class V2API(ImagesAPI):
         """
         return image_view(
             image,
-            locations=context.is_admin and self.show_multiple_locations,
-            direct_url=context.is_admin and self.show_image_direct_url,
+            locations=self.policy.is_admin(context) and self.show_multiple_locations,
+            direct_url=self.policy.is_admin(context) and self.show_image_direct_url,
         )
 
     def _document(self, context: RequestContext, image: Image) -> tuple[bytes, Validators]:
@@ -265,10 +271,16 @@ class V2API(ImagesAPI):
         await self._context(request)
         return _json(request, v2_info.stores_document(self.stores))
 
+    @app.route("/info/usage", methods=["GET"])
+    async def usage_info(self, request: IRequest) -> bytes:
+        """The caller's project's limits and usage (Glance's unified-limit names)."""
+        context = await self._context(request)
+        return _json(request, await self.limiter.usage_document(context.project_id))
+
     @app.route("/info/stores/detail", methods=["GET"])
     async def stores_info_detail(self, request: IRequest) -> bytes:
         """Each store's type and set-up: for admins only, as in Glance."""
-        if not (await self._context(request)).is_admin:
+        if not self.policy.is_admin(await self._context(request)):
             raise Forbidden("Only an admin may see the stores' details")
         return _json(request, v2_info.stores_detail_document(self.stores))
 
@@ -276,7 +288,8 @@ class V2API(ImagesAPI):
     async def list_images(self, request: IRequest) -> bytes:
         forbid_storing(request)
         context = await self._context(request)
-        query = parse_query(request.args, Viewer(context.project_id, context.is_admin))
+        self.policy.check_list(context)
+        query = parse_query(request.args, Viewer(context.project_id, self.policy.is_admin(context)))
         found = await self.registry.list(query)
         params = [
             (key.decode("utf-8"), value.decode("utf-8"))
@@ -321,8 +334,8 @@ class V2API(ImagesAPI):
                 )
         core = {key: body[key] for key in CREATE_FIELDS if key in body}
         owner = body.get("owner", context.project_id)
-        policy.check_owner_change(context, None, owner)
-        policy.check_publicize(context, core.get("visibility"))
+        self.policy.check_create(context, owner)
+        self.policy.check_visibility(context, None, core.get("visibility"))
         properties = {
             key: value
             for key, value in body.items()
@@ -366,10 +379,10 @@ class V2API(ImagesAPI):
         located = [change for change in changes if change.name == "locations"]
 
         async def write(context: RequestContext, image: Image) -> tuple[RequestContext, Image]:
-            policy.check_modifiable(context, image)
+            self.policy.check_modifiable(context, image)
             check_preconditions(request, self._document(context, image)[1])
             if located:
-                policy.check_set_location(context)
+                self.policy.check_set_location(context, image)
                 if not self.show_multiple_locations:
                     raise Forbidden(
                         "It's not allowed to change locations if locations are "
@@ -377,9 +390,9 @@ class V2API(ImagesAPI):
                     )
             update = apply_patch(image, changes)
             if "owner" in update.fields:
-                policy.check_owner_change(context, image, update.fields["owner"])
+                self.policy.check_owner_change(context, image, update.fields["owner"])
             if "visibility" in update.fields:
-                policy.check_publicize(context, update.fields["visibility"])
+                self.policy.check_visibility(context, image, update.fields["visibility"])
             if located:
                 return context, await self._edit_locations(image, located, update)
             if not (update.fields or update.properties or update.tags is not None):
@@ -414,7 +427,7 @@ class V2API(ImagesAPI):
         """Preconditions are evaluated as for PATCH."""
 
         async def write(context: RequestContext, image: Image) -> None:
-            policy.check_deletable(context, image)
+            self.policy.check_deletable(context, image)
             check_preconditions(request, self._document(context, image)[1])
             await self._delete(image)
 
@@ -434,7 +447,7 @@ class V2API(ImagesAPI):
         expected_size = self._declared_size(request)
 
         async def start(context: RequestContext, image: Image) -> Upload:
-            policy.check_modifiable(context, image)
+            self.policy.check_upload(context, image)
             if image.status != images.QUEUED:
                 raise Conflict(
                     f"Image {image.id} is {image.status}; data can only be uploaded "
@@ -483,7 +496,8 @@ class V2API(ImagesAPI):
     async def download(self, request: IRequest, image_id: str) -> bytes | None:
         forbid_storing(request)
         context, image = await self._image(request, image_id)
-        if image.status == images.DEACTIVATED and not context.is_admin:
+        self.policy.check_download(context, image)
+        if image.status == images.DEACTIVATED and not self.policy.is_admin(context):
             raise Forbidden(
                 "The requested image has been deactivated. Image data download is forbidden."
             )
@@ -499,7 +513,7 @@ class V2API(ImagesAPI):
     @app.route("/images/<image_id>/tags/<tag>", methods=["PUT"])
     async def add_tag(self, request: IRequest, image_id: str, tag: str) -> bytes:
         context, image = await self._image(request, image_id)
-        policy.check_modifiable(context, image)
+        self.policy.check_modifiable(context, image)
         v2_schemas.validate_image({"tags": [tag]})
         await self.registry.add_tag(image.id, tag)
         return _no_content(request)
@@ -507,7 +521,7 @@ class V2API(ImagesAPI):
     @app.route("/images/<image_id>/tags/<tag>", methods=["DELETE"])
     async def delete_tag(self, request: IRequest, image_id: str, tag: str) -> bytes:
         context, image = await self._image(request, image_id)
-        policy.check_modifiable(context, image)
+        self.policy.check_modifiable(context, image)
         await self.registry.remove_tag(image.id, tag)
         return _no_content(request)
 
@@ -520,7 +534,7 @@ class V2API(ImagesAPI):
         return context, image
 
     def _manages_members(self, context: RequestContext, image: Image) -> bool:
-        return context.is_admin or policy.is_owner(context, image)
+        return self.policy.manages_members(context, image)
 
     @app.route("/images/<image_id>/members", methods=["POST"])
     async def add_member(self, request: IRequest, image_id: str) -> bytes:
@@ -542,7 +556,7 @@ class V2API(ImagesAPI):
     async def list_members(self, request: IRequest, image_id: str) -> bytes:
         context, image = await self._shared(request, image_id)
         members = await self.registry.list_members(image.id)
-        if not self._manages_members(context, image):
+        if not self.policy.reads_members(context, image):
             # A member sees its own membership only.
             members = [m for m in members if m.member_id == context.project_id]
         return _json(
@@ -557,7 +571,7 @@ class V2API(ImagesAPI):
         except Forbidden as e:
             # As Glance: no hint that an image the caller may see exists.
             raise NotFound(e.message) from None
-        if not (self._manages_members(context, image) or member_id == context.project_id):
+        if not (self.policy.reads_members(context, image) or member_id == context.project_id):
             raise NotFound(f"{member_id} not found in the member list of the image {image.id}.")
         return _json(request, member_view(await self.registry.get_member(image.id, member_id)))
 
@@ -573,7 +587,7 @@ class V2API(ImagesAPI):
         if not (self._manages_members(context, image) or member_id == context.project_id):
             raise NotFound(f"{member_id} not found in the member list of the image {image.id}.")
         await self.registry.get_member(image.id, member_id)
-        if not (context.is_admin or member_id == context.project_id):
+        if not self.policy.may_answer_for(context, image, member_id):
             raise Forbidden(
                 f"Not allowed to update members for image {image.id}: only the "
                 "member itself accepts or rejects an image."
@@ -607,9 +621,9 @@ class V2API(ImagesAPI):
     async def _transition(
         self, request: IRequest, image_id: str, action: str, source: str, target: str
     ) -> None:
-        """Glance's actions: admin only; a no-op when already done; 403 otherwise."""
+        """Glance's actions (C{deactivate}/C{reactivate} rules); a no-op when already done; 403 otherwise."""
         context, image = await self._image(request, image_id)
-        policy.check_admin(context, f"{action} images")
+        self.policy.check_action(context, image, action)
         if image.status == target:
             return
         if image.status != source:

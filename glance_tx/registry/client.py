@@ -53,7 +53,7 @@ from zope.interface import implementer
 
 from glance_tx.bodies import BytesBody
 from glance_tx.errors import GlanceError, ServiceUnavailable
-from glance_tx.images import Image, ImageQuery, ImageUpdate, Member
+from glance_tx.images import Image, ImageQuery, ImageUpdate, Member, ProjectUsage
 from glance_tx.registry import wire
 from glance_tx.registry.interface import HeldClaim, IRegistry
 from glance_tx.request_ids import HEADER as REQUEST_ID_HEADER
@@ -459,6 +459,14 @@ class HTTPRegistryClient:
             await self._call("DELETE", path)
 
         return self._run(release_node())
+
+    def project_usage(self, project_id: str) -> Deferred[ProjectUsage]:
+        async def project_usage() -> ProjectUsage:
+            path = "/projects/" + wire.path_segment(project_id, "project id") + "/usage"
+            answer = await self._call("GET", path)
+            return wire.decode_usage(answer["usage"])
+
+        return self._run(project_usage())
 
     def ping(self) -> Deferred[None]:
         async def ping() -> None:

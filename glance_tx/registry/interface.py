@@ -16,7 +16,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-from glance_tx.images import Image, ImageQuery, ImageUpdate, Member
+from glance_tx.images import Image, ImageQuery, ImageUpdate, Member, ProjectUsage
 
 
 @frozen
@@ -219,6 +219,13 @@ class IRegistry(Interface):
         Drop C{instance}'s claim on C{node_id} (at a clean stop, so the
         node may start again at once); another instance's claim stays, and
         no claim is not an error.
+        """
+
+    def project_usage(project_id: str) -> Deferred[ProjectUsage]:
+        """
+        Fire with what C{project_id}'s images hold (L{ProjectUsage}): the
+        counts Glance's per-project limits are checked against. A project
+        with no images holds nothing (not NotFound).
         """
 
     def ping() -> Deferred[None]:

@@ -23,6 +23,7 @@ from twisted.python.components import proxyForInterface
 from glance_tx.config import ImageQuotas
 from glance_tx.errors import RequestEntityTooLarge
 from glance_tx.images import Image, ImageUpdate, Member, apply_update
+from glance_tx.project_limits import ProjectLimiter
 from glance_tx.registry.interface import IRegistry
 
 #: What each quota counts, in Glance's words.
@@ -96,10 +97,14 @@ class QuotaRegistry(proxyForInterface(IRegistry, "registry")):  # type: ignore[m
 
     registry: IRegistry
     quotas: ImageQuotas
+    #: Per-project limits: a create must fit the owner's image_count_total.
+    limiter: ProjectLimiter | None = None
 
     def create(self, image: Image) -> Deferred[Image]:
         async def create() -> Image:
             check_growth(self.quotas, {}, _counts(image))
+            if self.limiter is not None:
+                await self.limiter.check_new_image(image.owner)
             return await self.registry.create(image)
 
         return Deferred.fromCoroutine(create())

@@ -199,6 +199,11 @@ class RegistryServer:
         pending = await self.registry.pending_deletes(older_than)
         return _json(request, {"images": [wire.encode_image(i) for i in pending]})
 
+    @app.route("/projects/<path:project_id>/usage", methods=["GET"])
+    async def project_usage(self, request: IRequest, project_id: str) -> bytes:
+        usage = await self.registry.project_usage(project_id)
+        return _json(request, {"usage": wire.encode_usage(usage)})
+
     # -- upload leases -------------------------------------------------------------
 
     @app.route("/leases/reclaim", methods=["POST"])

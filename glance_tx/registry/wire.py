@@ -29,6 +29,7 @@ from glance_tx.images import (
     ImageUpdate,
     Location,
     Member,
+    ProjectUsage,
     Viewer,
 )
 from glance_tx.registry.interface import HeldClaim
@@ -388,6 +389,26 @@ def decode_member(value: Any) -> Member:
         return Member(**fields)
     except TypeError as e:
         raise BadRequest(f"Invalid member record: {e}") from None
+
+
+def encode_usage(usage: ProjectUsage) -> dict[str, int]:
+    return {
+        "image_size_total": usage.image_size_total,
+        "image_stage_total": usage.image_stage_total,
+        "image_count_total": usage.image_count_total,
+        "image_count_uploading": usage.image_count_uploading,
+    }
+
+
+def decode_usage(value: Any) -> ProjectUsage:
+    fields = _mapping(value, "usage")
+    counts = {}
+    for name in encode_usage(ProjectUsage()):
+        count = fields.get(name)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise BadRequest(f"Invalid usage record: {name} must be a count, not {count!r}")
+        counts[name] = count
+    return ProjectUsage(**counts)
 
 
 # -- paths -------------------------------------------------------------------------

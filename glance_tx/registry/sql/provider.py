@@ -21,8 +21,10 @@ from sqlalchemy import (
     Engine,
     RowMapping,
     and_,
+    case,
     delete,
     false,
+    func,
     insert,
     or_,
     select,
@@ -42,15 +44,19 @@ from glance_tx.errors import (
 )
 from glance_tx.images import (
     DELETED,
+    IMAGE_IMPORTING,
     KILLED,
     MEMBER_STATUSES,
     PENDING_DELETE,
     SAVING,
     STATUSES,
+    UPLOADING,
+    UPLOADING_STATUSES,
     Image,
     ImageQuery,
     ImageUpdate,
     Member,
+    ProjectUsage,
     apply_update,
     check_transition,
 )
@@ -182,6 +188,8 @@ class SQLRegistry:
 
     def pending_deletes(self, older_than: float) -> Deferred[builtins.list[Image]]:
         return self._run(self._pending_deletes, older_than)
+    def project_usage(self, project_id: str) -> Deferred[ProjectUsage]:
+        return self._run(self._project_usage, project_id)
 
     def add_tag(self, image_id: str, tag: str) -> Deferred[Image]:
         """
@@ -493,6 +501,27 @@ class SQLRegistry:
                 .order_by(images.c.deleted_at, images.c.id)
             ).mappings().all()
             return load_images(connection, rows)
+
+    def _project_usage(self, project_id: str) -> ProjectUsage:
+        """One aggregate query, on the (deleted, owner) index."""
+        size = func.coalesce(images.c.size, 0)
+        staged = (UPLOADING, IMAGE_IMPORTING)
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(case((images.c.status != KILLED, size), else_=0)), 0),
+            func.coalesce(func.sum(case((images.c.status.in_(staged), size), else_=0)), 0),
+            func.coalesce(
+                func.sum(case((images.c.status.in_(sorted(UPLOADING_STATUSES)), 1), else_=0)), 0
+            ),
+        ).where(images.c.owner == project_id, images.c.deleted == false())
+        with self._read() as connection:
+            count, total, stage, uploading = connection.execute(query).one()
+        return ProjectUsage(
+            image_size_total=int(total),
+            image_stage_total=int(stage),
+            image_count_total=int(count),
+            image_count_uploading=int(uploading),
+        )
 
     def _ping(self) -> None:
         with self._read() as connection:

@@ -1,0 +1,104 @@
+"""
+Per-project limits (Glance's unified-limit names), checked against what
+the registry counts for a project (L{IRegistry.project_usage}).
+
+Checked where Glance checks them: C{image_count_total} before an image is
+created; C{image_count_uploading} and C{image_size_total} before an
+upload starts; and, which Glance leaves to the store, C{image_size_total}
+during the upload too: the upload may write only what is left of the
+project's allowance, and a body that goes past it is a 413 mid-stream
+whose data is removed (as for C{image_size_cap}). C{image_stage_total}
+is reported only: glance-tx has no staging area (no interoperable import)
+to fill.
+
+Two uploads of one project that start together may both fit the
+allowance left before either began, and together pass it; Glance's check
+has the same window.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from attrs import frozen
+
+from glance_tx.config import ProjectLimits
+from glance_tx.errors import RequestEntityTooLarge
+from glance_tx.images import ProjectUsage
+from glance_tx.registry.interface import IRegistry
+
+MiB = 1024 * 1024
+
+#: The limits counted in MiB (the others count images).
+SIZES = frozenset({"image_size_total", "image_stage_total"})
+
+
+def _usage_in_units(usage: ProjectUsage, name: str) -> int:
+    """A count in the limit's unit: MiB, rounded down, as Glance counts."""
+    value: int = getattr(usage, name)
+    return value // MiB if name in SIZES else value
+
+
+class ProjectLimitExceeded(RequestEntityTooLarge):
+    """A 413 in the words oslo.limit (and so Glance) uses."""
+
+    def __init__(self, project_id: str, name: str, limit: int, usage: int, delta: int) -> None:
+        super().__init__(
+            f"Project {project_id} is over a limit for [Resource {name} is over "
+            f"limit of {limit} due to current usage {usage} and delta {delta}]"
+        )
+
+
+@frozen
+class ProjectLimiter:
+    """The one place uploads and creations ask whether a project has room."""
+
+    registry: IRegistry
+    limits: ProjectLimits
+
+    @property
+    def unlimited(self) -> bool:
+        return all(getattr(self.limits, name) < 0 for name in attrs.fields_dict(ProjectLimits))
+
+    def _check(self, project_id: str, usage: ProjectUsage, name: str, delta: int) -> None:
+        limit: int = getattr(self.limits, name)
+        used = _usage_in_units(usage, name)
+        if limit >= 0 and used + delta > limit:
+            raise ProjectLimitExceeded(project_id, name, limit, used, delta)
+
+    async def check_new_image(self, project_id: str | None) -> None:
+        """Before a create: one more image must fit C{image_count_total}."""
+        if project_id is None or self.limits.image_count_total < 0:
+            return
+        usage = await self.registry.project_usage(project_id)
+        self._check(project_id, usage, "image_count_total", 1)
+
+    async def upload_allowance(self, project_id: str | None) -> int | None:
+        """
+        Before an upload: one more upload must fit C{image_count_uploading},
+        and the project must not be over C{image_size_total} already.
+        Returns the bytes the upload may write (None: no size limit).
+        """
+        if project_id is None or (
+            self.limits.image_count_uploading < 0 and self.limits.image_size_total < 0
+        ):
+            return None
+        usage = await self.registry.project_usage(project_id)
+        self._check(project_id, usage, "image_count_uploading", 1)
+        self._check(project_id, usage, "image_size_total", 0)
+        if self.limits.image_size_total < 0:
+            return None
+        return max(0, self.limits.image_size_total * MiB - usage.image_size_total)
+
+    async def usage_document(self, project_id: str | None) -> dict[str, Any]:
+        """C{GET /v2/info/usage}: each limit and the project's usage, Glance's shape."""
+        usage = ProjectUsage()
+        if project_id is not None:
+            usage = await self.registry.project_usage(project_id)
+        return {
+            "usage": {
+                name: {"limit": getattr(self.limits, name), "usage": _usage_in_units(usage, name)}
+                for name in attrs.fields_dict(ProjectLimits)
+            }
+        }
