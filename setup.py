@@ -24,6 +24,8 @@ setup(
         # The disk image format inspector OpenStack maintains
         # (glance_tx/formats/inspection.py); pinned in constraints.txt.
         "oslo.utils[image-inspection] >= 10, < 11",
+        # The glance-tx command line (glance_tx/cli); pinned in constraints.txt.
+        "click >= 8.1, < 9",
     ],
     extras_require={
         "postgresql": ["psycopg[binary] >= 3.1, < 4"],
@@ -48,7 +50,7 @@ setup(
             "python-swiftclient",
         ],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["glance-tx = glance_tx.cli:main"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",
