@@ -23,9 +23,12 @@ from typing import Any
 
 from attrs import frozen
 from click.testing import CliRunner
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 
 from glance_tx.cli import cli
 from glance_tx.cli.output import human_size, render_fields, render_table
@@ -137,6 +140,22 @@ def _run(args: list[str], env: dict[str, str], stdin: bytes | None, pty: bool) -
     return Ran(tuple(args), process.wait(COMMAND_TIMEOUT), stdout, bytes(terminal))
 
 
+class _Failing(Resource):
+    """A server that fails: 503 (JSON) for the stores, 500 (HTML) for the rest."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        if request.path == b"/v2/info/stores":
+            request.setResponseCode(503)
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Retry-After", b"30")
+            return b'{"error": {"code": 503, "message": "The store is away"}}'
+        request.setResponseCode(500)
+        request.setHeader(b"Content-Type", b"text/html")
+        return b"<html><body><h1>500 Internal Server Error</h1>Something broke</body></html>"
+
+
 class CLITestCase(LiveServerTestCase):
     """Runs C{glance-tx} against the test's server."""
 
@@ -169,6 +188,15 @@ class CLITestCase(LiveServerTestCase):
         self.assertNotIn("Traceback", ran.err)
         for fragment in fragments:
             self.assertIn(fragment, lines[0], str(ran))
+
+    def stored_file(self, image_id: str) -> str:
+        """The file the filesystem store keeps C{image_id}'s data in."""
+        # mktemp() is TEST_DIR/RANDOM/temp: the server's data dir is another RANDOM.
+        test_dir = os.path.dirname(os.path.dirname(os.path.abspath(self.mktemp())))
+        for directory, _, files in os.walk(test_dir):
+            if image_id in files:
+                return os.path.join(directory, image_id)
+        raise AssertionError(f"no stored file for {image_id}")
 
     async def create(self, *args: str) -> dict[str, Any]:
         image: dict[str, Any] = await self.glance_json(
@@ -400,6 +428,45 @@ class ErrorTests(CLITestCase):
             port = free_port()
             ran = await self.glance("stores", url=f"http://127.0.0.1:{port}", code=1)
             self.assertOneLine(ran, f"Could not reach http://127.0.0.1:{port}", "refused")
+
+        return Deferred.fromCoroutine(go())
+
+    def test_server_errors(self) -> Deferred[None]:
+        """
+        A 5xx is one line with the status and the server's own message,
+        from a JSON error (a 503, with its Retry-After) or an HTML page
+        (a 500 from a proxy or a WSGI server).
+        """
+
+        async def go() -> None:
+            port = reactor.listenTCP(0, Site(_Failing()), interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            url = f"http://127.0.0.1:{port.getHost().port}"
+            ran = await self.glance("stores", url=url, code=1)
+            self.assertOneLine(ran, "503 Service Unavailable", "The store is away")
+            ran = await self.glance("image-list", url=url, code=1)
+            self.assertOneLine(ran, "500 Internal Server Error", "Something broke")
+            self.assertNotIn("<", ran.err)
+
+        return Deferred.fromCoroutine(go())
+
+    def test_corrupt_download(self) -> Deferred[None]:
+        """
+        Data changed in the store behind the server's back: exit 1, one
+        line with the hash expected and found, and no file left.
+        """
+
+        async def go() -> None:
+            path, _, sha512 = await self.make_file("rot.raw", MiB)
+            image = await self.create("--name", "cli-rot", "--file", path)
+            stored = self.stored_file(image["id"])
+            with open(stored, "r+b") as f:
+                f.seek(MiB // 2)
+                f.write(b"rot")
+            copy = path + ".copy"
+            ran = await self.glance("image-download", image["id"], "--file", copy, code=1)
+            self.assertOneLine(ran, f"Image {image['id']}: data sha512 is", f"expected {sha512}")
+            self.assertFalse(os.path.exists(copy))
 
         return Deferred.fromCoroutine(go())
 
