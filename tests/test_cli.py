@@ -151,6 +151,8 @@ class _Failing(Resource):
             request.setHeader(b"Content-Type", b"application/json")
             request.setHeader(b"Retry-After", b"30")
             return b'{"error": {"code": 503, "message": "The store is away"}}'
+        if request.path == b"/v2/images/garbled":
+            return b"this is not JSON"
         request.setResponseCode(500)
         request.setHeader(b"Content-Type", b"text/html")
         return b"<html><body><h1>500 Internal Server Error</h1>Something broke</body></html>"
@@ -435,7 +437,8 @@ class ErrorTests(CLITestCase):
         """
         A 5xx is one line with the status and the server's own message,
         from a JSON error (a 503, with its Retry-After) or an HTML page
-        (a 500 from a proxy or a WSGI server).
+        (a 500 from a proxy or a WSGI server). An answer the client cannot
+        read is one line too; with C{--debug}, the traceback.
         """
 
         async def go() -> None:
@@ -447,6 +450,10 @@ class ErrorTests(CLITestCase):
             ran = await self.glance("image-list", url=url, code=1)
             self.assertOneLine(ran, "500 Internal Server Error", "Something broke")
             self.assertNotIn("<", ran.err)
+            ran = await self.glance("image-show", "garbled", url=url, code=1)
+            self.assertOneLine(ran, "unexpected JSONDecodeError", "--debug")
+            ran = await self.glance("--debug", "image-show", "garbled", url=url, code=1)
+            self.assertIn("Traceback", ran.err)
 
         return Deferred.fromCoroutine(go())
 
