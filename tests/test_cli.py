@@ -17,6 +17,7 @@ import importlib.metadata
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -25,6 +26,7 @@ from attrs import frozen
 from click.testing import CliRunner
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -474,6 +476,40 @@ class ErrorTests(CLITestCase):
             ran = await self.glance("image-download", image["id"], "--file", copy, code=1)
             self.assertOneLine(ran, f"Image {image['id']}: data sha512 is", f"expected {sha512}")
             self.assertFalse(os.path.exists(copy))
+
+        return Deferred.fromCoroutine(go())
+
+    def test_interrupted(self) -> Deferred[None]:
+        """
+        Ctrl-C (SIGINT) during an upload from a pipe that is still open:
+        exit 130, one line, and the image is left queued.
+        """
+
+        async def go() -> None:
+            image = await self.create("--name", "cli-interrupted")
+            env = command_env(await self.endpoint(), OWNER_TOKEN)
+            process = subprocess.Popen(
+                [*command(), "image-upload", image["id"]], env=env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+            self.addCleanup(lambda: process.poll() is None and process.kill())
+            assert process.stdin is not None
+            # Less than a pipe holds, so this never blocks the reactor.
+            process.stdin.write(pattern_bytes(16 * 1024))
+            process.stdin.flush()
+            for _ in range(300):  # until the server is taking the upload
+                stored = await self.image(image["id"])
+                if stored is not None and stored["status"] == "saving":
+                    break
+                await deferLater(reactor, 0.1)
+            else:
+                self.fail(f"the upload never started: {stored}")
+            process.send_signal(signal.SIGINT)
+            _, err = await deferToThread(process.communicate, timeout=COMMAND_TIMEOUT)
+            self.assertEqual((process.returncode, err.decode().strip()), (130, "Interrupted"))
+            stored = await self.image(image["id"])
+            assert stored is not None
+            self.assertEqual(stored["status"], "queued")
 
         return Deferred.fromCoroutine(go())
 

@@ -87,6 +87,11 @@ class GlanceGroup(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except KeyboardInterrupt:
+            # The client cancelled what it was doing; exit as a shell expects
+            # of a command stopped by SIGINT (128 + 2).
+            click.echo("Interrupted", err=True)
+            raise click.exceptions.Exit(130) from None
         except ClientError as e:
             raise CommandFailed(str(e)) from None
         except OSError as e:
