@@ -26,6 +26,8 @@ setup(
         "oslo.utils[image-inspection] >= 10, < 11",
         # Glance's policy engine and rule language (glance_tx/policy.py).
         "oslo.policy >= 4.0, < 7",
+        # The glance-tx command line (glance_tx/cli); pinned in constraints.txt.
+        "click >= 8.1, < 9",
     ],
     extras_require={
         "postgresql": ["psycopg[binary] >= 3.1, < 4"],
@@ -50,7 +52,7 @@ setup(
             "python-swiftclient",
         ],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["glance-tx = glance_tx.cli:main"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",
