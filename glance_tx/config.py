@@ -112,6 +112,30 @@ class ImageQuotas:
 
 
 @frozen
+class ClientLimits:
+    """
+    How long a client may keep this node waiting on it (seconds; None
+    waits for ever), and whether a connection is kept between requests
+    (L{glance_tx.api.deadlines}). Glance's names where Glance has them
+    (C{client_socket_timeout}, C{http_keepalive}); eventlet has no
+    deadline on a request's head, so C{client_header_timeout} takes
+    nginx's name and default.
+    """
+
+    #: A request's head must be complete this long after the connection
+    #: opened or its first byte came.
+    client_header_timeout: float | None = 60.0
+    #: The longest silence of a client while it sends a body, or while it
+    #: reads nothing of a response that waits for it.
+    client_socket_timeout: float | None = 900.0
+    #: Keep connections open between requests (else every response says
+    #: C{Connection: close}).
+    http_keepalive: bool = True
+    #: How long a kept connection may wait for its next request.
+    http_keepalive_timeout: float | None = 60.0
+
+
+@frozen
 class Config:
     endpoint: str
     data_dir: str
@@ -162,6 +186,7 @@ class Config:
     auth_strategy: str = "noauth"
     #: C{[keystone_authtoken]}; set when C{auth_strategy} is keystone.
     keystone: KeystoneConfig | None = None
+    clients: ClientLimits = field(factory=ClientLimits)
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -270,7 +295,34 @@ def load_config(
         quotas=_quotas(default),
         auth_strategy=auth_strategy,
         keystone=keystone,
+        clients=_client_limits(default),
     )
+
+
+def _client_limits(section: Mapping[str, str]) -> ClientLimits:
+    """The timeouts of [DEFAULT]; see L{ClientLimits}."""
+    defaults = ClientLimits()
+    timeouts = {
+        name: _timeout(section, name, getattr(defaults, name))
+        for name in ("client_header_timeout", "client_socket_timeout", "http_keepalive_timeout")
+    }
+    return ClientLimits(
+        http_keepalive=bool_option(section, "http_keepalive", defaults.http_keepalive),
+        **timeouts,
+    )
+
+
+def _timeout(section: Mapping[str, str], name: str, default: float | None) -> float | None:
+    """Seconds, where C{0} (as in Glance) means no timeout: None."""
+    raw = (section.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        if float(raw) == 0:
+            return None
+    except ValueError:
+        pass  # _seconds says what is wrong
+    return _seconds(section, name, 0.0)
 
 
 def _auth(parser: configparser.ConfigParser) -> tuple[str, KeystoneConfig | None]:

@@ -56,6 +56,12 @@ class MethodNotAllowed(GlanceError):
     status = HTTPStatus.METHOD_NOT_ALLOWED
 
 
+class RequestTimeout(GlanceError):
+    """The client took too long to send its request (L{glance_tx.api.deadlines})."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+
+
 class Conflict(GlanceError):
     status = HTTPStatus.CONFLICT
 

@@ -136,6 +136,7 @@ def glance_service(
             max_header_line=config.max_header_line,
             quotas=config.quotas,
             identity=await identity.when_ready(),
+            client_limits=config.clients,
         )
 
     children: dict[str, IService] = {

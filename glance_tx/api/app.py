@@ -9,7 +9,7 @@ from glance_tx.api.root import RootAPI
 from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
-from glance_tx.config import CacheConfig, ImageQuotas
+from glance_tx.config import CacheConfig, ClientLimits, ImageQuotas
 from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.leases import UploadLeases
@@ -35,6 +35,7 @@ def build_site(
     max_header_line: int = DEFAULT_MAX_HEADER_LINE,
     quotas: ImageQuotas | None = None,
     identity: IIdentityResolver | None = None,
+    client_limits: ClientLimits | None = None,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
@@ -75,6 +76,7 @@ def build_site(
         upload_routes=v1.upload_routes() + v2.upload_routes(),
         max_header_line=max_header_line,
         reactor=reactor,
+        client_limits=client_limits,
     )
     site.displayTracebacks = False
     return site

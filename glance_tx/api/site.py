@@ -32,9 +32,11 @@ from urllib.parse import parse_qs
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
+from zope.interface import implementer
 
 from glance_tx.api.channel import (
     DEFAULT_MAX_HEADER_LINE,
@@ -43,6 +45,7 @@ from glance_tx.api.channel import (
     raw_answer,
 )
 from glance_tx.api.errors import handle_unexpected_error
+from glance_tx.config import ClientLimits
 from glance_tx.errors import GlanceError, Unauthorized
 from glance_tx.request_ids import HEADER, new_request_id, parse_request_id, working_for
 from glance_tx.uploads import Upload
@@ -168,8 +171,10 @@ class StreamingRequest(server.Request):
 
     def _pause_client(self) -> None:
         self.transport.pauseProducing()
+        self.channel.hold_client()
 
     def _resume_client(self) -> None:
+        self.channel.release_client()
         self.transport.resumeProducing()
 
     def _upload_ready(self, upload: Upload) -> None:
@@ -179,7 +184,7 @@ class StreamingRequest(server.Request):
             return
         if self._send_continue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        upload.pipeline.registerProducer(self.transport, True)
+        upload.pipeline.registerProducer(_ClientReads(self), True)
         self._set_read_size(UPLOAD_READ_SIZE)
         chunks, self._early_chunks = self._early_chunks, []
         for chunk in chunks:
@@ -313,6 +318,27 @@ class StreamingRequest(server.Request):
             Deferred.fromCoroutine(self.upload.abort())
 
 
+@implementer(IPushProducer)
+@frozen
+class _ClientReads:
+    """
+    The client's body as the upload pipeline pauses it: through the
+    request, so that the channel does not count the pause against the
+    client (L{glance_tx.api.deadlines}).
+    """
+
+    request: StreamingRequest
+
+    def pauseProducing(self) -> None:
+        self.request._pause_client()
+
+    def resumeProducing(self) -> None:
+        self.request._resume_client()
+
+    def stopProducing(self) -> None:
+        self.request.transport.stopProducing()
+
+
 async def _awaited(awaitable: Awaitable[Upload]) -> Upload:
     return await awaitable
 
@@ -321,7 +347,8 @@ class GlanceSite(server.Site):
     """
     A Site with streaming uploads, one log line per request, and an answer
     to an oversize request head (L{GlanceChannel}); C{max_header_line} is
-    Glance's option of that name. With C{caller_request_ids}, a request's
+    Glance's option of that name, C{client_limits} how long a client may
+    keep a connection waiting (L{glance_tx.api.deadlines}). With C{caller_request_ids}, a request's
     line also names the x-openstack-request-id its caller sent (for a
     registry server, whose callers are API nodes sending the id of their
     own request).
@@ -340,16 +367,19 @@ class GlanceSite(server.Site):
         max_header_line: int = DEFAULT_MAX_HEADER_LINE,
         *,
         caller_request_ids: bool = False,
+        client_limits: ClientLimits | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, **kwargs)
         self.upload_routes = upload_routes
         self.max_header_line = max_header_line
+        self.client_limits = client_limits or ClientLimits()
         self.caller_request_ids = caller_request_ids
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         channel.MAX_LENGTH = self.max_header_line
+        channel.timeOut = None  # GlanceChannel's deadlines instead
         return channel
 
     def match_upload(
