@@ -133,6 +133,9 @@ class ClientLimits:
     http_keepalive: bool = True
     #: How long a kept connection may wait for its next request.
     http_keepalive_timeout: float | None = 60.0
+    #: The most connections this node serves at once; past it a new one
+    #: is answered 503 with Retry-After (None: no limit).
+    max_connections: int | None = 1000
 
 
 @frozen
@@ -187,6 +190,9 @@ class Config:
     #: C{[keystone_authtoken]}; set when C{auth_strategy} is keystone.
     keystone: KeystoneConfig | None = None
     clients: ClientLimits = field(factory=ClientLimits)
+    #: The most image-data uploads this node takes at once; past it an
+    #: upload is answered 503 with Retry-After (None: no limit).
+    max_concurrent_uploads: int | None = 100
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -296,6 +302,7 @@ def load_config(
         auth_strategy=auth_strategy,
         keystone=keystone,
         clients=_client_limits(default),
+        max_concurrent_uploads=_limit(default, "max_concurrent_uploads", 100),
     )
 
 
@@ -308,8 +315,17 @@ def _client_limits(section: Mapping[str, str]) -> ClientLimits:
     }
     return ClientLimits(
         http_keepalive=bool_option(section, "http_keepalive", defaults.http_keepalive),
+        max_connections=_limit(section, "max_connections", defaults.max_connections),
         **timeouts,
     )
+
+
+def _limit(section: Mapping[str, str], name: str, default: int | None) -> int | None:
+    """A count at least 1, where C{0} means no limit: None."""
+    value = _int(section, name, -1)
+    if value == -1:
+        return default
+    return value or None
 
 
 def _timeout(section: Mapping[str, str], name: str, default: float | None) -> float | None:

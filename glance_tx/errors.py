@@ -103,6 +103,16 @@ class ServiceUnavailable(GlanceError):
     retry_after = 5
 
 
+class Overloaded(ServiceUnavailable):
+    """
+    This node is at one of its limits (C{max_connections},
+    C{max_concurrent_uploads}): another node, or this one a little later,
+    will take the request.
+    """
+
+    retry_after = 2
+
+
 class StoreError(GlanceError):
     """
     A store failed to read, write or delete; the client sees a 503. Most

@@ -137,6 +137,7 @@ def glance_service(
             quotas=config.quotas,
             identity=await identity.when_ready(),
             client_limits=config.clients,
+            max_concurrent_uploads=config.max_concurrent_uploads,
         )
 
     children: dict[str, IService] = {

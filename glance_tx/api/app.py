@@ -17,7 +17,7 @@ from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.quotas import QuotaRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.threads import BlockingRunner
-from glance_tx.uploads import Uploader
+from glance_tx.uploads import Uploader, UploadSlots
 
 
 def build_site(
@@ -36,6 +36,7 @@ def build_site(
     quotas: ImageQuotas | None = None,
     identity: IIdentityResolver | None = None,
     client_limits: ClientLimits | None = None,
+    max_concurrent_uploads: int | None = None,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
@@ -53,6 +54,7 @@ def build_site(
         runner=runner,
         size_cap=image_size_cap,
         leases=leases,
+        slots=UploadSlots(max_concurrent_uploads),
     )
     v1 = V1API(
         registry=registry,

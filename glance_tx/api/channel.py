@@ -53,7 +53,7 @@ from twisted.web.http import HTTPChannel
 from glance_tx.api.deadlines import ConnectionDeadline, Phase
 from glance_tx.api.errors import error_document
 from glance_tx.config import ClientLimits
-from glance_tx.errors import RequestTimeout
+from glance_tx.errors import Overloaded, RequestTimeout
 
 log = Logger()
 
@@ -138,6 +138,8 @@ class GlanceChannel(HTTPChannel):
     _receiving_body = False
     #: The server holds the client's body (an upload paused or starting).
     _held = False
+    #: Counted in the site's C{open_connections} (not refused at the limit).
+    _counted = False
 
     # -- waiting on the client (glance_tx.api.deadlines) -------------------
 
@@ -145,6 +147,16 @@ class GlanceChannel(HTTPChannel):
         super().connectionMade()
         limits: ClientLimits = getattr(self.site, "client_limits", ClientLimits())
         self._deadline = ConnectionDeadline(self.site.reactor, limits, self._timed_out)
+        most = limits.max_connections
+        if most is not None and self.site.open_connections >= most:
+            busy = Overloaded(
+                f"This node serves {most} connections at once (max_connections); "
+                "try again later."
+            )
+            self._refuse(busy.status, busy.message, busy.retry_after)
+            return
+        self.site.open_connections += 1
+        self._counted = True
         self._deadline.arm(Phase.HEAD)
 
     def hold_client(self) -> None:
@@ -286,7 +298,7 @@ class GlanceChannel(HTTPChannel):
     def _refuse_head(self, message: str) -> None:
         self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, message)
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, retry_after: int | None = None) -> None:
         self._refused = True
         if self._deadline is not None:
             self._deadline.clear()  # answer_and_close's cut-off takes over
@@ -305,12 +317,15 @@ class GlanceChannel(HTTPChannel):
             message=message,
         )
         self._cut_off = answer_and_close(
-            transport, raw_answer(status, message, request_id), self.site.reactor
+            transport, raw_answer(status, message, request_id, retry_after), self.site.reactor
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._deadline is not None:
             self._deadline.clear()
+        if self._counted:
+            self._counted = False
+            self.site.open_connections -= 1
         if self._cut_off is not None and self._cut_off.active():
             self._cut_off.cancel()
         super().connectionLost(reason)

@@ -355,6 +355,8 @@ class GlanceSite(server.Site):
     """
 
     requestFactory = StreamingRequest
+    #: Connections served now (L{GlanceChannel}, C{max_connections}).
+    open_connections = 0
     # twisted.web's own protocol factory wraps HTTPChannel in a private
     # class that can switch to HTTP/2; Factory.protocol is the public way to
     # choose the protocol (see glance_tx.api.channel).
@@ -374,6 +376,7 @@ class GlanceSite(server.Site):
         self.upload_routes = upload_routes
         self.max_header_line = max_header_line
         self.client_limits = client_limits or ClientLimits()
+        self.open_connections = 0
         self.caller_request_ids = caller_request_ids
 
     def buildProtocol(self, addr: Any) -> Any:
