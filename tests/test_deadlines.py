@@ -61,9 +61,11 @@ class _Stalled(Resource):
     """Writes a first chunk of a response and then waits (a download)."""
 
     isLeaf = True
+    request: Any = None
 
     def render_GET(self, request: Any) -> object:
-        request.setHeader(b"Content-Length", b"1000000")
+        self.request = request
+        request.setHeader(b"Content-Length", b"2000")
         request.write(b"x" * 1000)
         return NOT_DONE_YET
 
@@ -224,7 +226,8 @@ class StalledReaderTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
-        site = GlanceSite(_Stalled(), reactor=self.clock, client_limits=LIMITS)
+        self.resource = _Stalled()
+        site = GlanceSite(self.resource, reactor=self.clock, client_limits=LIMITS)
         self.connection = _Connection(site)
         self.connection.send(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
 
@@ -244,6 +247,30 @@ class StalledReaderTests(SynchronousTestCase):
         self.assertFalse(self.connection.closed)
         self.clock.advance(1)
         self.assertTrue(self.connection.transport.disconnected)
+
+    def test_unread_end_of_response(self) -> None:
+        """
+        A response finished while its client reads nothing stays in the
+        client's phase (not the keep-alive wait, whose close would wait on
+        the unread bytes): cut off after client_socket_timeout.
+        """
+        self.connection.channel.pauseProducing()
+        self.resource.request.write(b"y" * 1000)
+        self.resource.request.finish()
+        self.clock.advance(20)
+        self.assertTrue(self.connection.transport.disconnected)
+
+    def test_read_to_the_end_then_kept(self) -> None:
+        """Once it reads the end, the connection waits for its next request."""
+        self.connection.channel.pauseProducing()
+        self.resource.request.write(b"y" * 1000)
+        self.resource.request.finish()
+        self.clock.advance(19)
+        self.connection.channel.resumeProducing()
+        self.clock.advance(29)
+        self.assertFalse(self.connection.closed)
+        self.clock.advance(1)
+        self.assertTrue(self.connection.closed)
 
     def test_reading_again_clears(self) -> None:
         """A client that reads again (the transport resumes) is not cut off."""

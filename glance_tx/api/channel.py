@@ -138,6 +138,8 @@ class GlanceChannel(HTTPChannel):
     _receiving_body = False
     #: The server holds the client's body (an upload paused or starting).
     _held = False
+    #: The transport's buffer is full (it paused the channel).
+    _send_blocked = False
     #: Counted in the site's C{open_connections} (not refused at the limit).
     _counted = False
 
@@ -188,7 +190,10 @@ class GlanceChannel(HTTPChannel):
     def requestDone(self, request: Any) -> None:
         if self._deadline is not None and self.persistent:
             self._head_begun = False
-            self._deadline.arm(Phase.KEEPALIVE)
+            # A response the client has not read yet keeps its SEND phase:
+            # loseConnection at the keep-alive timeout would wait on it.
+            if not self._send_blocked:
+                self._deadline.arm(Phase.KEEPALIVE)
         super().requestDone(request)
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
@@ -200,14 +205,19 @@ class GlanceChannel(HTTPChannel):
     def pauseProducing(self) -> None:
         # Called by the transport: its buffer is full, the client not reading.
         super().pauseProducing()
+        self._send_blocked = True
         deadline = self._deadline
         if deadline is not None and deadline.phase is None and not self._receiving_body:
             deadline.arm(Phase.SEND)
 
     def resumeProducing(self) -> None:
         super().resumeProducing()
+        self._send_blocked = False
         if self._deadline is not None and self._deadline.phase is Phase.SEND:
-            self._deadline.clear()
+            if self.requests or not self.persistent:
+                self._deadline.clear()  # the response goes on, or the close
+            else:
+                self._deadline.arm(Phase.KEEPALIVE)  # read to the end
 
     def _timed_out(self, phase: Phase) -> None:
         transport: Any = self.transport
