@@ -51,6 +51,7 @@ class _Client(Protocol):
         self.abort = abort
         self.read_before = read_before
         self.received = 0
+        self.data: list[bytes] = []
         self.lost: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
@@ -59,6 +60,7 @@ class _Client(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
+        self.data.append(data)
         if self.read_before is not None and self.received >= self.read_before:
             self.read_before = None
             self.hang_up()
@@ -255,3 +257,24 @@ class HangupTests(TestCase):
         await client.lost
         self.assertLess(client.received, size)
         self.assertEqual(await self.status(image_id), "active")
+
+    async def test_stalled_upload(self) -> None:
+        """
+        An upload whose client stops sending (but stays connected) gets a
+        408 once client_socket_timeout passes, read by the client, after
+        its partial data is removed and its image is back to queued.
+        """
+        await self.setUp_server("[DEFAULT]\nclient_socket_timeout = 1\n")
+        image_id = await self.create()
+        head = (
+            f"PUT /v2/images/{image_id}/file HTTP/1.1\r\nHost: h\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {IMAGE_SIZE}\r\n\r\n"
+        ).encode()
+        client = _Client(head + pattern_bytes(MiB), abort=False)
+        await connectProtocol(self.endpoint, client)
+        await client.lost
+        answer = b"".join(client.data)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer[:200])
+        self.assertIn(b"sent nothing for 1.0 seconds", answer)
+        self.assertEqual(await self.status(image_id), "queued")
+        self.assertEqual(self.stored(), [])
