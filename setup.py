@@ -50,6 +50,11 @@ setup(
             # constraints.txt.
             "swift",
             "python-swiftclient",
+            # The OpenAPI document checked against real responses, and a
+            # seeded schemathesis run against a live server (issue 13).
+            "jsonschema >= 4.18",
+            "openapi-spec-validator >= 0.7",
+            "schemathesis >= 4.0, < 5",
         ],
     },
     entry_points={"console_scripts": ["glance-tx = glance_tx.cli:main"]},

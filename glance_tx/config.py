@@ -152,6 +152,33 @@ class ProjectLimits:
 
 
 @frozen
+class ClientLimits:
+    """
+    How long a client may keep this node waiting on it (seconds; None
+    waits for ever), and whether a connection is kept between requests
+    (L{glance_tx.api.deadlines}). Glance's names where Glance has them
+    (C{client_socket_timeout}, C{http_keepalive}); eventlet has no
+    deadline on a request's head, so C{client_header_timeout} takes
+    nginx's name and default.
+    """
+
+    #: A request's head must be complete this long after the connection
+    #: opened or its first byte came.
+    client_header_timeout: float | None = 60.0
+    #: The longest silence of a client while it sends a body, or while it
+    #: reads nothing of a response that waits for it.
+    client_socket_timeout: float | None = 900.0
+    #: Keep connections open between requests (else every response says
+    #: C{Connection: close}).
+    http_keepalive: bool = True
+    #: How long a kept connection may wait for its next request.
+    http_keepalive_timeout: float | None = 60.0
+    #: The most connections this node serves at once; past it a new one
+    #: is answered 503 with Retry-After (None: no limit).
+    max_connections: int | None = 1000
+
+
+@frozen
 class Config:
     endpoint: str
     data_dir: str
@@ -221,6 +248,10 @@ class Config:
     policy_file: str | None = None
     #: C{[project_limits]}: each project's limits (see L{ProjectLimits}).
     project_limits: ProjectLimits = field(factory=ProjectLimits)
+    clients: ClientLimits = field(factory=ClientLimits)
+    #: The most image-data uploads this node takes at once; past it an
+    #: upload is answered 503 with Retry-After (None: no limit).
+    max_concurrent_uploads: int | None = 100
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -338,6 +369,8 @@ def load_config(
         ),
         policy_file=_policy_file(parser, path),
         project_limits=_project_limits(parser),
+        clients=_client_limits(default),
+        max_concurrent_uploads=_limit(default, "max_concurrent_uploads", 100),
     )
 
 
@@ -380,6 +413,41 @@ def _policy_file(parser: configparser.ConfigParser, path: str | None) -> str | N
     if not os.path.isfile(policy_file):
         raise ConfigError(f"[oslo_policy] policy_file {policy_file} does not exist")
     return policy_file
+
+
+def _client_limits(section: Mapping[str, str]) -> ClientLimits:
+    """The timeouts of [DEFAULT]; see L{ClientLimits}."""
+    defaults = ClientLimits()
+    timeouts = {
+        name: _timeout(section, name, getattr(defaults, name))
+        for name in ("client_header_timeout", "client_socket_timeout", "http_keepalive_timeout")
+    }
+    return ClientLimits(
+        http_keepalive=bool_option(section, "http_keepalive", defaults.http_keepalive),
+        max_connections=_limit(section, "max_connections", defaults.max_connections),
+        **timeouts,
+    )
+
+
+def _limit(section: Mapping[str, str], name: str, default: int | None) -> int | None:
+    """A count at least 1, where C{0} means no limit: None."""
+    value = _int(section, name, -1)
+    if value == -1:
+        return default
+    return value or None
+
+
+def _timeout(section: Mapping[str, str], name: str, default: float | None) -> float | None:
+    """Seconds, where C{0} (as in Glance) means no timeout: None."""
+    raw = (section.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        if float(raw) == 0:
+            return None
+    except ValueError:
+        pass  # _seconds says what is wrong
+    return _seconds(section, name, 0.0)
 
 
 def _auth(parser: configparser.ConfigParser) -> tuple[str, KeystoneConfig | None]:

@@ -57,6 +57,12 @@ class MethodNotAllowed(GlanceError):
     status = HTTPStatus.METHOD_NOT_ALLOWED
 
 
+class RequestTimeout(GlanceError):
+    """The client took too long to send its request (L{glance_tx.api.deadlines})."""
+
+    status = HTTPStatus.REQUEST_TIMEOUT
+
+
 class Conflict(GlanceError):
     status = HTTPStatus.CONFLICT
 
@@ -119,6 +125,16 @@ class ServiceUnavailable(GlanceError):
 
     status = HTTPStatus.SERVICE_UNAVAILABLE
     retry_after = 5
+
+
+class Overloaded(ServiceUnavailable):
+    """
+    This node is at one of its limits (C{max_connections},
+    C{max_concurrent_uploads}): another node, or this one a little later,
+    will take the request.
+    """
+
+    retry_after = 2
 
 
 class StoreError(GlanceError):

@@ -60,6 +60,8 @@ VISIBILITIES = frozenset({"public", "community", "shared", "private"})
 MAX_NAME_LENGTH = 255
 MAX_PROPERTY_LENGTH = 255
 MAX_INT = 2**31 - 1
+#: The largest image size a registry holds (a signed 64-bit column).
+MAX_SIZE = 2**63 - 1
 
 #: Core fields an update may set (the registry owns id, created_at, deleted...).
 MUTABLE_FIELDS = frozenset(

@@ -140,6 +140,8 @@ def glance_service(
             hashing_algorithm=config.hashing_algorithm,
             policy=await policy.when_ready(),
             project_limits=config.project_limits,
+            client_limits=config.clients,
+            max_concurrent_uploads=config.max_concurrent_uploads,
         )
 
     children: dict[str, IService] = {

@@ -11,6 +11,7 @@ C{abort} removes the partial data and puts the image in its truthful failure
 state: v1 says C{killed}, v2 returns the image to C{queued}. While it runs
 the upload is leased to this node (L{glance_tx.leases}), so that if the node
 dies another node reclaims it (L{glance_tx.recovery}) with that same status.
+A node takes at most C{max_concurrent_uploads} at once (L{UploadSlots}).
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from zope.interface import implementer
 
 from glance_tx import images
 from glance_tx.config import ImageFormatConfig
-from glance_tx.errors import BadRequest, Conflict, GlanceError, RequestEntityTooLarge
+from glance_tx.errors import (
+    BadRequest,
+    Conflict,
+    GlanceError,
+    Overloaded,
+    RequestEntityTooLarge,
+)
 from glance_tx.formats.inspection import InspectionStage, wants_inspection
 from glance_tx.images import Image, ImageUpdate, Location
 from glance_tx.leases import UploadLeases
@@ -38,6 +45,33 @@ from glance_tx.streaming import UploadPipeline
 from glance_tx.threads import BlockingRunner
 
 log = Logger()
+
+
+@define
+class UploadSlots:
+    """
+    How many uploads this node runs, and the most it may (None: no limit).
+    Each one holds its slot from before its image is C{saving} until it is
+    finished or aborted, and so also bounds the hash and store work (and
+    the memory of its batches) that uploads hold.
+    """
+
+    limit: int | None = None
+    active: int = 0
+
+    def take(self) -> None:
+        """
+        @raise Overloaded: every slot is taken (503 with Retry-After).
+        """
+        if self.limit is not None and self.active >= self.limit:
+            raise Overloaded(
+                f"This node takes {self.limit} uploads at once "
+                "(max_concurrent_uploads); try again later."
+            )
+        self.active += 1
+
+    def give_back(self) -> None:
+        self.active -= 1
 
 
 @implementer(IConsumer)
@@ -56,6 +90,7 @@ class Upload:
     store_id: str
     failure_status: str
     leases: UploadLeases | None = None
+    slots: UploadSlots | None = None
     done: bool = field(default=False, init=False)
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
@@ -82,6 +117,9 @@ class Upload:
             await self._release()
 
     async def _release(self) -> None:
+        if self.slots is not None:
+            self.slots.give_back()
+            self.slots = None
         if self.leases is not None:
             await self.leases.release(self.image.id)
 
@@ -166,8 +204,10 @@ class Uploader:
         if self.image_format is not None and wants_inspection(image.container_format):
             stages.append(InspectionStage(image.disk_format, self.image_format))
         return stages
+
     #: Per-project limits (image_count_uploading, image_size_total).
     limiter: ProjectLimiter | None = None
+    slots: UploadSlots = field(factory=UploadSlots)
 
     def check_declared_size(
         self, declared_name: str, declared: int | None, content_length: int | None
@@ -240,6 +280,38 @@ class Uploader:
         size_cap, cap_message = await self._size_cap(image, expected_size)
         base = changes or ImageUpdate()
         saving = attrs.evolve(base, fields={**base.fields, "status": images.SAVING})
+        self.slots.take()
+        try:
+            return await self._start(
+                image,
+                store,
+                store_id,
+                saving,
+                expected_size=expected_size,
+                expected_checksum=expected_checksum,
+                failure_status=failure_status,
+                expected_version=expected_version,
+                size_cap=size_cap,
+                cap_message=cap_message,
+            )
+        except BaseException:
+            self.slots.give_back()
+            raise
+
+    async def _start(
+        self,
+        image: Image,
+        store: IStore,
+        store_id: str,
+        saving: ImageUpdate,
+        *,
+        expected_size: int | None,
+        expected_checksum: str | None,
+        failure_status: str,
+        expected_version: int | None,
+        size_cap: int,
+        cap_message: str | None,
+    ) -> Upload:
         # Leased before it is saving: a saving image never lacks its lease
         # (one without a lease is reclaimed at once).
         if self.leases is not None:
@@ -280,4 +352,5 @@ class Uploader:
             store_id=store_id,
             failure_status=failure_status,
             leases=self.leases,
+            slots=self.slots,
         )

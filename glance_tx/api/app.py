@@ -9,7 +9,13 @@ from glance_tx.api.root import V1_PREFIXES, V2_PREFIXES, RootAPI
 from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
-from glance_tx.config import CacheConfig, ImageFormatConfig, ImageQuotas, ProjectLimits
+from glance_tx.config import (
+    CacheConfig,
+    ClientLimits,
+    ImageFormatConfig,
+    ImageQuotas,
+    ProjectLimits,
+)
 from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.leases import UploadLeases
@@ -19,7 +25,7 @@ from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.quotas import QuotaRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.threads import BlockingRunner
-from glance_tx.uploads import Uploader
+from glance_tx.uploads import Uploader, UploadSlots
 
 
 def build_site(
@@ -42,6 +48,8 @@ def build_site(
     hashing_algorithm: str = "sha512",
     policy: Policy | None = None,
     project_limits: ProjectLimits | None = None,
+    client_limits: ClientLimits | None = None,
+    max_concurrent_uploads: int | None = None,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
@@ -66,6 +74,7 @@ def build_site(
         leases=leases,
         image_format=image_format or ImageFormatConfig(),
         limiter=limiter,
+        slots=UploadSlots(max_concurrent_uploads),
     )
     v1 = V1API(
         registry=registry,
@@ -94,6 +103,7 @@ def build_site(
         upload_routes=v1.uploads.bound(v1, V1_PREFIXES) + v2.uploads.bound(v2, V2_PREFIXES),
         max_header_line=max_header_line,
         reactor=reactor,
+        client_limits=client_limits,
     )
     site.displayTracebacks = False
     return site

@@ -28,6 +28,12 @@ are read and discarded for a grace period, because closing a socket with
 unread bytes makes the kernel send a reset that can destroy the answer
 before the client reads it.
 
+How long the channel waits on its client (a request's head, a body's next
+bytes, a reader, a kept connection's next request) is
+L{glance_tx.api.deadlines}'s; the channel moves its L{ConnectionDeadline}
+through the phases as HTTPChannel's public hooks see them pass. Twisted's own
+idle timeout (C{timeOut}) is off.
+
 The site speaks HTTP/1.x only: Twisted's HTTP/2 (which needs C{h2} and TLS
 ALPN) sits behind a private wrapper this channel does not use.
 """
@@ -44,7 +50,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
+from glance_tx.api.deadlines import ConnectionDeadline, Phase
 from glance_tx.api.errors import error_document
+from glance_tx.config import ClientLimits
+from glance_tx.errors import Overloaded, RequestTimeout
 
 log = Logger()
 
@@ -122,10 +131,138 @@ class GlanceChannel(HTTPChannel):
     _header_count = 0
     _refused = False
     _cut_off: IDelayedCall | None = None
+    _deadline: ConnectionDeadline | None = None
+    #: A byte of the head awaited has come.
+    _head_begun = False
+    #: Between a request's head and its body's end.
+    _receiving_body = False
+    #: The server holds the client's body (an upload paused or starting).
+    _held = False
+    #: The transport's buffer is full (it paused the channel).
+    _send_blocked = False
+    #: Counted in the site's C{open_connections} (not refused at the limit).
+    _counted = False
+
+    # -- waiting on the client (glance_tx.api.deadlines) -------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        limits: ClientLimits = getattr(self.site, "client_limits", ClientLimits())
+        self._deadline = ConnectionDeadline(self.site.reactor, limits, self._timed_out)
+        most = limits.max_connections
+        if most is not None and self.site.open_connections >= most:
+            busy = Overloaded(
+                f"This node serves {most} connections at once (max_connections); "
+                "try again later."
+            )
+            self._refuse(busy.status, busy.message, busy.retry_after)
+            return
+        self.site.open_connections += 1
+        self._counted = True
+        self._deadline.arm(Phase.HEAD)
+
+    def hold_client(self) -> None:
+        """
+        The server stops reading the client's body for reasons of its own
+        (backpressure, an upload starting): the silence does not count.
+        """
+        self._held = True
+        if self._deadline is not None and self._deadline.phase is Phase.BODY:
+            self._deadline.clear()
+
+    def release_client(self) -> None:
+        """The server reads the body again: the client's silence counts."""
+        self._held = False
+        if (
+            self._deadline is not None
+            and self._receiving_body
+            and self._deadline.phase is None
+            and not self._refused
+        ):
+            self._deadline.arm(Phase.BODY)
+
+    def allContentReceived(self) -> None:
+        self._receiving_body = self._held = False
+        if self._deadline is not None:
+            self._deadline.clear()  # the server's turn
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        if self._deadline is not None and self.persistent:
+            self._head_begun = False
+            # A response the client has not read yet keeps its SEND phase:
+            # loseConnection at the keep-alive timeout would wait on it.
+            if not self._send_blocked:
+                self._deadline.arm(Phase.KEEPALIVE)
+        super().requestDone(request)
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        if not getattr(self.site, "client_limits", ClientLimits()).http_keepalive:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return bool(super().checkPersistence(request, version))
+
+    def pauseProducing(self) -> None:
+        # Called by the transport: its buffer is full, the client not reading.
+        super().pauseProducing()
+        self._send_blocked = True
+        deadline = self._deadline
+        if deadline is not None and deadline.phase is None and not self._receiving_body:
+            deadline.arm(Phase.SEND)
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        self._send_blocked = False
+        if self._deadline is not None and self._deadline.phase is Phase.SEND:
+            if self.requests or not self.persistent:
+                self._deadline.clear()  # the response goes on, or the close
+            else:
+                self._deadline.arm(Phase.KEEPALIVE)  # read to the end
+
+    def _timed_out(self, phase: Phase) -> None:
+        transport: Any = self.transport
+        seconds = phase.seconds(self._deadline.limits) if self._deadline else None
+        log.info(
+            "{client} timed out ({phase}, {seconds}s)",
+            client=getattr(transport.getPeer(), "host", "-"),
+            phase=phase.value,
+            seconds=seconds,
+        )
+        if phase is Phase.KEEPALIVE or (phase is Phase.HEAD and not self._head_begun):
+            self.loseConnection()  # no request begun: nothing to answer
+        elif phase is Phase.SEND:
+            # Its buffers are full: an answer could not reach it either.
+            getattr(transport, "abortConnection", transport.loseConnection)()
+        elif phase is Phase.HEAD:
+            self._refuse(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"The request's header fields did not arrive within {seconds} seconds.",
+            )
+        else:
+            error = RequestTimeout(f"The request body sent nothing for {seconds} seconds.")
+            request = self.requests[-1] if self.requests else None
+            # glance_tx.api.site.StreamingRequest.refuse (which imports this
+            # module): it aborts an upload first, so no partial data stays.
+            refuse = getattr(request, "refuse", None)
+            if refuse is None:
+                self._refuse(error.status, error.message)
+            else:
+                self._refused = True
+                refuse(error)
+
+    # -- the head's limits -------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return  # what follows a refusal is discarded
+        deadline = self._deadline
+        if deadline is not None:
+            if deadline.phase is Phase.KEEPALIVE:
+                deadline.arm(Phase.HEAD)
+            elif deadline.phase is Phase.BODY:
+                deadline.touch()
+            if deadline.phase is Phase.HEAD:
+                self._head_begun = True
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
@@ -152,6 +289,9 @@ class GlanceChannel(HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._in_head = False
+        self._receiving_body = True
+        if self._deadline is not None:
+            self._deadline.arm(Phase.BODY)
         super().allHeadersReceived()
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -168,8 +308,10 @@ class GlanceChannel(HTTPChannel):
     def _refuse_head(self, message: str) -> None:
         self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, message)
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, retry_after: int | None = None) -> None:
         self._refused = True
+        if self._deadline is not None:
+            self._deadline.clear()  # answer_and_close's cut-off takes over
         # The request object exists once its request line was read.
         request = self.requests[-1] if self.requests else None
         if request is not None:
@@ -185,10 +327,15 @@ class GlanceChannel(HTTPChannel):
             message=message,
         )
         self._cut_off = answer_and_close(
-            transport, raw_answer(status, message, request_id), self.site.reactor
+            transport, raw_answer(status, message, request_id, retry_after), self.site.reactor
         )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._deadline is not None:
+            self._deadline.clear()
+        if self._counted:
+            self._counted = False
+            self.site.open_connections -= 1
         if self._cut_off is not None and self._cut_off.active():
             self._cut_off.cancel()
         super().connectionLost(reason)

@@ -29,10 +29,13 @@ from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import parse_qs
 
+from attrs import frozen
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
+from zope.interface import implementer
 
 from glance_tx import twisted_private
 from glance_tx.api.channel import (
@@ -43,6 +46,7 @@ from glance_tx.api.channel import (
 )
 from glance_tx.api.errors import handle_unexpected_error
 from glance_tx.api.upload_routes import UploadMatcher, UploadRoute
+from glance_tx.config import ClientLimits
 from glance_tx.errors import GlanceError, Unauthorized
 from glance_tx.request_ids import HEADER, new_request_id, parse_request_id, working_for
 from glance_tx.uploads import Upload
@@ -155,8 +159,10 @@ class StreamingRequest(server.Request):
 
     def _pause_client(self) -> None:
         self.transport.pauseProducing()
+        self.channel.hold_client()
 
     def _resume_client(self) -> None:
+        self.channel.release_client()
         self.transport.resumeProducing()
 
     def _upload_ready(self, upload: Upload) -> None:
@@ -166,7 +172,7 @@ class StreamingRequest(server.Request):
             return
         if self._send_continue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        upload.registerProducer(self.transport, True)
+        upload.registerProducer(_ClientReads(self), True)
         self._set_read_size(UPLOAD_READ_SIZE)
         chunks, self._early_chunks = self._early_chunks, []
         for chunk in chunks:
@@ -295,6 +301,27 @@ class StreamingRequest(server.Request):
             Deferred.fromCoroutine(self.upload.abort())
 
 
+@implementer(IPushProducer)
+@frozen
+class _ClientReads:
+    """
+    The client's body as the upload pipeline pauses it: through the
+    request, so that the channel does not count the pause against the
+    client (L{glance_tx.api.deadlines}).
+    """
+
+    request: StreamingRequest
+
+    def pauseProducing(self) -> None:
+        self.request._pause_client()
+
+    def resumeProducing(self) -> None:
+        self.request._resume_client()
+
+    def stopProducing(self) -> None:
+        self.request.transport.stopProducing()
+
+
 async def _awaited(awaitable: Awaitable[Upload]) -> Upload:
     return await awaitable
 
@@ -303,13 +330,16 @@ class GlanceSite(server.Site):
     """
     A Site with streaming uploads, one log line per request, and an answer
     to an oversize request head (L{GlanceChannel}); C{max_header_line} is
-    Glance's option of that name. With C{caller_request_ids}, a request's
+    Glance's option of that name, C{client_limits} how long a client may
+    keep a connection waiting (L{glance_tx.api.deadlines}). With C{caller_request_ids}, a request's
     line also names the x-openstack-request-id its caller sent (for a
     registry server, whose callers are API nodes sending the id of their
     own request).
     """
 
     requestFactory = StreamingRequest
+    #: Connections served now (L{GlanceChannel}, C{max_connections}).
+    open_connections = 0
     # twisted.web's own protocol factory wraps HTTPChannel in a private
     # class that can switch to HTTP/2; Factory.protocol is the public way to
     # choose the protocol (see glance_tx.api.channel).
@@ -322,17 +352,21 @@ class GlanceSite(server.Site):
         max_header_line: int = DEFAULT_MAX_HEADER_LINE,
         *,
         caller_request_ids: bool = False,
+        client_limits: ClientLimits | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, **kwargs)
         self.upload_routes = upload_routes
         self.max_header_line = max_header_line
+        self.client_limits = client_limits or ClientLimits()
+        self.open_connections = 0
         self.caller_request_ids = caller_request_ids
         self.upload_matcher = UploadMatcher(upload_routes)
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         channel.MAX_LENGTH = self.max_header_line
+        channel.timeOut = None  # GlanceChannel's deadlines instead
         return channel
 
     def log(self, request: Any) -> None:

@@ -265,7 +265,7 @@ class V1API(ImagesAPI):
         for name in ("size_min", "size_max"):
             value = _arg(request, name)
             if value is not None:
-                sizes[name] = parse_int(name, value)
+                sizes[name] = parse_int(name, value, images.MAX_SIZE)
         sort_key = _arg(request, "sort_key") or "created_at"
         if sort_key not in _V1_SORT_KEYS:
             raise BadRequest(f"sort_key must be one of {', '.join(_V1_SORT_KEYS)}")

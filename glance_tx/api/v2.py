@@ -581,7 +581,7 @@ class V2API(ImagesAPI):
         if "status" not in body:
             raise BadRequest("Status not specified")
         status = body["status"]
-        if status not in images.MEMBER_STATUSES:
+        if not isinstance(status, str) or status not in images.MEMBER_STATUSES:
             raise BadRequest('Status must be "pending", "accepted" or "rejected".')
         context, image = await self._shared(request, image_id)
         if not (self._manages_members(context, image) or member_id == context.project_id):

@@ -91,7 +91,7 @@ def parse_query(args: Mapping[bytes, Sequence[bytes]], viewer: Viewer) -> ImageQ
     if visibility is not None and visibility not in images.LIST_VISIBILITIES:
         raise BadRequest(f"Invalid visibility value: {visibility}")
     sizes = {
-        name: parse_int(name, given)
+        name: parse_int(name, given, images.MAX_SIZE)
         for name in ("size_min", "size_max")
         if (given := _last(params, name)) is not None
     }
