@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -147,6 +148,16 @@ def _new_enforcer(overrides: dict[str, str] | None) -> oslo.Enforcer:
 DECISION_CACHE_SIZE = 8192
 
 
+_TARGET_KEY = re.compile(r"%\((\w+)\)s")
+
+
+def _named_target_keys(enforcer: oslo.Enforcer) -> frozenset[str]:
+    """Every C{%(key)s} the rules in force name."""
+    return frozenset(
+        key for rule in enforcer.rules.values() for key in _TARGET_KEY.findall(str(rule))
+    )
+
+
 def _decider(enforcer: oslo.Enforcer) -> Callable[..., bool]:
     """C{enforcer}'s decisions, remembered (they depend on nothing else)."""
 
@@ -170,9 +181,14 @@ class Policy:
 
     _enforcer: oslo.Enforcer = field(factory=lambda: _new_enforcer(None))
     _decide: Callable[..., bool] = field(init=False)
+    #: The target keys the rules name (C{%(owner)s}, ...): the only ones a
+    #: decision depends on, so the only ones its memory is keyed by (with
+    #: C{id} in the key it would remember one decision per image).
+    _target_keys: frozenset[str] = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._decide = _decider(self._enforcer)
+        self._target_keys = _named_target_keys(self._enforcer)
 
     @classmethod
     def with_rules(cls, overrides: dict[str, str]) -> Policy:
@@ -183,6 +199,7 @@ class Policy:
         """Take C{other}'s rules (a reloaded file) from now on."""
         self._enforcer = other._enforcer
         self._decide = other._decide
+        self._target_keys = other._target_keys
 
     def allowed(self, rule: str, context: RequestContext, target: dict[str, Any]) -> bool:
         if rule not in DEFAULT_RULES:
@@ -193,7 +210,7 @@ class Policy:
             context.project_id,
             context.user_id,
             effective_roles(context.roles),
-            frozenset(target.items()),
+            frozenset((k, v) for k, v in target.items() if k in self._target_keys),
         )
 
     def enforce(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from attrs import frozen
@@ -26,6 +28,7 @@ from glance_tx.config import ConfigError, load_config
 from glance_tx.context import RequestContext
 from glance_tx.errors import Unauthorized
 from glance_tx.identity.interface import IIdentityResolver
+from glance_tx.images import Image
 from glance_tx.policy import (
     DEFAULT_RULES,
     Policy,
@@ -402,3 +405,35 @@ class RuleTests(SynchronousTestCase):
         """A token with no role on the project may not even list (get_images)."""
         nobody = RequestContext("alpha", "u", frozenset())
         self.assertFalse(Policy().allowed("get_images", nobody, {"project_id": "alpha"}))
+
+
+class DecisionMemoryTests(SynchronousTestCase):
+    """
+    Decisions are remembered by what the rules name, not by the whole
+    target: with Glance's defaults, a thousand images of one owner share
+    one remembered decision per rule, so the memory does not grow with the
+    images served (it did, keyed by image id); a rule that names C{id}
+    still decides per image.
+    """
+
+    def images(self, count: int) -> list[Image]:
+        now = datetime.now(UTC)
+        return [
+            Image(id=str(uuid.uuid4()), status="active", created_at=now, updated_at=now,
+                  owner="alpha", visibility="private")
+            for _ in range(count)
+        ]
+
+    def test_keyed_by_named_keys(self) -> None:
+        policy = Policy()
+        member = RequestContext(project_id="alpha", user_id="u", roles=frozenset({"member"}))
+        for image in self.images(1000):
+            self.assertTrue(policy.can_see(member, image))
+        self.assertLessEqual(policy._decide.cache_info().currsize, 2)  # type: ignore[attr-defined]
+
+    def test_rule_naming_id(self) -> None:
+        first, second = self.images(2)
+        policy = Policy.with_rules({"get_image": f"'{first.id}':%(id)s"})
+        member = RequestContext(project_id="alpha", user_id="u", roles=frozenset({"member"}))
+        self.assertTrue(policy.can_see(member, first))
+        self.assertFalse(policy.can_see(member, second))
