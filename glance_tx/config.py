@@ -57,6 +57,12 @@ class CacheConfig:
     #: Seconds after a purge to purge again, for the fills that were in
     #: flight (0: no second round).
     purge_repeat_delay: int = 5
+    #: Have caches ask glance-tx at every use of stored image data and
+    #: metadata (C{public, no-cache, must-revalidate}), so that each caller
+    #: is authenticated and authorized by glance-tx even when the bytes come
+    #: from the cache. On with C{auth_strategy = keystone}: a shared cache
+    #: cannot check a token, glance-tx's 304 or 401/404 does.
+    revalidate: bool = False
 
 
 #: C{[DEFAULT] auth_strategy} values (Glance's option).
@@ -258,7 +264,7 @@ def load_config(
         recover_on_start=bool_option(default, "recover_on_start", True),
         node_id=default.get("node_id") or default_node_id(endpoint),
         upload_lease_seconds=_seconds(default, "upload_lease_seconds", 60.0),
-        cache=_cache_config(parser),
+        cache=_cache_config(parser, revalidate=auth_strategy == "keystone"),
         registry_url=_registry_url(default),
         registry_token=default.get("registry_token") or None,
         registry_client_timeout=_seconds(default, "registry_client_timeout", 5.0),
@@ -384,7 +390,7 @@ def _quotas(section: Mapping[str, str]) -> ImageQuotas:
     return ImageQuotas(**values)
 
 
-def _cache_config(parser: configparser.ConfigParser) -> CacheConfig:
+def _cache_config(parser: configparser.ConfigParser, revalidate: bool) -> CacheConfig:
     """The [cache] section; see L{CacheConfig}."""
     section: Mapping[str, str] = (
         {k: v for k, v in parser["cache"].items() if k not in parser.defaults()}
@@ -402,4 +408,5 @@ def _cache_config(parser: configparser.ConfigParser) -> CacheConfig:
         purge_urls=urls,
         purge_attempts=_int(section, "purge_attempts", defaults.purge_attempts, minimum=1),
         purge_repeat_delay=_int(section, "purge_repeat_delay", defaults.purge_repeat_delay),
+        revalidate=revalidate,
     )

@@ -188,6 +188,11 @@ class AuthOptionsTests(SynchronousTestCase):
         """Without auth_strategy: noauth, and no Keystone settings."""
         config = self.load("[DEFAULT]\n")
         self.assertEqual((config.auth_strategy, config.keystone), ("noauth", None))
+        self.assertFalse(config.cache.revalidate)
+
+    def test_keystone_revalidates(self) -> None:
+        """With keystone, caches must ask glance-tx at every use."""
+        self.assertTrue(self.load(self.KEYSTONE).cache.revalidate)
 
     def test_keystone(self) -> None:
         """An operator's keystonemiddleware section is read with its defaults."""
