@@ -230,7 +230,7 @@ def load_config(
     if endpoint is None:
         host = default.get("bind_host", DEFAULT_BIND_HOST)
         port = _int(default, "bind_port", default_port)
-        endpoint = f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+        endpoint = _listen_endpoint(host, port, _tls_files(default))
 
     stores = []
     for entry in default.get("enabled_backends", "file:file").split(","):
@@ -332,6 +332,38 @@ def _auth(parser: configparser.ConfigParser) -> tuple[str, KeystoneConfig | None
         cafile=(section.get("cafile") or "").strip() or None,
     )
     return strategy, keystone
+
+
+def _tls_files(default: Mapping[str, str]) -> tuple[str, str] | None:
+    """
+    Glance's C{cert_file} and C{key_file}: the API port speaks TLS with
+    them. Both or neither; checked here so that a typo stops the start
+    with the option's name.
+    """
+    cert = (default.get("cert_file") or "").strip()
+    key = (default.get("key_file") or "").strip()
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ConfigError("cert_file and key_file must be set together (TLS on the API port)")
+    for name, path in (("cert_file", cert), ("key_file", key)):
+        if not os.path.isfile(path):
+            raise ConfigError(f"{name} {path!r} is not a readable file")
+    return os.path.abspath(cert), os.path.abspath(key)
+
+
+def _escape(value: str) -> str:
+    """A value for a Twisted endpoint string (C{\\}, C{:} and C{=} escaped)."""
+    return "".join("\\" + c if c in "\\:=" else c for c in value)
+
+
+def _listen_endpoint(host: str, port: int, tls: tuple[str, str] | None) -> str:
+    """The endpoint string for C{bind_host}/C{bind_port}, TLS with C{tls}."""
+    where = f"{port}:interface={_escape(host)}"
+    if tls is None:
+        return f"tcp:{where}"
+    cert, key = tls
+    return f"ssl:{where}:certKey={_escape(cert)}:privateKey={_escape(key)}"
 
 
 def default_node_id(endpoint: str) -> str:

@@ -238,3 +238,43 @@ class AuthOptionsTests(SynchronousTestCase):
         ):
             error = self.assertRaises(ConfigError, self.load, text)
             self.assertIn(words, str(error))
+
+
+class TLSOptionsTests(SynchronousTestCase):
+    """Glance's C{cert_file} and C{key_file}: TLS on the API port."""
+
+    def load(self, text: str) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode())
+        return load_config(path.path, data_dir=self.mktemp())
+
+    def files(self) -> tuple[str, str]:
+        cert, key = FilePath(self.mktemp()), FilePath(self.mktemp())
+        cert.setContent(b"cert")
+        key.setContent(b"key")
+        return cert.path, key.path
+
+    def test_ssl_endpoint(self) -> None:
+        """Both set: an ssl endpoint string with bind_host and bind_port."""
+        cert, key = self.files()
+        config = self.load(
+            f"[DEFAULT]\nbind_host = ::1\nbind_port = 9443\ncert_file = {cert}\nkey_file = {key}\n"
+        )
+        escaped = [p.replace(":", "\\:").replace("=", "\\=") for p in (cert, key)]
+        self.assertEqual(
+            config.endpoint,
+            f"ssl:9443:interface=\\:\\:1:certKey={escaped[0]}:privateKey={escaped[1]}",
+        )
+        self.assertEqual(config.node_id.rsplit(":", 1)[-1], "9443")
+        self.assertEqual(self.load("[DEFAULT]\n").endpoint, "tcp:9292:interface=127.0.0.1")
+
+    def test_refused(self) -> None:
+        """One without the other, or a missing file, names the option."""
+        cert, key = self.files()
+        for text, named in (
+            (f"cert_file = {cert}", "key_file"),
+            (f"key_file = {key}", "cert_file"),
+            (f"cert_file = {cert}\nkey_file = /nonexistent/key.pem", "key_file"),
+        ):
+            error = self.assertRaises(ConfigError, self.load, f"[DEFAULT]\n{text}\n")
+            self.assertIn(named, str(error))
