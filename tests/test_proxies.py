@@ -59,6 +59,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from tests.keystone_server import keystone_server
+from tests.test_keystone_end_to_end import Relay
 from tests.live_server import (
     keystone_identity,
     listening_port,
@@ -896,11 +897,24 @@ class KeystoneProxyTests(ProxyHarness):
     keeps_copy_after_404: bool
 
     async def start(self) -> None:
+        """
+        Start glance-tx (reaching Keystone through C{self.keystone_relay},
+        which a test may cut), the recording relay and the proxy; get a
+        token for each test user in C{self.tokens}.
+        """
         self.keystone = keystone_server(self)
+        host, _, port = self.keystone.url.rsplit("/", 1)[-1].rpartition(":")
+        self.keystone_relay = Relay(host, int(port))
+        self.keystone_relay.open()
+        self._stoppers.append(self.keystone_relay.cut)
         proxy_port = free_port()
         config = (
             "[DEFAULT]\nauth_strategy = keystone\n"
-            + self.keystone.authtoken_section(token_cache_time=0)
+            + self.keystone.authtoken_section(
+                auth_url=f"http://127.0.0.1:{self.keystone_relay.port_number}",
+                token_cache_time=0,
+                http_connect_timeout=2,
+            )
             + f"[cache]\npurge_urls = http://127.0.0.1:{proxy_port}\n"
         )
         service = await start_glance_tx(
@@ -1013,6 +1027,25 @@ class KeystoneProxyTests(ProxyHarness):
         )
         if self.keeps_copy_after_404:
             self.assertFetches(path, 1)
+
+    async def test_keystone_down_is_an_error_not_the_copy(self) -> None:
+        """
+        While glance-tx cannot reach Keystone it answers 503, and the proxy
+        passes that on (must-revalidate) instead of its stored copy; once
+        Keystone is back, the copy is served after a 304 again.
+        """
+        await self.start()
+        data = image_bytes(SIZE, 23)
+        image_id = await self.keystone_image(data, "public", "admin")
+        path = f"/v2/images/{image_id}/file"
+        self.assertImage(await self.via_proxy(path, token=self.tokens["beta-member"]), data)
+        await self.keystone_relay.cut()
+        for token in (self.tokens["beta-member"], "gAAAAABnotatoken"):
+            await self.assertRefused(path, token, 503, data)
+        self.keystone_relay.open()
+        self.assertImage(await self.via_proxy(path, token=self.tokens["beta-member"]), data)
+        self.assertFetches(path, 1)
+        self.assertFetches(path, 1, codes=(304,))
 
     async def _reads(self, path: str, data: bytes) -> None:
         self.assertImage(await self.via_proxy(path, token=self.tokens["alpha-reader"]), data)
