@@ -59,7 +59,6 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from tests.keystone_server import keystone_server
-from tests.test_keystone_end_to_end import Relay
 from tests.live_server import (
     keystone_identity,
     listening_port,
@@ -84,6 +83,7 @@ from tests.proxies import (
     render,
     wait_ready,
 )
+from tests.test_keystone_end_to_end import Relay
 
 KiB = 1 << 10
 MiB = 1 << 20
