@@ -31,6 +31,16 @@ Throughput of a set is its bytes over the sum of its downloads' times;
 the median download is printed as well. "glance-tx CPU s" is the total
 over the set: through Varnish it should be about one download's worth.
 
+With ``--keystone`` the same runs happen with ``auth_strategy = keystone``
+against a real Keystone (``GLANCE_TX_TEST_KEYSTONE_URL`` and
+``GLANCE_TX_TEST_KEYSTONE_PASSWORD``, as ``tools/run-tests`` exports them,
+with the users of ``tests/keystone_server.py``) and Varnish loading
+``doc/varnish-keystone.vcl``: every download through Varnish is revalidated
+with the caller's token, glance-tx answers 304 after the first, and Varnish
+sends the bytes. The image is uploaded as the admin and downloaded as
+``alpha-member``; the section goes to RESULTS.md beside today's
+(``proxy.py --keystone``).
+
 Run it with the development virtualenv's Python, on a quiet machine::
 
     /work/venv/bin/python bench/proxy.py                 # 1 GiB, 10 + 10
@@ -65,6 +75,9 @@ from transfer import BenchError, GiB, MiB, Server
 
 REPO = Path(__file__).resolve().parents[1]
 VCL = REPO / "doc" / "varnish.vcl"
+KEYSTONE_VCL = REPO / "doc" / "varnish-keystone.vcl"
+sys.path.insert(0, str(REPO))
+from tests.keystone_server import PASSWORD_ENV, URL_ENV, KeystoneServer  # noqa: E402
 
 
 @dataclass
@@ -103,7 +116,8 @@ def render_vcl(backend_port: int) -> str:
 
 
 def start_varnish(
-    workdir: Path, backend: Server, storage: int, params: list[str], stack: ExitStack
+    workdir: Path, backend: Server, storage: int, params: list[str], stack: ExitStack,
+    keystone: bool = False,
 ) -> Server:
     varnishd = shutil.which("varnishd") or shutil.which("varnishd", path="/usr/sbin:/sbin")
     if varnishd is None:
@@ -113,9 +127,14 @@ def start_varnish(
     # varnishd drops to its own users, which must read the VCL.
     for d in (workdir, directory):
         d.chmod(0o755)
-    vcl = directory / "glance.vcl"
+    vcl = directory / ("varnish.vcl" if keystone else "glance.vcl")
     vcl.write_text(render_vcl(int(backend.base_url.rsplit(":", 1)[1])))
     vcl.chmod(0o644)
+    if keystone:
+        # It includes ./varnish.vcl, rendered above.
+        vcl = directory / "glance.vcl"
+        vcl.write_text(KEYSTONE_VCL.read_text())
+        vcl.chmod(0o644)
     port = transfer.free_port()
     argv = [
         varnishd, "-F",
@@ -133,22 +152,33 @@ def start_varnish(
     )
 
 
-def upload_public(glance_tx: Server, path: Path, size: int, md5: str) -> str:
+def token_args(token: str | None) -> list[str]:
+    return ["-H", f"X-Auth-Token: {token}"] if token else []
+
+
+def upload_public(
+    glance_tx: Server, path: Path, size: int, md5: str, token: str | None = None
+) -> str:
+    headers = {"X-Auth-Token": token} if token else {}
     image = transfer.json_request(
         "POST",
         f"{glance_tx.base_url}/v2/images",
         {"name": "bench-proxy", "disk_format": "raw", "container_format": "bare",
          "visibility": "public"},
+        headers,
     )
     assert isinstance(image, dict)
     image_id: str = image["id"]
     _, _, _, code, _ = transfer.curl(
         transfer.upload_args(path, chunked=False)
+        + token_args(token)
         + ["-o", "/dev/null", f"{glance_tx.base_url}/v2/images/{image_id}/file"]
     )
     if code != 204:
         raise BenchError(f"upload: HTTP {code}")
-    shown = transfer.json_request("GET", f"{glance_tx.base_url}/v2/images/{image_id}")
+    shown = transfer.json_request(
+        "GET", f"{glance_tx.base_url}/v2/images/{image_id}", None, headers
+    )
     assert isinstance(shown, dict)
     if shown["size"] != size or shown["checksum"] != md5:
         raise BenchError(f"upload: stored {shown['size']} bytes, md5 {shown['checksum']}")
@@ -157,7 +187,7 @@ def upload_public(glance_tx: Server, path: Path, size: int, md5: str) -> str:
 
 def download(
     via: str, number: int, url: str, size: int, glance_tx: Server, varnish: Server,
-    quiet_wait: float,
+    quiet_wait: float, token: str | None = None,
 ) -> Download:
     glance_tx.check_alive()
     varnish.check_alive()
@@ -165,7 +195,7 @@ def download(
     glance_pids, varnish_pids = glance_tx.pids, varnish.pids
     busy0, total0 = transfer.machine_jiffies()
     g0, v0 = transfer.cpu_seconds(glance_pids), transfer.cpu_seconds(varnish_pids)
-    _, moved, seconds, code, curl_cpu = transfer.curl(["-o", "/dev/null", url])
+    _, moved, seconds, code, curl_cpu = transfer.curl(token_args(token) + ["-o", "/dev/null", url])
     g1, v1 = transfer.cpu_seconds(glance_pids), transfer.cpu_seconds(varnish_pids)
     busy1, total1 = transfer.machine_jiffies()
     if code != 200 or moved != size:
@@ -180,10 +210,11 @@ def download(
     )
 
 
-def check_bytes(url: str, md5: str) -> None:
+def check_bytes(url: str, md5: str, token: str | None = None) -> None:
     """One more download through the cache, hashed: the bytes are right."""
     digest = hashlib.md5(usedforsecurity=False)
-    with urllib.request.urlopen(url, timeout=300) as response:
+    request = urllib.request.Request(url, headers={"X-Auth-Token": token} if token else {})
+    with urllib.request.urlopen(request, timeout=300) as response:
         cache = response.headers.get("X-Cache")
         while block := response.read(4 * MiB):
             digest.update(block)
@@ -249,16 +280,23 @@ def versions() -> str:
 def report(args: argparse.Namespace, direct: SetFigures, cached: SetFigures, machine: str) -> str:
     cold, warm = cached.downloads[0], cached.downloads[1:]
     warm_set = SetFigures("varnish warm", warm)
+    hits = "revalidated (304)" if args.keystone else "hits"
     lines = [
-        "## Through Varnish: `bench/proxy.py`",
+        "## Through Varnish, revalidating every download (auth_strategy = keystone): "
+        "`bench/proxy.py --keystone`"
+        if args.keystone else "## Through Varnish: `bench/proxy.py`",
         "",
         textwrap.fill(
             f"A {transfer.human(args.size)} public image downloaded {args.downloads} times "
-            f"through Varnish (`doc/varnish.vcl`, `-s malloc,{args.storage // MiB}m`) and "
+            f"through Varnish (`doc/{'varnish-keystone.vcl' if args.keystone else 'varnish.vcl'}`, "
+            f"`-s malloc,{args.storage // MiB}m`) and "
             f"{args.downloads} times straight from glance-tx, alternating, one at a time, "
             "with curl over loopback. Throughput: bytes over the summed curl `time_total` "
             "of the set (median download in brackets). CPU: utime + stime of the "
-            "processes (`/proc`, 10 ms ticks), summed over the set.",
+            "processes (`/proc`, 10 ms ticks), summed over the set."
+            + (" Every request carries an alpha-member Keystone token; glance-tx "
+               "validates it (then from its token cache) and answers Varnish's "
+               "conditional GETs 304." if args.keystone else ""),
             width=78,
         ),
         "",
@@ -267,6 +305,7 @@ def report(args: argparse.Namespace, direct: SetFigures, cached: SetFigures, mac
         "- Command: `/work/venv/bin/python bench/proxy.py"
         + (f" --size {args.size_text}" if args.size_text != "1G" else "")
         + (f" --downloads {args.downloads}" if args.downloads != 10 else "")
+        + (" --keystone" if args.keystone else "")
         + "".join(f" --param {p}" for p in args.param)
         + "`",
         "",
@@ -279,12 +318,12 @@ def report(args: argparse.Namespace, direct: SetFigures, cached: SetFigures, mac
         f"| {cached.curl_cpu_per_gib:.2f} |",
         f"| of which the 1st (miss) | {cold.mib_s:.0f} | {cold.glance_cpu:.2f} "
         f"| {cold.varnish_cpu:.2f} | |",
-        f"| of which {len(warm)} hits | {warm_set.mib_s:.0f} ({warm_set.median_mib_s:.0f}) "
+        f"| of which {len(warm)} {hits} | {warm_set.mib_s:.0f} ({warm_set.median_mib_s:.0f}) "
         f"| {warm_set.glance_cpu:.2f} | {warm_set.varnish_cpu:.2f} | |",
         "",
         textwrap.fill(
             f"Ratio, through Varnish / direct: {cached.mib_s / direct.mib_s:.2f}× for the "
-            f"whole set ({warm_set.mib_s / direct.mib_s:.2f}× for the hits alone, "
+            f"whole set ({warm_set.mib_s / direct.mib_s:.2f}× for the {hits} alone, "
             f"{cold.mib_s / direct.mib_s:.2f}× for the miss). glance-tx spent "
             f"{cached.glance_cpu:.2f} CPU s serving the {len(cached.downloads)} downloads "
             f"through Varnish against {direct.glance_cpu:.2f} s serving them directly "
@@ -320,6 +359,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=60.0,
                         help="before each download, wait up to this many seconds for the "
                              "machine to be quiet; 0 to not wait [default: %(default)s]")
+    parser.add_argument("--keystone", action="store_true",
+                        help="auth_strategy = keystone and doc/varnish-keystone.vcl: every "
+                             f"download revalidated (needs {URL_ENV} and {PASSWORD_ENV})")
     parser.add_argument("--no-write", action="store_true",
                         help="print the figures only; leave bench/RESULTS.md alone")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -336,7 +378,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--downloads must be at least 2 (one miss, then hits)")
     if shutil.which("curl") is None:
         parser.error("curl is not installed")
+    args.keystone_server = None
+    if args.keystone:
+        url, password = os.environ.get(URL_ENV), os.environ.get(PASSWORD_ENV)
+        if not url or not password:
+            parser.error(f"--keystone needs {URL_ENV} and {PASSWORD_ENV} (tools/run-tests' Keystone)")
+        args.keystone_server = KeystoneServer(url.rstrip("/"), password)
     return args
+
+
+def keystone_token(keystone: KeystoneServer, user: str) -> str:
+    request = urllib.request.Request(
+        keystone.url + "/v3/auth/tokens", data=keystone.login_body(user),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return str(response.headers["X-Subject-Token"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,9 +403,19 @@ def main(argv: list[str] | None = None) -> int:
             workdir, path, md5 = transfer.workdir_with_test_file(
                 "glance-tx-bench-proxy-", args.size, args.tmpdir, args.keep, stack
             )
-            glance_tx = transfer.start_glance_tx(workdir, args.size, args.twistd, stack)
-            image_id = upload_public(glance_tx, path, args.size, md5)
-            varnish = start_varnish(workdir, glance_tx, args.storage, args.param, stack)
+            keystone = args.keystone_server
+            extra, admin, token = "", None, None
+            if keystone is not None:
+                extra = "auth_strategy = keystone\n\n" + keystone.authtoken_section()
+                admin = keystone_token(keystone, "admin")
+                token = keystone_token(keystone, "alpha-member")
+            glance_tx = transfer.start_glance_tx(
+                workdir, args.size, args.twistd, stack, extra_config=extra
+            )
+            image_id = upload_public(glance_tx, path, args.size, md5, admin)
+            varnish = start_varnish(
+                workdir, glance_tx, args.storage, args.param, stack, keystone=keystone is not None
+            )
             print(
                 f"glance-tx {glance_tx.base_url} (pid {glance_tx.popen.pid}), "
                 f"varnishd {varnish.base_url} (pid {varnish.popen.pid}), image {image_id}",
@@ -360,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                 for figures, server in ((cached, varnish), (direct, glance_tx)):
                     d = download(
                         figures.label, number, server.base_url + data_path, args.size,
-                        glance_tx, varnish, args.quiet_wait,
+                        glance_tx, varnish, args.quiet_wait, token,
                     )
                     figures.downloads.append(d)
                     print(
@@ -370,12 +437,15 @@ def main(argv: list[str] | None = None) -> int:
                         + (f"  [{d.note}]" if d.note else ""),
                         flush=True,
                     )
-            check_bytes(varnish.base_url + data_path, md5)
+            check_bytes(varnish.base_url + data_path, md5, token)
             machine = (
                 f"{os.cpu_count()} vCPUs, load average {os.getloadavg()[0]:.2f} at the end"
             )
             section = report(args, direct, cached, machine)
-            transfer.publish_section("proxy.py", section, write=not args.no_write)
+            transfer.publish_section(
+                "proxy.py --keystone" if args.keystone else "proxy.py", section,
+                write=not args.no_write,
+            )
         except BenchError as e:
             print(f"benchmark failed: {e}", file=sys.stderr)
             return 1

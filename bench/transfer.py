@@ -585,9 +585,11 @@ def measure(
     )
 
 
-def json_request(method: str, url: str, body: object | None = None) -> object:
+def json_request(
+    method: str, url: str, body: object | None = None, headers: dict[str, str] | None = None
+) -> object:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
         request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, timeout=60) as r:
@@ -613,8 +615,12 @@ def upload_args(path: Path, chunked: bool) -> list[str]:
 
 def start_glance_tx(
     workdir: Path, size: int, twistd: str, stack: ExitStack,
-    hashing_algorithm: str = "sha512",
+    hashing_algorithm: str = "sha512", extra_config: str = "",
 ) -> Server:
+    """
+    glance-tx on a free loopback port; C{extra_config} is more of its file
+    (C{[DEFAULT]} lines first, then sections).
+    """
     data = workdir / "glance-tx"
     data.mkdir()
     config = data / "glance-tx.conf"
@@ -626,11 +632,10 @@ def start_glance_tx(
             hashing_algorithm = {hashing_algorithm}
             enabled_backends = file:file
             default_backend = file
-
-            [file]
-            filesystem_store_datadir = {data / "images"}
             """
         )
+        + extra_config
+        + f"\n[file]\nfilesystem_store_datadir = {data / 'images'}\n"
     )
     port = free_port()
     env = dict(os.environ)

@@ -61,6 +61,12 @@ class CacheConfig:
     #: Seconds after a purge to purge again, for the fills that were in
     #: flight (0: no second round).
     purge_repeat_delay: int = 5
+    #: Have caches ask glance-tx at every use of stored image data and
+    #: metadata (C{public, no-cache, must-revalidate}), so that each caller
+    #: is authenticated and authorized by glance-tx even when the bytes come
+    #: from the cache. On with C{auth_strategy = keystone}: a shared cache
+    #: cannot check a token, glance-tx's 304 or 401/404 does.
+    revalidate: bool = False
 
 
 #: C{[DEFAULT] auth_strategy} values (Glance's option).
@@ -314,7 +320,7 @@ def load_config(
     if endpoint is None:
         host = default.get("bind_host", DEFAULT_BIND_HOST)
         port = _int(default, "bind_port", default_port)
-        endpoint = f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+        endpoint = _listen_endpoint(host, port, _tls_files(default))
 
     stores = []
     for entry in default.get("enabled_backends", "file:file").split(","):
@@ -348,7 +354,7 @@ def load_config(
         recover_on_start=bool_option(default, "recover_on_start", True),
         node_id=default.get("node_id") or default_node_id(endpoint),
         upload_lease_seconds=_seconds(default, "upload_lease_seconds", 60.0),
-        cache=_cache_config(parser),
+        cache=_cache_config(parser, revalidate=auth_strategy == "keystone"),
         image_format=_image_format_config(parser),
         registry_url=_registry_url(default),
         registry_token=default.get("registry_token") or None,
@@ -529,6 +535,38 @@ def hashing_algorithm(name: str) -> str:
     return name
 
 
+def _tls_files(default: Mapping[str, str]) -> tuple[str, str] | None:
+    """
+    Glance's C{cert_file} and C{key_file}: the API port speaks TLS with
+    them. Both or neither; checked here so that a typo stops the start
+    with the option's name.
+    """
+    cert = (default.get("cert_file") or "").strip()
+    key = (default.get("key_file") or "").strip()
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ConfigError("cert_file and key_file must be set together (TLS on the API port)")
+    for name, path in (("cert_file", cert), ("key_file", key)):
+        if not os.path.isfile(path):
+            raise ConfigError(f"{name} {path!r} is not a readable file")
+    return os.path.abspath(cert), os.path.abspath(key)
+
+
+def _escape(value: str) -> str:
+    """A value for a Twisted endpoint string (C{\\}, C{:} and C{=} escaped)."""
+    return "".join("\\" + c if c in "\\:=" else c for c in value)
+
+
+def _listen_endpoint(host: str, port: int, tls: tuple[str, str] | None) -> str:
+    """The endpoint string for C{bind_host}/C{bind_port}, TLS with C{tls}."""
+    where = f"{port}:interface={_escape(host)}"
+    if tls is None:
+        return f"tcp:{where}"
+    cert, key = tls
+    return f"ssl:{where}:certKey={_escape(cert)}:privateKey={_escape(key)}"
+
+
 def default_node_id(endpoint: str) -> str:
     """
     HOST:PORT of this node: unique per host and port, and stable across
@@ -585,7 +623,7 @@ def _quotas(section: Mapping[str, str]) -> ImageQuotas:
     return ImageQuotas(**values)
 
 
-def _cache_config(parser: configparser.ConfigParser) -> CacheConfig:
+def _cache_config(parser: configparser.ConfigParser, revalidate: bool) -> CacheConfig:
     """The [cache] section; see L{CacheConfig}."""
     section: Mapping[str, str] = (
         {k: v for k, v in parser["cache"].items() if k not in parser.defaults()}
@@ -603,6 +641,7 @@ def _cache_config(parser: configparser.ConfigParser) -> CacheConfig:
         purge_urls=urls,
         purge_attempts=_int(section, "purge_attempts", defaults.purge_attempts, minimum=1),
         purge_repeat_delay=_int(section, "purge_repeat_delay", defaults.purge_repeat_delay),
+        revalidate=revalidate,
     )
 
 

@@ -56,6 +56,9 @@ from tests.live_server import IDENTITY_HEADERS
 DOC = Path(__file__).resolve().parent.parent / "doc"
 VARNISH_VCL = DOC / "varnish.vcl"
 SQUID_CONF = DOC / "squid.conf"
+#: For auth_strategy = keystone: each includes the one above.
+VARNISH_KEYSTONE_VCL = DOC / "varnish-keystone.vcl"
+SQUID_KEYSTONE_CONF = DOC / "squid-keystone.conf"
 
 #: Where Debian puts the daemons (not always on a non-root PATH).
 _SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
@@ -275,6 +278,10 @@ class ProxySettings:
     range_prefetch_limit: int = 64 << 20
     #: Cache size: Varnish's malloc storage, Squid's disk cache.
     storage_mib: int = 256
+    #: Load the configuration for auth_strategy = keystone
+    #: (C{varnish-keystone.vcl}, C{squid-keystone.conf}), which includes
+    #: the other.
+    keystone: bool = False
 
 
 async def start_varnish(reactor: Any, directory: Path, settings: ProxySettings) -> RunningProxy:
@@ -284,7 +291,7 @@ async def start_varnish(reactor: Any, directory: Path, settings: ProxySettings) 
     # varnishd drops privileges (users varnish, vcache) when run as root:
     # they must be able to reach the VCL and the working directory.
     directory.chmod(0o755)
-    vcl = directory / "glance.vcl"
+    vcl = directory / ("varnish.vcl" if settings.keystone else "glance.vcl")
     vcl.write_text(
         render(
             VARNISH_VCL.read_text(),
@@ -297,6 +304,10 @@ async def start_varnish(reactor: Any, directory: Path, settings: ProxySettings) 
         )
     )
     vcl.chmod(0o644)
+    if settings.keystone:
+        vcl = directory / "glance.vcl"
+        vcl.write_text(VARNISH_KEYSTONE_VCL.read_text())
+        vcl.chmod(0o644)
     argv = [
         varnishd,
         "-F",
@@ -357,6 +368,11 @@ async def start_squid(reactor: Any, directory: Path, settings: ProxySettings) ->
     text, found = re.subn(r"(?m)^(cache_dir aufs \S+ \d+) 16 256$", r"\1 1 1", text)
     if found != 1:
         raise ValueError(f"{SQUID_CONF}: no 'cache_dir aufs DIR MB 16 256' line")
+    if settings.keystone:
+        base = directory / "squid-base.conf"
+        base.write_text(text)
+        base.chmod(0o644)
+        text = render(SQUID_KEYSTONE_CONF.read_text(), {"BASE_CONF": base})
     conf.write_text(text)
     conf.chmod(0o644)
     out, err, code = await getProcessOutputAndValue(
@@ -427,7 +443,7 @@ class _StandInResource(Resource):
         self,
         reactor: Any,
         backend_port: int,
-        identities: Mapping[str, Mapping[str, str]],
+        identities: Mapping[str, Mapping[str, str]] | None,
         record: Callable[[str, str, int], None],
     ) -> None:
         Resource.__init__(self)
@@ -437,6 +453,8 @@ class _StandInResource(Resource):
         self.client_factory = _recording_factory(record)
 
     def render(self, request: WebRequest) -> object:
+        if self.identities is None:
+            return self._forward(request)
         raw = request.getHeader(b"x-auth-token")
         token = raw.decode("ascii", "replace") if raw else None
         identity = self.identities.get(token) if token is not None else None
@@ -452,6 +470,10 @@ class _StandInResource(Resource):
             headers.removeHeader(name)
         for name, value in identity.items():
             headers.setRawHeaders(name.encode("ascii"), [value.encode("ascii")])
+        return self._forward(request)
+
+    def _forward(self, request: WebRequest) -> object:
+        headers = request.requestHeaders
         # twisted.web has read the whole body (de-chunked): it goes on with
         # a Content-Length.
         if headers.hasHeader(b"transfer-encoding"):
@@ -490,13 +512,15 @@ class KeystoneStandIn:
         cls,
         reactor: Any,
         backend_port: int,
-        identities: Mapping[str, Mapping[str, str]],
+        identities: Mapping[str, Mapping[str, str]] | None,
         record: Callable[[str, str, int], None] = lambda method, uri, code: None,
     ) -> KeystoneStandIn:
         """
         Listen on a free loopback port, forwarding to glance-tx on
         C{backend_port}; C{record(method, uri, status)} is called for every
-        answer glance-tx gives, as its status line arrives.
+        answer glance-tx gives, as its status line arrives. With
+        C{identities} None it only relays and records: glance-tx
+        (C{auth_strategy = keystone}) checks the token itself.
         """
         site = Site(_StandInResource(reactor, backend_port, identities, record))
         site.noisy = False

@@ -188,6 +188,11 @@ class AuthOptionsTests(SynchronousTestCase):
         """Without auth_strategy: noauth, and no Keystone settings."""
         config = self.load("[DEFAULT]\n")
         self.assertEqual((config.auth_strategy, config.keystone), ("noauth", None))
+        self.assertFalse(config.cache.revalidate)
+
+    def test_keystone_revalidates(self) -> None:
+        """With keystone, caches must ask glance-tx at every use."""
+        self.assertTrue(self.load(self.KEYSTONE).cache.revalidate)
 
     def test_keystone(self) -> None:
         """An operator's keystonemiddleware section is read with its defaults."""
@@ -266,3 +271,43 @@ class HashingAlgorithmTests(SynchronousTestCase):
             self.assertIn("hashing_algorithm", str(error))
             self.assertIn(bad, str(error))
             self.assertIn("sha256", str(error))
+
+
+class TLSOptionsTests(SynchronousTestCase):
+    """Glance's C{cert_file} and C{key_file}: TLS on the API port."""
+
+    def load(self, text: str) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode())
+        return load_config(path.path, data_dir=self.mktemp())
+
+    def files(self) -> tuple[str, str]:
+        cert, key = FilePath(self.mktemp()), FilePath(self.mktemp())
+        cert.setContent(b"cert")
+        key.setContent(b"key")
+        return cert.path, key.path
+
+    def test_ssl_endpoint(self) -> None:
+        """Both set: an ssl endpoint string with bind_host and bind_port."""
+        cert, key = self.files()
+        config = self.load(
+            f"[DEFAULT]\nbind_host = ::1\nbind_port = 9443\ncert_file = {cert}\nkey_file = {key}\n"
+        )
+        escaped = [p.replace(":", "\\:").replace("=", "\\=") for p in (cert, key)]
+        self.assertEqual(
+            config.endpoint,
+            f"ssl:9443:interface=\\:\\:1:certKey={escaped[0]}:privateKey={escaped[1]}",
+        )
+        self.assertEqual(config.node_id.rsplit(":", 1)[-1], "9443")
+        self.assertEqual(self.load("[DEFAULT]\n").endpoint, "tcp:9292:interface=127.0.0.1")
+
+    def test_refused(self) -> None:
+        """One without the other, or a missing file, names the option."""
+        cert, key = self.files()
+        for text, named in (
+            (f"cert_file = {cert}", "key_file"),
+            (f"key_file = {key}", "cert_file"),
+            (f"cert_file = {cert}\nkey_file = /nonexistent/key.pem", "key_file"),
+        ):
+            error = self.assertRaises(ConfigError, self.load, f"[DEFAULT]\n{text}\n")
+            self.assertIn(named, str(error))

@@ -264,6 +264,64 @@ class ZeroMaxAgeTests(CacheTestCase):
         )
 
 
+class RevalidationTests(CacheTestCase):
+    """
+    L{CacheConfig.revalidate} (auth_strategy = keystone): image data and
+    metadata stored by any cache but used only after glance-tx's 304 for
+    the caller asking; errors before a 304 for a caller who may not read.
+    """
+
+    cache = CacheConfig(public_max_age=3600, revalidate=True)
+    site_options = {"show_multiple_locations": True}
+
+    def test_every_visibility(self) -> None:
+        """Active data and image metadata of every visibility: public,
+        no-cache, must-revalidate; listings stay private."""
+        for visibility in ("public", "community", "shared", "private"):
+            image_id = self.image(visibility)
+            for answer in (
+                self.file(image_id, ALICE),
+                self.file(image_id, ALICE, "HEAD"),
+                self.request("GET", f"/v2/images/{image_id}", ALICE),
+                self.request("HEAD", f"/v1/images/{image_id}", ALICE),
+            ):
+                self.assertEqual(answer.code, 200, visibility)
+                self.assertEqual(
+                    answer.header("Cache-Control"), "public, no-cache, must-revalidate", visibility
+                )
+        self.assertEqual(
+            self.request("GET", "/v1/images/detail", ALICE).header("Cache-Control"),
+            "private, no-store",
+        )
+
+    def test_inactive_and_admin_views(self) -> None:
+        """A deactivated image's data, and metadata showing locations, stay
+        out of every cache."""
+        image_id = self.image("public")
+        shown = self.request("GET", f"/v2/images/{image_id}", ADMIN)
+        self.assertIn("locations", json.loads(shown.body))
+        self.assertEqual(shown.header("Cache-Control"), "private, no-store")
+        self.request("POST", f"/v2/images/{image_id}/actions/deactivate", ADMIN)
+        self.assertEqual(self.file(image_id, ADMIN).header("Cache-Control"), "private, no-store")
+
+    def test_304_only_for_readers(self) -> None:
+        """A conditional request for a private image: 304 with no body for
+        the owner, 404 (not 304) for another project, whatever validator
+        it sends."""
+        image_id = self.image("private")
+        etag = self.file(image_id, ALICE).header("ETag")
+        assert etag is not None
+        for path in (f"/v2/images/{image_id}/file", f"/v2/images/{image_id}"):
+            tag = self.request("GET", path, ALICE).header("ETag")
+            assert tag is not None
+            mine = self.request("GET", path, {**ALICE, "If-None-Match": tag})
+            self.assertEqual((mine.code, mine.body), (304, b""), path)
+            self.assertEqual(mine.header("Cache-Control"), "public, no-cache, must-revalidate")
+            theirs = self.request("GET", path, {**BOB, "If-None-Match": tag})
+            self.assertEqual(theirs.code, 404, path)
+            self.assertEqual(theirs.header("Cache-Control"), "no-store")
+
+
 class HeadParityTests(CacheTestCase):
     def assertParity(self, path: str, headers: dict[str, str] | None = None) -> Raw:
         get = self.raw("GET", path, headers)

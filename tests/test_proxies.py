@@ -58,6 +58,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from tests.keystone_server import keystone_server
 from tests.live_server import (
     keystone_identity,
     listening_port,
@@ -67,6 +68,7 @@ from tests.live_server import (
 )
 from tests.proxies import (
     SQUID_CONF,
+    SQUID_KEYSTONE_CONF,
     STARTERS,
     VARNISH_VCL,
     KeystoneStandIn,
@@ -81,6 +83,7 @@ from tests.proxies import (
     render,
     wait_ready,
 )
+from tests.test_keystone_end_to_end import Relay
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -190,17 +193,15 @@ class OriginLog:
         return "\n".join(f"  {m} {u} -> {c}" for m, u, c in self.answered)
 
 
-class CachingProxyTests:
+class ProxyHarness:
     """
-    The behaviour required of glance-tx behind a caching proxy, for any
-    proxy named by C{kind} (a key of L{tests.proxies.STARTERS}) whose
-    program is C{program}.
+    A proxy named by C{kind} (a key of L{tests.proxies.STARTERS}) whose
+    program is C{program}, in front of glance-tx: the stack, requests and
+    what glance-tx answered the proxy.
     """
 
     kind: str
     program: str
-    #: Whether concurrent misses for one URL share one fetch.
-    coalesces_misses: bool
     timeout = 60
 
     # -- the stack ------------------------------------------------------------
@@ -241,12 +242,14 @@ class CachingProxyTests:
             reactor, listening_port(service), IDENTITIES, record=self.origin.record
         )
         self._stoppers.append(standin.stop)
-
-        settings = ProxySettings(
+        await self.start_proxy(ProxySettings(
             backend_port=standin.port_number,
             port=proxy_port,
             range_prefetch_limit=RANGE_PREFETCH_LIMIT,
-        )
+        ))
+
+    async def start_proxy(self, settings: ProxySettings) -> None:
+        """Start the proxy with C{settings}; sets C{self.proxy}."""
         directory = proxy_directory(self.kind)
         if not os.environ.get("GLANCE_TX_KEEP_PROXY_DIRS"):
             self.addCleanup(shutil.rmtree, directory, True)
@@ -347,6 +350,16 @@ class CachingProxyTests:
         self.assertTrue(answer.body == data[first : last + 1], "the range's bytes differ")
         # Content-MD5 would describe the whole image, not this part.
         self.assertIsNone(answer.header("Content-MD5"), answer.describe())
+
+
+class CachingProxyTests(ProxyHarness):
+    """
+    The behaviour required of glance-tx (noauth, identity from the Keystone
+    stand-in) behind a caching proxy.
+    """
+
+    #: Whether concurrent misses for one URL share one fetch.
+    coalesces_misses: bool
 
     # -- the configuration ---------------------------------------------------------
 
@@ -865,6 +878,195 @@ class SquidTests(CachingProxyTests, TestCase):
     coalesces_misses = False
 
 
+class KeystoneProxyTests(ProxyHarness):
+    """
+    glance-tx with C{auth_strategy = keystone} (the real Keystone of
+    L{tests.keystone_server}) behind a proxy with the configuration for it
+    (C{doc/varnish-keystone.vcl}, C{doc/squid-keystone.conf})::
+
+        treq client --> proxy --> relay (records) --> glance-tx --> Keystone
+
+    Clients send real Keystone tokens; glance-tx validates them on every
+    request the proxy makes, and the proxy must send stored bytes only
+    after glance-tx's 304 for that caller.
+    """
+
+    timeout = 120
+    #: Whether a 404 answered to a revalidation leaves the stored copy in
+    #: place (Squid 5 drops it; a 401 it keeps).
+    keeps_copy_after_404: bool
+
+    async def start(self) -> None:
+        """
+        Start glance-tx (reaching Keystone through C{self.keystone_relay},
+        which a test may cut), the recording relay and the proxy; get a
+        token for each test user in C{self.tokens}.
+        """
+        self.keystone = keystone_server(self)
+        host, _, port = self.keystone.url.rsplit("/", 1)[-1].rpartition(":")
+        self.keystone_relay = Relay(host, int(port))
+        self.keystone_relay.open()
+        self._stoppers.append(self.keystone_relay.cut)
+        proxy_port = free_port()
+        config = (
+            "[DEFAULT]\nauth_strategy = keystone\n"
+            + self.keystone.authtoken_section(
+                auth_url=f"http://127.0.0.1:{self.keystone_relay.port_number}",
+                token_cache_time=0,
+                http_connect_timeout=2,
+            )
+            + f"[cache]\npurge_urls = http://127.0.0.1:{proxy_port}\n"
+        )
+        service = await start_glance_tx(
+            live_config(self, config), self._stoppers.append, "proxy-keystone-tests"
+        )
+        self.base = f"http://127.0.0.1:{listening_port(service)}"
+        relay = KeystoneStandIn.start(
+            reactor, listening_port(service), None, record=self.origin.record
+        )
+        self._stoppers.append(relay.stop)
+        await self.start_proxy(ProxySettings(
+            backend_port=relay.port_number, port=proxy_port, keystone=True
+        ))
+        self.tokens: dict[str, str] = {}
+        for user in ("admin", "alpha-member", "alpha-reader", "beta-member"):
+            response = await self.treq.post(
+                self.keystone.url + "/v3/auth/tokens",
+                data=self.keystone.login_body(user),
+                headers={"Content-Type": ["application/json"]},
+            )
+            await response.content()
+            self.tokens[user] = response.headers.getRawHeaders("X-Subject-Token")[0]
+
+    async def keystone_image(self, data: bytes, visibility: str, user: str) -> str:
+        """An active image made straight at glance-tx by C{user}; its id."""
+        token = self.tokens[user]
+        created = await self.request(
+            "POST", self.base + "/v2/images", token=token,
+            headers={"Content-Type": "application/json"},
+            body=json.dumps({
+                "name": f"proxy-keystone-{visibility}", "disk_format": "raw",
+                "container_format": "bare", "visibility": visibility,
+            }).encode(),
+        )
+        self.assertEqual(created.code, 201, created.describe())
+        image_id: str = json.loads(created.body)["id"]
+        uploaded = await self.request(
+            "PUT", self.base + f"/v2/images/{image_id}/file", token=token,
+            headers={"Content-Type": "application/octet-stream"}, body=data,
+        )
+        self.assertEqual(uploaded.code, 204, uploaded.describe())
+        return image_id
+
+    async def assertRefused(self, path: str, token: str | None, code: int, data: bytes) -> None:
+        answer = await self.via_proxy(path, token=token)
+        self.assertEqual(answer.code, code, f"{path} with {token!r}: {answer.describe()}")
+        self.assertNotIn(data[:4096], answer.body)
+
+    async def test_public_image_fetched_once_revalidated_always(self) -> None:
+        """
+        10 downloads of a public image by authorized callers (members and
+        a reader of two projects) cost glance-tx 1 full fetch and 9 304s
+        without a body; the image JSON likewise. No token or a bad token
+        is a 401 through the proxy, never the bytes, and leaves the stored
+        image in place.
+        """
+        await self.start()
+        data = image_bytes(SIZE, 21)
+        image_id = await self.keystone_image(data, "public", "admin")
+        path, meta = f"/v2/images/{image_id}/file", f"/v2/images/{image_id}"
+        readers = ["alpha-member", "beta-member", "alpha-reader"]
+        for i in range(10):
+            answer = await self.via_proxy(path, token=self.tokens[readers[i % 3]])
+            self.assertImage(answer, data, f"download {i + 1}")
+            self.assertEqual(answer.header("Cache-Control"), "public, no-cache, must-revalidate")
+        self.assertFetches(path, 1)
+        self.assertFetches(path, 9, codes=(304,))
+        for i in range(3):
+            shown = await self.via_proxy(meta, token=self.tokens[readers[i]])
+            self.assertEqual(shown.code, 200, shown.describe())
+            self.assertEqual(json.loads(shown.body)["id"], image_id)
+        self.assertFetches(meta, 1)
+        self.assertFetches(meta, 2, codes=(304,))
+
+        for token in (None, "gAAAAABnotatoken", self.tokens["alpha-member"] + "x"):
+            await self.assertRefused(path, token, 401, data)
+            await self.assertRefused(meta, token, 401, data)
+        self.assertImage(await self.via_proxy(path, token=self.tokens["beta-member"]), data)
+        self.assertFetches(path, 1)
+        self.assertFetches(path, 10, codes=(304,))
+
+    async def test_private_image_only_for_its_project(self) -> None:
+        """
+        A private image of project alpha is stored too and served from the
+        store to alpha's member and reader (after glance-tx's 304 for
+        each), and is a 404 for beta's member and a 401 without a token,
+        one at a time and all at once.
+        """
+        await self.start()
+        data = image_bytes(SIZE, 22)
+        image_id = await self.keystone_image(data, "private", "alpha-member")
+        path = f"/v2/images/{image_id}/file"
+        for user in ("alpha-member", "alpha-reader", "alpha-member"):
+            self.assertImage(await self.via_proxy(path, token=self.tokens[user]), data, user)
+        self.assertFetches(path, 1)
+        self.assertFetches(path, 2, codes=(304,))
+        await self.assertRefused(path, None, 401, data)
+        await self.assertRefused(path, "gAAAAABnotatoken", 401, data)
+        await self._reads(path, data)
+        self.assertFetches(path, 1)
+        await self.assertRefused(path, self.tokens["beta-member"], 404, data)
+        await self._reads(path, data)
+        self.assertFetches(path, 1 if self.keeps_copy_after_404 else 2)
+        await gatherResults(
+            [Deferred.fromCoroutine(self.assertRefused(path, self.tokens["beta-member"], 404, data))
+             for _ in range(3)]
+            + [Deferred.fromCoroutine(self.assertRefused(path, None, 401, data)) for _ in range(3)]
+            + [Deferred.fromCoroutine(self._reads(path, data)) for _ in range(3)],
+            consumeErrors=True,
+        )
+        if self.keeps_copy_after_404:
+            self.assertFetches(path, 1)
+
+    async def test_keystone_down_is_an_error_not_the_copy(self) -> None:
+        """
+        While glance-tx cannot reach Keystone it answers 503, and the proxy
+        passes that on (must-revalidate) instead of its stored copy; once
+        Keystone is back, the copy is served after a 304 again.
+        """
+        await self.start()
+        data = image_bytes(SIZE, 23)
+        image_id = await self.keystone_image(data, "public", "admin")
+        path = f"/v2/images/{image_id}/file"
+        self.assertImage(await self.via_proxy(path, token=self.tokens["beta-member"]), data)
+        await self.keystone_relay.cut()
+        for token in (self.tokens["beta-member"], "gAAAAABnotatoken"):
+            await self.assertRefused(path, token, 503, data)
+        self.keystone_relay.open()
+        self.assertImage(await self.via_proxy(path, token=self.tokens["beta-member"]), data)
+        self.assertFetches(path, 1)
+        self.assertFetches(path, 1, codes=(304,))
+
+    async def _reads(self, path: str, data: bytes) -> None:
+        self.assertImage(await self.via_proxy(path, token=self.tokens["alpha-reader"]), data)
+
+
+class VarnishKeystoneTests(KeystoneProxyTests, TestCase):
+    """Varnish with C{doc/varnish-keystone.vcl}."""
+
+    kind = "varnish"
+    program = "varnishd"
+    keeps_copy_after_404 = True
+
+
+class SquidKeystoneTests(KeystoneProxyTests, TestCase):
+    """Squid with C{doc/squid-keystone.conf}."""
+
+    kind = "squid"
+    program = "squid"
+    keeps_copy_after_404 = False
+
+
 class TemplateTests(TestCase):
     """The shipped templates and the guide agree on the placeholders."""
 
@@ -875,7 +1077,7 @@ class TemplateTests(TestCase):
         them.
         """
         guide = (VARNISH_VCL.parent / "caching.rst").read_text()
-        for template in (VARNISH_VCL, SQUID_CONF):
+        for template in (VARNISH_VCL, SQUID_CONF, SQUID_KEYSTONE_CONF):
             names = placeholders(template.read_text())
             self.assertTrue(names, template)
             for name in names:

@@ -25,6 +25,9 @@ Image data (v2 C{/v2/images/ID/file}, GET and HEAD)
       deletion, deactivation and loss of visibility are purged). Anything
       else -- private or shared images, and the data of a deactivated
       image, which only an admin may read -- is C{private, no-store}.
+      With revalidation on (L{CacheConfig.revalidate}, C{auth_strategy =
+      keystone}) every active image's data is C{REVALIDATE} instead; see
+      "Revalidation" below.
 
 Metadata (v2 image JSON, v1 listings, and v1 C{/images/ID})
     - C{ETag}: a digest of the exact representation sent, so it changes
@@ -44,7 +47,10 @@ Metadata (v2 image JSON, v1 listings, and v1 C{/images/ID})
       ask every time); C{private, no-store} for the rest. A listing
       depends on who asks, so it is never C{public}: C{private,
       max-age=...}/C{no-cache} when everything in it is public or
-      community, C{private, no-store} otherwise.
+      community, C{private, no-store} otherwise. With revalidation on, an image's
+      metadata is C{REVALIDATE}, whatever its visibility, unless it
+      shows what only an admin may see (locations); a listing keeps the
+      rules above.
 
 v1 C{/images/ID} (GET data and HEAD) is one resource whose representation
 is the data I{and} the metadata, sent as C{x-image-meta-*} headers; a
@@ -69,6 +75,20 @@ to store the response; C{no-store} also keeps it off disks on the way
 (and off caches told to ignore C{private}). Errors (404 for an image the
 caller may not see, 403, 409, 412, 416) are C{no-store} too: a 404
 cached for one project must not hide an image from its owner.
+
+Revalidation, for callers a cache cannot check (C{auth_strategy =
+keystone}): C{public, no-cache, must-revalidate} lets a shared cache keep
+the image but never use it without asking glance-tx first. The cache's
+conditional request carries the caller's own C{X-Auth-Token}, and
+glance-tx answers it like any other: 401 for a missing or bad token, 404
+for an image the caller may not see (errors come before preconditions,
+below), and 304 with no body only to a caller who may read the image, so
+the bytes leave the cache only for those. This holds for private and
+shared images too: what is stored is the same for every caller (an ETag
+digests the exact representation; data tags are fixed), only who may have
+it differs, and that is decided per request. C{must-revalidate} makes a
+cache that cannot reach glance-tx (or hears a 5xx, Keystone down) answer
+an error, not the stored copy (Squid serves it otherwise).
 
 Conditional requests are evaluated after the image is found and may be
 served (errors take precedence, RFC 9110 section 13.2.1), in the RFC's
@@ -122,6 +142,8 @@ SHAREABLE = frozenset({"public", "community"})
 #: For anything no cache may keep: errors, private images.
 NO_STORE = b"no-store"
 PRIVATE_NO_STORE = b"private, no-store"
+#: Stored by any cache, used only after glance-tx said yes (see above).
+REVALIDATE = b"public, no-cache, must-revalidate"
 
 #: Characters an opaque-tag may hold (RFC 9110, section 8.8.3: etagc).
 _ETAGC = re.compile(r"[\x21\x23-\x7e]+")
@@ -196,7 +218,11 @@ def data_etag(image: Image) -> EntityTag | None:
 
 def data_validators(image: Image, config: CacheConfig) -> Validators:
     """Validators and caching rule for an image's data."""
-    if image.status == images.ACTIVE and shareable(image):
+    if image.status != images.ACTIVE:
+        cache_control = PRIVATE_NO_STORE
+    elif config.revalidate:
+        cache_control = REVALIDATE
+    elif shareable(image):
         cache_control = _public(config.public_max_age, immutable=True)
     else:
         cache_control = PRIVATE_NO_STORE
@@ -207,11 +233,19 @@ def data_validators(image: Image, config: CacheConfig) -> Validators:
     )
 
 
-def metadata_cache_control(config: CacheConfig, *, public: bool, per_caller: bool = False) -> bytes:
+def metadata_cache_control(
+    config: CacheConfig, *, public: bool, per_caller: bool = False, admin_only: bool = False
+) -> bytes:
     """
     The caching rule for metadata: C{public} when every caller may read it,
-    C{per_caller} when what is shown depends on who asks (a listing).
+    C{per_caller} when what is shown depends on who asks (a listing),
+    C{admin_only} when it shows what only an admin may see (kept out of
+    every cache). With revalidation on, an image's is C{REVALIDATE}.
     """
+    if admin_only:
+        return PRIVATE_NO_STORE
+    if config.revalidate and not per_caller:
+        return REVALIDATE
     if not public:
         return PRIVATE_NO_STORE
     age = config.metadata_max_age

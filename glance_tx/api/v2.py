@@ -244,8 +244,11 @@ class V2API(ImagesAPI):
         view = self._view(context, image)
         body = json.dumps(view).encode("utf-8")
         # What only an admin may see is kept out of shared caches.
-        public = shareable(image) and "locations" not in view and "direct_url" not in view
-        cache_control = metadata_cache_control(self.cache, public=public)
+        cache_control = metadata_cache_control(
+            self.cache,
+            public=shareable(image),
+            admin_only="locations" in view or "direct_url" in view,
+        )
         return body, metadata_validators(body, image.updated_at, cache_control)
 
     # -- versions and schemas -----------------------------------------------
