@@ -118,6 +118,23 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+#: The import methods there are, in Glance's default order.
+IMPORT_METHOD_NAMES = ("glance-direct", "web-download", "copy-image")
+
+
+def _import_methods(raw: str | None) -> tuple[str, ...]:
+    if raw is None:
+        return IMPORT_METHOD_NAMES
+    methods = tuple(m.strip() for m in raw.split(",") if m.strip())
+    for method in methods:
+        if method not in IMPORT_METHOD_NAMES:
+            raise ConfigError(
+                f"enabled_import_methods: unknown method {method!r}; known are "
+                + ", ".join(IMPORT_METHOD_NAMES)
+            )
+    return methods
+
+
 @frozen
 class ImageFormatConfig:
     """
@@ -199,6 +216,14 @@ class Config:
     #: as its C{os_hash_algo} (Glance's option and default): an operator
     #: whose CPUs hash sha256 in hardware may prefer it.
     hashing_algorithm: str = DEFAULT_HASHING_ALGORITHM
+    #: The interoperable import methods offered (Glance's option and
+    #: default; see L{glance_tx.imports}).
+    enabled_import_methods: tuple[str, ...] = field(
+        default=IMPORT_METHOD_NAMES, converter=_names
+    )
+    #: C{[import_filtering_opts]}: the HTTP store's options (its address
+    #: guard) for reading web-download URLs when no HTTP store is enabled.
+    import_filtering: Mapping[str, str] = field(factory=dict)
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -314,6 +339,16 @@ def load_config(
         hashing_algorithm=hashing_algorithm(
             default.get("hashing_algorithm") or DEFAULT_HASHING_ALGORITHM
         ),
+        enabled_import_methods=_import_methods(default.get("enabled_import_methods")),
+        import_filtering={
+            k: v
+            for k, v in (
+                parser["import_filtering_opts"].items()
+                if parser.has_section("import_filtering_opts")
+                else ()
+            )
+            if k not in default
+        },
     )
 
 

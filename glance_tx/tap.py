@@ -56,6 +56,7 @@ from glance_tx.services import (
     scrubber_service,
     stop_reactor_on_failure,
 )
+from glance_tx.store.interface import IStore
 from glance_tx.threads import BlockingRunner
 
 log = Logger()
@@ -134,6 +135,19 @@ def glance_service(
             identity=await identity.when_ready(),
             delayed_delete=config.delayed_delete,
             hashing_algorithm=config.hashing_algorithm,
+            import_methods=config.enabled_import_methods,
+            web_download=await web_download(),
+        )
+
+    async def web_download() -> IStore | None:
+        """The HTTP store if enabled, else one from [import_filtering_opts]."""
+        from glance_tx.store.http import HTTPStore, load_http_store
+
+        enabled = await stores.when_ready()
+        if any(isinstance(s, HTTPStore) for s in enabled.stores.values()):
+            return None  # build_site takes it
+        return await load_http_store(
+            "[import_filtering_opts]", config.import_filtering, runner, reactor
         )
 
     children: dict[str, IService] = {

@@ -12,10 +12,13 @@ from glance_tx.api.v2 import V2API
 from glance_tx.config import CacheConfig, ImageFormatConfig, ImageQuotas
 from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.identity.interface import IIdentityResolver
+from glance_tx.imports import IMPORT_METHODS, Importer
 from glance_tx.leases import UploadLeases
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.quotas import QuotaRegistry
 from glance_tx.store.backends import StoreMap
+from glance_tx.store.http import HTTPStore
+from glance_tx.store.interface import IStore
 from glance_tx.threads import BlockingRunner
 from glance_tx.uploads import Uploader
 
@@ -38,11 +41,14 @@ def build_site(
     delayed_delete: bool = False,
     image_format: ImageFormatConfig | None = None,
     hashing_algorithm: str = "sha512",
+    import_methods: tuple[str, ...] = IMPORT_METHODS,
+    web_download: IStore | None = None,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
     the headers, with C{default_project} for requests that have none
-    (C{auth_strategy = noauth}).
+    (C{auth_strategy = noauth}). web-download URLs are read by
+    C{web_download}, by default the enabled HTTP store (its guard), if any.
     """
     cache = cache or CacheConfig()
     # Every change the APIs make passes the per-image quotas.
@@ -57,6 +63,15 @@ def build_site(
         hashing_algorithm=hashing_algorithm,
         leases=leases,
         image_format=image_format or ImageFormatConfig(),
+    )
+    if web_download is None:
+        web_download = next((s for s in stores.stores.values() if isinstance(s, HTTPStore)), None)
+    importer = Importer(
+        registry=registry,
+        stores=stores,
+        uploader=uploader,
+        web=web_download,
+        methods=import_methods,
     )
     v1 = V1API(
         registry=registry,
@@ -75,6 +90,7 @@ def build_site(
         show_multiple_locations=show_multiple_locations,
         show_image_direct_url=show_image_direct_url,
         delayed_delete=delayed_delete,
+        importer=importer,
     )
     root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())
     site = GlanceSite(
@@ -84,4 +100,5 @@ def build_site(
         reactor=reactor,
     )
     site.displayTracebacks = False
+    site.importer = importer
     return site
