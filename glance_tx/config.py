@@ -152,6 +152,23 @@ class ImageFormatConfig:
 
 
 @frozen
+class ImageConversionConfig:
+    """
+    C{[image_conversion]}: Glance's C{output_format}, and the limits of
+    the C{qemu-img convert} that makes it (L{glance_tx.formats.conversion}).
+    """
+
+    #: raw, qcow2 or vmdk; None converts nothing.
+    output_format: str | None = None
+    #: The node-local directory of the work files; None: under data_dir.
+    work_dir: str | None = None
+    #: Seconds a conversion may take (wall clock and CPU).
+    timeout: float = 600.0
+    #: Bytes of address space qemu-img may use.
+    memory_limit: int = 1 << 30
+
+
+@frozen
 class Config:
     endpoint: str
     data_dir: str
@@ -224,6 +241,7 @@ class Config:
     #: C{[import_filtering_opts]}: the HTTP store's options (its address
     #: guard) for reading web-download URLs when no HTTP store is enabled.
     import_filtering: Mapping[str, str] = field(factory=dict)
+    image_conversion: ImageConversionConfig = field(factory=ImageConversionConfig)
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -340,6 +358,7 @@ def load_config(
             default.get("hashing_algorithm") or DEFAULT_HASHING_ALGORITHM
         ),
         enabled_import_methods=_import_methods(default.get("enabled_import_methods")),
+        image_conversion=_image_conversion_config(parser),
         import_filtering={
             k: v
             for k, v in (
@@ -522,4 +541,21 @@ def _image_format_config(parser: configparser.ConfigParser) -> ImageFormatConfig
         vmdk_allowed_types=defaults.vmdk_allowed_types
         if types is None
         else tuple(t.strip() for t in types.split(",") if t.strip()),
+    )
+
+
+def _image_conversion_config(parser: configparser.ConfigParser) -> ImageConversionConfig:
+    """The [image_conversion] section; see L{ImageConversionConfig}."""
+    section: Mapping[str, str] = (
+        parser["image_conversion"] if parser.has_section("image_conversion") else {}
+    )
+    output = (section.get("output_format") or "").strip() or None
+    if output is not None and output not in ("raw", "qcow2", "vmdk"):
+        raise ConfigError(f"output_format must be raw, qcow2 or vmdk, not {output!r}")
+    defaults = ImageConversionConfig()
+    return ImageConversionConfig(
+        output_format=output,
+        work_dir=(section.get("work_dir") or "").strip() or None,
+        timeout=_seconds(section, "timeout", defaults.timeout),
+        memory_limit=_int(section, "memory_limit", defaults.memory_limit, minimum=1 << 20),
     )

@@ -21,7 +21,8 @@ names the stores still to do; a store that fails is added to
 C{os_glance_failed_import}. Success makes the image C{active} with its new
 locations (the staged data is removed); failure, when every store had to
 succeed, returns the image to C{queued} with nothing stored, as Glance's
-revert does.
+revert does. With a L{Converter}, the source is converted first (see
+L{glance_tx.formats.conversion}).
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from glance_tx import images
 from glance_tx.config import IMPORT_METHOD_NAMES
 from glance_tx.errors import GlanceError, NotFound, VersionConflict
+from glance_tx.formats.conversion import Converter
 from glance_tx.images import Image, ImageUpdate, Location
 from glance_tx.registry.interface import IRegistry
 from glance_tx.stages import IUploadStage
@@ -100,6 +102,9 @@ class Importer:
     web: IStore | None = None
     #: Glance's C{enabled_import_methods}.
     methods: tuple[str, ...] = IMPORT_METHODS
+    #: Converts imports to C{[image_conversion] output_format}; None: no
+    #: conversion.
+    converter: Converter | None = None
     #: Each image's import in flight on this node.
     running: dict[str, Deferred[None]] = field(factory=dict, init=False)
 
@@ -133,25 +138,42 @@ class Importer:
         return DeferredList(list(self.running.values()))
 
     async def _run(self, job: ImportJob) -> None:
+        work: list[str] = []
+        try:
+            await self._import(job, work)
+        finally:
+            if job.method == GLANCE_DIRECT:
+                await self._delete(job.source)  # the staged data
+            if self.converter is not None:
+                for key in work:
+                    await self._delete(Location(self.converter.work.location_for(key)), self.converter.work)
+
+    async def _import(self, job: ImportJob, work: list[str]) -> None:
+        """Into each store in turn; C{work} collects the work files made."""
         image = job.image
         source = job.source
+        reader: IStore | None = self.web if job.method == WEB_DOWNLOAD else None
         stages: Sequence[IUploadStage] | None = () if job.method == COPY_IMAGE else None
         remaining = list(job.stores)
         failed: list[str] = []
         done: list[Location] = []
         first: UploadResult | None = None
-        from_web = job.method == WEB_DOWNLOAD
+        converter = self.converter
+        if job.method != COPY_IMAGE and converter is not None and converter.wants(image.disk_format):
+            try:
+                source = await self._convert(converter, image, source, reader, work)
+            except Exception as e:
+                self._failed(image, "work directory", e)
+                await self._revert(image.id, list(job.stores), [])
+                return
+            image = evolve(image, disk_format=converter.output_format)
+            reader = converter.work
         for store_id in job.stores:
             remaining.remove(store_id)
             try:
-                stored = await self._copy(image, source, from_web, store_id, stages)
+                stored = await self._copy(image, reader, source, self.stores.get(store_id), stages)
             except Exception as e:
-                log.warn(
-                    "Import of {image_id} into {store_id} failed: {reason}",
-                    image_id=image.id,
-                    store_id=store_id,
-                    reason=e.message if isinstance(e, GlanceError) else repr(e),
-                )
+                self._failed(image, store_id, e)
                 failed.append(store_id)
                 if job.all_stores_must_succeed:
                     break
@@ -161,38 +183,63 @@ class Importer:
                 if first is None:
                     first = stored
                     # The rest are copies of what was just checked.
-                    source, from_web, stages = location, False, ()
+                    source, reader, stages = location, None, ()
             if remaining:
                 await self._progress(image.id, remaining, failed)
         if job.method == COPY_IMAGE:
             await self._add_copies(image.id, done, failed)
             return
         succeeded = first is not None and not (failed and job.all_stores_must_succeed)
-        try:
-            if succeeded and first is not None:
-                await self._activate(image.id, first, done, failed)
-            else:
-                await self._revert(image.id, failed or list(job.stores), done)
-        finally:
-            if job.method == GLANCE_DIRECT:
-                await self._delete(job.source)  # the staged data
+        if succeeded and first is not None:
+            await self._activate(image, first, done, failed)
+        else:
+            await self._revert(image.id, failed or list(job.stores), done)
+
+    def _failed(self, image: Image, where: str, e: Exception) -> None:
+        log.warn(
+            "Import of {image_id} into {where} failed: {reason}",
+            image_id=image.id,
+            where=where,
+            reason=e.message if isinstance(e, GlanceError) else repr(e),
+        )
+
+    async def _convert(
+        self,
+        converter: Converter,
+        image: Image,
+        source: Location,
+        reader: IStore | None,
+        work: list[str],
+    ) -> Location:
+        """
+        The source, inspected as its declared format, into a work file, and
+        that converted: the location of the output in the work store.
+        """
+        key = converter.work_key()
+        work.append(key)
+        await self._copy(image, reader, source, converter.work, None, key=key)
+        assert image.disk_format is not None  # wants() said so
+        output = await converter.convert(key, image.disk_format)
+        work.append(output)
+        return Location(converter.work.location_for(output))
 
     async def _copy(
         self,
         image: Image,
+        reader: IStore | None,
         source: Location,
-        from_web: bool,
-        store_id: str,
+        target: IStore,
         stages: Sequence[IUploadStage] | None,
+        key: str | None = None,
     ) -> UploadResult:
         """
-        Stream C{source} (a URL, C{from_web}) into C{store_id} through the
-        upload pipeline.
+        Stream C{source}, read by C{reader} (None: the store that holds
+        it), into C{target} (under C{key}, by default the image id) through
+        the upload pipeline, with C{stages} (None: an upload's).
         """
-        reader = self.web if from_web else self.stores.for_location(source)
         if reader is None:
-            raise GlanceError("web-download is not enabled")
-        writer = await self.stores.get(store_id).open_writer(image.id)
+            reader = self.stores.for_location(source)
+        writer = await target.open_writer(key or image.id)
         pipeline = UploadPipeline(
             writer=writer,
             runner=self.uploader.runner,
@@ -218,14 +265,16 @@ class Importer:
             log.info("Import progress of {image_id} not recorded: {e}", image_id=image_id, e=e.message)
 
     async def _activate(
-        self, image_id: str, result: UploadResult, done: list[Location], failed: list[str]
+        self, image: Image, result: UploadResult, done: list[Location], failed: list[str]
     ) -> None:
+        """The image active with its data (in C{image}'s disk format: converted)."""
         try:
             await self.registry.update(
-                image_id,
+                image.id,
                 ImageUpdate(
                     fields={
                         **result.fields,
+                        "disk_format": image.disk_format,
                         "status": images.ACTIVE,
                         "size": result.size,
                         "locations": tuple(done),
@@ -279,9 +328,9 @@ class Importer:
         for location in locations:
             await self._delete(location)
 
-    async def _delete(self, location: Location) -> None:
+    async def _delete(self, location: Location, store: IStore | None = None) -> None:
         try:
-            await self.stores.for_location(location).delete(location.url)
+            await (store or self.stores.for_location(location)).delete(location.url)
         except NotFound:
             pass
         except GlanceError as e:

@@ -32,7 +32,8 @@ that touches the global reactor.
 
 from __future__ import annotations
 
-from typing import Any, cast
+import os
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
@@ -58,6 +59,9 @@ from glance_tx.services import (
 )
 from glance_tx.store.interface import IStore
 from glance_tx.threads import BlockingRunner
+
+if TYPE_CHECKING:
+    from glance_tx.formats.conversion import Converter
 
 log = Logger()
 
@@ -137,7 +141,29 @@ def glance_service(
             hashing_algorithm=config.hashing_algorithm,
             import_methods=config.enabled_import_methods,
             web_download=await web_download(),
+            converter=await converter(),
         )
+
+    async def converter() -> Converter | None:
+        """With [image_conversion] output_format: the converter, work dir emptied."""
+        from glance_tx.formats.conversion import Converter
+        from glance_tx.store.filesystem import FilesystemStore
+
+        options = config.image_conversion
+        if options.output_format is None:
+            return None
+        made = Converter(
+            reactor=reactor,
+            work=FilesystemStore(
+                options.work_dir or os.path.join(config.data_dir, "conversion"), runner
+            ),
+            output_format=options.output_format,
+            timeout=options.timeout,
+            memory_limit=options.memory_limit,
+            size_limit=config.image_size_cap,
+        )
+        await made.clean()
+        return made
 
     async def web_download() -> IStore | None:
         """The HTTP store if enabled, else one from [import_filtering_opts]."""

@@ -301,3 +301,18 @@ class ImportOptionsTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as caught:
             self.load("[DEFAULT]\nenabled_import_methods = glance-download\n")
         self.assertIn("glance-download", str(caught.exception))
+
+    def test_image_conversion(self) -> None:
+        """[image_conversion]: output_format (raw, qcow2, vmdk) and its limits."""
+        self.assertIsNone(self.load("").image_conversion.output_format)
+        config = self.load(
+            "[image_conversion]\noutput_format = raw\ntimeout = 30\nmemory_limit = 268435456\n"
+        )
+        self.assertEqual(
+            (config.image_conversion.output_format, config.image_conversion.timeout,
+             config.image_conversion.memory_limit),
+            ("raw", 30.0, 1 << 28),
+        )
+        with self.assertRaises(ConfigError) as caught:
+            self.load("[image_conversion]\noutput_format = vhd\n")
+        self.assertIn("output_format", str(caught.exception))

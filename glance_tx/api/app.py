@@ -10,6 +10,7 @@ from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
 from glance_tx.config import CacheConfig, ImageFormatConfig, ImageQuotas
+from glance_tx.formats.conversion import Converter
 from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.imports import IMPORT_METHODS, Importer
@@ -43,6 +44,7 @@ def build_site(
     hashing_algorithm: str = "sha512",
     import_methods: tuple[str, ...] = IMPORT_METHODS,
     web_download: IStore | None = None,
+    converter: Converter | None = None,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
@@ -72,6 +74,7 @@ def build_site(
         uploader=uploader,
         web=web_download,
         methods=import_methods,
+        converter=converter,
     )
     v1 = V1API(
         registry=registry,
