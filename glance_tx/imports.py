@@ -159,6 +159,7 @@ class Importer:
         done: list[Location] = []
         first: UploadResult | None = None
         converter = self.converter
+        expected = images.ACTIVE if job.method == COPY_IMAGE else images.IMAGE_IMPORTING
         if job.method != COPY_IMAGE and converter is not None and converter.wants(image.disk_format):
             try:
                 source = await self._convert(converter, image, source, reader, work)
@@ -172,13 +173,14 @@ class Importer:
             remaining.remove(store_id)
             try:
                 stored = await self._copy(image, reader, source, self.stores.get(store_id), stages)
+                location = Location(stored.location, store_id)
+                await self._record(image.id, location, expected)
             except Exception as e:
                 self._failed(image, store_id, e)
                 failed.append(store_id)
                 if job.all_stores_must_succeed:
                     break
             else:
-                location = Location(stored.location, store_id)
                 done.append(location)
                 if first is None:
                     first = stored
@@ -302,27 +304,40 @@ class Importer:
         except GlanceError as e:
             log.info("Image {image_id} not returned to queued: {e}", image_id=image_id, e=e.message)
 
-    async def _add_copies(self, image_id: str, done: list[Location], failed: list[str]) -> None:
-        """Add the copies to the image as it is now (it may have changed)."""
-        for _ in range(5):
-            try:
+    async def _record(self, image_id: str, location: Location, status: str) -> None:
+        """
+        Add C{location} to the image (still in C{status}) as soon as its data
+        is in, so the orphan sweep never takes it for unowned however long
+        the other stores take; if that cannot be recorded, remove the data.
+        """
+        try:
+            for _ in range(5):
                 image = await self.registry.get(image_id)
-                await self.registry.update(
-                    image_id,
-                    ImageUpdate(
-                        fields={"locations": (*image.locations, *done)},
-                        properties={IMPORTING_TO_STORES: "", FAILED_IMPORT: _joined(failed)},
-                    ),
-                    expected_status=frozenset({images.ACTIVE}),
-                    expected_version=image.version,
-                )
-                return
-            except VersionConflict:
-                continue
-            except BaseException:
-                await self._delete_all(done)
-                raise
-        await self._delete_all(done)
+                try:
+                    await self.registry.update(
+                        image_id,
+                        ImageUpdate(fields={"locations": (*image.locations, location)}),
+                        expected_status=frozenset({status}),
+                        expected_version=image.version,
+                    )
+                    return
+                except VersionConflict:
+                    continue
+            raise VersionConflict(f"Image {image_id} kept changing")
+        except BaseException:
+            await self._delete(location)
+            raise
+
+    async def _add_copies(self, image_id: str, done: list[Location], failed: list[str]) -> None:
+        """The copies are recorded already; say the copy has ended."""
+        try:
+            await self.registry.update(
+                image_id,
+                ImageUpdate(properties={IMPORTING_TO_STORES: "", FAILED_IMPORT: _joined(failed)}),
+                expected_status=frozenset({images.ACTIVE}),
+            )
+        except GlanceError as e:
+            log.info("Copy of {image_id} not recorded as ended: {e}", image_id=image_id, e=e.message)
 
     async def _delete_all(self, locations: Sequence[Location]) -> None:
         for location in locations:

@@ -119,6 +119,41 @@ class GlanceDirectTests(ImportTestCase):
         self.assertEqual(self.files_in(self.store_root), [image["id"]])
         self.assertEqual(self.files_in(self.second_root), [image["id"]])
 
+    def break_second(self) -> None:
+        self.second_root.remove()
+        self.second_root.setContent(b"not a directory")
+
+    def test_one_store_fails_all_must_succeed(self) -> None:
+        """
+        The second store failing fails the import (the default): queued, the
+        first store's data (recorded as it landed) removed too.
+        """
+        image = self.create(ALICE)
+        self.stage(image["id"], headers=ALICE)
+        self.break_second()
+        self.import_(image["id"], {"method": {"name": "glance-direct"}, "all_stores": True}, ALICE)
+        shown = self.show(image["id"], ALICE)
+        self.assertEqual((shown["status"], shown["os_glance_failed_import"]), ("queued", "second"))
+        self.assertEqual(self.files_in(self.store_root), [])
+        self.assertEqual(self.stored_record(image["id"]).locations, ())
+
+    def test_one_store_fails_others_may(self) -> None:
+        """With all_stores_must_succeed false, active in the stores that worked."""
+        image = self.create(ALICE)
+        self.stage(image["id"], headers=ALICE)
+        self.break_second()
+        self.import_(
+            image["id"],
+            {"method": {"name": "glance-direct"}, "all_stores": True, "all_stores_must_succeed": False},
+            ALICE,
+        )
+        shown = self.show(image["id"], ALICE)
+        self.assertEqual(
+            (shown["status"], shown["stores"], shown["os_glance_failed_import"]),
+            ("active", "file", "second"),
+        )
+        self.assertEqual(self.files_in(self.store_root), [image["id"]])
+
     def test_import_needs_stage(self) -> None:
         """glance-direct of an image not staged is a 409, as Glance."""
         image = self.create(ALICE)
