@@ -207,7 +207,6 @@ class GlanceDirectTests(ImportTestCase):
             ({"method": {}}, "'name'"),
             ({"method": {"name": "glance-download"}}, "Unknown import method"),
             ({"method": {"name": "glance-direct"}, "all_stores_must_succeed": "yes"}, "boolean"),
-            ({"method": {"name": "glance-direct"}, "stores": ["nowhere"]}, "nowhere"),
             ({"method": {"name": "glance-direct"}, "all_stores": True, "stores": ["file"]}, "All_stores"),
             ({"method": {"name": "web-download", "uri": "file:///etc/passwd"}}, "http or https"),
         ]:
@@ -215,6 +214,14 @@ class GlanceDirectTests(ImportTestCase):
             self.assertError(answer, 400)
             self.assertIn(message, answer.body.decode())
         self.assertEqual(self.show(image["id"], ALICE)["status"], "uploading")
+
+    def test_unknown_store(self) -> None:
+        """An unknown store is a 409, as Glance answers it (UnknownScheme)."""
+        image = self.create(ALICE)
+        self.stage(image["id"], headers=ALICE)
+        answer = self.import_(image["id"], {"method": {"name": "glance-direct"}, "stores": ["nowhere"]}, ALICE)
+        self.assertError(answer, 409)
+        self.assertIn("nowhere", answer.body.decode())
 
 
 class WebDownloadTests(ImportTestCase):

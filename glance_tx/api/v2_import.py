@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
-from glance_tx.errors import BadRequest
+from glance_tx.errors import BadRequest, Conflict
 from glance_tx.imports import WEB_DOWNLOAD
 from glance_tx.net_guard import SCHEMES
 from glance_tx.store.backends import StoreMap, is_read_only
@@ -88,6 +88,11 @@ def parse_import(
     else:
         chosen = (header_store or stores.default_id,)
     for store_id in chosen:
+        if store_id not in stores.stores:
+            # Glance answers an unknown store here with 409, not 400.
+            raise Conflict(
+                f"Unknown store {store_id!r}; enabled stores are " + ", ".join(sorted(stores.stores))
+            )
         stores.checked_id(store_id)
     return ImportRequest(
         method=name,
