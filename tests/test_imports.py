@@ -161,6 +161,15 @@ class GlanceDirectTests(ImportTestCase):
         self.assertError(answer, 409)
         self.assertIn("staged", answer.body.decode())
 
+    def test_failed_stage_returns_to_queued(self) -> None:
+        """A stage whose body is not its declared size is a 400: queued, nothing kept."""
+        image = self.create(ALICE)
+        answer = self.stage(image["id"], headers={**ALICE, "x-openstack-image-size": str(len(DATA) + 1)})
+        self.assertError(answer, 400)
+        self.assertEqual(self.show(image["id"], ALICE)["status"], "queued")
+        self.assertEqual(self.files_in(self.store_root), [])
+        self.assertEqual(self.stage(image["id"], headers=ALICE).code, 204)
+
     def test_stage_only_queued(self) -> None:
         """Staging an image that is not queued is a 409."""
         image = self.active(headers=ALICE)
