@@ -19,7 +19,9 @@
      |- purger              with [cache] purge_urls only: PURGEs, through
      |                      a connection pool of its own; at stop, pending
      |                      purges get a few seconds to finish
-     `- listener            the API's Site on the configured endpoint
+     `- listener            the API's Site on the configured endpoint; at
+                            stop, imports in flight get a few seconds, then
+                            fail (the image queued again)
 
 So the API listens only once the registry, the stores and recovery are
 ready; at stop it stops listening first, then purges finish, the registry
@@ -64,6 +66,10 @@ if TYPE_CHECKING:
     from glance_tx.formats.conversion import Converter
 
 log = Logger()
+
+#: Seconds an import still running at stop gets to end before it is
+#: cancelled (and the image returned to queued).
+IMPORT_DRAIN_SECONDS = 10.0
 
 
 class Options(usage.Options):
@@ -122,7 +128,7 @@ def glance_service(
             api_registry = PurgingRegistry(
                 api_registry, await purger.when_ready(), clock=reactor
             )
-        return build_site(
+        built = build_site(
             registry=api_registry,
             stores=await stores.when_ready(),
             runner=runner,
@@ -143,6 +149,16 @@ def glance_service(
             web_download=await web_download(),
             converter=await converter(),
         )
+        sites.append(built)
+        return built
+
+    #: The site once built (for the drain at stop).
+    sites: list[Any] = []
+
+    async def drain_imports() -> None:
+        """At stop, imports in flight get IMPORT_DRAIN_SECONDS, then fail."""
+        for built in sites:
+            await built.importer.stop(reactor, IMPORT_DRAIN_SECONDS)
 
     async def converter() -> Converter | None:
         """With [image_conversion] output_format: the converter, work dir emptied."""
@@ -200,7 +216,7 @@ def glance_service(
     if purger is not None:
         children["purger"] = purger
     children["listener"] = ListenerService(
-        serverFromString(reactor, config.endpoint), site, "glance-tx"
+        serverFromString(reactor, config.endpoint), site, "glance-tx", drain=drain_imports
     )
     return ServiceChain.of(children)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.filepath import FilePath
 
@@ -311,3 +312,28 @@ class CopyImageTests(ImportTestCase):
         self.assertEqual(shown["status"], "active")
         self.assertEqual(shown["stores"], "file")
         self.assertEqual(shown["os_glance_failed_import"], "second")
+
+
+class StopTests(ImportTestCase):
+    def test_stop_cancels_stalled_import(self) -> None:
+        """
+        At shutdown an import that does not end in time is cancelled and
+        fails as any failure does: queued, failure recorded, nothing left.
+        """
+        self.web.paced = True
+        url = self.web.add(DATA)
+        image = self.create(ALICE)
+        answer = self.send_json(
+            "POST", f"/v2/images/{image['id']}/import",
+            {"method": {"name": "web-download", "uri": url}}, ALICE,
+        )
+        self.assertEqual(answer.code, 202)
+        self.assertEqual(self.show(image["id"], ALICE)["status"], "importing")
+        clock = Clock()
+        stopped = Deferred.fromCoroutine(self.site.importer.stop(clock, 5))
+        self.assertNoResult(stopped)
+        clock.advance(5)
+        self.successResultOf(stopped)
+        shown = self.show(image["id"], ALICE)
+        self.assertEqual((shown["status"], shown["os_glance_failed_import"]), ("queued", "file"))
+        self.assertEqual(self.files_in(self.store_root), [])
