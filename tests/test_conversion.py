@@ -12,7 +12,7 @@ import subprocess
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -63,6 +63,18 @@ class ConverterTests(TestCase):
         with self.assertRaises(ConversionFailed) as caught:
             await self.converter(qemu_img=script, timeout=0.3).convert(key, "raw")
         self.assertIn("longer than 0.3 seconds", caught.exception.message)
+        self.assertEqual(sorted(self.work.root.listdir()), [key])
+
+    async def test_cancel_kills(self) -> None:
+        """A cancelled conversion (a stop) kills qemu-img and leaves no output."""
+        script = self.images.write("slow", b"#!/bin/sh\nexec sleep 30\n")
+        os.chmod(script, 0o755)
+        key = self.put(self.images.write("x.raw", b"x" * 512))
+        d = Deferred.fromCoroutine(self.converter(qemu_img=script).convert(key, "raw"))
+        await deferLater(reactor, 0.2)
+        d.cancel()
+        with self.assertRaises(CancelledError):
+            await d
         self.assertEqual(sorted(self.work.root.listdir()), [key])
 
     async def test_memory_limit(self) -> None:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from contextlib import suppress
 from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -49,6 +50,8 @@ class ConversionFailed(GlanceError):
 class _Collect(ProcessProtocol):
     def __init__(self, done: Deferred[tuple[Any, bytes]]) -> None:
         self.done = done
+        #: Fires when the child has gone, even if C{done} was cancelled.
+        self.exited: Deferred[None] = Deferred()
         self.err = bytearray()
 
     def errReceived(self, data: bytes) -> None:
@@ -56,7 +59,9 @@ class _Collect(ProcessProtocol):
             self.err += data[: _STDERR_KEPT - len(self.err)]
 
     def processEnded(self, reason: Failure) -> None:
-        self.done.callback((reason.value, bytes(self.err)))
+        if not self.done.called:
+            self.done.callback((reason.value, bytes(self.err)))
+        self.exited.callback(None)
 
 
 @define
@@ -124,12 +129,20 @@ class Converter:
             target,
         ]
         done: Deferred[tuple[Any, bytes]] = Deferred()
+        child = _Collect(done)
         transport = self.reactor.spawnProcess(
-            _Collect(done), argv[0], argv, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+            child, argv[0], argv, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         )
         timer = self.reactor.callLater(self.timeout, transport.signalProcess, "KILL")
         try:
             ended, err = await done
+        except BaseException:
+            # Cancelled (a stop): the child must not outlive its import.
+            with suppress(ProcessExitedAlready):
+                transport.signalProcess("KILL")
+            await child.exited
+            await self.work.runner.run(_remove, target)
+            raise
         finally:
             timed_out = not timer.active()
             if not timed_out:
