@@ -125,6 +125,23 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+#: The import methods there are, in Glance's default order.
+IMPORT_METHOD_NAMES = ("glance-direct", "web-download", "copy-image")
+
+
+def _import_methods(raw: str | None) -> tuple[str, ...]:
+    if raw is None:
+        return IMPORT_METHOD_NAMES
+    methods = tuple(m.strip() for m in raw.split(",") if m.strip())
+    for method in methods:
+        if method not in IMPORT_METHOD_NAMES:
+            raise ConfigError(
+                f"enabled_import_methods: unknown method {method!r}; known are "
+                + ", ".join(IMPORT_METHOD_NAMES)
+            )
+    return methods
+
+
 @frozen
 class ImageFormatConfig:
     """
@@ -182,6 +199,23 @@ class ClientLimits:
     #: The most connections this node serves at once; past it a new one
     #: is answered 503 with Retry-After (None: no limit).
     max_connections: int | None = 1000
+
+
+@frozen
+class ImageConversionConfig:
+    """
+    C{[image_conversion]}: Glance's C{output_format}, and the limits of
+    the C{qemu-img convert} that makes it (L{glance_tx.formats.conversion}).
+    """
+
+    #: raw, qcow2 or vmdk; None converts nothing.
+    output_format: str | None = None
+    #: The node-local directory of the work files; None: under data_dir.
+    work_dir: str | None = None
+    #: Seconds a conversion may take (wall clock and CPU).
+    timeout: float = 600.0
+    #: Bytes of address space qemu-img may use.
+    memory_limit: int = 1 << 30
 
 
 @frozen
@@ -258,6 +292,15 @@ class Config:
     #: The most image-data uploads this node takes at once; past it an
     #: upload is answered 503 with Retry-After (None: no limit).
     max_concurrent_uploads: int | None = 100
+    #: The interoperable import methods offered (Glance's option and
+    #: default; see L{glance_tx.imports}).
+    enabled_import_methods: tuple[str, ...] = field(
+        default=IMPORT_METHOD_NAMES, converter=_names
+    )
+    #: C{[import_filtering_opts]}: the HTTP store's options (its address
+    #: guard) for reading web-download URLs when no HTTP store is enabled.
+    import_filtering: Mapping[str, str] = field(factory=dict)
+    image_conversion: ImageConversionConfig = field(factory=ImageConversionConfig)
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -377,6 +420,17 @@ def load_config(
         project_limits=_project_limits(parser),
         clients=_client_limits(default),
         max_concurrent_uploads=_limit(default, "max_concurrent_uploads", 100),
+        enabled_import_methods=_import_methods(default.get("enabled_import_methods")),
+        image_conversion=_image_conversion_config(parser),
+        import_filtering={
+            k: v
+            for k, v in (
+                parser["import_filtering_opts"].items()
+                if parser.has_section("import_filtering_opts")
+                else ()
+            )
+            if k not in default
+        },
     )
 
 
@@ -659,4 +713,21 @@ def _image_format_config(parser: configparser.ConfigParser) -> ImageFormatConfig
         vmdk_allowed_types=defaults.vmdk_allowed_types
         if types is None
         else tuple(t.strip() for t in types.split(",") if t.strip()),
+    )
+
+
+def _image_conversion_config(parser: configparser.ConfigParser) -> ImageConversionConfig:
+    """The [image_conversion] section; see L{ImageConversionConfig}."""
+    section: Mapping[str, str] = (
+        parser["image_conversion"] if parser.has_section("image_conversion") else {}
+    )
+    output = (section.get("output_format") or "").strip() or None
+    if output is not None and output not in ("raw", "qcow2", "vmdk"):
+        raise ConfigError(f"output_format must be raw, qcow2 or vmdk, not {output!r}")
+    defaults = ImageConversionConfig()
+    return ImageConversionConfig(
+        output_format=output,
+        work_dir=(section.get("work_dir") or "").strip() or None,
+        timeout=_seconds(section, "timeout", defaults.timeout),
+        memory_limit=_int(section, "memory_limit", defaults.memory_limit, minimum=1 << 20),
     )

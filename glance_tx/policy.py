@@ -82,6 +82,7 @@ DEFAULT_RULES: dict[str, str] = {
     "modify_member": ADMIN_OR_SHARED_MEMBER,
     "deactivate": ADMIN_OR_PROJECT_MEMBER,
     "reactivate": ADMIN_OR_PROJECT_MEMBER,
+    "copy_image": "role:admin",
 }
 
 #: Keystone's default role implications (what C{keystone-manage bootstrap}
@@ -320,6 +321,10 @@ class Policy:
         """
         target = image_target(image) if image is not None else {"project_id": context.project_id}
         self.enforce("set_image_location", context, target, "Only an admin may set an image's location")
+
+    def check_copy(self, context: RequestContext, image: Image) -> None:
+        """copy-image import into more stores: an admin's, as in Glance."""
+        self.enforce("copy_image", context, image_target(image), "Only an admin can copy images")
 
     def check_deletable(self, context: RequestContext, image: Image) -> None:
         self.enforce(

@@ -563,12 +563,15 @@ class ListenerService(ReadyService[IListeningPort]):
     """
     Listens on C{endpoint} with the factory C{factory} makes once awaited
     (so it can wait for what the site needs), and logs "C{label} serving
-    on ADDRESS"; at stop, stops listening.
+    on ADDRESS"; at stop, stops listening, then waits for C{drain}.
     """
 
     endpoint: IStreamServerEndpoint
     factory: Callable[[], Awaitable[IProtocolFactory]]
     label: str
+    #: Run at stop once no longer listening: what the site still does in
+    #: the background (imports) gets to end.
+    drain: Callable[[], Awaitable[None]] | None = None
     port: IListeningPort | None = field(default=None, init=False)
 
     async def start(self) -> IListeningPort:
@@ -581,3 +584,5 @@ class ListenerService(ReadyService[IListeningPort]):
         if self.port is not None:
             port, self.port = self.port, None
             await maybeDeferred(port.stopListening)
+        if self.drain is not None:
+            await self.drain()

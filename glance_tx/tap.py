@@ -21,7 +21,9 @@
      |- purger              with [cache] purge_urls only: PURGEs, through
      |                      a connection pool of its own; at stop, pending
      |                      purges get a few seconds to finish
-     `- listener            the API's Site on the configured endpoint
+     `- listener            the API's Site on the configured endpoint; at
+                            stop, imports in flight get a few seconds, then
+                            fail (the image queued again)
 
 So the API listens only once the registry, the stores and recovery are
 ready; at stop it stops listening first, then purges finish, the registry
@@ -34,7 +36,8 @@ that touches the global reactor.
 
 from __future__ import annotations
 
-from typing import Any, cast
+import os
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
@@ -59,9 +62,17 @@ from glance_tx.services import (
     scrubber_service,
     stop_reactor_on_failure,
 )
+from glance_tx.store.interface import IStore
 from glance_tx.threads import BlockingRunner
 
+if TYPE_CHECKING:
+    from glance_tx.formats.conversion import Converter
+
 log = Logger()
+
+#: Seconds an import still running at stop gets to end before it is
+#: cancelled (and the image returned to queued).
+IMPORT_DRAIN_SECONDS = 10.0
 
 
 class Options(usage.Options):
@@ -121,7 +132,7 @@ def glance_service(
             api_registry = PurgingRegistry(
                 api_registry, await purger.when_ready(), clock=reactor
             )
-        return build_site(
+        built = build_site(
             registry=api_registry,
             stores=await stores.when_ready(),
             runner=runner,
@@ -142,6 +153,51 @@ def glance_service(
             project_limits=config.project_limits,
             client_limits=config.clients,
             max_concurrent_uploads=config.max_concurrent_uploads,
+            import_methods=config.enabled_import_methods,
+            web_download=await web_download(),
+            converter=await converter(),
+        )
+        sites.append(built)
+        return built
+
+    #: The site once built (for the drain at stop).
+    sites: list[Any] = []
+
+    async def drain_imports() -> None:
+        """At stop, imports in flight get IMPORT_DRAIN_SECONDS, then fail."""
+        for built in sites:
+            await built.importer.stop(reactor, IMPORT_DRAIN_SECONDS)
+
+    async def converter() -> Converter | None:
+        """With [image_conversion] output_format: the converter, work dir emptied."""
+        from glance_tx.formats.conversion import Converter
+        from glance_tx.store.filesystem import FilesystemStore
+
+        options = config.image_conversion
+        if options.output_format is None:
+            return None
+        made = Converter(
+            reactor=reactor,
+            work=FilesystemStore(
+                options.work_dir or os.path.join(config.data_dir, "conversion"), runner
+            ),
+            output_format=options.output_format,
+            timeout=options.timeout,
+            memory_limit=options.memory_limit,
+            size_limit=config.image_size_cap,
+        )
+        await made.clean()
+        return made
+
+    async def web_download() -> IStore | None:
+        """The HTTP store if enabled, else one from [import_filtering_opts]."""
+        from glance_tx.store.http import HTTPStore, load_http_store
+
+        enabled = await stores.when_ready()
+        if any(isinstance(s, HTTPStore) for s in enabled.stores.values()):
+            return None  # build_site takes it
+        return await load_http_store(
+            "[import_filtering_opts]", config.import_filtering, runner, reactor
         )
 
     children: dict[str, IService] = {
@@ -169,7 +225,7 @@ def glance_service(
     if purger is not None:
         children["purger"] = purger
     children["listener"] = ListenerService(
-        serverFromString(reactor, config.endpoint), site, "glance-tx"
+        serverFromString(reactor, config.endpoint), site, "glance-tx", drain=drain_imports
     )
     return ServiceChain.of(children)
 

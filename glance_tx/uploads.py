@@ -16,7 +16,7 @@ A node takes at most C{max_concurrent_uploads} at once (L{UploadSlots}).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 from attrs import define, field
@@ -41,10 +41,26 @@ from glance_tx.registry.interface import IRegistry
 from glance_tx.stages import ChecksumStage, HashStage, IUploadStage
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.interface import IStore
-from glance_tx.streaming import UploadPipeline
+from glance_tx.streaming import UploadPipeline, UploadResult
 from glance_tx.threads import BlockingRunner
 
 log = Logger()
+
+#: What a finished upload records: the image change, from what arrived and
+#: the id of the store it is in.
+Record = Callable[[UploadResult, str], ImageUpdate]
+
+
+def becomes_active(result: UploadResult, store_id: str) -> ImageUpdate:
+    """A direct upload's record: the data is the image's, which is active."""
+    return ImageUpdate(
+        fields={
+            **result.fields,
+            "status": images.ACTIVE,
+            "size": result.size,
+            "locations": (Location(result.location, store_id),),
+        }
+    )
 
 
 @define
@@ -91,6 +107,9 @@ class Upload:
     failure_status: str
     leases: UploadLeases | None = None
     slots: UploadSlots | None = None
+    #: The image's status while the data arrives (v2's stage: uploading).
+    working_status: str = images.SAVING
+    record: Record = becomes_active
     done: bool = field(default=False, init=False)
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
@@ -132,15 +151,8 @@ class Upload:
         try:
             return await self.registry.update(
                 self.image.id,
-                ImageUpdate(
-                    fields={
-                        **result.fields,
-                        "status": images.ACTIVE,
-                        "size": result.size,
-                        "locations": (Location(result.location, self.store_id),),
-                    }
-                ),
-                expected_status=frozenset({images.SAVING}),
+                self.record(result, self.store_id),
+                expected_status=frozenset({self.working_status}),
             )
         except BaseException:
             # The image was deleted (or changed) while uploading: the data
@@ -173,7 +185,7 @@ class Upload:
             await self.registry.update(
                 self.image.id,
                 ImageUpdate(fields={"status": self.failure_status}),
-                expected_status=frozenset({images.SAVING}),
+                expected_status=frozenset({self.working_status}),
             )
         except GlanceError as e:
             # Deleted meanwhile, or already failed: nothing more to record.
@@ -259,11 +271,18 @@ class Uploader:
         failure_status: str = images.KILLED,
         changes: ImageUpdate | None = None,
         expected_version: int | None = None,
+        working_status: str = images.SAVING,
+        record: Record = becomes_active,
+        key: str | None = None,
+        stages: Sequence[IUploadStage] | None = None,
     ) -> Upload:
         """
-        Move C{image} from C{queued} to C{saving} (applying C{changes} in the
-        same step) and open a writer on the chosen store. With
+        Move C{image} from C{queued} to C{saving} (or C{working_status};
+        applying C{changes} in the same step) and open a writer on the
+        chosen store, under C{key} (by default the image id). With
         C{expected_version}, only if the record is still at that version.
+        C{record} says what the finished upload records; C{stages}, what
+        the bytes pass through (by default L{stages}).
 
         @raise Conflict: the image is not queued (already has data, or
             another upload has started).
@@ -279,20 +298,24 @@ class Uploader:
             )
         size_cap, cap_message = await self._size_cap(image, expected_size)
         base = changes or ImageUpdate()
-        saving = attrs.evolve(base, fields={**base.fields, "status": images.SAVING})
+        working = attrs.evolve(base, fields={**base.fields, "status": working_status})
         self.slots.take()
         try:
             return await self._start(
                 image,
                 store,
                 store_id,
-                saving,
+                working,
                 expected_size=expected_size,
                 expected_checksum=expected_checksum,
                 failure_status=failure_status,
                 expected_version=expected_version,
                 size_cap=size_cap,
                 cap_message=cap_message,
+                working_status=working_status,
+                record=record,
+                key=key,
+                stages=stages,
             )
         except BaseException:
             self.slots.give_back()
@@ -303,7 +326,7 @@ class Uploader:
         image: Image,
         store: IStore,
         store_id: str,
-        saving: ImageUpdate,
+        working: ImageUpdate,
         *,
         expected_size: int | None,
         expected_checksum: str | None,
@@ -311,37 +334,43 @@ class Uploader:
         expected_version: int | None,
         size_cap: int,
         cap_message: str | None,
+        working_status: str,
+        record: Record,
+        key: str | None,
+        stages: Sequence[IUploadStage] | None,
     ) -> Upload:
         # Leased before it is saving: a saving image never lacks its lease
-        # (one without a lease is reclaimed at once).
-        if self.leases is not None:
-            await self.leases.hold(image.id, failure_status)
+        # (one without a lease is reclaimed at once). Only saving images
+        # are reclaimed, so only they are leased.
+        leases = self.leases if working_status == images.SAVING else None
+        if leases is not None:
+            await leases.hold(image.id, failure_status)
         try:
             image = await self.registry.update(
                 image.id,
-                saving,
+                working,
                 expected_status=frozenset({images.QUEUED}),
                 expected_version=expected_version,
             )
             try:
-                writer = await store.open_writer(image.id, size=expected_size)
+                writer = await store.open_writer(key or image.id, size=expected_size)
             except BaseException:
                 await self.registry.update(
                     image.id,
                     ImageUpdate(fields={"status": failure_status}),
-                    expected_status=frozenset({images.SAVING}),
+                    expected_status=frozenset({working_status}),
                 )
                 raise
         except BaseException:
-            if self.leases is not None:
-                await self.leases.release(image.id)
+            if leases is not None:
+                await leases.release(image.id)
             raise
         pipeline = UploadPipeline(
             writer=writer,
             runner=self.runner,
             size_cap=size_cap,
             size_cap_message=cap_message,
-            stages=self.stages(image, expected_checksum),
+            stages=self.stages(image, expected_checksum) if stages is None else stages,
             expected_size=expected_size,
         )
         return Upload(
@@ -351,6 +380,8 @@ class Uploader:
             store=store,
             store_id=store_id,
             failure_status=failure_status,
-            leases=self.leases,
+            leases=leases,
             slots=self.slots,
+            working_status=working_status,
+            record=record,
         )

@@ -99,14 +99,17 @@ class V2TestCase(ErrorShapeMixin, SiteTestCase):
 
 class VersionsTests(V2TestCase):
     def test_versions_list_v2(self) -> None:
-        """GET / and /versions (300) list v2.0 to v2.5, v2.5 CURRENT, linked to /v2/."""
+        """
+        GET / and /versions (300) list v2.0 to v2.7 (import, hidden images,
+        multihash), v2.7 CURRENT, linked to /v2/; nothing later.
+        """
         for path in ("/", "/versions"):
             answer = self.request("GET", path)
             self.assertEqual(answer.code, 300)
             versions = {v["id"]: v for v in answer.json()["versions"]}
-            for minor in range(6):
+            for minor in range(8):
                 self.assertIn(f"v2.{minor}", versions)
-            self.assertEqual(versions["v2.5"]["status"], "CURRENT")
+            self.assertEqual(versions["v2.7"]["status"], "CURRENT")
             self.assertEqual(
                 [s for s in (v["status"] for v in versions.values()) if s == "CURRENT"],
                 ["CURRENT"],
@@ -114,7 +117,7 @@ class VersionsTests(V2TestCase):
             self.assertEqual(
                 versions["v2.0"]["links"], [{"rel": "self", "href": "http://127.0.0.1:9292/v2/"}]
             )
-            self.assertNotIn("v2.6", versions)
+            self.assertNotIn("v2.8", versions)
 
     def test_v2_root(self) -> None:
         """GET /v2/ and /v2 answer a versions document (openstacksdk discovers there)."""
@@ -288,7 +291,7 @@ class CreateTests(V2TestCase):
         self.assertEqual(
             answer.header("Location"), f"http://127.0.0.1:9292/v2/images/{image['id']}"
         )
-        self.assertEqual(answer.header("OpenStack-image-import-methods"), "")
+        self.assertEqual(answer.header("OpenStack-image-import-methods"), "glance-direct")
         self.assertEqual(image["status"], "queued")
         self.assertEqual(image["visibility"], "shared")
         self.assertEqual(image["owner"], "alice")

@@ -311,3 +311,53 @@ class TLSOptionsTests(SynchronousTestCase):
         ):
             error = self.assertRaises(ConfigError, self.load, f"[DEFAULT]\n{text}\n")
             self.assertIn(named, str(error))
+
+
+class ImportOptionsTests(SynchronousTestCase):
+    """C{enabled_import_methods} and C{[import_filtering_opts]}."""
+
+    def load(self, text: str) -> Config:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return load_config(path, data_dir=self.mktemp())
+
+    def test_defaults(self) -> None:
+        """Glance's three methods, and no filtering options."""
+        config = self.load("")
+        self.assertEqual(
+            config.enabled_import_methods, ("glance-direct", "web-download", "copy-image")
+        )
+        self.assertEqual(dict(config.import_filtering), {})
+
+    def test_set(self) -> None:
+        """The methods named, in order; the section's own options only."""
+        config = self.load(
+            "[DEFAULT]\nenabled_import_methods = web-download, glance-direct\n"
+            "[import_filtering_opts]\nhttp_store_allowed_networks = 10.0.0.0/8\n"
+        )
+        self.assertEqual(config.enabled_import_methods, ("web-download", "glance-direct"))
+        self.assertEqual(
+            dict(config.import_filtering), {"http_store_allowed_networks": "10.0.0.0/8"}
+        )
+
+    def test_unknown_method(self) -> None:
+        """A method glance-tx does not have stops the service, named."""
+        with self.assertRaises(ConfigError) as caught:
+            self.load("[DEFAULT]\nenabled_import_methods = glance-download\n")
+        self.assertIn("glance-download", str(caught.exception))
+
+    def test_image_conversion(self) -> None:
+        """[image_conversion]: output_format (raw, qcow2, vmdk) and its limits."""
+        self.assertIsNone(self.load("").image_conversion.output_format)
+        config = self.load(
+            "[image_conversion]\noutput_format = raw\ntimeout = 30\nmemory_limit = 268435456\n"
+        )
+        self.assertEqual(
+            (config.image_conversion.output_format, config.image_conversion.timeout,
+             config.image_conversion.memory_limit),
+            ("raw", 30.0, 1 << 28),
+        )
+        with self.assertRaises(ConfigError) as caught:
+            self.load("[image_conversion]\noutput_format = vhd\n")
+        self.assertIn("output_format", str(caught.exception))

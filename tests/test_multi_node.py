@@ -201,6 +201,36 @@ class TwoNodesOneRegistryTests(TestCase):
         code, body = await self.call("GET", f"{a}/v2/images/{image_id}")
         self.assertEqual((code, json.loads(body)["name"]), (200, "survivor"))
 
+    async def test_stage_on_one_node_import_on_the_other(self) -> None:
+        """
+        Data staged through node A lives in the shared store, so node B
+        imports it (glance-direct): active, the same bytes through either
+        node, and the staged copy gone.
+        """
+        a, b = await self.start_cluster()
+        image_id = await self.new_image(a, "staged")
+        data = hashlib.sha512(b"stage").digest() * 4096
+        code, body = await self.call(
+            "PUT", f"{a}/v2/images/{image_id}/stage", data, "application/octet-stream"
+        )
+        self.assertEqual(code, 204, body)
+        self.assertEqual(await self.status(b, image_id), "uploading")
+        code, body = await self.call(
+            "POST", f"{b}/v2/images/{image_id}/import", {"method": {"name": "glance-direct"}}
+        )
+        self.assertEqual(code, 202, body)
+        await self.wait_for_status(a, image_id, "active")
+        code, body = await self.call("GET", f"{a}/v2/images/{image_id}/file")
+        self.assertEqual((code, body), (200, data))
+        from twisted.internet import reactor
+
+        for _ in range(100):  # the staged copy goes just after the image is active
+            files = [p.basename() for p in self.store.walk() if p.isfile()]
+            if files == [image_id]:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(files, [image_id])
+
     async def new_image(self, node: str, name: str) -> str:
         code, body = await self.call(
             "POST",

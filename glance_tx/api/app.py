@@ -16,14 +16,18 @@ from glance_tx.config import (
     ImageQuotas,
     ProjectLimits,
 )
+from glance_tx.formats.conversion import Converter
 from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.identity.interface import IIdentityResolver
+from glance_tx.imports import IMPORT_METHODS, Importer
 from glance_tx.leases import UploadLeases
 from glance_tx.policy import Policy
 from glance_tx.project_limits import ProjectLimiter
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.quotas import QuotaRegistry
 from glance_tx.store.backends import StoreMap
+from glance_tx.store.http import HTTPStore
+from glance_tx.store.interface import IStore
 from glance_tx.threads import BlockingRunner
 from glance_tx.uploads import Uploader, UploadSlots
 
@@ -50,12 +54,17 @@ def build_site(
     project_limits: ProjectLimits | None = None,
     client_limits: ClientLimits | None = None,
     max_concurrent_uploads: int | None = None,
+    import_methods: tuple[str, ...] = IMPORT_METHODS,
+    web_download: IStore | None = None,
+    converter: Converter | None = None,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
     the headers, with C{default_project} for requests that have none
     (C{auth_strategy = noauth}). What they may do is C{policy}'s to say
-    (by default Glance's rules); v1 and v2 share it.
+    (by default Glance's rules); v1 and v2 share it. web-download URLs are
+    read by C{web_download}, by default the enabled HTTP store (its guard),
+    if any.
     """
     policy = policy or Policy()
     cache = cache or CacheConfig()
@@ -75,6 +84,16 @@ def build_site(
         image_format=image_format or ImageFormatConfig(),
         limiter=limiter,
         slots=UploadSlots(max_concurrent_uploads),
+    )
+    if web_download is None:
+        web_download = next((s for s in stores.stores.values() if isinstance(s, HTTPStore)), None)
+    importer = Importer(
+        registry=registry,
+        stores=stores,
+        uploader=uploader,
+        web=web_download,
+        methods=import_methods,
+        converter=converter,
     )
     v1 = V1API(
         registry=registry,
@@ -96,6 +115,7 @@ def build_site(
         show_multiple_locations=show_multiple_locations,
         show_image_direct_url=show_image_direct_url,
         delayed_delete=delayed_delete,
+        importer=importer,
     )
     root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())
     site = GlanceSite(
@@ -106,4 +126,5 @@ def build_site(
         client_limits=client_limits,
     )
     site.displayTracebacks = False
+    site.importer = importer
     return site

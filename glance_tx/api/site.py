@@ -344,6 +344,9 @@ class GlanceSite(server.Site):
     # class that can switch to HTTP/2; Factory.protocol is the public way to
     # choose the protocol (see glance_tx.api.channel).
     protocol = GlanceChannel  # type: ignore[assignment]
+    #: The API's L{glance_tx.imports.Importer}, whose imports outlive
+    #: their requests (for tests and shutdown to wait on).
+    importer: Any = None
 
     def __init__(
         self,

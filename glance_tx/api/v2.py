@@ -47,6 +47,7 @@ from glance_tx.api.params import parse_int, parse_json
 from glance_tx.api.site import StreamingRequest
 from glance_tx.api.upload_routes import UploadRoutes
 from glance_tx.api.urls import site_url
+from glance_tx.api.v2_import import import_info_document, parse_import
 from glance_tx.api.v2_patch import (
     ACCEPT_PATCH,
     Change,
@@ -68,6 +69,17 @@ from glance_tx.errors import (
     UnsupportedMediaType,
 )
 from glance_tx.images import Image, ImageUpdate, Location, Member, Viewer
+from glance_tx.imports import (
+    COPY_IMAGE,
+    FAILED_IMPORT,
+    GLANCE_DIRECT,
+    IMPORTING_TO_STORES,
+    WEB_DOWNLOAD,
+    Importer,
+    ImportJob,
+    staged_record,
+    staging_key,
+)
 from glance_tx.locations import LocationEdit
 from glance_tx.project_limits import ProjectLimiter
 from glance_tx.store.http import shown_url
@@ -80,10 +92,9 @@ CREATE_FIELDS = (
 )
 #: What a JSON request body may weigh.
 MAX_JSON_BODY = 1 << 20
-#: Sent on every create, naming the import methods served (RFC 9110 allows
-#: an empty field value): glance-tx takes data only by direct upload, PUT
-#: /v2/images/{id}/file, which is not an import method.
-IMPORT_METHODS = b""
+#: The statuses in which an image's only locations are its staged data,
+#: which is not shown.
+STAGED_STATUSES = frozenset({images.UPLOADING, images.IMAGE_IMPORTING})
 
 
 def _timestamp(value: datetime) -> str:
@@ -135,14 +146,15 @@ def image_view(
             "schema": "/v2/schemas/image",
         }
     )
-    stores = dict.fromkeys(loc.store for loc in image.locations if loc.store)
+    shown = () if image.status in STAGED_STATUSES else image.locations
+    stores = dict.fromkeys(loc.store for loc in shown if loc.store)
     if stores:
         # Glance's form: the ids of the stores holding the data, comma-joined.
         view["stores"] = ",".join(stores)
     if locations:
-        view["locations"] = [location_view(location) for location in image.locations]
-    if direct_url and image.locations:
-        view["direct_url"] = shown_url(image.locations[0].url)
+        view["locations"] = [location_view(location) for location in shown]
+    if direct_url and shown:
+        view["direct_url"] = shown_url(shown[0].url)
     return view
 
 
@@ -222,6 +234,8 @@ class V2API(ImagesAPI):
     limiter: ProjectLimiter = field(
         default=Factory(lambda self: ProjectLimiter(self.registry, ProjectLimits()), takes_self=True)
     )
+    #: Runs interoperable imports; None serves none.
+    importer: Importer | None = None
 
     # -- helpers ------------------------------------------------------------
 
@@ -287,6 +301,15 @@ class V2API(ImagesAPI):
             raise Forbidden("Only an admin may see the stores' details")
         return _json(request, v2_info.stores_detail_document(self.stores))
 
+    def _methods(self) -> tuple[str, ...]:
+        return self.importer.offered if self.importer is not None else ()
+
+    @app.route("/info/import", methods=["GET"])
+    async def import_info(self, request: IRequest) -> bytes:
+        """The import methods served (Glance's discovery document)."""
+        await self._context(request)
+        return _json(request, import_info_document(self._methods()))
+
     @app.route("/images", methods=["GET"])
     async def list_images(self, request: IRequest) -> bytes:
         forbid_storing(request)
@@ -318,7 +341,7 @@ class V2API(ImagesAPI):
         image = self._new_image(context, _read_object(request))
         image = await self.registry.create(image)
         request.setHeader(b"Location", f"{self._base_url(request)}/v2/images/{image.id}".encode())
-        request.setHeader(b"OpenStack-image-import-methods", IMPORT_METHODS)
+        request.setHeader(b"OpenStack-image-import-methods", ",".join(self._methods()).encode())
         return _json(request, self._view(context, image), 201)
 
     def _new_image(self, context: RequestContext, body: dict[str, Any]) -> Image:
@@ -441,12 +464,7 @@ class V2API(ImagesAPI):
 
     async def _begin_upload(self, request: IRequest, image_id: str) -> Upload:
         """Every check an upload needs before its first byte, then start it."""
-        content_type = (_header(request, b"content-type") or "").split(";")[0].strip().lower()
-        if content_type != "application/octet-stream":
-            raise UnsupportedMediaType(
-                "Image data must be sent as application/octet-stream, not "
-                + (content_type or "no content type")
-            )
+        self._check_octet_stream(request)
         expected_size = self._declared_size(request)
 
         async def start(context: RequestContext, image: Image) -> Upload:
@@ -494,6 +512,137 @@ class V2API(ImagesAPI):
             upload = await self._begin_upload(request, image_id)
         await upload.finish()
         return _no_content(request)
+
+    # -- interoperable import -------------------------------------------------
+
+    def _check_octet_stream(self, request: IRequest) -> None:
+        content_type = (_header(request, b"content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/octet-stream":
+            raise UnsupportedMediaType(
+                "Image data must be sent as application/octet-stream, not "
+                + (content_type or "no content type")
+            )
+
+    def _importer(self, method: str) -> Importer:
+        if self.importer is None or method not in self.importer.offered:
+            raise NotFound(f"The {method} import method is not enabled")
+        return self.importer
+
+    async def _begin_stage(self, request: IRequest, image_id: str) -> Upload:
+        """
+        A stage is an upload that leaves the image uploading, its data
+        staged (L{glance_tx.imports}); it is neither inspected nor hashed
+        until it is imported.
+        """
+        importer = self._importer(GLANCE_DIRECT)
+        self._check_octet_stream(request)
+        expected_size = self._declared_size(request)
+
+        async def start(context: RequestContext, image: Image) -> Upload:
+            self.policy.check_modifiable(context, image)
+            if image.status != images.QUEUED:
+                raise Conflict(f"Image {image.id} is {image.status}; only a queued image can be staged")
+            return await self.uploader.start(
+                image,
+                store_id=importer.staging_store_id,
+                expected_size=expected_size,
+                failure_status=images.QUEUED,
+                expected_version=image.version,
+                working_status=images.UPLOADING,
+                record=staged_record,
+                key=staging_key(image.id),
+                stages=(),
+            )
+
+        return await self._change_image(request, image_id, start)
+
+    @uploads.route("/images/<image_id>/stage", "PUT", start=_begin_stage)
+    async def stage(self, request: StreamingRequest, image_id: str) -> bytes:
+        if request.upload_started is not None:
+            upload = await request.upload_started
+        else:
+            upload = await self._begin_stage(request, image_id)
+        await upload.finish()
+        return _no_content(request)
+
+    @app.route("/images/<image_id>/import", methods=["POST"])
+    async def import_image(self, request: IRequest, image_id: str) -> bytes:
+        """
+        Check the import as Glance does, move the image on (glance-direct:
+        uploading -> importing, web-download: queued -> importing,
+        copy-image: stays active) and answer 202; the data moves in the
+        background (L{Importer.start}).
+        """
+        body = _read_object(request)
+        if self.importer is None:
+            raise NotFound("Image import is not enabled")
+        asked = parse_import(
+            body, _header(request, b"x-image-meta-store"), self.importer.offered, self.stores
+        )
+        importer = self.importer
+
+        async def begin(context: RequestContext, image: Image) -> ImportJob | None:
+            stores = asked.stores
+            if asked.method == COPY_IMAGE:
+                self.policy.check_copy(context, image)
+                if image.status != images.ACTIVE:
+                    raise Conflict("Only images with status active can be targeted for copying")
+                held = {loc.store for loc in image.locations}
+                if asked.all_stores:
+                    stores = tuple(s for s in stores if s not in held)
+                    if not stores:
+                        return None  # already everywhere, as Glance
+                else:
+                    for store_id in stores:
+                        if store_id in held:
+                            raise BadRequest(f"Image is already present at store '{store_id}'")
+                if image.properties.get(IMPORTING_TO_STORES):
+                    raise Conflict(f"Image {image.id} is being copied already")
+                if not image.locations:
+                    raise Conflict(f"Image {image.id} has no data to copy")
+                source = image.locations[0]
+                expected = images.ACTIVE
+                fields: dict[str, Any] = {}
+            else:
+                self.policy.check_modifiable(context, image)
+                if image.status == images.ACTIVE:
+                    raise Conflict("Image with status active cannot be target for import")
+                if asked.method == WEB_DOWNLOAD and image.status != images.QUEUED:
+                    raise Conflict(f"Image needs to be in 'queued' state to use '{asked.method}' method")
+                if asked.method == GLANCE_DIRECT and (
+                    image.status != images.UPLOADING or not image.locations
+                ):
+                    raise Conflict("Image needs to be staged before 'glance-direct' method can be used")
+                for name in ("container_format", "disk_format"):
+                    if not getattr(image, name):
+                        raise Conflict(f"'{name}' needs to be set before import")
+                source = (
+                    image.locations[0] if asked.method == GLANCE_DIRECT else Location(asked.uri or "")
+                )
+                expected = image.status
+                fields = {"status": images.IMAGE_IMPORTING}
+            image = await self.registry.update(
+                image.id,
+                ImageUpdate(
+                    fields=fields,
+                    properties={IMPORTING_TO_STORES: ",".join(stores), FAILED_IMPORT: ""},
+                ),
+                expected_status=frozenset({expected}),
+                expected_version=image.version,
+            )
+            return ImportJob(
+                image=image,
+                method=asked.method,
+                source=source,
+                stores=stores,
+                all_stores_must_succeed=asked.all_stores_must_succeed,
+            )
+
+        job = await self._change_image(request, image_id, begin)
+        if job is not None:
+            importer.start(job)
+        request.setResponseCode(202)
+        return b""
 
     @app.route("/images/<image_id>/file", methods=["GET", "HEAD"])
     async def download(self, request: IRequest, image_id: str) -> bytes | None:

@@ -6,10 +6,12 @@ Only versions whose features glance-tx really serves are listed. Images
 API v2 minor versions add up; by 2.5 they bring image members, tags,
 schemas, deactivate/reactivate and community visibility, all served here
 (tasks, also of that era, are not, and no client infers them from a
-version). 2.6 adds interoperable image import, which glance-tx does not
-have, so 2.5 is the newest listed -- although the fields of 2.7
-(``os_hidden``, ``os_hash_algo``/``os_hash_value``) are served, a client
-that sees 2.7 may assume import too.
+version). 2.6 adds interoperable image import (L{glance_tx.imports}) and
+2.7 hidden images and the multihash (``os_hidden``,
+``os_hash_algo``/``os_hash_value``): served, so 2.7 is the newest listed.
+2.8 and later (multiple stores made stable, deleting an image from one
+store, an image's tasks, the cache API) bring endpoints not all of which
+are served, so none of them is listed.
 
 v1 is listed first, as before v2 existed (``tests/test_api_v1.py`` reads
 the first entry); clients look versions up by id (glanceclient takes any
@@ -24,7 +26,9 @@ from typing import Any
 VERSIONS: tuple[tuple[str, str, str], ...] = (
     ("v1.1", "SUPPORTED", "v1"),
     ("v1.0", "SUPPORTED", "v1"),
-    ("v2.5", "CURRENT", "v2"),
+    ("v2.7", "CURRENT", "v2"),
+    ("v2.6", "SUPPORTED", "v2"),
+    ("v2.5", "SUPPORTED", "v2"),
     ("v2.4", "SUPPORTED", "v2"),
     ("v2.3", "SUPPORTED", "v2"),
     ("v2.2", "SUPPORTED", "v2"),

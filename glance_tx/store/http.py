@@ -77,12 +77,14 @@ from glance_tx.store.reader import (
 )
 from glance_tx.store.response import response_blocks
 from glance_tx.store.tls import HTTP_TLS, load_tls_policy
+from glance_tx.threads import BlockingRunner
 
 __all__ = [
     "HTTPStore",
     "StoreReadOnly",
     "guarded_agent",
     "http_store_from_options",
+    "load_http_store",
     "make_http_store",
 ]
 
@@ -466,11 +468,24 @@ async def make_http_store(config: StoreConfig, services: StoreServices) -> HTTPS
     shared C{services.http_client} is not used: it may reach any address,
     and this store's connections must keep to the guard.
     """
-    tls = await load_tls_policy(config.options, HTTP_TLS, services.runner)
+    return await load_http_store(f"store {config.id!r}", config.options, services.runner, services.reactor)
+
+
+async def load_http_store(
+    name: str, options: Mapping[str, str], runner: BlockingRunner, reactor: Any
+) -> HTTPStore:
+    """
+    An L{HTTPStore} from C{options} (see L{http_store_from_options}), its
+    CA file read on C{runner}; also the reader of web-download URLs when no
+    HTTP store is enabled (C{[import_filtering_opts]}).
+
+    @raise ConfigError: naming C{name} and the option that is wrong.
+    """
+    tls = await load_tls_policy(options, HTTP_TLS, runner)
     try:
-        return http_store_from_options(config.options, services.reactor, tls_policy=tls)
+        return http_store_from_options(options, reactor, tls_policy=tls)
     except ValueError as e:
-        raise ConfigError(f"store {config.id!r}: {e}") from None
+        raise ConfigError(f"{name}: {e}") from None
 
 
 def http_store_from_options(
