@@ -145,6 +145,19 @@ class SendfileTests(_Uploading, ServerTestCase):
         self.assertIn(data[2000000:2000100], body)
         self.assertEqual(counting.calls, 0)
 
+    async def test_connection_kept_alive_after_sendfile(self) -> None:
+        """
+        After a body sent by sendfile the HTTP/1.1 connection serves the
+        next request: the body ended exactly at its Content-Length.
+        """
+        data = pattern(3 * MiB)
+        image_id = await self.upload(data)
+        counting = self.spy()
+        request = f"GET /v2/images/{image_id}/file HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        bodies = await deferToThread(_two_on_one_connection, self.port, request)
+        self.assertEqual(bodies, [data, data])
+        self.assertEqual(counting.sent, 2 * len(data))
+
     async def test_slow_reader_pauses_sendfile(self) -> None:
         """
         A client that stops reading holds the sender on the socket's
@@ -201,6 +214,22 @@ class SendfileTests(_Uploading, ServerTestCase):
         (logged,) = _logged_lengths(events, uri)
         self.assertLess(logged, len(data))
         self.assertEqual(logged, counting.sent)
+
+
+def _two_on_one_connection(port: int, request: bytes) -> list[bytes]:
+    bodies = []
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        stream = sock.makefile("rb")
+        for _ in range(2):
+            sock.sendall(request)
+            length = None
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            assert length is not None
+            bodies.append(stream.read(length))
+    return bodies
 
 
 def _read_all(sock: socket.socket) -> bytes:
