@@ -112,12 +112,20 @@ class FileSender:
         """
         self._offset = self.source.offset
         self._remaining = self.source.length
-        sock = plain_tcp_socket(self.request.transport)
-        if sock is None:
-            raise ValueError("FileSender needs a plain TCP connection")
-        self.request.write(b"")  # the headers, into the transport's buffer
-        self._fd = os.dup(sock.fileno())  # shares O_NONBLOCK with the socket
-        self.request.registerProducer(self, True)
+        if twisted_private.client_gone(self.request):
+            # Gone while the file was being opened.
+            self._finish(None)
+            return self._done
+        try:
+            sock = plain_tcp_socket(self.request.transport)
+            if sock is None:
+                raise ValueError("FileSender needs a plain TCP connection")
+            self.request.write(b"")  # the headers, into the transport's buffer
+            self._fd = os.dup(sock.fileno())  # shares O_NONBLOCK with the socket
+            self.request.registerProducer(self, True)
+        except BaseException:
+            self._finish(Failure())
+            return self._done
         self._start_writing()
         return self._done
 
