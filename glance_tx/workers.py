@@ -7,7 +7,7 @@ its HTTP parsing, routing, JSON and logging. With C{--workers N} the
 
   - It opens the listening socket itself, from the configured endpoint
     (C{tcp:} or C{tcp6:} only), and never accepts on it.
-  - It starts N workers, each ``twistd -n glance`` with the socket as an
+  - It starts N workers, one after the other, each ``twistd -n glance`` with the socket as an
     inherited descriptor, which it adopts (C{AdoptedStreamServerEndpoint},
     i.e. C{reactor.adoptStreamPort}) instead of listening. Each worker is
     a whole API node: its own thread pool, registry connections, stores,
@@ -153,9 +153,21 @@ class WorkerPool(Service):
 
     def startService(self) -> None:
         Service.startService(self)
-        for index in range(self.count):
-            self._spawn(index)
+        self._rolling = Deferred.fromCoroutine(self._start_all())
         signal.signal(signal.SIGHUP, self._on_sighup)
+
+    async def _start_all(self) -> None:
+        """
+        Start the workers one after the other, each once the one before
+        serves: the first runs the registry's migrations alone.
+        """
+        for index in range(self.count):
+            if self._stopping:
+                return
+            try:
+                await self._spawn(index).ready
+            except Exception:
+                log.error("Worker {index} did not start", index=index)
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.restart)
