@@ -21,6 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from glance_tx.api import sendfile as sendfile_module
 from glance_tx.config import load_config
+from glance_tx.store import filesystem
 from tests.live_server import listening_port, start_glance_tx
 from tests.test_end_to_end import ServerTestCase
 from tests.test_registry_http import write_tls_files
@@ -104,6 +105,14 @@ class SendfileTests(_Uploading, ServerTestCase):
         data = pattern(self.size)
         image_id = await self.upload(data)
         counting = self.spy()
+        advised: list[tuple[int, int]] = []
+        real_will_need = filesystem._will_need
+
+        def will_need(f: Any, offset: int, length: int) -> None:
+            advised.append((offset, length))
+            real_will_need(f, offset, length)
+
+        self.patch(filesystem, "_will_need", will_need)
         events = self.watch_log()
         uri = f"/v2/images/{image_id}/file"
         response = await self.treq.get(f"{self.base}{uri}", unbuffered=True)
@@ -113,6 +122,8 @@ class SendfileTests(_Uploading, ServerTestCase):
         self.assertGreater(counting.calls, 0)
         self.assertEqual(counting.sent, len(data))
         self.assertEqual(_logged_lengths(events, uri), [len(data)])
+        # The open asked for the first 8 MiB; the sender, for the rest.
+        self.assertEqual(advised, [(filesystem.WILLNEED, len(data) - filesystem.WILLNEED)])
 
     async def test_one_range_is_sent_with_sendfile(self) -> None:
         """A single range (a 206) is sent by os.sendfile too, from its offset."""

@@ -25,9 +25,11 @@ Only plain TCP takes this path (L{plain_tcp_socket}): TLS must encrypt in
 user space, so there the store's producer still streams blocks.
 
 C{sendfile} reads the file on the reactor thread. From the page cache that
-costs nothing; a cold file makes one step wait for the disk, which the
-store's C{POSIX_FADV_SEQUENTIAL}/C{WILLNEED} hints (see
-L{glance_tx.store.filesystem}) keep the kernel ahead of.
+costs nothing; a cold file would make a step wait for the disk. So the
+store opens the file with C{POSIX_FADV_SEQUENTIAL} and C{WILLNEED} for the
+first L{READ_AHEAD}, and the sender asks (on the store's runner, through
+C{FileRange.advise}) for the next one each time it has sent half of what
+it asked for, keeping the kernel's reads ahead of the socket.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ from glance_tx.store.interface import FileRange
 __all__ = ["SEND_STEP", "FileSender", "plain_tcp_socket", "send_file"]
 
 log = Logger()
+
+#: How much the sender asks the kernel to read ahead of it at a time.
+READ_AHEAD = 8 << 20
 
 #: The most one C{sendfile} call is asked for. The kernel sends only what
 #: the socket's buffer takes, so this bounds a step only on a fast link.
@@ -98,6 +103,7 @@ class FileSender:
     _fd: int = field(default=-1, init=False)
     _offset: int = field(default=0, init=False)
     _remaining: int = field(default=0, init=False)
+    _advised: int = field(default=0, init=False)
     _paused: bool = field(default=False, init=False)
     _writing: bool = field(default=False, init=False)
     _finished: bool = field(default=False, init=False)
@@ -112,6 +118,7 @@ class FileSender:
         """
         self._offset = self.source.offset
         self._remaining = self.source.length
+        self._advised = self.source.advised
         if twisted_private.client_gone(self.request):
             # Gone while the file was being opened.
             self._finish(None)
@@ -170,6 +177,25 @@ class FileSender:
         self.request.sentLength += sent
         if self._remaining == 0:
             self._finish(None, unregister=True)
+        else:
+            self._read_ahead()
+
+    def _read_ahead(self) -> None:
+        """
+        Once half the read-ahead asked for is sent, ask for the next
+        L{READ_AHEAD} (on the store's runner), so sendfile finds the pages
+        in the cache rather than waiting for the disk on the reactor thread.
+        """
+        advise = self.source.advise
+        end = self.source.offset + self.source.length
+        ahead = self.source.offset + self._advised
+        if advise is None or ahead >= end or ahead - self._offset > READ_AHEAD // 2:
+            return
+        length = min(READ_AHEAD, end - ahead)
+        self._advised += length
+        advise(ahead, length).addErrback(
+            lambda f: log.failure("Could not ask for read-ahead", failure=f)
+        )
 
     def connectionLost(self, reason: Failure) -> None:
         """The reactor saw the socket hang up or fail."""

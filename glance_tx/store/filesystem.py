@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_HIGH_WATERMARK",
     "DEFAULT_LOW_WATERMARK",
+    "WILLNEED",
     "FilesystemStore",
     "filesystem_datadir",
     "make_filesystem_store",
@@ -139,7 +140,7 @@ def _open_for_sendfile(
         try:
             os.posix_fadvise(f.fileno(), offset, remaining, os.POSIX_FADV_SEQUENTIAL)
             os.posix_fadvise(
-                f.fileno(), offset, min(remaining, _WILLNEED), os.POSIX_FADV_WILLNEED
+                f.fileno(), offset, min(remaining, WILLNEED), os.POSIX_FADV_WILLNEED
             )
         except OSError:
             pass  # only a hint
@@ -147,7 +148,15 @@ def _open_for_sendfile(
 
 
 #: How much of a range to ask the kernel to read ahead at once.
-_WILLNEED = 8 * MiB
+WILLNEED = 8 * MiB
+
+
+def _will_need(f: IO[bytes], offset: int, length: int) -> None:
+    """Ask the kernel to read C{(offset, length)} of C{f} ahead; only a hint."""
+    try:
+        os.posix_fadvise(f.fileno(), offset, length, os.POSIX_FADV_WILLNEED)
+    except (OSError, ValueError, AttributeError):
+        pass  # closed already, or no posix_fadvise here
 
 
 def _read_block(f: IO[bytes], size: int) -> bytes:
@@ -485,7 +494,14 @@ class FilesystemStore:
 
         def opened(result: tuple[IO[bytes], int]) -> FileRange:
             f, remaining = result
-            return FileRange(f, offset, remaining, lambda: self.runner.run(_close, f))
+            return FileRange(
+                f,
+                offset,
+                remaining,
+                lambda: self.runner.run(_close, f),
+                advise=lambda start, length: self.runner.run(_will_need, f, start, length),
+                advised=min(remaining, WILLNEED),
+            )
 
         return d.addCallback(opened)
 

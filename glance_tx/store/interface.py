@@ -130,6 +130,11 @@ class FileRange:
     offset: int
     length: int
     closer: Callable[[], Deferred[None]]
+    #: Asks the kernel, off the reactor thread, to read C{(offset, length)}
+    #: of the file into the page cache ahead of the sender; or None.
+    advise: Callable[[int, int], Deferred[None]] | None = None
+    #: How far from C{offset} the open already asked for.
+    advised: int = 0
 
     def close(self) -> Deferred[None]:
         return self.closer()
