@@ -167,7 +167,7 @@ def server_env(*paths: Path) -> dict[str, str]:
     return env
 
 
-def start_glance_tx(workdir: Path, twistd: str, stack: ExitStack) -> Server:
+def start_glance_tx(workdir: Path, twistd: str, stack: ExitStack, workers: int = 1) -> Server:
     data = workdir / "glance-tx"
     data.mkdir()
     config = data / "glance-tx.conf"
@@ -177,7 +177,7 @@ def start_glance_tx(workdir: Path, twistd: str, stack: ExitStack) -> Server:
         "glance-tx",
         [twistd, "-n", "--pidfile=", "glance",
          "--port", f"tcp:{port}:interface=127.0.0.1",
-         "--data-dir", str(data), "--config", str(config)],
+         "--data-dir", str(data), "--config", str(config), "--workers", str(workers)],
         f"http://127.0.0.1:{port}", "/healthcheck", data, stack,
         env=server_env(transfer.REPO),
     )
@@ -497,6 +497,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true",
                         help="print the figures only; leave bench/RESULTS.md alone")
     parser.add_argument("--tmpdir", default=None)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="glance-tx's --workers (processes on one port) [default: 1]")
     parser.add_argument("--twistd", default=str(Path(sys.executable).with_name("twistd")),
                         help="twistd to run both servers with [default: next to this Python]")
     args = parser.parse_args(argv)
@@ -537,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes: dict[str, int] = {}
     try:
         with workdir(args) as work, ExitStack() as stack:
-            glance_tx = start_glance_tx(work, args.twistd, stack)
+            glance_tx = start_glance_tx(work, args.twistd, stack, args.workers)
             print(f"glance-tx {glance_tx.base_url} (pid {glance_tx.popen.pid}): "
                   f"creating {args.images} images", flush=True)
             ids = create_images(glance_tx, args.images)

@@ -30,6 +30,10 @@ ready; at stop it stops listening first, then purges finish, the registry
 is closed, and the pool stops last. With a purger, the registry the API sees
 is a L{glance_tx.registry.purging.PurgingRegistry} over the SQL one.
 
+With C{--workers N} (N > 1) the tree is instead one
+L{glance_tx.workers.Supervisor}, which runs N processes of the tree above
+(each given C{--worker-fd}: its listener adopts the supervisor's socket).
+
 A start that fails is logged and stops the reactor. This is the only module
 that touches the global reactor.
 """
@@ -37,10 +41,13 @@ that touches the global reactor.
 from __future__ import annotations
 
 import os
+import socket
 from typing import TYPE_CHECKING, Any, cast
 
+from attrs import evolve
 from twisted.application.service import IService
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
@@ -64,6 +71,12 @@ from glance_tx.services import (
 )
 from glance_tx.store.interface import IStore
 from glance_tx.threads import BlockingRunner
+from glance_tx.workers import (
+    Supervisor,
+    announce_ready,
+    check_worker_endpoint,
+    worker_argv,
+)
 
 if TYPE_CHECKING:
     from glance_tx.formats.conversion import Converter
@@ -90,6 +103,12 @@ class Options(usage.Options):
         ["data-dir", "d", None, "Directory for the SQLite database and the filesystem "
          "store [default: ./glance-data]"],
         ["config", "c", None, "INI configuration file (Glance option names)"],
+        ["workers", "w", "1", "Reactor processes serving on one listening socket "
+         "(tcp: or tcp6: endpoints); SIGHUP restarts them one at a time [default: 1]"],
+        # Given by the supervisor to its workers (glance_tx.workers), not by hand.
+        ["worker-fd", None, None, "(internal) adopt the listening socket on this descriptor"],
+        ["ready-fd", None, None, "(internal) write this worker's pid here once serving"],
+        ["worker-index", None, None, "(internal) this worker's number"],
     ]
 
     def postOptions(self) -> None:
@@ -99,6 +118,21 @@ class Options(usage.Options):
             )
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        for name in ("workers", "worker-fd", "ready-fd", "worker-index"):
+            value = self[name]
+            if value is None:
+                continue
+            try:
+                self[name] = int(value)
+            except ValueError:
+                raise usage.UsageError(f"--{name} must be a whole number, not {value!r}") from None
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers must be at least 1")
+        if self["workers"] > 1 and self["worker-fd"] is None:
+            try:
+                check_worker_endpoint(self.config.endpoint)
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
 
 
 def glance_service(
@@ -106,11 +140,15 @@ def glance_service(
     reactor: Any,
     threads: ThreadPoolService,
     runner: BlockingRunner | None = None,
+    endpoint: IStreamServerEndpoint | None = None,
+    log_suffix: str = "",
 ) -> ServiceChain:
     """
     The service tree of one API node (see the module docstring). Blocking
     work runs on C{runner}, by default the pool's; tests pass a
-    L{glance_tx.threads.SynchronousRunner}.
+    L{glance_tx.threads.SynchronousRunner}. The API listens on C{endpoint},
+    by default the configured one (a worker's is the socket its supervisor
+    made); C{log_suffix} ends each request's log line.
     """
     if runner is None:
         runner = threads.runner
@@ -157,6 +195,7 @@ def glance_service(
             web_download=await web_download(),
             converter=await converter(),
         )
+        built.log_suffix = log_suffix
         sites.append(built)
         return built
 
@@ -224,10 +263,16 @@ def glance_service(
     }
     if purger is not None:
         children["purger"] = purger
-    children["listener"] = ListenerService(
-        serverFromString(reactor, config.endpoint), site, "glance-tx", drain=drain_imports
-    )
+    if endpoint is None:
+        endpoint = serverFromString(reactor, config.endpoint)
+    children["listener"] = ListenerService(endpoint, site, "glance-tx", drain=drain_imports)
     return ServiceChain.of(children)
+
+
+def address_family_of(fd: int) -> int:
+    """The address family of the listening socket on descriptor C{fd}."""
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        return int(sock.family)
 
 
 def makeService(options: Options) -> IService:
@@ -235,7 +280,31 @@ def makeService(options: Options) -> IService:
 
     reactor = cast(Any, global_reactor)
     config: Config = options.config
+    if options["workers"] > 1 and options["worker-fd"] is None:
+        supervisor = ServiceChain.of(
+            {
+                "supervisor": Supervisor(
+                    reactor, config.endpoint, options["workers"], worker_argv(options)
+                )
+            }
+        )
+        stop_reactor_on_failure(supervisor, reactor, "glance-tx supervisor")
+        return supervisor
+    endpoint = None
+    log_suffix = ""
+    if options["worker-fd"] is not None:
+        index = options["worker-index"] or 0
+        config = evolve(config, node_id=f"{config.node_id}-w{index}")
+        endpoint = AdoptedStreamServerEndpoint(
+            reactor, options["worker-fd"], address_family_of(options["worker-fd"])
+        )
+        log_suffix = f" worker {index} pid {os.getpid()}"
     pool = ThreadPool(minthreads=2, maxthreads=config.thread_pool_size, name="glance-tx")
-    top = glance_service(config, reactor, ThreadPoolService(reactor, pool))
+    top = glance_service(
+        config, reactor, ThreadPoolService(reactor, pool), endpoint=endpoint, log_suffix=log_suffix
+    )
     stop_reactor_on_failure(top, reactor, "glance-tx")
+    ready_fd = options["ready-fd"]
+    if ready_fd is not None:
+        top.when_ready().addCallback(lambda _: announce_ready(ready_fd))
     return top

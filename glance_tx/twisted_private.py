@@ -3,7 +3,9 @@ Every private detail of Twisted that glance-tx relies on, in one place.
 
 Twisted (through 26.x) has no public API for what these do: stream a
 request body before routing, tell whether a request's client has gone, or
-tune how much one socket read or send may take. Each function names the
+tune how much one socket read or send may take, or tell whether a
+transport has sent everything written to it (so a sender may write to its
+socket directly, as L{glance_tx.api.sendfile} does). Each function names the
 detail it uses and why; C{tests/test_twisted_private.py} pins each one, so
 a Twisted release that changes any of them fails loudly there rather than
 quietly here.
@@ -19,6 +21,7 @@ __all__ = [
     "request_version",
     "set_read_size",
     "set_send_limit",
+    "unsent_bytes",
     "widen_body_reads",
 ]
 
@@ -86,3 +89,16 @@ def widen_body_reads(transport: Any, size: int) -> None:
     connection = getattr(transport, "_producer", None)
     if connection is not None and isinstance(getattr(connection, "bufferSize", None), int):
         connection.bufferSize = max(size, connection.bufferSize)
+
+
+def unsent_bytes(transport: Any) -> int:
+    """
+    How many bytes written to a TCP C{transport} it has not yet handed to
+    the kernel. C{twisted.internet.abstract.FileDescriptor} keeps them in
+    its private C{dataBuffer} (from C{offset} on) and C{_tempDataBuffer}
+    (C{_tempDataLen} bytes), and sends them only from C{doWrite}; there is
+    no public way to ask. Bytes written to the socket around the transport
+    must wait until this is 0, or they would overtake these.
+    """
+    pending: int = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    return pending

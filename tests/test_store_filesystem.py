@@ -35,7 +35,7 @@ from glance_tx.store.filesystem import (
     DEFAULT_LOW_WATERMARK,
     FilesystemStore,
 )
-from glance_tx.store.interface import IStore, IStoreWriter
+from glance_tx.store.interface import IFileRanges, IStore, IStoreWriter
 from glance_tx.threads import BlockingRunner, SynchronousRunner, ThreadPoolRunner
 from tests.fakes import ManualRunner, drain
 from tests.store_conformance import (
@@ -223,6 +223,31 @@ class FilesystemStoreTests(SynchronousTestCase):
     def incoming(self) -> list[str]:
         incoming = self.root.child("incoming")
         return sorted(incoming.listdir()) if incoming.exists() else []
+
+    # Ranges of open files, for sendfile
+
+    def test_open_range(self) -> None:
+        """
+        open_range gives the open file and the range clipped to the data
+        (to the end without a length, nothing past the end), closing the
+        file when asked; it refuses what read refuses, before any I/O.
+        """
+        store = self.store()
+        verifyObject(IFileRanges, store)
+        location = self.commit(store, b"0123456789")
+        whole = self.successResultOf(store.open_range(location))
+        self.assertEqual((whole.offset, whole.length), (0, 10))
+        self.assertEqual(os.pread(whole.file.fileno(), 10, 0), b"0123456789")
+        self.successResultOf(whole.close())
+        self.assertTrue(whole.file.closed)
+        part = self.successResultOf(store.open_range(location, 4, 100))
+        self.assertEqual((part.offset, part.length), (4, 6))
+        self.successResultOf(part.close())
+        past = self.successResultOf(store.open_range(location, 20))
+        self.assertEqual(past.length, 0)
+        self.successResultOf(past.close())
+        self.failureResultOf(store.open_range(location, -1), BadRequest)
+        self.failureResultOf(store.open_range(store.location_for(new_image_id())), NotFound)
 
     # Construction
 

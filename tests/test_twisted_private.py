@@ -9,7 +9,7 @@ import inspect
 
 from twisted.internet import abstract, tcp
 from twisted.internet.error import ConnectionLost
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
@@ -117,3 +117,39 @@ class SendLimitTests(SynchronousTestCase):
         transport = type("FDLike", (StringTransport,), {"SEND_LIMIT": 131072})()
         twisted_private.set_send_limit(transport, 1 << 20)
         self.assertEqual(transport.SEND_LIMIT, 1 << 20)
+
+
+class UnsentBytesTests(SynchronousTestCase):
+    def test_file_descriptor_buffers_until_do_write(self) -> None:
+        """
+        twisted.internet.abstract.FileDescriptor keeps what is written to it
+        in dataBuffer/offset and _tempDataBuffer/_tempDataLen, sends it only
+        from doWrite, and stops writing once all is sent: unsent_bytes
+        counts it, as the sendfile sender needs before it writes around it.
+        """
+        taken: list[bytes] = []
+
+        class Descriptor(abstract.FileDescriptor):
+            budget = 3
+
+            def writeSomeData(self, data: bytes) -> int:
+                sent = bytes(data[: self.budget])
+                taken.append(sent)
+                return len(sent)
+
+        reactor = MemoryReactor()
+        descriptor = Descriptor(reactor)
+        descriptor.connected = 1
+        self.assertEqual(twisted_private.unsent_bytes(descriptor), 0)
+        descriptor.write(b"head")
+        descriptor.writeSequence([b"er", b"s"])
+        self.assertEqual(taken, [])
+        self.assertEqual(twisted_private.unsent_bytes(descriptor), 7)
+        self.assertIn(descriptor, reactor.getWriters())
+        descriptor.doWrite()
+        self.assertEqual(twisted_private.unsent_bytes(descriptor), 4)
+        descriptor.budget = 100
+        descriptor.doWrite()
+        self.assertEqual(b"".join(taken), b"headers")
+        self.assertEqual(twisted_private.unsent_bytes(descriptor), 0)
+        self.assertNotIn(descriptor, reactor.getWriters())

@@ -2,7 +2,9 @@
 Sending image data: one streaming path for every API version.
 
 The store's producer is registered on the request, so a slow client pauses
-the store and memory stays flat whatever the image size. L{serve_data}
+the store and memory stays flat whatever the image size; or, for a local
+file sent whole or as one range to a plain TCP client, the kernel copies
+it with C{os.sendfile} (L{glance_tx.api.sendfile}). L{serve_data}
 adds, in RFC 9110's order, conditional requests (304, 412; see
 L{glance_tx.api.http_cache}) and ranges (206 for one range,
 C{multipart/byteranges} for several, 416; see L{glance_tx.api.ranges}).
@@ -14,7 +16,12 @@ import base64
 from typing import cast
 
 from attrs import define, field
-from twisted.internet.interfaces import IConsumer, IProducer, IPushProducer
+from twisted.internet.interfaces import (
+    IConsumer,
+    IProducer,
+    IPushProducer,
+    IReactorFDSet,
+)
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
@@ -28,10 +35,12 @@ from glance_tx.api.ranges import (
     parse_ranges,
     unsatisfied_range,
 )
+from glance_tx.api.sendfile import plain_tcp_socket, send_file
 from glance_tx.backpressure import PauseGate
 from glance_tx.errors import Conflict, Forbidden, GlanceError, RangeNotSatisfiable
 from glance_tx.images import Image
 from glance_tx.store.backends import StoreMap
+from glance_tx.store.interface import IFileRanges, IStore
 
 log = Logger()
 
@@ -81,10 +90,32 @@ async def send_data(
         (byte_range.offset, byte_range.length) if byte_range is not None else (0, image.size)
     )
     location = image.locations[0]
+    store = stores.for_location(location)
     if consumer is None:
+        reactor = _sendfile_reactor(request, store)
+        if reactor is not None:
+            source = await cast(IFileRanges, store).open_range(location.url, offset, length)
+            await send_file(reactor, request, source)
+            return
         consumer = cast(IConsumer, request)  # a twisted.web Request is one
     _raise_send_limit(request)
-    await stores.for_location(location).read(location.url, consumer, offset, length)
+    await store.read(location.url, consumer, offset, length)
+
+
+def _sendfile_reactor(request: IRequest, store: IStore) -> IReactorFDSet | None:
+    """
+    The reactor to send with C{os.sendfile} through (see
+    L{glance_tx.api.sendfile}), when the data is a local file
+    (L{IFileRanges}) and the client is on plain TCP; else C{None}, and the
+    store's producer streams the bytes (TLS, remote stores, the parts of a
+    C{multipart/byteranges} body).
+    """
+    if not IFileRanges.providedBy(store):
+        return None
+    if plain_tcp_socket(getattr(request, "transport", None)) is None:
+        return None
+    reactor = getattr(getattr(getattr(request, "channel", None), "site", None), "reactor", None)
+    return reactor if IReactorFDSet.providedBy(reactor) else None
 
 
 #: How much one send() may take. The store produces 1 MiB blocks.

@@ -366,6 +366,10 @@ class GlanceSite(server.Site):
         self.caller_request_ids = caller_request_ids
         self.upload_matcher = UploadMatcher(upload_routes)
 
+    #: Appended to every request's log line: a worker names itself there
+    #: (L{glance_tx.workers}).
+    log_suffix = ""
+
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
         channel.MAX_LENGTH = self.max_header_line
@@ -393,5 +397,5 @@ class GlanceSite(server.Site):
             code=request.code,
             length=request.sentLength,
             elapsed=elapsed,
-            note=note,
+            note=note + self.log_suffix,
         )

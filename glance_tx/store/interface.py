@@ -9,6 +9,9 @@ caller's consumer. Locations are URIs whose scheme names the store
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import IO
+
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
@@ -113,3 +116,42 @@ class IStore(Interface):
 
     def ping() -> Deferred[None]:
         """Fire when the store can be read and written; fail when not."""
+
+
+@frozen
+class FileRange:
+    """
+    Bytes C{[offset, offset + length)} of an open file, for a sender that
+    copies them to a socket in the kernel (L{glance_tx.api.sendfile}).
+    C{close} releases the file (on the store's runner); call it once.
+    """
+
+    file: IO[bytes]
+    offset: int
+    length: int
+    closer: Callable[[], Deferred[None]]
+    #: Asks the kernel, off the reactor thread, to read C{(offset, length)}
+    #: of the file into the page cache ahead of the sender; or None.
+    advise: Callable[[int, int], Deferred[None]] | None = None
+    #: How far from C{offset} the open already asked for.
+    advised: int = 0
+
+    def close(self) -> Deferred[None]:
+        return self.closer()
+
+
+class IFileRanges(Interface):
+    """
+    A store whose data are local files (the filesystem store), so a
+    download on plain TCP can be sent with C{os.sendfile} instead of read
+    into memory block by block.
+    """
+
+    def open_range(
+        location: str, offset: int = 0, length: int | None = None
+    ) -> Deferred[FileRange]:
+        """
+        Open the data at C{location} for bytes C{[offset, offset + length)}
+        (to the end when C{length} is C{None}; fewer if the data is
+        shorter), with the checks and failures of L{IStore.read}.
+        """
