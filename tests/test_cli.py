@@ -505,6 +505,9 @@ class ErrorTests(CLITestCase):
             else:
                 self.fail(f"the upload never started: {stored}")
             process.send_signal(signal.SIGINT)
+            # Its stdin stays open until it has exited: closing it first
+            # would end the upload (EOF) before a slow process saw the signal.
+            await deferToThread(process.wait, timeout=COMMAND_TIMEOUT)
             _, err = await deferToThread(process.communicate, timeout=COMMAND_TIMEOUT)
             self.assertEqual((process.returncode, err.decode().strip()), (130, "Interrupted"))
             stored = await self.image(image["id"])

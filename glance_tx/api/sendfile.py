@@ -42,6 +42,7 @@ from typing import Any
 from attrs import field, mutable
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IPushProducer,
     IReactorFDSet,
     ISSLTransport,
@@ -97,9 +98,14 @@ class FileSender:
     @ivar source: The file range to send; closed once, at the end.
     """
 
-    reactor: IReactorFDSet
+    reactor: Any  # IReactorFDSet and IReactorTime
     request: Any
     source: FileRange
+    #: Seconds the client may read nothing before it is cut off (the
+    #: site's C{client_socket_timeout}; the channel's own deadline never
+    #: sees a body that bypasses the transport); None: no limit.
+    stall_timeout: float | None = None
+    _stall: IDelayedCall | None = field(default=None, init=False)
     _fd: int = field(default=-1, init=False)
     _offset: int = field(default=0, init=False)
     _remaining: int = field(default=0, init=False)
@@ -133,8 +139,18 @@ class FileSender:
         except BaseException:
             self._finish(Failure())
             return self._done
+        if self.stall_timeout is not None:
+            self._stall = self.reactor.callLater(self.stall_timeout, self._stalled)
         self._start_writing()
         return self._done
+
+    def _stalled(self) -> None:
+        """The client read nothing for C{stall_timeout}: cut it off."""
+        self._stall = None
+        transport = self.request.transport
+        if transport is not None:
+            transport.abortConnection()
+        self._finish(None)
 
     # IWriteDescriptor
 
@@ -172,6 +188,8 @@ class FileSender:
             transport.abortConnection()
             self._finish(Failure(error))
             return
+        if self._stall is not None and self.stall_timeout is not None:
+            self._stall.reset(self.stall_timeout)
         self._offset += sent
         self._remaining -= sent
         self.request.sentLength += sent
@@ -232,6 +250,9 @@ class FileSender:
         if self._finished:
             return
         self._finished = True
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
         self._stop_writing()
         if self._fd >= 0:
             os.close(self._fd)
@@ -251,5 +272,11 @@ class FileSender:
 
 
 def send_file(reactor: IReactorFDSet, request: Any, source: FileRange) -> Deferred[None]:
-    """Send C{source} as C{request}'s body with a L{FileSender}."""
-    return FileSender(reactor, request, source).start()
+    """
+    Send C{source} as C{request}'s body with a L{FileSender}, cut off after
+    the site's C{client_socket_timeout} without the client reading.
+    """
+    site = getattr(getattr(request, "channel", None), "site", None)
+    limits = getattr(site, "client_limits", None)
+    timeout = limits.client_socket_timeout if limits is not None else None
+    return FileSender(reactor, request, source, stall_timeout=timeout).start()

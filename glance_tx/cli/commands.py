@@ -17,6 +17,7 @@ traceback; so is anything unexpected, unless C{--debug}.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -79,6 +80,10 @@ class Settings:
         return self._client
 
 
+#: The exit status of a command stopped by SIGINT, as a shell expects (128 + 2).
+INTERRUPTED = 130
+
+
 class GlanceGroup(click.Group):
     """A group that turns the client's errors into one line and exit 1."""
 
@@ -91,7 +96,7 @@ class GlanceGroup(click.Group):
             # The client cancelled what it was doing; exit as a shell expects
             # of a command stopped by SIGINT (128 + 2).
             click.echo("Interrupted", err=True)
-            raise click.exceptions.Exit(130) from None
+            raise click.exceptions.Exit(INTERRUPTED) from None
         except ClientError as e:
             raise CommandFailed(str(e)) from None
         except OSError as e:
@@ -140,8 +145,20 @@ def cli(ctx: click.Context, url: str, token: str | None, timeout: float, debug: 
 
 
 def main() -> None:
-    """The console script: exits 0 on success, 1 on an error, 2 on a usage error."""
-    cli(prog_name="glance-tx")
+    """
+    The console script: exits 0 on success, 1 on an error, 2 on a usage
+    error, 130 when interrupted.
+    """
+    try:
+        cli(prog_name="glance-tx")
+    except SystemExit as e:
+        if e.code != INTERRUPTED:
+            raise
+        # A thread may still be blocked reading a pipe left open (stdin);
+        # the interpreter's shutdown would wait on its lock and abort.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)
 
 
 # -- shared options and output ---------------------------------------------------
