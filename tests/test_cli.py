@@ -43,6 +43,7 @@ from tests.live_server import (
     MiB,
     pattern_bytes,
 )
+from tests.test_imports_live import _ImportServer
 from tests.twistd_process import REPO, free_port
 
 #: The console script pip generated beside the Python running the tests.
@@ -567,6 +568,108 @@ class TooLargeTests(CLITestCase):
         return Deferred.fromCoroutine(go())
 
 
+class _ImportCLICase(_ImportServer, CLITestCase):
+    """A server with two stores and web-download (as L{tests.test_imports_live})."""
+
+    def setUp(self) -> Deferred[None]:
+        self.config_text = self.import_config()
+        return super().setUp()
+
+
+class ImportTests(_ImportCLICase):
+    """Interoperable import, web-download allowed to reach loopback."""
+
+    def test_stage_then_glance_direct(self) -> None:
+        """
+        C{image-stage} leaves the image uploading; C{image-import --wait}
+        (glance-direct, into the second store) prints it active with the
+        file's hashes; C{image-import --file} stages and imports at once.
+        """
+
+        async def go() -> None:
+            self.assertEqual(
+                sorted(await self.glance_json("import-methods")),
+                ["copy-image", "glance-direct", "web-download"],
+            )
+            path, md5, sha512 = await self.make_file("staged.raw", 2 * MiB + 3)
+            image = await self.create("--name", "cli-stage")
+            ran = await self.glance("image-stage", image["id"], "--file", path)
+            self.assertEqual((ran.out, ran.err), ("", ""))
+            staged = await self.image(image["id"])
+            assert staged is not None
+            self.assertEqual(staged["status"], "uploading")
+            done = await self.glance_json("image-import", image["id"], "--store", "second", "--wait")
+            self.assertEqual(
+                (done["status"], done["checksum"], done["os_hash_value"], done["stores"]),
+                ("active", md5, sha512, ["second"]),
+            )
+
+            other = await self.create("--name", "cli-stage-file")
+            done = await self.glance_json("image-import", other["id"], "--file", path, "--wait")
+            self.assertEqual((done["status"], done["checksum"]), ("active", md5))
+
+        return Deferred.fromCoroutine(go())
+
+    def test_web_download(self) -> None:
+        """C{--method web-download --uri} from an allowed loopback server,
+        into every store: active with the served bytes everywhere."""
+
+        async def go() -> None:
+            body = pattern_bytes(MiB + 9, seed=3)
+            url = self.serve(body)
+            image = await self.create("--name", "cli-web")
+            done = await self.glance_json(
+                "image-import", image["id"], "--method", "web-download", "--uri", url,
+                "--all-stores", "--wait",
+            )
+            self.assertEqual(
+                (done["status"], done["checksum"], sorted(done["stores"])),
+                ("active", hashlib.md5(body).hexdigest(), ["file", "second"]),
+            )
+
+        return Deferred.fromCoroutine(go())
+
+    def test_refused_import(self) -> None:
+        """
+        An import the server refuses at once (glance-direct, nothing
+        staged) and usage errors: exit 1 with the server's 409 in one
+        line; exit 2 for --uri missing.
+        """
+
+        async def go() -> None:
+            image = await self.create("--name", "cli-refused")
+            ran = await self.glance("image-import", image["id"], code=1)
+            self.assertOneLine(ran, "409", "staged")
+            ran = await self.glance("image-import", image["id"], "--method", "web-download", code=2)
+            self.assertIn("--uri", ran.err)
+
+        return Deferred.fromCoroutine(go())
+
+
+class GuardedImportTests(_ImportCLICase):
+    """The same server, with web-download kept off loopback."""
+
+    allow_loopback = False
+
+    def test_web_download_refused(self) -> None:
+        """
+        The import is accepted, then fails in the background (the address
+        guard): C{--wait} exits 1 with one line naming the failed store
+        and the status the image fell back to.
+        """
+
+        async def go() -> None:
+            url = self.serve(b"never read")
+            image = await self.create("--name", "cli-guarded")
+            ran = await self.glance(
+                "image-import", image["id"], "--method", "web-download", "--uri", url,
+                "--wait", code=1,
+            )
+            self.assertOneLine(ran, f"import of image {image['id']} failed", "file", "queued")
+
+        return Deferred.fromCoroutine(go())
+
+
 class ProgressTests(CLITestCase):
     def test_bar_on_a_terminal(self) -> Deferred[None]:
         """
@@ -635,6 +738,7 @@ class EntryPointTests(SynchronousTestCase):
             "image-list", "image-show", "image-create", "image-update", "image-upload",
             "image-download", "image-delete", "image-tag-add", "image-tag-remove",
             "member-list", "member-create", "member-update", "member-delete", "stores",
+            "image-stage", "image-import", "import-methods",
         })
         for name in names:
             result = runner.invoke(cli, [name, "--help"], prog_name="glance-tx")
