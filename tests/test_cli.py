@@ -33,8 +33,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from glance_tx.cli import cli
+from glance_tx.cli.commands import CommandFailed, _await_import
 from glance_tx.cli.output import human_size, render_fields, render_table
 from glance_tx.cli.progress import TransferBar, clock_text
+from glance_tx.client import ImageInfo
 from tests.live_server import (
     MEMBER_PROJECT,
     MEMBER_TOKEN,
@@ -782,3 +784,57 @@ class OutputTests(SynchronousTestCase):
             "| k        | v     |",
             render_fields({"id": "1", "properties": {"k": "v"}, "name": "n"}),
         )
+
+
+class _Importing:
+    """A client whose image shows each of C{states} in turn, then the last."""
+
+    def __init__(self, *states: tuple[str, dict[str, str]]) -> None:
+        self.states = list(states)
+        self.shown = 0
+
+    def show(self, image_id: str) -> ImageInfo:
+        status, properties = self.states[min(self.shown, len(self.states) - 1)]
+        self.shown += 1
+        return ImageInfo.from_document({"id": image_id, "status": status, **properties})
+
+
+class AwaitImportTests(SynchronousTestCase):
+    """C{image-import --wait}'s loop, on a fake client and clock."""
+
+    def wait(self, client: _Importing, timeout: float | None = 60.0) -> ImageInfo:
+        self.now = 0.0
+
+        def sleep(seconds: float) -> None:
+            self.now += seconds
+
+        return _await_import(client, "i", timeout, clock=lambda: self.now, sleep=sleep)  # type: ignore[arg-type]
+
+    def test_until_active(self) -> None:
+        """Polls while stores remain to import, returns the active image."""
+        client = _Importing(
+            ("importing", {"os_glance_importing_to_stores": "a,b"}),
+            ("importing", {"os_glance_importing_to_stores": "b"}),
+            ("active", {"os_glance_importing_to_stores": "", "os_glance_failed_import": ""}),
+        )
+        self.assertEqual(self.wait(client).status, "active")
+        self.assertEqual(client.shown, 3)
+
+    def test_failed_stores_named(self) -> None:
+        """A failed store: CommandFailed naming it and the status left in."""
+        client = _Importing(("queued", {"os_glance_failed_import": "a,b"}))
+        with self.assertRaises(CommandFailed) as raised:
+            self.wait(client)
+        self.assertEqual(
+            raised.exception.message, "import of image i failed for store(s) a, b (the image is queued)"
+        )
+
+    def test_gives_up_after_timeout(self) -> None:
+        """An import that never ends: CommandFailed once the time is up."""
+        client = _Importing(("importing", {"os_glance_importing_to_stores": "a"}))
+        with self.assertRaises(CommandFailed) as raised:
+            self.wait(client, timeout=2.0)
+        self.assertEqual(
+            raised.exception.message, "image i is still importing after 2 seconds, importing to a"
+        )
+        self.assertEqual(client.shown, 5)

@@ -460,31 +460,37 @@ def image_tag_remove(ctx: click.Context, image_id: str, tag: str) -> None:
 #: Seconds between two looks at an image whose import is awaited.
 IMPORT_POLL = 0.5
 
-#: The properties the server keeps an import's progress in (Glance's names).
-IMPORTING_TO_STORES = "os_glance_importing_to_stores"
-FAILED_IMPORT = "os_glance_failed_import"
 
-
-def _await_import(client: BlockingClient, image_id: str) -> ImageInfo:
+def _await_import(
+    client: BlockingClient, image_id: str, timeout: float | None,
+    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], object] = time.sleep,
+) -> ImageInfo:
     """
     The image once its import has ended: active with no store failed, or
     L{CommandFailed} naming the stores that failed (or the status it
-    fell back to).
+    fell back to), or saying it is still importing after C{timeout}
+    seconds (an import whose node died stays so).
     """
+    deadline = None if timeout is None else clock() + timeout
     while True:
         image = client.show(image_id)
-        if not image.properties.get(IMPORTING_TO_STORES):
-            failed = image.properties.get(FAILED_IMPORT)
-            if failed:
+        if not image.importing_to_stores:
+            if image.failed_import:
                 raise CommandFailed(
-                    f"import of image {image_id} failed for store(s) {failed} "
-                    f"(the image is {image.status})"
+                    f"import of image {image_id} failed for store(s) "
+                    f"{', '.join(image.failed_import)} (the image is {image.status})"
                 )
             if image.status == "active":
                 return image
             if image.status not in ("importing", "uploading"):
                 raise CommandFailed(f"import of image {image_id} ended with the image {image.status}")
-        time.sleep(IMPORT_POLL)
+        if deadline is not None and clock() >= deadline:
+            raise CommandFailed(
+                f"image {image_id} is still {image.status} after {timeout:g} seconds"
+                + (f", importing to {', '.join(image.importing_to_stores)}"
+                   if image.importing_to_stores else "")
+            )
+        sleep(IMPORT_POLL)
 
 
 def _stage(client: BlockingClient, image_id: str, file: str | None, ctx: click.Context,
@@ -529,13 +535,17 @@ def image_stage(ctx: click.Context, image_id: str, file: str | None, no_progress
     help="Stage this file's data first ('-': stdin; glance-direct only).",
 )
 @click.option("--wait", is_flag=True, help="Wait until the image is active; exit 1 if the import fails.")
+@click.option(
+    "--wait-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+    help="With --wait: seconds to wait before giving up (exit 1).",
+)
 @progress_option
 @format_option
 @click.pass_context
 def image_import(
     ctx: click.Context, image_id: str, method: str, uri: str | None, stores: tuple[str, ...],
     all_stores: bool | None, allow_failure: bool | None, file: str | None, wait: bool,
-    no_progress: bool, output_format: str,
+    wait_timeout: float, no_progress: bool, output_format: str,
 ) -> None:
     """
     Import an image's data (interoperable import): glance-direct of what
@@ -553,7 +563,7 @@ def image_import(
         image_id, method, uri=uri, stores=list(stores) or None, all_stores=all_stores,
         all_stores_must_succeed=None if allow_failure is None else not allow_failure,
     )
-    image = _await_import(client, image_id) if wait else client.show(image_id)
+    image = _await_import(client, image_id, wait_timeout) if wait else client.show(image_id)
     _show_image(output_format, image_document(image))
 
 
