@@ -631,6 +631,26 @@ class ImportTests(_ImportCLICase):
 
         return Deferred.fromCoroutine(go())
 
+    def test_copy_image(self) -> None:
+        """C{--method copy-image --store second --wait} (the owner is admin
+        here): the active image ends in both stores, its hash unchanged."""
+
+        async def go() -> None:
+            path, md5, _ = await self.make_file("copied.raw", MiB + 1)
+            image = await self.create("--name", "cli-copy", "--file", path)
+            self.assertEqual(image["stores"], ["file"])
+            done = await self.glance_json(
+                "image-import", image["id"], "--method", "copy-image", "--store", "second", "--wait",
+            )
+            self.assertEqual(
+                (done["status"], done["checksum"], done["stores"]), ("active", md5, ["file", "second"]),
+            )
+            self.assertNotIn("os_glance_importing_to_stores", {
+                k for k, v in done["properties"].items() if v
+            })
+
+        return Deferred.fromCoroutine(go())
+
     def test_refused_import(self) -> None:
         """
         An import the server refuses at once (glance-direct, nothing
