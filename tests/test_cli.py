@@ -33,8 +33,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from glance_tx.cli import cli
+from glance_tx.cli.commands import CommandFailed, _await_import
 from glance_tx.cli.output import human_size, render_fields, render_table
 from glance_tx.cli.progress import TransferBar, clock_text
+from glance_tx.client import ImageInfo
 from tests.live_server import (
     MEMBER_PROJECT,
     MEMBER_TOKEN,
@@ -43,6 +45,7 @@ from tests.live_server import (
     MiB,
     pattern_bytes,
 )
+from tests.test_imports_live import _ImportServer
 from tests.twistd_process import REPO, free_port
 
 #: The console script pip generated beside the Python running the tests.
@@ -570,6 +573,128 @@ class TooLargeTests(CLITestCase):
         return Deferred.fromCoroutine(go())
 
 
+class _ImportCLICase(_ImportServer, CLITestCase):
+    """A server with two stores and web-download (as L{tests.test_imports_live})."""
+
+    def setUp(self) -> Deferred[None]:
+        self.config_text = self.import_config()
+        return super().setUp()
+
+
+class ImportTests(_ImportCLICase):
+    """Interoperable import, web-download allowed to reach loopback."""
+
+    def test_stage_then_glance_direct(self) -> None:
+        """
+        C{image-stage} leaves the image uploading; C{image-import --wait}
+        (glance-direct, into the second store) prints it active with the
+        file's hashes; C{image-import --file} stages and imports at once.
+        """
+
+        async def go() -> None:
+            self.assertEqual(
+                sorted(await self.glance_json("import-methods")),
+                ["copy-image", "glance-direct", "web-download"],
+            )
+            path, md5, sha512 = await self.make_file("staged.raw", 2 * MiB + 3)
+            image = await self.create("--name", "cli-stage")
+            ran = await self.glance("image-stage", image["id"], "--file", path)
+            self.assertEqual((ran.out, ran.err), ("", ""))
+            staged = await self.image(image["id"])
+            assert staged is not None
+            self.assertEqual(staged["status"], "uploading")
+            done = await self.glance_json("image-import", image["id"], "--store", "second", "--wait")
+            self.assertEqual(
+                (done["status"], done["checksum"], done["os_hash_value"], done["stores"]),
+                ("active", md5, sha512, ["second"]),
+            )
+
+            other = await self.create("--name", "cli-stage-file")
+            done = await self.glance_json("image-import", other["id"], "--file", path, "--wait")
+            self.assertEqual((done["status"], done["checksum"]), ("active", md5))
+
+        return Deferred.fromCoroutine(go())
+
+    def test_web_download(self) -> None:
+        """C{--method web-download --uri} from an allowed loopback server,
+        into every store: active with the served bytes everywhere."""
+
+        async def go() -> None:
+            body = pattern_bytes(MiB + 9, seed=3)
+            url = self.serve(body)
+            image = await self.create("--name", "cli-web")
+            done = await self.glance_json(
+                "image-import", image["id"], "--method", "web-download", "--uri", url,
+                "--all-stores", "--wait",
+            )
+            self.assertEqual(
+                (done["status"], done["checksum"], sorted(done["stores"])),
+                ("active", hashlib.md5(body).hexdigest(), ["file", "second"]),
+            )
+
+        return Deferred.fromCoroutine(go())
+
+    def test_copy_image(self) -> None:
+        """C{--method copy-image --store second --wait} (the owner is admin
+        here): the active image ends in both stores, its hash unchanged."""
+
+        async def go() -> None:
+            path, md5, _ = await self.make_file("copied.raw", MiB + 1)
+            image = await self.create("--name", "cli-copy", "--file", path)
+            self.assertEqual(image["stores"], ["file"])
+            done = await self.glance_json(
+                "image-import", image["id"], "--method", "copy-image", "--store", "second", "--wait",
+            )
+            self.assertEqual(
+                (done["status"], done["checksum"], done["stores"]), ("active", md5, ["file", "second"]),
+            )
+            self.assertNotIn("os_glance_importing_to_stores", {
+                k for k, v in done["properties"].items() if v
+            })
+
+        return Deferred.fromCoroutine(go())
+
+    def test_refused_import(self) -> None:
+        """
+        An import the server refuses at once (glance-direct, nothing
+        staged) and usage errors: exit 1 with the server's 409 in one
+        line; exit 2 for --uri missing.
+        """
+
+        async def go() -> None:
+            image = await self.create("--name", "cli-refused")
+            ran = await self.glance("image-import", image["id"], code=1)
+            self.assertOneLine(ran, "409", "staged")
+            ran = await self.glance("image-import", image["id"], "--method", "web-download", code=2)
+            self.assertIn("--uri", ran.err)
+
+        return Deferred.fromCoroutine(go())
+
+
+class GuardedImportTests(_ImportCLICase):
+    """The same server, with web-download kept off loopback."""
+
+    allow_loopback = False
+
+    def test_web_download_refused(self) -> None:
+        """
+        The import is accepted, then fails in the background (the address
+        guard): C{--wait} exits 1 with one line naming the failed store
+        and the status the image fell back to.
+        """
+
+        async def go() -> None:
+            url = self.serve(b"never read")
+            image = await self.create("--name", "cli-guarded")
+            ran = await self.glance(
+                "image-import", image["id"], "--method", "web-download", "--uri", url,
+                "--wait", code=1,
+            )
+            self.assertOneLine(ran, f"import of image {image['id']} failed", "file", "queued")
+
+        return Deferred.fromCoroutine(go())
+
+
 class ProgressTests(CLITestCase):
     def test_bar_on_a_terminal(self) -> Deferred[None]:
         """
@@ -638,6 +763,7 @@ class EntryPointTests(SynchronousTestCase):
             "image-list", "image-show", "image-create", "image-update", "image-upload",
             "image-download", "image-delete", "image-tag-add", "image-tag-remove",
             "member-list", "member-create", "member-update", "member-delete", "stores",
+            "image-stage", "image-import", "import-methods",
         })
         for name in names:
             result = runner.invoke(cli, [name, "--help"], prog_name="glance-tx")
@@ -681,3 +807,57 @@ class OutputTests(SynchronousTestCase):
             "| k        | v     |",
             render_fields({"id": "1", "properties": {"k": "v"}, "name": "n"}),
         )
+
+
+class _Importing:
+    """A client whose image shows each of C{states} in turn, then the last."""
+
+    def __init__(self, *states: tuple[str, dict[str, str]]) -> None:
+        self.states = list(states)
+        self.shown = 0
+
+    def show(self, image_id: str) -> ImageInfo:
+        status, properties = self.states[min(self.shown, len(self.states) - 1)]
+        self.shown += 1
+        return ImageInfo.from_document({"id": image_id, "status": status, **properties})
+
+
+class AwaitImportTests(SynchronousTestCase):
+    """C{image-import --wait}'s loop, on a fake client and clock."""
+
+    def wait(self, client: _Importing, timeout: float | None = 60.0) -> ImageInfo:
+        self.now = 0.0
+
+        def sleep(seconds: float) -> None:
+            self.now += seconds
+
+        return _await_import(client, "i", timeout, clock=lambda: self.now, sleep=sleep)  # type: ignore[arg-type]
+
+    def test_until_active(self) -> None:
+        """Polls while stores remain to import, returns the active image."""
+        client = _Importing(
+            ("importing", {"os_glance_importing_to_stores": "a,b"}),
+            ("importing", {"os_glance_importing_to_stores": "b"}),
+            ("active", {"os_glance_importing_to_stores": "", "os_glance_failed_import": ""}),
+        )
+        self.assertEqual(self.wait(client).status, "active")
+        self.assertEqual(client.shown, 3)
+
+    def test_failed_stores_named(self) -> None:
+        """A failed store: CommandFailed naming it and the status left in."""
+        client = _Importing(("queued", {"os_glance_failed_import": "a,b"}))
+        with self.assertRaises(CommandFailed) as raised:
+            self.wait(client)
+        self.assertEqual(
+            raised.exception.message, "import of image i failed for store(s) a, b (the image is queued)"
+        )
+
+    def test_gives_up_after_timeout(self) -> None:
+        """An import that never ends: CommandFailed once the time is up."""
+        client = _Importing(("importing", {"os_glance_importing_to_stores": "a"}))
+        with self.assertRaises(CommandFailed) as raised:
+            self.wait(client, timeout=2.0)
+        self.assertEqual(
+            raised.exception.message, "image i is still importing after 2 seconds, importing to a"
+        )
+        self.assertEqual(client.shown, 5)

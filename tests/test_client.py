@@ -308,6 +308,49 @@ class RefusalTests(MemoryClientTestCase):
         self.assertIn("queued", error.message)
 
 
+class ImportTests(MemoryClientTestCase):
+    """Interoperable import through the client, in memory."""
+
+    def imported(self, image_id: str) -> ImageInfo:
+        """The image once the server's background import has ended."""
+        self.successResultOf(self.site.importer.idle())
+        return self.wait(self.api.show(image_id))
+
+    def test_import_methods(self) -> None:
+        """import_methods() lists what GET /v2/info/import offers, no more."""
+        # One store and no HTTP store: only glance-direct can work.
+        self.assertEqual(self.wait(self.api.import_methods()), ["glance-direct"])
+
+    def test_stage_then_glance_direct(self) -> None:
+        """stage() streams the data (progress reported, image uploading);
+        import_image() makes it active with those bytes, hashed."""
+        body = data(3 * MiB + 5, seed=21)
+        image = self.new_image(name="staged")
+        seen: list[tuple[int, int | None]] = []
+        self.wait(self.api.stage(image.id, io.BytesIO(body), progress=lambda d, t: seen.append((d, t))))
+        self.assertEqual(seen[-1][0], len(body))
+        self.assertGreater(len(seen), 1)
+        self.assertEqual(self.wait(self.api.show(image.id)).status, "uploading")
+        self.wait(self.api.import_image(image.id, "glance-direct", stores=["file"]))
+        done = self.imported(image.id)
+        self.assertEqual((done.status, done.size, done.stores), ("active", len(body), ("file",)))
+        self.assertEqual(done.os_hash_value, hashlib.sha512(body).hexdigest())
+        out = io.BytesIO()
+        self.wait(self.api.download(image.id, out))
+        self.assertEqual(out.getvalue(), body)
+
+    def test_import_not_staged_refused(self) -> None:
+        """glance-direct of an image not staged: Conflict with the server's reason."""
+        image = self.new_image()
+        error = self.failure(self.api.import_image(image.id), Conflict)
+        self.assertIn("staged", error.message)
+
+    def test_bad_method_refused(self) -> None:
+        """A method the server does not know: BadRequest."""
+        image = self.new_image()
+        self.failure(self.api.import_image(image.id, "teleport"), BadRequest)
+
+
 class ErrorParsingTests(SynchronousTestCase):
     """Error bodies in each shape servers send."""
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from itertools import islice
@@ -39,6 +40,7 @@ from glance_tx.cli.output import (
 from glance_tx.cli.progress import TransferBar, transfer_bar
 from glance_tx.client import ClientError, HTTPError
 from glance_tx.client.blocking import BlockingClient
+from glance_tx.client.values import ImageInfo
 
 __all__ = ["cli", "main"]
 
@@ -468,6 +470,127 @@ def image_tag_add(ctx: click.Context, image_id: str, tag: str) -> None:
 def image_tag_remove(ctx: click.Context, image_id: str, tag: str) -> None:
     """Remove a tag from an image."""
     _client(ctx).remove_tag(image_id, tag)
+
+
+# -- import -----------------------------------------------------------------------
+
+#: Seconds between two looks at an image whose import is awaited.
+IMPORT_POLL = 0.5
+
+
+def _await_import(
+    client: BlockingClient, image_id: str, timeout: float | None,
+    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], object] = time.sleep,
+) -> ImageInfo:
+    """
+    The image once its import has ended: active with no store failed, or
+    L{CommandFailed} naming the stores that failed (or the status it
+    fell back to), or saying it is still importing after C{timeout}
+    seconds (an import whose node died stays so).
+    """
+    deadline = None if timeout is None else clock() + timeout
+    while True:
+        image = client.show(image_id)
+        if not image.importing_to_stores:
+            if image.failed_import:
+                raise CommandFailed(
+                    f"import of image {image_id} failed for store(s) "
+                    f"{', '.join(image.failed_import)} (the image is {image.status})"
+                )
+            if image.status == "active":
+                return image
+            if image.status not in ("importing", "uploading"):
+                raise CommandFailed(f"import of image {image_id} ended with the image {image.status}")
+        if deadline is not None and clock() >= deadline:
+            raise CommandFailed(
+                f"image {image_id} is still {image.status} after {timeout:g} seconds"
+                + (f", importing to {', '.join(image.importing_to_stores)}"
+                   if image.importing_to_stores else "")
+            )
+        sleep(IMPORT_POLL)
+
+
+def _stage(client: BlockingClient, image_id: str, file: str | None, ctx: click.Context,
+           no_progress: bool) -> None:
+    source, close = _open_source(file, ctx)
+    try:
+        with _bar("Staging", no_progress) as bar:
+            client.stage(image_id, source, progress=bar)
+    finally:
+        if close:
+            source.close()
+
+
+@cli.command("image-stage")
+@click.argument("image_id")
+@click.option(
+    "--file", "file", type=click.Path(dir_okay=False, allow_dash=True),
+    help="The data to stage ('-', or left out with data piped in: stdin).",
+)
+@progress_option
+@click.pass_context
+def image_stage(ctx: click.Context, image_id: str, file: str | None, no_progress: bool) -> None:
+    """Stage a queued image's data for 'image-import --method glance-direct'."""
+    _stage(_client(ctx), image_id, file, ctx, no_progress)
+
+
+@cli.command("image-import")
+@click.argument("image_id")
+@click.option(
+    "--method", type=click.Choice(["glance-direct", "web-download", "copy-image"]),
+    default="glance-direct", show_default=True, help="How the server gets the data.",
+)
+@click.option("--uri", help="The URL web-download reads the data from.")
+@click.option("--store", "stores", multiple=True, help="A store to import into (repeat for more).")
+@click.option("--all-stores", is_flag=True, default=None, help="Import into every store.")
+@click.option(
+    "--allow-failure", is_flag=True, default=None,
+    help="Keep the stores that worked when another fails (all_stores_must_succeed false).",
+)
+@click.option(
+    "--file", "file", type=click.Path(dir_okay=False, allow_dash=True),
+    help="Stage this file's data first ('-': stdin; glance-direct only).",
+)
+@click.option("--wait", is_flag=True, help="Wait until the image is active; exit 1 if the import fails.")
+@click.option(
+    "--wait-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+    help="With --wait: seconds to wait before giving up (exit 1).",
+)
+@progress_option
+@format_option
+@click.pass_context
+def image_import(
+    ctx: click.Context, image_id: str, method: str, uri: str | None, stores: tuple[str, ...],
+    all_stores: bool | None, allow_failure: bool | None, file: str | None, wait: bool,
+    wait_timeout: float, no_progress: bool, output_format: str,
+) -> None:
+    """
+    Import an image's data (interoperable import): glance-direct of what
+    was staged (or --file, staged first), web-download from --uri, or
+    copy-image into more stores. Prints the image.
+    """
+    if (method == "web-download") != (uri is not None):
+        raise click.UsageError("--uri goes with --method web-download, and it needs one", ctx)
+    if file is not None and method != "glance-direct":
+        raise click.UsageError("--file stages data for --method glance-direct only", ctx)
+    client = _client(ctx)
+    if file is not None:
+        _stage(client, image_id, file, ctx, no_progress)
+    client.import_image(
+        image_id, method, uri=uri, stores=list(stores) or None, all_stores=all_stores,
+        all_stores_must_succeed=None if allow_failure is None else not allow_failure,
+    )
+    image = _await_import(client, image_id, wait_timeout) if wait else client.show(image_id)
+    _show_image(output_format, image_document(image))
+
+
+@cli.command("import-methods")
+@format_option
+@click.pass_context
+def import_methods(ctx: click.Context, output_format: str) -> None:
+    """List the import methods the server offers."""
+    methods = _client(ctx).import_methods()
+    _emit(output_format, methods, lambda: render_table(["Import method"], [[m] for m in methods]))
 
 
 # -- members and stores -----------------------------------------------------------

@@ -379,6 +379,42 @@ class Client:
         document = await self._json("GET", self._url("info", "stores"))
         return [StoreInfo.from_document(s) for s in document.get("stores", [])]
 
+    # -- import -----------------------------------------------------------------
+
+    async def import_methods(self) -> list[str]:
+        """The import methods the server offers (C{GET /v2/info/import})."""
+        document = await self._json("GET", self._url("info", "import"))
+        return list(document.get("import-methods", {}).get("value", []))
+
+    async def import_image(
+        self,
+        image_id: str,
+        method: str = "glance-direct",
+        *,
+        uri: str | None = None,
+        stores: Iterable[str] | None = None,
+        all_stores: bool | None = None,
+        all_stores_must_succeed: bool | None = None,
+    ) -> None:
+        """
+        Ask the server to import image C{image_id} by C{method}
+        (C{glance-direct} after L{stage}, C{web-download} from C{uri},
+        C{copy-image} of an active image) into C{stores} (else
+        C{all_stores}, else the default store). Returns once accepted
+        (202): the data moves in the background; L{show} the image for
+        C{active}, or C{os_glance_failed_import}.
+        """
+        document: dict[str, Any] = {"method": {"name": method}}
+        if uri is not None:
+            document["method"]["uri"] = uri
+        if stores is not None:
+            document["stores"] = list(stores)
+        if all_stores is not None:
+            document["all_stores"] = all_stores
+        if all_stores_must_succeed is not None:
+            document["all_stores_must_succeed"] = all_stores_must_succeed
+        await self._json("POST", self._url("images", image_id, "import"), document, expect=(202,))
+
     # -- data -------------------------------------------------------------------
 
     async def upload(
@@ -399,28 +435,56 @@ class Client:
         chunked). C{store} names the store to write to. C{progress} is
         called as each block is sent.
         """
+        headers = {} if store is None else {"X-Image-Meta-Store": store}
+        await self._send_data(image_id, "file", source, size, headers, progress)
+
+    async def stage(
+        self,
+        image_id: str,
+        source: Source,
+        *,
+        size: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        """
+        Stage image C{image_id}'s data for a C{glance-direct}
+        L{import_image} (C{PUT /v2/images/{id}/stage}): C{source},
+        C{size} and C{progress} as for L{upload}, streamed the same way.
+        The image is then C{uploading}; the import chooses the stores.
+        """
+        await self._send_data(image_id, "stage", source, size, {}, progress)
+
+    async def _send_data(
+        self,
+        image_id: str,
+        target: str,
+        source: Source,
+        size: int | None,
+        headers: Mapping[str, str],
+        progress: Progress | None,
+    ) -> None:
+        """PUT C{source} to the image's C{target} (C{file} or C{stage}), a path opened here."""
         if isinstance(source, str | os.PathLike):
             file: IO[bytes] = await self.runner.run(open, os.fspath(source), "rb")
             try:
-                await self._upload(image_id, file, size, store, progress)
+                await self._put(image_id, target, file, size, headers, progress)
             finally:
                 await self.runner.run(file.close)
         else:
-            await self._upload(image_id, source, size, store, progress)
+            await self._put(image_id, target, source, size, headers, progress)
 
-    async def _upload(
+    async def _put(
         self,
         image_id: str,
+        target: str,
         file: IO[bytes],
         size: int | None,
-        store: str | None,
+        extra: Mapping[str, str],
         progress: Progress | None,
     ) -> None:
         if size is None:
             size = await self.runner.run(readable_length, file)
-        headers = {"Content-Type": "application/octet-stream"}
-        if store is not None:
-            headers["X-Image-Meta-Store"] = store
+        headers = {"Content-Type": "application/octet-stream", **extra}
         # The timeout bounds a silence, not the upload: a long upload that
         # keeps sending is not cut, one the server stops taking is.
         idle: IDelayedCall | None = None
@@ -441,7 +505,7 @@ class Client:
         body = FileBody(file, self.runner, size, self.block_size, sent)
         request = Deferred.fromCoroutine(
             self._request(
-                "PUT", self._url("images", image_id, "file"), headers=headers, body=body,
+                "PUT", self._url("images", image_id, target), headers=headers, body=body,
                 expect=(204, 201, 200), timed=False,
             )
         )

@@ -166,6 +166,40 @@ class BlockingClient:
         result: list[StoreInfo] = self._call(self.client.stores)
         return result
 
+    # -- import ---------------------------------------------------------------
+
+    def import_methods(self) -> list[str]:
+        result: list[str] = self._call(self.client.import_methods)
+        return result
+
+    def import_image(
+        self,
+        image_id: str,
+        method: str = "glance-direct",
+        *,
+        uri: str | None = None,
+        stores: Iterable[str] | None = None,
+        all_stores: bool | None = None,
+        all_stores_must_succeed: bool | None = None,
+    ) -> None:
+        """As L{Client.import_image}: returns once the server accepted it."""
+        self._call(
+            self.client.import_image, image_id, method, uri=uri,
+            stores=None if stores is None else list(stores), all_stores=all_stores,
+            all_stores_must_succeed=all_stores_must_succeed,
+        )
+
+    def stage(
+        self,
+        image_id: str,
+        source: Source,
+        *,
+        size: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        """As L{Client.stage}; C{progress} is called on the reactor thread."""
+        self._call(self.client.stage, image_id, source, size=size, progress=progress)
+
     # -- data -----------------------------------------------------------------
 
     def upload(

@@ -93,13 +93,29 @@ class ImageInfo:
             tags=frozenset(document.get("tags") or ()),
             created_at=_time(document.get("created_at")),
             updated_at=_time(document.get("updated_at")),
-            stores=tuple(s for s in (document.get("stores") or "").split(",") if s),
+            stores=_store_list(document.get("stores")),
             properties={
                 key: value
                 for key, value in document.items()
                 if key not in core and key not in _LINKS
             },
         )
+
+
+    @property
+    def importing_to_stores(self) -> tuple[str, ...]:
+        """The stores an import still has to write (C{os_glance_importing_to_stores})."""
+        return _store_list(self.properties.get("os_glance_importing_to_stores"))
+
+    @property
+    def failed_import(self) -> tuple[str, ...]:
+        """The stores an import failed to write (C{os_glance_failed_import})."""
+        return _store_list(self.properties.get("os_glance_failed_import"))
+
+
+def _store_list(value: Any) -> tuple[str, ...]:
+    """Glance's comma-joined store ids as a tuple."""
+    return tuple(s for s in (value or "").split(",") if s)
 
 
 @frozen
