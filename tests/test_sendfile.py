@@ -231,6 +231,10 @@ class SendfileTests(_Uploading, ServerTestCase):
         (logged,) = _logged_lengths(events, uri)
         self.assertLess(logged, len(data))
         self.assertEqual(logged, counting.sent)
+        # The sender let go of the request before it was finished (the
+        # soak run logged "Producer was not unregistered" on hang-ups).
+        failures = [e["log_failure"] for e in events if "log_failure" in e]
+        self.assertEqual([f for f in failures if f.check(RuntimeError)], [])
 
 
 def _two_on_one_connection(port: int, request: bytes) -> list[bytes]:

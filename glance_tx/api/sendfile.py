@@ -113,6 +113,7 @@ class FileSender:
     _paused: bool = field(default=False, init=False)
     _writing: bool = field(default=False, init=False)
     _finished: bool = field(default=False, init=False)
+    _registered: bool = field(default=False, init=False)
     _done: Deferred[None] = field(factory=Deferred, init=False)
 
     def start(self) -> Deferred[None]:
@@ -136,6 +137,7 @@ class FileSender:
             self.request.write(b"")  # the headers, into the transport's buffer
             self._fd = os.dup(sock.fileno())  # shares O_NONBLOCK with the socket
             self.request.registerProducer(self, True)
+            self._registered = True
         except BaseException:
             self._finish(Failure())
             return self._done
@@ -194,7 +196,7 @@ class FileSender:
         self._remaining -= sent
         self.request.sentLength += sent
         if self._remaining == 0:
-            self._finish(None, unregister=True)
+            self._finish(None)
         else:
             self._read_ahead()
 
@@ -236,7 +238,7 @@ class FileSender:
 
     def _start_writing(self) -> None:
         if self._remaining == 0:
-            self._finish(None, unregister=True)
+            self._finish(None)
         elif not (self._writing or self._paused or self._finished):
             self._writing = True
             self.reactor.addWriter(self)
@@ -246,7 +248,7 @@ class FileSender:
             self._writing = False
             self.reactor.removeWriter(self)
 
-    def _finish(self, outcome: Failure | None, unregister: bool = False) -> None:
+    def _finish(self, outcome: Failure | None) -> None:
         if self._finished:
             return
         self._finished = True
@@ -257,7 +259,10 @@ class FileSender:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        if unregister:
+        if self._registered:
+            # On every way out, a hang-up included: the request is finished
+            # next, and twisted.web refuses to finish one with a producer.
+            self._registered = False
             self.request.unregisterProducer()
 
         def closed(result: object) -> None:
