@@ -39,6 +39,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -349,6 +350,14 @@ def soak(args: argparse.Namespace, server: Server, tally: Tally) -> Curves:
             if "Non-2xx" in output or "Socket errors" in output:
                 tally.error(f"wrk saw errors:\n{output}")
     server.check_alive()
+    logged = server.log.read_text(errors="replace")
+    for level in ("error", "critical"):
+        tally.counts[f"server log lines at {level}"] = logged.count(f"#{level}]")
+    failures = sorted({
+        re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "{id}", line.strip())
+        for line in logged.splitlines() if line.lstrip().startswith("Failure:")
+    })
+    tally.errors += [f"server log: {line}" for line in failures[:5]]
     return curves
 
 
