@@ -238,6 +238,18 @@ class Curves:
     rss_kib: list[int] = field(default_factory=list)
     fds: list[int] = field(default_factory=list)
     threads: list[int] = field(default_factory=list)
+    #: (RSS MiB, fds, threads) of the idle server, before and after the load.
+    idle: list[tuple[float, int, int]] = field(default_factory=list)
+
+
+def idle(pid: int, curves: Curves) -> None:
+    """What the server holds with no request in flight."""
+    time.sleep(3)
+    curves.idle.append((
+        transfer.status_kib([pid], "VmRSS") / 1024,
+        len(os.listdir(f"/proc/{pid}/fd")),
+        transfer.status_kib([pid], "Threads"),
+    ))
 
 
 def sample(pid: int, curves: Curves, began: float) -> None:
@@ -315,6 +327,7 @@ def soak(args: argparse.Namespace, server: Server, tally: Tally) -> Curves:
     ] + [threading.Thread(target=hanger, args=(Client(server, tally), stored, data, stop))]
     curves = Curves()
     pid = server.popen.pid
+    idle(pid, curves)
     began = time.monotonic()
     for thread in threads:
         thread.start()
@@ -350,6 +363,7 @@ def soak(args: argparse.Namespace, server: Server, tally: Tally) -> Curves:
             if "Non-2xx" in output or "Socket errors" in output:
                 tally.error(f"wrk saw errors:\n{output}")
     server.check_alive()
+    idle(pid, curves)
     logged = server.log.read_text(errors="replace")
     for level in ("error", "critical"):
         tally.counts[f"server log lines at {level}"] = logged.count(f"#{level}]")
@@ -362,7 +376,7 @@ def soak(args: argparse.Namespace, server: Server, tally: Tally) -> Curves:
 
 
 def report(
-    args: argparse.Namespace, found: list[Ends], window: float, tally: Tally,
+    args: argparse.Namespace, curves: Curves, found: list[Ends], window: float, tally: Tally,
     hashes: str, load: str,
 ) -> str:
     lines = [
@@ -400,6 +414,11 @@ def report(
             f"| 1 ± {TARGET:.2f}: {'met' if e.flat else 'NOT met'} "
             f"| {e.low:.0f} | {e.high:.0f} |"
         )
+    lines += ["", "The idle server (3 s after the last request), before and after the load:", ""]
+    lines += [
+        f"- {when}: RSS {rss:.0f} MiB, {fds} open fds, {threads} threads"
+        for when, (rss, fds, threads) in zip(("before", "after"), curves.idle, strict=True)
+    ]
     lines += ["", "Requests in the run:", ""]
     lines += [f"- {what}: {n}" for what, n in sorted(tally.counts.items())]
     lines += [f"- wrk on {w}" for w in tally.wrk]
@@ -472,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{curve.name}: {curve.start:.1f} -> {curve.end:.1f} {curve.unit} "
               f"({curve.ratio:.2f}; {'flat' if curve.flat else 'NOT flat'} within {TARGET:.0%})")
     transfer.publish_section(
-        "soak.py", report(args, found, window, tally, hashes, load), not args.no_write
+        "soak.py", report(args, curves, found, window, tally, hashes, load), not args.no_write
     )
     return 0
 
