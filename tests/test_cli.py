@@ -508,9 +508,14 @@ class ErrorTests(CLITestCase):
             else:
                 self.fail(f"the upload never started: {stored}")
             process.send_signal(signal.SIGINT)
-            # Its stdin stays open until it has exited: closing it first
-            # would end the upload (EOF) before a slow process saw the signal.
-            await deferToThread(process.wait, timeout=COMMAND_TIMEOUT)
+            # Its stdin stays open a while: closing it at once could end the
+            # upload (EOF) before a loaded process saw the signal. The read
+            # of the pipe then in flight returns only at EOF, so the pipe is
+            # closed after that while, and the cancelled upload ends.
+            try:
+                await deferToThread(process.wait, timeout=3)
+            except subprocess.TimeoutExpired:
+                pass
             _, err = await deferToThread(process.communicate, timeout=COMMAND_TIMEOUT)
             self.assertEqual((process.returncode, err.decode().strip()), (130, "Interrupted"))
             stored = await self.image(image["id"])
