@@ -30,6 +30,7 @@ import posixpath
 import secrets
 import stat
 import tempfile
+from collections.abc import Callable
 from typing import IO, Any, ClassVar
 from urllib.parse import quote, unquote, urlsplit
 
@@ -448,19 +449,7 @@ class FilesystemStore:
         unregistered and the Deferred fires with C{None}. A negative
         C{offset} or C{length} fails with L{BadRequest} before any I/O.
         """
-        try:
-            where = self._parse(location)
-            check_read_range(offset, length)
-        except BadRequest:
-            return fail()
-        d = self.runner.run(
-            _open_for_read,
-            self.root.path,
-            where.directory,
-            where.image_id,
-            offset,
-            length,
-        )
+        d = self._open(_open_for_read, location, offset, length)
 
         def opened(result: tuple[IO[bytes], int]) -> Deferred[None]:
             f, remaining = result
@@ -478,19 +467,7 @@ class FilesystemStore:
         self, location: str, offset: int = 0, length: int | None = None
     ) -> Deferred[FileRange]:
         """See L{IFileRanges.open_range}: the file as L{read} opens it."""
-        try:
-            where = self._parse(location)
-            check_read_range(offset, length)
-        except BadRequest:
-            return fail()
-        d = self.runner.run(
-            _open_for_sendfile,
-            self.root.path,
-            where.directory,
-            where.image_id,
-            offset,
-            length,
-        )
+        d = self._open(_open_for_sendfile, location, offset, length)
 
         def opened(result: tuple[IO[bytes], int]) -> FileRange:
             f, remaining = result
@@ -504,6 +481,26 @@ class FilesystemStore:
             )
 
         return d.addCallback(opened)
+
+    def _open(
+        self,
+        opener: Callable[[str, str, str, int, int | None], tuple[IO[bytes], int]],
+        location: str,
+        offset: int,
+        length: int | None,
+    ) -> Deferred[tuple[IO[bytes], int]]:
+        """
+        Check C{location} and the range before any I/O, then open the data
+        with C{opener} on the runner (for L{read} and L{open_range} alike).
+        """
+        try:
+            where = self._parse(location)
+            check_read_range(offset, length)
+        except BadRequest:
+            return fail()
+        return self.runner.run(
+            opener, self.root.path, where.directory, where.image_id, offset, length
+        )
 
     def delete(self, location: str) -> Deferred[None]:
         try:
