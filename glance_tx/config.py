@@ -18,6 +18,8 @@ from typing import Any
 import attrs
 from attrs import field, frozen
 
+from glance_tx import images
+
 DEFAULT_DATA_DIR = "glance-data"
 DEFAULT_BIND_HOST = "127.0.0.1"
 DEFAULT_BIND_PORT = 9292
@@ -156,6 +158,19 @@ class ImageFormatConfig:
     vmdk_allowed_types: tuple[str, ...] = field(
         default=("streamOptimized", "monolithicSparse"), converter=_names
     )
+    #: The values an image's disk_format may take (Glance 33's list and
+    #: order): the v2 schema's enum, and what v1 and v2 accept.
+    disk_formats: tuple[str, ...] = field(
+        default=images.DISK_FORMATS, converter=_names
+    )
+    #: The values an image's container_format may take (Glance 33's).
+    container_formats: tuple[str, ...] = field(
+        default=images.CONTAINER_FORMATS, converter=_names
+    )
+    #: Safety checks (by the inspector's name: C{mbr}) whose failure only
+    #: logs a warning when the content is a GPT disk: a raw image behind
+    #: a loosely written protective MBR. Glance 33's default: none.
+    gpt_safety_checks_nonfatal: tuple[str, ...] = field(default=(), converter=_names)
 
 
 @frozen
@@ -705,14 +720,21 @@ def _image_format_config(parser: configparser.ConfigParser) -> ImageFormatConfig
         parser["image_format"] if parser.has_section("image_format") else {}
     )
     defaults = ImageFormatConfig()
-    types = section.get("vmdk_allowed_types")
+
+    def names(option: str) -> tuple[str, ...]:
+        raw = section.get(option)
+        if raw is None:
+            return tuple(getattr(defaults, option))
+        return tuple(t.strip() for t in raw.split(",") if t.strip())
+
     return ImageFormatConfig(
         require_image_format_match=bool_option(
             section, "require_image_format_match", defaults.require_image_format_match
         ),
-        vmdk_allowed_types=defaults.vmdk_allowed_types
-        if types is None
-        else tuple(t.strip() for t in types.split(",") if t.strip()),
+        vmdk_allowed_types=names("vmdk_allowed_types"),
+        disk_formats=names("disk_formats"),
+        container_formats=names("container_formats"),
+        gpt_safety_checks_nonfatal=names("gpt_safety_checks_nonfatal"),
     )
 
 

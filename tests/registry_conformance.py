@@ -265,7 +265,7 @@ class RegistryConformanceMixin(_Base):
     @conformance
     async def test_create_invalid_bad_request(self, registry: Any) -> None:
         """A record failing check_image is refused with BadRequest and not stored."""
-        image = make_image(disk_format="floppy")
+        image = make_image(visibility="everyone")
         await self.assertFails(registry.create(image), BadRequest)
         await self.assertFails(registry.get(image.id), NotFound)
 

@@ -127,9 +127,9 @@ class CreateTests(ErrorShapeMixin, SiteTestCase):
     def test_invalid_values(self) -> None:
         """Bad header values are 400s saying what was wrong."""
         cases = [
-            (meta(disk_format="floppy"), "disk_format"),
-            (meta(container_format="box"), "container_format"),
-            (meta(disk_format="ami", container_format="bare"), "ami"),
+            (meta(disk_format="floppy"), "disk format 'floppy'"),
+            (meta(container_format="box"), "container format 'box'"),
+            (meta(disk_format="ami", container_format="bare"), "Invalid mix"),
             (meta(is_public="maybe"), "is_public"),
             (meta(min_ram="lots"), "min_ram"),
             (meta(min_disk="-1"), "min_disk"),

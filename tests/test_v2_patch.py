@@ -18,6 +18,7 @@ from glance_tx.api.v2_patch import (
     draft_for,
     parse_patch,
 )
+from glance_tx.config import ImageFormatConfig
 from glance_tx.errors import BadRequest, Conflict, Forbidden, UnsupportedMediaType
 from glance_tx.images import Image, ImageUpdate
 from glance_tx.locations import Validation
@@ -179,13 +180,57 @@ class ApplyTests(SynchronousTestCase):
         self.assertEqual(apply_patch(queued, change).fields, {"disk_format": "qcow2"})
         active = image(images.ACTIVE, disk_format="raw")
         self.assertRaises(Forbidden, apply_patch, active, change)
-        same = parse([{"op": "replace", "path": "/disk_format", "value": "raw"}])
-        self.assertEqual(apply_patch(active, same), ImageUpdate())
 
-    def test_whole_image_checked(self) -> None:
-        """The image as patched must be valid (ami needs an ami container)."""
-        change = parse([{"op": "replace", "path": "/disk_format", "value": "ami"}])
-        self.assertRaises(BadRequest, apply_patch, image(container_format="bare"), change)
+    def test_formats_written_once_active(self) -> None:
+        """
+        Once the image has data, any write of a format is Forbidden, even
+        of the value it has, or of null, by replace or add: Glance 33
+        answers 403 to each (its setter refuses every assignment).
+        """
+        for status in (images.ACTIVE, images.DEACTIVATED, images.UPLOADING):
+            active = image(status, disk_format="raw", container_format="bare")
+            for op in ("replace", "add"):
+                for name, value in (("disk_format", "raw"), ("container_format", "bare"),
+                                    ("disk_format", None)):
+                    change = parse([{"op": op, "path": f"/{name}", "value": value}])
+                    error = self.assertRaises(Forbidden, apply_patch, active, change)
+                    self.assertIn(f"Attribute {name} can be only replaced", error.message)
+        importing = image(images.IMAGE_IMPORTING, disk_format="raw")
+        same = parse([{"op": "replace", "path": "/disk_format", "value": "raw"}])
+        self.assertEqual(apply_patch(importing, same), ImageUpdate())
+
+    def test_no_pairing_rule(self) -> None:
+        """
+        v2 has no ami/ari/aki pairing rule (Glance 33 takes an ami disk in
+        a bare container, a raw disk in an ami container); v1 keeps it.
+        """
+        for disk, container in (("ami", "bare"), ("raw", "ami"), ("aki", "ari")):
+            change = parse([
+                {"op": "replace", "path": "/disk_format", "value": disk},
+                {"op": "replace", "path": "/container_format", "value": container},
+            ])
+            self.assertEqual(
+                apply_patch(image(), change).fields,
+                {"disk_format": disk, "container_format": container},
+            )
+
+    def test_formats_from_the_configuration(self) -> None:
+        """
+        A format outside C{[image_format] disk_formats} (or
+        C{container_formats}) is a 400 quoting the schema's enum; one the
+        operator added is taken.
+        """
+        formats = ImageFormatConfig(disk_formats=("raw", "gpt"), container_formats=("bare",))
+
+        def op(name: str, value: str) -> bytes:
+            return json.dumps([{"op": "replace", "path": f"/{name}", "value": value}]).encode()
+
+        self.assertEqual(parse_patch(op("disk_format", "gpt"), 10, formats)[0].value, "gpt")
+        error = self.assertRaises(BadRequest, parse_patch, op("disk_format", "qcow2"), 10, formats)
+        self.assertIn("'qcow2' is not one of [None, 'raw', 'gpt']", error.message)
+        error = self.assertRaises(BadRequest, parse_patch, op("container_format", "ovf"), 10, formats)
+        self.assertIn("'ovf' is not one of [None, 'bare']", error.message)
+        self.assertRaises(BadRequest, parse_patch, op("disk_format", "gpt"), 10)
 
     def test_null_removes_nullable_property(self) -> None:
         """A null for a nullable schema property removes it; adding one is a no-op."""

@@ -68,6 +68,7 @@ def build_site(
     """
     policy = policy or Policy()
     cache = cache or CacheConfig()
+    image_format = image_format or ImageFormatConfig()
     # Every change the APIs make passes the per-image quotas, and every
     # create and upload the per-project limits.
     limiter = ProjectLimiter(registry, project_limits or ProjectLimits())
@@ -81,7 +82,7 @@ def build_site(
         size_cap=image_size_cap,
         hashing_algorithm=hashing_algorithm,
         leases=leases,
-        image_format=image_format or ImageFormatConfig(),
+        image_format=image_format,
         limiter=limiter,
         slots=UploadSlots(max_concurrent_uploads),
     )
@@ -103,6 +104,7 @@ def build_site(
         cache=cache,
         delayed_delete=delayed_delete,
         policy=policy,
+        image_format=image_format,
     )
     v2 = V2API(
         registry=registry,
@@ -116,6 +118,7 @@ def build_site(
         show_image_direct_url=show_image_direct_url,
         delayed_delete=delayed_delete,
         importer=importer,
+        image_format=image_format,
     )
     root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())
     site = GlanceSite(

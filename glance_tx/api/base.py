@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from glance_tx import images
-from glance_tx.config import CacheConfig
+from glance_tx.config import CacheConfig, ImageFormatConfig
 from glance_tx.context import RequestContext
 from glance_tx.errors import BadRequest, NotFound, VersionConflict
 from glance_tx.identity.interface import IIdentityResolver
@@ -58,6 +58,8 @@ class ImagesAPI:
     delayed_delete: bool = False
     #: The rules every decision asks (Glance's defaults, an operator's file).
     policy: Policy = field(factory=Policy)
+    #: C{[image_format]}: the formats an image may declare, among others.
+    image_format: ImageFormatConfig = field(factory=ImageFormatConfig)
 
     app: ClassVar[Klein]
 

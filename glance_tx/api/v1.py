@@ -179,13 +179,13 @@ class V1API(ImagesAPI):
 
     async def _start_create(self, request: StreamingRequest) -> Upload:
         context = await self._context(request)
-        meta = parse_headers(request.requestHeaders)
+        meta = parse_headers(request.requestHeaders, self.image_format)
         expected_size = self._check_upload_request(request, meta)
         image = await self.registry.create(self._new_image(context, meta))
         return await self._start_upload(image, meta, expected_size, None)
 
     async def _start_update(self, request: StreamingRequest, image_id: str) -> Upload:
-        meta = parse_headers(request.requestHeaders)
+        meta = parse_headers(request.requestHeaders, self.image_format)
         expected_size = self._check_upload_request(request, meta)
 
         async def start(context: RequestContext, image: Image) -> Upload:
@@ -293,7 +293,7 @@ class V1API(ImagesAPI):
         else:
             _check_framed(request)
             context = await self._context(request)
-            meta = parse_headers(request.requestHeaders)
+            meta = parse_headers(request.requestHeaders, self.image_format)
             if meta.location is not None:
                 self.policy.check_set_location(context)
             image = await self.registry.create(self._new_image(context, meta))
@@ -312,7 +312,7 @@ class V1API(ImagesAPI):
             image = await _finished(await request.upload_started)
             return _json(request, {"image": image_document(image)})
         _check_framed(request)
-        meta = parse_headers(request.requestHeaders)
+        meta = parse_headers(request.requestHeaders, self.image_format)
         if meta.location is not None:
             self.policy.check_set_location(await self._context(request))
 

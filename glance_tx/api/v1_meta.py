@@ -22,7 +22,7 @@ from glance_tx.api.http_cache import (
     shareable,
 )
 from glance_tx.api.params import parse_int
-from glance_tx.config import CacheConfig
+from glance_tx.config import CacheConfig, ImageFormatConfig
 from glance_tx.errors import BadRequest
 from glance_tx.images import Image
 
@@ -63,8 +63,39 @@ class V1Meta:
     checksum: str | None
 
 
-def parse_headers(headers: Headers) -> V1Meta:
-    """Read and validate every x-image-meta-* header; 400 on a bad value."""
+def check_formats(core: dict[str, Any], allowed: ImageFormatConfig) -> None:
+    """
+    Glance v1's format rules (its C{_validate_format}), on the formats a
+    request names in C{core}: each one named must be in the operator's
+    list (an empty header names C{None}, which is in none); when one is
+    ami, ari or aki, the other must be the same, and is filled in when
+    the request does not name it. (v2 has only the lists.)
+    """
+    disk_format = core.get("disk_format")
+    container_format = core.get("container_format")
+    if "disk_format" in core and disk_format not in allowed.disk_formats:
+        raise BadRequest(f"Invalid disk format '{disk_format}' for image.")
+    if "container_format" in core and container_format not in allowed.container_formats:
+        raise BadRequest(f"Invalid container format '{container_format}' for image.")
+    if disk_format in images.AMAZON_FORMATS or container_format in images.AMAZON_FORMATS:
+        if disk_format is None:
+            core["disk_format"] = container_format
+        elif container_format is None:
+            core["container_format"] = disk_format
+        elif disk_format != container_format:
+            raise BadRequest(
+                "Invalid mix of disk and container formats. When setting a disk "
+                "or container format to one of 'aki', 'ari', or 'ami', the "
+                "container and disk formats must match."
+            )
+
+
+def parse_headers(headers: Headers, formats: ImageFormatConfig | None = None) -> V1Meta:
+    """
+    Read and validate every x-image-meta-* header; 400 on a bad value.
+    Formats are checked against C{formats} (Glance's default lists when
+    None), as L{check_formats} says.
+    """
     raw: dict[str, str] = {}
     properties: dict[str, str] = {}
     for name_bytes, values in headers.getAllRawHeaders():
@@ -82,8 +113,9 @@ def parse_headers(headers: Headers) -> V1Meta:
         core["name"] = raw["name"]
     for key in ("disk_format", "container_format"):
         if key in raw:
-            core[key] = raw[key].strip().lower() or None
-    images.check_formats(core.get("disk_format"), core.get("container_format"))
+            # Case matters, as in Glance: "RAW" is no format.
+            core[key] = raw[key].strip() or None
+    check_formats(core, formats or ImageFormatConfig())
     for key in ("min_ram", "min_disk"):
         if key in raw:
             core[key] = parse_int(f"x-image-meta-{key}", raw[key], images.MAX_INT)

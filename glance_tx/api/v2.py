@@ -278,7 +278,7 @@ class V2API(ImagesAPI):
         make = v2_schemas.SCHEMAS.get(name)
         if make is None:
             raise NotFound(f"No schema named {name!r}")
-        return _json(request, make())
+        return _json(request, make(self.image_format))
 
     # -- images ---------------------------------------------------------------
 
@@ -348,7 +348,7 @@ class V2API(ImagesAPI):
         """An image from a create's body, refused as Glance refuses it."""
         for key in sorted(v2_schemas.DISALLOWED & set(body)):
             raise Forbidden(f"Attribute '{key}' is read-only.")
-        v2_schemas.validate_image(body)
+        v2_schemas.validate_image(body, self.image_format)
         for key in sorted(set(body) - {"id"}):
             if key in v2_schemas.READ_ONLY:
                 raise Forbidden(f"Attribute '{key}' is read-only.")
@@ -401,7 +401,7 @@ class V2API(ImagesAPI):
         except UnsupportedMediaType:
             request.setHeader(b"Accept-Patch", ACCEPT_PATCH.encode("ascii"))
             raise
-        changes = parse_patch(_body(request), draft)
+        changes = parse_patch(_body(request), draft, self.image_format)
         located = [change for change in changes if change.name == "locations"]
 
         async def write(context: RequestContext, image: Image) -> tuple[RequestContext, Image]:

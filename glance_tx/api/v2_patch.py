@@ -37,6 +37,7 @@ from attrs import frozen
 from glance_tx import images
 from glance_tx.api import v2_schemas
 from glance_tx.api.params import parse_json
+from glance_tx.config import ImageFormatConfig
 from glance_tx.errors import BadRequest, Conflict, Forbidden, UnsupportedMediaType
 from glance_tx.images import Image, ImageUpdate
 from glance_tx.locations import Validation
@@ -100,8 +101,13 @@ def draft_for(content_type: str | None) -> int:
         ) from None
 
 
-def parse_patch(body: bytes, draft: int) -> tuple[Change, ...]:
-    """Read and check a patch document; 400 or 403 for what Glance refuses."""
+def parse_patch(
+    body: bytes, draft: int, formats: ImageFormatConfig | None = None
+) -> tuple[Change, ...]:
+    """
+    Read and check a patch document; 400 or 403 for what Glance refuses,
+    values checked against the image schema for C{formats}.
+    """
     document = parse_json(body)
     if not isinstance(document, list):
         raise BadRequest("Request body must be a JSON array of operation objects.")
@@ -123,7 +129,7 @@ def parse_patch(body: bytes, draft: int) -> tuple[Change, ...]:
             if "value" not in raw:
                 raise BadRequest(f'Operation "{op}" requires a member named "value".')
             value = raw["value"]
-            v2_schemas.validate_image({name: value})
+            v2_schemas.validate_image({name: value}, formats)
             if name not in v2_schemas.BASE_PROPERTIES:
                 check_property_name(name)
         changes.append(Change(op=op, name=name, value=value, draft=draft))
@@ -273,6 +279,9 @@ def apply_patch(image: Image, changes: tuple[Change, ...]) -> ImageUpdate:
                 raise Forbidden(f"Property {name} may not be removed.")
             if change.op == "add" and change.draft == 4:
                 raise Conflict(f"Property {name} already present.")
+            if name in FORMAT_FIELDS and image.status not in FORMAT_MUTABLE_STATUSES:
+                # Even to the value it has: Glance's setter refuses any write.
+                raise Forbidden(f"Attribute {name} can be only replaced for a queued image.")
             if name == "tags":
                 tags = set(change.value)
             else:
@@ -299,9 +308,6 @@ def apply_patch(image: Image, changes: tuple[Change, ...]) -> ImageUpdate:
                 raise Conflict(f"Property {name} already present.")
             properties[name] = change.value
     fields = {name: value for name, value in core.items() if getattr(image, name) != value}
-    for name in FORMAT_FIELDS & set(fields):
-        if image.status not in FORMAT_MUTABLE_STATUSES:
-            raise Forbidden(f"Attribute {name} can be only replaced for a queued image.")
     changed: dict[str, str | None] = {
         key: value for key, value in properties.items() if image.properties.get(key) != value
     }

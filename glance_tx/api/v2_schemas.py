@@ -19,11 +19,13 @@ check the documents with the real jsonschema that glanceclient brings.
 from __future__ import annotations
 
 import copy
+import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from glance_tx import images
+from glance_tx.config import ImageFormatConfig
 from glance_tx.errors import BadRequest
 
 UUID_PATTERN = (
@@ -31,11 +33,10 @@ UUID_PATTERN = (
     "-([0-9a-fA-F]){4}-([0-9a-fA-F]){12}$"
 )
 
-#: Glance's orders, for documents that read like Glance's.
-DISK_FORMATS = (
-    "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop",
-)
-CONTAINER_FORMATS = ("ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed")
+#: Glance's default format lists, in its order (an operator's come from
+#: C{[image_format]}; see L{image_schema}).
+DISK_FORMATS = images.DISK_FORMATS
+CONTAINER_FORMATS = images.CONTAINER_FORMATS
 IMAGE_STATUSES = (
     "queued", "saving", "active", "killed", "deleted", "uploading", "importing",
     "pending_delete", "deactivated",
@@ -47,8 +48,13 @@ _PROPERTY_KEYS_URL = (
 )
 
 
-def _base_properties() -> dict[str, Any]:
-    """Glance's base image properties (glance.api.v2.images)."""
+def _base_properties(formats: ImageFormatConfig | None = None) -> dict[str, Any]:
+    """
+    Glance's base image properties (glance.api.v2.images), the format
+    enums from C{formats} (Glance's defaults when None), as Glance builds
+    them from C{[image_format] disk_formats} and C{container_formats}.
+    """
+    formats = formats or ImageFormatConfig()
     return {
         "id": {
             "type": "string",
@@ -118,12 +124,12 @@ def _base_properties() -> dict[str, Any]:
         "container_format": {
             "type": ["null", "string"],
             "description": "Format of the container",
-            "enum": [None, *CONTAINER_FORMATS],
+            "enum": [None, *formats.container_formats],
         },
         "disk_format": {
             "type": ["null", "string"],
             "description": "Format of the disk",
-            "enum": [None, *DISK_FORMATS],
+            "enum": [None, *formats.disk_formats],
         },
         "created_at": {
             "type": "string",
@@ -299,11 +305,11 @@ RESERVED = frozenset({"location", "locations", "deleted", "deleted_at"})
 RESERVED_PREFIX = "os_glance"
 
 
-def image_schema() -> dict[str, Any]:
-    """The document served at /v2/schemas/image."""
+def image_schema(formats: ImageFormatConfig | None = None) -> dict[str, Any]:
+    """The document served at /v2/schemas/image, its enums from C{formats}."""
     return {
         "name": "image",
-        "properties": {**copy.deepcopy(dict(BASE_PROPERTIES)), **copy.deepcopy(dict(CUSTOM_PROPERTIES))},
+        "properties": {**_base_properties(formats), **copy.deepcopy(dict(CUSTOM_PROPERTIES))},
         "additionalProperties": {"type": "string"},
         "links": [
             {"rel": "self", "href": "{self}"},
@@ -330,9 +336,9 @@ def _collection(name: str, item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def images_schema() -> dict[str, Any]:
+def images_schema(formats: ImageFormatConfig | None = None) -> dict[str, Any]:
     """The document served at /v2/schemas/images."""
-    return _collection("images", image_schema())
+    return _collection("images", image_schema(formats))
 
 
 def member_schema() -> dict[str, Any]:
@@ -373,11 +379,12 @@ def members_schema() -> dict[str, Any]:
     return _collection("members", member_schema())
 
 
-SCHEMAS = {
+#: Each schema by name, made for the operator's C{[image_format]}.
+SCHEMAS: Mapping[str, Callable[[ImageFormatConfig | None], dict[str, Any]]] = {
     "image": image_schema,
     "images": images_schema,
-    "member": member_schema,
-    "members": members_schema,
+    "member": lambda formats: member_schema(),
+    "members": lambda formats: members_schema(),
 }
 
 
@@ -439,9 +446,15 @@ def validate(schema: Mapping[str, Any], document: Any) -> None:
         )
 
 
-_IMAGE_SCHEMA = image_schema()
+@functools.lru_cache(maxsize=8)
+def _image_schema(formats: ImageFormatConfig | None) -> Mapping[str, Any]:
+    """One image schema per configuration, made once (never handed out)."""
+    return image_schema(formats)
 
 
-def validate_image(document: Mapping[str, Any]) -> None:
-    """400 unless C{document} (image fields by name) fits the image schema."""
-    validate(_IMAGE_SCHEMA, dict(document))
+def validate_image(document: Mapping[str, Any], formats: ImageFormatConfig | None = None) -> None:
+    """
+    400 unless C{document} (image fields by name) fits the image schema
+    for C{formats} (Glance's default lists when None).
+    """
+    validate(_image_schema(formats), dict(document))
