@@ -77,13 +77,17 @@ class DiskImages:
         body = bytes(16 * 2048) + bytes(pvd) + terminator
         return self.write(name, body.ljust(blocks * 2048, b"\x00"))
 
-    def gpt(self, name: str = "gpt.raw", size: int = MiB) -> str:
-        """A raw disk that starts with a protective MBR and a GPT header."""
+    def gpt(self, name: str = "gpt.raw", size: int = MiB, start_lba: int = 1) -> str:
+        """
+        A raw disk that starts with a protective MBR and a GPT header; a
+        C{start_lba} other than 1 makes the MBR fail the inspector's C{mbr}
+        safety check (as loosely made protective MBRs do).
+        """
         sectors = size // 512
         mbr = bytearray(512)
         # One partition of type 0xEE from LBA 1 over the whole disk.
         mbr[446:462] = struct.pack(
-            "<B3BB3BII", 0, 0x00, 0x02, 0x00, 0xEE, 0xFF, 0xFF, 0xFF, 1, sectors - 1
+            "<B3BB3BII", 0, 0x00, 0x02, 0x00, 0xEE, 0xFF, 0xFF, 0xFF, start_lba, sectors - start_lba
         )
         mbr[510:512] = b"\x55\xaa"
         header = b"EFI PART".ljust(512, b"\x00")

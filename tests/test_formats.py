@@ -82,6 +82,32 @@ class InspectionStageTests(SynchronousTestCase):
         with open(self.images.iso(blocks=40), "rb") as f:
             self.assertEqual(inspect(f.read(), "raw"), {"virtual_size": 40 * 2048})
 
+    def test_gpt_safety_checks_nonfatal(self) -> None:
+        """
+        A GPT disk whose protective MBR fails the C{mbr} check is refused
+        by default (Glance 33's empty list); with C{mbr} in
+        C{gpt_safety_checks_nonfatal} it passes as raw, its size its bytes.
+        """
+        with open(self.images.gpt("loose.raw", size=1 << 20, start_lba=2), "rb") as f:
+            data = f.read()
+        self.assertRefused(data, "raw", "gpt", "mbr: GPT MBR has invalid start LBA")
+        self.assertEqual(
+            inspect(data, "raw", gpt_safety_checks_nonfatal=("mbr",)), {"virtual_size": 1 << 20}
+        )
+        self.assertRefused(data, "raw", "mbr", gpt_safety_checks_nonfatal=("gptmbr",))
+
+    def test_gpt_nonfatal_is_for_gpt_only(self) -> None:
+        """
+        The option relaxes a GPT disk's checks only: a qcow2 failing the
+        check named there is still refused.
+        """
+        self.images.create("base.raw", "raw")
+        self.images.create("backed.qcow2", "qcow2", "backing_file=base.raw", "backing_fmt=raw")
+        self.assertRefused(
+            self.images.data("backed.qcow2"), "qcow2", "backing file",
+            gpt_safety_checks_nonfatal=("backing_file", "mbr"),
+        )
+
     def test_formats_no_inspector_knows(self) -> None:
         """Data of an uninspectable disk_format (ami) passes when it looks
         like nothing in particular, with no virtual size."""
@@ -176,6 +202,26 @@ class ConfigTests(SynchronousTestCase):
             load_config(path).image_format,
             ImageFormatConfig(require_image_format_match=False, vmdk_allowed_types=("streamOptimized",)),
         )
+
+    def test_format_lists(self) -> None:
+        """
+        C{disk_formats}, C{container_formats} and C{gpt_safety_checks_nonfatal}
+        are read as comma-separated lists; Glance 33's defaults otherwise.
+        """
+        defaults = ImageFormatConfig()
+        self.assertEqual(defaults.disk_formats[:3], ("ami", "ari", "aki"))
+        self.assertEqual(defaults.gpt_safety_checks_nonfatal, ())
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                "[image_format]\ndisk_formats = raw, qcow2,gpt\n"
+                "container_formats = bare\ngpt_safety_checks_nonfatal = mbr\n"
+            )
+        loaded = load_config(path).image_format
+        self.assertEqual(loaded.disk_formats, ("raw", "qcow2", "gpt"))
+        self.assertEqual(loaded.container_formats, ("bare",))
+        self.assertEqual(loaded.gpt_safety_checks_nonfatal, ("mbr",))
+        self.assertEqual(loaded.vmdk_allowed_types, defaults.vmdk_allowed_types)
 
 
 class NoReadsStore(FilesystemStore):

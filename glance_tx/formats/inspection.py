@@ -13,7 +13,9 @@ and runs that format's safety checks. The upload is refused
 (L{InvalidImageData}) when the image is unsafe, when its content
 contradicts its declared C{disk_format} (with C{require_image_format_match},
 Glance's option, on by default), or when it is a format never allowed
-(QED; VMDK create types outside C{vmdk_allowed_types}).
+(QED; VMDK create types outside C{vmdk_allowed_types}). A GPT disk whose
+only failed checks are named in C{gpt_safety_checks_nonfatal} passes with
+a warning, as in Glance 33.
 
 Glance 33 takes the same decisions after storing the data (and, unlike
 here, lets a C{raw} image be anything); here the refusal comes before the
@@ -98,12 +100,31 @@ class InspectionStage:
             reasons = "; ".join(
                 f"{name}: {failure}" for name, failure in sorted(e.failures.items())
             )
+            if not self._fatal(found, e.failures):
+                log.warn(
+                    "Image content is {found} and fails safety checks ({reasons}); "
+                    "accepted (gpt_safety_checks_nonfatal)",
+                    found=found,
+                    reasons=reasons,
+                )
+                return self._fields(inspector, found)
             raise InvalidImageData(
                 f"Image content is {found} and fails its safety checks ({reasons})"
             ) from None
         except format_inspector.ImageFormatError as e:
             raise InvalidImageData(f"Image content could not be checked as {found}: {e}") from None
         return self._fields(inspector, found)
+
+    def _fatal(self, found: str, failures: Mapping[str, object]) -> bool:
+        """
+        Whether failed safety checks refuse the image: always, unless the
+        content is a GPT disk and every check that failed is named in
+        C{gpt_safety_checks_nonfatal} (Glance 33's rule, in
+        C{glance.location} and its image conversion: many tools write a
+        protective MBR that is loosely made but boots).
+        """
+        nonfatal = set(self.policy.gpt_safety_checks_nonfatal)
+        return found != "gpt" or bool(failures.keys() - nonfatal)
 
     def _detected(self) -> format_inspector.FileInspector:
         """The one format the whole content matched (raw if none)."""
