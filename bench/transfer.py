@@ -29,6 +29,14 @@ One run of this script:
 7. stops every process it started and removes the temporary directory
    (unless ``--keep``), whatever happened.
 
+With ``--inspection`` it measures instead what the format inspector costs
+an upload: each of ``--runs`` rounds uploads the file to glance-tx (v1,
+chunked) as a ``bare`` image, which the inspector reads, and as an ``ovf``
+one, which it does not (nothing else differs), in turns (odd rounds start
+with one, even rounds with the other); it prints the medians, the median
+of the rounds' throughput ratios, the hash speeds, and the inspector's own
+speed in memory.
+
 Every byte count is checked (curl's ``size_upload`` / ``size_download``
 against the file size) and every upload's md5 against the file's, so a
 broken transfer fails the benchmark instead of producing a fast number.
@@ -55,6 +63,7 @@ glance-tx are found next to it::
 
     /work/venv/bin/python bench/transfer.py                  # 2 GiB, 3 runs
     /work/venv/bin/python bench/transfer.py --size 256M --runs 1
+    /work/venv/bin/python bench/transfer.py --inspection --size 1G --runs 7
     /work/venv/bin/python bench/transfer.py --with-glance \\
         --glance-venv /work/glance-peer-venv
 
@@ -382,6 +391,24 @@ def hash_rate(name: str, size: int, block: bytes | None = None) -> float:
     started = time.perf_counter()
     for _ in range(size // MiB):
         h.update(block)
+    return size / MiB / (time.perf_counter() - started)
+
+
+def inspection_rate(size: int = 512 * MiB, batch: int = MiB) -> float:
+    """
+    MiB/s of glance-tx's format inspector alone, in memory, on one thread,
+    fed C{batch}-sized pieces of incompressible data as an upload feeds it
+    (it runs on a worker thread beside the hashes).
+    """
+    sys.path.insert(0, str(REPO))
+    from glance_tx.formats.inspection import InspectionStage
+
+    block = os.urandom(batch)
+    stage = InspectionStage("raw")
+    started = time.perf_counter()
+    for _ in range(size // batch):
+        stage.feed(block)
+    stage.result()
     return size / MiB / (time.perf_counter() - started)
 
 
@@ -808,15 +835,20 @@ class Run:
 
 
 def upload_glance_tx(
-    server: Server, path: Path, size: int, md5: str, chunked: bool, label: str
+    server: Server, path: Path, size: int, md5: str, chunked: bool, label: str,
+    container_format: str = "bare",
 ) -> tuple[Sample, str]:
+    """
+    A v1 upload; a C{bare} image passes the format inspector, any other
+    container format (C{ovf}) does not, and is otherwise handled alike.
+    """
     response = path.parent.parent / "upload-response.json"
     args = upload_args(path, chunked) + [
         "-X", "POST",
         "-o", str(response),
         "-H", f"x-image-meta-name: bench-{label}",
         "-H", "x-image-meta-disk_format: raw",
-        "-H", "x-image-meta-container_format: bare",
+        "-H", f"x-image-meta-container_format: {container_format}",
         f"{server.base_url}/v1/images",
     ]
     sample = measure(label, server, args, "up", size, ok_codes=(201,))
@@ -825,6 +857,12 @@ def upload_glance_tx(
         raise BenchError(
             f"{label}: stored {image['size']} bytes with md5 {image['checksum']}, "
             f"sent {size} with md5 {md5}"
+        )
+    # The inspector's one visible trace: a raw image's virtual size.
+    inspected = image["virtual_size"] is not None
+    if inspected != (container_format == "bare"):
+        raise BenchError(
+            f"{label}: a {container_format} image with virtual_size {image['virtual_size']}"
         )
     return sample, image["id"]
 
@@ -911,6 +949,65 @@ def one_run(
         )
         delete_images(peer, "/v2/images", ids)
     return run
+
+
+#: The two uploads of an --inspection round: (label, container_format).
+INSPECTION_UPLOADS = (("tx up inspected", "bare"), ("tx up not inspected", "ovf"))
+
+
+def inspection_run(
+    number: int, path: Path, size: int, md5: str, glance_tx: Server, settle: float
+) -> Run:
+    """
+    One round of C{--inspection}: the same chunked upload with the format
+    inspector (a bare image) and without (ovf), in turn; odd rounds start
+    with one, even rounds with the other, so drift in the machine's load
+    weighs on both alike.
+    """
+    run = Run()
+    order = INSPECTION_UPLOADS if number % 2 else INSPECTION_UPLOADS[::-1]
+    ids = []
+    for label, container_format in order:
+        sample, image_id = upload_glance_tx(
+            glance_tx, path, size, md5, True, label, container_format
+        )
+        ids.append(image_id)
+        run.samples[label] = sample
+        print(
+            f"  run {number}  {label:<20} {sample.mib_s:8.1f} MiB/s  "
+            f"server {sample.cpu_per_gib:5.2f} CPU s/GiB  "
+            f"busy {sample.machine_busy:4.2f} cores (others {sample.others_busy:4.2f})",
+            flush=True,
+        )
+        time.sleep(settle)
+    delete_images(glance_tx, "/v1/images", ids)
+    return run
+
+
+def inspection_report(runs: list[Run]) -> str:
+    """The medians of both uploads, and what inspection costs beside them."""
+    on = summarize(runs, INSPECTION_UPLOADS[0][0])
+    off = summarize(runs, INSPECTION_UPLOADS[1][0])
+    assert on is not None and off is not None
+    lines = [
+        "| upload (v1, chunked) | MiB/s | server CPU s/GiB | cores busy | others busy |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for s in (on, off):
+        lines.append(
+            f"| {s.label} | {s.mib_s:.0f} | {s.cpu_per_gib:.2f} | {s.machine_busy:.2f} "
+            f"| {s.others_busy:.2f} |"
+        )
+    ratios = [r.samples[on.label].mib_s / r.samples[off.label].mib_s for r in runs]
+    lines += [
+        "",
+        f"Inspected / not inspected, throughput: median of the runs' ratios "
+        f"{statistics.median(ratios):.3f} (each run: "
+        + ", ".join(f"{x:.3f}" for x in ratios)
+        + f"); of the medians {on.mib_s / off.mib_s:.3f}. Server CPU per GiB: "
+        f"{on.cpu_per_gib / off.cpu_per_gib:.3f} of it.",
+    ]
+    return "\n".join(lines)
 
 
 # -- the report ------------------------------------------------------------
@@ -1029,6 +1126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hashing-algorithm", default="sha512", metavar="NAME",
                         help="glance-tx's hashing_algorithm (os_hash_algo), e.g. sha256; "
                              "the floor and hash ceiling use it too [default: %(default)s]")
+    parser.add_argument("--inspection", action="store_true",
+                        help="measure only glance-tx's chunked upload with the format "
+                             "inspector (bare) beside without (ovf), in alternating order")
     parser.add_argument("--with-glance", action="store_true",
                         help="also measure OpenStack Glance (API v2) under uwsgi")
     parser.add_argument("--glance-venv", type=Path, default=Path("/work/glance-peer-venv"),
@@ -1048,6 +1148,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def inspection_main(
+    args: argparse.Namespace, workdir: Path, path: Path, md5: str, glance_tx: Server,
+    load_before: str,
+) -> int:
+    """C{--inspection}: the rounds, then the report and the hash speeds."""
+    print(f"glance-tx {glance_tx.base_url} (pid {glance_tx.popen.pid})", flush=True)
+    runs = [
+        inspection_run(n, path, args.size, md5, glance_tx, args.settle)
+        for n in range(1, args.runs + 1)
+    ]
+    load_after = f"{os.getloadavg()[0]:.2f}"
+    if QUIET_WAIT > 0:
+        wait_for_quiet(QUIET_WAIT)
+    md5_rate, sha_rate, both_rate = hash_ceiling(algorithm=args.hashing_algorithm)
+    inspect_rate = inspection_rate()
+    print()
+    print(
+        f"{human(args.size)}, {args.runs} round(s), median; hashing_algorithm "
+        f"{args.hashing_algorithm}; tmpdir {workdir.parent}; load average "
+        f"{load_before} before, {load_after} after"
+    )
+    print(inspection_report(runs))
+    print(
+        f"Hashing on this machine now, in memory: md5 {md5_rate:.0f} MiB/s, "
+        f"{args.hashing_algorithm} {sha_rate:.0f} MiB/s (one thread each); both at "
+        f"once on two threads {both_rate:.0f} MiB/s; the format inspector alone "
+        f"{inspect_rate:.0f} MiB/s (one thread, 1 MiB batches)."
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     global QUIET_WAIT
@@ -1063,6 +1194,8 @@ def main(argv: list[str] | None = None) -> int:
             glance_tx = start_glance_tx(
                 workdir, args.size, args.twistd, stack, args.hashing_algorithm
             )
+            if args.inspection:
+                return inspection_main(args, workdir, path, md5, glance_tx, load_before)
             nginx = start_nginx(workdir, path.parent, stack)
             peer = (
                 start_openstack_glance(
