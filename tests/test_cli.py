@@ -450,11 +450,19 @@ class MemberTests(CLITestCase):
 
 class ErrorTests(CLITestCase):
     def test_connection_refused(self) -> Deferred[None]:
-        """Nothing listening: exit 1, one line naming the address, no traceback."""
+        """
+        Nothing listening: exit 1, one line naming the address, no
+        traceback; after the retries (0.5 + 1 + 2 s by default), or at once
+        with C{--retries 0}.
+        """
 
         async def go() -> None:
             port = free_port()
+            started = reactor.seconds()
             ran = await self.glance("stores", url=f"http://127.0.0.1:{port}", code=1)
+            self.assertOneLine(ran, f"Could not reach http://127.0.0.1:{port}", "refused")
+            self.assertGreaterEqual(reactor.seconds() - started, 3.5)
+            ran = await self.glance("--retries", "0", "stores", url=f"http://127.0.0.1:{port}", code=1)
             self.assertOneLine(ran, f"Could not reach http://127.0.0.1:{port}", "refused")
 
         return Deferred.fromCoroutine(go())

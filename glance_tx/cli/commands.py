@@ -73,11 +73,14 @@ class Settings:
     token: str | None = field(repr=False)
     timeout: float
     debug: bool
+    retries: int = 3
     _client: BlockingClient | None = field(default=None, init=False)
 
     def client(self, ctx: click.Context) -> BlockingClient:
         if self._client is None:
-            self._client = BlockingClient.connect(self.url, self.token, timeout=self.timeout)
+            self._client = BlockingClient.connect(
+                self.url, self.token, timeout=self.timeout, retries=self.retries
+            )
             ctx.call_on_close(self._client.close)
         return self._client
 
@@ -135,15 +138,21 @@ def _url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
     help="Seconds to wait for an answer (or, in a transfer, for progress).",
 )
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=3, show_default=True,
+    help="Tries more of a request that may be repeated, after a connection failure or a 503.",
+)
 @click.option("--debug", is_flag=True, help="Show a traceback on an unexpected error.")
 @click.version_option(package_name="glance-tx", prog_name="glance-tx")
 @click.pass_context
-def cli(ctx: click.Context, url: str, token: str | None, timeout: float, debug: bool) -> None:
+def cli(
+    ctx: click.Context, url: str, token: str | None, timeout: float, retries: int, debug: bool,
+) -> None:
     """
     A command line for the OpenStack Images API v2 (glance-tx, or
     OpenStack Glance). Every command takes --help.
     """
-    ctx.obj = Settings(url, token, timeout, debug)
+    ctx.obj = Settings(url, token, timeout, debug, retries)
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
-from typing import IO, Any, cast
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from typing import IO, Any, TypeVar, cast
 from urllib.parse import quote, urlsplit
 
 from attrs import Factory, define, field
@@ -56,6 +56,7 @@ from glance_tx.client.errors import (
     TimedOut,
     error_for,
 )
+from glance_tx.client.retry import RetryPolicy
 from glance_tx.client.upload import FileBody, readable_length
 from glance_tx.client.values import DownloadResult, ImageInfo, MemberInfo, StoreInfo
 from glance_tx.store.describe import describe
@@ -70,6 +71,13 @@ PATCH_MEDIA_TYPE = "application/openstack-images-v2.1-json-patch"
 #: The longest a download waits before resuming after a 503, whatever
 #: its Retry-After says.
 MAX_RETRY_AFTER = 60.0
+
+#: The longest a metadata call waits before it is sent again after a 503:
+#: one asking for longer is raised at once (with its C{retry_after}), as a
+#: person or a script at the other end would rather know than hang.
+MAX_RETRY_WAIT = 10.0
+
+T = TypeVar("T")
 
 #: An error body read past this is cut: the message is in the first bytes.
 MAX_ERROR_BODY = 64 * 1024
@@ -157,6 +165,13 @@ class Client:
     resume_delay: float = 1.0
     #: Bytes read from the file at a time by an upload.
     block_size: int = 1 << 20
+    #: How many more times a request that may be repeated (GET, HEAD,
+    #: PUT and DELETE of metadata, each page of a listing) is sent after
+    #: a connection refused, reset or lost, or a 503 with a Retry-After
+    #: (L{glance_tx.client.retry}); never a create, a patch or an upload.
+    retries: int = 3
+    #: Seconds before the first retry; each next one waits twice as long.
+    retry_delay: float = 0.5
 
     # -- plumbing -------------------------------------------------------------
 
@@ -237,6 +252,31 @@ class Client:
             now=self.reactor.seconds(),
         )
 
+    async def _repeated(self, method: str, body: Any, attempt: Callable[[], Awaitable[T]]) -> T:
+        """
+        C{attempt()} (one request and the reading of its answer), tried
+        again while L{RetryPolicy} allows, if the request may be repeated.
+        """
+        policy = RetryPolicy(self.retries, self.retry_delay, MAX_RETRY_WAIT)
+        repeatable = policy.repeatable(method, body)
+        tries = 0
+        while True:
+            try:
+                return await attempt()
+            except (ConnectionFailed, ServiceUnavailable) as e:
+                tries += 1
+                wait = policy.wait(tries, e) if repeatable else None
+                if wait is None:
+                    raise
+            await deferLater(self.reactor, wait)
+
+    async def _body(self, response: IResponse) -> bytes:
+        """A (small) answer's whole body; a connection lost on the way is L{ConnectionFailed}."""
+        try:
+            return await content(response)
+        except ResponseFailed as e:
+            raise ConnectionFailed(f"Lost {self._server} mid-answer: {_why(e)}") from e
+
     async def _json(
         self,
         method: str,
@@ -245,17 +285,27 @@ class Client:
         *,
         content_type: str = "application/json",
         headers: Mapping[str, str] | None = None,
+        params: list[tuple[str, str]] | None = None,
         expect: tuple[int, ...] = (200,),
     ) -> Any:
-        """A request with a JSON body (if any) answered with JSON (if any)."""
+        """
+        A request with a JSON body (if any) answered with JSON (if any),
+        sent again as L{_repeated} allows.
+        """
         extra = dict(headers or {})
         body = None
         if document is not None:
             body = BytesBody(json.dumps(document).encode("utf-8"))
             extra["Content-Type"] = content_type
-        response = await self._request(method, url, headers=extra, body=body, expect=expect)
-        data = await content(response)
-        return json.loads(data) if data else None
+
+        async def once() -> Any:
+            response = await self._request(
+                method, url, headers=extra, body=body, params=params, expect=expect
+            )
+            data = await self._body(response)
+            return json.loads(data) if data else None
+
+        return await self._repeated(method, body, once)
 
     # -- images ---------------------------------------------------------------
 
@@ -280,16 +330,12 @@ class Client:
             params.append(("limit", str(page_size)))
         url: str | None = self._url("images")
         while url is not None:
-            page = await self._json_page(url, params)
+            page = await self._json("GET", url, params=params or None)
             params = []
             for document in page.get("images", []):
                 yield ImageInfo.from_document(document)
             next_link = page.get("next")
             url = self._follow(next_link) if next_link else None
-
-    async def _json_page(self, url: str, params: list[tuple[str, str]]) -> Any:
-        response = await self._request("GET", url, params=params or None)
-        return json.loads(await content(response))
 
     def _follow(self, link: str) -> str:
         """A C{next} link (C{/v2/images?...}, as Glance writes it) as a URL."""
