@@ -588,6 +588,48 @@ class ErrorTests(CLITestCase):
         return Deferred.fromCoroutine(go())
 
 
+class V1Tests(CLITestCase):
+    def test_v1_commands(self) -> Deferred[None]:
+        """
+        C{--os-image-api-version 1} (or C{OS_IMAGE_API_VERSION=1}): create
+        with a file, show, list, update, download verified and delete speak
+        v1's paths; what v1 lacks is one line and exit 1.
+        """
+
+        async def go() -> None:
+            path, md5, _ = await self.make_file("v1.raw", MiB + 3)
+            v1 = ("--os-image-api-version", "1")
+            image = await self.glance_json(
+                *v1, "image-create", "--name", "cli-v1", "--disk-format", "raw",
+                "--container-format", "bare", "--property", "cli_v1=yes", "--property", "gone=1",
+                "--file", path,
+            )
+            self.assertEqual(
+                (image["status"], image["checksum"], image["properties"]),
+                ("active", md5, {"cli_v1": "yes", "gone": "1"}),
+            )
+            self.assertEqual(
+                await self.glance_json("image-show", image["id"], OS_IMAGE_API_VERSION="1"), image
+            )
+            listed = await self.glance_json(*v1, "image-list", "--property", "cli_v1=yes")
+            self.assertEqual([i["id"] for i in listed], [image["id"]])
+            updated = await self.glance_json(
+                *v1, "image-update", image["id"], "--name", "cli-v1-after", "--remove-property", "gone",
+            )
+            self.assertEqual((updated["name"], updated["properties"]), ("cli-v1-after", {"cli_v1": "yes"}))
+            copy = path + ".copy"
+            result = await self.glance_json(*v1, "image-download", image["id"], "--file", copy)
+            self.assertEqual((result["algorithm"], result["hexdigest"]), ("md5", md5))
+            ran = await self.glance(*v1, "image-tag-add", image["id"], "t", code=1)
+            self.assertOneLine(ran, "v1 has no tags")
+            await self.glance(*v1, "image-delete", image["id"])
+            self.assertIsNone(await self.image(image["id"]))
+            ran = await self.glance("--os-image-api-version", "3", "stores", code=2)
+            self.assertIn("'3' is not one of", ran.err)
+
+        return Deferred.fromCoroutine(go())
+
+
 class TooLargeTests(CLITestCase):
     config_text = "[DEFAULT]\nimage_size_cap = 4096\n"
 

@@ -74,12 +74,14 @@ class Settings:
     timeout: float
     debug: bool
     retries: int = 3
+    version: int = 2
     _client: BlockingClient | None = field(default=None, init=False)
 
     def client(self, ctx: click.Context) -> BlockingClient:
         if self._client is None:
             self._client = BlockingClient.connect(
-                self.url, self.token, timeout=self.timeout, retries=self.retries
+                self.url, self.token, timeout=self.timeout, retries=self.retries,
+                version=self.version,
             )
             ctx.call_on_close(self._client.close)
         return self._client
@@ -142,17 +144,23 @@ def _url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--retries", type=click.IntRange(min=0), default=3, show_default=True,
     help="Tries more of a request that may be repeated, after a connection failure or a 503.",
 )
+@click.option(
+    "--os-image-api-version", "api_version", type=click.Choice(["1", "2"]), default="2",
+    show_default=True, envvar="OS_IMAGE_API_VERSION",
+    help="The Images API to speak: 1 for old servers [env: OS_IMAGE_API_VERSION].",
+)
 @click.option("--debug", is_flag=True, help="Show a traceback on an unexpected error.")
 @click.version_option(package_name="glance-tx", prog_name="glance-tx")
 @click.pass_context
 def cli(
-    ctx: click.Context, url: str, token: str | None, timeout: float, retries: int, debug: bool,
+    ctx: click.Context, url: str, token: str | None, timeout: float, retries: int,
+    api_version: str, debug: bool,
 ) -> None:
     """
-    A command line for the OpenStack Images API v2 (glance-tx, or
-    OpenStack Glance). Every command takes --help.
+    A command line for the OpenStack Images API v2, or v1 for old servers
+    (glance-tx, or OpenStack Glance). Every command takes --help.
     """
-    ctx.obj = Settings(url, token, timeout, debug, retries)
+    ctx.obj = Settings(url, token, timeout, debug, retries, int(api_version))
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ newer server sends is lost.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -30,6 +30,14 @@ def _time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     return datetime.fromisoformat(value)
+
+
+def _v1_time(value: Any) -> datetime | None:
+    """A v1 timestamp (UTC, written without a zone), or None."""
+    parsed = _time(value)
+    if parsed is not None and parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
 
 
 def _read_only(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -101,6 +109,31 @@ class ImageInfo:
             },
         )
 
+    @classmethod
+    def from_v1_document(cls, document: Mapping[str, Any]) -> ImageInfo:
+        """
+        Read an Images API v1 image document (its JSON, or its
+        C{x-image-meta-*} headers as one): C{is_public} is C{visibility}
+        C{public} or C{private}, its C{properties} are the properties.
+        """
+        return cls(
+            id=str(document["id"]),
+            name=document.get("name"),
+            status=document.get("status"),
+            visibility="public" if document.get("is_public") else "private",
+            protected=bool(document.get("protected", False)),
+            checksum=document.get("checksum"),
+            size=_int(document.get("size")),
+            virtual_size=_int(document.get("virtual_size")),
+            min_disk=_int(document.get("min_disk")) or 0,
+            min_ram=_int(document.get("min_ram")) or 0,
+            disk_format=document.get("disk_format"),
+            container_format=document.get("container_format"),
+            owner=document.get("owner"),
+            created_at=_v1_time(document.get("created_at")),
+            updated_at=_v1_time(document.get("updated_at")),
+            properties=dict(document.get("properties") or {}),
+        )
 
     @property
     def importing_to_stores(self) -> tuple[str, ...]:
