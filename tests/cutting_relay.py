@@ -4,7 +4,8 @@ network failure a resuming client must survive.
 
 L{CuttingRelay} forwards every connection to the server byte for byte
 (with flow control both ways, as twisted's port forwarder does). The
-first C{cuts} connections that carry a C{GET .../file} are closed after
+first C{cuts} connections that carry a data download (v2's C{GET .../file},
+v1's C{GET /v1/images/ID}) are closed after
 C{cut_after} bytes of the answer (head included) have been passed on, as
 a dropped link would close them (or, with C{stall}, kept open with
 nothing more sent, as a dead link would be); later ones pass whole. Every request
@@ -14,6 +15,7 @@ it came back.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from attrs import define, field
@@ -21,6 +23,19 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.protocols import portforward
 
 __all__ = ["CuttingRelay"]
+
+
+_V1_DATA = re.compile(rb"/v1/images/[^/]+")
+
+
+def _is_data_get(request_line: bytes) -> bool:
+    """Whether a request line downloads image data: v2's C{.../file}, v1's C{/v1/images/ID}."""
+    method, _, rest = request_line.partition(b" ")
+    path = rest.split(b" ")[0].split(b"?")[0]
+    return method == b"GET" and (
+        path.endswith(b"/file")
+        or (_V1_DATA.fullmatch(path) is not None and path != b"/v1/images/detail")
+    )
 
 
 class _Backend(portforward.ProxyClient):
@@ -70,12 +85,7 @@ class _Front(portforward.ProxyServer):
             relay: CuttingRelay = self.factory.relay  # type: ignore[attr-defined]
             head = data.split(b"\r\n\r\n", 1)[0]
             relay.heads.append(head)
-            request_line = head.split(b"\r\n", 1)[0]
-            if (
-                request_line.startswith(b"GET ")
-                and request_line.split(b" ")[1].split(b"?")[0].endswith(b"/file")
-                and relay.cuts_left > 0
-            ):
+            if _is_data_get(head.split(b"\r\n", 1)[0]) and relay.cuts_left > 0:
                 relay.cuts_left -= 1
                 self.cut_at = relay.cut_after
                 self.stall = relay.stall
@@ -114,12 +124,7 @@ class CuttingRelay:
 
     def file_requests(self) -> list[bytes]:
         """The heads of the data downloads, in order."""
-        lines = [h.split(b"\r\n", 1)[0] for h in self.heads]
-        return [
-            head
-            for head, line in zip(self.heads, lines, strict=True)
-            if line.startswith(b"GET ") and line.split(b" ")[1].endswith(b"/file")
-        ]
+        return [head for head in self.heads if _is_data_get(head.split(b"\r\n", 1)[0])]
 
     async def stop(self) -> None:
         if self.port is not None:

@@ -25,27 +25,14 @@ from glance_tx.api.params import parse_int
 from glance_tx.config import CacheConfig, ImageFormatConfig
 from glance_tx.errors import BadRequest
 from glance_tx.images import Image
+from glance_tx.v1_wire import BOOLEANS, PREFIX, PROPERTY_PREFIX, SETTABLE, header_value
 
-PREFIX = "x-image-meta-"
-PROPERTY_PREFIX = "x-image-meta-property-"
-_BOOLEAN = {"true": True, "1": True, "yes": True, "on": True,
-            "false": False, "0": False, "no": False, "off": False}
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
-
-#: Headers a client may set; everything else under x-image-meta- that is not
-#: a property is read-only and ignored, as in Glance.
-SETTABLE = frozenset(
-    {
-        "name", "id", "disk_format", "container_format", "size", "checksum",
-        "is_public", "min_ram", "min_disk", "owner", "protected", "location",
-        "store",
-    }
-)
 
 
 def parse_bool(name: str, value: str) -> bool:
     try:
-        return _BOOLEAN[value.strip().lower()]
+        return BOOLEANS[value.strip().lower()]
     except KeyError:
         raise BadRequest(f"x-image-meta-{name} must be true or false, not {value!r}") from None
 
@@ -182,16 +169,6 @@ def brief_document(image: Image) -> dict[str, Any]:
     return {key: full[key] for key in BRIEF_FIELDS}
 
 
-def _header_value(value: object) -> bytes:
-    if value is None:
-        return b""
-    if isinstance(value, bool):
-        return b"True" if value else b"False"
-    # Header values cannot hold line breaks; a name set through another API
-    # could.
-    return str(value).replace("\r", " ").replace("\n", " ").encode("utf-8")
-
-
 def set_image_headers(headers: Headers, image: Image) -> None:
     """Describe the image in x-image-meta-* headers, as HEAD and GET do."""
     document = image_document(image)
@@ -200,11 +177,11 @@ def set_image_headers(headers: Headers, image: Image) -> None:
         if value is None and key not in ("name",):
             continue
         headers.setRawHeaders(
-            (PREFIX + key).encode("ascii"), [_header_value(value)]
+            (PREFIX + key).encode("ascii"), [header_value(value)]
         )
     for key, value in properties.items():
         headers.setRawHeaders(
-            (PROPERTY_PREFIX + key).encode("utf-8"), [_header_value(value)]
+            (PROPERTY_PREFIX + key).encode("utf-8"), [header_value(value)]
         )
 
 

@@ -73,11 +73,16 @@ class Settings:
     token: str | None = field(repr=False)
     timeout: float
     debug: bool
+    retries: int = 3
+    version: int = 2
     _client: BlockingClient | None = field(default=None, init=False)
 
     def client(self, ctx: click.Context) -> BlockingClient:
         if self._client is None:
-            self._client = BlockingClient.connect(self.url, self.token, timeout=self.timeout)
+            self._client = BlockingClient.connect(
+                self.url, self.token, timeout=self.timeout, retries=self.retries,
+                version=self.version,
+            )
             ctx.call_on_close(self._client.close)
         return self._client
 
@@ -135,15 +140,27 @@ def _url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
     help="Seconds to wait for an answer (or, in a transfer, for progress).",
 )
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=3, show_default=True,
+    help="Tries more of a request that may be repeated, after a connection failure or a 503.",
+)
+@click.option(
+    "--os-image-api-version", "api_version", type=click.Choice(["1", "2"]), default="2",
+    show_default=True, envvar="OS_IMAGE_API_VERSION",
+    help="The Images API to speak: 1 for old servers [env: OS_IMAGE_API_VERSION].",
+)
 @click.option("--debug", is_flag=True, help="Show a traceback on an unexpected error.")
 @click.version_option(package_name="glance-tx", prog_name="glance-tx")
 @click.pass_context
-def cli(ctx: click.Context, url: str, token: str | None, timeout: float, debug: bool) -> None:
+def cli(
+    ctx: click.Context, url: str, token: str | None, timeout: float, retries: int,
+    api_version: str, debug: bool,
+) -> None:
     """
-    A command line for the OpenStack Images API v2 (glance-tx, or
-    OpenStack Glance). Every command takes --help.
+    A command line for the OpenStack Images API v2, or v1 for old servers
+    (glance-tx, or OpenStack Glance). Every command takes --help.
     """
-    ctx.obj = Settings(url, token, timeout, debug)
+    ctx.obj = Settings(url, token, timeout, debug, retries, int(api_version))
 
 
 def main() -> None:
@@ -166,19 +183,45 @@ def main() -> None:
 # -- shared options and output ---------------------------------------------------
 
 
-def format_option(command: F) -> F:
-    return click.option(
-        "--format", "-f", "output_format", type=click.Choice(["table", "json"]),
-        default="table", show_default=True,
-        help="A table for people, or JSON for scripts.",
-    )(command)
+def options(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
+    """
+    One decorator for C{decorators} (click options, arguments, ...), which
+    apply in the order written, as they would stacked above a command:
+    the option sets the commands share are each declared once.
+    """
+
+    def apply(command: F) -> F:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
 
 
-def progress_option(command: F) -> F:
-    return click.option(
-        "--no-progress", is_flag=True,
-        help="No progress bar (there is one only when stderr is a terminal).",
-    )(command)
+def image_command(name: str) -> Callable[[F], F]:
+    """A command on one image: its C{IMAGE_ID} argument first, the context passed."""
+    return options(cli.command(name), click.argument("image_id"), click.pass_context)
+
+
+format_option = options(click.option(
+    "--format", "-f", "output_format", type=click.Choice(["table", "json"]),
+    default="table", show_default=True,
+    help="A table for people, or JSON for scripts.",
+))
+
+progress_option = options(click.option(
+    "--no-progress", is_flag=True,
+    help="No progress bar (there is one only when stderr is a terminal).",
+))
+
+store_option = options(click.option("--store", help="The store to upload to (see 'stores')."))
+
+
+def file_option(help: str) -> Callable[[F], F]:
+    """C{--file}: a path, or C{-} for stdin or stdout."""
+    return options(click.option(
+        "--file", "file", type=click.Path(dir_okay=False, allow_dash=True), help=help,
+    ))
 
 
 def _emit(output_format: str, document: Any, table: Callable[[], str]) -> None:
@@ -186,6 +229,16 @@ def _emit(output_format: str, document: Any, table: Callable[[], str]) -> None:
         click.echo(_json(document))
     else:
         click.echo(table())
+
+
+def _emit_rows(
+    output_format: str, documents: list[dict[str, Any]], columns: list[tuple[str, str]],
+) -> None:
+    """C{documents} as JSON, or as a table of C{columns} (heading, key)."""
+    _emit(output_format, documents, lambda: render_table(
+        [heading for heading, _ in columns],
+        [[document[key] for _, key in columns] for document in documents],
+    ))
 
 
 def _json(document: Any) -> str:
@@ -221,31 +274,30 @@ def _bar(label: str, no_progress: bool) -> Iterator[TransferBar | None]:
         yield bar
 
 
-def image_fields(command: F) -> F:
-    """The fields image-create and image-update set."""
-    for decorator in reversed([
-        click.option("--name", help="The image's name."),
-        click.option("--disk-format", help="raw, qcow2, vmdk, iso, ..."),
-        click.option("--container-format", help="bare, ovf, ova, docker, ..."),
-        click.option(
-            "--visibility", type=click.Choice(["public", "private", "shared", "community"]),
-        ),
-        click.option("--protected/--unprotected", default=None, help="Whether it may be deleted."),
-        click.option("--min-disk", type=click.IntRange(min=0), help="GiB of disk it needs."),
-        click.option("--min-ram", type=click.IntRange(min=0), help="MiB of RAM it needs."),
-        click.option(
-            "--property", "properties", multiple=True, callback=_pairs, metavar="KEY=VALUE",
-            help="An extra property (repeat for more).",
-        ),
-    ]):
-        command = decorator(command)
-    return command
+def property_option(help: str) -> Callable[[F], F]:
+    """C{--property KEY=VALUE}, repeated: a mapping."""
+    return options(click.option(
+        "--property", "properties", multiple=True, callback=_pairs, metavar="KEY=VALUE", help=help,
+    ))
 
 
-def _fields(**options: Any) -> dict[str, Any]:
+#: The fields image-create and image-update set.
+image_fields = options(
+    click.option("--name", help="The image's name."),
+    click.option("--disk-format", help="raw, qcow2, vmdk, iso, ..."),
+    click.option("--container-format", help="bare, ovf, ova, docker, ..."),
+    click.option("--visibility", type=click.Choice(["public", "private", "shared", "community"])),
+    click.option("--protected/--unprotected", default=None, help="Whether it may be deleted."),
+    click.option("--min-disk", type=click.IntRange(min=0), help="GiB of disk it needs."),
+    click.option("--min-ram", type=click.IntRange(min=0), help="MiB of RAM it needs."),
+    property_option("An extra property (repeat for more)."),
+)
+
+
+def _fields(**given: Any) -> dict[str, Any]:
     """The image fields given on the command line (unset ones left out)."""
-    properties: Mapping[str, str] = options.pop("properties")
-    chosen = {key: value for key, value in options.items() if value is not None}
+    properties: Mapping[str, str] = given.pop("properties")
+    chosen = {key: value for key, value in given.items() if value is not None}
     chosen.update(properties)
     return chosen
 
@@ -280,10 +332,7 @@ def _upload(
 @click.option("--disk-format")
 @click.option("--container-format")
 @click.option("--os-hidden/--no-os-hidden", default=None, help="Hidden images instead of the others.")
-@click.option(
-    "--property", "properties", multiple=True, callback=_pairs, metavar="KEY=VALUE",
-    help="Images with this property value (repeat for more).",
-)
+@property_option("Images with this property value (repeat for more).")
 @click.option("--sort-key", help="Sort on this field (with --sort-dir).")
 @click.option("--sort-dir", type=click.Choice(["asc", "desc"]))
 @click.option("--sort", help="Glance's sort syntax: name:asc,created_at:desc.")
@@ -302,16 +351,11 @@ def image_list(
     chosen.update(properties)
     images = _client(ctx).list_images(page_size=page_size, **chosen)
     documents = [image_document(image) for image in islice(images, limit)]
-    _emit(output_format, documents, lambda: render_table(
-        [header for header, _ in LIST_COLUMNS],
-        [[document[key] for _, key in LIST_COLUMNS] for document in documents],
-    ))
+    _emit_rows(output_format, documents, LIST_COLUMNS)
 
 
-@cli.command("image-show")
-@click.argument("image_id")
+@image_command("image-show")
 @format_option
-@click.pass_context
 def image_show(ctx: click.Context, image_id: str, output_format: str) -> None:
     """Show an image."""
     _show_image(output_format, image_document(_client(ctx).show(image_id)))
@@ -321,11 +365,8 @@ def image_show(ctx: click.Context, image_id: str, output_format: str) -> None:
 @image_fields
 @click.option("--id", "image_id", help="The new image's id (a UUID); the server's by default.")
 @click.option("--tag", "tags", multiple=True, help="A tag (repeat for more).")
-@click.option(
-    "--file", "file", type=click.Path(dir_okay=False, allow_dash=True),
-    help="Upload this file's data too ('-': stdin).",
-)
-@click.option("--store", help="The store to upload to (see 'stores').")
+@file_option("Upload this file's data too ('-': stdin).")
+@store_option
 @progress_option
 @format_option
 @click.pass_context
@@ -358,15 +399,13 @@ def image_create(
     _show_image(output_format, image_document(image))
 
 
-@cli.command("image-update")
-@click.argument("image_id")
+@image_command("image-update")
 @image_fields
 @click.option(
     "--remove-property", "remove", multiple=True, metavar="KEY",
     help="Remove this extra property (repeat for more).",
 )
 @format_option
-@click.pass_context
 def image_update(
     ctx: click.Context, image_id: str, remove: tuple[str, ...], output_format: str,
     **options: Any,
@@ -379,16 +418,11 @@ def image_update(
     _show_image(output_format, image_document(image))
 
 
-@cli.command("image-upload")
-@click.argument("image_id")
-@click.option(
-    "--file", "file", type=click.Path(dir_okay=False, allow_dash=True),
-    help="The data to upload ('-', or left out with data piped in: stdin).",
-)
+@image_command("image-upload")
+@file_option("The data to upload ('-', or left out with data piped in: stdin).")
 @click.option("--size", type=click.IntRange(min=0), help="Bytes to send (default: to the end).")
-@click.option("--store", help="The store to upload to (see 'stores').")
+@store_option
 @progress_option
-@click.pass_context
 def image_upload(
     ctx: click.Context, image_id: str, file: str | None, size: int | None,
     store: str | None, no_progress: bool,
@@ -402,15 +436,10 @@ def image_upload(
             source.close()
 
 
-@cli.command("image-download")
-@click.argument("image_id")
-@click.option(
-    "--file", "file", type=click.Path(dir_okay=False, allow_dash=True),
-    help="Where to write it (default or '-': stdout, unless a terminal).",
-)
+@image_command("image-download")
+@file_option("Where to write it (default or '-': stdout, unless a terminal).")
 @progress_option
 @format_option
-@click.pass_context
 def image_download(
     ctx: click.Context, image_id: str, file: str | None, no_progress: bool, output_format: str,
 ) -> None:
@@ -454,19 +483,15 @@ def image_delete(ctx: click.Context, image_ids: tuple[str, ...]) -> None:
         raise CommandFailed("; ".join(failed))
 
 
-@cli.command("image-tag-add")
-@click.argument("image_id")
+@image_command("image-tag-add")
 @click.argument("tag")
-@click.pass_context
 def image_tag_add(ctx: click.Context, image_id: str, tag: str) -> None:
     """Tag an image."""
     _client(ctx).add_tag(image_id, tag)
 
 
-@cli.command("image-tag-remove")
-@click.argument("image_id")
+@image_command("image-tag-remove")
 @click.argument("tag")
-@click.pass_context
 def image_tag_remove(ctx: click.Context, image_id: str, tag: str) -> None:
     """Remove a tag from an image."""
     _client(ctx).remove_tag(image_id, tag)
@@ -521,21 +546,15 @@ def _stage(client: BlockingClient, image_id: str, file: str | None, ctx: click.C
             source.close()
 
 
-@cli.command("image-stage")
-@click.argument("image_id")
-@click.option(
-    "--file", "file", type=click.Path(dir_okay=False, allow_dash=True),
-    help="The data to stage ('-', or left out with data piped in: stdin).",
-)
+@image_command("image-stage")
+@file_option("The data to stage ('-', or left out with data piped in: stdin).")
 @progress_option
-@click.pass_context
 def image_stage(ctx: click.Context, image_id: str, file: str | None, no_progress: bool) -> None:
     """Stage a queued image's data for 'image-import --method glance-direct'."""
     _stage(_client(ctx), image_id, file, ctx, no_progress)
 
 
-@cli.command("image-import")
-@click.argument("image_id")
+@image_command("image-import")
 @click.option(
     "--method", type=click.Choice(["glance-direct", "web-download", "copy-image"]),
     default="glance-direct", show_default=True, help="How the server gets the data.",
@@ -547,10 +566,7 @@ def image_stage(ctx: click.Context, image_id: str, file: str | None, no_progress
     "--allow-failure", is_flag=True, default=None,
     help="Keep the stores that worked when another fails (all_stores_must_succeed false).",
 )
-@click.option(
-    "--file", "file", type=click.Path(dir_okay=False, allow_dash=True),
-    help="Stage this file's data first ('-': stdin; glance-direct only).",
-)
+@file_option("Stage this file's data first ('-': stdin; glance-direct only).")
 @click.option("--wait", is_flag=True, help="Wait until the image is active; exit 1 if the import fails.")
 @click.option(
     "--wait-timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
@@ -558,7 +574,6 @@ def image_stage(ctx: click.Context, image_id: str, file: str | None, no_progress
 )
 @progress_option
 @format_option
-@click.pass_context
 def image_import(
     ctx: click.Context, image_id: str, method: str, uri: str | None, stores: tuple[str, ...],
     all_stores: bool | None, allow_failure: bool | None, file: str | None, wait: bool,
@@ -595,43 +610,37 @@ def import_methods(ctx: click.Context, output_format: str) -> None:
 
 # -- members and stores -----------------------------------------------------------
 
+STORE_COLUMNS = [
+    ("ID", "id"), ("Description", "description"), ("Default", "default"), ("Read-only", "read_only"),
+]
 MEMBER_COLUMNS = [("Image ID", "image_id"), ("Member ID", "member_id"), ("Status", "status")]
 
 
 def _members(output_format: str, documents: list[dict[str, Any]]) -> None:
-    _emit(output_format, documents, lambda: render_table(
-        [header for header, _ in MEMBER_COLUMNS],
-        [[document[key] for _, key in MEMBER_COLUMNS] for document in documents],
-    ))
+    _emit_rows(output_format, documents, MEMBER_COLUMNS)
 
 
-@cli.command("member-list")
-@click.argument("image_id")
+@image_command("member-list")
 @format_option
-@click.pass_context
 def member_list(ctx: click.Context, image_id: str, output_format: str) -> None:
     """List the projects an image is shared with."""
     members = _client(ctx).list_members(image_id)
     _members(output_format, [member_document(m) for m in members])
 
 
-@cli.command("member-create")
-@click.argument("image_id")
+@image_command("member-create")
 @click.argument("member_id")
 @format_option
-@click.pass_context
 def member_create(ctx: click.Context, image_id: str, member_id: str, output_format: str) -> None:
     """Share an image with a project (its visibility must be 'shared')."""
     member = _client(ctx).add_member(image_id, member_id)
     _members(output_format, [member_document(member)])
 
 
-@cli.command("member-update")
-@click.argument("image_id")
+@image_command("member-update")
 @click.argument("member_id")
 @click.argument("status", type=click.Choice(["accepted", "rejected", "pending"]))
 @format_option
-@click.pass_context
 def member_update(
     ctx: click.Context, image_id: str, member_id: str, status: str, output_format: str,
 ) -> None:
@@ -640,10 +649,8 @@ def member_update(
     _members(output_format, [member_document(member)])
 
 
-@cli.command("member-delete")
-@click.argument("image_id")
+@image_command("member-delete")
 @click.argument("member_id")
-@click.pass_context
 def member_delete(ctx: click.Context, image_id: str, member_id: str) -> None:
     """Stop sharing an image with a project."""
     _client(ctx).remove_member(image_id, member_id)
@@ -655,7 +662,4 @@ def member_delete(ctx: click.Context, image_id: str, member_id: str) -> None:
 def stores(ctx: click.Context, output_format: str) -> None:
     """List the stores an upload may name."""
     documents = [store_document(s) for s in _client(ctx).stores()]
-    _emit(output_format, documents, lambda: render_table(
-        ["ID", "Description", "Default", "Read-only"],
-        [[d["id"], d["description"], d["default"], d["read_only"]] for d in documents],
-    ))
+    _emit_rows(output_format, documents, STORE_COLUMNS)

@@ -1,6 +1,7 @@
 """
 A client for the Images API v2 that streams both ways and returns typed
-values: L{Client}, its values and its errors. See C{doc/client.rst}.
+values: L{Client}, its values and its errors; L{V1Client}, the same for
+the Images API v1 of older servers. See C{doc/client.rst}.
 """
 
 from glance_tx.client.api import PATCH_MEDIA_TYPE, Client, json_patch
@@ -21,6 +22,7 @@ from glance_tx.client.errors import (
     TimedOut,
     Unauthorized,
 )
+from glance_tx.client.v1 import V1Client
 from glance_tx.client.values import DownloadResult, ImageInfo, MemberInfo, StoreInfo
 
 __all__ = [
@@ -45,5 +47,6 @@ __all__ = [
     "StoreInfo",
     "TimedOut",
     "Unauthorized",
+    "V1Client",
     "json_patch",
 ]

@@ -1,11 +1,6 @@
 """
-The async client of the Images API v2, on treq.
-
-Everything it needs is handed in: the treq L{HTTPClient} (so the caller
-chooses the connection pool, TLS policy and, in tests, an in-memory
-agent), the reactor (for the wait before a resumed download and for
-timeouts) and a L{BlockingRunner} for file I/O and hashing, by default
-the reactor's own thread pool. Nothing is imported globally.
+The async client of the Images API v2, on treq: the v2 paths and
+documents over L{BaseClient}'s plumbing and data transfers.
 
 Works against glance-tx and against OpenStack Glance: it sends only what
 Glance's API defines, and reads refusals in either's shape
@@ -14,86 +9,19 @@ Glance's API defines, and reads refusals in either's shape
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
-from typing import IO, Any, cast
-from urllib.parse import quote, urlsplit
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from typing import Any, ClassVar
 
-from attrs import Factory, define, field
-from treq import collect, content
-from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import (
-    ConnectError,
-    ConnectingCancelledError,
-    ConnectionLost,
-)
-from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
-from twisted.internet.task import deferLater
-from twisted.web.client import (
-    RequestGenerationFailed,
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from attrs import define
 
-from glance_tx import __version__
-from glance_tx.bodies import BytesBody
-from glance_tx.client.download import DataSink, new_hash, receive
-from glance_tx.client.errors import (
-    ClientError,
-    ConnectionFailed,
-    CorruptDownload,
-    DownloadInterrupted,
-    HTTPError,
-    NoImageData,
-    ServiceUnavailable,
-    TimedOut,
-    error_for,
-)
-from glance_tx.client.upload import FileBody, readable_length
-from glance_tx.client.values import DownloadResult, ImageInfo, MemberInfo, StoreInfo
-from glance_tx.store.describe import describe
-from glance_tx.threads import BlockingRunner, ThreadPoolRunner
+from glance_tx.client.transport import BaseClient, Progress, Source, _query_value
+from glance_tx.client.values import ImageInfo, MemberInfo, StoreInfo
 
 __all__ = ["PATCH_MEDIA_TYPE", "Client", "Progress", "Source", "json_patch"]
 
 #: The JSON-patch flavour sent: draft 10, where C{add} on an existing
 #: property replaces it, so a patch needs no GET first.
 PATCH_MEDIA_TYPE = "application/openstack-images-v2.1-json-patch"
-
-#: The longest a download waits before resuming after a 503, whatever
-#: its Retry-After says.
-MAX_RETRY_AFTER = 60.0
-
-#: An error body read past this is cut: the message is in the first bytes.
-MAX_ERROR_BODY = 64 * 1024
-
-#: How a connection fails before an answer arrives.
-_UNREACHABLE = (
-    ConnectError,
-    ConnectionLost,
-    RequestTransmissionFailed,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
-#: Twisted's wrappers of the failures of one request, in C{reasons}.
-_WRAPPERS = (
-    RequestGenerationFailed,
-    RequestTransmissionFailed,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
-
-Source = str | os.PathLike[str] | IO[bytes]
-#: A transfer's progress callback: (bytes so far, bytes in all or None),
-#: called on the reactor thread.
-Progress = Callable[[int, int | None], object]
 
 
 def _pointer(name: str) -> str:
@@ -117,145 +45,18 @@ def json_patch(
     return patch
 
 
-def _query_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _segment(value: str) -> str:
-    """One path segment, every reserved character escaped."""
-    return quote(value, safe="")
-
-
-def _default_runner(client: Client) -> BlockingRunner:
-    """The reactor's own thread pool (a reactor with threads, as all real ones)."""
-    reactor = cast(IReactorThreads, client.reactor)
-    return ThreadPoolRunner(reactor, reactor.getThreadPool())
 
 
 @define
-class Client:
+class Client(BaseClient):
     """
     The Images API v2 at C{url} (the image endpoint, as the service
     catalog gives it: C{http://host:9292}, with or without C{/v2}), as
     the holder of C{token} (sent as C{X-Auth-Token}; never shown).
+    Its settings are L{BaseClient}'s.
     """
 
-    url: str = field(converter=lambda url: url.rstrip("/").removesuffix("/v2"))
-    http: HTTPClient
-    reactor: IReactorTime
-    token: str | None = field(default=None, repr=False)
-    runner: BlockingRunner = field(default=Factory(_default_runner, takes_self=True))
-    #: Seconds to wait for each answer's head, the longest an upload may
-    #: go without the server taking a block or answering, and the longest
-    #: a download may go without a byte before it is resumed; None: no limit.
-    timeout: float | None = None
-    #: How many times one download resumes after a dropped connection.
-    resumes: int = 3
-    #: Seconds to wait before each resume.
-    resume_delay: float = 1.0
-    #: Bytes read from the file at a time by an upload.
-    block_size: int = 1 << 20
-
-    # -- plumbing -------------------------------------------------------------
-
-    @property
-    def _server(self) -> str:
-        """The server's scheme, host and port: what errors may name."""
-        parsed = urlsplit(self.url)
-        return f"{parsed.scheme}://{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
-
-    def _url(self, *segments: str) -> str:
-        return "/".join([self.url, "v2", *(_segment(s) for s in segments)])
-
-    def _headers(self, extra: Mapping[str, str] | None = None) -> Headers:
-        headers = {"User-Agent": f"glance-tx-client/{__version__}", "Accept": "application/json"}
-        if self.token is not None:
-            headers["X-Auth-Token"] = self.token
-        headers.update(extra or {})
-        return Headers({name: [value] for name, value in headers.items()})
-
-    async def _request(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        body: Any = None,
-        params: list[tuple[str, str]] | None = None,
-        expect: tuple[int, ...] = (200,),
-        timed: bool = True,
-    ) -> IResponse:
-        """
-        Send one request; return its response (body unread) if its status
-        is in C{expect}, else raise the typed error the server's answer
-        stands for. With C{timed}, the answer's head must come within
-        C{timeout}; without, the caller keeps time.
-        """
-        d = self.http.request(
-            method,
-            url,
-            headers=self._headers(headers),
-            params=params,
-            data=body,
-            unbuffered=True,
-        )
-        timer = None
-        if timed and self.timeout is not None:
-            timer = self.reactor.callLater(self.timeout, d.cancel)
-        try:
-            response: IResponse = await d
-        except Exception as e:
-            if timer is not None and not timer.active():
-                raise TimedOut(
-                    f"No answer from {self._server} within {self.timeout} seconds"
-                ) from e
-            if _cancelled(e):
-                raise CancelledError() from e
-            if isinstance(e, RequestGenerationFailed) and e.reasons:
-                # The body failed (a file shorter than its size): say why.
-                e.reasons[0].raiseException()
-            if isinstance(e, _UNREACHABLE):
-                raise ConnectionFailed(f"Could not reach {self._server}: {_why(e)}") from e
-            raise
-        finally:
-            if timer is not None and timer.active():
-                timer.cancel()
-        if response.code not in expect:
-            raise await self._error(response)
-        return response
-
-    async def _error(self, response: IResponse) -> HTTPError:
-        body = await _read_capped(response, MAX_ERROR_BODY)
-        header = response.headers.getRawHeaders
-        return error_for(
-            response.code,
-            body,
-            content_type=_first(header(b"content-type")),
-            retry_after=_first(header(b"retry-after")),
-            now=self.reactor.seconds(),
-        )
-
-    async def _json(
-        self,
-        method: str,
-        url: str,
-        document: Any = None,
-        *,
-        content_type: str = "application/json",
-        headers: Mapping[str, str] | None = None,
-        expect: tuple[int, ...] = (200,),
-    ) -> Any:
-        """A request with a JSON body (if any) answered with JSON (if any)."""
-        extra = dict(headers or {})
-        body = None
-        if document is not None:
-            body = BytesBody(json.dumps(document).encode("utf-8"))
-            extra["Content-Type"] = content_type
-        response = await self._request(method, url, headers=extra, body=body, expect=expect)
-        data = await content(response)
-        return json.loads(data) if data else None
+    version: ClassVar[str] = "v2"
 
     # -- images ---------------------------------------------------------------
 
@@ -280,16 +81,12 @@ class Client:
             params.append(("limit", str(page_size)))
         url: str | None = self._url("images")
         while url is not None:
-            page = await self._json_page(url, params)
+            page = await self._json("GET", url, params=params or None)
             params = []
             for document in page.get("images", []):
                 yield ImageInfo.from_document(document)
             next_link = page.get("next")
             url = self._follow(next_link) if next_link else None
-
-    async def _json_page(self, url: str, params: list[tuple[str, str]]) -> Any:
-        response = await self._request("GET", url, params=params or None)
-        return json.loads(await content(response))
 
     def _follow(self, link: str) -> str:
         """A C{next} link (C{/v2/images?...}, as Glance writes it) as a URL."""
@@ -436,7 +233,8 @@ class Client:
         called as each block is sent.
         """
         headers = {} if store is None else {"X-Image-Meta-Store": store}
-        await self._send_data(image_id, "file", source, size, headers, progress)
+        url = self._url("images", image_id, "file")
+        await self._send_data("PUT", url, source, size, headers, progress)
 
     async def stage(
         self,
@@ -452,273 +250,8 @@ class Client:
         C{size} and C{progress} as for L{upload}, streamed the same way.
         The image is then C{uploading}; the import chooses the stores.
         """
-        await self._send_data(image_id, "stage", source, size, {}, progress)
-
-    async def _send_data(
-        self,
-        image_id: str,
-        target: str,
-        source: Source,
-        size: int | None,
-        headers: Mapping[str, str],
-        progress: Progress | None,
-    ) -> None:
-        """PUT C{source} to the image's C{target} (C{file} or C{stage}), a path opened here."""
-        if isinstance(source, str | os.PathLike):
-            file: IO[bytes] = await self.runner.run(open, os.fspath(source), "rb")
-            try:
-                await self._put(image_id, target, file, size, headers, progress)
-            finally:
-                await self.runner.run(file.close)
-        else:
-            await self._put(image_id, target, source, size, headers, progress)
-
-    async def _put(
-        self,
-        image_id: str,
-        target: str,
-        file: IO[bytes],
-        size: int | None,
-        extra: Mapping[str, str],
-        progress: Progress | None,
-    ) -> None:
-        if size is None:
-            size = await self.runner.run(readable_length, file)
-        headers = {"Content-Type": "application/octet-stream", **extra}
-        # The timeout bounds a silence, not the upload: a long upload that
-        # keeps sending is not cut, one the server stops taking is.
-        idle: IDelayedCall | None = None
-        request: Deferred[IResponse] | None = None
-
-        def expire() -> None:
-            nonlocal idle
-            idle = None
-            if request is not None:
-                request.cancel()
-
-        def sent(done: int, total: int | None) -> None:
-            if idle is not None and self.timeout is not None:
-                idle.reset(self.timeout)
-            if progress is not None:
-                progress(done, total)
-
-        body = FileBody(file, self.runner, size, self.block_size, sent)
-        request = Deferred.fromCoroutine(
-            self._request(
-                "PUT", self._url("images", image_id, target), headers=headers, body=body,
-                expect=(204, 201, 200), timed=False,
-            )
-        )
-        if self.timeout is not None:
-            idle = self.reactor.callLater(self.timeout, expire)
-        try:
-            response = await request
-        except CancelledError:
-            if idle is None and self.timeout is not None:
-                raise TimedOut(
-                    f"{self._server} took nothing and answered nothing for "
-                    f"{self.timeout} seconds after {body.sent} bytes"
-                ) from None
-            raise
-        finally:
-            if idle is not None:
-                idle.cancel()
-        await content(response)
-
-    async def download(
-        self, image_id: str, dest: Source, *, progress: Progress | None = None
-    ) -> DownloadResult:
-        """
-        Write image C{image_id}'s data to C{dest}: a path (written under a
-        temporary name beside it, and moved into place only once whole and
-        verified; removed on any failure) or a binary file object (written
-        from its position; not closed).
-
-        The data is hashed as it arrives and checked against the image's
-        C{os_hash_value} (C{os_hash_algo}), or its md5 C{checksum} when it
-        has none: L{CorruptDownload} if they differ. A connection that
-        drops is resumed from the byte it stopped at, up to C{resumes}
-        times (then L{DownloadInterrupted}), with C{If-Match} on the ETag
-        the first answer carried, so that bytes of other data are never
-        spliced on (L{PreconditionFailed} instead). A 503 (a store
-        briefly away) is resumed from too, after its C{Retry-After} (at
-        most L{MAX_RETRY_AFTER} seconds). C{progress} is called as bytes
-        arrive, with the image's size.
-        """
-        image = await self.show(image_id)
-        if isinstance(dest, str | os.PathLike):
-            return await self._download_to_path(image, os.fspath(dest), progress)
-        return await self._download(image, dest, progress)
-
-    async def _download_to_path(
-        self, image: ImageInfo, path: str, progress: Progress | None
-    ) -> DownloadResult:
-        file: IO[bytes] = await self.runner.run(_incoming, path)
-        try:
-            result = await self._download(image, file, progress)
-            await self.runner.run(_commit, file, path)
-        except Exception:
-            await self.runner.run(_discard, file)
-            raise
-        return result
-
-    async def _download(
-        self, image: ImageInfo, file: IO[bytes], progress: Progress | None
-    ) -> DownloadResult:
-        algorithm, expected = _checked_hash(image)
-        sink = DataSink(
-            file,
-            new_hash(algorithm) if algorithm else None,
-            self.runner.serial(),
-            progress=progress,
-            total=image.size,
-        )
-        try:
-            resumed = await self._receive_all(image, sink)
-            await sink.drain()
-        except Exception:
-            # No write may still be running once the caller has the file back.
-            await sink.settle()
-            raise
-        if image.size is not None and sink.received != image.size:
-            raise CorruptDownload(image.id, "size", str(image.size), str(sink.received))
-        actual = sink.hexdigest()
-        if algorithm is not None and expected is not None and actual != expected.lower():
-            raise CorruptDownload(image.id, algorithm, expected, str(actual))
-        return DownloadResult(image.id, sink.received, algorithm, actual, resumed)
-
-    async def _receive_all(self, image: ImageInfo, sink: DataSink) -> int:
-        """
-        Every byte of C{image}'s data into C{sink}, resuming after each
-        dropped connection; returns how many times it resumed.
-        """
-        url = self._url("images", image.id, "file")
-        etag: str | None = None
-        resumed = 0
-        while True:
-            headers: dict[str, str] = {"Accept": "application/octet-stream"}
-            if sink.received:
-                headers["Range"] = f"bytes={sink.received}-"
-                if etag is not None:
-                    headers["If-Match"] = etag
-            try:
-                response = await self._request("GET", url, headers=headers, expect=(200, 204, 206))
-                if response.code == 204:
-                    raise NoImageData(image.id)
-                skip = self._resumed_at(response, sink.received, image)
-                if etag is None:
-                    etag = _strong(_first(response.headers.getRawHeaders(b"etag")))
-                ended = await receive(response, sink, self.reactor, skip, self.timeout)
-            except ConnectionFailed as e:
-                reason, wait = str(e), self.resume_delay
-            except ServiceUnavailable as e:
-                # A store or registry behind the server that is briefly
-                # away: worth waiting for, as long as the server asks.
-                reason = str(e)
-                wait = self.resume_delay if e.retry_after is None else e.retry_after
-                wait = min(wait, MAX_RETRY_AFTER)
-            else:
-                if isinstance(ended, ResponseDone) or sink.received == image.size:
-                    return resumed
-                reason, wait = _why(ended), self.resume_delay
-            if sink.failed:
-                return resumed  # drain() raises why
-            if resumed >= self.resumes:
-                raise DownloadInterrupted(image.id, sink.received, resumed + 1, reason)
-            resumed += 1
-            await deferLater(self.reactor, wait)
-
-    def _resumed_at(self, response: IResponse, received: int, image: ImageInfo) -> int:
-        """
-        How many bytes of C{response} to drop: none for a 206 from where we
-        stopped, all we have for a 200 (a server that ignored the Range).
-        """
-        if response.code != 206:
-            return received
-        content_range = _first(response.headers.getRawHeaders(b"content-range")) or ""
-        unit, _, spec = content_range.partition(" ")
-        start = spec.split("-", 1)[0]
-        if unit.strip().lower() != "bytes" or not start.isdigit() or int(start) != received:
-            raise ClientError(
-                f"Image {image.id}: asked for bytes from {received}, got {content_range!r}"
-            )
-        return 0
+        await self._send_data("PUT", self._url("images", image_id, "stage"), source, size, {}, progress)
 
 
-def _checked_hash(image: ImageInfo) -> tuple[str | None, str | None]:
-    """The hash to check a download with: os_hash_algo's, else md5's, else none."""
-    if image.os_hash_algo and image.os_hash_value:
-        try:
-            new_hash(image.os_hash_algo)
-        except ValueError:
-            pass  # an algorithm hashlib does not have: fall back to md5
-        else:
-            return image.os_hash_algo, image.os_hash_value
-    if image.checksum:
-        return "md5", image.checksum
-    return None, None
-
-
-def _incoming(path: str) -> IO[bytes]:
-    """A new file beside C{path} for its data to arrive in."""
-    directory, name = os.path.split(os.path.abspath(path))
-    fd, incoming = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
-    os.close(fd)
-    return open(incoming, "wb")
-
-
-def _commit(file: IO[bytes], path: str) -> None:
-    """Flush and fsync the incoming file, then move it into place."""
-    file.flush()
-    os.fsync(file.fileno())
-    file.close()
-    os.replace(file.name, path)
-
-
-def _discard(file: IO[bytes]) -> None:
-    file.close()
-    try:
-        os.unlink(file.name)
-    except FileNotFoundError:
-        pass
-
-
-def _cancelled(error: BaseException) -> bool:
-    """Whether a request failed because its Deferred was cancelled."""
-    if isinstance(error, _WRAPPERS):
-        return any(r.check(CancelledError) for r in error.reasons)
-    return isinstance(error, CancelledError | ConnectingCancelledError)
-
-
-def _why(error: BaseException) -> str:
-    """What went wrong with a connection, in a line (no file names)."""
-    if isinstance(error, _WRAPPERS) and error.reasons:
-        error = error.reasons[0].value
-    return describe(error)
-
-
-def _strong(etag: str | None) -> str | None:
-    """An ETag If-Match can name: a weak one never matches (RFC 9110 13.1.1)."""
-    return None if etag is None or etag.startswith("W/") else etag
-
-
-def _first(values: list[bytes] | None) -> str | None:
-    return values[0].decode("latin-1") if values else None
-
-
-async def _read_capped(response: IResponse, cap: int) -> bytes:
-    """The first C{cap} bytes of a body; the rest is read and dropped."""
-    parts: list[bytes] = []
-    kept = 0
-
-    def take(data: bytes) -> None:
-        nonlocal kept
-        if kept < cap:
-            parts.append(data[: cap - kept])
-            kept += len(parts[-1])
-
-    try:
-        await collect(response, take)
-    except ResponseFailed:
-        pass
-    return b"".join(parts)
+    def _data_url(self, image_id: str) -> str:
+        return self._url("images", image_id, "file")

@@ -27,6 +27,7 @@ from attrs import define, field
 
 from glance_tx.client.api import Client, Progress, Source
 from glance_tx.client.reactor_thread import ReactorThread
+from glance_tx.client.v1 import V1Client
 from glance_tx.client.values import DownloadResult, ImageInfo, MemberInfo, StoreInfo
 
 __all__ = ["BlockingClient"]
@@ -34,9 +35,12 @@ __all__ = ["BlockingClient"]
 
 @define
 class BlockingClient:
-    """L{Client}'s methods, each blocking the calling thread until done."""
+    """
+    L{Client}'s methods (or L{V1Client}'s, the same ones), each blocking
+    the calling thread until done.
+    """
 
-    client: Client
+    client: Client | V1Client
     #: Closed with the client: the connections L{connect} opened.
     pool: Any = None
     _thread: ReactorThread = field(init=False)
@@ -52,14 +56,19 @@ class BlockingClient:
         *,
         timeout: float | None = 60.0,
         reactor: Any = None,
+        version: int = 2,
         **settings: Any,
     ) -> BlockingClient:
         """
         A client of C{url} with a connection pool of its own, on the
         global reactor (started in a thread unless it runs already).
         C{timeout} (seconds) bounds every wait for an answer, so a script
-        never hangs on a dead server; C{settings} are L{Client}'s.
+        never hangs on a dead server; C{version} 1 speaks the Images API
+        v1 (L{V1Client}); C{settings} are L{Client}'s.
         """
+        if version not in (1, 2):
+            raise ValueError(f"Images API version 1 or 2, not {version!r}")
+        kind = V1Client if version == 1 else Client
         if reactor is None:
             from twisted.internet import reactor  # a script's one reactor
         thread = ReactorThread(reactor)
@@ -70,7 +79,7 @@ class BlockingClient:
 
             pool = HTTPConnectionPool(reactor)
             http = HTTPClient(Agent(reactor, pool=pool))
-            client = Client(url, http, reactor, token=token, timeout=timeout, **settings)
+            client = kind(url, http, reactor, token=token, timeout=timeout, **settings)
             return cls(client, pool)
 
         built: BlockingClient = thread.call(build)

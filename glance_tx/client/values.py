@@ -13,7 +13,7 @@ newer server sends is lost.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -30,6 +30,14 @@ def _time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     return datetime.fromisoformat(value)
+
+
+def _v1_time(value: Any) -> datetime | None:
+    """A v1 timestamp (UTC, written without a zone), or None."""
+    parsed = _time(value)
+    if parsed is not None and parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
 
 
 def _read_only(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -74,22 +82,11 @@ class ImageInfo:
         """Read an image document; unknown keys become C{properties}."""
         core = {f.name for f in fields(cls)} - {"properties"}
         return cls(
-            id=str(document["id"]),
-            name=document.get("name"),
-            status=document.get("status"),
+            **_common_fields(document),
             visibility=document.get("visibility"),
-            protected=bool(document.get("protected", False)),
             os_hidden=bool(document.get("os_hidden", False)),
-            checksum=document.get("checksum"),
             os_hash_algo=document.get("os_hash_algo"),
             os_hash_value=document.get("os_hash_value"),
-            size=_int(document.get("size")),
-            virtual_size=_int(document.get("virtual_size")),
-            min_disk=_int(document.get("min_disk")) or 0,
-            min_ram=_int(document.get("min_ram")) or 0,
-            disk_format=document.get("disk_format"),
-            container_format=document.get("container_format"),
-            owner=document.get("owner"),
             tags=frozenset(document.get("tags") or ()),
             created_at=_time(document.get("created_at")),
             updated_at=_time(document.get("updated_at")),
@@ -101,6 +98,20 @@ class ImageInfo:
             },
         )
 
+    @classmethod
+    def from_v1_document(cls, document: Mapping[str, Any]) -> ImageInfo:
+        """
+        Read an Images API v1 image document (its JSON, or its
+        C{x-image-meta-*} headers as one): C{is_public} is C{visibility}
+        C{public} or C{private}, its C{properties} are the properties.
+        """
+        return cls(
+            **_common_fields(document),
+            visibility="public" if document.get("is_public") else "private",
+            created_at=_v1_time(document.get("created_at")),
+            updated_at=_v1_time(document.get("updated_at")),
+            properties=dict(document.get("properties") or {}),
+        )
 
     @property
     def importing_to_stores(self) -> tuple[str, ...]:
@@ -111,6 +122,24 @@ class ImageInfo:
     def failed_import(self) -> tuple[str, ...]:
         """The stores an import failed to write (C{os_glance_failed_import})."""
         return _store_list(self.properties.get("os_glance_failed_import"))
+
+
+def _common_fields(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The image fields v1 and v2 documents spell alike."""
+    return {
+        "id": str(document["id"]),
+        "name": document.get("name"),
+        "status": document.get("status"),
+        "protected": bool(document.get("protected", False)),
+        "checksum": document.get("checksum"),
+        "size": _int(document.get("size")),
+        "virtual_size": _int(document.get("virtual_size")),
+        "min_disk": _int(document.get("min_disk")) or 0,
+        "min_ram": _int(document.get("min_ram")) or 0,
+        "disk_format": document.get("disk_format"),
+        "container_format": document.get("container_format"),
+        "owner": document.get("owner"),
+    }
 
 
 def _store_list(value: Any) -> tuple[str, ...]:
