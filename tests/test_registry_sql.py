@@ -1401,5 +1401,8 @@ class SQLiteFileThreadPoolMetadefTests(MetadefConformanceMixin, _ThreadPoolHarne
 class PostgreSQLMetadefTests(MetadefConformanceMixin, _ThreadPoolHarness):
     """The metadef contract on PostgreSQL, through a real thread pool."""
 
-    setUp = PostgreSQLConformanceTests.setUp
+    def setUp(self) -> None:
+        self.admin_url = postgres_admin_url(self)
+        super().setUp()
+
     make_registry = PostgreSQLConformanceTests.make_registry
