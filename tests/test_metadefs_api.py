@@ -9,6 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from treq.testing import RequestTraversalAgent
+from twisted.internet.task import Clock
+
+from glance_tx.registry.client import HTTPRegistryClient
+from glance_tx.registry.server import RegistryServer
 from tests.api_fixtures import Answer, SiteTestCase
 
 ADMIN = {"X-Project-Id": "admin", "X-Roles": "admin"}
@@ -352,3 +357,34 @@ class SchemaTests(MetadefsTestCase):
         """The mount leaves the images app its routes: /v2/schemas/image, /v2/images."""
         self.assertEqual(self.call("GET", "/v2/schemas/image").json()["name"], "image")
         self.assertEqual(self.call("GET", "/v2/images").code, 200)
+
+
+class _ThroughRegistryServer:
+    """The API over a registry client of a registry server (registry_url), in memory."""
+
+    registry: Any
+
+    def api_registry(self) -> Any:
+        server = RegistryServer(self.registry, token="t")
+        return HTTPRegistryClient(
+            agent=RequestTraversalAgent(server.resource()),
+            url="http://registry.example",
+            clock=Clock(),
+            token="t",
+        )
+
+
+class NamespacesThroughRegistryServerTests(_ThroughRegistryServer, NamespaceTests):
+    """The namespace flows, with the definitions kept behind a registry server."""
+
+
+class TagsThroughRegistryServerTests(_ThroughRegistryServer, TagTests):
+    """The tag flows, with the definitions kept behind a registry server."""
+
+
+class ResourceTypesThroughRegistryServerTests(_ThroughRegistryServer, ResourceTypeTests):
+    """The association flow, with the definitions kept behind a registry server."""
+
+
+class PagingThroughRegistryServerTests(_ThroughRegistryServer, PagingTests):
+    """Listing pages and filters, with the definitions kept behind a registry server."""
