@@ -27,6 +27,8 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy import update as sql_update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from twisted.internet.defer import Deferred
 
@@ -521,18 +523,23 @@ class SQLMetadefs:
         return found
 
     def _resource_type_id(self, connection: Connection, name: str, now: datetime) -> int:
-        """The resource type's id, created (unprotected) if unknown."""
+        """
+        The resource type's id, created (unprotected) if unknown. Two
+        namespaces created at once on two nodes may both create it: the
+        insert does nothing if the other's is there (rather than fail with
+        a unique violation, which on PostgreSQL would end the transaction).
+        """
         r = metadef_resource_types.c
         found = connection.execute(select(r.id).where(r.name == name)).scalar()
-        if found is not None:
-            return int(found)
-        return _inserted_id(
+        if found is None:
+            dialect_insert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
             connection.execute(
-                insert(metadef_resource_types).values(
-                    name=name, protected=False, created_at=now, updated_at=now
-                )
+                dialect_insert(metadef_resource_types)
+                .values(name=name, protected=False, created_at=now, updated_at=now)
+                .on_conflict_do_nothing(index_elements=["name"])
             )
-        )
+            found = connection.execute(select(r.id).where(r.name == name)).scalar_one()
+        return int(found)
 
     def _insert_association(
         self, connection: Connection, namespace_id: int, association: Association, now: datetime
