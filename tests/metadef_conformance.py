@@ -228,6 +228,25 @@ class MetadefConformanceMixin:
         ]
 
     @conformance
+    async def test_concurrent_creates_share_a_new_resource_type(self, registry: Any) -> None:
+        """
+        Namespaces created at once (on a thread pool, truly concurrent on
+        PostgreSQL), each associated with one new resource type, all
+        succeed and make that resource type once.
+        """
+        creates = [
+            registry.create_namespace(
+                content(f"OS::Concurrent::{n}", associations=[Association(name="OS::New::Type")])
+            )
+            for n in range(6)
+        ]
+        for created in creates:
+            await created
+        assert [t.name for t in await registry.list_resource_types()] == ["OS::New::Type"]
+        found = await registry.list_associations([f"OS::Concurrent::{n}" for n in range(6)])
+        assert all(len(a) == 1 for a in found.values()), found
+
+    @conformance
     async def test_bad_records_are_400(self, registry: Any) -> None:
         """What the tables cannot hold is a BadRequest, not a database error."""
         await _fails(registry.create_namespace(content("x" * 81)), BadRequest)
