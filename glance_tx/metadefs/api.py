@@ -140,21 +140,24 @@ class MetadefsAPI:
         query = self._query(request, context)
         page = await self.registry.list_namespaces(query)
         associations = await self.registry.list_associations([n.namespace for n in page])
+        # As Glance: first is the request without its marker, next with the
+        # page's last namespace as the marker.
+        params = {
+            key.decode("utf-8", "replace"): values[-1].decode("utf-8", "replace")
+            for key, values in (request.args or {}).items()
+            if key != b"marker" and values
+        }
+        first = "/v2/metadefs/namespaces"
         document: dict[str, Any] = {
             "namespaces": [
                 views.namespace_view(n, associations.get(n.namespace, ())) for n in page
             ],
-            "first": "/v2/metadefs/namespaces",
+            "first": f"{first}?{urlencode(params)}" if params else first,
             "schema": "/v2/schemas/metadefs/namespaces",
         }
         if page and len(page) == query.limit:
-            params = {
-                key: value
-                for key in ("limit", "sort_key", "sort_dir", "visibility", "resource_types")
-                if (value := _arg(request, key)) is not None
-            }
             params["marker"] = page[-1].namespace
-            document["next"] = "/v2/metadefs/namespaces?" + urlencode(params)
+            document["next"] = f"{first}?{urlencode(params)}"
         return _json(request, document)
 
     @app.route("/metadefs/namespaces", methods=["POST"])
