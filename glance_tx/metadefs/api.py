@@ -23,7 +23,7 @@ from twisted.web.resource import IResource, Resource
 
 from glance_tx.api.errors import json_errors
 from glance_tx.api.params import parse_int
-from glance_tx.api.v2 import _header, _json, _no_content, _read_object
+from glance_tx.api.v2 import _header, _json, _no_content, _read_object  # as v2 answers
 from glance_tx.context import RequestContext
 from glance_tx.errors import BadRequest, Forbidden, NotFound
 from glance_tx.identity.interface import IIdentityResolver
@@ -31,6 +31,7 @@ from glance_tx.images import MAX_LIMIT
 from glance_tx.metadefs import schemas, views
 from glance_tx.metadefs.interface import IMetadefRegistry
 from glance_tx.metadefs.model import (
+    DEFAULT_LIMIT,
     OBJECT,
     PROPERTY,
     SORT_KEYS,
@@ -43,9 +44,6 @@ from glance_tx.metadefs.model import (
     visible,
 )
 from glance_tx.policy import Policy
-
-#: Glance's C{limit_param_default}: a listing's page without C{limit}.
-DEFAULT_LIMIT = 25
 
 
 def _arg(request: IRequest, name: str) -> str | None:

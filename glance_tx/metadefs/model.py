@@ -32,6 +32,9 @@ MAX_NAME = 80
 MAX_OWNER = 255
 MAX_DESCRIPTION = 500
 
+#: Glance's C{limit_param_default}: a namespace page without C{limit}.
+DEFAULT_LIMIT = 25
+
 #: What a namespace listing may be sorted by (Glance's C{sort_key}).
 SORT_KEYS = ("created_at", "updated_at", "namespace", "display_name", "visibility", "owner")
 
@@ -107,7 +110,7 @@ class NamespaceQuery:
     #: The caller's project; None with C{is_admin} sees every namespace.
     project_id: str | None
     is_admin: bool = False
-    limit: int = 25
+    limit: int = DEFAULT_LIMIT
     #: The namespace after which the page starts.
     marker: str | None = None
     sort_key: str = "created_at"

@@ -35,6 +35,7 @@ from glance_tx.images import (
     Viewer,
 )
 from glance_tx.metadefs.model import (
+    DEFAULT_LIMIT,
     Association,
     Definition,
     Namespace,
@@ -504,7 +505,7 @@ def decode_namespace_query(value: Any) -> NamespaceQuery:
     fields = dict(_mapping(value, "namespace query"))
     if fields.get("resource_types") is not None:
         fields["resource_types"] = tuple(_strings(fields["resource_types"], "resource_types"))
-    limit = fields.get("limit", 25)
+    limit = fields.get("limit", DEFAULT_LIMIT)
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise BadRequest(f"Invalid namespace query: limit {limit!r}")
     try:
