@@ -9,7 +9,10 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["glance_tx", "glance_tx.*"]) + ["twisted.plugins"],
-    package_data={"glance_tx.registry": ["migrations/*.py", "migrations/versions/*.py"]},
+    package_data={
+        "glance_tx.registry": ["migrations/*.py", "migrations/versions/*.py"],
+        "glance_tx.metadefs": ["definitions/*.json"],
+    },
     include_package_data=True,
     install_requires=[
         "twisted[tls] >= 24.7, < 27",

@@ -316,6 +316,12 @@ class Config:
     #: guard) for reading web-download URLs when no HTTP store is enabled.
     import_filtering: Mapping[str, str] = field(factory=dict)
     image_conversion: ImageConversionConfig = field(factory=ImageConversionConfig)
+    #: Where metadata definition files are read from (Glance's
+    #: C{glance-manage} option); None: the definitions glance-tx ships.
+    metadata_source_path: str | None = None
+    #: Load them into the SQL registry at every start (namespaces already
+    #: there are left as they are; see L{glance_tx.metadefs.load}).
+    load_metadefs: bool = False
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -437,6 +443,8 @@ def load_config(
         max_concurrent_uploads=_limit(default, "max_concurrent_uploads", 100),
         enabled_import_methods=_import_methods(default.get("enabled_import_methods")),
         image_conversion=_image_conversion_config(parser),
+        metadata_source_path=default.get("metadata_source_path") or None,
+        load_metadefs=bool_option(default, "load_metadefs", False),
         import_filtering={
             k: v
             for k, v in (

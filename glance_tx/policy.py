@@ -56,6 +56,38 @@ ADMIN_OR_PROJECT_READER_OR_SHARED_MEMBER = (
     " or project_id:%(member_id)s))"
 )
 
+_PUBLIC_NAMESPACE_OR_PROJECT_READER = (
+    "role:reader and (project_id:%(project_id)s or 'public':%(visibility)s)"
+)
+ADMIN_OR_PROJECT_READER_GET_NAMESPACE = f"role:admin or ({_PUBLIC_NAMESPACE_OR_PROJECT_READER})"
+
+#: Glance's metadef rules (glance/policies/metadef.py): readers see the
+#: public namespaces and their project's, only an admin changes any.
+METADEF_RULES: dict[str, str] = {
+    "metadef_default": "",
+    "metadef_admin": "role:admin",
+    "get_metadef_namespaces": ADMIN_OR_PROJECT_READER,
+    **{
+        f"get_metadef_{name}": ADMIN_OR_PROJECT_READER_GET_NAMESPACE
+        for name in (
+            "namespace", "object", "objects", "resource_type", "property",
+            "properties", "tag", "tags",
+        )
+    },
+    "list_metadef_resource_types": ADMIN_OR_PROJECT_READER_GET_NAMESPACE,
+    **{
+        f"{verb}_metadef_{name}": "rule:metadef_admin"
+        for verb, name in (
+            ("add", "namespace"), ("modify", "namespace"), ("delete", "namespace"),
+            ("add", "object"), ("modify", "object"), ("delete", "object"),
+            ("add", "property"), ("modify", "property"), ("remove", "property"),
+            ("add", "tag"), ("add", "tags"), ("modify", "tag"), ("delete", "tag"),
+            ("delete", "tags"), ("add", "resource_type_association"),
+            ("remove", "resource_type_association"),
+        )
+    },
+}
+
 #: Glance's default rules by name. One deliberate difference:
 #: C{set_image_location} is admin-only (Glance: project member), because
 #: the server fetches the URL and a user should not make it fetch
@@ -83,6 +115,7 @@ DEFAULT_RULES: dict[str, str] = {
     "deactivate": ADMIN_OR_PROJECT_MEMBER,
     "reactivate": ADMIN_OR_PROJECT_MEMBER,
     "copy_image": "role:admin",
+    **METADEF_RULES,
 }
 
 #: Keystone's default role implications (what C{keystone-manage bootstrap}

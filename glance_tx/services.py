@@ -234,6 +234,9 @@ class RegistryService(ReadyService[IRegistry]):
     #: concurrent GETs made the registry open and close a PostgreSQL
     #: connection on most requests: 11% of its CPU in a py-spy profile.
     connections: int | None = None
+    #: Metadata definition files loaded once migrated (C{load_metadefs}),
+    #: or None; the directory, or C{""} for the ones glance-tx ships.
+    metadefs_path: str | None = None
     registry: SQLRegistry | None = field(default=None, init=False)
 
     async def start(self) -> IRegistry:
@@ -244,6 +247,17 @@ class RegistryService(ReadyService[IRegistry]):
         self.registry = await open_sql_registry(
             self.url, self.runner, engine_options=options
         )
+        if self.metadefs_path is not None:
+            from glance_tx.metadefs.load import SHIPPED, load_definitions
+
+            report = await load_definitions(
+                self.registry, self.runner, self.metadefs_path or SHIPPED
+            )
+            log.info(
+                "Metadata definitions: {loaded} namespaces loaded, {skipped} already there",
+                loaded=len(report.loaded),
+                skipped=len(report.skipped),
+            )
         return self.registry
 
     async def stop(self) -> None:
@@ -302,7 +316,16 @@ def registry_service(config: Config, reactor: Any, runner: BlockingRunner) -> Re
     """
     if config.registry_url is not None:
         return HTTPRegistryService(reactor, config, runner)
-    return RegistryService(config.sql_connection, runner, config.thread_pool_size)
+    return RegistryService(
+        config.sql_connection, runner, config.thread_pool_size, metadefs_path(config)
+    )
+
+
+def metadefs_path(config: Config) -> str | None:
+    """What L{RegistryService} loads at start: None unless C{load_metadefs}."""
+    if not config.load_metadefs:
+        return None
+    return config.metadata_source_path or ""
 
 
 @define(eq=False)

@@ -692,3 +692,43 @@ class LocationTests(GlanceCLITestCase):
             await deferToThread(file_digests, out),
             (len(self.data), hashlib.md5(self.data).hexdigest(), hashlib.sha512(self.data).hexdigest()),
         )
+
+
+class MetadefTests(GlanceCLITestCase):
+    async def test_namespace_property_tag_and_association_commands(self) -> None:
+        """
+        python-glanceclient's md-* commands (built on the metadefs schemas
+        it fetches) create, show, list and delete a namespace and what it
+        holds, and refuse to delete it while it is protected.
+        """
+        name = f"OS::Cli::{uuid.uuid4().hex[:12]}"
+        created = await self.glance(
+            "md-namespace-create", name, "--display-name", "CLI test",
+            "--visibility", "public", "--protected", "True",
+        )
+        self.assertEqual(show_table(created.out)["namespace"], name, created)
+        await self.glance(
+            "md-property-create", name, "--name", "cpu_policy", "--title", "CPU policy",
+            "--type", "string",
+            "--schema", json.dumps({"enum": ["shared", "dedicated"]}),
+        )
+        await self.glance("md-namespace-resource-type-list", name)
+        await self.glance(
+            "md-resource-type-associate", name, "--name", "OS::Glance::Image", "--prefix", "hw_"
+        )
+        await self.glance("md-tag-create-multiple", name, "--names", "fast,cheap")
+        shown = await self.glance("md-namespace-show", name, "--max-column-width", "400")
+        table = show_table(shown.out)
+        self.assertIn("cpu_policy", table["properties"], shown)
+        self.assertIn("OS::Glance::Image", table["resource_type_associations"], shown)
+        listed = await self.glance("md-namespace-list")
+        self.assertIn(name, [row["namespace"] for row in list_table(listed.out)], listed)
+        types = await self.glance("md-resource-type-list")
+        self.assertIn("OS::Glance::Image", [row["name"] for row in list_table(types.out)], types)
+        tags = await self.glance("md-tag-list", name)
+        self.assertEqual(sorted(row["name"] for row in list_table(tags.out)), ["cheap", "fast"])
+        refused = await self.glance("md-namespace-delete", name, fails=True)
+        self.assertIn("403", refused.err + refused.out, refused)
+        await self.glance("md-namespace-update", name, "--protected", "False")
+        await self.glance("md-namespace-delete", name)
+        await self.glance("md-namespace-show", name, fails=True)

@@ -255,3 +255,44 @@ class KeystoneEndToEndTests(TestCase):
                     if got != want:
                         wrong.append(f"{user} {operation} {visibility}: {got}, Glance {want}")
         self.assertEqual(wrong, [], "\n".join(wrong))
+
+    async def test_metadefs(self) -> None:
+        """
+        Metadata definitions under Keystone: only the admin creates; a
+        project's private namespace is seen by its readers and is a 404 to
+        another project, which sees the public ones; a member may not delete.
+        """
+        admin, _ = await self.token("admin")
+        reader, alpha_id = await self.token("alpha-reader")
+        alpha, _ = await self.token("alpha-member")
+        beta, _ = await self.token("beta-member")
+        namespaces = "/v2/metadefs/namespaces"
+        code, _, _ = await self.call("POST", namespaces, alpha, {"namespace": "OS::Alpha::Own"})
+        self.assertEqual(code, 403)
+        code, _, created = await self.call(
+            "POST", namespaces, admin,
+            {"namespace": "OS::Alpha::Private", "owner": alpha_id, "visibility": "private"},
+        )
+        self.assertEqual((code, created["owner"]), (201, alpha_id))
+        code, _, _ = await self.call(
+            "POST", namespaces, admin, {"namespace": "OS::Everyone", "visibility": "public"}
+        )
+        self.assertEqual(code, 201)
+
+        async def names(token: str) -> list[str]:
+            code, _, listing = await self.call("GET", namespaces, token)
+            self.assertEqual(code, 200)
+            return sorted(n["namespace"] for n in listing["namespaces"])
+
+        self.assertEqual(await names(reader), ["OS::Alpha::Private", "OS::Everyone"])
+        self.assertEqual(await names(beta), ["OS::Everyone"])
+        code, _, _ = await self.call("GET", f"{namespaces}/OS::Alpha::Private", beta)
+        self.assertEqual(code, 404)
+        code, _, _ = await self.call("GET", f"{namespaces}/OS::Alpha::Private", reader)
+        self.assertEqual(code, 200)
+        code, _, _ = await self.call("DELETE", f"{namespaces}/OS::Alpha::Private", alpha)
+        self.assertEqual(code, 403)
+        code, _, schema = await self.call("GET", "/v2/schemas/metadefs/namespace", beta)
+        self.assertEqual((code, schema["name"]), (200, "namespace"))
+        code, _, _ = await self.call("DELETE", f"{namespaces}/OS::Alpha::Private", admin)
+        self.assertEqual(code, 204)

@@ -32,6 +32,7 @@ from glance_tx.registry.client import (
 from glance_tx.registry.server import RegistryServer
 from glance_tx.registry.sql import open_sql_registry
 from glance_tx.threads import ThreadPoolRunner
+from tests.metadef_conformance import MetadefConformanceMixin
 from tests.registry_conformance import RegistryConformanceMixin, make_image
 from tests.test_registry_sql import empty_tables, postgres_admin_url, shared_database
 
@@ -93,6 +94,22 @@ class PostgreSQLHTTPConformanceTests(RegistryConformanceMixin, _RealSocketHarnes
         self.addCleanup(registry.close)
         await self.runner.run(empty_tables, registry.engine)
         return await self.serve_registry(registry)
+
+
+class SQLiteHTTPMetadefTests(MetadefConformanceMixin, _RealSocketHarness):
+    """The metadef contract through client and server over a socket, on a SQLite file."""
+
+    make_registry = SQLiteHTTPConformanceTests.make_registry
+
+
+class PostgreSQLHTTPMetadefTests(MetadefConformanceMixin, _RealSocketHarness):
+    """The metadef contract through client and server over a socket, on PostgreSQL."""
+
+    def setUp(self) -> None:
+        self.admin_url = postgres_admin_url(self)
+        super().setUp()
+
+    make_registry = PostgreSQLHTTPConformanceTests.make_registry
 
 
 class RequestIdTests(_RealSocketHarness):

@@ -37,6 +37,7 @@ from glance_tx.registry import wire
 from glance_tx.registry.client import HTTPRegistryClient
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.server import RegistryServer
+from tests.metadef_conformance import MetadefConformanceMixin
 from tests.registry_conformance import RegistryConformanceMixin, make_image
 from tests.test_registry_sql import sync_open
 
@@ -72,6 +73,15 @@ class StubConformanceTests(RegistryConformanceMixin, SynchronousTestCase):
         return HTTPRegistryClient(
             agent=agent_for(server), url=BASE, clock=Clock(), token=TOKEN
         )
+
+
+class StubMetadefConformanceTests(MetadefConformanceMixin, SynchronousTestCase):
+    """
+    The IMetadefRegistry contract through the HTTP client and the server,
+    in memory, over SQLite: whatever the wire loses or changes fails here.
+    """
+
+    make_registry = StubConformanceTests.make_registry
 
 
 @implementer(IRegistry)

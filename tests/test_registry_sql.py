@@ -67,6 +67,7 @@ from glance_tx.registry.sql.engine import (
 )
 from glance_tx.threads import SynchronousRunner, ThreadPoolRunner
 from tests.fakes import ManualRunner
+from tests.metadef_conformance import MetadefConformanceMixin
 from tests.registry_conformance import T0, RegistryConformanceMixin, make_image
 
 T = TypeVar("T")
@@ -81,6 +82,10 @@ TABLES = {
     "upload_leases",
     "node_claims",
     "image_writes",
+    "metadef_namespaces",
+    "metadef_definitions",
+    "metadef_resource_types",
+    "metadef_namespace_resource_types",
 }
 HEAD = SCHEMA_REVISION
 
@@ -167,7 +172,9 @@ def shared_database(admin_url: URL) -> URL:
 def empty_tables(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.exec_driver_sql(
-            "TRUNCATE image_writes, node_claims, upload_leases, image_members, image_tags, image_locations, image_properties,"
+            "TRUNCATE metadef_namespace_resource_types, metadef_definitions,"
+            " metadef_resource_types, metadef_namespaces,"
+            " image_writes, node_claims, upload_leases, image_members, image_tags, image_locations, image_properties,"
             " images"
         )
 
@@ -1371,3 +1378,31 @@ class PostgreSQLQueryPlanTests(SynchronousTestCase):
                 self.assertIn("ROW(created_at, (id)::text) < ROW(", plan, context)
                 self.assertNotIn("Sort", plan, context)
                 self.assertNotIn("Hash Join", plan, context)
+
+
+# -- metadata definitions --------------------------------------------------------
+
+
+class SQLiteMemoryMetadefTests(MetadefConformanceMixin, SynchronousTestCase):
+    """The metadef contract, on in-memory SQLite with a synchronous runner."""
+
+    def make_registry(self) -> SQLRegistry:
+        registry = sync_open("sqlite://")
+        self.addCleanup(lambda: self.successResultOf(registry.close()))
+        return registry
+
+
+class SQLiteFileThreadPoolMetadefTests(MetadefConformanceMixin, _ThreadPoolHarness):
+    """The metadef contract on a SQLite file, through a real thread pool."""
+
+    make_registry = SQLiteFileThreadPoolConformanceTests.make_registry
+
+
+class PostgreSQLMetadefTests(MetadefConformanceMixin, _ThreadPoolHarness):
+    """The metadef contract on PostgreSQL, through a real thread pool."""
+
+    def setUp(self) -> None:
+        self.admin_url = postgres_admin_url(self)
+        super().setUp()
+
+    make_registry = PostgreSQLConformanceTests.make_registry

@@ -42,6 +42,14 @@ from glance_tx.images import (
     Viewer,
     new_image_id,
 )
+from glance_tx.metadefs.model import (
+    Association,
+    Definition,
+    Namespace,
+    NamespaceContent,
+    NamespaceQuery,
+    ResourceType,
+)
 from glance_tx.registry import wire
 from glance_tx.registry.interface import HeldClaim
 
@@ -418,3 +426,43 @@ class ErrorTests(SynchronousTestCase):
         body = wire.encode_error(NotFound("gone"))
         self.assertIsInstance(wire.decode_error(409, body), NotFound)
         self.assertNotIsInstance(wire.decode_error(409, body), Conflict)
+
+
+class MetadefWireTests(SynchronousTestCase):
+    """Metadata definition records on the registry wire."""
+
+    def trip(self, value: Any) -> Any:
+        return json.loads(json.dumps(value))
+
+    def test_records_round_trip(self) -> None:
+        """Every metadef record, its times to the microsecond and its document, comes back equal."""
+        when = datetime(2026, 12, 3, 11, 0, 0, 123456, tzinfo=UTC)
+        namespace = Namespace(
+            namespace="OS::X", display_name="X", description="d", visibility="public",
+            protected=True, owner="p", created_at=when, updated_at=when + timedelta(seconds=1),
+        )
+        definition = Definition(
+            kind="object", name="o", document={"required": ["a"], "properties": {"a": {"type": "integer"}}},
+            created_at=when, updated_at=when,
+        )
+        association = Association(name="OS::Glance::Image", prefix="hw_", properties_target=None, created_at=when)
+        resource_type = ResourceType(name="OS::Nova::Flavor", protected=True, created_at=when, updated_at=when)
+        self.assertEqual(wire.decode_namespace(self.trip(wire.encode_record(namespace))), namespace)
+        self.assertEqual(wire.decode_definition(self.trip(wire.encode_record(definition))), definition)
+        self.assertEqual(wire.decode_association(self.trip(wire.encode_record(association))), association)
+        self.assertEqual(wire.decode_resource_type(self.trip(wire.encode_record(resource_type))), resource_type)
+        content = NamespaceContent(namespace, (association,), (definition,))
+        self.assertEqual(wire.decode_content(self.trip(wire.encode_content(content))), content)
+        query = NamespaceQuery(project_id="p", limit=3, marker="OS::A", sort_key="namespace",
+                               sort_dir="asc", visibility="public", resource_types=("a", "b"))
+        self.assertEqual(wire.decode_namespace_query(self.trip(wire.encode_namespace_query(query))), query)
+        plain = NamespaceQuery(project_id=None, is_admin=True)
+        self.assertEqual(wire.decode_namespace_query(self.trip(wire.encode_namespace_query(plain))), plain)
+
+    def test_refusals(self) -> None:
+        """Records that are not objects, with unknown fields, or a bad limit, are BadRequest."""
+        self.assertRaises(BadRequest, wire.decode_namespace, ["OS::X"])
+        self.assertRaises(BadRequest, wire.decode_namespace, {"namespace": "x", "colour": 1})
+        self.assertRaises(BadRequest, wire.decode_definition, {"kind": "tag", "name": "t", "document": []})
+        self.assertRaises(BadRequest, wire.decode_namespace_query, {"project_id": None, "limit": "9"})
+        self.assertRaises(BadRequest, wire.decode_content, {"namespace": {"namespace": "x"}, "definitions": {}})

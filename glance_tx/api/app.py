@@ -21,6 +21,8 @@ from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.imports import IMPORT_METHODS, Importer
 from glance_tx.leases import UploadLeases
+from glance_tx.metadefs.api import MetadefsAPI, MetadefsMount
+from glance_tx.metadefs.interface import IMetadefRegistry
 from glance_tx.policy import Policy
 from glance_tx.project_limits import ProjectLimiter
 from glance_tx.registry.interface import IRegistry
@@ -57,6 +59,7 @@ def build_site(
     import_methods: tuple[str, ...] = IMPORT_METHODS,
     web_download: IStore | None = None,
     converter: Converter | None = None,
+    metadefs: IMetadefRegistry | None = None,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
@@ -64,9 +67,12 @@ def build_site(
     (C{auth_strategy = noauth}). What they may do is C{policy}'s to say
     (by default Glance's rules); v1 and v2 share it. web-download URLs are
     read by C{web_download}, by default the enabled HTTP store (its guard),
-    if any.
+    if any. Metadata definitions are kept in C{metadefs}, by default the
+    registry if it keeps them too.
     """
     policy = policy or Policy()
+    if metadefs is None and IMetadefRegistry.providedBy(registry):
+        metadefs = cast(IMetadefRegistry, registry)
     cache = cache or CacheConfig()
     image_format = image_format or ImageFormatConfig()
     # Every change the APIs make passes the per-image quotas, and every
@@ -120,7 +126,11 @@ def build_site(
         importer=importer,
         image_format=image_format,
     )
-    root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())
+    v2_resource = v2.resource()
+    if metadefs is not None:
+        definitions = MetadefsAPI(registry=metadefs, identity=identity, policy=policy)
+        v2_resource = MetadefsMount(v2_resource, definitions.resource())
+    root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2_resource)
     site = GlanceSite(
         root.resource(),
         upload_routes=v1.uploads.bound(v1, V1_PREFIXES) + v2.uploads.bound(v2, V2_PREFIXES),

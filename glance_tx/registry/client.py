@@ -37,7 +37,7 @@ from __future__ import annotations
 import builtins
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -54,6 +54,15 @@ from zope.interface import implementer
 from glance_tx.bodies import BytesBody
 from glance_tx.errors import GlanceError, ServiceUnavailable
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Member, ProjectUsage
+from glance_tx.metadefs.interface import IMetadefRegistry
+from glance_tx.metadefs.model import (
+    Association,
+    Definition,
+    Namespace,
+    NamespaceContent,
+    NamespaceQuery,
+    ResourceType,
+)
 from glance_tx.registry import wire
 from glance_tx.registry.interface import HeldClaim, IRegistry
 from glance_tx.request_ids import HEADER as REQUEST_ID_HEADER
@@ -127,7 +136,7 @@ def open_http_registry(
     )
 
 
-@implementer(IRegistry)
+@implementer(IRegistry, IMetadefRegistry)
 @define
 class HTTPRegistryClient:
     """
@@ -473,6 +482,133 @@ class HTTPRegistryClient:
             await self._call("GET", "/healthcheck")
 
         return self._run(ping())
+
+    # -- IMetadefRegistry --------------------------------------------------------------
+
+    def _namespace_path(self, namespace: str) -> str:
+        return "/metadefs/namespaces/" + wire.path_segment(namespace, "namespace")
+
+    def _kind_path(self, namespace: str, kind: str) -> str:
+        return f"{self._namespace_path(namespace)}/definitions/{wire.path_segment(kind, 'kind')}"
+
+    def _definition_path(self, namespace: str, kind: str, name: str) -> str:
+        return f"{self._kind_path(namespace, kind)}/{wire.path_segment(name, 'name')}"
+
+    async def _namespace_call(self, method: str, path: str, body: Any = None) -> Namespace:
+        answer = await self._call(method, path, body=body)
+        return wire.decode_namespace(answer["namespace"])
+
+    async def _definition_call(self, method: str, path: str, body: Any = None) -> Definition:
+        answer = await self._call(method, path, body=body)
+        return wire.decode_definition(answer["definition"])
+
+    async def _no_answer(self, method: str, path: str) -> None:
+        await self._call(method, path)
+
+    def create_namespace(
+        self, content: NamespaceContent, replace: bool = False
+    ) -> Deferred[Namespace]:
+        body = {"content": wire.encode_content(content), "replace": replace}
+        return self._run(self._namespace_call("POST", "/metadefs/namespaces", body))
+
+    def get_namespace(self, name: str) -> Deferred[Namespace]:
+        return self._run(self._namespace_call("GET", self._namespace_path(name)))
+
+    def list_namespaces(self, query: NamespaceQuery) -> Deferred[builtins.list[Namespace]]:
+        async def list_namespaces() -> builtins.list[Namespace]:
+            params = {"query": json.dumps(wire.encode_namespace_query(query))}
+            answer = await self._call("GET", "/metadefs/namespaces", params=params)
+            return [wire.decode_namespace(value) for value in answer["namespaces"]]
+
+        return self._run(list_namespaces())
+
+    def update_namespace(self, name: str, namespace: Namespace) -> Deferred[Namespace]:
+        body = {"namespace": wire.encode_record(namespace)}
+        return self._run(self._namespace_call("PUT", self._namespace_path(name), body))
+
+    def delete_namespace(self, name: str) -> Deferred[None]:
+        return self._run(self._no_answer("DELETE", self._namespace_path(name)))
+
+    def list_definitions(self, namespace: str, kind: str) -> Deferred[builtins.list[Definition]]:
+        async def list_definitions() -> builtins.list[Definition]:
+            answer = await self._call("GET", self._kind_path(namespace, kind))
+            return [wire.decode_definition(value) for value in answer["definitions"]]
+
+        return self._run(list_definitions())
+
+    def get_definition(self, namespace: str, kind: str, name: str) -> Deferred[Definition]:
+        return self._run(
+            self._definition_call("GET", self._definition_path(namespace, kind, name))
+        )
+
+    def create_definition(self, namespace: str, definition: Definition) -> Deferred[Definition]:
+        path = self._kind_path(namespace, definition.kind)
+        body = {"definition": wire.encode_record(definition)}
+        return self._run(self._definition_call("POST", path, body))
+
+    def update_definition(
+        self, namespace: str, name: str, definition: Definition
+    ) -> Deferred[Definition]:
+        path = self._definition_path(namespace, definition.kind, name)
+        body = {"definition": wire.encode_record(definition)}
+        return self._run(self._definition_call("PUT", path, body))
+
+    def delete_definition(self, namespace: str, kind: str, name: str) -> Deferred[None]:
+        return self._run(self._no_answer("DELETE", self._definition_path(namespace, kind, name)))
+
+    def replace_definitions(
+        self, namespace: str, kind: str, definitions: Sequence[Definition], append: bool = False
+    ) -> Deferred[builtins.list[Definition]]:
+        async def replace_definitions() -> builtins.list[Definition]:
+            body = {"definitions": [wire.encode_record(d) for d in definitions], "append": append}
+            answer = await self._call("PUT", self._kind_path(namespace, kind), body=body)
+            return [wire.decode_definition(value) for value in answer["definitions"]]
+
+        return self._run(replace_definitions())
+
+    def list_resource_types(self) -> Deferred[builtins.list[ResourceType]]:
+        async def list_resource_types() -> builtins.list[ResourceType]:
+            answer = await self._call("GET", "/metadefs/resource_types")
+            return [wire.decode_resource_type(value) for value in answer["resource_types"]]
+
+        return self._run(list_resource_types())
+
+    def list_associations(
+        self, namespaces: Sequence[str]
+    ) -> Deferred[Mapping[str, builtins.list[Association]]]:
+        async def list_associations() -> Mapping[str, builtins.list[Association]]:
+            if not namespaces:
+                return {}
+            query = urlencode([("namespace", name) for name in namespaces], quote_via=quote)
+            answer = await self._call("GET", "/metadefs/associations?" + query)
+            found = answer["associations"]
+            return {
+                name: [wire.decode_association(value) for value in found.get(name, [])]
+                for name in namespaces
+            }
+
+        return self._run(list_associations())
+
+    def create_association(
+        self, namespace: str, association: Association
+    ) -> Deferred[Association]:
+        async def create_association() -> Association:
+            answer = await self._call(
+                "POST",
+                self._namespace_path(namespace) + "/associations",
+                body={"association": wire.encode_record(association)},
+            )
+            return wire.decode_association(answer["association"])
+
+        return self._run(create_association())
+
+    def delete_association(self, namespace: str, resource_type: str) -> Deferred[None]:
+        path = (
+            self._namespace_path(namespace)
+            + "/associations/"
+            + wire.path_segment(resource_type, "resource type")
+        )
+        return self._run(self._no_answer("DELETE", path))
 
 
 def _new_write_id() -> str:

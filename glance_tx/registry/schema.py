@@ -255,3 +255,78 @@ node_claims = Table(
     # Until when, by the registry's clock, the process vouches it is alive.
     Column("expires_at", UTCDateTime, nullable=False),
 )
+
+# -- metadata definitions (glance_tx.metadefs) ----------------------------------
+
+#: Glance's metadef namespaces; listings sort by (key, namespace).
+metadef_namespaces = Table(
+    "metadef_namespaces",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("namespace", String(80), nullable=False),
+    Column("display_name", String(80)),
+    Column("description", Text),
+    Column("visibility", String(32), nullable=False),
+    Column("protected", Boolean, nullable=False),
+    Column("owner", String(255)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("namespace", name="uq_metadef_namespaces_namespace"),
+    Index("ix_metadef_namespaces_owner", "owner"),
+)
+
+#: A namespace's objects, properties and tags (C{kind}), each a name and a
+#: JSON document (glance_tx.metadefs.model.Definition).
+metadef_definitions = Table(
+    "metadef_definitions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "namespace_id",
+        Integer,
+        ForeignKey("metadef_namespaces.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("kind", String(16), nullable=False),
+    Column("name", String(80), nullable=False),
+    Column("document", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint(
+        "namespace_id", "kind", "name", name="uq_metadef_definitions_namespace_kind_name"
+    ),
+)
+
+metadef_resource_types = Table(
+    "metadef_resource_types",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(80), nullable=False),
+    Column("protected", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("name", name="uq_metadef_resource_types_name"),
+)
+
+metadef_associations = Table(
+    "metadef_namespace_resource_types",
+    metadata,
+    Column(
+        "namespace_id",
+        Integer,
+        ForeignKey("metadef_namespaces.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column(
+        "resource_type_id",
+        Integer,
+        ForeignKey("metadef_resource_types.id"),
+        primary_key=True,
+    ),
+    Column("prefix", String(80)),
+    Column("properties_target", String(80)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    # "Which namespaces apply to this resource type" (a listing's filter).
+    Index("ix_metadef_namespace_resource_types_resource_type_id", "resource_type_id"),
+)

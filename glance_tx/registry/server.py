@@ -32,6 +32,31 @@ Every body is JSON in the shapes of L{glance_tx.registry.wire}::
                                                                        "seconds_left": N}}
     DELETE /nodes/NODE/I                             release I's claim (204)
 
+Metadata definitions (L{glance_tx.metadefs.interface.IMetadefRegistry}),
+a namespace NS and its definitions of KIND (object, property, tag):
+
+    GET    /metadefs/namespaces?query=JSON           one page of namespaces
+    POST   /metadefs/namespaces    {"content": ..., "replace": B}
+                                                     create (201)
+    GET    /metadefs/namespaces/NS                   get
+    PUT    /metadefs/namespaces/NS {"namespace": ...}
+                                                     update (or rename)
+    DELETE /metadefs/namespaces/NS                   delete (204)
+    GET    /metadefs/namespaces/NS/definitions/KIND  list
+    POST   /metadefs/namespaces/NS/definitions/KIND {"definition": ...}
+                                                     create (201)
+    PUT    /metadefs/namespaces/NS/definitions/KIND {"definitions": [...],
+                                                     "append": B} replace all
+    GET    /metadefs/namespaces/NS/definitions/KIND/NAME  get
+    PUT    /metadefs/namespaces/NS/definitions/KIND/NAME {"definition": ...}
+                                                     update (or rename)
+    DELETE /metadefs/namespaces/NS/definitions/KIND/NAME  delete (204)
+    GET    /metadefs/resource_types                  every resource type
+    GET    /metadefs/associations?namespace=NS...    associations by namespace
+    POST   /metadefs/namespaces/NS/associations {"association": ...}
+                                                     associate (201)
+    DELETE /metadefs/namespaces/NS/associations/RT   dissociate (204)
+
 A listing's C{query} is one encoded L{glance_tx.images.ImageQuery}, so the
 registry lists with the same filters, order and keyset pages the API asked
 for. Errors are the API's error document with the error's class added
@@ -63,8 +88,9 @@ from glance_tx.api.errors import handle_routing_error, unexpected_error
 from glance_tx.api.params import parse_json
 from glance_tx.api.site import GlanceSite
 from glance_tx.config import ClientLimits
-from glance_tx.errors import BadRequest, GlanceError
+from glance_tx.errors import BadRequest, GlanceError, NotFound
 from glance_tx.images import ImageQuery
+from glance_tx.metadefs.interface import IMetadefRegistry
 from glance_tx.registry import wire
 from glance_tx.registry.interface import IRegistry
 
@@ -294,6 +320,147 @@ class RegistryServer:
         self, request: IRequest, image_id: str, member_id: str
     ) -> bytes:
         await self.registry.remove_member(image_id, member_id)
+        request.setResponseCode(HTTPStatus.NO_CONTENT)
+        return b""
+
+
+    # -- metadata definitions ------------------------------------------------------
+
+    def _metadefs(self) -> IMetadefRegistry:
+        if not IMetadefRegistry.providedBy(self.registry):
+            raise NotFound("This registry keeps no metadata definitions")
+        return self.registry  # type: ignore[return-value]
+
+    @app.route("/metadefs/namespaces", methods=["GET"])
+    async def list_namespaces(self, request: IRequest) -> bytes:
+        raw = _raw_arg(request, b"query")
+        if raw is None:
+            raise BadRequest("A namespace listing needs its query")
+        query = wire.decode_namespace_query(parse_json(raw, "the query parameter"))
+        found = await self._metadefs().list_namespaces(query)
+        return _json(request, {"namespaces": [wire.encode_record(n) for n in found]})
+
+    @app.route("/metadefs/namespaces", methods=["POST"])
+    async def create_namespace(self, request: IRequest) -> bytes:
+        body = _body(request)
+        created = await self._metadefs().create_namespace(
+            wire.decode_content(body.get("content")),
+            replace=wire.decode_flag(body.get("replace", False), "replace"),
+        )
+        return _json(request, {"namespace": wire.encode_record(created)}, HTTPStatus.CREATED)
+
+    @app.route("/metadefs/namespaces/<namespace>", methods=["GET"])
+    async def get_namespace(self, request: IRequest, namespace: str) -> bytes:
+        found = await self._metadefs().get_namespace(namespace)
+        return _json(request, {"namespace": wire.encode_record(found)})
+
+    @app.route("/metadefs/namespaces/<namespace>", methods=["PUT"])
+    async def update_namespace(self, request: IRequest, namespace: str) -> bytes:
+        record = wire.decode_namespace(_body(request).get("namespace"))
+        updated = await self._metadefs().update_namespace(namespace, record)
+        return _json(request, {"namespace": wire.encode_record(updated)})
+
+    @app.route("/metadefs/namespaces/<namespace>", methods=["DELETE"])
+    async def delete_namespace(self, request: IRequest, namespace: str) -> bytes:
+        await self._metadefs().delete_namespace(namespace)
+        request.setResponseCode(HTTPStatus.NO_CONTENT)
+        return b""
+
+    @app.route("/metadefs/namespaces/<namespace>/definitions/<kind>", methods=["GET"])
+    async def list_definitions(self, request: IRequest, namespace: str, kind: str) -> bytes:
+        found = await self._metadefs().list_definitions(namespace, kind)
+        return _json(request, {"definitions": [wire.encode_record(d) for d in found]})
+
+    @app.route("/metadefs/namespaces/<namespace>/definitions/<kind>", methods=["POST"])
+    async def create_definition(self, request: IRequest, namespace: str, kind: str) -> bytes:
+        definition = wire.decode_definition(_body(request).get("definition"))
+        if definition.kind != kind:
+            raise BadRequest(f"A {definition.kind} posted to the {kind}s")
+        created = await self._metadefs().create_definition(namespace, definition)
+        return _json(request, {"definition": wire.encode_record(created)}, HTTPStatus.CREATED)
+
+    @app.route("/metadefs/namespaces/<namespace>/definitions/<kind>", methods=["PUT"])
+    async def replace_definitions(self, request: IRequest, namespace: str, kind: str) -> bytes:
+        body = _body(request)
+        values = body.get("definitions")
+        if not isinstance(values, list):
+            raise BadRequest("definitions must be a list")
+        written = await self._metadefs().replace_definitions(
+            namespace,
+            kind,
+            [wire.decode_definition(v) for v in values],
+            append=wire.decode_flag(body.get("append", False), "append"),
+        )
+        return _json(request, {"definitions": [wire.encode_record(d) for d in written]})
+
+    @app.route(
+        "/metadefs/namespaces/<namespace>/definitions/<kind>/<path:name>", methods=["GET"]
+    )
+    async def get_definition(
+        self, request: IRequest, namespace: str, kind: str, name: str
+    ) -> bytes:
+        found = await self._metadefs().get_definition(namespace, kind, name)
+        return _json(request, {"definition": wire.encode_record(found)})
+
+    @app.route(
+        "/metadefs/namespaces/<namespace>/definitions/<kind>/<path:name>", methods=["PUT"]
+    )
+    async def update_definition(
+        self, request: IRequest, namespace: str, kind: str, name: str
+    ) -> bytes:
+        definition = wire.decode_definition(_body(request).get("definition"))
+        if definition.kind != kind:
+            raise BadRequest(f"A {definition.kind} put to the {kind}s")
+        updated = await self._metadefs().update_definition(namespace, name, definition)
+        return _json(request, {"definition": wire.encode_record(updated)})
+
+    @app.route(
+        "/metadefs/namespaces/<namespace>/definitions/<kind>/<path:name>", methods=["DELETE"]
+    )
+    async def delete_definition(
+        self, request: IRequest, namespace: str, kind: str, name: str
+    ) -> bytes:
+        await self._metadefs().delete_definition(namespace, kind, name)
+        request.setResponseCode(HTTPStatus.NO_CONTENT)
+        return b""
+
+    @app.route("/metadefs/resource_types", methods=["GET"])
+    async def list_resource_types(self, request: IRequest) -> bytes:
+        found = await self._metadefs().list_resource_types()
+        return _json(request, {"resource_types": [wire.encode_record(r) for r in found]})
+
+    @app.route("/metadefs/associations", methods=["GET"])
+    async def list_associations(self, request: IRequest) -> bytes:
+        names = [
+            raw.decode("utf-8", "replace") for raw in (request.args or {}).get(b"namespace", [])
+        ]
+        found = await self._metadefs().list_associations(names)
+        return _json(
+            request,
+            {
+                "associations": {
+                    name: [wire.encode_record(a) for a in associations]
+                    for name, associations in found.items()
+                }
+            },
+        )
+
+    @app.route("/metadefs/namespaces/<namespace>/associations", methods=["POST"])
+    async def create_association(self, request: IRequest, namespace: str) -> bytes:
+        association = wire.decode_association(_body(request).get("association"))
+        created = await self._metadefs().create_association(namespace, association)
+        return _json(
+            request, {"association": wire.encode_record(created)}, HTTPStatus.CREATED
+        )
+
+    @app.route(
+        "/metadefs/namespaces/<namespace>/associations/<path:resource_type>",
+        methods=["DELETE"],
+    )
+    async def delete_association(
+        self, request: IRequest, namespace: str, resource_type: str
+    ) -> bytes:
+        await self._metadefs().delete_association(namespace, resource_type)
         request.setResponseCode(HTTPStatus.NO_CONTENT)
         return b""
 

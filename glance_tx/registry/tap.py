@@ -33,6 +33,7 @@ from glance_tx.services import (
     RegistryService,
     ServiceChain,
     ThreadPoolService,
+    metadefs_path,
     stop_reactor_on_failure,
 )
 from glance_tx.threads import BlockingRunner
@@ -98,7 +99,9 @@ def registry_service(
     """
     if runner is None:
         runner = threads.runner
-    registry = RegistryService(config.sql_connection, runner, config.thread_pool_size)
+    registry = RegistryService(
+        config.sql_connection, runner, config.thread_pool_size, metadefs_path(config)
+    )
 
     async def site() -> Site:
         from glance_tx.registry.server import RegistryServer, registry_site

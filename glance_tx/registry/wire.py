@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
+
+import attrs
 
 from glance_tx import errors
 from glance_tx.errors import BadRequest, GlanceError, ServiceUnavailable
@@ -32,7 +34,18 @@ from glance_tx.images import (
     ProjectUsage,
     Viewer,
 )
+from glance_tx.metadefs.model import (
+    DEFAULT_LIMIT,
+    Association,
+    Definition,
+    Namespace,
+    NamespaceContent,
+    NamespaceQuery,
+    ResourceType,
+)
 from glance_tx.registry.interface import HeldClaim
+
+_R = TypeVar("_R")
 
 #: The header an API node sends the registry's shared secret in.
 TOKEN_HEADER = b"Authorization"
@@ -409,6 +422,102 @@ def decode_usage(value: Any) -> ProjectUsage:
             raise BadRequest(f"Invalid usage record: {name} must be a count, not {count!r}")
         counts[name] = count
     return ProjectUsage(**counts)
+
+
+# -- metadata definitions ----------------------------------------------------------
+
+_TIMES = ("created_at", "updated_at")
+
+
+def encode_record(record: Namespace | Definition | Association | ResourceType) -> dict[str, Any]:
+    """A metadef record's fields, its times as L{encode_datetime}."""
+    fields = {name: getattr(record, name) for name in attrs.fields_dict(type(record))}
+    for name in _TIMES:
+        fields[name] = encode_datetime(fields[name])
+    if isinstance(record, Definition):
+        fields["document"] = dict(record.document)
+    return fields
+
+
+def _decode_record(kind: type[_R], value: Any, what: str) -> _R:
+    fields = dict(_mapping(value, what))
+    for name in _TIMES:
+        if name in fields:
+            fields[name] = decode_datetime(fields[name])
+    try:
+        return kind(**fields)
+    except TypeError as e:
+        raise BadRequest(f"Invalid {what} record: {e}") from None
+
+
+def decode_namespace(value: Any) -> Namespace:
+    return _decode_record(Namespace, value, "namespace")
+
+
+def decode_definition(value: Any) -> Definition:
+    _mapping(_mapping(value, "definition").get("document", {}), "a definition's document")
+    return _decode_record(Definition, value, "definition")
+
+
+def decode_association(value: Any) -> Association:
+    return _decode_record(Association, value, "association")
+
+
+def decode_resource_type(value: Any) -> ResourceType:
+    return _decode_record(ResourceType, value, "resource type")
+
+
+def encode_content(content: NamespaceContent) -> dict[str, Any]:
+    return {
+        "namespace": encode_record(content.namespace),
+        "associations": [encode_record(a) for a in content.associations],
+        "definitions": [encode_record(d) for d in content.definitions],
+    }
+
+
+def _items(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise BadRequest(f"{what} must be a list")
+    return value
+
+
+def decode_content(value: Any) -> NamespaceContent:
+    fields = _mapping(value, "namespace content")
+    return NamespaceContent(
+        namespace=decode_namespace(fields.get("namespace")),
+        associations=tuple(
+            decode_association(a) for a in _items(fields.get("associations", []), "associations")
+        ),
+        definitions=tuple(
+            decode_definition(d) for d in _items(fields.get("definitions", []), "definitions")
+        ),
+    )
+
+
+def encode_namespace_query(query: NamespaceQuery) -> dict[str, Any]:
+    fields = {name: getattr(query, name) for name in attrs.fields_dict(NamespaceQuery)}
+    if query.resource_types is not None:
+        fields["resource_types"] = list(query.resource_types)
+    return fields
+
+
+def decode_namespace_query(value: Any) -> NamespaceQuery:
+    fields = dict(_mapping(value, "namespace query"))
+    if fields.get("resource_types") is not None:
+        fields["resource_types"] = tuple(_strings(fields["resource_types"], "resource_types"))
+    limit = fields.get("limit", DEFAULT_LIMIT)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise BadRequest(f"Invalid namespace query: limit {limit!r}")
+    try:
+        return NamespaceQuery(**fields)
+    except TypeError as e:
+        raise BadRequest(f"Invalid namespace query: {e}") from None
+
+
+def decode_flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"{what} must be true or false")
+    return value
 
 
 # -- paths -------------------------------------------------------------------------

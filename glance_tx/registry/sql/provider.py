@@ -60,6 +60,7 @@ from glance_tx.images import (
     apply_update,
     check_transition,
 )
+from glance_tx.metadefs.interface import IMetadefRegistry
 from glance_tx.registry.interface import HeldClaim, IRegistry
 from glance_tx.registry.schema import (
     image_locations,
@@ -72,6 +73,7 @@ from glance_tx.registry.schema import (
     upload_leases,
 )
 from glance_tx.registry.sql.engine import is_memory_sqlite, open_engine, transaction
+from glance_tx.registry.sql.metadefs import SQLMetadefs
 from glance_tx.registry.sql.query import (
     filter_conditions,
     scope_condition,
@@ -129,11 +131,12 @@ async def open_sql_registry(
 # -- the registry --------------------------------------------------------------
 
 
-@implementer(IRegistry)
+@implementer(IRegistry, IMetadefRegistry)
 @define
-class SQLRegistry:
+class SQLRegistry(SQLMetadefs):
     """
-    Image records in SQL tables (see L{glance_tx.registry.schema}).
+    Image records in SQL tables (see L{glance_tx.registry.schema}), and
+    metadata definitions (L{SQLMetadefs}).
 
     Build one with L{open_sql_registry}, which also migrates the database.
     A registry over an in-memory SQLite database serializes its work, since
