@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from attrs import define
 
-from glance_tx.client.transport import BaseClient, Progress, Source, _query_value
+from glance_tx.client.transport import BaseClient, Progress, Source, query_value
 from glance_tx.client.values import ImageInfo, MemberInfo, StoreInfo
 
 __all__ = ["PATCH_MEDIA_TYPE", "Client", "Progress", "Source", "json_patch"]
@@ -76,7 +76,7 @@ class Client(BaseClient):
         params: list[tuple[str, str]] = []
         for key, value in filters.items():
             values = value if isinstance(value, list | tuple | set | frozenset) else [value]
-            params += [(key, _query_value(v)) for v in values]
+            params += [(key, query_value(v)) for v in values]
         if page_size is not None:
             params.append(("limit", str(page_size)))
         url: str | None = self._url("images")

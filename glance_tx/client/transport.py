@@ -63,7 +63,7 @@ from glance_tx.client.values import DownloadResult, ImageInfo
 from glance_tx.store.describe import describe
 from glance_tx.threads import BlockingRunner, ThreadPoolRunner
 
-__all__ = ["BaseClient", "Progress", "Source"]
+__all__ = ["BaseClient", "Progress", "Source", "query_value"]
 
 #: The longest a download waits before resuming after a 503, whatever
 #: its Retry-After says.
@@ -101,7 +101,8 @@ Source = str | os.PathLike[str] | IO[bytes]
 Progress = Callable[[int, int | None], object]
 
 
-def _query_value(value: Any) -> str:
+def query_value(value: Any) -> str:
+    """A query parameter's value as Glance reads it (booleans as C{true}/C{false})."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

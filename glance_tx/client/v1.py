@@ -23,7 +23,7 @@ from attrs import define
 from twisted.web.http_headers import Headers
 
 from glance_tx.client.errors import ClientError
-from glance_tx.client.transport import BaseClient, Progress, Source, _query_value
+from glance_tx.client.transport import BaseClient, Progress, Source, query_value
 from glance_tx.client.values import ImageInfo, MemberInfo, StoreInfo
 from glance_tx.v1_wire import BOOLEANS, PREFIX, PROPERTY_PREFIX, SETTABLE, header_value
 
@@ -96,11 +96,11 @@ def _filter_params(filters: Mapping[str, Any]) -> list[tuple[str, str]]:
             raise _not_in_v1(f"listing filter {key!r}")
         if key == "visibility":
             # v1's is_public=none is every image the caller may see.
-            params.append(("is_public", "none" if value == "all" else _query_value(_is_public(value))))
+            params.append(("is_public", "none" if value == "all" else query_value(_is_public(value))))
         elif key in _FILTERS:
-            params.append((key, _query_value(value)))
+            params.append((key, query_value(value)))
         else:
-            params.append((f"property-{key}", _query_value(value)))
+            params.append((f"property-{key}", query_value(value)))
     return params
 
 
