@@ -103,8 +103,9 @@ class KeystoneConfig:
     @property
     def v3_url(self) -> str:
         """C{auth_url} ending in C{/v3}, as keystonemiddleware accepts both."""
-        url = self.auth_url.rstrip("/")
-        return url if url.endswith("/v3") else url + "/v3"
+        from glance_tx.keystone_auth import v3_url
+
+        return v3_url(self.auth_url)
 
 
 @frozen

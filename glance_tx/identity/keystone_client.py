@@ -20,8 +20,8 @@ No message carries a token or the password.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from attrs import define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
@@ -29,13 +29,19 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from glance_tx.config import KeystoneConfig
+from glance_tx.keystone_auth import (
+    LoginFailed,
+    LoginRefused,
+    PasswordCredentials,
+    log_in,
+    timestamp,
+)
 from glance_tx.once import Once, run_once
 from glance_tx.store.describe import describe
 
-# The Swift store's Keystone login already builds the password-auth body.
-from glance_tx.store.swift_client import KeystoneV3Auth
-
 log = Logger()
+
+T = TypeVar("T")
 
 #: Renew the service token this long before it expires.
 EXPIRE_SOON = 60.0
@@ -70,7 +76,7 @@ def token_info(document: Any) -> TokenInfo:
     """The L{TokenInfo} of a C{{"token": ...}} document Keystone sent."""
     try:
         token = document["token"]
-        expires = _timestamp(token["expires_at"])
+        expires = timestamp(token["expires_at"])
         roles = frozenset(
             str(role["name"]).lower() for role in token.get("roles") or [] if role.get("name")
         )
@@ -81,13 +87,6 @@ def token_info(document: Any) -> TokenInfo:
     return TokenInfo(
         user_id=user.get("id"), project_id=project.get("id"), roles=roles, expires=expires
     )
-
-
-def _timestamp(value: str) -> float:
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)  # Keystone's times are UTC
-    return moment.timestamp()
 
 
 @define
@@ -156,36 +155,27 @@ class KeystoneClient:
 
     async def _log_in(self) -> _ServiceToken:
         config = self.config
-        body = KeystoneV3Auth(
-            auth_address=config.v3_url,
+        credentials = PasswordCredentials(
             user=config.username,
-            key=config.password,
+            password=config.password,
             project=config.project_name,
             user_domain_name=config.user_domain_name,
             project_domain_name=config.project_domain_name,
-        ).request_body()
-        code, answer, headers = await self._exchange(
-            "POST",
-            "/auth/tokens",
-            headers={"Content-Type": ["application/json"]},
-            data=json.dumps(body).encode("utf-8"),
         )
-        if code in (401, 403):
+        try:
+            login = await self._bounded(lambda: log_in(self.http, config.v3_url, credentials))
+        except LoginRefused:
             log.error(
                 "Keystone refused glance-tx's service user {user} ([keystone_authtoken])",
                 user=config.username,
             )
-            raise KeystoneUnavailable("Keystone refused the service's credentials")
-        if code != 201 and code != 200:
-            raise KeystoneUnavailable(f"Keystone answered {code} to the service's login")
-        tokens = headers.getRawHeaders("X-Subject-Token")
-        if not tokens:
-            raise KeystoneUnavailable("Keystone sent no X-Subject-Token")
-        try:
-            expires = token_info(json.loads(answer)).expires
-        except ValueError:
-            raise KeystoneUnavailable("Keystone sent a token that is not JSON") from None
-        return _ServiceToken(tokens[0], expires)
+            raise KeystoneUnavailable("Keystone refused the service's credentials") from None
+        except LoginFailed as e:
+            raise KeystoneUnavailable(str(e)) from None
+        expires = login.expires
+        if expires is None:
+            raise KeystoneUnavailable("Keystone sent a token with no expiry")
+        return _ServiceToken(login.token, expires)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
         code, body, _ = await self._exchange(method, path, **kwargs)
@@ -198,7 +188,11 @@ class KeystoneClient:
             body = await response.content()
             return response.code, body, response.headers
 
-        d = Deferred.fromCoroutine(exchange())
+        return await self._bounded(exchange)
+
+    async def _bounded(self, call: Callable[[], Awaitable[T]]) -> T:
+        """C{call()}, given up after C{http_connect_timeout}: KeystoneUnavailable."""
+        d = Deferred.fromCoroutine(_awaited(call))
         d.addTimeout(self.config.http_connect_timeout, self.clock)
         try:
             return await d
@@ -206,7 +200,11 @@ class KeystoneClient:
             raise KeystoneUnavailable(
                 f"Keystone did not answer within {self.config.http_connect_timeout:g} s"
             ) from None
-        except KeystoneUnavailable:
+        except (KeystoneUnavailable, LoginFailed):
             raise
         except Exception as e:
             raise KeystoneUnavailable(f"Keystone could not be reached: {describe(e)}") from None
+
+
+async def _awaited(call: Callable[[], Awaitable[T]]) -> T:
+    return await call()
