@@ -99,6 +99,13 @@ class KeystoneConfig:
     #: PEM file of the authority that signed an https Keystone's
     #: certificate; None trusts the system's authorities.
     cafile: str | None = None
+    #: An C{X-Service-Token} must hold one of these roles to let an
+    #: expired user token through (keystonemiddleware's option).
+    service_token_roles: frozenset[str] = frozenset({"service"})
+    #: Whether a service token without those roles is refused outright
+    #: (keystonemiddleware 13's default, true) or only denied
+    #: C{allow_expired}.
+    service_token_roles_required: bool = True
 
     @property
     def v3_url(self) -> str:
@@ -562,6 +569,12 @@ def _auth(parser: configparser.ConfigParser) -> tuple[str, KeystoneConfig | None
             section, "http_connect_timeout", defaults.http_connect_timeout
         ),
         cafile=(section.get("cafile") or "").strip() or None,
+        service_token_roles=frozenset(
+            r.strip().lower()
+            for r in section.get("service_token_roles", "service").split(",")
+            if r.strip()
+        ),
+        service_token_roles_required=bool_option(section, "service_token_roles_required", True),
     )
     return strategy, keystone
 

@@ -2,7 +2,8 @@
 An in-memory Keystone v3, enough of it for token validation: a Klein app
 (served through treq's StubTreq, no socket) that issues password tokens,
 validates them for a service token holding the C{service} or C{admin}
-role, and forgets revoked and expired ones (404, as Keystone answers). It
+role, and forgets revoked and expired ones (404, as Keystone answers;
+expired ones are still shown with C{?allow_expired=1}, for two days). It
 counts what it was asked, and can be made slow (requests wait on a gate)
 or broken (a status of the test's choosing).
 """
@@ -46,6 +47,8 @@ class FakeKeystone:
     tokens: dict[str, Issued] = field(factory=dict)
     logins: int = 0
     validations: int = 0
+    #: Validations that asked for C{allow_expired}.
+    allow_expired_asked: int = 0
     #: When set, every request waits for it (a slow or hung Keystone).
     gate: Deferred[None] | None = None
     #: When set, every request is answered with this status.
@@ -98,9 +101,13 @@ class FakeKeystone:
             }
         ).encode()
 
-    def _live(self, token: str | None) -> Issued | None:
+    def _live(self, token: str | None, allow_expired: bool = False) -> Issued | None:
         issued = self.tokens.get(token or "")
-        if issued is None or issued.expires <= self.clock.seconds():
+        if issued is None:
+            return None
+        # Keystone's [token] allow_expired_window: two days.
+        window = 2 * 86400 if allow_expired else 0
+        if issued.expires + window <= self.clock.seconds():
             return None
         return issued
 
@@ -143,7 +150,10 @@ class FakeKeystone:
         if service is None or not service.roles & {"service", "admin"}:
             request.setResponseCode(401)
             return b'{"error": {"code": 401}}'
-        subject = self._live(header(b"X-Subject-Token"))
+        self.allow_expired_asked += request.args.get(b"allow_expired") == [b"1"]
+        subject = self._live(
+            header(b"X-Subject-Token"), request.args.get(b"allow_expired") == [b"1"]
+        )
         if subject is None:
             request.setResponseCode(404)
             return b'{"error": {"code": 404}}'

@@ -228,6 +228,20 @@ class AuthOptionsTests(SynchronousTestCase):
             assert keystone is not None
             self.assertEqual(keystone.token_cache_time, expected)
 
+    def test_service_token_options(self) -> None:
+        """service_token_roles (a list, default service) and _required (default true)."""
+        keystone = self.load(self.KEYSTONE).keystone
+        assert keystone is not None
+        self.assertEqual(keystone.service_token_roles, frozenset({"service"}))
+        self.assertTrue(keystone.service_token_roles_required)
+        keystone = self.load(
+            self.KEYSTONE + "service_token_roles = Service, nova\n"
+            "service_token_roles_required = false\n"
+        ).keystone
+        assert keystone is not None
+        self.assertEqual(keystone.service_token_roles, frozenset({"service", "nova"}))
+        self.assertFalse(keystone.service_token_roles_required)
+
     def test_refused(self) -> None:
         """Unknown strategies, missing options and other auth types are refused by name."""
         for text, words in (
