@@ -42,8 +42,9 @@ class LoginRefused(LoginFailed):
 class PasswordCredentials:
     """
     Who logs in: a password user (domain by id or name) scoped to
-    C{project}, or, when C{application_credential_id} is set, that
-    application credential.
+    C{project} or, with C{system_scope = "all"}, to the system (what
+    oslo.limit's users are given to read every project's limits); or,
+    when C{application_credential_id} is set, that application credential.
     """
 
     user: str | None = None
@@ -55,6 +56,7 @@ class PasswordCredentials:
     project_domain_name: str | None = None
     application_credential_id: str | None = None
     application_credential_secret: str | None = field(default=None, repr=False)
+    system_scope: str | None = None
 
     def request_body(self) -> dict[str, Any]:
         """The JSON document C{POST /v3/auth/tokens} takes."""
@@ -78,7 +80,9 @@ class PasswordCredentials:
         auth: dict[str, Any] = {
             "identity": {"methods": ["password"], "password": {"user": user}}
         }
-        if self.project:
+        if self.system_scope:
+            auth["scope"] = {"system": {self.system_scope: True}}
+        elif self.project:
             auth["scope"] = {
                 "project": {
                     "name": self.project,

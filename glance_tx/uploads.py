@@ -250,16 +250,16 @@ class Uploader:
         if self.limiter is None:
             return self.size_cap, None
         allowance = await self.limiter.upload_allowance(image.owner)
-        if allowance is None or allowance >= self.size_cap:
+        if allowance is None or allowance.remaining >= self.size_cap:
             return self.size_cap, None
         message = (
             f"Image data exceeds what is left of project {image.owner}'s "
-            f"image_size_total limit of {self.limiter.limits.image_size_total} MiB "
-            f"({allowance} bytes)"
+            f"image_size_total limit of {allowance.limit} MiB "
+            f"({allowance.remaining} bytes)"
         )
-        if expected_size is not None and expected_size > allowance:
+        if expected_size is not None and expected_size > allowance.remaining:
             raise RequestEntityTooLarge(message)
-        return allowance, message
+        return allowance.remaining, message
 
     async def start(
         self,

@@ -49,6 +49,16 @@ class FakeKeystone:
     validations: int = 0
     #: Validations that asked for C{allow_expired}.
     allow_expired_asked: int = 0
+    #: The catalog and unified limits (C{/v3/services}, C{/v3/endpoints},
+    #: C{/v3/regions}, C{/v3/registered_limits}, C{/v3/limits}): lists of
+    #: Keystone's JSON objects, filtered as Keystone filters them.
+    services: list[dict[str, Any]] = field(factory=list)
+    endpoints: list[dict[str, Any]] = field(factory=list)
+    regions: list[str] = field(factory=list)
+    registered_limits: list[dict[str, Any]] = field(factory=list)
+    limits: list[dict[str, Any]] = field(factory=list)
+    #: Requests to those, by path.
+    reads: list[str] = field(factory=list)
     #: When set, every request waits for it (a slow or hung Keystone).
     gate: Deferred[None] | None = None
     #: When set, every request is answered with this status.
@@ -158,3 +168,62 @@ class FakeKeystone:
             request.setResponseCode(404)
             return b'{"error": {"code": 404}}'
         return self._document(subject)
+
+    async def _as_service(self, request: IRequest) -> bool:
+        self.reads.append(request.path.decode())
+        if not await self._wait(request):
+            return False
+        tokens = request.requestHeaders.getRawHeaders(b"X-Auth-Token") or [b""]
+        if self._live(tokens[0].decode()) is None:
+            request.setResponseCode(401)
+            return False
+        return True
+
+    def _filtered(self, request: IRequest, items: list[dict[str, Any]], key: str) -> bytes:
+        args = {k.decode(): v[0].decode() for k, v in request.args.items()}
+        return json.dumps(
+            {key: [i for i in items if all(i.get(k) == v for k, v in args.items())]}
+        ).encode()
+
+    @app.route("/v3/services", methods=["GET"])
+    async def list_services(self, request: IRequest) -> bytes:
+        if not await self._as_service(request):
+            return b"{}"
+        return self._filtered(request, self.services, "services")
+
+    @app.route("/v3/endpoints", methods=["GET"])
+    async def list_endpoints(self, request: IRequest) -> bytes:
+        if not await self._as_service(request):
+            return b"{}"
+        return self._filtered(request, self.endpoints, "endpoints")
+
+    @app.route("/v3/endpoints/<endpoint_id>", methods=["GET"])
+    async def get_endpoint(self, request: IRequest, endpoint_id: str) -> bytes:
+        if not await self._as_service(request):
+            return b"{}"
+        for endpoint in self.endpoints:
+            if endpoint["id"] == endpoint_id:
+                return json.dumps({"endpoint": endpoint}).encode()
+        request.setResponseCode(404)
+        return b'{"error": {"code": 404}}'
+
+    @app.route("/v3/regions/<region_id>", methods=["GET"])
+    async def get_region(self, request: IRequest, region_id: str) -> bytes:
+        if not await self._as_service(request):
+            return b"{}"
+        if region_id in self.regions:
+            return json.dumps({"region": {"id": region_id}}).encode()
+        request.setResponseCode(404)
+        return b'{"error": {"code": 404}}'
+
+    @app.route("/v3/registered_limits", methods=["GET"])
+    async def list_registered_limits(self, request: IRequest) -> bytes:
+        if not await self._as_service(request):
+            return b"{}"
+        return self._filtered(request, self.registered_limits, "registered_limits")
+
+    @app.route("/v3/limits", methods=["GET"])
+    async def list_limits(self, request: IRequest) -> bytes:
+        if not await self._as_service(request):
+            return b"{}"
+        return self._filtered(request, self.limits, "limits")

@@ -181,7 +181,13 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.project_limits, ProjectLimits(1024, 0, 100, 2))
 
     def test_refused(self) -> None:
-        """An unknown name, a value under -1 and use_keystone_limits = true stop the start."""
+        """
+        An unknown name, a value under -1, and use_keystone_limits = true
+        without [oslo_limit] (tests.test_keystone_limits) stop the start.
+        """
         self.assertRaises(ConfigError, self.load, "[project_limits]\nimage_size = 1\n")
         self.assertRaises(ConfigError, self.load, "[project_limits]\nimage_count_total = -2\n")
-        self.assertRaises(ConfigError, self.load, "[DEFAULT]\nuse_keystone_limits = true\n")
+        error = self.assertRaises(
+            ConfigError, self.load, "[DEFAULT]\nuse_keystone_limits = true\n"
+        )
+        self.assertIn("[oslo_limit]", str(error))

@@ -22,7 +22,7 @@ from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.imports import IMPORT_METHODS, Importer
 from glance_tx.leases import UploadLeases
 from glance_tx.policy import Policy
-from glance_tx.project_limits import ProjectLimiter
+from glance_tx.project_limits import FixedLimits, ILimitSource, ProjectLimiter
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.quotas import QuotaRegistry
 from glance_tx.store.backends import StoreMap
@@ -52,6 +52,7 @@ def build_site(
     hashing_algorithm: str = "sha512",
     policy: Policy | None = None,
     project_limits: ProjectLimits | None = None,
+    limit_source: ILimitSource | None = None,
     client_limits: ClientLimits | None = None,
     max_concurrent_uploads: int | None = None,
     import_methods: tuple[str, ...] = IMPORT_METHODS,
@@ -64,13 +65,16 @@ def build_site(
     (C{auth_strategy = noauth}). What they may do is C{policy}'s to say
     (by default Glance's rules); v1 and v2 share it. web-download URLs are
     read by C{web_download}, by default the enabled HTTP store (its guard),
-    if any.
+    if any. Each project's limits come from C{limit_source} (Keystone's
+    unified limits), by default C{project_limits} for all.
     """
     policy = policy or Policy()
     cache = cache or CacheConfig()
     # Every change the APIs make passes the per-image quotas, and every
     # create and upload the per-project limits.
-    limiter = ProjectLimiter(registry, project_limits or ProjectLimits())
+    limiter = ProjectLimiter(
+        registry, limit_source or FixedLimits(project_limits or ProjectLimits())
+    )
     registry = cast(IRegistry, QuotaRegistry(registry, quotas or ImageQuotas(), limiter))
     if identity is None:
         identity = HeaderIdentity(default_project)

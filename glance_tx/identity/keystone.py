@@ -144,7 +144,7 @@ def keystone_identity(
 ) -> KeystoneIdentity:
     """The provider for C{config}, asking Keystone through C{http} (treq)."""
     return KeystoneIdentity(
-        client=KeystoneClient(http=http, clock=reactor, config=config),
+        client=KeystoneClient.for_authtoken(http, reactor, config),
         cache=TokenCache(clock=reactor, ttl=config.token_cache_time),
         www_authenticate_uri=config.www_authenticate_uri,
         service_token_roles=config.service_token_roles,

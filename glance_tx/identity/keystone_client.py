@@ -1,15 +1,18 @@
 """
-The two Keystone v3 calls token validation needs, on treq.
+Keystone v3 as a service user, on treq: token validation
+(C{[keystone_authtoken]}) and reading unified limits (C{[oslo_limit]},
+L{glance_tx.keystone_limits}).
 
-  - The service's own token: C{POST /v3/auth/tokens} with the
-    C{[keystone_authtoken]} user's password, scoped to its project; kept
+  - The service's own token: a login (L{glance_tx.keystone_auth}) with the
+    section's credentials, scoped to its project (or the system); kept
     until a minute before it expires, then renewed by the first request
     that needs it (concurrent ones wait for that one login).
   - A caller's token: C{GET /v3/auth/tokens} with the service token as
     C{X-Auth-Token} and the caller's as C{X-Subject-Token}. 200 is a valid
     token; 404 is one Keystone does not know or no longer honours: expired,
     revoked, malformed. A 401 is about the service token (revoked early):
-    log in again and ask once more.
+    log in again and ask once more (so for any other C{GET} as the
+    service, L{KeystoneClient.get_json}).
 
 Every call is bounded by C{http_connect_timeout} on the injected clock: a
 Keystone that does not answer is L{KeystoneUnavailable} within that time,
@@ -35,6 +38,7 @@ from glance_tx.keystone_auth import (
     PasswordCredentials,
     log_in,
     timestamp,
+    v3_url,
 )
 from glance_tx.once import Once, run_once
 from glance_tx.store.describe import describe
@@ -53,6 +57,14 @@ class InvalidToken(Exception):
 
 class KeystoneUnavailable(Exception):
     """Keystone could not be asked: unreachable, too slow, or refusing us."""
+
+
+class UnexpectedAnswer(KeystoneUnavailable):
+    """Keystone answered a C{GET} with C{code}, not 200."""
+
+    def __init__(self, code: int, path: str) -> None:
+        super().__init__(f"Keystone answered {code} to GET {path}")
+        self.code = code
 
 
 @frozen
@@ -92,16 +104,38 @@ def token_info(document: Any) -> TokenInfo:
 @define
 class KeystoneClient:
     """
-    Validates tokens as the C{config}'s service user through C{http} (a
-    treq C{HTTPClient}); C{clock} tells the time (epoch seconds, as the
-    reactor's) and bounds every call.
+    Asks Keystone as a service user (C{credentials}, logged in at
+    C{auth_url}) through C{http} (a treq C{HTTPClient}); C{clock} tells
+    the time (epoch seconds, as the reactor's) and bounds every call to
+    C{timeout} seconds. C{section} names the credentials' config section
+    in log lines.
     """
 
     http: Any
     clock: IReactorTime
-    config: KeystoneConfig
+    auth_url: str
+    credentials: PasswordCredentials
+    timeout: float = 5.0
+    section: str = "keystone_authtoken"
     _service: _ServiceToken | None = field(default=None, init=False)
     _login: Once[_ServiceToken] | None = field(default=None, init=False)
+
+    @classmethod
+    def for_authtoken(cls, http: Any, clock: IReactorTime, config: KeystoneConfig) -> KeystoneClient:
+        """The client of C{[keystone_authtoken]}'s service user."""
+        return cls(
+            http=http,
+            clock=clock,
+            auth_url=config.auth_url,
+            credentials=PasswordCredentials(
+                user=config.username,
+                password=config.password,
+                project=config.project_name,
+                user_domain_name=config.user_domain_name,
+                project_domain_name=config.project_domain_name,
+            ),
+            timeout=config.http_connect_timeout,
+        )
 
     async def validate(self, token: str, allow_expired: bool = False) -> TokenInfo:
         """
@@ -113,32 +147,65 @@ class KeystoneClient:
         @raise InvalidToken: Keystone does not honour it.
         @raise KeystoneUnavailable: Keystone could not be asked.
         """
+        code, body = await self.as_service(
+            "/auth/tokens",
+            headers={"X-Subject-Token": [token]},
+            params={"allow_expired": "1"} if allow_expired else None,
+        )
+        if code == 200:
+            try:
+                return token_info(json.loads(body))
+            except ValueError:
+                raise KeystoneUnavailable("Keystone sent a token that is not JSON") from None
+        if code == 404:
+            raise InvalidToken("The token is expired, revoked or unknown")
+        log.warn("Keystone answered {code} to a token validation", code=code)
+        raise KeystoneUnavailable(f"Keystone answered {code} to a token validation")
+
+    async def get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
+        """
+        C{GET <v3>path} as the service: the JSON document of a 200.
+
+        @raise UnexpectedAnswer: any other answer.
+        @raise KeystoneUnavailable: no answer in time.
+        """
+        code, body = await self.as_service(path, params=params)
+        if code != 200:
+            raise UnexpectedAnswer(code, path)
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise KeystoneUnavailable(f"Keystone's answer to GET {path} is not JSON") from None
+
+    async def as_service(
+        self,
+        path: str,
+        headers: dict[str, list[str]] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """
+        C{GET <v3>path} with the service token: status and body. A 401 is
+        about the service token (revoked early): log in again and ask
+        once more; a second 401 is L{KeystoneUnavailable}.
+        """
         for attempt in range(2):
             service = await self._service_token()
-            code, body = await self._call(
+            code, body, _ = await self._exchange(
                 "GET",
-                "/auth/tokens",
-                headers={"X-Auth-Token": [service.token], "X-Subject-Token": [token]},
-                params={"allow_expired": "1"} if allow_expired else None,
+                path,
+                headers={**(headers or {}), "X-Auth-Token": [service.token]},
+                params=params,
             )
-            if code == 200:
-                try:
-                    return token_info(json.loads(body))
-                except ValueError:
-                    raise KeystoneUnavailable("Keystone sent a token that is not JSON") from None
-            if code == 404:
-                raise InvalidToken("The token is expired, revoked or unknown")
-            if code == 401 and attempt == 0:
+            if code != 401:
+                return code, body
+            if attempt == 0:
                 # Our token (or theirs): drop ours, log in again, ask once more.
                 if self._service is service:
                     self._service = None
                 continue
-            if code == 401:
-                log.error("Keystone refused glance-tx's fresh service token")
-                raise KeystoneUnavailable("Keystone refused the service's token")
-            log.warn("Keystone answered {code} to a token validation", code=code)
-            raise KeystoneUnavailable(f"Keystone answered {code} to a token validation")
-        raise AssertionError("unreachable")
+        log.error("Keystone refused glance-tx's fresh service token ([{section}])",
+                  section=self.section)
+        raise KeystoneUnavailable("Keystone refused the service's token")
 
     async def _service_token(self) -> _ServiceToken:
         service = self._service
@@ -158,20 +225,15 @@ class KeystoneClient:
             self._service = result
 
     async def _log_in(self) -> _ServiceToken:
-        config = self.config
-        credentials = PasswordCredentials(
-            user=config.username,
-            password=config.password,
-            project=config.project_name,
-            user_domain_name=config.user_domain_name,
-            project_domain_name=config.project_domain_name,
-        )
         try:
-            login = await self._bounded(lambda: log_in(self.http, config.v3_url, credentials))
+            login = await self._bounded(
+                lambda: log_in(self.http, self.auth_url, self.credentials)
+            )
         except LoginRefused:
             log.error(
-                "Keystone refused glance-tx's service user {user} ([keystone_authtoken])",
-                user=config.username,
+                "Keystone refused glance-tx's service user {user} ([{section}])",
+                user=self.credentials.user or self.credentials.application_credential_id,
+                section=self.section,
             )
             raise KeystoneUnavailable("Keystone refused the service's credentials") from None
         except LoginFailed as e:
@@ -181,28 +243,24 @@ class KeystoneClient:
             raise KeystoneUnavailable("Keystone sent a token with no expiry")
         return _ServiceToken(login.token, expires)
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
-        code, body, _ = await self._exchange(method, path, **kwargs)
-        return code, body
-
     async def _exchange(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, Any]:
         """One bounded request: status, body and headers, or KeystoneUnavailable."""
         async def exchange() -> tuple[int, bytes, Any]:
-            response = await self.http.request(method, self.config.v3_url + path, **kwargs)
+            response = await self.http.request(method, v3_url(self.auth_url) + path, **kwargs)
             body = await response.content()
             return response.code, body, response.headers
 
         return await self._bounded(exchange)
 
     async def _bounded(self, call: Callable[[], Awaitable[T]]) -> T:
-        """C{call()}, given up after C{http_connect_timeout}: KeystoneUnavailable."""
+        """C{call()}, given up after C{timeout} seconds: KeystoneUnavailable."""
         d = Deferred.fromCoroutine(_awaited(call))
-        d.addTimeout(self.config.http_connect_timeout, self.clock)
+        d.addTimeout(self.timeout, self.clock)
         try:
             return await d
         except (TimeoutError, CancelledError):
             raise KeystoneUnavailable(
-                f"Keystone did not answer within {self.config.http_connect_timeout:g} s"
+                f"Keystone did not answer within {self.timeout:g} s"
             ) from None
         except (KeystoneUnavailable, LoginFailed):
             raise

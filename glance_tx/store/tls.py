@@ -33,7 +33,14 @@ from zope.interface import implementer
 from glance_tx.config import ConfigError, bool_option
 from glance_tx.threads import BlockingRunner
 
-__all__ = ["HTTP_TLS", "S3_TLS", "SWIFT_TLS", "TLSOptionNames", "load_tls_policy"]
+__all__ = [
+    "HTTP_TLS",
+    "KEYSTONE_TLS",
+    "S3_TLS",
+    "SWIFT_TLS",
+    "TLSOptionNames",
+    "load_tls_policy",
+]
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 
@@ -50,6 +57,9 @@ class TLSOptionNames:
 S3_TLS = TLSOptionNames("s3_store_cacert")
 SWIFT_TLS = TLSOptionNames("swift_store_cacert", "swift_store_auth_insecure")
 HTTP_TLS = TLSOptionNames("https_ca_certificates_file", "https_insecure")
+#: keystoneauth's session options, in C{[keystone_authtoken]} and
+#: C{[oslo_limit]} alike (Keystone clients, not a store: the same rules).
+KEYSTONE_TLS = TLSOptionNames("cafile", "insecure")
 
 
 async def load_tls_policy(
