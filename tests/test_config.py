@@ -210,7 +210,11 @@ class AuthOptionsTests(SynchronousTestCase):
         )
         self.assertEqual((keystone.token_cache_time, keystone.http_connect_timeout), (300, 5))
         self.assertEqual(keystone.cafile, "/etc/ca.pem")
+        self.assertFalse(keystone.insecure)
         self.assertNotIn("s3cret", repr(config))
+        insecure = self.load(self.KEYSTONE + "insecure = true\n").keystone
+        assert insecure is not None
+        self.assertTrue(insecure.insecure)
 
     def test_www_authenticate_uri_defaults(self) -> None:
         """Without www_authenticate_uri (or the older auth_uri): auth_url."""
