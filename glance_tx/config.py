@@ -104,6 +104,10 @@ class KeystoneConfig:
     #: Do not check an https Keystone's certificate (keystonemiddleware's
     #: option; C{cafile} wins when both are set).
     insecure: bool = False
+    #: A client certificate (PEM) to present to an https Keystone that asks
+    #: for one, and its key (C{keyfile}, or in C{certfile} too).
+    certfile: str | None = None
+    keyfile: str | None = None
     #: An C{X-Service-Token} must hold one of these roles to let an
     #: expired user token through (keystonemiddleware's option).
     service_token_roles: frozenset[str] = frozenset({"service"})
@@ -213,6 +217,9 @@ class OsloLimitConfig:
     cafile: str | None = None
     #: Do not check Keystone's certificate (oslo.limit's option).
     insecure: bool = False
+    #: A client certificate for Keystone, and its key (oslo.limit's options).
+    certfile: str | None = None
+    keyfile: str | None = None
     #: Seconds one call to Keystone may take (oslo.limit's C{timeout}).
     timeout: float = 5.0
     #: glance-tx's option: seconds the limits read are used before Keystone
@@ -558,6 +565,8 @@ def _oslo_limit(parser: configparser.ConfigParser) -> OsloLimitConfig | None:
         endpoint_interface=interface,
         cafile=get("cafile"),
         insecure=bool_option(section, "insecure", False),
+        certfile=get("certfile"),
+        keyfile=get("keyfile"),
         timeout=_seconds(section, "timeout", defaults.timeout),
         cache_time=_seconds(section, "cache_time", defaults.cache_time),
     )
@@ -668,6 +677,8 @@ def _auth(parser: configparser.ConfigParser) -> tuple[str, KeystoneConfig | None
         ),
         cafile=(section.get("cafile") or "").strip() or None,
         insecure=bool_option(section, "insecure", False),
+        certfile=(section.get("certfile") or "").strip() or None,
+        keyfile=(section.get("keyfile") or "").strip() or None,
         service_token_roles=frozenset(
             r.strip().lower()
             for r in section.get("service_token_roles", "service").split(",")

@@ -483,11 +483,14 @@ async def keystone_http(
     cafile: str | None,
     insecure: bool,
     timeout: float,
+    certfile: str | None = None,
+    keyfile: str | None = None,
 ) -> tuple[Any, Any]:
     """
     A treq client for Keystone and its connection pool (close it at stop):
     the one agent recipe of internal peers, trusting C{cafile} (read on
-    C{runner}) or, with C{insecure}, checking no certificate.
+    C{runner}) or, with C{insecure}, checking no certificate; presenting
+    C{certfile} (its key in C{keyfile} or the same file) when asked.
     """
     from treq.client import HTTPClient
 
@@ -495,7 +498,12 @@ async def keystone_http(
     from glance_tx.store.tls import KEYSTONE_TLS, load_tls_policy
 
     policy = await load_tls_policy(
-        {"cafile": cafile or "", "insecure": "true" if insecure else "false"},
+        {
+            "cafile": cafile or "",
+            "insecure": "true" if insecure else "false",
+            "certfile": certfile or "",
+            "keyfile": keyfile or "",
+        },
         KEYSTONE_TLS,
         runner,
     )
@@ -529,6 +537,8 @@ class IdentityService(ReadyService[IIdentityResolver]):
             cafile=keystone.cafile,
             insecure=keystone.insecure,
             timeout=keystone.http_connect_timeout,
+            certfile=keystone.certfile,
+            keyfile=keystone.keyfile,
         )
         return keystone_identity(self.reactor, keystone, http)
 
@@ -566,6 +576,8 @@ class LimitsService(ReadyService[ILimitSource]):
             cafile=limits.cafile,
             insecure=limits.insecure,
             timeout=limits.timeout,
+            certfile=limits.certfile,
+            keyfile=limits.keyfile,
         )
         client = KeystoneClient(
             http=http,

@@ -4,7 +4,8 @@ that C{tools/run-tests} starts, behind a TLS relay whose certificate a
 throwaway CA signed (L{tests.tls}), as the Swift store's TLS tests do.
 C{[keystone_authtoken] cafile} trusts that CA; without it the system's
 authorities refuse the certificate (Keystone unreachable: 503, never a
-401); C{insecure = true} checks nothing.
+401); C{insecure = true} checks nothing; C{certfile}/C{keyfile}
+present a client certificate to a relay that requires one.
 """
 
 from __future__ import annotations
@@ -67,6 +68,30 @@ class KeystoneTLSTests(TestCase):
     async def test_untrusted_by_default(self) -> None:
         """Without cafile the certificate is refused: 503 (Keystone unusable), not 401."""
         self.assertEqual(await self.images_status(), 503)
+
+    async def test_client_certificate(self) -> None:
+        """
+        A Keystone relay that requires a client certificate: refused (503)
+        without certfile, served with certfile (key in the same file) and
+        with certfile and keyfile apart.
+        """
+        port = tls_relay(self, reactor, urlsplit(self.keystone.url).netloc, self.ca,
+                         require_client=True)
+        self.https_url = f"https://localhost:{port}"
+        cafile = self.ca.write(self)
+        self.assertEqual(await self.images_status(cafile=cafile), 503)
+        both = self.ca.write_client(self)
+        self.assertEqual(await self.images_status(cafile=cafile, certfile=both), 200)
+        pem = self.ca.client_pem
+        split = pem.index(b"-----BEGIN PRIVATE KEY-----")
+        cert, key = self.mktemp(), self.mktemp()
+        with open(cert, "wb") as f:
+            f.write(pem[:split])
+        with open(key, "wb") as f:
+            f.write(pem[split:])
+        self.assertEqual(
+            await self.images_status(cafile=cafile, certfile=cert, keyfile=key), 200
+        )
 
     async def test_insecure(self) -> None:
         """insecure = true validates without checking the certificate."""
