@@ -4,12 +4,11 @@ the registry counts for a project (L{IRegistry.project_usage}).
 
 Checked where Glance checks them: C{image_count_total} before an image is
 created; C{image_count_uploading} and C{image_size_total} before an
-upload starts; and, which Glance leaves to the store, C{image_size_total}
-during the upload too: the upload may write only what is left of the
-project's allowance, and a body that goes past it is a 413 mid-stream
-whose data is removed (as for C{image_size_cap}). C{image_stage_total}
-is reported only: glance-tx has no staging area (no interoperable import)
-to fill.
+upload starts (C{image_stage_total} instead before a stage, C{PUT
+/v2/images/{id}/stage}); and, which Glance leaves to the store, the size
+limit during the upload too: the upload may write only what is left of
+the project's allowance, and a body that goes past it is a 413 mid-stream
+whose data is removed (as for C{image_size_cap}).
 
 Where the numbers come from is an L{ILimitSource}: the same
 C{[project_limits]} for every project (L{FixedLimits}), or each
@@ -87,6 +86,7 @@ class UploadAllowance:
 
     remaining: int
     limit: int
+    name: str = "image_size_total"
 
 
 @frozen
@@ -114,26 +114,30 @@ class ProjectLimiter:
         usage = await self.registry.project_usage(project_id)
         self._check(limits, project_id, usage, "image_count_total", 1)
 
-    async def upload_allowance(self, project_id: str | None) -> UploadAllowance | None:
+    async def upload_allowance(
+        self, project_id: str | None, size_limit: str = "image_size_total"
+    ) -> UploadAllowance | None:
         """
         Before an upload: one more upload must fit C{image_count_uploading},
-        and the project must not be over C{image_size_total} already.
+        and the project must not be over C{size_limit} already
+        (C{image_size_total}, or C{image_stage_total} for a stage).
         Returns what the upload may write (None: no size limit).
         """
+        if size_limit not in SIZES:
+            raise ValueError(f"{size_limit} is not a size limit")
         if project_id is None:
             return None
         limits = await self.source.limits_for(project_id)
-        if limits.image_count_uploading < 0 and limits.image_size_total < 0:
+        limit: int = getattr(limits, size_limit)
+        if limits.image_count_uploading < 0 and limit < 0:
             return None
         usage = await self.registry.project_usage(project_id)
         self._check(limits, project_id, usage, "image_count_uploading", 1)
-        self._check(limits, project_id, usage, "image_size_total", 0)
-        if limits.image_size_total < 0:
+        self._check(limits, project_id, usage, size_limit, 0)
+        if limit < 0:
             return None
-        return UploadAllowance(
-            max(0, limits.image_size_total * MiB - usage.image_size_total),
-            limits.image_size_total,
-        )
+        used: int = getattr(usage, size_limit)
+        return UploadAllowance(max(0, limit * MiB - used), limit, size_limit)
 
     async def usage_document(self, project_id: str | None) -> dict[str, Any]:
         """C{GET /v2/info/usage}: each limit and the project's usage, Glance's shape."""

@@ -132,6 +132,27 @@ class SizeTests(LimitsSite):
         self.assertEqual(self.upload(self.created(BOB), b"x", BOB).code, 204)
 
 
+class StageTests(LimitsSite):
+    limits = ProjectLimits(image_stage_total=1, image_size_total=100)
+
+    def stage(self, image_id: str, data: bytes) -> Answer:
+        return self.request("PUT", f"/v2/images/{image_id}/stage", {**ALICE, **OCTET}, data)
+
+    def test_image_stage_total(self) -> None:
+        """
+        A stage counts against image_stage_total (as Glance's stage does),
+        not image_size_total: staged data past what is left is a 413 and
+        the image stays queued; a plain upload of the same size still fits.
+        """
+        first = self.created()
+        self.assertEqual(self.stage(first, b"x" * (700 * 1024)).code, 204)
+        self.assertEqual(self.status(first), "uploading")
+        second = self.created()
+        self.assertLimit(self.stage(second, b"x" * (400 * 1024)), "image_stage_total")
+        self.assertEqual(self.status(second), "queued")
+        self.assertEqual(self.upload(second, b"x" * (400 * 1024)).code, 204)
+
+
 class UsageTests(LimitsSite):
     limits = ProjectLimits(image_size_total=10, image_count_total=5)
 

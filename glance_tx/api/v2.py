@@ -554,6 +554,7 @@ class V2API(ImagesAPI):
                 record=staged_record,
                 key=staging_key(image.id),
                 stages=(),
+                size_limit="image_stage_total",
             )
 
         return await self._change_image(request, image_id, start)
