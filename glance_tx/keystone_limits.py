@@ -9,7 +9,8 @@ behaviour), without blocking the reactor.
     (C{GET /v3/services}) on C{endpoint_interface} in
     C{endpoint_region_name} (C{GET /v3/regions/{name}}, C{GET
     /v3/endpoints}). None, or more than one, is an error logged and
-    answered 503 until the catalog is fixed.
+    answered 503 until the catalog is fixed (looked for again after
+    C{cache_time}).
   - A project's limit of a resource: its project limit (C{GET /v3/limits}
     for that service, region and project), else the registered limit's
     default (C{GET /v3/registered_limits}), else C{0}: as oslo.limit, a
@@ -122,6 +123,10 @@ class KeystoneLimits:
     _scope: _Remembered[None, LimitScope] = field(init=False)
     _registered: _Remembered[None, dict[str, int]] = field(init=False)
     _projects: _Remembered[str | None, ProjectLimits] = field(init=False)
+    #: Until when (clock time) a catalog without the endpoint is believed
+    #: without asking again, so a misconfigured node does not walk the
+    #: catalog on every request.
+    _no_endpoint_until: float = field(default=0.0, init=False)
 
     def __attrs_post_init__(self) -> None:
         ttl = self.config.cache_time
@@ -132,6 +137,12 @@ class KeystoneLimits:
         self._projects = _Remembered(self.clock, ttl)
 
     async def limits_for(self, project_id: str | None) -> ProjectLimits:
+        no_endpoint = ServiceUnavailable(
+            "The project's limits cannot be read from Keystone now: the "
+            "service's endpoint is not in Keystone's catalog"
+        )
+        if self.clock.seconds() < self._no_endpoint_until:
+            raise no_endpoint
         try:
             return await self._projects.get(project_id, lambda: self._read(project_id))
         except KeystoneUnavailable as e:
@@ -140,10 +151,8 @@ class KeystoneLimits:
             ) from None
         except EndpointNotFound as e:
             log.error("[oslo_limit]: {problem}", problem=str(e))
-            raise ServiceUnavailable(
-                "The project's limits cannot be read from Keystone now: the "
-                "service's endpoint is not in Keystone's catalog"
-            ) from None
+            self._no_endpoint_until = self.clock.seconds() + self.config.cache_time
+            raise no_endpoint from None
 
     async def _read(self, project_id: str | None) -> ProjectLimits:
         scope = await self._scope.get(None, self._find_scope)

@@ -134,6 +134,29 @@ class KeystoneLimitsTests(KeystoneLimitsHarness):
             self.failureResultOf(d, ServiceUnavailable)
         self.flushLoggedErrors()
 
+    def test_missing_endpoint_remembered(self) -> None:
+        """
+        A catalog without the endpoint is believed for cache_time (503s
+        without asking Keystone), then looked at again: once the endpoint
+        is registered, limits are read.
+        """
+        source = self.source(endpoint_id="ep-new")
+
+        def attempt() -> Deferred[ProjectLimits]:
+            d = Deferred.fromCoroutine(source.limits_for("beta"))
+            self.stub.flush()
+            return d
+
+        self.failureResultOf(attempt(), ServiceUnavailable)
+        reads = len(self.keystone.reads)
+        self.keystone.endpoints.append({"id": "ep-new", "service_id": "svc-image",
+                                        "region_id": "RegionOne", "interface": "admin"})
+        self.failureResultOf(attempt(), ServiceUnavailable)
+        self.assertEqual(len(self.keystone.reads), reads)
+        self.clock.advance(31)
+        self.assertEqual(self.successResultOf(attempt()).image_count_total, 100)
+        self.flushLoggedErrors()
+
     def test_cached_for_cache_time(self) -> None:
         """
         Limits read are used for cache_time seconds: a changed limit takes
