@@ -19,6 +19,7 @@ import attrs
 from attrs import field, frozen
 
 from glance_tx import images
+from glance_tx.keystone_auth import PasswordCredentials
 
 DEFAULT_DATA_DIR = "glance-data"
 DEFAULT_BIND_HOST = "127.0.0.1"
@@ -101,12 +102,27 @@ class KeystoneConfig:
     #: PEM file of the authority that signed an https Keystone's
     #: certificate; None trusts the system's authorities.
     cafile: str | None = None
+    #: Do not check an https Keystone's certificate (keystonemiddleware's
+    #: option; C{cafile} wins when both are set).
+    insecure: bool = False
+    #: A client certificate (PEM) to present to an https Keystone that asks
+    #: for one, and its key (C{keyfile}, or in C{certfile} too).
+    certfile: str | None = None
+    keyfile: str | None = None
+    #: An C{X-Service-Token} must hold one of these roles to let an
+    #: expired user token through (keystonemiddleware's option).
+    service_token_roles: frozenset[str] = frozenset({"service"})
+    #: Whether a service token without those roles is refused outright
+    #: (keystonemiddleware 13's default, true) or only denied
+    #: C{allow_expired}.
+    service_token_roles_required: bool = True
 
     @property
     def v3_url(self) -> str:
         """C{auth_url} ending in C{/v3}, as keystonemiddleware accepts both."""
-        url = self.auth_url.rstrip("/")
-        return url if url.endswith("/v3") else url + "/v3"
+        from glance_tx.keystone_auth import v3_url
+
+        return v3_url(self.auth_url)
 
 
 @frozen
@@ -187,6 +203,42 @@ class ProjectLimits:
     image_stage_total: int = -1
     image_count_total: int = -1
     image_count_uploading: int = -1
+
+
+#: oslo.limit's C{endpoint_interface} values (with glance_store's URL forms).
+LIMIT_INTERFACES = ("public", "internal", "admin")
+
+
+@frozen
+class OsloLimitConfig:
+    """
+    C{[oslo_limit]}, with oslo.limit's option names (read when
+    C{use_keystone_limits = true}): how glance-tx logs in to Keystone to
+    read unified limits, and which endpoint (so which service and region)
+    the limits are registered for: C{endpoint_id}, or the endpoint found
+    from C{endpoint_service_type}/C{endpoint_service_name},
+    C{endpoint_region_name} and C{endpoint_interface}.
+    """
+
+    auth_url: str
+    credentials: PasswordCredentials
+    endpoint_id: str | None = None
+    endpoint_service_type: str | None = None
+    endpoint_service_name: str | None = None
+    endpoint_region_name: str | None = None
+    endpoint_interface: str = "public"
+    #: PEM file of the authority of an https Keystone (None: the system's).
+    cafile: str | None = None
+    #: Do not check Keystone's certificate (oslo.limit's option).
+    insecure: bool = False
+    #: A client certificate for Keystone, and its key (oslo.limit's options).
+    certfile: str | None = None
+    keyfile: str | None = None
+    #: Seconds one call to Keystone may take (oslo.limit's C{timeout}).
+    timeout: float = 5.0
+    #: glance-tx's option: seconds the limits read are used before Keystone
+    #: is asked again (a changed limit takes effect within this long).
+    cache_time: float = 30.0
 
 
 @frozen
@@ -303,6 +355,9 @@ class Config:
     policy_file: str | None = None
     #: C{[project_limits]}: each project's limits (see L{ProjectLimits}).
     project_limits: ProjectLimits = field(factory=ProjectLimits)
+    #: C{use_keystone_limits = true}: the limits come from Keystone's
+    #: unified limits instead, read as C{[oslo_limit]} says.
+    keystone_limits: OsloLimitConfig | None = None
     clients: ClientLimits = field(factory=ClientLimits)
     #: The most image-data uploads this node takes at once; past it an
     #: upload is answered 503 with Retry-After (None: no limit).
@@ -439,6 +494,7 @@ def load_config(
         ),
         policy_file=_policy_file(parser, path),
         project_limits=_project_limits(parser),
+        keystone_limits=_oslo_limit(parser),
         clients=_client_limits(default),
         max_concurrent_uploads=_limit(default, "max_concurrent_uploads", 100),
         enabled_import_methods=_import_methods(default.get("enabled_import_methods")),
@@ -458,17 +514,7 @@ def load_config(
 
 
 def _project_limits(parser: configparser.ConfigParser) -> ProjectLimits:
-    """
-    C{[project_limits]}; C{[DEFAULT] use_keystone_limits = true} (limits
-    from Keystone's unified limits, as Glance) is refused until supported,
-    rather than silently leaving projects unlimited.
-    """
-    if bool_option(parser.defaults(), "use_keystone_limits", False):
-        raise ConfigError(
-            "use_keystone_limits = true is not supported yet: set each project's "
-            "limits in [project_limits] (image_size_total, image_stage_total, "
-            "image_count_total, image_count_uploading)"
-        )
+    """C{[project_limits]}: the same limits for every project."""
     if not parser.has_section("project_limits"):
         return ProjectLimits()
     section = {k: v for k, v in parser["project_limits"].items() if k not in parser.defaults()}
@@ -477,6 +523,74 @@ def _project_limits(parser: configparser.ConfigParser) -> ProjectLimits:
         raise ConfigError(f"[project_limits] has no option {', '.join(unknown)}")
     return ProjectLimits(
         **{name: _int(section, name, -1, minimum=-1) for name in attrs.fields_dict(ProjectLimits)}
+    )
+
+
+def _oslo_limit(parser: configparser.ConfigParser) -> OsloLimitConfig | None:
+    """
+    With C{[DEFAULT] use_keystone_limits = true} (Glance's option), the
+    C{[oslo_limit]} section (oslo.limit's names); None without it.
+    """
+    if not bool_option(parser.defaults(), "use_keystone_limits", False):
+        return None
+    section: Mapping[str, str] = (
+        {k: v for k, v in parser["oslo_limit"].items() if k not in parser.defaults()}
+        if parser.has_section("oslo_limit")
+        else {}
+    )
+
+    def get(name: str) -> str | None:
+        return (section.get(name) or "").strip() or None
+
+    missing = [name for name in ("auth_url", "username", "password") if not get(name)]
+    if missing:
+        raise ConfigError("use_keystone_limits = true needs [oslo_limit] " + ", ".join(missing))
+    if not (get("endpoint_id") or get("endpoint_service_type") or get("endpoint_service_name")):
+        raise ConfigError(
+            "use_keystone_limits = true needs [oslo_limit] endpoint_id, or "
+            "endpoint_service_type or endpoint_service_name (the endpoint the "
+            "limits are registered for)"
+        )
+    auth_url = get("auth_url") or ""
+    if not auth_url.startswith(("http://", "https://")):
+        raise ConfigError(f"[oslo_limit] auth_url {auth_url!r} is not an http(s) URL")
+    auth_type = get("auth_type") or "password"
+    if auth_type not in ("password", "v3password"):
+        raise ConfigError(f"[oslo_limit] auth_type {auth_type!r} is not supported (password)")
+    interface = get("endpoint_interface") or "public"
+    interface = interface.removesuffix("URL")
+    if interface not in LIMIT_INTERFACES:
+        raise ConfigError(
+            f"[oslo_limit] endpoint_interface must be one of {', '.join(LIMIT_INTERFACES)}, "
+            f"not {interface!r}"
+        )
+    system_scope = get("system_scope")
+    if system_scope not in (None, "all"):
+        raise ConfigError(f"[oslo_limit] system_scope must be all, not {system_scope!r}")
+    defaults = OsloLimitConfig("", PasswordCredentials())
+    return OsloLimitConfig(
+        auth_url=auth_url,
+        credentials=PasswordCredentials(
+            user=get("username"),
+            password=section.get("password"),
+            project=get("project_name"),
+            user_domain_id=get("user_domain_id") or "default",
+            user_domain_name=get("user_domain_name"),
+            project_domain_id=get("project_domain_id") or "default",
+            project_domain_name=get("project_domain_name"),
+            system_scope=system_scope,
+        ),
+        endpoint_id=get("endpoint_id"),
+        endpoint_service_type=get("endpoint_service_type"),
+        endpoint_service_name=get("endpoint_service_name"),
+        endpoint_region_name=get("endpoint_region_name"),
+        endpoint_interface=interface,
+        cafile=get("cafile"),
+        insecure=bool_option(section, "insecure", False),
+        certfile=get("certfile"),
+        keyfile=get("keyfile"),
+        timeout=_seconds(section, "timeout", defaults.timeout),
+        cache_time=_seconds(section, "cache_time", defaults.cache_time),
     )
 
 
@@ -584,6 +698,15 @@ def _auth(parser: configparser.ConfigParser) -> tuple[str, KeystoneConfig | None
             section, "http_connect_timeout", defaults.http_connect_timeout
         ),
         cafile=(section.get("cafile") or "").strip() or None,
+        insecure=bool_option(section, "insecure", False),
+        certfile=(section.get("certfile") or "").strip() or None,
+        keyfile=(section.get("keyfile") or "").strip() or None,
+        service_token_roles=frozenset(
+            r.strip().lower()
+            for r in section.get("service_token_roles", "service").split(",")
+            if r.strip()
+        ),
+        service_token_roles_required=bool_option(section, "service_token_roles_required", True),
     )
     return strategy, keystone
 

@@ -70,8 +70,14 @@ def staging_key(image_id: str) -> str:
 
 
 def staged_record(result: UploadResult, store_id: str) -> ImageUpdate:
-    """What a finished stage records: its data as the image's location."""
-    return ImageUpdate(fields={"locations": (Location(result.location, store_id),)})
+    """
+    What a finished stage records: its data as the image's location, and
+    its size (as Glance's stage does: the project's image_stage_total
+    counts it while the image is uploading or importing).
+    """
+    return ImageUpdate(
+        fields={"locations": (Location(result.location, store_id),), "size": result.size}
+    )
 
 
 def _joined(store_ids: Sequence[str]) -> str:
@@ -323,7 +329,8 @@ class Importer:
             await self.registry.update(
                 image_id,
                 ImageUpdate(
-                    fields={"status": images.QUEUED, "locations": ()},
+                    # Queued holds no data: the staged size goes with it.
+                    fields={"status": images.QUEUED, "locations": (), "size": None},
                     properties={IMPORTING_TO_STORES: "", FAILED_IMPORT: _joined(failed)},
                 ),
                 expected_status=frozenset({images.IMAGE_IMPORTING}),

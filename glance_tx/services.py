@@ -56,6 +56,7 @@ from glance_tx.leases import UploadLeases
 from glance_tx.node_claim import NodeClaim
 from glance_tx.once import Once
 from glance_tx.policy import Policy, PolicyFile
+from glance_tx.project_limits import FixedLimits, ILimitSource
 from glance_tx.purge import Purger
 from glance_tx.recovery import Reclaimer
 from glance_tx.registry.interface import IRegistry
@@ -498,6 +499,41 @@ class PurgerService(ReadyService[Purger]):
             await self._http_pool.closeCachedConnections()
 
 
+async def keystone_http(
+    reactor: Any,
+    runner: BlockingRunner,
+    *,
+    cafile: str | None,
+    insecure: bool,
+    timeout: float,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> tuple[Any, Any]:
+    """
+    A treq client for Keystone and its connection pool (close it at stop):
+    the one agent recipe of internal peers, trusting C{cafile} (read on
+    C{runner}) or, with C{insecure}, checking no certificate; presenting
+    C{certfile} (its key in C{keyfile} or the same file) when asked.
+    """
+    from treq.client import HTTPClient
+
+    from glance_tx.registry.client import registry_http_client
+    from glance_tx.store.tls import KEYSTONE_TLS, load_tls_policy
+
+    policy = await load_tls_policy(
+        {
+            "cafile": cafile or "",
+            "insecure": "true" if insecure else "false",
+            "certfile": certfile or "",
+            "keyfile": keyfile or "",
+        },
+        KEYSTONE_TLS,
+        runner,
+    )
+    agent, pool = registry_http_client(reactor, connect_timeout=timeout, tls_policy=policy)
+    return HTTPClient(agent), pool
+
+
 @define(eq=False)
 class IdentityService(ReadyService[IIdentityResolver]):
     """
@@ -516,20 +552,65 @@ class IdentityService(ReadyService[IIdentityResolver]):
         keystone = self.config.keystone
         if self.config.auth_strategy != "keystone" or keystone is None:
             return HeaderIdentity(self.config.default_project)
-        from treq.client import HTTPClient
-
         from glance_tx.identity.keystone import keystone_identity
 
-        # One agent recipe (pool, timeout, CA) for every internal HTTPS peer.
-        from glance_tx.registry.client import registry_http_client
-
-        ca = None
-        if keystone.cafile is not None:
-            ca = await self.runner.run(_read_bytes, keystone.cafile)
-        agent, self._http_pool = registry_http_client(
-            self.reactor, connect_timeout=keystone.http_connect_timeout, ca_certificate=ca
+        http, self._http_pool = await keystone_http(
+            self.reactor,
+            self.runner,
+            cafile=keystone.cafile,
+            insecure=keystone.insecure,
+            timeout=keystone.http_connect_timeout,
+            certfile=keystone.certfile,
+            keyfile=keystone.keyfile,
         )
-        return keystone_identity(self.reactor, keystone, HTTPClient(agent))
+        return keystone_identity(self.reactor, keystone, http)
+
+    async def stop(self) -> None:
+        if self._http_pool is not None:
+            pool, self._http_pool = self._http_pool, None
+            await pool.closeCachedConnections()
+
+
+@define(eq=False)
+class LimitsService(ReadyService[ILimitSource]):
+    """
+    Where each project's limits come from: C{[project_limits]}, or with
+    C{use_keystone_limits}, Keystone's unified limits as C{[oslo_limit]}
+    says (L{glance_tx.keystone_limits}), through a connection pool of its
+    own (closed at stop). Keystone is first asked at the first check, so a
+    node starts while Keystone is down.
+    """
+
+    reactor: Any
+    config: Config
+    runner: BlockingRunner
+    _http_pool: Any = field(default=None, init=False)
+
+    async def start(self) -> ILimitSource:
+        limits = self.config.keystone_limits
+        if limits is None:
+            return FixedLimits(self.config.project_limits)
+        from glance_tx.identity.keystone_client import KeystoneClient
+        from glance_tx.keystone_limits import KeystoneLimits
+
+        http, self._http_pool = await keystone_http(
+            self.reactor,
+            self.runner,
+            cafile=limits.cafile,
+            insecure=limits.insecure,
+            timeout=limits.timeout,
+            certfile=limits.certfile,
+            keyfile=limits.keyfile,
+        )
+        client = KeystoneClient(
+            http=http,
+            clock=self.reactor,
+            auth_url=limits.auth_url,
+            credentials=limits.credentials,
+            timeout=limits.timeout,
+            section="oslo_limit",
+        )
+        return KeystoneLimits(client=client, clock=self.reactor, config=limits)
 
     async def stop(self) -> None:
         if self._http_pool is not None:

@@ -18,6 +18,8 @@
      |- scrubber            delayed delete's scrubber, every wakeup_time
      |- policy              Glance's rules over [oslo_policy] policy_file,
      |                      reread on the pool when the file changes
+     |- limits              each project's limits: [project_limits], or
+     |                      Keystone's unified limits (use_keystone_limits)
      |- purger              with [cache] purge_urls only: PURGEs, through
      |                      a connection pool of its own; at stop, pending
      |                      purges get a few seconds to finish
@@ -57,6 +59,7 @@ from glance_tx.config import Config, ConfigError, load_config
 from glance_tx.services import (
     IdentityService,
     LeasesService,
+    LimitsService,
     ListenerService,
     NodeClaimService,
     PolicyService,
@@ -157,6 +160,7 @@ def glance_service(
     purger = PurgerService(reactor, config.cache) if config.cache.purge_urls else None
     identity = IdentityService(reactor, config, runner)
     policy = PolicyService(reactor, config.policy_file, runner)
+    limits = LimitsService(reactor, config, runner)
     leases = LeasesService(
         registry, reactor, config.node_id, config.upload_lease_seconds
     )
@@ -188,7 +192,7 @@ def glance_service(
             delayed_delete=config.delayed_delete,
             hashing_algorithm=config.hashing_algorithm,
             policy=await policy.when_ready(),
-            project_limits=config.project_limits,
+            limit_source=await limits.when_ready(),
             client_limits=config.clients,
             max_concurrent_uploads=config.max_concurrent_uploads,
             import_methods=config.enabled_import_methods,
@@ -260,6 +264,7 @@ def glance_service(
             registry, stores, reactor, config.scrub_time, config.wakeup_time
         ),
         "policy": policy,
+        "limits": limits,
     }
     if purger is not None:
         children["purger"] = purger

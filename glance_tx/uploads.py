@@ -241,25 +241,27 @@ class Uploader:
             )
         return declared if declared is not None else content_length
 
-    async def _size_cap(self, image: Image, expected_size: int | None) -> tuple[int, str | None]:
+    async def _size_cap(
+        self, image: Image, expected_size: int | None, size_limit: str
+    ) -> tuple[int, str | None]:
         """
         The most this upload may write, and what a body past it is told:
-        C{image_size_cap}, or less when the owner's C{image_size_total}
-        leaves less (refused at once when the declared size does not fit).
+        C{image_size_cap}, or less when the owner's C{size_limit} leaves
+        less (refused at once when the declared size does not fit).
         """
         if self.limiter is None:
             return self.size_cap, None
-        allowance = await self.limiter.upload_allowance(image.owner)
-        if allowance is None or allowance >= self.size_cap:
+        allowance = await self.limiter.upload_allowance(image.owner, size_limit)
+        if allowance is None or allowance.remaining >= self.size_cap:
             return self.size_cap, None
         message = (
             f"Image data exceeds what is left of project {image.owner}'s "
-            f"image_size_total limit of {self.limiter.limits.image_size_total} MiB "
-            f"({allowance} bytes)"
+            f"{allowance.name} limit of {allowance.limit} MiB "
+            f"({allowance.remaining} bytes)"
         )
-        if expected_size is not None and expected_size > allowance:
+        if expected_size is not None and expected_size > allowance.remaining:
             raise RequestEntityTooLarge(message)
-        return allowance, message
+        return allowance.remaining, message
 
     async def start(
         self,
@@ -275,6 +277,7 @@ class Uploader:
         record: Record = becomes_active,
         key: str | None = None,
         stages: Sequence[IUploadStage] | None = None,
+        size_limit: str = "image_size_total",
     ) -> Upload:
         """
         Move C{image} from C{queued} to C{saving} (or C{working_status};
@@ -282,7 +285,9 @@ class Uploader:
         chosen store, under C{key} (by default the image id). With
         C{expected_version}, only if the record is still at that version.
         C{record} says what the finished upload records; C{stages}, what
-        the bytes pass through (by default L{stages}).
+        the bytes pass through (by default L{stages}); C{size_limit}, the
+        project limit its bytes count against (C{image_stage_total} for a
+        stage).
 
         @raise Conflict: the image is not queued (already has data, or
             another upload has started).
@@ -296,7 +301,7 @@ class Uploader:
                 f"Image {image.id} is {image.status}; data can only be uploaded "
                 "to a queued image"
             )
-        size_cap, cap_message = await self._size_cap(image, expected_size)
+        size_cap, cap_message = await self._size_cap(image, expected_size, size_limit)
         base = changes or ImageUpdate()
         working = attrs.evolve(base, fields={**base.fields, "status": working_status})
         self.slots.take()

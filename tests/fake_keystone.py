@@ -2,7 +2,8 @@
 An in-memory Keystone v3, enough of it for token validation: a Klein app
 (served through treq's StubTreq, no socket) that issues password tokens,
 validates them for a service token holding the C{service} or C{admin}
-role, and forgets revoked and expired ones (404, as Keystone answers). It
+role, and forgets revoked and expired ones (404, as Keystone answers;
+expired ones are still shown with C{?allow_expired=1}, for two days). It
 counts what it was asked, and can be made slow (requests wait on a gate)
 or broken (a status of the test's choosing).
 """
@@ -46,6 +47,18 @@ class FakeKeystone:
     tokens: dict[str, Issued] = field(factory=dict)
     logins: int = 0
     validations: int = 0
+    #: Validations that asked for C{allow_expired}.
+    allow_expired_asked: int = 0
+    #: The catalog and unified limits (C{/v3/services}, C{/v3/endpoints},
+    #: C{/v3/regions}, C{/v3/registered_limits}, C{/v3/limits}): lists of
+    #: Keystone's JSON objects, filtered as Keystone filters them.
+    services: list[dict[str, Any]] = field(factory=list)
+    endpoints: list[dict[str, Any]] = field(factory=list)
+    regions: list[str] = field(factory=list)
+    registered_limits: list[dict[str, Any]] = field(factory=list)
+    limits: list[dict[str, Any]] = field(factory=list)
+    #: Requests to those, by path.
+    reads: list[str] = field(factory=list)
     #: When set, every request waits for it (a slow or hung Keystone).
     gate: Deferred[None] | None = None
     #: When set, every request is answered with this status.
@@ -98,9 +111,13 @@ class FakeKeystone:
             }
         ).encode()
 
-    def _live(self, token: str | None) -> Issued | None:
+    def _live(self, token: str | None, allow_expired: bool = False) -> Issued | None:
         issued = self.tokens.get(token or "")
-        if issued is None or issued.expires <= self.clock.seconds():
+        if issued is None:
+            return None
+        # Keystone's [token] allow_expired_window: two days.
+        window = 2 * 86400 if allow_expired else 0
+        if issued.expires + window <= self.clock.seconds():
             return None
         return issued
 
@@ -143,8 +160,70 @@ class FakeKeystone:
         if service is None or not service.roles & {"service", "admin"}:
             request.setResponseCode(401)
             return b'{"error": {"code": 401}}'
-        subject = self._live(header(b"X-Subject-Token"))
+        self.allow_expired_asked += request.args.get(b"allow_expired") == [b"1"]
+        subject = self._live(
+            header(b"X-Subject-Token"), request.args.get(b"allow_expired") == [b"1"]
+        )
         if subject is None:
             request.setResponseCode(404)
             return b'{"error": {"code": 404}}'
         return self._document(subject)
+
+    async def _as_service(self, request: IRequest) -> bool:
+        self.reads.append(request.path.decode())
+        if not await self._wait(request):
+            return False
+        tokens = request.requestHeaders.getRawHeaders(b"X-Auth-Token") or [b""]
+        if self._live(tokens[0].decode()) is None:
+            request.setResponseCode(401)
+            return False
+        return True
+
+    def _filtered(self, request: IRequest, items: list[dict[str, Any]], key: str) -> bytes:
+        args = {k.decode(): v[0].decode() for k, v in request.args.items()}
+        return json.dumps(
+            {key: [i for i in items if all(i.get(k) == v for k, v in args.items())]}
+        ).encode()
+
+    @app.route("/v3/services", methods=["GET"])
+    async def list_services(self, request: IRequest) -> bytes:
+        if not await self._as_service(request):
+            return b"{}"
+        return self._filtered(request, self.services, "services")
+
+    @app.route("/v3/endpoints", methods=["GET"])
+    async def list_endpoints(self, request: IRequest) -> bytes:
+        if not await self._as_service(request):
+            return b"{}"
+        return self._filtered(request, self.endpoints, "endpoints")
+
+    @app.route("/v3/endpoints/<endpoint_id>", methods=["GET"])
+    async def get_endpoint(self, request: IRequest, endpoint_id: str) -> bytes:
+        if not await self._as_service(request):
+            return b"{}"
+        for endpoint in self.endpoints:
+            if endpoint["id"] == endpoint_id:
+                return json.dumps({"endpoint": endpoint}).encode()
+        request.setResponseCode(404)
+        return b'{"error": {"code": 404}}'
+
+    @app.route("/v3/regions/<region_id>", methods=["GET"])
+    async def get_region(self, request: IRequest, region_id: str) -> bytes:
+        if not await self._as_service(request):
+            return b"{}"
+        if region_id in self.regions:
+            return json.dumps({"region": {"id": region_id}}).encode()
+        request.setResponseCode(404)
+        return b'{"error": {"code": 404}}'
+
+    @app.route("/v3/registered_limits", methods=["GET"])
+    async def list_registered_limits(self, request: IRequest) -> bytes:
+        if not await self._as_service(request):
+            return b"{}"
+        return self._filtered(request, self.registered_limits, "registered_limits")
+
+    @app.route("/v3/limits", methods=["GET"])
+    async def list_limits(self, request: IRequest) -> bytes:
+        if not await self._as_service(request):
+            return b"{}"
+        return self._filtered(request, self.limits, "limits")

@@ -210,7 +210,11 @@ class AuthOptionsTests(SynchronousTestCase):
         )
         self.assertEqual((keystone.token_cache_time, keystone.http_connect_timeout), (300, 5))
         self.assertEqual(keystone.cafile, "/etc/ca.pem")
+        self.assertFalse(keystone.insecure)
         self.assertNotIn("s3cret", repr(config))
+        insecure = self.load(self.KEYSTONE + "insecure = true\n").keystone
+        assert insecure is not None
+        self.assertTrue(insecure.insecure)
 
     def test_www_authenticate_uri_defaults(self) -> None:
         """Without www_authenticate_uri (or the older auth_uri): auth_url."""
@@ -227,6 +231,20 @@ class AuthOptionsTests(SynchronousTestCase):
             keystone = self.load(self.KEYSTONE + f"token_cache_time = {raw}\n").keystone
             assert keystone is not None
             self.assertEqual(keystone.token_cache_time, expected)
+
+    def test_service_token_options(self) -> None:
+        """service_token_roles (a list, default service) and _required (default true)."""
+        keystone = self.load(self.KEYSTONE).keystone
+        assert keystone is not None
+        self.assertEqual(keystone.service_token_roles, frozenset({"service"}))
+        self.assertTrue(keystone.service_token_roles_required)
+        keystone = self.load(
+            self.KEYSTONE + "service_token_roles = Service, nova\n"
+            "service_token_roles_required = false\n"
+        ).keystone
+        assert keystone is not None
+        self.assertEqual(keystone.service_token_roles, frozenset({"service", "nova"}))
+        self.assertFalse(keystone.service_token_roles_required)
 
     def test_refused(self) -> None:
         """Unknown strategies, missing options and other auth types are refused by name."""

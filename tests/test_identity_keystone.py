@@ -273,6 +273,84 @@ class ServiceTokenTests(KeystoneHarness):
         self.unavailable(self.token_request(self.member_token()))
 
 
+class XServiceTokenTests(KeystoneHarness):
+    """An X-Service-Token beside the user's, as keystonemiddleware 13 treats it."""
+
+    config_overrides = {"token_cache_time": 300}
+
+    def nova_token(self, roles: Iterable[str] = ("service",)) -> str:
+        return self.keystone.issue("u-nova", "p-service", roles)
+
+    def test_service_identity_exposed(self) -> None:
+        """
+        A valid service token with the service role: the user acts as
+        themselves, and the context names the service (X-Service-* as
+        keystonemiddleware sets them, oslo.context's service_* names).
+        """
+        context = self.successResultOf(self.start(self.token_request(
+            self.member_token(), **{"X-Service-Token": self.nova_token()})))
+        self.assertEqual((context.project_id, context.user_id), ("p-one", "u-one"))
+        self.assertEqual(context.roles, frozenset({"member", "reader"}))
+        self.assertEqual(
+            (context.service_user_id, context.service_project_id, context.service_roles),
+            ("u-nova", "p-service", frozenset({"service"})),
+        )
+        plain = self.successResultOf(self.start(self.token_request(self.member_token())))
+        self.assertIsNone(plain.service_user_id)
+
+    def test_expired_user_token_allowed(self) -> None:
+        """
+        An expired user token with a valid service token (service role) is
+        accepted (Keystone asked with allow_expired=1); without the service
+        token, or with a service token lacking the role, it is a 401.
+        """
+        expired = self.member_token(lifetime=10)
+        self.clock.advance(11)
+        self.refusal(self.token_request(expired))
+        context = self.successResultOf(self.start(self.token_request(
+            expired, **{"X-Service-Token": self.nova_token()})))
+        self.assertEqual(context.project_id, "p-one")
+        self.assertEqual(self.keystone.allow_expired_asked, 1)
+        # Remembered apart: a plain request with it is still refused.
+        self.refusal(self.token_request(expired))
+
+    def test_invalid_service_token(self) -> None:
+        """A service token Keystone does not honour is a 401 naming X-Service-Token."""
+        error = self.refusal(self.token_request(
+            self.member_token(), **{"X-Service-Token": "gAAAAunknown"}))
+        self.assertIn("X-Service-Token", error.message)
+        error = self.refusal(self.token_request(
+            self.member_token(), **{"X-Service-Token": "not a token"}))
+        self.assertIn("X-Service-Token header is malformed", error.message)
+
+    def test_roles_required(self) -> None:
+        """
+        service_token_roles_required (the default): a user's token sent as
+        the service token is a 401; with it off, the request goes through
+        as the user, but an expired user token is still refused.
+        """
+        user_as_service = self.keystone.issue("u-two", "p-two", ["member"])
+        error = self.refusal(self.token_request(
+            self.member_token(), **{"X-Service-Token": user_as_service}))
+        self.assertIn("service_token_roles", error.message)
+        self.resolver = keystone_identity(
+            self.clock,
+            self.keystone.config(service_token_roles_required=False,
+                                 service_token_roles=frozenset({"nova"})),
+            self.stub,
+        )
+        context = self.successResultOf(self.start(self.token_request(
+            self.member_token(), **{"X-Service-Token": user_as_service})))
+        self.assertEqual(context.service_user_id, "u-two")
+        expired = self.member_token(lifetime=10)
+        self.clock.advance(11)
+        self.refusal(self.token_request(expired, **{"X-Service-Token": self.nova_token()}))
+        nova_role = self.nova_token(roles=["nova"])
+        context = self.successResultOf(self.start(self.token_request(
+            expired, **{"X-Service-Token": nova_role})))
+        self.assertEqual(context.user_id, "u-one")
+
+
 class UnavailableTests(KeystoneHarness):
     def test_slow(self) -> None:
         """A Keystone that does not answer: 503 after http_connect_timeout, not a hang."""

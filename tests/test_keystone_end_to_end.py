@@ -170,6 +170,59 @@ class KeystoneEndToEndTests(TestCase):
         self.assertEqual(response.code, 204)
         self.assertEqual((await self.call("GET", "/v2/images", alpha))[0], 401)
 
+    async def test_service_token(self) -> None:
+        """
+        X-Service-Token as keystonemiddleware 13: a user token that has
+        expired (an application credential's, which expires with it) is
+        refused alone and accepted beside the service user's token (service
+        role: Keystone asked with allow_expired); a bad service token, or a
+        member's sent as one, is a 401 even beside a valid user token.
+        """
+        from datetime import UTC, datetime, timedelta
+
+        from twisted.internet.task import deferLater
+
+        from tests.keystone_server import SERVICE_USER
+
+        alpha, _ = await self.token("alpha-member")
+        service, _ = await self.token(SERVICE_USER)
+        response = await self.treq.get(
+            self.keystone.url + "/v3/auth/tokens",
+            headers={"X-Auth-Token": [alpha], "X-Subject-Token": [alpha]},
+        )
+        user_id = (await response.json())["token"]["user"]["id"]
+        expires = datetime.now(UTC) + timedelta(seconds=3)
+        response = await self.treq.post(
+            f"{self.keystone.url}/v3/users/{user_id}/application_credentials",
+            data=json.dumps({"application_credential": {
+                "name": f"short-{time.time()}",
+                "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%S")}}).encode(),
+            headers={"X-Auth-Token": [alpha], "Content-Type": ["application/json"]},
+        )
+        self.assertEqual(response.code, 201, await response.text())
+        credential = (await response.json())["application_credential"]
+        response = await self.treq.post(
+            self.keystone.url + "/v3/auth/tokens",
+            data=json.dumps({"auth": {"identity": {
+                "methods": ["application_credential"],
+                "application_credential": {"id": credential["id"],
+                                           "secret": credential["secret"]}}}}).encode(),
+            headers={"Content-Type": ["application/json"]},
+        )
+        self.assertEqual(response.code, 201, await response.text())
+        short = response.headers.getRawHeaders("X-Subject-Token")[0]
+        self.assertEqual((await self.call("GET", "/v2/images", short))[0], 200)
+        await deferLater(reactor, 4.5, lambda: None)
+        self.assertEqual((await self.call("GET", "/v2/images", short))[0], 401)
+        code, _, body = await self.call(
+            "GET", "/v2/images", short, **{"X-Service-Token": service})
+        self.assertEqual(code, 200, body)
+        code, _, _ = await self.call(
+            "GET", "/v2/images", alpha, **{"X-Service-Token": "gAAAAAnotatoken"})
+        self.assertEqual(code, 401)
+        code, _, _ = await self.call("GET", "/v2/images", alpha, **{"X-Service-Token": alpha})
+        self.assertEqual(code, 401)
+
     async def test_keystone_down(self) -> None:
         """
         Keystone unreachable: 503 with Retry-After at once, not a 401 nor a

@@ -132,6 +132,27 @@ class SizeTests(LimitsSite):
         self.assertEqual(self.upload(self.created(BOB), b"x", BOB).code, 204)
 
 
+class StageTests(LimitsSite):
+    limits = ProjectLimits(image_stage_total=1, image_size_total=100)
+
+    def stage(self, image_id: str, data: bytes) -> Answer:
+        return self.request("PUT", f"/v2/images/{image_id}/stage", {**ALICE, **OCTET}, data)
+
+    def test_image_stage_total(self) -> None:
+        """
+        A stage counts against image_stage_total (as Glance's stage does),
+        not image_size_total: staged data past what is left is a 413 and
+        the image stays queued; a plain upload of the same size still fits.
+        """
+        first = self.created()
+        self.assertEqual(self.stage(first, b"x" * (700 * 1024)).code, 204)
+        self.assertEqual(self.status(first), "uploading")
+        second = self.created()
+        self.assertLimit(self.stage(second, b"x" * (400 * 1024)), "image_stage_total")
+        self.assertEqual(self.status(second), "queued")
+        self.assertEqual(self.upload(second, b"x" * (400 * 1024)).code, 204)
+
+
 class UsageTests(LimitsSite):
     limits = ProjectLimits(image_size_total=10, image_count_total=5)
 
@@ -181,7 +202,13 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.project_limits, ProjectLimits(1024, 0, 100, 2))
 
     def test_refused(self) -> None:
-        """An unknown name, a value under -1 and use_keystone_limits = true stop the start."""
+        """
+        An unknown name, a value under -1, and use_keystone_limits = true
+        without [oslo_limit] (tests.test_keystone_limits) stop the start.
+        """
         self.assertRaises(ConfigError, self.load, "[project_limits]\nimage_size = 1\n")
         self.assertRaises(ConfigError, self.load, "[project_limits]\nimage_count_total = -2\n")
-        self.assertRaises(ConfigError, self.load, "[DEFAULT]\nuse_keystone_limits = true\n")
+        error = self.assertRaises(
+            ConfigError, self.load, "[DEFAULT]\nuse_keystone_limits = true\n"
+        )
+        self.assertIn("[oslo_limit]", str(error))

@@ -24,7 +24,14 @@ from glance_tx.store.http import make_http_store
 from glance_tx.store.interface import IStore
 from glance_tx.store.s3 import make_s3_store
 from glance_tx.store.swift import SwiftStore, make_swift_store
-from glance_tx.store.tls import HTTP_TLS, SWIFT_TLS, Unverified, load_tls_policy
+from glance_tx.store.tls import (
+    HTTP_TLS,
+    KEYSTONE_TLS,
+    SWIFT_TLS,
+    ClientCertificatePolicy,
+    Unverified,
+    load_tls_policy,
+)
 from glance_tx.threads import SynchronousRunner
 from tests.s3_server import s3_server
 from tests.store_conformance import FakeConsumer
@@ -89,6 +96,29 @@ class LoadPolicyTests(TestCase):
             with self.assertRaises(ConfigError) as e:
                 await self.load(https_ca_certificates_file=path)
             self.assertIn("PEM", str(e.exception))
+
+    async def test_client_certificate(self) -> None:
+        """
+        KEYSTONE_TLS's certfile/keyfile: a certificate without its key, or
+        an unreadable key, is a ConfigError naming the options; cert and
+        key (one file) make a policy, with or without the no-check switch.
+        """
+        ca = certificate_authority()
+        cert_only = self.mktemp()
+        with open(cert_only, "wb") as f:
+            f.write(ca.ca_pem)
+        for options in ({"certfile": cert_only},
+                        {"certfile": ca.write_client(self), "keyfile": "/nonexistent/key"}):
+            with self.assertRaises(ConfigError) as e:
+                await load_tls_policy(options, KEYSTONE_TLS, SynchronousRunner())
+            self.assertIn("certfile" if "keyfile" not in options else "keyfile",
+                          str(e.exception))
+        both = ca.write_client(self)
+        policy = await load_tls_policy({"certfile": both}, KEYSTONE_TLS, SynchronousRunner())
+        self.assertIsInstance(policy, ClientCertificatePolicy)
+        policy = await load_tls_policy({"certfile": both, "insecure": "true"}, KEYSTONE_TLS,
+                                       SynchronousRunner())
+        self.assertIsInstance(policy, Unverified)
 
     async def test_bad_switch(self) -> None:
         with self.assertRaises(ConfigError) as e:

@@ -223,7 +223,7 @@ class ServiceTreeTests(SynchronousTestCase):
             [child.name for child in top],
             [
                 "threads", "registry", "node", "stores", "recovery",
-                "leases", "identity", "scrubber", "policy", "listener",
+                "leases", "identity", "scrubber", "policy", "limits", "listener",
             ],
         )
         threads = top.getServiceNamed("threads")
@@ -246,7 +246,7 @@ class ServiceTreeTests(SynchronousTestCase):
             [child.name for child in top],
             [
                 "threads", "registry", "node", "stores", "recovery",
-                "leases", "identity", "scrubber", "policy", "purger", "listener",
+                "leases", "identity", "scrubber", "policy", "limits", "purger", "listener",
             ],
         )
         self.assertIsInstance(top.getServiceNamed("purger"), PurgerService)

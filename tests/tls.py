@@ -1,6 +1,6 @@
 """
 TLS for tests: a throwaway CA, a certificate it signs for 127.0.0.1 and
-localhost, and a TLS relay that puts https in front of a plain test server
+localhost (and one for a client), and a TLS relay that puts https in front of a plain test server
 (moto, Swift's proxy) so a store can be tried against a private CA.
 """
 
@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet.ssl import PrivateCertificate
+from twisted.internet.ssl import Certificate, PrivateCertificate
 from twisted.protocols.portforward import ProxyFactory
 from twisted.trial.unittest import TestCase
 
@@ -29,6 +29,9 @@ class CertificateAuthority:
 
     ca_pem: bytes
     server_pem: bytes
+    #: A client certificate the CA signed, with its key (for relays that
+    #: require one).
+    client_pem: bytes = b""
 
     def write(self, case: TestCase) -> str:
         """The CA certificate in a file of C{case}'s, for a C{*_cacert} option."""
@@ -37,9 +40,23 @@ class CertificateAuthority:
             f.write(self.ca_pem)
         return path
 
-    def server_options(self) -> Any:
-        """Context options for a server presenting the signed certificate."""
-        return PrivateCertificate.loadPEM(self.server_pem).options()
+    def server_options(self, require_client: bool = False) -> Any:
+        """
+        Context options for a server presenting the signed certificate;
+        with C{require_client}, refusing clients without a certificate the
+        CA signed.
+        """
+        server = PrivateCertificate.loadPEM(self.server_pem)
+        if not require_client:
+            return server.options()
+        return server.options(Certificate.loadPEM(self.ca_pem))
+
+    def write_client(self, case: TestCase) -> str:
+        """The client certificate and its key in one file of C{case}'s."""
+        path = case.mktemp()
+        with open(path, "wb") as f:
+            f.write(self.client_pem)
+        return path
 
 
 def _name(common: str) -> x509.Name:
@@ -80,24 +97,48 @@ def certificate_authority(label: str = "glance-tx test CA") -> CertificateAuthor
         )
         .sign(ca_key, hashes.SHA256())
     )
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("glance-tx test client"))
+        .issuer_name(ca_cert.subject)
+        .public_key(client_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .sign(ca_key, hashes.SHA256())
+    )
     pem = serialization.Encoding.PEM
+
+    def with_key(certificate: x509.Certificate, private: ec.EllipticCurvePrivateKey) -> bytes:
+        return certificate.public_bytes(pem) + private.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
     return CertificateAuthority(
         ca_pem=ca_cert.public_bytes(pem),
-        server_pem=cert.public_bytes(pem)
-        + key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
+        server_pem=with_key(cert, key),
+        client_pem=with_key(client_cert, client_key),
     )
 
 
-def tls_relay(case: TestCase, reactor: Any, target: str, ca: CertificateAuthority) -> int:
+def tls_relay(
+    case: TestCase,
+    reactor: Any,
+    target: str,
+    ca: CertificateAuthority,
+    require_client: bool = False,
+) -> int:
     """
     Listen with TLS on a free 127.0.0.1 port, relaying each connection to
-    C{target} (C{host:port}, plain TCP); the port, closed at cleanup.
+    C{target} (C{host:port}, plain TCP); the port, closed at cleanup. With
+    C{require_client}, only clients presenting a certificate C{ca} signed
+    get through.
     """
     host, port = target.rsplit(":", 1)
     listening = reactor.listenSSL(
-        0, ProxyFactory(host, int(port)), ca.server_options(), interface="127.0.0.1"
+        0, ProxyFactory(host, int(port)), ca.server_options(require_client),
+        interface="127.0.0.1",
     )
     case.addCleanup(listening.stopListening)
     return int(listening.getHost().port)

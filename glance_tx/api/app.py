@@ -24,7 +24,7 @@ from glance_tx.leases import UploadLeases
 from glance_tx.metadefs.api import MetadefsAPI, MetadefsMount
 from glance_tx.metadefs.interface import IMetadefRegistry
 from glance_tx.policy import Policy
-from glance_tx.project_limits import ProjectLimiter
+from glance_tx.project_limits import FixedLimits, ILimitSource, ProjectLimiter
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.quotas import QuotaRegistry
 from glance_tx.store.backends import StoreMap
@@ -54,6 +54,7 @@ def build_site(
     hashing_algorithm: str = "sha512",
     policy: Policy | None = None,
     project_limits: ProjectLimits | None = None,
+    limit_source: ILimitSource | None = None,
     client_limits: ClientLimits | None = None,
     max_concurrent_uploads: int | None = None,
     import_methods: tuple[str, ...] = IMPORT_METHODS,
@@ -68,7 +69,9 @@ def build_site(
     (by default Glance's rules); v1 and v2 share it. web-download URLs are
     read by C{web_download}, by default the enabled HTTP store (its guard),
     if any. Metadata definitions are kept in C{metadefs}, by default the
-    registry if it keeps them too.
+    registry if it keeps them too. Each project's limits come from
+    C{limit_source} (Keystone's unified limits), by default
+    C{project_limits} for all.
     """
     policy = policy or Policy()
     if metadefs is None and IMetadefRegistry.providedBy(registry):
@@ -77,7 +80,9 @@ def build_site(
     image_format = image_format or ImageFormatConfig()
     # Every change the APIs make passes the per-image quotas, and every
     # create and upload the per-project limits.
-    limiter = ProjectLimiter(registry, project_limits or ProjectLimits())
+    limiter = ProjectLimiter(
+        registry, limit_source or FixedLimits(project_limits or ProjectLimits())
+    )
     registry = cast(IRegistry, QuotaRegistry(registry, quotas or ImageQuotas(), limiter))
     if identity is None:
         identity = HeaderIdentity(default_project)

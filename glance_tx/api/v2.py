@@ -81,7 +81,7 @@ from glance_tx.imports import (
     staging_key,
 )
 from glance_tx.locations import LocationEdit
-from glance_tx.project_limits import ProjectLimiter
+from glance_tx.project_limits import FixedLimits, ProjectLimiter
 from glance_tx.store.http import shown_url
 from glance_tx.uploads import Upload
 
@@ -232,7 +232,9 @@ class V2API(ImagesAPI):
     show_image_direct_url: bool = False
     #: The per-project limits C{/v2/info/usage} reports (by default none).
     limiter: ProjectLimiter = field(
-        default=Factory(lambda self: ProjectLimiter(self.registry, ProjectLimits()), takes_self=True)
+        default=Factory(
+            lambda self: ProjectLimiter(self.registry, FixedLimits(ProjectLimits())), takes_self=True
+        )
     )
     #: Runs interoperable imports; None serves none.
     importer: Importer | None = None
@@ -552,6 +554,7 @@ class V2API(ImagesAPI):
                 record=staged_record,
                 key=staging_key(image.id),
                 stages=(),
+                size_limit="image_stage_total",
             )
 
         return await self._change_image(request, image_id, start)

@@ -1,15 +1,18 @@
 """
-The two Keystone v3 calls token validation needs, on treq.
+Keystone v3 as a service user, on treq: token validation
+(C{[keystone_authtoken]}) and reading unified limits (C{[oslo_limit]},
+L{glance_tx.keystone_limits}).
 
-  - The service's own token: C{POST /v3/auth/tokens} with the
-    C{[keystone_authtoken]} user's password, scoped to its project; kept
+  - The service's own token: a login (L{glance_tx.keystone_auth}) with the
+    section's credentials, scoped to its project (or the system); kept
     until a minute before it expires, then renewed by the first request
     that needs it (concurrent ones wait for that one login).
   - A caller's token: C{GET /v3/auth/tokens} with the service token as
     C{X-Auth-Token} and the caller's as C{X-Subject-Token}. 200 is a valid
     token; 404 is one Keystone does not know or no longer honours: expired,
     revoked, malformed. A 401 is about the service token (revoked early):
-    log in again and ask once more.
+    log in again and ask once more (so for any other C{GET} as the
+    service, L{KeystoneClient.get_json}).
 
 Every call is bounded by C{http_connect_timeout} on the injected clock: a
 Keystone that does not answer is L{KeystoneUnavailable} within that time,
@@ -20,8 +23,8 @@ No message carries a token or the password.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from attrs import define, field, frozen
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
@@ -29,13 +32,20 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from glance_tx.config import KeystoneConfig
+from glance_tx.keystone_auth import (
+    LoginFailed,
+    LoginRefused,
+    PasswordCredentials,
+    log_in,
+    timestamp,
+    v3_url,
+)
 from glance_tx.once import Once, run_once
 from glance_tx.store.describe import describe
 
-# The Swift store's Keystone login already builds the password-auth body.
-from glance_tx.store.swift_client import KeystoneV3Auth
-
 log = Logger()
+
+T = TypeVar("T")
 
 #: Renew the service token this long before it expires.
 EXPIRE_SOON = 60.0
@@ -47,6 +57,14 @@ class InvalidToken(Exception):
 
 class KeystoneUnavailable(Exception):
     """Keystone could not be asked: unreachable, too slow, or refusing us."""
+
+
+class UnexpectedAnswer(KeystoneUnavailable):
+    """Keystone answered a C{GET} with C{code}, not 200."""
+
+    def __init__(self, code: int, path: str) -> None:
+        super().__init__(f"Keystone answered {code} to GET {path}")
+        self.code = code
 
 
 @frozen
@@ -70,7 +88,7 @@ def token_info(document: Any) -> TokenInfo:
     """The L{TokenInfo} of a C{{"token": ...}} document Keystone sent."""
     try:
         token = document["token"]
-        expires = _timestamp(token["expires_at"])
+        expires = timestamp(token["expires_at"])
         roles = frozenset(
             str(role["name"]).lower() for role in token.get("roles") or [] if role.get("name")
         )
@@ -83,59 +101,111 @@ def token_info(document: Any) -> TokenInfo:
     )
 
 
-def _timestamp(value: str) -> float:
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)  # Keystone's times are UTC
-    return moment.timestamp()
-
-
 @define
 class KeystoneClient:
     """
-    Validates tokens as the C{config}'s service user through C{http} (a
-    treq C{HTTPClient}); C{clock} tells the time (epoch seconds, as the
-    reactor's) and bounds every call.
+    Asks Keystone as a service user (C{credentials}, logged in at
+    C{auth_url}) through C{http} (a treq C{HTTPClient}); C{clock} tells
+    the time (epoch seconds, as the reactor's) and bounds every call to
+    C{timeout} seconds. C{section} names the credentials' config section
+    in log lines.
     """
 
     http: Any
     clock: IReactorTime
-    config: KeystoneConfig
+    auth_url: str
+    credentials: PasswordCredentials
+    timeout: float = 5.0
+    section: str = "keystone_authtoken"
     _service: _ServiceToken | None = field(default=None, init=False)
     _login: Once[_ServiceToken] | None = field(default=None, init=False)
 
-    async def validate(self, token: str) -> TokenInfo:
+    @classmethod
+    def for_authtoken(cls, http: Any, clock: IReactorTime, config: KeystoneConfig) -> KeystoneClient:
+        """The client of C{[keystone_authtoken]}'s service user."""
+        return cls(
+            http=http,
+            clock=clock,
+            auth_url=config.auth_url,
+            credentials=PasswordCredentials(
+                user=config.username,
+                password=config.password,
+                project=config.project_name,
+                user_domain_name=config.user_domain_name,
+                project_domain_name=config.project_domain_name,
+            ),
+            timeout=config.http_connect_timeout,
+        )
+
+    async def validate(self, token: str, allow_expired: bool = False) -> TokenInfo:
         """
-        What Keystone says of C{token}.
+        What Keystone says of C{token}; with C{allow_expired}, of a token
+        that expired too (Keystone's C{?allow_expired=1}, honoured within
+        its C{allow_expired_window}: asked only for a caller that came with
+        a valid service token).
 
         @raise InvalidToken: Keystone does not honour it.
         @raise KeystoneUnavailable: Keystone could not be asked.
         """
+        code, body = await self.as_service(
+            "/auth/tokens",
+            headers={"X-Subject-Token": [token]},
+            params={"allow_expired": "1"} if allow_expired else None,
+        )
+        if code == 200:
+            try:
+                return token_info(json.loads(body))
+            except ValueError:
+                raise KeystoneUnavailable("Keystone sent a token that is not JSON") from None
+        if code == 404:
+            raise InvalidToken("The token is expired, revoked or unknown")
+        log.warn("Keystone answered {code} to a token validation", code=code)
+        raise KeystoneUnavailable(f"Keystone answered {code} to a token validation")
+
+    async def get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
+        """
+        C{GET <v3>path} as the service: the JSON document of a 200.
+
+        @raise UnexpectedAnswer: any other answer.
+        @raise KeystoneUnavailable: no answer in time.
+        """
+        code, body = await self.as_service(path, params=params)
+        if code != 200:
+            raise UnexpectedAnswer(code, path)
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise KeystoneUnavailable(f"Keystone's answer to GET {path} is not JSON") from None
+
+    async def as_service(
+        self,
+        path: str,
+        headers: dict[str, list[str]] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """
+        C{GET <v3>path} with the service token: status and body. A 401 is
+        about the service token (revoked early): log in again and ask
+        once more; a second 401 is L{KeystoneUnavailable}.
+        """
         for attempt in range(2):
             service = await self._service_token()
-            code, body = await self._call(
+            code, body, _ = await self._exchange(
                 "GET",
-                "/auth/tokens",
-                headers={"X-Auth-Token": [service.token], "X-Subject-Token": [token]},
+                path,
+                headers={**(headers or {}), "X-Auth-Token": [service.token]},
+                params=params,
             )
-            if code == 200:
-                try:
-                    return token_info(json.loads(body))
-                except ValueError:
-                    raise KeystoneUnavailable("Keystone sent a token that is not JSON") from None
-            if code == 404:
-                raise InvalidToken("The token is expired, revoked or unknown")
-            if code == 401 and attempt == 0:
+            if code != 401:
+                return code, body
+            if attempt == 0:
                 # Our token (or theirs): drop ours, log in again, ask once more.
                 if self._service is service:
                     self._service = None
                 continue
-            if code == 401:
-                log.error("Keystone refused glance-tx's fresh service token")
-                raise KeystoneUnavailable("Keystone refused the service's token")
-            log.warn("Keystone answered {code} to a token validation", code=code)
-            raise KeystoneUnavailable(f"Keystone answered {code} to a token validation")
-        raise AssertionError("unreachable")
+        log.error("Keystone refused glance-tx's fresh service token ([{section}])",
+                  section=self.section)
+        raise KeystoneUnavailable("Keystone refused the service's token")
 
     async def _service_token(self) -> _ServiceToken:
         service = self._service
@@ -155,58 +225,48 @@ class KeystoneClient:
             self._service = result
 
     async def _log_in(self) -> _ServiceToken:
-        config = self.config
-        body = KeystoneV3Auth(
-            auth_address=config.v3_url,
-            user=config.username,
-            key=config.password,
-            project=config.project_name,
-            user_domain_name=config.user_domain_name,
-            project_domain_name=config.project_domain_name,
-        ).request_body()
-        code, answer, headers = await self._exchange(
-            "POST",
-            "/auth/tokens",
-            headers={"Content-Type": ["application/json"]},
-            data=json.dumps(body).encode("utf-8"),
-        )
-        if code in (401, 403):
-            log.error(
-                "Keystone refused glance-tx's service user {user} ([keystone_authtoken])",
-                user=config.username,
-            )
-            raise KeystoneUnavailable("Keystone refused the service's credentials")
-        if code != 201 and code != 200:
-            raise KeystoneUnavailable(f"Keystone answered {code} to the service's login")
-        tokens = headers.getRawHeaders("X-Subject-Token")
-        if not tokens:
-            raise KeystoneUnavailable("Keystone sent no X-Subject-Token")
         try:
-            expires = token_info(json.loads(answer)).expires
-        except ValueError:
-            raise KeystoneUnavailable("Keystone sent a token that is not JSON") from None
-        return _ServiceToken(tokens[0], expires)
-
-    async def _call(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
-        code, body, _ = await self._exchange(method, path, **kwargs)
-        return code, body
+            login = await self._bounded(
+                lambda: log_in(self.http, self.auth_url, self.credentials)
+            )
+        except LoginRefused:
+            log.error(
+                "Keystone refused glance-tx's service user {user} ([{section}])",
+                user=self.credentials.user or self.credentials.application_credential_id,
+                section=self.section,
+            )
+            raise KeystoneUnavailable("Keystone refused the service's credentials") from None
+        except LoginFailed as e:
+            raise KeystoneUnavailable(str(e)) from None
+        expires = login.expires
+        if expires is None:
+            raise KeystoneUnavailable("Keystone sent a token with no expiry")
+        return _ServiceToken(login.token, expires)
 
     async def _exchange(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, Any]:
         """One bounded request: status, body and headers, or KeystoneUnavailable."""
         async def exchange() -> tuple[int, bytes, Any]:
-            response = await self.http.request(method, self.config.v3_url + path, **kwargs)
+            response = await self.http.request(method, v3_url(self.auth_url) + path, **kwargs)
             body = await response.content()
             return response.code, body, response.headers
 
-        d = Deferred.fromCoroutine(exchange())
-        d.addTimeout(self.config.http_connect_timeout, self.clock)
+        return await self._bounded(exchange)
+
+    async def _bounded(self, call: Callable[[], Awaitable[T]]) -> T:
+        """C{call()}, given up after C{timeout} seconds: KeystoneUnavailable."""
+        d = Deferred.fromCoroutine(_awaited(call))
+        d.addTimeout(self.timeout, self.clock)
         try:
             return await d
         except (TimeoutError, CancelledError):
             raise KeystoneUnavailable(
-                f"Keystone did not answer within {self.config.http_connect_timeout:g} s"
+                f"Keystone did not answer within {self.timeout:g} s"
             ) from None
-        except KeystoneUnavailable:
+        except (KeystoneUnavailable, LoginFailed):
             raise
         except Exception as e:
             raise KeystoneUnavailable(f"Keystone could not be reached: {describe(e)}") from None
+
+
+async def _awaited(call: Callable[[], Awaitable[T]]) -> T:
+    return await call()

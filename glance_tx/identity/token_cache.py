@@ -54,8 +54,17 @@ class TokenCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get(self, token: str, validate: Callable[[str], Awaitable[TokenInfo]]) -> TokenInfo:
-        key = token_key(token)
+    async def get(
+        self,
+        token: str,
+        validate: Callable[[str], Awaitable[TokenInfo]],
+        allow_expired: bool = False,
+    ) -> TokenInfo:
+        """
+        With C{allow_expired} (C{validate} asks Keystone so), an expired
+        token's info is accepted and remembered apart, for C{ttl} only.
+        """
+        key = token_key(token) + ("+expired" if allow_expired else "")
         now = self.clock.seconds()
         entry = self._entries.get(key)
         if entry is not None:
@@ -68,24 +77,29 @@ class TokenCache:
             del self._entries[key]
         pending = self._pending.get(key)
         if pending is None:
-            pending = run_once(self._validate(key, token, validate))
+            pending = run_once(self._validate(key, token, validate, allow_expired))
             if not pending.done:  # (an in-memory Keystone answers at once)
                 self._pending[key] = pending
         return await pending.observe()
 
     async def _validate(
-        self, key: str, token: str, validate: Callable[[str], Awaitable[TokenInfo]]
+        self,
+        key: str,
+        token: str,
+        validate: Callable[[str], Awaitable[TokenInfo]],
+        allow_expired: bool,
     ) -> TokenInfo:
         try:
             info = await validate(token)
-            if info.expires <= self.clock.seconds():
+            if not allow_expired and info.expires <= self.clock.seconds():
                 raise InvalidToken("The token has expired")
         except InvalidToken as refusal:
             self._remember(key, self.clock.seconds() + self.ttl, refusal)
             raise
         finally:
             self._pending.pop(key, None)
-        self._remember(key, min(info.expires, self.clock.seconds() + self.ttl), info)
+        until = self.clock.seconds() + self.ttl
+        self._remember(key, until if allow_expired else min(info.expires, until), info)
         return info
 
     def _remember(self, key: str, until: float, outcome: TokenInfo | InvalidToken) -> None:

@@ -48,7 +48,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool, ResponseNeverReceived, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from zope.interface import implementer
 
 from glance_tx.bodies import BytesBody
@@ -81,12 +81,14 @@ def registry_http_client(
     connect_timeout: float,
     persistent: int = 8,
     ca_certificate: bytes | None = None,
+    tls_policy: IPolicyForHTTPS | None = None,
 ) -> tuple[IAgent, HTTPConnectionPool]:
     """
-    An agent for one registry with a persistent connection pool, and the
-    pool (for C{closeCachedConnections} at shutdown). For C{https}
-    registries, C{ca_certificate} (PEM) is the only authority trusted;
-    without it, the system's are.
+    An agent for one registry (or another internal peer: Keystone) with a
+    persistent connection pool, and the pool (for C{closeCachedConnections}
+    at shutdown). For C{https} peers, C{ca_certificate} (PEM) is the only
+    authority trusted, or C{tls_policy} says what is; without either, the
+    system's authorities are.
 
     A bare L{Agent}, not treq: treq's URL handling (hyperlink), cookie jar
     and content decoder, built anew for every request, were a quarter of
@@ -96,7 +98,7 @@ def registry_http_client(
 
     pool = HTTPConnectionPool(reactor)
     pool.maxPersistentPerHost = persistent
-    policy = BrowserLikePolicyForHTTPS()
+    policy: IPolicyForHTTPS = tls_policy or BrowserLikePolicyForHTTPS()
     if ca_certificate is not None:
         from twisted.internet.ssl import Certificate
 

@@ -25,8 +25,8 @@ status; no message carries the key, the token or the storage URL's host.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 from glance_tx.errors import NotFound, StoreError
+from glance_tx.keystone_auth import LoginFailed, PasswordCredentials, log_in
 from glance_tx.store.describe import describe
 from glance_tx.store.fed_body import FedBody
 
@@ -107,7 +108,7 @@ class TempAuth:
 @frozen
 class KeystoneV3Auth:
     """
-    Keystone v3: C{POST <auth_address>/auth/tokens} with a password (user
+    Keystone v3: a login (L{glance_tx.keystone_auth}) with a password (user
     and project scope) or an application credential (scoped already), then
     the C{object-store} endpoint of C{interface} (in C{region}, if given)
     from the catalog, unless C{endpoint} overrides it.
@@ -128,67 +129,29 @@ class KeystoneV3Auth:
     service_type: str = "object-store"
     endpoint: str | None = None
 
-    def request_body(self) -> dict[str, Any]:
-        """The JSON document C{POST /v3/auth/tokens} takes."""
-        if self.application_credential_id:
-            return {
-                "auth": {
-                    "identity": {
-                        "methods": ["application_credential"],
-                        "application_credential": {
-                            "id": self.application_credential_id,
-                            "secret": self.application_credential_secret,
-                        },
-                    }
-                }
-            }
-        user: dict[str, Any] = {
-            "name": self.user,
-            "password": self.key,
-            "domain": _domain(self.user_domain_id, self.user_domain_name),
-        }
-        auth: dict[str, Any] = {
-            "identity": {"methods": ["password"], "password": {"user": user}}
-        }
-        if self.project:
-            auth["scope"] = {
-                "project": {
-                    "name": self.project,
-                    "domain": _domain(self.project_domain_id, self.project_domain_name),
-                }
-            }
-        return {"auth": auth}
+    @property
+    def credentials(self) -> PasswordCredentials:
+        return PasswordCredentials(
+            user=self.user,
+            password=self.key,
+            project=self.project,
+            user_domain_id=self.user_domain_id,
+            user_domain_name=self.user_domain_name,
+            project_domain_id=self.project_domain_id,
+            project_domain_name=self.project_domain_name,
+            application_credential_id=self.application_credential_id,
+            application_credential_secret=self.application_credential_secret,
+        )
 
     async def login(self, http: Any, now: float) -> SwiftSession:
-        url = self.auth_address.rstrip("/") + "/auth/tokens"
-        response = await http.request(
-            "POST",
-            url,
-            data=json.dumps(self.request_body()).encode(),
-            headers={"Content-Type": ["application/json"]},
-        )
-        body = await response.content()
-        if response.code in (401, 403):
-            raise AuthError("Keystone refused the credentials")
-        if not 200 <= response.code < 300:
-            raise AuthError(f"Keystone answered {response.code}")
-        token = _header(response, "X-Subject-Token")
         try:
-            document = json.loads(body)["token"]
-        except (ValueError, KeyError, TypeError):
-            raise AuthError("Keystone sent a token document that is not JSON") from None
-        if not token:
-            raise AuthError("Keystone sent no X-Subject-Token")
-        storage_url = self.endpoint or self._endpoint(document.get("catalog") or [])
-        lifetime = DEFAULT_TOKEN_LIFETIME
-        expires_at = document.get("expires_at")
-        if isinstance(expires_at, str):
-            try:
-                expiry = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
-                lifetime = expiry.timestamp() - datetime.now(expiry.tzinfo).timestamp()
-            except ValueError:
-                pass
-        return SwiftSession(storage_url, token, now + lifetime)
+            login = await log_in(http, self.auth_address, self.credentials)
+        except LoginFailed as e:
+            raise AuthError(str(e)) from None
+        storage_url = self.endpoint or self._endpoint(login.document.get("catalog") or [])
+        expires = login.expires
+        lifetime = DEFAULT_TOKEN_LIFETIME if expires is None else expires - time.time()
+        return SwiftSession(storage_url, login.token, now + lifetime)
 
     def _endpoint(self, catalog: Sequence[Mapping[str, Any]]) -> str:
         for service in catalog:
@@ -207,10 +170,6 @@ class KeystoneV3Auth:
             f"the Keystone catalog has no {self.interface} "
             f"{self.service_type} endpoint{where}"
         )
-
-
-def _domain(domain_id: str | None, name: str | None) -> dict[str, str]:
-    return {"name": name} if name else {"id": domain_id or "default"}
 
 
 def _header(response: IResponse, name: str) -> str | None:

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from attrs import frozen
+from attrs import field, frozen
 from OpenSSL import SSL, crypto
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
+    PrivateCertificate,
+    optionsForClientTLS,
     trustRootFromCertificates,
 )
 from twisted.web.client import BrowserLikePolicyForHTTPS
@@ -33,23 +35,38 @@ from zope.interface import implementer
 from glance_tx.config import ConfigError, bool_option
 from glance_tx.threads import BlockingRunner
 
-__all__ = ["HTTP_TLS", "S3_TLS", "SWIFT_TLS", "TLSOptionNames", "load_tls_policy"]
+__all__ = [
+    "HTTP_TLS",
+    "KEYSTONE_TLS",
+    "S3_TLS",
+    "SWIFT_TLS",
+    "TLSOptionNames",
+    "load_tls_policy",
+]
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 
 
 @frozen
 class TLSOptionNames:
-    """A store type's names for its CA bundle and its no-check switch."""
+    """
+    A section's names for its CA bundle and its no-check switch, and (where
+    the section has them) for a client certificate and its key.
+    """
 
     ca_file: str
     insecure: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 #: glance_store has no "insecure" switch for S3 (botocore always checks).
 S3_TLS = TLSOptionNames("s3_store_cacert")
 SWIFT_TLS = TLSOptionNames("swift_store_cacert", "swift_store_auth_insecure")
 HTTP_TLS = TLSOptionNames("https_ca_certificates_file", "https_insecure")
+#: keystoneauth's session options, in C{[keystone_authtoken]} and
+#: C{[oslo_limit]} alike (Keystone clients, not a store: the same rules).
+KEYSTONE_TLS = TLSOptionNames("cafile", "insecure", "certfile", "keyfile")
 
 
 async def load_tls_policy(
@@ -61,18 +78,75 @@ async def load_tls_policy(
     no-check switch, as in glance_store. The bundle is read once, at
     start-up, on C{runner}.
 
-    @raise ConfigError: the bundle cannot be read or holds no certificate.
+    With a client certificate (C{names.cert_file}, its key in the same
+    file or C{names.key_file}) the policy presents it to servers that ask.
+
+    @raise ConfigError: the bundle cannot be read or holds no certificate;
+        the client certificate or key cannot be read or do not match.
     """
+    client = await _client_certificate(options, names, runner)
     path = options.get(names.ca_file, "").strip()
     if path:
         try:
             pem = await runner.run(_read, path)
         except OSError as e:
             raise ConfigError(f"{names.ca_file}: cannot read {path!r}: {e.strerror}") from None
-        return BrowserLikePolicyForHTTPS(trustRoot=_trust_root(pem, names.ca_file, path))
+        trust = _trust_root(pem, names.ca_file, path)
+        if client is not None:
+            return ClientCertificatePolicy(trust, client)
+        return BrowserLikePolicyForHTTPS(trustRoot=trust)
     if names.insecure is not None and bool_option(options, names.insecure, False):
-        return Unverified()
+        return Unverified(client)
+    if client is not None:
+        return ClientCertificatePolicy(None, client)
     return None
+
+
+async def _client_certificate(
+    options: Mapping[str, str], names: TLSOptionNames, runner: BlockingRunner
+) -> PrivateCertificate | None:
+    """The section's client certificate with its key, read on C{runner}."""
+    cert_path = options.get(names.cert_file, "").strip() if names.cert_file else ""
+    if not cert_path:
+        return None
+    key_path = (options.get(names.key_file, "").strip() if names.key_file else "") or cert_path
+    pems = []
+    for option, path in ((names.cert_file, cert_path), (names.key_file, key_path)):
+        try:
+            pems.append(await runner.run(_read, path))
+        except OSError as e:
+            raise ConfigError(f"{option}: cannot read {path!r}: {e.strerror}") from None
+    cert_pem, key_pem = pems
+    try:
+        certificate = PrivateCertificate.loadPEM(
+            cert_pem if key_path == cert_path else cert_pem + b"\n" + key_pem
+        )
+    except (crypto.Error, SSL.Error, ValueError):
+        raise ConfigError(
+            f"{names.cert_file} / {names.key_file}: {cert_path!r} and {key_path!r} are not "
+            "a PEM certificate and its private key"
+        ) from None
+    return certificate
+
+
+@implementer(IPolicyForHTTPS)
+@frozen
+class ClientCertificatePolicy:
+    """
+    Host names and certificates checked (against C{trust_root}, or the
+    system's authorities when None), presenting C{client} when asked.
+    """
+
+    trust_root: object | None
+    client: PrivateCertificate = field(repr=False)
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
+        creator: IOpenSSLClientConnectionCreator = optionsForClientTLS(
+            hostname.decode("idna"),
+            trustRoot=self.trust_root,  # type: ignore[arg-type]
+            clientCertificate=self.client,
+        )
+        return creator
 
 
 def _read(path: str) -> bytes:
@@ -97,13 +171,26 @@ class Unverified:
     """
     TLS that checks no certificate and no host name (C{https_insecure},
     C{swift_store_auth_insecure}), still sending the host name (SNI) so
-    that a server hosting several names picks the right one.
+    that a server hosting several names picks the right one, and
+    C{client}'s certificate when given.
     """
+
+    def __init__(self, client: PrivateCertificate | None = None) -> None:
+        self.client = client
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> IOpenSSLClientConnectionCreator:
         name = hostname.decode("ascii")
         sni = None if isIPAddress(name) or isIPv6Address(name) else hostname
-        return _UnverifiedCreator(CertificateOptions(verify=False).getContext(), sni)
+        options = (
+            CertificateOptions(verify=False)
+            if self.client is None
+            else CertificateOptions(
+                verify=False,
+                privateKey=self.client.privateKey.original,
+                certificate=self.client.original,
+            )
+        )
+        return _UnverifiedCreator(options.getContext(), sni)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
