@@ -301,6 +301,10 @@ class Config:
     #: guard) for reading web-download URLs when no HTTP store is enabled.
     import_filtering: Mapping[str, str] = field(factory=dict)
     image_conversion: ImageConversionConfig = field(factory=ImageConversionConfig)
+    #: C{[task] task_time_to_live}: hours a task stays shown after it has
+    #: ended (Glance's option, group and default; its old place in
+    #: C{[DEFAULT]} is read too).
+    task_time_to_live: int = 48
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -422,6 +426,9 @@ def load_config(
         max_concurrent_uploads=_limit(default, "max_concurrent_uploads", 100),
         enabled_import_methods=_import_methods(default.get("enabled_import_methods")),
         image_conversion=_image_conversion_config(parser),
+        task_time_to_live=_int(
+            parser["task"] if parser.has_section("task") else default, "task_time_to_live", 48
+        ),
         import_filtering={
             k: v
             for k, v in (

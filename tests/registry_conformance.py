@@ -54,6 +54,12 @@ from glance_tx.images import (
     new_image_id,
 )
 from glance_tx.registry.interface import HeldClaim, IRegistry
+from glance_tx.tasks import API_IMAGE_IMPORT, Task, TaskChange, TaskQuery, new_task_id
+from glance_tx.tasks import FAILURE as TASK_FAILURE
+from glance_tx.tasks import IMPORT as TASK_IMPORT
+from glance_tx.tasks import PENDING as TASK_PENDING
+from glance_tx.tasks import PROCESSING as TASK_PROCESSING
+from glance_tx.tasks import SUCCESS as TASK_SUCCESS
 
 if TYPE_CHECKING:
     _Base = SynchronousTestCase
@@ -2031,3 +2037,133 @@ class RegistryConformanceMixin(_Base):
         )
         self.assertTrue(all(ok for ok, _ in results), results)
         self.assertEqual([value for _, value in results].count(None), 1)
+
+    # -- tasks ---------------------------------------------------------------------
+
+    async def make_tasks(self, registry: Any, count: int, **fields: Any) -> list[Task]:
+        made = []
+        for index in range(count):
+            values: dict[str, Any] = {
+                "id": new_task_id(),
+                "type": TASK_IMPORT,
+                "status": TASK_PENDING,
+                "created_at": T0 + timedelta(seconds=index),
+                "updated_at": T0 + timedelta(seconds=index),
+                "owner": "project-a",
+            }
+            values.update(fields)
+            made.append(await registry.create_task(Task(**values)))
+        return made
+
+    @conformance
+    async def test_task_round_trip(self, registry: Any) -> None:
+        """
+        A task is stored as given, every field (its JSON input and result,
+        the image, request and user it was made for) read back equal.
+        """
+        task = Task(
+            id=new_task_id(),
+            type=API_IMAGE_IMPORT,
+            status=TASK_PROCESSING,
+            created_at=T0,
+            updated_at=T0 + timedelta(microseconds=1),
+            owner="project-a",
+            input={"image_id": "x", "import_req": {"method": {"name": "web-download"}}},
+            result={"image_id": "y"},
+            message="half way",
+            expires_at=datetime.now(UTC) + timedelta(days=3),
+            image_id=new_image_id(),
+            request_id="req-" + "a" * 36,
+            user_id="user-a",
+        )
+        self.assertEqual(await registry.create_task(task), task)
+        self.assertEqual(await registry.get_task(task.id), task)
+        await self.assertFails(registry.create_task(task), Conflict)
+        await self.assertFails(registry.get_task(new_task_id()), NotFound)
+
+    @conformance
+    async def test_task_refusals(self, registry: Any) -> None:
+        """A task of no known type or status, or a naive time, is a 400."""
+        [task] = await self.make_tasks(registry, 1)
+        for bad in (
+            evolve(task, id=new_task_id(), type="convert"),
+            evolve(task, id=new_task_id(), status="running"),
+            evolve(task, id=new_task_id(), created_at=T0.replace(tzinfo=None)),
+        ):
+            await self.assertFails(registry.create_task(bad), BadRequest)
+
+    @conformance
+    async def test_task_moves_as_glance_allows(self, registry: Any) -> None:
+        """
+        pending -> processing -> success, with the result and an expiry
+        set by the registry's clock from expires_in; an ended task moves
+        no more (409, unchanged); pending -> failure keeps the message.
+        """
+        first, second = await self.make_tasks(registry, 2)
+        processing = await registry.update_task(first.id, TaskChange(TASK_PROCESSING))
+        self.assertEqual(processing.status, TASK_PROCESSING)
+        self.assertIsNone(processing.expires_at)
+        self.assertGreaterEqual(processing.updated_at, first.updated_at)
+        done = await registry.update_task(
+            first.id, TaskChange(TASK_SUCCESS, result={"image_id": "i"}, expires_in=3600)
+        )
+        self.assertEqual((done.status, done.result), (TASK_SUCCESS, {"image_id": "i"}))
+        assert done.expires_at is not None
+        self.assertAlmostEqual(
+            (done.expires_at - done.updated_at).total_seconds(), 3600, delta=60
+        )
+        await self.assertFails(registry.update_task(first.id, TaskChange(TASK_FAILURE)), Conflict)
+        self.assertEqual(await registry.get_task(first.id), done)
+        failed = await registry.update_task(second.id, TaskChange(TASK_FAILURE, message="gone"))
+        self.assertEqual((failed.status, failed.message), (TASK_FAILURE, "gone"))
+        await self.assertFails(registry.update_task(new_task_id(), TaskChange(TASK_FAILURE)), NotFound)
+
+    @conformance
+    async def test_expired_task_is_gone(self, registry: Any) -> None:
+        """A task past its expires_at is neither found, listed nor moved."""
+        [task] = await self.make_tasks(registry, 1)
+        await registry.update_task(task.id, TaskChange(TASK_FAILURE, expires_in=0))
+        await self.assertFails(registry.get_task(task.id), NotFound)
+        self.assertEqual(await registry.list_tasks(TaskQuery()), [])
+
+    @conformance
+    async def test_list_tasks_filters_sorts_and_pages(self, registry: Any) -> None:
+        """
+        Listings are newest first by default, filter by type, status,
+        image and owner, sort by a key with created_at and id breaking
+        ties, and page after a marker to the end; a marker naming no task
+        the query could list is a 400.
+        """
+        image_id = new_image_id()
+        made = await self.make_tasks(registry, 5)
+        other = await self.make_tasks(
+            registry, 2, owner="project-b", type=API_IMAGE_IMPORT, image_id=image_id
+        )
+        await registry.update_task(made[1].id, TaskChange(TASK_PROCESSING))
+
+        async def ids(**query: Any) -> list[str]:
+            return [t.id for t in await registry.list_tasks(TaskQuery(**query))]
+
+        everything = sorted(made + other, key=lambda t: (t.created_at, t.id), reverse=True)
+        self.assertEqual(await ids(), [t.id for t in everything])
+        self.assertEqual(await ids(owner="project-b"), [t.id for t in reversed(other)])
+        self.assertEqual(await ids(image_id=image_id, sort_dir="asc"), [t.id for t in other])
+        self.assertEqual(await ids(type=TASK_IMPORT, status=TASK_PROCESSING), [made[1].id])
+        by_status = await ids(sort_key="status", sort_dir="asc", owner="project-a")
+        self.assertEqual(by_status[0], made[0].id)  # pending < processing
+        self.assertEqual(by_status[-1], made[1].id)
+        paged: list[str] = []
+        marker = None
+        for _ in range(10):
+            page = await ids(limit=2, marker=marker)
+            if not page:
+                break
+            paged += page
+            marker = page[-1]
+        self.assertEqual(paged, [t.id for t in everything])
+        await self.assertFails(registry.list_tasks(TaskQuery(marker=new_task_id())), BadRequest)
+        await self.assertFails(
+            registry.list_tasks(TaskQuery(owner="project-a", marker=other[0].id)), BadRequest
+        )
+        await self.assertFails(registry.list_tasks(TaskQuery(sort_key="message")), BadRequest)
+        await self.assertFails(registry.list_tasks(TaskQuery(status="done")), BadRequest)

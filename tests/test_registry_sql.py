@@ -81,6 +81,7 @@ TABLES = {
     "upload_leases",
     "node_claims",
     "image_writes",
+    "tasks",
 }
 HEAD = SCHEMA_REVISION
 
@@ -167,7 +168,7 @@ def shared_database(admin_url: URL) -> URL:
 def empty_tables(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.exec_driver_sql(
-            "TRUNCATE image_writes, node_claims, upload_leases, image_members, image_tags, image_locations, image_properties,"
+            "TRUNCATE tasks, image_writes, node_claims, upload_leases, image_members, image_tags, image_locations, image_properties,"
             " images"
         )
 

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Member, ProjectUsage
+from glance_tx.tasks import Task, TaskChange, TaskQuery
 
 
 @frozen
@@ -226,6 +227,33 @@ class IRegistry(Interface):
         Fire with what C{project_id}'s images hold (L{ProjectUsage}): the
         counts Glance's per-project limits are checked against. A project
         with no images holds nothing (not NotFound).
+        """
+
+    def create_task(task: Task) -> Deferred[Task]:
+        """
+        Store a new task record as given and fire with it as stored;
+        L{glance_tx.errors.Conflict} if a task has that id,
+        L{glance_tx.errors.BadRequest} if it does not pass
+        L{glance_tx.tasks.check_task}.
+        """
+
+    def get_task(task_id: str) -> Deferred[Task]:
+        """Fire with the task, or fail with NotFound (expired tasks included)."""
+
+    def list_tasks(query: TaskQuery) -> Deferred[builtins.list[Task]]:
+        """
+        Fire with one page of the tasks a L{glance_tx.tasks.TaskQuery}
+        matches, in its order; expired tasks are never listed. A marker
+        that names no task the query could list is a BadRequest.
+        """
+
+    def update_task(task_id: str, change: TaskChange) -> Deferred[Task]:
+        """
+        Move the task on (L{glance_tx.tasks.changed}, with C{updated_at}
+        and any C{expires_in} by the registry's clock) and fire with the
+        new record, checked and written in one transaction: a move Glance
+        does not allow (a task that has ended already) is a Conflict and
+        changes nothing. NotFound for an unknown or expired task.
         """
 
     def ping() -> Deferred[None]:

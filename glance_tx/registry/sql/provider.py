@@ -69,6 +69,7 @@ from glance_tx.registry.schema import (
     image_writes,
     images,
     node_claims,
+    tasks,
     upload_leases,
 )
 from glance_tx.registry.sql.engine import is_memory_sqlite, open_engine, transaction
@@ -99,6 +100,14 @@ from glance_tx.registry.sql.rows import (
     write_properties,
     write_tags,
 )
+from glance_tx.registry.sql.tasks import (
+    check_json,
+    fetch_task,
+    insert_task,
+    list_tasks,
+    write_task,
+)
+from glance_tx.tasks import Task, TaskChange, TaskQuery, changed, check_task
 from glance_tx.threads import BlockingRunner
 
 T = TypeVar("T")
@@ -230,6 +239,18 @@ class SQLRegistry:
 
     def ping(self) -> Deferred[None]:
         return self._run(self._ping)
+
+    def create_task(self, task: Task) -> Deferred[Task]:
+        return self._run(self._create_task, task)
+
+    def get_task(self, task_id: str) -> Deferred[Task]:
+        return self._run(self._get_task, task_id)
+
+    def list_tasks(self, query: TaskQuery) -> Deferred[builtins.list[Task]]:
+        return self._run(self._list_tasks, query)
+
+    def update_task(self, task_id: str, change: TaskChange) -> Deferred[Task]:
+        return self._run(self._update_task, task_id, change)
 
     def hold_uploads(
         self, node_id: str, uploads: Mapping[str, str], seconds: float
@@ -526,6 +547,45 @@ class SQLRegistry:
     def _ping(self) -> None:
         with self._read() as connection:
             connection.execute(select(1)).scalar_one()
+
+    # tasks (see glance_tx.registry.sql.tasks)
+
+    def _create_task(self, task: Task) -> Task:
+        check_task(task)
+        check_json(task)
+        for name in ("created_at", "updated_at", "expires_at"):
+            value = getattr(task, name)
+            if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
+                raise BadRequest(f"A task's {name} must be a timezone-aware time")
+        with self._write() as connection:
+            if connection.execute(select(tasks.c.id).where(tasks.c.id == task.id)).first():
+                raise Conflict(f"A task with ID {task.id} already exists")
+            try:
+                insert_task(connection, task)
+            except IntegrityError:
+                raise Conflict(f"A task with ID {task.id} already exists") from None
+            return fetch_task(connection, task.id, self.now())
+
+    def _get_task(self, task_id: str) -> Task:
+        if not isinstance(task_id, str):
+            raise BadRequest("A task id must be a string")
+        with self._read() as connection:
+            return fetch_task(connection, task_id, self.now())
+
+    def _list_tasks(self, query: TaskQuery) -> builtins.list[Task]:
+        with self._read() as connection:
+            return list_tasks(connection, query, self.now())
+
+    def _update_task(self, task_id: str, change: TaskChange) -> Task:
+        with self._write() as connection:
+            now = self.now()
+            current = fetch_task(connection, task_id, now, for_update=True)
+            new = changed(current, change, now)
+            check_task(new)
+            check_json(new)
+            write_task(connection, new)
+            # Not read back: a change may expire the task at once.
+            return new
 
     # upload leases (see IRegistry.hold_uploads): times are this registry's
     # clock, never a node's.
