@@ -194,6 +194,7 @@ def glance_service(
             import_methods=config.enabled_import_methods,
             web_download=await web_download(),
             converter=await converter(),
+            task_time_to_live=config.task_time_to_live,
         )
         built.log_suffix = log_suffix
         sites.append(built)

@@ -28,6 +28,8 @@ from glance_tx.registry.quotas import QuotaRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.http import HTTPStore
 from glance_tx.store.interface import IStore
+from glance_tx.task_log import TaskLog
+from glance_tx.tasks import DEFAULT_TIME_TO_LIVE_HOURS
 from glance_tx.threads import BlockingRunner
 from glance_tx.uploads import Uploader, UploadSlots
 
@@ -57,6 +59,7 @@ def build_site(
     import_methods: tuple[str, ...] = IMPORT_METHODS,
     web_download: IStore | None = None,
     converter: Converter | None = None,
+    task_time_to_live: float = DEFAULT_TIME_TO_LIVE_HOURS,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
@@ -64,7 +67,8 @@ def build_site(
     (C{auth_strategy = noauth}). What they may do is C{policy}'s to say
     (by default Glance's rules); v1 and v2 share it. web-download URLs are
     read by C{web_download}, by default the enabled HTTP store (its guard),
-    if any.
+    if any. Tasks (imports', the tasks API's) expire C{task_time_to_live}
+    hours after they end.
     """
     policy = policy or Policy()
     cache = cache or CacheConfig()
@@ -87,6 +91,7 @@ def build_site(
     )
     if web_download is None:
         web_download = next((s for s in stores.stores.values() if isinstance(s, HTTPStore)), None)
+    tasks = TaskLog(registry, task_time_to_live)
     importer = Importer(
         registry=registry,
         stores=stores,
@@ -94,6 +99,8 @@ def build_site(
         web=web_download,
         methods=import_methods,
         converter=converter,
+        tasks=tasks,
+        leases=leases,
     )
     v1 = V1API(
         registry=registry,
@@ -116,6 +123,7 @@ def build_site(
         show_image_direct_url=show_image_direct_url,
         delayed_delete=delayed_delete,
         importer=importer,
+        tasks=tasks,
     )
     root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())
     site = GlanceSite(
@@ -127,4 +135,5 @@ def build_site(
     )
     site.displayTracebacks = False
     site.importer = importer
+    site.v2 = v2
     return site

@@ -25,10 +25,12 @@ from urllib.parse import urlencode
 
 from attrs import Factory, define, field
 from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from glance_tx import images
-from glance_tx.api import v2_info, v2_schemas
+from glance_tx.api import v2_info, v2_schemas, v2_tasks
 from glance_tx.api.base import ImagesAPI
 from glance_tx.api.downloads import serve_data
 from glance_tx.api.errors import json_errors
@@ -64,6 +66,8 @@ from glance_tx.errors import (
     BadRequest,
     Conflict,
     Forbidden,
+    GlanceError,
+    MethodNotAllowed,
     NotFound,
     RequestEntityTooLarge,
     UnsupportedMediaType,
@@ -82,8 +86,13 @@ from glance_tx.imports import (
 )
 from glance_tx.locations import LocationEdit
 from glance_tx.project_limits import ProjectLimiter
+from glance_tx.request_ids import HEADER as REQUEST_ID_HEADER
 from glance_tx.store.http import shown_url
+from glance_tx.task_log import TaskLog
+from glance_tx.tasks import API_IMAGE_IMPORT, IMPORT, TaskQuery
 from glance_tx.uploads import Upload
+
+log = Logger()
 
 #: Core fields a create may set (id is checked on its own).
 CREATE_FIELDS = (
@@ -236,6 +245,10 @@ class V2API(ImagesAPI):
     )
     #: Runs interoperable imports; None serves none.
     importer: Importer | None = None
+    #: Records tasks (imports', and the tasks API's); None: no tasks API.
+    tasks: TaskLog | None = None
+    #: The tasks API's import tasks still being set up on this node.
+    running_tasks: dict[str, Deferred[None]] = field(factory=dict, init=False)
 
     # -- helpers ------------------------------------------------------------
 
@@ -621,21 +634,30 @@ class V2API(ImagesAPI):
                 )
                 expected = image.status
                 fields = {"status": images.IMAGE_IMPORTING}
-            image = await self.registry.update(
-                image.id,
-                ImageUpdate(
-                    fields=fields,
-                    properties={IMPORTING_TO_STORES: ",".join(stores), FAILED_IMPORT: ""},
-                ),
-                expected_status=frozenset({expected}),
-                expected_version=image.version,
-            )
+            # Leased before the image moves on, so an importing image never
+            # lacks its lease (L{glance_tx.imports}).
+            await importer.hold(image.id, asked.method)
+            try:
+                image = await self.registry.update(
+                    image.id,
+                    ImageUpdate(
+                        fields=fields,
+                        properties={IMPORTING_TO_STORES: ",".join(stores), FAILED_IMPORT: ""},
+                    ),
+                    expected_status=frozenset({expected}),
+                    expected_version=image.version,
+                )
+                task_id = await self._import_task(request, context, image, body, stores)
+            except BaseException:
+                await importer.release(image.id)
+                raise
             return ImportJob(
                 image=image,
                 method=asked.method,
                 source=source,
                 stores=stores,
                 all_stores_must_succeed=asked.all_stores_must_succeed,
+                task_id=task_id,
             )
 
         job = await self._change_image(request, image_id, begin)
@@ -643,6 +665,187 @@ class V2API(ImagesAPI):
             importer.start(job)
         request.setResponseCode(202)
         return b""
+
+    async def _import_task(
+        self,
+        request: IRequest,
+        context: RequestContext,
+        image: Image,
+        body: dict[str, Any],
+        stores: tuple[str, ...],
+    ) -> str | None:
+        """
+        The import's C{api_image_import} task, in Glance's shape (its input
+        the image id, the request's body and the stores; its request id the
+        one this response carries), or None if it could not be recorded:
+        the import goes on without one.
+        """
+        if self.tasks is None:
+            return None
+        request_ids = request.responseHeaders.getRawHeaders(REQUEST_ID_HEADER)
+        try:
+            task = await self.tasks.new(
+                API_IMAGE_IMPORT,
+                owner=context.project_id,
+                input={"image_id": image.id, "import_req": body, "backend": list(stores)},
+                image_id=image.id,
+                user_id=context.user_id,
+                request_id=request_ids[0].decode("ascii") if request_ids else None,
+            )
+        except GlanceError as e:
+            log.warn("Import task of {image_id} not recorded: {e}", image_id=image.id, e=e.message)
+            return None
+        return task.id
+
+    # -- tasks ------------------------------------------------------------------
+
+    def _tasks(self) -> TaskLog:
+        if self.tasks is None:
+            raise NotFound("The tasks API is not enabled")
+        return self.tasks
+
+    @app.route("/images/<image_id>/tasks", methods=["GET"])
+    async def image_tasks(self, request: IRequest, image_id: str) -> bytes:
+        """
+        The image's tasks (Images API 2.12), as Glance's C{get_task_info}:
+        for whoever may see the image, the tasks an admin or the task's
+        own project sees.
+        """
+        forbid_storing(request)
+        context, image = await self._image(request, image_id)
+        found = await self._tasks().registry.list_tasks(TaskQuery(image_id=image.id, sort_dir="asc"))
+        admin = self.policy.is_admin(context)
+        return _json(
+            request,
+            {
+                "tasks": [
+                    v2_tasks.image_task_view(task)
+                    for task in found
+                    if admin or task.owner is None or task.owner == context.project_id
+                ]
+            },
+        )
+
+    @app.route("/tasks", methods=["GET"])
+    async def list_tasks(self, request: IRequest) -> bytes:
+        forbid_storing(request)
+        context = await self._context(request)
+        self.policy.check_tasks(context, "get_tasks")
+        owner = None if self.policy.is_admin(context) else context.project_id
+        query = v2_tasks.parse_task_query(request.args or {}, owner)
+        found = await self._tasks().registry.list_tasks(query)
+        params = [
+            (key.decode("utf-8"), value.decode("utf-8"))
+            for key, values in (request.args or {}).items()
+            if key != b"marker"
+            for value in values
+        ]
+        document: dict[str, Any] = {
+            "tasks": [v2_tasks.task_stub_view(task) for task in found],
+            "first": "/v2/tasks" + (f"?{urlencode(params)}" if params else ""),
+            "schema": "/v2/schemas/tasks",
+        }
+        if found and len(found) == query.limit:
+            document["next"] = "/v2/tasks?" + urlencode([*params, ("marker", found[-1].id)])
+        return _json(request, document)
+
+    @app.route("/tasks/<task_id>", methods=["GET"])
+    async def show_task(self, request: IRequest, task_id: str) -> bytes:
+        forbid_storing(request)
+        context = await self._context(request)
+        self.policy.check_tasks(context, "get_task")
+        task = await self._tasks().registry.get_task(task_id)
+        if not (self.policy.is_admin(context) or task.owner is None or task.owner == context.project_id):
+            raise NotFound(f"Task with the given ID {task_id} not found")
+        return _json(request, v2_tasks.task_view(task))
+
+    @app.route("/tasks/<task_id>", methods=["DELETE"])
+    async def delete_task(self, request: IRequest, task_id: str) -> bytes:
+        """Glance answers 405: tasks go away when they expire."""
+        self.policy.check_tasks(await self._context(request), "modify_task")
+        request.setHeader(b"Allow", b"GET")
+        raise MethodNotAllowed(
+            "This operation is currently not permitted on Glance Tasks. They are auto "
+            "deleted after reaching the time based on their expires_at property."
+        )
+
+    @app.route("/tasks", methods=["POST"])
+    async def create_task(self, request: IRequest) -> bytes:
+        """
+        Glance's (deprecated) C{import} task: answer 201 with the task
+        pending, then, in the background, make an image of
+        C{image_properties} and import it from C{import_from} by the
+        web-download path (its address guard included); the task's result
+        is the image's id.
+        """
+        context = await self._context(request)
+        self.policy.check_tasks(context, "add_task")
+        asked = v2_tasks.parse_task(_read_object(request))
+        tasks = self._tasks()
+        request_ids = request.responseHeaders.getRawHeaders(REQUEST_ID_HEADER)
+        task = await tasks.new(
+            IMPORT,
+            owner=context.project_id,
+            input=asked.input,
+            user_id=context.user_id,
+            request_id=request_ids[0].decode("ascii") if request_ids else None,
+        )
+        running = Deferred.fromCoroutine(self._run_import_task(context, task.id, asked))
+        running.addErrback(lambda f: log.failure("Import task {task_id} failed", f, task_id=task.id))
+        self.running_tasks[task.id] = running
+        running.addBoth(lambda _: self.running_tasks.pop(task.id, None) and None)
+        request.setHeader(b"Location", f"{self._base_url(request)}/v2/tasks/{task.id}".encode())
+        return _json(request, v2_tasks.task_view(task), 201)
+
+    async def _run_import_task(
+        self, context: RequestContext, task_id: str, asked: v2_tasks.ImportTaskRequest
+    ) -> None:
+        """
+        The import task's work (Glance's C{glance/async_/flows/base_import}
+        in outline): a refusal before the import starts fails the task with
+        its message; the import itself ends it (L{Importer}).
+        """
+        tasks = self._tasks()
+        try:
+            for key in ("import_from", "import_from_format", "image_properties"):
+                if key not in asked.input:
+                    raise BadRequest(f"Input does not contain '{key}' field")
+            properties = asked.input["image_properties"]
+            if not isinstance(properties, dict):
+                raise BadRequest("image_properties must be an object")
+            importer = self._importer(WEB_DOWNLOAD)
+            image = await self.registry.create(self._new_image(context, properties))
+            await importer.hold(image.id, WEB_DOWNLOAD)
+            try:
+                if not (image.disk_format and image.container_format):
+                    raise BadRequest("image_properties must set disk_format and container_format")
+                image = await self.registry.update(
+                    image.id,
+                    ImageUpdate(
+                        fields={"status": images.IMAGE_IMPORTING},
+                        properties={IMPORTING_TO_STORES: self.stores.default_id, FAILED_IMPORT: ""},
+                    ),
+                    expected_status=frozenset({images.QUEUED}),
+                    expected_version=image.version,
+                )
+            except BaseException:
+                await importer.release(image.id)
+                raise
+        except GlanceError as e:
+            await tasks.fail(task_id, e.message)
+            return
+        except Exception as e:
+            await tasks.fail(task_id, str(e) or type(e).__name__)
+            raise
+        await importer.start(
+            ImportJob(
+                image=image,
+                method=WEB_DOWNLOAD,
+                source=Location(asked.uri),
+                stores=(self.stores.default_id,),
+                task_id=task_id,
+            )
+        )
 
     @app.route("/images/<image_id>/file", methods=["GET", "HEAD"])
     async def download(self, request: IRequest, image_id: str) -> bytes | None:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from glance_tx import images
+from glance_tx.api.v2_tasks import task_schema, tasks_schema
 from glance_tx.errors import BadRequest
 
 UUID_PATTERN = (
@@ -378,6 +379,8 @@ SCHEMAS = {
     "images": images_schema,
     "member": member_schema,
     "members": members_schema,
+    "task": task_schema,
+    "tasks": tasks_schema,
 }
 
 
