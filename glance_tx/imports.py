@@ -51,7 +51,13 @@ from glance_tx import images
 from glance_tx.config import IMPORT_METHOD_NAMES
 from glance_tx.errors import GlanceError, NotFound, VersionConflict
 from glance_tx.formats.conversion import Converter
-from glance_tx.images import Image, ImageUpdate, Location
+from glance_tx.images import (
+    FAILED_IMPORT,
+    IMPORTING_TO_STORES,
+    Image,
+    ImageUpdate,
+    Location,
+)
 from glance_tx.leases import UploadLeases
 from glance_tx.registry.interface import IRegistry
 from glance_tx.stages import IUploadStage
@@ -68,9 +74,6 @@ log = Logger()
 IMPORT_METHODS = IMPORT_METHOD_NAMES
 GLANCE_DIRECT, WEB_DOWNLOAD, COPY_IMAGE = IMPORT_METHODS
 
-#: The properties Glance records an import's progress in.
-IMPORTING_TO_STORES = "os_glance_importing_to_stores"
-FAILED_IMPORT = "os_glance_failed_import"
 
 #: Staged data's keys are derived from the image id in this namespace.
 STAGING_NAMESPACE = uuid.UUID("7c1e2f3a-6b0d-5e4f-9a8b-0c1d2e3f4a5b")

@@ -254,6 +254,7 @@ def glance_service(
             config.node_id,
             config.upload_lease_seconds,
             enabled=config.recover_on_start,
+            task_time_to_live=config.task_time_to_live,
         ),
         "leases": leases,
         "identity": identity,

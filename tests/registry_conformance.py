@@ -2038,6 +2038,76 @@ class RegistryConformanceMixin(_Base):
         self.assertTrue(all(ok for ok, _ in results), results)
         self.assertEqual([value for _, value in results].count(None), 1)
 
+    async def importing(self, registry: Any, status: str = IMAGE_IMPORTING) -> Image:
+        """An image mid-import: staged data first, then a copy recorded."""
+        image = await registry.create(make_image(disk_format="raw", container_format="bare"))
+        staged = Location("file:///staging/x", "file")
+        await registry.update(image.id, ImageUpdate(fields={"status": UPLOADING, "locations": (staged,)}))
+        fields: dict[str, Any] = {"locations": (staged, Location("file:///second/x", "second"))}
+        if status == IMAGE_IMPORTING:
+            fields["status"] = IMAGE_IMPORTING
+        return await registry.update(
+            image.id,
+            ImageUpdate(fields=fields, properties={"os_glance_importing_to_stores": "third",
+                                                   "os_glance_failed_import": "fourth"}),
+        )
+
+    @conformance
+    async def test_reclaimed_imports(self, registry: Any) -> None:
+        """
+        An import whose node is gone: glance-direct's lease (uploading)
+        puts the image back to uploading with its staged data only;
+        web-download's (queued) to queued with no data; either way the
+        stores still to do join os_glance_failed_import and none is left
+        importing. An importing image with no lease (from before leases) is
+        queued. A live lease keeps an import.
+        """
+        direct, web, unleased, live = [await self.importing(registry) for _ in range(4)]
+        await registry.hold_uploads("node-a", {direct.id: UPLOADING, web.id: QUEUED}, 0)
+        await registry.hold_uploads("node-b", {live.id: QUEUED}, 3600)
+        reclaimed = {image.id: image for image in await registry.reclaim_uploads()}
+        self.assertEqual(set(reclaimed), {direct.id, web.id, unleased.id})
+        self.assertEqual(reclaimed[direct.id].status, UPLOADING)
+        self.assertEqual(reclaimed[direct.id].locations, (Location("file:///staging/x", "file"),))
+        for image in reclaimed.values():
+            self.assertEqual(image.properties["os_glance_importing_to_stores"], "")
+            self.assertEqual(image.properties["os_glance_failed_import"], "fourth,third")
+            self.assertEqual(await registry.get(image.id), image)
+        for image_id in (web.id, unleased.id):
+            self.assertEqual((reclaimed[image_id].status, reclaimed[image_id].locations), (QUEUED, ()))
+        self.assertEqual(await registry.get(live.id), live)
+        self.assertEqual(await registry.reclaim_uploads(), [])
+
+    @conformance
+    async def test_reclaimed_stages_and_copies(self, registry: Any) -> None:
+        """
+        A stage whose node is gone (uploading, no data recorded yet) is
+        queued again; a stage that had ended (its data recorded, its lease
+        release lost) is left alone. A copy-image whose node is gone leaves
+        the image active with its copies, the store it was copying to
+        failed; an active image's stale upload lease changes nothing. Each
+        expired lease is dropped: a second reclaim finds nothing.
+        """
+        stage = await registry.update(
+            (await registry.create(make_image())).id, ImageUpdate(fields={"status": UPLOADING})
+        )
+        staged = await self.importing(registry, status=UPLOADING)
+        copy = await self.importing(registry)
+        copy = await registry.update(copy.id, ImageUpdate(fields={"status": ACTIVE}))
+        stale = await registry.create(make_image(status=ACTIVE))
+        await registry.hold_uploads(
+            "node-a", {stage.id: QUEUED, staged.id: QUEUED, copy.id: ACTIVE, stale.id: QUEUED}, 0
+        )
+        reclaimed = {image.id: image for image in await registry.reclaim_uploads()}
+        self.assertEqual(set(reclaimed), {stage.id, copy.id})
+        self.assertEqual(reclaimed[stage.id].status, QUEUED)
+        self.assertEqual(reclaimed[copy.id].status, ACTIVE)
+        self.assertEqual(reclaimed[copy.id].locations, copy.locations)
+        self.assertEqual(reclaimed[copy.id].properties["os_glance_failed_import"], "fourth,third")
+        self.assertEqual(await registry.get(staged.id), staged)
+        self.assertEqual(await registry.get(stale.id), stale)
+        self.assertEqual(await registry.reclaim_uploads(), [])
+
     # -- tasks ---------------------------------------------------------------------
 
     async def make_tasks(self, registry: Any, count: int, **fields: Any) -> list[Task]:
@@ -2076,19 +2146,25 @@ class RegistryConformanceMixin(_Base):
             request_id="req-" + "a" * 36,
             user_id="user-a",
         )
-        self.assertEqual(await registry.create_task(task), task)
-        self.assertEqual(await registry.get_task(task.id), task)
+        before = datetime.now(UTC) - timedelta(minutes=1)
+        stored = await registry.create_task(task)
+        # Created and updated by the registry's clock.
+        self.assertEqual(stored.created_at, stored.updated_at)
+        self.assertGreater(stored.created_at, before)
+        self.assertEqual(evolve(stored, created_at=T0, updated_at=T0), evolve(task, updated_at=T0))
+        self.assertEqual(await registry.get_task(task.id), stored)
         await self.assertFails(registry.create_task(task), Conflict)
         await self.assertFails(registry.get_task(new_task_id()), NotFound)
 
     @conformance
     async def test_task_refusals(self, registry: Any) -> None:
-        """A task of no known type or status, or a naive time, is a 400."""
+        """A task of no known type or status, a naive time or a long owner is a 400."""
         [task] = await self.make_tasks(registry, 1)
         for bad in (
             evolve(task, id=new_task_id(), type="convert"),
             evolve(task, id=new_task_id(), status="running"),
-            evolve(task, id=new_task_id(), created_at=T0.replace(tzinfo=None)),
+            evolve(task, id=new_task_id(), expires_at=T0.replace(tzinfo=None)),
+            evolve(task, id=new_task_id(), owner="o" * 256),
         ):
             await self.assertFails(registry.create_task(bad), BadRequest)
 

@@ -187,11 +187,18 @@ class IRegistry(Interface):
 
     def reclaim_uploads(dead_node_id: str | None = None) -> Deferred[builtins.list[Image]]:
         """
-        Reclaim every upload whose node is gone: each image in C{saving} on
-        which no node holds a lease any more (none recorded, or all expired
-        by the registry's clock; leases of C{dead_node_id}, a node known to
-        have stopped, count as expired) takes the status its lease names
-        (C{killed} without one) and loses its leases. Each image is checked
+        Reclaim every upload, stage and import whose node is gone: each
+        image in C{saving} or C{importing} on which no node holds a lease
+        any more (none recorded, or all expired by the registry's clock;
+        leases of C{dead_node_id}, a node known to have stopped, count as
+        expired), and each C{uploading} or C{active} image whose leases have
+        all expired, is put back as the lease says and loses its leases: an
+        upload takes the lease's status (C{killed} without one); a stage
+        not yet recorded is C{queued} again; an import is C{uploading}
+        again with its staged data (glance-direct's lease) or C{queued}
+        with none, and a copy-image leaves its image C{active}, the stores
+        still to do added to C{os_glance_failed_import} (see
+        C{glance_tx.registry.sql.provider._reclaimed}). Each image is checked
         and changed in one transaction that holds its row, so of several
         nodes reclaiming at once only one reclaims each image, and an upload
         whose lease is renewed meanwhile is left alone. Fires with the
@@ -231,7 +238,9 @@ class IRegistry(Interface):
 
     def create_task(task: Task) -> Deferred[Task]:
         """
-        Store a new task record as given and fire with it as stored;
+        Store a new task record as given, but created and updated now by the
+        registry's clock (so tasks and images compare on one clock, however
+        nodes' clocks disagree), and fire with it as stored;
         L{glance_tx.errors.Conflict} if a task has that id,
         L{glance_tx.errors.BadRequest} if it does not pass
         L{glance_tx.tasks.check_task}.
