@@ -30,7 +30,7 @@ def import_task(url: str, **properties: Any) -> dict[str, Any]:
 class TasksTestCase(ImportTestCase):
     def settle(self) -> None:
         """Let every background task and import this site runs end."""
-        self.successResultOf(DeferredList(list(self.site.v2.running_tasks.values())))
+        self.successResultOf(DeferredList(list(self.site.v2.tasks_api.running.values())))
         self.successResultOf(self.site.importer.idle())
 
     def create_task(self, body: dict[str, Any], headers: dict[str, str] = ADMIN) -> Any:

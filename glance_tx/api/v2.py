@@ -25,7 +25,6 @@ from urllib.parse import urlencode
 
 from attrs import Factory, define, field
 from klein import Klein
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
@@ -45,7 +44,10 @@ from glance_tx.api.http_cache import (
     serve_document,
     shareable,
 )
-from glance_tx.api.params import parse_int, parse_json
+from glance_tx.api.params import json_answer as _json
+from glance_tx.api.params import parse_int
+from glance_tx.api.params import read_object as _read_object
+from glance_tx.api.params import request_body as _body
 from glance_tx.api.site import StreamingRequest
 from glance_tx.api.upload_routes import UploadRoutes
 from glance_tx.api.urls import site_url
@@ -59,6 +61,7 @@ from glance_tx.api.v2_patch import (
     parse_patch,
 )
 from glance_tx.api.v2_query import parse_query
+from glance_tx.api.v2_task_routes import TasksAPI
 from glance_tx.api.versions import versions_document
 from glance_tx.config import ProjectLimits
 from glance_tx.context import RequestContext
@@ -67,9 +70,7 @@ from glance_tx.errors import (
     Conflict,
     Forbidden,
     GlanceError,
-    MethodNotAllowed,
     NotFound,
-    RequestEntityTooLarge,
     UnsupportedMediaType,
 )
 from glance_tx.images import Image, ImageUpdate, Location, Member, Viewer
@@ -89,7 +90,7 @@ from glance_tx.project_limits import ProjectLimiter
 from glance_tx.request_ids import HEADER as REQUEST_ID_HEADER
 from glance_tx.store.http import shown_url
 from glance_tx.task_log import TaskLog
-from glance_tx.tasks import API_IMAGE_IMPORT, IMPORT, TaskQuery
+from glance_tx.tasks import API_IMAGE_IMPORT, TaskQuery
 from glance_tx.uploads import Upload
 
 log = Logger()
@@ -99,8 +100,6 @@ CREATE_FIELDS = (
     "name", "visibility", "protected", "os_hidden", "min_ram", "min_disk",
     "disk_format", "container_format",
 )
-#: What a JSON request body may weigh.
-MAX_JSON_BODY = 1 << 20
 #: The statuses in which an image's only locations are its staged data,
 #: which is not shown.
 STAGED_STATUSES = frozenset({images.UPLOADING, images.IMAGE_IMPORTING})
@@ -184,12 +183,6 @@ def member_view(member: Member) -> dict[str, Any]:
     }
 
 
-def _json(request: IRequest, document: Any, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    return json.dumps(document).encode("utf-8")
-
-
 def _no_content(request: IRequest) -> bytes:
     request.setResponseCode(204)
     return b""
@@ -198,32 +191,6 @@ def _no_content(request: IRequest) -> bytes:
 def _header(request: IRequest, name: bytes) -> str | None:
     values = request.requestHeaders.getRawHeaders(name)
     return values[-1].decode("latin-1").strip() if values else None
-
-
-def _body(request: IRequest) -> bytes:
-    """The request body, up to L{MAX_JSON_BODY} (else 413)."""
-    content = request.content
-    if content is None:
-        return b""
-    content.seek(0)
-    data: bytes = content.read(MAX_JSON_BODY + 1)
-    if len(data) > MAX_JSON_BODY:
-        raise RequestEntityTooLarge(f"Request body is larger than {MAX_JSON_BODY} bytes")
-    return data
-
-
-def _read_json(request: IRequest) -> Any:
-    data = _body(request)
-    if not data.strip():
-        raise BadRequest("Body expected in request.")
-    return parse_json(data)
-
-
-def _read_object(request: IRequest) -> dict[str, Any]:
-    document = _read_json(request)
-    if not isinstance(document, dict):
-        raise BadRequest("Request body must be a JSON object.")
-    return document
 
 
 @define
@@ -247,8 +214,20 @@ class V2API(ImagesAPI):
     importer: Importer | None = None
     #: Records tasks (imports', and the tasks API's); None: no tasks API.
     tasks: TaskLog | None = None
-    #: The tasks API's import tasks still being set up on this node.
-    running_tasks: dict[str, Deferred[None]] = field(factory=dict, init=False)
+    #: The tasks API, mounted at C{/tasks} (None without C{tasks}).
+    tasks_api: TasksAPI | None = field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.tasks is not None:
+            self.tasks_api = TasksAPI(
+                tasks=self.tasks,
+                registry=self.registry,
+                stores=self.stores,
+                policy=self.policy,
+                context=self._context,
+                new_image=self._new_image,
+                importer=self.importer,
+            )
 
     # -- helpers ------------------------------------------------------------
 
@@ -726,126 +705,12 @@ class V2API(ImagesAPI):
             },
         )
 
-    @app.route("/tasks", methods=["GET"])
-    async def list_tasks(self, request: IRequest) -> bytes:
-        forbid_storing(request)
-        context = await self._context(request)
-        self.policy.check_tasks(context, "get_tasks")
-        owner = None if self.policy.is_admin(context) else context.project_id
-        query = v2_tasks.parse_task_query(request.args or {}, owner)
-        found = await self._tasks().registry.list_tasks(query)
-        params = [
-            (key.decode("utf-8"), value.decode("utf-8"))
-            for key, values in (request.args or {}).items()
-            if key != b"marker"
-            for value in values
-        ]
-        document: dict[str, Any] = {
-            "tasks": [v2_tasks.task_stub_view(task) for task in found],
-            "first": "/v2/tasks" + (f"?{urlencode(params)}" if params else ""),
-            "schema": "/v2/schemas/tasks",
-        }
-        if found and len(found) == query.limit:
-            document["next"] = "/v2/tasks?" + urlencode([*params, ("marker", found[-1].id)])
-        return _json(request, document)
-
-    @app.route("/tasks/<task_id>", methods=["GET"])
-    async def show_task(self, request: IRequest, task_id: str) -> bytes:
-        forbid_storing(request)
-        context = await self._context(request)
-        self.policy.check_tasks(context, "get_task")
-        task = await self._tasks().registry.get_task(task_id)
-        if not (self.policy.is_admin(context) or task.owner is None or task.owner == context.project_id):
-            raise NotFound(f"Task with the given ID {task_id} not found")
-        return _json(request, v2_tasks.task_view(task))
-
-    @app.route("/tasks/<task_id>", methods=["DELETE"])
-    async def delete_task(self, request: IRequest, task_id: str) -> bytes:
-        """Glance answers 405: tasks go away when they expire."""
-        self.policy.check_tasks(await self._context(request), "modify_task")
-        request.setHeader(b"Allow", b"GET")
-        raise MethodNotAllowed(
-            "This operation is currently not permitted on Glance Tasks. They are auto "
-            "deleted after reaching the time based on their expires_at property."
-        )
-
-    @app.route("/tasks", methods=["POST"])
-    async def create_task(self, request: IRequest) -> bytes:
-        """
-        Glance's (deprecated) C{import} task: answer 201 with the task
-        pending, then, in the background, make an image of
-        C{image_properties} and import it from C{import_from} by the
-        web-download path (its address guard included); the task's result
-        is the image's id.
-        """
-        context = await self._context(request)
-        self.policy.check_tasks(context, "add_task")
-        asked = v2_tasks.parse_task(_read_object(request))
-        tasks = self._tasks()
-        request_ids = request.responseHeaders.getRawHeaders(REQUEST_ID_HEADER)
-        task = await tasks.new(
-            IMPORT,
-            owner=context.project_id,
-            input=asked.input,
-            user_id=context.user_id,
-            request_id=request_ids[0].decode("ascii") if request_ids else None,
-        )
-        running = Deferred.fromCoroutine(self._run_import_task(context, task.id, asked))
-        running.addErrback(lambda f: log.failure("Import task {task_id} failed", f, task_id=task.id))
-        self.running_tasks[task.id] = running
-        running.addBoth(lambda _: self.running_tasks.pop(task.id, None) and None)
-        request.setHeader(b"Location", f"{self._base_url(request)}/v2/tasks/{task.id}".encode())
-        return _json(request, v2_tasks.task_view(task), 201)
-
-    async def _run_import_task(
-        self, context: RequestContext, task_id: str, asked: v2_tasks.ImportTaskRequest
-    ) -> None:
-        """
-        The import task's work (Glance's C{glance/async_/flows/base_import}
-        in outline): a refusal before the import starts fails the task with
-        its message; the import itself ends it (L{Importer}).
-        """
-        tasks = self._tasks()
-        try:
-            for key in ("import_from", "import_from_format", "image_properties"):
-                if key not in asked.input:
-                    raise BadRequest(f"Input does not contain '{key}' field")
-            properties = asked.input["image_properties"]
-            if not isinstance(properties, dict):
-                raise BadRequest("image_properties must be an object")
-            importer = self._importer(WEB_DOWNLOAD)
-            image = await self.registry.create(self._new_image(context, properties))
-            await importer.hold(image.id, WEB_DOWNLOAD)
-            try:
-                if not (image.disk_format and image.container_format):
-                    raise BadRequest("image_properties must set disk_format and container_format")
-                image = await self.registry.update(
-                    image.id,
-                    ImageUpdate(
-                        fields={"status": images.IMAGE_IMPORTING},
-                        properties={IMPORTING_TO_STORES: self.stores.default_id, FAILED_IMPORT: ""},
-                    ),
-                    expected_status=frozenset({images.QUEUED}),
-                    expected_version=image.version,
-                )
-            except BaseException:
-                await importer.release(image.id)
-                raise
-        except GlanceError as e:
-            await tasks.fail(task_id, e.message)
-            return
-        except Exception as e:
-            await tasks.fail(task_id, str(e) or type(e).__name__)
-            raise
-        await importer.start(
-            ImportJob(
-                image=image,
-                method=WEB_DOWNLOAD,
-                source=Location(asked.uri),
-                stores=(self.stores.default_id,),
-                task_id=task_id,
-            )
-        )
+    @app.route("/tasks", branch=True)
+    def task_routes(self, request: IRequest) -> Any:
+        """The tasks API, its own Klein app (L{glance_tx.api.v2_task_routes})."""
+        if self.tasks_api is None:
+            raise NotFound("The tasks API is not enabled")
+        return self.tasks_api.resource()
 
     @app.route("/images/<image_id>/file", methods=["GET", "HEAD"])
     async def download(self, request: IRequest, image_id: str) -> bytes | None:
