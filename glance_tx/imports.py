@@ -223,8 +223,8 @@ class Importer:
     async def _run(self, job: ImportJob) -> None:
         work: list[str] = []
         failure: str | None = None
-        await self._move_task(job, PROCESSING)
         try:
+            await self._move_task(job, PROCESSING)
             failure = await self._import(job, work)
         except BaseException as e:
             failure = _reason(e)
