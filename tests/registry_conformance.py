@@ -2196,11 +2196,19 @@ class RegistryConformanceMixin(_Base):
 
     @conformance
     async def test_expired_task_is_gone(self, registry: Any) -> None:
-        """A task past its expires_at is neither found, listed nor moved."""
-        [task] = await self.make_tasks(registry, 1)
+        """
+        A task past its expires_at is neither found, listed nor moved;
+        delete_expired_tasks deletes it (and only it) for good.
+        """
+        task, kept, ended = await self.make_tasks(registry, 3)
         await registry.update_task(task.id, TaskChange(TASK_FAILURE, expires_in=0))
+        await registry.update_task(ended.id, TaskChange(TASK_FAILURE, expires_in=3600))
         await self.assertFails(registry.get_task(task.id), NotFound)
-        self.assertEqual(await registry.list_tasks(TaskQuery()), [])
+        await self.assertFails(registry.update_task(task.id, TaskChange(TASK_FAILURE)), NotFound)
+        self.assertEqual({t.id for t in await registry.list_tasks(TaskQuery())}, {kept.id, ended.id})
+        self.assertEqual(await registry.delete_expired_tasks(), 1)
+        self.assertEqual(await registry.delete_expired_tasks(), 0)
+        self.assertEqual({t.id for t in await registry.list_tasks(TaskQuery())}, {kept.id, ended.id})
 
     @conformance
     async def test_list_tasks_filters_sorts_and_pages(self, registry: Any) -> None:

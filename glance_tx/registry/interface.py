@@ -265,5 +265,13 @@ class IRegistry(Interface):
         changes nothing. NotFound for an unknown or expired task.
         """
 
+    def delete_expired_tasks() -> Deferred[int]:
+        """
+        Delete for good every task whose C{expires_at} has passed by the
+        registry's clock (they are found and listed no more already); fire
+        with how many. The scrubber's rounds call it, so the table holds
+        only the tasks still shown.
+        """
+
     def ping() -> Deferred[None]:
         """Fire when the registry answers; fail with the reason when not."""

@@ -35,6 +35,7 @@ Every body is JSON in the shapes of L{glance_tx.registry.wire}::
     GET    /tasks?query=JSON                         list tasks
     GET    /tasks/ID                                 get a task
     PUT    /tasks/ID               {"change": ...}   move a task on
+    DELETE /tasks/expired                            delete expired tasks: {"deleted": N}
 
 A listing's C{query} is one encoded L{glance_tx.images.ImageQuery}, so the
 registry lists with the same filters, order and keyset pages the API asked
@@ -262,6 +263,10 @@ class RegistryServer:
         query = wire.decode_task_query(parse_json(raw, "the query parameter") if raw else {})
         found = await self.registry.list_tasks(query)
         return _json(request, {"tasks": [wire.encode_task(t) for t in found]})
+
+    @app.route("/tasks/expired", methods=["DELETE"])
+    async def delete_expired_tasks(self, request: IRequest) -> bytes:
+        return _json(request, {"deleted": await self.registry.delete_expired_tasks()})
 
     @app.route("/tasks/<task_id>", methods=["GET"])
     async def get_task(self, request: IRequest, task_id: str) -> bytes:

@@ -106,6 +106,7 @@ from glance_tx.registry.sql.rows import (
 )
 from glance_tx.registry.sql.tasks import (
     check_json,
+    delete_expired,
     fetch_task,
     insert_task,
     list_tasks,
@@ -255,6 +256,9 @@ class SQLRegistry:
 
     def update_task(self, task_id: str, change: TaskChange) -> Deferred[Task]:
         return self._run(self._update_task, task_id, change)
+
+    def delete_expired_tasks(self) -> Deferred[int]:
+        return self._run(self._delete_expired_tasks)
 
     def hold_uploads(
         self, node_id: str, uploads: Mapping[str, str], seconds: float
@@ -592,6 +596,10 @@ class SQLRegistry:
             write_task(connection, new)
             # Not read back: a change may expire the task at once.
             return new
+
+    def _delete_expired_tasks(self) -> int:
+        with self._write() as connection:
+            return int(connection.execute(delete_expired(self.now())).rowcount)
 
     # upload leases (see IRegistry.hold_uploads): times are this registry's
     # clock, never a node's.

@@ -18,7 +18,16 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, RowMapping, and_, insert, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    RowMapping,
+    and_,
+    delete,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy import update as sql_update
 
 from glance_tx.errors import BadRequest, NotFound
@@ -85,6 +94,11 @@ def check_json(task: Task) -> None:
 
 def _live(now: datetime) -> ColumnElement[bool]:
     return or_(tasks.c.expires_at.is_(None), tasks.c.expires_at > now)
+
+
+def delete_expired(now: datetime) -> Any:
+    """The DELETE of every task expired at C{now}."""
+    return delete(tasks).where(tasks.c.expires_at.is_not(None), tasks.c.expires_at <= now)
 
 
 def insert_task(connection: Connection, task: Task) -> None:
