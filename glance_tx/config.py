@@ -377,6 +377,10 @@ class Config:
     #: Load them into the SQL registry at every start (namespaces already
     #: there are left as they are; see L{glance_tx.metadefs.load}).
     load_metadefs: bool = False
+    #: C{[task] task_time_to_live}: hours a task stays shown after it has
+    #: ended (Glance's option, group and default; its old place in
+    #: C{[DEFAULT]} is read too).
+    task_time_to_live: int = 48
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -501,6 +505,9 @@ def load_config(
         image_conversion=_image_conversion_config(parser),
         metadata_source_path=default.get("metadata_source_path") or None,
         load_metadefs=bool_option(default, "load_metadefs", False),
+        task_time_to_live=_int(
+            parser["task"] if parser.has_section("task") else default, "task_time_to_live", 48
+        ),
         import_filtering={
             k: v
             for k, v in (

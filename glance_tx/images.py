@@ -45,6 +45,11 @@ TRANSITIONS: Mapping[str, frozenset[str]] = MappingProxyType(
 )
 STATUSES = frozenset(TRANSITIONS)
 
+#: The properties Glance records an import's progress in: the stores still
+#: to do, and those that failed (comma-separated store ids).
+IMPORTING_TO_STORES = "os_glance_importing_to_stores"
+FAILED_IMPORT = "os_glance_failed_import"
+
 #: Statuses a listing leaves out unless asked for explicitly.
 HIDDEN_STATUSES = frozenset({KILLED, DELETED})
 

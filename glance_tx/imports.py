@@ -23,6 +23,18 @@ locations (the staged data is removed); failure, when every store had to
 succeed, returns the image to C{queued} with nothing stored, as Glance's
 revert does. With a L{Converter}, the source is converted first (see
 L{glance_tx.formats.conversion}).
+
+Each import is recorded as an C{api_image_import} task (L{TaskLog}), and
+the tasks API's C{import} task runs through here too (as web-download):
+the task goes C{processing} when the import starts and C{success} (its
+result the image id) or C{failure} (its message what failed) when it ends.
+
+While it runs, the import is leased to this node (L{UploadLeases}, held by
+the API before the image moves to C{importing} and released here once the
+import has ended), naming the status the image takes if the node dies and
+another node reclaims it (L{glance_tx.recovery}): C{uploading} again for
+glance-direct (the staged data is kept until the import ends), C{queued}
+for web-download, and C{active} (unchanged) for copy-image.
 """
 
 from __future__ import annotations
@@ -39,12 +51,21 @@ from glance_tx import images
 from glance_tx.config import IMPORT_METHOD_NAMES
 from glance_tx.errors import GlanceError, NotFound, VersionConflict
 from glance_tx.formats.conversion import Converter
-from glance_tx.images import Image, ImageUpdate, Location
+from glance_tx.images import (
+    FAILED_IMPORT,
+    IMPORTING_TO_STORES,
+    Image,
+    ImageUpdate,
+    Location,
+)
+from glance_tx.leases import UploadLeases
 from glance_tx.registry.interface import IRegistry
 from glance_tx.stages import IUploadStage
 from glance_tx.store.backends import StoreMap, is_read_only
 from glance_tx.store.interface import IStore
 from glance_tx.streaming import UploadPipeline, UploadResult
+from glance_tx.task_log import TaskLog
+from glance_tx.tasks import PROCESSING
 from glance_tx.uploads import Uploader
 
 log = Logger()
@@ -53,9 +74,6 @@ log = Logger()
 IMPORT_METHODS = IMPORT_METHOD_NAMES
 GLANCE_DIRECT, WEB_DOWNLOAD, COPY_IMAGE = IMPORT_METHODS
 
-#: The properties Glance records an import's progress in.
-IMPORTING_TO_STORES = "os_glance_importing_to_stores"
-FAILED_IMPORT = "os_glance_failed_import"
 
 #: Staged data's keys are derived from the image id in this namespace.
 STAGING_NAMESPACE = uuid.UUID("7c1e2f3a-6b0d-5e4f-9a8b-0c1d2e3f4a5b")
@@ -84,6 +102,22 @@ def _joined(store_ids: Sequence[str]) -> str:
     return ",".join(store_ids)
 
 
+def reclaim_status(method: str) -> str:
+    """
+    What the image of an import by C{method} becomes if its node dies
+    mid-import (the status its lease names; see the module docstring).
+    """
+    if method == GLANCE_DIRECT:
+        return images.UPLOADING
+    if method == COPY_IMAGE:
+        return images.ACTIVE
+    return images.QUEUED
+
+
+def _reason(e: BaseException) -> str:
+    return e.message if isinstance(e, GlanceError) else (str(e) or type(e).__name__)
+
+
 @frozen
 class ImportJob:
     """One import, as the API has accepted it."""
@@ -95,6 +129,8 @@ class ImportJob:
     source: Location
     stores: tuple[str, ...]
     all_stores_must_succeed: bool = True
+    #: The task that records it (L{TaskLog}); None records none.
+    task_id: str | None = None
 
 
 @define
@@ -112,6 +148,11 @@ class Importer:
     #: Converts imports to C{[image_conversion] output_format}; None: no
     #: conversion.
     converter: Converter | None = None
+    #: Records each import's task; None records none.
+    tasks: TaskLog | None = None
+    #: This node's leases: each import holds one while it runs (see
+    #: L{hold}); None (tests of one process) holds none.
+    leases: UploadLeases | None = None
     #: Each image's import in flight on this node.
     running: dict[str, Deferred[None]] = field(factory=dict, init=False)
 
@@ -131,6 +172,21 @@ class Importer:
     def staging_store_id(self) -> str:
         """Where staged data goes: the default store (see L{staging_key})."""
         return self.stores.default_id
+
+    async def hold(self, image_id: str, method: str) -> None:
+        """
+        Lease the import of C{image_id} to this node, before its image
+        moves on (L{start} releases it when the import ends; L{release}
+        if the import is not started after all).
+
+        @raise Conflict: this node runs an upload or import to that image.
+        """
+        if self.leases is not None:
+            await self.leases.hold(image_id, reclaim_status(method))
+
+    async def release(self, image_id: str) -> None:
+        if self.leases is not None:
+            await self.leases.release(image_id)
 
     def start(self, job: ImportJob) -> Deferred[None]:
         """Run C{job} in the background; the Deferred never fails."""
@@ -172,16 +228,35 @@ class Importer:
 
     async def _run(self, job: ImportJob) -> None:
         work: list[str] = []
+        failure: str | None = None
         try:
-            await self._import(job, work)
+            await self._move_task(job, PROCESSING)
+            failure = await self._import(job, work)
+        except BaseException as e:
+            failure = _reason(e)
+            raise
         finally:
             if job.method == GLANCE_DIRECT:
                 await self._delete(job.source)  # the staged data
             if self.converter is not None:
                 for key in work:
                     await self._delete(Location(self.converter.work.location_for(key)), self.converter.work)
+            if self.tasks is not None and job.task_id is not None:
+                if failure is None:
+                    await self.tasks.succeed(job.task_id, {"image_id": job.image.id})
+                else:
+                    await self.tasks.fail(job.task_id, failure)
+            await self.release(job.image.id)
 
-    async def _import(self, job: ImportJob, work: list[str]) -> None:
+    async def _move_task(self, job: ImportJob, status: str) -> None:
+        if self.tasks is not None and job.task_id is not None:
+            await self.tasks.move(job.task_id, status)
+
+    async def _import(self, job: ImportJob, work: list[str]) -> str | None:
+        """
+        The import; returns None when it succeeded, else what failed (for
+        its task's message).
+        """
         """Into each store in turn; C{work} collects the work files made."""
         image = job.image
         source = job.source
@@ -189,6 +264,7 @@ class Importer:
         stages: Sequence[IUploadStage] | None = () if job.method == COPY_IMAGE else None
         remaining = list(job.stores)
         failed: list[str] = []
+        reasons: list[str] = []
         done: list[Location] = []
         first: UploadResult | None = None
         converter = self.converter
@@ -197,9 +273,9 @@ class Importer:
             try:
                 source = await self._convert(converter, image, source, reader, work)
             except Exception as e:
-                self._failed(image, "work directory", e)
+                reason = self._failed(image, "work directory", e)
                 await self._revert(image.id, list(job.stores), [])
-                return
+                return reason
             image = evolve(image, disk_format=converter.output_format)
             reader = converter.work
         for store_id in job.stores:
@@ -209,7 +285,7 @@ class Importer:
                 location = Location(stored.location, store_id)
                 await self._record(image.id, location, expected)
             except Exception as e:
-                self._failed(image, store_id, e)
+                reasons.append(self._failed(image, store_id, e))
                 failed.append(store_id)
                 if job.all_stores_must_succeed:
                     break
@@ -221,22 +297,26 @@ class Importer:
                     source, reader, stages = location, None, ()
             if remaining:
                 await self._progress(image.id, remaining, failed)
+        failure = "; ".join(reasons) if failed and job.all_stores_must_succeed else None
         if job.method == COPY_IMAGE:
             await self._add_copies(image.id, done, failed)
-            return
-        succeeded = first is not None and not (failed and job.all_stores_must_succeed)
-        if succeeded and first is not None:
+            return failure
+        if first is not None and failure is None:
             await self._activate(image, first, done, failed)
-        else:
-            await self._revert(image.id, failed or list(job.stores), done)
+            return None
+        await self._revert(image.id, failed or list(job.stores), done)
+        return "; ".join(reasons) or "No store took the image"
 
-    def _failed(self, image: Image, where: str, e: Exception) -> None:
+    def _failed(self, image: Image, where: str, e: Exception) -> str:
+        """Log the failure; return what a task says of it."""
+        reason = _reason(e)
         log.warn(
             "Import of {image_id} into {where} failed: {reason}",
             image_id=image.id,
             where=where,
-            reason=e.message if isinstance(e, GlanceError) else repr(e),
+            reason=reason,
         )
+        return f"Import into {where} failed: {reason}"
 
     async def _convert(
         self,

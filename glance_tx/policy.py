@@ -116,6 +116,13 @@ DEFAULT_RULES: dict[str, str] = {
     "reactivate": ADMIN_OR_PROJECT_MEMBER,
     "copy_image": "role:admin",
     **METADEF_RULES,
+    # Tasks (glance/policies/tasks.py): the API as a whole is admin-only;
+    # the rest are Glance's "rule:default" (anyone), checked after it.
+    "tasks_api_access": "role:admin",
+    "get_task": "",
+    "get_tasks": "",
+    "add_task": "",
+    "modify_task": "",
 }
 
 #: Keystone's default role implications (what C{keystone-manage bootstrap}
@@ -358,6 +365,16 @@ class Policy:
     def check_copy(self, context: RequestContext, image: Image) -> None:
         """copy-image import into more stores: an admin's, as in Glance."""
         self.enforce("copy_image", context, image_target(image), "Only an admin can copy images")
+
+    def check_tasks(self, context: RequestContext, rule: str) -> None:
+        """
+        The tasks API: C{tasks_api_access} (admin by default, as Glance 33)
+        and then the call's own rule (C{get_task}, C{get_tasks},
+        C{add_task}).
+        """
+        target = {"project_id": context.project_id}
+        self.enforce("tasks_api_access", context, target, "You are not authorized to access the tasks API")
+        self.enforce(rule, context, target)
 
     def check_deletable(self, context: RequestContext, image: Image) -> None:
         self.enforce(

@@ -31,25 +31,42 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from glance_tx.errors import GlanceError
+from glance_tx import images
+from glance_tx.errors import GlanceError, NotFound
+from glance_tx.images import Image, ImageUpdate
+from glance_tx.imports import staging_key
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
+from glance_tx.task_log import TaskLog
+from glance_tx.tasks import ENDED, TaskQuery
 
 log = Logger()
 
 
 async def reclaim(
-    registry: IRegistry, stores: StoreMap, dead_node_id: str | None = None
+    registry: IRegistry,
+    stores: StoreMap,
+    dead_node_id: str | None = None,
+    tasks: TaskLog | None = None,
 ) -> int:
     """
-    Reclaim the uploads of nodes that are gone (and those of C{dead_node_id})
-    and remove their partial data; return how many were reclaimed.
+    Reclaim the uploads, stages and imports of nodes that are gone (and
+    those of C{dead_node_id}) and remove their partial data; return how
+    many were reclaimed. An image an import returned to C{uploading} whose
+    staged data is gone after all is made C{queued}; the tasks of a
+    reclaimed import fail, saying why.
     """
     reclaimed = await registry.reclaim_uploads(dead_node_id)
     for image in reclaimed:
         partial = 0
         for store in stores.stores.values():
-            partial += await store.discard_incomplete(image.id)
+            # An upload's or an import's writes are under the image id, a
+            # stage's under its staging key.
+            for key in (image.id, staging_key(image.id)):
+                partial += await store.discard_incomplete(key)
+        if image.status == images.UPLOADING and image.locations:
+            await _check_staged(registry, stores, image)
+        await _fail_tasks(tasks or TaskLog(registry), image)
         log.warn(
             "Upload of {image_id} reclaimed: its node is gone; image now "
             "{status}, {partial} partial writes removed",
@@ -58,6 +75,34 @@ async def reclaim(
             partial=partial,
         )
     return len(reclaimed)
+
+
+async def _check_staged(registry: IRegistry, stores: StoreMap, image: Image) -> None:
+    """An image back to uploading keeps that status only with its staged data."""
+    staged = image.locations[0]
+    try:
+        await stores.for_location(staged).size(staged.url)
+        return
+    except NotFound:
+        pass
+    try:
+        await registry.update(
+            image.id,
+            ImageUpdate(fields={"status": images.QUEUED, "locations": ()}),
+            expected_version=image.version,
+        )
+    except GlanceError as e:
+        log.info("Image {image_id} left uploading: {e}", image_id=image.id, e=e.message)
+
+
+async def _fail_tasks(tasks: TaskLog, image: Image) -> None:
+    """The image's tasks that had not ended fail: their node is gone."""
+    for task in await tasks.registry.list_tasks(TaskQuery(image_id=image.id)):
+        if task.status in ENDED or task.created_at > image.updated_at:
+            continue  # ended, or a new import's, begun since the reclaim
+        await tasks.fail(
+            task.id, f"The node running this import stopped; the image is {image.status} again"
+        )
 
 
 @define
@@ -103,6 +148,9 @@ class Reclaimer:
     clock: IReactorTime
     node_id: str
     period: float
+    #: Fails the tasks of reclaimed imports (by default with Glance's
+    #: task_time_to_live).
+    tasks: TaskLog | None = None
     sweep: OrphanSweep = field(init=False)
     _loop: LoopingCall | None = field(default=None, init=False)
 
@@ -111,7 +159,7 @@ class Reclaimer:
 
     async def once(self, dead_node_id: str | None = None) -> None:
         try:
-            await reclaim(self.registry, self.stores, dead_node_id)
+            await reclaim(self.registry, self.stores, dead_node_id, self.tasks)
             await self.sweep.sweep()
         except GlanceError as e:
             # Registry or store down: the next round tries again.

@@ -7,6 +7,9 @@ for good; it runs every C{wakeup_time} seconds in the API process
 (L{glance_tx.services.scrubber_service}), as C{glance-scrubber --daemon}
 would beside Glance.
 
+Each round also deletes the tasks that have expired
+(L{IRegistry.delete_expired_tasks}).
+
 Time is the registry's (L{IRegistry.pending_deletes}), so the nodes' clocks
 need not agree. Several nodes may scrub at once: deleting data already gone
 is no error, and only one of them deletes each record.
@@ -59,4 +62,15 @@ class Scrubber:
                 continue
             log.info("Scrubbed image {image_id}", image_id=image.id)
             scrubbed += 1
+        await self._expire_tasks()
         return scrubbed
+
+    async def _expire_tasks(self) -> None:
+        """Tasks past their C{expires_at} are deleted for good (Glance purges them too)."""
+        try:
+            deleted = await self.registry.delete_expired_tasks()
+        except Exception:
+            log.failure("Scrubber could not delete the expired tasks")
+            return
+        if deleted:
+            log.info("Deleted {count} expired tasks", count=deleted)

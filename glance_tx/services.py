@@ -63,6 +63,8 @@ from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
 from glance_tx.scrubber import Scrubber
 from glance_tx.store.backends import StoreMap, build_store_map
+from glance_tx.task_log import TaskLog
+from glance_tx.tasks import DEFAULT_TIME_TO_LIVE_HOURS
 from glance_tx.threads import BlockingRunner, ThreadPoolRunner
 
 log = Logger()
@@ -415,18 +417,23 @@ class RecoveryService(ReadyService[None]):
     node_id: str
     period: float
     enabled: bool = True
+    #: Glance's C{task_time_to_live} (hours), for the tasks of reclaimed
+    #: imports.
+    task_time_to_live: float = DEFAULT_TIME_TO_LIVE_HOURS
     reclaimer: Reclaimer | None = field(default=None, init=False)
 
     async def start(self) -> None:
         if not self.enabled:
             log.info("Recovery skipped: recover_on_start is false")
             return
+        registry = await self.registry.when_ready()
         self.reclaimer = Reclaimer(
-            await self.registry.when_ready(),
+            registry,
             await self.stores.when_ready(),
             self.clock,
             self.node_id,
             self.period,
+            tasks=TaskLog(registry, self.task_time_to_live),
         )
         await self.reclaimer.start()
 

@@ -198,6 +198,7 @@ def glance_service(
             import_methods=config.enabled_import_methods,
             web_download=await web_download(),
             converter=await converter(),
+            task_time_to_live=config.task_time_to_live,
         )
         built.log_suffix = log_suffix
         sites.append(built)
@@ -257,6 +258,7 @@ def glance_service(
             config.node_id,
             config.upload_lease_seconds,
             enabled=config.recover_on_start,
+            task_time_to_live=config.task_time_to_live,
         ),
         "leases": leases,
         "identity": identity,

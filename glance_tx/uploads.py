@@ -344,10 +344,10 @@ class Uploader:
         key: str | None,
         stages: Sequence[IUploadStage] | None,
     ) -> Upload:
-        # Leased before it is saving: a saving image never lacks its lease
-        # (one without a lease is reclaimed at once). Only saving images
-        # are reclaimed, so only they are leased.
-        leases = self.leases if working_status == images.SAVING else None
+        # Leased before it is saving (or uploading, for a stage): a saving
+        # image never lacks its lease (one without a lease is reclaimed at
+        # once), and a stage in progress shows by its lease.
+        leases = self.leases
         if leases is not None:
             await leases.hold(image.id, failure_status)
         try:

@@ -54,6 +54,12 @@ from glance_tx.images import (
     new_image_id,
 )
 from glance_tx.registry.interface import HeldClaim, IRegistry
+from glance_tx.tasks import API_IMAGE_IMPORT, Task, TaskChange, TaskQuery, new_task_id
+from glance_tx.tasks import FAILURE as TASK_FAILURE
+from glance_tx.tasks import IMPORT as TASK_IMPORT
+from glance_tx.tasks import PENDING as TASK_PENDING
+from glance_tx.tasks import PROCESSING as TASK_PROCESSING
+from glance_tx.tasks import SUCCESS as TASK_SUCCESS
 
 if TYPE_CHECKING:
     _Base = SynchronousTestCase
@@ -2031,3 +2037,217 @@ class RegistryConformanceMixin(_Base):
         )
         self.assertTrue(all(ok for ok, _ in results), results)
         self.assertEqual([value for _, value in results].count(None), 1)
+
+    async def importing(self, registry: Any, status: str = IMAGE_IMPORTING) -> Image:
+        """An image mid-import: staged data first, then a copy recorded."""
+        image = await registry.create(make_image(disk_format="raw", container_format="bare"))
+        staged = Location("file:///staging/x", "file")
+        await registry.update(image.id, ImageUpdate(fields={"status": UPLOADING, "locations": (staged,)}))
+        fields: dict[str, Any] = {"locations": (staged, Location("file:///second/x", "second"))}
+        if status == IMAGE_IMPORTING:
+            fields["status"] = IMAGE_IMPORTING
+        return await registry.update(
+            image.id,
+            ImageUpdate(fields=fields, properties={"os_glance_importing_to_stores": "third",
+                                                   "os_glance_failed_import": "fourth"}),
+        )
+
+    @conformance
+    async def test_reclaimed_imports(self, registry: Any) -> None:
+        """
+        An import whose node is gone: glance-direct's lease (uploading)
+        puts the image back to uploading with its staged data only;
+        web-download's (queued) to queued with no data; either way the
+        stores still to do join os_glance_failed_import and none is left
+        importing. An importing image with no lease (from before leases) is
+        queued. A live lease keeps an import.
+        """
+        direct, web, unleased, live = [await self.importing(registry) for _ in range(4)]
+        await registry.hold_uploads("node-a", {direct.id: UPLOADING, web.id: QUEUED}, 0)
+        await registry.hold_uploads("node-b", {live.id: QUEUED}, 3600)
+        reclaimed = {image.id: image for image in await registry.reclaim_uploads()}
+        self.assertEqual(set(reclaimed), {direct.id, web.id, unleased.id})
+        self.assertEqual(reclaimed[direct.id].status, UPLOADING)
+        self.assertEqual(reclaimed[direct.id].locations, (Location("file:///staging/x", "file"),))
+        for image in reclaimed.values():
+            self.assertEqual(image.properties["os_glance_importing_to_stores"], "")
+            self.assertEqual(image.properties["os_glance_failed_import"], "fourth,third")
+            self.assertEqual(await registry.get(image.id), image)
+        for image_id in (web.id, unleased.id):
+            self.assertEqual((reclaimed[image_id].status, reclaimed[image_id].locations), (QUEUED, ()))
+        self.assertEqual(await registry.get(live.id), live)
+        self.assertEqual(await registry.reclaim_uploads(), [])
+
+    @conformance
+    async def test_reclaimed_stages_and_copies(self, registry: Any) -> None:
+        """
+        A stage whose node is gone (uploading, no data recorded yet) is
+        queued again; a stage that had ended (its data recorded, its lease
+        release lost) is left alone. A copy-image whose node is gone leaves
+        the image active with its copies, the store it was copying to
+        failed; an active image's stale upload lease changes nothing. Each
+        expired lease is dropped: a second reclaim finds nothing.
+        """
+        stage = await registry.update(
+            (await registry.create(make_image())).id, ImageUpdate(fields={"status": UPLOADING})
+        )
+        staged = await self.importing(registry, status=UPLOADING)
+        copy = await self.importing(registry)
+        copy = await registry.update(copy.id, ImageUpdate(fields={"status": ACTIVE}))
+        stale = await registry.create(make_image(status=ACTIVE))
+        await registry.hold_uploads(
+            "node-a", {stage.id: QUEUED, staged.id: QUEUED, copy.id: ACTIVE, stale.id: QUEUED}, 0
+        )
+        reclaimed = {image.id: image for image in await registry.reclaim_uploads()}
+        self.assertEqual(set(reclaimed), {stage.id, copy.id})
+        self.assertEqual(reclaimed[stage.id].status, QUEUED)
+        self.assertEqual(reclaimed[copy.id].status, ACTIVE)
+        self.assertEqual(reclaimed[copy.id].locations, copy.locations)
+        self.assertEqual(reclaimed[copy.id].properties["os_glance_failed_import"], "fourth,third")
+        self.assertEqual(await registry.get(staged.id), staged)
+        self.assertEqual(await registry.get(stale.id), stale)
+        self.assertEqual(await registry.reclaim_uploads(), [])
+
+    # -- tasks ---------------------------------------------------------------------
+
+    async def make_tasks(self, registry: Any, count: int, **fields: Any) -> list[Task]:
+        made = []
+        for index in range(count):
+            values: dict[str, Any] = {
+                "id": new_task_id(),
+                "type": TASK_IMPORT,
+                "status": TASK_PENDING,
+                "created_at": T0 + timedelta(seconds=index),
+                "updated_at": T0 + timedelta(seconds=index),
+                "owner": "project-a",
+            }
+            values.update(fields)
+            made.append(await registry.create_task(Task(**values)))
+        return made
+
+    @conformance
+    async def test_task_round_trip(self, registry: Any) -> None:
+        """
+        A task is stored as given, every field (its JSON input and result,
+        the image, request and user it was made for) read back equal.
+        """
+        task = Task(
+            id=new_task_id(),
+            type=API_IMAGE_IMPORT,
+            status=TASK_PROCESSING,
+            created_at=T0,
+            updated_at=T0 + timedelta(microseconds=1),
+            owner="project-a",
+            input={"image_id": "x", "import_req": {"method": {"name": "web-download"}}},
+            result={"image_id": "y"},
+            message="half way",
+            expires_at=datetime.now(UTC) + timedelta(days=3),
+            image_id=new_image_id(),
+            request_id="req-" + "a" * 36,
+            user_id="user-a",
+        )
+        before = datetime.now(UTC) - timedelta(minutes=1)
+        stored = await registry.create_task(task)
+        # Created and updated by the registry's clock.
+        self.assertEqual(stored.created_at, stored.updated_at)
+        self.assertGreater(stored.created_at, before)
+        self.assertEqual(evolve(stored, created_at=T0, updated_at=T0), evolve(task, updated_at=T0))
+        self.assertEqual(await registry.get_task(task.id), stored)
+        await self.assertFails(registry.create_task(task), Conflict)
+        await self.assertFails(registry.get_task(new_task_id()), NotFound)
+
+    @conformance
+    async def test_task_refusals(self, registry: Any) -> None:
+        """A task of no known type or status, a naive time or a long owner is a 400."""
+        [task] = await self.make_tasks(registry, 1)
+        for bad in (
+            evolve(task, id=new_task_id(), type="convert"),
+            evolve(task, id=new_task_id(), status="running"),
+            evolve(task, id=new_task_id(), expires_at=T0.replace(tzinfo=None)),
+            evolve(task, id=new_task_id(), owner="o" * 256),
+        ):
+            await self.assertFails(registry.create_task(bad), BadRequest)
+
+    @conformance
+    async def test_task_moves_as_glance_allows(self, registry: Any) -> None:
+        """
+        pending -> processing -> success, with the result and an expiry
+        set by the registry's clock from expires_in; an ended task moves
+        no more (409, unchanged); pending -> failure keeps the message.
+        """
+        first, second = await self.make_tasks(registry, 2)
+        processing = await registry.update_task(first.id, TaskChange(TASK_PROCESSING))
+        self.assertEqual(processing.status, TASK_PROCESSING)
+        self.assertIsNone(processing.expires_at)
+        self.assertGreaterEqual(processing.updated_at, first.updated_at)
+        done = await registry.update_task(
+            first.id, TaskChange(TASK_SUCCESS, result={"image_id": "i"}, expires_in=3600)
+        )
+        self.assertEqual((done.status, done.result), (TASK_SUCCESS, {"image_id": "i"}))
+        assert done.expires_at is not None
+        self.assertAlmostEqual(
+            (done.expires_at - done.updated_at).total_seconds(), 3600, delta=60
+        )
+        await self.assertFails(registry.update_task(first.id, TaskChange(TASK_FAILURE)), Conflict)
+        self.assertEqual(await registry.get_task(first.id), done)
+        failed = await registry.update_task(second.id, TaskChange(TASK_FAILURE, message="gone"))
+        self.assertEqual((failed.status, failed.message), (TASK_FAILURE, "gone"))
+        await self.assertFails(registry.update_task(new_task_id(), TaskChange(TASK_FAILURE)), NotFound)
+
+    @conformance
+    async def test_expired_task_is_gone(self, registry: Any) -> None:
+        """
+        A task past its expires_at is neither found, listed nor moved;
+        delete_expired_tasks deletes it (and only it) for good.
+        """
+        task, kept, ended = await self.make_tasks(registry, 3)
+        await registry.update_task(task.id, TaskChange(TASK_FAILURE, expires_in=0))
+        await registry.update_task(ended.id, TaskChange(TASK_FAILURE, expires_in=3600))
+        await self.assertFails(registry.get_task(task.id), NotFound)
+        await self.assertFails(registry.update_task(task.id, TaskChange(TASK_FAILURE)), NotFound)
+        self.assertEqual({t.id for t in await registry.list_tasks(TaskQuery())}, {kept.id, ended.id})
+        self.assertEqual(await registry.delete_expired_tasks(), 1)
+        self.assertEqual(await registry.delete_expired_tasks(), 0)
+        self.assertEqual({t.id for t in await registry.list_tasks(TaskQuery())}, {kept.id, ended.id})
+
+    @conformance
+    async def test_list_tasks_filters_sorts_and_pages(self, registry: Any) -> None:
+        """
+        Listings are newest first by default, filter by type, status,
+        image and owner, sort by a key with created_at and id breaking
+        ties, and page after a marker to the end; a marker naming no task
+        the query could list is a 400.
+        """
+        image_id = new_image_id()
+        made = await self.make_tasks(registry, 5)
+        other = await self.make_tasks(
+            registry, 2, owner="project-b", type=API_IMAGE_IMPORT, image_id=image_id
+        )
+        await registry.update_task(made[1].id, TaskChange(TASK_PROCESSING))
+
+        async def ids(**query: Any) -> list[str]:
+            return [t.id for t in await registry.list_tasks(TaskQuery(**query))]
+
+        everything = sorted(made + other, key=lambda t: (t.created_at, t.id), reverse=True)
+        self.assertEqual(await ids(), [t.id for t in everything])
+        self.assertEqual(await ids(owner="project-b"), [t.id for t in reversed(other)])
+        self.assertEqual(await ids(image_id=image_id, sort_dir="asc"), [t.id for t in other])
+        self.assertEqual(await ids(type=TASK_IMPORT, status=TASK_PROCESSING), [made[1].id])
+        by_status = await ids(sort_key="status", sort_dir="asc", owner="project-a")
+        self.assertEqual(by_status[0], made[0].id)  # pending < processing
+        self.assertEqual(by_status[-1], made[1].id)
+        paged: list[str] = []
+        marker = None
+        for _ in range(10):
+            page = await ids(limit=2, marker=marker)
+            if not page:
+                break
+            paged += page
+            marker = page[-1]
+        self.assertEqual(paged, [t.id for t in everything])
+        await self.assertFails(registry.list_tasks(TaskQuery(marker=new_task_id())), BadRequest)
+        await self.assertFails(
+            registry.list_tasks(TaskQuery(owner="project-a", marker=other[0].id)), BadRequest
+        )
+        await self.assertFails(registry.list_tasks(TaskQuery(sort_key="message")), BadRequest)
+        await self.assertFails(registry.list_tasks(TaskQuery(status="done")), BadRequest)

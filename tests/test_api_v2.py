@@ -184,9 +184,9 @@ class SchemaTests(V2TestCase):
         self.assertEqual(members["properties"]["members"]["items"]["name"], "member")
 
     def test_unknown_schemas(self) -> None:
-        """Schemas glance-tx lacks (tasks; metadefs/ ones it has not) are 404s the
-        client tolerates; a write to a schema is a 405."""
-        for name in ("metadefs/nope", "task", "nope"):
+        """Schemas glance-tx lacks are 404s the client tolerates; a write to a
+        schema is a 405."""
+        for name in ("metadefs/nope", "nope"):
             self.assertError(self.request("GET", f"/v2/schemas/{name}"), 404)
         self.assertError(self.request("POST", "/v2/schemas/image"), 405)
 

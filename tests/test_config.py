@@ -365,6 +365,14 @@ class ImportOptionsTests(SynchronousTestCase):
             self.load("[DEFAULT]\nenabled_import_methods = glance-download\n")
         self.assertIn("glance-download", str(caught.exception))
 
+    def test_task_time_to_live(self) -> None:
+        """[task] task_time_to_live (hours, default 48), also read from [DEFAULT]."""
+        self.assertEqual(self.load("").task_time_to_live, 48)
+        self.assertEqual(self.load("[task]\ntask_time_to_live = 2\n").task_time_to_live, 2)
+        self.assertEqual(self.load("[DEFAULT]\ntask_time_to_live = 3\n").task_time_to_live, 3)
+        with self.assertRaises(ConfigError):
+            self.load("[task]\ntask_time_to_live = soon\n")
+
     def test_image_conversion(self) -> None:
         """[image_conversion]: output_format (raw, qcow2, vmdk) and its limits."""
         self.assertIsNone(self.load("").image_conversion.output_format)

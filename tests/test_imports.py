@@ -29,7 +29,7 @@ class ImportTestCase(V2TestCase):
 
     def setUp(self) -> None:
         self.web = FakeWeb()
-        self.site_options = {"web_download": HTTPStore(agent=self.web, clock=Clock())}
+        self.site_options = {**self.site_options, "web_download": HTTPStore(agent=self.web, clock=Clock())}
         super().setUp()
 
     def make_stores(self) -> StoreMap:

@@ -107,6 +107,7 @@ class FailingRegistry:
     update_member = remove_member = ping = _answer
     hold_uploads = release_upload = reclaim_uploads = _answer
     claim_node = release_node = project_usage = _answer
+    create_task = get_task = list_tasks = update_task = delete_expired_tasks = _answer
 
 
 class ServerTests(SynchronousTestCase):

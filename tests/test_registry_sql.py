@@ -86,6 +86,7 @@ TABLES = {
     "metadef_definitions",
     "metadef_resource_types",
     "metadef_namespace_resource_types",
+    "tasks",
 }
 HEAD = SCHEMA_REVISION
 
@@ -172,7 +173,7 @@ def shared_database(admin_url: URL) -> URL:
 def empty_tables(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.exec_driver_sql(
-            "TRUNCATE metadef_namespace_resource_types, metadef_definitions,"
+            "TRUNCATE tasks, metadef_namespace_resource_types, metadef_definitions,"
             " metadef_resource_types, metadef_namespaces,"
             " image_writes, node_claims, upload_leases, image_members, image_tags, image_locations, image_properties,"
             " images"

@@ -52,6 +52,16 @@ from glance_tx.metadefs.model import (
 )
 from glance_tx.registry import wire
 from glance_tx.registry.interface import HeldClaim
+from glance_tx.tasks import (
+    API_IMAGE_IMPORT,
+    FAILURE,
+    IMPORT,
+    PENDING,
+    Task,
+    TaskChange,
+    TaskQuery,
+    new_task_id,
+)
 
 #: How many generated values each round-trip test tries.
 EXAMPLES = 300
@@ -263,8 +273,50 @@ class RoundTripTests(SynchronousTestCase):
             )
 
 
+    def test_tasks(self) -> None:
+        """
+        Tasks (JSON input and result, times in their zones, every optional
+        field set or not), task changes and task queries round-trip.
+        """
+        now = datetime(2026, 12, 3, 11, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+        full = Task(
+            id=new_task_id(),
+            type=API_IMAGE_IMPORT,
+            status=FAILURE,
+            created_at=now,
+            updated_at=now + timedelta(microseconds=7),
+            owner="p",
+            input={"import_req": {"method": {"name": "web-download", "uri": "http://x/\u00e9"}}, "n": [1, None]},
+            result={"image_id": "i"},
+            message="it \u2014 failed",
+            expires_at=now + timedelta(hours=48),
+            image_id="i",
+            request_id="req-1",
+            user_id="u",
+        )
+        bare = Task(id=new_task_id(), type=IMPORT, status=PENDING, created_at=now, updated_at=now)
+        for task in (full, bare):
+            self.assertEqual(wire.decode_task(through_json(wire.encode_task(task))), task)
+        for change in (TaskChange(PENDING), TaskChange(FAILURE, result={"a": 1}, message="m", expires_in=3600.0)):
+            self.assertEqual(wire.decode_task_change(through_json(wire.encode_task_change(change))), change)
+        for query in (TaskQuery(), TaskQuery("import", "success", "i", "p", "status", "asc", "m", 5)):
+            self.assertEqual(wire.decode_task_query(through_json(wire.encode_task_query(query))), query)
+
+
 class DecodingRefusalTests(SynchronousTestCase):
     """What the server receives is checked: bad input is a BadRequest, not a 500."""
+
+    def test_tasks(self) -> None:
+        """Malformed tasks, task changes and task queries are BadRequests."""
+        for value in ([], {"id": "x"}, {"id": "x", "type": "import", "status": "pending",
+                                        "created_at": "yesterday", "updated_at": None},
+                      {"input": []}):
+            self.assertRaises(BadRequest, wire.decode_task, value)
+        for value in ([], {}, {"status": 1}, {"status": "success", "message": 2},
+                      {"status": "success", "expires_in": -1}, {"status": "success", "result": "x"}):
+            self.assertRaises(BadRequest, wire.decode_task_change, value)
+        for value in ([], {"limit": "5"}, {"limit": True}, {"owner": 3}, {"colour": "red"}):
+            self.assertRaises(BadRequest, wire.decode_task_query, value)
 
     def test_leases(self) -> None:
         """

@@ -32,6 +32,8 @@ from glance_tx.scrubber_tap import Options as ScrubberOptions
 from glance_tx.services import ThreadPoolService, scrubber_service
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.filesystem import FilesystemStore, filesystem_datadir
+from glance_tx.task_log import TaskLog
+from glance_tx.tasks import TaskChange, TaskQuery
 from glance_tx.threads import SynchronousRunner
 from tests.api_fixtures import BASE, SiteTestCase
 from tests.memory_http import memory_client
@@ -146,6 +148,24 @@ class DelayedDeleteTests(SiteTestCase):
             self.assertEqual((record.status, record.locations), (images.DELETED, ()))
             self.assertEqual(self.stored_files(), [])
             self.assertEqual(self.request("HEAD", f"/v1/images/{image_id}").code, 404)
+
+    def test_expired_tasks_deleted(self) -> None:
+        """
+        Each round deletes the tasks that have expired (by the registry's
+        clock) for good, and only those.
+        """
+        log = TaskLog(self.registry)
+        expired, shown = (
+            self.successResultOf(Deferred.fromCoroutine(log.new("import", owner="p", input={})))
+            for _ in range(2)
+        )
+        self.successResultOf(self.registry.update_task(expired.id, TaskChange("failure", expires_in=0)))
+        self.successResultOf(Deferred.fromCoroutine(log.fail(shown.id, "no")))
+        scrubber = Scrubber(self.registry, self.stores, 0)
+        self.assertEqual(self.successResultOf(Deferred.fromCoroutine(scrubber.scrub())), 0)
+        self.assertEqual(self.successResultOf(self.registry.delete_expired_tasks()), 0)
+        [left] = self.successResultOf(self.registry.list_tasks(TaskQuery()))
+        self.assertEqual(left.id, shown.id)
 
     def test_scrubbed_at_once_with_scrub_time_0(self) -> None:
         """With Glance's default scrub_time of 0, the next round removes the data."""

@@ -30,6 +30,8 @@ from glance_tx.registry.quotas import QuotaRegistry
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.http import HTTPStore
 from glance_tx.store.interface import IStore
+from glance_tx.task_log import TaskLog
+from glance_tx.tasks import DEFAULT_TIME_TO_LIVE_HOURS
 from glance_tx.threads import BlockingRunner
 from glance_tx.uploads import Uploader, UploadSlots
 
@@ -61,6 +63,7 @@ def build_site(
     web_download: IStore | None = None,
     converter: Converter | None = None,
     metadefs: IMetadefRegistry | None = None,
+    task_time_to_live: float = DEFAULT_TIME_TO_LIVE_HOURS,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
@@ -72,6 +75,8 @@ def build_site(
     registry if it keeps them too. Each project's limits come from
     C{limit_source} (Keystone's unified limits), by default
     C{project_limits} for all.
+    if any. Tasks (imports', the tasks API's) expire C{task_time_to_live}
+    hours after they end.
     """
     policy = policy or Policy()
     if metadefs is None and IMetadefRegistry.providedBy(registry):
@@ -99,6 +104,7 @@ def build_site(
     )
     if web_download is None:
         web_download = next((s for s in stores.stores.values() if isinstance(s, HTTPStore)), None)
+    tasks = TaskLog(registry, task_time_to_live)
     importer = Importer(
         registry=registry,
         stores=stores,
@@ -106,6 +112,8 @@ def build_site(
         web=web_download,
         methods=import_methods,
         converter=converter,
+        tasks=tasks,
+        leases=leases,
     )
     v1 = V1API(
         registry=registry,
@@ -130,6 +138,7 @@ def build_site(
         delayed_delete=delayed_delete,
         importer=importer,
         image_format=image_format,
+        tasks=tasks,
     )
     v2_resource = v2.resource()
     if metadefs is not None:
@@ -145,4 +154,5 @@ def build_site(
     )
     site.displayTracebacks = False
     site.importer = importer
+    site.v2 = v2
     return site

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from glance_tx.errors import BadRequest
+from twisted.web.iweb import IRequest
+
+from glance_tx.errors import BadRequest, RequestEntityTooLarge
 
 #: Deepest nesting of arrays and objects a request body may have. Image
 #: metadata is flat and a patch value is at most a location with its metadata
@@ -70,3 +72,42 @@ def _depth_exceeds(document: Any, limit: int) -> bool:
             return False
         level = children
     return True
+
+
+#: What a JSON request body may weigh.
+MAX_JSON_BODY = 1 << 20
+
+
+def json_answer(request: IRequest, document: Any, status: int = 200) -> bytes:
+    """C{document} as the JSON response, with C{status}."""
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(document).encode("utf-8")
+
+
+def request_body(request: IRequest) -> bytes:
+    """The request body, up to L{MAX_JSON_BODY} (else 413)."""
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    data: bytes = content.read(MAX_JSON_BODY + 1)
+    if len(data) > MAX_JSON_BODY:
+        raise RequestEntityTooLarge(f"Request body is larger than {MAX_JSON_BODY} bytes")
+    return data
+
+
+def read_json(request: IRequest) -> Any:
+    """The body as JSON; an empty one is Glance's 400."""
+    data = request_body(request)
+    if not data.strip():
+        raise BadRequest("Body expected in request.")
+    return parse_json(data)
+
+
+def read_object(request: IRequest) -> dict[str, Any]:
+    """The body as a JSON object (else 400)."""
+    document = read_json(request)
+    if not isinstance(document, dict):
+        raise BadRequest("Request body must be a JSON object.")
+    return document

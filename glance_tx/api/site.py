@@ -347,6 +347,8 @@ class GlanceSite(server.Site):
     #: The API's L{glance_tx.imports.Importer}, whose imports outlive
     #: their requests (for tests and shutdown to wait on).
     importer: Any = None
+    #: The v2 app (its tasks API's import tasks, for tests to wait on).
+    v2: Any = None
 
     def __init__(
         self,

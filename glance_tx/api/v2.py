@@ -25,10 +25,11 @@ from urllib.parse import urlencode
 
 from attrs import Factory, define, field
 from klein import Klein
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from glance_tx import images
-from glance_tx.api import v2_info, v2_schemas
+from glance_tx.api import v2_info, v2_schemas, v2_tasks
 from glance_tx.api.base import ImagesAPI
 from glance_tx.api.downloads import serve_data
 from glance_tx.api.errors import json_errors
@@ -43,7 +44,10 @@ from glance_tx.api.http_cache import (
     serve_document,
     shareable,
 )
-from glance_tx.api.params import parse_int, parse_json
+from glance_tx.api.params import json_answer as _json
+from glance_tx.api.params import parse_int
+from glance_tx.api.params import read_object as _read_object
+from glance_tx.api.params import request_body as _body
 from glance_tx.api.site import StreamingRequest
 from glance_tx.api.upload_routes import UploadRoutes
 from glance_tx.api.urls import site_url
@@ -57,6 +61,7 @@ from glance_tx.api.v2_patch import (
     parse_patch,
 )
 from glance_tx.api.v2_query import parse_query
+from glance_tx.api.v2_task_routes import TasksAPI
 from glance_tx.api.versions import versions_document
 from glance_tx.config import ProjectLimits
 from glance_tx.context import RequestContext
@@ -64,8 +69,8 @@ from glance_tx.errors import (
     BadRequest,
     Conflict,
     Forbidden,
+    GlanceError,
     NotFound,
-    RequestEntityTooLarge,
     UnsupportedMediaType,
 )
 from glance_tx.images import Image, ImageUpdate, Location, Member, Viewer
@@ -82,16 +87,19 @@ from glance_tx.imports import (
 )
 from glance_tx.locations import LocationEdit
 from glance_tx.project_limits import FixedLimits, ProjectLimiter
+from glance_tx.request_ids import HEADER as REQUEST_ID_HEADER
 from glance_tx.store.http import shown_url
+from glance_tx.task_log import TaskLog
+from glance_tx.tasks import API_IMAGE_IMPORT, TaskQuery
 from glance_tx.uploads import Upload
+
+log = Logger()
 
 #: Core fields a create may set (id is checked on its own).
 CREATE_FIELDS = (
     "name", "visibility", "protected", "os_hidden", "min_ram", "min_disk",
     "disk_format", "container_format",
 )
-#: What a JSON request body may weigh.
-MAX_JSON_BODY = 1 << 20
 #: The statuses in which an image's only locations are its staged data,
 #: which is not shown.
 STAGED_STATUSES = frozenset({images.UPLOADING, images.IMAGE_IMPORTING})
@@ -175,12 +183,6 @@ def member_view(member: Member) -> dict[str, Any]:
     }
 
 
-def _json(request: IRequest, document: Any, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    return json.dumps(document).encode("utf-8")
-
-
 def _no_content(request: IRequest) -> bytes:
     request.setResponseCode(204)
     return b""
@@ -189,32 +191,6 @@ def _no_content(request: IRequest) -> bytes:
 def _header(request: IRequest, name: bytes) -> str | None:
     values = request.requestHeaders.getRawHeaders(name)
     return values[-1].decode("latin-1").strip() if values else None
-
-
-def _body(request: IRequest) -> bytes:
-    """The request body, up to L{MAX_JSON_BODY} (else 413)."""
-    content = request.content
-    if content is None:
-        return b""
-    content.seek(0)
-    data: bytes = content.read(MAX_JSON_BODY + 1)
-    if len(data) > MAX_JSON_BODY:
-        raise RequestEntityTooLarge(f"Request body is larger than {MAX_JSON_BODY} bytes")
-    return data
-
-
-def _read_json(request: IRequest) -> Any:
-    data = _body(request)
-    if not data.strip():
-        raise BadRequest("Body expected in request.")
-    return parse_json(data)
-
-
-def _read_object(request: IRequest) -> dict[str, Any]:
-    document = _read_json(request)
-    if not isinstance(document, dict):
-        raise BadRequest("Request body must be a JSON object.")
-    return document
 
 
 @define
@@ -238,6 +214,22 @@ class V2API(ImagesAPI):
     )
     #: Runs interoperable imports; None serves none.
     importer: Importer | None = None
+    #: Records tasks (imports', and the tasks API's); None: no tasks API.
+    tasks: TaskLog | None = None
+    #: The tasks API, mounted at C{/tasks} (None without C{tasks}).
+    tasks_api: TasksAPI | None = field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        if self.tasks is not None:
+            self.tasks_api = TasksAPI(
+                tasks=self.tasks,
+                registry=self.registry,
+                stores=self.stores,
+                policy=self.policy,
+                context=self._context,
+                new_image=self._new_image,
+                importer=self.importer,
+            )
 
     # -- helpers ------------------------------------------------------------
 
@@ -624,21 +616,30 @@ class V2API(ImagesAPI):
                 )
                 expected = image.status
                 fields = {"status": images.IMAGE_IMPORTING}
-            image = await self.registry.update(
-                image.id,
-                ImageUpdate(
-                    fields=fields,
-                    properties={IMPORTING_TO_STORES: ",".join(stores), FAILED_IMPORT: ""},
-                ),
-                expected_status=frozenset({expected}),
-                expected_version=image.version,
-            )
+            # Leased before the image moves on, so an importing image never
+            # lacks its lease (L{glance_tx.imports}).
+            await importer.hold(image.id, asked.method)
+            try:
+                image = await self.registry.update(
+                    image.id,
+                    ImageUpdate(
+                        fields=fields,
+                        properties={IMPORTING_TO_STORES: ",".join(stores), FAILED_IMPORT: ""},
+                    ),
+                    expected_status=frozenset({expected}),
+                    expected_version=image.version,
+                )
+                task_id = await self._import_task(request, context, image, body, stores)
+            except BaseException:
+                await importer.release(image.id)
+                raise
             return ImportJob(
                 image=image,
                 method=asked.method,
                 source=source,
                 stores=stores,
                 all_stores_must_succeed=asked.all_stores_must_succeed,
+                task_id=task_id,
             )
 
         job = await self._change_image(request, image_id, begin)
@@ -646,6 +647,73 @@ class V2API(ImagesAPI):
             importer.start(job)
         request.setResponseCode(202)
         return b""
+
+    async def _import_task(
+        self,
+        request: IRequest,
+        context: RequestContext,
+        image: Image,
+        body: dict[str, Any],
+        stores: tuple[str, ...],
+    ) -> str | None:
+        """
+        The import's C{api_image_import} task, in Glance's shape (its input
+        the image id, the request's body and the stores; its request id the
+        one this response carries), or None if it could not be recorded:
+        the import goes on without one.
+        """
+        if self.tasks is None:
+            return None
+        request_ids = request.responseHeaders.getRawHeaders(REQUEST_ID_HEADER)
+        try:
+            task = await self.tasks.new(
+                API_IMAGE_IMPORT,
+                owner=context.project_id,
+                input={"image_id": image.id, "import_req": body, "backend": list(stores)},
+                image_id=image.id,
+                user_id=context.user_id,
+                request_id=request_ids[0].decode("ascii") if request_ids else None,
+            )
+        except GlanceError as e:
+            log.warn("Import task of {image_id} not recorded: {e}", image_id=image.id, e=e.message)
+            return None
+        return task.id
+
+    # -- tasks ------------------------------------------------------------------
+
+    def _tasks(self) -> TaskLog:
+        if self.tasks is None:
+            raise NotFound("The tasks API is not enabled")
+        return self.tasks
+
+    @app.route("/images/<image_id>/tasks", methods=["GET"])
+    async def image_tasks(self, request: IRequest, image_id: str) -> bytes:
+        """
+        The image's tasks (Images API 2.12), as Glance's C{get_task_info}:
+        for whoever may see the image, the tasks an admin or the task's
+        own project sees.
+        """
+        forbid_storing(request)
+        context, image = await self._image(request, image_id)
+        found = await self._tasks().registry.list_tasks(TaskQuery(image_id=image.id, sort_dir="asc"))
+        admin = self.policy.is_admin(context)
+        return _json(
+            request,
+            {
+                "tasks": [
+                    v2_tasks.image_task_view(task)
+                    for task in found
+                    if admin or task.owner is None or task.owner == context.project_id
+                ]
+            },
+        )
+
+    @app.route("/tasks", branch=True)
+    def task_routes(self, request: IRequest) -> Any:
+        """The tasks API, its own Klein app (L{glance_tx.api.v2_task_routes})."""
+        if self.tasks_api is None:
+            raise NotFound("The tasks API is not enabled")
+        return self.tasks_api.resource()
 
     @app.route("/images/<image_id>/file", methods=["GET", "HEAD"])
     async def download(self, request: IRequest, image_id: str) -> bytes | None:

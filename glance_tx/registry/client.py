@@ -67,6 +67,7 @@ from glance_tx.registry import wire
 from glance_tx.registry.interface import HeldClaim, IRegistry
 from glance_tx.request_ids import HEADER as REQUEST_ID_HEADER
 from glance_tx.request_ids import current_request_id
+from glance_tx.tasks import Task, TaskChange, TaskQuery
 
 #: Methods that may be sent again after a connection failure.
 IDEMPOTENT = frozenset({"GET", "PUT", "DELETE"})
@@ -478,6 +479,52 @@ class HTTPRegistryClient:
             return wire.decode_usage(answer["usage"])
 
         return self._run(project_usage())
+
+    def _task_path(self, task_id: str) -> str:
+        return "/tasks/" + wire.path_segment(task_id, "task id")
+
+    def create_task(self, task: Task) -> Deferred[Task]:
+        async def create_task() -> Task:
+            # POST: not repeated; a repeat would be a Conflict on the id.
+            answer = await self._call("POST", "/tasks", body={"task": wire.encode_task(task)})
+            return wire.decode_task(answer["task"])
+
+        return self._run(create_task())
+
+    def get_task(self, task_id: str) -> Deferred[Task]:
+        async def get_task() -> Task:
+            answer = await self._call("GET", self._task_path(task_id))
+            return wire.decode_task(answer["task"])
+
+        return self._run(get_task())
+
+    def list_tasks(self, query: TaskQuery) -> Deferred[builtins.list[Task]]:
+        async def list_tasks() -> builtins.list[Task]:
+            params = {"query": json.dumps(wire.encode_task_query(query))}
+            answer = await self._call("GET", "/tasks", params=params)
+            return [wire.decode_task(value) for value in answer["tasks"]]
+
+        return self._run(list_tasks())
+
+    def update_task(self, task_id: str, change: TaskChange) -> Deferred[Task]:
+        async def update_task() -> Task:
+            # PUT, repeated after a lost answer: the repeat of a move to an
+            # ended status is refused (ended already), which the callers,
+            # who only log a task not moved, take as they take any refusal.
+            answer = await self._call(
+                "PUT", self._task_path(task_id), body={"change": wire.encode_task_change(change)}
+            )
+            return wire.decode_task(answer["task"])
+
+        return self._run(update_task())
+
+    def delete_expired_tasks(self) -> Deferred[int]:
+        async def delete_expired_tasks() -> int:
+            # DELETE, repeated after a lost answer: it then finds fewer.
+            answer = await self._call("DELETE", "/tasks/expired")
+            return int(answer["deleted"])
+
+        return self._run(delete_expired_tasks())
 
     def ping(self) -> Deferred[None]:
         async def ping() -> None:

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from glance_tx.images import Image, ImageQuery, ImageUpdate, Member, ProjectUsage
+from glance_tx.tasks import Task, TaskChange, TaskQuery
 
 
 @frozen
@@ -186,11 +187,18 @@ class IRegistry(Interface):
 
     def reclaim_uploads(dead_node_id: str | None = None) -> Deferred[builtins.list[Image]]:
         """
-        Reclaim every upload whose node is gone: each image in C{saving} on
-        which no node holds a lease any more (none recorded, or all expired
-        by the registry's clock; leases of C{dead_node_id}, a node known to
-        have stopped, count as expired) takes the status its lease names
-        (C{killed} without one) and loses its leases. Each image is checked
+        Reclaim every upload, stage and import whose node is gone: each
+        image in C{saving} or C{importing} on which no node holds a lease
+        any more (none recorded, or all expired by the registry's clock;
+        leases of C{dead_node_id}, a node known to have stopped, count as
+        expired), and each C{uploading} or C{active} image whose leases have
+        all expired, is put back as the lease says and loses its leases: an
+        upload takes the lease's status (C{killed} without one); a stage
+        not yet recorded is C{queued} again; an import is C{uploading}
+        again with its staged data (glance-direct's lease) or C{queued}
+        with none, and a copy-image leaves its image C{active}, the stores
+        still to do added to C{os_glance_failed_import} (see
+        C{glance_tx.registry.sql.provider._reclaimed}). Each image is checked
         and changed in one transaction that holds its row, so of several
         nodes reclaiming at once only one reclaims each image, and an upload
         whose lease is renewed meanwhile is left alone. Fires with the
@@ -226,6 +234,43 @@ class IRegistry(Interface):
         Fire with what C{project_id}'s images hold (L{ProjectUsage}): the
         counts Glance's per-project limits are checked against. A project
         with no images holds nothing (not NotFound).
+        """
+
+    def create_task(task: Task) -> Deferred[Task]:
+        """
+        Store a new task record as given, but created and updated now by the
+        registry's clock (so tasks and images compare on one clock, however
+        nodes' clocks disagree), and fire with it as stored;
+        L{glance_tx.errors.Conflict} if a task has that id,
+        L{glance_tx.errors.BadRequest} if it does not pass
+        L{glance_tx.tasks.check_task}.
+        """
+
+    def get_task(task_id: str) -> Deferred[Task]:
+        """Fire with the task, or fail with NotFound (expired tasks included)."""
+
+    def list_tasks(query: TaskQuery) -> Deferred[builtins.list[Task]]:
+        """
+        Fire with one page of the tasks a L{glance_tx.tasks.TaskQuery}
+        matches, in its order; expired tasks are never listed. A marker
+        that names no task the query could list is a BadRequest.
+        """
+
+    def update_task(task_id: str, change: TaskChange) -> Deferred[Task]:
+        """
+        Move the task on (L{glance_tx.tasks.changed}, with C{updated_at}
+        and any C{expires_in} by the registry's clock) and fire with the
+        new record, checked and written in one transaction: a move Glance
+        does not allow (a task that has ended already) is a Conflict and
+        changes nothing. NotFound for an unknown or expired task.
+        """
+
+    def delete_expired_tasks() -> Deferred[int]:
+        """
+        Delete for good every task whose C{expires_at} has passed by the
+        registry's clock (they are found and listed no more already); fire
+        with how many. The scrubber's rounds call it, so the table holds
+        only the tasks still shown.
         """
 
     def ping() -> Deferred[None]:

@@ -330,3 +330,29 @@ metadef_associations = Table(
     # "Which namespaces apply to this resource type" (a listing's filter).
     Index("ix_metadef_namespace_resource_types_resource_type_id", "resource_type_id"),
 )
+
+
+#: Glance's tasks (L{glance_tx.tasks}): one row each, its input and result
+#: as JSON text. Listings filter by owner (a project's own) and order by
+#: creation time with the id as tiebreak; an image's tasks are found by
+#: its id.
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("type", String(30), nullable=False),
+    Column("status", String(30), nullable=False),
+    Column("owner", String(255)),
+    Column("input", Text),
+    Column("result", Text),
+    Column("message", Text, nullable=False),
+    Column("expires_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("image_id", String(36)),
+    Column("request_id", String(255)),
+    Column("user_id", String(255)),
+    Index("ix_tasks_created_at_id", "created_at", "id"),
+    Index("ix_tasks_owner_created_at_id", "owner", "created_at", "id"),
+    Index("ix_tasks_image_id", "image_id"),
+)

@@ -31,6 +31,11 @@ Every body is JSON in the shapes of L{glance_tx.registry.wire}::
                                                      {"held": null or {"instance": K,
                                                                        "seconds_left": N}}
     DELETE /nodes/NODE/I                             release I's claim (204)
+    POST   /tasks                  {"task": ...}     create a task (201)
+    GET    /tasks?query=JSON                         list tasks
+    GET    /tasks/ID                                 get a task
+    PUT    /tasks/ID               {"change": ...}   move a task on
+    DELETE /tasks/expired                            delete expired tasks: {"deleted": N}
 
 Metadata definitions (L{glance_tx.metadefs.interface.IMetadefRegistry}),
 a namespace NS and its definitions of KIND (object, property, tag):
@@ -270,6 +275,35 @@ class RegistryServer:
         await self.registry.release_node(node_id, claimant)
         request.setResponseCode(HTTPStatus.NO_CONTENT)
         return b""
+
+    # -- tasks -------------------------------------------------------------------
+
+    @app.route("/tasks", methods=["POST"])
+    async def create_task(self, request: IRequest) -> bytes:
+        task = await self.registry.create_task(wire.decode_task(_body(request).get("task")))
+        return _json(request, {"task": wire.encode_task(task)}, HTTPStatus.CREATED)
+
+    @app.route("/tasks", methods=["GET"])
+    async def list_tasks(self, request: IRequest) -> bytes:
+        raw = _raw_arg(request, b"query")
+        query = wire.decode_task_query(parse_json(raw, "the query parameter") if raw else {})
+        found = await self.registry.list_tasks(query)
+        return _json(request, {"tasks": [wire.encode_task(t) for t in found]})
+
+    @app.route("/tasks/expired", methods=["DELETE"])
+    async def delete_expired_tasks(self, request: IRequest) -> bytes:
+        return _json(request, {"deleted": await self.registry.delete_expired_tasks()})
+
+    @app.route("/tasks/<task_id>", methods=["GET"])
+    async def get_task(self, request: IRequest, task_id: str) -> bytes:
+        task = await self.registry.get_task(task_id)
+        return _json(request, {"task": wire.encode_task(task)})
+
+    @app.route("/tasks/<task_id>", methods=["PUT"])
+    async def update_task(self, request: IRequest, task_id: str) -> bytes:
+        change = wire.decode_task_change(_body(request).get("change"))
+        task = await self.registry.update_task(task_id, change)
+        return _json(request, {"task": wire.encode_task(task)})
 
     # -- tags --------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from glance_tx.metadefs.model import (
     ResourceType,
 )
 from glance_tx.registry.interface import HeldClaim
+from glance_tx.tasks import Task, TaskChange, TaskQuery
 
 _R = TypeVar("_R")
 
@@ -518,6 +519,97 @@ def decode_flag(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise BadRequest(f"{what} must be true or false")
     return value
+# -- tasks -------------------------------------------------------------------------
+
+_TASK_TIMES = ("created_at", "updated_at", "expires_at")
+
+
+def _json_object(value: Any, what: str) -> dict[str, Any] | None:
+    return None if value is None else dict(_mapping(value, what))
+
+
+def encode_task(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "type": task.type,
+        "status": task.status,
+        "owner": task.owner,
+        "input": None if task.input is None else dict(task.input),
+        "result": None if task.result is None else dict(task.result),
+        "message": task.message,
+        "expires_at": encode_datetime(task.expires_at),
+        "created_at": encode_datetime(task.created_at),
+        "updated_at": encode_datetime(task.updated_at),
+        "image_id": task.image_id,
+        "request_id": task.request_id,
+        "user_id": task.user_id,
+    }
+
+
+def decode_task(value: Any) -> Task:
+    fields = dict(_mapping(value, "task"))
+    for name in _TASK_TIMES:
+        if name in fields:
+            fields[name] = decode_datetime(fields[name])
+    for name in ("input", "result"):
+        if name in fields:
+            fields[name] = _json_object(fields[name], name)
+    try:
+        return Task(**fields)
+    except TypeError as e:
+        raise BadRequest(f"Invalid task record: {e}") from None
+
+
+def encode_task_change(change: TaskChange) -> dict[str, Any]:
+    return {
+        "status": change.status,
+        "result": None if change.result is None else dict(change.result),
+        "message": change.message,
+        "expires_in": change.expires_in,
+    }
+
+
+def decode_task_change(value: Any) -> TaskChange:
+    body = _mapping(value, "A task change")
+    status, message = body.get("status"), body.get("message")
+    if not isinstance(status, str):
+        raise BadRequest("A task change needs a string status")
+    if message is not None and not isinstance(message, str):
+        raise BadRequest("A task change's message must be a string or null")
+    expires_in = body.get("expires_in")
+    return TaskChange(
+        status=status,
+        result=_json_object(body.get("result"), "result"),
+        message=message,
+        expires_in=None if expires_in is None else _seconds(expires_in),
+    )
+
+
+def encode_task_query(query: TaskQuery) -> dict[str, Any]:
+    return {
+        "type": query.type,
+        "status": query.status,
+        "image_id": query.image_id,
+        "owner": query.owner,
+        "sort_key": query.sort_key,
+        "sort_dir": query.sort_dir,
+        "marker": query.marker,
+        "limit": query.limit,
+    }
+
+
+def decode_task_query(value: Any) -> TaskQuery:
+    body = dict(_mapping(value, "A task query"))
+    for name, item in body.items():
+        if name == "limit":
+            if item is not None and (isinstance(item, bool) or not isinstance(item, int)):
+                raise BadRequest("limit must be an integer")
+        elif item is not None and not isinstance(item, str):
+            raise BadRequest(f"{name} must be a string or null")
+    try:
+        return TaskQuery(**body)
+    except TypeError as e:
+        raise BadRequest(f"Invalid task query: {e}") from None
 
 
 # -- paths -------------------------------------------------------------------------

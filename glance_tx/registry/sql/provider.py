@@ -43,11 +43,15 @@ from glance_tx.errors import (
     VersionConflict,
 )
 from glance_tx.images import (
+    ACTIVE,
     DELETED,
+    FAILED_IMPORT,
     IMAGE_IMPORTING,
+    IMPORTING_TO_STORES,
     KILLED,
     MEMBER_STATUSES,
     PENDING_DELETE,
+    QUEUED,
     SAVING,
     STATUSES,
     UPLOADING,
@@ -70,6 +74,7 @@ from glance_tx.registry.schema import (
     image_writes,
     images,
     node_claims,
+    tasks,
     upload_leases,
 )
 from glance_tx.registry.sql.engine import is_memory_sqlite, open_engine, transaction
@@ -101,6 +106,15 @@ from glance_tx.registry.sql.rows import (
     write_properties,
     write_tags,
 )
+from glance_tx.registry.sql.tasks import (
+    check_json,
+    delete_expired,
+    fetch_task,
+    insert_task,
+    list_tasks,
+    write_task,
+)
+from glance_tx.tasks import Task, TaskChange, TaskQuery, changed, check_task
 from glance_tx.threads import BlockingRunner
 
 T = TypeVar("T")
@@ -233,6 +247,21 @@ class SQLRegistry(SQLMetadefs):
 
     def ping(self) -> Deferred[None]:
         return self._run(self._ping)
+
+    def create_task(self, task: Task) -> Deferred[Task]:
+        return self._run(self._create_task, task)
+
+    def get_task(self, task_id: str) -> Deferred[Task]:
+        return self._run(self._get_task, task_id)
+
+    def list_tasks(self, query: TaskQuery) -> Deferred[builtins.list[Task]]:
+        return self._run(self._list_tasks, query)
+
+    def update_task(self, task_id: str, change: TaskChange) -> Deferred[Task]:
+        return self._run(self._update_task, task_id, change)
+
+    def delete_expired_tasks(self) -> Deferred[int]:
+        return self._run(self._delete_expired_tasks)
 
     def hold_uploads(
         self, node_id: str, uploads: Mapping[str, str], seconds: float
@@ -530,6 +559,51 @@ class SQLRegistry(SQLMetadefs):
         with self._read() as connection:
             connection.execute(select(1)).scalar_one()
 
+    # tasks (see glance_tx.registry.sql.tasks)
+
+    def _create_task(self, task: Task) -> Task:
+        check_task(task)
+        check_json(task)
+        if task.expires_at is not None and (
+            not isinstance(task.expires_at, datetime) or task.expires_at.tzinfo is None
+        ):
+            raise BadRequest("A task's expires_at must be a timezone-aware time")
+        now = self.now()
+        task = evolve(task, created_at=now, updated_at=now)
+        with self._write() as connection:
+            if connection.execute(select(tasks.c.id).where(tasks.c.id == task.id)).first():
+                raise Conflict(f"A task with ID {task.id} already exists")
+            try:
+                insert_task(connection, task)
+            except IntegrityError:
+                raise Conflict(f"A task with ID {task.id} already exists") from None
+            return fetch_task(connection, task.id, now)
+
+    def _get_task(self, task_id: str) -> Task:
+        if not isinstance(task_id, str):
+            raise BadRequest("A task id must be a string")
+        with self._read() as connection:
+            return fetch_task(connection, task_id, self.now())
+
+    def _list_tasks(self, query: TaskQuery) -> builtins.list[Task]:
+        with self._read() as connection:
+            return list_tasks(connection, query, self.now())
+
+    def _update_task(self, task_id: str, change: TaskChange) -> Task:
+        with self._write() as connection:
+            now = self.now()
+            current = fetch_task(connection, task_id, now, for_update=True)
+            new = changed(current, change, now)
+            check_task(new)
+            check_json(new)
+            write_task(connection, new)
+            # Not read back: a change may expire the task at once.
+            return new
+
+    def _delete_expired_tasks(self) -> int:
+        with self._write() as connection:
+            return int(connection.execute(delete_expired(self.now())).rowcount)
+
     # upload leases (see IRegistry.hold_uploads): times are this registry's
     # clock, never a node's.
 
@@ -582,13 +656,25 @@ class SQLRegistry(SQLMetadefs):
 
     def _reclaim_uploads(self, dead_node_id: str | None) -> builtins.list[Image]:
         with self._read() as connection:
-            saving = connection.execute(
+            # Saving and importing images always run under a lease (one
+            # without any is from before leases: reclaimed too); a stage or
+            # a copy only shows by its lease.
+            candidates = connection.execute(
                 select(images.c.id)
-                .where(images.c.deleted == false(), images.c.status == SAVING)
+                .where(
+                    images.c.deleted == false(),
+                    or_(
+                        images.c.status.in_((SAVING, IMAGE_IMPORTING)),
+                        and_(
+                            images.c.status.in_((UPLOADING, ACTIVE)),
+                            images.c.id.in_(select(upload_leases.c.image_id)),
+                        ),
+                    ),
+                )
                 .order_by(images.c.created_at, images.c.id)
             ).scalars().all()
         reclaimed = []
-        for image_id in saving:
+        for image_id in candidates:
             image = self._reclaim_one(image_id, dead_node_id)
             if image is not None:
                 reclaimed.append(image)
@@ -601,7 +687,7 @@ class SQLRegistry(SQLMetadefs):
                 current = self._fetch(connection, image_id, False, for_update=True)
             except NotFound:
                 return None
-            if current.status != SAVING:
+            if current.status not in (SAVING, IMAGE_IMPORTING, UPLOADING, ACTIVE):
                 return None  # finished, failed, or reclaimed by another node
             now = self.now()
             leases = connection.execute(
@@ -613,15 +699,17 @@ class SQLRegistry(SQLMetadefs):
             ):
                 return None  # a live node runs it
             statuses = {lease["failure_status"] for lease in leases}
-            # Several leases (two nodes raced to start; one won) name one
-            # status unless v1 and v2 raced: then killed, the stricter.
-            status = statuses.pop() if len(statuses) == 1 else KILLED
-            new = evolve(current, status=status, updated_at=self._after(current.updated_at))
-            check_transition(current.status, status)
-            self._store_changes(connection, current, new)
+            new = _reclaimed(current, statuses)
+            if new is not None:
+                new = evolve(new, updated_at=self._after(current.updated_at))
+                self._store_changes(connection, current, new)
+            # Dropped either way: an expired lease on an image whose work
+            # ended (its release lost) is only stale.
             connection.execute(
                 delete(upload_leases).where(upload_leases.c.image_id == image_id)
             )
+            if new is None:
+                return None
             return self._fetch(connection, image_id, include_deleted=True)
 
     # node claims (see IRegistry.claim_node): the registry's clock, as for
@@ -787,6 +875,53 @@ class SQLRegistry(SQLMetadefs):
             ).rowcount
             if not removed:
                 raise not_member(image_id, member_id)
+
+
+def _reclaimed(current: Image, statuses: set[str]) -> Image | None:
+    """
+    What an image whose work lost its node becomes (None: nothing to undo),
+    from its status and the statuses its expired leases name:
+
+      - saving (an upload): the lease's status (v1 killed, v2 queued);
+        several leases (two nodes raced to start; one won) name one status
+        unless v1 and v2 raced: then killed, the stricter; none: killed;
+      - uploading (a stage): queued, its partial data for the caller to
+        remove, unless the stage had ended (its data recorded);
+      - importing: uploading again for glance-direct (its lease says so),
+        with its staged data (the first location; the copies made since
+        are swept out as orphans), else queued with no data; an import
+        from before leases, queued;
+      - active (a copy-image): unchanged, its copies as recorded.
+
+    An import's C{os_glance_importing_to_stores} (what was still to do)
+    is emptied and its stores added to C{os_glance_failed_import}.
+    """
+    status = current.status
+    if status == SAVING:
+        target = statuses.pop() if len(statuses) == 1 else KILLED
+        check_transition(status, target)
+        return evolve(current, status=target)
+    if status == UPLOADING:
+        if current.locations or QUEUED not in statuses:
+            return None
+        return evolve(current, status=QUEUED, locations=())
+    remaining = [s for s in current.properties.get(IMPORTING_TO_STORES, "").split(",") if s]
+    if status == ACTIVE and (ACTIVE not in statuses or not remaining):
+        return None
+    failed = [s for s in current.properties.get(FAILED_IMPORT, "").split(",") if s]
+    properties = {
+        **current.properties,
+        IMPORTING_TO_STORES: "",
+        FAILED_IMPORT: ",".join(dict.fromkeys(failed + remaining)),
+    }
+    if status == ACTIVE:
+        return evolve(current, properties=properties)
+    if statuses == {UPLOADING} and current.locations:
+        # Not a move a client may make (Glance's state machine has no
+        # importing -> uploading): the reclaim undoes the import's start,
+        # and the staged data, kept until an import ends, is still there.
+        return evolve(current, status=UPLOADING, locations=current.locations[:1], properties=properties)
+    return evolve(current, status=QUEUED, locations=(), properties=properties)
 
 
 def _check_write_id(write_id: str | None) -> None:
