@@ -134,3 +134,58 @@ class ImageStoresFieldTests(V2TestCase):
         listed = self.request("GET", "/v2/images").json()["images"]
         self.assertEqual({i["id"]: i.get("stores") for i in listed},
                          {queued["id"]: None, image["id"]: "bulk"})
+
+    def test_patch_stores(self) -> None:
+        """
+        What openstacksdk's C{update_image} sends for an image it was shown
+        with C{stores}: C{remove /stores} next to the real change. As in
+        Glance 33 with C{enabled_backends}, the patch is refused whole with
+        409 (the image has no property C{stores}), and so is a replace with
+        the value shown; nothing changes.
+        """
+        image = self.create()
+        self.assertEqual(self.upload(image["id"], b"x").code, 204)
+        shown = self.show(image["id"])
+        self.assertEqual(shown["stores"], "fast")
+        for operations in (
+            [{"op": "add", "path": "/colour", "value": "blue"},
+             {"op": "remove", "path": "/stores"}],
+            [{"op": "replace", "path": "/stores", "value": "fast"}],
+        ):
+            self.assertError(self.patch(image["id"], operations), 409,
+                             "Property stores does not exist.")
+        self.assertNotIn("colour", self.show(image["id"]))
+        answer = self.patch(image["id"], [{"op": "add", "path": "/stores", "value": "bulk"}])
+        self.assertError(answer, 403, "Attribute 'stores' is read-only.")
+
+
+class OneStoreTests(V2TestCase):
+    """
+    The default configuration, one store: like Glance without
+    C{enabled_backends}, no image shows C{stores}, so what a client sends
+    back does not name it.
+    """
+
+    def test_no_stores_field(self) -> None:
+        """An active image (in a show, a listing, a patch's answer) has no C{stores}."""
+        image = self.active()
+        self.assertEqual(image["status"], "active")
+        self.assertNotIn("stores", image)
+        listed = self.request("GET", "/v2/images").json()["images"]
+        self.assertEqual([i.get("stores", "absent") for i in listed], ["absent"])
+        answer = self.patch(image["id"], [{"op": "add", "path": "/colour", "value": "blue"}])
+        self.assertEqual(answer.code, 200, answer.body)
+        self.assertEqual(answer.json()["colour"], "blue")
+        self.assertNotIn("stores", answer.json())
+
+    def test_patch_stores(self) -> None:
+        """
+        With no C{stores} shown, a patch naming it is refused as Glance
+        refuses a property that does not exist: 409 for a remove or replace,
+        and not the 403 of a read-only field.
+        """
+        image = self.active()
+        for operations in ([{"op": "remove", "path": "/stores"}],
+                           [{"op": "replace", "path": "/stores", "value": "file"}]):
+            self.assertError(self.patch(image["id"], operations), 409,
+                             "Property stores does not exist.")

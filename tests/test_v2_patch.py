@@ -169,6 +169,24 @@ class ApplyTests(SynchronousTestCase):
         self.assertRaises(Conflict, apply_patch, before, parse([{"add": "/p", "value": "v"}], 4))
         self.assertRaises(Conflict, apply_patch, before, parse([{"add": "/name", "value": "v"}], 4))
 
+    def test_stores_shown_not_stored(self) -> None:
+        """
+        C{stores} is not read-only in a patch (Glance's
+        _readonly_properties leaves it out): removing or replacing it, even
+        with the value shown, is the Conflict of a property the image does
+        not have; an add is Forbidden.
+        """
+        before = image(properties={"p": "1"})
+        for op in ({"op": "remove", "path": "/stores"},
+                   {"op": "replace", "path": "/stores", "value": "file"}):
+            changes = parse([op])
+            self.assertEqual(changes[0].name, "stores")
+            self.assertRaises(Conflict, apply_patch, before, changes)
+        self.assertRaises(
+            Forbidden, apply_patch, before,
+            parse([{"op": "add", "path": "/stores", "value": "file"}]),
+        )
+
     def test_core_fields_stay(self) -> None:
         """Removing a core field is Forbidden."""
         self.assertRaises(Forbidden, apply_patch, image(), parse([{"op": "remove", "path": "/tags"}]))

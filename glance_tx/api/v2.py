@@ -113,14 +113,21 @@ def _timestamp(value: datetime) -> str:
 
 
 def image_view(
-    image: Image, *, locations: bool = False, direct_url: bool = False
+    image: Image,
+    *,
+    locations: bool = False,
+    direct_url: bool = False,
+    stores: bool = False,
 ) -> dict[str, Any]:
     """
     The v2 image document: core fields, links, and extra properties as
     top-level strings; with C{locations}, the image's locations, and with
     C{direct_url}, its first one's URL (Glance's C{show_multiple_locations}
     and C{show_image_direct_url}). A URL is shown without what can hold a
-    secret: no userinfo, no query (see L{shown_url}).
+    secret: no userinfo, no query (see L{shown_url}). With C{stores}, the
+    ids of the stores that hold the data: Glance shows them only when
+    several stores are enabled, and a client that sends back what it was
+    shown (openstacksdk's C{update_image}) then fails with Glance's 409.
     """
     view: dict[str, Any] = {
         key: value
@@ -155,10 +162,10 @@ def image_view(
         }
     )
     shown = () if image.status in STAGED_STATUSES else image.locations
-    stores = dict.fromkeys(loc.store for loc in shown if loc.store)
-    if stores:
+    held = dict.fromkeys(loc.store for loc in shown if loc.store) if stores else {}
+    if held:
         # Glance's form: the ids of the stores holding the data, comma-joined.
-        view["stores"] = ",".join(stores)
+        view["stores"] = ",".join(held)
     if locations:
         view["locations"] = [location_view(location) for location in shown]
     if direct_url and shown:
@@ -239,12 +246,15 @@ class V2API(ImagesAPI):
     def _view(self, context: RequestContext, image: Image) -> dict[str, Any]:
         """
         The image document for this caller: only an admin sees where the
-        data lives, and only when the options say so.
+        data lives, and only when the options say so; C{stores} only when
+        there is more than one (Glance: when C{enabled_backends} is set,
+        which its one-store configuration leaves unset).
         """
         return image_view(
             image,
             locations=self.policy.is_admin(context) and self.show_multiple_locations,
             direct_url=self.policy.is_admin(context) and self.show_image_direct_url,
+            stores=len(self.stores.stores) > 1,
         )
 
     def _document(self, context: RequestContext, image: Image) -> tuple[bytes, Validators]:

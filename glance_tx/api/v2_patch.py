@@ -10,8 +10,9 @@ Two media types, two spellings of one operation:
 
 Only ``add``, ``remove`` and ``replace`` exist, and a path names one image
 field or extra property (``/tags`` replaces the whole tag list). Glance's
-rules: read-only fields are 403, as are reserved names; removing a core field
-is 403; replacing or removing an extra property that does not exist is 409,
+rules: read-only fields are 403 (whatever the value), as are reserved names;
+removing a core field is 403; replacing or removing an extra property that
+does not exist is 409 (and so of ``stores``, shown but not stored),
 and so is ``add`` on an existing field in the 2.0 dialect; a value the image
 schema refuses is 400; ``disk_format`` and ``container_format`` change only
 while the image is queued (403).
@@ -286,9 +287,18 @@ def apply_patch(image: Image, changes: tuple[Change, ...]) -> ImageUpdate:
                 tags = set(change.value)
             else:
                 core[name] = change.value
+        elif name == "stores":
+            # Shown (with several stores), not stored: like Glance, whose
+            # image has no attribute or property of that name, a remove or
+            # replace is a 409, even of the value shown (openstacksdk's
+            # update_image sends ``remove /stores``). Glance would keep an
+            # add as an extra property that the view then hides; refused.
+            if change.op == "add":
+                raise Forbidden("Attribute 'stores' is read-only.")
+            raise Conflict("Property stores does not exist.")
         elif name in v2_schemas.BASE_PROPERTIES:
-            # A base property glance-tx does not store (direct_url, stores
-            # and locations are refused earlier): nothing to change.
+            # A base property glance-tx does not store (direct_url and
+            # locations are refused earlier): nothing to change.
             raise Forbidden(f"Attribute '{name}' cannot be changed.")
         elif change.op == "remove" or change.value is None:
             # A null is allowed only where the schema allows it (kernel_id,

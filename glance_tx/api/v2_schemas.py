@@ -293,12 +293,14 @@ CUSTOM_PROPERTIES: Mapping[str, Any] = _custom_properties()
 
 #: Fields a client may never send (Glance's _disallowed_properties): 403.
 DISALLOWED = frozenset({"direct_url", "self", "file", "schema", "stores"})
-#: Fields only the service writes: 403 in a create or a patch.
+#: Fields only the service writes (Glance's _readonly_properties): 403 in a
+#: create or a patch, whatever the value. C{stores} is not one: a patch that
+#: names it is refused as Glance refuses it (see L{v2_patch.apply_patch}).
 READ_ONLY = frozenset(
     {
         "created_at", "updated_at", "status", "checksum", "size", "virtual_size",
         "direct_url", "self", "file", "schema", "id", "os_hash_algo",
-        "os_hash_value", "stores",
+        "os_hash_value",
     }
 )
 #: Names no extra property may take: 403.
