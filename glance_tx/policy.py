@@ -313,6 +313,10 @@ class Policy:
         if owner != current and not self.is_admin(context):
             raise Forbidden("Only an admin can set an image's owner to another project")
 
+    def sees_locations(self, context: RequestContext, image: Image) -> bool:
+        """Whether the image document shows this caller where the data lives."""
+        return self.allowed("get_image_location", context, image_target(image))
+
     def check_set_location(self, context: RequestContext, image: Image | None = None) -> None:
         """
         Pointing an image at data elsewhere (v1's C{x-image-meta-location},

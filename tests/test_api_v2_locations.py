@@ -20,7 +20,7 @@ from glance_tx.images import ImageUpdate, Location
 from glance_tx.locations import LocationEdit
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.http import HTTPStore
-from tests.test_api_v2 import ADMIN, ALICE, V2TestCase
+from tests.test_api_v2 import ADMIN, ALICE, BOB, V2TestCase, project
 from tests.test_store_http import FakeResponse, FakeWeb
 
 DATA = b"bytes on the web" * 64
@@ -92,7 +92,7 @@ class AddTests(LocationsTestCase):
         self.assertError(self.patch(image["id"], add(url), ALICE), 403, "admin")
         self.assertEqual(self.web.requests, [])
         self.assertQueued(image["id"])
-        self.assertNotIn("locations", self.show(image["id"], ALICE))
+        self.assertEqual(self.show(image["id"], ALICE)["locations"], [])
 
     def test_validation_data_on_queued(self) -> None:
         """
@@ -302,7 +302,8 @@ class ViewTests(LocationsTestCase):
     def test_who_sees_locations(self) -> None:
         """
         Admins see C{locations} and C{direct_url} in a show, a listing and
-        a patch's answer; the owner sees neither.
+        a patch's answer; another project sees C{"locations": []} and no
+        C{direct_url}, as in Glance.
         """
         image = self.active(DATA, ADMIN, visibility="public")
         url = self.stored_record(image["id"]).locations[0].url
@@ -313,8 +314,26 @@ class ViewTests(LocationsTestCase):
         self.assertEqual(listed[0]["locations"], shown["locations"])
         for headers in (ALICE, project_headers()):
             other = self.show(image["id"], headers)
-            self.assertNotIn("locations", other)
+            self.assertEqual(other["locations"], [])
             self.assertNotIn("direct_url", other)
+
+    def test_owner_sees_locations(self) -> None:
+        """
+        The owner's project, a reader of it too, sees where its own image's
+        data lives (Glance's get_image_location: admin or project reader);
+        another project, shown the shared image, sees none.
+        """
+        image = self.active(DATA, ALICE, visibility="shared")
+        url = self.stored_record(image["id"]).locations[0].url
+        for headers in (ALICE, project("alice", "reader")):
+            shown = self.show(image["id"], headers)
+            self.assertEqual(shown["locations"], [{"url": url, "metadata": {"store": "file"}}])
+            self.assertEqual(shown["direct_url"], url)
+        answer = self.send_json("POST", f"/v2/images/{image['id']}/members", {"member": "bob"}, ALICE)
+        self.assertEqual(answer.code, 200, answer.body)
+        other = self.show(image["id"], BOB)
+        self.assertEqual(other["locations"], [])
+        self.assertNotIn("direct_url", other)
 
     def test_admin_view_is_private(self) -> None:
         """

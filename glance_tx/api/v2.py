@@ -105,14 +105,16 @@ def _timestamp(value: datetime) -> str:
 
 
 def image_view(
-    image: Image, *, locations: bool = False, direct_url: bool = False
+    image: Image, *, locations: bool = False, direct_url: bool = False, located: bool = True
 ) -> dict[str, Any]:
     """
     The v2 image document: core fields, links, and extra properties as
     top-level strings; with C{locations}, the image's locations, and with
     C{direct_url}, its first one's URL (Glance's C{show_multiple_locations}
-    and C{show_image_direct_url}). A URL is shown without what can hold a
-    secret: no userinfo, no query (see L{shown_url}).
+    and C{show_image_direct_url}). A caller who may not see where the data
+    lives (not C{located}) gets, as from Glance, C{"locations": []} and no
+    C{direct_url}. A URL is shown without what can hold a secret: no
+    userinfo, no query (see L{shown_url}).
     """
     view: dict[str, Any] = {
         key: value
@@ -151,6 +153,8 @@ def image_view(
     if stores:
         # Glance's form: the ids of the stores holding the data, comma-joined.
         view["stores"] = ",".join(stores)
+    if not located:
+        shown = ()
     if locations:
         view["locations"] = [location_view(location) for location in shown]
     if direct_url and shown:
@@ -244,13 +248,15 @@ class V2API(ImagesAPI):
 
     def _view(self, context: RequestContext, image: Image) -> dict[str, Any]:
         """
-        The image document for this caller: only an admin sees where the
-        data lives, and only when the options say so.
+        The image document for this caller: where the data lives is shown
+        when the options say so, to whom C{get_image_location} allows (by
+        default an admin and the owner's project), as in Glance.
         """
         return image_view(
             image,
-            locations=self.policy.is_admin(context) and self.show_multiple_locations,
-            direct_url=self.policy.is_admin(context) and self.show_image_direct_url,
+            locations=self.show_multiple_locations,
+            direct_url=self.show_image_direct_url,
+            located=self.policy.sees_locations(context, image),
         )
 
     def _document(self, context: RequestContext, image: Image) -> tuple[bytes, Validators]:
@@ -261,7 +267,7 @@ class V2API(ImagesAPI):
         cache_control = metadata_cache_control(
             self.cache,
             public=shareable(image),
-            admin_only="locations" in view or "direct_url" in view,
+            admin_only=bool(view.get("locations")) or "direct_url" in view,
         )
         return body, metadata_validators(body, image.updated_at, cache_control)
 
