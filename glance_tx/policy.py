@@ -326,6 +326,13 @@ class Policy:
         target = image_target(image) if image is not None else {"project_id": context.project_id}
         self.enforce("set_image_location", context, target, "Only an admin may set an image's location")
 
+    def check_delete_location(self, context: RequestContext, image: Image) -> None:
+        """Removing an image's data from one store (Glance: an admin's)."""
+        self.enforce(
+            "delete_image_location", context, image_target(image),
+            "You are not permitted to remove image data from a store",
+        )
+
     def check_copy(self, context: RequestContext, image: Image) -> None:
         """copy-image import into more stores: an admin's, as in Glance."""
         self.enforce("copy_image", context, image_target(image), "Only an admin can copy images")

@@ -466,6 +466,38 @@ class V2API(ImagesAPI):
         await self._change_image(request, image_id, write)
         return _no_content(request)
 
+    @app.route("/stores/<store_id>/<image_id>", methods=["DELETE"])
+    async def delete_from_store(self, request: IRequest, store_id: str, image_id: str) -> bytes:
+        """
+        Glance's delete-from-store (v2.10): remove an active image's data
+        from one store, keeping its copies in the others; through the same
+        L{LocationEdit} as PATCH's remove, so the data there is deleted
+        once the record no longer names it.
+        """
+        if store_id not in self.stores.stores:
+            raise Conflict(f"The selected store {store_id} is not available on this node.")
+
+        async def write(context: RequestContext, image: Image) -> None:
+            self.policy.check_delete_location(context, image)
+            if image.status != images.ACTIVE:
+                raise Conflict(
+                    "It's not allowed to remove image data from store if image status is not 'active'"
+                )
+            held = [n for n, location in enumerate(image.locations) if location.store == store_id]
+            if not held:
+                raise Conflict(f"Image {image.id} is not present in store {store_id}")
+            if len(image.locations) == 1:
+                raise Forbidden(
+                    "Cannot delete image data from the only store containing it. Consider "
+                    "deleting the image instead if you want to remove all image data"
+                )
+            edit = LocationEdit(image, self.stores)
+            edit.remove(held[0])
+            await edit.save(self.registry)
+
+        await self._change_image(request, image_id, write)
+        return _no_content(request)
+
     # -- image data -----------------------------------------------------------
 
     async def _begin_upload(self, request: IRequest, image_id: str) -> Upload:
