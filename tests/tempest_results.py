@@ -8,7 +8,8 @@ It runs under Tempest's virtualenv, which has python-subunit and testtools
 (the project's does not), so L{tests.test_tempest} reads the results without
 either. C{status} is subunit's: success, fail, skip, xfail, uxsuccess,
 exists; C{reason} is a skip's reason; C{details} is the traceback (and any
-other text attachment) of a test that did not pass, cut to 4 KiB.
+other text attachment, the end of each) of a test that did not pass, cut
+to 8 KiB.
 """
 
 import json
@@ -31,12 +32,15 @@ def main() -> None:
             if content.content_type.type == "text":
                 texts[name] = "".join(content.iter_text())
         reason = texts.pop("reason", "")
-        details = "\n".join(f"{name}:\n{text}" for name, text in texts.items()
-                            if name not in ("pythonlogging", "stdout", "stderr") or test["status"] == "fail")
+        # The traceback first (its start and end), then the end of the log.
+        parts = [texts.pop("traceback", "")]
+        if test["status"] == "fail":
+            parts += [text[-MAX_DETAILS:] for text in texts.values()]
+        details = "\n".join(part for part in parts if part)
         results[test["id"]] = {
             "status": test["status"],
             "reason": reason.strip(),
-            "details": details[-MAX_DETAILS:],
+            "details": details[: 2 * MAX_DETAILS],
         }
 
     with open(sys.argv[1], "rb") as stream:

@@ -164,7 +164,9 @@ def image_view(
 
 def location_view(location: Location) -> dict[str, Any]:
     """One location as Glance shows it, the store id in its metadata."""
-    metadata = {"store": location.store} if location.store else {}
+    metadata = dict(location.metadata)
+    if location.store:
+        metadata["store"] = location.store
     return {"url": shown_url(location.url), "metadata": metadata}
 
 
@@ -449,6 +451,11 @@ class V2API(ImagesAPI):
                     store_id=new.store,
                     position=change.position,
                     validation=new.validation,
+                    metadata=new.metadata,
+                )
+            elif change.op == "replace":
+                await edit.replace(
+                    [Location(n.url, n.store, n.metadata) for n in change.value]
                 )
             else:
                 edit.remove(change.position)
