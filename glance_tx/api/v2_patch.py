@@ -22,7 +22,7 @@ L{apply_patch} turns changes and the current L{Image} into one
 L{ImageUpdate}, so the registry sees a single atomic update.
 
 Locations (``add`` at ``/locations/N`` or ``/locations/-``, ``remove`` of
-``/locations/N``) parse into changes too, their values into
+``/locations/N``, ``replace`` of ``/locations``) parse into changes too, their values into
 L{NewLocation}s; applying them needs the stores, so the API does it (see
 L{glance_tx.locations}) and L{apply_patch} takes the other changes.
 """
