@@ -7,6 +7,7 @@ values; the APIs translate them to v1 headers or v2 JSON.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -107,6 +108,23 @@ class Location:
 
     url: str
     store: str | None = None
+    #: What else the caller said of it (Glance's location C{metadata},
+    #: C{store} apart), kept and shown back as given.
+    metadata: Mapping[str, Any] = field(factory=dict, converter=dict, hash=False)
+
+
+#: The most a location's metadata may take, as JSON.
+MAX_LOCATION_METADATA = 16384
+
+
+def check_location_metadata(metadata: Mapping[str, object]) -> None:
+    """A JSON object of at most L{MAX_LOCATION_METADATA} bytes, or a 400."""
+    try:
+        size = len(json.dumps(dict(metadata)))
+    except (TypeError, ValueError) as e:
+        raise BadRequest(f"A location's metadata must be a JSON object: {e}") from None
+    if size > MAX_LOCATION_METADATA:
+        raise BadRequest(f"A location's metadata is more than {MAX_LOCATION_METADATA} bytes of JSON")
 
 
 def as_location(value: Location | str) -> Location:

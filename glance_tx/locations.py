@@ -25,7 +25,7 @@ holds only if nobody changed the image meanwhile.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -134,10 +134,12 @@ class LocationEdit:
         position: int | None = None,
         declared_size: int | None = None,
         validation: Validation = Validation(),
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         """
         Add the data at C{url} at C{position} (C{None}: last), held by the
-        store C{store_id} (C{None}: the one that serves the URL's scheme).
+        store C{store_id} (C{None}: the one that serves the URL's scheme),
+        with the caller's C{metadata} kept beside it.
         C{declared_size} is the size the caller says the data has.
 
         @raise Conflict: the image can take no location now, or
@@ -168,7 +170,7 @@ class LocationEdit:
                 f"{image.size} bytes"
             )
         locations = list(image.locations)
-        locations.insert(position, location)
+        locations.insert(position, attrs.evolve(location, metadata=metadata or {}))
         self._fields.update(digests, locations=tuple(locations))
         if image.status == images.QUEUED:
             self._fields.update(status=images.ACTIVE, size=size)
@@ -185,6 +187,34 @@ class LocationEdit:
         except GlanceError as e:
             raise BadRequest(f"Location cannot be used: {e.message}") from None
         return location, size
+
+    async def replace(self, wanted: Iterable[Location]) -> None:
+        """
+        Glance's replace of C{/locations}: an image with none gains
+        C{wanted} (as L{add}s, in order); one with locations may only have
+        their metadata and order changed (the same URLs, each in the same
+        store), else a 400.
+        """
+        image, wanted = self.current, list(wanted)
+        if image.status not in ADDABLE_STATUSES:
+            raise Conflict(
+                f"It's not allowed to replace locations if image status is {image.status}."
+            )
+        if not image.locations:
+            for location in wanted:
+                await self.add(location.url, store_id=location.store, metadata=location.metadata)
+            return
+        held = {location.url: location for location in image.locations}
+        if sorted(loc.url for loc in wanted) != sorted(held):
+            raise BadRequest(
+                "Original locations is not empty: only their metadata and order can be replaced."
+            )
+        for location in wanted:
+            if location.store is not None and location.store != held[location.url].store:
+                raise BadRequest(f"The location {shown_url(location.url)} is not in store {location.store!r}")
+        self._fields["locations"] = tuple(
+            attrs.evolve(held[location.url], metadata=location.metadata) for location in wanted
+        )
 
     def remove(self, position: int | None = None) -> None:
         """

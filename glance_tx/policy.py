@@ -353,6 +353,10 @@ class Policy:
         if owner != current and not self.is_admin(context):
             raise Forbidden("Only an admin can set an image's owner to another project")
 
+    def sees_locations(self, context: RequestContext, image: Image) -> bool:
+        """Whether the image document shows this caller where the data lives."""
+        return self.allowed("get_image_location", context, image_target(image))
+
     def check_set_location(self, context: RequestContext, image: Image | None = None) -> None:
         """
         Pointing an image at data elsewhere (v1's C{x-image-meta-location},
@@ -361,6 +365,13 @@ class Policy:
         """
         target = image_target(image) if image is not None else {"project_id": context.project_id}
         self.enforce("set_image_location", context, target, "Only an admin may set an image's location")
+
+    def check_delete_location(self, context: RequestContext, image: Image) -> None:
+        """Removing an image's data from one store (Glance: an admin's)."""
+        self.enforce(
+            "delete_image_location", context, image_target(image),
+            "You are not permitted to remove image data from a store",
+        )
 
     def check_copy(self, context: RequestContext, image: Image) -> None:
         """copy-image import into more stores: an admin's, as in Glance."""

@@ -212,7 +212,7 @@ class RegistryConformanceMixin(_Base):
             os_hidden=True,
             locations=(
                 Location("file:///var/lib/b", "fast"),
-                Location("swift://c/a", "obj"),
+                Location("swift://c/a", "obj", {"foo": "bar", "n": [1, {"x": None}]}),
                 Location("file:///var/lib/a"),
             ),
             properties={"os_distro": "cirros", "hw_disk_bus": "virtio"},

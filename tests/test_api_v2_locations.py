@@ -20,7 +20,7 @@ from glance_tx.images import ImageUpdate, Location
 from glance_tx.locations import LocationEdit
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.http import HTTPStore
-from tests.test_api_v2 import ADMIN, ALICE, V2TestCase
+from tests.test_api_v2 import ADMIN, ALICE, BOB, V2TestCase, project
 from tests.test_store_http import FakeResponse, FakeWeb
 
 DATA = b"bytes on the web" * 64
@@ -81,6 +81,28 @@ class AddTests(LocationsTestCase):
         self.assertEqual([m for m, _, _ in self.web.requests], [b"HEAD"])
         self.assertEqual(self.request("GET", f"/v2/images/{image['id']}/file", ADMIN).body, DATA)
 
+    def test_metadata_kept(self) -> None:
+        """
+        Location metadata besides C{store} is kept beside the location and
+        shown back with the store id, through the registry; the add of a
+        second location keeps the first's.
+        """
+        first, second = self.web.add(DATA), self.web.add(DATA)
+        image = self.queued()
+        answer = self.patch(image["id"], add(first, metadata={"foo": "bar", "n": [1, {"x": None}]}), ADMIN)
+        self.assertEqual(answer.code, 200, answer.body)
+        answer = self.patch(image["id"], add(second, metadata={"speed": "88mph"}), ADMIN)
+        self.assertEqual(answer.code, 200, answer.body)
+        self.assertEqual(
+            self.show(image["id"], ADMIN)["locations"],
+            [{"url": first, "metadata": {"foo": "bar", "n": [1, {"x": None}], "store": "web"}},
+             {"url": second, "metadata": {"speed": "88mph", "store": "web"}}],
+        )
+        self.assertEqual(
+            self.stored_record(image["id"]).locations[0],
+            Location(first, "web", {"foo": "bar", "n": [1, {"x": None}]}),
+        )
+
     def test_for_admins_only(self) -> None:
         """
         The owner, not an admin, is refused with v1's policy (403 JSON
@@ -92,7 +114,7 @@ class AddTests(LocationsTestCase):
         self.assertError(self.patch(image["id"], add(url), ALICE), 403, "admin")
         self.assertEqual(self.web.requests, [])
         self.assertQueued(image["id"])
-        self.assertNotIn("locations", self.show(image["id"], ALICE))
+        self.assertEqual(self.show(image["id"], ALICE)["locations"], [])
 
     def test_validation_data_on_queued(self) -> None:
         """
@@ -163,7 +185,7 @@ class AddTests(LocationsTestCase):
             (add("http://images.example/missing"), "Location cannot be used"),
             (add(self.web.add(DATA), metadata={"store": "file"}), "does not serve"),
             (add(self.web.add(DATA), metadata={"store": "nope"}), "does not serve"),
-            (add(self.web.add(DATA), metadata={"owner": "x"}), "owner"),
+            (add(self.web.add(DATA), metadata={"big": "x" * 20000}), "16384"),
             ([{"op": "add", "path": "/locations/-", "value": {"url": 7, "metadata": {}}}], "url"),
             ([{"op": "add", "path": "/locations/-", "value": {"url": "http://x/"}}], "metadata"),
             ([{"op": "add", "path": "/locations/-"}], "value"),
@@ -200,13 +222,38 @@ class AddTests(LocationsTestCase):
         record = self.stored_record(image["id"])
         self.assertEqual((record.name, record.status), ("after", images.ACTIVE))
 
-    def test_replace_refused(self) -> None:
-        """Replacing the whole list is not offered: a 403 that says to add and remove."""
+    def test_replace(self) -> None:
+        """
+        Replacing /locations (Glance's rule): on a queued image, adds them;
+        then only their metadata and order may change (400 for another
+        URL, one left out, or another store); a path into the list is 403.
+        """
+        first, second = self.web.add(DATA), self.web.add(DATA)
         image = self.queued()
-        answer = self.patch(
-            image["id"], [{"op": "replace", "path": "/locations", "value": []}], ADMIN
+
+        def replace(value: list[dict[str, Any]], path: str = "/locations") -> Any:
+            return self.patch(image["id"], [{"op": "replace", "path": path, "value": value}], ADMIN)
+
+        answer = replace([{"url": first, "metadata": {}}, {"url": second, "metadata": {"a": "b"}}])
+        self.assertEqual(answer.code, 200, answer.body)
+        self.assertEqual(answer.json()["status"], "active")
+        answer = replace([{"url": second, "metadata": {"a": "c"}}, {"url": first, "metadata": {"d": "e"}}])
+        self.assertEqual(answer.code, 200, answer.body)
+        self.assertEqual(
+            answer.json()["locations"],
+            [{"url": second, "metadata": {"a": "c", "store": "web"}},
+             {"url": first, "metadata": {"d": "e", "store": "web"}}],
         )
-        self.assertError(answer, 403, "add and remove")
+        for value in (
+            [{"url": second, "metadata": {}}],
+            [{"url": second, "metadata": {}}, {"url": self.web.add(DATA), "metadata": {}}],
+            [{"url": second, "metadata": {"store": "file"}}, {"url": first, "metadata": {}}],
+        ):
+            self.assertError(replace(value), 400)
+        self.assertError(replace([], "/locations/0"), 403)
+        self.assertEqual(
+            [loc.url for loc in self.stored_record(image["id"]).locations], [second, first]
+        )
 
     def test_edit_of_a_changed_image(self) -> None:
         """
@@ -302,7 +349,8 @@ class ViewTests(LocationsTestCase):
     def test_who_sees_locations(self) -> None:
         """
         Admins see C{locations} and C{direct_url} in a show, a listing and
-        a patch's answer; the owner sees neither.
+        a patch's answer; another project sees C{"locations": []} and no
+        C{direct_url}, as in Glance.
         """
         image = self.active(DATA, ADMIN, visibility="public")
         url = self.stored_record(image["id"]).locations[0].url
@@ -313,8 +361,26 @@ class ViewTests(LocationsTestCase):
         self.assertEqual(listed[0]["locations"], shown["locations"])
         for headers in (ALICE, project_headers()):
             other = self.show(image["id"], headers)
-            self.assertNotIn("locations", other)
+            self.assertEqual(other["locations"], [])
             self.assertNotIn("direct_url", other)
+
+    def test_owner_sees_locations(self) -> None:
+        """
+        The owner's project, a reader of it too, sees where its own image's
+        data lives (Glance's get_image_location: admin or project reader);
+        another project, shown the shared image, sees none.
+        """
+        image = self.active(DATA, ALICE, visibility="shared")
+        url = self.stored_record(image["id"]).locations[0].url
+        for headers in (ALICE, project("alice", "reader")):
+            shown = self.show(image["id"], headers)
+            self.assertEqual(shown["locations"], [{"url": url, "metadata": {"store": "file"}}])
+            self.assertEqual(shown["direct_url"], url)
+        answer = self.send_json("POST", f"/v2/images/{image['id']}/members", {"member": "bob"}, ALICE)
+        self.assertEqual(answer.code, 200, answer.body)
+        other = self.show(image["id"], BOB)
+        self.assertEqual(other["locations"], [])
+        self.assertNotIn("direct_url", other)
 
     def test_admin_view_is_private(self) -> None:
         """

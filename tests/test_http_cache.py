@@ -272,7 +272,6 @@ class RevalidationTests(CacheTestCase):
     """
 
     cache = CacheConfig(public_max_age=3600, revalidate=True)
-    site_options = {"show_multiple_locations": True}
 
     def test_every_visibility(self) -> None:
         """Active data and image metadata of every visibility: public,
@@ -294,16 +293,6 @@ class RevalidationTests(CacheTestCase):
             "private, no-store",
         )
 
-    def test_inactive_and_admin_views(self) -> None:
-        """A deactivated image's data, and metadata showing locations, stay
-        out of every cache."""
-        image_id = self.image("public")
-        shown = self.request("GET", f"/v2/images/{image_id}", ADMIN)
-        self.assertIn("locations", json.loads(shown.body))
-        self.assertEqual(shown.header("Cache-Control"), "private, no-store")
-        self.request("POST", f"/v2/images/{image_id}/actions/deactivate", ADMIN)
-        self.assertEqual(self.file(image_id, ADMIN).header("Cache-Control"), "private, no-store")
-
     def test_304_only_for_readers(self) -> None:
         """A conditional request for a private image: 304 with no body for
         the owner, 404 (not 304) for another project, whatever validator
@@ -320,6 +309,30 @@ class RevalidationTests(CacheTestCase):
             theirs = self.request("GET", path, {**BOB, "If-None-Match": tag})
             self.assertEqual(theirs.code, 404, path)
             self.assertEqual(theirs.header("Cache-Control"), "no-store")
+
+
+class RevalidationLocationTests(CacheTestCase):
+    """As L{RevalidationTests}, with C{show_multiple_locations} on."""
+
+    cache = CacheConfig(public_max_age=3600, revalidate=True)
+    site_options = {"show_multiple_locations": True}
+
+    def test_inactive_and_location_views(self) -> None:
+        """
+        A deactivated image's data, and metadata showing locations (to an
+        admin, to the owner), stay out of every cache; the document of a
+        caller shown C{"locations": []} may be stored.
+        """
+        public, mine = self.image("public"), self.image("private")
+        for image_id, headers in ((public, ADMIN), (mine, ADMIN), (mine, ALICE)):
+            shown = self.request("GET", f"/v2/images/{image_id}", headers)
+            self.assertNotEqual(json.loads(shown.body)["locations"], [])
+            self.assertEqual(shown.header("Cache-Control"), "private, no-store")
+        other = self.request("GET", f"/v2/images/{public}", ALICE)
+        self.assertEqual(json.loads(other.body)["locations"], [])
+        self.assertEqual(other.header("Cache-Control"), "public, no-cache, must-revalidate")
+        self.request("POST", f"/v2/images/{public}/actions/deactivate", ADMIN)
+        self.assertEqual(self.file(public, ADMIN).header("Cache-Control"), "private, no-store")
 
 
 class HeadParityTests(CacheTestCase):

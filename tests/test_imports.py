@@ -314,6 +314,44 @@ class CopyImageTests(ImportTestCase):
         self.assertEqual(shown["os_glance_failed_import"], "second")
 
 
+class DeleteFromStoreTests(ImportTestCase):
+    """C{DELETE /v2/stores/STORE/IMAGE}, Glance's delete-from-store."""
+
+    def copied(self) -> dict[str, Any]:
+        """An active image of ALICE's with copies in both stores."""
+        image = self.active(DATA, ALICE)
+        self.import_(image["id"], {"method": {"name": "copy-image"}, "stores": ["second"]}, ADMIN)
+        self.assertEqual(self.show(image["id"])["stores"], "file,second")
+        return image
+
+    def test_delete_one_copy(self) -> None:
+        """An admin removes the copy in one store: its file goes, the other stays."""
+        image = self.copied()
+        answer = self.request("DELETE", f"/v2/stores/second/{image['id']}", ADMIN)
+        self.assertEqual((answer.code, answer.body), (204, b""))
+        shown = self.show(image["id"])
+        self.assertEqual((shown["status"], shown["stores"]), ("active", "file"))
+        self.assertEqual(self.files_in(self.second_root), [])
+        self.assertEqual(self.request("GET", f"/v2/images/{image['id']}/file", ALICE).body, DATA)
+
+    def test_refusals(self) -> None:
+        """
+        The owner, not an admin: 403 (delete_image_location); an unknown
+        store: 409; a store without the image: 409; its only copy: 403; an
+        image that is not active: 409; nothing is removed.
+        """
+        image = self.copied()
+        path = f"/v2/stores/second/{image['id']}"
+        self.assertError(self.request("DELETE", path, ALICE), 403)
+        self.assertError(self.request("DELETE", f"/v2/stores/nowhere/{image['id']}", ADMIN), 409, "nowhere")
+        self.assertEqual(self.request("DELETE", path, ADMIN).code, 204)
+        self.assertError(self.request("DELETE", path, ADMIN), 409, "not present")
+        self.assertError(self.request("DELETE", f"/v2/stores/file/{image['id']}", ADMIN), 403, "only store")
+        self.assertEqual(self.show(image["id"])["stores"], "file")
+        queued = self.create(ALICE)
+        self.assertError(self.request("DELETE", f"/v2/stores/file/{queued['id']}", ADMIN), 409, "active")
+
+
 class StopTests(ImportTestCase):
     def test_stop_cancels_stalled_import(self) -> None:
         """

@@ -367,7 +367,8 @@ class HTTPStoreTests(SynchronousTestCase):
 
     def test_shown_url(self) -> None:
         """Messages show a URL without userinfo, query or fragment."""
-        self.assertEqual(shown_url("https://u:p@h.example:8443/a/b?t=1#f"), "https://h.example:8443/a/b?...")
+        self.assertEqual(shown_url("https://u:p@h.example:8443/a/b?t=1#f"), "https://h.example:8443/a/b?...#f")
+        self.assertEqual(shown_url("http://h.example/a#new"), "http://h.example/a#new")
         self.assertEqual(shown_url("http://u@[::1]/x"), "http://[::1]/x")
         self.assertEqual(shown_url("http://h:bad/x"), "<an unusable URL>")
 

@@ -83,10 +83,17 @@ class ParseTests(SynchronousTestCase):
         self.assertRaises(BadRequest, parse, [{"value": "v"}], 4)
 
     def test_forbidden(self) -> None:
-        """Read-only and reserved paths are Forbidden, and so is replacing the locations."""
+        """
+        Read-only and reserved paths are Forbidden, and so is replacing
+        one location (the whole list may be replaced).
+        """
         for path in ("/status", "/id", "/self", "/deleted", "/os_glance_x"):
             self.assertRaises(Forbidden, parse, [{"op": "add", "path": path, "value": "v"}])
-        self.assertRaises(Forbidden, parse, [{"op": "replace", "path": "/locations", "value": []}])
+        self.assertRaises(Forbidden, parse, [{"op": "replace", "path": "/locations/0", "value": {}}])
+        self.assertEqual(
+            parse([{"op": "replace", "path": "/locations", "value": []}]),
+            (Change("replace", "locations", (), 10),),
+        )
 
     def test_locations(self) -> None:
         """
@@ -118,7 +125,8 @@ class ParseTests(SynchronousTestCase):
             {"op": "add", "path": "/locations/-", "value": "http://x"},
             {"op": "add", "path": "/locations/-", "value": {"url": "u"}},
             {"op": "add", "path": "/locations/-", "value": {"url": "u" * 256, "metadata": {}}},
-            {"op": "add", "path": "/locations/-", "value": {"url": "u", "metadata": {"a": 1}}},
+            {"op": "add", "path": "/locations/-",
+             "value": {"url": "u", "metadata": {"a": "x" * 20000}}},
             {"op": "add", "path": "/locations/-", "value": {"url": "u", "metadata": {"store": 1}}},
             {"op": "add", "path": "/locations/-",
              "value": {"url": "u", "metadata": {}, "validation_data": {"checksum": "ab"}}},

@@ -118,16 +118,19 @@ def image_view(
     locations: bool = False,
     direct_url: bool = False,
     stores: bool = False,
+    located: bool = True,
 ) -> dict[str, Any]:
     """
     The v2 image document: core fields, links, and extra properties as
     top-level strings; with C{locations}, the image's locations, and with
     C{direct_url}, its first one's URL (Glance's C{show_multiple_locations}
-    and C{show_image_direct_url}). A URL is shown without what can hold a
-    secret: no userinfo, no query (see L{shown_url}). With C{stores}, the
-    ids of the stores that hold the data: Glance shows them only when
-    several stores are enabled, and a client that sends back what it was
-    shown (openstacksdk's C{update_image}) then fails with Glance's 409.
+    and C{show_image_direct_url}). A caller who may not see where the data
+    lives (not C{located}) gets, as from Glance, C{"locations": []} and no
+    C{direct_url}. A URL is shown without what can hold a secret: no
+    userinfo, no query (see L{shown_url}). With C{stores}, the ids of the
+    stores that hold the data: Glance shows them only when several stores
+    are enabled, and a client that sends back what it was shown
+    (openstacksdk's C{update_image}) then fails with Glance's 409.
     """
     view: dict[str, Any] = {
         key: value
@@ -166,6 +169,8 @@ def image_view(
     if held:
         # Glance's form: the ids of the stores holding the data, comma-joined.
         view["stores"] = ",".join(held)
+    if not located:
+        shown = ()
     if locations:
         view["locations"] = [location_view(location) for location in shown]
     if direct_url and shown:
@@ -175,7 +180,9 @@ def image_view(
 
 def location_view(location: Location) -> dict[str, Any]:
     """One location as Glance shows it, the store id in its metadata."""
-    metadata = {"store": location.store} if location.store else {}
+    metadata = dict(location.metadata)
+    if location.store:
+        metadata["store"] = location.store
     return {"url": shown_url(location.url), "metadata": metadata}
 
 
@@ -245,15 +252,17 @@ class V2API(ImagesAPI):
 
     def _view(self, context: RequestContext, image: Image) -> dict[str, Any]:
         """
-        The image document for this caller: only an admin sees where the
-        data lives, and only when the options say so; C{stores} only when
-        there is more than one (Glance: when C{enabled_backends} is set,
-        which its one-store configuration leaves unset).
+        The image document for this caller: where the data lives is shown
+        when the options say so, to whom C{get_image_location} allows (by
+        default an admin and the owner's project), as in Glance; C{stores}
+        only when there is more than one (Glance: when C{enabled_backends}
+        is set, which its one-store configuration leaves unset).
         """
         return image_view(
             image,
-            locations=self.policy.is_admin(context) and self.show_multiple_locations,
-            direct_url=self.policy.is_admin(context) and self.show_image_direct_url,
+            locations=self.show_multiple_locations,
+            direct_url=self.show_image_direct_url,
+            located=self.policy.sees_locations(context, image),
             stores=len(self.stores.stores) > 1,
         )
 
@@ -265,7 +274,7 @@ class V2API(ImagesAPI):
         cache_control = metadata_cache_control(
             self.cache,
             public=shareable(image),
-            admin_only="locations" in view or "direct_url" in view,
+            admin_only=bool(view.get("locations")) or "direct_url" in view,
         )
         return body, metadata_validators(body, image.updated_at, cache_control)
 
@@ -447,6 +456,11 @@ class V2API(ImagesAPI):
                     store_id=new.store,
                     position=change.position,
                     validation=new.validation,
+                    metadata=new.metadata,
+                )
+            elif change.op == "replace":
+                await edit.replace(
+                    [Location(n.url, n.store, n.metadata) for n in change.value]
                 )
             else:
                 edit.remove(change.position)
@@ -460,6 +474,38 @@ class V2API(ImagesAPI):
             self.policy.check_deletable(context, image)
             check_preconditions(request, self._document(context, image)[1])
             await self._delete(image)
+
+        await self._change_image(request, image_id, write)
+        return _no_content(request)
+
+    @app.route("/stores/<store_id>/<image_id>", methods=["DELETE"])
+    async def delete_from_store(self, request: IRequest, store_id: str, image_id: str) -> bytes:
+        """
+        Glance's delete-from-store (v2.10): remove an active image's data
+        from one store, keeping its copies in the others; through the same
+        L{LocationEdit} as PATCH's remove, so the data there is deleted
+        once the record no longer names it.
+        """
+        if store_id not in self.stores.stores:
+            raise Conflict(f"The selected store {store_id} is not available on this node.")
+
+        async def write(context: RequestContext, image: Image) -> None:
+            self.policy.check_delete_location(context, image)
+            if image.status != images.ACTIVE:
+                raise Conflict(
+                    "It's not allowed to remove image data from store if image status is not 'active'"
+                )
+            held = [n for n, location in enumerate(image.locations) if location.store == store_id]
+            if not held:
+                raise Conflict(f"Image {image.id} is not present in store {store_id}")
+            if len(image.locations) == 1:
+                raise Forbidden(
+                    "Cannot delete image data from the only store containing it. Consider "
+                    "deleting the image instead if you want to remove all image data"
+                )
+            edit = LocationEdit(image, self.stores)
+            edit.remove(held[0])
+            await edit.save(self.registry)
 
         await self._change_image(request, image_id, write)
         return _no_content(request)

@@ -23,7 +23,7 @@ L{apply_patch} turns changes and the current L{Image} into one
 L{ImageUpdate}, so the registry sees a single atomic update.
 
 Locations (``add`` at ``/locations/N`` or ``/locations/-``, ``remove`` of
-``/locations/N``) parse into changes too, their values into
+``/locations/N``, ``replace`` of ``/locations``) parse into changes too, their values into
 L{NewLocation}s; applying them needs the stores, so the API does it (see
 L{glance_tx.locations}) and L{apply_patch} takes the other changes.
 """
@@ -31,8 +31,10 @@ L{glance_tx.locations}) and L{apply_patch} takes the other changes.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
+from attrs import field as attrs_field
 from attrs import frozen
 
 from glance_tx import images
@@ -40,7 +42,7 @@ from glance_tx.api import v2_schemas
 from glance_tx.api.params import parse_json
 from glance_tx.config import ImageFormatConfig
 from glance_tx.errors import BadRequest, Conflict, Forbidden, UnsupportedMediaType
-from glance_tx.images import Image, ImageUpdate
+from glance_tx.images import Image, ImageUpdate, check_location_metadata
 from glance_tx.locations import Validation
 
 #: Media type -> JSON Schema draft it follows.
@@ -85,6 +87,8 @@ class NewLocation:
     #: The store id its metadata names, if any.
     store: str | None = None
     validation: Validation = Validation()
+    #: The rest of its metadata.
+    metadata: Mapping[str, Any] = attrs_field(factory=dict)
 
 
 def draft_for(content_type: str | None) -> int:
@@ -140,13 +144,17 @@ def parse_patch(
 def _location_change(op: str, path: list[str], raw: dict[str, Any], draft: int) -> Change:
     """
     An C{add} or C{remove} of one location, at C{/locations/N} (counted
-    from 0) or C{/locations/-} (after the last; for a remove, the last).
+    from 0) or C{/locations/-} (after the last; for a remove, the last);
+    or a C{replace} of C{/locations}, its value a list of locations.
     """
     if op == "replace":
-        raise Forbidden(
-            "Replacing the whole location list is not supported; add and "
-            "remove locations one at a time."
-        )
+        if len(path) != 1:
+            raise Forbidden("Only the whole location list can be replaced.")
+        if "value" not in raw:
+            raise BadRequest(f'Operation "{op}" requires a member named "value".')
+        v2_schemas.validate_image({"locations": raw["value"]})
+        wanted = tuple(_location_value(value) for value in raw["value"])
+        return Change(op=op, name="locations", value=wanted, draft=draft)
     if len(path) != 2:
         raise BadRequest(f"Invalid JSON pointer for this resource: '/{'/'.join(path)}'")
     position = None if path[1] == "-" else _position(path[1], op)
@@ -168,24 +176,20 @@ def _position(part: str, op: str) -> int:
 
 def _location_value(value: dict[str, Any]) -> NewLocation:
     """
-    The location a (schema-valid) C{add} value names. Of its metadata only
-    C{store} is kept, as glance_store keeps it: the id of the enabled store
-    that holds the data.
+    The location a (schema-valid) C{add} value names. Its metadata's
+    C{store} names the enabled store that holds the data (as glance_store
+    records it); the rest is kept beside the location, as in Glance.
     """
-    metadata = value["metadata"]
-    unknown = sorted(set(metadata) - {"store"})
-    if unknown:
-        raise BadRequest(
-            "Location metadata other than 'store' is not kept by this service: "
-            + ", ".join(unknown)
-        )
-    store = metadata.get("store")
+    metadata = dict(value["metadata"])
+    store = metadata.pop("store", None)
     if store is not None and not isinstance(store, str):
         raise BadRequest("Location metadata 'store' must be a store id (a string).")
     digests = value.get("validation_data", {})
+    check_location_metadata(metadata)
     return NewLocation(
         url=value["url"],
         store=store,
+        metadata=metadata,
         validation=Validation(
             checksum=digests.get("checksum"),
             os_hash_algo=digests.get("os_hash_algo"),

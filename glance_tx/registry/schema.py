@@ -162,6 +162,9 @@ image_locations = Table(
     # The id of the store holding the data, as glance_store records it;
     # NULL for rows from before migration 0003 (judged by the URL then).
     Column("store", String(255), nullable=True),
+    # The rest of the location's metadata, a JSON object; NULL for none
+    # (and for rows from before migration 0008).
+    Column("meta_data", Text, nullable=True),
     UniqueConstraint(
         "image_id", "position", name="uq_image_locations_image_id_position"
     ),

@@ -140,7 +140,7 @@ def _strings(value: Any, what: str) -> list[str]:
 
 
 def encode_location(location: Location) -> dict[str, Any]:
-    return {"url": location.url, "store": location.store}
+    return {"url": location.url, "store": location.store, "metadata": dict(location.metadata)}
 
 
 def decode_location(value: Any) -> Location:
@@ -151,7 +151,7 @@ def decode_location(value: Any) -> Location:
     url, store = fields.get("url"), fields.get("store")
     if not isinstance(url, str) or not (store is None or isinstance(store, str)):
         raise BadRequest("A location needs a string url and a string or null store")
-    return Location(url, store)
+    return Location(url, store, _mapping(fields.get("metadata", {}), "location metadata"))
 
 
 def encode_image(image: Image) -> dict[str, Any]:

@@ -108,7 +108,12 @@ class StoreReadOnly(Forbidden):
 
 
 def shown_url(url: str) -> str:
-    """C{url} as a message may show it: no userinfo, no query, no fragment."""
+    """
+    C{url} as a message or an image document may show it: no userinfo, no
+    query (where a signature or token goes). The fragment stays: it is
+    never sent to a server, and it is what tells two locations of one
+    resource apart (Tempest adds C{URL} and C{URL#new}).
+    """
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -119,7 +124,8 @@ def shown_url(url: str) -> str:
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"
     query = "?..." if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) + query
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) + query + fragment
 
 
 @frozen

@@ -7,6 +7,7 @@ reads of an image's properties, locations, tags and memberships.
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Integer,
     RowMapping,
     String,
+    Text,
     bindparam,
     cast,
     insert,
@@ -28,7 +30,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import BindParameter
 
 from glance_tx.errors import BadRequest, Conflict, NotFound
-from glance_tx.images import Image, Location, Member, check_image, validate_image_id
+from glance_tx.images import (
+    Image,
+    Location,
+    Member,
+    check_image,
+    check_location_metadata,
+    validate_image_id,
+)
 from glance_tx.registry.schema import (
     image_locations,
     image_members,
@@ -104,6 +113,7 @@ def check_record(image: Image) -> None:
             not isinstance(location.store, str) or len(location.store) > 255
         ):
             raise BadRequest("A location's store must be an id of at most 255 characters")
+        check_location_metadata(location.metadata)
     for tag in image.tags:
         check_tag(tag)
     check_image(image)
@@ -140,6 +150,7 @@ _CHILDREN = union_all(
         image_properties.c.name,
         image_properties.c.value,
         cast(null(), Integer),
+        cast(null(), Text),
     ).where(image_properties.c.image_id.in_(_IDS)),
     select(
         literal(_LOCATION, Integer),
@@ -147,6 +158,7 @@ _CHILDREN = union_all(
         image_locations.c.url,
         image_locations.c.store,
         image_locations.c.position,
+        image_locations.c.meta_data,
     ).where(image_locations.c.image_id.in_(_IDS)),
     select(
         literal(_TAG, Integer),
@@ -154,6 +166,7 @@ _CHILDREN = union_all(
         image_tags.c.value,
         cast(null(), String),
         cast(null(), Integer),
+        cast(null(), Text),
     ).where(image_tags.c.image_id.in_(_IDS)),
 )
 
@@ -175,13 +188,14 @@ def load_images(connection: Connection, rows: Sequence[RowMapping]) -> builtins.
         image_id: [] for image_id in ids
     }
     tags: dict[str, set[str]] = {image_id: set() for image_id in ids}
-    for kind, image_id, first, second, position in connection.execute(
+    for kind, image_id, first, second, position, meta_data in connection.execute(
         _CHILDREN, {"ids": ids}
     ):
         if kind == _PROPERTY:
             properties[image_id][first] = second
         elif kind == _LOCATION:
-            locations[image_id].append((position, Location(first, second)))
+            extra = json.loads(meta_data) if meta_data else {}
+            locations[image_id].append((position, Location(first, second, extra)))
         else:
             tags[image_id].add(first)
     return [
@@ -223,6 +237,7 @@ def write_locations(
             "position": position,
             "url": location.url,
             "store": location.store,
+            "meta_data": json.dumps(dict(location.metadata)) if location.metadata else None,
         }
         for position, location in enumerate(locations)
     ]
