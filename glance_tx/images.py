@@ -251,6 +251,10 @@ FILTER_FIELDS = frozenset(
         "protected",
         "os_hidden",
         "checksum",
+        "os_hash_algo",
+        "os_hash_value",
+        "size",
+        "virtual_size",
     }
 )
 DEFAULT_LIMIT = 25

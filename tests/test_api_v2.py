@@ -518,6 +518,20 @@ class ListTests(V2TestCase):
         self.assertEqual(self.listed("owner=admin&status=queued&sort_key=name&sort_dir=asc"), [a, b])
         self.assertEqual(self.listed("name=nothing"), [])
 
+    def test_filters_on_data_fields(self) -> None:
+        """
+        size, virtual_size and the multihash filter by equality, as in
+        Glance (Tempest lists by size); a size that is not a number is a 400.
+        """
+        five = self.active(b"12345")
+        six = self.active(b"123456")
+        self.assertEqual(self.listed("size=5"), [five["id"]])
+        self.assertEqual(self.listed("size=6"), [six["id"]])
+        value, algo = six["os_hash_value"], six["os_hash_algo"]
+        self.assertEqual(self.listed(f"os_hash_value={value}&os_hash_algo={algo}"), [six["id"]])
+        self.assertEqual(self.listed(f"virtual_size={six['virtual_size']}"), [six["id"]])
+        self.assertEqual(self.request("GET", "/v2/images?size=five").code, 400)
+
     def test_in_operator(self) -> None:
         """name=in:a,b matches any of the names; quotes keep commas."""
         a = self.create(name="a")["id"]
@@ -593,7 +607,7 @@ class ListTests(V2TestCase):
             "visibility=everyone", "member_status=maybe", "os_hidden=maybe",
             "protected=yes", "created_at=gt:yesterday", "created_at=in:a,b",
             "size_min=big", "min_ram=-5", "name=gt:x", "changes-since=2020-01-01",
-            "virtual_size=5",
+            "deleted=true", "size=five",
         ):
             self.assertError(self.request("GET", f"/v2/images?{query}"), 400)
 

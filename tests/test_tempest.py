@@ -166,6 +166,8 @@ def glance_tx_config(policy_file: str, keystone: KeystoneServer) -> str:
         "enabled_import_methods = glance-direct, web-download, copy-image\n"
         "show_multiple_locations = true\n"
         "show_image_direct_url = true\n"
+        # Tempest's metadefs tests read the first resource type listed.
+        "load_metadefs = true\n"
         # Tempest uploads made-up bytes as images of every format (see
         # tempest_conf); unsafe images are still refused.
         "[image_format]\n"

@@ -34,18 +34,23 @@ from glance_tx.api.params import parse_int
 from glance_tx.errors import BadRequest
 from glance_tx.images import Comparison, ImageQuery, Viewer
 
-#: Core columns a plain equality filter applies to, with their kind.
+#: Core columns a plain equality filter applies to, with their kind (as
+#: Glance's database layer, which compares any image column it is given:
+#: Tempest lists by C{size}).
 STRING_FILTERS = frozenset(
-    {"id", "name", "status", "disk_format", "container_format", "owner", "checksum"}
+    {
+        "id", "name", "status", "disk_format", "container_format", "owner", "checksum",
+        "os_hash_algo", "os_hash_value",
+    }
 )
-INTEGER_FILTERS = frozenset({"min_ram", "min_disk"})
+INTEGER_FILTERS = frozenset({"min_ram", "min_disk", "size", "virtual_size"})
 BOOLEAN_FILTERS = frozenset({"protected", "os_hidden"})
 TIME_FILTERS = frozenset({"created_at", "updated_at"})
 #: Image fields that exist but cannot be filtered on.
 UNFILTERABLE = frozenset(
     {
-        "virtual_size", "os_hash_algo", "os_hash_value", "locations", "direct_url",
-        "self", "file", "schema", "size", "tags", "deleted", "deleted_at", "stores",
+        "locations", "direct_url", "self", "file", "schema", "tags", "deleted",
+        "deleted_at", "stores",
     }
 )
 #: Parameters that are not filters.
