@@ -236,7 +236,7 @@ class HTTPRegistryClient:
             )
         producer = None
         if body is not None:
-            producer = BytesBody(json.dumps(body).encode("utf-8"))
+            producer = BytesBody(json.dumps(body, separators=(",", ":")).encode("utf-8"))
             headers.setRawHeaders(b"Content-Type", [b"application/json"])
         url = self.url + path
         if params:
@@ -282,7 +282,7 @@ class HTTPRegistryClient:
 
     def list(self, query: ImageQuery) -> Deferred[builtins.list[Image]]:
         async def list_() -> builtins.list[Image]:
-            params = {"query": json.dumps(wire.encode_query(query))}
+            params = {"query": json.dumps(wire.encode_query(query), separators=(",", ":"))}
             answer = await self._call("GET", "/images/detail", params=params)
             return [wire.decode_image(value) for value in answer["images"]]
 
