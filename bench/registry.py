@@ -3,21 +3,25 @@
 Metadata requests through the API at 100,000 images, for each way of
 running the registry.
 
-For each mode -- SQLite in-process, PostgreSQL in-process, PostgreSQL
-behind ``twistd glance-registry`` -- this script:
+For the modes asked for -- SQLite in-process, PostgreSQL in-process,
+PostgreSQL behind ``twistd glance-registry`` -- this script:
 
 1. fills a fresh database with ``--images`` images (bulk inserts with
-   ``registry_pages.rows``: a few properties, tags and members each);
-2. starts the servers on free loopback ports (``twistd -n glance``, and
-   for the last mode ``twistd -n glance-registry`` with the API's
-   ``registry_url`` pointing at it) and waits for ``/healthcheck``;
-3. pages through each listing below once (which also checks that no image
-   comes back twice) to find a marker 90% of the way in;
+   ``registry_pages.rows``: a few properties, tags and members each): a
+   SQLite file, and one PostgreSQL database that both PostgreSQL modes
+   serve;
+2. starts every mode's servers at once on free loopback ports (``twistd -n
+   glance``, and for the last mode ``twistd -n glance-registry`` with the
+   API's ``registry_url`` pointing at it) and waits for ``/healthcheck``;
+3. pages through each listing below once per mode (which also checks that
+   no image comes back twice) to find a marker 90% of the way in;
 4. times ``--requests`` sequential requests for the page of 25 after that
-   marker, over one keep-alive connection, and reports p50 and p99;
+   marker, over one keep-alive connection per mode, one request to each
+   mode in turn (so a machine shared with other work loads every mode
+   alike), and reports p50 and p99;
 5. runs ``wrk`` (Debian package) for ``--seconds`` against single-image
-   ``GET /v2/images/{id}`` of random ids and reports requests per second
-   and the CPU the servers spent per 1,000 requests.
+   ``GET /v2/images/{id}`` of random ids, mode after mode, and reports
+   requests per second and the CPU the servers spent per 1,000 requests.
 
 The figures of the three modes come from one run on one machine, so their
 ratios hold even where the machine's speed does not. The machine's md5 and
@@ -110,34 +114,53 @@ def listing_ids(
     return ids
 
 
-def time_listing(
-    server: Server, query: dict[str, str], headers: dict[str, str], requests: int
-) -> tuple[float, float]:
-    """p50 and p99 milliseconds of the page of 25 after a marker 90% deep."""
+def listing_path(
+    server: Server, query: dict[str, str], headers: dict[str, str]
+) -> tuple[http.client.HTTPConnection, str, list[str]]:
+    """
+    A keep-alive connection to C{server}, the path of the page of 25 after
+    a marker 90% deep in the listing, and the ids that page must hold.
+    """
     connection = http.client.HTTPConnection(urlsplit(server.base_url).netloc, timeout=60)
+    ids = listing_ids(connection, query, headers)
+    if len(ids) < PAGE * 2:
+        raise BenchError(f"the listing {query} has only {len(ids)} images")
+    at = int(len(ids) * 0.9)
+    path = "/v2/images?" + urlencode({**query, "limit": str(PAGE), "marker": ids[at]})
+    return connection, path, ids[at + 1 : at + 1 + PAGE]
+
+
+def time_listings(
+    servers: dict[str, Server], query: dict[str, str], headers: dict[str, str], requests: int
+) -> dict[str, tuple[float, float]]:
+    """
+    p50 and p99 milliseconds of the page of 25 after a marker 90% deep,
+    for each mode's API: one request to each in turn, so that every mode
+    sees the same load on a machine shared with other work.
+    """
+    targets = {mode: listing_path(server, query, headers) for mode, server in servers.items()}
+    timings: dict[str, list[float]] = {mode: [] for mode in servers}
     try:
-        ids = listing_ids(connection, query, headers)
-        if len(ids) < PAGE * 2:
-            raise BenchError(f"the listing {query} has only {len(ids)} images")
-        at = int(len(ids) * 0.9)
-        expected = ids[at + 1 : at + 1 + PAGE]
-        path = "/v2/images?" + urlencode({**query, "limit": str(PAGE), "marker": ids[at]})
-        timings = []
         for n in range(requests + 20):
-            began = time.perf_counter()
-            page = api_get(connection, path, headers)
-            elapsed = time.perf_counter() - began
-            if n >= 20:  # the first ones warm the caches
-                timings.append(elapsed)
-            if [image["id"] for image in page["images"]] != expected:
-                raise BenchError("the page after the marker is not the expected one")
+            for mode, (connection, path, expected) in targets.items():
+                began = time.perf_counter()
+                page = api_get(connection, path, headers)
+                elapsed = time.perf_counter() - began
+                if n >= 20:  # the first ones warm the caches
+                    timings[mode].append(elapsed)
+                if [image["id"] for image in page["images"]] != expected:
+                    raise BenchError("the page after the marker is not the expected one")
     finally:
-        connection.close()
-    timings.sort()
-    return (
-        statistics.median(timings) * 1000,
-        timings[min(len(timings) - 1, int(len(timings) * 0.99))] * 1000,
-    )
+        for connection, _, _ in targets.values():
+            connection.close()
+    figures = {}
+    for mode, values in timings.items():
+        values.sort()
+        figures[mode] = (
+            statistics.median(values) * 1000,
+            values[min(len(values) - 1, int(len(values) * 0.99))] * 1000,
+        )
+    return figures
 
 
 WRK_SCRIPT = """\
@@ -187,19 +210,31 @@ def get_rate(
 
 
 @contextmanager
-def database(mode: str, workdir: Path, postgres_url: str | None, count: int) -> Iterator[str]:
-    """A filled database for C{mode}; yields its SQLAlchemy URL."""
-    if mode == "sqlite":
-        url = f"sqlite:///{workdir / 'registry.sqlite'}"
-        fill(url, count)
-        yield url
-        return
-    if postgres_url is None:
-        raise BenchError(f"mode {mode} needs --postgres-url")
-    with registry_pages.postgresql_registry(postgres_url, count) as registry:
-        print(f"  filling {count} images", flush=True)
-        registry_pages.fill(registry, count)
-        yield registry.engine.url.render_as_string(hide_password=False)
+def databases(
+    modes: list[str], workdir: Path, postgres_url: str | None, count: int
+) -> Iterator[dict[str, str]]:
+    """
+    A filled database for each mode, as SQLAlchemy URLs: a SQLite file,
+    and one PostgreSQL database that both PostgreSQL modes serve (the same
+    rows, so their figures differ only by the registry's hop).
+    """
+    urls = {}
+    with ExitStack() as stack:
+        if "sqlite" in modes:
+            urls["sqlite"] = f"sqlite:///{workdir / 'registry.sqlite'}"
+            fill(urls["sqlite"], count)
+        postgres_modes = [mode for mode in modes if mode != "sqlite"]
+        if postgres_modes:
+            if postgres_url is None:
+                raise BenchError(f"mode {postgres_modes[0]} needs --postgres-url")
+            registry = stack.enter_context(
+                registry_pages.postgresql_registry(postgres_url, count)
+            )
+            print(f"  filling {count} images (PostgreSQL)", flush=True)
+            registry_pages.fill(registry, count)
+            shared = registry.engine.url.render_as_string(hide_password=False)
+            urls.update({mode: shared for mode in postgres_modes})
+        yield urls
 
 
 def fill(url: str, count: int) -> None:
@@ -249,29 +284,36 @@ def start_servers(
     return servers
 
 
-def measure_mode(args: argparse.Namespace, mode: str, workdir: Path) -> ModeFigures:
-    print(f"{MODE_LABELS[mode]}", flush=True)
+def measure(args: argparse.Namespace, workdir: Path) -> list[ModeFigures]:
+    """Every mode's servers up at once; listings interleaved, then GETs per mode."""
     with ExitStack() as stack:
-        sql_url = stack.enter_context(database(mode, workdir, args.postgres_url, args.images))
-        servers = start_servers(mode, workdir, sql_url, args.twistd, stack)
-        listing_ms = {}
+        urls = stack.enter_context(databases(args.modes, workdir, args.postgres_url, args.images))
+        servers = {
+            mode: start_servers(mode, workdir, urls[mode], args.twistd, stack)
+            for mode in args.modes
+        }
+        apis = {mode: chain[-1] for mode, chain in servers.items()}
+        listing_ms: dict[str, dict[str, tuple[float, float]]] = {m: {} for m in args.modes}
         for name, (query, headers) in LISTINGS.items():
-            listing_ms[name] = time_listing(servers[-1], query, headers, args.requests)
-            print(f"  {name}: p50 {listing_ms[name][0]:.2f} ms, "
-                  f"p99 {listing_ms[name][1]:.2f} ms", flush=True)
-        connection = http.client.HTTPConnection(
-            urlsplit(servers[-1].base_url).netloc, timeout=60
-        )
-        try:
-            ids = listing_ids(connection, {"sort": "created_at:desc"}, {})
-        finally:
-            connection.close()
-        sample = random.Random(1).sample(ids, min(len(ids), 5000))
-        rate, cpu_ms = get_rate(workdir, servers, sample, args.seconds)
-        print(f"  single-image GETs: {rate:.0f}/s, {cpu_ms:.2f} CPU ms each", flush=True)
-        for server in reversed(servers):
-            server.stop()
-    return ModeFigures(mode, listing_ms, rate, cpu_ms)
+            for mode, figures in time_listings(apis, query, headers, args.requests).items():
+                listing_ms[mode][name] = figures
+                print(f"  {MODE_LABELS[mode]}, {name}: p50 {figures[0]:.2f} ms, "
+                      f"p99 {figures[1]:.2f} ms", flush=True)
+        results = []
+        for mode in args.modes:
+            connection = http.client.HTTPConnection(
+                urlsplit(apis[mode].base_url).netloc, timeout=60
+            )
+            try:
+                ids = listing_ids(connection, {"sort": "created_at:desc"}, {})
+            finally:
+                connection.close()
+            sample = random.Random(1).sample(ids, min(len(ids), 5000))
+            rate, cpu_ms = get_rate(workdir, servers[mode], sample, args.seconds)
+            print(f"  {MODE_LABELS[mode]}, single-image GETs: {rate:.0f}/s, "
+                  f"{cpu_ms:.2f} CPU ms each", flush=True)
+            results.append(ModeFigures(mode, listing_ms[mode], rate, cpu_ms))
+    return results
 
 
 def report(args: argparse.Namespace, figures: list[ModeFigures], hashes: str) -> str:
@@ -282,7 +324,9 @@ def report(args: argparse.Namespace, figures: list[ModeFigures], hashes: str) ->
         textwrap.fill(
             f"{args.images:,} images with a few properties, tags and members each. "
             f"Listing: {args.requests} sequential requests over one keep-alive "
-            "connection for the page of 25 after a marker 90% deep. GETs: wrk, "
+            "connection for the page of 25 after a marker 90% deep, the modes' "
+            "servers up at once and one request to each in turn (both PostgreSQL "
+            "modes over one database). GETs: wrk, "
             f"1 thread, 8 connections, {args.seconds} s, random ids; server CPU "
             "is every server process of the mode (the API, and glance-registry).",
             width=78,
@@ -352,9 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     print(hashes, flush=True)
     figures = []
     try:
-        for mode in args.modes:
-            with transfer_workdir(args) as workdir:
-                figures.append(measure_mode(args, mode, workdir))
+        with transfer_workdir(args) as workdir:
+            figures = measure(args, workdir)
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 1

@@ -20,9 +20,16 @@ One run of this script:
    ``dd ... conv=fsync`` and nginx for the filesystem);
 5. for the HTTP store: registers the nginx URL as an image location and
    downloads it through glance-tx, beside curl from nginx;
-6. prints MiB/s, glance-tx's CPU seconds per GiB, its peak RSS and the
-   ratio to the direct client for every transfer, with this machine's md5
-   and sha512 speeds, and writes them to its section of ``RESULTS.md``.
+   (steps 4 and 5 are one round; ``--rounds`` of them, 3 by default, each
+   image and direct object deleted before the next, so every transfer runs
+   beside its direct client in every round, whatever the machine's load);
+6. uploads ``--concurrent`` (20) images of ``--concurrent-size`` (32 MiB)
+   at once to each writable store and samples glance-tx's RSS meanwhile;
+7. prints, per transfer, the median MiB/s through glance-tx and of the
+   direct client, their ratio and each round's, glance-tx's CPU seconds per
+   GiB and peak RSS, the concurrent uploads' peak RSS, with this machine's
+   md5 and sha512 speeds (before and after) and its load average, and
+   writes them to its section of ``RESULTS.md``.
 
 Every transfer's byte count is checked, and every upload's md5.
 Targets (issue 8): through glance-tx at least 80% of the direct client's
@@ -44,7 +51,7 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,8 +312,157 @@ def dd_sample(path: Path, target: Path, size: int) -> Sample:
     return Sample("file up (dd)", size, seconds, 0.0, 0.0, 0, 0.0, 0.0)
 
 
-def run(args: argparse.Namespace) -> list[Row]:
+def delete_image(glance: Server, image_id: str) -> None:
+    """Delete a measured image (and its data in its store) before the next round."""
+    request = urllib.request.Request(f"{glance.base_url}/v1/images/{image_id}", method="DELETE")
+    urllib.request.urlopen(request, timeout=120).close()
+
+
+def curl_delete(url: str, extra: list[str]) -> None:
+    subprocess.run(["curl", "-sS", "-o", "/dev/null", "-X", "DELETE", *extra, url], check=True)
+
+
+@dataclass
+class Memory:
+    store: str
+    count: int
+    size: int
+    baseline_kib: int
+    peak_kib: int
+    seconds: float
+
+
+def concurrent_uploads(
+    glance: Server, store: str, path: Path, size: int, count: int
+) -> Memory:
+    """
+    C{count} uploads of C{path} to C{store} at once (curl, v1, Content-Length):
+    glance-tx's summed VmRSS before, and its peak while they run.
+    """
+    baseline = transfer.status_kib(glance.pids, "VmRSS")
+    responses = [path.parent / f"concurrent-{store}-{n}.json" for n in range(count)]
+    with transfer.rss_sampler(glance) as peak:
+        began = time.perf_counter()
+        curls = [
+            subprocess.Popen(
+                ["curl", "-sS", "-T", str(path), "-H", "Expect:",
+                 "-H", "Content-Type: application/octet-stream",
+                 "-X", "POST", "-o", str(response), "-w", "%{http_code}",
+                 "-H", f"x-image-meta-name: concurrent-{store}",
+                 "-H", "x-image-meta-disk_format: raw",
+                 "-H", "x-image-meta-container_format: bare",
+                 "-H", f"x-image-meta-store: {store}",
+                 f"{glance.base_url}/v1/images"],
+                stdout=subprocess.PIPE, text=True,
+            )
+            for response in responses
+        ]
+        codes = [c.communicate()[0].strip() for c in curls]
+        seconds = time.perf_counter() - began
+    if codes != ["201"] * count:
+        raise BenchError(f"{store}: concurrent uploads answered {codes}")
+    for response in responses:
+        image = json.loads(response.read_text())["image"]
+        if image["size"] != size:
+            raise BenchError(f"{store}: a concurrent upload stored {image['size']} bytes")
+        delete_image(glance, image["id"])
+        response.unlink()
+    return Memory(store, count, size, baseline, peak(), seconds)
+
+
+def one_round(
+    args: argparse.Namespace, glance: Server, moto: Server, s3_url: str,
+    swift: Server | None, settings: dict[str, str], nginx: Server,
+    path: Path, md5: str, workdir: Path, report: Callable[[Row], None],
+) -> None:
+    """Every store's transfers once, each beside its direct client."""
+    stores = args.stores
+    # The filesystem store, against dd (write) and nginx (read).
+    if "file" in stores:
+        up, image_id = upload_through(glance, path, args.size, md5, "file")
+        report(Row("file", "up", up, dd_sample(path, workdir / "dd.out", args.size),
+                   "dd conv=fsync"))
+        down = download_through(glance, image_id, args.size, "file")
+        direct = transfer.measure("nginx down", nginx, ["-o", "/dev/null",
+                                  f"{nginx.base_url}/{path.name}"], "down", args.size)
+        report(Row("file", "down", down, direct, "nginx"))
+        delete_image(glance, image_id)
+
+    # S3 (moto), against curl --aws-sigv4 to the same server.
+    if "s3" in stores:
+        s3_object = f"{moto.base_url}/{BUCKET}/direct-{int(time.time())}"
+        up, image_id = upload_through(glance, path, args.size, md5, "s3")
+        # curl would sign the empty "Expect:" that upload_args sends (to
+        # drop 100-continue) without sending it, and S3 would refuse that.
+        direct = transfer.measure("s3 direct up", moto, ["-T", str(path)]
+                                + s3_sigv4(s3_url) + ["-o", "/dev/null", s3_object],
+                                "up", args.size, ok_codes=(200,))
+        report(Row("s3", "up", up, direct, "curl --aws-sigv4, one PUT"))
+        boto3_key = f"{s3_object.rpartition('/')[2]}-boto3"
+        direct = boto3_sample(moto, s3_url, boto3_key, path, args.size)
+        report(Row("s3", "up", up, direct, "boto3 upload_file, 10 MiB parts"))
+        down = download_through(glance, image_id, args.size, "s3")
+        direct = transfer.measure("s3 direct down", moto, s3_sigv4(s3_url)
+                                + ["-o", "/dev/null", s3_object], "down", args.size, ok_codes=(200,))
+        report(Row("s3", "down", down, direct, "curl --aws-sigv4"))
+        delete_image(glance, image_id)
+        for key in (s3_object, f"{moto.base_url}/{BUCKET}/{boto3_key}"):
+            curl_delete(key, s3_sigv4(s3_url))
+
+    # Swift, against curl with a token to the same proxy.
+    if "swift" in stores:
+        assert swift is not None
+        storage_url, token = swift_token(swift, settings)
+        swift_object = f"{storage_url}/{CONTAINER}/direct"
+        auth = ["-H", f"X-Auth-Token: {token}"]
+        up, image_id = upload_through(glance, path, args.size, md5, "swift")
+        direct = transfer.measure("swift direct up", swift, transfer.upload_args(path, False)
+                                + auth + ["-o", "/dev/null", swift_object],
+                                "up", args.size, ok_codes=(201,))
+        report(Row("swift", "up", up, direct, "curl"))
+        down = download_through(glance, image_id, args.size, "swift")
+        direct = transfer.measure("swift direct down", swift, auth
+                                + ["-o", "/dev/null", swift_object], "down", args.size, ok_codes=(200,))
+        report(Row("swift", "down", down, direct, "curl"))
+        delete_image(glance, image_id)
+        curl_delete(swift_object, auth)
+
+    # The read-only HTTP store, against curl from nginx.
+    if "http" in stores:
+        image_id = register_http_image(glance, f"{nginx.base_url}/{path.name}", args.size)
+        down = download_through(glance, image_id, args.size, "web")
+        direct = transfer.measure("nginx down", nginx, ["-o", "/dev/null",
+                                  f"{nginx.base_url}/{path.name}"], "down", args.size)
+        report(Row("http", "down", down, direct, "nginx"))
+        delete_image(glance, image_id)
+
+
+def median_rows(rows: list[Row]) -> list[tuple[Row, list[float]]]:
+    """
+    Per transfer, the round of median throughput through glance-tx and the
+    round of median direct throughput (each its own median), with every
+    round's ratio, in the order of the first round.
+    """
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.store, row.direction, row.direct_label), []).append(row)
+    merged = []
+    for group in groups.values():
+        through = sorted((r.through for r in group), key=lambda s: s.mib_s)
+        directs = sorted((r.direct for r in group if r.direct), key=lambda s: s.mib_s)
+        ratios = [r.through.mib_s / r.direct.mib_s for r in group if r.direct]
+        first = group[0]
+        merged.append((
+            Row(first.store, first.direction, through[(len(through) - 1) // 2],
+                directs[(len(directs) - 1) // 2] if directs else None, first.direct_label),
+            ratios,
+        ))
+    return merged
+
+
+def run(args: argparse.Namespace) -> tuple[list[Row], list[Memory]]:
     rows: list[Row] = []
+    memory: list[Memory] = []
     with ExitStack() as stack:
         workdir, path, md5 = transfer.workdir_with_test_file(
             "glance-tx-bench-stores-", args.size, args.tmpdir, False, stack
@@ -336,93 +492,83 @@ def run(args: argparse.Namespace) -> list[Row]:
                 flush=True,
             )
 
-        # The filesystem store, against dd (write) and nginx (read).
-        if "file" in stores:
-            up, image_id = upload_through(glance, path, args.size, md5, "file")
-            report(Row("file", "up", up, dd_sample(path, workdir / "dd.out", args.size),
-                       "dd conv=fsync"))
-            down = download_through(glance, image_id, args.size, "file")
-            direct = transfer.measure("nginx down", nginx, ["-o", "/dev/null",
-                                      f"{nginx.base_url}/{path.name}"], "down", args.size)
-            report(Row("file", "down", down, direct, "nginx"))
+        for number in range(1, args.rounds + 1):
+            print(f"round {number} of {args.rounds} ({os.getloadavg()[0]:.1f} load)", flush=True)
+            one_round(args, glance, moto, s3_url, swift, settings, nginx, path, md5,
+                      workdir, report)
 
-        # S3 (moto), against curl --aws-sigv4 to the same server.
-        if "s3" in stores:
-            s3_object = f"{moto.base_url}/{BUCKET}/direct-{int(time.time())}"
-            up, image_id = upload_through(glance, path, args.size, md5, "s3")
-            # curl would sign the empty "Expect:" that upload_args sends (to
-            # drop 100-continue) without sending it, and S3 would refuse that.
-            direct = transfer.measure("s3 direct up", moto, ["-T", str(path)]
-                                    + s3_sigv4(s3_url) + ["-o", "/dev/null", s3_object],
-                                    "up", args.size, ok_codes=(200,))
-            report(Row("s3", "up", up, direct, "curl --aws-sigv4, one PUT"))
-            direct = boto3_sample(moto, s3_url, f"{s3_object.rpartition('/')[2]}-boto3",
-                                  path, args.size)
-            report(Row("s3", "up", up, direct, "boto3 upload_file, 10 MiB parts"))
-            down = download_through(glance, image_id, args.size, "s3")
-            direct = transfer.measure("s3 direct down", moto, s3_sigv4(s3_url)
-                                    + ["-o", "/dev/null", s3_object], "down", args.size, ok_codes=(200,))
-            report(Row("s3", "down", down, direct, "curl --aws-sigv4"))
-
-        # Swift, against curl with a token to the same proxy.
-        if "swift" in stores:
-            assert swift is not None
-            storage_url, token = swift_token(swift, settings)
-            swift_object = f"{storage_url}/{CONTAINER}/direct"
-            auth = ["-H", f"X-Auth-Token: {token}"]
-            up, image_id = upload_through(glance, path, args.size, md5, "swift")
-            direct = transfer.measure("swift direct up", swift, transfer.upload_args(path, False)
-                                    + auth + ["-o", "/dev/null", swift_object],
-                                    "up", args.size, ok_codes=(201,))
-            report(Row("swift", "up", up, direct, "curl"))
-            down = download_through(glance, image_id, args.size, "swift")
-            direct = transfer.measure("swift direct down", swift, auth
-                                    + ["-o", "/dev/null", swift_object], "down", args.size, ok_codes=(200,))
-            report(Row("swift", "down", down, direct, "curl"))
-
-        # The read-only HTTP store, against curl from nginx.
-        if "http" in stores:
-            image_id = register_http_image(glance, f"{nginx.base_url}/{path.name}", args.size)
-            down = download_through(glance, image_id, args.size, "web")
-            direct = transfer.measure("nginx down", nginx, ["-o", "/dev/null",
-                                      f"{nginx.base_url}/{path.name}"], "down", args.size)
-            report(Row("http", "down", down, direct, "nginx"))
-    return rows
+        if args.concurrent:
+            small = workdir / "concurrent.bin"
+            with path.open("rb") as source, small.open("wb") as target:
+                target.write(source.read(args.concurrent_size))
+            for store in (s for s in stores if s != "http"):  # http: read-only
+                figure = concurrent_uploads(
+                    glance, store, small, args.concurrent_size, args.concurrent
+                )
+                memory.append(figure)
+                print(f"  {store:<6} {figure.count} uploads of "
+                      f"{transfer.human(figure.size)} at once: RSS "
+                      f"{figure.baseline_kib / 1024:.0f} MiB before, peak "
+                      f"{figure.peak_kib / 1024:.0f} MiB ({figure.seconds:.1f} s)", flush=True)
+    return rows, memory
 
 
-def section(args: argparse.Namespace, rows: list[Row], hashes: str) -> str:
+def section(
+    args: argparse.Namespace, rows: list[Row], memory: list[Memory], hashes: str,
+    loads: tuple[float, float],
+) -> str:
     lines = [
         "## Stores: `bench/stores.py`",
         "",
         textwrap.fill(
             f"A {transfer.human(args.size)} image through glance-tx (v1, Content-Length, "
             "curl) to and from each store, and the same bytes moved by a direct client of "
-            "that store in the same run. Stores on loopback: moto_server (S3, Python), "
+            f"that store, {args.rounds} rounds in one run, each transfer beside its "
+            "direct client in every round; the medians of the rounds, and each round's "
+            "ratio. Stores on loopback: moto_server (S3, Python), "
             "a one-node Swift, nginx for the HTTP store. glance-tx CPU is utime + stime "
             "of its process per GiB moved; RSS is its peak during the transfer.",
             width=78,
         ),
         "",
         f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
-        f"{os.cpu_count()} vCPUs; {hashes}",
+        f"{os.cpu_count()} vCPUs; {hashes}; load average {loads[0]:.1f} at the start, "
+        f"{loads[1]:.1f} at the end",
         f"- Command: `/work/venv/bin/python bench/stores.py --size {args.size_text}"
+        f" --rounds {args.rounds}"
         + ("" if tuple(args.stores) == STORES else f" --stores {','.join(args.stores)}")
         + "".join(f" --s3-option {option}" for option in args.s3_option)
         + "`",
         "",
         "| store | way | through glance-tx MiB/s | CPU s/GiB | peak RSS MiB "
-        "| direct client | direct MiB/s | ratio |",
-        "|---|---|---:|---:|---:|---|---:|---:|",
+        "| direct client | direct MiB/s | ratio of medians | ratio per round |",
+        "|---|---|---:|---:|---:|---|---:|---:|---|",
     ]
-    for row in rows:
+    for row, ratios in median_rows(rows):
         direct = row.direct
         lines.append(
             f"| {row.store} | {row.direction} | {row.through.mib_s:.0f} "
             f"| {row.through.cpu_per_gib:.2f} | {row.through.peak_rss_kib / 1024:.0f} "
             f"| {row.direct_label} | "
-            + (f"{direct.mib_s:.0f} | {row.through.mib_s / direct.mib_s:.2f}x |"
-               if direct else "- | - |")
+            + (f"{direct.mib_s:.0f} | {row.through.mib_s / direct.mib_s:.2f}x | "
+               + ", ".join(f"{r:.2f}" for r in ratios) + " |"
+               if direct else "- | - | - |")
         )
+    if memory:
+        lines += [
+            "",
+            f"{memory[0].count} uploads of {transfer.human(memory[0].size)} at once "
+            "(curl, v1, Content-Length), per store: glance-tx's VmRSS before and its "
+            "peak while they ran (target: under 150 MiB).",
+            "",
+            "| store | RSS before MiB | peak RSS MiB | seconds |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {m.store} | {m.baseline_kib / 1024:.0f} | {m.peak_kib / 1024:.0f} "
+            f"| {m.seconds:.1f} |"
+            for m in memory
+        ]
     return "\n".join(lines)
 
 
@@ -437,6 +583,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--s3-option", action="append", default=[], metavar="NAME=VALUE",
                         help="an option for glance-tx's S3 store section, e.g. "
                              "s3_store_thread_pools=1 (repeatable)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of every transfer, interleaved; medians "
+                             "reported [default: %(default)s]")
+    parser.add_argument("--concurrent", type=int, default=20,
+                        help="then this many uploads at once to each writable store, "
+                             "for peak RSS; 0 to skip [default: %(default)s]")
+    parser.add_argument("--concurrent-size", default="32M",
+                        help="the size of each of those uploads [default: %(default)s]")
     parser.add_argument("--no-write", action="store_true",
                         help="print the figures only; leave bench/RESULTS.md alone")
     parser.add_argument("--tmpdir", default=None)
@@ -444,6 +598,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.size_text = args.size
     args.size = transfer.parse_size(args.size)
+    args.concurrent_size = transfer.parse_size(args.concurrent_size)
     args.stores = [name.strip() for name in args.stores.split(",") if name.strip()]
     unknown = sorted(set(args.stores) - set(STORES))
     if unknown or not args.stores:
@@ -459,12 +614,16 @@ def main(argv: list[str] | None = None) -> int:
     transfer.QUIET_WAIT = args.quiet_wait
     hashes = transfer.hash_speeds()
     print(hashes, flush=True)
+    load = os.getloadavg()[0]
     try:
-        rows = run(args)
+        rows, memory = run(args)
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 1
-    transfer.publish_section("stores.py", section(args, rows, hashes), not args.no_write)
+    hashes_after = transfer.hash_speeds()
+    text = section(args, rows, memory, f"{hashes}; after: {hashes_after}",
+                   (load, os.getloadavg()[0]))
+    transfer.publish_section("stores.py", text, not args.no_write)
     return 0
 
 

@@ -1748,6 +1748,23 @@ class RegistryConformanceMixin(_Base):
         await self.assertFails(registry.remove_member(new_image_id(), "b"), NotFound)
 
     @conformance
+    async def test_remove_member_repeated(self, registry: Any) -> None:
+        """
+        A membership removal repeated with its write_id (its answer was
+        lost) succeeds again; a new removal of the absent member, with
+        another write_id, is still NotFound.
+        """
+        image = await registry.create(make_image(visibility="shared"))
+        await registry.add_member(image.id, "b")
+        self.assertIsNone(await registry.remove_member(image.id, "b", write_id="rm-1"))
+        self.assertIsNone(await registry.remove_member(image.id, "b", write_id="rm-1"))
+        await self.assertFails(registry.get_member(image.id, "b"), NotFound)
+        await self.assertFails(
+            registry.remove_member(image.id, "b", write_id="rm-2"), NotFound
+        )
+        await self.assertFails(registry.remove_member(image.id, "b"), NotFound)
+
+    @conformance
     async def test_members_of_deleted_image_not_found(self, registry: Any) -> None:
         """
         Once the image is deleted, every member method fails with NotFound,
@@ -1814,6 +1831,24 @@ class RegistryConformanceMixin(_Base):
         self.assertEqual(await registry.get(image.id), untagged)
         await self.assertFails(registry.remove_tag(image.id, "a"), NotFound)
         self.assertEqual(await registry.get(image.id), untagged)
+
+    @conformance
+    async def test_remove_tag_repeated(self, registry: Any) -> None:
+        """
+        A tag removal repeated with its write_id (its answer was lost)
+        answers the record as it is, the version moved once; a new removal
+        of the absent tag, with another write_id, is still NotFound, and a
+        write between the two makes the old id a new removal again.
+        """
+        image = await registry.create(make_image(tags={"a", "b"}))
+        untagged = await registry.remove_tag(image.id, "a", write_id="untag-1")
+        self.assertEqual(untagged.version, 2)
+        self.assertEqual(await registry.remove_tag(image.id, "a", write_id="untag-1"), untagged)
+        self.assertEqual(await registry.get(image.id), untagged)
+        await self.assertFails(registry.remove_tag(image.id, "a", write_id="untag-2"), NotFound)
+        await registry.update(image.id, ImageUpdate(fields={"name": "n"}), write_id="w")
+        await self.assertFails(registry.remove_tag(image.id, "a", write_id="untag-1"), NotFound)
+        await self.assertFails(registry.remove_tag(image.id, "b", write_id=""), BadRequest)
 
     @conformance
     async def test_tags_of_unknown_or_deleted_image_not_found(

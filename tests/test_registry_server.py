@@ -464,6 +464,32 @@ class ClientTests(SynchronousTestCase):
         self.assertTrue(stored.deleted)
         self.assertEqual(stored.properties, {"n": "1"})
 
+    def test_removals_repeated_after_a_lost_answer(self) -> None:
+        """
+        A tag or membership removal applied by the registry but its answer
+        lost is sent again with the same write_id and succeeds, as the
+        first did, instead of answering NotFound for what it removed; a
+        new removal of the absent tag or member is still NotFound.
+        """
+        image = self.successResultOf(
+            self.registry.create(make_image(tags={"t"}, visibility="shared"))
+        )
+        self.successResultOf(self.registry.add_member(image.id, "p"))
+        for call in (
+            lambda c: c.remove_tag(image.id, "t"),
+            lambda c: c.remove_member(image.id, "p"),
+        ):
+            losing = LosingAgent(self.agent, losses=1)
+            d = call(self.client(losing, retry_delay=0.5))
+            self.assertNoResult(d)
+            self.clock.advance(0.5)
+            self.successResultOf(d)
+            self.assertEqual(losing.methods, ["DELETE", "DELETE"])
+            self.failureResultOf(call(self.client(self.agent)), NotFound)
+        stored = self.successResultOf(self.registry.get(image.id))
+        self.assertEqual((stored.tags, stored.version), (frozenset(), 2))
+        self.failureResultOf(self.registry.get_member(image.id, "p"), NotFound)
+
     def test_post_never_retried(self) -> None:
         """A POST whose connection failed is not sent again: ServiceUnavailable."""
         flaky = FlakyAgent(self.agent, failures=1)

@@ -28,7 +28,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from glance_tx.config import ConfigError
-from glance_tx.errors import StoreError
+from glance_tx.errors import StorageFull, StoreError
 from glance_tx.images import new_image_id
 from glance_tx.store.interface import IStoreWriter
 from glance_tx.store.swift import SwiftStore, swift_store_from_options
@@ -294,6 +294,52 @@ class SwiftStoreTests(_SwiftHarness, TestCase):
         self.assertEqual(proxy.failed, 1)
         self.assertEqual(self.objects(self.container), [])
         self.assertEqual(self.objects(self.container + "_segments"), [])
+
+    def fill_past_quota(self, container: str) -> None:
+        """
+        Make C{container} refuse every further upload: a few bytes in it,
+        then a quota of 1 byte (Swift's container_quotas middleware, in
+        the one-node proxy's pipeline). The quota's POST also drops the
+        proxy's cached container info, so the next PUT sees the bytes.
+        """
+        self.connection.put_container(container)
+        self.connection.put_object(container, "filler", b"0123456789")
+        self.connection.post_container(container, {"X-Container-Meta-Quota-Bytes": "1"})
+
+    async def test_quota_refusal_is_storage_full(self) -> None:
+        """
+        Swift refusing an upload with 413 (a container over its quota) is
+        StorageFull, Glance's 413 "Image storage media is full", for a
+        one-PUT upload (the image's container full) and a Static Large
+        Object (the segments container full, which refuses the upload's
+        marker first); nothing of either upload is left.
+        """
+        # 4 MiB in one PUT: Swift's proxy answers 413 at once but reads
+        # (and drops) the rest of the body, so the answer is heard at commit.
+        store = self.make_store(large_object_size=8 * MiB)
+        data = make_data(4 * MiB)
+        for container, size in (
+            (self.container, len(data)),
+            (self.container + "_segments", None),
+        ):
+            self.fill_past_quota(container)
+            with self.assertRaises(StorageFull) as caught:
+                writer = await store.open_writer(new_image_id(), size)
+                for start in range(0, len(data), 64 * 1024):
+                    writer.write(data[start : start + 64 * 1024])
+                await writer.commit()
+            self.assertEqual(caught.exception.status, 413)
+            self.assertTrue(
+                caught.exception.message.startswith("Image storage media is full: "),
+                caught.exception.message,
+            )
+            self.assertIn("'obj'", caught.exception.message)
+            for checked in (self.container, self.container + "_segments"):
+                self.assertEqual(
+                    self.objects(checked), ["filler"] if checked == container else []
+                )
+            self.connection.delete_object(container, "filler")
+            self.connection.post_container(container, {"X-Container-Meta-Quota-Bytes": ""})
 
     async def test_missing_container_without_create(self) -> None:
         """
@@ -643,6 +689,48 @@ class ServiceTests(TestCase):
             response = await self.treq.delete(f"{self.base}/v1/images/{image['id']}")
             self.assertEqual(response.code, 200)
         self.assertEqual(self.objects(self.container), [])
+        self.assertEqual(self.objects(self.container + "_segments"), [])
+
+    async def test_quota_refusal_is_413(self) -> None:
+        """
+        Swift refusing the data with 413 (the container over its quota):
+        v1 answers 413 with Glance's "Image storage media is full" and the
+        image is killed; v2's PUT /file answers the same and the image is
+        queued again; Swift holds nothing of either upload.
+        """
+        import treq as treq_module
+
+        self.connection.put_container(self.container)
+        self.connection.put_object(self.container, "filler", b"0123456789")
+        self.connection.post_container(self.container, {"X-Container-Meta-Quota-Bytes": "1"})
+        data = make_data(300 * 1024, seed=5)
+        octet = {"Content-Type": "application/octet-stream"}
+        response = await self.treq.post(
+            f"{self.base}/v1/images",
+            headers={**octet, "x-image-meta-name": "full", "x-image-meta-size": str(len(data))},
+            data=data,
+        )
+        body = await treq_module.content(response)
+        self.assertEqual(response.code, 413, body)
+        self.assertIn(b"Image storage media is full: ", body)
+        listed = await self.treq.get(f"{self.base}/v2/images?name=full")
+        (v1_image,) = (await listed.json())["images"]
+        self.assertEqual(v1_image["status"], "killed")
+
+        created = await self.treq.post(
+            f"{self.base}/v2/images",
+            json={"name": "full-v2", "disk_format": "raw", "container_format": "bare"},
+        )
+        image_id = (await created.json())["id"]
+        response = await self.treq.put(
+            f"{self.base}/v2/images/{image_id}/file", headers=octet, data=data
+        )
+        body = await treq_module.content(response)
+        self.assertEqual(response.code, 413, body)
+        self.assertIn(b"Image storage media is full: ", body)
+        shown = await (await self.treq.get(f"{self.base}/v2/images/{image_id}")).json()
+        self.assertEqual(shown["status"], "queued")
+        self.assertEqual(self.objects(self.container), ["filler"])
         self.assertEqual(self.objects(self.container + "_segments"), [])
 
     async def test_interrupted_upload_leaves_nothing(self) -> None:

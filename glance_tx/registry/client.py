@@ -27,9 +27,10 @@ would fail its own condition the second time, a delete would find nothing
 to delete. So each update and delete carries a C{write_id}, random and the
 same on its repeat, and the registry answers a repeat of the image's last
 identified write with the record as it is (L{IRegistry.update}). The other
-PUTs and DELETEs are idempotent as they are: a tag added again, leases and
-claims renewed again, a membership set to the same status again. (A
-removed tag or membership removed again is a NotFound.)
+removals of a tag or a membership carry one too, so the repeat of one is
+answered as the first was rather than NotFound. The other PUTs and
+DELETEs are idempotent as they are: a tag added again, leases and claims
+renewed again, a membership set to the same status again.
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ class HTTPRegistryClient:
             )
         producer = None
         if body is not None:
-            producer = BytesBody(json.dumps(body).encode("utf-8"))
+            producer = BytesBody(json.dumps(body, separators=(",", ":")).encode("utf-8"))
             headers.setRawHeaders(b"Content-Type", [b"application/json"])
         url = self.url + path
         if params:
@@ -293,7 +294,7 @@ class HTTPRegistryClient:
 
     def list(self, query: ImageQuery) -> Deferred[builtins.list[Image]]:
         async def list_() -> builtins.list[Image]:
-            params = {"query": json.dumps(wire.encode_query(query))}
+            params = {"query": json.dumps(wire.encode_query(query), separators=(",", ":"))}
             answer = await self._call("GET", "/images/detail", params=params)
             return [wire.decode_image(value) for value in answer["images"]]
 
@@ -324,7 +325,7 @@ class HTTPRegistryClient:
         self, image_id: str, expected_version: int | None = None, write_id: str | None = None
     ) -> Deferred[Image]:
         async def delete() -> Image:
-            params = {"write_id": _new_write_id() if write_id is None else write_id}
+            params = _write_params(write_id)
             if expected_version is not None:
                 params["expected_version"] = str(expected_version)
             answer = await self._call("DELETE", self._image_path(image_id), params=params)
@@ -358,9 +359,13 @@ class HTTPRegistryClient:
 
         return self._run(add_tag())
 
-    def remove_tag(self, image_id: str, tag: str) -> Deferred[Image]:
+    def remove_tag(
+        self, image_id: str, tag: str, write_id: str | None = None
+    ) -> Deferred[Image]:
         async def remove_tag() -> Image:
-            answer = await self._call("DELETE", self._tag_path(image_id, tag))
+            answer = await self._call(
+                "DELETE", self._tag_path(image_id, tag), params=_write_params(write_id)
+            )
             return wire.decode_image(answer["image"])
 
         return self._run(remove_tag())
@@ -408,9 +413,15 @@ class HTTPRegistryClient:
 
         return self._run(update_member())
 
-    def remove_member(self, image_id: str, member_id: str) -> Deferred[None]:
+    def remove_member(
+        self, image_id: str, member_id: str, write_id: str | None = None
+    ) -> Deferred[None]:
         async def remove_member() -> None:
-            await self._call("DELETE", self._member_path(image_id, member_id))
+            await self._call(
+                "DELETE",
+                self._member_path(image_id, member_id),
+                params=_write_params(write_id),
+            )
 
         return self._run(remove_member())
 
@@ -662,6 +673,11 @@ class HTTPRegistryClient:
 
 def _new_write_id() -> str:
     return uuid.uuid4().hex
+
+
+def _write_params(write_id: str | None) -> dict[str, str]:
+    """The query of an identified DELETE: the caller's write_id, or a new one."""
+    return {"write_id": _new_write_id() if write_id is None else write_id}
 
 
 def _reason(error: Exception) -> str:

@@ -137,11 +137,17 @@ class IRegistry(Interface):
         read of the image and an C{update} of its whole tag set would.
         """
 
-    def remove_tag(image_id: str, tag: str) -> Deferred[Image]:
+    def remove_tag(
+        image_id: str, tag: str, write_id: str | None = None
+    ) -> Deferred[Image]:
         """
         Untag the image, bump C{updated_at} and fire with the record;
         atomic, as L{add_tag}. NotFound for an unknown or deleted image, or
-        a tag it does not have.
+        a tag it does not have (as Glance's tag delete answers 404).
+
+        C{write_id} as for L{update}: a removal repeated because its answer
+        was lost is answered with the record as it is, not NotFound for the
+        tag it removed the first time.
         """
 
     def add_member(image_id: str, member_id: str) -> Deferred[Member]:
@@ -163,8 +169,15 @@ class IRegistry(Interface):
         else BadRequest), bump its C{updated_at}; NotFound if absent.
         """
 
-    def remove_member(image_id: str, member_id: str) -> Deferred[None]:
-        """Remove a membership; NotFound if absent."""
+    def remove_member(
+        image_id: str, member_id: str, write_id: str | None = None
+    ) -> Deferred[None]:
+        """
+        Remove a membership; NotFound if absent. C{write_id} as for
+        L{remove_tag}: the repeat of a removal succeeds as the first did.
+        It counts as the image's last identified write (L{update}), though
+        it leaves the record alone.
+        """
 
     def hold_uploads(
         node_id: str, uploads: Mapping[str, str], seconds: float

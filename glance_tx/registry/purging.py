@@ -137,8 +137,12 @@ class PurgingRegistry(proxyForInterface(IRegistry, "registry")):  # type: ignore
 
         return self.registry.update_member(image_id, member_id, status).addCallback(updated)
 
-    def remove_member(self, image_id: str, member_id: str) -> Deferred[None]:
+    def remove_member(
+        self, image_id: str, member_id: str, write_id: str | None = None
+    ) -> Deferred[None]:
         def removed(result: None) -> Deferred[None]:
             return self._after_purge(image_id, result)
 
-        return self.registry.remove_member(image_id, member_id).addCallback(removed)
+        return self.registry.remove_member(image_id, member_id, write_id).addCallback(
+            removed
+        )

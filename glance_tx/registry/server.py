@@ -14,12 +14,12 @@ Every body is JSON in the shapes of L{glance_tx.registry.wire}::
     DELETE /images/ID[?expected_version=N][&write_id=W]
                                                      delete
     PUT    /images/ID/tags/TAG                       add a tag
-    DELETE /images/ID/tags/TAG                       remove a tag
+    DELETE /images/ID/tags/TAG[?write_id=W]          remove a tag
     GET    /images/ID/members                        list members
     POST   /images/ID/members      {"member_id": M}  add a member (201)
     GET    /images/ID/members/M                      get a member
     PUT    /images/ID/members/M    {"status": S}     update a member
-    DELETE /images/ID/members/M                      remove a member (204)
+    DELETE /images/ID/members/M[?write_id=W]         remove a member (204)
     GET    /locations                                every live location
     PUT    /leases/NODE            {"uploads": {ID: S}, "seconds": N}
                                                      hold or renew NODE's uploads
@@ -101,10 +101,14 @@ from glance_tx.registry.interface import IRegistry
 
 
 def _json(request: IRequest, value: Any, status: int = HTTPStatus.OK) -> bytes:
+    body = json.dumps(value, separators=(",", ":")).encode("utf-8")
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(value).encode("utf-8")
+    # A length, not chunks: no chunk framing to write here or to decode
+    # on the API node, which reads every registry answer whole.
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
 
 
 def _body(request: IRequest) -> dict[str, Any]:
@@ -314,7 +318,9 @@ class RegistryServer:
 
     @app.route("/images/<image_id>/tags/<path:tag>", methods=["DELETE"])
     async def remove_tag(self, request: IRequest, image_id: str, tag: str) -> bytes:
-        image = await self.registry.remove_tag(image_id, tag)
+        image = await self.registry.remove_tag(
+            image_id, tag, write_id=wire.decode_write_id(_arg(request, b"write_id"))
+        )
         return _json(request, {"image": wire.encode_image(image)})
 
     # -- members -----------------------------------------------------------------
@@ -353,7 +359,9 @@ class RegistryServer:
     async def remove_member(
         self, request: IRequest, image_id: str, member_id: str
     ) -> bytes:
-        await self.registry.remove_member(image_id, member_id)
+        await self.registry.remove_member(
+            image_id, member_id, write_id=wire.decode_write_id(_arg(request, b"write_id"))
+        )
         request.setResponseCode(HTTPStatus.NO_CONTENT)
         return b""
 

@@ -326,7 +326,7 @@ class HTTPStore:
             return await self._produce(NoBytes(), consumer, 0)
         remaining = max(0, available if length is None else min(length, available))
         source: IBlockSource = Deadline(
-            response_blocks(response, self.block_size, target.shown),
+            response_blocks(response, self.block_size, target.shown, wide_reads=True),
             self.clock,
             self.read_timeout,
             target.shown,

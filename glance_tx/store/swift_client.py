@@ -36,7 +36,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
-from glance_tx.errors import NotFound, StoreError
+from glance_tx.errors import GlanceError, NotFound, StorageFull, StoreError
 from glance_tx.keystone_auth import LoginFailed, PasswordCredentials, log_in
 from glance_tx.store.describe import describe
 from glance_tx.store.fed_body import FedBody
@@ -345,9 +345,16 @@ class SwiftClient:
             raise self._failure(doing, response.code)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _failure(self, doing: str, code: int) -> StoreError | NotFound:
+    def _failure(self, doing: str, code: int) -> GlanceError:
         if code == 404:
             return NotFound(f"Swift store {self.store_name!r}: {doing}: not found")
+        if code == 413:
+            # A container or account quota, or the cluster's largest
+            # object: no room for this data, as glance_store's StorageFull.
+            return StorageFull(
+                f"Image storage media is full: Swift store {self.store_name!r}: "
+                f"{doing} was refused (413: over a quota or the largest object size)"
+            )
         if code == 401:
             return StoreError(
                 f"Swift store {self.store_name!r}: {doing}: Swift refused the token"

@@ -220,13 +220,16 @@ class SQLRegistry(SQLMetadefs):
         """
         return self._run(self._add_tag, image_id, tag)
 
-    def remove_tag(self, image_id: str, tag: str) -> Deferred[Image]:
+    def remove_tag(
+        self, image_id: str, tag: str, write_id: str | None = None
+    ) -> Deferred[Image]:
         """
         Untag the image, bump C{updated_at} and fire with the record; one
         row deleted, as L{add_tag}. NotFound for an unknown or deleted
-        image, or a tag it does not have.
+        image, or a tag it does not have, unless this is a repeat of the
+        removal that took it (C{write_id}).
         """
-        return self._run(self._remove_tag, image_id, tag)
+        return self._run(self._remove_tag, image_id, tag, write_id)
 
     def add_member(self, image_id: str, member_id: str) -> Deferred[Member]:
         return self._run(self._add_member, image_id, member_id)
@@ -242,8 +245,10 @@ class SQLRegistry(SQLMetadefs):
     ) -> Deferred[Member]:
         return self._run(self._update_member, image_id, member_id, status)
 
-    def remove_member(self, image_id: str, member_id: str) -> Deferred[None]:
-        return self._run(self._remove_member, image_id, member_id)
+    def remove_member(
+        self, image_id: str, member_id: str, write_id: str | None = None
+    ) -> Deferred[None]:
+        return self._run(self._remove_member, image_id, member_id, write_id)
 
     def ping(self) -> Deferred[None]:
         return self._run(self._ping)
@@ -775,10 +780,13 @@ class SQLRegistry(SQLMetadefs):
                 self._touch(connection, image_id, updated_at)
             return self._fetch(connection, image_id, include_deleted=False)
 
-    def _remove_tag(self, image_id: str, tag: str) -> Image:
+    def _remove_tag(self, image_id: str, tag: str, write_id: str | None) -> Image:
         if not isinstance(tag, str):
             raise BadRequest("A tag must be a string")
+        _check_write_id(write_id)
         with self._write() as connection:
+            if _repeated(connection, image_id, write_id):
+                return self._fetch(connection, image_id, include_deleted=True)
             updated_at = lock_live_image(connection, image_id)
             removed = connection.execute(
                 delete(image_tags).where(
@@ -788,6 +796,7 @@ class SQLRegistry(SQLMetadefs):
             if not removed:
                 raise NotFound(f"Tag {tag!r} not found on image {image_id}")
             self._touch(connection, image_id, updated_at)
+            _record_write(connection, image_id, write_id)
             return self._fetch(connection, image_id, include_deleted=False)
 
     def _touch(
@@ -863,9 +872,14 @@ class SQLRegistry(SQLMetadefs):
             )
             return found_member(connection, image_id, member_id)
 
-    def _remove_member(self, image_id: str, member_id: str) -> None:
+    def _remove_member(
+        self, image_id: str, member_id: str, write_id: str | None
+    ) -> None:
         check_member_type(member_id)
+        _check_write_id(write_id)
         with self._write() as connection:
+            if _repeated(connection, image_id, write_id):
+                return
             live_image(connection, image_id, lock=True)
             removed = connection.execute(
                 delete(image_members).where(
@@ -875,6 +889,7 @@ class SQLRegistry(SQLMetadefs):
             ).rowcount
             if not removed:
                 raise not_member(image_id, member_id)
+            _record_write(connection, image_id, write_id)
 
 
 def _reclaimed(current: Image, statuses: set[str]) -> Image | None:
