@@ -9,6 +9,7 @@ tests. Nothing here touches the database on the reactor thread.
 from __future__ import annotations
 
 import builtins
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -72,6 +73,7 @@ from glance_tx.registry.schema import (
     upload_leases,
 )
 from glance_tx.registry.sql.engine import is_memory_sqlite, open_engine, transaction
+from glance_tx.registry.sql.image_read import ImageReader
 from glance_tx.registry.sql.query import (
     filter_conditions,
     scope_condition,
@@ -148,8 +150,11 @@ class SQLRegistry:
     #: C{_child_condition} in L{glance_tx.registry.sql.query}).
     rare_filter_images: int = 1000
     _lock: AbstractContextManager[Any] = field(init=False)
+    #: The one-statement read of an image, on SQLite (see its module).
+    _reader: ImageReader | None = field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self._reader = ImageReader.for_engine(self.engine)
         if is_memory_sqlite(self.engine.url):
             self._lock = threading.Lock()
         else:
@@ -266,7 +271,8 @@ class SQLRegistry:
         try:
             with self._lock:
                 return f(*args)
-        except OperationalError as e:
+        except (OperationalError, sqlite3.OperationalError) as e:
+            # The second: from ImageReader, which runs on the DBAPI itself.
             raise ServiceUnavailable(
                 "The image registry database is unavailable"
             ) from e
@@ -308,6 +314,11 @@ class SQLRegistry:
             return self._fetch(connection, image.id, include_deleted=True)
 
     def _get(self, image_id: str, include_deleted: bool) -> Image:
+        if self._reader is not None:
+            found = self._reader.get(image_id)
+            if found is None or (found[1] and not include_deleted):
+                raise NotFound(f"No image found with ID {image_id}")
+            return found[0]
         with self._read() as connection:
             return self._fetch(connection, image_id, include_deleted)
 
