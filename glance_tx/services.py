@@ -45,7 +45,8 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamServerEndpoint,
 )
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -125,9 +126,22 @@ class ServiceChain(MultiService):
 
     _ready: Once[None] = field(factory=Once, init=False)
     _starting: Deferred[None] | None = field(default=None, init=False)
+    #: The log observer for twistd to use (L{glance_tx.log_buffer}), if
+    #: not its own: set on the application this chain joins, where
+    #: twistd's logger looks for one when it starts.
+    log_observer: ILogObserver | None = field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        if (
+            self.log_observer is not None
+            and isinstance(parent, Componentized)
+            and parent.getComponent(ILogObserver) is None
+        ):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
     @classmethod
     def of(cls, children: Mapping[str, IService]) -> ServiceChain:
