@@ -117,7 +117,9 @@ def build_site(
         delayed_delete=delayed_delete,
         importer=importer,
     )
-    root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource())
+    root = RootAPI(
+        registry=registry, stores=stores, v1=v1.resource(), v2=v2.resource(), show_image=v2.show
+    )
     site = GlanceSite(
         root.resource(),
         upload_routes=v1.uploads.bound(v1, V1_PREFIXES) + v2.uploads.bound(v2, V2_PREFIXES),

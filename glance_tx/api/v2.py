@@ -481,6 +481,10 @@ class V2API(ImagesAPI):
             self.policy.check_deletable(context, image)
             check_preconditions(request, self._document(context, image)[1])
             await self._delete(image)
+            # Its documents are of no more use here.
+            for locations in (False, True):
+                for direct_url in (False, True):
+                    self._documents.pop((image.id, locations, direct_url), None)
 
         await self._change_image(request, image_id, write)
         return _no_content(request)

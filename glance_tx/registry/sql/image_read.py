@@ -1,6 +1,6 @@
 """
-The registry's hottest read, one image by id, as one SQLite statement on
-the pool's DBAPI connection.
+The registry's hottest reads, one image by id and the health check's ping,
+each as one SQLite statement on the pool's DBAPI connection.
 
 Every compute node asks for an image's metadata on every boot. Through
 SQLAlchemy that read was a BEGIN, the image's row, its children (one UNION
@@ -67,21 +67,34 @@ class ImageReader:
             ),
         )
 
+    def _one(self, statement: str, parameters: tuple[Any, ...]) -> Any:
+        """The first row of C{statement}, on a connection of the pool."""
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(statement, parameters)
+                return cursor.fetchone()
+            finally:
+                cursor.close()
+        finally:
+            connection.close()
+
+    def ping(self) -> None:
+        """
+        What the health check asks: a connection of the pool (checked out,
+        so checked to be on the database file still there) answers a
+        statement. The SQLAlchemy path's BEGIN and COMMIT around the same
+        C{SELECT 1} added nothing to the check but half its CPU.
+        """
+        self._one("SELECT 1", ())
+
     def get(self, image_id: str) -> tuple[Image, bool] | None:
         """
         The image C{image_id} and whether it is deleted, or None if there is
         no such row. Blocking: call it on the registry's runner.
         """
-        connection = self.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            try:
-                cursor.execute(SELECT_IMAGE, (image_id,))
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-        finally:
-            connection.close()
+        row = self._one(SELECT_IMAGE, (image_id,))
         if row is None:
             return None
         count = len(_NAMES)

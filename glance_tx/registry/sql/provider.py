@@ -535,6 +535,9 @@ class SQLRegistry:
         )
 
     def _ping(self) -> None:
+        if self._reader is not None:
+            self._reader.ping()
+            return
         with self._read() as connection:
             connection.execute(select(1)).scalar_one()
 
