@@ -520,6 +520,25 @@ class DocumentReuseTests(V2TestCase):
         self.rewriting.rewrite = lambda record: record
         self.assertEqual(self.request("GET", path, ALICE).body, first.body)
 
+    def test_listing_is_made_of_the_documents(self) -> None:
+        """
+        A listing page's body is byte for byte what encoding its whole
+        document gives, each image in it as a GET of that image sends it
+        (first and next links included), before and after a change.
+        """
+        ids = [self.create(name=f"n{n}", visibility="public")["id"] for n in range(3)]
+        for _ in range(2):
+            answer = self.request("GET", "/v2/images?limit=2&sort_key=name&sort_dir=asc", ALICE)
+            self.assertEqual(answer.code, 200)
+            document = json.loads(answer.body)
+            self.assertEqual(answer.body, json.dumps(document).encode())
+            self.assertEqual(list(document), ["images", "first", "schema", "next"])
+            self.assertEqual([i["id"] for i in document["images"]], ids[:2])
+            for image in document["images"]:
+                shown = self.request("GET", f"/v2/images/{image['id']}", ALICE)
+                self.assertIn(shown.body, answer.body)
+            self.assertEqual(self.patch(ids[0], [{"op": "replace", "path": "/name", "value": "n0x"}]).code, 200)
+
     def test_views_are_kept_apart(self) -> None:
         """
         An admin's document (with the locations, kept out of shared

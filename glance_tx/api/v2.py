@@ -348,14 +348,21 @@ class V2API(ImagesAPI):
             if key != b"marker"
             for value in values
         ]
-        document: dict[str, Any] = {
-            "images": [self._view(context, image) for image in found],
+        links: dict[str, Any] = {
             "first": "/v2/images" + (f"?{urlencode(params)}" if params else ""),
             "schema": "/v2/schemas/images",
         }
         if found and len(found) == query.limit:
-            document["next"] = "/v2/images?" + urlencode([*params, ("marker", found[-1].id)])
-        body = json.dumps(document).encode("utf-8")
+            links["next"] = "/v2/images?" + urlencode([*params, ("marker", found[-1].id)])
+        # The bytes json.dumps({"images": [...], **links}) gives, from each
+        # image's document as a GET of it sends it (made once, see
+        # _document): encoding the page's documents was a fifth of its CPU.
+        body = (
+            b'{"images": ['
+            + b", ".join(self._document(context, image)[0] for image in found)
+            + b"], "
+            + json.dumps(links)[1:].encode("utf-8")
+        )
         return serve_document(
             request, body, b"application/json", listing_validators(body, found, self.cache)
         )

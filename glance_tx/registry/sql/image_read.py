@@ -33,7 +33,7 @@ _NAMES: tuple[str, ...] = tuple(column.name for column in images.columns)
 #: The image's row, then its properties, locations and tags as JSON
 #: arrays (each "[]" when it has none). Positions are sorted here, not
 #: trusted to an aggregate's input order.
-SELECT_IMAGE = (
+_SELECT_IMAGES = (
     "SELECT "
     + ", ".join(f"images.{name}" for name in _NAMES)
     + ", (SELECT json_group_array(json_array(name, value)) FROM image_properties"
@@ -41,8 +41,9 @@ SELECT_IMAGE = (
     ", (SELECT json_group_array(json_array(position, url, store)) FROM image_locations"
     " WHERE image_id = images.id)"
     ", (SELECT json_group_array(value) FROM image_tags WHERE image_id = images.id)"
-    " FROM images WHERE images.id = ?"
+    " FROM images WHERE images.id "
 )
+SELECT_IMAGE = _SELECT_IMAGES + "= ?"
 
 
 @frozen
@@ -97,19 +98,40 @@ class ImageReader:
         row = self._one(SELECT_IMAGE, (image_id,))
         if row is None:
             return None
+        image = self._image(row)
+        return image, image.deleted
+
+    def get_many(self, dbapi_connection: Any, ids: list[str]) -> list[Image]:
+        """
+        The images C{ids}, in that order (those that exist), read on
+        C{dbapi_connection}: a listing's, inside its transaction, so they
+        are of the snapshot its page was chosen from.
+        """
+        if not ids:
+            return []
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(
+                _SELECT_IMAGES + "IN (" + ", ".join("?" * len(ids)) + ")", ids
+            )
+            found = {image.id: image for image in map(self._image, cursor.fetchall())}
+        finally:
+            cursor.close()
+        return [found[image_id] for image_id in ids if image_id in found]
+
+    def _image(self, row: Any) -> Image:
         count = len(_NAMES)
         fields = {
             name: value if process is None or value is None else process(value)
             for name, process, value in zip(_NAMES, self.processors, row, strict=False)
         }
         properties, locations, tags = (json.loads(value) for value in row[count:])
-        image = Image(
+        return Image(
             **fields,
             properties=dict(sorted(properties)),
             locations=[Location(url, store) for _, url, store in sorted(locations, key=_position)],
             tags=tags,
         )
-        return image, bool(fields["deleted"])
 
 
 def _position(location: list[Any]) -> int:

@@ -359,17 +359,24 @@ class SQLRegistry:
             ]
             rows: builtins.list[RowMapping] = []
             row_values = connection.dialect.name == "postgresql"
+            # On SQLite only the page's ids are chosen here; the reader reads
+            # the images, in this transaction (see ImageReader.get_many).
+            selected = (images.c.id,) if self._reader is not None else (images,)
             for segment in segments(keys, marker, row_values):
                 wanted = query.limit - len(rows)
                 if wanted <= 0:
                     break
                 rows.extend(
                     connection.execute(
-                        select(images)
+                        select(*selected)
                         .where(*conditions, segment)
                         .order_by(*order_by)
                         .limit(wanted)
                     ).mappings()
+                )
+            if self._reader is not None:
+                return self._reader.get_many(
+                    connection.connection.driver_connection, [row["id"] for row in rows]
                 )
             return load_images(connection, rows)
 
