@@ -809,6 +809,22 @@ class SQLRegistryTests(SynchronousTestCase):
         self.assertEqual((shown[1].properties, shown[1].tags), ({"a": "1"}, {"t"}))
         self.assertEqual(shown, [other, image])
 
+    def test_equal_rows_are_decoded_once(self) -> None:
+        """
+        On SQLite a row read again, equal in every value (its children
+        included), gives the record decoded the first time, by a get or a
+        listing; a change to the row or to a child gives a new one.
+        """
+        image = self.successResultOf(self.registry.create(make_image(tags={"t"})))
+        first = self.successResultOf(self.registry.get(image.id))
+        self.assertIs(self.successResultOf(self.registry.get(image.id)), first)
+        self.assertIs(self.successResultOf(self.registry.list(ImageQuery()))[0], first)
+        tagged = self.successResultOf(self.registry.add_tag(image.id, "u"))
+        again = self.successResultOf(self.registry.get(image.id))
+        self.assertIsNot(again, first)
+        self.assertEqual(again, tagged)
+        self.assertEqual(again.tags, {"t", "u"})
+
     def test_get_is_one_statement(self) -> None:
         """
         On SQLite, getting an image is one statement (L{SELECT_IMAGE}: no

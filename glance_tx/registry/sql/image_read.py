@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 from sqlalchemy import Engine
 
 from glance_tx.images import Image, Location
@@ -45,6 +45,9 @@ _SELECT_IMAGES = (
 )
 SELECT_IMAGE = _SELECT_IMAGES + "= ?"
 
+#: How many decoded images L{ImageReader} keeps (see C{_decoded}).
+DECODED_KEPT = 4096
+
 
 @frozen
 class ImageReader:
@@ -53,6 +56,10 @@ class ImageReader:
     engine: Engine
     #: Each column's result processor for the engine's dialect (or None).
     processors: tuple[Callable[[Any], Any] | None, ...]
+    #: The last L{DECODED_KEPT} images decoded, by id, with the row each was
+    #: decoded from: a row read again, equal in every value, is the same
+    #: record (only the decoding is saved; every read still reads the row).
+    _decoded: dict[str, tuple[Any, Image]] = field(factory=dict, init=False)
 
     @classmethod
     def for_engine(cls, engine: Engine) -> ImageReader | None:
@@ -119,7 +126,21 @@ class ImageReader:
             cursor.close()
         return [found[image_id] for image_id in ids if image_id in found]
 
+    def forget(self, image_id: str) -> None:
+        """Drop what is kept of C{image_id} (deleted: unlikely to be read again)."""
+        self._decoded.pop(image_id, None)
+
     def _image(self, row: Any) -> Image:
+        kept = self._decoded.get(row[0])
+        if kept is not None and kept[0] == row:
+            return kept[1]
+        image = self._decode(row)
+        if len(self._decoded) >= DECODED_KEPT:
+            self._decoded.clear()
+        self._decoded[row[0]] = (row, image)
+        return image
+
+    def _decode(self, row: Any) -> Image:
         count = len(_NAMES)
         fields = {
             name: value if process is None or value is None else process(value)

@@ -490,6 +490,8 @@ class SQLRegistry:
             )
             self._store_changes(connection, current, new)
             _record_write(connection, image_id, write_id)
+            if self._reader is not None:
+                self._reader.forget(image_id)
             return self._fetch(connection, image_id, include_deleted=True)
 
     def _all_locations(self) -> frozenset[str]:
