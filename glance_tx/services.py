@@ -233,6 +233,15 @@ def _database_directory(url: str) -> str | None:
     return os.path.dirname(os.path.abspath(cast(str, parsed.database)))
 
 
+#: How many pool threads at most run the SQLite registry's calls at once:
+#: its calls queue and the threads that run them take the next ones (see
+#: SerialPoolRunner), rather than each call waking a sleeping thread. A
+#: SQLite call is tens of microseconds of work under the GIL; a few threads
+#: still let a slow one (a write waiting for another process's lock) not
+#: hold up the rest.
+SQLITE_DRAINING_THREADS = 4
+
+
 @define(eq=False)
 class RegistryService(ReadyService[IRegistry]):
     """
@@ -255,9 +264,10 @@ class RegistryService(ReadyService[IRegistry]):
         if directory is not None:
             await self.runner.run(os.makedirs, directory, exist_ok=True)
         options = {} if self.connections is None else {"pool_size": self.connections}
-        self.registry = await open_sql_registry(
-            self.url, self.runner, engine_options=options
-        )
+        runner = self.runner
+        if isinstance(runner, ThreadPoolRunner) and self.url.startswith("sqlite"):
+            runner = runner.draining(SQLITE_DRAINING_THREADS)
+        self.registry = await open_sql_registry(self.url, runner, engine_options=options)
         return self.registry
 
     async def stop(self) -> None:
