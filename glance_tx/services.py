@@ -45,7 +45,8 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamServerEndpoint,
 )
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
+from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -128,9 +129,22 @@ class ServiceChain(MultiService):
 
     _ready: Once[None] = field(factory=Once, init=False)
     _starting: Deferred[None] | None = field(default=None, init=False)
+    #: The log observer for twistd to use (L{glance_tx.log_buffer}), if
+    #: not its own: set on the application this chain joins, where
+    #: twistd's logger looks for one when it starts.
+    log_observer: ILogObserver | None = field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        if (
+            self.log_observer is not None
+            and isinstance(parent, Componentized)
+            and parent.getComponent(ILogObserver) is None
+        ):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
     @classmethod
     def of(cls, children: Mapping[str, IService]) -> ServiceChain:
@@ -222,6 +236,15 @@ def _database_directory(url: str) -> str | None:
     return os.path.dirname(os.path.abspath(cast(str, parsed.database)))
 
 
+#: How many pool threads at most run the SQLite registry's calls at once:
+#: its calls queue and the threads that run them take the next ones (see
+#: SerialPoolRunner), rather than each call waking a sleeping thread. A
+#: SQLite call is tens of microseconds of work under the GIL; a few threads
+#: still let a slow one (a write waiting for another process's lock) not
+#: hold up the rest.
+SQLITE_DRAINING_THREADS = 4
+
+
 @define(eq=False)
 class RegistryService(ReadyService[IRegistry]):
     """
@@ -247,9 +270,10 @@ class RegistryService(ReadyService[IRegistry]):
         if directory is not None:
             await self.runner.run(os.makedirs, directory, exist_ok=True)
         options = {} if self.connections is None else {"pool_size": self.connections}
-        self.registry = await open_sql_registry(
-            self.url, self.runner, engine_options=options
-        )
+        runner = self.runner
+        if isinstance(runner, ThreadPoolRunner) and self.url.startswith("sqlite"):
+            runner = runner.draining(SQLITE_DRAINING_THREADS)
+        self.registry = await open_sql_registry(self.url, runner, engine_options=options)
         if self.metadefs_path is not None:
             from glance_tx.metadefs.load import SHIPPED, load_definitions
 

@@ -56,6 +56,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from glance_tx.config import Config, ConfigError, load_config
+from glance_tx.log_buffer import twistd_observer
 from glance_tx.services import (
     IdentityService,
     LeasesService,
@@ -311,6 +312,7 @@ def makeService(options: Options) -> IService:
         config, reactor, ThreadPoolService(reactor, pool), endpoint=endpoint, log_suffix=log_suffix
     )
     stop_reactor_on_failure(top, reactor, "glance-tx")
+    top.log_observer = twistd_observer(getattr(options, "parent", None), reactor)
     ready_fd = options["ready-fd"]
     if ready_fd is not None:
         top.when_ready().addCallback(lambda _: announce_ready(ready_fd))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
+from attrs import evolve
+from twisted.python.components import proxyForInterface
 from twisted.trial.unittest import SynchronousTestCase
 
 from glance_tx import images
@@ -15,6 +17,7 @@ from glance_tx.api import v2_schemas
 from glance_tx.api.params import MAX_JSON_DEPTH
 from glance_tx.api.ranges import ByteRange, parse_ranges
 from glance_tx.errors import RangeNotSatisfiable
+from glance_tx.registry.interface import IRegistry
 from tests.api_fixtures import Answer, SiteTestCase
 from tests.memory_http import ChunkedBody
 from tests.test_api_v1 import ErrorShapeMixin, meta
@@ -470,6 +473,86 @@ class ShowTests(V2TestCase):
         image = self.create()
         self.assertEqual(self.request("DELETE", f"/v2/images/{image['id']}").code, 204)
         self.assertError(self.request("GET", f"/v2/images/{image['id']}"), 404)
+
+
+class _RewritingRegistry(proxyForInterface(IRegistry)):  # type: ignore[misc]
+    """The API's registry, with every record it reads passed through C{rewrite}."""
+
+    rewrite: Any = staticmethod(lambda image: image)
+
+    def get(self, image_id: str, include_deleted: bool = False) -> Any:
+        return self.original.get(image_id, include_deleted).addCallback(self.rewrite)
+
+
+class DocumentReuseTests(V2TestCase):
+    """
+    An image's document is made once per record and view and reused: never
+    for a record that differs in anything, nor for another caller's view.
+    """
+
+    site_options = {"show_multiple_locations": True}
+
+    def api_registry(self) -> IRegistry:
+        self.rewriting = _RewritingRegistry(self.registry)
+        return cast(IRegistry, self.rewriting)
+
+    def test_a_different_record_is_a_different_document(self) -> None:
+        """
+        A record that differs only in a property (same id, version and
+        updated_at: nothing a cheaper key would look at) gets its own
+        document and ETag; the same record again gets the same ones.
+        """
+        image = self.create(visibility="public", owner="alice")
+        path = f"/v2/images/{image['id']}"
+        first = self.request("GET", path, ALICE)
+        again = self.request("GET", path, ALICE)
+        self.assertEqual((again.body, again.headers.getRawHeaders(b"etag")),
+                         (first.body, first.headers.getRawHeaders(b"etag")))
+        self.rewriting.rewrite = lambda record: evolve(
+            record, properties={**record.properties, "os_distro": "debian"}
+        )
+        changed = self.request("GET", path, ALICE)
+        self.assertEqual(changed.json()["os_distro"], "debian")
+        self.assertNotEqual(
+            changed.headers.getRawHeaders(b"etag"), first.headers.getRawHeaders(b"etag")
+        )
+        self.rewriting.rewrite = lambda record: record
+        self.assertEqual(self.request("GET", path, ALICE).body, first.body)
+
+    def test_listing_is_made_of_the_documents(self) -> None:
+        """
+        A listing page's body is byte for byte what encoding its whole
+        document gives, each image in it as a GET of that image sends it
+        (first and next links included), before and after a change.
+        """
+        ids = [self.create(name=f"n{n}", visibility="public")["id"] for n in range(3)]
+        for _ in range(2):
+            answer = self.request("GET", "/v2/images?limit=2&sort_key=name&sort_dir=asc", ALICE)
+            self.assertEqual(answer.code, 200)
+            document = json.loads(answer.body)
+            self.assertEqual(answer.body, json.dumps(document).encode())
+            self.assertEqual(list(document), ["images", "first", "schema", "next"])
+            self.assertEqual([i["id"] for i in document["images"]], ids[:2])
+            for image in document["images"]:
+                shown = self.request("GET", f"/v2/images/{image['id']}", ALICE)
+                self.assertIn(shown.body, answer.body)
+            self.assertEqual(self.patch(ids[0], [{"op": "replace", "path": "/name", "value": "n0x"}]).code, 200)
+
+    def test_views_are_kept_apart(self) -> None:
+        """
+        An admin's document (with the locations, kept out of shared
+        caches) and another project's (an empty list, as Glance's) are each
+        answered to their own caller, in any order.
+        """
+        image = self.active(visibility="public")
+        path = f"/v2/images/{image['id']}"
+        for _ in range(2):
+            admin = self.request("GET", path, ADMIN)
+            member = self.request("GET", path, ALICE)
+            self.assertNotEqual(admin.json()["locations"], [])
+            self.assertEqual(member.json()["locations"], [])
+            self.assertEqual(admin.headers.getRawHeaders(b"cache-control"), [b"private, no-store"])
+            self.assertNotEqual(member.headers.getRawHeaders(b"cache-control"), [b"private, no-store"])
 
 
 class ListTests(V2TestCase):

@@ -86,3 +86,54 @@ class SerialPoolRunnerTests(TestCase):
         self.assertIs(self.runner.serial(), self.runner)
         synchronous = SynchronousRunner()
         self.assertIs(synchronous.serial(), synchronous)
+
+
+class DrainingRunnerTests(TestCase):
+    def setUp(self) -> None:
+        self.pool = ThreadPool(minthreads=1, maxthreads=8, name="test-draining")
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+        self.runner = ThreadPoolRunner(reactor, self.pool).draining(3)
+
+    async def test_at_most_width_at_once_by_few_threads(self) -> None:
+        """
+        Many calls queued at once all run, at most C{width} at a time
+        although the pool has more threads, each started in the order
+        made; and they are handed to at most C{width} pool tasks (plus one
+        per fair_share calls), not one each.
+        """
+        lock = threading.Lock()
+        running = [0]
+        most = [0]
+        started: list[int] = []
+        tasks = [0]
+        call_in_thread = self.pool.callInThread
+
+        def counted(*args: object, **kwargs: object) -> None:
+            tasks[0] += 1
+            call_in_thread(*args, **kwargs)  # type: ignore[arg-type]
+
+        self.pool.callInThread = counted  # type: ignore[method-assign]
+        self.addCleanup(setattr, self.pool, "callInThread", call_in_thread)
+
+        def step(i: int) -> int:
+            with lock:
+                started.append(i)
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            threading.Event().wait(0.001)
+            with lock:
+                running[0] -= 1
+            return i
+
+        results = await gatherResults([self.runner.run(step, i) for i in range(100)])
+        self.assertEqual(results, list(range(100)))
+        self.assertLessEqual(most[0], 3)
+        self.assertEqual(sorted(started), list(range(100)))
+        self.assertLessEqual(tasks[0], 3 + 100 // SerialPoolRunner.fair_share + 3)
+
+    def test_serial_of_draining_is_one_at_a_time(self) -> None:
+        """serial() of a draining runner is a width-1 runner, not itself."""
+        serial = self.runner.serial()
+        self.assertIsNot(serial, self.runner)
+        self.assertIs(serial.serial(), serial)

@@ -144,7 +144,9 @@ def build_site(
     if metadefs is not None:
         definitions = MetadefsAPI(registry=metadefs, identity=identity, policy=policy)
         v2_resource = MetadefsMount(v2_resource, definitions.resource())
-    root = RootAPI(registry=registry, stores=stores, v1=v1.resource(), v2=v2_resource)
+    root = RootAPI(
+        registry=registry, stores=stores, v1=v1.resource(), v2=v2_resource, show_image=v2.show
+    )
     site = GlanceSite(
         root.resource(),
         upload_routes=v1.uploads.bound(v1, V1_PREFIXES) + v2.uploads.bound(v2, V2_PREFIXES),

@@ -11,23 +11,32 @@ That dispatch is plain twisted.web traversal (L{RootDispatch}), not Klein
 branch routes: an image GET would otherwise be routed twice, once by the
 root app and once by v2's; the root's routing (werkzeug matching, the
 branch and its Deferreds) was 7% of a GET's CPU (bench/metadata.py
---in-process).
+--in-process). The hottest requests -- a GET or HEAD of the versions, the
+health check and one image -- skip Klein altogether
+(L{glance_tx.api.direct}): the same handlers, called from a plain leaf.
+
+The versions document is made once per site URL. Concurrent health checks
+share the one check in flight: each request is still answered from a check
+that ran while it waited, never from an older result.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from attrs import define
+from attrs import define, field
 from klein import Klein
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
+from glance_tx.api.direct import DirectRoute
 from glance_tx.api.errors import json_errors
 from glance_tx.api.urls import site_url
 from glance_tx.api.versions import versions_document
+from glance_tx.once import Once
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 
@@ -37,37 +46,74 @@ V1_PREFIXES = ("/v1", "")
 V2_PREFIXES = ("/v2",)
 
 
+#: How many site URLs (Host headers) the versions document is kept for.
+VERSIONS_KEPT = 64
+
+
 @define
 class RootAPI:
     registry: IRegistry
     stores: StoreMap
     v1: IResource
     v2: IResource
+    #: The v2 app's image GET, answered without Klein (None: through it).
+    show_image: Callable[[IRequest, str], Coroutine[Any, Any, bytes]] | None = None
+    _versions_bodies: dict[str, bytes] = field(factory=dict, init=False)
+    _health: Once[tuple[int, bytes]] | None = field(default=None, init=False)
 
     app = json_errors(Klein())
 
     def resource(self) -> Any:
-        return RootDispatch(self.app.resource(), v1=self.v1, v2=self.v2)
+        return RootDispatch(self.app.resource(), v1=self.v1, v2=self.v2, root_api=self)
 
     def _host_url(self, request: IRequest) -> str:
         return site_url(request)
+
+    def versions_body(self, request: IRequest) -> bytes:
+        """The versions document for the URL C{request} reached, made once per URL."""
+        base = self._host_url(request)
+        body = self._versions_bodies.get(base)
+        if body is None:
+            body = json.dumps(versions_document(base)).encode("utf-8")
+            if len(self._versions_bodies) >= VERSIONS_KEPT:
+                # The Host header is the client's: keep a few, not one per name.
+                self._versions_bodies.clear()
+            self._versions_bodies[base] = body
+        return body
 
     @app.route("/", methods=["GET", "HEAD"])
     @app.route("/versions", methods=["GET", "HEAD"])
     def versions(self, request: IRequest) -> bytes:
         request.setResponseCode(300)
         request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps(versions_document(self._host_url(request))).encode("utf-8")
+        return self.versions_body(request)
 
     @app.route("/v2", methods=["GET", "HEAD"])
     def v2_root(self, request: IRequest) -> bytes:
         """Version discovery (keystoneauth) may ask without the slash."""
         request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps(versions_document(self._host_url(request))).encode("utf-8")
+        return self.versions_body(request)
 
     @app.route("/healthcheck", methods=["GET", "HEAD"])
     async def healthcheck(self, request: IRequest) -> bytes:
         """200 when the registry and every store answer; 503 naming what failed."""
+        health = self._health
+        if health is None:
+            # No check in flight: start one; requests until it ends share it.
+            health = self._health = Once()
+            Deferred.fromCoroutine(self._check()).addBoth(self._checked, health)
+        status, body = await health.observe()
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return body
+
+    def _checked(self, outcome: Any, health: Once[tuple[int, bytes]]) -> None:
+        if self._health is health:
+            self._health = None
+        health.fire(outcome)
+
+    async def _check(self) -> tuple[int, bytes]:
         names = ["registry"] + [f"store:{store_id}" for store_id in self.stores.stores]
         checks = [self.registry.ping()] + [s.ping() for s in self.stores.stores.values()]
         results = await DeferredList(checks, consumeErrors=True)
@@ -76,10 +122,8 @@ class RootAPI:
             for name, (ok, result) in zip(names, results, strict=True)
         }
         healthy = all(ok for ok, _ in results)
-        request.setResponseCode(200 if healthy else 503)
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Cache-Control", b"no-store")
-        return json.dumps({"status": "ok" if healthy else "failed", "checks": report}).encode()
+        body = json.dumps({"status": "ok" if healthy else "failed", "checks": report}).encode()
+        return 200 if healthy else 503, body
 
 
 class RootDispatch(Resource):
@@ -91,21 +135,50 @@ class RootDispatch(Resource):
     purges do not name, so it is a 404).
     """
 
-    def __init__(self, root: IResource, *, v1: IResource, v2: IResource) -> None:
+    def __init__(
+        self, root: IResource, *, v1: IResource, v2: IResource, root_api: RootAPI | None = None
+    ) -> None:
         super().__init__()
         self._root = root
         self._versions = {b"v1": v1, b"v2": v2}
+        self._api = root_api
 
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         # twisted.web has moved C{path} from postpath to prepath.
         version = self._versions.get(path)
         rest = request.postpath
+        if self._api is not None and request.method in (b"GET", b"HEAD"):
+            direct = self._direct(path, rest)
+            if direct is not None:
+                return direct
         # Not "/v2" itself, and not "/v2//...": the root answers those.
         if version is not None and rest and not (rest[0] == b"" and len(rest) > 1):
             return version
         # The v1 app's routes include "images"; the root's see the whole path.
         request.postpath.insert(0, request.prepath.pop())
         return self._versions[b"v1"] if path == b"images" else self._root
+
+    def _direct(self, path: bytes, rest: list[bytes]) -> IResource | None:
+        """The direct route (L{glance_tx.api.direct}) of a GET or HEAD of this path, if any."""
+        api = self._api
+        assert api is not None
+        if not rest:
+            if path in (b"", b"versions"):
+                return DirectRoute(api.versions)
+            if path == b"healthcheck":
+                return DirectRoute(api.healthcheck)
+        elif (
+            path == b"v2"
+            and api.show_image is not None
+            and len(rest) == 2
+            and rest[0] == b"images"
+            and rest[1]
+            and rest[1].isascii()
+            and b"%" not in rest[1]
+        ):
+            # A segment Klein would decode (or refuse) is left to Klein.
+            return DirectRoute(api.show_image, rest[1].decode("ascii"))
+        return None
 
     def render(self, request: Any) -> bytes:
         # Traversal always finds a child (a path has at least one segment).

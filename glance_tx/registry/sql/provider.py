@@ -9,6 +9,7 @@ tests. Nothing here touches the database on the reactor thread.
 from __future__ import annotations
 
 import builtins
+import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -78,6 +79,7 @@ from glance_tx.registry.schema import (
     upload_leases,
 )
 from glance_tx.registry.sql.engine import is_memory_sqlite, open_engine, transaction
+from glance_tx.registry.sql.image_read import ImageReader
 from glance_tx.registry.sql.metadefs import SQLMetadefs
 from glance_tx.registry.sql.query import (
     filter_conditions,
@@ -165,8 +167,11 @@ class SQLRegistry(SQLMetadefs):
     #: C{_child_condition} in L{glance_tx.registry.sql.query}).
     rare_filter_images: int = 1000
     _lock: AbstractContextManager[Any] = field(init=False)
+    #: The one-statement read of an image, on SQLite (see its module).
+    _reader: ImageReader | None = field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self._reader = ImageReader.for_engine(self.engine)
         if is_memory_sqlite(self.engine.url):
             self._lock = threading.Lock()
         else:
@@ -303,7 +308,8 @@ class SQLRegistry(SQLMetadefs):
         try:
             with self._lock:
                 return f(*args)
-        except OperationalError as e:
+        except (OperationalError, sqlite3.OperationalError) as e:
+            # The second: from ImageReader, which runs on the DBAPI itself.
             raise ServiceUnavailable(
                 "The image registry database is unavailable"
             ) from e
@@ -345,6 +351,11 @@ class SQLRegistry(SQLMetadefs):
             return self._fetch(connection, image.id, include_deleted=True)
 
     def _get(self, image_id: str, include_deleted: bool) -> Image:
+        if self._reader is not None:
+            found = self._reader.get(image_id)
+            if found is None or (found[1] and not include_deleted):
+                raise NotFound(f"No image found with ID {image_id}")
+            return found[0]
         with self._read() as connection:
             return self._fetch(connection, image_id, include_deleted)
 
@@ -385,17 +396,24 @@ class SQLRegistry(SQLMetadefs):
             ]
             rows: builtins.list[RowMapping] = []
             row_values = connection.dialect.name == "postgresql"
+            # On SQLite only the page's ids are chosen here; the reader reads
+            # the images, in this transaction (see ImageReader.get_many).
+            selected = (images.c.id,) if self._reader is not None else (images,)
             for segment in segments(keys, marker, row_values):
                 wanted = query.limit - len(rows)
                 if wanted <= 0:
                     break
                 rows.extend(
                     connection.execute(
-                        select(images)
+                        select(*selected)
                         .where(*conditions, segment)
                         .order_by(*order_by)
                         .limit(wanted)
                     ).mappings()
+                )
+            if self._reader is not None:
+                return self._reader.get_many(
+                    connection.connection.driver_connection, [row["id"] for row in rows]
                 )
             return load_images(connection, rows)
 
@@ -509,6 +527,8 @@ class SQLRegistry(SQLMetadefs):
             )
             self._store_changes(connection, current, new)
             _record_write(connection, image_id, write_id)
+            if self._reader is not None:
+                self._reader.forget(image_id)
             return self._fetch(connection, image_id, include_deleted=True)
 
     def _all_locations(self) -> frozenset[str]:
@@ -561,6 +581,9 @@ class SQLRegistry(SQLMetadefs):
         )
 
     def _ping(self) -> None:
+        if self._reader is not None:
+            self._reader.ping()
+            return
         with self._read() as connection:
             connection.execute(select(1)).scalar_one()
 

@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""
+Many clients at once: concurrent downloads of one image from glance-tx and
+from nginx (sendfile) in the same run, then concurrent uploads to
+glance-tx; aggregate throughput, glance-tx's peak RSS, and how long a
+metadata GET waits meanwhile.
+
+One run of this script:
+
+1. writes a ``--size`` test file (default 128 MiB) and a ``--upload-size``
+   one (default 32 MiB), starts glance-tx (``twistd -n glance``, SQLite and
+   the filesystem store) and nginx (one worker, sendfile) on loopback, and
+   uploads the test file to glance-tx once;
+2. for ``--rounds`` rounds (default 2), nginx then glance-tx: one ``curl
+   --parallel --parallel-max N`` fetching the image ``--downloads`` times
+   (default 50), every transfer checked (200, every byte); the aggregate
+   MiB/s is all the bytes over curl's wall time. During glance-tx's, its
+   summed VmRSS is sampled every 50 ms and a thread GETs the image's
+   metadata every 20 ms (its p99 and worst latency);
+3. ``--uploads`` (default 20) concurrent uploads of the upload file to
+   glance-tx (one ``curl --parallel``, v1 ``POST /v1/images`` with the
+   data), each checked 201, with the peak RSS;
+4. prints the table, the ratios last, and writes its section of
+   ``RESULTS.md`` (``--no-write`` to only print).
+
+    .venv/bin/python bench/concurrency.py
+    .venv/bin/python bench/concurrency.py --size 64M --downloads 20 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.parse import urlsplit
+
+# This directory is on sys.path when the script runs.
+import transfer
+from metadata import commit, cpu_model
+from transfer import BenchError, MiB, Server
+
+#: The issue's targets (issue 14).
+DOWNLOAD_RATIO_TARGET = 0.90
+RSS_TARGET_MIB = 200
+METADATA_TARGET_MS = 100
+
+
+def parallel_curl(count: int, per_transfer: list[str], url: str) -> tuple[float, list[str]]:
+    """
+    One C{curl --parallel} of C{count} transfers of C{url}, each with the
+    arguments C{per_transfer}: its wall time and each transfer's
+    "code size" line.
+    """
+    argv = ["curl", "-sS", "--parallel", "--parallel-max", str(count),
+            "-w", "%{http_code} %{size_download} %{size_upload}\\n"]
+    for _ in range(count):
+        argv += [*per_transfer, url]
+    began = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    wall = time.monotonic() - began
+    if done.returncode != 0:
+        raise BenchError(f"curl --parallel failed: {done.stderr.strip()[:2000]}")
+    return wall, done.stdout.split("\n")[:-1]
+
+
+def downloads(server: Server, path: str, count: int, size: int) -> float:
+    """C{count} parallel downloads of C{path}; aggregate MiB/s."""
+    wall, lines = parallel_curl(count, ["-o", "/dev/null"], server.base_url + path)
+    bad = [line for line in lines if line.split()[:2] != ["200", str(size)]]
+    if len(lines) != count or bad:
+        raise BenchError(f"{server.name}: {len(lines)} transfers, unexpected: {bad[:5]}")
+    return count * size / MiB / wall
+
+
+class MetadataProbe:
+    """GETs one image's metadata every 20 ms in a thread; its latencies."""
+
+    def __init__(self, server: Server, path: str) -> None:
+        self.netloc = urlsplit(server.base_url).netloc
+        self.path = path
+        self.latencies: list[float] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MetadataProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            began = time.monotonic()
+            try:
+                connection = http.client.HTTPConnection(self.netloc, timeout=30)
+                connection.request("GET", self.path)
+                response = connection.getresponse()
+                response.read()
+                connection.close()
+                if response.status != 200:
+                    self.errors += 1
+            except OSError:
+                self.errors += 1
+            self.latencies.append((time.monotonic() - began) * 1000)
+
+    def p99(self) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--size", type=transfer.parse_size, default=128 * MiB)
+    parser.add_argument("--downloads", type=int, default=50)
+    parser.add_argument("--uploads", type=int, default=20)
+    parser.add_argument("--upload-size", type=transfer.parse_size, default=32 * MiB)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--tmpdir", default=None)
+    parser.add_argument("--twistd", default=str(Path(sys.executable).with_name("twistd")))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    hashes = transfer.hash_speeds()
+    print(hashes, flush=True)
+    load_before = os.getloadavg()[0]
+    rates: dict[str, list[float]] = {"nginx": [], "glance-tx": []}
+    rss_down: list[int] = []
+    probes: list[MetadataProbe] = []
+    try:
+        with ExitStack() as stack:
+            workdir, path, md5 = transfer.workdir_with_test_file(
+                "glance-tx-bench-concurrency-", args.size, args.tmpdir, args.keep, stack
+            )
+            upload_file = workdir / "upload.raw"
+            transfer.make_test_file(upload_file, args.upload_size)
+            glance = transfer.start_glance_tx(workdir, args.size, args.twistd, stack)
+            nginx = transfer.start_nginx(workdir, path.parent, stack)
+            _, image_id = transfer.upload_glance_tx(glance, path, args.size, md5, False, "one")
+            meta = f"/v2/images/{image_id}"
+            for round_ in range(1, args.rounds + 1):
+                rates["nginx"].append(downloads(nginx, "/image.raw", args.downloads, args.size))
+                with transfer.rss_sampler(glance) as peak, MetadataProbe(glance, meta) as probe:
+                    rates["glance-tx"].append(
+                        downloads(glance, f"{meta}/file", args.downloads, args.size)
+                    )
+                rss_down.append(peak())
+                probes.append(probe)
+                print(f"  round {round_}: nginx {rates['nginx'][-1]:.0f} MiB/s, glance-tx "
+                      f"{rates['glance-tx'][-1]:.0f} MiB/s, peak RSS {peak() // 1024} MiB, "
+                      f"metadata GET p99 {probe.p99():.0f} ms", flush=True)
+            upload_args = transfer.upload_args(upload_file, False) + [
+                "-X", "POST", "-o", "/dev/null",
+                "-H", "x-image-meta-name: bench-concurrent",
+                "-H", "x-image-meta-disk_format: raw",
+                "-H", "x-image-meta-container_format: bare",
+            ]
+            with transfer.rss_sampler(glance) as peak, MetadataProbe(glance, meta) as up_probe:
+                wall, lines = parallel_curl(args.uploads, upload_args, glance.base_url + "/v1/images")
+            bad = [line for line in lines if not line.startswith("201 ")]
+            if len(lines) != args.uploads or bad:
+                raise BenchError(f"uploads: {len(lines)} transfers, unexpected: {bad[:5]}")
+            rss_up = peak()
+            up_rate = args.uploads * args.upload_size / MiB / wall
+            glance.check_alive()
+    except BenchError as e:
+        print(f"benchmark failed: {e}", file=sys.stderr)
+        return 1
+    load = f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
+    ratio = statistics.median(rates["glance-tx"]) / statistics.median(rates["nginx"])
+    latencies = [x for p in probes for x in p.latencies]
+    worst = max(latencies, default=0.0)
+    p99 = sorted(latencies)[int(len(latencies) * 0.99)] if latencies else 0.0
+    size = transfer.human(args.size)
+    lines_out = [
+        "## Many clients: `bench/concurrency.py`",
+        "",
+        f"{args.downloads} concurrent downloads of one {size} image (one `curl --parallel "
+        f"--parallel-max {args.downloads}`) from nginx (one worker, sendfile) and from "
+        f"glance-tx, {args.rounds} rounds, nginx first in each; then {args.uploads} "
+        f"concurrent {transfer.human(args.upload_size)} uploads to glance-tx (v1 POST). "
+        "Peak RSS: glance-tx's VmRSS sampled every 50 ms. Metadata GET: one "
+        "`GET /v2/images/{id}` every 20 ms during the downloads.",
+        "",
+        f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
+        f"`nproc` {os.cpu_count()}, {cpu_model()}; {hashes}; load average {load}; "
+        f"glance-tx commit {commit()}",
+        f"- Command: `.venv/bin/python bench/concurrency.py --size {args.size // MiB}M "
+        f"--downloads {args.downloads} --uploads {args.uploads} --upload-size "
+        f"{args.upload_size // MiB}M --rounds {args.rounds}`",
+        "",
+        "| what | nginx | glance-tx |",
+        "|---|---:|---:|",
+        "| downloads, aggregate MiB/s (each round) | "
+        + ", ".join(f"{r:.0f}" for r in rates["nginx"]) + " | "
+        + ", ".join(f"{r:.0f}" for r in rates["glance-tx"]) + " |",
+        f"| glance-tx peak RSS during the downloads | | {max(rss_down) // 1024} MiB |",
+        f"| metadata GET during the downloads: p99, worst ({len(latencies)} GETs, "
+        f"{sum(p.errors for p in probes)} errors) | | {p99:.0f} ms, {worst:.0f} ms |",
+        f"| {args.uploads} uploads: aggregate MiB/s, peak RSS | | {up_rate:.0f} MiB/s, "
+        f"{rss_up // 1024} MiB |",
+        f"| metadata GET during the uploads: p99 | | {up_probe.p99():.0f} ms |",
+        "",
+        "Ratios and targets (issue 14):",
+        "",
+        f"- downloads, glance-tx / nginx (median of rounds): {ratio:.0%} "
+        f"(target at least {DOWNLOAD_RATIO_TARGET:.0%})",
+        f"- peak RSS: {max(rss_down) // 1024} MiB downloading, {rss_up // 1024} MiB "
+        f"uploading (target under {RSS_TARGET_MIB} MiB)",
+        f"- metadata GET meanwhile: worst {worst:.0f} ms (target within "
+        f"{METADATA_TARGET_MS} ms)",
+    ]
+    transfer.publish_section("concurrency.py", "\n".join(lines_out), not args.no_write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
