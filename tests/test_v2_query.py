@@ -94,7 +94,7 @@ class FilterTests(SynchronousTestCase):
         for text in (
             "limit=-1", "limit=x", "marker=nope", "visibility=nobody", "member_status=x",
             "os_hidden=1", "protected=no", "size_min=-1", "created_at=gt:noon",
-            "created_at=in:a", "status=lt:active", "checksum=gte:x", "size=5",
+            "created_at=in:a", "status=lt:active", "checksum=gte:x", "size=five", "deleted=true",
             "changes-since=x", "name=in:\"unterminated",
         ):
             self.assertRaises(BadRequest, query, text)
