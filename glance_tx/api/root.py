@@ -49,21 +49,22 @@ class RootAPI:
     def resource(self) -> Any:
         return RootDispatch(self.app.resource(), v1=self.v1, v2=self.v2)
 
-    def _host_url(self, request: IRequest) -> str:
-        return site_url(request)
+    def _versions(self, request: IRequest) -> bytes:
+        document = versions_document(site_url(request), self.stores.several)
+        return json.dumps(document).encode("utf-8")
 
     @app.route("/", methods=["GET", "HEAD"])
     @app.route("/versions", methods=["GET", "HEAD"])
     def versions(self, request: IRequest) -> bytes:
         request.setResponseCode(300)
         request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps(versions_document(self._host_url(request))).encode("utf-8")
+        return self._versions(request)
 
     @app.route("/v2", methods=["GET", "HEAD"])
     def v2_root(self, request: IRequest) -> bytes:
         """Version discovery (keystoneauth) may ask without the slash."""
         request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps(versions_document(self._host_url(request))).encode("utf-8")
+        return self._versions(request)
 
     @app.route("/healthcheck", methods=["GET", "HEAD"])
     async def healthcheck(self, request: IRequest) -> bytes:
