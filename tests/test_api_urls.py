@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from glance_tx.api.root import RootAPI
 from glance_tx.api.urls import site_url
+from glance_tx.store.backends import StoreMap
 
 
 @implementer(ISSLTransport)
@@ -125,7 +126,8 @@ class SiteURLTests(SynchronousTestCase):
         request's CPU): a request whose URLPath fails is still answered.
         """
         unused = cast(Any, None)
-        root = RootAPI(registry=unused, stores=unused, v1=unused, v2=unused)
+        stores = StoreMap({"file": unused}, "file")
+        root = RootAPI(registry=unused, stores=stores, v1=unused, v2=unused)
 
         def versions(request: Any) -> Any:
             def no_urlpath() -> None:

@@ -18,6 +18,7 @@ from glance_tx.api.params import MAX_JSON_DEPTH
 from glance_tx.api.ranges import ByteRange, parse_ranges
 from glance_tx.errors import RangeNotSatisfiable
 from glance_tx.registry.interface import IRegistry
+from glance_tx.store.backends import StoreMap
 from tests.api_fixtures import Answer, SiteTestCase
 from tests.memory_http import ChunkedBody
 from tests.test_api_v1 import ErrorShapeMixin, meta
@@ -101,34 +102,82 @@ class V2TestCase(ErrorShapeMixin, SiteTestCase):
 
 
 class VersionsTests(V2TestCase):
+    """The versions document of a site with one store (Glance without C{enabled_backends})."""
+
+    #: The v2 versions listed, newest first, as Glance 33 lists them without
+    #: an image cache: 2.17 (the new location API) is not served, and the
+    #: cache's 2.14, 2.16 and 2.18 are never listed.
+    expected = ["v2.15", "v2.9", "v2.7", "v2.6", "v2.5", "v2.4", "v2.3", "v2.2", "v2.1", "v2.0"]
+
+    def listed(self, path: str, code: int) -> list[dict[str, Any]]:
+        answer = self.request("GET", path)
+        self.assertEqual(answer.code, code, answer.body)
+        versions: list[dict[str, Any]] = answer.json()["versions"]
+        return versions
+
     def test_versions_list_v2(self) -> None:
         """
-        GET / and /versions (300) list v2.0 to v2.7 (import, hidden images,
-        multihash), v2.7 CURRENT, linked to /v2/; nothing later.
+        GET / and /versions (300) list v1.1, v1.0 and the v2 versions served,
+        the newest CURRENT and the rest SUPPORTED, each linked to /v2/.
         """
         for path in ("/", "/versions"):
-            answer = self.request("GET", path)
-            self.assertEqual(answer.code, 300)
-            versions = {v["id"]: v for v in answer.json()["versions"]}
-            for minor in range(8):
-                self.assertIn(f"v2.{minor}", versions)
-            self.assertEqual(versions["v2.7"]["status"], "CURRENT")
+            versions = self.listed(path, 300)
+            self.assertEqual([v["id"] for v in versions], ["v1.1", "v1.0", *self.expected])
             self.assertEqual(
-                [s for s in (v["status"] for v in versions.values()) if s == "CURRENT"],
-                ["CURRENT"],
+                [v["status"] for v in versions],
+                ["SUPPORTED", "SUPPORTED", "CURRENT"] + ["SUPPORTED"] * (len(self.expected) - 1),
             )
-            self.assertEqual(
-                versions["v2.0"]["links"], [{"rel": "self", "href": "http://127.0.0.1:9292/v2/"}]
-            )
-            self.assertNotIn("v2.8", versions)
+            for version in versions[2:]:
+                self.assertEqual(
+                    version["links"], [{"rel": "self", "href": "http://127.0.0.1:9292/v2/"}]
+                )
 
     def test_v2_root(self) -> None:
-        """GET /v2/ and /v2 answer a versions document (openstacksdk discovers there)."""
+        """GET /v2/ and /v2 answer the same list (openstacksdk discovers there)."""
         for path in ("/v2/", "/v2"):
-            answer = self.request("GET", path)
-            self.assertEqual(answer.code, 200, answer.body)
-            ids = [v["id"] for v in answer.json()["versions"]]
-            self.assertIn("v2.5", ids)
+            versions = self.listed(path, 200)
+            self.assertEqual([v["id"] for v in versions][2:], self.expected)
+
+    def test_listed_features_are_served(self) -> None:
+        """
+        What a listed version brings answers here, for an admin: 2.15's
+        store details, and with several stores 2.12's image tasks and
+        2.13's usage (Tempest and glanceclient read an image's tasks only
+        where 2.12 is listed).
+        """
+        image = self.active(name="versioned")
+        calls = {
+            "v2.15": "/v2/info/stores/detail",
+            "v2.13": "/v2/info/usage",
+            "v2.12": f"/v2/images/{image['id']}/tasks",
+            "v2.8": "/v2/info/stores",
+        }
+        for version, path in calls.items():
+            if version in self.expected:
+                answer = self.request("GET", path)
+                self.assertEqual(answer.code, 200, (version, answer.body))
+
+
+class SeveralStoresVersionsTests(VersionsTests):
+    """
+    With several stores (Glance's C{enabled_backends}) the several-store
+    versions are listed too: 2.8 (stores), 2.10 (delete from one store),
+    2.11, 2.12 (an image's tasks) and 2.13 (usage).
+    """
+
+    expected = [
+        "v2.15", "v2.13", "v2.12", "v2.11", "v2.10", "v2.9", "v2.8",
+        "v2.7", "v2.6", "v2.5", "v2.4", "v2.3", "v2.2", "v2.1", "v2.0",
+    ]
+
+    def make_stores(self) -> StoreMap:
+        return StoreMap({"file": self.store, "second": self.store}, "file")
+
+    def test_delete_from_store_is_served(self) -> None:
+        """2.10's C{DELETE /v2/stores/{store}/{image}} is routed (an unknown store: 409)."""
+        image = self.active(name="versioned")
+        answer = self.request("DELETE", f"/v2/stores/nowhere/{image['id']}")
+        self.assertEqual(answer.code, 409, answer.body)
 
 
 class SchemaTests(V2TestCase):

@@ -352,6 +352,20 @@ class DiscoveryTests(GlanceCLITestCase):
         self.assertIn("data_dir", detail["properties"], run)
 
 
+    async def test_image_tasks_need_several_stores(self) -> None:
+        """
+        With one store Images API 2.12 is not listed (Glance lists it only
+        with C{enabled_backends}), so C{glance image-tasks} refuses before
+        it asks for the tasks, as it does against such a Glance.
+        """
+        body = {"name": "tasks", "disk_format": "raw", "container_format": "bare"}
+        code, image = await self.api("POST", "/v2/images", json_body=body)
+        self.assertEqual(code, 201, image)
+        run = await self.glance("image-tasks", image["id"], fails=True)
+        self.assertIn("v2.12", run.err, run)
+        self.assertNotIn(f"/v2/images/{image['id']}/tasks", run.paths(), run)
+
+
 class ImageDataTests(GlanceCLITestCase):
     async def test_create_with_file_64mib_and_download(self) -> None:
         """

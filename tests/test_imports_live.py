@@ -19,7 +19,7 @@ from twisted.web.server import Site
 from twisted.web.static import Data
 
 from tests.live_server import LiveServerTestCase, MiB, pattern_bytes
-from tests.test_clients_glanceclient import GlanceCLITestCase, show_table
+from tests.test_clients_glanceclient import GlanceCLITestCase, list_table, show_table
 
 DATA = pattern_bytes(3 * MiB + 17)
 RAW = {"disk_format": "raw", "container_format": "bare"}
@@ -175,6 +175,13 @@ class GlanceclientImportTests(_ImportServer, GlanceCLITestCase):
         self.assertIn(f"/v2/images/{image_id}/import", run.paths("POST"), run)
         image = await self.settled_active(image_id)
         self.assertEqual((image["status"], image["checksum"], image["os_hash_value"]), ("active", md5, sha512))
+
+        # With several stores Images API 2.12 is listed, and the client
+        # then reads the import's task (it checks /versions first).
+        run = await self.glance("--verbose", "image-tasks", image_id)
+        self.assertEqual(run.paths("GET")[-2:], ["/versions", f"/v2/images/{image_id}/tasks"], run)
+        [task] = list_table(run.out)
+        self.assertEqual((task["Image Id"], task["Status"]), (image_id, "success"), run)
 
     async def test_web_download(self) -> None:
         """The client asks for a web-download of a loopback URL: active."""

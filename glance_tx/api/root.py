@@ -66,15 +66,12 @@ class RootAPI:
     def resource(self) -> Any:
         return RootDispatch(self.app.resource(), v1=self.v1, v2=self.v2, root_api=self)
 
-    def _host_url(self, request: IRequest) -> str:
-        return site_url(request)
-
     def versions_body(self, request: IRequest) -> bytes:
         """The versions document for the URL C{request} reached, made once per URL."""
-        base = self._host_url(request)
+        base = site_url(request)
         body = self._versions_bodies.get(base)
         if body is None:
-            body = json.dumps(versions_document(base)).encode("utf-8")
+            body = json.dumps(versions_document(base, self.stores.several)).encode("utf-8")
             if len(self._versions_bodies) >= VERSIONS_KEPT:
                 # The Host header is the client's: keep a few, not one per name.
                 self._versions_bodies.clear()

@@ -280,7 +280,7 @@ class V2API(ImagesAPI):
             locations=self.show_multiple_locations,
             direct_url=self.show_image_direct_url,
             located=located,
-            stores=len(self.stores.stores) > 1,
+            stores=self.stores.several,
         )
 
     def _document(self, context: RequestContext, image: Image) -> tuple[bytes, Validators]:
@@ -316,7 +316,8 @@ class V2API(ImagesAPI):
     @app.route("/", methods=["GET"])
     def versions(self, request: IRequest) -> bytes:
         """openstacksdk (keystoneauth) discovers versions here."""
-        return _json(request, versions_document(self._base_url(request)))
+        document = versions_document(self._base_url(request), self.stores.several)
+        return _json(request, document)
 
     @app.route("/schemas/<name>", methods=["GET"])
     async def schema(self, request: IRequest, name: str) -> bytes:

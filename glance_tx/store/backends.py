@@ -77,6 +77,14 @@ class StoreMap:
     def default(self) -> IStore:
         return self.stores[self.default_id]
 
+    @property
+    def several(self) -> bool:
+        """
+        More than one store is enabled: what Glance's C{enabled_backends}
+        stands for in what it shows (an image's C{stores}, the versions).
+        """
+        return len(self.stores) > 1
+
     def get(self, store_id: str | None) -> IStore:
         """The store to upload to; C{None} means the default one."""
         return self.stores[self.checked_id(store_id)]
