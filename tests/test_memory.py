@@ -9,6 +9,9 @@ back (L{glance_tx.malloc}).
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import tracemalloc
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -31,6 +34,26 @@ log = Logger()
 ROUNDS = 6
 UPLOADS_PER_ROUND = 8
 IMAGE_SIZE = 4 * MiB
+
+
+#: Run in a fresh interpreter: what the service's modules import.
+_IMPORTS = """
+import sys
+import glance_tx.tap, glance_tx.services, glance_tx.api.v2_info
+print(" ".join(sorted(m for m in sys.modules if m.split(".")[0] == "botocore")))
+"""
+
+
+class ImportCostTests(SynchronousTestCase):
+    def test_botocore_only_with_an_s3_store(self) -> None:
+        """The service's modules do not import the S3 store's or botocore
+        (5 MiB resident): only a deployment with an S3 store pays for it,
+        when its factory runs."""
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        done = subprocess.run(
+            [sys.executable, "-c", _IMPORTS], capture_output=True, text=True, env=env, check=True
+        )
+        self.assertEqual(done.stdout.strip(), "")
 
 
 class MallocTests(SynchronousTestCase):
