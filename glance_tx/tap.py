@@ -55,7 +55,6 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
-from glance_tx import malloc
 from glance_tx.config import Config, ConfigError, load_config
 from glance_tx.services import (
     IdentityService,
@@ -307,7 +306,6 @@ def makeService(options: Options) -> IService:
             reactor, options["worker-fd"], address_family_of(options["worker-fd"])
         )
         log_suffix = f" worker {index} pid {os.getpid()}"
-    malloc.map_big_blocks()
     pool = ThreadPool(minthreads=2, maxthreads=config.thread_pool_size, name="glance-tx")
     top = glance_service(
         config, reactor, ThreadPoolService(reactor, pool), endpoint=endpoint, log_suffix=log_suffix

@@ -76,7 +76,7 @@ class UploadSlots:
 
     limit: int | None = None
     active: int = 0
-    on_idle: Callable[[], None] = malloc.trim
+    on_idle: Callable[[], object] = malloc.trim
 
     def take(self) -> None:
         """
