@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IConsumer, IProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from glance_tx import images
+from glance_tx import images, malloc
 from glance_tx.config import ImageFormatConfig
 from glance_tx.errors import (
     BadRequest,
@@ -69,11 +69,14 @@ class UploadSlots:
     How many uploads this node runs, and the most it may (None: no limit).
     Each one holds its slot from before its image is C{saving} until it is
     finished or aborted, and so also bounds the hash and store work (and
-    the memory of its batches) that uploads hold.
+    the memory of its batches) that uploads hold. When the last one gives
+    its slot back, C{on_idle} runs (by default L{glance_tx.malloc.trim}:
+    what the uploads' threads freed goes back to the system).
     """
 
     limit: int | None = None
     active: int = 0
+    on_idle: Callable[[], object] = malloc.trim
 
     def take(self) -> None:
         """
@@ -88,6 +91,8 @@ class UploadSlots:
 
     def give_back(self) -> None:
         self.active -= 1
+        if self.active == 0:
+            self.on_idle()
 
 
 @implementer(IConsumer)

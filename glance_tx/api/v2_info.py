@@ -11,13 +11,15 @@ out; so do we.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from glance_tx.store.backends import StoreInfo, StoreMap
 from glance_tx.store.filesystem import FilesystemStore
 from glance_tx.store.interface import IStore
-from glance_tx.store.s3 import S3Store
 from glance_tx.store.swift import SwiftStore
+
+if TYPE_CHECKING:
+    from glance_tx.store.s3 import S3Store
 
 
 def _store_view(info: StoreInfo) -> dict[str, Any]:
@@ -42,14 +44,14 @@ def stores_detail_document(stores: StoreMap) -> dict[str, Any]:
     for info in stores.info():
         view = _store_view(info)
         view["type"] = info.type
-        view["properties"] = _properties(stores.stores[info.id])
+        view["properties"] = _properties(info.type, stores.stores[info.id])
         # Glance weighs stores for its import order; all weigh the same here.
         view["weight"] = 0
         detailed.append(view)
     return {"stores": detailed}
 
 
-def _properties(store: IStore) -> dict[str, Any]:
+def _properties(store_type: str, store: IStore) -> dict[str, Any]:
     """
     What Glance shows of a store of each kind, read from the store as it
     runs (defaults applied). Sizes are in bytes, as glance_store holds them.
@@ -67,10 +69,13 @@ def _properties(store: IStore) -> dict[str, Any]:
             "large_object_size": store.large_object_size,
             "large_object_chunk_size": store.chunk_size,
         }
-    if isinstance(store, S3Store):
+    if store_type == "s3":
+        # By type: the S3 store's module (and botocore) is imported only
+        # where one is configured (L{glance_tx.store.backends}).
+        s3 = cast("S3Store", store)
         return {
-            "s3_store_large_object_size": store.large_object_size,
-            "s3_store_large_object_chunk_size": store.part_size,
+            "s3_store_large_object_size": s3.large_object_size,
+            "s3_store_large_object_chunk_size": s3.part_size,
             # One part is sent while the next fills: one upload thread's worth.
             "s3_store_thread_pools": 1,
         }

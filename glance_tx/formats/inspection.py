@@ -87,6 +87,27 @@ class InspectionStage:
         self._wrapper.read(len(data))
 
     def result(self) -> Mapping[str, Any]:
+        try:
+            return self._result()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """
+        Drop the regions every inspector captured, once the result is known.
+        Each inspector holds itself in a reference cycle (its safety checks
+        are its bound methods), so without this its regions, 1 MiB for the
+        VMDK descriptor alone, outlive the upload until a full garbage
+        collection: 20 uploads left 22 MiB behind. oslo.utils has no public
+        way to release them, hence its private C{_inspectors} and
+        C{_capture_regions}, read defensively.
+        """
+        for inspector in getattr(self._wrapper, "_inspectors", ()):
+            regions = getattr(inspector, "_capture_regions", None)
+            if isinstance(regions, dict):
+                regions.clear()
+
+    def _result(self) -> Mapping[str, Any]:
         self._wrapper.close()
         inspector = self._detected()
         found = str(inspector)
