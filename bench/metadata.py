@@ -22,8 +22,12 @@ One run of this script:
    back, with ``--connections`` connections on one wrk thread, and reads
    requests/s, the p99 latency and the CPU the server spent per request
    (utime + stime from ``/proc``);
-6. prints the table, then the ratios to the reference last, and writes its
-   section of ``RESULTS.md`` (``--no-write`` to only print).
+6. with ``--with-glance``, also starts OpenStack Glance 33 as
+   ``bench/transfer.py --with-glance`` does (uwsgi, no Keystone, SQLite,
+   from ``--glance-venv``), creates the same images through its API, and
+   runs wrk on each path against it right after glance-tx;
+7. prints the table, then the ratios to the reference (and to Glance) last,
+   and writes its section of ``RESULTS.md`` (``--no-write`` to only print).
 
 Each pair of figures comes from one run on one machine, a few seconds apart,
 so the ratios hold where the absolute rates do not. wrk runs on the same
@@ -215,13 +219,17 @@ def image_document(n: int) -> dict[str, Any]:
     }
 
 
-def create_images(server: Server, count: int) -> list[str]:
-    """C{count} images created through the API; their ids."""
+def create_images(server: Server, count: int, public: bool = True) -> list[str]:
+    """
+    C{count} images created through the API; their ids. Not C{public}: in
+    Glance's default visibility (Glance without Keystone may not publicize).
+    """
     ids = []
     for n in range(count):
-        created = transfer.json_request(
-            "POST", server.base_url + "/v2/images", image_document(n)
-        )
+        document = image_document(n)
+        if not public:
+            del document["visibility"]
+        created = transfer.json_request("POST", server.base_url + "/v2/images", document)
         assert isinstance(created, dict)
         ids.append(created["id"])
     return ids
@@ -250,7 +258,14 @@ def parse_wrk(output: str) -> tuple[int, float, float]:
     return int(total.group(1)), float(rate.group(1)), float(p99.group(1)) * _UNIT_MS[p99.group(2)]
 
 
-def run_wrk(server: Server, path: str, seconds: int, connections: int) -> Figures:
+def run_wrk(
+    server: Server, path: str, seconds: int, connections: int, closes: bool = False
+) -> Figures:
+    """
+    wrk against C{server}'s C{path}. C{closes}: the server closes every
+    connection after its answer (uwsgi's http-socket, as bench/transfer.py
+    runs OpenStack Glance), which wrk counts as read errors and reconnects.
+    """
     pids = server.pids
     cpu_before = transfer.cpu_seconds(pids)
     done = subprocess.run(
@@ -260,7 +275,12 @@ def run_wrk(server: Server, path: str, seconds: int, connections: int) -> Figure
     )
     cpu = transfer.cpu_seconds(pids) - cpu_before
     server.check_alive()
-    if done.returncode != 0 or "Non-2xx" in done.stdout or "Socket errors" in done.stdout:
+    errors = re.search(r"Socket errors: connect (\d+), read \d+, write (\d+), timeout (\d+)",
+                       done.stdout)
+    refused = errors is not None and (
+        not closes or any(int(n) for n in errors.groups())
+    )
+    if done.returncode != 0 or "Non-2xx" in done.stdout or refused:
         raise BenchError(f"wrk failed or saw errors on {server.name} {path}:\n"
                          f"{done.stdout}\n{done.stderr[:2000]}")
     total, rate, p99 = parse_wrk(done.stdout)
@@ -299,6 +319,7 @@ def report(
     results: dict[str, tuple[Figures, Figures]],
     hashes: str,
     load: str,
+    glance: dict[str, Figures] | None = None,
 ) -> str:
     lines = [
         "## Metadata requests: `bench/metadata.py`",
@@ -318,7 +339,9 @@ def report(
         f"glance-tx commit {commit()}",
         f"- Command: `.venv/bin/python bench/metadata.py --images {args.images} "
         f"--seconds {args.seconds} --connections {args.connections}"
-        + (f" --only {args.only}" if args.only else "") + "`",
+        + (f" --only {args.only}" if args.only else "")
+        + (f" --workers {args.workers}" if args.workers != 1 else "")
+        + (" --with-glance" if glance else "") + "`",
         "",
         "| request | body bytes | twisted.web req/s | p99 ms | CPU ms/req "
         "| glance-tx req/s | p99 ms | CPU ms/req |",
@@ -343,6 +366,29 @@ def report(
             f"| {name} | {tx.rate / ref.rate:.0%} | {target:.0%} "
             f"| {tx.cpu_ms / ref.cpu_ms:.1f}x |"
         )
+    if glance:
+        lines += [
+            "",
+            textwrap.fill(
+                "OpenStack Glance 33 in the same run (uwsgi, 2 processes, no "
+                "Keystone, SQLite, the same images created through its API, shared "
+                "rather than public: Glance without Keystone may not publicize; uwsgi's "
+                "http-socket closes each connection after its answer), each "
+                "path right after glance-tx's; glance-tx's rate as a multiple of "
+                "Glance's (the issue asks 10x for the image GET), and Glance's CPU "
+                "per request over glance-tx's:",
+                width=78,
+            ),
+            "",
+            "| request | Glance req/s | p99 ms | CPU ms/req | glance-tx rate | CPU |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, theirs in glance.items():
+            tx = results[name][1]
+            lines.append(
+                f"| {name} | {theirs.rate:.0f} | {theirs.p99_ms:.1f} | {theirs.cpu_ms:.2f} "
+                f"| {tx.rate / theirs.rate:.1f}x | {theirs.cpu_ms / tx.cpu_ms:.1f}x |"
+            )
     return "\n".join(lines)
 
 
@@ -499,9 +545,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tmpdir", default=None)
     parser.add_argument("--workers", type=int, default=1,
                         help="glance-tx's --workers (processes on one port) [default: 1]")
+    parser.add_argument("--with-glance", action="store_true",
+                        help="also measure OpenStack Glance 33 (uwsgi, noauth, SQLite; "
+                             "see bench/transfer.py) in the same run")
+    parser.add_argument("--glance-venv", type=Path, default=Path("/work/glance-peer-venv"),
+                        help="virtualenv with OpenStack Glance and uwsgi "
+                             "[default: /work/glance-peer-venv]")
     parser.add_argument("--twistd", default=str(Path(sys.executable).with_name("twistd")),
                         help="twistd to run both servers with [default: next to this Python]")
     args = parser.parse_args(argv)
+    if args.with_glance and not (args.glance_venv / "bin" / "uwsgi").exists():
+        parser.error(f"no uwsgi in {args.glance_venv}; pass --glance-venv")
     if args.images < 25:
         parser.error("--images must be at least 25 (a full list page)")
     if not Path(args.twistd).exists() and shutil.which(args.twistd) is None:
@@ -536,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     load_before = os.getloadavg()[0]
     results: dict[str, tuple[Figures, Figures]] = {}
+    glance_results: dict[str, Figures] = {}
     sizes: dict[str, int] = {}
     try:
         with workdir(args) as work, ExitStack() as stack:
@@ -557,6 +612,19 @@ def main(argv: list[str] | None = None) -> int:
             write_bodies(work / "bodies", captured)
             reference = start_reference(work, args.twistd, work / "bodies", stack)
             print(f"twisted.web {reference.base_url} (pid {reference.popen.pid})", flush=True)
+            peer = None
+            peer_paths: dict[str, str] = {}
+            if args.with_glance:
+                peer = transfer.start_openstack_glance(
+                    work, 1 << 30, args.glance_venv, stack
+                )
+                print(f"OpenStack Glance {peer.base_url} (pid {peer.popen.pid}): "
+                      f"creating {args.images} images", flush=True)
+                peer_ids = create_images(peer, args.images, public=False)
+                peer_paths = {
+                    name: template.format(id=peer_ids[len(peer_ids) // 2])
+                    for name, (template, _) in PATHS.items()
+                }
             for name, path in paths.items():
                 # A short warm-up of each, then the measured runs back to back.
                 for server in (reference, glance_tx):
@@ -568,6 +636,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{ref.cpu_ms:.2f} CPU ms; glance-tx {tx.rate:.0f}/s "
                       f"p99 {tx.p99_ms:.1f} ms {tx.cpu_ms:.2f} CPU ms "
                       f"({tx.rate / ref.rate:.0%})", flush=True)
+                if peer is not None:
+                    run_wrk(peer, peer_paths[name], 1, args.connections, closes=True)
+                    theirs = run_wrk(
+                        peer, peer_paths[name], args.seconds, args.connections, closes=True
+                    )
+                    glance_results[name] = theirs
+                    print(f"  {name}: OpenStack Glance {theirs.rate:.0f}/s "
+                          f"p99 {theirs.p99_ms:.1f} ms {theirs.cpu_ms:.2f} CPU ms "
+                          f"(glance-tx {tx.rate / theirs.rate:.1f}x)", flush=True)
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 1
@@ -576,7 +653,9 @@ def main(argv: list[str] | None = None) -> int:
     if max(load_before, load_after) > (os.cpu_count() or 1):
         load += " (more than the cores: the machine was shared; trust the ratios, not the rates)"
     transfer.publish_section(
-        "metadata.py", report(args, sizes, results, hashes, load), not args.no_write
+        "metadata.py",
+        report(args, sizes, results, hashes, load, glance_results),
+        not args.no_write,
     )
     return 0
 

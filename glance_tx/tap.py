@@ -76,6 +76,7 @@ from glance_tx.services import (
 from glance_tx.store.interface import IStore
 from glance_tx.threads import BlockingRunner
 from glance_tx.workers import (
+    SharedSocketEndpoint,
     Supervisor,
     announce_ready,
     check_worker_endpoint,
@@ -303,8 +304,11 @@ def makeService(options: Options) -> IService:
     if options["worker-fd"] is not None:
         index = options["worker-index"] or 0
         config = evolve(config, node_id=f"{config.node_id}-w{index}")
-        endpoint = AdoptedStreamServerEndpoint(
-            reactor, options["worker-fd"], address_family_of(options["worker-fd"])
+        endpoint = SharedSocketEndpoint(
+            AdoptedStreamServerEndpoint(
+                reactor, options["worker-fd"], address_family_of(options["worker-fd"])
+            ),
+            reactor,
         )
         log_suffix = f" worker {index} pid {os.getpid()}"
     pool = ThreadPool(minthreads=2, maxthreads=config.thread_pool_size, name="glance-tx")

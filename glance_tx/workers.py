@@ -27,6 +27,12 @@ queued on a dying worker's own socket, the port is known before any worker
 starts (port 0 works), and an idle worker takes the next connection
 rather than the one the kernel's hash picked.
 
+Each worker accepts one connection per wakeup of its reactor
+(L{SharedSocketEndpoint}): Twisted's port accepts every queued connection
+at once, so the first worker awake took them all; with keep-alive clients
+(wrk's 16 connections) one worker served everything and two workers gave
+1.25x the rate of one.
+
 A worker tells the supervisor it is ready by writing its pid on another
 inherited descriptor; its log goes to the supervisor's standard output.
 """
@@ -42,13 +48,19 @@ from typing import Any
 from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IDelayedCall, IListeningPort
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.tcp import Port
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from glance_tx.services import ReadyService
+from glance_tx.twisted_private import accept_one_at_a_time
 
 log = Logger()
 
@@ -56,6 +68,7 @@ __all__ = [
     "LISTEN_FD",
     "READY_FD",
     "RESTART_DELAY",
+    "SharedSocketEndpoint",
     "Supervisor",
     "WorkerPool",
     "announce_ready",
@@ -70,6 +83,9 @@ READY_FD = 4
 #: How long after a worker died its replacement starts (a worker that fails
 #: at once is not restarted in a tight loop).
 RESTART_DELAY = 1.0
+#: How long a worker that holds connections already waits after it accepted
+#: one before it accepts again (see L{SharedSocketEndpoint}).
+ACCEPT_PAUSE = 0.001
 #: How long a stopping worker has before it is killed.
 STOP_SECONDS = 30.0
 
@@ -94,6 +110,47 @@ async def listen_for_workers(reactor: Any, endpoint: str) -> Port:
     assert isinstance(port, Port)
     port.stopReading()  # the workers accept; this process only holds it
     return port
+
+
+@implementer(IStreamServerEndpoint)
+@define
+class SharedSocketEndpoint:
+    """
+    A worker's endpoint on the supervisor's socket (C{endpoint}, usually an
+    C{AdoptedStreamServerEndpoint}) whose port accepts one connection at a
+    time, so that the workers sharing the socket share its connections;
+    a worker that holds connections already then stops accepting for
+    C{pause} seconds. On a busy 2-core machine the other worker, woken by
+    the same connection, may wait for a core until this one sleeps: with
+    one accept at a time alone, wrk's 16 connections still all went to one
+    worker. A worker with no other connection (clients that connect for
+    each request) accepts at once.
+    """
+
+    endpoint: IStreamServerEndpoint
+    reactor: Any
+    pause: float = ACCEPT_PAUSE
+
+    async def _listen(self, factory: Any) -> IListeningPort:
+        port = await self.endpoint.listen(factory)
+        idle = len(self.reactor.getReaders())
+
+        def accepted() -> None:
+            # Holding another connection already: let the other workers,
+            # which may be waiting for a core, take the next one.
+            if len(self.reactor.getReaders()) > idle + 1:
+                port.stopReading()  # type: ignore[attr-defined]
+                self.reactor.callLater(self.pause, resume)
+
+        def resume() -> None:
+            if port.connected:  # type: ignore[attr-defined]
+                port.startReading()  # type: ignore[attr-defined]
+
+        accept_one_at_a_time(port, accepted)
+        return port
+
+    def listen(self, protocolFactory: Any) -> Deferred[IListeningPort]:
+        return Deferred.fromCoroutine(self._listen(protocolFactory))
 
 
 @define(eq=False)

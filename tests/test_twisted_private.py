@@ -6,9 +6,11 @@ test fails loudly if a Twisted release changes the detail it names.
 from __future__ import annotations
 
 import inspect
+import socket
 
 from twisted.internet import abstract, tcp
 from twisted.internet.error import ConnectionLost
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -153,3 +155,47 @@ class UnsentBytesTests(SynchronousTestCase):
         self.assertEqual(b"".join(taken), b"headers")
         self.assertEqual(twisted_private.unsent_bytes(descriptor), 0)
         self.assertNotIn(descriptor, reactor.getWriters())
+
+
+class AcceptOneAtATimeTests(SynchronousTestCase):
+    """
+    C{accept_one_at_a_time}: a C{tcp.Port} accepts every queued connection
+    in one C{doRead} (its C{numberAccepts}); patched, one per C{doRead}.
+    """
+
+    def queued(self, patch: bool, accepted: list[int]) -> tuple[tcp.Port, list[object]]:
+        built: list[object] = []
+
+        class Counting(Factory):
+            def buildProtocol(self, addr: object) -> Protocol:
+                built.append(addr)
+                return Protocol()
+
+        port = tcp.Port(0, Counting(), interface="127.0.0.1", reactor=MemoryReactor())
+        port.startListening()
+        self.addCleanup(port.socket.close)
+        if patch:
+            twisted_private.accept_one_at_a_time(port, lambda: accepted.append(len(built)))
+        clients = [
+            socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(3)
+        ]
+        for client in clients:
+            self.addCleanup(client.close)
+        return port, built
+
+    def test_twisted_accepts_every_queued_connection(self) -> None:
+        """What makes the patch needed: one doRead took all three."""
+        port, built = self.queued(patch=False, accepted=[])
+        port.doRead()
+        self.assertEqual(len(built), 3)
+
+    def test_one_per_read_and_told(self) -> None:
+        """Patched: one per doRead, C{accepted} called after each."""
+        accepted: list[int] = []
+        port, built = self.queued(patch=True, accepted=accepted)
+        port.doRead()
+        self.assertEqual(len(built), 1)
+        port.doRead()
+        port.doRead()
+        self.assertEqual(len(built), 3)
+        self.assertEqual(accepted, [1, 2, 3])

@@ -8,17 +8,23 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import time
 
 from treq.client import HTTPClient
-from twisted.internet import reactor
+from twisted.internet import reactor, tcp
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from zope.interface import implementer
 
 from glance_tx import tap
-from glance_tx.workers import Supervisor
+from glance_tx.workers import SharedSocketEndpoint, Supervisor
 from tests.twistd_process import TwistdProcess, start_twistd
 
 _SERVED_BY = re.compile(r'"GET /versions" \d+ \d+ [0-9.]+s worker (\d+) pid (\d+)')
@@ -129,3 +135,44 @@ class SupervisorTests(TestCase):
         self.assertEqual([i for i, _ in ready[2:]], ["0", "1"], process.output)
         self.assertEqual({int(pid) for _, pid in ready[2:]} & first, set())
         self.assertEqual(set(codes), {300})
+
+
+class SharedSocketEndpointTests(SynchronousTestCase):
+    """
+    L{SharedSocketEndpoint}: a worker's port takes one connection per
+    read, and once it holds one, pauses before taking the next, so the
+    other workers on the socket get theirs.
+    """
+
+    def test_pauses_after_a_second_connection(self) -> None:
+        """
+        The first connection is taken at once and the port keeps reading;
+        after the second it stops reading for C{pause} seconds.
+        """
+        clock = MemoryReactorClock()
+
+        @implementer(IStreamServerEndpoint)
+        class Listening:
+            def listen(self, factory: Factory) -> Deferred[tcp.Port]:
+                port = tcp.Port(0, factory, interface="127.0.0.1", reactor=clock)
+                port.startListening()
+                return succeed(port)
+
+        endpoint = SharedSocketEndpoint(Listening(), clock, pause=0.5)
+        port = self.successResultOf(endpoint.listen(Factory.forProtocol(Protocol)))
+        self.addCleanup(port.socket.close)
+        clients = [
+            socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(3)
+        ]
+        for client in clients:
+            self.addCleanup(client.close)
+        port.doRead()
+        self.assertEqual(port.sessionno, 1)
+        self.assertIn(port, clock.getReaders())
+        port.doRead()
+        self.assertEqual(port.sessionno, 2)
+        self.assertNotIn(port, clock.getReaders())
+        clock.advance(0.5)
+        self.assertIn(port, clock.getReaders())
+        port.doRead()
+        self.assertEqual(port.sessionno, 3)

@@ -81,6 +81,7 @@ from glance_tx.registry.schema import (
 from glance_tx.registry.sql.engine import is_memory_sqlite, open_engine, transaction
 from glance_tx.registry.sql.image_read import ImageReader
 from glance_tx.registry.sql.metadefs import SQLMetadefs
+from glance_tx.registry.sql.page_read import PageReader
 from glance_tx.registry.sql.query import (
     filter_conditions,
     scope_condition,
@@ -169,9 +170,12 @@ class SQLRegistry(SQLMetadefs):
     _lock: AbstractContextManager[Any] = field(init=False)
     #: The one-statement read of an image, on SQLite (see its module).
     _reader: ImageReader | None = field(init=False)
+    #: Listing pages from statements kept per query shape, on SQLite.
+    _pages: PageReader | None = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._reader = ImageReader.for_engine(self.engine)
+        self._pages = None if self._reader is None else PageReader(self._reader)
         if is_memory_sqlite(self.engine.url):
             self._lock = threading.Lock()
         else:
@@ -373,6 +377,10 @@ class SQLRegistry(SQLMetadefs):
         return load_images(connection, [row])[0]
 
     def _list(self, query: ImageQuery) -> builtins.list[Image]:
+        if self._pages is not None:
+            page = self._pages.list(query)
+            if page is not None:
+                return page
         keys = sort_keys(query.sort)
         scope = scope_condition(query)
         with self._read() as connection:

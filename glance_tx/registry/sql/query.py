@@ -181,7 +181,7 @@ def _values_after(
         row_values
         and all(key.descending == direction for key in keys)
         and not any(key.nullable for key in keys[1:])
-        and None not in marker
+        and all(value is not None for value in marker)
     ):
         left = tuple_(*(key.column for key in keys))
         right = tuple_(
@@ -238,10 +238,14 @@ def _null_range(key: SortKey, nulls: bool) -> ColumnElement[bool]:
     return key.column.is_(None) if nulls else key.column.is_not(None)
 
 
-def scope_condition(query: ImageQuery) -> ColumnElement[bool]:
+def scope_condition(
+    query: ImageQuery, project: ColumnElement[Any] | None = None
+) -> ColumnElement[bool]:
     """
     The images the query's C{viewer} may list in its C{visibility}, by
-    Glance's rules exactly as L{ImageQuery} states them.
+    Glance's rules exactly as L{ImageQuery} states them. C{project}, if
+    given, stands for the viewer's project id (a bound parameter of a
+    statement kept for every viewer: L{glance_tx.registry.sql.page_read}).
 
     With no viewer (internal use) nothing is hidden, and a C{visibility}
     other than "all" is then a plain filter on that visibility. An owner of
@@ -252,13 +256,15 @@ def scope_condition(query: ImageQuery) -> ColumnElement[bool]:
     column = images.c.visibility
     if viewer is None:
         return true() if visibility in (None, "all") else column == visibility
-    project = viewer.project_id
-    own = images.c.owner == project if project is not None else false()
+    project_id: Any = None
+    if viewer.project_id is not None:
+        project_id = viewer.project_id if project is None else project
+    own = images.c.owner == project_id if project_id is not None else false()
     if viewer.is_admin:
         if visibility is None:
             return or_(column != "community", own)
         return true() if visibility == "all" else column == visibility
-    member = _member_of(project, query.member_statuses)
+    member = _member_of(project_id, query.member_statuses)
     if visibility is None:
         return or_(column == "public", own, and_(column == "shared", member))
     if visibility == "all":
@@ -272,7 +278,7 @@ def scope_condition(query: ImageQuery) -> ColumnElement[bool]:
     return and_(column == "private", own)
 
 
-def _member_of(project: str | None, statuses: frozenset[str]) -> ColumnElement[bool]:
+def _member_of(project: Any, statuses: frozenset[str]) -> ColumnElement[bool]:
     """
     "C{project} is a member of the image with one of C{statuses}": a
     correlated EXISTS, one probe of the (image_id, member_id) key per row.
@@ -374,12 +380,16 @@ def _comparison(comparison: Comparison) -> ColumnElement[bool]:
 
 
 def filter_conditions(
-    connection: Connection,
+    connection: Connection | None,
     query: ImageQuery,
     scope: ColumnElement[bool],
     rare: int,
 ) -> builtins.list[Any]:
-    """Every condition of a listing except the page position."""
+    """
+    Every condition of a listing except the page position. C{connection}
+    (which a property or tag filter needs, see L{_child_condition}) may be
+    None for a query without them.
+    """
     conditions: builtins.list[Any] = [images.c.deleted == false(), scope]
     # A status asked for by name is listed even when it is normally hidden.
     if query.exclude_statuses and "status" not in query.filters:
@@ -394,10 +404,12 @@ def filter_conditions(
     for name, value in sorted(query.properties.items()):
         if not isinstance(value, str):
             raise BadRequest(f"Property filter {name} must be a string")
+        assert connection is not None
         conditions.append(_property_condition(connection, name, value, rare))
     for tag in sorted(query.tags):
         if not isinstance(tag, str):
             raise BadRequest("Tag filters must be strings")
+        assert connection is not None
         conditions.append(
             _child_condition(connection, image_tags, [image_tags.c.value == tag], rare)
         )
