@@ -376,11 +376,10 @@ class SQLMetadefs:
             namespace_id = self._namespace_id(connection, namespace)
             return _definition(self._find_definition(connection, namespace_id, kind, name))
 
-    def _insert_definition(
-        self, connection: Connection, namespace_id: int, definition: Definition, now: datetime
-    ) -> None:
-        check_kind(definition.kind)
-        check_name(definition.name, f"{definition.kind} name")
+    def _definition_taken(
+        self, connection: Connection, namespace_id: int, definition: Definition
+    ) -> bool:
+        """Whether the namespace already has a C{definition.kind} of its name."""
         d = metadef_definitions.c
         taken = connection.execute(
             select(d.id).where(
@@ -389,7 +388,14 @@ class SQLMetadefs:
                 d.name == definition.name,
             )
         ).first()
-        if taken is not None:
+        return taken is not None
+
+    def _insert_definition(
+        self, connection: Connection, namespace_id: int, definition: Definition, now: datetime
+    ) -> None:
+        check_kind(definition.kind)
+        check_name(definition.name, f"{definition.kind} name")
+        if self._definition_taken(connection, namespace_id, definition):
             raise Conflict(
                 f"A metadata definition {definition.kind} with name={definition.name}"
                 " already exists in this namespace."
@@ -420,15 +426,7 @@ class SQLMetadefs:
             namespace_id = self._namespace_id(connection, namespace, lock=True)
             row = self._find_definition(connection, namespace_id, definition.kind, name)
             if definition.name != name:
-                d = metadef_definitions.c
-                taken = connection.execute(
-                    select(d.id).where(
-                        d.namespace_id == namespace_id,
-                        d.kind == definition.kind,
-                        d.name == definition.name,
-                    )
-                ).first()
-                if taken is not None:
+                if self._definition_taken(connection, namespace_id, definition):
                     raise Conflict(
                         f"Invalid update. It would result in a duplicate metadata definition"
                         f" {definition.kind} with the same name={definition.name}"
