@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from glance_tx import images
-from glance_tx.api.v2_tasks import task_schema, tasks_schema
+from glance_tx.api.v2_tasks import partial_task_schema, task_schema
 from glance_tx.config import ImageFormatConfig
 from glance_tx.errors import BadRequest
 
@@ -389,7 +389,8 @@ SCHEMAS: Mapping[str, Callable[[ImageFormatConfig | None], dict[str, Any]]] = {
     "member": lambda formats: member_schema(),
     "members": lambda formats: members_schema(),
     "task": lambda formats: task_schema(),
-    "tasks": lambda formats: tasks_schema(),
+    # Glance's shape: the collection of partial tasks.
+    "tasks": lambda formats: _collection("tasks", partial_task_schema()),
 }
 
 

@@ -142,28 +142,12 @@ def task_schema() -> dict[str, Any]:
     return {"name": "task", "properties": _task_properties(), "additionalProperties": False}
 
 
-def tasks_schema() -> dict[str, Any]:
-    """C{/v2/schemas/tasks}: the collection of partial tasks (Glance's shape)."""
+def partial_task_schema() -> dict[str, Any]:
+    """A task as C{/v2/schemas/tasks} lists it: without its input, result and message."""
     partial = _task_properties()
     for name in ("input", "result", "message"):
         del partial[name]
-    return {
-        "name": "tasks",
-        "properties": {
-            "tasks": {
-                "type": "array",
-                "items": {"name": "task", "properties": partial, "additionalProperties": False},
-            },
-            "first": {"type": "string"},
-            "next": {"type": "string"},
-            "schema": {"type": "string"},
-        },
-        "links": [
-            {"rel": "first", "href": "{first}"},
-            {"rel": "next", "href": "{next}"},
-            {"rel": "describedby", "href": "{schema}"},
-        ],
-    }
+    return {"name": "task", "properties": partial, "additionalProperties": False}
 
 
 # -- requests ------------------------------------------------------------------
