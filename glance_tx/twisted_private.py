@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "accept_one_at_a_time",
+    "body_transport",
     "client_gone",
     "request_line",
     "request_version",
@@ -79,6 +80,20 @@ def set_send_limit(transport: Any, limit: int) -> None:
     """
     if transport is not None and isinstance(getattr(transport, "SEND_LIMIT", None), int):
         transport.SEND_LIMIT = limit
+
+
+def body_transport(consumer: Any) -> Any:
+    """
+    The connection under the consumer C{twisted.web} client gives a
+    request's body producer: a private C{LengthEnforcingConsumer} (its
+    C{_consumer}) for a body of known length, a C{ChunkedEncoder} (its
+    C{transport}) otherwise. C{None} for anything else.
+    """
+    for name in ("_consumer", "transport"):
+        inner = getattr(consumer, name, None)
+        if inner is not None:
+            return inner
+    return None
 
 
 def widen_body_reads(transport: Any, size: int) -> None:

@@ -34,6 +34,17 @@ class ListConsumer:
         self.data.append(data)
 
 
+@define
+class PausingConsumer(ListConsumer):
+    """Pauses its producer at every write, as a TCP transport past its buffer size."""
+
+    producer: Any = None
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.producer.pauseProducing()
+
+
 class ChunkedTests(SynchronousTestCase):
     """A body of unknown length (Swift's chunked PUTs)."""
 
@@ -60,15 +71,39 @@ class ChunkedTests(SynchronousTestCase):
         self.successResultOf(first)
         body.pauseProducing()
         second = ensureDeferred(body.send([b"c"]))
-        self.assertEqual(consumer.data, [b"a", b"b", b"c"])
+        self.assertEqual(consumer.data, [b"a", b"b"])
         self.assertNoResult(second)
         body.resumeProducing()
         self.assertNoResult(second)
         clock.advance(0)
         self.successResultOf(second)
+        self.assertEqual(consumer.data, [b"a", b"b", b"c"])
         self.assertNoResult(done)
         body.finish()
         self.successResultOf(done)
+
+    def test_one_chunk_per_resume(self) -> None:
+        """
+        Of several chunks, each is written only once the connection has
+        taken the last (is not paused): fails if a send hands the
+        connection all of them at once, which a TCP transport then copies
+        into one buffer.
+        """
+        clock = Clock()
+        body = FedBody(clock)
+        consumer = PausingConsumer(producer=body)
+        body.startProducing(consumer)
+        sent = ensureDeferred(body.send([b"a", b"b", b"c"]))
+        clock.advance(0)
+        self.assertEqual(consumer.data, [b"a"])
+        for expected in ([b"a", b"b"], [b"a", b"b", b"c"]):
+            body.resumeProducing()
+            clock.advance(0)
+            self.assertEqual(consumer.data, expected)
+        self.assertNoResult(sent)
+        body.resumeProducing()
+        clock.advance(0)
+        self.successResultOf(sent)
 
     def test_fail_fails_the_body(self) -> None:
         """C{fail} fails the body (the agent then drops the request) and a waiting send."""

@@ -30,7 +30,6 @@ from zope.interface import implementer
 from glance_tx.config import ConfigError
 from glance_tx.errors import StorageFull, StoreError
 from glance_tx.images import new_image_id
-from glance_tx.store.interface import IStoreWriter
 from glance_tx.store.swift import SwiftStore, swift_store_from_options
 from glance_tx.store.swift_client import KeystoneV3Auth, SwiftClient, TempAuth
 from tests.store_conformance import (
@@ -92,10 +91,13 @@ class _SwiftHarness:
 
 
 class _DeclaredSizeStore(SwiftStore):
-    """Uploads as if every image declared a size within the one-PUT limit."""
+    """
+    Uploads every image as one PUT (chunked when no size is declared, as
+    the conformance suite's uploads are).
+    """
 
-    def open_writer(self, image_id: str, size: int | None = None) -> Deferred[IStoreWriter]:
-        return super().open_writer(image_id, size=0 if size is None else size)
+    def _is_large(self, size: int | None) -> bool:
+        return False
 
 
 class SwiftStoreLargeObjectConformanceTests(
@@ -165,6 +167,41 @@ class SwiftStoreTests(_SwiftHarness, TestCase):
             await store.delete(location)
             self.assertEqual(self.objects(self.container), [])
             self.assertEqual(self.objects(self.container + "_segments"), [])
+
+    async def test_declared_sizes_are_content_lengths(self) -> None:
+        """
+        With the image's size declared, the object's PUT (and each
+        segment's) says its length, which Swift's proxy reads at less cost
+        than a chunked body; undeclared, the segments go chunked. Fails if
+        a declared upload is sent chunked, or with a wrong length (Swift
+        would then refuse it or store it short).
+        """
+        lengths: list[tuple[str, object]] = []
+        store = self.make_store()
+        http = store.client.http
+        request = http.request
+
+        def recording(method: str, url: str, **kwargs: Any) -> Any:
+            body = kwargs.get("data")
+            if method == "PUT" and IBodyProducer.providedBy(body):  # not the marker's b""
+                lengths.append((url.rsplit("/", 1)[1], body.length))
+            return request(method, url, **kwargs)
+
+        http.request = recording
+        small = make_data(3 * SEGMENT)
+        location = await self.upload(store, small, len(small))
+        self.assertEqual(lengths, [(location.rsplit("/", 1)[1], len(small))])
+        self.assertEqual(self.connection.get_object(self.container, lengths[0][0])[1], small)
+        large = make_data(5 * SEGMENT + 123)
+        for size, expected in (
+            (len(large), [SEGMENT] * 5 + [123]),
+            (None, [UNKNOWN_LENGTH] * 6),
+        ):
+            del lengths[:]
+            location = await self.upload(store, large, size)
+            self.assertEqual([length for _, length in lengths], expected)
+            name = location.rsplit("/", 1)[1]
+            self.assertEqual(self.connection.get_object(self.container, name)[1], large)
 
     async def test_location_has_no_credentials(self) -> None:
         """The location names the auth host and container, never the user or key."""

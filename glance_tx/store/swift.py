@@ -9,12 +9,13 @@ credentials it would put before the host. A location never carries a user,
 key or token.
 
 Uploads stream. An image whose declared size is at most
-C{swift_store_large_object_size} goes up as one chunked PUT, fed as bytes
-arrive; Swift makes an object visible only
+C{swift_store_large_object_size} goes up as one PUT of that length, fed as
+bytes arrive; Swift makes an object visible only
 when its body has ended, so an abort simply drops the request. A larger
 image, or one whose size is not known, becomes a Static Large Object:
-segments of C{swift_store_large_object_chunk_size} bytes, each one chunked
-PUT streamed as the bytes arrive (so memory holds the writer's queue, never
+segments of C{swift_store_large_object_chunk_size} bytes, each one PUT
+(of its length when the image's size is declared, else chunked) streamed
+as the bytes arrive (so memory holds the writer's queue, never
 a segment), in C{<container>_segments} under C{<image id>/<upload id>/},
 and at commit a manifest at the image's name. Every upload first puts an
 empty marker object C{<image id>/<upload id>} in the segments container and
@@ -157,12 +158,12 @@ class SwiftStore:
 
     async def _open_writer(self, image_id: str, size: int | None) -> IStoreWriter:
         await self._ensure_containers()
-        large = size is None or size > self.large_object_size
         backend = _SwiftUpload(
             store=self,
             image_id=image_id,
             upload_id=secrets.token_hex(8),
-            large=large,
+            large=self._is_large(size),
+            size=size,
         )
         try:
             await self.client.put_object(
@@ -174,6 +175,10 @@ class SwiftStore:
                 f"{self.segments_container} does not exist"
             ) from None
         return StoreWriter(backend, self.watermarks)
+
+    def _is_large(self, size: int | None) -> bool:
+        """Whether an upload of C{size} (C{None}: not declared) is a Static Large Object."""
+        return size is None or size > self.large_object_size
 
     async def _ensure_containers(self) -> None:
         if not self.create_container or self._containers_made:
@@ -309,6 +314,10 @@ class _SwiftUpload:
     image_id: str
     upload_id: str
     large: bool
+    #: The image's declared size, if any: each PUT then says its length
+    #: (Content-Length), which costs Swift's proxy less than a chunked
+    #: body and lets the connection send each batch without copying it.
+    size: int | None = None
 
     _put: StreamingPut | None = field(default=None, init=False)
     _put_name: str | None = field(default=None, init=False)
@@ -334,7 +343,7 @@ class _SwiftUpload:
     async def _write(self, chunks: list[bytes]) -> None:
         if not self.large:
             if self._put is None:
-                await self._start_put(self.store.container, self.image_id)
+                await self._start_put(self.store.container, self.image_id, self.size)
             await self._send(chunks)
             return
         pending = deque(chunks)
@@ -371,14 +380,20 @@ class _SwiftUpload:
                 await self.client.put_answer(put, "storing image data")
             raise
 
-    async def _start_put(self, container: str, name: str) -> None:
+    async def _start_put(self, container: str, name: str, length: int | None) -> None:
         session = await self.client.session()
-        self._put = self.client.put_object_streaming(session, container, name)
+        self._put = self.client.put_object_streaming(session, container, name, length=length)
         self._put_name, self._in_put = name, 0
 
     async def _start_segment(self) -> None:
         number = len(self._segments) + 1
-        await self._start_put(self.store.segments_container, f"{self.marker}/{number:08d}")
+        length = None
+        if self.size is not None:
+            done = sum(segment.size for segment in self._segments)
+            length = min(self.store.chunk_size, self.size - done)
+        await self._start_put(
+            self.store.segments_container, f"{self.marker}/{number:08d}", length
+        )
 
     async def _end_segment(self) -> None:
         put, name, size = self._put, self._put_name, self._in_put
@@ -425,8 +440,10 @@ class _SwiftUpload:
                 await self.client.put_answer(put, "cancelling an upload")
             except Exception:
                 pass  # cancelled: Swift stored nothing, and says so
-            if self.large and self._put_name:
-                await self.client.delete_object(segments, self._put_name)
+        if self.large and self._put_name:
+            # Also a segment whose body was complete but whose answer never
+            # came (the connection dropped): Swift may have stored it.
+            await self.client.delete_object(segments, self._put_name)
         if self._final_attempted:
             # Removes a manifest's segments too (or a plain object).
             await self.client.delete_object(self.store.container, self.image_id, large=True)

@@ -11,8 +11,9 @@ request whose body streams cannot be replayed, so it is not retried: the
 caller sees the error.
 
 Object bodies stream both ways: a L{glance_tx.store.fed_body.FedBody}
-is fed as bytes arrive and paused by the connection (chunked transfer
-encoding, so no length is needed up front), and C{get_object} returns the
+is fed as bytes arrive and paused by the connection (with a
+Content-Length when the caller knows it, else chunked transfer
+encoding), and C{get_object} returns the
 response unread for the caller to relay. Static Large Objects are a
 manifest PUT with C{?multipart-manifest=put}; deleting with
 C{?multipart-manifest=delete} removes the segments too.
@@ -34,7 +35,7 @@ from attrs import field, frozen, mutable
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from glance_tx.errors import GlanceError, NotFound, StorageFull, StoreError
 from glance_tx.keystone_auth import LoginFailed, PasswordCredentials, log_in
@@ -56,6 +57,10 @@ EXPIRE_SOON = 60.0
 DEFAULT_TOKEN_LIFETIME = 3600.0
 #: Seconds a request without a streamed body may take before it is given up.
 REQUEST_TIMEOUT = 60.0
+
+#: How much one send() of an object's body may take: the upload's 1 MiB
+#: batches leave in one call each rather than eight (Twisted's 128 KiB).
+PUT_SEND_LIMIT = 1 << 20
 
 #: glance_store's endpoint type names, and Keystone v3's interface names.
 INTERFACES = {
@@ -392,14 +397,20 @@ class SwiftClient:
 
     def put_object_streaming(
         self, session: SwiftSession, container: str, name: str,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None, length: int | None = None,
     ) -> StreamingPut:
         """
         Start a PUT whose body the caller feeds (never retried: it cannot be
-        replayed). Take the session from L{session} just before, so the
+        replayed), of C{length} bytes (a Content-Length) when known, else
+        chunked. Take the session from L{session} just before, so the
         token is fresh.
         """
-        body = FedBody(self.clock, peer="Swift")
+        body = FedBody(
+            self.clock,
+            UNKNOWN_LENGTH if length is None else length,
+            peer="Swift",
+            send_limit=PUT_SEND_LIMIT,
+        )
         all_headers = {k: [v] for k, v in (headers or {}).items()}
         all_headers["X-Auth-Token"] = [session.token]
         response: Deferred[IResponse] = self.http.request(
