@@ -19,7 +19,10 @@ One run of this script:
    from the store (``--aws-sigv4`` for S3, an ``X-Auth-Token`` for Swift,
    ``dd ... conv=fsync`` and nginx for the filesystem);
 5. for the HTTP store: registers the nginx URL as an image location and
-   downloads it through glance-tx, beside curl from nginx;
+   downloads it through glance-tx, beside curl from nginx and curl through
+   a second nginx that relays the first (``proxy_pass``, unbuffered, 1 MiB
+   reads, as glance-tx relays): a relay in C, which tells the cost of one
+   more hop on this machine from glance-tx's own;
    (steps 4 and 5 are one round; ``--rounds`` of them, 3 by default, each
    image and direct object deleted before the next, so every transfer runs
    beside its direct client in every round, whatever the machine's load);
@@ -141,6 +144,57 @@ def swift_token(proxy: Server, settings: dict[str, str]) -> tuple[str, str]:
     )
     with urllib.request.urlopen(request, timeout=30) as r:
         return r.headers["X-Storage-Url"], r.headers["X-Auth-Token"]
+
+
+def start_nginx_proxy(
+    workdir: Path, upstream: Server, ready_path: str, stack: ExitStack
+) -> Server:
+    """
+    nginx with one worker relaying C{upstream} as glance-tx relays the HTTP
+    store: unbuffered (C{proxy_buffering off}: each read is sent on at
+    once, nothing spooled to disk) in reads of up to 1 MiB, glance-tx's
+    block. The reference for what one more hop costs on this machine.
+    """
+    prefix = workdir / "nginx-proxy"
+    prefix.mkdir()
+    port = transfer.free_port()
+    conf = prefix / "nginx.conf"
+    temp = " ".join(
+        f"{name}_temp_path {prefix / name};"
+        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf.write_text(
+        textwrap.dedent(
+            f"""\
+            user root;
+            worker_processes 1;
+            daemon off;
+            pid {prefix / "nginx.pid"};
+            error_log {prefix / "error.log"} warn;
+            events {{ worker_connections 64; }}
+            http {{
+                access_log off;
+                {temp}
+                server {{
+                    listen 127.0.0.1:{port};
+                    location / {{
+                        proxy_pass {upstream.base_url};
+                        proxy_http_version 1.1;
+                        proxy_buffering off;
+                        proxy_buffer_size 1m;
+                        # Unused unbuffered, but nginx checks them against 1m.
+                        proxy_buffers 4 1m;
+                        proxy_busy_buffers_size 2m;
+                    }}
+                }}
+            }}
+            """
+        )
+    )
+    argv = ["nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+    return transfer.start_server(
+        "nginx-proxy", argv, f"http://127.0.0.1:{port}", ready_path, prefix, stack
+    )
 
 
 def start_glance_tx(
@@ -373,7 +427,8 @@ def concurrent_uploads(
 def one_round(
     args: argparse.Namespace, glance: Server, moto: Server, s3_url: str,
     swift: Server | None, settings: dict[str, str], nginx: Server,
-    path: Path, md5: str, workdir: Path, report: Callable[[Row], None],
+    relay: Server | None, path: Path, md5: str, workdir: Path,
+    report: Callable[[Row], None],
 ) -> None:
     """Every store's transfers once, each beside its direct client."""
     stores = args.stores
@@ -434,6 +489,10 @@ def one_round(
         direct = transfer.measure("nginx down", nginx, ["-o", "/dev/null",
                                   f"{nginx.base_url}/{path.name}"], "down", args.size)
         report(Row("http", "down", down, direct, "nginx"))
+        assert relay is not None
+        relayed = transfer.measure("nginx proxy_pass down", relay, ["-o", "/dev/null",
+                                   f"{relay.base_url}/{path.name}"], "down", args.size)
+        report(Row("http", "down", down, relayed, "nginx proxy_pass to it (a relay in C)"))
         delete_image(glance, image_id)
 
 
@@ -473,6 +532,10 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[Memory]]:
         swift, settings = start_swift(workdir, stack) if "swift" in stores else (None, {})
         www = path.parent
         nginx = transfer.start_nginx(workdir, www, stack)
+        relay = (
+            start_nginx_proxy(workdir, nginx, f"/{path.name}", stack)
+            if "http" in stores else None
+        )
         glance = start_glance_tx(
             workdir, args.size, s3_url, swift, settings, args.twistd, stack, args.s3_option
         )
@@ -494,8 +557,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], list[Memory]]:
 
         for number in range(1, args.rounds + 1):
             print(f"round {number} of {args.rounds} ({os.getloadavg()[0]:.1f} load)", flush=True)
-            one_round(args, glance, moto, s3_url, swift, settings, nginx, path, md5,
-                      workdir, report)
+            one_round(args, glance, moto, s3_url, swift, settings, nginx, relay, path,
+                      md5, workdir, report)
 
         if args.concurrent:
             small = workdir / "concurrent.bin"
