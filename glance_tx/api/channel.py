@@ -332,7 +332,7 @@ class GlanceChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._deadline is not None:
-            self._deadline.clear()
+            self._deadline.stop()
         if self._counted:
             self._counted = False
             self.site.open_connections -= 1
