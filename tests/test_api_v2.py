@@ -16,7 +16,7 @@ from glance_tx import images
 from glance_tx.api import v2_schemas
 from glance_tx.api.params import MAX_JSON_DEPTH
 from glance_tx.api.ranges import ByteRange, parse_ranges
-from glance_tx.errors import RangeNotSatisfiable
+from glance_tx.errors import BadRequest, RangeNotSatisfiable
 from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
@@ -523,6 +523,24 @@ class ShowTests(V2TestCase):
         image = self.create()
         self.assertEqual(self.request("DELETE", f"/v2/images/{image['id']}").code, 204)
         self.assertError(self.request("GET", f"/v2/images/{image['id']}"), 404)
+
+
+class ValidateImageIdTests(SynchronousTestCase):
+    """L{images.validate_image_id}: the canonical form, or a 400."""
+
+    def test_forms(self) -> None:
+        """
+        A canonical id is given back as it is; another form of a UUID (upper
+        case, braces, no dashes, a URN) as its canonical form; anything else
+        (a trailing newline included) is refused.
+        """
+        canonical = str(uuid.uuid4())
+        self.assertIs(images.validate_image_id(canonical), canonical)
+        for other in (canonical.upper(), "{" + canonical + "}", canonical.replace("-", ""),
+                      "urn:uuid:" + canonical):
+            self.assertEqual(images.validate_image_id(other), canonical)
+        for bad in (canonical + "\n", canonical[:-1], canonical[:-1] + "g", "", "x" * 36):
+            self.assertRaises(BadRequest, images.validate_image_id, bad)
 
 
 class _RewritingRegistry(proxyForInterface(IRegistry)):  # type: ignore[misc]
