@@ -74,10 +74,8 @@ class ImagesAPI:
         answer is kept on the request (L{CONTEXT_ATTRIBUTE}), so a request
         whose handling asks more than once (an upload started before its
         route runs) costs one resolution (with Keystone, at most one
-        validation). On the request, not in a C{WeakKeyDictionary} keyed by
-        it: twisted.web's C{Request} hashes as its bare C{id()}, and that
-        lookup was 12% of the reactor thread's GIL time per image GET under
-        wrk (py-spy).
+        validation). On the request rather than in a C{WeakKeyDictionary}
+        keyed by it: no weak reference made and hashed per lookup.
         """
         context: RequestContext | None = getattr(request, CONTEXT_ATTRIBUTE, None)
         if context is None:
