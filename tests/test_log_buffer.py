@@ -61,10 +61,7 @@ class BufferedLogObserverTests(SynchronousTestCase):
         none and no level, with a failure, a field that is no string, an
         empty one, one that is missing, and formats of more than a name.
         """
-        try:
-            1 / 0
-        except ZeroDivisionError:
-            failure = Failure()
+        failure = Failure(ZeroDivisionError("division by zero"))
         base = event("GET /v2/images/x 200")
         events = [
             base,
