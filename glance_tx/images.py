@@ -8,6 +8,7 @@ values; the APIs translate them to v1 headers or v2 JSON.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -391,8 +392,14 @@ def new_image_id() -> str:
     return str(uuid.uuid4())
 
 
+#: A UUID in canonical form, which L{validate_image_id} gives back as it is.
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def validate_image_id(image_id: str) -> str:
     """Canonical form of an image id, or a 400 when it is not a UUID."""
+    if isinstance(image_id, str) and _CANONICAL_ID.fullmatch(image_id):
+        return image_id  # what str(uuid.UUID(image_id)) gives, without parsing
     try:
         return str(uuid.UUID(image_id))
     except (ValueError, AttributeError, TypeError):

@@ -274,7 +274,9 @@ def glance_service(
         children["purger"] = purger
     if endpoint is None:
         endpoint = serverFromString(reactor, config.endpoint)
-    children["listener"] = ListenerService(endpoint, site, "glance-tx", drain=drain_imports)
+    children["listener"] = ListenerService(
+        endpoint, site, "glance-tx", drain=drain_imports, freeze_heap=True
+    )
     return ServiceChain.of(children)
 
 

@@ -17,10 +17,13 @@ from attrs import frozen
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 T = TypeVar("T")
+
+log = Logger()
 
 
 class BlockingRunner(Protocol):
@@ -78,6 +81,12 @@ class SerialPoolRunner:
     After C{fair_share} calls in a row the thread goes back to the end of
     the pool's queue, so one busy stream cannot keep a thread from other
     work for long.
+
+    The way back is batched too: results wait in one queue, and only the
+    first that finds no delivery pending asks the reactor
+    (C{callFromThread}, a write to its waker and a wake of C{epoll}); the
+    reactor then fires every result that has arrived by the time it runs,
+    in the order they finished.
     """
 
     fair_share = 8
@@ -89,6 +98,8 @@ class SerialPoolRunner:
         self._calls: deque[_Call] = deque()
         self._lock = threading.Lock()
         self._draining = 0
+        self._done: deque[tuple[Deferred[Any], bool, Any]] = deque()
+        self._delivering = False
 
     def run(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
         d: Deferred[T] = Deferred()
@@ -113,12 +124,33 @@ class SerialPoolRunner:
                     return
                 d, f, args, kwargs = self._calls.popleft()
             try:
-                result = f(*args, **kwargs)
+                outcome: tuple[Deferred[Any], bool, Any] = (d, True, f(*args, **kwargs))
             except BaseException:
-                self._reactor.callFromThread(d.errback, Failure())
-            else:
-                self._reactor.callFromThread(d.callback, result)
+                outcome = (d, False, Failure())
+            with self._lock:
+                self._done.append(outcome)
+                if self._delivering:
+                    continue
+                self._delivering = True
+            self._reactor.callFromThread(self._deliver)
         self._pool.callInThread(self._drain)
+
+    def _deliver(self) -> None:
+        """On the reactor thread: fire every result that has arrived."""
+        with self._lock:
+            done = list(self._done)
+            self._done.clear()
+            self._delivering = False
+        for d, ok, value in done:
+            try:
+                if ok:
+                    d.callback(value)
+                else:
+                    d.errback(value)
+            except Exception:
+                # As callFromThread would: one caller's trouble is logged,
+                # and the other results are still delivered.
+                log.failure("Delivering a pool call's result")
 
 
 @frozen

@@ -16,7 +16,8 @@ from glance_tx import images
 from glance_tx.api import v2_schemas
 from glance_tx.api.params import MAX_JSON_DEPTH
 from glance_tx.api.ranges import ByteRange, parse_ranges
-from glance_tx.errors import RangeNotSatisfiable
+from glance_tx.errors import BadRequest, RangeNotSatisfiable
+from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.backends import StoreMap
 from tests.api_fixtures import Answer, SiteTestCase
@@ -524,6 +525,24 @@ class ShowTests(V2TestCase):
         self.assertError(self.request("GET", f"/v2/images/{image['id']}"), 404)
 
 
+class ValidateImageIdTests(SynchronousTestCase):
+    """L{images.validate_image_id}: the canonical form, or a 400."""
+
+    def test_forms(self) -> None:
+        """
+        A canonical id is given back as it is; another form of a UUID (upper
+        case, braces, no dashes, a URN) as its canonical form; anything else
+        (a trailing newline included) is refused.
+        """
+        canonical = str(uuid.uuid4())
+        self.assertIs(images.validate_image_id(canonical), canonical)
+        for other in (canonical.upper(), "{" + canonical + "}", canonical.replace("-", ""),
+                      "urn:uuid:" + canonical):
+            self.assertEqual(images.validate_image_id(other), canonical)
+        for bad in (canonical + "\n", canonical[:-1], canonical[:-1] + "g", "", "x" * 36):
+            self.assertRaises(BadRequest, images.validate_image_id, bad)
+
+
 class _RewritingRegistry(proxyForInterface(IRegistry)):  # type: ignore[misc]
     """The API's registry, with every record it reads passed through C{rewrite}."""
 
@@ -531,6 +550,47 @@ class _RewritingRegistry(proxyForInterface(IRegistry)):  # type: ignore[misc]
 
     def get(self, image_id: str, include_deleted: bool = False) -> Any:
         return self.original.get(image_id, include_deleted).addCallback(self.rewrite)
+
+
+class _CountingIdentity:
+    """The headers' identity, counting the resolutions asked of it."""
+
+    def __init__(self) -> None:
+        self.resolved = 0
+        self._headers = HeaderIdentity(default_project="admin")
+
+    async def resolve(self, request: Any) -> Any:
+        self.resolved += 1
+        return await self._headers.resolve(request)
+
+
+class ResolvedOnceTests(V2TestCase):
+    """Who asks is resolved once per request, and never kept for another."""
+
+    def make_identity(self) -> Any:
+        self.identity = _CountingIdentity()
+        return self.identity
+
+    def test_once_per_request(self) -> None:
+        """
+        A v1 PUT of a location asks who is asking for the location's
+        policy and again to read the image: one resolution. Each GET
+        resolves its own caller: the second caller is not answered with
+        the first one's context.
+        """
+        image = self.create(ALICE, visibility="private")
+        target = self.store_root.child(str(uuid.uuid4()))
+        target.setContent(b"external bytes")
+        self.identity.resolved = 0
+        answer = self.request(
+            "PUT", f"/v1/images/{image['id']}", meta(location="file://" + target.path)
+        )
+        self.assertEqual(answer.code, 200, answer.body)
+        self.assertEqual(self.identity.resolved, 1)
+        path = f"/v2/images/{image['id']}"
+        self.assertEqual(self.request("GET", path, ALICE).code, 200)
+        self.assertError(self.request("GET", path, BOB), 404)
+        self.assertEqual(self.identity.resolved, 3)
 
 
 class DocumentReuseTests(V2TestCase):

@@ -190,3 +190,55 @@ class ConfigTests(SynchronousTestCase):
         channel.dataReceived(b"GET /" + b"a" * 3000 + b" HTTP/1.1\r\n")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 414 "))
         self.assertIn(b"longer than 2048 bytes", transport.value())
+
+
+class _AskedTransport(StringTransport):
+    """A transport that counts how often it is asked its addresses."""
+
+    asked = 0
+
+    def getHost(self) -> Any:
+        self.asked += 1
+        return super().getHost()
+
+    def getPeer(self) -> Any:
+        self.asked += 1
+        return super().getPeer()
+
+
+class AddressTests(SynchronousTestCase):
+    """The connection's addresses are asked of the transport once."""
+
+    def test_asked_once_per_connection(self) -> None:
+        """
+        Requests on one connection (each asks both addresses, and its log
+        line the client's) ask the transport once for each; the requests
+        see the transport's addresses.
+        """
+        site = GlanceSite(_Seen(), reactor=MemoryReactorClock())
+        channel = site.buildProtocol(None)
+        transport = _AskedTransport()
+        channel.makeConnection(transport)
+        transport.asked = 0
+        for _ in range(3):
+            channel.dataReceived(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 "), 3)
+        self.assertLessEqual(transport.asked, 2)
+        self.assertEqual(site.resource.hosts, [transport.getHost()] * 3)
+        self.assertEqual(site.resource.peers, [transport.getPeer()] * 3)
+
+
+class _Seen(Resource):
+    """Answers, noting the addresses each request saw."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hosts: list[Any] = []
+        self.peers: list[Any] = []
+
+    def render_GET(self, request: Any) -> bytes:
+        self.hosts.append(request.getHost())
+        self.peers.append(request.client)
+        return b"ok"

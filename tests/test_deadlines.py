@@ -15,8 +15,10 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -138,6 +140,33 @@ class ClockTests(SiteTestCase):
         self.assertFalse(connection.closed)
         self.clock.advance(1)
         self.assertTrue(connection.closed)
+
+    def test_one_timer_per_connection(self) -> None:
+        """
+        Requests on a kept connection move through every phase without
+        making or cancelling a timer: the connection's one call stays (and
+        still cuts an idle connection off, test_idle_keepalive); it goes
+        when the connection does.
+        """
+        connection = self.connect()
+        deadline = connection.channel._deadline
+
+        def calls() -> list[Any]:
+            return [
+                c for c in self.clock.getDelayedCalls()
+                if getattr(c.func, "__self__", None) is deadline
+            ]
+
+        [call] = calls()
+        for _ in range(3):
+            connection.send(b"GET /versions HTTP/1.1\r\nHost: h\r\n\r\n")
+            self.clock.advance(1)
+            self.assertEqual(calls(), [call])
+        self.assertEqual(connection.answer().count(b"HTTP/1.1 300 "), 3)
+        self.assertTrue(call.active())
+        connection.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(calls(), [])
+        self.assertFalse(call.active())
 
     def test_next_head_gets_head_deadline(self) -> None:
         """Once a kept connection's next request begins, its head has the head's timeout."""

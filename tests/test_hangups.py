@@ -79,7 +79,10 @@ class _Client(Protocol):
 def _usage() -> tuple[int, int, int, int]:
     """
     Open fds, threads, objects the garbage collector tracks (after a
-    collection) and resident memory (KiB) of this process, now.
+    collection; the frozen ones too: the server freezes what it holds at
+    start, and without them the count grows as the objects of then are
+    replaced by new ones, though the total stays flat) and resident memory
+    (KiB) of this process, now.
     """
     with open("/proc/self/statm") as f:
         resident_pages = int(f.read().split()[1])
@@ -87,7 +90,7 @@ def _usage() -> tuple[int, int, int, int]:
     return (
         len(os.listdir("/proc/self/fd")),
         threading.active_count(),
-        len(gc.get_objects()),
+        len(gc.get_objects()) + gc.get_freeze_count(),
         resident_pages * os.sysconf("SC_PAGE_SIZE") // 1024,
     )
 

@@ -989,3 +989,29 @@ class PartsConsumerTests(SynchronousTestCase):
         self.assertEqual(second.calls, ["pause", "resume", "stop"])
         self.assertTrue(parts.stopped)
         self.assertEqual(request.written, [b"one"])
+
+
+class HeaderValueTests(SynchronousTestCase):
+    """The header values a kept document sends are made once."""
+
+    def test_dates(self) -> None:
+        """
+        One instant gives one IMF-fixdate, made once (aware or naive UTC
+        alike, fractions dropped); another instant its own.
+        """
+        from datetime import UTC, datetime, timedelta, timezone
+
+        when = datetime(2026, 12, 3, 15, 20, 1, 500000, tzinfo=UTC)
+        first = http_date(when)
+        self.assertEqual(first, b"Thu, 03 Dec 2026 15:20:01 GMT")
+        self.assertIs(http_date(datetime(2026, 12, 3, 15, 20, 1, 500000, tzinfo=UTC)), first)
+        self.assertEqual(http_date(when.replace(tzinfo=None)), first)
+        self.assertEqual(http_date(when.astimezone(timezone(timedelta(hours=2)))), first)
+        self.assertEqual(http_date(when + timedelta(seconds=1)), b"Thu, 03 Dec 2026 15:20:02 GMT")
+
+    def test_entity_tags(self) -> None:
+        """An ETag's header value is made once; weak and strong kept apart."""
+        strong = EntityTag("abc").header()
+        self.assertEqual(strong, b'"abc"')
+        self.assertIs(EntityTag("abc").header(), strong)
+        self.assertEqual(EntityTag("abc", weak=True).header(), b'W/"abc"')

@@ -53,6 +53,50 @@ class BufferedLogObserverTests(SynchronousTestCase):
         self.assertIn("two\n\tlines", expected)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_every_kind_of_event_as_twistd_writes_it(self) -> None:
+        """
+        Events whose format is one string field (put together without
+        twisted.logger's formatting) and every other kind are written
+        exactly as twistd's text observer writes them: with a system, with
+        none and no level, with a failure, a field that is no string, an
+        empty one, one that is missing, and formats of more than a name.
+        """
+        failure = Failure(ZeroDivisionError("division by zero"))
+        base = event("GET /v2/images/x 200")
+        events = [
+            base,
+            {**base, "log_system": "worker-1"},
+            {**base, "log_system": 7},
+            {k: v for k, v in base.items() if k not in ("log_level", "log_namespace")},
+            {**base, "log_failure": failure},
+            {**base, "text": 42},
+            {**base, "text": ""},
+            {**base, "log_format": "{missing}"},
+            {**base, "log_format": "{text!r}"},
+            {**base, "log_format": "{text} and more"},
+            {**base, "log_format": "{0}"},
+            {**base, "log_format": None},
+            {**base, "log_time": None},
+        ]
+        for e in events:
+            self.observer(e)
+        self.observer.flush()
+        expected = "".join(formatEventAsClassicLogText(e) or "" for e in events)
+        self.assertEqual(self.out.getvalue(), expected)
+
+    def test_one_field_skips_the_formatter(self) -> None:
+        """A request's line (one string field) is not formatted by twisted.logger."""
+        import glance_tx.log_buffer as log_buffer
+
+        def refuse(*args: Any, **kwargs: Any) -> str:
+            raise AssertionError("formatted by twisted.logger")
+
+        self.patch(log_buffer, "eventAsText", refuse)
+        e = event("req-1 127.0.0.1 \"GET /v2/images/x HTTP/1.1\" 200 678 0.001s")
+        self.observer(e)
+        self.observer.flush()
+        self.assertEqual(self.out.getvalue(), formatEventAsClassicLogText(e))
+
     def test_warnings_are_written_at_once(self) -> None:
         """A warning (or worse) is written at once, after the lines before it."""
         self.observer(event("before"))

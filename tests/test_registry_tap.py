@@ -109,6 +109,7 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertTrue(
             IStreamServerEndpoint.providedBy(top.getServiceNamed("listener").endpoint)
         )
+        self.assertTrue(top.getServiceNamed("listener").freeze_heap)
 
     def test_serves_registry_api(self) -> None:
         """

@@ -231,6 +231,7 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertEqual(threads.pool.max, load_config().thread_pool_size)
         self.assertEqual(top.getServiceNamed("registry").url, options.config.sql_connection)
         self.assertTrue(IStreamServerEndpoint.providedBy(top.getServiceNamed("listener").endpoint))
+        self.assertTrue(top.getServiceNamed("listener").freeze_heap)
 
     def test_purger_with_purge_urls(self) -> None:
         """

@@ -6,11 +6,12 @@ thread pool and the real reactor.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import AlreadyCalledError, gatherResults
 from twisted.python.threadpool import ThreadPool
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from glance_tx.threads import SerialPoolRunner, SynchronousRunner, ThreadPoolRunner
 
@@ -137,3 +138,64 @@ class DrainingRunnerTests(TestCase):
         serial = self.runner.serial()
         self.assertIsNot(serial, self.runner)
         self.assertIs(serial.serial(), serial)
+
+
+class _ReactorLater:
+    """callFromThread that keeps the calls until C{turn}: a busy reactor."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        self.calls.append((f, args))
+
+    def turn(self) -> None:
+        calls, self.calls = self.calls, []
+        for f, args in calls:
+            f(*args)
+
+
+class _PoolAtOnce:
+    """callInThread that runs the task at once, on the calling thread."""
+
+    def callInThread(self, f: Any, *args: Any) -> None:
+        f(*args)
+
+
+class DeliveryTests(SynchronousTestCase):
+    """Results that finish while the reactor is busy go back in one call."""
+
+    def test_results_that_wait_share_one_wake(self) -> None:
+        """
+        Results finished before the reactor turns are handed back by one
+        callFromThread and fired in the order they finished, a failure
+        among them; the next result after the turn asks again.
+        """
+        later = _ReactorLater()
+        runner = SerialPoolRunner(later, _PoolAtOnce(), 4)  # type: ignore[arg-type]
+        fired: list[object] = []
+
+        def broken() -> None:
+            raise ValueError("disk on fire")
+
+        for d in (runner.run(lambda: 1), runner.run(broken), runner.run(lambda: 3)):
+            d.addCallbacks(fired.append, lambda f: fired.append(f.type))
+        self.assertEqual(len(later.calls), 1)
+        self.assertEqual(fired, [])
+        later.turn()
+        self.assertEqual(fired, [1, ValueError, 3])
+        runner.run(lambda: 4).addCallback(fired.append)
+        self.assertEqual(len(later.calls), 1)
+        later.turn()
+        self.assertEqual(fired, [1, ValueError, 3, 4])
+
+    def test_one_callers_trouble_is_not_the_others(self) -> None:
+        """A result whose Deferred cannot take it (already fired) is logged; the rest arrive."""
+        later = _ReactorLater()
+        runner = SerialPoolRunner(later, _PoolAtOnce(), 4)  # type: ignore[arg-type]
+        first = runner.run(lambda: 1)
+        first.callback(0)  # fired by someone else: AlreadyCalledError on delivery
+        second = runner.run(lambda: 2)
+        later.turn()
+        self.assertEqual(self.successResultOf(second), 2)
+        self.assertEqual(len(self.flushLoggedErrors(AlreadyCalledError)), 1)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
-from weakref import WeakKeyDictionary
 
 from attrs import define, field
 from klein import Klein
@@ -36,6 +35,9 @@ T = TypeVar("T")
 #: changes keep landing between its read and its write (see
 #: L{ImagesAPI._change_image}); past that, the registry's 409 is answered.
 WRITE_ATTEMPTS = 5
+
+#: The attribute of a request that keeps who asks (L{ImagesAPI._context}).
+CONTEXT_ATTRIBUTE = "glance_tx_context"
 
 
 @define
@@ -66,18 +68,19 @@ class ImagesAPI:
     def resource(self) -> Any:
         return self.app.resource()
 
-    #: Each live request's context, so that a request whose handling asks
-    #: more than once (an upload started before its route runs) costs one
-    #: resolution (with Keystone, at most one validation).
-    _resolved: WeakKeyDictionary[IRequest, RequestContext] = field(
-        factory=WeakKeyDictionary, init=False
-    )
-
     async def _context(self, request: IRequest) -> RequestContext:
-        """Who asks: the one place the API asks the identity provider."""
-        context = self._resolved.get(request)
+        """
+        Who asks: the one place the API asks the identity provider. The
+        answer is kept on the request (L{CONTEXT_ATTRIBUTE}), so a request
+        whose handling asks more than once (an upload started before its
+        route runs) costs one resolution (with Keystone, at most one
+        validation). On the request rather than in a C{WeakKeyDictionary}
+        keyed by it: no weak reference made and hashed per lookup.
+        """
+        context: RequestContext | None = getattr(request, CONTEXT_ATTRIBUTE, None)
         if context is None:
-            context = self._resolved[request] = await self.identity.resolve(request)
+            context = await self.identity.resolve(request)
+            setattr(request, CONTEXT_ATTRIBUTE, context)
         return context
 
     async def _image(

@@ -142,6 +142,29 @@ class GlanceChannel(HTTPChannel):
     _send_blocked = False
     #: Counted in the site's C{open_connections} (not refused at the limit).
     _counted = False
+    #: The connection's two addresses, once asked (L{getHost}, L{getPeer}).
+    _host: Any = None
+    _peer: Any = None
+
+    # -- the connection's addresses -----------------------------------------
+
+    def getHost(self) -> Any:
+        """
+        The local address, asked of the transport once per connection:
+        every request asks (twisted.web's C{Request}), and a TCP transport
+        answers with a C{getsockname} system call each time.
+        """
+        host = self._host
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
+    def getPeer(self) -> Any:
+        """The client's address, made once per connection (see L{getHost})."""
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
 
     # -- waiting on the client (glance_tx.api.deadlines) -------------------
 
@@ -332,7 +355,7 @@ class GlanceChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._deadline is not None:
-            self._deadline.clear()
+            self._deadline.stop()
         if self._counted:
             self._counted = False
             self.site.open_connections -= 1

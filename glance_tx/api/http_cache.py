@@ -122,6 +122,7 @@ the old representation is a 412, never a lost update.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable
@@ -160,6 +161,12 @@ def _utc(when: datetime) -> datetime:
     return when.astimezone(UTC)
 
 
+@functools.lru_cache(maxsize=4096)
+def _etag_header(opaque: str, weak: bool) -> bytes:
+    """An ETag's header value, kept: a kept document sends the same one every GET."""
+    return (("W/" if weak else "") + f'"{opaque}"').encode("ascii")
+
+
 @frozen
 class EntityTag:
     """An entity tag: C{"opaque"}, or C{W/"opaque"} when weak."""
@@ -168,7 +175,7 @@ class EntityTag:
     weak: bool = False
 
     def header(self) -> bytes:
-        return (("W/" if self.weak else "") + f'"{self.opaque}"').encode("ascii")
+        return _etag_header(self.opaque, self.weak)
 
     def strong_match(self, other: EntityTag) -> bool:
         """RFC 9110 strong comparison: both strong, same opaque tag."""
@@ -473,8 +480,12 @@ _ASCTIME_DATE = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def http_date(when: datetime) -> bytes:
-    """C{when} as an IMF-fixdate, to the second (fractions dropped)."""
+    """
+    C{when} as an IMF-fixdate, to the second (fractions dropped). Kept per
+    instant: a kept document's C{Last-Modified} is the same every GET.
+    """
     return bytes(datetimeToString(int(_utc(when).timestamp())))
 
 

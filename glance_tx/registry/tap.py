@@ -121,7 +121,8 @@ def registry_service(
             "threads": threads,
             "registry": registry,
             "listener": ListenerService(
-                serverFromString(reactor, config.endpoint), site, "glance-registry"
+                serverFromString(reactor, config.endpoint), site, "glance-registry",
+                freeze_heap=True,
             ),
         }
     )
