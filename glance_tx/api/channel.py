@@ -50,6 +50,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
+from glance_tx import twisted_private
+from glance_tx.api.chunked import ChunkedDecoder
 from glance_tx.api.deadlines import ConnectionDeadline, Phase
 from glance_tx.api.errors import error_document
 from glance_tx.config import ClientLimits
@@ -288,6 +290,7 @@ class GlanceChannel(HTTPChannel):
             super().lineReceived(line)
 
     def allHeadersReceived(self) -> None:
+        twisted_private.decode_chunks_with(self, ChunkedDecoder)
         self._in_head = False
         self._receiving_body = True
         if self._deadline is not None:
