@@ -442,6 +442,21 @@ def hash_ceiling(
     return rates[0], rates[1], rates[2]
 
 
+def hash_cpu(name: str, size: int = 256 * MiB) -> float:
+    """
+    CPU seconds per GiB of the C{hashlib} algorithm C{name} on one thread,
+    in memory: its part of the upload floor. CPU time, not the inverse of
+    L{hash_rate}, so that on a busy machine the floor counts what the hash
+    costs and not how long it waited for a core.
+    """
+    block = os.urandom(MiB)
+    h = hashlib.new(name)
+    started = time.thread_time()
+    for _ in range(size // MiB):
+        h.update(block)
+    return (time.thread_time() - started) / (size // MiB * MiB / GiB)
+
+
 def receive_cpu(path: Path, read_size: int = 256 * 1024) -> float:
     """
     CPU seconds per GiB that a bare Python loop spends receiving C{path}
@@ -1249,8 +1264,8 @@ def main(argv: list[str] | None = None) -> int:
             md5_rate, sha_rate, both_rate = hash_ceiling(algorithm=algorithm)
             write, fsync = write_cpu(workdir, min(args.size, GiB))
             floor = {
-                "md5": GiB / MiB / md5_rate,
-                algorithm: GiB / MiB / sha_rate,
+                "md5": hash_cpu("md5"),
+                algorithm: hash_cpu(algorithm),
                 "receive": receive_cpu(path),
                 "page-cache write": write,
                 "fsync": fsync,
