@@ -158,7 +158,9 @@ class UploadPipeline:
     def _flush(self) -> None:
         if not self._batch:
             return
-        data = self._batch[0] if len(self._batch) == 1 else b"".join(self._batch)
+        # bytes, also of one piece: a chunked body's pieces are memoryviews
+        # (glance_tx.api.chunked); join returns a lone bytes piece as it is.
+        data = b"".join(self._batch)
         self._batch = []
         self._batch_len = 0
         self.writer.write(data)

@@ -17,10 +17,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.web.http import _ChunkedTransferDecoder
+
+#: twisted.web's decoder of a chunked body (private), which
+#: L{glance_tx.api.chunked.ChunkedDecoder} extends: its state machine, its
+#: C{_buffer}, C{state}, C{length}, C{dataCallback} and C{finishCallback}.
+ChunkedTransferDecoder = _ChunkedTransferDecoder
+
 __all__ = [
+    "ChunkedTransferDecoder",
     "accept_one_at_a_time",
     "body_transport",
     "client_gone",
+    "decode_chunks_with",
     "request_line",
     "request_version",
     "set_read_size",
@@ -53,6 +62,19 @@ def client_gone(request: Any) -> bool:
     to a gone request raises.
     """
     return bool(getattr(request, "_disconnected", False))
+
+
+def decode_chunks_with(channel: Any, decoder: Callable[..., Any]) -> None:
+    """
+    Make C{channel} (an C{HTTPChannel} that has just read a request's
+    head) decode a chunked body with C{decoder}, called as Twisted calls
+    its C{_ChunkedTransferDecoder}: with the data and finish callbacks.
+    HTTPChannel keeps the body's decoder in its private C{_transferDecoder},
+    chosen while the headers are read; a body of any other kind keeps its own.
+    """
+    current = getattr(channel, "_transferDecoder", None)
+    if type(current) is ChunkedTransferDecoder:
+        channel._transferDecoder = decoder(current.dataCallback, current.finishCallback)
 
 
 def set_read_size(transport: Any, size: int | None) -> None:

@@ -286,6 +286,21 @@ class PipelineTests(SynchronousTestCase):
         self.assertTrue(all(a is b for a, b in zip(first.batches, writer.data, strict=True)))
         self.assertEqual(dict(result.fields), {"seen": 7000})
 
+    def test_views_become_bytes(self) -> None:
+        """
+        A chunked body's pieces are memoryviews (glance_tx.api.chunked):
+        the stages and the store get bytes, a lone piece at the end too.
+        """
+        writer = RecordingWriter()
+        pipeline = UploadPipeline(writer, SynchronousRunner(), size_cap=10**9, batch_size=8)
+        read = b"0123456789abc"
+        for piece in (memoryview(read)[:10], memoryview(read)[10:]):
+            pipeline.write(piece)
+        result = self.successResultOf(self.finish(pipeline))
+        self.assertEqual(writer.data, [b"0123456789", b"abc"])
+        self.assertEqual([type(d) for d in writer.data], [bytes, bytes])
+        self.assertEqual(result.fields["checksum"], hashlib.md5(read).hexdigest())
+
 
 @implementer(IWriteBackend)
 @define

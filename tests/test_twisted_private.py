@@ -199,3 +199,54 @@ class AcceptOneAtATimeTests(SynchronousTestCase):
         port.doRead()
         self.assertEqual(len(built), 3)
         self.assertEqual(accepted, [1, 2, 3])
+
+
+class ChunkedDecoderTests(SynchronousTestCase):
+    def _channel_at_body(self, head: bytes) -> http.HTTPChannel:
+        """An HTTPChannel that has read C{head}, at allHeadersReceived."""
+        at_body: list[http.HTTPChannel] = []
+
+        class Channel(http.HTTPChannel):
+            def allHeadersReceived(self) -> None:
+                at_body.append(self)
+                twisted_private.decode_chunks_with(self, Decoder)
+                super().allHeadersReceived()
+
+        class Decoder(twisted_private.ChunkedTransferDecoder):
+            pass
+
+        class Request(http.Request):
+            def process(self) -> None:
+                self.content.seek(0)
+                self.received = self.content.read()
+
+        channel = Channel()
+        channel.requestFactory = Request
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(head)
+        self.assertEqual(len(at_body), 1)
+        self.Decoder = Decoder
+        return channel
+
+    def test_chunked_body_decoder_replaced(self) -> None:
+        """
+        HTTPChannel keeps a chunked body's decoder, Twisted's
+        _ChunkedTransferDecoder (with dataCallback, finishCallback and the
+        state machine ChunkedDecoder extends), in _transferDecoder from the
+        head on; the one put there decodes the body.
+        """
+        channel = self._channel_at_body(
+            b"PUT /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        self.assertIs(type(channel._transferDecoder), self.Decoder)
+        for name in ("_buffer", "state", "dataCallback", "finishCallback"):
+            self.assertTrue(hasattr(channel._transferDecoder, name), name)
+        for name in ("_dataReceived_CHUNK_LENGTH", "_dataReceived_CRLF", "_dataReceived_BODY"):
+            self.assertTrue(hasattr(twisted_private.ChunkedTransferDecoder, name), name)
+        channel.dataReceived(b"3\r\nabc\r\n0\r\n\r\n")
+        self.assertEqual(channel.requests[0].received, b"abc")
+
+    def test_other_bodies_keep_their_decoder(self) -> None:
+        """A Content-Length body keeps Twisted's identity decoder."""
+        channel = self._channel_at_body(b"PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n")
+        self.assertIs(type(channel._transferDecoder), http._IdentityTransferDecoder)

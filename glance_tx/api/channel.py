@@ -18,8 +18,10 @@ long; C{allHeadersReceived} marks the end of a head), and answers first:
     L{MAX_HEAD_BYTES} or more than L{MAX_HEADERS} headers: 431 Request
     Header Fields Too Large.
 
-No private attribute of Twisted is used. Other malformed heads (no colon,
-a bad Content-Length) still get Twisted's bare 400.
+No private attribute of Twisted is used for this. Other malformed heads (no
+colon, a bad Content-Length) still get Twisted's bare 400. A chunked body is
+decoded by L{glance_tx.api.chunked.ChunkedDecoder}, put in place (through
+L{glance_tx.twisted_private}) once the head is read.
 
 Every answer given outside a request's normal course (these, and an upload
 refused mid-body, L{glance_tx.api.site}) is written by L{answer_and_close}:
@@ -50,6 +52,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
+from glance_tx import twisted_private
+from glance_tx.api.chunked import ChunkedDecoder
 from glance_tx.api.deadlines import ConnectionDeadline, Phase
 from glance_tx.api.errors import error_document
 from glance_tx.config import ClientLimits
@@ -311,6 +315,7 @@ class GlanceChannel(HTTPChannel):
             super().lineReceived(line)
 
     def allHeadersReceived(self) -> None:
+        twisted_private.decode_chunks_with(self, ChunkedDecoder)
         self._in_head = False
         self._receiving_body = True
         if self._deadline is not None:
