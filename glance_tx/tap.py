@@ -34,7 +34,8 @@ is a L{glance_tx.registry.purging.PurgingRegistry} over the SQL one.
 
 With C{--workers N} (N > 1) the tree is instead one
 L{glance_tx.workers.Supervisor}, which runs N processes of the tree above
-(each given C{--worker-fd}: its listener adopts the supervisor's socket).
+(each given C{--worker-fd}: its listener adopts its socket from the
+supervisor).
 
 A start that fails is logged and stops the reactor. This is the only module
 that touches the global reactor.
@@ -43,12 +44,11 @@ that touches the global reactor.
 from __future__ import annotations
 
 import os
-import socket
 from typing import TYPE_CHECKING, Any, cast
 
 from attrs import evolve
 from twisted.application.service import IService
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
@@ -76,11 +76,11 @@ from glance_tx.services import (
 from glance_tx.store.interface import IStore
 from glance_tx.threads import BlockingRunner
 from glance_tx.workers import (
-    SharedSocketEndpoint,
     Supervisor,
     announce_ready,
     check_worker_endpoint,
     worker_argv,
+    worker_endpoint,
 )
 
 if TYPE_CHECKING:
@@ -108,8 +108,9 @@ class Options(usage.Options):
         ["data-dir", "d", None, "Directory for the SQLite database and the filesystem "
          "store [default: ./glance-data]"],
         ["config", "c", None, "INI configuration file (Glance option names)"],
-        ["workers", "w", "1", "Reactor processes serving on one listening socket "
-         "(tcp: or tcp6: endpoints); SIGHUP restarts them one at a time [default: 1]"],
+        ["workers", "w", "1", "Reactor processes serving on one port, each on its "
+         "own SO_REUSEPORT socket (tcp:, tcp6: or ssl: endpoints); SIGHUP restarts "
+         "them one at a time [default: 1]"],
         # Given by the supervisor to its workers (glance_tx.workers), not by hand.
         ["worker-fd", None, None, "(internal) adopt the listening socket on this descriptor"],
         ["ready-fd", None, None, "(internal) write this worker's pid here once serving"],
@@ -278,12 +279,6 @@ def glance_service(
     return ServiceChain.of(children)
 
 
-def address_family_of(fd: int) -> int:
-    """The address family of the listening socket on descriptor C{fd}."""
-    with socket.socket(fileno=os.dup(fd)) as sock:
-        return int(sock.family)
-
-
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor as global_reactor
 
@@ -304,12 +299,7 @@ def makeService(options: Options) -> IService:
     if options["worker-fd"] is not None:
         index = options["worker-index"] or 0
         config = evolve(config, node_id=f"{config.node_id}-w{index}")
-        endpoint = SharedSocketEndpoint(
-            AdoptedStreamServerEndpoint(
-                reactor, options["worker-fd"], address_family_of(options["worker-fd"])
-            ),
-            reactor,
-        )
+        endpoint = worker_endpoint(reactor, options["worker-fd"], config.endpoint)
         log_suffix = f" worker {index} pid {os.getpid()}"
     pool = ThreadPool(minthreads=2, maxthreads=config.thread_pool_size, name="glance-tx")
     top = glance_service(
