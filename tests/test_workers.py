@@ -15,12 +15,17 @@ from unittest import SkipTest
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString, wrapClientTLS
 from twisted.internet.error import ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.wire import Echo
 from twisted.python import usage
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
@@ -34,7 +39,9 @@ from glance_tx.workers import (
     Supervisor,
     WorkerPool,
     listening_sockets,
+    worker_endpoint,
 )
+from tests.test_registry_http import write_tls_files
 from tests.twistd_process import TwistdProcess, start_twistd
 
 _SERVED_BY = re.compile(r'"GET /versions" \d+ \d+ [0-9.]+s worker (\d+) pid (\d+)')
@@ -352,3 +359,58 @@ class WorkerPoolTests(SynchronousTestCase):
             self.end(index)
         self.successResultOf(stopped)
         self.assertEqual([sock.fileno() for sock in self.sockets], [-1, -1])
+
+
+class WorkerEndpointTests(TestCase):
+    """L{worker_endpoint}: a worker's port on the socket its supervisor made."""
+
+    async def connect_and_echo(self, endpoint: str, tls: bool, ca: bytes = b"") -> bytes:
+        [sock] = listening_sockets(ListenAddress("127.0.0.1", 0, 50), 1, reuseport=False)
+        self.addCleanup(sock.close)
+        server_gone: Deferred[None] = Deferred()
+
+        class Serving(Echo):
+            def connectionLost(self, reason: object = None) -> None:
+                server_gone.callback(None)
+
+        port = await worker_endpoint(reactor, os.dup(sock.fileno()), endpoint).listen(
+            Factory.forProtocol(Serving)
+        )
+        self.addCleanup(port.stopListening)
+        address = f"tcp:127.0.0.1:{sock.getsockname()[1]}"
+        client = clientFromString(reactor, address)
+        if tls:
+            client = wrapClientTLS(
+                optionsForClientTLS("localhost", Certificate.loadPEM(ca)), client
+            )
+        received: Deferred[bytes] = Deferred()
+        client_gone: Deferred[None] = Deferred()
+
+        class Once(Protocol):
+            def connectionLost(self, reason: object = None) -> None:
+                client_gone.callback(None)
+
+            def connectionMade(self) -> None:
+                self.transport.write(b"hello")  # type: ignore[union-attr]
+
+            def dataReceived(self, data: bytes) -> None:
+                received.callback(data)
+                self.transport.loseConnection()  # type: ignore[union-attr]
+
+        await client.connect(Factory.forProtocol(Once))
+        data = await received
+        await client_gone
+        await server_gone
+        return data
+
+    async def test_tcp(self) -> None:
+        """On a tcp: endpoint the worker serves plain TCP on the socket."""
+        self.assertEqual(await self.connect_and_echo("tcp:0", tls=False), b"hello")
+
+    async def test_tls(self) -> None:
+        """On an ssl: endpoint the worker speaks TLS with its certificate."""
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        ca, key, cert = write_tls_files(directory)
+        endpoint = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        self.assertEqual(await self.connect_and_echo(endpoint, tls=True, ca=ca), b"hello")
