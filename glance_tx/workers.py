@@ -22,7 +22,8 @@ its HTTP parsing, routing, JSON and logging. With C{--workers N} the
     id (C{<node_id>-w<number>}, so their upload leases and node claims are
     apart).
   - A worker that dies is started again (after L{RESTART_DELAY}) on the
-    same socket, under the same number.
+    same socket, under the same number; the connections the kernel puts on
+    that socket meanwhile wait for it.
   - SIGHUP restarts the workers one at a time: for each socket a new
     worker is started (numbered C{index + N} and C{index} in turn, so that
     its node claim is not the old one's), and once it serves the old one
