@@ -76,6 +76,7 @@ from glance_tx.services import (
 from glance_tx.store.interface import IStore
 from glance_tx.threads import BlockingRunner
 from glance_tx.workers import (
+    STOP_SECONDS,
     Supervisor,
     announce_ready,
     check_worker_endpoint,
@@ -279,6 +280,16 @@ def glance_service(
     return ServiceChain.of(children)
 
 
+def worker_stop_seconds(config: Config) -> float | None:
+    """
+    How long the supervisor lets a stopping worker take: its requests'
+    graceful_shutdown_timeout and its imports' drain, plus STOP_SECONDS
+    for the rest of its services (None: no limit, as the timeout's 0).
+    """
+    grace = config.clients.graceful_shutdown_timeout
+    return None if grace is None else grace + IMPORT_DRAIN_SECONDS + STOP_SECONDS
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor as global_reactor
 
@@ -288,7 +299,11 @@ def makeService(options: Options) -> IService:
         supervisor = ServiceChain.of(
             {
                 "supervisor": Supervisor(
-                    reactor, config.endpoint, options["workers"], worker_argv(options)
+                    reactor,
+                    config.endpoint,
+                    options["workers"],
+                    worker_argv(options),
+                    stop_seconds=worker_stop_seconds(config),
                 )
             }
         )

@@ -90,7 +90,8 @@ READY_FD = 4
 #: How long after a worker died its replacement starts (a worker that fails
 #: at once is not restarted in a tight loop).
 RESTART_DELAY = 1.0
-#: How long a stopping worker has before it is killed.
+#: How long a stopping worker has before it is killed, beyond the time its
+#: requests in flight and imports get (the supervisor adds those).
 STOP_SECONDS = 30.0
 #: Whether the kernel spreads connections over sockets bound with
 #: C{SO_REUSEPORT} (Linux); elsewhere the option only lets them share a port.
@@ -260,6 +261,8 @@ class WorkerPool(Service):
     count: int
     argv: Sequence[str]
     env: dict[str, str] | None = None
+    #: How long a worker has to stop before it is killed (None: for ever).
+    stop_seconds: float | None = STOP_SECONDS
     workers: dict[int, _Worker] = field(factory=dict, init=False)
     #: Every worker process not yet ended, replacements starting included.
     processes: set[_Worker] = field(factory=set, init=False)
@@ -385,9 +388,11 @@ class WorkerPool(Service):
         workers = list(self.processes)
         for worker in workers:
             worker.signal("TERM")
-        kill = self.reactor.callLater(STOP_SECONDS, self._kill, workers)
+        kill = None
+        if self.stop_seconds is not None:
+            kill = self.reactor.callLater(self.stop_seconds, self._kill, workers)
         await DeferredList([w.ended for w in workers])
-        if kill.active():
+        if kill is not None and kill.active():
             kill.cancel()
         for sock in self.sockets:
             sock.close()
@@ -432,11 +437,15 @@ class Supervisor(ReadyService[WorkerPool]):
     endpoint: str
     count: int
     argv: Sequence[str]
+    #: L{WorkerPool.stop_seconds}.
+    stop_seconds: float | None = STOP_SECONDS
     pool: WorkerPool | None = field(default=None, init=False)
 
     async def start(self) -> WorkerPool:
         sockets = listening_sockets(listen_address(self.reactor, self.endpoint), self.count)
-        self.pool = WorkerPool(self.reactor, sockets, self.count, self.argv)
+        self.pool = WorkerPool(
+            self.reactor, sockets, self.count, self.argv, stop_seconds=self.stop_seconds
+        )
         log.info(
             "glance-tx supervisor: {count} workers on port {port}, {how}",
             count=self.count,
