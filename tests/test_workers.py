@@ -15,13 +15,14 @@ from unittest import SkipTest
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import clientFromString, wrapClientTLS
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import clientFromString, connectProtocol, wrapClientTLS
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger
 from twisted.protocols.wire import Echo
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -44,7 +45,11 @@ from glance_tx.workers import (
 from tests.test_registry_http import write_tls_files
 from tests.twistd_process import TwistdProcess, start_twistd
 
+log = Logger()
+
 _SERVED_BY = re.compile(r'"GET /versions" \d+ \d+ [0-9.]+s worker (\d+) pid (\d+)')
+#: A request of the test's clients that the server read and then lost.
+_CUT = re.compile(r'"GET (/versions|/healthcheck\?kept)" .*\(connection lost\)')
 _READY = re.compile(r"Worker (\d+) \(pid (\d+)\) serving on socket")
 
 
@@ -132,9 +137,18 @@ class SupervisorTests(TestCase):
     async def test_sighup_restarts_without_refusing_a_connection(self) -> None:
         """
         SIGHUP to the supervisor replaces both workers with new processes
-        (numbered 2 and 3), one after the other, while a client sends
-        requests back to back, each on a new connection: every one is
-        answered, the last ones by the new workers, and the old ones end.
+        (numbered 2 and 3), one after the other, while clients send
+        requests back to back: one GET /versions on a new connection each
+        time, four GET /healthcheck keeping their connections. Every request is answered, the last
+        ones by the new workers, and the old workers end.
+
+        A kept connection that a stopping worker closes between two
+        requests may take the next request with it unread: the client sees
+        the connection end before any byte of an answer, and (as every HTTP
+        client does for an idempotent request on a reused connection)
+        sends it again on a new one. Those are counted apart; that the
+        server read none of them is checked from its side: no request was
+        logged as cut ("connection lost").
         """
         process = await start_twistd(self, "glance", "", ["--workers", "2"])
         http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
@@ -154,10 +168,13 @@ class SupervisorTests(TestCase):
                 return all(not _alive(pid) for pid in first)
             return False
 
-        process.protocol.transport.signalProcess("HUP")
-        deadline = time.monotonic() + 60
         codes: list[int] = []
         errors: list[str] = []
+        retried: list[int] = []
+        done: list[bool] = []
+        kept = [_keep_alive_loop(process.url, codes, errors, retried, done) for _ in range(4)]
+        process.protocol.transport.signalProcess("HUP")
+        deadline = time.monotonic() + 60
         after = 0
         while after < 20 and time.monotonic() < deadline:
             try:
@@ -168,14 +185,115 @@ class SupervisorTests(TestCase):
                 errors.append(repr(e))
             if restarted():
                 after += 1
+        done.append(True)
+        await DeferredList(kept, fireOnOneErrback=True)
         self.assertEqual(errors, [], process.output)
-        self.assertEqual(set(codes), {300})
+        self.assertEqual(set(codes), {200, 300})
+        self.assertEqual(_CUT.findall(process.output), [], process.output)
+        log.info("{retried} kept-connection requests retried", retried=len(retried))
         ready = _READY.findall(process.output)
         self.assertEqual([i for i, _ in ready[2:]], ["2", "3"], process.output)
         second = {int(pid) for _, pid in ready[2:]}
         self.assertEqual(second & first, set())
         served = [int(pid) for _, pid in _SERVED_BY.findall(process.output)]
         self.assertLessEqual(set(served[-10:]), second, process.output)
+
+
+class _Cut(Exception):
+    """The connection ended before a whole answer; C{received} bytes of it came."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(received)
+        self.received = received
+
+
+class _KeptConnection(Protocol):
+    """GET /healthcheck on one kept connection, one request at a time."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.answer: Deferred[bool] | None = None
+        self.gone = False
+
+    def get(self) -> Deferred[bool]:
+        """The answer's code is 200: whether it closes the connection."""
+        if self.gone:
+            raise _Cut(0)
+        self.buffer = b""
+        self.answer = Deferred()
+        assert self.transport is not None
+        self.transport.write(b"GET /healthcheck?kept HTTP/1.1\r\nHost: h\r\n\r\n")
+        return self.answer
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        head, ended, body = self.buffer.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        if not ended:
+            return
+        if length is None:  # chunked
+            if not body.endswith(b"0\r\n\r\n"):
+                return
+        elif len(body) < int(length.group(1)):
+            return
+        answer, self.answer = self.answer, None
+        if answer is None:
+            return
+        if not head.startswith(b"HTTP/1.1 200 "):
+            answer.errback(AssertionError(head))
+        else:
+            answer.callback(b"connection: close" in head.lower())
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.gone = True
+        answer, self.answer = self.answer, None
+        if answer is not None:
+            answer.errback(_Cut(len(self.buffer)))
+
+
+def _keep_alive_loop(
+    url: str, codes: list[int], errors: list[str], retried: list[int], done: list[bool]
+) -> Deferred[None]:
+    """
+    GET /healthcheck (it waits on the registry's thread: a request spends
+    time in flight) back to back on a kept connection, a new one when the
+    server closes it, until C{done}; a request the server closed its
+    connection on before any byte of the answer, on a connection that had
+    served before, is retried (counted in C{retried}); any other failure
+    goes to C{errors}.
+    """
+    endpoint = clientFromString(reactor, "tcp:" + url.rsplit("/", 1)[-1])
+
+    async def loop() -> None:
+        connection: _KeptConnection | None = None
+        served = 0
+        while not done:
+            try:
+                if connection is None or connection.gone:
+                    connection = await connectProtocol(endpoint, _KeptConnection())
+                    served = 0
+                closes = await connection.get()
+            except _Cut as cut:
+                if served and not cut.received:
+                    retried.append(1)
+                else:
+                    errors.append(f"cut after {served} answers, {cut.received} bytes in")
+                connection = None
+                continue
+            except Exception as e:
+                errors.append(repr(e))
+                connection = None
+                continue
+            codes.append(200)
+            served += 1
+            if closes:
+                assert connection.transport is not None
+                connection.transport.loseConnection()
+                connection = None
+        if connection is not None and connection.transport is not None:
+            connection.transport.loseConnection()
+
+    return Deferred.fromCoroutine(loop())
 
 
 def _alive(pid: int) -> bool:
