@@ -266,6 +266,9 @@ class ClientLimits:
     #: The most connections this node serves at once; past it a new one
     #: is answered 503 with Retry-After (None: no limit).
     max_connections: int | None = 1000
+    #: At stop, how long requests in flight get to finish before their
+    #: connections are aborted (oslo.service's name and default).
+    graceful_shutdown_timeout: float | None = 60.0
 
 
 @frozen
@@ -624,7 +627,12 @@ def _client_limits(section: Mapping[str, str]) -> ClientLimits:
     defaults = ClientLimits()
     timeouts = {
         name: _timeout(section, name, getattr(defaults, name))
-        for name in ("client_header_timeout", "client_socket_timeout", "http_keepalive_timeout")
+        for name in (
+            "client_header_timeout",
+            "client_socket_timeout",
+            "http_keepalive_timeout",
+            "graceful_shutdown_timeout",
+        )
     }
     return ClientLimits(
         http_keepalive=bool_option(section, "http_keepalive", defaults.http_keepalive),

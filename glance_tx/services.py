@@ -51,6 +51,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from glance_tx.api.site import IGracefulFactory
 from glance_tx.config import CacheConfig, Config
 from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.identity.interface import IIdentityResolver
@@ -699,7 +700,10 @@ class ListenerService(ReadyService[IListeningPort]):
     """
     Listens on C{endpoint} with the factory C{factory} makes once awaited
     (so it can wait for what the site needs), and logs "C{label} serving
-    on ADDRESS"; at stop, stops listening, then waits for C{drain}.
+    on ADDRESS". At stop it stops listening; a factory that provides
+    L{IGracefulFactory} then ends its connections without cutting the
+    requests in flight (for at most its C{graceful_shutdown_timeout});
+    then C{drain} is awaited.
     """
 
     endpoint: IStreamServerEndpoint
@@ -715,9 +719,10 @@ class ListenerService(ReadyService[IListeningPort]):
     #: GETs (py-spy --native). A server process's choice, not a test's.
     freeze_heap: bool = False
     port: IListeningPort | None = field(default=None, init=False)
+    _serving: IProtocolFactory | None = field(default=None, init=False)
 
     async def start(self) -> IListeningPort:
-        factory = await self.factory()
+        self._serving = factory = await self.factory()
         if self.freeze_heap:
             gc.collect()  # what is garbage now is not kept for ever
             gc.freeze()
@@ -729,5 +734,8 @@ class ListenerService(ReadyService[IListeningPort]):
         if self.port is not None:
             port, self.port = self.port, None
             await maybeDeferred(port.stopListening)
+        factory, self._serving = self._serving, None
+        if IGracefulFactory.providedBy(factory):
+            await IGracefulFactory(factory).close_connections()
         if self.drain is not None:
             await self.drain()

@@ -34,7 +34,8 @@ is a L{glance_tx.registry.purging.PurgingRegistry} over the SQL one.
 
 With C{--workers N} (N > 1) the tree is instead one
 L{glance_tx.workers.Supervisor}, which runs N processes of the tree above
-(each given C{--worker-fd}: its listener adopts the supervisor's socket).
+(each given C{--worker-fd}: its listener adopts its socket from the
+supervisor).
 
 A start that fails is logged and stops the reactor. This is the only module
 that touches the global reactor.
@@ -43,12 +44,11 @@ that touches the global reactor.
 from __future__ import annotations
 
 import os
-import socket
 from typing import TYPE_CHECKING, Any, cast
 
 from attrs import evolve
 from twisted.application.service import IService
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
@@ -76,11 +76,12 @@ from glance_tx.services import (
 from glance_tx.store.interface import IStore
 from glance_tx.threads import BlockingRunner
 from glance_tx.workers import (
-    SharedSocketEndpoint,
+    STOP_SECONDS,
     Supervisor,
     announce_ready,
     check_worker_endpoint,
     worker_argv,
+    worker_endpoint,
 )
 
 if TYPE_CHECKING:
@@ -108,8 +109,9 @@ class Options(usage.Options):
         ["data-dir", "d", None, "Directory for the SQLite database and the filesystem "
          "store [default: ./glance-data]"],
         ["config", "c", None, "INI configuration file (Glance option names)"],
-        ["workers", "w", "1", "Reactor processes serving on one listening socket "
-         "(tcp: or tcp6: endpoints); SIGHUP restarts them one at a time [default: 1]"],
+        ["workers", "w", "1", "Reactor processes serving on one port, each on its "
+         "own SO_REUSEPORT socket (tcp:, tcp6: or ssl: endpoints); SIGHUP restarts "
+         "them one at a time [default: 1]"],
         # Given by the supervisor to its workers (glance_tx.workers), not by hand.
         ["worker-fd", None, None, "(internal) adopt the listening socket on this descriptor"],
         ["ready-fd", None, None, "(internal) write this worker's pid here once serving"],
@@ -280,10 +282,14 @@ def glance_service(
     return ServiceChain.of(children)
 
 
-def address_family_of(fd: int) -> int:
-    """The address family of the listening socket on descriptor C{fd}."""
-    with socket.socket(fileno=os.dup(fd)) as sock:
-        return int(sock.family)
+def worker_stop_seconds(config: Config) -> float | None:
+    """
+    How long the supervisor lets a stopping worker take: its requests'
+    graceful_shutdown_timeout and its imports' drain, plus STOP_SECONDS
+    for the rest of its services (None: no limit, as the timeout's 0).
+    """
+    grace = config.clients.graceful_shutdown_timeout
+    return None if grace is None else grace + IMPORT_DRAIN_SECONDS + STOP_SECONDS
 
 
 def makeService(options: Options) -> IService:
@@ -295,7 +301,11 @@ def makeService(options: Options) -> IService:
         supervisor = ServiceChain.of(
             {
                 "supervisor": Supervisor(
-                    reactor, config.endpoint, options["workers"], worker_argv(options)
+                    reactor,
+                    config.endpoint,
+                    options["workers"],
+                    worker_argv(options),
+                    stop_seconds=worker_stop_seconds(config),
                 )
             }
         )
@@ -306,12 +316,7 @@ def makeService(options: Options) -> IService:
     if options["worker-fd"] is not None:
         index = options["worker-index"] or 0
         config = evolve(config, node_id=f"{config.node_id}-w{index}")
-        endpoint = SharedSocketEndpoint(
-            AdoptedStreamServerEndpoint(
-                reactor, options["worker-fd"], address_family_of(options["worker-fd"])
-            ),
-            reactor,
-        )
+        endpoint = worker_endpoint(reactor, options["worker-fd"], config.endpoint)
         log_suffix = f" worker {index} pid {os.getpid()}"
     pool = ThreadPool(minthreads=2, maxthreads=config.thread_pool_size, name="glance-tx")
     top = glance_service(

@@ -3,7 +3,7 @@ Every private detail of Twisted that glance-tx relies on, in one place.
 
 Twisted (through 26.x) has no public API for what these do: stream a
 request body before routing, tell whether a request's client has gone,
-make a listening port take one connection at a time, or
+tell where a TCP server endpoint would listen, or
 tune how much one socket read or send may take, or tell whether a
 transport has sent everything written to it (so a sender may write to its
 socket directly, as L{glance_tx.api.sendfile} does). Each function names the
@@ -26,7 +26,6 @@ ChunkedTransferDecoder = _ChunkedTransferDecoder
 
 __all__ = [
     "ChunkedTransferDecoder",
-    "accept_one_at_a_time",
     "body_transport",
     "client_gone",
     "decode_chunks_with",
@@ -34,6 +33,7 @@ __all__ = [
     "request_version",
     "set_read_size",
     "set_send_limit",
+    "tcp_listen_address",
     "unsent_bytes",
     "widen_body_reads",
 ]
@@ -144,29 +144,30 @@ def unsent_bytes(transport: Any) -> int:
     return pending
 
 
-def accept_one_at_a_time(port: Any, accepted: Callable[[], None] | None = None) -> None:
+def tcp_listen_address(endpoint: Any) -> tuple[str, int, int, Any] | None:
     """
-    Make a listening C{twisted.internet.tcp.Port} accept one connection
-    each time its socket is readable. Its C{doRead} accepts up to its
-    C{numberAccepts} in one go (100 at first, and doRead itself rewrites
-    it after every call), so where several workers share one socket the
-    first to wake took every queued connection: with wrk's 16 keep-alive
-    connections, all 16 went to one of two workers. One at a time, a busy
-    worker comes back to its reactor's poll later than an idle one, which
-    then takes the next connection. The per-instance C{doRead} is looked
-    up by the reactor at each readable event. C{accepted} is called after
-    each C{doRead} that accepted one (the port's C{sessionno} counts them).
+    Where a C{tcp:}, C{tcp6:} or C{ssl:} server endpoint (as
+    C{serverFromString} makes them) would listen: its interface, port,
+    backlog and TLS context factory (C{None} for plain TCP); C{None} for
+    any other endpoint. C{TCP4ServerEndpoint}, C{TCP6ServerEndpoint} and
+    C{SSL4ServerEndpoint} keep them as the private C{_interface},
+    C{_port}, C{_backlog} and C{_sslContextFactory}, and the endpoint
+    string's syntax (escapes, defaults) is Twisted's to parse. The workers'
+    supervisor binds the sockets itself (C{SO_REUSEPORT}), so it needs them.
     """
-    if not isinstance(getattr(port, "numberAccepts", None), int):
-        return
-    read = port.doRead
+    from twisted.internet.endpoints import (
+        SSL4ServerEndpoint,
+        TCP4ServerEndpoint,
+        TCP6ServerEndpoint,
+    )
 
-    def doRead() -> Any:
-        port.numberAccepts = 1
-        before = port.sessionno
-        result = read()
-        if accepted is not None and port.sessionno != before:
-            accepted()
-        return result
-
-    port.doRead = doRead
+    if isinstance(endpoint, (TCP4ServerEndpoint, TCP6ServerEndpoint)):
+        return endpoint._interface, endpoint._port, endpoint._backlog, None
+    if isinstance(endpoint, SSL4ServerEndpoint):
+        return (
+            endpoint._interface,
+            endpoint._port,
+            endpoint._backlog,
+            endpoint._sslContextFactory,
+        )
+    return None

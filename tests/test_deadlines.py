@@ -342,6 +342,14 @@ class ConfigTests(SynchronousTestCase):
         )
         self.assertIsNone(Phase.BODY.seconds(limits))
 
+    def test_graceful_shutdown_timeout(self) -> None:
+        """oslo.service's default, 60; set; 0 waits for ever."""
+        self.assertEqual(self.load("").graceful_shutdown_timeout, 60.0)
+        self.assertEqual(
+            self.load("graceful_shutdown_timeout = 5\n").graceful_shutdown_timeout, 5.0
+        )
+        self.assertIsNone(self.load("graceful_shutdown_timeout = 0\n").graceful_shutdown_timeout)
+
     def test_invalid(self) -> None:
         """A timeout that is not a number of seconds is refused, naming the option."""
         for text in ("client_socket_timeout = soon\n", "client_header_timeout = -1\n"):

@@ -13,16 +13,23 @@ from typing import Any
 from attrs import define, field
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    connectProtocol,
+)
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface.verify import verifyObject
 
-from glance_tx.config import load_config
+from glance_tx.api.site import GlanceSite, IGracefulFactory
+from glance_tx.config import ClientLimits, load_config
 from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.identity.keystone import KeystoneIdentity
@@ -314,37 +321,140 @@ class ListenerServiceTests(TestCase):
             await client.connect(Factory.forProtocol(Protocol))
 
 
-    async def test_heap_frozen_before_listening(self) -> None:
+class _Slow(Resource):
+    """C{/slow} is answered when the test says; anything else at once."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: Deferred[Request] = Deferred()
+
+    def render(self, request: Request) -> Any:
+        if request.path == b"/slow":
+            self.arrived.callback(request)
+            return NOT_DONE_YET
+        return b"ok"
+
+
+class _Raw(Protocol):
+    """A client that keeps every byte and fires C{closed} at the end."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+        self.more: Deferred[None] | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        more, self.more = self.more, None
+        if more is not None:
+            more.callback(None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
+    async def until(self, ending: bytes) -> None:
+        while not self.received.endswith(ending):
+            self.more = Deferred()
+            await self.more
+
+
+class GracefulStopTests(TestCase):
+    """
+    A GlanceSite behind a ListenerService on a real socket: at stop,
+    requests in flight are answered, idle connections closed, and what
+    is left after graceful_shutdown_timeout aborted.
+    """
+
+    timeout = 20
+
+    async def serve(self, grace: float | None = 30.0) -> tuple[ListenerService, _Slow, int]:
+        from twisted.internet import reactor
+
+        resource = _Slow()
+        site = GlanceSite(
+            resource,
+            reactor=reactor,
+            client_limits=ClientLimits(graceful_shutdown_timeout=grace),
+        )
+        listener = ListenerService(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), lambda: succeed(site), "test"
+        )
+        listener.startService()
+        port = await listener.when_ready()
+        return listener, resource, port.getHost().port
+
+    async def connect(self, port: int) -> _Raw:
+        from twisted.internet import reactor
+
+        client = _Raw()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        return client
+
+    async def test_request_in_flight_is_answered_then_closed(self) -> None:
         """
-        With C{freeze_heap} the process's objects are collected and frozen
-        out of the cyclic collector's sight once the factory is made and
-        before the port listens; without it (tests, embedders) never.
+        A request in flight when the stop begins is answered 200 with
+        Connection: close, then its connection closes; the stop waits for
+        it, and a new connection is refused meanwhile.
         """
         from twisted.internet import reactor
 
-        import glance_tx.services as services
+        verifyObject(IGracefulFactory, GlanceSite(Resource()))
+        listener, resource, port = await self.serve()
+        client = await self.connect(port)
+        assert client.transport is not None
+        client.transport.write(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+        request = await resource.arrived
+        stopping = listener.stopService()
+        await deferLater(reactor, 0.05)
+        self.assertNoResult(stopping)
+        with self.assertRaises(ConnectionRefusedError):
+            await self.connect(port)
+        request.setHeader(b"Content-Length", b"4")
+        request.write(b"done")
+        request.finish()
+        await client.closed
+        await stopping
+        head, _, body = client.received.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        self.assertIn(b"connection: close", head.lower())
+        self.assertEqual(body, b"done")
 
-        events: list[str] = []
-        self.patch(services.gc, "collect", lambda: events.append("collect"))
-        self.patch(services.gc, "freeze", lambda: events.append("freeze"))
+    async def test_idle_connection_closed_at_once(self) -> None:
+        """
+        A kept connection between requests is closed as the stop begins;
+        the stop does not wait for graceful_shutdown_timeout (30 s here,
+        longer than the test's timeout).
+        """
+        listener, resource, port = await self.serve(grace=30.0)
+        client = await self.connect(port)
+        assert client.transport is not None
+        client.transport.write(b"GET /fast HTTP/1.1\r\nHost: h\r\n\r\n")
+        await client.until(b"ok")
+        self.assertNotIn(b"connection: close", client.received.lower())
+        await listener.stopService()
+        await client.closed
 
-        class Endpoint:
-            def listen(self, factory: Any) -> Any:
-                events.append("listen")
-                return TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    async def test_grace_period_aborts_a_stalled_request(self) -> None:
+        """
+        A request whose body stalls is cut once graceful_shutdown_timeout
+        has passed, and the stop then ends.
+        """
+        from twisted.internet import reactor
 
-        for freeze in (False, True):
-            del events[:]
-            listener = ListenerService(
-                Endpoint(),  # type: ignore[arg-type]
-                lambda: succeed(Factory.forProtocol(Protocol)),
-                "test",
-                freeze_heap=freeze,
-            )
-            listener.startService()
-            await listener.when_ready()
-            await listener.stopService()
-            self.assertEqual(events, ["collect", "freeze", "listen"] if freeze else ["listen"])
+        listener, resource, port = await self.serve(grace=0.5)
+        client = await self.connect(port)
+        assert client.transport is not None
+        client.transport.write(
+            b"PUT /fast HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\nsome"
+        )
+        await deferLater(reactor, 0.05)  # the server has the head
+        started = reactor.seconds()
+        await listener.stopService()
+        await client.closed
+        self.assertGreaterEqual(reactor.seconds() - started, 0.45)
+        self.assertEqual(client.received, b"")
 
 
 class IdentityServiceTests(SynchronousTestCase):

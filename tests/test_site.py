@@ -16,6 +16,7 @@ from twisted.web import http
 
 from glance_tx import images
 from glance_tx.api import site
+from glance_tx.config import ClientLimits
 from tests.api_fixtures import SiteTestCase
 
 
@@ -156,6 +157,54 @@ class RawUploadTests(SiteTestCase):
         [line] = logged
         self.assertIn(f'"PUT /v1/images/{image_id}"', line)
         self.assertTrue(line.endswith("(connection lost)"), line)
+
+    def test_stop_cuts_a_stalled_upload_and_waits_for_its_abort(self) -> None:
+        """
+        At stop an upload in flight may go on for graceful_shutdown_timeout;
+        then its connection is aborted, and the stop ends only once the
+        upload's abort has marked the image killed and removed its data.
+        """
+        from tests.fakes import ManualRunner
+
+        self.site.client_limits = ClientLimits(graceful_shutdown_timeout=5.0)
+        image_id = self.queued_image()
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            f"PUT /v1/images/{image_id} HTTP/1.1\r\nHost: h\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 10000000\r\n\r\n".encode()
+        )
+        protocol.dataReceived(b"x" * 3_000_000)
+        stopping = self.site.close_connections()
+        self.site.reactor.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        self.site.reactor.advance(0.1)
+        self.assertTrue(transport.disconnecting)  # aborted
+        manual = ManualRunner()
+        self.registry.runner = manual
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertNoResult(stopping)
+        self.registry.runner = self.runner
+        manual.run_all()
+        self.successResultOf(stopping)
+        self.assertEqual(self.successResultOf(self.registry.get(image_id)).status, "killed")
+        self.assertEqual(self.stored_files(), [])
+
+    def test_stop_answers_the_head_being_read_with_connection_close(self) -> None:
+        """
+        A request whose head has begun to come when the stop begins is
+        still answered, with Connection: close, and the connection closes.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /versions HTTP/1.1\r\nHo")
+        stopping = self.site.close_connections()
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(b"st: h\r\n\r\n")
+        head = transport.value().partition(b"\r\n\r\n")[0]
+        self.assertTrue(head.startswith(b"HTTP/1.1 300 "), head)
+        self.assertIn(b"connection: close", head.lower())
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.successResultOf(stopping)
 
     def test_length_required(self) -> None:
         """Image data announced by its content type but not framed is 411."""

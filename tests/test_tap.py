@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import treq
-from attrs import define
+from attrs import define, evolve
 from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
@@ -27,8 +27,15 @@ from glance_tx.services import (
     stop_reactor_on_failure,
 )
 from glance_tx.store.filesystem import filesystem_datadir
-from glance_tx.tap import Options, glance_service, makeService
+from glance_tx.tap import (
+    IMPORT_DRAIN_SECONDS,
+    Options,
+    glance_service,
+    makeService,
+    worker_stop_seconds,
+)
 from glance_tx.threads import SynchronousRunner
+from glance_tx.workers import STOP_SECONDS
 from tests.memory_http import memory_client
 
 
@@ -93,6 +100,31 @@ class OptionsTests(SynchronousTestCase):
         text = str(Options())
         for option in ("--port", "--data-dir", "--config"):
             self.assertIn(option, text)
+
+
+class WorkerStopSecondsTests(SynchronousTestCase):
+    """How long the supervisor waits for a stopping worker before the kill."""
+
+    def test_grace_and_drain_come_first(self) -> None:
+        """
+        graceful_shutdown_timeout and the imports' drain, plus the rest of
+        the stop; no limit when the timeout is 0; the supervisor gets it.
+        """
+        config = load_config()
+        self.assertEqual(
+            worker_stop_seconds(config), 60.0 + IMPORT_DRAIN_SECONDS + STOP_SECONDS
+        )
+        endless = evolve(
+            config, clients=evolve(config.clients, graceful_shutdown_timeout=None)
+        )
+        self.assertIsNone(worker_stop_seconds(endless))
+        options = Options()
+        options.parseOptions(["--workers", "2"])
+        options.config = evolve(
+            options.config, clients=evolve(config.clients, graceful_shutdown_timeout=5.0)
+        )
+        supervisor = makeService(options).getServiceNamed("supervisor")  # type: ignore[attr-defined]
+        self.assertEqual(supervisor.stop_seconds, 5.0 + IMPORT_DRAIN_SECONDS + STOP_SECONDS)
 
 
 class RecoverOnStartOptionTests(SynchronousTestCase):

@@ -6,19 +6,21 @@ test fails loudly if a Twisted release changes the detail it names.
 from __future__ import annotations
 
 import inspect
-import socket
 
 from twisted.internet import abstract, tcp
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ConnectionLost
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 from twisted.web._newclient import TransportProxyProducer
 from twisted.web.test.requesthelper import DummyChannel
 
 from glance_tx import twisted_private
+from tests.test_registry_http import write_tls_files
 
 
 def _headers_seen(raw: bytes) -> list[tuple[bytes, bytes, bytes]]:
@@ -157,48 +159,44 @@ class UnsentBytesTests(SynchronousTestCase):
         self.assertNotIn(descriptor, reactor.getWriters())
 
 
-class AcceptOneAtATimeTests(SynchronousTestCase):
+class TCPListenAddressTests(SynchronousTestCase):
     """
-    C{accept_one_at_a_time}: a C{tcp.Port} accepts every queued connection
-    in one C{doRead} (its C{numberAccepts}); patched, one per C{doRead}.
+    C{tcp_listen_address}: the interface, port, backlog and TLS context
+    that C{serverFromString} parsed into a TCP or TLS server endpoint.
     """
 
-    def queued(self, patch: bool, accepted: list[int]) -> tuple[tcp.Port, list[object]]:
-        built: list[object] = []
+    def test_tcp_and_tcp6(self) -> None:
+        """tcp: and tcp6: endpoints give their address and no TLS."""
+        reactor = MemoryReactor()
+        self.assertEqual(
+            twisted_private.tcp_listen_address(
+                serverFromString(reactor, "tcp:9292:interface=127.0.0.1:backlog=7")
+            ),
+            ("127.0.0.1", 9292, 7, None),
+        )
+        self.assertEqual(
+            twisted_private.tcp_listen_address(serverFromString(reactor, "tcp6:0")),
+            ("::", 0, 50, None),
+        )
 
-        class Counting(Factory):
-            def buildProtocol(self, addr: object) -> Protocol:
-                built.append(addr)
-                return Protocol()
+    def test_ssl(self) -> None:
+        """An ssl: endpoint gives its context factory too."""
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        _, key, cert = write_tls_files(directory)
+        endpoint = serverFromString(
+            MemoryReactor(), f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+        )
+        interface, port, backlog, tls = twisted_private.tcp_listen_address(endpoint) or (
+            "", -1, -1, None
+        )
+        self.assertEqual((interface, port, backlog), ("127.0.0.1", 0, 50))
+        self.assertTrue(IOpenSSLServerConnectionCreator.providedBy(tls), tls)
 
-        port = tcp.Port(0, Counting(), interface="127.0.0.1", reactor=MemoryReactor())
-        port.startListening()
-        self.addCleanup(port.socket.close)
-        if patch:
-            twisted_private.accept_one_at_a_time(port, lambda: accepted.append(len(built)))
-        clients = [
-            socket.create_connection(("127.0.0.1", port.getHost().port)) for _ in range(3)
-        ]
-        for client in clients:
-            self.addCleanup(client.close)
-        return port, built
-
-    def test_twisted_accepts_every_queued_connection(self) -> None:
-        """What makes the patch needed: one doRead took all three."""
-        port, built = self.queued(patch=False, accepted=[])
-        port.doRead()
-        self.assertEqual(len(built), 3)
-
-    def test_one_per_read_and_told(self) -> None:
-        """Patched: one per doRead, C{accepted} called after each."""
-        accepted: list[int] = []
-        port, built = self.queued(patch=True, accepted=accepted)
-        port.doRead()
-        self.assertEqual(len(built), 1)
-        port.doRead()
-        port.doRead()
-        self.assertEqual(len(built), 3)
-        self.assertEqual(accepted, [1, 2, 3])
+    def test_other_endpoints(self) -> None:
+        """A unix: endpoint is none of them."""
+        endpoint = serverFromString(MemoryReactor(), "unix:/tmp/nowhere.sock")
+        self.assertIsNone(twisted_private.tcp_listen_address(endpoint))
 
 
 class ChunkedDecoderTests(SynchronousTestCase):

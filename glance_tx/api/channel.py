@@ -36,12 +36,18 @@ L{glance_tx.api.deadlines}'s; the channel moves its L{ConnectionDeadline}
 through the phases as HTTPChannel's public hooks see them pass. Twisted's own
 idle timeout (C{timeOut}) is off.
 
+At stop (L{glance_tx.api.site.GlanceSite.close_connections}) the channel
+closes as soon as it can without cutting a request (L{GlanceChannel.close_when_done}):
+at once if no request is under way, else once its response is out, and that
+response says C{Connection: close} unless it had already begun.
+
 The site speaks HTTP/1.x only: Twisted's HTTP/2 (which needs C{h2} and TLS
 ALPN) sits behind a private wrapper this channel does not use.
 """
 
 from __future__ import annotations
 
+import socket
 import uuid
 from http import HTTPStatus
 from typing import Any
@@ -121,6 +127,21 @@ def answer_and_close(transport: Any, response: bytes, reactor: Any) -> IDelayedC
     return call
 
 
+def _bytes_waiting(transport: Any) -> bool:
+    """
+    Whether the client's next bytes are already in the socket, unread: a
+    request sent before the server closed (closing now would reset it).
+    A non-blocking peek; a transport that is not a socket's says no.
+    """
+    handle = getattr(transport, "getHandle", lambda: None)()
+    if not isinstance(handle, socket.socket):
+        return False
+    try:
+        return bool(handle.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False  # nothing there (EAGAIN), or the close will find out
+
+
 class GlanceChannel(HTTPChannel):
     """An HTTPChannel that answers an oversize head (module docstring)."""
 
@@ -146,6 +167,8 @@ class GlanceChannel(HTTPChannel):
     _send_blocked = False
     #: Counted in the site's C{open_connections} (not refused at the limit).
     _counted = False
+    #: The server stops: no request after the current one.
+    _closing = False
     #: The connection's two addresses, once asked (L{getHost}, L{getPeer}).
     _host: Any = None
     _peer: Any = None
@@ -174,6 +197,7 @@ class GlanceChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        self.site.channels.add(self)
         limits: ClientLimits = getattr(self.site, "client_limits", ClientLimits())
         self._deadline = ConnectionDeadline(self.site.reactor, limits, self._timed_out)
         most = limits.max_connections
@@ -224,10 +248,28 @@ class GlanceChannel(HTTPChannel):
         super().requestDone(request)
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
-        if not getattr(self.site, "client_limits", ClientLimits()).http_keepalive:
+        if self._closing or not getattr(self.site, "client_limits", ClientLimits()).http_keepalive:
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             return False
         return bool(super().checkPersistence(request, version))
+
+    def close_when_done(self) -> None:
+        """
+        The server stops: close the connection now if no request is under
+        way on it, else once the current response is out (module docstring).
+        """
+        self._closing = True
+        if self._refused or self.transport is None:
+            return  # already closing (answer_and_close)
+        if self.requests:
+            for request in self.requests:
+                if not request.startedWriting:
+                    request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            self.persistent = False  # requestDone closes
+        elif not (self._head_begun or _bytes_waiting(self.transport)):
+            self.loseConnection()
+        # Else a request's head has begun to come: checkPersistence says
+        # Connection: close once it is in.
 
     def pauseProducing(self) -> None:
         # Called by the transport: its buffer is full, the client not reading.
@@ -367,3 +409,6 @@ class GlanceChannel(HTTPChannel):
         if self._cut_off is not None and self._cut_off.active():
             self._cut_off.cancel()
         super().connectionLost(reason)
+        # Last: the request's own connectionLost has handed the site what
+        # it leaves to do (L{glance_tx.api.site.GlanceSite.finishing}).
+        self.site.connection_ended(self)

@@ -30,12 +30,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from glance_tx import twisted_private
 from glance_tx.api.channel import (
@@ -273,7 +273,7 @@ class StreamingRequest(server.Request):
         # Refused mid-body. Answer once the partial data is gone and the
         # image marked failed, so a client that looks right after the
         # answer sees the truth.
-        aborted = Deferred.fromCoroutine(self.upload.abort(error))
+        aborted = self.channel.site.finishing(Deferred.fromCoroutine(self.upload.abort(error)))
         aborted.addErrback(lambda f: log.failure("Aborting the upload failed", f))
         aborted.addCallback(lambda _: self._send_refusal(error))
 
@@ -301,7 +301,10 @@ class StreamingRequest(server.Request):
         if self._cut_off is not None and self._cut_off.active():
             self._cut_off.cancel()
         if self.upload is not None and not self._body_complete:
-            Deferred.fromCoroutine(self.upload.abort())
+            aborted = Deferred.fromCoroutine(self.upload.abort())
+            aborted.addErrback(lambda f: log.failure("Aborting the upload failed", f))
+            if site is not None:
+                site.finishing(aborted)
 
 
 @implementer(IPushProducer)
@@ -329,6 +332,18 @@ async def _awaited(awaitable: Awaitable[Upload]) -> Upload:
     return await awaitable
 
 
+class IGracefulFactory(Interface):
+    """A protocol factory whose connections can end without cutting requests."""
+
+    def close_connections() -> Deferred[None]:
+        """
+        Called once no longer listening: end each connection once its
+        request in flight is answered, abort those left after a grace
+        period, and fire once all are gone and what they left to do is done.
+        """
+
+
+@implementer(IGracefulFactory)
 class GlanceSite(server.Site):
     """
     A Site with streaming uploads, one log line per request, and an answer
@@ -368,6 +383,10 @@ class GlanceSite(server.Site):
         self.max_header_line = max_header_line
         self.client_limits = client_limits or ClientLimits()
         self.open_connections = 0
+        #: The open connections (L{GlanceChannel} adds and removes itself).
+        self.channels: set[GlanceChannel] = set()
+        self._all_closed: Deferred[None] | None = None
+        self._finishing: set[Deferred[Any]] = set()
         self.caller_request_ids = caller_request_ids
         self.upload_matcher = UploadMatcher(upload_routes)
 
@@ -383,6 +402,58 @@ class GlanceSite(server.Site):
 
     def log(self, request: Any) -> None:
         self.log_request(request)
+
+    # -- stopping (IGracefulFactory) -------------------------------------
+
+    def connection_ended(self, channel: GlanceChannel) -> None:
+        """Called by C{channel} once its connection is lost."""
+        self.channels.discard(channel)
+        if not self.channels and self._all_closed is not None:
+            closed, self._all_closed = self._all_closed, None
+            closed.callback(None)
+
+    def finishing(self, work: Deferred[Any]) -> Deferred[Any]:
+        """
+        C{work} a request leaves behind (an upload's abort when its client
+        went): a stop waits for it, so the image is left in a truthful state.
+        """
+        self._finishing.add(work)
+
+        def done(result: Any) -> Any:
+            self._finishing.discard(work)
+            return result
+
+        return work.addBoth(done)
+
+    def close_connections(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._close_connections())
+
+    async def _close_connections(self) -> None:
+        grace = self.client_limits.graceful_shutdown_timeout
+        for channel in list(self.channels):
+            channel.close_when_done()
+        if self.channels:
+            log.info(
+                "Waiting for {count} connections to end (at most {grace}s)",
+                count=len(self.channels),
+                grace=grace,
+            )
+            self._all_closed = Deferred()
+            cut = None if grace is None else self.reactor.callLater(grace, self._abort_connections)
+            await self._all_closed
+            if cut is not None and cut.active():
+                cut.cancel()
+        await DeferredList(list(self._finishing))
+
+    def _abort_connections(self) -> None:
+        log.warn(
+            "Aborting {count} connections still open at the end of "
+            "graceful_shutdown_timeout",
+            count=len(self.channels),
+        )
+        for channel in list(self.channels):
+            transport: Any = channel.transport
+            getattr(transport, "abortConnection", transport.loseConnection)()
 
     def log_request(self, request: Any, note: str = "") -> None:
         started = getattr(request, "started", None)
