@@ -160,9 +160,13 @@ def _load(f: IO[bytes], offset: int, length: int) -> None:
     the pages are there (or the file ends): C{sendfile} to C{/dev/null},
     which waits for the disk like any read but copies nothing to user
     space (a cached window costs a few microseconds per MiB). Where the
-    kernel refuses that, C{pread} it.
+    kernel refuses that, C{pread} it. The next C{length} is asked for
+    first (C{WILLNEED}), so the disk reads on while the window is sent:
+    one window at a time alone, cold downloads ran at half the speed.
     """
     end = offset + length
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(f.fileno(), end, length, os.POSIX_FADV_WILLNEED)
     try:
         null = os.open(os.devnull, os.O_WRONLY)
         try:
