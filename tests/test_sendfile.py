@@ -6,10 +6,13 @@ give, a slow reader, a client that hangs up, and TLS, which does not.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
 import ssl
+import threading
+import time
 from typing import Any
 
 from twisted.internet import reactor
@@ -49,6 +52,39 @@ class _Counting:
         return sent
 
 
+class _Loads:
+    """
+    Wraps the store's page-cache load, recording the ranges each thread
+    finished loading (after C{delay} seconds, a slow disk) in order.
+    """
+
+    def __init__(self, real: Any, delay: float) -> None:
+        self.real = real
+        self.delay = delay
+        self.ranges: list[tuple[int, int]] = []
+        self.threads: set[int] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, f: Any, offset: int, length: int) -> None:
+        time.sleep(self.delay)
+        self.real(f, offset, length)
+        with self.lock:
+            self.ranges.append((offset, length))
+            self.threads.add(threading.get_ident())
+
+    def loaded_at(self, end: int) -> int | None:
+        """How many loads had finished when bytes up to C{end} were loaded."""
+        with self.lock:
+            covered = 0
+            for i, (offset, length) in enumerate(self.ranges):
+                if offset > covered:
+                    return None
+                covered = max(covered, offset + length)
+                if covered >= end:
+                    return i + 1
+            return None
+
+
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -63,6 +99,11 @@ class _Uploading:
         counting = _Counting()
         self.patch(sendfile_module, "sendfile", counting)
         return counting
+
+    def watch_loads(self: Any, delay: float = 0.0) -> _Loads:
+        loads = _Loads(filesystem._load, delay)
+        self.patch(filesystem, "_load", loads)
+        return loads
 
     def watch_log(self: Any) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -105,14 +146,7 @@ class SendfileTests(_Uploading, ServerTestCase):
         data = pattern(self.size)
         image_id = await self.upload(data)
         counting = self.spy()
-        advised: list[tuple[int, int]] = []
-        real_will_need = filesystem._will_need
-
-        def will_need(f: Any, offset: int, length: int) -> None:
-            advised.append((offset, length))
-            real_will_need(f, offset, length)
-
-        self.patch(filesystem, "_will_need", will_need)
+        loads = self.watch_loads()
         events = self.watch_log()
         uri = f"/v2/images/{image_id}/file"
         response = await self.treq.get(f"{self.base}{uri}", unbuffered=True)
@@ -122,8 +156,41 @@ class SendfileTests(_Uploading, ServerTestCase):
         self.assertGreater(counting.calls, 0)
         self.assertEqual(counting.sent, len(data))
         self.assertEqual(_logged_lengths(events, uri), [len(data)])
-        # The open asked for the first 8 MiB; the sender, for the rest.
-        self.assertEqual(advised, [(filesystem.WILLNEED, len(data) - filesystem.WILLNEED)])
+        # The open loaded the first window; the sender, the rest.
+        window = filesystem.LOAD_WINDOW
+        self.assertEqual(loads.ranges, [(0, window), (window, len(data) - window)])
+
+    async def test_sendfile_sends_only_what_a_pool_thread_loaded(self) -> None:
+        """
+        sendfile runs on the reactor thread, so it must never be the one to
+        wait for the disk: every byte it is asked for was loaded into the
+        page cache first, by a pool thread, even when the loads are slower
+        than the socket (each one here takes 50 ms).
+        """
+        data = pattern(3 * filesystem.LOAD_WINDOW + 12)
+        image_id = await self.upload(data)
+        loads = self.watch_loads(delay=0.05)
+        reactor_thread = threading.get_ident()
+        asked: list[tuple[int, int, bool]] = []
+        sent: list[int] = []
+        real = sendfile_module.sendfile
+
+        def sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+            asked.append((offset, count, threading.get_ident() == reactor_thread))
+            sent.append(real(out_fd, in_fd, offset, count))
+            return sent[-1]
+
+        self.patch(sendfile_module, "sendfile", sendfile)
+        response = await self.treq.get(f"{self.base}/v2/images/{image_id}/file")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(await response.content(), data)
+        self.assertEqual(sum(sent), len(data))
+        self.assertTrue(all(on_reactor for _, _, on_reactor in asked))
+        self.assertEqual(loads.ranges[-1][0] + loads.ranges[-1][1], len(data))
+        self.assertNotIn(reactor_thread, loads.threads)
+        for offset, count, _ in asked:
+            loaded_before = loads.loaded_at(offset + count)
+            self.assertIsNotNone(loaded_before, (offset, count, loads.ranges))
 
     async def test_one_range_is_sent_with_sendfile(self) -> None:
         """A single range (a 206) is sent by os.sendfile too, from its offset."""
@@ -354,3 +421,48 @@ class GoneBeforeStartTests(TestCase):
         self.assertIsNone(self.successResultOf(done))
         self.assertEqual(closed, [True])
         self.assertEqual(request.written, [])
+
+
+class LoadTests(TestCase):
+    """L{filesystem._load}: the page-cache load the sender waits for."""
+
+    def _cold_file(self, size: int) -> Any:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(pattern(size))
+            f.flush()
+            os.fsync(f.fileno())
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 -- closed by the cleanup
+        self.addCleanup(f.close)
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        return f
+
+    def test_load_puts_the_range_in_the_page_cache(self) -> None:
+        """
+        After a load, reading the range does not need the disk (a read
+        with RWF_NOWAIT, which fails with EAGAIN where it would wait, gets
+        every byte), and a range past the end of the file just stops.
+        """
+        f = self._cold_file(2 * MiB)
+        filesystem._load(f, MiB, 2 * MiB)
+        buffer = bytearray(MiB)
+        self.assertEqual(os.preadv(f.fileno(), [buffer], MiB, os.RWF_NOWAIT), MiB)
+        self.assertEqual(bytes(buffer), pattern(2 * MiB)[MiB:])
+
+    def test_load_reads_where_sendfile_to_dev_null_is_refused(self) -> None:
+        """A kernel that refuses sendfile to /dev/null gets the range read instead."""
+        f = self._cold_file(MiB)
+        reads = []
+        real_pread = os.pread
+
+        def refused(*args: Any) -> int:
+            raise OSError(errno.EINVAL, "no")
+
+        def pread(fd: int, length: int, offset: int) -> bytes:
+            reads.append((offset, length))
+            return real_pread(fd, length, offset)
+
+        self.patch(filesystem.os, "sendfile", refused)
+        self.patch(filesystem.os, "pread", pread)
+        filesystem._load(f, 0, 2 * MiB)
+        self.assertEqual(reads, [(0, MiB), (MiB, MiB)])

@@ -25,11 +25,13 @@ Only plain TCP takes this path (L{plain_tcp_socket}): TLS must encrypt in
 user space, so there the store's producer still streams blocks.
 
 C{sendfile} reads the file on the reactor thread. From the page cache that
-costs nothing; a cold file would make a step wait for the disk. So the
-store opens the file with C{POSIX_FADV_SEQUENTIAL} and C{WILLNEED} for the
-first L{READ_AHEAD}, and the sender asks (on the store's runner, through
-C{FileRange.advise}) for the next one each time it has sent half of what
-it asked for, keeping the kernel's reads ahead of the socket.
+costs nothing; a file not in the cache would make every step wait for the
+disk, and every other request with it (measured: bench/RESULTS.md,
+"Cold-cache downloads"). So the sender sends only bytes already loaded
+into the page cache off the reactor thread: the store's open loads the
+first window, and the sender asks (C{FileRange.load}, on the store's
+runner) for the next L{READ_AHEAD} while it sends the one before; when
+the socket is faster than the disk it stops writing until the load fires.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ __all__ = ["SEND_STEP", "FileSender", "plain_tcp_socket", "send_file"]
 
 log = Logger()
 
-#: How much the sender asks the kernel to read ahead of it at a time.
+#: How much the sender asks the store to load ahead of it at a time.
 READ_AHEAD = 8 << 20
 
 #: The most one C{sendfile} call is asked for. The kernel sends only what
@@ -109,7 +111,10 @@ class FileSender:
     _fd: int = field(default=-1, init=False)
     _offset: int = field(default=0, init=False)
     _remaining: int = field(default=0, init=False)
-    _advised: int = field(default=0, init=False)
+    #: Where the bytes loaded into the page cache end.
+    _ready: int = field(default=0, init=False)
+    #: The load under way, if any (the file is closed after it).
+    _loading: Deferred[None] | None = field(default=None, init=False)
     _paused: bool = field(default=False, init=False)
     _writing: bool = field(default=False, init=False)
     _finished: bool = field(default=False, init=False)
@@ -125,7 +130,9 @@ class FileSender:
         """
         self._offset = self.source.offset
         self._remaining = self.source.length
-        self._advised = self.source.advised
+        self._ready = self._offset + (
+            self.source.loaded if self.source.load is not None else self._remaining
+        )
         if twisted_private.client_gone(self.request):
             # Gone while the file was being opened.
             self._finish(None)
@@ -144,6 +151,7 @@ class FileSender:
         if self.stall_timeout is not None:
             self._stall = self.reactor.callLater(self.stall_timeout, self._stalled)
         self._start_writing()
+        self._load_ahead()
         return self._done
 
     def _stalled(self) -> None:
@@ -168,13 +176,12 @@ class FileSender:
         transport = self.request.transport
         if transport is None or twisted_private.unsent_bytes(transport):
             return  # the headers go first; the transport is writing them
+        count = min(self._remaining, SEND_STEP, self._ready - self._offset)
+        if count <= 0:
+            self._stop_writing()  # until the load under way fires
+            return
         try:
-            sent = sendfile(
-                self._fd,
-                self.source.file.fileno(),
-                self._offset,
-                min(self._remaining, SEND_STEP),
-            )
+            sent = sendfile(self._fd, self.source.file.fileno(), self._offset, count)
         except BlockingIOError:
             return
         except OSError as e:
@@ -197,25 +204,45 @@ class FileSender:
         self.request.sentLength += sent
         if self._remaining == 0:
             self._finish(None)
-        else:
-            self._read_ahead()
-
-    def _read_ahead(self) -> None:
-        """
-        Once half the read-ahead asked for is sent, ask for the next
-        L{READ_AHEAD} (on the store's runner), so sendfile finds the pages
-        in the cache rather than waiting for the disk on the reactor thread.
-        """
-        advise = self.source.advise
-        end = self.source.offset + self.source.length
-        ahead = self.source.offset + self._advised
-        if advise is None or ahead >= end or ahead - self._offset > READ_AHEAD // 2:
             return
-        length = min(READ_AHEAD, end - ahead)
-        self._advised += length
-        advise(ahead, length).addErrback(
-            lambda f: log.failure("Could not ask for read-ahead", failure=f)
-        )
+        if self._offset >= self._ready:
+            self._stop_writing()  # the disk is behind the socket
+        self._load_ahead()
+
+    def _load_ahead(self) -> None:
+        """
+        Once at most L{READ_AHEAD} loaded bytes are left to send, load the
+        next L{READ_AHEAD}; when it is there, send it. One load at a time.
+        """
+        load = self.source.load
+        end = self.source.offset + self.source.length
+        start = self._ready
+        if (
+            load is None
+            or self._loading is not None
+            or self._finished
+            or start >= end
+            or start - self._offset > READ_AHEAD
+        ):
+            return
+        length = min(READ_AHEAD, end - start)
+
+        def loaded(_: object) -> None:
+            self._loading = None
+            if self._finished:
+                return
+            self._ready = start + length
+            self._start_writing()
+            self._load_ahead()
+
+        def failed(f: Failure) -> None:
+            # sendfile reads the same bytes, waiting for the disk if it
+            # must, and fails the download if they cannot be read.
+            log.failure("Could not load image data ahead of sending", failure=f)
+
+        loading: Deferred[None] = Deferred()
+        self._loading = loading
+        load(start, length).addErrback(failed).addCallback(loaded).chainDeferred(loading)
 
     def connectionLost(self, reason: Failure) -> None:
         """The reactor saw the socket hang up or fail."""
@@ -239,7 +266,9 @@ class FileSender:
     def _start_writing(self) -> None:
         if self._remaining == 0:
             self._finish(None)
-        elif not (self._writing or self._paused or self._finished):
+        elif not (
+            self._writing or self._paused or self._finished or self._offset >= self._ready
+        ):
             self._writing = True
             self.reactor.addWriter(self)
 
@@ -273,7 +302,12 @@ class FileSender:
             else:
                 self._done.errback(outcome)
 
-        self.source.close().addBoth(closed)
+        # A load under way still reads the file: close it after that.
+        loading, self._loading = self._loading, None
+        if loading is None:
+            self.source.close().addBoth(closed)
+        else:
+            loading.addBoth(lambda _: self.source.close()).addBoth(closed)
 
 
 def send_file(reactor: IReactorFDSet, request: Any, source: FileRange) -> Deferred[None]:

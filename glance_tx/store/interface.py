@@ -130,11 +130,13 @@ class FileRange:
     offset: int
     length: int
     closer: Callable[[], Deferred[None]]
-    #: Asks the kernel, off the reactor thread, to read C{(offset, length)}
-    #: of the file into the page cache ahead of the sender; or None.
-    advise: Callable[[int, int], Deferred[None]] | None = None
-    #: How far from C{offset} the open already asked for.
-    advised: int = 0
+    #: Reads C{(offset, length)} of the file into the page cache off the
+    #: reactor thread and fires once the pages are there, so a sender on
+    #: the reactor thread never waits for the disk; or None (the sender
+    #: then sends without waiting for it).
+    load: Callable[[int, int], Deferred[None]] | None = None
+    #: How many bytes from C{offset} the open already loaded.
+    loaded: int = 0
 
     def close(self) -> Deferred[None]:
         return self.closer()
