@@ -282,13 +282,24 @@ def _member_of(project: Any, statuses: frozenset[str]) -> ColumnElement[bool]:
     """
     "C{project} is a member of the image with one of C{statuses}": a
     correlated EXISTS, one probe of the (image_id, member_id) key per row.
+
+    The C{OFFSET 0} keeps it that on PostgreSQL, which otherwise turns an
+    EXISTS under an OR into a hashed subplan: every membership the project
+    has read into a hash before the first row (3,900 of them for a member
+    of a fifth of 25,000 shared images: 6.5 of a deep page's 8.2 ms in
+    EXPLAIN ANALYZE), whereas a page probes only the shared rows it scans.
     """
     if project is None or not statuses:
         return false()
-    return exists().where(
-        image_members.c.image_id == images.c.id,
-        image_members.c.member_id == project,
-        image_members.c.status.in_(sorted(statuses)),
+    return (
+        select(literal_column("1"))
+        .where(
+            image_members.c.image_id == images.c.id,
+            image_members.c.member_id == project,
+            image_members.c.status.in_(sorted(statuses)),
+        )
+        .offset(0)
+        .exists()
     )
 
 
