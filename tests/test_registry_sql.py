@@ -16,6 +16,7 @@ where they fail.
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import threading
 import uuid
@@ -805,18 +806,23 @@ class SQLRegistryTests(SynchronousTestCase):
         """
         On SQLite a listing's statement chooses the page's ids only; the
         images, with their children, are one more statement on the same
-        connection, in the same transaction (L{ImageReader.get_many}). A
-        listing with a tag filter builds that statement with SQLAlchemy;
-        one without runs the statement kept for its shape, on the DBAPI.
+        connection, in the same transaction (L{ImageReader.get_many}),
+        whether the statement is built with SQLAlchemy or (as a shape not
+        yet met is) run from the statements kept for its shape, on the
+        DBAPI.
         """
         image = self.successResultOf(
             self.registry.create(make_image(properties={"a": "1"}, tags={"t"}))
         )
         other = self.successResultOf(self.registry.create(make_image(name="z")))
-        # (First the count that judges the tag rare: see _child_condition.)
-        *_, page = self.executed(
-            lambda: self.registry.list(ImageQuery(tags=frozenset({"t"})))
-        )
+        # (First the count that judges the tag rare: see child_condition.)
+        pages, self.registry._pages = self.registry._pages, None
+        try:
+            *_, page = self.executed(
+                lambda: self.registry.list(ImageQuery(tags=frozenset({"t"})))
+            )
+        finally:
+            self.registry._pages = pages
         self.assertEqual([c.name for c in page.selected_columns], ["id"])
         traced: list[str] = []
         raw = self.registry.engine.raw_connection()
@@ -827,6 +833,22 @@ class SQLRegistryTests(SynchronousTestCase):
         self.assertEqual(
             [statement.split()[:2] for statement in traced],
             [["BEGIN"], ["SELECT", "images.id"], ["SELECT", "images.id,"], ["COMMIT"]],
+        )
+        # A filtered one too, after counting the tag's images.
+        del traced[:]
+        self.assertEqual(
+            self.executed(lambda: self.registry.list(ImageQuery(tags=frozenset({"t"})))),
+            [],
+        )
+        self.assertEqual(
+            [statement.split()[:2] for statement in traced],
+            [
+                ["BEGIN"],
+                ["SELECT", "count(*)"],
+                ["SELECT", "images.id"],
+                ["SELECT", "images.id,"],
+                ["COMMIT"],
+            ],
         )
         shown = self.successResultOf(self.registry.list(ImageQuery(sort=(("name", "desc"),))))
         self.assertEqual([i.id for i in shown], [other.id, image.id])
@@ -889,6 +911,8 @@ class SQLRegistryTests(SynchronousTestCase):
                 created_at=T0 + timedelta(seconds=n % 9),
                 min_disk=n % 3,
                 protected=bool(n % 2),
+                properties={"os": "abc"[n % 3]} if n % 5 else {},
+                tags={f"t{n % 2}", "all"},
             )
             for n in range(30)
         ]
@@ -907,6 +931,10 @@ class SQLRegistryTests(SynchronousTestCase):
             ImageQuery(filters={"protected": "true"}),
             ImageQuery(size_min=5, size_max=20),
             ImageQuery(comparisons=(Comparison("created_at", "gt", T0 + timedelta(seconds=3)),)),
+            ImageQuery(properties={"os": "a"}),
+            ImageQuery(properties={"os": "b"}, tags=frozenset({"t1"}), viewer=Viewer("p1")),
+            ImageQuery(tags=frozenset({"all", "t0"}), sort=(("name", "asc"),)),
+            ImageQuery(properties={"os": 1}),  # type: ignore[dict-item]
         ]
 
         def answer(query: ImageQuery) -> Any:
@@ -918,7 +946,10 @@ class SQLRegistryTests(SynchronousTestCase):
                 return [image.id for image in result]
             return type(result.value)
 
-        for query in queries:
+        # Each child filter matching few images (read from its value's
+        # index) and many (probed per row).
+        for query, rare in itertools.product(queries, (0, 1000)):
+            self.registry.rare_filter_images = rare
             for limit in (3, 100):
                 for marker in [None, *(image.id for image in made[::6])]:
                     asked = evolve(query, limit=limit, marker=marker)
@@ -936,8 +967,8 @@ class SQLRegistryTests(SynchronousTestCase):
         """
         Queries differing only in the viewer's project, marker or limit
         share a shape; a filter value keeps its type (C{True == 1}, yet
-        only one is a valid boolean filter), and property or tag filters
-        are not kept at all.
+        only one is a valid boolean filter); so do property and tag
+        filters.
         """
         self.assertEqual(
             shape_key(ImageQuery(viewer=Viewer("a"), limit=3)),
@@ -957,8 +988,14 @@ class SQLRegistryTests(SynchronousTestCase):
         self.failureResultOf(
             self.registry.list(ImageQuery(filters={"protected": 1})), BadRequest
         )
-        self.assertIsNone(shape_key(ImageQuery(tags=frozenset({"t"}))))
-        self.assertIsNone(shape_key(ImageQuery(properties={"a": "b"})))
+        self.assertNotEqual(
+            shape_key(ImageQuery(tags=frozenset({"t"}))),
+            shape_key(ImageQuery(tags=frozenset({"u"}))),
+        )
+        self.assertNotEqual(
+            shape_key(ImageQuery(properties={"p": "1"})),
+            shape_key(ImageQuery(properties={"p": 1})),  # type: ignore[dict-item]
+        )
 
     def test_equal_rows_are_decoded_once(self) -> None:
         """
@@ -1396,7 +1433,7 @@ class SQLiteQueryPlanTests(SynchronousTestCase):
         value prefix) index rather than by scanning every image.
         """
         [plan] = self.plans(ImageQuery(properties={"rare": "7"}))
-        self.assertIn("ix_image_properties_name_value (name=? AND <expr>=?)", plan)
+        self.assertIn("ix_image_properties_name_value_image_id (name=? AND <expr>=?)", plan)
 
     def test_scoped_pages_keep_the_ordered_scan(self) -> None:
         """
@@ -1581,6 +1618,8 @@ class PostgreSQLQueryPlanTests(SynchronousTestCase):
                 self.assertIn("ROW(created_at, (id)::text) < ROW(", plan, context)
                 self.assertNotIn("Sort", plan, context)
                 self.assertNotIn("Hash Join", plan, context)
+                # A membership is probed per row, not hashed whole first.
+                self.assertNotIn("hashed SubPlan", plan, context)
 
 
 # -- metadata definitions --------------------------------------------------------

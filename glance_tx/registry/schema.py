@@ -142,9 +142,10 @@ image_properties = Table(
     UniqueConstraint("image_id", "name", name="uq_image_properties_image_id_name"),
 )
 Index(
-    "ix_image_properties_name_value",
+    "ix_image_properties_name_value_image_id",
     image_properties.c.name,
     property_value_prefix(image_properties.c.value),
+    image_properties.c.image_id,
 )
 
 image_locations = Table(

@@ -14,16 +14,18 @@ the values they carry processed as SQLAlchemy would bind them; a page is
 then those texts run inside one read transaction on one connection, and
 the page's images read by the L{ImageReader} in the same transaction.
 
-Queries with property or tag filters are not kept: on SQLite their
-statement depends on how many images match (see C{_child_condition} in
-L{glance_tx.registry.sql.query}). PostgreSQL keeps the SQLAlchemy path,
-whose own compiled cache serves it.
+A query with property or tag filters has one more statement per filter,
+kept with the rest: the count of the images it matches (up to the
+registry's C{rare_filter_images}), which decides the form of its
+condition (see L{glance_tx.registry.sql.query.child_condition}); the page's
+statements are kept for each outcome of the counts. PostgreSQL keeps the
+SQLAlchemy path, whose own compiled cache serves it.
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from typing import Any
 
 from attrs import field, frozen
@@ -34,7 +36,11 @@ from glance_tx.images import Image, ImageQuery
 from glance_tx.registry.schema import images
 from glance_tx.registry.sql.image_read import ImageReader
 from glance_tx.registry.sql.query import (
+    ChildFilter,
     SortKey,
+    child_condition,
+    child_filters,
+    count_matches,
     filter_conditions,
     scope_condition,
     segments,
@@ -46,6 +52,8 @@ SHAPES_KEPT = 512
 
 #: The bound parameters that vary between queries of one shape.
 _PROJECT, _MARKER, _LIMIT = "glance_project", "glance_marker", "glance_limit"
+#: How many matches a child filter's count reads at most.
+_RARE = "glance_rare"
 
 
 def _marker_value(index: int) -> str:
@@ -101,9 +109,16 @@ class Shape:
     #: The marker's sort values, or None if it is not an image this
     #: listing's scope shows.
     marker: Compiled
-    #: The page's index ranges, for each pattern of NULLs among the
-    #: marker's values (None: no marker). Filled as patterns are met.
-    pages: dict[tuple[bool, ...] | None, tuple[Compiled, ...]] = field(factory=dict)
+    #: The query's property and tag filters, and the count of each's
+    #: matches (up to L{_RARE}).
+    children: tuple[ChildFilter, ...]
+    counts: tuple[Compiled, ...]
+    #: The page's index ranges, for each outcome of the counts (whether
+    #: each child filter matches few images) and each pattern of NULLs
+    #: among the marker's values (None: no marker). Filled as met.
+    pages: dict[
+        tuple[tuple[bool, ...], tuple[bool, ...] | None], tuple[Compiled, ...]
+    ] = field(factory=dict)
 
 
 def shape_key(query: ImageQuery) -> Hashable | None:
@@ -112,8 +127,6 @@ def shape_key(query: ImageQuery) -> Hashable | None:
     Values are keyed with their type: C{True == 1}, yet only one of them
     is a valid boolean filter.
     """
-    if query.properties or query.tags:
-        return None
     viewer = query.viewer
     key = (
         tuple(
@@ -127,6 +140,8 @@ def shape_key(query: ImageQuery) -> Hashable | None:
         None if viewer is None else (viewer.project_id is None, viewer.is_admin),
         query.visibility,
         query.member_statuses,
+        tuple((name, _typed(value)) for name, value in sorted(query.properties.items())),
+        frozenset(map(_typed, query.tags)),
     )
     try:
         hash(key)
@@ -148,11 +163,12 @@ class PageReader:
     reader: ImageReader
     _shapes: dict[Hashable, Shape] = field(factory=dict, init=False)
 
-    def list(self, query: ImageQuery) -> builtins.list[Image] | None:
+    def list(self, query: ImageQuery, rare: int) -> builtins.list[Image] | None:
         """
         The page C{query} asks for, or None if its shape is not kept (the
-        caller builds it with SQLAlchemy). Blocking: call it on the
-        registry's runner.
+        caller builds it with SQLAlchemy); a child filter that at most
+        C{rare} images match is read from its value's index. Blocking:
+        call it on the registry's runner.
         """
         key = shape_key(query)
         if key is None:
@@ -164,7 +180,8 @@ class PageReader:
                 self._shapes.clear()
             self._shapes[key] = shape
         supplied: dict[str, Any] = {
-            _PROJECT: None if query.viewer is None else query.viewer.project_id
+            _PROJECT: None if query.viewer is None else query.viewer.project_id,
+            _RARE: rare + 1,
         }
         connection = self.reader.engine.raw_connection()
         try:
@@ -172,7 +189,12 @@ class PageReader:
             try:
                 cursor.execute("BEGIN")
                 try:
-                    ids = self._ids(cursor, query, shape, supplied)
+                    few = tuple(
+                        cursor.execute(count.sql, count.parameters(supplied)).fetchone()[0]
+                        <= rare
+                        for count in shape.counts
+                    )
+                    ids = self._ids(cursor, query, shape, supplied, few)
                     found = self.reader.get_many(connection, ids)
                 except BaseException:
                     cursor.execute("ROLLBACK")
@@ -185,7 +207,12 @@ class PageReader:
         return found
 
     def _ids(
-        self, cursor: Any, query: ImageQuery, shape: Shape, supplied: dict[str, Any]
+        self,
+        cursor: Any,
+        query: ImageQuery,
+        shape: Shape,
+        supplied: dict[str, Any],
+        few: tuple[bool, ...],
     ) -> builtins.list[str]:
         pattern: tuple[bool, ...] | None = None
         if query.marker is not None:
@@ -201,9 +228,9 @@ class PageReader:
             for index, value in enumerate(found):
                 supplied[_marker_value(index)] = value
             pattern = tuple(value is None for value in found)
-        pages = shape.pages.get(pattern)
+        pages = shape.pages.get((few, pattern))
         if pages is None:
-            pages = shape.pages[pattern] = self._pages(query, shape.keys, pattern)
+            pages = shape.pages[few, pattern] = self._pages(query, shape, pattern, few)
         ids: builtins.list[str] = []
         for page in pages:
             wanted = query.limit - len(ids)
@@ -221,15 +248,36 @@ class PageReader:
             images.c.deleted == false(),
             self._scope(query),
         )
-        return Shape(keys, Compiled.of(marker, self.reader, {_PROJECT, _MARKER}))
+        children = tuple(child_filters(query, self.reader.engine.dialect.name))
+        return Shape(
+            keys,
+            Compiled.of(marker, self.reader, {_PROJECT, _MARKER}),
+            children,
+            tuple(
+                Compiled.of(
+                    count_matches(child, bindparam(_RARE, type_=Integer())),
+                    self.reader,
+                    {_RARE},
+                )
+                for child in children
+            ),
+        )
 
     def _scope(self, query: ImageQuery) -> Any:
         return scope_condition(query, bindparam(_PROJECT, type_=images.c.owner.type))
 
     def _pages(
-        self, query: ImageQuery, keys: Sequence[SortKey], pattern: tuple[bool, ...] | None
+        self,
+        query: ImageQuery,
+        shape: Shape,
+        pattern: tuple[bool, ...] | None,
+        few: tuple[bool, ...],
     ) -> tuple[Compiled, ...]:
-        """The statements of a page whose marker has C{pattern} of NULLs."""
+        """
+        The statements of a page whose marker has C{pattern} of NULLs, and
+        whose child filters match C{few} images or not.
+        """
+        keys = shape.keys
         marker = None
         supplied = {_PROJECT, _LIMIT}
         if pattern is not None:
@@ -238,7 +286,14 @@ class PageReader:
                 for index, (key, null) in enumerate(zip(keys, pattern, strict=True))
             )
             supplied.update(_marker_value(index) for index in range(len(keys)))
-        conditions = filter_conditions(None, query, self._scope(query), 0)
+        conditions = filter_conditions(
+            query,
+            self._scope(query),
+            [
+                child_condition(child, f)
+                for child, f in zip(shape.children, few, strict=True)
+            ],
+        )
         order_by = [key.order_by(leading=index == 0) for index, key in enumerate(keys)]
         return tuple(
             Compiled.of(

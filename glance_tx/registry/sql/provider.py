@@ -83,6 +83,9 @@ from glance_tx.registry.sql.image_read import ImageReader
 from glance_tx.registry.sql.metadefs import SQLMetadefs
 from glance_tx.registry.sql.page_read import PageReader
 from glance_tx.registry.sql.query import (
+    child_condition,
+    child_filters,
+    few_matches,
     filter_conditions,
     scope_condition,
     segments,
@@ -165,7 +168,7 @@ class SQLRegistry(SQLMetadefs):
     now: Callable[[], datetime] = _utcnow
     #: On SQLite, a property or tag filter that at most this many images
     #: match is served from the index on its value (see
-    #: C{_child_condition} in L{glance_tx.registry.sql.query}).
+    #: L{glance_tx.registry.sql.query.child_condition}).
     rare_filter_images: int = 1000
     _lock: AbstractContextManager[Any] = field(init=False)
     #: The one-statement read of an image, on SQLite (see its module).
@@ -378,7 +381,7 @@ class SQLRegistry(SQLMetadefs):
 
     def _list(self, query: ImageQuery) -> builtins.list[Image]:
         if self._pages is not None:
-            page = self._pages.list(query)
+            page = self._pages.list(query, self.rare_filter_images)
             if page is not None:
                 return page
         keys = sort_keys(query.sort)
@@ -398,7 +401,13 @@ class SQLRegistry(SQLMetadefs):
                 if found is None:
                     raise BadRequest(f"Invalid marker: image {query.marker} not found")
                 marker = tuple(found)
-            conditions = filter_conditions(connection, query, scope, self.rare_filter_images)
+            children = child_filters(query, connection.dialect.name)
+            few = few_matches(connection, children, self.rare_filter_images)
+            conditions = filter_conditions(
+                query,
+                scope,
+                [child_condition(child, f) for child, f in zip(children, few, strict=True)],
+            )
             order_by = [
                 key.order_by(leading=index == 0) for index, key in enumerate(keys)
             ]
