@@ -197,6 +197,7 @@ def glance_service(
             limit_source=await limits.when_ready(),
             client_limits=config.clients,
             max_concurrent_uploads=config.max_concurrent_uploads,
+            upload_buffer_budget=config.upload_buffer_budget,
             import_methods=config.enabled_import_methods,
             web_download=await web_download(),
             converter=await converter(),
