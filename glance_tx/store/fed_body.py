@@ -86,8 +86,7 @@ class FedBody:
 
     async def send(self, chunks: Sequence[bytes]) -> None:
         """
-        Write C{chunks}, each once the connection has taken the last; return
-        once they are taken and more may be written.
+        Write C{chunks}; return once they are taken and more may be written.
 
         @raise StoreError: the connection stopped taking the body, or the
             chunks run past C{length}; or the reason given to L{fail}.
@@ -95,13 +94,6 @@ class FedBody:
         while self._consumer is None and not self._given_up:
             await self._wait()
         for chunk in chunks:
-            # One chunk at a time into a drained connection buffer: a
-            # transport joins everything it buffers into one new bytes
-            # object, so writing them all at once held the writer's queue
-            # twice (4 MiB more per upload to S3 or Swift); one chunk alone
-            # is sent as it is, without a copy.
-            while self._paused and not self._given_up:
-                await self._wait()
             self._check()
             if isinstance(self.length, int) and self.sent + len(chunk) > self.length:
                 raise StoreError(f"More image data than the {self.length} bytes announced")
