@@ -55,6 +55,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
+from glance_tx import malloc
 from glance_tx.config import Config, ConfigError, load_config
 from glance_tx.log_buffer import twistd_observer
 from glance_tx.services import (
@@ -312,6 +313,8 @@ def makeService(options: Options) -> IService:
             reactor,
         )
         log_suffix = f" worker {index} pid {os.getpid()}"
+    # Before the pool's threads allocate: see glance_tx.malloc.
+    malloc.limit_arenas()
     pool = ThreadPool(minthreads=2, maxthreads=config.thread_pool_size, name="glance-tx")
     top = glance_service(
         config, reactor, ThreadPoolService(reactor, pool), endpoint=endpoint, log_suffix=log_suffix
