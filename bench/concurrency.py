@@ -17,9 +17,12 @@ One run of this script:
    MiB/s is all the bytes over curl's wall time. During glance-tx's, its
    summed VmRSS is sampled every 50 ms and a thread GETs the image's
    metadata every 20 ms (its p99 and worst latency);
-3. ``--uploads`` (default 20) concurrent uploads of the upload file to
-   glance-tx (one ``curl --parallel``, v1 ``POST /v1/images`` with the
-   data), each checked 201, with the peak RSS;
+3. then, in each round, everything at once (issue 14's "in flight"):
+   the ``--downloads`` downloads and ``--uploads`` (default 20) concurrent
+   uploads of the upload file (a second ``curl --parallel``, v1 ``POST
+   /v1/images`` with the data, each checked 201) started together, with
+   glance-tx's peak RSS and the metadata GET's latencies over the whole
+   of it;
 4. prints the table, the ratios last, and writes its section of
    ``RESULTS.md`` (``--no-write`` to only print).
 
@@ -38,6 +41,7 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -72,11 +76,63 @@ def parallel_curl(count: int, per_transfer: list[str], url: str) -> tuple[float,
 
 def downloads(server: Server, path: str, count: int, size: int) -> float:
     """C{count} parallel downloads of C{path}; aggregate MiB/s."""
+    return downloads_timed(server, path, count, size)[0]
+
+
+def downloads_timed(server: Server, path: str, count: int, size: int) -> tuple[float, float]:
+    """C{count} parallel downloads of C{path}; aggregate MiB/s and wall time."""
     wall, lines = parallel_curl(count, ["-o", "/dev/null"], server.base_url + path)
     bad = [line for line in lines if line.split()[:2] != ["200", str(size)]]
     if len(lines) != count or bad:
         raise BenchError(f"{server.name}: {len(lines)} transfers, unexpected: {bad[:5]}")
+    return count * size / MiB / wall, wall
+
+
+def uploads(server: Server, upload_args: list[str], count: int, size: int) -> float:
+    """C{count} parallel v1 uploads, each checked 201; aggregate MiB/s."""
+    wall, lines = parallel_curl(count, upload_args, server.base_url + "/v1/images")
+    bad = [line for line in lines if not line.startswith("201 ")]
+    if len(lines) != count or bad:
+        raise BenchError(f"uploads: {len(lines)} transfers, unexpected: {bad[:5]}")
     return count * size / MiB / wall
+
+
+@dataclass
+class Together:
+    """One round of downloads and uploads in flight at once."""
+
+    down_rate: float
+    up_rate: float
+    peak_kib: int
+    probe: MetadataProbe
+
+
+def together(
+    server: Server, meta: str, args: argparse.Namespace, upload_args: list[str]
+) -> Together:
+    """
+    The downloads (in a thread) and the uploads started at once; the peak
+    RSS and the metadata GET's latencies while any of them runs.
+    """
+    down: list[float] = []
+    errors: list[BaseException] = []
+
+    def download() -> None:
+        try:
+            down.append(downloads(server, f"{meta}/file", args.downloads, args.size))
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+
+    with transfer.rss_sampler(server) as peak, MetadataProbe(server, meta) as probe:
+        thread = threading.Thread(target=download, name="downloads", daemon=True)
+        thread.start()
+        try:
+            up = uploads(server, upload_args, args.uploads, args.upload_size)
+        finally:
+            thread.join()
+    if errors:
+        raise errors[0]
+    return Together(down[0], up, peak(), probe)
 
 
 class MetadataProbe:
@@ -117,6 +173,14 @@ class MetadataProbe:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
 
+    def worst(self) -> float:
+        return max(self.latencies, default=0.0)
+
+
+def each(values: object) -> str:
+    """Figures, one per round, as a table cell."""
+    return ", ".join(f"{v:.0f}" for v in values)  # type: ignore[attr-defined]
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
@@ -140,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     rates: dict[str, list[float]] = {"nginx": [], "glance-tx": []}
     rss_down: list[int] = []
     probes: list[MetadataProbe] = []
+    mixed: list[Together] = []
     try:
         with ExitStack() as stack:
             workdir, path, md5 = transfer.workdir_with_test_file(
@@ -151,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             nginx = transfer.start_nginx(workdir, path.parent, stack)
             _, image_id = transfer.upload_glance_tx(glance, path, args.size, md5, False, "one")
             meta = f"/v2/images/{image_id}"
+            upload_args = transfer.upload_args(upload_file, False) + [
+                "-X", "POST", "-o", "/dev/null",
+                "-H", "x-image-meta-name: bench-concurrent",
+                "-H", "x-image-meta-disk_format: raw",
+                "-H", "x-image-meta-container_format: bare",
+            ]
             for round_ in range(1, args.rounds + 1):
                 rates["nginx"].append(downloads(nginx, "/image.raw", args.downloads, args.size))
                 with transfer.rss_sampler(glance) as peak, MetadataProbe(glance, meta) as probe:
@@ -162,19 +233,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  round {round_}: nginx {rates['nginx'][-1]:.0f} MiB/s, glance-tx "
                       f"{rates['glance-tx'][-1]:.0f} MiB/s, peak RSS {peak() // 1024} MiB, "
                       f"metadata GET p99 {probe.p99():.0f} ms", flush=True)
-            upload_args = transfer.upload_args(upload_file, False) + [
-                "-X", "POST", "-o", "/dev/null",
-                "-H", "x-image-meta-name: bench-concurrent",
-                "-H", "x-image-meta-disk_format: raw",
-                "-H", "x-image-meta-container_format: bare",
-            ]
-            with transfer.rss_sampler(glance) as peak, MetadataProbe(glance, meta) as up_probe:
-                wall, lines = parallel_curl(args.uploads, upload_args, glance.base_url + "/v1/images")
-            bad = [line for line in lines if not line.startswith("201 ")]
-            if len(lines) != args.uploads or bad:
-                raise BenchError(f"uploads: {len(lines)} transfers, unexpected: {bad[:5]}")
-            rss_up = peak()
-            up_rate = args.uploads * args.upload_size / MiB / wall
+                mixed.append(together(glance, meta, args, upload_args))
+                m = mixed[-1]
+                print(f"  round {round_}, {args.downloads} downloads and {args.uploads} "
+                      f"uploads at once: down {m.down_rate:.0f} MiB/s, up {m.up_rate:.0f} "
+                      f"MiB/s, peak RSS {m.peak_kib // 1024} MiB, metadata GET p99 "
+                      f"{m.probe.p99():.0f} ms, worst {m.probe.worst():.0f} ms", flush=True)
             glance.check_alive()
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
@@ -184,16 +248,23 @@ def main(argv: list[str] | None = None) -> int:
     latencies = [x for p in probes for x in p.latencies]
     worst = max(latencies, default=0.0)
     p99 = sorted(latencies)[int(len(latencies) * 0.99)] if latencies else 0.0
+    mixed_latencies = sorted(x for m in mixed for x in m.probe.latencies)
+    mixed_worst = max(mixed_latencies, default=0.0)
+    mixed_p99 = (
+        mixed_latencies[int(len(mixed_latencies) * 0.99)] if mixed_latencies else 0.0
+    )
+    mixed_peak = max(m.peak_kib for m in mixed) // 1024
     size = transfer.human(args.size)
     lines_out = [
         "## Many clients: `bench/concurrency.py`",
         "",
         f"{args.downloads} concurrent downloads of one {size} image (one `curl --parallel "
         f"--parallel-max {args.downloads}`) from nginx (one worker, sendfile) and from "
-        f"glance-tx, {args.rounds} rounds, nginx first in each; then {args.uploads} "
-        f"concurrent {transfer.human(args.upload_size)} uploads to glance-tx (v1 POST). "
-        "Peak RSS: glance-tx's VmRSS sampled every 50 ms. Metadata GET: one "
-        "`GET /v2/images/{id}` every 20 ms during the downloads.",
+        f"glance-tx, {args.rounds} rounds, nginx first in each; then, in each round, "
+        f"the same {args.downloads} downloads and {args.uploads} concurrent "
+        f"{transfer.human(args.upload_size)} uploads (v1 POST, a second `curl --parallel`) "
+        "started at once. Peak RSS: glance-tx's VmRSS sampled every 50 ms. Metadata GET: "
+        "one `GET /v2/images/{id}` every 20 ms meanwhile.",
         "",
         f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
         f"`nproc` {os.cpu_count()}, {cpu_model()}; {hashes}; load average {load}; "
@@ -204,24 +275,27 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| what | nginx | glance-tx |",
         "|---|---:|---:|",
-        "| downloads, aggregate MiB/s (each round) | "
-        + ", ".join(f"{r:.0f}" for r in rates["nginx"]) + " | "
-        + ", ".join(f"{r:.0f}" for r in rates["glance-tx"]) + " |",
-        f"| glance-tx peak RSS during the downloads | | {max(rss_down) // 1024} MiB |",
-        f"| metadata GET during the downloads: p99, worst ({len(latencies)} GETs, "
+        f"| downloads alone, aggregate MiB/s (each round) | {each(rates['nginx'])} | "
+        f"{each(rates['glance-tx'])} |",
+        f"| glance-tx peak RSS during the downloads alone | | {max(rss_down) // 1024} MiB |",
+        f"| metadata GET during the downloads alone: p99, worst ({len(latencies)} GETs, "
         f"{sum(p.errors for p in probes)} errors) | | {p99:.0f} ms, {worst:.0f} ms |",
-        f"| {args.uploads} uploads: aggregate MiB/s, peak RSS | | {up_rate:.0f} MiB/s, "
-        f"{rss_up // 1024} MiB |",
-        f"| metadata GET during the uploads: p99 | | {up_probe.p99():.0f} ms |",
+        f"| all at once: downloads MiB/s (each round) | | {each(m.down_rate for m in mixed)} |",
+        f"| all at once: uploads MiB/s (each round) | | {each(m.up_rate for m in mixed)} |",
+        f"| all at once: peak RSS MiB (each round) | | "
+        f"{each(m.peak_kib / 1024 for m in mixed)} |",
+        f"| all at once: metadata GET p99, worst ({len(mixed_latencies)} GETs, "
+        f"{sum(m.probe.errors for m in mixed)} errors) | | {mixed_p99:.0f} ms, "
+        f"{mixed_worst:.0f} ms |",
         "",
         "Ratios and targets (issue 14):",
         "",
-        f"- downloads, glance-tx / nginx (median of rounds): {ratio:.0%} "
+        f"- downloads alone, glance-tx / nginx (median of rounds): {ratio:.0%} "
         f"(target at least {DOWNLOAD_RATIO_TARGET:.0%})",
-        f"- peak RSS: {max(rss_down) // 1024} MiB downloading, {rss_up // 1024} MiB "
-        f"uploading (target under {RSS_TARGET_MIB} MiB)",
-        f"- metadata GET meanwhile: worst {worst:.0f} ms (target within "
-        f"{METADATA_TARGET_MS} ms)",
+        f"- peak RSS with {args.downloads} downloads and {args.uploads} uploads in flight: "
+        f"{mixed_peak} MiB (target under {RSS_TARGET_MIB} MiB)",
+        f"- metadata GET meanwhile: worst {mixed_worst:.0f} ms, p99 {mixed_p99:.0f} ms "
+        f"(target within {METADATA_TARGET_MS} ms)",
     ]
     transfer.publish_section("concurrency.py", "\n".join(lines_out), not args.no_write)
     return 0

@@ -9,7 +9,9 @@ the same few things: it pauses the producer when a queue passes a high
 watermark or when the stage itself is paused from downstream; it resumes
 the producer only once every such reason has gone; and a producer that is
 registered while a reason holds starts paused. L{PauseGate} does that once
-for all of them; L{Watermarks} turns a queue's length into a reason.
+for all of them; L{Watermarks} turns a queue's length into a reason, and
+L{SharedBudget} the sum of many queues (every upload's) into a reason for
+all of them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from attrs import field, frozen, mutable, validators
 from twisted.internet.interfaces import IPushProducer
 
-__all__ = ["PauseGate", "Watermarks"]
+__all__ = ["PauseGate", "SharedBudget", "Watermarks"]
 
 
 @mutable
@@ -92,3 +94,64 @@ class Watermarks:
             gate.pause(reason)
         elif queued <= self.low:
             gate.resume(reason)
+
+
+#: The L{PauseGate} reason of a L{SharedBudget} that is spent.
+BUDGET = "budget"
+
+
+@mutable
+class SharedBudget:
+    """
+    One limit on the bytes queued by many stages together (the batches of
+    every upload in flight, waiting for its hashes or its store), so that
+    memory is bounded by one figure, not by the number of uploads times
+    each one's watermarks.
+
+    Stages C{add} what they queue and take (negative) as it changes; every
+    gate C{join}ed is paused while more than C{watermarks.high} bytes are
+    queued in all, and resumed together once no more than C{watermarks.low}
+    are. A stage whose queue is empty keeps nothing in memory by waiting,
+    and one that has bytes queued keeps its threads busy: pausing every
+    upload's client costs no throughput while the machine is the limit.
+    """
+
+    watermarks: Watermarks
+    _queued: int = field(default=0, init=False)
+    _spent: bool = field(default=False, init=False)
+    _gates: list[PauseGate] = field(factory=list, init=False)
+
+    @property
+    def queued(self) -> int:
+        """The bytes queued in all now."""
+        return self._queued
+
+    def join(self, gate: PauseGate) -> None:
+        """Pause C{gate} while the budget is spent (at once, if it is)."""
+        self._gates.append(gate)
+        if self._spent:
+            gate.pause(BUDGET)
+
+    def leave(self, gate: PauseGate) -> None:
+        """Stop pausing C{gate} (and let it go if the budget held it)."""
+        kept = [g for g in self._gates if g is not gate]  # gates' == is by value
+        if len(kept) < len(self._gates):
+            self._gates = kept
+            gate.resume(BUDGET)
+
+    @property
+    def spent(self) -> bool:
+        """Whether the joined gates are held now."""
+        return self._spent
+
+    def add(self, delta: int) -> None:
+        """C{delta} more bytes are queued (fewer, if negative)."""
+        self._queued += delta
+        if not self._spent and self._queued > self.watermarks.high:
+            self._spent = True
+            for gate in list(self._gates):
+                gate.pause(BUDGET)
+        elif self._spent and self._queued <= self.watermarks.low:
+            self._spent = False
+            for gate in list(self._gates):
+                gate.resume(BUDGET)

@@ -365,6 +365,9 @@ class Config:
     #: The most image-data uploads this node takes at once; past it an
     #: upload is answered 503 with Retry-After (None: no limit).
     max_concurrent_uploads: int | None = 100
+    #: The bytes all uploads in flight may hold queued together (waiting
+    #: for their hashes or their store), in bytes; None: no budget.
+    upload_buffer_budget: int | None = 32 << 20
     #: The interoperable import methods offered (Glance's option and
     #: default; see L{glance_tx.imports}).
     enabled_import_methods: tuple[str, ...] = field(
@@ -504,6 +507,7 @@ def load_config(
         keystone_limits=_oslo_limit(parser),
         clients=_client_limits(default),
         max_concurrent_uploads=_limit(default, "max_concurrent_uploads", 100),
+        upload_buffer_budget=_mebibytes(_limit(default, "upload_buffer_budget", 32)),
         enabled_import_methods=_import_methods(default.get("enabled_import_methods")),
         image_conversion=_image_conversion_config(parser),
         metadata_source_path=default.get("metadata_source_path") or None,
@@ -647,6 +651,11 @@ def _limit(section: Mapping[str, str], name: str, default: int | None) -> int | 
     if value == -1:
         return default
     return value or None
+
+
+def _mebibytes(value: int | None) -> int | None:
+    """A size given in MiB, in bytes (None stays None)."""
+    return None if value is None else value << 20
 
 
 def _timeout(section: Mapping[str, str], name: str, default: float | None) -> float | None:

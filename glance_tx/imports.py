@@ -360,6 +360,7 @@ class Importer:
             runner=self.uploader.runner,
             size_cap=self.uploader.size_cap,
             stages=self.uploader.stages(image, None) if stages is None else stages,
+            budget=self.uploader.budget,
         )
         try:
             await reader.read(source.url, pipeline)

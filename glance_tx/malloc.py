@@ -17,15 +17,32 @@ GiB and a fifth of one upload's throughput, a fresh mapping per batch: not
 done. An operator may still choose it with glibc's own
 C{MALLOC_MMAP_THRESHOLD_}. Where the C library is not glibc, L{trim} does
 nothing.
+
+glibc gives each thread that allocates an arena of its own, up to eight per
+core: the pool's sixteen threads each keep what was freed in theirs.
+L{limit_arenas} caps them at start-up (C{mallopt(M_ARENA_MAX)}, what
+C{MALLOC_ARENA_MAX} does; it must come before the threads allocate). 20
+uploads of 32 MiB at once (2026-12-03, with the upload budget): peak RSS
+file 162 -> 147 MiB, S3 186 -> 172, Swift 210 -> 191, and the RSS back at
+104-107 MiB between stores (108-123 with an arena per thread).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["trim"]
+__all__ = ["ARENAS", "limit_arenas", "trim"]
+
+#: glibc's C{mallopt} parameter number for the most arenas (malloc.h).
+_M_ARENA_MAX = -8
+
+#: The arenas glance-tx asks for: one for the reactor, one for every pool
+#: thread to share (their allocations are large batches, few and brief).
+ARENAS = 2
 
 
 @functools.cache
@@ -50,3 +67,15 @@ def trim() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+def limit_arenas(count: int = ARENAS, environ: Mapping[str, str] = os.environ) -> bool:
+    """
+    Let glibc make at most C{count} arenas, unless the operator chose with
+    C{MALLOC_ARENA_MAX} (glibc read it at start; it stands). Call before the
+    thread pool starts. Whether the limit was set.
+    """
+    libc = _glibc()
+    if libc is None or "MALLOC_ARENA_MAX" in environ:
+        return False
+    return bool(libc.mallopt(_M_ARENA_MAX, count))

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from glance_tx.backpressure import PauseGate, Watermarks
+from glance_tx.backpressure import PauseGate, SharedBudget, Watermarks
 from glance_tx.errors import BadRequest, GlanceError, RequestEntityTooLarge
 from glance_tx.stages import IUploadStage
 from glance_tx.store.interface import IStoreWriter, StoredData
@@ -98,6 +98,9 @@ class UploadPipeline:
     # them from idling while the next batch arrives.
     high_watermark: int = 4 * MiB
     low_watermark: int = 3 * MiB
+    #: The bytes every upload in flight may queue together (the stages'
+    #: backlog and the writer's queue both count), shared by all of them.
+    budget: SharedBudget | None = None
 
     received: int = field(default=0, init=False)
     failure: GlanceError | None = field(default=None, init=False)
@@ -107,11 +110,16 @@ class UploadPipeline:
     _gate: PauseGate = field(factory=PauseGate, init=False)
     _stage_watermarks: Watermarks = field(init=False)
     _finished: bool = field(default=False, init=False)
+    #: How much of the stages' backlog the budget has been told of.
+    _counted: int = field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._stages = [_SerialStage(self.runner.serial(), stage) for stage in self.stages]
         self._stage_watermarks = Watermarks(self.high_watermark, self.low_watermark)
         self.writer.registerProducer(self, True)
+        if self.budget is not None:
+            self.budget.join(self._gate)
+            self.writer.share(self.budget)
 
     # IConsumer: the client's transport registers here.
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:
@@ -174,7 +182,12 @@ class UploadPipeline:
         return max((stage.backlog for stage in self._stages), default=0)
 
     def _stage_took(self, _: None) -> None:
-        self._stage_watermarks.apply(self._gate, "stages", self._stage_backlog)
+        """Called after every change of the stages' backlog."""
+        backlog = self._stage_backlog
+        self._stage_watermarks.apply(self._gate, "stages", backlog)
+        if self.budget is not None and backlog != self._counted:
+            self.budget.add(backlog - self._counted)
+            self._counted = backlog
 
     def _stage_failed(self, failure: Failure) -> None:
         """A stage refused the upload: the next write, or the finish, says so."""
@@ -204,6 +217,7 @@ class UploadPipeline:
         error is raised.
         """
         self._finished = True
+        self._leave_budget()
         try:
             self._flush()
             if self.failure is not None:
@@ -233,8 +247,18 @@ class UploadPipeline:
         """Drop everything received; the store removes what it wrote."""
         self._finished = True
         self._batch = []
+        self._leave_budget()
         self._gate.detach()
         await self.writer.abort()
+
+    def _leave_budget(self) -> None:
+        """
+        No more body bytes come: the client need not be paused for the
+        budget (what is queued still counts until the stages and the
+        writer have taken it).
+        """
+        if self.budget is not None:
+            self.budget.leave(self._gate)
 
 
 def _as_refusal(failure: Failure) -> GlanceError:

@@ -55,6 +55,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
+from glance_tx import malloc
 from glance_tx.config import Config, ConfigError, load_config
 from glance_tx.log_buffer import twistd_observer
 from glance_tx.services import (
@@ -199,6 +200,7 @@ def glance_service(
             limit_source=await limits.when_ready(),
             client_limits=config.clients,
             max_concurrent_uploads=config.max_concurrent_uploads,
+            upload_buffer_budget=config.upload_buffer_budget,
             import_methods=config.enabled_import_methods,
             web_download=await web_download(),
             converter=await converter(),
@@ -318,6 +320,8 @@ def makeService(options: Options) -> IService:
         config = evolve(config, node_id=f"{config.node_id}-w{index}")
         endpoint = worker_endpoint(reactor, options["worker-fd"], config.endpoint)
         log_suffix = f" worker {index} pid {os.getpid()}"
+    # Before the pool's threads allocate: see glance_tx.malloc.
+    malloc.limit_arenas()
     pool = ThreadPool(minthreads=2, maxthreads=config.thread_pool_size, name="glance-tx")
     top = glance_service(
         config, reactor, ThreadPoolService(reactor, pool), endpoint=endpoint, log_suffix=log_suffix

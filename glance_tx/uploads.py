@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from glance_tx import images, malloc
+from glance_tx.backpressure import SharedBudget, Watermarks
 from glance_tx.config import ImageFormatConfig
 from glance_tx.errors import (
     BadRequest,
@@ -61,6 +62,17 @@ def becomes_active(result: UploadResult, store_id: str) -> ImageUpdate:
             "locations": (Location(result.location, store_id),),
         }
     )
+
+
+def upload_budget(size: int | None) -> SharedBudget | None:
+    """
+    The budget of C{upload_buffer_budget} bytes that every upload's queued
+    batches share (None: none). Resumed at three quarters of it, as one
+    upload's own queue resumes once a batch has room.
+    """
+    if size is None:
+        return None
+    return SharedBudget(Watermarks(high=size, low=size * 3 // 4))
 
 
 @define
@@ -225,6 +237,8 @@ class Uploader:
     #: Per-project limits (image_count_uploading, image_size_total).
     limiter: ProjectLimiter | None = None
     slots: UploadSlots = field(factory=UploadSlots)
+    #: What every upload's queued bytes count against (None: no budget).
+    budget: SharedBudget | None = None
 
     def check_declared_size(
         self, declared_name: str, declared: int | None, content_length: int | None
@@ -382,6 +396,7 @@ class Uploader:
             size_cap_message=cap_message,
             stages=self.stages(image, expected_checksum) if stages is None else stages,
             expected_size=expected_size,
+            budget=self.budget,
         )
         return Upload(
             image=image,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from glance_tx.backpressure import PauseGate, Watermarks
+from glance_tx.backpressure import PauseGate, SharedBudget, Watermarks
 from tests.store_conformance import FakeProducer
 
 
@@ -94,3 +94,46 @@ class WatermarksTests(SynchronousTestCase):
         for high, low in [(0, 0), (10, -1), (10, 11)]:
             self.assertRaises(ValueError, Watermarks, high, low)
         self.assertEqual(Watermarks(10, 10), Watermarks(high=10, low=10))
+
+
+class SharedBudgetTests(SynchronousTestCase):
+    def test_one_sum_pauses_every_gate(self) -> None:
+        """
+        Every joined gate is paused once the sum of what was added passes
+        the high mark, whoever added it, and all are resumed together at
+        the low mark; a gate that leaves is let go and hears no more.
+        """
+        budget = SharedBudget(Watermarks(high=10, low=4))
+        gates = [PauseGate(), PauseGate(), PauseGate()]
+        producers = [FakeProducer() for _ in range(3)]
+        for gate, producer in zip(gates, producers, strict=True):
+            gate.attach(producer)
+            budget.join(gate)
+        budget.add(6)
+        budget.add(4)
+        self.assertEqual([p.events for p in producers], [[], [], []])
+        budget.add(1)
+        self.assertTrue(budget.spent)
+        self.assertEqual([p.events for p in producers], [["pause"]] * 3)
+        budget.add(-6)  # 5: between the marks, still spent
+        self.assertEqual(budget.queued, 5)
+        self.assertTrue(budget.spent)
+        budget.leave(gates[2])
+        self.assertEqual(producers[2].events, ["pause", "resume"])
+        budget.add(-1)
+        self.assertFalse(budget.spent)
+        self.assertEqual([p.events for p in producers], [["pause", "resume"]] * 3)
+        budget.add(20)
+        self.assertEqual(producers[2].events, ["pause", "resume"])
+
+    def test_join_while_spent(self) -> None:
+        """A gate that joins a spent budget starts paused; its other reasons stand."""
+        budget = SharedBudget(Watermarks(high=10, low=4))
+        budget.add(11)
+        gate, producer = PauseGate(), FakeProducer()
+        gate.attach(producer)
+        gate.pause("stages")
+        budget.join(gate)
+        budget.add(-11)
+        self.assertEqual(producer.events, ["pause"])
+        self.assertTrue(gate.paused)

@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from glance_tx.backpressure import Watermarks
+from glance_tx.backpressure import SharedBudget, Watermarks
 from glance_tx.errors import (
     BadRequest,
     RequestEntityTooLarge,
@@ -25,6 +25,7 @@ from glance_tx.store.writer import IWriteBackend, StoreWriter
 from glance_tx.streaming import UploadPipeline as _Pipeline
 from glance_tx.threads import SynchronousRunner
 from tests.fakes import ManualRunner
+from tests.store_conformance import FakeProducer
 
 MiB = 1024 * 1024
 
@@ -56,6 +57,9 @@ class RecordingWriter:
     def abort(self):
         self.aborted = True
         return succeed(None)
+
+    def share(self, budget):
+        pass
 
 
 def UploadPipeline(writer, runner, *, expected_checksum=None, stages=None, **kwargs):
@@ -337,3 +341,114 @@ class StoreFailureTests(SynchronousTestCase):
         self.assertRaises(StorageFull, pipeline.write, b"more")
         self.assertEqual(backend.writes, 1)
         self.failureResultOf(Deferred.fromCoroutine(pipeline.finish()), StorageFull)
+
+
+@implementer(IWriteBackend)
+@define
+class HangingBackend:
+    """A store backend none of whose writes completes until the test says."""
+
+    location: str = "fake://hanging"
+    waiting: list[Deferred[None]] = field(factory=list)
+
+    def write(self, chunks: list[bytes]) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.waiting.append(d)
+        return d
+
+    def complete(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def commit(self) -> Deferred[None]:
+        return succeed(None)
+
+    def discard(self) -> Deferred[None]:
+        return succeed(None)
+
+
+@define
+class Client:
+    """An upload's client transport: it sends while it is not paused."""
+
+    pipeline: object
+    producer: FakeProducer = field(factory=FakeProducer)
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.producer.events) and self.producer.events[-1] == "pause"
+
+
+class UploadBudgetTests(SynchronousTestCase):
+    """C{upload_buffer_budget}: one limit on what all uploads in flight queue."""
+
+    def uploads(self, budget: SharedBudget | None, count: int = 10):
+        backends, clients = [], []
+        for _ in range(count):
+            backend = HangingBackend()
+            self.assertTrue(verifyObject(IWriteBackend, backend))
+            writer = StoreWriter(backend, Watermarks(4 * MiB, MiB))
+            pipeline = _Pipeline(writer, SynchronousRunner(), size_cap=1 << 40, budget=budget,
+                                 stages=(HashStage("sha512"),))
+            client = Client(pipeline)
+            pipeline.registerProducer(client.producer, True)
+            backends.append(backend)
+            clients.append(client)
+        return backends, clients
+
+    def send_until_paused(self, clients: list[Client], limit: int = 100) -> int:
+        """Every client sends 256 KiB reads in turn while it is not paused; bytes sent."""
+        sent = 0
+        for _ in range(limit):
+            for client in clients:
+                if not client.paused:
+                    client.pipeline.write(b"x" * (256 * 1024))
+                    sent += 256 * 1024
+        return sent
+
+    def test_queued_bytes_stay_within_the_budget(self) -> None:
+        """
+        Ten uploads to a store that never completes a write: together they
+        queue no more than the budget and one batch, and every client's
+        transport is paused (without a budget each would queue up to its
+        writer's watermark, over 40 MiB in all). Once the writes complete,
+        every client is resumed.
+        """
+        budget = SharedBudget(Watermarks(high=8 * MiB, low=6 * MiB))
+        backends, clients = self.uploads(budget)
+        sent = self.send_until_paused(clients)
+        self.assertTrue(all(client.paused for client in clients))
+        self.assertLessEqual(budget.queued, 8 * MiB + MiB)
+        self.assertGreater(budget.queued, 8 * MiB)
+        self.assertLessEqual(sent, 8 * MiB + 10 * MiB)  # each may still gather one batch
+        for backend in backends:
+            backend.complete()
+        self.assertEqual(budget.queued, 0)
+        self.assertFalse(any(client.paused for client in clients))
+
+        _, unbudgeted = self.uploads(None)
+        self.assertGreater(self.send_until_paused(unbudgeted), 40 * MiB)
+
+    def test_finished_and_aborted_uploads_give_back_their_share(self) -> None:
+        """
+        What an upload queued counts until its store has taken it, even
+        after its body ended; an aborted upload's queue is dropped and
+        given back at once, and neither keeps its client paused.
+        """
+        budget = SharedBudget(Watermarks(high=4 * MiB, low=2 * MiB))
+        backends, clients = self.uploads(budget, count=2)
+        self.send_until_paused(clients)
+        self.assertTrue(budget.spent)
+        queued = budget.queued
+        aborted = Deferred.fromCoroutine(clients[0].pipeline.abort())
+        self.assertLess(budget.queued, queued)  # what was not being written yet
+        finished = Deferred.fromCoroutine(clients[1].pipeline.finish())
+        self.assertNoResult(finished)
+        for _ in range(3):
+            for backend in backends:
+                backend.complete()
+        self.successResultOf(aborted)
+        self.successResultOf(finished)
+        self.assertEqual(budget.queued, 0)
+        self.assertFalse(budget.spent)

@@ -33,7 +33,7 @@ from glance_tx.store.interface import IStore
 from glance_tx.task_log import TaskLog
 from glance_tx.tasks import DEFAULT_TIME_TO_LIVE_HOURS
 from glance_tx.threads import BlockingRunner
-from glance_tx.uploads import Uploader, UploadSlots
+from glance_tx.uploads import Uploader, UploadSlots, upload_budget
 
 
 def build_site(
@@ -59,6 +59,7 @@ def build_site(
     limit_source: ILimitSource | None = None,
     client_limits: ClientLimits | None = None,
     max_concurrent_uploads: int | None = None,
+    upload_buffer_budget: int | None = None,
     import_methods: tuple[str, ...] = IMPORT_METHODS,
     web_download: IStore | None = None,
     converter: Converter | None = None,
@@ -101,6 +102,7 @@ def build_site(
         image_format=image_format,
         limiter=limiter,
         slots=UploadSlots(max_concurrent_uploads),
+        budget=upload_budget(upload_buffer_budget),
     )
     if web_download is None:
         web_download = next((s for s in stores.stores.values() if isinstance(s, HTTPStore)), None)

@@ -17,6 +17,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
 
+from glance_tx.backpressure import SharedBudget
+
 
 @frozen
 class StoredData:
@@ -59,6 +61,13 @@ class IStoreWriter(IConsumer):
         while writes are queued, and more than once; after C{commit} has
         fired it does nothing. An abort before the commit has fired wins:
         the commit then fails with L{glance_tx.errors.StoreError}.
+        """
+
+    def share(budget: SharedBudget) -> None:
+        """
+        Count the bytes queued here against C{budget} too (the one every
+        upload in flight shares), from now until they are written or
+        dropped; called before the first C{write}.
         """
 
 

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
-from glance_tx.backpressure import PauseGate, Watermarks
+from glance_tx.backpressure import PauseGate, SharedBudget, Watermarks
 from glance_tx.errors import GlanceError, StoreError, os_error
 from glance_tx.store.describe import describe
 from glance_tx.store.interface import IStoreWriter, StoredData
@@ -160,6 +160,9 @@ class StoreWriter:
     _discarded: bool = field(default=False, init=False)
     _aborted: Observers | None = field(default=None, init=False)
     _gate: PauseGate = field(factory=PauseGate, init=False)
+    _budget: SharedBudget | None = field(default=None, init=False)
+    #: How much of C{_queued} the budget has been told of.
+    _counted: int = field(default=0, init=False)
 
     @property
     def error(self) -> GlanceError | None:
@@ -206,6 +209,10 @@ class StoreWriter:
         self._flow()
 
     # IStoreWriter
+
+    def share(self, budget: SharedBudget) -> None:
+        self._budget = budget
+        self._flow()
 
     def commit(self) -> Deferred[StoredData]:
         if self._state == ABORTED:
@@ -299,4 +306,8 @@ class StoreWriter:
         self._pending.clear()
 
     def _flow(self) -> None:
+        """Called after every change of C{_queued}."""
         self.watermarks.apply(self._gate, _QUEUE, self._queued)
+        if self._budget is not None and self._counted != self._queued:
+            self._budget.add(self._queued - self._counted)
+            self._counted = self._queued
