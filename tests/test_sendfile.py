@@ -156,9 +156,45 @@ class SendfileTests(_Uploading, ServerTestCase):
         self.assertGreater(counting.calls, 0)
         self.assertEqual(counting.sent, len(data))
         self.assertEqual(_logged_lengths(events, uri), [len(data)])
-        # The open loaded the first window; the sender, the rest.
+        # The open loaded the first window; the rest, just written, is in
+        # the page cache, so the sender sent it with no pool load.
+        self.assertEqual(loads.ranges, [(0, filesystem.LOAD_WINDOW)])
+
+    async def test_without_a_residency_probe_the_sender_loads_every_window(self) -> None:
+        """
+        Where neither cachestat nor mincore exists, every window after the
+        first is loaded by a pool thread before it is sent.
+        """
+        self.patch(filesystem, "_cachestat", lambda: None)
+        self.patch(filesystem, "_mincore", lambda: None)
+        data = pattern(self.size)
+        image_id = await self.upload(data)
+        loads = self.watch_loads()
+        response = await self.treq.get(f"{self.base}/v2/images/{image_id}/file")
+        self.assertEqual(await response.content(), data)
         window = filesystem.LOAD_WINDOW
         self.assertEqual(loads.ranges, [(0, window), (window, len(data) - window)])
+
+    async def test_resident_windows_skip_the_pool(self) -> None:
+        """
+        A window reported resident (this one and the next) is sent with no
+        pool call; one that is not is loaded first.
+        """
+        window = filesystem.LOAD_WINDOW
+        data = pattern(4 * window)
+        image_id = await self.upload(data)
+        probed: list[tuple[int, int]] = []
+
+        def resident(fd: int, offset: int, length: int) -> bool:
+            probed.append((offset, length))
+            return offset != 2 * window  # the third window is cold
+
+        self.patch(filesystem, "_resident", resident)
+        loads = self.watch_loads()
+        response = await self.treq.get(f"{self.base}/v2/images/{image_id}/file")
+        self.assertEqual(await response.content(), data)
+        self.assertEqual(probed, [(window, 2 * window), (2 * window, 2 * window), (3 * window, window)])
+        self.assertEqual(loads.ranges, [(0, window), (2 * window, window)])
 
     async def test_sendfile_sends_only_what_a_pool_thread_loaded(self) -> None:
         """
@@ -169,6 +205,7 @@ class SendfileTests(_Uploading, ServerTestCase):
         """
         data = pattern(3 * filesystem.LOAD_WINDOW + 12)
         image_id = await self.upload(data)
+        self.patch(filesystem, "_resident", lambda *_: False)  # a cold file
         loads = self.watch_loads(delay=0.05)
         reactor_thread = threading.get_ident()
         asked: list[tuple[int, int, bool]] = []
@@ -466,3 +503,51 @@ class LoadTests(TestCase):
         self.patch(filesystem.os, "pread", pread)
         filesystem._load(f, 0, 2 * MiB)
         self.assertEqual(reads, [(0, MiB), (MiB, MiB)])
+
+
+class ResidentTests(TestCase):
+    """L{filesystem._resident}: whether a window is in the page cache."""
+
+    def _clean_file(self, size: int) -> Any:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(pattern(size))
+            f.flush()
+            os.fsync(f.fileno())  # clean pages, which DONTNEED drops
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 -- closed by the cleanup
+        self.addCleanup(f.close)
+        return f
+
+    def _check(self) -> None:
+        f = self._clean_file(4 * MiB)
+        if filesystem._cachestat() is not None and filesystem._cached_pages(f.fileno(), 0, 1) is None:
+            self.skipTest("no cachestat (Linux < 6.5)")
+        self.assertTrue(filesystem._may_probe(f))
+        self.assertTrue(filesystem._resident(f.fileno(), 12345, 3 * MiB))
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        self.assertFalse(filesystem._resident(f.fileno(), 0, 4 * MiB))
+        os.pread(f.fileno(), 4096, 3 * MiB)
+        self.assertTrue(filesystem._resident(f.fileno(), 3 * MiB, 4096))
+        self.assertFalse(filesystem._resident(f.fileno(), 3 * MiB - 4096, 8192))
+
+    def test_cachestat(self) -> None:
+        """A just-written file is resident; after DONTNEED it is not."""
+        self._check()
+
+    def test_mincore(self) -> None:
+        """The same, told by mincore where there is no cachestat."""
+        self.patch(filesystem, "_cachestat", lambda: None)
+        self._check()
+
+    def test_neither(self) -> None:
+        """Without cachestat or mincore nothing is resident: every window is loaded."""
+        self.patch(filesystem, "_cachestat", lambda: None)
+        self.patch(filesystem, "_mincore", lambda: None)
+        f = self._clean_file(MiB)
+        self.assertFalse(filesystem._resident(f.fileno(), 0, MiB))
+
+    def test_not_probed_for_a_file_of_another_user(self) -> None:
+        """mincore says "resident" for another user's files: not asked."""
+        f = self._clean_file(MiB)
+        self.patch(filesystem.os, "geteuid", lambda: os.fstat(f.fileno()).st_uid + 1)
+        self.assertFalse(filesystem._may_probe(f))

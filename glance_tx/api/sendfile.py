@@ -32,6 +32,9 @@ into the page cache off the reactor thread: the store's open loads the
 first window, and the sender asks (C{FileRange.load}, on the store's
 runner) for the next L{READ_AHEAD} while it sends the one before; when
 the socket is faster than the disk it stops writing until the load fires.
+A window already in the cache (a warm file) loads at once: the store asks
+the kernel (C{cachestat} or C{mincore}, which read nothing) and skips the
+pool.
 """
 
 from __future__ import annotations

@@ -140,9 +140,9 @@ class FileRange:
     length: int
     closer: Callable[[], Deferred[None]]
     #: Reads C{(offset, length)} of the file into the page cache off the
-    #: reactor thread and fires once the pages are there, so a sender on
-    #: the reactor thread never waits for the disk; or None (the sender
-    #: then sends without waiting for it).
+    #: reactor thread and fires once the pages are there (at once when
+    #: they already are), so a sender on the reactor thread never waits
+    #: for the disk; or None (the sender then sends without waiting for it).
     load: Callable[[int, int], Deferred[None]] | None = None
     #: How many bytes from C{offset} the open already loaded.
     loaded: int = 0
