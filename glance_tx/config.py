@@ -298,6 +298,10 @@ class Config:
     default_backend: str
     default_project: str
     thread_pool_size: int
+    #: Threads of the registry's own pool (its database calls), apart from
+    #: the C{thread_pool_size} ones that hash, write and read images, so a
+    #: metadata call never queues behind bulk work.
+    registry_thread_pool_size: int = 8
     #: Reclaim uploads whose node is gone (L{glance_tx.recovery}) before
     #: serving and then periodically; safe with other nodes on the registry
     #: and stores, since only expired leases are reclaimed. Off: never.
@@ -480,6 +484,7 @@ def load_config(
         default_backend=default_backend,
         default_project=default.get("default_project", "admin"),
         thread_pool_size=_int(default, "thread_pool_size", 16, minimum=2),
+        registry_thread_pool_size=_int(default, "registry_thread_pool_size", 8, minimum=1),
         recover_on_start=bool_option(default, "recover_on_start", True),
         node_id=default.get("node_id") or default_node_id(endpoint),
         upload_lease_seconds=_seconds(default, "upload_lease_seconds", 60.0),

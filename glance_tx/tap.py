@@ -158,9 +158,10 @@ def glance_service(
     by default the configured one (a worker's is the socket its supervisor
     made); C{log_suffix} ends each request's log line.
     """
+    registry_runner = threads.registry_runner if runner is None else runner
     if runner is None:
         runner = threads.runner
-    registry = registry_service(config, reactor, runner)
+    registry = registry_service(config, reactor, registry_runner)
     stores = StoresService(config, runner, reactor)
     purger = PurgerService(reactor, config.cache) if config.cache.purge_urls else None
     identity = IdentityService(reactor, config, runner)
@@ -323,8 +324,15 @@ def makeService(options: Options) -> IService:
     # Before the pool's threads allocate: see glance_tx.malloc.
     malloc.limit_arenas()
     pool = ThreadPool(minthreads=2, maxthreads=config.thread_pool_size, name="glance-tx")
+    registry_pool = ThreadPool(
+        minthreads=1, maxthreads=config.registry_thread_pool_size, name="glance-tx-registry"
+    )
     top = glance_service(
-        config, reactor, ThreadPoolService(reactor, pool), endpoint=endpoint, log_suffix=log_suffix
+        config,
+        reactor,
+        ThreadPoolService(reactor, pool, registry_pool),
+        endpoint=endpoint,
+        log_suffix=log_suffix,
     )
     stop_reactor_on_failure(top, reactor, "glance-tx")
     top.log_observer = twistd_observer(getattr(options, "parent", None), reactor)

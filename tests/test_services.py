@@ -8,6 +8,7 @@ what each service starts and stops.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from attrs import define, field
@@ -30,6 +31,7 @@ from zope.interface.verify import verifyObject
 
 from glance_tx.api.site import GlanceSite, IGracefulFactory
 from glance_tx.config import ClientLimits, load_config
+from glance_tx.errors import NotFound
 from glance_tx.identity.headers import HeaderIdentity
 from glance_tx.identity.interface import IIdentityResolver
 from glance_tx.identity.keystone import KeystoneIdentity
@@ -235,6 +237,64 @@ class ThreadPoolServiceTests(SynchronousTestCase):
         self.assertTrue(pool.started)
         self.successResultOf(service.stopService())
         self.assertTrue(pool.joined)
+        self.assertIs(service.registry_runner, service.runner)
+
+    def test_starts_and_stops_the_registry_pool(self) -> None:
+        """A registry pool runs from start to stop; the registry runner is its."""
+        pool = ThreadPool(minthreads=0, maxthreads=1)
+        registry_pool = ThreadPool(minthreads=0, maxthreads=1)
+        service = ThreadPoolService(object(), pool, registry_pool)  # type: ignore[arg-type]
+        self.assertIs(service.registry_runner.pool, registry_pool)
+        self.assertIs(service.runner.pool, pool)
+        service.startService()
+        self.successResultOf(service.when_ready())
+        self.assertTrue(registry_pool.started)
+        self.successResultOf(service.stopService())
+        self.assertTrue(registry_pool.joined)
+        self.assertTrue(pool.joined)
+
+
+class RegistryPoolTests(TestCase):
+    """The registry's calls do not wait for bulk work (issue 14)."""
+
+    async def _registry_answers_while_bulk_blocked(self, separate: bool) -> bool:
+        from twisted.internet import reactor
+
+        pool = ThreadPool(minthreads=0, maxthreads=2)
+        registry_pool = ThreadPool(minthreads=0, maxthreads=1) if separate else None
+        threads = ThreadPoolService(reactor, pool, registry_pool)
+        url = "sqlite:///" + os.path.join(os.path.abspath(self.mktemp()), "glance.sqlite")
+        service = RegistryService(url, threads.registry_runner)
+        threads.startService()
+        await threads.when_ready()
+        self.addCleanup(threads.stopService)
+        service.startService()
+        registry = await service.when_ready()
+        self.addCleanup(service.stopService)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        # Every bulk thread blocked, as by slow hash or write batches.
+        blocked = [threads.runner.run(release.wait, 30) for _ in range(pool.max)]
+        # A metadata GET's read (of an image that is not there: any read).
+        read = registry.get("4c7f4b4e-8a0b-4d8e-9e57-2b1d3f0a5c6d")
+        read.addErrback(lambda f: f.trap(NotFound))
+        answered = await deferLater(reactor, 0.5, lambda: read.called)
+        release.set()
+        for d in blocked:
+            await d
+        await read
+        return answered
+
+    async def test_registry_call_while_bulk_threads_are_busy(self) -> None:
+        """
+        With every bulk thread held by a slow job, a registry call on its
+        own pool still completes.
+        """
+        self.assertTrue(await self._registry_answers_while_bulk_blocked(separate=True))
+
+    async def test_shared_pool_waits(self) -> None:
+        """The control: on one pool the same call waits for the bulk jobs."""
+        self.assertFalse(await self._registry_answers_while_bulk_blocked(separate=False))
 
 
 class RegistryServiceTests(SynchronousTestCase):

@@ -261,7 +261,13 @@ class ServiceTreeTests(SynchronousTestCase):
         threads = top.getServiceNamed("threads")
         self.assertIsInstance(threads, ThreadPoolService)
         self.assertEqual(threads.pool.max, load_config().thread_pool_size)
-        self.assertEqual(top.getServiceNamed("registry").url, options.config.sql_connection)
+        # The registry's database calls have a pool of their own.
+        self.assertIsNotNone(threads.registry_pool)
+        self.assertEqual(threads.registry_pool.max, load_config().registry_thread_pool_size)
+        registry = top.getServiceNamed("registry")
+        self.assertEqual(registry.url, options.config.sql_connection)
+        self.assertIs(registry.runner, threads.registry_runner)
+        self.assertIsNot(top.getServiceNamed("stores").runner, threads.registry_runner)
         self.assertTrue(IStreamServerEndpoint.providedBy(top.getServiceNamed("listener").endpoint))
         self.assertTrue(top.getServiceNamed("listener").freeze_heap)
 
