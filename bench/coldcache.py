@@ -27,7 +27,6 @@ and worst, per round.
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import statistics
 import sys
@@ -35,52 +34,12 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from urllib.parse import urlsplit
 
 # This directory is on sys.path when the script runs.
 import transfer
+from concurrency import MetadataProbe
 from metadata import commit, cpu_model
 from transfer import BenchError, MiB, Server
-
-
-class Probe:
-    """GETs one image's metadata every C{interval} s in a thread; latencies (ms)."""
-
-    def __init__(self, server: Server, path: str, interval: float = 0.01) -> None:
-        self.netloc = urlsplit(server.base_url).netloc
-        self.path = path
-        self.interval = interval
-        self.latencies: list[float] = []
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Probe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            began = time.monotonic()
-            try:
-                connection = http.client.HTTPConnection(self.netloc, timeout=30)
-                connection.request("GET", self.path)
-                response = connection.getresponse()
-                response.read()
-                connection.close()
-                if response.status != 200:
-                    self.errors += 1
-            except OSError:
-                self.errors += 1
-            self.latencies.append((time.monotonic() - began) * 1000)
-
-    def quantile(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
 
 
 class DiskWait:
@@ -183,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                         warm(stored)
                     else:
                         drop_from_cache(stored)
-                    with Probe(glance, meta) as probe, DiskWait(glance.popen.pid) as wait:
+                    with MetadataProbe(glance, meta, interval=0.01) as probe, DiskWait(glance.popen.pid) as wait:
                         rate = download(glance, f"{meta}/file", args.size)
                     rows.append((round_, cache, rate, probe.quantile(0.5), probe.quantile(0.99),
                                  max(probe.latencies, default=0.0), len(probe.latencies),

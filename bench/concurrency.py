@@ -136,11 +136,12 @@ def together(
 
 
 class MetadataProbe:
-    """GETs one image's metadata every 20 ms in a thread; its latencies."""
+    """GETs one image's metadata every C{interval} s in a thread; its latencies (ms)."""
 
-    def __init__(self, server: Server, path: str) -> None:
+    def __init__(self, server: Server, path: str, interval: float = 0.02) -> None:
         self.netloc = urlsplit(server.base_url).netloc
         self.path = path
+        self.interval = interval
         self.latencies: list[float] = []
         self.errors = 0
         self._stop = threading.Event()
@@ -155,7 +156,7 @@ class MetadataProbe:
         self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.02):
+        while not self._stop.wait(self.interval):
             began = time.monotonic()
             try:
                 connection = http.client.HTTPConnection(self.netloc, timeout=30)
@@ -169,9 +170,12 @@ class MetadataProbe:
                 self.errors += 1
             self.latencies.append((time.monotonic() - began) * 1000)
 
-    def p99(self) -> float:
+    def quantile(self, q: float) -> float:
         ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
+
+    def p99(self) -> float:
+        return self.quantile(0.99)
 
     def worst(self) -> float:
         return max(self.latencies, default=0.0)
