@@ -170,18 +170,28 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """C{/proc/PID/stat} from field 3 on, or None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name may hold spaces and parentheses.
+            return f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """utime + stime of C{pids} (every thread included), in seconds."""
     ticks = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                # The command name may hold spaces and parentheses.
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat
+        if (fields := _stat_fields(pid)) is not None:
+            ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat
     return ticks / CLK_TCK
+
+
+def minor_faults(pids: list[int]) -> int:
+    """The minor page faults of C{pids} (field 10 of stat, every thread)."""
+    return sum(int(f[7]) for pid in pids if (f := _stat_fields(pid)) is not None)
 
 
 def status_kib(pids: list[int], key: str) -> int:
@@ -518,6 +528,7 @@ class Sample:
     machine_busy: float  # cores busy on average (2.0 = both, all the time)
     others_busy: float  # of which neither the server nor curl: other load
     note: str = ""
+    faults: int = 0  # the server's minor page faults (fresh pages of memory)
 
     @property
     def mib_s(self) -> float:
@@ -526,6 +537,10 @@ class Sample:
     @property
     def cpu_per_gib(self) -> float:
         return self.server_cpu / (self.bytes / GiB)
+
+    @property
+    def faults_per_gib(self) -> float:
+        return self.faults / (self.bytes / GiB)
 
     @property
     def curl_cpu_per_gib(self) -> float:
@@ -606,9 +621,9 @@ def measure(
     pids = server.pids
     with rss_sampler(server) as peak:
         busy0, total0 = machine_jiffies()
-        cpu0 = cpu_seconds(pids)
+        cpu0, faults0 = cpu_seconds(pids), minor_faults(pids)
         up, down, seconds, code, curl_cpu = curl(curl_args)
-        cpu1 = cpu_seconds(pids)
+        cpu1, faults1 = cpu_seconds(pids), minor_faults(pids)
         busy1, total1 = machine_jiffies()
     if code not in ok_codes:
         raise BenchError(f"{label}: HTTP {code} (expected {ok_codes})")
@@ -629,6 +644,7 @@ def measure(
         server_cpu=cpu1 - cpu0,
         curl_cpu=curl_cpu,
         peak_rss_kib=peak(),
+        faults=faults1 - faults0,
         machine_busy=busy,
         others_busy=max(0.0, busy - (cpu1 - cpu0 + curl_cpu) / seconds),
         note=quiet,
@@ -1059,6 +1075,7 @@ def summarize(runs: list[Run], label: str, stat: str = "median") -> Sample | Non
         peak_rss_kib=max(s.peak_rss_kib for s in samples),
         machine_busy=statistics.median(s.machine_busy for s in samples),
         others_busy=statistics.median(s.others_busy for s in samples),
+        faults=int(pick_low(s.faults for s in samples)),
     )
 
 
@@ -1096,14 +1113,14 @@ def report(runs: list[Run], hwm: dict[str, int], with_peer: bool, stat: str) -> 
     loads.append(nginx)
     lines += [
         "",
-        "| transfer | curl CPU s/GiB | cores busy, whole machine | cores busy, "
-        "neither server nor curl |",
-        "|---|---:|---:|---:|",
+        "| transfer | curl CPU s/GiB | server page faults K/GiB | cores busy, "
+        "whole machine | cores busy, neither server nor curl |",
+        "|---|---:|---:|---:|---:|",
     ]
     for s in loads:
         lines.append(
-            f"| {s.label} | {s.curl_cpu_per_gib:.2f} | {s.machine_busy:.2f} "
-            f"| {s.others_busy:.2f} |"
+            f"| {s.label} | {s.curl_cpu_per_gib:.2f} | {s.faults_per_gib / 1000:.1f} "
+            f"| {s.machine_busy:.2f} | {s.others_busy:.2f} |"
         )
     lines += [
         "",

@@ -323,6 +323,7 @@ def makeService(options: Options) -> IService:
         log_suffix = f" worker {index} pid {os.getpid()}"
     # Before the pool's threads allocate: see glance_tx.malloc.
     malloc.limit_arenas()
+    malloc.tune_thresholds()
     pool = ThreadPool(minthreads=2, maxthreads=config.thread_pool_size, name="glance-tx")
     registry_pool = ThreadPool(
         minthreads=1, maxthreads=config.registry_thread_pool_size, name="glance-tx-registry"

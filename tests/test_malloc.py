@@ -43,3 +43,85 @@ class LimitArenasTests(SynchronousTestCase):
 
         source = inspect.getsource(tap.makeService)
         self.assertLess(source.index("malloc.limit_arenas()"), source.index("ThreadPool("))
+
+
+class TuneThresholdsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        if malloc._glibc() is None:
+            raise self.skipTest("not glibc")
+
+    def test_sets_both(self) -> None:
+        """On glibc both thresholds are set (mallopt accepted them)."""
+        self.assertEqual(
+            in_fresh_process("print(malloc.tune_thresholds(environ={}))"),
+            "['mmap_threshold', 'trim_threshold']",
+        )
+
+    def test_they_take_effect(self) -> None:
+        """
+        A 1 MiB block comes from the heap, not mmap (the reactor's batches):
+        with glibc's default its first allocation is mmap'd, far from the
+        heap, and with the threshold fixed it sits next to small blocks.
+        """
+        probe = (
+            "import ctypes\n"
+            "libc = ctypes.CDLL(None)\n"
+            "libc.malloc.restype = ctypes.c_void_p\n"
+            "libc.sbrk.restype = ctypes.c_void_p\n"
+            "{tune}\n"
+            "big = libc.malloc(1 << 20)\n"
+            "print(abs(big - libc.sbrk(0)) < (64 << 20))\n"
+        )
+        self.assertEqual(in_fresh_process(probe.format(tune="")), "False")
+        self.assertEqual(
+            in_fresh_process(probe.format(tune="malloc.tune_thresholds(environ={})")), "True"
+        )
+
+    def test_the_operators_choice_stands(self) -> None:
+        """Each parameter the operator set, by variable or tunable, is left alone."""
+        calls: list[tuple[int, int]] = []
+
+        class FakeGlibc:
+            def mallopt(self, number: int, value: int) -> int:
+                calls.append((number, value))
+                return 1
+
+        self.patch(malloc, "_glibc", FakeGlibc)
+        self.assertEqual(
+            malloc.tune_thresholds(environ={"MALLOC_MMAP_THRESHOLD_": "131072"}),
+            ["trim_threshold"],
+        )
+        self.assertEqual(calls, [(malloc._M_TRIM_THRESHOLD, malloc.TRIM_THRESHOLD)])
+        del calls[:]
+        self.assertEqual(
+            malloc.tune_thresholds(
+                environ={"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.trim_threshold=1"}
+            ),
+            ["mmap_threshold"],
+        )
+        self.assertEqual(calls, [(malloc._M_MMAP_THRESHOLD, malloc.MMAP_THRESHOLD)])
+        del calls[:]
+        self.assertEqual(
+            malloc.tune_thresholds(
+                environ={"MALLOC_MMAP_THRESHOLD_": "1", "MALLOC_TRIM_THRESHOLD_": "1"}
+            ),
+            [],
+        )
+        self.assertEqual(calls, [])
+
+    def test_tap_tunes(self) -> None:
+        """makeService fixes the thresholds (fails if the call goes)."""
+        import inspect
+
+        from glance_tx import tap
+
+        self.assertIn("malloc.tune_thresholds()", inspect.getsource(tap.makeService))
+
+
+class NoGlibcTests(SynchronousTestCase):
+    def test_nothing_to_ask(self) -> None:
+        """Where the C library is not glibc, nothing is set and nothing fails."""
+        self.patch(malloc, "_glibc", lambda: None)
+        self.assertEqual(malloc.tune_thresholds(environ={}), [])
+        self.assertFalse(malloc.limit_arenas(environ={}))
+        self.assertFalse(malloc.trim())
