@@ -130,18 +130,25 @@ class ImageReader:
         """
         if not ids:
             return []
+        # Stamps are read only where they can save a whole read: for the
+        # ids kept, when they are at least half the page (a page never read
+        # would pay them on top).
+        kept = [image_id for image_id in ids if image_id in self._decoded]
+        stale = [image_id for image_id in ids if image_id not in self._decoded]
+        if len(kept) * 2 < len(ids):
+            kept, stale = [], list(ids)
+        found: dict[str, Image] = {}
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(_SELECT_STAMPS + ", ".join("?" * len(ids)) + ")", ids)
-            stamps = cursor.fetchall()
-            found: dict[str, Image] = {}
-            stale = []
-            for stamp in stamps:
-                kept = self._decoded.get(stamp[0])
-                if kept is not None and _stamp(kept[0]) == stamp:
-                    found[stamp[0]] = kept[1]
-                else:
-                    stale.append(stamp[0])
+            if kept:
+                cursor.execute(_SELECT_STAMPS + ", ".join("?" * len(kept)) + ")", kept)
+                for stamp in cursor.fetchall():
+                    image_id = stamp[0]
+                    row, image = self._decoded.get(image_id, (None, None))
+                    if image is not None and _stamp(row) == stamp:
+                        found[image_id] = image
+                    else:
+                        stale.append(image_id)
             if stale:
                 cursor.execute(
                     _SELECT_IMAGES + "IN (" + ", ".join("?" * len(stale)) + ")", stale
