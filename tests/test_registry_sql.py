@@ -805,9 +805,9 @@ class SQLRegistryTests(SynchronousTestCase):
     def test_listing_reads_its_images_in_one_statement(self) -> None:
         """
         On SQLite a listing's statement chooses the page's ids only; the
-        images, with their children, are one more statement on the same
-        connection, in the same transaction (L{ImageReader.get_many}),
-        whether the statement is built with SQLAlchemy or (as a shape not
+        images' stamps are one more statement, and those not kept already
+        (with their children) one more, on the same connection, in the same
+        transaction (L{ImageReader.get_many}), whether the statement is built with SQLAlchemy or (as a shape not
         yet met is) run from the statements kept for its shape, on the
         DBAPI.
         """
@@ -832,9 +832,16 @@ class SQLRegistryTests(SynchronousTestCase):
         self.assertEqual(self.executed(lambda: self.registry.list(ImageQuery())), [])
         self.assertEqual(
             [statement.split()[:2] for statement in traced],
-            [["BEGIN"], ["SELECT", "images.id"], ["SELECT", "images.id,"], ["COMMIT"]],
+            [
+                ["BEGIN"],
+                ["SELECT", "images.id"],
+                ["SELECT", "id,"],
+                ["SELECT", "images.id,"],
+                ["COMMIT"],
+            ],
         )
-        # A filtered one too, after counting the tag's images.
+        # A filtered one too, after counting the tag's images; its image
+        # is kept now.
         del traced[:]
         self.assertEqual(
             self.executed(lambda: self.registry.list(ImageQuery(tags=frozenset({"t"})))),
@@ -846,7 +853,7 @@ class SQLRegistryTests(SynchronousTestCase):
                 ["BEGIN"],
                 ["SELECT", "count(*)"],
                 ["SELECT", "images.id"],
-                ["SELECT", "images.id,"],
+                ["SELECT", "id,"],
                 ["COMMIT"],
             ],
         )
@@ -1012,6 +1019,61 @@ class SQLRegistryTests(SynchronousTestCase):
         self.assertIsNot(again, first)
         self.assertEqual(again, tagged)
         self.assertEqual(again.tags, {"t", "u"})
+
+    def test_listing_reads_again_only_images_changed(self) -> None:
+        """
+        On SQLite a listing read again reads whole only the images whose
+        stamp (id, version, creation and update times) is not the one
+        kept: an image changed, or one created under the id of an image
+        purged since (whose version starts again at 1). A page of which
+        less than half is kept reads no stamps.
+        """
+        made = [
+            self.successResultOf(self.registry.create(make_image(name=f"i{n}")))
+            for n in range(3)
+        ]
+        traced: list[str] = []
+        raw = self.registry.engine.raw_connection()
+        raw.driver_connection.set_trace_callback(traced.append)  # type: ignore[union-attr]
+        self.addCleanup(raw.driver_connection.set_trace_callback, None)  # type: ignore[union-attr]
+        raw.close()
+
+        def whole() -> list[str]:
+            """The ids each whole read of this listing read, and forget the trace."""
+            read = [s for s in traced if s.startswith("SELECT images.id,")]
+            del traced[:]
+            return sorted(i for i in (m.id for m in made) if any(i in s for s in read))
+
+        # None kept yet: no stamps read, only the images.
+        self.successResultOf(self.registry.list(ImageQuery()))
+        self.assertFalse([s for s in traced if s.startswith("SELECT id,")])
+        self.assertEqual(whole(), sorted(m.id for m in made))
+        first = self.successResultOf(self.registry.list(ImageQuery()))
+        self.assertEqual(whole(), [])
+        changed = self.successResultOf(
+            self.registry.update(made[1].id, ImageUpdate(properties={"p": "1"}))
+        )
+        tagged = self.successResultOf(self.registry.add_tag(made[2].id, "t"))
+        del traced[:]
+        second = self.successResultOf(self.registry.list(ImageQuery()))
+        self.assertEqual(whole(), sorted([made[1].id, made[2].id]))
+        by_id = {image.id: image for image in second}
+        self.assertIs(by_id[made[0].id], {i.id: i for i in first}[made[0].id])
+        self.assertEqual(by_id[made[1].id], changed)
+        self.assertEqual(by_id[made[2].id].tags, {"t"})
+        self.assertEqual(by_id[made[2].id], tagged)
+        # Purged and created again under its id since: its version is the
+        # one kept (1, as made), its creation time is not.
+        with self.registry.engine.begin() as connection:
+            connection.execute(
+                text("UPDATE images SET created_at = '2001-01-01 00:00:00.000000',"
+                     " name = 'again' WHERE id = :id"),
+                {"id": made[0].id},
+            )
+        del traced[:]
+        third = self.successResultOf(self.registry.list(ImageQuery()))
+        self.assertEqual(whole(), [made[0].id])
+        self.assertIn("again", [image.name for image in third])
 
     def test_get_is_one_statement(self) -> None:
         """
