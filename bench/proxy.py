@@ -43,8 +43,8 @@ sends the bytes. The image is uploaded as the admin and downloaded as
 
 Run it with the development virtualenv's Python, on a quiet machine::
 
-    /work/venv/bin/python bench/proxy.py                 # 1 GiB, 10 + 10
-    /work/venv/bin/python bench/proxy.py --size 256M --no-write
+    .venv/bin/python bench/proxy.py                 # 1 GiB, 10 + 10
+    .venv/bin/python bench/proxy.py --size 256M --no-write
 
 Needs curl and varnish (Debian packages); run as root or as a user allowed
 to start varnishd.
@@ -302,7 +302,7 @@ def report(args: argparse.Namespace, direct: SetFigures, cached: SetFigures, mac
         "",
         f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; {machine}",
         f"- {versions()}",
-        "- Command: `/work/venv/bin/python bench/proxy.py"
+        "- Command: `.venv/bin/python bench/proxy.py"
         + (f" --size {args.size_text}" if args.size_text != "1G" else "")
         + (f" --downloads {args.downloads}" if args.downloads != 10 else "")
         + (" --keystone" if args.keystone else "")

@@ -27,8 +27,8 @@ The figures of the three modes come from one run on one machine, so their
 ratios hold even where the machine's speed does not. The machine's md5 and
 sha512 speeds are printed beside them, as for every figure in RESULTS.md.
 
-    /work/venv/bin/python bench/registry.py --postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres
-    /work/venv/bin/python bench/registry.py --images 10000 --modes sqlite --no-write
+    .venv/bin/python bench/registry.py --postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python bench/registry.py --images 10000 --modes sqlite --no-write
 """
 
 from __future__ import annotations
@@ -334,8 +334,9 @@ def report(args: argparse.Namespace, figures: list[ModeFigures], hashes: str) ->
         "",
         f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
         f"{os.cpu_count()} vCPUs; {hashes}",
-        f"- Command: `/work/venv/bin/python bench/registry.py --images {args.images}"
-        f" --modes {','.join(args.modes)}`",
+        f"- Command: `.venv/bin/python bench/registry.py --images {args.images}"
+        f" --modes {','.join(args.modes)} --requests {args.requests} --seconds {args.seconds}"
+        + (" --postgres-url URL`" if args.postgres_url else "`"),
         "",
         "| mode | " + " | ".join(f"{name} p50 / p99 ms" for name in LISTINGS)
         + " | GET /v2/images/{id} per s | CPU ms per GET |",

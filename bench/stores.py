@@ -38,8 +38,8 @@ Every transfer's byte count is checked, and every upload's md5.
 Targets (issue 8): through glance-tx at least 80% of the direct client's
 throughput for each store; peak RSS under 150 MiB for every store.
 
-    /work/venv/bin/python bench/stores.py
-    /work/venv/bin/python bench/stores.py --size 256M --no-write
+    .venv/bin/python bench/stores.py
+    .venv/bin/python bench/stores.py --size 256M --no-write
 """
 
 from __future__ import annotations
@@ -597,7 +597,7 @@ def section(
         f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
         f"{os.cpu_count()} vCPUs; {hashes}; load average {loads[0]:.1f} at the start, "
         f"{loads[1]:.1f} at the end",
-        f"- Command: `/work/venv/bin/python bench/stores.py --size {args.size_text}"
+        f"- Command: `.venv/bin/python bench/stores.py --size {args.size_text}"
         f" --rounds {args.rounds}"
         + ("" if tuple(args.stores) == STORES else f" --stores {','.join(args.stores)}")
         + "".join(f" --s3-option {option}" for option in args.s3_option)

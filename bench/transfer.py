@@ -61,10 +61,10 @@ Caveats that the numbers carry:
 Run it with the development virtualenv's Python, so that ``twistd`` and
 glance-tx are found next to it::
 
-    /work/venv/bin/python bench/transfer.py                  # 2 GiB, 3 runs
-    /work/venv/bin/python bench/transfer.py --size 256M --runs 1
-    /work/venv/bin/python bench/transfer.py --inspection --size 1G --runs 7
-    /work/venv/bin/python bench/transfer.py --with-glance \\
+    .venv/bin/python bench/transfer.py                  # 2 GiB, 3 runs
+    .venv/bin/python bench/transfer.py --size 256M --runs 1
+    .venv/bin/python bench/transfer.py --inspection --size 1G --runs 7
+    .venv/bin/python bench/transfer.py --with-glance \\
         --glance-venv /work/glance-peer-venv
 
 ``--with-glance`` needs a virtualenv of its own with OpenStack Glance and
