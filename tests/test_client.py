@@ -17,7 +17,7 @@ import os
 import sys
 import threading
 import tracemalloc
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from attrs import define, field
@@ -1072,6 +1072,24 @@ class ResumeTests(SynchronousTestCase):
         """An upload that keeps sending outlasts the timeout unharmed."""
         self.successResultOf(self.paced_upload(steps=12, reads=100))
         self.assertEqual(self.server.uploaded, b"x" * 50)
+
+    def test_read_reported_after_the_answer(self) -> None:
+        """
+        A block read that the body reports after the server has answered
+        (a 413 that arrives while the file is still being read) finds the
+        idle timer gone instead of resetting a cancelled one.
+        """
+        import glance_tx.client.transport as transport
+
+        reports: list[Callable[[int, int | None], None]] = []
+
+        def keeping(*args: Any) -> FileBody:
+            reports.append(args[-1])
+            return FileBody(*args)
+
+        self.patch(transport, "FileBody", keeping)
+        self.successResultOf(self.paced_upload(steps=12, reads=100))
+        reports[0](50, 50)  # raised AlreadyCancelled
 
     def test_upload_stalled(self) -> None:
         """An upload that sends nothing for the timeout: TimedOut."""

@@ -368,8 +368,11 @@ class BaseClient:
                 ) from None
             raise
         finally:
-            if idle is not None:
-                idle.cancel()
+            # The body's producer may still report a read that ends after
+            # the answer (a 413 while it sends): that finds no timer.
+            timer, idle = idle, None
+            if timer is not None:
+                timer.cancel()
         return await self._body(response)
 
 
