@@ -130,9 +130,8 @@ class RawUploadTests(SiteTestCase):
         self.assertEqual(sent.count(b"HTTP/1.1 "), 1, sent)
         self.assertTrue(sent.startswith(b"HTTP/1.1 404 "), sent)
 
-    def test_disconnect_mid_upload(self) -> None:
-        """A client that goes away mid-body leaves the image killed and no
-        data behind."""
+    def upload_begun(self) -> tuple[str, http.HTTPChannel, StringTransport]:
+        """A v1 PUT of 10 MB to a queued image, 3 MB of it sent so far."""
         image_id = self.queued_image()
         protocol, transport = self.connect()
         protocol.dataReceived(
@@ -140,6 +139,12 @@ class RawUploadTests(SiteTestCase):
             "Content-Type: application/octet-stream\r\nContent-Length: 10000000\r\n\r\n".encode()
         )
         protocol.dataReceived(b"x" * 3_000_000)
+        return image_id, protocol, transport
+
+    def test_disconnect_mid_upload(self) -> None:
+        """A client that goes away mid-body leaves the image killed and no
+        data behind."""
+        image_id, protocol, transport = self.upload_begun()
         self.assertEqual(self.successResultOf(self.registry.get(image_id)).status, "saving")
         self.assertNotEqual(self.stored_files(), [])
         logged: list[str] = []
@@ -167,13 +172,7 @@ class RawUploadTests(SiteTestCase):
         from tests.fakes import ManualRunner
 
         self.site.client_limits = ClientLimits(graceful_shutdown_timeout=5.0)
-        image_id = self.queued_image()
-        protocol, transport = self.connect()
-        protocol.dataReceived(
-            f"PUT /v1/images/{image_id} HTTP/1.1\r\nHost: h\r\n"
-            "Content-Type: application/octet-stream\r\nContent-Length: 10000000\r\n\r\n".encode()
-        )
-        protocol.dataReceived(b"x" * 3_000_000)
+        image_id, protocol, transport = self.upload_begun()
         stopping = self.site.close_connections()
         self.site.reactor.advance(4.9)
         self.assertFalse(transport.disconnecting)
