@@ -30,46 +30,34 @@ import argparse
 import os
 import statistics
 import sys
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
 # This directory is on sys.path when the script runs.
 import transfer
-from concurrency import MetadataProbe
+from concurrency import MetadataProbe, Sampling
 from metadata import commit, cpu_model
 from transfer import BenchError, MiB, Server
 
 
-class DiskWait:
+class DiskWait(Sampling):
     """Samples a thread's state every C{interval} s; the share spent in D."""
 
     def __init__(self, pid: int, interval: float = 0.002) -> None:
+        super().__init__(interval)
         self.path = f"/proc/{pid}/task/{pid}/stat"
-        self.interval = interval
         self.samples = 0
         self.waiting = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> DiskWait:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                with open(self.path) as f:
-                    state = f.read().rpartition(")")[2].split()[0]
-            except OSError:
-                continue
-            self.samples += 1
-            self.waiting += state == "D"
+    def sample(self) -> None:
+        try:
+            with open(self.path) as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except OSError:
+            return
+        self.samples += 1
+        self.waiting += state == "D"
 
     def share(self) -> float:
         return self.waiting / self.samples if self.samples else 0.0

@@ -43,6 +43,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 from urllib.parse import urlsplit
 
 # This directory is on sys.path when the script runs.
@@ -135,19 +136,15 @@ def together(
     return Together(down[0], up, peak(), probe)
 
 
-class MetadataProbe:
-    """GETs one image's metadata every C{interval} s in a thread; its latencies (ms)."""
+class Sampling:
+    """Calls C{sample} every C{interval} s in a thread, inside a C{with}."""
 
-    def __init__(self, server: Server, path: str, interval: float = 0.02) -> None:
-        self.netloc = urlsplit(server.base_url).netloc
-        self.path = path
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.latencies: list[float] = []
-        self.errors = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> MetadataProbe:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -157,18 +154,35 @@ class MetadataProbe:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            began = time.monotonic()
-            try:
-                connection = http.client.HTTPConnection(self.netloc, timeout=30)
-                connection.request("GET", self.path)
-                response = connection.getresponse()
-                response.read()
-                connection.close()
-                if response.status != 200:
-                    self.errors += 1
-            except OSError:
+            self.sample()
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+
+class MetadataProbe(Sampling):
+    """GETs one image's metadata every C{interval} s in a thread; its latencies (ms)."""
+
+    def __init__(self, server: Server, path: str, interval: float = 0.02) -> None:
+        super().__init__(interval)
+        self.netloc = urlsplit(server.base_url).netloc
+        self.path = path
+        self.latencies: list[float] = []
+        self.errors = 0
+
+    def sample(self) -> None:
+        began = time.monotonic()
+        try:
+            connection = http.client.HTTPConnection(self.netloc, timeout=30)
+            connection.request("GET", self.path)
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+            if response.status != 200:
                 self.errors += 1
-            self.latencies.append((time.monotonic() - began) * 1000)
+        except OSError:
+            self.errors += 1
+        self.latencies.append((time.monotonic() - began) * 1000)
 
     def quantile(self, q: float) -> float:
         ordered = sorted(self.latencies)
