@@ -16,6 +16,7 @@ from twisted.web import http
 
 from glance_tx import images
 from glance_tx.api import site
+from glance_tx.api.channel import FIRST_REQUEST_GRACE_SECONDS
 from glance_tx.config import ClientLimits
 from tests.api_fixtures import SiteTestCase
 
@@ -201,6 +202,46 @@ class RawUploadTests(SiteTestCase):
         head = transport.value().partition(b"\r\n\r\n")[0]
         self.assertTrue(head.startswith(b"HTTP/1.1 300 "), head)
         self.assertIn(b"connection: close", head.lower())
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.successResultOf(stopping)
+
+    def test_stop_closes_a_kept_connection_idle_between_requests(self) -> None:
+        """A kept connection with no request under way closes at once at stop."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /versions HTTP/1.1\r\nHost: h\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 300 "))
+        self.assertFalse(transport.disconnecting)
+        stopping = self.site.close_connections()
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.successResultOf(stopping)
+
+    def test_stop_answers_the_first_request_of_a_new_connection(self) -> None:
+        """
+        A connection accepted just before the stop, whose first request has
+        not come yet, stays open for it (its client would not send it
+        again elsewhere) and has it answered with Connection: close.
+        """
+        protocol, transport = self.connect()
+        stopping = self.site.close_connections()
+        self.site.reactor.advance(FIRST_REQUEST_GRACE_SECONDS / 2)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(b"GET /versions HTTP/1.1\r\nHost: h\r\n\r\n")
+        head = transport.value().partition(b"\r\n\r\n")[0]
+        self.assertTrue(head.startswith(b"HTTP/1.1 300 "), head)
+        self.assertIn(b"connection: close", head.lower())
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.successResultOf(stopping)
+
+    def test_stop_closes_a_new_connection_silent_for_the_grace(self) -> None:
+        """A new connection that sends nothing closes once the grace is over."""
+        protocol, transport = self.connect()
+        stopping = self.site.close_connections()
+        self.site.reactor.advance(FIRST_REQUEST_GRACE_SECONDS - 0.1)
+        self.assertFalse(transport.disconnecting)
+        self.site.reactor.advance(0.1)
         self.assertTrue(transport.disconnecting)
         protocol.connectionLost(Failure(ConnectionLost()))
         self.successResultOf(stopping)

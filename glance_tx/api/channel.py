@@ -39,7 +39,11 @@ idle timeout (C{timeOut}) is off.
 At stop (L{glance_tx.api.site.GlanceSite.close_connections}) the channel
 closes as soon as it can without cutting a request (L{GlanceChannel.close_when_done}):
 at once if no request is under way, else once its response is out, and that
-response says C{Connection: close} unless it had already begun.
+response says C{Connection: close} unless it had already begun. A connection
+that has not yet sent its first request is not idle but new: its client
+connected to send one (it may be on its way), and unlike a kept connection's
+it would not be sent again on another, so it has L{FIRST_REQUEST_GRACE_SECONDS}
+to begin it.
 
 The site speaks HTTP/1.x only: Twisted's HTTP/2 (which needs C{h2} and TLS
 ALPN) sits behind a private wrapper this channel does not use.
@@ -142,6 +146,11 @@ def _bytes_waiting(transport: Any) -> bool:
         return False  # nothing there (EAGAIN), or the close will find out
 
 
+#: At stop, how long a connection that has not sent its first request may
+#: take to begin it (L{GlanceChannel.close_when_done}).
+FIRST_REQUEST_GRACE_SECONDS = 2.0
+
+
 class GlanceChannel(HTTPChannel):
     """An HTTPChannel that answers an oversize head (module docstring)."""
 
@@ -169,6 +178,10 @@ class GlanceChannel(HTTPChannel):
     _counted = False
     #: The server stops: no request after the current one.
     _closing = False
+    #: A request has been answered on this connection.
+    _answered = False
+    #: At stop, the call that closes a new connection still silent.
+    _first_request_wait: IDelayedCall | None = None
     #: The connection's two addresses, once asked (L{getHost}, L{getPeer}).
     _host: Any = None
     _peer: Any = None
@@ -239,6 +252,7 @@ class GlanceChannel(HTTPChannel):
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
+        self._answered = True
         if self._deadline is not None and self.persistent:
             self._head_begun = False
             # A response the client has not read yet keeps its SEND phase:
@@ -266,10 +280,21 @@ class GlanceChannel(HTTPChannel):
                 if not request.startedWriting:
                     request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             self.persistent = False  # requestDone closes
-        elif not (self._head_begun or _bytes_waiting(self.transport)):
+        elif self._head_begun or _bytes_waiting(self.transport):
+            pass  # checkPersistence says Connection: close once the head is in
+        elif self._answered:
+            self.loseConnection()  # kept idle: its client retries elsewhere
+        else:
+            self._first_request_wait = self.site.reactor.callLater(
+                FIRST_REQUEST_GRACE_SECONDS, self._close_if_silent
+            )
+
+    def _close_if_silent(self) -> None:
+        """The stop's grace for a new connection is over: close it unless its
+        first request has begun."""
+        self._first_request_wait = None
+        if not (self.requests or self._head_begun or _bytes_waiting(self.transport)):
             self.loseConnection()
-        # Else a request's head has begun to come: checkPersistence says
-        # Connection: close once it is in.
 
     def pauseProducing(self) -> None:
         # Called by the transport: its buffer is full, the client not reading.
@@ -406,8 +431,9 @@ class GlanceChannel(HTTPChannel):
         if self._counted:
             self._counted = False
             self.site.open_connections -= 1
-        if self._cut_off is not None and self._cut_off.active():
-            self._cut_off.cancel()
+        for call in (self._cut_off, self._first_request_wait):
+            if call is not None and call.active():
+                call.cancel()
         super().connectionLost(reason)
         # Last: the request's own connectionLost has handed the site what
         # it leaves to do (L{glance_tx.api.site.GlanceSite.finishing}).
