@@ -6,7 +6,9 @@ request body before routing, tell whether a request's client has gone,
 tell where a TCP server endpoint would listen, or
 tune how much one socket read or send may take, or tell whether a
 transport has sent everything written to it (so a sender may write to its
-socket directly, as L{glance_tx.api.sendfile} does). Each function names the
+socket directly, as L{glance_tx.api.sendfile} does), or find the connection
+under a client response (so a relay may read its socket directly, as
+L{glance_tx.api.splice} does). Each function names the
 detail it uses and why; C{tests/test_twisted_private.py} pins each one, so
 a Twisted release that changes any of them fails loudly there rather than
 quietly here.
@@ -31,6 +33,7 @@ __all__ = [
     "decode_chunks_with",
     "request_line",
     "request_version",
+    "response_connection",
     "set_read_size",
     "set_send_limit",
     "tcp_listen_address",
@@ -129,6 +132,21 @@ def widen_body_reads(transport: Any, size: int) -> None:
     connection = getattr(transport, "_producer", None)
     if connection is not None and isinstance(getattr(connection, "bufferSize", None), int):
         connection.bufferSize = max(size, connection.bufferSize)
+
+
+def response_connection(response: Any) -> Any:
+    """
+    The connection a C{twisted.web} client response's body comes on (for
+    a plain TCP server a C{twisted.internet.tcp.Client}; for TLS the TLS
+    protocol over it), or C{None}. A treq response wraps the agent's as
+    its public C{original}; C{twisted.web._newclient.Response} keeps the
+    body's C{TransportProxyProducer} as the private C{_transport}, and
+    that holds the connection as its private C{_producer} (C{None} once
+    the response's parser has let go of it).
+    """
+    response = getattr(response, "original", response)
+    proxy = getattr(response, "_transport", None)
+    return getattr(proxy, "_producer", None)
 
 
 def unsent_bytes(transport: Any) -> int:

@@ -248,3 +248,41 @@ class ChunkedDecoderTests(SynchronousTestCase):
         """A Content-Length body keeps Twisted's identity decoder."""
         channel = self._channel_at_body(b"PUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n")
         self.assertIs(type(channel._transferDecoder), http._IdentityTransferDecoder)
+
+
+class ResponseConnectionTests(SynchronousTestCase):
+    def test_response_body_comes_on_its_connection(self) -> None:
+        """
+        A twisted.web client response keeps its body's transport as the
+        private _transport, a TransportProxyProducer over the connection
+        (its private _producer); a treq response wraps it as original.
+        Pausing that transport pauses the connection, and the body's bytes
+        read with the head are held until deliverBody takes them.
+        """
+        from treq.response import _Response
+        from twisted.web._newclient import HTTP11ClientProtocol, Request
+        from twisted.web.http_headers import Headers
+
+        connection = StringTransport()
+        protocol = HTTP11ClientProtocol()
+        protocol.makeConnection(connection)
+        answered = protocol.request(Request(b"GET", b"/", Headers({b"host": [b"x"]}), None))
+        protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        response = self.successResultOf(answered)
+        self.assertIs(twisted_private.response_connection(response), connection)
+        self.assertIs(twisted_private.response_connection(_Response(response, None)), connection)
+        self.assertEqual(response.length, 10)
+
+        from twisted.internet.protocol import Protocol
+
+        got: list[bytes] = []
+        body = Protocol()
+        body.dataReceived = got.append  # type: ignore[method-assign]
+        response.deliverBody(body)
+        self.assertEqual(got, [b"abc"])
+        body.transport.pauseProducing()  # type: ignore[union-attr]
+        self.assertEqual(connection.producerState, "paused")
+
+    def test_nothing_without_one(self) -> None:
+        """Anything else (a fake response) has no connection to give."""
+        self.assertIsNone(twisted_private.response_connection(object()))

@@ -4,7 +4,8 @@ Sending image data: one streaming path for every API version.
 The store's producer is registered on the request, so a slow client pauses
 the store and memory stays flat whatever the image size; or, for a local
 file sent whole or as one range to a plain TCP client, the kernel copies
-it with C{os.sendfile} (L{glance_tx.api.sendfile}). L{serve_data}
+it with C{os.sendfile} (L{glance_tx.api.sendfile}), and a network store's
+response to one with C{os.splice} (L{glance_tx.api.splice}). L{serve_data}
 adds, in RFC 9110's order, conditional requests (304, 412; see
 L{glance_tx.api.http_cache}) and ranges (206 for one range,
 C{multipart/byteranges} for several, 416; see L{glance_tx.api.ranges}).
@@ -36,11 +37,13 @@ from glance_tx.api.ranges import (
     unsatisfied_range,
 )
 from glance_tx.api.sendfile import plain_tcp_socket, send_file
+from glance_tx.api.splice import available as splice_available
+from glance_tx.api.splice import splice_sink
 from glance_tx.backpressure import PauseGate
 from glance_tx.errors import Conflict, Forbidden, GlanceError, RangeNotSatisfiable
 from glance_tx.images import Image
 from glance_tx.store.backends import StoreMap
-from glance_tx.store.interface import IFileRanges, IStore
+from glance_tx.store.interface import IFileRanges
 
 log = Logger()
 
@@ -92,26 +95,29 @@ async def send_data(
     location = image.locations[0]
     store = stores.for_location(location)
     if consumer is None:
-        reactor = _sendfile_reactor(request, store)
-        if reactor is not None:
+        reactor = _socket_reactor(request)
+        if reactor is not None and IFileRanges.providedBy(store):
             source = await cast(IFileRanges, store).open_range(location.url, offset, length)
             await send_file(reactor, request, source)
             return
-        consumer = cast(IConsumer, request)  # a twisted.web Request is one
+        if reactor is not None and splice_available():
+            # A network store may hand its response's socket to this sink.
+            consumer = splice_sink(reactor, request)
+        else:
+            consumer = cast(IConsumer, request)  # a twisted.web Request is one
     _raise_send_limit(request)
     await store.read(location.url, consumer, offset, length)
 
 
-def _sendfile_reactor(request: IRequest, store: IStore) -> IReactorFDSet | None:
+def _socket_reactor(request: IRequest) -> IReactorFDSet | None:
     """
-    The reactor to send with C{os.sendfile} through (see
-    L{glance_tx.api.sendfile}), when the data is a local file
-    (L{IFileRanges}) and the client is on plain TCP; else C{None}, and the
-    store's producer streams the bytes (TLS, remote stores, the parts of a
-    C{multipart/byteranges} body).
+    The reactor to write to the client's socket around its transport
+    through, when the client is on plain TCP: a local file (L{IFileRanges})
+    is then sent with C{os.sendfile} (L{glance_tx.api.sendfile}), a network
+    store's response relayed with C{os.splice} (L{glance_tx.api.splice});
+    else C{None}, and the store's producer streams the bytes (TLS, the parts
+    of a C{multipart/byteranges} body).
     """
-    if not IFileRanges.providedBy(store):
-        return None
     if plain_tcp_socket(getattr(request, "transport", None)) is None:
         return None
     reactor = getattr(getattr(getattr(request, "channel", None), "site", None), "reactor", None)

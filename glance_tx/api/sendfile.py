@@ -62,7 +62,7 @@ from glance_tx import twisted_private
 from glance_tx.errors import StoreError
 from glance_tx.store.interface import FileRange
 
-__all__ = ["SEND_STEP", "FileSender", "plain_tcp_socket", "send_file"]
+__all__ = ["SEND_STEP", "FileSender", "client_stall_timeout", "plain_tcp_socket", "send_file"]
 
 log = Logger()
 
@@ -318,7 +318,16 @@ def send_file(reactor: IReactorFDSet, request: Any, source: FileRange) -> Deferr
     Send C{source} as C{request}'s body with a L{FileSender}, cut off after
     the site's C{client_socket_timeout} without the client reading.
     """
+    return FileSender(reactor, request, source, stall_timeout=client_stall_timeout(request)).start()
+
+
+def client_stall_timeout(request: Any) -> float | None:
+    """
+    The site's C{client_socket_timeout}: how long a client may read nothing
+    of a body sent around the transport (whose channel deadline never sees
+    it) before it is cut off; None when the request has no such site.
+    """
     site = getattr(getattr(request, "channel", None), "site", None)
     limits = getattr(site, "client_limits", None)
-    timeout = limits.client_socket_timeout if limits is not None else None
-    return FileSender(reactor, request, source, stall_timeout=timeout).start()
+    timeout: float | None = limits.client_socket_timeout if limits is not None else None
+    return timeout

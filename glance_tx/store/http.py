@@ -24,7 +24,10 @@ image. Here C{Accept-Encoding: identity} is sent and nothing is kept.
 The body is read through the shared L{glance_tx.store.reader.BlockProducer}
 from L{glance_tx.store.response.ResponseBlocks} (the connection paused while
 the client is slow), each block's wait bounded by a
-L{glance_tx.store.deadline.Deadline}.
+L{glance_tx.store.deadline.Deadline}; or, for a body framed by
+C{Content-Length} from its first byte on, going to a client on plain TCP
+from a server on plain TCP, relayed by the kernel with C{os.splice}
+(L{glance_tx.store.response.relay_body}, L{glance_tx.api.splice}).
 
 Writes and deletes are refused with L{StoreReadOnly} (403): the request is
 understood and allowed in general, only this store cannot do it, and
@@ -75,7 +78,7 @@ from glance_tx.store.reader import (
     NoBytes,
     check_read_range,
 )
-from glance_tx.store.response import response_blocks
+from glance_tx.store.response import relay_body, response_blocks
 from glance_tx.store.tls import HTTP_TLS, load_tls_policy
 from glance_tx.threads import BlockingRunner
 
@@ -325,6 +328,10 @@ class HTTPStore:
         if available is _PAST_END:
             return await self._produce(NoBytes(), consumer, 0)
         remaining = max(0, available if length is None else min(length, available))
+        if not skip:
+            relayed = relay_body(consumer, response, remaining, target.shown, self.read_timeout)
+            if relayed is not None:
+                return await relayed
         source: IBlockSource = Deadline(
             response_blocks(response, self.block_size, target.shown, wide_reads=True),
             self.clock,

@@ -166,3 +166,28 @@ class IFileRanges(Interface):
         (to the end when C{length} is C{None}; fewer if the data is
         shorter), with the checks and failures of L{IStore.read}.
         """
+
+
+class IBodySink(Interface):
+    """
+    A consumer that can also take a network store's response body straight
+    from the response's connection, past user space (the API's, for a
+    client on plain TCP: L{glance_tx.api.splice}). A store that reads
+    through a C{twisted.web} client offers it the response before it
+    streams the body itself (L{glance_tx.store.response.relay_body}).
+    """
+
+    def relay(
+        response: object, length: int, origin: str, timeout: float | None
+    ) -> Deferred[None] | None:
+        """
+        Send the first C{length} bytes of C{response}'s body (an
+        C{IResponse} whose body is unread and framed by its
+        C{Content-Length}, at least C{length} long) to the client, with
+        what L{IStore.read} promises of the bytes it writes; the
+        response's connection is closed after them, not reused. C{origin}
+        names the server for errors (no credential); C{timeout}: seconds
+        the server may send nothing while the client wants more (None: no
+        limit). C{None}, the body untouched, when the connection cannot be
+        relayed this way (TLS): the caller streams it.
+        """

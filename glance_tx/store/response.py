@@ -15,7 +15,7 @@ from collections import deque
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -26,9 +26,10 @@ from zope.interface import implementer
 from glance_tx import twisted_private
 from glance_tx.backpressure import PauseGate, Watermarks
 from glance_tx.errors import StoreError
+from glance_tx.store.interface import IBodySink
 from glance_tx.store.reader import IBlockSource
 
-__all__ = ["ResponseBlocks", "response_blocks", "widen_body_reads"]
+__all__ = ["ResponseBlocks", "relay_body", "response_blocks", "widen_body_reads"]
 
 
 def widen_body_reads(transport: Any, size: int) -> None:
@@ -190,3 +191,26 @@ def response_blocks(
     )
     response.deliverBody(blocks)
     return blocks
+
+
+def relay_body(
+    consumer: IConsumer,
+    response: IResponse,
+    length: int,
+    origin: str,
+    timeout: float | None = None,
+) -> Deferred[None] | None:
+    """
+    Offer the first C{length} bytes of C{response}'s unread body to
+    C{consumer} to relay past user space, when it can (an L{IBodySink}: the
+    API's for a client on plain TCP) and the body is framed by a
+    C{Content-Length} that covers them; fire as L{IStore.read} does. C{None},
+    the body untouched, when not: the caller streams it (chunked bodies,
+    TLS on either side, the parts of a multipart body).
+    """
+    sink = IBodySink(consumer, None)
+    size = response.length
+    if sink is None or not isinstance(size, int) or length <= 0 or size < length:
+        return None
+    relayed: Deferred[None] | None = sink.relay(response, length, origin, timeout)
+    return relayed

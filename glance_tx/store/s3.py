@@ -15,7 +15,8 @@ short), so S3 keeps no parts and no object.
 Reads relay the ranged GET's response through the shared
 L{BlockProducer} and L{glance_tx.store.response.ResponseBlocks}: the
 response's connection is paused while a slow consumer leaves more than two
-blocks unread.
+blocks unread; or, on plain TCP on both sides, the kernel moves the body
+with C{os.splice} (L{glance_tx.store.response.relay_body}).
 
 Locations carry no credentials (glance_store's do): the store's own
 configuration has them.
@@ -48,7 +49,7 @@ from glance_tx.store.reader import (
     NoBytes,
     check_read_range,
 )
-from glance_tx.store.response import response_blocks
+from glance_tx.store.response import relay_body, response_blocks
 from glance_tx.store.s3_client import (
     HTTPRequester,
     MultipartUpload,
@@ -184,6 +185,9 @@ class S3Store:
                     raise StoreError("S3 answered a GET without a Content-Length")
                 remaining = response.length
                 origin = f"the S3 store {self.client.store_name!r}"
+                relayed = relay_body(consumer, response, remaining, origin)
+                if relayed is not None:
+                    return await relayed
                 source = response_blocks(response, self.block_size, origin, wide_reads=True)
         producer = BlockProducer(
             source=source, consumer=consumer, remaining=remaining, block_size=self.block_size
