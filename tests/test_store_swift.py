@@ -27,6 +27,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from glance_tx.api import splice as splice_module
 from glance_tx.config import ConfigError
 from glance_tx.errors import StorageFull, StoreError
 from glance_tx.images import new_image_id
@@ -38,6 +39,7 @@ from tests.store_conformance import (
     make_data,
 )
 from tests.swift_cluster import SwiftCluster, swift_cluster, unique_container
+from tests.test_splice import _Splices
 
 MiB = 1024 * 1024
 SEGMENT = 16 * 1024
@@ -711,10 +713,16 @@ class ServiceTests(TestCase):
             "x-static-large-object", self.connection.head_object(self.container, small_image["id"])
         )
 
+        splices = _Splices()
+        self.patch(splice_module, "splice", splices)
         for image, data in ((big_image, big), (small_image, small)):
+            relayed = splices.to_client
             response = await self.treq.get(f"{self.base}/v1/images/{image['id']}")
             self.assertEqual(response.code, 200)
             self.assertEqual(await response.content(), data)
+            # The proxy answers on plain TCP with a Content-Length (a large
+            # object's too): the kernel relays it.
+            self.assertGreater(splices.to_client, relayed)
             response = await self.treq.get(
                 f"{self.base}/v1/images/{image['id']}",
                 headers=Headers({"Range": ["bytes=1000-1999"]}),

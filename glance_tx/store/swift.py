@@ -25,7 +25,9 @@ a failure deletes every segment already sent.
 
 Reads relay one GET (ranged when asked for part of the data) to the
 consumer through the shared read-ahead producer, pausing the Swift
-connection while the consumer is slow. Deletes use
+connection while the consumer is slow; or, on plain TCP on both sides with
+a Content-Length, the kernel moves the body with C{os.splice}
+(L{glance_tx.store.response.relay_body}). Deletes use
 C{?multipart-manifest=delete}, which removes a manifest's segments with it.
 """
 
@@ -55,7 +57,7 @@ from glance_tx.store.reader import (
     NoBytes,
     check_read_range,
 )
-from glance_tx.store.response import response_blocks
+from glance_tx.store.response import relay_body, response_blocks
 from glance_tx.store.swift_client import (
     INTERFACES,
     KeystoneV3Auth,
@@ -216,8 +218,11 @@ class SwiftStore:
                 source, remaining = NoBytes(), 0
             else:
                 origin = f"the Swift store {self.client.store_name!r}"
-                source = response_blocks(response, self.block_size, origin, wide_reads=True)
                 remaining = _length(response)
+                relayed = relay_body(consumer, response, remaining, origin)
+                if relayed is not None:
+                    return await relayed
+                source = response_blocks(response, self.block_size, origin, wide_reads=True)
         producer = BlockProducer(
             source=source, consumer=consumer, remaining=remaining, block_size=self.block_size
         )
