@@ -404,12 +404,24 @@ class SpliceRelay:
             and not self._pipe_full
         )
         write = not self._finished and self._in_pipe > 0 and not self._paused
+        # Each side's clock starts again when the relay begins to wait for
+        # it: time spent waiting for the other side is not its fault.
         if read != self._reading and self._store is not None:
             self._reading = read
-            (self.reactor.addReader if read else self.reactor.removeReader)(self._store)
+            if read:
+                self.reactor.addReader(self._store)
+                if self._store_timer is not None and self.timeout is not None:
+                    self._store_timer.reset(self.timeout)
+            else:
+                self.reactor.removeReader(self._store)
         if write != self._writing and self._client is not None:
             self._writing = write
-            (self.reactor.addWriter if write else self.reactor.removeWriter)(self._client)
+            if write:
+                self.reactor.addWriter(self._client)
+                if self._client_timer is not None and self.stall_timeout is not None:
+                    self._client_timer.reset(self.stall_timeout)
+            else:
+                self.reactor.removeWriter(self._client)
 
     def _abort_client(self) -> None:
         transport = self.request.transport
