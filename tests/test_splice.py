@@ -3,7 +3,8 @@ Downloads from the HTTP store relayed with C{os.splice}
 (L{glance_tx.api.splice}), over real sockets: a twisted.web server on
 loopback as the store's web server, glance-tx in this process, and real
 clients. Which downloads take that path (and which keep the store's
-producer: chunked and TLS upstreams, a range the server ignores, several
+producer: chunked and TLS upstreams, a client on TLS, a range the server
+ignores, several
 ranges), the bytes and the log line they give, a slow client, a client
 that hangs up, and a server whose response ends short or stalls.
 """
@@ -469,3 +470,64 @@ def _read_until_closed(sock: socket.socket) -> bytes:
             break
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class TLSClientTests(TestCase):
+    """A client on TLS must get its bytes encrypted in user space: no splice."""
+
+    timeout = 120
+
+    async def test_tls_client_streams_from_the_store(self) -> None:
+        import json
+
+        from twisted.python.filepath import FilePath
+
+        from glance_tx.config import load_config
+        from tests.live_server import listening_port, start_glance_tx
+        from tests.test_registry_http import write_tls_files
+        from tests.test_sendfile import _tls_request
+
+        source = _Source()
+        data = pattern(2 * MiB)
+        source.images["image"] = (data, "whole")
+        top = Resource()
+        top.putChild(b"d", source)
+        web = reactor.listenTCP(0, server.Site(top), interface="127.0.0.1")
+        self.addCleanup(web.stopListening)
+        directory = FilePath(self.mktemp())
+        directory.makedirs()
+        ca, key, cert = write_tls_files(directory)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(
+                "[DEFAULT]\nenabled_backends = file:file, web:http\n"
+                "[web]\nhttp_store_allowed_networks = 127.0.0.1/32\n"
+            )
+        config = load_config(
+            path,
+            endpoint=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
+            data_dir=os.path.abspath(self.mktemp()),
+        )
+        service = await start_glance_tx(config, self.addCleanup, "splice-tls")
+        port = listening_port(service)
+        location = f"http://127.0.0.1:{web.getHost().port}/d/image"
+        created = await deferToThread(
+            _tls_request,
+            port,
+            ca,
+            (
+                "POST /v1/images HTTP/1.0\r\nx-image-meta-name: tls\r\n"
+                "x-image-meta-disk-format: raw\r\nx-image-meta-container-format: bare\r\n"
+                f"x-image-meta-location: {location}\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+        )
+        image_id = json.loads(created.partition(b"\r\n\r\n")[2])["image"]["id"]
+        splices = _Splices()
+        self.patch(splice_module, "splice", splices)
+        received = await deferToThread(
+            _tls_request, port, ca, f"GET /v1/images/{image_id} HTTP/1.0\r\n\r\n".encode()
+        )
+        head, _, body = received.partition(b"\r\n\r\n")
+        self.assertIn(b"200", head.split(b"\r\n")[0])
+        self.assertEqual(body, data)
+        self.assertEqual(splices.calls, 0)
