@@ -4,9 +4,9 @@ Downloads from the HTTP store relayed with C{os.splice}
 loopback as the store's web server, glance-tx in this process, and real
 clients. Which downloads take that path (and which keep the store's
 producer: chunked and TLS upstreams, a client on TLS, a range the server
-ignores, several
-ranges), the bytes and the log line they give, a slow client, a client
-that hangs up, and a server whose response ends short or stalls.
+ignores, several ranges), the bytes and the log line they give, a slow
+client, a client that hangs up, and a server whose response ends short
+or stalls.
 """
 
 from __future__ import annotations
