@@ -35,6 +35,10 @@ FLUSH_SECONDS = 0.2
 MAX_BUFFERED = 64 * 1024
 
 
+#: The levels written at once. A set, not C{level >= LogLevel.warn}:
+#: constantly's comparison is a Python call at every event.
+_AT_ONCE = frozenset(level for level in LogLevel.iterconstants() if level >= LogLevel.warn)
+
 _ONE_FIELD = re.compile(r"\{([A-Za-z_]\w*)\}")
 
 
@@ -116,10 +120,9 @@ class BufferedLogObserver:
             self._lines.append(text)
             self._size += len(text)
             full = self._size >= self._max_buffered
-        level = event.get("log_level")
         if (
             full
-            or (level is not None and level >= LogLevel.warn)
+            or event.get("log_level") in _AT_ONCE
             or not self._reactor.running
             or threading.get_ident() != self._reactor_thread
         ):

@@ -18,8 +18,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from contextvars import ContextVar
 
 #: The header: sent on every API response, and by API nodes to the registry.
@@ -85,11 +84,20 @@ def current_request_id() -> str | None:
     return _current.get()
 
 
-@contextmanager
-def working_for(request_id: str) -> Iterator[None]:
-    """Run the block, and whatever coroutines it starts, for C{request_id}."""
-    token = _current.set(request_id)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+class working_for:  # lower case: used as the function it was, with working_for(id)
+    """
+    Run the block, and whatever coroutines it starts, for C{request_id}.
+    A class rather than a C{@contextmanager} generator: every request
+    enters one, and the generator's machinery cost four times as much.
+    """
+
+    __slots__ = ("_request_id", "_token")
+
+    def __init__(self, request_id: str) -> None:
+        self._request_id = request_id
+
+    def __enter__(self) -> None:
+        self._token = _current.set(self._request_id)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._token)

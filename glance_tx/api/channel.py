@@ -71,6 +71,10 @@ from glance_tx.errors import Overloaded, RequestTimeout
 
 log = Logger()
 
+#: A site without its own limits (a test's plain Site): the defaults,
+#: made once rather than at every request.
+_DEFAULT_LIMITS = ClientLimits()
+
 #: Glance's C{max_header_line}: the longest request or header line.
 DEFAULT_MAX_HEADER_LINE = 16384
 
@@ -211,7 +215,7 @@ class GlanceChannel(HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
-        limits: ClientLimits = getattr(self.site, "client_limits", ClientLimits())
+        limits: ClientLimits = getattr(self.site, "client_limits", _DEFAULT_LIMITS)
         self._deadline = ConnectionDeadline(self.site.reactor, limits, self._timed_out)
         most = limits.max_connections
         if most is not None and self.site.open_connections >= most:
@@ -262,7 +266,7 @@ class GlanceChannel(HTTPChannel):
         super().requestDone(request)
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
-        if self._closing or not getattr(self.site, "client_limits", ClientLimits()).http_keepalive:
+        if self._closing or not getattr(self.site, "client_limits", _DEFAULT_LIMITS).http_keepalive:
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
             return False
         return bool(super().checkPersistence(request, version))

@@ -3,12 +3,15 @@ L{IRegistry} on a SQL database: SQLite by default, PostgreSQL to scale out.
 
 SQLAlchemy Core is blocking, so every statement runs inside a callable handed
 to a L{BlockingRunner}: a thread pool in production, the calling thread in
-tests. Nothing here touches the database on the reactor thread.
+tests. Nothing here touches the database on the reactor thread, but for
+the one question of L{glance_tx.registry.sql.fresh}: whether a SQLite
+file changed since an image's record was read.
 """
 
 from __future__ import annotations
 
 import builtins
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy import update as sql_update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, OperationalError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from glance_tx.errors import (
@@ -79,6 +82,7 @@ from glance_tx.registry.schema import (
     upload_leases,
 )
 from glance_tx.registry.sql.engine import is_memory_sqlite, open_engine, transaction
+from glance_tx.registry.sql.fresh import FreshImages
 from glance_tx.registry.sql.image_read import ImageReader
 from glance_tx.registry.sql.metadefs import SQLMetadefs
 from glance_tx.registry.sql.page_read import PageReader
@@ -175,6 +179,8 @@ class SQLRegistry(SQLMetadefs):
     _reader: ImageReader | None = field(init=False)
     #: Listing pages from statements kept per query shape, on SQLite.
     _pages: PageReader | None = field(init=False)
+    #: Records answered without the pool while unchanged, on a SQLite file.
+    _fresh: FreshImages | None = field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self._reader = ImageReader.for_engine(self.engine)
@@ -183,6 +189,9 @@ class SQLRegistry(SQLMetadefs):
             self._lock = threading.Lock()
         else:
             self._lock = nullcontext()
+            if self._reader is not None:
+                path = os.path.abspath(str(self.engine.url.database))
+                self._fresh = FreshImages(path, self._run)
 
     # IRegistry
 
@@ -190,7 +199,17 @@ class SQLRegistry(SQLMetadefs):
         return self._run(self._create, image)
 
     def get(self, image_id: str, include_deleted: bool = False) -> Deferred[Image]:
-        return self._run(self._get, image_id, include_deleted)
+        fresh = self._fresh
+        version = None if fresh is None else fresh.version()
+        if version is None:
+            return self._run(self._get, image_id, include_deleted)
+        assert fresh is not None
+        image = fresh.kept(image_id)
+        if image is not None and (include_deleted or not image.deleted):
+            return succeed(image)
+        return self._run(self._get, image_id, include_deleted).addCallback(
+            fresh.keep, image_id, version
+        )
 
     def list(self, query: ImageQuery) -> Deferred[builtins.list[Image]]:
         return self._run(self._list, query)
@@ -303,6 +322,8 @@ class SQLRegistry(SQLMetadefs):
 
     def close(self) -> Deferred[None]:
         """Close the database connections (the registry is unusable after)."""
+        if self._fresh is not None:
+            self._fresh.close()
         return self.runner.run(self.engine.dispose)
 
     # plumbing
