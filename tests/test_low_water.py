@@ -134,8 +134,9 @@ class UploadMarkTests(SiteTestCase):
 
     def test_content_length_body(self) -> None:
         """
-        The mark is a whole read (UPLOAD_READ_SIZE) while more than that is
-        left of the body, then what is left, and 1 once the body is in.
+        After a short read (the client is slower than the server) the mark
+        is a whole read (UPLOAD_READ_SIZE), or what is left of the body if
+        that is less; after a whole read, and once the body is in, 1.
         """
         size = 2 * site.UPLOAD_READ_SIZE + 12345
         image_id = self.queued_image()
@@ -144,7 +145,7 @@ class UploadMarkTests(SiteTestCase):
         left = size
         for piece, expected in [
             (1000, site.UPLOAD_READ_SIZE),
-            (site.UPLOAD_READ_SIZE, site.UPLOAD_READ_SIZE),  # just over a read left
+            (site.UPLOAD_READ_SIZE, 1),  # a whole read: the client is ahead
             (20000, size - 1000 - site.UPLOAD_READ_SIZE - 20000),
             (site.UPLOAD_READ_SIZE - 21000, 12345),
             (12345, 1),

@@ -218,22 +218,29 @@ class StreamingRequest(server.Request):
         assert self.upload is not None
         self.content.write(data)
         if self._low_water:
-            self._next_read()
+            self._next_read(len(data))
         try:
             self.upload.write(data)
         except GlanceError as error:
             self.refuse(error)
 
-    def _next_read(self) -> None:
+    def _next_read(self, size: int) -> None:
         """
-        Have the socket read when a batch, or the rest of the body, waits;
-        1 (as any socket) once the body is in. Set at every read (one
-        system call per batch), as the channel's body timeout may have
-        lowered it (L{low_water.release}).
+        After a read of C{size} bytes: if it was short (the client is
+        slower than this server), have the socket read next only when a
+        whole read, or the rest of the body, waits; after a whole read, as
+        soon as anything does. A client faster than the server keeps every
+        read whole, so its socket never waits (a mark held all along cost
+        such an upload 0.1-0.2 CPU s/GiB more on the reactor: Linux then
+        stops growing the socket's buffer, and each read waited for the
+        client); a slower one is read twice per batch instead of 16 times.
+        Set at every read, as the channel's body timeout may have lowered
+        it (L{low_water.release}).
         """
         assert self._body_length is not None
         left = self._body_length - self.content.length
-        low_water.wait_for(self.channel.transport, min(UPLOAD_READ_SIZE, left))
+        mark = min(UPLOAD_READ_SIZE, left) if size < UPLOAD_READ_SIZE else 1
+        low_water.wait_for(self.channel.transport, mark)
 
     def _end_low_water(self) -> None:
         """The body is no longer read in batches: every byte is read as it comes."""
