@@ -9,9 +9,10 @@ came since the last one, 64 KiB from curl: sixteen rounds of the HTTP
 parser and the upload pipeline per MiB where one would do. With the mark
 at a batch, the kernel reports the socket readable only once that many
 bytes wait (or the peer closes, or its buffer would otherwise stall the
-sender): measured with curl at 60 MiB/s, the reactor's CPU per GiB of a
-Content-Length upload fell from 1.24-1.56 s to 0.88-1.00 (bench/RESULTS.md,
-"Upload reads a batch at a time").
+sender): with curl held to 20 MiB/s, 1,700-1,800 reads per GiB of a
+Content-Length upload instead of 5,800-13,000, and 1.52 reactor CPU s/GiB
+instead of 2.08-2.88; at 60 MiB/s the server's CPU per GiB 0.92x
+(bench/RESULTS.md, "Upload reads a batch at a time").
 
 Only where the body's length is known (so the mark never waits for bytes
 that will not come: L{glance_tx.api.site.StreamingRequest} keeps it at
