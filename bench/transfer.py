@@ -63,6 +63,7 @@ glance-tx are found next to it::
 
     .venv/bin/python bench/transfer.py                  # 2 GiB, 3 runs
     .venv/bin/python bench/transfer.py --size 256M --runs 1
+    .venv/bin/python bench/transfer.py --limit-rate 60M --size 512M  # a slower client
     .venv/bin/python bench/transfer.py --inspection --size 1G --runs 7
     .venv/bin/python bench/transfer.py --with-glance \\
         --glance-venv /work/glance-peer-venv
@@ -110,6 +111,8 @@ RSS_INTERVAL = 0.05
 #: At most this many seconds are spent waiting for a quiet machine before
 #: each transfer (set from --quiet-wait).
 QUIET_WAIT = 60.0
+#: curl's --limit-rate for every upload (set from --limit-rate); None: none.
+UPLOAD_RATE: str | None = None
 
 
 class BenchError(RuntimeError):
@@ -673,6 +676,8 @@ def upload_args(path: Path, chunked: bool) -> list[str]:
     ]
     if chunked:
         args += ["-H", "Transfer-Encoding: chunked"]
+    if UPLOAD_RATE is not None:
+        args += ["--limit-rate", UPLOAD_RATE]
     return args
 
 
@@ -1184,6 +1189,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="before each transfer, wait up to this many seconds for the "
                              "machine to be quiet (< 0.3 cores busy for 1 s); 0 to not wait "
                              "[default: %(default)s]")
+    parser.add_argument("--limit-rate", default=None, metavar="RATE",
+                        help="send every upload at most this fast (curl's --limit-rate, "
+                             "e.g. 60M): a client slower than the server, as one across a "
+                             "real network is, which the server reads as it comes")
     parser.add_argument("--hashing-algorithm", default="sha512", metavar="NAME",
                         help="glance-tx's hashing_algorithm (os_hash_algo), e.g. sha256; "
                              "the floor and hash ceiling use it too [default: %(default)s]")
@@ -1242,8 +1251,9 @@ def inspection_main(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    global QUIET_WAIT
+    global QUIET_WAIT, UPLOAD_RATE
     QUIET_WAIT = args.quiet_wait
+    UPLOAD_RATE = args.limit_rate
     # A SIGTERM unwinds through the finally blocks like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with ExitStack() as stack:
@@ -1294,7 +1304,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{human(args.size)}, {args.runs} run(s), {args.stat}; "
                 f"hashing_algorithm {algorithm}; tmpdir {workdir.parent}; "
-                f"load average {load_before} before, {os.getloadavg()[0]:.2f} after"
+                + (f"uploads limited to {UPLOAD_RATE}B/s; " if UPLOAD_RATE else "")
+                + f"load average {load_before} before, {os.getloadavg()[0]:.2f} after"
             )
             print(report(runs, hwm, peer is not None, args.stat))
             print(

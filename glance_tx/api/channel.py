@@ -63,6 +63,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from glance_tx import twisted_private
+from glance_tx.api import low_water
 from glance_tx.api.chunked import ChunkedDecoder
 from glance_tx.api.deadlines import ConnectionDeadline, Phase
 from glance_tx.api.errors import error_document
@@ -319,6 +320,11 @@ class GlanceChannel(HTTPChannel):
 
     def _timed_out(self, phase: Phase) -> None:
         transport: Any = self.transport
+        if phase is Phase.BODY and self._deadline is not None and low_water.release(transport):
+            # Bytes came that an upload's low-water mark kept from being
+            # read: the client is not silent. Read them, and wait again.
+            self._deadline.arm(Phase.BODY)
+            return
         seconds = phase.seconds(self._deadline.limits) if self._deadline else None
         log.info(
             "{client} timed out ({phase}, {seconds}s)",
