@@ -347,6 +347,7 @@ class _SwiftUpload:
             await self._send(chunks)
             return
         pending = deque(chunks)
+        chunks.clear()  # each is let go of once sent (see FedBody.send)
         batch: list[bytes] = []
         while pending:
             if self._put is None:
