@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 from xml.etree import ElementTree
 
@@ -42,6 +42,7 @@ from glance_tx.store.fed_body import FedBody
 from glance_tx.store.interface import IStoreWriter
 from glance_tx.store.s3 import S3Store, _feed_chunks, s3_store_from_options
 from glance_tx.store.s3_client import S3Client, S3Credentials
+from glance_tx.store.writer import NETWORK_BUDGET_WEIGHT, StoreWriter
 from glance_tx.threads import SynchronousRunner
 from tests.live_server import (
     listening_port,
@@ -135,6 +136,8 @@ class SinglePutTests(_Live):
             store = self.make_store()
             data = make_data(3 * TEST_PART_SIZE + 5, seed=20)
             writer = await store.open_writer(new_image_id(), size=len(data))
+            # A network store's queue counts double against the upload budget.
+            self.assertEqual(cast(StoreWriter, writer).budget_weight, NETWORK_BUDGET_WEIGHT)
             for start in range(0, len(data), 1000):
                 writer.write(data[start : start + 1000])
             self.assertEqual(self.uploads(), [])

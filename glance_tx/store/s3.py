@@ -57,7 +57,7 @@ from glance_tx.store.s3_client import (
     UploadedPart,
 )
 from glance_tx.store.tls import S3_TLS, load_tls_policy
-from glance_tx.store.writer import IWriteBackend, StoreWriter
+from glance_tx.store.writer import NETWORK_BUDGET_WEIGHT, IWriteBackend, StoreWriter
 from glance_tx.threads import BlockingRunner
 
 __all__ = ["S3Store", "make_s3_store", "s3_store_from_options"]
@@ -155,7 +155,7 @@ class S3Store:
             backend = _MultipartBackend(
                 self.client, upload, self.part_size, self.runner, self.parts_in_flight
             )
-        return StoreWriter(backend, self.watermarks)
+        return StoreWriter(backend, self.watermarks, budget_weight=NETWORK_BUDGET_WEIGHT)
 
     def read(
         self,
