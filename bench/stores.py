@@ -11,13 +11,17 @@ One run of this script:
    (signature checks on; ``tests/s3_server.py`` makes its key), a one-node
    Swift (``tools/swift-one-node``, memcached, tempauth) and nginx serving
    the test file for the read-only HTTP store;
-3. starts ``twistd -n glance`` with four stores enabled (``file:file``,
-   ``s3:s3``, ``swift:swift``, ``web:http``);
+3. starts ``twistd -n glance`` with five stores enabled (``file:file``,
+   ``s3:s3``, ``s3put:s3``, ``swift:swift``, ``web:http``; ``s3put`` is
+   the same moto bucket with a 5 GiB ``s3_store_large_object_size``);
 4. for each writable store: uploads the file through the API with curl
    (``POST /v1/images`` with ``x-image-meta-store``, Content-Length) and
    downloads it back; then moves the same bytes with curl straight to and
    from the store (``--aws-sigv4`` for S3, an ``X-Auth-Token`` for Swift,
-   ``dd ... conv=fsync`` and nginx for the filesystem);
+   ``dd ... conv=fsync`` and nginx for the filesystem); to S3 twice, each
+   beside a direct client making the same requests of moto: through
+   ``s3put`` (one PUT) beside curl's one PUT, through ``s3`` (10 MiB
+   parts past glance_store's 100 MiB default) beside boto3's parts;
 5. for the HTTP store: registers the nginx URL as an image location and
    downloads it through glance-tx, beside curl from nginx and curl through
    a second nginx that relays the first (``proxy_pass``, unbuffered, 1 MiB
@@ -203,25 +207,19 @@ def start_glance_tx(
 ) -> Server:
     """
     glance-tx with the file, S3 and HTTP stores, and Swift's when C{swift}
-    runs; C{s3_options} (C{name=value}) go into the S3 store's section.
+    runs; C{s3_options} (C{name=value}) go into the S3 stores' sections.
+    Two S3 stores on the same moto: C{s3} with glance_store's default
+    large-object size (100 MiB: an image of the benchmark's size goes up
+    in parts, as boto3's does), and C{s3put} with S3's largest single PUT
+    (5 GiB: one PUT, as curl's).
     """
     s3 = urlsplit(s3_url)
     data = workdir / "glance-tx"
     data.mkdir()
     config = data / "glance-tx.conf"
-    config.write_text(
+    s3_section = textwrap.indent(
         textwrap.dedent(
             f"""\
-            [DEFAULT]
-            image_size_cap = {max(size * 2, 1 << 40)}
-            enabled_backends = file:file, s3:s3, web:http{", swift:swift" if swift else ""}
-            default_backend = file
-            recover_on_start = false
-
-            [file]
-            filesystem_store_datadir = {data / "images"}
-
-            [s3]
             s3_store_host = http://{s3.hostname}:{s3.port}
             s3_store_access_key = {unquote(s3.username or "")}
             s3_store_secret_key = {unquote(s3.password or "")}
@@ -229,7 +227,28 @@ def start_glance_tx(
             s3_store_create_bucket_on_put = true
             s3_store_bucket_url_format = path
             s3_store_region_name = {REGION}
-            {(chr(10) + " " * 12).join(s3_options)}
+            """
+        ) + "".join(f"{option}\n" for option in s3_options),
+        " " * 12,
+    ).strip()
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            [DEFAULT]
+            image_size_cap = {max(size * 2, 1 << 40)}
+            enabled_backends = file:file, s3:s3, s3put:s3, web:http{", swift:swift" if swift else ""}
+            default_backend = file
+            recover_on_start = false
+
+            [file]
+            filesystem_store_datadir = {data / "images"}
+
+            [s3]
+            {s3_section}
+
+            [s3put]
+            {s3_section}
+            s3_store_large_object_size = 5120
 
             [web]
             http_store_allowed_networks = 127.0.0.0/8
@@ -446,16 +465,22 @@ def one_round(
     # S3 (moto), against curl --aws-sigv4 to the same server.
     if "s3" in stores:
         s3_object = f"{moto.base_url}/{BUCKET}/direct-{int(time.time())}"
-        up, image_id = upload_through(glance, path, args.size, md5, "s3")
+        # Each S3 upload beside the direct client that makes the same
+        # requests of moto: one PUT (store s3put) beside curl's, parts
+        # (store s3) beside boto3's; a multipart upload costs moto about
+        # twice the CPU of one PUT (it copies the parts into one object).
+        put, put_id = upload_through(glance, path, args.size, md5, "s3put")
         # curl would sign the empty "Expect:" that upload_args sends (to
         # drop 100-continue) without sending it, and S3 would refuse that.
         direct = transfer.measure("s3 direct up", moto, ["-T", str(path)]
                                 + s3_sigv4(s3_url) + ["-o", "/dev/null", s3_object],
                                 "up", args.size, ok_codes=(200,))
-        report(Row("s3", "up", up, direct, "curl --aws-sigv4, one PUT"))
+        report(Row("s3", "up, one PUT", put, direct, "curl --aws-sigv4, one PUT"))
+        delete_image(glance, put_id)
+        up, image_id = upload_through(glance, path, args.size, md5, "s3")
         boto3_key = f"{s3_object.rpartition('/')[2]}-boto3"
         direct = boto3_sample(moto, s3_url, boto3_key, path, args.size)
-        report(Row("s3", "up", up, direct, "boto3 upload_file, 10 MiB parts"))
+        report(Row("s3", "up, parts", up, direct, "boto3 upload_file, 10 MiB parts"))
         down = download_through(glance, image_id, args.size, "s3")
         direct = transfer.measure("s3 direct down", moto, s3_sigv4(s3_url)
                                 + ["-o", "/dev/null", s3_object], "down", args.size, ok_codes=(200,))

@@ -107,11 +107,12 @@ def trim() -> bool:
 def limit_arenas(count: int = ARENAS, environ: Mapping[str, str] = os.environ) -> bool:
     """
     Let glibc make at most C{count} arenas, unless the operator chose with
-    C{MALLOC_ARENA_MAX} (glibc read it at start; it stands). Call before the
-    thread pool starts. Whether the limit was set.
+    C{MALLOC_ARENA_MAX} or C{glibc.malloc.arena_max} in C{GLIBC_TUNABLES}
+    (glibc read it at start; it stands). Call before the thread pool
+    starts. Whether the limit was set.
     """
     libc = _glibc()
-    if libc is None or "MALLOC_ARENA_MAX" in environ:
+    if libc is None or _chosen(environ, "MALLOC_ARENA_MAX", "glibc.malloc.arena_max"):
         return False
     return bool(libc.mallopt(_M_ARENA_MAX, count))
 

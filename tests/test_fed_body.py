@@ -12,6 +12,7 @@ from typing import Any
 from attrs import define, field
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface.verify import verifyObject
@@ -105,6 +106,29 @@ class ChunkedTests(SynchronousTestCase):
         clock.advance(0)
         self.successResultOf(sent)
 
+    def test_sent_chunks_are_let_go(self) -> None:
+        """
+        A chunk leaves the caller's list as it is written, the rest stay
+        until their turn: fails if the list keeps every chunk of a batch
+        until the last is sent (memory of 20 uploads to a slow store).
+        """
+        clock = Clock()
+        body = FedBody(clock)
+        consumer = PausingConsumer(producer=body)
+        body.startProducing(consumer)
+        chunks = [b"a" * 10, b"b" * 10, b"c" * 10]
+        sent = ensureDeferred(body.send(chunks))
+        clock.advance(0)
+        self.assertEqual(chunks, [b"", b"b" * 10, b"c" * 10])
+        body.resumeProducing()
+        clock.advance(0)
+        self.assertEqual(chunks, [b"", b"", b"c" * 10])
+        for _ in range(2):
+            body.resumeProducing()
+            clock.advance(0)
+        self.successResultOf(sent)
+        self.assertEqual((chunks, body.sent), ([b"", b"", b""], 30))
+
     def test_fail_fails_the_body(self) -> None:
         """C{fail} fails the body (the agent then drops the request) and a waiting send."""
         body = FedBody(Clock(), peer="Swift")
@@ -163,3 +187,27 @@ class KnownLengthTests(SynchronousTestCase):
         body.fail(StoreError("aborted"))
         self.failureResultOf(body.startProducing(ListConsumer()), StoreError)
         self.failureResultOf(ensureDeferred(body.write(b"x")), StoreError)
+
+
+class SendLimitTests(SynchronousTestCase):
+    def test_raised_by_default(self) -> None:
+        """
+        A body lets its connection send up to 1 MiB per send(), S3's and
+        Swift's alike (fails if the default goes back to Twisted's 128 KiB,
+        eight reactor turns per batch); C{None} leaves the transport alone.
+        """
+        transport = type("FDLike", (StringTransport,), {"SEND_LIMIT": 131072})
+        for peer in ("S3", "Swift"):
+            tcp = transport()
+            FedBody(Clock(), 10, peer=peer).startProducing(_Enforcing(consumer=tcp))
+            self.assertEqual(tcp.SEND_LIMIT, 1 << 20)
+        tcp = transport()
+        FedBody(Clock(), 10, send_limit=None).startProducing(_Enforcing(consumer=tcp))
+        self.assertEqual(tcp.SEND_LIMIT, 131072)
+
+
+@define
+class _Enforcing(ListConsumer):
+    """What the agent hands a body of known length: its connection is C{_consumer}."""
+
+    _consumer: Any = None

@@ -32,6 +32,28 @@ class LimitArenasTests(SynchronousTestCase):
         """With MALLOC_ARENA_MAX in the environment, glance-tx leaves glibc alone."""
         self.assertFalse(malloc.limit_arenas(environ={"MALLOC_ARENA_MAX": "4"}))
 
+    def test_the_operators_tunable_stands(self) -> None:
+        """
+        glibc.malloc.arena_max in GLIBC_TUNABLES is the operator's choice
+        too: no mallopt call (a fake glibc records them); another tunable
+        alone does not count.
+        """
+        calls: list[tuple[int, int]] = []
+
+        class FakeGlibc:
+            def mallopt(self, number: int, value: int) -> int:
+                calls.append((number, value))
+                return 1
+
+        self.patch(malloc, "_glibc", FakeGlibc)
+        tunables = "glibc.malloc.trim_threshold=1:glibc.malloc.arena_max=4"
+        self.assertFalse(malloc.limit_arenas(environ={"GLIBC_TUNABLES": tunables}))
+        self.assertEqual(calls, [])
+        self.assertTrue(
+            malloc.limit_arenas(environ={"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"})
+        )
+        self.assertEqual(calls, [(malloc._M_ARENA_MAX, malloc.ARENAS)])
+
     def test_tap_limits_before_the_pool(self) -> None:
         """
         makeService sets the limit before it makes the thread pool: fails

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 from xml.etree import ElementTree
 
@@ -39,9 +39,11 @@ from glance_tx.backpressure import Watermarks
 from glance_tx.config import ConfigError
 from glance_tx.errors import BadRequest, StoreError
 from glance_tx.images import new_image_id
+from glance_tx.store.fed_body import FedBody
 from glance_tx.store.interface import IStoreWriter
-from glance_tx.store.s3 import S3Store, s3_store_from_options
+from glance_tx.store.s3 import S3Store, _feed_chunks, s3_store_from_options
 from glance_tx.store.s3_client import S3Client, S3Credentials
+from glance_tx.store.writer import NETWORK_BUDGET_WEIGHT, StoreWriter
 from glance_tx.threads import SynchronousRunner
 from tests.live_server import (
     listening_port,
@@ -136,6 +138,8 @@ class SinglePutTests(_Live):
             store = self.make_store()
             data = make_data(3 * TEST_PART_SIZE + 5, seed=20)
             writer = await store.open_writer(new_image_id(), size=len(data))
+            # A network store's queue counts double against the upload budget.
+            self.assertEqual(cast(StoreWriter, writer).budget_weight, NETWORK_BUDGET_WEIGHT)
             for start in range(0, len(data), 1000):
                 writer.write(data[start : start + 1000])
             self.assertEqual(self.uploads(), [])
@@ -624,6 +628,43 @@ class PartsInFlightTests(SynchronousTestCase):
         self.assertIn("'bulk'", str(failure.value))
         self.assertEqual(sorted(fake.bodies), [1, 2, 3])
         self.assertEqual(fake.completed, [])
+
+
+@define
+class _PausingConnection:
+    """Records a body's writes and pauses it at each, as a full TCP transport."""
+
+    producer: Any = None
+    written: list[bytes] = field(factory=list)
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+        self.producer.pauseProducing()
+
+
+class FeedTests(SynchronousTestCase):
+    def test_chunks_go_whole(self) -> None:
+        """
+        A part's chunks reach its connection as the very objects gathered,
+        one write each, and the part lets go of each once it is written:
+        fails if they are sliced into copies again.
+        """
+        clock = Clock()
+        chunks = [make_data(MiB, seed=40), make_data(MiB + 1, seed=41), b"end"]
+        given = list(chunks)
+        body = FedBody(clock, sum(map(len, chunks)), peer="S3")
+        connection = _PausingConnection(producer=body)
+        done = body.startProducing(connection)
+        fed = Deferred.fromCoroutine(_feed_chunks(body, chunks))
+        clock.advance(0)
+        for n in range(len(given)):
+            self.assertEqual(len(connection.written), n + 1)
+            self.assertIs(connection.written[n], given[n])
+            self.assertEqual(len(chunks), len(given) - n - 1)
+            body.resumeProducing()
+            clock.advance(0)
+        self.successResultOf(fed)
+        self.successResultOf(done)
 
 
 class ConfigTests(SynchronousTestCase):

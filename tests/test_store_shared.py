@@ -20,11 +20,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from glance_tx.backpressure import Watermarks
+from glance_tx.backpressure import SharedBudget, Watermarks
 from glance_tx.errors import NotFound, StorageFull, StoreError
 from glance_tx.store.interface import IStore, IStoreWriter, StoredData
 from glance_tx.store.reader import BlockProducer, IBlockSource
-from glance_tx.store.writer import IWriteBackend, StoreWriter
+from glance_tx.store.writer import NETWORK_BUDGET_WEIGHT, IWriteBackend, StoreWriter
 from glance_tx.threads import SynchronousRunner
 from tests.fakes import ManualRunner
 from tests.memory_store import MemoryStore
@@ -118,6 +118,28 @@ class StoreWriterTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(commit), StoredData("test:///image", 3))
         self.assertEqual(writer.state, "committed")
         self.assertEqual(backend.waiting, [])
+
+    def test_budget_weight(self) -> None:
+        """
+        A writer with a budget weight charges the shared budget that many
+        bytes per byte queued, and gives it all back once written: fails
+        if network stores' uploads hold as much of the budget as the
+        file store's (tests.test_store_s3 and tests.test_store_swift check
+        that their writers weigh NETWORK_BUDGET_WEIGHT).
+        """
+        budget = SharedBudget(Watermarks(high=100, low=50))
+        backend = ScriptedBackend()
+        writer = StoreWriter(backend, Watermarks(high=1000, low=10), budget_weight=2)
+        writer.share(budget)
+        writer.write(b"x" * 30)
+        writer.write(b"y" * 30)
+        self.assertEqual(budget.queued, 120)
+        self.assertTrue(budget.spent)
+        backend.succeed()  # the first 30
+        self.assertEqual(budget.queued, 60)
+        backend.succeed()
+        self.assertEqual((budget.queued, budget.spent), (0, False))
+        self.assertEqual(NETWORK_BUDGET_WEIGHT, 2)
 
     def test_watermarks(self) -> None:
         """The producer is paused above the high mark and resumed at the low."""

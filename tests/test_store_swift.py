@@ -9,7 +9,7 @@ suite fast.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
@@ -33,6 +33,7 @@ from glance_tx.errors import StorageFull, StoreError
 from glance_tx.images import new_image_id
 from glance_tx.store.swift import SwiftStore, swift_store_from_options
 from glance_tx.store.swift_client import KeystoneV3Auth, SwiftClient, TempAuth
+from glance_tx.store.writer import NETWORK_BUDGET_WEIGHT, StoreWriter
 from tests.store_conformance import (
     FakeProducer,
     UnpacedStoreConformanceMixin,
@@ -126,6 +127,8 @@ class SwiftStoreTests(_SwiftHarness, TestCase):
 
     async def upload(self, store: SwiftStore, data: bytes, size: int | None, piece: int = 5000) -> str:
         writer = await store.open_writer(new_image_id(), size)
+        # A network store's queue counts double against the upload budget.
+        self.assertEqual(cast(StoreWriter, writer).budget_weight, NETWORK_BUDGET_WEIGHT)
         for start in range(0, len(data), piece):
             writer.write(data[start : start + piece])
         return (await writer.commit()).location

@@ -18,8 +18,6 @@ body, starting its next request) would run inside them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from attrs import define, field
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IConsumer, IReactorTime
@@ -30,7 +28,12 @@ from zope.interface import implementer
 from glance_tx.errors import StoreError
 from glance_tx.twisted_private import body_transport, set_send_limit
 
-__all__ = ["FedBody"]
+__all__ = ["SEND_LIMIT", "FedBody"]
+
+#: How much one send() of a body may take: an upload's 1 MiB batches leave
+#: in one call and one reactor turn each rather than eight (Twisted's
+#: 128 KiB).
+SEND_LIMIT = 1 << 20
 
 
 @implementer(IBodyProducer)
@@ -42,15 +45,14 @@ class FedBody:
     sent; without one it is sent chunked and complete at L{finish}.
 
     @ivar peer: Who receives it, for errors (C{"S3"}, C{"Swift"}).
-    @ivar send_limit: If given, the connection may hand the kernel up to
-        this many bytes per C{send()} (Twisted's default is 128 KiB): the
-        owner's chunks then leave in fewer calls and reactor turns.
+    @ivar send_limit: The connection may hand the kernel up to this many
+        bytes per C{send()} (C{None}: Twisted's 128 KiB).
     """
 
     clock: IReactorTime
     length: int | object = UNKNOWN_LENGTH
     peer: str = "the store"
-    send_limit: int | None = None
+    send_limit: int | None = SEND_LIMIT
     sent: int = field(default=0, init=False)
     _consumer: IConsumer | None = field(default=None, init=False)
     _done: Deferred[None] | None = field(default=None, init=False)
@@ -89,18 +91,22 @@ class FedBody:
 
     async def write(self, data: bytes) -> None:
         """L{send} one chunk."""
-        await self.send((data,))
+        await self.send([data])
 
-    async def send(self, chunks: Sequence[bytes]) -> None:
+    async def send(self, chunks: list[bytes]) -> None:
         """
         Write C{chunks}; return once they are taken and more may be written.
+        Each chunk is taken out of the list (its place left empty) as it is
+        written, so once the connection has sent it nothing here keeps it:
+        an upload's batch waiting for a slow store then holds its unsent
+        bytes, not all of them until the last is sent.
 
         @raise StoreError: the connection stopped taking the body, or the
             chunks run past C{length}; or the reason given to L{fail}.
         """
         while self._consumer is None and not self._given_up:
             await self._wait()
-        for chunk in chunks:
+        for index in range(len(chunks)):
             # One chunk at a time, each once the connection has sent the
             # last: its buffer then holds only that chunk, which it sends
             # without copying it (a transport joins what it is given when
@@ -108,6 +114,7 @@ class FedBody:
             while self._paused and not self._given_up:
                 await self._wait()
             self._check()
+            chunk, chunks[index] = chunks[index], b""
             if isinstance(self.length, int) and self.sent + len(chunk) > self.length:
                 raise StoreError(f"More image data than the {self.length} bytes announced")
             assert self._consumer is not None

@@ -58,7 +58,7 @@ from glance_tx.store.s3_client import (
     UploadedPart,
 )
 from glance_tx.store.tls import S3_TLS, load_tls_policy
-from glance_tx.store.writer import IWriteBackend, StoreWriter
+from glance_tx.store.writer import NETWORK_BUDGET_WEIGHT, IWriteBackend, StoreWriter
 from glance_tx.threads import BlockingRunner
 
 __all__ = ["S3Store", "make_s3_store", "s3_store_from_options"]
@@ -80,8 +80,6 @@ _FEEDING = 2
 
 #: Bytes relayed per write to the consumer on a read.
 DEFAULT_BLOCK_SIZE = 1 * MiB
-#: How much of a part goes into the connection per write.
-_FEED_SLICE = 256 * 1024
 
 
 @implementer(IStore)
@@ -158,7 +156,7 @@ class S3Store:
             backend = _MultipartBackend(
                 self.client, upload, self.part_size, self.runner, self.parts_in_flight
             )
-        return StoreWriter(backend, self.watermarks)
+        return StoreWriter(backend, self.watermarks, budget_weight=NETWORK_BUDGET_WEIGHT)
 
     def read(
         self,
@@ -272,20 +270,13 @@ def _crc32(chunks: list[bytes]) -> int:
 async def _feed_chunks(body: FedBody, chunks: list[bytes]) -> None:
     """
     Feed C{chunks} in order, each let go of once it is in the connection,
-    so a part being sent holds only its unsent bytes. A chunk larger than
-    C{_FEED_SLICE} goes in slices, so the connection's buffer holds no copy
-    of all of it.
+    so a part being sent holds only its unsent bytes. Each goes whole: the
+    connection sends from the chunk itself (L{FedBody.send}), where slicing
+    it into new bytes objects copied every byte of the image once more.
     """
     chunks.reverse()
     while chunks:
-        chunk = chunks.pop()
-        if len(chunk) <= _FEED_SLICE:
-            await body.write(chunk)
-            continue
-        view = memoryview(chunk)
-        del chunk
-        for start in range(0, len(view), _FEED_SLICE):
-            await body.write(bytes(view[start : start + _FEED_SLICE]))
+        await body.write(chunks.pop())
 
 
 def _stop_feed_on_failure(d: Deferred[Any], body: FedBody) -> None:
@@ -328,11 +319,7 @@ class _PutBackend:
         return f"s3://{self.bucket}/{self.key}"
 
     def write(self, chunks: list[bytes]) -> Deferred[None]:
-        async def fed() -> None:
-            for chunk in chunks:
-                await self.body.write(chunk)
-
-        return Deferred.fromCoroutine(fed())
+        return Deferred.fromCoroutine(self.body.send(chunks))
 
     def commit(self) -> Deferred[None]:
         async def committed() -> None:
@@ -412,7 +399,9 @@ class _MultipartBackend:
 
     async def _write(self, chunks: list[bytes]) -> None:
         self._check()
-        for chunk in chunks:
+        for index in range(len(chunks)):
+            # Out of the writer's list: the part holds it until it is sent.
+            chunk, chunks[index] = chunks[index], b""
             start = 0
             while start < len(chunk):
                 take = min(len(chunk) - start, self.part_size - self._gathered)

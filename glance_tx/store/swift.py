@@ -67,7 +67,7 @@ from glance_tx.store.swift_client import (
     TempAuth,
 )
 from glance_tx.store.tls import SWIFT_TLS, load_tls_policy
-from glance_tx.store.writer import IWriteBackend, StoreWriter
+from glance_tx.store.writer import NETWORK_BUDGET_WEIGHT, IWriteBackend, StoreWriter
 
 __all__ = ["SwiftStore", "make_swift_store", "swift_store_from_options"]
 
@@ -176,7 +176,7 @@ class SwiftStore:
                 f"Swift store {self.client.store_name!r}: the container "
                 f"{self.segments_container} does not exist"
             ) from None
-        return StoreWriter(backend, self.watermarks)
+        return StoreWriter(backend, self.watermarks, budget_weight=NETWORK_BUDGET_WEIGHT)
 
     def _is_large(self, size: int | None) -> bool:
         """Whether an upload of C{size} (C{None}: not declared) is a Static Large Object."""
@@ -352,6 +352,7 @@ class _SwiftUpload:
             await self._send(chunks)
             return
         pending = deque(chunks)
+        chunks.clear()  # each is let go of once sent (see FedBody.send)
         batch: list[bytes] = []
         while pending:
             if self._put is None:

@@ -58,10 +58,6 @@ DEFAULT_TOKEN_LIFETIME = 3600.0
 #: Seconds a request without a streamed body may take before it is given up.
 REQUEST_TIMEOUT = 60.0
 
-#: How much one send() of an object's body may take: the upload's 1 MiB
-#: batches leave in one call each rather than eight (Twisted's 128 KiB).
-PUT_SEND_LIMIT = 1 << 20
-
 #: glance_store's endpoint type names, and Keystone v3's interface names.
 INTERFACES = {
     "publicURL": "public",
@@ -405,12 +401,7 @@ class SwiftClient:
         chunked. Take the session from L{session} just before, so the
         token is fresh.
         """
-        body = FedBody(
-            self.clock,
-            UNKNOWN_LENGTH if length is None else length,
-            peer="Swift",
-            send_limit=PUT_SEND_LIMIT,
-        )
+        body = FedBody(self.clock, UNKNOWN_LENGTH if length is None else length, peer="Swift")
         all_headers = {k: [v] for k, v in (headers or {}).items()}
         all_headers["X-Auth-Token"] = [session.token]
         response: Deferred[IResponse] = self.http.request(

