@@ -57,6 +57,7 @@ from glance_tx.images import (
     Location,
     Viewer,
 )
+from glance_tx.registry.kept import Kept
 from glance_tx.registry.schema import UTCDateTime, metadata
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
 from glance_tx.registry.sql.engine import (
@@ -1880,15 +1881,31 @@ class PostgreSQLPageTests(SynchronousTestCase):
         self.assertEqual([image.id for image in page], ids[ids.index(marker) + 1 :][:25])
 
 
-class RecordsTests(SynchronousTestCase):
-    """The decoded records a reader keeps are the most recently used."""
+class KeptTests(SynchronousTestCase):
+    """
+    What a read makes of a record is kept while the record is the same or
+    equal, the most recently used first kept.
+    """
+
+    def test_made_again_only_from_another_source(self) -> None:
+        kept: Kept[list[int], object] = Kept()
+        source = [1]
+        first = kept.made("a", source, lambda s: object())
+        self.assertIs(kept.made("a", source, lambda s: object()), first)
+        self.assertIs(kept.made("a", [1], lambda s: object()), first)  # equal
+        second = kept.made("a", [2], lambda s: object())
+        self.assertIsNot(second, first)
+        self.assertIs(kept.made("a", [2], lambda s: object()), second)
 
     def test_least_recently_used_goes_first(self) -> None:
+        """
+        Full, the entry used longest ago goes (not all of them): here the
+        decoded records of a reader keeping two.
+        """
         registry = sync_open("sqlite://")
         self.addCleanup(lambda: self.successResultOf(registry.close()))
         made = [self.successResultOf(registry.create(make_image())) for _ in range(3)]
-        records = Records.for_dialect(registry.engine.dialect)
-        records = Records(records.processors, most=2)
+        records = Records(Records.for_dialect(registry.engine.dialect).processors, Kept(2))
         with registry.engine.connect() as connection:
             raw = connection.connection.driver_connection
             rows = [raw.execute(SELECT_IMAGE, (m.id,)).fetchone() for m in made]  # type: ignore[union-attr]

@@ -26,6 +26,7 @@ from attrs import field, frozen
 from sqlalchemy import Engine
 
 from glance_tx.images import Image, Location
+from glance_tx.registry.kept import Kept
 from glance_tx.registry.schema import images
 
 _NAMES: tuple[str, ...] = tuple(column.name for column in images.columns)
@@ -53,30 +54,22 @@ _STAMP: tuple[str, ...] = ("id", "version", "created_at", "updated_at")
 _STAMP_AT: tuple[int, ...] = tuple(_NAMES.index(name) for name in _STAMP)
 _SELECT_STAMPS = "SELECT " + ", ".join(_STAMP) + " FROM images WHERE id IN ("
 
-#: How many decoded images a L{Records} keeps (see C{_decoded}).
-DECODED_KEPT = 4096
-
-
 @frozen
 class Records:
     """
     Images decoded from rows of the images' columns followed by their
     properties, locations and tags as JSON text (L{_SELECT_IMAGES}'s
-    layout, and PostgreSQL's page statement's), with the last
-    L{DECODED_KEPT} used kept: a row read again, equal in every value, is
-    the same record (only the decoding is saved; every read still reads
-    the row), and the same object, which the API's documents kept per
-    record check first.
+    layout, and PostgreSQL's page statement's), the last used kept: a row
+    read again, equal in every value, is the same record (only the
+    decoding is saved; every read still reads the row), and the same
+    object, which the API's documents and the registry server's wire
+    forms check first.
     """
 
     #: Each column's result processor for the engine's dialect (or None).
     processors: tuple[Callable[[Any], Any] | None, ...]
-    #: How many images are kept.
-    most: int = DECODED_KEPT
-    #: By id, the row each image was decoded from and the image, the least
-    #: recently used first: a walk over more images than are kept evicts
-    #: the pages read longest ago, not every page at once.
-    _decoded: dict[str, tuple[Any, Image]] = field(factory=dict, init=False)
+    #: By id, the row each image was decoded from, and the image.
+    kept: Kept[Any, Image] = field(factory=Kept)
 
     @classmethod
     def for_dialect(cls, dialect: Any) -> Records:
@@ -87,30 +80,9 @@ class Records:
             )
         )
 
-    def kept(self, image_id: str) -> tuple[Any, Image] | None:
-        """The row and image kept for C{image_id} (now the most recently used)."""
-        kept = self._decoded.pop(image_id, None)
-        if kept is not None:
-            self._decoded[image_id] = kept
-        return kept
-
-    def __contains__(self, image_id: str) -> bool:
-        return image_id in self._decoded
-
-    def forget(self, image_id: str) -> None:
-        """Drop what is kept of C{image_id} (deleted: unlikely to be read again)."""
-        self._decoded.pop(image_id, None)
-
     def image(self, row: Any) -> Image:
         """The image of C{row}: the one kept if decoded from an equal row."""
-        kept = self.kept(row[0])
-        if kept is not None and kept[0] == row:
-            return kept[1]
-        image = self._decode(row)
-        if kept is None and len(self._decoded) >= self.most:
-            del self._decoded[next(iter(self._decoded))]
-        self._decoded[row[0]] = (row, image)
-        return image
+        return self.kept.made(row[0], row, self._decode)
 
     def _decode(self, row: Any) -> Image:
         count = len(_NAMES)
@@ -194,8 +166,8 @@ class ImageReader:
         # Stamps are read only where they can save a whole read: for the
         # ids kept, when they are at least half the page (a page never read
         # would pay them on top).
-        kept = [image_id for image_id in ids if image_id in self.records]
-        stale = [image_id for image_id in ids if image_id not in self.records]
+        kept = [image_id for image_id in ids if image_id in self.records.kept]
+        stale = [image_id for image_id in ids if image_id not in self.records.kept]
         if len(kept) * 2 < len(ids):
             kept, stale = [], list(ids)
         found: dict[str, Image] = {}
@@ -205,7 +177,7 @@ class ImageReader:
                 cursor.execute(_SELECT_STAMPS + ", ".join("?" * len(kept)) + ")", kept)
                 for stamp in cursor.fetchall():
                     image_id = stamp[0]
-                    row, image = self.records.kept(image_id) or (None, None)
+                    row, image = self.records.kept.get(image_id) or (None, None)
                     if image is not None and _stamp(row) == stamp:
                         found[image_id] = image
                     else:
@@ -222,7 +194,7 @@ class ImageReader:
         return [found[image_id] for image_id in ids if image_id in found]
 
     def forget(self, image_id: str) -> None:
-        self.records.forget(image_id)
+        self.records.kept.forget(image_id)
 
 
 def _stamp(row: Any) -> tuple[Any, ...]:
