@@ -19,6 +19,7 @@ PostgreSQL keeps the SQLAlchemy path (L{glance_tx.registry.sql.rows}).
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -197,9 +198,8 @@ class ImageReader:
         self.records.kept.forget(image_id)
 
 
-def _stamp(row: Any) -> tuple[Any, ...]:
-    """The L{_STAMP} values of an image's row, as L{_SELECT_STAMPS} reads them."""
-    return tuple(row[index] for index in _STAMP_AT)
+#: The L{_STAMP} values of an image's row, as L{_SELECT_STAMPS} reads them.
+_stamp: Callable[[Any], tuple[Any, ...]] = operator.itemgetter(*_STAMP_AT)
 
 
 def _position(location: list[Any]) -> int:
