@@ -438,6 +438,30 @@ class MetadataTests(CacheTestCase):
         self.assertEqual(self.request("GET", "/v2/images", ALICE).header("Cache-Control"), "private, no-store")
 
 
+    def test_v2_listing_etag(self) -> None:
+        """
+        A v2 page's ETag (from its documents' digests and its links) is
+        the same for the same body and changes with any image on it, with
+        its links (another limit), and with an image added to it.
+        """
+        first = self.image("public")
+        self.image("public")
+        page = self.request("GET", "/v2/images", BOB)
+        etag = page.header("ETag")
+        self.assertRegex(etag, r'^W/"[0-9a-f]{32}"$')
+        self.assertEqual(self.request("GET", "/v2/images", BOB).header("ETag"), etag)
+        self.assertEqual(self.request("GET", "/v2/images", {**BOB, "If-None-Match": etag}).code, 304)
+        self.assertNotEqual(self.request("GET", "/v2/images?limit=2", BOB).header("ETag"), etag)
+        self.patch(first, [{"op": "add", "path": "/os_distro", "value": "fedora"}])
+        changed = self.request("GET", "/v2/images", {**BOB, "If-None-Match": etag})
+        self.assertEqual(changed.code, 200)
+        self.assertNotEqual(changed.header("ETag"), etag)
+        self.image("public")
+        added = self.request("GET", "/v2/images", {**BOB, "If-None-Match": changed.header("ETag")})
+        self.assertEqual(added.code, 200)
+        self.assertEqual(len(added.json()["images"]), 3)
+
+
 class ConditionalTests(CacheTestCase):
     def setUp(self) -> None:
         super().setUp()

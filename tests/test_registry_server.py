@@ -397,6 +397,36 @@ class ClientTests(SynchronousTestCase):
         """The client provides IRegistry."""
         self.assertTrue(verifyObject(IRegistry, self.client(self.agent)))
 
+    def test_unchanged_images_are_decoded_once(self) -> None:
+        """
+        An image read again through the client, unchanged, is the record
+        decoded the first time (a listing or a get alike), and the server
+        sends the JSON it made for it then; a change to the image, its
+        tags or its properties gives a new record, fresh; as does a delete.
+        """
+        server = RegistryServer(self.registry, token=TOKEN)
+        client = self.client(agent_for(server))
+        made = [
+            self.successResultOf(self.registry.create(make_image(name=f"i{n}")))
+            for n in range(3)
+        ]
+        query = ImageQuery(sort=(("name", "asc"),))
+        first = self.successResultOf(client.list(query))
+        self.assertEqual(first, made)
+        second = self.successResultOf(client.list(query))
+        for before, after in zip(first, second, strict=True):
+            self.assertIs(after, before)
+        self.assertIs(self.successResultOf(client.get(made[0].id)), first[0])
+        self.assertIs(server._encoded(first[0]), server._encoded(first[0]))
+        self.successResultOf(self.registry.update(made[0].id, ImageUpdate(properties={"p": "1"})))
+        self.successResultOf(self.registry.add_tag(made[1].id, "t"))
+        self.successResultOf(self.registry.delete(made[2].id))
+        third = self.successResultOf(client.list(query))
+        self.assertEqual([i.id for i in third], [made[0].id, made[1].id])
+        self.assertEqual(third[0].properties, {"p": "1"})
+        self.assertEqual(third[1].tags, {"t"})
+        self.assertEqual(third, [self.successResultOf(self.registry.get(m.id)) for m in made[:2]])
+
     def test_slow_registry_times_out(self) -> None:
         """
         A registry that never answers fails the call with ServiceUnavailable

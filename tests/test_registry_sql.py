@@ -25,6 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
+import psycopg
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from attrs import define, evolve, field
@@ -56,6 +57,7 @@ from glance_tx.images import (
     Location,
     Viewer,
 )
+from glance_tx.registry.kept import Kept
 from glance_tx.registry.schema import UTCDateTime, metadata
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
 from glance_tx.registry.sql.engine import (
@@ -66,8 +68,10 @@ from glance_tx.registry.sql.engine import (
     head_revision,
     upgrade,
 )
-from glance_tx.registry.sql.image_read import SELECT_IMAGE
-from glance_tx.registry.sql.page_read import shape_key
+from glance_tx.registry.sql.image_read import SELECT_IMAGE, Records
+from glance_tx.registry.sql.page_read import Compiled, shape_key
+from glance_tx.registry.sql.pg_page_read import PostgresPageReader, page_statement
+from glance_tx.registry.sql.query import sort_keys
 from glance_tx.threads import SynchronousRunner, ThreadPoolRunner
 from tests.fakes import ManualRunner
 from tests.metadef_conformance import MetadefConformanceMixin
@@ -776,6 +780,77 @@ class RunnerOnlyTests(SynchronousTestCase):
 # -- what the SQL provider adds --------------------------------------------------
 
 
+def assert_kept_pages_are_sqlalchemys(
+    case: SynchronousTestCase, registry: SQLRegistry, rares: tuple[int, ...]
+) -> None:
+    """
+    Fill C{registry} with images of every kind, then check that for many
+    shapes of listing, each limit and marker, and each C{rare_filter_images}
+    of C{rares}, the page its kept statements answer is the SQLAlchemy
+    path's (the provider without its page reader), or the same refusal.
+    """
+    made = [
+        make_image(
+            name=None if n % 5 == 0 else f"n{n % 7}",
+            size=None if n % 4 == 0 else n,
+            owner=f"p{n % 3}",
+            visibility=["public", "private", "shared", "community"][n % 4],
+            created_at=T0 + timedelta(seconds=n % 9),
+            min_disk=n % 3,
+            protected=bool(n % 2),
+            properties={"os": "abc"[n % 3]} if n % 5 else {},
+            tags={f"t{n % 2}", "all"},
+            locations=[Location(f"file:///{n}/{i}", "file", {"i": i}) for i in range(n % 3)],
+        )
+        for n in range(30)
+    ]
+    for image in made:
+        case.successResultOf(registry.create(image))
+    case.successResultOf(registry.add_member(made[2].id, "p1"))
+    case.successResultOf(registry.update_member(made[2].id, "p1", "accepted"))
+    queries = [
+        ImageQuery(),
+        ImageQuery(sort=(("name", "asc"),)),
+        ImageQuery(sort=(("name", "desc"),)),
+        ImageQuery(sort=(("size", "desc"), ("name", "asc"))),
+        ImageQuery(viewer=Viewer("p1")),
+        ImageQuery(viewer=Viewer("p2"), visibility="all"),
+        ImageQuery(viewer=Viewer(None)),
+        ImageQuery(viewer=Viewer("p1", True), visibility="shared"),
+        ImageQuery(filters={"min_disk": frozenset({0, 2})}),
+        ImageQuery(filters={"status": frozenset()}),
+        ImageQuery(filters={"protected": "true"}),
+        ImageQuery(size_min=5, size_max=20),
+        ImageQuery(comparisons=(Comparison("created_at", "gt", T0 + timedelta(seconds=3)),)),
+        ImageQuery(properties={"os": "a"}),
+        ImageQuery(properties={"os": "b"}, tags=frozenset({"t1"}), viewer=Viewer("p1")),
+        ImageQuery(tags=frozenset({"all", "t0"}), sort=(("name", "asc"),)),
+        ImageQuery(properties={"os": 1}),  # type: ignore[dict-item]
+    ]
+
+    def answer(query: ImageQuery) -> Any:
+        d = registry.list(query)
+        results: list[Any] = []
+        d.addBoth(results.append)
+        [result] = results
+        if isinstance(result, list):
+            return result
+        return type(result.value)
+
+    for query, rare in itertools.product(queries, rares):
+        registry.rare_filter_images = rare
+        for limit in (3, 100):
+            for marker in [None, *(image.id for image in made[::6]), "nonexistent"]:
+                asked = evolve(query, limit=limit, marker=marker)
+                kept = answer(asked)
+                pages, registry._pages = registry._pages, None
+                try:
+                    built = answer(asked)
+                finally:
+                    registry._pages = pages
+                case.assertEqual(kept, built, asked)
+
+
 class SQLRegistryTests(SynchronousTestCase):
     """Behaviour specific to SQLRegistry, beyond the interface's contract."""
 
@@ -907,68 +982,11 @@ class SQLRegistryTests(SynchronousTestCase):
         For listings of every kind of shape (sort keys with NULLs, scopes,
         filters of several values, bounds, comparisons), each limit and
         marker, the statements kept per shape answer exactly what the
-        SQLAlchemy path answers (the same page, or the same refusal).
+        SQLAlchemy path answers (the same page, or the same refusal), with
+        each child filter matching few images (read from its value's
+        index) and many (probed per row).
         """
-        made = [
-            make_image(
-                name=None if n % 5 == 0 else f"n{n % 7}",
-                size=None if n % 4 == 0 else n,
-                owner=f"p{n % 3}",
-                visibility=["public", "private", "shared", "community"][n % 4],
-                created_at=T0 + timedelta(seconds=n % 9),
-                min_disk=n % 3,
-                protected=bool(n % 2),
-                properties={"os": "abc"[n % 3]} if n % 5 else {},
-                tags={f"t{n % 2}", "all"},
-            )
-            for n in range(30)
-        ]
-        for image in made:
-            self.successResultOf(self.registry.create(image))
-        queries = [
-            ImageQuery(),
-            ImageQuery(sort=(("name", "asc"),)),
-            ImageQuery(sort=(("size", "desc"), ("name", "asc"))),
-            ImageQuery(viewer=Viewer("p1")),
-            ImageQuery(viewer=Viewer("p2"), visibility="all"),
-            ImageQuery(viewer=Viewer(None)),
-            ImageQuery(viewer=Viewer("p1", True), visibility="shared"),
-            ImageQuery(filters={"min_disk": frozenset({0, 2})}),
-            ImageQuery(filters={"status": frozenset()}),
-            ImageQuery(filters={"protected": "true"}),
-            ImageQuery(size_min=5, size_max=20),
-            ImageQuery(comparisons=(Comparison("created_at", "gt", T0 + timedelta(seconds=3)),)),
-            ImageQuery(properties={"os": "a"}),
-            ImageQuery(properties={"os": "b"}, tags=frozenset({"t1"}), viewer=Viewer("p1")),
-            ImageQuery(tags=frozenset({"all", "t0"}), sort=(("name", "asc"),)),
-            ImageQuery(properties={"os": 1}),  # type: ignore[dict-item]
-        ]
-
-        def answer(query: ImageQuery) -> Any:
-            d = self.registry.list(query)
-            results: list[Any] = []
-            d.addBoth(results.append)
-            [result] = results
-            if isinstance(result, list):
-                return [image.id for image in result]
-            return type(result.value)
-
-        # Each child filter matching few images (read from its value's
-        # index) and many (probed per row).
-        for query, rare in itertools.product(queries, (0, 1000)):
-            self.registry.rare_filter_images = rare
-            for limit in (3, 100):
-                for marker in [None, *(image.id for image in made[::6])]:
-                    asked = evolve(query, limit=limit, marker=marker)
-                    kept = answer(asked)
-                    # The SQLAlchemy path, as PostgreSQL and filtered
-                    # listings take it: the provider without its page reader.
-                    pages, self.registry._pages = self.registry._pages, None
-                    try:
-                        built = answer(asked)
-                    finally:
-                        self.registry._pages = pages
-                    self.assertEqual(kept, built, asked)
+        assert_kept_pages_are_sqlalchemys(self, self.registry, (0, 1000))
 
     def test_shape_key(self) -> None:
         """
@@ -1618,6 +1636,9 @@ class PostgreSQLQueryPlanTests(SynchronousTestCase):
         ) as connection:
             connection.exec_driver_sql("VACUUM ANALYZE")
         self.statements: list[tuple[str, Any]] = []
+        # The SQLAlchemy path's statements (a shape not kept takes it; the
+        # one-statement page's plan: PostgreSQLPageTests).
+        self.registry._pages = None
 
         def record(
             conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any
@@ -1682,6 +1703,220 @@ class PostgreSQLQueryPlanTests(SynchronousTestCase):
                 self.assertNotIn("Hash Join", plan, context)
                 # A membership is probed per row, not hashed whole first.
                 self.assertNotIn("hashed SubPlan", plan, context)
+
+
+class PostgreSQLPageTests(SynchronousTestCase):
+    """
+    On PostgreSQL a listing page is one statement kept per query shape
+    (L{glance_tx.registry.sql.pg_page_read}): the same pages as the
+    SQLAlchemy path, one round trip after the pool's ping, fresh after
+    every write, and a database that fails it is a 503.
+    """
+
+    def setUp(self) -> None:
+        self.admin_url = postgres_admin_url(self)
+        self.url = create_database(self.admin_url)
+        self.addCleanup(drop_database, self.admin_url, self.url)
+        self.registry = sync_open(self.url)
+        self.addCleanup(lambda: self.successResultOf(self.registry.close()))
+
+    def listed(self, query: ImageQuery) -> list[Image]:
+        return self.successResultOf(self.registry.list(query))
+
+    def test_pages_are_sqlalchemys_pages(self) -> None:
+        """
+        Every shape, limit and marker (NULL sort values or not, one the
+        viewer may not see, none such) answers what SQLAlchemy's path does,
+        image for image and field for field.
+        """
+        assert_kept_pages_are_sqlalchemys(self, self.registry, (1000,))
+
+    def test_page_is_one_statement(self) -> None:
+        """
+        A page after a marker is one statement, in autocommit (no BEGIN or
+        COMMIT): libpq's trace of the connection once the pool has checked
+        it out (and pinged it) shows one request of the client.
+        """
+        made = [
+            self.successResultOf(self.registry.create(make_image(name=f"i{n}", tags={"t"}, owner="p")))
+            for n in range(5)
+        ]
+        query = ImageQuery(sort=(("name", "asc"),), tags=frozenset({"t"}), viewer=Viewer("p"))
+        self.listed(evolve(query, marker=made[1].id))
+        trace = self.mktemp()
+        pool = self.registry.engine.pool
+
+        def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+            pgconn = dbapi_connection.pgconn
+            pgconn.trace(os.open(trace, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+            pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+
+        def checkin(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.pgconn.untrace()
+
+        event.listen(pool, "checkout", checkout)
+        event.listen(pool, "checkin", checkin)
+        try:
+            page = self.listed(evolve(query, marker=made[1].id))
+        finally:
+            event.remove(pool, "checkout", checkout)
+            event.remove(pool, "checkin", checkin)
+        self.assertEqual([image.name for image in page], ["i2", "i3", "i4"])
+        with open(trace) as f:
+            # Each message the client sent: "F", its length, its type, ...
+            sent = [line.split("\t") for line in f if line.startswith("F\t")]
+        kinds = [fields[2].strip() for fields in sent]
+        # A request ends with Sync (extended protocol) or is one Query.
+        requests = [kind for kind in kinds if kind in ("Sync", "Query")]
+        parsed = ["\t".join(fields) for fields in sent if fields[2] == "Parse"]
+        self.assertEqual(requests, ["Sync"], kinds)
+        self.assertEqual(len(parsed), 1, parsed)
+        self.assertIn("WITH marker AS", parsed[0])
+        self.assertNotIn("BEGIN", " ".join(" ".join(fields) for fields in sent))
+
+    def test_a_write_shows_in_the_next_page(self) -> None:
+        """
+        A page read again after a change to an image's row or children
+        (or its deletion) shows the change: the records kept are taken
+        only for rows equal in every value.
+        """
+        made = [
+            self.successResultOf(
+                self.registry.create(make_image(name=f"i{n}", properties={"p": "0"}))
+            )
+            for n in range(3)
+        ]
+        query = ImageQuery(sort=(("name", "asc"),))
+        first = self.listed(query)
+        self.assertIs(self.listed(query)[0], first[0])
+        self.successResultOf(
+            self.registry.update(made[0].id, ImageUpdate(properties={"p": "1"}))
+        )
+        self.successResultOf(self.registry.add_tag(made[1].id, "t"))
+        self.successResultOf(self.registry.delete(made[2].id))
+        second = self.listed(query)
+        self.assertEqual([image.id for image in second], [made[0].id, made[1].id])
+        self.assertEqual(second[0].properties, {"p": "1"})
+        self.assertEqual(second[1].tags, {"t"})
+        self.assertEqual(second, [self.successResultOf(self.registry.get(m.id)) for m in made[:2]])
+
+    def test_database_failing_the_page_is_service_unavailable(self) -> None:
+        """
+        A page statement PostgreSQL fails as an operational error (here a
+        lock it waits for longer than C{lock_timeout}) is a 503, and the
+        next page, the lock gone, is served.
+        """
+        self.successResultOf(self.registry.create(make_image()))
+        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        self.addCleanup(admin.dispose)
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                f'ALTER DATABASE "{self.url.database}" SET lock_timeout = 200'
+            )
+        self.registry.engine.dispose()  # new connections take the setting
+        locker = create_engine(self.url)
+        self.addCleanup(locker.dispose)
+        with locker.connect() as connection:
+            connection.exec_driver_sql("LOCK TABLE images IN ACCESS EXCLUSIVE MODE")
+            self.failureResultOf(self.registry.list(ImageQuery()), ServiceUnavailable)
+            connection.rollback()
+        self.assertEqual(len(self.listed(ImageQuery())), 1)
+
+    def test_deep_pages_keep_the_ordered_scan(self) -> None:
+        """
+        The one statement's page 90% into a listing filtered by a common
+        property walks the created_at index from the marker's values (a
+        row comparison with the marker's CTE) and sorts only the page.
+        """
+        with self.registry.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO images (id, name, status, visibility, owner, min_ram,"
+                " min_disk, protected, os_hidden, created_at, updated_at, deleted)"
+                " SELECT md5(n::text)::uuid::text, 'image-' || (n %% 100), 'active',"
+                " 'public', 'p', 0, 0, false, false,"
+                " timestamptz '2024-01-01' + (n / 2) * interval '1 second',"
+                " timestamptz '2024-01-01', false"
+                " FROM generate_series(1, 20000) n"
+            )
+            connection.exec_driver_sql(
+                "INSERT INTO image_properties (image_id, name, value)"
+                " SELECT id, 'os_distro',"
+                " (ARRAY['a', 'b', 'c', 'd', 'e'])[1 + abs(hashtext(id)) %% 5]"
+                " FROM images"
+            )
+        with self.registry.engine.connect().execution_options(
+            isolation_level="AUTOCOMMIT"
+        ) as connection:
+            connection.exec_driver_sql("VACUUM ANALYZE")
+        query = ImageQuery(properties={"os_distro": "b"})
+        ids: list[str] = []
+        while page := self.listed(evolve(query, marker=ids[-1] if ids else None, limit=1000)):
+            ids.extend(image.id for image in page)
+        marker = ids[int(len(ids) * 0.9)]
+        reader = self.registry._pages
+        assert isinstance(reader, PostgresPageReader)
+        keys = tuple(sort_keys(query.sort))
+        statement = Compiled.of(
+            page_statement(query, keys, (False, False)),
+            reader._dialect,
+            {"glance_project", "glance_marker", "glance_limit"},
+        )
+        parameters = statement.parameters(
+            {"glance_project": None, "glance_marker": marker, "glance_limit": 25}
+        )
+        raw = self.registry.engine.raw_connection()
+        try:
+            with raw.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+                cursor.execute("EXPLAIN " + statement.sql, parameters)
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+        finally:
+            raw.close()
+        self.assertIn("Index Scan Backward using ix_images_deleted_created_at_id", plan, plan)
+        self.assertIn("ROW(created_at, (id)::text) < ROW(", plan, plan)
+        self.assertNotIn("Hash Join", plan, plan)
+        # One sort, of the page's rows, above the scan's LIMIT.
+        self.assertEqual(plan.count("Sort  ("), 1, plan)
+        self.assertLess(plan.index("Sort  ("), plan.index("Nested Loop Left Join"), plan)
+        page = self.listed(evolve(query, marker=marker, limit=25))
+        self.assertEqual([image.id for image in page], ids[ids.index(marker) + 1 :][:25])
+
+
+class KeptTests(SynchronousTestCase):
+    """
+    What a read makes of a record is kept while the record is the same or
+    equal, the most recently used first kept.
+    """
+
+    def test_made_again_only_from_another_source(self) -> None:
+        kept: Kept[list[int], object] = Kept()
+        source = [1]
+        first = kept.made("a", source, lambda s: object())
+        self.assertIs(kept.made("a", source, lambda s: object()), first)
+        self.assertIs(kept.made("a", [1], lambda s: object()), first)  # equal
+        second = kept.made("a", [2], lambda s: object())
+        self.assertIsNot(second, first)
+        self.assertIs(kept.made("a", [2], lambda s: object()), second)
+
+    def test_least_recently_used_goes_first(self) -> None:
+        """
+        Full, the entry used longest ago goes (not all of them): here the
+        decoded records of a reader keeping two.
+        """
+        registry = sync_open("sqlite://")
+        self.addCleanup(lambda: self.successResultOf(registry.close()))
+        made = [self.successResultOf(registry.create(make_image())) for _ in range(3)]
+        records = Records(Records.for_dialect(registry.engine.dialect).processors, Kept(2))
+        with registry.engine.connect() as connection:
+            raw = connection.connection.driver_connection
+            rows = [raw.execute(SELECT_IMAGE, (m.id,)).fetchone() for m in made]  # type: ignore[union-attr]
+        first = records.image(rows[0])
+        second = records.image(rows[1])
+        self.assertIs(records.image(rows[0]), first)  # now the most recent
+        records.image(rows[2])  # the second goes
+        self.assertIs(records.image(rows[0]), first)
+        self.assertIsNot(records.image(rows[1]), second)
+        self.assertEqual(records.image(rows[1]), second)
+        self.assertEqual(first, made[0])
 
 
 # -- metadata definitions --------------------------------------------------------

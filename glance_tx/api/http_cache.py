@@ -281,18 +281,25 @@ def metadata_validators(
 
 
 def listing_validators(
-    body: bytes, shown: Iterable[Image], config: CacheConfig
+    body: bytes,
+    shown: Iterable[Image],
+    config: CacheConfig,
+    pieces: Iterable[bytes] | None = None,
 ) -> Validators:
     """
     Validators for a listing C{body} of the images C{shown}: an ETag only.
     No date says when a listing last changed (an image leaving it moves
-    no C{updated_at} that is still shown).
+    no C{updated_at} that is still shown). C{pieces}, if given, are what
+    the body is made of, each short (the digest of an image's document, the
+    links): fingerprinting them instead of the whole body gives a tag that
+    changes exactly when the body does, for a fraction of the hashing.
     """
     cache_control = metadata_cache_control(
         config, public=all(shareable(i) for i in shown), per_caller=True
     )
     return Validators(
-        cache_control=cache_control, etag=EntityTag(fingerprint([body]), weak=True)
+        cache_control=cache_control,
+        etag=EntityTag(fingerprint([body] if pieces is None else pieces), weak=True),
     )
 
 

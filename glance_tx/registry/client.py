@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from attrs import define
+from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectError, ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime
@@ -66,6 +66,7 @@ from glance_tx.metadefs.model import (
 )
 from glance_tx.registry import wire
 from glance_tx.registry.interface import HeldClaim, IRegistry
+from glance_tx.registry.kept import Kept
 from glance_tx.request_ids import HEADER as REQUEST_ID_HEADER
 from glance_tx.request_ids import current_request_id
 from glance_tx.tasks import Task, TaskChange, TaskQuery
@@ -161,9 +162,26 @@ class HTTPRegistryClient:
     retry_delay: float = 0.2
     #: The connection pool behind C{agent}, closed by L{close}.
     pool: HTTPConnectionPool | None = None
+    #: By id, the wire form of each image read and the image decoded from
+    #: it (see L{_image}).
+    _decoded: Kept[Any, Image] = field(factory=Kept, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.url = self.url.rstrip("/")
+
+    def _image(self, value: Any) -> Image:
+        """
+        The image of a read's wire form: the one decoded before from an
+        equal form, the same object (which the API's documents, kept per
+        record, check first). Comparing the forms is a small part of
+        decoding one (the times, the locations, the record's checks), which
+        was most of what a listing page through glance-registry added on
+        the API node. (The registry gives each field one JSON type, so
+        equal forms are the same record.)
+        """
+        if not isinstance(value, dict) or not isinstance(value.get("id"), str):
+            return wire.decode_image(value)
+        return self._decoded.made(value["id"], value, wire.decode_image)
 
     def close(self) -> Deferred[None]:
         """Drop the pooled connections (as SQLRegistry.close drops its engine)."""
@@ -288,7 +306,7 @@ class HTTPRegistryClient:
         async def get() -> Image:
             params = {"include_deleted": "true"} if include_deleted else None
             answer = await self._call("GET", self._image_path(image_id), params=params)
-            return wire.decode_image(answer["image"])
+            return self._image(answer["image"])
 
         return self._run(get())
 
@@ -296,7 +314,7 @@ class HTTPRegistryClient:
         async def list_() -> builtins.list[Image]:
             params = {"query": json.dumps(wire.encode_query(query), separators=(",", ":"))}
             answer = await self._call("GET", "/images/detail", params=params)
-            return [wire.decode_image(value) for value in answer["images"]]
+            return [self._image(value) for value in answer["images"]]
 
         return self._run(list_())
 

@@ -19,6 +19,7 @@ PostgreSQL keeps the SQLAlchemy path (L{glance_tx.registry.sql.rows}).
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from attrs import field, frozen
 from sqlalchemy import Engine
 
 from glance_tx.images import Image, Location
+from glance_tx.registry.kept import Kept
 from glance_tx.registry.schema import images
 
 _NAMES: tuple[str, ...] = tuple(column.name for column in images.columns)
@@ -53,8 +55,52 @@ _STAMP: tuple[str, ...] = ("id", "version", "created_at", "updated_at")
 _STAMP_AT: tuple[int, ...] = tuple(_NAMES.index(name) for name in _STAMP)
 _SELECT_STAMPS = "SELECT " + ", ".join(_STAMP) + " FROM images WHERE id IN ("
 
-#: How many decoded images L{ImageReader} keeps (see C{_decoded}).
-DECODED_KEPT = 4096
+@frozen
+class Records:
+    """
+    Images decoded from rows of the images' columns followed by their
+    properties, locations and tags as JSON text (L{_SELECT_IMAGES}'s
+    layout, and PostgreSQL's page statement's), the last used kept: a row
+    read again, equal in every value, is the same record (only the
+    decoding is saved; every read still reads the row), and the same
+    object, which the API's documents and the registry server's wire
+    forms check first.
+    """
+
+    #: Each column's result processor for the engine's dialect (or None).
+    processors: tuple[Callable[[Any], Any] | None, ...]
+    #: By id, the row each image was decoded from, and the image.
+    kept: Kept[Any, Image] = field(factory=Kept)
+
+    @classmethod
+    def for_dialect(cls, dialect: Any) -> Records:
+        return cls(
+            tuple(
+                column.type.dialect_impl(dialect).result_processor(dialect, None)
+                for column in images.columns
+            )
+        )
+
+    def image(self, row: Any) -> Image:
+        """The image of C{row}: the one kept if decoded from an equal row."""
+        return self.kept.made(row[0], row, self._decode)
+
+    def _decode(self, row: Any) -> Image:
+        count = len(_NAMES)
+        fields = {
+            name: value if process is None or value is None else process(value)
+            for name, process, value in zip(_NAMES, self.processors, row, strict=False)
+        }
+        properties, locations, tags = (json.loads(value) for value in row[count:])
+        return Image(
+            **fields,
+            properties=dict(sorted(properties)),
+            locations=[
+                Location(url, store, json.loads(meta_data) if meta_data else {})
+                for _, url, store, meta_data in sorted(locations, key=_position)
+            ],
+            tags=tags,
+        )
 
 
 @frozen
@@ -62,26 +108,14 @@ class ImageReader:
     """Reads one image with L{SELECT_IMAGE} from a SQLite engine's pool."""
 
     engine: Engine
-    #: Each column's result processor for the engine's dialect (or None).
-    processors: tuple[Callable[[Any], Any] | None, ...]
-    #: The last L{DECODED_KEPT} images decoded, by id, with the row each was
-    #: decoded from: a row read again, equal in every value, is the same
-    #: record (only the decoding is saved; every read still reads the row).
-    _decoded: dict[str, tuple[Any, Image]] = field(factory=dict, init=False)
+    records: Records
 
     @classmethod
     def for_engine(cls, engine: Engine) -> ImageReader | None:
         """A reader for C{engine}, or None where it does not apply (not SQLite)."""
         if engine.dialect.name != "sqlite":
             return None
-        dialect = engine.dialect
-        return cls(
-            engine,
-            tuple(
-                column.type.dialect_impl(dialect).result_processor(dialect, None)
-                for column in images.columns
-            ),
-        )
+        return cls(engine, Records.for_dialect(engine.dialect))
 
     def _one(self, statement: str, parameters: tuple[Any, ...]) -> Any:
         """The first row of C{statement}, on a connection of the pool."""
@@ -113,7 +147,7 @@ class ImageReader:
         row = self._one(SELECT_IMAGE, (image_id,))
         if row is None:
             return None
-        image = self._image(row)
+        image = self.records.image(row)
         return image, image.deleted
 
     def get_many(self, dbapi_connection: Any, ids: list[str]) -> list[Image]:
@@ -133,8 +167,8 @@ class ImageReader:
         # Stamps are read only where they can save a whole read: for the
         # ids kept, when they are at least half the page (a page never read
         # would pay them on top).
-        kept = [image_id for image_id in ids if image_id in self._decoded]
-        stale = [image_id for image_id in ids if image_id not in self._decoded]
+        kept = [image_id for image_id in ids if image_id in self.records.kept]
+        stale = [image_id for image_id in ids if image_id not in self.records.kept]
         if len(kept) * 2 < len(ids):
             kept, stale = [], list(ids)
         found: dict[str, Image] = {}
@@ -144,7 +178,7 @@ class ImageReader:
                 cursor.execute(_SELECT_STAMPS + ", ".join("?" * len(kept)) + ")", kept)
                 for stamp in cursor.fetchall():
                     image_id = stamp[0]
-                    row, image = self._decoded.get(image_id, (None, None))
+                    row, image = self.records.kept.get(image_id) or (None, None)
                     if image is not None and _stamp(row) == stamp:
                         found[image_id] = image
                     else:
@@ -154,47 +188,18 @@ class ImageReader:
                     _SELECT_IMAGES + "IN (" + ", ".join("?" * len(stale)) + ")", stale
                 )
                 found.update(
-                    (image.id, image) for image in map(self._image, cursor.fetchall())
+                    (image.id, image) for image in map(self.records.image, cursor.fetchall())
                 )
         finally:
             cursor.close()
         return [found[image_id] for image_id in ids if image_id in found]
 
     def forget(self, image_id: str) -> None:
-        """Drop what is kept of C{image_id} (deleted: unlikely to be read again)."""
-        self._decoded.pop(image_id, None)
-
-    def _image(self, row: Any) -> Image:
-        kept = self._decoded.get(row[0])
-        if kept is not None and kept[0] == row:
-            return kept[1]
-        image = self._decode(row)
-        if len(self._decoded) >= DECODED_KEPT:
-            self._decoded.clear()
-        self._decoded[row[0]] = (row, image)
-        return image
-
-    def _decode(self, row: Any) -> Image:
-        count = len(_NAMES)
-        fields = {
-            name: value if process is None or value is None else process(value)
-            for name, process, value in zip(_NAMES, self.processors, row, strict=False)
-        }
-        properties, locations, tags = (json.loads(value) for value in row[count:])
-        return Image(
-            **fields,
-            properties=dict(sorted(properties)),
-            locations=[
-                Location(url, store, json.loads(meta_data) if meta_data else {})
-                for _, url, store, meta_data in sorted(locations, key=_position)
-            ],
-            tags=tags,
-        )
+        self.records.kept.forget(image_id)
 
 
-def _stamp(row: Any) -> tuple[Any, ...]:
-    """The L{_STAMP} values of an image's row, as L{_SELECT_STAMPS} reads them."""
-    return tuple(row[index] for index in _STAMP_AT)
+#: The L{_STAMP} values of an image's row, as L{_SELECT_STAMPS} reads them.
+_stamp: Callable[[Any], tuple[Any, ...]] = operator.itemgetter(*_STAMP_AT)
 
 
 def _position(location: list[Any]) -> int:

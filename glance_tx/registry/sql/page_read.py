@@ -74,8 +74,8 @@ class Compiled:
     slots: tuple[tuple[str | None, Any], ...]
 
     @classmethod
-    def of(cls, statement: Select[Any], reader: ImageReader, supplied: set[str]) -> Compiled:
-        dialect = reader.engine.dialect
+    def of(cls, statement: Select[Any], dialect: Any, supplied: set[str]) -> Compiled:
+        """C{statement} for C{dialect}, whose paramstyle must be positional."""
         compiled = statement.compile(dialect=dialect)
         expanded = compiled.construct_expanded_state(dict.fromkeys(supplied))
         base = {
@@ -251,12 +251,12 @@ class PageReader:
         children = tuple(child_filters(query, self.reader.engine.dialect.name))
         return Shape(
             keys,
-            Compiled.of(marker, self.reader, {_PROJECT, _MARKER}),
+            Compiled.of(marker, self.reader.engine.dialect, {_PROJECT, _MARKER}),
             children,
             tuple(
                 Compiled.of(
                     count_matches(child, bindparam(_RARE, type_=Integer())),
-                    self.reader,
+                    self.reader.engine.dialect,
                     {_RARE},
                 )
                 for child in children
@@ -301,7 +301,7 @@ class PageReader:
                 .where(*conditions, segment)
                 .order_by(*order_by)
                 .limit(bindparam(_LIMIT, type_=Integer())),
-                self.reader,
+                self.reader.engine.dialect,
                 supplied,
             )
             for segment in segments(keys, marker)

@@ -86,6 +86,7 @@ from glance_tx.registry.sql.fresh import FreshImages
 from glance_tx.registry.sql.image_read import ImageReader
 from glance_tx.registry.sql.metadefs import SQLMetadefs
 from glance_tx.registry.sql.page_read import PageReader
+from glance_tx.registry.sql.pg_page_read import PostgresPageReader
 from glance_tx.registry.sql.query import (
     child_condition,
     child_filters,
@@ -177,14 +178,19 @@ class SQLRegistry(SQLMetadefs):
     _lock: AbstractContextManager[Any] = field(init=False)
     #: The one-statement read of an image, on SQLite (see its module).
     _reader: ImageReader | None = field(init=False)
-    #: Listing pages from statements kept per query shape, on SQLite.
-    _pages: PageReader | None = field(init=False)
+    #: Listing pages from statements kept per query shape (SQLite's, or
+    #: PostgreSQL's page in one statement).
+    _pages: PageReader | PostgresPageReader | None = field(init=False)
     #: Records answered without the pool while unchanged, on a SQLite file.
     _fresh: FreshImages | None = field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self._reader = ImageReader.for_engine(self.engine)
-        self._pages = None if self._reader is None else PageReader(self._reader)
+        self._pages = (
+            PostgresPageReader.for_engine(self.engine)
+            if self._reader is None
+            else PageReader(self._reader)
+        )
         if is_memory_sqlite(self.engine.url):
             self._lock = threading.Lock()
         else:

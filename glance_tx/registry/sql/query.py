@@ -175,7 +175,8 @@ def _values_after(
     remaining row. Where the keys allow (one direction, none NULL, as with
     one sort key and the id), C{row_values} asks instead for a row
     comparison C{(k1, k2) < (v1, v2)}, which PostgreSQL estimates from
-    the first key and scans as one index range.
+    the first key and scans as one index range. A value may be a column
+    (the marker's, read in the same statement) or a bound parameter.
     """
     direction = keys[0].descending
     if (
@@ -187,7 +188,9 @@ def _values_after(
         left = tuple_(*(key.column for key in keys))
         right = tuple_(
             *(
-                bindparam(None, value, type_=key.column.type)
+                value
+                if isinstance(value, ColumnElement)
+                else bindparam(None, value, type_=key.column.type)
                 for key, value in zip(keys, marker, strict=True)
             )
         )
