@@ -375,6 +375,10 @@ def write_results_section(script: str, section: str) -> None:
     begin = f"<!-- bench/{script}: begin (this section is rewritten by every run) -->"
     end = f"<!-- bench/{script}: end -->"
     text = results.read_text() if results.exists() else ""
+    if text.count(begin) > 1 or text.count(begin) != text.count(end):
+        # A stray marker would make the split below replace hand-written
+        # sections lying between it and the real block.
+        raise SystemExit(f"{results}: the markers of bench/{script} are not one begin and one end")
     block = f"{begin}\n\n{section}\n\n{end}"
     if begin in text and end in text:
         before, rest = text.split(begin, 1)
