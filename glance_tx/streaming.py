@@ -38,6 +38,13 @@ log = Logger()
 
 MiB = 1 << 20
 
+#: How many serial runners an upload's stages share, round robin: two lets
+#: the two hashes (C{hashlib} releases the GIL) use two cores, and a third
+#: stage (the format inspector, cheap) rides behind the first's batch on
+#: the same pool thread instead of waking one of its own for each batch
+#: and sending its result back on its own.
+STAGE_LANES = 2
+
 
 @frozen
 class UploadResult:
@@ -114,7 +121,10 @@ class UploadPipeline:
     _counted: int = field(default=0, init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._stages = [_SerialStage(self.runner.serial(), stage) for stage in self.stages]
+        lanes = [self.runner.serial() for _ in range(min(STAGE_LANES, len(self.stages)))]
+        self._stages = [
+            _SerialStage(lanes[i % len(lanes)], stage) for i, stage in enumerate(self.stages)
+        ]
         self._stage_watermarks = Watermarks(self.high_watermark, self.low_watermark)
         self.writer.registerProducer(self, True)
         if self.budget is not None:

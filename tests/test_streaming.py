@@ -290,6 +290,54 @@ class PipelineTests(SynchronousTestCase):
         self.assertTrue(all(a is b for a, b in zip(first.batches, writer.data, strict=True)))
         self.assertEqual(dict(result.fields), {"seen": 7000})
 
+    def test_stages_share_two_lanes(self) -> None:
+        """
+        An upload's stages run on two serial runners (STAGE_LANES), round
+        robin: the two hashes on a core each, a third stage (the format
+        inspector) behind the first on its runner rather than on a third,
+        and each still sees every batch, in order.
+        """
+
+        @implementer(IUploadStage)
+        @define
+        class Recording:
+            batches: list[bytes] = field(factory=list)
+
+            def feed(self, data):
+                self.batches.append(data)
+
+            def result(self):
+                return {}
+
+        @define
+        class Lanes:
+            """A runner whose serial() runners are told apart by who runs on them."""
+
+            lanes: list[ManualRunner] = field(factory=list)
+
+            def run(self, f, *args, **kwargs):
+                raise AssertionError("stages run only on serial runners")
+
+            def serial(self):
+                self.lanes.append(ManualRunner())
+                return self.lanes[-1]
+
+        stages = (Recording(), Recording(), Recording())
+        runner = Lanes()
+        pipeline = UploadPipeline(
+            RecordingWriter(), runner, size_cap=10**9, batch_size=10, stages=stages
+        )
+        self.assertEqual(len(runner.lanes), 2)
+        pipeline.write(b"x" * 10)
+        pipeline.write(b"y" * 10)
+        first, second = runner.lanes
+        self.assertEqual((first.pending(), second.pending()), (4, 2))
+        while first.pending():
+            first.run_one()
+        self.assertEqual(stages[0].batches, [b"x" * 10, b"y" * 10])
+        self.assertEqual(stages[2].batches, [b"x" * 10, b"y" * 10])
+        self.assertEqual(stages[1].batches, [])
+
     def test_views_become_bytes(self) -> None:
         """
         A chunked body's pieces are memoryviews (glance_tx.api.chunked):
