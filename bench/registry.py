@@ -139,6 +139,11 @@ def time_listings(
     sees the same load on a machine shared with other work.
     """
     targets = {mode: listing_path(server, query, headers) for mode, server in servers.items()}
+    for connection, _, _ in targets.values():
+        # Idle while the other modes paged through their listings (minutes
+        # on a loaded machine): the server may have closed it. The next
+        # request opens it again.
+        connection.close()
     timings: dict[str, list[float]] = {mode: [] for mode in servers}
     try:
         for n in range(requests + 20):
