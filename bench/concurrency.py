@@ -22,7 +22,8 @@ One run of this script:
    uploads of the upload file (a second ``curl --parallel``, v1 ``POST
    /v1/images`` with the data, each checked 201) started together, with
    glance-tx's peak RSS and the metadata GET's latencies over the whole
-   of it;
+   of it, and those of a ``GET /versions`` beside it (no registry call:
+   what the reactor alone makes a request wait);
 4. prints the table, the ratios last, and writes its section of
    ``RESULTS.md`` (``--no-write`` to only print).
 
@@ -106,6 +107,8 @@ class Together:
     up_rate: float
     peak_kib: int
     probe: MetadataProbe
+    #: GET /versions meanwhile: the reactor's part alone (no registry call).
+    versions: MetadataProbe
 
 
 def together(
@@ -124,7 +127,11 @@ def together(
         except BaseException as e:  # re-raised in the caller's thread
             errors.append(e)
 
-    with transfer.rss_sampler(server) as peak, MetadataProbe(server, meta) as probe:
+    with (
+        transfer.rss_sampler(server) as peak,
+        MetadataProbe(server, meta) as probe,
+        MetadataProbe(server, "/versions", status=300) as versions,
+    ):
         thread = threading.Thread(target=download, name="downloads", daemon=True)
         thread.start()
         try:
@@ -133,7 +140,7 @@ def together(
             thread.join()
     if errors:
         raise errors[0]
-    return Together(down[0], up, peak(), probe)
+    return Together(down[0], up, peak(), probe, versions)
 
 
 class Sampling:
@@ -163,8 +170,11 @@ class Sampling:
 class MetadataProbe(Sampling):
     """GETs one image's metadata every C{interval} s in a thread; its latencies (ms)."""
 
-    def __init__(self, server: Server, path: str, interval: float = 0.02) -> None:
+    def __init__(
+        self, server: Server, path: str, interval: float = 0.02, status: int = 200
+    ) -> None:
         super().__init__(interval)
+        self.status = status
         self.netloc = urlsplit(server.base_url).netloc
         self.path = path
         self.latencies: list[float] = []
@@ -178,7 +188,7 @@ class MetadataProbe(Sampling):
             response = connection.getresponse()
             response.read()
             connection.close()
-            if response.status != 200:
+            if response.status != self.status:
                 self.errors += 1
         except OSError:
             self.errors += 1
@@ -256,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  round {round_}, {args.downloads} downloads and {args.uploads} "
                       f"uploads at once: down {m.down_rate:.0f} MiB/s, up {m.up_rate:.0f} "
                       f"MiB/s, peak RSS {m.peak_kib // 1024} MiB, metadata GET p99 "
-                      f"{m.probe.p99():.0f} ms, worst {m.probe.worst():.0f} ms", flush=True)
+                      f"{m.probe.p99():.0f} ms, worst {m.probe.worst():.0f} ms; GET /versions "
+                      f"p99 {m.versions.p99():.0f} ms, worst {m.versions.worst():.0f} ms",
+                      flush=True)
             glance.check_alive()
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
@@ -272,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         mixed_latencies[int(len(mixed_latencies) * 0.99)] if mixed_latencies else 0.0
     )
     mixed_peak = max(m.peak_kib for m in mixed) // 1024
+    versions = sorted(x for m in mixed for x in m.versions.latencies)
+    versions_worst = max(versions, default=0.0)
+    versions_p99 = versions[int(len(versions) * 0.99)] if versions else 0.0
     size = transfer.human(args.size)
     lines_out = [
         "## Many clients: `bench/concurrency.py`",
@@ -282,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         f"the same {args.downloads} downloads and {args.uploads} concurrent "
         f"{transfer.human(args.upload_size)} uploads (v1 POST, a second `curl --parallel`) "
         "started at once. Peak RSS: glance-tx's VmRSS sampled every 50 ms. Metadata GET: "
-        "one `GET /v2/images/{id}` every 20 ms meanwhile.",
+        "one `GET /v2/images/{id}` every 20 ms meanwhile, each on a new connection; "
+        "all at once, also one `GET /versions` every 20 ms (no registry call: the "
+        "reactor's part of the wait alone).",
         "",
         f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
         f"`nproc` {os.cpu_count()}, {cpu_model()}; {hashes}; load average {load}; "
@@ -305,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         f"| all at once: metadata GET p99, worst ({len(mixed_latencies)} GETs, "
         f"{sum(m.probe.errors for m in mixed)} errors) | | {mixed_p99:.0f} ms, "
         f"{mixed_worst:.0f} ms |",
+        f"| all at once: GET /versions p99, worst ({len(versions)} GETs, "
+        f"{sum(m.versions.errors for m in mixed)} errors) | | {versions_p99:.0f} ms, "
+        f"{versions_worst:.0f} ms |",
         "",
         "Ratios and targets (issue 14):",
         "",
@@ -313,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- peak RSS with {args.downloads} downloads and {args.uploads} uploads in flight: "
         f"{mixed_peak} MiB (target under {RSS_TARGET_MIB} MiB)",
         f"- metadata GET meanwhile: worst {mixed_worst:.0f} ms, p99 {mixed_p99:.0f} ms "
-        f"(target within {METADATA_TARGET_MS} ms)",
+        f"(target within {METADATA_TARGET_MS} ms); GET /versions, which asks no registry, "
+        f"worst {versions_worst:.0f} ms, p99 {versions_p99:.0f} ms",
     ]
     transfer.publish_section("concurrency.py", "\n".join(lines_out), not args.no_write)
     return 0

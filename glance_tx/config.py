@@ -302,6 +302,9 @@ class Config:
     #: the C{thread_pool_size} ones that hash, write and read images, so a
     #: metadata call never queues behind bulk work.
     registry_thread_pool_size: int = 8
+    #: How much nicer (lower CPU priority) the C{thread_pool_size} threads
+    #: run than the reactor and the registry's threads (0: the same).
+    thread_pool_nice: int = 10
     #: Reclaim uploads whose node is gone (L{glance_tx.recovery}) before
     #: serving and then periodically; safe with other nodes on the registry
     #: and stores, since only expired leases are reclaimed. Off: never.
@@ -485,6 +488,7 @@ def load_config(
         default_project=default.get("default_project", "admin"),
         thread_pool_size=_int(default, "thread_pool_size", 16, minimum=2),
         registry_thread_pool_size=_int(default, "registry_thread_pool_size", 8, minimum=1),
+        thread_pool_nice=_int(default, "thread_pool_nice", 10, minimum=0),
         recover_on_start=bool_option(default, "recover_on_start", True),
         node_id=default.get("node_id") or default_node_id(endpoint),
         upload_lease_seconds=_seconds(default, "upload_lease_seconds", 60.0),

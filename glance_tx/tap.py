@@ -75,7 +75,7 @@ from glance_tx.services import (
     stop_reactor_on_failure,
 )
 from glance_tx.store.interface import IStore
-from glance_tx.threads import BlockingRunner
+from glance_tx.threads import BlockingRunner, nicer_threads
 from glance_tx.workers import (
     STOP_SECONDS,
     Supervisor,
@@ -325,6 +325,7 @@ def makeService(options: Options) -> IService:
     malloc.limit_arenas()
     malloc.tune_thresholds()
     pool = ThreadPool(minthreads=2, maxthreads=config.thread_pool_size, name="glance-tx")
+    pool.threadFactory = nicer_threads(config.thread_pool_nice)
     registry_pool = ThreadPool(
         minthreads=1, maxthreads=config.registry_thread_pool_size, name="glance-tx-registry"
     )

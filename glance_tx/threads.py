@@ -8,6 +8,8 @@ synchronously and deterministically.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -151,6 +153,54 @@ class SerialPoolRunner:
                 # As callFromThread would: one caller's trouble is logged,
                 # and the other results are still delivered.
                 log.failure("Delivering a pool call's result")
+
+
+#: The highest niceness Linux has (the lowest priority).
+MAX_NICE = 19
+
+
+def lower_priority(increment: int) -> None:
+    """
+    Make the calling thread C{increment} nicer (lower priority), to at most
+    L{MAX_NICE}. Linux only, where niceness belongs to each thread: with
+    C{PRIO_PROCESS} and a thread's id, C{setpriority} changes that thread
+    alone (elsewhere the id would name a process: nothing is done). A
+    refusal is logged; the thread runs on as it was.
+    """
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return
+    thread = threading.get_native_id()
+    try:
+        nice = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(MAX_NICE, nice + increment))
+    except OSError as e:
+        log.warn("Could not lower a pool thread's priority: {e}", e=e)
+
+
+def nicer_threads(increment: int) -> type[threading.Thread]:
+    """
+    A C{ThreadPool.threadFactory} whose threads run C{increment} nicer than
+    the thread that made them (L{lower_priority}).
+
+    For the pool of bulk work (hashing, writing and reading image data):
+    with 20 uploads in flight its threads are up to C{thread_pool_size}
+    runnable threads, and the kernel gives each the same share of the
+    CPUs as the reactor thread, which must parse, answer and hand off for
+    every client. A metadata GET waits for the reactor several times (to
+    read the request, to hear back from the registry's thread, to send the
+    answer), and each wait was mostly the reactor thread runnable but not
+    running (bench/RESULTS.md, "A metadata GET behind uploads: waiting for
+    a CPU"). Nicer bulk threads give way to the reactor and the registry's
+    threads when the CPUs are short, and use them fully when they are not.
+    """
+
+
+    class NicerThread(threading.Thread):
+        def run(self) -> None:
+            lower_priority(increment)
+            super().run()
+
+    return NicerThread
 
 
 @frozen

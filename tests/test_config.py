@@ -76,6 +76,23 @@ class RegistryClientOptionsTests(SynchronousTestCase):
             self.assertIn(line.split(" ")[0], str(error))
 
 
+class ThreadPoolNiceTests(SynchronousTestCase):
+    """thread_pool_nice in [DEFAULT]."""
+
+    def load(self, text: str) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode("utf-8"))
+        return load_config(path.path)
+
+    def test_default_set_and_refused(self) -> None:
+        """10 by default; 0 and more are taken; a negative one is refused."""
+        self.assertEqual(load_config().thread_pool_nice, 10)
+        self.assertEqual(self.load("[DEFAULT]\nthread_pool_nice = 0\n").thread_pool_nice, 0)
+        self.assertEqual(self.load("[DEFAULT]\nthread_pool_nice = 19\n").thread_pool_nice, 19)
+        error = self.assertRaises(ConfigError, self.load, "[DEFAULT]\nthread_pool_nice = -1\n")
+        self.assertIn("thread_pool_nice", str(error))
+
+
 class LeaseOptionsTests(SynchronousTestCase):
     """node_id and upload_lease_seconds in [DEFAULT]."""
 

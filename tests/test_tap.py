@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web.server import Site
 
 from glance_tx.config import ONE_TIB, Config, ConfigError, load_config
@@ -270,6 +273,32 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertIsNot(top.getServiceNamed("stores").runner, threads.registry_runner)
         self.assertTrue(IStreamServerEndpoint.providedBy(top.getServiceNamed("listener").endpoint))
         self.assertTrue(top.getServiceNamed("listener").freeze_heap)
+
+    def test_bulk_pool_threads_are_nicer(self) -> None:
+        """
+        The bulk pool's threads run thread_pool_nice nicer than the thread
+        that made them (Linux); the registry pool's at its priority.
+        """
+        if not sys.platform.startswith("linux"):
+            raise SkipTest("niceness per thread is Linux's")
+        options = parse(self, "--data-dir", self.mktemp(), "--port", "tcp:0")
+        threads = makeService(options).getServiceNamed("threads")
+
+        def nice_of(factory: Any) -> int:
+            seen: list[int] = []
+            thread = factory(
+                target=lambda: seen.append(
+                    os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+                )
+            )
+            thread.start()
+            thread.join()
+            return seen[0]
+
+        here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        expected = min(19, here + load_config().thread_pool_nice)
+        self.assertEqual(nice_of(threads.pool.threadFactory), expected)
+        self.assertEqual(nice_of(threads.registry_pool.threadFactory), here)
 
     def test_purger_with_purge_urls(self) -> None:
         """

@@ -5,15 +5,25 @@ thread pool and the real reactor.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from typing import Any
+from unittest import mock
 
 from twisted.internet import reactor
 from twisted.internet.defer import AlreadyCalledError, gatherResults
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from glance_tx.threads import SerialPoolRunner, SynchronousRunner, ThreadPoolRunner
+from glance_tx import threads
+from glance_tx.threads import (
+    MAX_NICE,
+    SerialPoolRunner,
+    SynchronousRunner,
+    ThreadPoolRunner,
+    nicer_threads,
+)
 
 
 class SerialPoolRunnerTests(TestCase):
@@ -199,3 +209,51 @@ class DeliveryTests(SynchronousTestCase):
         later.turn()
         self.assertEqual(self.successResultOf(second), 2)
         self.assertEqual(len(self.flushLoggedErrors(AlreadyCalledError)), 1)
+
+
+def _own_nice() -> int:
+    """The calling thread's niceness (Linux: each thread has its own)."""
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+class NicerThreadsTests(TestCase):
+    """The bulk pool's threads give way to the reactor's (nicer_threads)."""
+
+    if not sys.platform.startswith("linux"):
+        skip = "niceness per thread is Linux's"
+
+    def pool(self, increment: int) -> ThreadPool:
+        pool = ThreadPool(minthreads=0, maxthreads=2, name="test-nicer")
+        pool.threadFactory = nicer_threads(increment)
+        pool.start()
+        self.addCleanup(pool.stop)
+        return pool
+
+    async def test_pool_threads_run_nicer_and_the_caller_does_not(self) -> None:
+        """Each pool thread runs at its maker's niceness plus the increment
+        (to at most 19); the thread that made them is unchanged."""
+        before = _own_nice()
+        increment = min(3, MAX_NICE - before)
+        runner = ThreadPoolRunner(reactor, self.pool(increment))
+        seen = await gatherResults([runner.run(_own_nice) for _ in range(6)])
+        self.assertEqual(set(seen), {before + increment})
+        self.assertEqual(_own_nice(), before)
+
+    async def test_at_most_the_lowest_priority(self) -> None:
+        """An increment past 19 stops at 19 instead of failing."""
+        runner = ThreadPoolRunner(reactor, self.pool(MAX_NICE + 5))
+        self.assertEqual(await runner.run(_own_nice), MAX_NICE)
+
+    async def test_zero_changes_nothing(self) -> None:
+        """An increment of 0 leaves the threads at their maker's niceness."""
+        runner = ThreadPoolRunner(reactor, self.pool(0))
+        self.assertEqual(await runner.run(_own_nice), _own_nice())
+
+    async def test_a_refusal_is_logged_and_the_thread_works(self) -> None:
+        """When the kernel refuses, the thread still runs its work."""
+        refused = mock.patch.object(
+            threads.os, "setpriority", side_effect=PermissionError("no")
+        )
+        with refused:
+            runner = ThreadPoolRunner(reactor, self.pool(5))
+            self.assertEqual(await runner.run(lambda: 7), 7)
