@@ -194,7 +194,6 @@ def nicer_threads(increment: int) -> type[threading.Thread]:
     threads when the CPUs are short, and use them fully when they are not.
     """
 
-
     class NicerThread(threading.Thread):
         def run(self) -> None:
             lower_priority(increment)
