@@ -581,10 +581,11 @@ class ReactorTests(TestCase):
             image = await registry.create(make_image(name="one"))
             fresh = registry._fresh
             assert fresh is not None
-            for _ in range(20):  # the watch is set up on the pool meanwhile
+            for _ in range(100):  # the watch is set up on the pool meanwhile
                 await registry.get(image.id)
                 if fresh.kept(image.id) is not None:
                     break
+                await deferLater(cast(Any, reactor), 0.01, lambda: None)
             self.assertIsNotNone(fresh.kept(image.id))
             await runner.run(commit, path, "UPDATE images SET name = 'two'")
             for _ in range(100):

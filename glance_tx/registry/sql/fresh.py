@@ -44,7 +44,6 @@ SQLITE_MMAP_READWRITE, which Python's is not).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -96,7 +95,9 @@ _EVENT = struct.Struct("iIII")
 
 
 def _libc() -> Any:
-    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    # The process's own symbols: libc's, without find_library's ldconfig
+    # subprocess (a tenth of a second, at every registry's start).
+    return ctypes.CDLL(None, use_errno=True)
 
 
 @define
