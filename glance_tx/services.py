@@ -283,6 +283,8 @@ class RegistryService(ReadyService[IRegistry]):
     #: Metadata definition files loaded once migrated (C{load_metadefs}),
     #: or None; the directory, or C{""} for the ones glance-tx ships.
     metadefs_path: str | None = None
+    #: Reads a SQLite file's change events (see L{open_sql_registry}).
+    reactor: Any = None
     registry: SQLRegistry | None = field(default=None, init=False)
 
     async def start(self) -> IRegistry:
@@ -293,7 +295,9 @@ class RegistryService(ReadyService[IRegistry]):
         runner = self.runner
         if isinstance(runner, ThreadPoolRunner) and self.url.startswith("sqlite"):
             runner = runner.draining(SQLITE_DRAINING_THREADS)
-        self.registry = await open_sql_registry(self.url, runner, engine_options=options)
+        self.registry = await open_sql_registry(
+            self.url, runner, engine_options=options, reactor=self.reactor
+        )
         if self.metadefs_path is not None:
             from glance_tx.metadefs.load import SHIPPED, load_definitions
 
@@ -366,7 +370,9 @@ def registry_service(config: Config, reactor: Any, runner: BlockingRunner) -> Re
     # Connections for every thread that can run a registry call: the
     # registry's own pool on an API node, the one pool on a registry server.
     connections = max(config.thread_pool_size, config.registry_thread_pool_size)
-    return RegistryService(config.sql_connection, runner, connections, metadefs_path(config))
+    return RegistryService(
+        config.sql_connection, runner, connections, metadefs_path(config), reactor
+    )
 
 
 def metadefs_path(config: Config) -> str | None:

@@ -1,7 +1,8 @@
 """
 Where blocking work runs.
 
-The reactor thread never touches a file or the database. Library code takes a
+The reactor thread never touches a file or the database (it reads sockets,
+pipes and an inotify descriptor, which never block). Library code takes a
 L{BlockingRunner} instead of a thread pool so that tests can run the same code
 synchronously and deterministically.
 """

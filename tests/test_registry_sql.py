@@ -277,12 +277,15 @@ class _ThreadPoolHarness(TestCase):
 class SQLiteFileThreadPoolConformanceTests(RegistryConformanceMixin, _ThreadPoolHarness):
     """
     The contract, on a SQLite file (WAL) through a real thread pool, with
-    no connection or statement on the reactor thread.
+    no connection or statement on the reactor thread; the reactor reads
+    the file's change events (and trial checks that close removed them).
     """
 
     async def make_registry(self) -> SQLRegistry:
+        from twisted.internet import reactor
+
         url = f"sqlite:///{os.path.abspath(self.mktemp())}"
-        registry = await open_sql_registry(url, self.runner)
+        registry = await open_sql_registry(url, self.runner, reactor=cast(Any, reactor))
         self.addCleanup(registry.close)
         return registry
 

@@ -100,7 +100,7 @@ def registry_service(
     if runner is None:
         runner = threads.runner
     registry = RegistryService(
-        config.sql_connection, runner, config.thread_pool_size, metadefs_path(config)
+        config.sql_connection, runner, config.thread_pool_size, metadefs_path(config), reactor
     )
 
     async def site() -> Site:

@@ -116,8 +116,7 @@ POSTGRES_TIMEOUTS: Mapping[str, Any] = MappingProxyType(
 SQLITE_BUSY_TIMEOUT = 5.0
 
 
-def file_inode(path: str) -> tuple[int, int] | None:
-    """The (device, inode) of the file at C{path}, None if there is none."""
+def _inode(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -142,16 +141,12 @@ def _existing_file(path: str, connect_args: Mapping[str, Any]) -> Callable[[], A
     (C{mode=rw}): a file gone while the service runs is an error to
     report, not an empty database to write to.
     """
+    uri = "file:" + quote(path) + "?mode=rw"
 
     def connect() -> Any:
-        return existing_file_connection(path, **connect_args)
+        return sqlite3.connect(uri, uri=True, **connect_args)
 
     return connect
-
-
-def existing_file_connection(path: str, **connect_args: Any) -> sqlite3.Connection:
-    """A connection to the database file at C{path} that does not create it."""
-    return sqlite3.connect("file:" + quote(path) + "?mode=rw", uri=True, **connect_args)
 
 
 def _watch_file(engine: Engine, path: str) -> None:
@@ -165,11 +160,11 @@ def _watch_file(engine: Engine, path: str) -> None:
 
     @event.listens_for(engine, "connect")
     def connect(dbapi_connection: Any, connection_record: Any) -> None:
-        connection_record.info["inode"] = file_inode(path)
+        connection_record.info["inode"] = _inode(path)
 
     @event.listens_for(engine, "checkout")
     def checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
-        if file_inode(path) != connection_record.info.get("inode"):
+        if _inode(path) != connection_record.info.get("inode"):
             raise DisconnectionError(f"The registry database {path} was removed or replaced")
 
 

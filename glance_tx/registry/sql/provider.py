@@ -3,9 +3,10 @@ L{IRegistry} on a SQL database: SQLite by default, PostgreSQL to scale out.
 
 SQLAlchemy Core is blocking, so every statement runs inside a callable handed
 to a L{BlockingRunner}: a thread pool in production, the calling thread in
-tests. Nothing here touches the database on the reactor thread, but for
-the one question of L{glance_tx.registry.sql.fresh}: whether a SQLite
-file changed since an image's record was read.
+tests. Nothing here touches the database on the reactor thread: on a
+SQLite file, an image's record still current is answered there from what
+L{glance_tx.registry.sql.fresh} kept, told by reading an inotify
+descriptor without blocking, as a socket is read.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import IntegrityError, OperationalError
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFDSet
 from zope.interface import implementer
 
 from glance_tx.errors import (
@@ -141,16 +143,19 @@ async def open_sql_registry(
     *,
     now: Callable[[], datetime] = _utcnow,
     engine_options: Mapping[str, Any] | None = None,
+    reactor: IReactorFDSet | None = None,
 ) -> SQLRegistry:
     """
     Connect to the database at C{url}, migrate it to the current schema and
     return a registry over it. Everything blocking runs through C{runner}.
 
     C{sqlite:///path} is a file database, C{sqlite://} an in-memory one (for
-    tests), C{postgresql+psycopg://user@host/db} PostgreSQL.
+    tests), C{postgresql+psycopg://user@host/db} PostgreSQL. C{reactor}
+    reads a SQLite file's change events as they come (else only at each
+    read of an image).
     """
     engine = await runner.run(open_engine, url, dict(engine_options or {}))
-    return SQLRegistry(engine, runner, now=now)
+    return SQLRegistry(engine, runner, now=now, reactor=reactor)
 
 
 # -- the registry --------------------------------------------------------------
@@ -175,6 +180,8 @@ class SQLRegistry(SQLMetadefs):
     #: match is served from the index on its value (see
     #: L{glance_tx.registry.sql.query.child_condition}).
     rare_filter_images: int = 1000
+    #: Reads a SQLite file's change events as they come (L{FreshImages}).
+    reactor: IReactorFDSet | None = None
     _lock: AbstractContextManager[Any] = field(init=False)
     #: The one-statement read of an image, on SQLite (see its module).
     _reader: ImageReader | None = field(init=False)
@@ -197,7 +204,7 @@ class SQLRegistry(SQLMetadefs):
             self._lock = nullcontext()
             if self._reader is not None:
                 path = os.path.abspath(str(self.engine.url.database))
-                self._fresh = FreshImages(path, self._run)
+                self._fresh = FreshImages(path, self.runner.run, self.reactor)
 
     # IRegistry
 
