@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 
 from glance_tx.registry.interface import IRegistry
 from glance_tx.store.interface import IStore
+from glance_tx.threads import SynchronousRunner
 
 T = TypeVar("T")
 
@@ -109,3 +110,25 @@ class BrokenReadStore(proxyForInterface(IStore, "store")):  # type: ignore[misc]
     ) -> Deferred[None]:
         consumer.write(b"x" * self.sent)
         return fail(self.error)
+
+
+@define
+class RecordingRunner:
+    """
+    A synchronous runner that knows when it is running something, so a
+    test can tell database work inside C{run} from work outside it.
+    """
+
+    calls: int = 0
+    inside: bool = False
+
+    def run(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
+        self.calls += 1
+        self.inside = True
+        try:
+            return SynchronousRunner().run(f, *args, **kwargs)
+        finally:
+            self.inside = False
+
+    def serial(self) -> RecordingRunner:
+        return self  # synchronous: in order already

@@ -36,28 +36,10 @@ from glance_tx.registry.sql.fresh import (
     open_watch,
 )
 from glance_tx.threads import SynchronousRunner, ThreadPoolRunner
+from tests.fakes import RecordingRunner
 from tests.registry_conformance import make_image
 
 T = TypeVar("T")
-
-
-@define
-class CountingRunner:
-    """A synchronous runner that counts its calls and knows when it runs one."""
-
-    calls: int = 0
-    inside: bool = False
-
-    def run(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
-        self.calls += 1
-        self.inside = True
-        try:
-            return SynchronousRunner().run(f, *args, **kwargs)
-        finally:
-            self.inside = False
-
-    def serial(self) -> CountingRunner:
-        return self
 
 
 @define
@@ -167,7 +149,7 @@ class FreshReadTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.url = f"sqlite:///{os.path.abspath(self.mktemp())}"
-        self.runner = CountingRunner()
+        self.runner = RecordingRunner()
         self.registry = self.open(self.runner)
         #: Another API node (or worker) on the same database.
         self.other = self.open(SynchronousRunner())
@@ -301,7 +283,7 @@ class FreshReadTests(SynchronousTestCase):
         instance (the per-user limit is 128 by default).
         """
         for _ in range(200):
-            runner = CountingRunner()
+            runner = RecordingRunner()
             registry = open_registry(self.url, runner)
             for _ in range(3):
                 self.successResultOf(registry.get(self.image.id))
@@ -313,7 +295,7 @@ class FreshReadTests(SynchronousTestCase):
 
     def test_memory_database_always_through_the_runner(self) -> None:
         """An in-memory database has no second connection to ask: every read is a runner call."""
-        runner = CountingRunner()
+        runner = RecordingRunner()
         registry = open_registry("sqlite://", runner)
         self.addCleanup(lambda: self.successResultOf(registry.close()))
         image = self.successResultOf(registry.create(make_image()))
@@ -331,7 +313,7 @@ class WatchTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.path = os.path.abspath(self.mktemp())
         self.make_database(self.path)
-        self.runner = CountingRunner()
+        self.runner = RecordingRunner()
         self.reactor = FakeFDReactor()
         self.fresh = FreshImages(self.path, self.runner.run, self.reactor)  # type: ignore[arg-type]
         self.addCleanup(self.fresh.close)

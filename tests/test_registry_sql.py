@@ -73,7 +73,7 @@ from glance_tx.registry.sql.page_read import Compiled, shape_key
 from glance_tx.registry.sql.pg_page_read import PostgresPageReader, page_statement
 from glance_tx.registry.sql.query import sort_keys
 from glance_tx.threads import SynchronousRunner, ThreadPoolRunner
-from tests.fakes import ManualRunner
+from tests.fakes import ManualRunner, RecordingRunner
 from tests.metadef_conformance import MetadefConformanceMixin
 from tests.registry_conformance import T0, RegistryConformanceMixin, make_image
 
@@ -219,28 +219,6 @@ class OffThreadCheck:
 
     def _connect(self, dbapi_connection: Any, record: Any) -> None:
         self._check("connect")
-
-
-@define
-class RecordingRunner:
-    """
-    A synchronous runner that knows when it is running something, so a
-    test can tell database work inside C{run} from work outside it.
-    """
-
-    calls: int = 0
-    inside: bool = False
-
-    def run(self, f: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred[T]:
-        self.calls += 1
-        self.inside = True
-        try:
-            return SynchronousRunner().run(f, *args, **kwargs)
-        finally:
-            self.inside = False
-
-    def serial(self) -> RecordingRunner:
-        return self  # synchronous: in order already
 
 
 # -- conformance -----------------------------------------------------------------
