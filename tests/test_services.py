@@ -273,8 +273,20 @@ class RegistryPoolTests(TestCase):
         self.addCleanup(service.stopService)
         release = threading.Event()
         self.addCleanup(release.set)
+        holding = []
+
+        def hold() -> None:
+            holding.append(threading.get_ident())
+            release.wait(30)
+
         # Every bulk thread blocked, as by slow hash or write batches.
-        blocked = [threads.runner.run(release.wait, 30) for _ in range(pool.max)]
+        blocked = [threads.runner.run(hold) for _ in range(pool.max)]
+        # Only once they all hold a thread: until then a registry thread
+        # still finishing the start's last call (a draining runner's) could
+        # take the read from its queue on the shared pool, and the control
+        # would answer.
+        while len(holding) < pool.max:
+            await deferLater(reactor, 0.01, lambda: None)
         # A metadata GET's read (of an image that is not there: any read).
         read = registry.get("4c7f4b4e-8a0b-4d8e-9e57-2b1d3f0a5c6d")
         read.addErrback(lambda f: f.trap(NotFound))
