@@ -25,6 +25,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.live_server import (
     MiB,
+    hold_trial_worker_log,
     listening_port,
     live_config,
     pattern_bytes,
@@ -180,6 +181,7 @@ class HangupTests(TestCase):
         warm-up fds, threads and resident memory stay flat.
         """
         await self.setUp_server()
+        hold_trial_worker_log(self)
         active = await self.create()
         response = await self.client.put(
             f"{self.base}/v2/images/{active}/file",
