@@ -414,6 +414,15 @@ def is_image_id(name: str) -> bool:
         return False
 
 
+def missing_formats(image: Image) -> list[str]:
+    """
+    Which of its disk and container formats C{image} lacks. Glance takes
+    no data for an image, uploaded or registered, until both are set: what
+    the data is must be known before it is stored.
+    """
+    return [name for name in ("disk_format", "container_format") if not getattr(image, name)]
+
+
 def check_transition(current: str, new: str) -> None:
     """Refuse a status change Glance's state machine does not allow."""
     if current != new and new not in TRANSITIONS.get(current, frozenset()):

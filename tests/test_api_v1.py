@@ -11,11 +11,15 @@ from glance_tx import images
 from tests.api_fixtures import SiteTestCase
 from tests.memory_http import ChunkedBody
 
-OCTET = {"Content-Type": "application/octet-stream"}
-
 
 def meta(**values: str) -> dict[str, str]:
     return {f"x-image-meta-{k.replace('_', '-')}": v for k, v in values.items()}
+
+
+#: The formats an image needs before it takes data (Glance refuses it otherwise).
+FORMATS = meta(disk_format="raw", container_format="bare")
+#: An upload's headers.
+OCTET = {"Content-Type": "application/octet-stream", **FORMATS}
 
 
 class ErrorShapeMixin:
@@ -201,7 +205,9 @@ class CreateTests(ErrorShapeMixin, SiteTestCase):
         location is never shown."""
         target = self.store_root.child(str(uuid.uuid4()))
         target.setContent(b"external bytes")
-        answer = self.request("POST", "/v1/images", meta(location="file://" + target.path))
+        answer = self.request(
+            "POST", "/v1/images", {**FORMATS, **meta(location="file://" + target.path)}
+        )
         self.assertEqual(answer.code, 201, answer.body)
         image = answer.json()["image"]
         self.assertEqual(image["status"], "active")
@@ -211,7 +217,7 @@ class CreateTests(ErrorShapeMixin, SiteTestCase):
 
     def test_location_outside_store(self) -> None:
         """A location outside every store is refused."""
-        answer = self.request("POST", "/v1/images", meta(location="file:///etc/passwd"))
+        answer = self.request("POST", "/v1/images", {**FORMATS, **meta(location="file:///etc/passwd")})
         self.assertError(answer, 400, "Location")
 
     def test_location_and_body(self) -> None:
@@ -220,6 +226,72 @@ class CreateTests(ErrorShapeMixin, SiteTestCase):
             "POST", "/v1/images", {**OCTET, **meta(location="file:///x")}, data=b"abc"
         )
         self.assertError(answer, 400, "location")
+
+
+class FormatsBeforeDataTests(ErrorShapeMixin, SiteTestCase):
+    """
+    Glance v1 takes no data for an image whose disk or container format
+    is unset (its _validate_image_for_activation): a 400 before anything
+    is stored.
+    """
+
+    def listed(self) -> list[dict]:
+        return self.request("GET", "/v1/images/detail?is_public=none").json()["images"]
+
+    def test_create_with_data(self) -> None:
+        """A POST with data but a format missing is a 400 naming it; no image is made."""
+        octet = {"Content-Type": "application/octet-stream"}
+        cases = [
+            ({}, "Disk format is not specified. Container format is not specified."),
+            (meta(disk_format="raw"), "Container format is not specified."),
+            (meta(container_format="bare"), "Disk format is not specified."),
+        ]
+        for headers, message in cases:
+            answer = self.request("POST", "/v1/images", {**octet, **headers}, data=b"data")
+            self.assertError(answer, 400)
+            self.assertEqual(answer.json()["error"]["message"], message)
+        self.assertEqual(self.listed(), [])
+        self.assertEqual(self.stored_files(), [])
+
+    def test_create_with_location(self) -> None:
+        """A location is data too: refused without formats, nothing made."""
+        target = self.store_root.child(str(uuid.uuid4()))
+        target.setContent(b"external bytes")
+        answer = self.request("POST", "/v1/images", meta(location="file://" + target.path))
+        self.assertError(answer, 400, "Disk format is not specified.")
+        self.assertEqual(self.listed(), [])
+
+    def test_update_with_data(self) -> None:
+        """
+        A PUT of data to a queued image without formats is a 400 and the
+        image stays queued; the formats may come in the same PUT.
+        """
+        image_id = self.request("POST", "/v1/images", meta(name="q")).json()["image"]["id"]
+        path = f"/v1/images/{image_id}"
+        octet = {"Content-Type": "application/octet-stream"}
+        refused = self.request("PUT", path, {**octet, **meta(disk_format="raw")}, data=b"data")
+        self.assertError(refused, 400, "Container format is not specified.")
+        record = self.successResultOf(self.registry.get(image_id))
+        self.assertEqual((record.status, record.disk_format), ("queued", None))
+        self.assertEqual(self.stored_files(), [])
+        accepted = self.request("PUT", path, {**octet, **FORMATS}, data=b"data")
+        self.assertEqual(accepted.code, 200, accepted.body)
+        image = accepted.json()["image"]
+        self.assertEqual(
+            (image["status"], image["disk_format"], image["container_format"]),
+            ("active", "raw", "bare"),
+        )
+
+    def test_update_with_location(self) -> None:
+        """A PUT of a location to a queued image without formats is refused."""
+        image_id = self.request("POST", "/v1/images", meta(name="q")).json()["image"]["id"]
+        target = self.store_root.child(str(uuid.uuid4()))
+        target.setContent(b"external bytes")
+        answer = self.request(
+            "PUT", f"/v1/images/{image_id}", meta(location="file://" + target.path)
+        )
+        self.assertError(answer, 400, "Disk format is not specified.")
+        self.assertEqual(self.successResultOf(self.registry.get(image_id)).status, "queued")
 
 
 class SizeCapTests(ErrorShapeMixin, SiteTestCase):

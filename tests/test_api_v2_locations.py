@@ -446,7 +446,7 @@ class V1Tests(LocationsTestCase):
         the location is recorded with it.
         """
         url = self.web.add(DATA)
-        headers = {**ADMIN, "x-image-meta-name": "v1", "x-image-meta-location": url}
+        headers = {**ADMIN, "x-image-meta-name": "v1", "x-image-meta-location": url, "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"}
         answer = self.request("POST", "/v1/images", {**headers, "x-image-meta-store": "file"})
         self.assertError(answer, 400, "does not serve")
         answer = self.request("POST", "/v1/images", {**headers, "x-image-meta-store": "web"})

@@ -232,7 +232,7 @@ class DataHeaderTests(CacheTestCase):
         self.assertEqual(hidden.header("Cache-Control"), "no-store")
         self.assertEqual(self.request("GET", f"/v2/images/{private}", BOB).header("Cache-Control"), "no-store")
         self.assertEqual(self.request("HEAD", f"/v1/images/{private}", BOB).header("Cache-Control"), "no-store")
-        queued = self.request("POST", "/v1/images", meta(name="q")).json()["image"]["id"]
+        queued = self.request("POST", "/v1/images", meta(name="q", disk_format="raw", container_format="bare")).json()["image"]["id"]
         conflict = self.request("GET", f"/v1/images/{queued}")
         self.assertEqual(conflict.code, 409)
         self.assertEqual(conflict.header("Cache-Control"), "no-store")
@@ -669,7 +669,7 @@ class ConditionalWriteTests(CacheTestCase):
         continue), while one whose precondition holds is told to go on.
         """
         v2 = self.create()["id"]
-        v1 = self.request("POST", "/v1/images", meta(name="q")).json()["image"]["id"]
+        v1 = self.request("POST", "/v1/images", meta(name="q", disk_format="raw", container_format="bare")).json()["image"]["id"]
         upload = {
             "Content-Type": "application/octet-stream",
             "Content-Length": "1000000",
@@ -722,7 +722,7 @@ class ConditionalWriteTests(CacheTestCase):
         ETag: the current one uploads, a stale one is a 412 that stores
         nothing and leaves the image queued.
         """
-        image_id = self.request("POST", "/v1/images", meta(name="q")).json()["image"]["id"]
+        image_id = self.request("POST", "/v1/images", meta(name="q", disk_format="raw", container_format="bare")).json()["image"]["id"]
         path = f"/v1/images/{image_id}"
         stale = self.v1_etag(path)
         self.request("PUT", path, meta(name="renamed"))

@@ -92,7 +92,8 @@ class BrokenDownloadTests(SiteTestCase):
 
     def assertDropped(self, store: BrokenReadStore) -> None:
         answer = self.request(
-            "POST", "/v1/images", {"Content-Type": "application/octet-stream"}, data=b"y" * 5000
+            "POST", "/v1/images", {"Content-Type": "application/octet-stream", "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"},
+            data=b"y" * 5000,
         )
         image_id = answer.json()["image"]["id"]
         site = build_site(

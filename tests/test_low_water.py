@@ -123,7 +123,7 @@ class UploadMarkTests(SiteTestCase):
         return protocol, transport
 
     def queued_image(self) -> str:
-        answer = self.request("POST", "/v1/images", {"x-image-meta-name": "q"})
+        answer = self.request("POST", "/v1/images", {"x-image-meta-name": "q", "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"})
         return answer.json()["image"]["id"]
 
     def head(self, image_id: str, framing: str) -> bytes:

@@ -18,7 +18,7 @@ from glance_tx.images import ImageUpdate, Location
 from glance_tx.registry.interface import IRegistry
 from glance_tx.registry.quotas import QuotaExceeded, QuotaRegistry
 from tests.registry_conformance import make_image
-from tests.test_api_v1 import meta
+from tests.test_api_v1 import FORMATS, meta
 from tests.test_api_v2 import ALICE, BOB, CAROL, V2TestCase
 from tests.test_registry_sql import sync_open
 
@@ -230,7 +230,7 @@ class V1QuotaTests(V2TestCase):
 
     def test_create(self) -> None:
         """A POST with four properties is a 413; no image, no data."""
-        answer = self.request("POST", "/v1/images", {**meta(name="x"), **self.properties(*"abcd")})
+        answer = self.request("POST", "/v1/images", {**meta(name="x", disk_format="raw", container_format="bare"), **self.properties(*"abcd")})
         self.assertError(answer, 413, "allowed image properties. Attempted: 4, Maximum: 3")
         self.assertEqual(self.listed(), [])
 
@@ -238,7 +238,7 @@ class V1QuotaTests(V2TestCase):
         """So with data: refused before any byte is stored."""
         answer = self.request(
             "POST", "/v1/images",
-            {"Content-Type": "application/octet-stream", **self.properties(*"abcd")},
+            {"Content-Type": "application/octet-stream", **FORMATS, **self.properties(*"abcd")},
             data=b"d" * 10000,
         )
         self.assertError(answer, 413, "Attempted: 4, Maximum: 3")
@@ -247,7 +247,7 @@ class V1QuotaTests(V2TestCase):
 
     def test_update(self) -> None:
         """A PUT adding a fourth property is a 413; with purge-props the same four are too."""
-        created = self.request("POST", "/v1/images", {**meta(name="x"), **self.properties(*"abc")})
+        created = self.request("POST", "/v1/images", {**meta(name="x", disk_format="raw", container_format="bare"), **self.properties(*"abc")})
         image_id = created.json()["image"]["id"]
         for headers in ({}, {"x-glance-registry-purge-props": "true"}):
             answer = self.request(
@@ -264,7 +264,7 @@ class V1QuotaTests(V2TestCase):
 
     def test_update_with_data(self) -> None:
         """A PUT of data with four properties is a 413; the image stays queued, no data."""
-        created = self.request("POST", "/v1/images", meta(name="x"))
+        created = self.request("POST", "/v1/images", meta(name="x", disk_format="raw", container_format="bare"))
         image_id = created.json()["image"]["id"]
         answer = self.request(
             "PUT", f"/v1/images/{image_id}",

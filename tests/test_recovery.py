@@ -224,13 +224,14 @@ class KilledServerTests(SynchronousTestCase):
         server = self.start(data_dir, port)
         done = urllib.request.urlopen(urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/images", data=b"finished image",
-            headers={"Content-Type": "application/octet-stream", "x-image-meta-name": "ok"}), timeout=10)
+            headers={"Content-Type": "application/octet-stream", "x-image-meta-name": "ok", "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"}), timeout=10)
         finished_id = json.load(done)["image"]["id"]
         image_id = str(uuid.uuid4())
         with socket.create_connection(("127.0.0.1", port)) as client:
             client.sendall(
                 f"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-                f"x-image-meta-id: {image_id}\r\nContent-Length: {1 << 30}\r\n\r\n".encode()
+                f"x-image-meta-id: {image_id}\r\nx-image-meta-disk-format: raw\r\n"
+                f"x-image-meta-container-format: bare\r\nContent-Length: {1 << 30}\r\n\r\n".encode()
             )
             client.sendall(b"x" * (8 << 20))
             deadline = time.monotonic() + 20

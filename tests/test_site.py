@@ -29,7 +29,7 @@ class RawUploadTests(SiteTestCase):
         return protocol, transport
 
     def queued_image(self) -> str:
-        answer = self.request("POST", "/v1/images", {"x-image-meta-name": "q"})
+        answer = self.request("POST", "/v1/images", {"x-image-meta-name": "q", "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"})
         return answer.json()["image"]["id"]
 
     def test_expect_continue_refused_without_body(self) -> None:
@@ -271,7 +271,8 @@ class RawDownloadTests(SiteTestCase):
 
         self.data = bytes(range(256)) * (self.size // 256) + b"t" * (self.size % 256)
         answer = self.request(
-            "POST", "/v1/images", {"Content-Type": "application/octet-stream"}, data=self.data
+            "POST", "/v1/images", {"Content-Type": "application/octet-stream", "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"},
+            data=self.data,
         )
         self.image_id = answer.json()["image"]["id"]
         self.manual = ManualRunner()

@@ -147,7 +147,7 @@ class V1StoreHeaderTests(SiteTestCase):
         answer = self.request(
             "POST",
             "/v1/images",
-            {**OCTET, "x-image-meta-name": "b", "x-image-meta-store": "bulk"},
+            {**OCTET, "x-image-meta-name": "b", "x-image-meta-store": "bulk", "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"},
             data=b"v1 bulk",
         )
         self.assertEqual(answer.code, 201, answer.body)

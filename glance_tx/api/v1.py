@@ -79,6 +79,25 @@ async def _finished(upload: Upload) -> Image:
         raise BadRequest(e.message) from None
 
 
+#: Glance v1's words for a format an image lacks (its
+#: C{_validate_image_for_activation}).
+_UNSPECIFIED = {
+    "disk_format": "Disk format is not specified.",
+    "container_format": "Container format is not specified.",
+}
+
+
+def _check_formats(image: Image) -> None:
+    """
+    Image data, uploaded or at a location, needs both formats set: in the
+    record, or by this request's headers (C{image} is the record as the
+    request leaves it). A 400 before anything is stored, as in Glance.
+    """
+    missing = images.missing_formats(image)
+    if missing:
+        raise BadRequest(" ".join(_UNSPECIFIED[name] for name in missing))
+
+
 def _arg(request: IRequest, name: str) -> str | None:
     values = request.args.get(name.encode("utf-8"))
     return values[-1].decode("utf-8") if values else None
@@ -181,8 +200,9 @@ class V1API(ImagesAPI):
         context = await self._context(request)
         meta = parse_headers(request.requestHeaders, self.image_format)
         expected_size = self._check_upload_request(request, meta)
-        image = await self.registry.create(self._new_image(context, meta))
-        return await self._start_upload(image, meta, expected_size, None)
+        image = self._new_image(context, meta)
+        _check_formats(image)
+        return await self._start_upload(await self.registry.create(image), meta, expected_size, None)
 
     async def _start_update(self, request: StreamingRequest, image_id: str) -> Upload:
         meta = parse_headers(request.requestHeaders, self.image_format)
@@ -191,6 +211,7 @@ class V1API(ImagesAPI):
         async def start(context: RequestContext, image: Image) -> Upload:
             changes = self._changes(request, context, image, meta)
             self.policy.check_upload(context, image)
+            _check_formats(images.apply_update(image, changes))
             return await self._start_upload(image, meta, expected_size, changes)
 
         return await self._change_image(request, image_id, start)
@@ -296,7 +317,10 @@ class V1API(ImagesAPI):
             meta = parse_headers(request.requestHeaders, self.image_format)
             if meta.location is not None:
                 self.policy.check_set_location(context)
-            image = await self.registry.create(self._new_image(context, meta))
+            image = self._new_image(context, meta)
+            if meta.location is not None:
+                _check_formats(image)
+            image = await self.registry.create(image)
             if meta.location is not None:
                 try:
                     image = await self._register_location(image, meta, ImageUpdate())
@@ -319,6 +343,7 @@ class V1API(ImagesAPI):
         async def write(context: RequestContext, image: Image) -> Image:
             changes = self._changes(request, context, image, meta)
             if meta.location is not None:
+                _check_formats(images.apply_update(image, changes))
                 return await self._register_location(image, meta, changes)
             return await self.registry.update(
                 image.id, changes, expected_version=image.version

@@ -581,7 +581,7 @@ class V2API(ImagesAPI):
                     f"Image {image.id} is {image.status}; data can only be uploaded "
                     "to a queued image"
                 )
-            missing = [f for f in ("disk_format", "container_format") if not getattr(image, f)]
+            missing = images.missing_formats(image)
             if missing:
                 noun = "Property" if len(missing) == 1 else "Properties"
                 raise BadRequest(f"{noun} {', '.join(missing)} must be set prior to saving data.")
