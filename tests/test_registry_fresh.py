@@ -28,6 +28,7 @@ from glance_tx.images import Image, ImageUpdate
 from glance_tx.registry.sql import SQLRegistry, open_sql_registry
 from glance_tx.registry.sql import fresh as fresh_module
 from glance_tx.registry.sql.fresh import (
+    FRESH_KEPT,
     IN_IGNORED,
     IN_MODIFY,
     IN_Q_OVERFLOW,
@@ -411,6 +412,20 @@ class WatchTests(SynchronousTestCase):
         other = make_image()
         self.fresh.keep(other, other.id, version)
         self.assertIsNone(self.fresh.kept(other.id))
+
+    def test_least_recently_used_goes_first(self) -> None:
+        """
+        Full, the record used longest ago goes, not every one: a walk over
+        more images than are kept leaves the one read again and again.
+        """
+        version = self.kept()
+        others = [make_image() for _ in range(FRESH_KEPT)]
+        for other in others:
+            self.fresh.keep(other, other.id, version)
+            self.assertIs(self.fresh.kept(self.image.id), self.image)
+        self.assertIsNone(self.fresh.kept(others[0].id))
+        self.assertIs(self.fresh.kept(others[1].id), others[1])
+        self.assertIs(self.fresh.kept(others[-1].id), others[-1])
 
     def test_reactor_reads_events(self) -> None:
         """

@@ -1878,6 +1878,23 @@ class KeptTests(SynchronousTestCase):
         self.assertIsNot(second, first)
         self.assertIs(kept.made("a", [2], lambda s: object()), second)
 
+    def test_keep_and_clear(self) -> None:
+        """
+        What was made elsewhere is kept as C{made} keeps (replacing the
+        key's, the least recently used going when full); clear forgets all.
+        """
+        kept: Kept[int, str] = Kept(2)
+        kept.keep("a", 1, "a1")
+        kept.keep("b", 1, "b1")
+        kept.keep("a", 2, "a2")  # replaced, and now the most recent
+        self.assertEqual(kept.get("a"), (2, "a2"))
+        kept.keep("c", 1, "c1")  # "b" goes
+        self.assertNotIn("b", kept)
+        self.assertEqual(kept.made("c", 1, lambda s: "other"), "c1")
+        kept.clear()
+        self.assertNotIn("a", kept)
+        self.assertNotIn("c", kept)
+
     def test_least_recently_used_goes_first(self) -> None:
         """
         Full, the entry used longest ago goes (not all of them): here the

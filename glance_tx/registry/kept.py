@@ -3,6 +3,8 @@ What a registry read makes from a record (its decoded image, its wire
 form), kept per image id for as long as the record it was made from is
 equal: a listing's pages are read again and again and their images rarely
 change, and decoding or encoding an image costs more than comparing it.
+The records L{glance_tx.registry.sql.fresh} answers while the database is
+unchanged are kept here too (their source: the database's version).
 """
 
 from __future__ import annotations
@@ -39,10 +41,14 @@ class Kept(Generic[S, M]):
         if kept is not None and (kept[0] is source or kept[0] == source):
             return kept[1]
         made = make(source)
-        if kept is None and len(self._kept) >= self.most:
+        self.keep(key, source, made)
+        return made
+
+    def keep(self, key: str, source: S, made: M) -> None:
+        """Keep C{made}, made from C{source}, for C{key} (the most recently used)."""
+        if self._kept.pop(key, None) is None and len(self._kept) >= self.most:
             del self._kept[next(iter(self._kept))]
         self._kept[key] = (source, made)
-        return made
 
     def get(self, key: str) -> tuple[S, M] | None:
         """The source and what was made of it for C{key} (now the most recently used)."""
@@ -56,3 +62,7 @@ class Kept(Generic[S, M]):
 
     def forget(self, key: str) -> None:
         self._kept.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._kept.clear()

@@ -58,10 +58,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from glance_tx.images import Image
+from glance_tx.registry.kept import Kept
 
 log = Logger()
 
-#: How many records are kept (all are dropped at the database's next change).
+#: How many records are kept, the least recently used going first when full
+#: (all are dropped at the database's next change).
 FRESH_KEPT = 4096
 
 # <sys/inotify.h>
@@ -212,7 +214,8 @@ class FreshImages:
     _opening: bool = field(default=False, init=False)
     #: Closed, or no inotify here: every read goes to the pool.
     _off: bool = field(default=False, init=False)
-    _kept: dict[str, Image] = field(factory=dict, init=False)
+    #: By image id, the version each record was read at, and the record.
+    _kept: Kept[int, Image] = field(factory=lambda: Kept(FRESH_KEPT), init=False)
 
     def version(self) -> int | None:
         """
@@ -234,7 +237,8 @@ class FreshImages:
 
     def kept(self, image_id: str) -> Image | None:
         """The record of C{image_id}, if one was kept at the last L{version}."""
-        return self._kept.get(image_id)
+        kept = self._kept.get(image_id)
+        return None if kept is None else kept[1]
 
     def keep(self, image: Image, image_id: str, version: int) -> Image:
         """
@@ -242,9 +246,7 @@ class FreshImages:
         C{version}, if it still is. Returns C{image}.
         """
         if self.version() == version:
-            if len(self._kept) >= FRESH_KEPT:
-                self._kept.clear()
-            self._kept[image_id] = image
+            self._kept.keep(image_id, version, image)
         return image
 
     def close(self) -> None:
