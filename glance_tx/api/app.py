@@ -147,7 +147,8 @@ def build_site(
         definitions = MetadefsAPI(registry=metadefs, identity=identity, policy=policy)
         v2_resource = MetadefsMount(v2_resource, definitions.resource())
     root = RootAPI(
-        registry=registry, stores=stores, v1=v1.resource(), v2=v2_resource, show_image=v2.show
+        registry=registry, stores=stores, v1=v1.resource(), v2=v2_resource, show_image=v2.show,
+        list_images=v2.list_images,
     )
     site = GlanceSite(
         root.resource(),

@@ -12,7 +12,7 @@ branch routes: an image GET would otherwise be routed twice, once by the
 root app and once by v2's; the root's routing (werkzeug matching, the
 branch and its Deferreds) was 7% of a GET's CPU (bench/metadata.py
 --in-process). The hottest requests -- a GET or HEAD of the versions, the
-health check and one image -- skip Klein altogether
+health check, one image and a listing page -- skip Klein altogether
 (L{glance_tx.api.direct}): the same handlers, called from a plain leaf.
 
 The versions document is made once per site URL. Concurrent health checks
@@ -58,6 +58,8 @@ class RootAPI:
     v2: IResource
     #: The v2 app's image GET, answered without Klein (None: through it).
     show_image: Callable[[IRequest, str], Coroutine[Any, Any, bytes]] | None = None
+    #: The v2 app's listing page, answered without Klein (None: through it).
+    list_images: Callable[[IRequest], Coroutine[Any, Any, bytes]] | None = None
     _versions_bodies: dict[str, bytes] = field(factory=dict, init=False)
     _health: Once[tuple[int, bytes]] | None = field(default=None, init=False)
 
@@ -164,6 +166,8 @@ class RootDispatch(Resource):
                 return DirectRoute(api.versions)
             if path == b"healthcheck":
                 return DirectRoute(api.healthcheck)
+        elif path == b"v2" and rest == [b"images"] and api.list_images is not None:
+            return DirectRoute(api.list_images)
         elif (
             path == b"v2"
             and api.show_image is not None

@@ -17,6 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -87,7 +88,7 @@ from glance_tx.registry.sql.engine import is_memory_sqlite, open_engine, transac
 from glance_tx.registry.sql.fresh import FreshImages
 from glance_tx.registry.sql.image_read import ImageReader
 from glance_tx.registry.sql.metadefs import SQLMetadefs
-from glance_tx.registry.sql.page_read import PageReader
+from glance_tx.registry.sql.page_read import FreshPages, PageReader
 from glance_tx.registry.sql.pg_page_read import PostgresPageReader
 from glance_tx.registry.sql.query import (
     child_condition,
@@ -190,6 +191,8 @@ class SQLRegistry(SQLMetadefs):
     _pages: PageReader | PostgresPageReader | None = field(init=False)
     #: Records answered without the pool while unchanged, on a SQLite file.
     _fresh: FreshImages | None = field(init=False, default=None)
+    #: Listing pages answered without the pool while unchanged, likewise.
+    _fresh_pages: FreshPages | None = field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self._reader = ImageReader.for_engine(self.engine)
@@ -205,6 +208,7 @@ class SQLRegistry(SQLMetadefs):
             if self._reader is not None:
                 path = os.path.abspath(str(self.engine.url.database))
                 self._fresh = FreshImages(path, self.runner.run, self.reactor)
+                self._fresh_pages = FreshPages(self._fresh)
 
     # IRegistry
 
@@ -225,6 +229,8 @@ class SQLRegistry(SQLMetadefs):
         )
 
     def list(self, query: ImageQuery) -> Deferred[builtins.list[Image]]:
+        if self._fresh_pages is not None:
+            return self._fresh_pages.list(query, partial(self._run, self._list))
         return self._run(self._list, query)
 
     def update(
