@@ -74,6 +74,8 @@ BUCKET = "glance-bench"
 CONTAINER = "glance-bench"
 REGION = "us-east-1"
 STORES = ("file", "s3", "swift", "http")
+#: A load average above this (on the 2 vCPUs) marks the run noisy.
+NOISY_LOAD = 1.0
 
 
 @dataclass
@@ -619,6 +621,11 @@ def section(
             width=78,
         ),
         "",
+        # Other sessions' work on the same cores decides MiB/s: say so
+        # beside the figures (the ratios to the same run's direct client
+        # are what to read then).
+        *([f"- **Noisy (load {min(loads):.1f}-{max(loads):.1f})**: compare the ratios, "
+           "not the MiB/s"] if max(loads) > NOISY_LOAD else []),
         f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
         f"{os.cpu_count()} vCPUs; {hashes}; load average {loads[0]:.1f} at the start, "
         f"{loads[1]:.1f} at the end",

@@ -571,7 +571,11 @@ class ConfigTests(SynchronousTestCase):
         )
         auth = store.client.auth
         assert isinstance(auth, KeystoneV3Auth)
-        self.assertEqual((auth.project, auth.user, auth.key), ("service", "glance", "pw"))
+        credentials = auth.credentials
+        self.assertEqual(
+            (credentials.project, credentials.user, credentials.password),
+            ("service", "glance", "pw"),
+        )
         self.assertEqual((auth.interface, auth.region), ("internal", "RegionTwo"))
         self.assertEqual(store.scheme, "swift+https")
         self.assertEqual(store.large_object_size, 5120 * 1024 * 1024)

@@ -25,6 +25,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from glance_tx.errors import NotFound, StoreError
+from glance_tx.keystone_auth import PasswordCredentials
 from glance_tx.store.swift_client import (
     KeystoneV3Auth,
     Segment,
@@ -121,7 +122,8 @@ class KeystoneV3Tests(SynchronousTestCase):
     def login(self, **kwargs: Any) -> tuple[SwiftSession, FakeKeystone]:
         keystone = FakeKeystone()
         http = StubTreq(keystone.app.resource())
-        auth = KeystoneV3Auth(auth_address="http://ks/v3", **kwargs)
+        where = {k: kwargs.pop(k) for k in ("region", "interface", "endpoint") if k in kwargs}
+        auth = KeystoneV3Auth("http://ks/v3", PasswordCredentials(**kwargs), **where)
         client = SwiftClient(http=http, auth=auth, clock=Clock(), store_name="obj")
         session = self.successResultOf(ensureDeferred(client.session()))
         return session, keystone
@@ -134,7 +136,7 @@ class KeystoneV3Tests(SynchronousTestCase):
         wrong.
         """
         session, keystone = self.login(
-            user="glance", key="s3cret-password", project="service",
+            user="glance", password="s3cret-password", project="service",
             project_domain_name="Default",
         )
         self.assertEqual(session.token, "gAAAAtoken")
@@ -164,21 +166,24 @@ class KeystoneV3Tests(SynchronousTestCase):
         C{interface} and C{region} choose among the object-store endpoints
         (glance_store's C{swift_store_endpoint_type} and C{swift_store_region}).
         """
-        session, _ = self.login(user="u", key="s3cret-password", interface="internal")
+        session, _ = self.login(user="u", password="s3cret-password", interface="internal")
         self.assertEqual(session.storage_url, "http://int/v1/AUTH_p")
-        session, _ = self.login(user="u", key="s3cret-password", region="RegionTwo")
+        session, _ = self.login(user="u", password="s3cret-password", region="RegionTwo")
         self.assertEqual(session.storage_url, "http://two/v1/AUTH_p")
 
     def test_endpoint_override(self) -> None:
         """C{endpoint} (C{swift_store_endpoint}) replaces the catalog's URL."""
-        session, _ = self.login(user="u", key="s3cret-password", endpoint="http://x/v1/AUTH_q")
+        session, _ = self.login(
+            user="u", password="s3cret-password", endpoint="http://x/v1/AUTH_q"
+        )
         self.assertEqual(session.storage_url, "http://x/v1/AUTH_q")
 
     def test_no_endpoint(self) -> None:
         """A catalog without the wanted endpoint is a StoreError saying so."""
         keystone = FakeKeystone()
         auth = KeystoneV3Auth(
-            auth_address="http://ks/v3", user="u", key="s3cret-password", region="Nowhere"
+            "http://ks/v3", PasswordCredentials(user="u", password="s3cret-password"),
+            region="Nowhere",
         )
         client = SwiftClient(
             http=StubTreq(keystone.app.resource()), auth=auth, clock=Clock(), store_name="obj"
@@ -193,13 +198,13 @@ class KeystoneV3Tests(SynchronousTestCase):
         password nor the application credential secret appears in it.
         """
         for kwargs in (
-            {"user": "u", "key": "wrong-s3cret-password"},
+            {"user": "u", "password": "wrong-s3cret-password"},
             {"application_credential_id": "ac1", "application_credential_secret": "wrong-s3cret"},
         ):
             keystone = FakeKeystone()
             client = SwiftClient(
                 http=StubTreq(keystone.app.resource()),
-                auth=KeystoneV3Auth(auth_address="http://ks/v3", **kwargs),  # type: ignore[arg-type]
+                auth=KeystoneV3Auth("http://ks/v3", PasswordCredentials(**kwargs)),
                 clock=Clock(),
                 store_name="obj",
             )
@@ -411,9 +416,9 @@ class SwiftClientTests(TestCase):
         self.addCleanup(port.stopListening)
         auth = KeystoneV3Auth(
             auth_address=f"http://127.0.0.1:{port.getHost().port}/v3",  # type: ignore[attr-defined]
-            user="glance",
-            key="s3cret-password",
-            project="service",
+            credentials=PasswordCredentials(
+                user="glance", password="s3cret-password", project="service"
+            ),
         )
         client = self.client(auth)
         await client.create_container(self.container)

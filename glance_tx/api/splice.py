@@ -60,13 +60,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
-    IProducer,
     IPushProducer,
     IReadDescriptor,
     IWriteDescriptor,
 )
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.components import proxyForInterface
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -465,26 +465,18 @@ class SpliceRelay:
             self._done.errback(outcome)
 
 
-@implementer(IConsumer, IBodySink)
+@implementer(IBodySink)
 @frozen
-class SpliceSink:
+class SpliceSink(proxyForInterface(IConsumer, "request")):  # type: ignore[misc]
     """
-    The request, as the consumer a store writes a download to, that can
-    also take a response body to relay with C{splice} (L{SpliceRelay}).
+    The request, as the consumer a store writes a download to (its
+    L{IConsumer} methods are the request's), that can also take a response
+    body to relay with C{splice} (L{SpliceRelay}).
     """
 
     reactor: Any
     request: Any
     stall_timeout: float | None = None
-
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        self.request.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self.request.unregisterProducer()
-
-    def write(self, data: bytes) -> None:
-        self.request.write(data)
 
     def relay(
         self, response: object, length: int, origin: str, timeout: float | None

@@ -49,6 +49,7 @@ from glance_tx.backpressure import Watermarks
 from glance_tx.config import ConfigError, StoreConfig, bool_option
 from glance_tx.errors import BadRequest, NotFound, StoreError
 from glance_tx.images import is_image_id, validate_image_id
+from glance_tx.keystone_auth import PasswordCredentials
 from glance_tx.store.factory import StoreServices
 from glance_tx.store.interface import IStore, IStoreWriter
 from glance_tx.store.reader import (
@@ -510,32 +511,31 @@ def swift_store_from_options(
                 f"store {store_id!r}: swift_store_endpoint_type must be "
                 "publicURL, internalURL or adminURL"
             )
-        common: dict[str, Any] = dict(
-            auth_address=auth_address,
-            region=options.get("swift_store_region"),
-            interface=INTERFACES[endpoint_type],
-            service_type=options.get("swift_store_service_type", "object-store"),
-            endpoint=options.get("swift_store_endpoint"),
-        )
         if options.get("swift_store_application_credential_id"):
-            auth = KeystoneV3Auth(
+            credentials = PasswordCredentials(
                 application_credential_id=options["swift_store_application_credential_id"],
                 application_credential_secret=need("swift_store_application_credential_secret"),
-                **common,
             )
         else:
             # glance_store's "project:user" form.
             project, _, user = need("swift_store_user").rpartition(":")
-            auth = KeystoneV3Auth(
+            credentials = PasswordCredentials(
                 user=user,
-                key=need("swift_store_key"),
+                password=need("swift_store_key"),
                 project=project or None,
                 user_domain_id=options.get("swift_store_user_domain_id", "default"),
                 user_domain_name=options.get("swift_store_user_domain_name"),
                 project_domain_id=options.get("swift_store_project_domain_id", "default"),
                 project_domain_name=options.get("swift_store_project_domain_name"),
-                **common,
             )
+        auth = KeystoneV3Auth(
+            auth_address=auth_address,
+            credentials=credentials,
+            region=options.get("swift_store_region"),
+            interface=INTERFACES[endpoint_type],
+            service_type=options.get("swift_store_service_type", "object-store"),
+            endpoint=options.get("swift_store_endpoint"),
+        )
     else:
         raise ConfigError(
             f"store {store_id!r}: swift_store_auth_version must be 1 or 3, not {version!r}"

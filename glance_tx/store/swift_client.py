@@ -109,40 +109,18 @@ class TempAuth:
 @frozen
 class KeystoneV3Auth:
     """
-    Keystone v3: a login (L{glance_tx.keystone_auth}) with a password (user
-    and project scope) or an application credential (scoped already), then
-    the C{object-store} endpoint of C{interface} (in C{region}, if given)
-    from the catalog, unless C{endpoint} overrides it.
+    Keystone v3: a login (L{glance_tx.keystone_auth}) with C{credentials}
+    (a password user scoped to a project, or an application credential,
+    scoped already), then the C{object-store} endpoint of C{interface} (in
+    C{region}, if given) from the catalog, unless C{endpoint} overrides it.
     """
 
     auth_address: str
-    user: str | None = None
-    key: str | None = field(default=None, repr=False)
-    project: str | None = None
-    user_domain_id: str | None = "default"
-    user_domain_name: str | None = None
-    project_domain_id: str | None = "default"
-    project_domain_name: str | None = None
-    application_credential_id: str | None = None
-    application_credential_secret: str | None = field(default=None, repr=False)
+    credentials: PasswordCredentials
     region: str | None = None
     interface: str = "public"
     service_type: str = "object-store"
     endpoint: str | None = None
-
-    @property
-    def credentials(self) -> PasswordCredentials:
-        return PasswordCredentials(
-            user=self.user,
-            password=self.key,
-            project=self.project,
-            user_domain_id=self.user_domain_id,
-            user_domain_name=self.user_domain_name,
-            project_domain_id=self.project_domain_id,
-            project_domain_name=self.project_domain_name,
-            application_credential_id=self.application_credential_id,
-            application_credential_secret=self.application_credential_secret,
-        )
 
     async def login(self, http: Any, now: float) -> SwiftSession:
         try:
