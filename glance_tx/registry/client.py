@@ -83,15 +83,17 @@ def registry_http_client(
     *,
     connect_timeout: float,
     persistent: int = 8,
+    idle_timeout: float = 240.0,
     ca_certificate: bytes | None = None,
     tls_policy: IPolicyForHTTPS | None = None,
 ) -> tuple[IAgent, HTTPConnectionPool]:
     """
     An agent for one registry (or another internal peer: Keystone) with a
     persistent connection pool, and the pool (for C{closeCachedConnections}
-    at shutdown). For C{https} peers, C{ca_certificate} (PEM) is the only
-    authority trusted, or C{tls_policy} says what is; without either, the
-    system's authorities are.
+    at shutdown). The pool keeps at most C{persistent} idle connections,
+    each for C{idle_timeout} seconds. For C{https} peers,
+    C{ca_certificate} (PEM) is the only authority trusted, or C{tls_policy}
+    says what is; without either, the system's authorities are.
 
     A bare L{Agent}, not treq: treq's URL handling (hyperlink), cookie jar
     and content decoder, built anew for every request, were a quarter of
@@ -101,6 +103,7 @@ def registry_http_client(
 
     pool = HTTPConnectionPool(reactor)
     pool.maxPersistentPerHost = persistent
+    pool.cachedConnectionTimeout = idle_timeout  # type: ignore[assignment]
     policy: IPolicyForHTTPS = tls_policy or BrowserLikePolicyForHTTPS()
     if ca_certificate is not None:
         from twisted.internet.ssl import Certificate
@@ -122,13 +125,20 @@ def open_http_registry(
     timeout: float = 5.0,
     retries: int = 1,
     ca_certificate: bytes | None = None,
+    pool_maxsize: int = 8,
+    pool_unused_timeout: float = 240.0,
 ) -> HTTPRegistryClient:
     """
-    The client an API node uses for C{registry_url}: pooled connections,
-    connecting bounded by the same timeout as a whole call.
+    The client an API node uses for C{registry_url}: pooled connections
+    (at most C{pool_maxsize} kept idle, each for C{pool_unused_timeout}
+    seconds), connecting bounded by the same timeout as a whole call.
     """
     agent, pool = registry_http_client(
-        reactor, connect_timeout=timeout, ca_certificate=ca_certificate
+        reactor,
+        connect_timeout=timeout,
+        persistent=pool_maxsize,
+        idle_timeout=pool_unused_timeout,
+        ca_certificate=ca_certificate,
     )
     return HTTPRegistryClient(
         agent=agent,

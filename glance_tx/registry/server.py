@@ -92,7 +92,7 @@ from glance_tx.api.channel import DEFAULT_MAX_HEADER_LINE
 from glance_tx.api.errors import handle_routing_error, unexpected_error
 from glance_tx.api.params import parse_json
 from glance_tx.api.site import GlanceSite
-from glance_tx.config import ClientLimits
+from glance_tx.config import REGISTRY_KEEPALIVE_SECONDS, ClientLimits
 from glance_tx.errors import BadRequest, GlanceError, NotFound
 from glance_tx.images import Image, ImageQuery
 from glance_tx.metadefs.interface import IMetadefRegistry
@@ -533,10 +533,6 @@ class RegistryServer:
         return b""
 
 
-#: How long an API node's idle connection to the registry is kept.
-REGISTRY_KEEPALIVE_SECONDS = 300.0
-
-
 def registry_site(
     server: RegistryServer, reactor: Any, max_header_line: int = DEFAULT_MAX_HEADER_LINE
 ) -> Site:
@@ -550,8 +546,9 @@ def registry_site(
         max_header_line=max_header_line,
         reactor=reactor,
         caller_request_ids=True,
-        # API nodes keep idle connections for 240 s (HTTPConnectionPool's
-        # cachedConnectionTimeout); closing them sooner would race their reuse.
+        # API nodes keep idle connections for less (their
+        # registry_client_pool_unused_timeout); closing them sooner would
+        # race their reuse.
         client_limits=ClientLimits(http_keepalive_timeout=REGISTRY_KEEPALIVE_SECONDS),
     )
     site.displayTracebacks = False
