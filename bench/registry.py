@@ -216,30 +216,85 @@ def get_rate(
 
 @contextmanager
 def databases(
-    modes: list[str], workdir: Path, postgres_url: str | None, count: int
+    modes: list[str], workdir: Path, postgres_url: str | None, count: int, keep: Path | None
 ) -> Iterator[dict[str, str]]:
     """
     A filled database for each mode, as SQLAlchemy URLs: a SQLite file,
     and one PostgreSQL database that both PostgreSQL modes serve (the same
-    rows, so their figures differ only by the registry's hop).
+    rows, so their figures differ only by the registry's hop). With
+    C{keep}, a fill made there (and a PostgreSQL database named for the
+    count) is kept after the run and the next run with the same count
+    reuses it: the runs only read.
     """
     urls = {}
     with ExitStack() as stack:
         if "sqlite" in modes:
-            urls["sqlite"] = f"sqlite:///{workdir / 'registry.sqlite'}"
-            fill(urls["sqlite"], count)
+            path = (keep or workdir) / f"registry-{count}.sqlite"
+            urls["sqlite"] = f"sqlite:///{path}"
+            if keep is not None and (keep / f"registry-{count}.filled").exists():
+                print(f"  reusing the SQLite fill in {path}", flush=True)
+            else:
+                for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                    stale.unlink(missing_ok=True)
+                fill(urls["sqlite"], count)
+                if keep is not None:
+                    (keep / f"registry-{count}.filled").touch()
         postgres_modes = [mode for mode in modes if mode != "sqlite"]
         if postgres_modes:
             if postgres_url is None:
                 raise BenchError(f"mode {postgres_modes[0]} needs --postgres-url")
-            registry = stack.enter_context(
-                registry_pages.postgresql_registry(postgres_url, count)
-            )
-            print(f"  filling {count} images (PostgreSQL)", flush=True)
-            registry_pages.fill(registry, count)
-            shared = registry.engine.url.render_as_string(hide_password=False)
+            if keep is not None:
+                shared = kept_postgresql(postgres_url, count)
+            else:
+                registry = stack.enter_context(
+                    registry_pages.postgresql_registry(postgres_url, count)
+                )
+                print(f"  filling {count} images (PostgreSQL)", flush=True)
+                registry_pages.fill(registry, count)
+                shared = registry.engine.url.render_as_string(hide_password=False)
             urls.update({mode: shared for mode in postgres_modes})
         yield urls
+
+
+def kept_postgresql(admin_url: str, count: int) -> str:
+    """
+    The URL of the kept PostgreSQL fill of C{count} images, made now if
+    there is none (a database left half-filled by an interrupted run is
+    made again: the fill's last step records that it is complete).
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"glance_tx_bench_registry_{count}"
+    url = make_url(admin_url).set(database=name)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+            if exists is not None:
+                engine = create_engine(url)
+                try:
+                    with engine.connect() as kept:
+                        done = kept.execute(
+                            text("SELECT 1 FROM pg_tables WHERE tablename = 'bench_filled'")
+                        ).first()
+                finally:
+                    engine.dispose()
+                if done is not None:
+                    print(f"  reusing the PostgreSQL fill in {name}", flush=True)
+                    return url.render_as_string(hide_password=False)
+                connection.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    finally:
+        admin.dispose()
+    with registry_pages.opened_registry(url) as registry:
+        print(f"  filling {count} images (PostgreSQL, kept as {name})", flush=True)
+        registry_pages.fill(registry, count)
+        with registry.engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE bench_filled ()")
+    return url.render_as_string(hide_password=False)
 
 
 def fill(url: str, count: int) -> None:
@@ -292,7 +347,9 @@ def start_servers(
 def measure(args: argparse.Namespace, workdir: Path) -> list[ModeFigures]:
     """Every mode's servers up at once; listings interleaved, then GETs per mode."""
     with ExitStack() as stack:
-        urls = stack.enter_context(databases(args.modes, workdir, args.postgres_url, args.images))
+        urls = stack.enter_context(
+            databases(args.modes, workdir, args.postgres_url, args.images, args.keep_fill)
+        )
         servers = {
             mode: start_servers(mode, workdir, urls[mode], args.twistd, stack)
             for mode in args.modes
@@ -385,6 +442,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true",
                         help="print the figures only; leave bench/RESULTS.md alone")
     parser.add_argument("--tmpdir", default=None)
+    parser.add_argument("--keep-fill", type=Path, default=None, metavar="DIR",
+                        help="keep the filled databases (the SQLite file in DIR, the "
+                             "PostgreSQL database by the count's name) and reuse them "
+                             "on the next run with the same --images")
     parser.add_argument("--twistd", default=str(Path(sys.executable).with_name("twistd")))
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
