@@ -213,9 +213,17 @@ class RegistryServer:
     async def list_detail(self, request: IRequest) -> bytes:
         found = await self.registry.list(_query(request))
         # The bytes _json({"images": [...]}) gives, from each image's form.
-        return _json_bytes(
-            request, b'{"images":[' + b",".join(map(self._encoded, found)) + b"]}"
+        return self._forms_answer(
+            request, b'{"images":[', list(map(self._encoded, found)), b"]}"
         )
+
+    def _forms_answer(
+        self, request: IRequest, head: bytes, forms: list[bytes], tail: bytes
+    ) -> bytes:
+        """A read's answer, saying where each image's form is in it (see L{wire.FORMS_HEADER})."""
+        body, spans = wire.join_forms(head, forms, tail)
+        request.setHeader(wire.FORMS_HEADER, spans)
+        return _json_bytes(request, body)
 
     @app.route("/images", methods=["POST"])
     async def create(self, request: IRequest) -> bytes:
@@ -227,7 +235,7 @@ class RegistryServer:
     async def get(self, request: IRequest, image_id: str) -> bytes:
         include_deleted = _arg(request, b"include_deleted") == "true"
         image = await self.registry.get(image_id, include_deleted=include_deleted)
-        return _json_bytes(request, b'{"image":' + self._encoded(image) + b"}")
+        return self._forms_answer(request, b'{"image":', [self._encoded(image)], b"}")
 
     @app.route("/images/<image_id>", methods=["PUT"])
     async def update(self, request: IRequest, image_id: str) -> bytes:
