@@ -84,6 +84,7 @@ PAGE = 25
 class ModeFigures:
     mode: str
     listing_ms: dict[str, tuple[float, float]]  # name -> (p50, p99)
+    listing_cpu_ms: dict[str, float]  # name -> servers' CPU ms per page
     gets_per_second: float
     cpu_ms_per_get: float
 
@@ -131,22 +132,31 @@ def listing_path(
 
 
 def time_listings(
-    servers: dict[str, Server], query: dict[str, str], headers: dict[str, str], requests: int
-) -> dict[str, tuple[float, float]]:
+    servers: dict[str, list[Server]],
+    query: dict[str, str],
+    headers: dict[str, str],
+    requests: int,
+) -> dict[str, tuple[float, float, float]]:
     """
     p50 and p99 milliseconds of the page of 25 after a marker 90% deep,
-    for each mode's API: one request to each in turn, so that every mode
-    sees the same load on a machine shared with other work.
+    for each mode's API (the last of its servers), and the CPU
+    milliseconds all the mode's servers spent per page: one request to
+    each in turn, so that every mode sees the same load on a machine
+    shared with other work.
     """
-    targets = {mode: listing_path(server, query, headers) for mode, server in servers.items()}
+    targets = {mode: listing_path(chain[-1], query, headers) for mode, chain in servers.items()}
     for connection, _, _ in targets.values():
         # Idle while the other modes paged through their listings (minutes
         # on a loaded machine): the server may have closed it. The next
         # request opens it again.
         connection.close()
     timings: dict[str, list[float]] = {mode: [] for mode in servers}
+    pids = {mode: [pid for server in chain for pid in server.pids] for mode, chain in servers.items()}
+    cpu: dict[str, float] = {}
     try:
         for n in range(requests + 20):
+            if n == 20:
+                cpu = {mode: transfer.cpu_seconds(pids[mode]) for mode in servers}
             for mode, (connection, path, expected) in targets.items():
                 began = time.perf_counter()
                 page = api_get(connection, path, headers)
@@ -155,6 +165,10 @@ def time_listings(
                     timings[mode].append(elapsed)
                 if [image["id"] for image in page["images"]] != expected:
                     raise BenchError("the page after the marker is not the expected one")
+        cpu = {
+            mode: (transfer.cpu_seconds(pids[mode]) - before) * 1000 / requests
+            for mode, before in cpu.items()
+        }
     finally:
         for connection, _, _ in targets.values():
             connection.close()
@@ -164,6 +178,7 @@ def time_listings(
         figures[mode] = (
             statistics.median(values) * 1000,
             values[min(len(values) - 1, int(len(values) * 0.99))] * 1000,
+            cpu[mode],
         )
     return figures
 
@@ -216,30 +231,85 @@ def get_rate(
 
 @contextmanager
 def databases(
-    modes: list[str], workdir: Path, postgres_url: str | None, count: int
+    modes: list[str], workdir: Path, postgres_url: str | None, count: int, keep: Path | None
 ) -> Iterator[dict[str, str]]:
     """
     A filled database for each mode, as SQLAlchemy URLs: a SQLite file,
     and one PostgreSQL database that both PostgreSQL modes serve (the same
-    rows, so their figures differ only by the registry's hop).
+    rows, so their figures differ only by the registry's hop). With
+    C{keep}, a fill made there (and a PostgreSQL database named for the
+    count) is kept after the run and the next run with the same count
+    reuses it: the runs only read.
     """
     urls = {}
     with ExitStack() as stack:
         if "sqlite" in modes:
-            urls["sqlite"] = f"sqlite:///{workdir / 'registry.sqlite'}"
-            fill(urls["sqlite"], count)
+            path = (keep or workdir) / f"registry-{count}.sqlite"
+            urls["sqlite"] = f"sqlite:///{path}"
+            if keep is not None and (keep / f"registry-{count}.filled").exists():
+                print(f"  reusing the SQLite fill in {path}", flush=True)
+            else:
+                for stale in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                    stale.unlink(missing_ok=True)
+                fill(urls["sqlite"], count)
+                if keep is not None:
+                    (keep / f"registry-{count}.filled").touch()
         postgres_modes = [mode for mode in modes if mode != "sqlite"]
         if postgres_modes:
             if postgres_url is None:
                 raise BenchError(f"mode {postgres_modes[0]} needs --postgres-url")
-            registry = stack.enter_context(
-                registry_pages.postgresql_registry(postgres_url, count)
-            )
-            print(f"  filling {count} images (PostgreSQL)", flush=True)
-            registry_pages.fill(registry, count)
-            shared = registry.engine.url.render_as_string(hide_password=False)
+            if keep is not None:
+                shared = kept_postgresql(postgres_url, count)
+            else:
+                registry = stack.enter_context(
+                    registry_pages.postgresql_registry(postgres_url, count)
+                )
+                print(f"  filling {count} images (PostgreSQL)", flush=True)
+                registry_pages.fill(registry, count)
+                shared = registry.engine.url.render_as_string(hide_password=False)
             urls.update({mode: shared for mode in postgres_modes})
         yield urls
+
+
+def kept_postgresql(admin_url: str, count: int) -> str:
+    """
+    The URL of the kept PostgreSQL fill of C{count} images, made now if
+    there is none (a database left half-filled by an interrupted run is
+    made again: the fill's last step records that it is complete).
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"glance_tx_bench_registry_{count}"
+    url = make_url(admin_url).set(database=name)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+            if exists is not None:
+                engine = create_engine(url)
+                try:
+                    with engine.connect() as kept:
+                        done = kept.execute(
+                            text("SELECT 1 FROM pg_tables WHERE tablename = 'bench_filled'")
+                        ).first()
+                finally:
+                    engine.dispose()
+                if done is not None:
+                    print(f"  reusing the PostgreSQL fill in {name}", flush=True)
+                    return url.render_as_string(hide_password=False)
+                connection.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    finally:
+        admin.dispose()
+    with registry_pages.opened_registry(url) as registry:
+        print(f"  filling {count} images (PostgreSQL, kept as {name})", flush=True)
+        registry_pages.fill(registry, count)
+        with registry.engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE bench_filled ()")
+    return url.render_as_string(hide_password=False)
 
 
 def fill(url: str, count: int) -> None:
@@ -292,18 +362,23 @@ def start_servers(
 def measure(args: argparse.Namespace, workdir: Path) -> list[ModeFigures]:
     """Every mode's servers up at once; listings interleaved, then GETs per mode."""
     with ExitStack() as stack:
-        urls = stack.enter_context(databases(args.modes, workdir, args.postgres_url, args.images))
+        urls = stack.enter_context(
+            databases(args.modes, workdir, args.postgres_url, args.images, args.keep_fill)
+        )
         servers = {
             mode: start_servers(mode, workdir, urls[mode], args.twistd, stack)
             for mode in args.modes
         }
         apis = {mode: chain[-1] for mode, chain in servers.items()}
         listing_ms: dict[str, dict[str, tuple[float, float]]] = {m: {} for m in args.modes}
+        listing_cpu: dict[str, dict[str, float]] = {m: {} for m in args.modes}
         for name, (query, headers) in LISTINGS.items():
-            for mode, figures in time_listings(apis, query, headers, args.requests).items():
-                listing_ms[mode][name] = figures
+            for mode, figures in time_listings(servers, query, headers, args.requests).items():
+                listing_ms[mode][name] = figures[:2]
+                listing_cpu[mode][name] = figures[2]
                 print(f"  {MODE_LABELS[mode]}, {name}: p50 {figures[0]:.2f} ms, "
-                      f"p99 {figures[1]:.2f} ms", flush=True)
+                      f"p99 {figures[1]:.2f} ms, {figures[2]:.2f} CPU ms per page",
+                      flush=True)
         results = []
         for mode in args.modes:
             connection = http.client.HTTPConnection(
@@ -317,11 +392,15 @@ def measure(args: argparse.Namespace, workdir: Path) -> list[ModeFigures]:
             rate, cpu_ms = get_rate(workdir, servers[mode], sample, args.seconds)
             print(f"  {MODE_LABELS[mode]}, single-image GETs: {rate:.0f}/s, "
                   f"{cpu_ms:.2f} CPU ms each", flush=True)
-            results.append(ModeFigures(mode, listing_ms[mode], rate, cpu_ms))
+            results.append(
+                ModeFigures(mode, listing_ms[mode], listing_cpu[mode], rate, cpu_ms)
+            )
     return results
 
 
-def report(args: argparse.Namespace, figures: list[ModeFigures], hashes: str) -> str:
+def report(
+    args: argparse.Namespace, figures: list[ModeFigures], hashes: str, load: str
+) -> str:
     by_mode = {f.mode: f for f in figures}
     lines = [
         "## Metadata through the API: `bench/registry.py`",
@@ -333,22 +412,28 @@ def report(args: argparse.Namespace, figures: list[ModeFigures], hashes: str) ->
             "servers up at once and one request to each in turn (both PostgreSQL "
             "modes over one database). GETs: wrk, "
             f"1 thread, 8 connections, {args.seconds} s, random ids; server CPU "
-            "is every server process of the mode (the API, and glance-registry).",
+            "is every server process of the mode (the API, and glance-registry), "
+            "per page and per GET.",
             width=78,
         ),
         "",
         f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
-        f"{os.cpu_count()} vCPUs; {hashes}",
+        f"{os.cpu_count()} vCPUs; {hashes}; {load}",
         f"- Command: `.venv/bin/python bench/registry.py --images {args.images}"
         f" --modes {','.join(args.modes)} --requests {args.requests} --seconds {args.seconds}"
         + (" --postgres-url URL`" if args.postgres_url else "`"),
         "",
-        "| mode | " + " | ".join(f"{name} p50 / p99 ms" for name in LISTINGS)
+        "| mode | "
+        + " | ".join(f"{name} p50 / p99 ms, CPU ms" for name in LISTINGS)
         + " | GET /v2/images/{id} per s | CPU ms per GET |",
         "|---|" + "---:|" * (len(LISTINGS) + 2),
     ]
     for f in figures:
-        cells = [f"{f.listing_ms[name][0]:.1f} / {f.listing_ms[name][1]:.1f}" for name in LISTINGS]
+        cells = [
+            f"{f.listing_ms[name][0]:.1f} / {f.listing_ms[name][1]:.1f}, "
+            f"{f.listing_cpu_ms[name]:.2f}"
+            for name in LISTINGS
+        ]
         lines.append(
             f"| {MODE_LABELS[f.mode]} | " + " | ".join(cells)
             + f" | {f.gets_per_second:.0f} | {f.cpu_ms_per_get:.2f} |"
@@ -362,6 +447,11 @@ def report(args: argparse.Namespace, figures: list[ModeFigures], hashes: str) ->
                 f"{inproc.gets_per_second / remote.gets_per_second:.2f}x lower, listing p99 "
                 + ", ".join(
                     f"{remote.listing_ms[n][1] / inproc.listing_ms[n][1]:.2f}x"
+                    for n in LISTINGS
+                )
+                + "; p50 "
+                + ", ".join(
+                    f"{remote.listing_ms[n][0] / inproc.listing_ms[n][0]:.2f}x"
                     for n in LISTINGS
                 )
                 + " (target: at most 1.5x; p99 under 50 ms in every mode).",
@@ -385,6 +475,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true",
                         help="print the figures only; leave bench/RESULTS.md alone")
     parser.add_argument("--tmpdir", default=None)
+    parser.add_argument("--keep-fill", type=Path, default=None, metavar="DIR",
+                        help="keep the filled databases (the SQLite file in DIR, the "
+                             "PostgreSQL database by the count's name) and reuse them "
+                             "on the next run with the same --images")
     parser.add_argument("--twistd", default=str(Path(sys.executable).with_name("twistd")))
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -400,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     hashes = transfer.hash_speeds()
     print(hashes, flush=True)
+    load_before = os.getloadavg()[0]
     figures = []
     try:
         with transfer_workdir(args) as workdir:
@@ -407,7 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 1
-    transfer.publish_section("registry.py", report(args, figures, hashes), not args.no_write)
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    section = report(args, figures, hashes, load)
+    transfer.publish_section("registry.py", section, not args.no_write)
     return 0
 
 

@@ -26,6 +26,9 @@ DEFAULT_BIND_HOST = "127.0.0.1"
 DEFAULT_BIND_PORT = 9292
 DEFAULT_HASHING_ALGORITHM = "sha512"
 ONE_TIB = 1 << 40
+#: How long glance-registry keeps an API node's idle connection open: above
+#: every node's C{registry_client_pool_unused_timeout}.
+REGISTRY_KEEPALIVE_SECONDS = 300.0
 
 
 class ConfigError(ValueError):
@@ -333,6 +336,15 @@ class Config:
     #: PEM file of the authority that signed an https registry's
     #: certificate (Glance's name); None trusts the system's authorities.
     registry_client_ca_file: str | None = None
+    #: How many idle connections to the registry are kept open for the next
+    #: calls (keystonemiddleware's C{memcache_pool_maxsize}, for the
+    #: registry); more calls at once open more, each closed after its call.
+    registry_client_pool_maxsize: int = 8
+    #: Seconds an idle pooled connection is kept (keystonemiddleware's
+    #: C{memcache_pool_unused_timeout}): below the registry's own keep-alive
+    #: (L{REGISTRY_KEEPALIVE_SECONDS}), so the node drops it first and never
+    #: sends a call down a connection the registry is closing.
+    registry_client_pool_unused_timeout: float = 240.0
     #: Show admins every image's locations in v2, and let them add and
     #: remove locations (Glance's name; off, as there).
     show_multiple_locations: bool = False
@@ -499,6 +511,8 @@ def load_config(
         registry_client_timeout=_seconds(default, "registry_client_timeout", 5.0),
         registry_client_retries=_int(default, "registry_client_retries", 1),
         registry_client_ca_file=default.get("registry_client_ca_file") or None,
+        registry_client_pool_maxsize=_int(default, "registry_client_pool_maxsize", 8),
+        registry_client_pool_unused_timeout=_pool_unused_timeout(default),
         show_multiple_locations=bool_option(default, "show_multiple_locations", False),
         show_image_direct_url=bool_option(default, "show_image_direct_url", False),
         max_header_line=_int(default, "max_header_line", 16384, minimum=1024),
@@ -821,6 +835,17 @@ def _registry_url(section: Mapping[str, str]) -> str | None:
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"registry_url {url!r} is not an http(s) URL")
     return url
+
+
+def _pool_unused_timeout(section: Mapping[str, str]) -> float:
+    name = "registry_client_pool_unused_timeout"
+    seconds = _seconds(section, name, 240.0)
+    if seconds >= REGISTRY_KEEPALIVE_SECONDS:
+        raise ConfigError(
+            f"{name} must be below glance-registry's keep-alive, "
+            f"{REGISTRY_KEEPALIVE_SECONDS:g} seconds"
+        )
+    return seconds
 
 
 def _seconds(section: Mapping[str, str], name: str, default: float) -> float:

@@ -351,6 +351,8 @@ class HTTPRegistryService(ReadyService[IRegistry]):
             timeout=config.registry_client_timeout,
             retries=config.registry_client_retries,
             ca_certificate=ca,
+            pool_maxsize=config.registry_client_pool_maxsize,
+            pool_unused_timeout=config.registry_client_pool_unused_timeout,
         )
         return cast(IRegistry, self.registry)
 

@@ -48,6 +48,8 @@ class RegistryClientOptionsTests(SynchronousTestCase):
         self.assertIsNone(config.registry_token)
         self.assertEqual(config.registry_client_timeout, 5.0)
         self.assertEqual(config.registry_client_retries, 1)
+        self.assertEqual(config.registry_client_pool_maxsize, 8)
+        self.assertEqual(config.registry_client_pool_unused_timeout, 240.0)
 
     def test_set(self) -> None:
         """Each option is read (the URL without a trailing slash)."""
@@ -56,12 +58,16 @@ class RegistryClientOptionsTests(SynchronousTestCase):
             "registry_token = t0k\nregistry_client_timeout = 2.5\n"
             "registry_client_retries = 0\n"
             "registry_client_ca_file = /etc/glance-tx/ca.pem\n"
+            "registry_client_pool_maxsize = 32\n"
+            "registry_client_pool_unused_timeout = 30\n"
         )
         self.assertEqual(config.registry_url, "http://10.0.0.5:9191")
         self.assertEqual(config.registry_token, "t0k")
         self.assertEqual(config.registry_client_timeout, 2.5)
         self.assertEqual(config.registry_client_retries, 0)
         self.assertEqual(config.registry_client_ca_file, "/etc/glance-tx/ca.pem")
+        self.assertEqual(config.registry_client_pool_maxsize, 32)
+        self.assertEqual(config.registry_client_pool_unused_timeout, 30.0)
 
     def test_refused(self) -> None:
         """A URL that is not http(s), or a timeout not a finite positive number."""
@@ -71,6 +77,12 @@ class RegistryClientOptionsTests(SynchronousTestCase):
             "registry_client_timeout = inf",
             "registry_client_timeout = soon",
             "registry_client_retries = -1",
+            "registry_client_pool_maxsize = -1",
+            "registry_client_pool_maxsize = many",
+            "registry_client_pool_unused_timeout = 0",
+            # Not below glance-registry's keep-alive: the registry could
+            # close a connection as the node sends a call down it.
+            "registry_client_pool_unused_timeout = 300",
         ):
             error = self.assertRaises(ConfigError, self.load, f"[DEFAULT]\n{line}\n")
             self.assertIn(line.split(" ")[0], str(error))

@@ -148,6 +148,46 @@ class RequestIdTests(_RealSocketHarness):
         self.assertIn(f" for {given} ", formatEvent(line))
 
 
+class _Counting(WrappingFactory):
+    """A factory wrapper that counts the connections it accepted."""
+
+    accepted = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.accepted += 1
+        return super().buildProtocol(addr)
+
+
+class PoolLimitTests(_RealSocketHarness):
+    """registry_client_pool_maxsize: how many idle connections are kept."""
+
+    async def test_idle_connections_kept(self) -> None:
+        """
+        Three calls at once open three connections; of those, the client
+        keeps C{pool_maxsize} for the next calls and closes the rest, so
+        the next three at once open only the ones missing.
+        """
+        from twisted.internet.defer import gatherResults
+
+        url = f"sqlite:///{os.path.abspath(self.mktemp())}"
+        registry = await open_sql_registry(url, self.runner)
+        self.addCleanup(registry.close)
+        image = await registry.create(make_image())
+        for maxsize, accepted in ((1, 3 + 2), (3, 3 + 0)):
+            site = _Counting(Site(RegistryServer(registry, token=TOKEN).resource()))
+            client = open_http_registry(
+                self.reactor,
+                f"http://127.0.0.1:{await self.serve(site)}",
+                token=TOKEN,
+                pool_maxsize=maxsize,
+            )
+            self.addCleanup(client.close)
+            for _ in range(2):
+                got = await gatherResults([client.get(image.id) for _ in range(3)])
+                self.assertEqual(got, [image] * 3)
+            self.assertEqual(site.accepted, accepted, f"pool_maxsize {maxsize}")
+
+
 class _Silent(Protocol):
     """Accepts a connection and never answers."""
 

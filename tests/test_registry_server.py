@@ -32,7 +32,7 @@ from glance_tx.errors import (
     ServiceUnavailable,
     StoreError,
 )
-from glance_tx.images import QUEUED, SAVING, ImageQuery, ImageUpdate
+from glance_tx.images import QUEUED, SAVING, Image, ImageQuery, ImageUpdate
 from glance_tx.registry import wire
 from glance_tx.registry.client import HTTPRegistryClient
 from glance_tx.registry.interface import IRegistry
@@ -413,15 +413,27 @@ class ClientTests(SynchronousTestCase):
         query = ImageQuery(sort=(("name", "asc"),))
         first = self.successResultOf(client.list(query))
         self.assertEqual(first, made)
+        from glance_tx.registry import client as client_module
+
+        parsed: list[bytes] = []
+        decode = client_module._decode_form
+
+        def counted(form: bytes) -> Image:
+            parsed.append(form)
+            return decode(form)
+
+        self.patch(client_module, "_decode_form", counted)
         second = self.successResultOf(client.list(query))
         for before, after in zip(first, second, strict=True):
             self.assertIs(after, before)
+        self.assertEqual(parsed, [])
         self.assertIs(self.successResultOf(client.get(made[0].id)), first[0])
         self.assertIs(server._encoded(first[0]), server._encoded(first[0]))
         self.successResultOf(self.registry.update(made[0].id, ImageUpdate(properties={"p": "1"})))
         self.successResultOf(self.registry.add_tag(made[1].id, "t"))
         self.successResultOf(self.registry.delete(made[2].id))
         third = self.successResultOf(client.list(query))
+        self.assertEqual(len(parsed), 2)  # the two changed; the deleted one is gone
         self.assertEqual([i.id for i in third], [made[0].id, made[1].id])
         self.assertEqual(third[0].properties, {"p": "1"})
         self.assertEqual(third[1].tags, {"t"})

@@ -1688,6 +1688,137 @@ class PostgreSQLQueryPlanTests(SynchronousTestCase):
                 self.assertNotIn("hashed SubPlan", plan, context)
 
 
+def libpq_sent(
+    case: SynchronousTestCase, registry: SQLRegistry, call: Callable[[], T]
+) -> tuple[T, list[list[str]]]:
+    """
+    What C{call} returns, and each message the client sent PostgreSQL
+    meanwhile on the connections of C{registry}'s pool once checked out
+    (and pinged): libpq's trace, each line split into "F", its length, its
+    type, ...
+    """
+    trace = case.mktemp()
+    pool = registry.engine.pool
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        pgconn = dbapi_connection.pgconn
+        pgconn.trace(os.open(trace, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+        pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.pgconn.untrace()
+
+    event.listen(pool, "checkout", checkout)
+    event.listen(pool, "checkin", checkin)
+    try:
+        result = call()
+    finally:
+        event.remove(pool, "checkout", checkout)
+        event.remove(pool, "checkin", checkin)
+    with open(trace) as f:
+        return result, [line.split("\t") for line in f if line.startswith("F\t")]
+
+
+class PostgreSQLGetTests(SynchronousTestCase):
+    """
+    On PostgreSQL an image is read in one statement
+    (L{glance_tx.registry.sql.image_read.PostgresImageReader}): the record
+    SQLAlchemy's path reads, fresh after every write, and a database that
+    fails it is a 503.
+    """
+
+    def setUp(self) -> None:
+        self.admin_url = postgres_admin_url(self)
+        self.url = create_database(self.admin_url)
+        self.addCleanup(drop_database, self.admin_url, self.url)
+        self.registry = sync_open(self.url)
+        self.addCleanup(lambda: self.successResultOf(self.registry.close()))
+
+    def get(self, image_id: str, include_deleted: bool = False) -> Image:
+        return self.successResultOf(self.registry.get(image_id, include_deleted))
+
+    def test_get_is_one_statement(self) -> None:
+        """
+        Getting an image is one request to PostgreSQL, in autocommit (no
+        BEGIN, no COMMIT), and it reads the record SQLAlchemy's path reads:
+        every field, the properties, the locations in their order (a store
+        or none, metadata), the tags.
+        """
+        image = self.successResultOf(
+            self.registry.create(
+                make_image(
+                    properties={"b": "2", "a": "1", "\u00e9": "caf\u00e9 \"x\""},
+                    tags={"t", "u"},
+                    locations=(
+                        Location("file:///z", "fast", {"k": ["v", 1]}),
+                        "file:///a",
+                        Location("s3://b", "s3"),
+                    ),
+                    size=5,
+                    protected=True,
+                    owner="p",
+                )
+            )
+        )
+        got, sent = libpq_sent(self, self.registry, lambda: self.get(image.id))
+        kinds = [fields[2].strip() for fields in sent]
+        self.assertEqual([kind for kind in kinds if kind in ("Sync", "Query")], ["Sync"], kinds)
+        self.assertNotIn("BEGIN", " ".join(" ".join(fields) for fields in sent))
+        with self.registry.engine.connect() as connection:
+            self.assertEqual(got, self.registry._fetch(connection, image.id, False))
+        self.assertEqual(got, image)
+        self.assertEqual(
+            [(loc.url, loc.store, dict(loc.metadata)) for loc in got.locations],
+            [
+                ("file:///z", "fast", {"k": ["v", 1]}),
+                ("file:///a", None, {}),
+                ("s3://b", "s3", {}),
+            ],
+        )
+        self.failureResultOf(self.registry.get(make_image().id), NotFound)
+
+    def test_a_write_shows_in_the_next_get(self) -> None:
+        """
+        An unchanged row read again is the same record (decoded once); a
+        change to the row or its children, or a delete, shows in the next
+        read.
+        """
+        image = self.successResultOf(self.registry.create(make_image(properties={"p": "0"})))
+        first = self.get(image.id)
+        self.assertIs(self.get(image.id), first)
+        self.successResultOf(
+            self.registry.update(image.id, ImageUpdate(properties={"p": "1"}))
+        )
+        self.assertEqual(self.get(image.id).properties, {"p": "1"})
+        self.successResultOf(self.registry.add_tag(image.id, "t"))
+        self.assertEqual(self.get(image.id).tags, {"t"})
+        deleted = self.successResultOf(self.registry.delete(image.id))
+        self.failureResultOf(self.registry.get(image.id), NotFound)
+        self.assertEqual(self.get(image.id, include_deleted=True), deleted)
+
+    def test_database_failing_the_get_is_service_unavailable(self) -> None:
+        """
+        A read PostgreSQL fails as an operational error (a lock waited for
+        longer than C{lock_timeout}) is a 503, and the next read, the lock
+        gone, is served.
+        """
+        image = self.successResultOf(self.registry.create(make_image()))
+        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        self.addCleanup(admin.dispose)
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                f'ALTER DATABASE "{self.url.database}" SET lock_timeout = 200'
+            )
+        self.registry.engine.dispose()  # new connections take the setting
+        locker = create_engine(self.url)
+        self.addCleanup(locker.dispose)
+        with locker.connect() as connection:
+            connection.exec_driver_sql("LOCK TABLE images IN ACCESS EXCLUSIVE MODE")
+            self.failureResultOf(self.registry.get(image.id), ServiceUnavailable)
+            connection.rollback()
+        self.assertEqual(self.get(image.id), image)
+
+
 class PostgreSQLPageTests(SynchronousTestCase):
     """
     On PostgreSQL a listing page is one statement kept per query shape
@@ -1726,28 +1857,10 @@ class PostgreSQLPageTests(SynchronousTestCase):
         ]
         query = ImageQuery(sort=(("name", "asc"),), tags=frozenset({"t"}), viewer=Viewer("p"))
         self.listed(evolve(query, marker=made[1].id))
-        trace = self.mktemp()
-        pool = self.registry.engine.pool
-
-        def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-            pgconn = dbapi_connection.pgconn
-            pgconn.trace(os.open(trace, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
-            pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-
-        def checkin(dbapi_connection: Any, record: Any) -> None:
-            dbapi_connection.pgconn.untrace()
-
-        event.listen(pool, "checkout", checkout)
-        event.listen(pool, "checkin", checkin)
-        try:
-            page = self.listed(evolve(query, marker=made[1].id))
-        finally:
-            event.remove(pool, "checkout", checkout)
-            event.remove(pool, "checkin", checkin)
+        page, sent = libpq_sent(
+            self, self.registry, lambda: self.listed(evolve(query, marker=made[1].id))
+        )
         self.assertEqual([image.name for image in page], ["i2", "i3", "i4"])
-        with open(trace) as f:
-            # Each message the client sent: "F", its length, its type, ...
-            sent = [line.split("\t") for line in f if line.startswith("F\t")]
         kinds = [fields[2].strip() for fields in sent]
         # A request ends with Sync (extended protocol) or is one Query.
         requests = [kind for kind in kinds if kind in ("Sync", "Query")]

@@ -166,7 +166,8 @@ class APINodeRegistryTests(SynchronousTestCase):
     def test_registry_url_selects_the_http_client(self) -> None:
         """
         With registry_url, the API node's registry service is the HTTP
-        client's, with the configured token, timeout and retries; it opens
+        client's, with the configured token, timeout, retries and
+        connection pool limits; it opens
         no database and its start does not wait for the registry to answer.
         """
         from glance_tx import tap as api_tap
@@ -183,6 +184,7 @@ class APINodeRegistryTests(SynchronousTestCase):
         path.setContent(
             b"[DEFAULT]\nregistry_url = http://127.0.0.1:1/\nregistry_token = t0k\n"
             b"registry_client_timeout = 2\nregistry_client_retries = 3\n"
+            b"registry_client_pool_maxsize = 3\nregistry_client_pool_unused_timeout = 45\n"
         )
         options = api_tap.Options()
         options.parseOptions(["--data-dir", self.mktemp(), "--config", path.path])
@@ -200,6 +202,10 @@ class APINodeRegistryTests(SynchronousTestCase):
         self.assertEqual(
             (client.url, client.token, client.timeout, client.retries),
             ("http://127.0.0.1:1", "t0k", 2.0, 3),
+        )
+        assert client.pool is not None
+        self.assertEqual(
+            (client.pool.maxPersistentPerHost, client.pool.cachedConnectionTimeout), (3, 45.0)
         )
         self.assertEqual(reactor.tcpClients, [])
         self.successResultOf(service.stopService())

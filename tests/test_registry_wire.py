@@ -436,6 +436,27 @@ class DecodingRefusalTests(SynchronousTestCase):
             self.assertRaises(BadRequest, wire.path_segment, value, "tag")
 
 
+class FormsTests(SynchronousTestCase):
+    """Where each image's form is in a read's body (wire.FORMS_HEADER)."""
+
+    def test_joined_forms_split_again(self) -> None:
+        """The body is the JSON of the forms, and the header finds each in it."""
+        import json
+
+        forms = [b'{"id":"a","p":"x,y"}', b"{}", b'{"id":"c"}']
+        body, header = wire.join_forms(b'{"images":[', forms, b"]}")
+        self.assertEqual(json.loads(body), {"images": [json.loads(f) for f in forms]})
+        self.assertEqual(wire.split_forms(header, body), forms)
+        self.assertEqual(wire.split_forms(*reversed(wire.join_forms(b"[", [], b"]"))), [])
+
+    def test_header_not_fitting_the_body(self) -> None:
+        """No header, or one the body does not fit: None (parse the body whole)."""
+        body, header = wire.join_forms(b'{"image":', [b'{"id":"a"}'], b"}")
+        self.assertIsNone(wire.split_forms(None, body))
+        for bad in (b"8+10", b"1+3", b"x", b"1+2+3", b"-1+2", b"9+100"):
+            self.assertIsNone(wire.split_forms(bad, body), bad)
+
+
 class ErrorTests(SynchronousTestCase):
     """Errors are carried by class, not guessed from the status."""
 

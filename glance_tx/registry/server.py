@@ -92,7 +92,7 @@ from glance_tx.api.channel import DEFAULT_MAX_HEADER_LINE
 from glance_tx.api.errors import handle_routing_error, unexpected_error
 from glance_tx.api.params import parse_json
 from glance_tx.api.site import GlanceSite
-from glance_tx.config import ClientLimits
+from glance_tx.config import REGISTRY_KEEPALIVE_SECONDS, ClientLimits
 from glance_tx.errors import BadRequest, GlanceError, NotFound
 from glance_tx.images import Image, ImageQuery
 from glance_tx.metadefs.interface import IMetadefRegistry
@@ -213,9 +213,17 @@ class RegistryServer:
     async def list_detail(self, request: IRequest) -> bytes:
         found = await self.registry.list(_query(request))
         # The bytes _json({"images": [...]}) gives, from each image's form.
-        return _json_bytes(
-            request, b'{"images":[' + b",".join(map(self._encoded, found)) + b"]}"
+        return self._forms_answer(
+            request, b'{"images":[', list(map(self._encoded, found)), b"]}"
         )
+
+    def _forms_answer(
+        self, request: IRequest, head: bytes, forms: list[bytes], tail: bytes
+    ) -> bytes:
+        """A read's answer, saying where each image's form is in it (see L{wire.FORMS_HEADER})."""
+        body, spans = wire.join_forms(head, forms, tail)
+        request.setHeader(wire.FORMS_HEADER, spans)
+        return _json_bytes(request, body)
 
     @app.route("/images", methods=["POST"])
     async def create(self, request: IRequest) -> bytes:
@@ -227,7 +235,7 @@ class RegistryServer:
     async def get(self, request: IRequest, image_id: str) -> bytes:
         include_deleted = _arg(request, b"include_deleted") == "true"
         image = await self.registry.get(image_id, include_deleted=include_deleted)
-        return _json_bytes(request, b'{"image":' + self._encoded(image) + b"}")
+        return self._forms_answer(request, b'{"image":', [self._encoded(image)], b"}")
 
     @app.route("/images/<image_id>", methods=["PUT"])
     async def update(self, request: IRequest, image_id: str) -> bytes:
@@ -533,10 +541,6 @@ class RegistryServer:
         return b""
 
 
-#: How long an API node's idle connection to the registry is kept.
-REGISTRY_KEEPALIVE_SECONDS = 300.0
-
-
 def registry_site(
     server: RegistryServer, reactor: Any, max_header_line: int = DEFAULT_MAX_HEADER_LINE
 ) -> Site:
@@ -550,8 +554,9 @@ def registry_site(
         max_header_line=max_header_line,
         reactor=reactor,
         caller_request_ids=True,
-        # API nodes keep idle connections for 240 s (HTTPConnectionPool's
-        # cachedConnectionTimeout); closing them sooner would race their reuse.
+        # API nodes keep idle connections for less (their
+        # registry_client_pool_unused_timeout); closing them sooner would
+        # race their reuse.
         client_limits=ClientLimits(http_keepalive_timeout=REGISTRY_KEEPALIVE_SECONDS),
     )
     site.displayTracebacks = False

@@ -664,3 +664,47 @@ def decode_error(status: int, value: Any) -> GlanceError:
             f"The registry answered {status} without a known error"
         )
     return kind(str(detail.get("message", "")))
+
+
+# -- image forms in a read's body --------------------------------------------------
+
+#: The header of an image read's answer (C{GET /images/ID}, C{GET
+#: /images/detail}) that says where in the body each image's wire form is,
+#: as "offset+length" pairs: a client that decoded an equal form before
+#: takes its image again without parsing the body.
+FORMS_HEADER = b"Glance-Registry-Forms"
+
+
+def join_forms(head: bytes, forms: list[bytes], tail: bytes) -> tuple[bytes, bytes]:
+    """
+    The JSON body C{head + ",".join(forms) + tail}, and its L{FORMS_HEADER}
+    value.
+    """
+    spans = []
+    offset = len(head)
+    for form in forms:
+        spans.append(b"%d+%d" % (offset, len(form)))
+        offset += len(form) + 1
+    return head + b",".join(forms) + tail, b",".join(spans)
+
+
+def split_forms(header: bytes | None, body: bytes) -> list[bytes] | None:
+    """
+    The image forms a L{FORMS_HEADER} value places in C{body}, or None if
+    there is none or it does not fit the body (then parse the body whole).
+    """
+    if header is None:
+        return None
+    if not header:
+        return []
+    forms = []
+    try:
+        for span in header.split(b","):
+            offset, length = (int(n) for n in span.split(b"+"))
+            form = body[offset : offset + length]
+            if offset < 0 or len(form) != length or form[:1] != b"{" or form[-1:] != b"}":
+                return None
+            forms.append(form)
+    except ValueError:
+        return None
+    return forms

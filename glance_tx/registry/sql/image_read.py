@@ -13,7 +13,12 @@ children are one snapshot, as the transaction gave. The row's values go
 through the columns' own result processors (SQLAlchemy's, for this
 dialect), so the record is the one the SQLAlchemy path builds.
 
-PostgreSQL keeps the SQLAlchemy path (L{glance_tx.registry.sql.rows}).
+On PostgreSQL (psycopg), L{PostgresImageReader} does the same with
+C{json_agg}: the image's row and its children in one statement run in
+autocommit on the pool's connection, where the SQLAlchemy path
+(L{glance_tx.registry.sql.rows}) made five round trips (BEGIN, the row,
+the children's UNION ALL, COMMIT, and the pool's ping) and built the
+record anew each time.
 """
 
 from __future__ import annotations
@@ -24,11 +29,17 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import field, frozen
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Text, bindparam, cast, func, select
+from sqlalchemy.exc import OperationalError
 
 from glance_tx.images import Image, Location
 from glance_tx.registry.kept import Kept
-from glance_tx.registry.schema import images
+from glance_tx.registry.schema import (
+    image_locations,
+    image_properties,
+    image_tags,
+    images,
+)
 
 _NAMES: tuple[str, ...] = tuple(column.name for column in images.columns)
 
@@ -193,6 +204,104 @@ class ImageReader:
         finally:
             cursor.close()
         return [found[image_id] for image_id in ids if image_id in found]
+
+    def forget(self, image_id: str) -> None:
+        self.records.kept.forget(image_id)
+
+
+def postgres_children(image_id: Any) -> list[Any]:
+    """
+    The properties, locations and tags of the image C{image_id} (a column
+    or expression) as three PostgreSQL scalar subqueries of JSON text
+    ("[]" for none): the layout L{Records} decodes after the row.
+    """
+    return [
+        _json_text(
+            func.json_agg(
+                func.json_build_array(image_properties.c.name, image_properties.c.value)
+            ),
+            image_properties.c.image_id == image_id,
+        ),
+        _json_text(
+            func.json_agg(
+                func.json_build_array(
+                    image_locations.c.position,
+                    image_locations.c.url,
+                    image_locations.c.store,
+                    image_locations.c.meta_data,
+                )
+            ),
+            image_locations.c.image_id == image_id,
+        ),
+        _json_text(func.json_agg(image_tags.c.value), image_tags.c.image_id == image_id),
+    ]
+
+
+def _json_text(aggregate: Any, where: Any) -> Any:
+    return select(func.coalesce(cast(aggregate, Text), "[]")).where(where).scalar_subquery()
+
+
+def autocommit_rows(engine: Engine, sql: str, parameters: Any) -> list[Any]:
+    """
+    The rows of one statement on a connection of C{engine}'s pool (psycopg),
+    in autocommit: one statement is one snapshot, and BEGIN and COMMIT
+    would be two more round trips. A failed connection is invalidated and
+    the failure raised as SQLAlchemy's OperationalError (a 503).
+    """
+    connection = engine.raw_connection()
+    try:
+        driver: Any = connection.driver_connection
+        driver.autocommit = True
+        try:
+            with driver.cursor() as cursor:
+                cursor.execute(sql, parameters)
+                rows: list[Any] = cursor.fetchall()
+        finally:
+            if not driver.closed:
+                driver.autocommit = False
+    except engine.dialect.loaded_dbapi.OperationalError as e:
+        connection.invalidate(e)
+        raise OperationalError(sql, None, e) from e
+    finally:
+        connection.close()
+    return rows
+
+
+@frozen
+class PostgresImageReader:
+    """Reads one image in one statement from a PostgreSQL (psycopg) engine's pool."""
+
+    engine: Engine
+    records: Records
+    #: The statement (a L{page_read.Compiled}): the image's id is its one
+    #: supplied value.
+    statement: Any
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> PostgresImageReader | None:
+        """A reader for C{engine}, or None where it does not apply."""
+        if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+            return None
+        # Not at the top: page_read imports this module.
+        from glance_tx.registry.sql.page_read import Compiled
+
+        dialect = type(engine.dialect)(paramstyle="format")  # type: ignore[call-arg]
+        statement = select(*images.c, *postgres_children(images.c.id)).where(
+            images.c.id == bindparam("image_id", type_=images.c.id.type)
+        )
+        compiled = Compiled.of(statement, dialect, {"image_id"})
+        return cls(engine, Records.for_dialect(engine.dialect), compiled)
+
+    def get(self, image_id: str) -> tuple[Image, bool] | None:
+        """As L{ImageReader.get}. Blocking: call it on the registry's runner."""
+        statement = self.statement
+        rows = autocommit_rows(
+            self.engine, statement.sql, statement.parameters({"image_id": image_id})
+        )
+        if not rows:
+            return None
+        image = self.records.image(rows[0])
+        return image, image.deleted
 
     def forget(self, image_id: str) -> None:
         self.records.kept.forget(image_id)

@@ -86,7 +86,7 @@ from glance_tx.registry.schema import (
 )
 from glance_tx.registry.sql.engine import is_memory_sqlite, open_engine, transaction
 from glance_tx.registry.sql.fresh import FreshImages
-from glance_tx.registry.sql.image_read import ImageReader
+from glance_tx.registry.sql.image_read import ImageReader, PostgresImageReader
 from glance_tx.registry.sql.metadefs import SQLMetadefs
 from glance_tx.registry.sql.page_read import FreshPages, PageReader
 from glance_tx.registry.sql.pg_page_read import PostgresPageReader
@@ -186,6 +186,8 @@ class SQLRegistry(SQLMetadefs):
     _lock: AbstractContextManager[Any] = field(init=False)
     #: The one-statement read of an image, on SQLite (see its module).
     _reader: ImageReader | None = field(init=False)
+    #: The one-statement read of an image, on SQLite or PostgreSQL.
+    _one: ImageReader | PostgresImageReader | None = field(init=False)
     #: Listing pages from statements kept per query shape (SQLite's, or
     #: PostgreSQL's page in one statement).
     _pages: PageReader | PostgresPageReader | None = field(init=False)
@@ -196,6 +198,7 @@ class SQLRegistry(SQLMetadefs):
 
     def __attrs_post_init__(self) -> None:
         self._reader = ImageReader.for_engine(self.engine)
+        self._one = self._reader or PostgresImageReader.for_engine(self.engine)
         self._pages = (
             PostgresPageReader.for_engine(self.engine)
             if self._reader is None
@@ -398,8 +401,8 @@ class SQLRegistry(SQLMetadefs):
             return self._fetch(connection, image.id, include_deleted=True)
 
     def _get(self, image_id: str, include_deleted: bool) -> Image:
-        if self._reader is not None:
-            found = self._reader.get(image_id)
+        if self._one is not None:
+            found = self._one.get(image_id)
             if found is None or (found[1] and not include_deleted):
                 raise NotFound(f"No image found with ID {image_id}")
             return found[0]
@@ -584,8 +587,8 @@ class SQLRegistry(SQLMetadefs):
             )
             self._store_changes(connection, current, new)
             _record_write(connection, image_id, write_id)
-            if self._reader is not None:
-                self._reader.forget(image_id)
+            if self._one is not None:
+                self._one.forget(image_id)
             return self._fetch(connection, image_id, include_deleted=True)
 
     def _all_locations(self) -> frozenset[str]:
