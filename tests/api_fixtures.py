@@ -27,6 +27,10 @@ from tests.memory_http import memory_client
 
 BASE = "http://127.0.0.1:9292"
 
+#: The v1 headers of an image's formats, which v1 needs before it takes the
+#: image's data or a location.
+V1_RAW_BARE = {"x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"}
+
 
 @define
 class Answer:

@@ -20,6 +20,7 @@ from glance_tx.images import ImageUpdate, Location
 from glance_tx.locations import LocationEdit
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.http import HTTPStore
+from tests.api_fixtures import V1_RAW_BARE
 from tests.test_api_v2 import ADMIN, ALICE, BOB, V2TestCase, project
 from tests.test_store_http import FakeResponse, FakeWeb
 
@@ -446,7 +447,7 @@ class V1Tests(LocationsTestCase):
         the location is recorded with it.
         """
         url = self.web.add(DATA)
-        headers = {**ADMIN, "x-image-meta-name": "v1", "x-image-meta-location": url, "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"}
+        headers = {**ADMIN, "x-image-meta-name": "v1", "x-image-meta-location": url, **V1_RAW_BARE}
         answer = self.request("POST", "/v1/images", {**headers, "x-image-meta-store": "file"})
         self.assertError(answer, 400, "does not serve")
         answer = self.request("POST", "/v1/images", {**headers, "x-image-meta-store": "web"})

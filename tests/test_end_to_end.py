@@ -19,6 +19,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from glance_tx.store.filesystem import filesystem_datadir
+from tests.api_fixtures import V1_RAW_BARE
 from tests.live_server import (
     listening_port,
     live_config,
@@ -121,7 +122,7 @@ class StreamingTests(ServerTestCase):
             f"{self.base}/v1/images",
             headers={"Content-Type": "application/octet-stream",
                      "x-image-meta-id": "8c4b2a1e-3f00-4d0e-9b6a-1a2b3c4d5e6f",
-                     "x-image-meta-checksum": "0" * 32, "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"},
+                     "x-image-meta-checksum": "0" * 32, **V1_RAW_BARE},
             data=GeneratedBody(4),
         )
         self.assertEqual(response.code, 400)
@@ -132,7 +133,7 @@ class StreamingTests(ServerTestCase):
     async def test_interrupted_upload(self) -> None:
         """A client that drops mid-upload leaves the image killed and the
         store empty."""
-        response = await self.treq.post(f"{self.base}/v1/images", headers={"x-image-meta-name": "cut", "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"})
+        response = await self.treq.post(f"{self.base}/v1/images", headers={"x-image-meta-name": "cut", **V1_RAW_BARE})
         image_id = (await response.json())["image"]["id"]
         protocol = await connectProtocol(
             TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), Protocol()
@@ -164,7 +165,7 @@ class SizeCapTests(ServerTestCase):
         image_id = "0f0e0d0c-0b0a-4908-8706-050403020100"
         response = await self.treq.post(
             f"{self.base}/v1/images",
-            headers={"Content-Type": "application/octet-stream", "x-image-meta-id": image_id, "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"},
+            headers={"Content-Type": "application/octet-stream", "x-image-meta-id": image_id, **V1_RAW_BARE},
             data=GeneratedBody(64),
         )
         self.assertEqual(response.code, 413)

@@ -20,7 +20,7 @@ from glance_tx.api.site import GlanceSite
 from glance_tx.errors import StoreError
 from glance_tx.registry.server import RegistryServer
 from glance_tx.store.backends import StoreMap
-from tests.api_fixtures import BASE, SiteTestCase
+from tests.api_fixtures import BASE, V1_RAW_BARE, SiteTestCase
 from tests.fakes import SECRET_DETAIL, BrokenReadStore, BrokenRegistry
 from tests.memory_http import memory_client
 from tests.test_registry_sql import sync_open
@@ -92,7 +92,7 @@ class BrokenDownloadTests(SiteTestCase):
 
     def assertDropped(self, store: BrokenReadStore) -> None:
         answer = self.request(
-            "POST", "/v1/images", {"Content-Type": "application/octet-stream", "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"},
+            "POST", "/v1/images", {"Content-Type": "application/octet-stream", **V1_RAW_BARE},
             data=b"y" * 5000,
         )
         image_id = answer.json()["image"]["id"]

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from glance_tx.api import low_water, site
 from glance_tx.config import ClientLimits
 from glance_tx.errors import GlanceError
-from tests.api_fixtures import SiteTestCase
+from tests.api_fixtures import V1_RAW_BARE, SiteTestCase
 
 
 def tcp_pair(case: SynchronousTestCase) -> tuple[socket.socket, socket.socket]:
@@ -123,7 +123,7 @@ class UploadMarkTests(SiteTestCase):
         return protocol, transport
 
     def queued_image(self) -> str:
-        answer = self.request("POST", "/v1/images", {"x-image-meta-name": "q", "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"})
+        answer = self.request("POST", "/v1/images", {"x-image-meta-name": "q", **V1_RAW_BARE})
         return answer.json()["image"]["id"]
 
     def head(self, image_id: str, framing: str) -> bytes:

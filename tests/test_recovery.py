@@ -28,7 +28,7 @@ from glance_tx.services import ThreadPoolService
 from glance_tx.store.filesystem import FilesystemStore, filesystem_datadir
 from glance_tx.tap import glance_service
 from glance_tx.threads import SynchronousRunner
-from tests.api_fixtures import SiteTestCase
+from tests.api_fixtures import V1_RAW_BARE, SiteTestCase
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -224,7 +224,7 @@ class KilledServerTests(SynchronousTestCase):
         server = self.start(data_dir, port)
         done = urllib.request.urlopen(urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/images", data=b"finished image",
-            headers={"Content-Type": "application/octet-stream", "x-image-meta-name": "ok", "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"}), timeout=10)
+            headers={"Content-Type": "application/octet-stream", "x-image-meta-name": "ok", **V1_RAW_BARE}), timeout=10)
         finished_id = json.load(done)["image"]["id"]
         image_id = str(uuid.uuid4())
         with socket.create_connection(("127.0.0.1", port)) as client:

@@ -18,7 +18,7 @@ from glance_tx import images
 from glance_tx.api import site
 from glance_tx.api.channel import FIRST_REQUEST_GRACE_SECONDS
 from glance_tx.config import ClientLimits
-from tests.api_fixtures import SiteTestCase
+from tests.api_fixtures import V1_RAW_BARE, SiteTestCase
 
 
 class RawUploadTests(SiteTestCase):
@@ -29,7 +29,7 @@ class RawUploadTests(SiteTestCase):
         return protocol, transport
 
     def queued_image(self) -> str:
-        answer = self.request("POST", "/v1/images", {"x-image-meta-name": "q", "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"})
+        answer = self.request("POST", "/v1/images", {"x-image-meta-name": "q", **V1_RAW_BARE})
         return answer.json()["image"]["id"]
 
     def test_expect_continue_refused_without_body(self) -> None:
@@ -271,7 +271,7 @@ class RawDownloadTests(SiteTestCase):
 
         self.data = bytes(range(256)) * (self.size // 256) + b"t" * (self.size % 256)
         answer = self.request(
-            "POST", "/v1/images", {"Content-Type": "application/octet-stream", "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"},
+            "POST", "/v1/images", {"Content-Type": "application/octet-stream", **V1_RAW_BARE},
             data=self.data,
         )
         self.image_id = answer.json()["image"]["id"]

@@ -18,7 +18,7 @@ from glance_tx.images import Image, Location, new_image_id
 from glance_tx.store.backends import StoreMap
 from glance_tx.store.filesystem import FilesystemStore
 from glance_tx.threads import SynchronousRunner
-from tests.api_fixtures import SiteTestCase
+from tests.api_fixtures import V1_RAW_BARE, SiteTestCase
 from tests.test_api_v2 import V2TestCase
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -147,7 +147,7 @@ class V1StoreHeaderTests(SiteTestCase):
         answer = self.request(
             "POST",
             "/v1/images",
-            {**OCTET, "x-image-meta-name": "b", "x-image-meta-store": "bulk", "x-image-meta-disk-format": "raw", "x-image-meta-container-format": "bare"},
+            {**OCTET, "x-image-meta-name": "b", "x-image-meta-store": "bulk", **V1_RAW_BARE},
             data=b"v1 bulk",
         )
         self.assertEqual(answer.code, 201, answer.body)

@@ -45,6 +45,7 @@ from glance_tx.store.s3 import S3Store, _feed_chunks, s3_store_from_options
 from glance_tx.store.s3_client import S3Client, S3Credentials
 from glance_tx.store.writer import NETWORK_BUDGET_WEIGHT, StoreWriter
 from glance_tx.threads import SynchronousRunner
+from tests.api_fixtures import V1_RAW_BARE
 from tests.live_server import (
     listening_port,
     live_config,
@@ -796,6 +797,7 @@ class ThroughTheAPITests(_Live):
                     "Content-Type": "application/octet-stream",
                     "x-image-meta-name": "small",
                     "x-image-meta-size": str(len(data)),
+                    **V1_RAW_BARE,
                 },
                 data=data,
             )
@@ -827,7 +829,11 @@ class ThroughTheAPITests(_Live):
         async def go() -> None:
             response = await self.treq.post(
                 f"{self.base}/v1/images",
-                headers={"Content-Type": "application/octet-stream", "x-image-meta-name": "big"},
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "x-image-meta-name": "big",
+                    **V1_RAW_BARE,
+                },
                 data=GeneratedBody(7),
             )
             self.assertEqual(response.code, 201)
@@ -854,7 +860,7 @@ class ThroughTheAPITests(_Live):
 
         async def go() -> None:
             response = await self.treq.post(
-                f"{self.base}/v1/images", headers={"x-image-meta-name": "cut"}
+                f"{self.base}/v1/images", headers={"x-image-meta-name": "cut", **V1_RAW_BARE}
             )
             image_id = (await response.json())["image"]["id"]
             protocol = await connectProtocol(

@@ -34,6 +34,7 @@ from glance_tx.images import new_image_id
 from glance_tx.store.swift import SwiftStore, swift_store_from_options
 from glance_tx.store.swift_client import KeystoneV3Auth, SwiftClient, TempAuth
 from glance_tx.store.writer import NETWORK_BUDGET_WEIGHT, StoreWriter
+from tests.api_fixtures import V1_RAW_BARE
 from tests.store_conformance import (
     FakeProducer,
     UnpacedStoreConformanceMixin,
@@ -691,6 +692,7 @@ class ServiceTests(TestCase):
         headers: dict[str | bytes, str | bytes] = {
             "Content-Type": "application/octet-stream",
             "x-image-meta-name": "img",
+            **V1_RAW_BARE,
         }
         if declared:
             headers["x-image-meta-size"] = str(len(data))
@@ -759,7 +761,12 @@ class ServiceTests(TestCase):
         octet = {"Content-Type": "application/octet-stream"}
         response = await self.treq.post(
             f"{self.base}/v1/images",
-            headers={**octet, "x-image-meta-name": "full", "x-image-meta-size": str(len(data))},
+            headers={
+                **octet,
+                "x-image-meta-name": "full",
+                "x-image-meta-size": str(len(data)),
+                **V1_RAW_BARE,
+            },
             data=data,
         )
         body = await treq_module.content(response)
@@ -791,7 +798,7 @@ class ServiceTests(TestCase):
         killed and Swift holds no object, no segment and no marker.
         """
         response = await self.treq.post(
-            f"{self.base}/v1/images", headers=Headers({"x-image-meta-name": ["cut"]})
+            f"{self.base}/v1/images", headers=Headers({"x-image-meta-name": ["cut"], **{k: [v] for k, v in V1_RAW_BARE.items()}})
         )
         image_id = (await response.json())["image"]["id"]
         from tests.live_server import listening_port

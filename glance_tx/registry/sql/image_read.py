@@ -246,9 +246,15 @@ def autocommit_rows(engine: Engine, sql: str, parameters: Any) -> list[Any]:
     The rows of one statement on a connection of C{engine}'s pool (psycopg),
     in autocommit: one statement is one snapshot, and BEGIN and COMMIT
     would be two more round trips. A failed connection is invalidated and
-    the failure raised as SQLAlchemy's OperationalError (a 503).
+    the failure raised as SQLAlchemy's OperationalError (a 503), as is a
+    connection that cannot be made: the pool's connect raises the driver's
+    own error, which C{Engine.connect} would have wrapped.
     """
-    connection = engine.raw_connection()
+    dbapi_error = engine.dialect.loaded_dbapi.OperationalError
+    try:
+        connection = engine.raw_connection()
+    except dbapi_error as e:
+        raise OperationalError(sql, None, e) from e
     try:
         driver: Any = connection.driver_connection
         driver.autocommit = True
@@ -259,7 +265,7 @@ def autocommit_rows(engine: Engine, sql: str, parameters: Any) -> list[Any]:
         finally:
             if not driver.closed:
                 driver.autocommit = False
-    except engine.dialect.loaded_dbapi.OperationalError as e:
+    except dbapi_error as e:
         connection.invalidate(e)
         raise OperationalError(sql, None, e) from e
     finally:

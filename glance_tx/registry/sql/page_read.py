@@ -34,8 +34,8 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from attrs import define, field, frozen
-from twisted.internet.defer import Deferred, succeed
 from sqlalchemy import Integer, Select, bindparam, false, select
+from twisted.internet.defer import Deferred, succeed
 
 from glance_tx.errors import BadRequest
 from glance_tx.images import Image, ImageQuery
@@ -365,7 +365,9 @@ class FreshPages:
         pool), kept if the database has not changed meanwhile.
         """
         version = self.fresh.version()
-        key = None if version is None else page_key(query)
+        if version is None:
+            return read(query)
+        key = page_key(query)
         if key is None:
             return read(query)
         if version != self._version:

@@ -45,7 +45,6 @@ from sqlalchemy import (
     true,
     union_all,
 )
-from sqlalchemy.exc import OperationalError
 
 from glance_tx.errors import BadRequest
 from glance_tx.images import Image, ImageQuery
@@ -55,7 +54,7 @@ from glance_tx.registry.schema import (
     image_tags,
     images,
 )
-from glance_tx.registry.sql.image_read import Records
+from glance_tx.registry.sql.image_read import Records, autocommit_rows
 from glance_tx.registry.sql.page_read import SHAPES_KEPT, Compiled, shape_key
 from glance_tx.registry.sql.query import (
     SortKey,
@@ -144,25 +143,7 @@ class PostgresPageReader:
 
     def _run(self, statement: Compiled, supplied: dict[str, Any]) -> builtins.list[Any]:
         """C{statement}'s rows, in autocommit: one statement, one snapshot."""
-        connection = self.engine.raw_connection()
-        try:
-            driver = connection.driver_connection
-            driver.autocommit = True  # type: ignore[union-attr]
-            try:
-                with driver.cursor() as cursor:  # type: ignore[union-attr]
-                    cursor.execute(statement.sql, statement.parameters(supplied))
-                    rows: builtins.list[Any] = cursor.fetchall()
-            finally:
-                if not driver.closed:  # type: ignore[union-attr]
-                    driver.autocommit = False  # type: ignore[union-attr]
-        except self.engine.dialect.loaded_dbapi.OperationalError as e:
-            # The connection is not to be trusted again; the provider
-            # answers SQLAlchemy's OperationalError with a 503.
-            connection.invalidate(e)
-            raise OperationalError(statement.sql, None, e) from e
-        finally:
-            connection.close()
-        return rows
+        return autocommit_rows(self.engine, statement.sql, statement.parameters(supplied))
 
     def _statement(
         self, query: ImageQuery, shape: _Shape, pattern: tuple[bool, ...] | None
