@@ -23,8 +23,9 @@ answered with that probe's answer, at once. So a part that fails is
 reported within the interval plus one probe, and a load balancer (or
 anyone) polling the health check cannot make the service create and
 remove a file on disk, and ask its database, once per request: the
-probes were 85% of a health check's CPU, 7x that of a bare twisted.web
-answer (bench/metadata.py --in-process).
+probes were 57% of a health check's CPU, which was 7x that of a bare
+twisted.web answer (bench/metadata.py --in-process; 3x with the answer
+held, as C{/versions}).
 """
 
 from __future__ import annotations
