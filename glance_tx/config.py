@@ -29,6 +29,10 @@ ONE_TIB = 1 << 40
 #: How long glance-registry keeps an API node's idle connection open: above
 #: every node's C{registry_client_pool_unused_timeout}.
 REGISTRY_KEEPALIVE_SECONDS = 300.0
+#: Seconds a health check's probe answers for, from its start
+#: (C{healthcheck_probe_interval}). A load balancer polls every few seconds;
+#: one probe a second costs nothing at any request rate.
+HEALTHCHECK_PROBE_INTERVAL = 1.0
 
 
 class ConfigError(ValueError):
@@ -406,6 +410,10 @@ class Config:
     #: ended (Glance's option, group and default; its old place in
     #: C{[DEFAULT]} is read too).
     task_time_to_live: int = 48
+    #: Seconds a health check's probe of the registry and the stores is
+    #: answered again, from its start (glance-tx's option; 0: every health
+    #: check waits for a probe of its own, or the one in flight).
+    healthcheck_probe_interval: float = HEALTHCHECK_PROBE_INTERVAL
 
     def store(self, store_id: str) -> StoreConfig:
         for store in self.stores:
@@ -537,6 +545,9 @@ def load_config(
         load_metadefs=bool_option(default, "load_metadefs", False),
         task_time_to_live=_int(
             parser["task"] if parser.has_section("task") else default, "task_time_to_live", 48
+        ),
+        healthcheck_probe_interval=_seconds_or_zero(
+            default, "healthcheck_probe_interval", HEALTHCHECK_PROBE_INTERVAL
         ),
         import_filtering={
             k: v
@@ -846,6 +857,17 @@ def _pool_unused_timeout(section: Mapping[str, str]) -> float:
             f"{REGISTRY_KEEPALIVE_SECONDS:g} seconds"
         )
     return seconds
+
+
+def _seconds_or_zero(section: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds, where C{0} is allowed too."""
+    raw = (section.get(name) or "").strip()
+    try:
+        if float(raw) == 0:
+            return 0.0
+    except ValueError:
+        pass  # _seconds says what is wrong
+    return _seconds(section, name, default)
 
 
 def _seconds(section: Mapping[str, str], name: str, default: float) -> float:

@@ -206,6 +206,7 @@ def glance_service(
             web_download=await web_download(),
             converter=await converter(),
             task_time_to_live=config.task_time_to_live,
+            healthcheck_probe_interval=config.healthcheck_probe_interval,
         )
         built.log_suffix = log_suffix
         sites.append(built)

@@ -33,7 +33,8 @@ class DispatchTests(SynchronousTestCase):
         # Dispatch touches neither the registry nor the stores.
         unused = cast(Any, None)
         self.root = RootAPI(
-            registry=unused, stores=unused, v1=self.v1, v2=self.v2, show_image=self.show
+            registry=unused, stores=unused, v1=self.v1, v2=self.v2, clock=unused,
+            show_image=self.show,
         ).resource()
 
     async def show(self, request: Any, image_id: str) -> bytes:
@@ -139,7 +140,8 @@ class DirectRouteTests(SiteTestCase):
             raise RuntimeError("secret detail")
 
         root = RootAPI(
-            registry=self.registry, stores=self.stores, v1=Leaf(), v2=Leaf(), show_image=bad_show
+            registry=self.registry, stores=self.stores, v1=Leaf(), v2=Leaf(),
+            clock=self.site.reactor, show_image=bad_show,
         )
         site = GlanceSite(root.resource(), reactor=MemoryReactorClock())
         client, agent = memory_client(site)
@@ -155,34 +157,147 @@ class DirectRouteTests(SiteTestCase):
         self.assertTrue(any("log_failure" in e for e in events))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
-    def test_concurrent_health_checks_share_one(self) -> None:
-        """
-        Health checks that arrive while one is in flight are answered by
-        it; one that arrives after it ended starts its own, so no answer
-        comes from a check older than its request.
-        """
-        manual = ManualRunner()
+
+class HealthCase(SiteTestCase):
+    """
+    A site whose registry's calls wait to be run one by one (so a probe
+    stays in flight until the test runs it), with helpers to ask for the
+    health check.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.clock = cast(MemoryReactorClock, self.site.reactor)
+        self.manual = ManualRunner()
         self.addCleanup(setattr, self.registry, "runner", self.registry.runner)
-        self.registry.runner = manual
-        first = self.client.get("http://127.0.0.1:9292/healthcheck")
-        second = self.client.get("http://127.0.0.1:9292/healthcheck")
+        self.registry.runner = self.manual
+
+    def health(self) -> Any:
+        """A GET of the health check, sent (its Deferred)."""
+        d = self.client.get("http://127.0.0.1:9292/healthcheck")
         self.agent.flush()
-        self.assertEqual(manual.pending(), 1)
+        return d
+
+    def answer(self, d: Any) -> tuple[int, dict[str, Any]]:
+        """The status and JSON body of the health check C{d}, answered."""
+        self.agent.flush()
+        response = self.successResultOf(d)
+        return response.code, json.loads(self.successResultOf(treq.content(response)))
+
+    def probe(self) -> None:
+        """Run the registry's ping of the one probe in flight."""
+        self.assertEqual(self.manual.pending(), 1)
+        self.manual.run_one()
+
+
+class HealthCheckTests(HealthCase):
+    """
+    The health check probes the registry and the stores at most once per
+    C{healthcheck_probe_interval} (10 s here), on the site's clock.
+    """
+
+    site_options = {"healthcheck_probe_interval": 10.0}
+
+    def test_concurrent_health_checks_share_one_probe(self) -> None:
+        """
+        Health checks that arrive while a probe is in flight wait for it and
+        are answered by it; none starts a probe of its own.
+        """
+        first, second = self.health(), self.health()
         self.assertNoResult(first)
-        manual.run_one()
-        self.agent.flush()
-        for d in (first, second):
-            self.assertEqual(self.successResultOf(d).code, 200)
-        # The store fails from now on: the next request's own check says so.
+        self.probe()
+        ok = {"status": "ok", "checks": {"registry": "ok", "store:file": "ok"}}
+        self.assertEqual(self.answer(first), (200, ok))
+        self.assertEqual(self.answer(second), (200, ok))
+        self.assertEqual(self.manual.pending(), 0)
+
+    def test_a_store_that_fails_is_reported_after_the_interval(self) -> None:
+        """
+        Within the interval from a probe's start, health checks are answered
+        with its answer at once, probing nothing; the first one after it
+        probes again, and so reports the store that failed meanwhile (its
+        directory gone) -- within the interval plus one probe. The probe's
+        answer is still what clients see: a 503 naming the store.
+        """
+        first = self.health()
+        self.probe()
+        self.assertEqual(self.answer(first)[0], 200)
         self.store_root.remove()
-        third = self.client.get("http://127.0.0.1:9292/healthcheck")
+        self.clock.advance(9)
+        held = self.health()
+        self.assertEqual(self.manual.pending(), 0)
+        self.assertEqual(self.answer(held)[0], 200)
+        self.clock.advance(1)
+        after = self.health()
+        self.assertNoResult(after)
+        self.probe()
+        status, body = self.answer(after)
+        self.assertEqual(status, 503)
+        self.assertEqual(body["status"], "failed")
+        self.assertEqual(body["checks"]["registry"], "ok")
+        self.assertIn(self.store_root.path, body["checks"]["store:file"])
+        # A failure's answer is held as long, and its mending seen as soon.
+        self.store_root.makedirs()
+        self.assertEqual(self.answer(self.health())[0], 503)
+        self.clock.advance(10)
+        mended = self.health()
+        self.probe()
+        self.assertEqual(self.answer(mended)[0], 200)
+
+    def test_interval_counts_from_the_probes_start(self) -> None:
+        """
+        A probe that took a while answers for the interval from when it
+        started, not from when it ended: the failure it could not see is
+        reported no later than the interval plus one probe.
+        """
+        first = self.health()
+        self.clock.advance(8)
+        self.probe()
+        self.assertEqual(self.answer(first)[0], 200)
+        self.clock.advance(2)
+        self.assertNoResult(self.health())
+        self.assertEqual(self.manual.pending(), 1)
+
+    def test_clock_set_back(self) -> None:
+        """An answer is not held longer because the clock went back."""
+        self.clock.advance(100)
+        first = self.health()
+        self.probe()
+        self.assertEqual(self.answer(first)[0], 200)
+        self.clock.rightNow = 50.0
+        self.assertNoResult(self.health())
+        self.assertEqual(self.manual.pending(), 1)
+
+    def test_head(self) -> None:
+        """HEAD of a held answer has its status and headers, without a body."""
+        first = self.health()
+        self.probe()
+        self.assertEqual(self.answer(first)[0], 200)
+        d = self.client.head("http://127.0.0.1:9292/healthcheck")
         self.agent.flush()
-        self.assertNoResult(third)
-        self.assertEqual(manual.pending(), 1)
-        manual.run_one()
-        self.agent.flush()
-        response = self.successResultOf(third)
-        self.assertEqual(response.code, 503)
-        checks = json.loads(self.successResultOf(treq.content(response)))["checks"]
-        self.assertEqual(checks["registry"], "ok")
-        self.assertNotEqual(checks["store:file"], "ok")
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"cache-control"), [b"no-store"])
+        self.assertEqual(self.successResultOf(treq.content(response)), b"")
+
+
+class NoProbeIntervalTests(HealthCase):
+    """C{healthcheck_probe_interval = 0}: no answer is held."""
+
+    site_options = {"healthcheck_probe_interval": 0.0}
+
+    def test_each_health_check_after_a_probe_probes(self) -> None:
+        """
+        A health check that arrives after the last probe ended starts its
+        own (the clock not moved at all), so it reports a store that failed
+        just before it; those arriving meanwhile still share it.
+        """
+        first = self.health()
+        self.probe()
+        self.assertEqual(self.answer(first)[0], 200)
+        self.store_root.remove()
+        second, third = self.health(), self.health()
+        self.assertNoResult(second)
+        self.probe()
+        self.assertEqual(self.answer(second)[0], 503)
+        self.assertEqual(self.answer(third)[0], 503)

@@ -127,7 +127,7 @@ class SiteURLTests(SynchronousTestCase):
         """
         unused = cast(Any, None)
         stores = StoreMap({"file": unused}, "file")
-        root = RootAPI(registry=unused, stores=stores, v1=unused, v2=unused)
+        root = RootAPI(registry=unused, stores=stores, v1=unused, v2=unused, clock=unused)
 
         def versions(request: Any) -> Any:
             def no_urlpath() -> None:

@@ -136,6 +136,30 @@ class LeaseOptionsTests(SynchronousTestCase):
             self.assertIn("upload_lease_seconds", str(error))
 
 
+class HealthCheckOptionTests(SynchronousTestCase):
+    """healthcheck_probe_interval in [DEFAULT]."""
+
+    def load(self, text: str) -> Config:
+        path = FilePath(self.mktemp())
+        path.setContent(text.encode("utf-8"))
+        return load_config(path.path)
+
+    def test_probe_interval(self) -> None:
+        """
+        1 s by default; 0 (hold no answer) and more are taken; a negative
+        or non-number one is refused, naming the option.
+        """
+        self.assertEqual(load_config().healthcheck_probe_interval, 1.0)
+        for raw, seconds in (("0", 0.0), ("0.0", 0.0), ("2.5", 2.5), ("", 1.0)):
+            config = self.load(f"[DEFAULT]\nhealthcheck_probe_interval = {raw}\n")
+            self.assertEqual(config.healthcheck_probe_interval, seconds, raw)
+        for bad in ("-1", "soon", "inf"):
+            error = self.assertRaises(
+                ConfigError, self.load, f"[DEFAULT]\nhealthcheck_probe_interval = {bad}\n"
+            )
+            self.assertIn("healthcheck_probe_interval", str(error))
+
+
 class LocationOptionsTests(SynchronousTestCase):
     """show_multiple_locations and show_image_direct_url in [DEFAULT]."""
 

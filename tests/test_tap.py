@@ -413,6 +413,44 @@ class ServiceTreeTests(SynchronousTestCase):
             ("sha256", hashlib.sha256(data).hexdigest()),
         )
 
+    def test_healthcheck_probe_interval_reaches_the_site(self) -> None:
+        """
+        The node's health check holds a probe's answer for the configured
+        healthcheck_probe_interval on the reactor's clock: the store's
+        directory removed is reported once 30 s have passed, not before.
+        """
+        data_dir = FilePath(self.mktemp())
+        options = parse(
+            self, "--data-dir", data_dir.path, "--port", "tcp:0",
+            config="[DEFAULT]\nhealthcheck_probe_interval = 30\n",
+        )
+        reactor = MemoryReactorClock()
+        top = glance_service(
+            options.config,
+            reactor,
+            ThreadPoolService(reactor, ThreadPool(minthreads=0, maxthreads=1)),
+            runner=SynchronousRunner(),
+        )
+        top.startService()
+        self.addCleanup(lambda: self.successResultOf(top.stopService()))
+        self.successResultOf(top.when_ready())
+        client, agent = memory_client(reactor.tcpServers[0][1])
+
+        def health() -> int:
+            d = client.get("http://127.0.0.1:9292/healthcheck")
+            agent.flush()
+            response = self.successResultOf(d)
+            agent.flush()
+            self.successResultOf(treq.content(response))
+            return response.code
+
+        self.assertEqual(health(), 200)
+        data_dir.child("images").remove()
+        reactor.advance(29)
+        self.assertEqual(health(), 200)
+        reactor.advance(1)
+        self.assertEqual(health(), 503)
+
     def test_failed_start_is_logged_and_stops_the_reactor(self) -> None:
         """
         A start that fails (here the registry's directory cannot be made)

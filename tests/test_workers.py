@@ -150,7 +150,10 @@ class SupervisorTests(TestCase):
         server read none of them is checked from its side: no request was
         logged as cut ("connection lost").
         """
-        process = await start_twistd(self, "glance", "", ["--workers", "2"])
+        # Every health check probes, so that a request spends time in flight.
+        process = await start_twistd(
+            self, "glance", "[DEFAULT]\nhealthcheck_probe_interval = 0\n", ["--workers", "2"]
+        )
         http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
         deadline = time.monotonic() + 30
         while len(_READY.findall(process.output)) < 2 and time.monotonic() < deadline:

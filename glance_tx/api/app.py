@@ -10,6 +10,7 @@ from glance_tx.api.site import GlanceSite
 from glance_tx.api.v1 import V1API
 from glance_tx.api.v2 import V2API
 from glance_tx.config import (
+    HEALTHCHECK_PROBE_INTERVAL,
     CacheConfig,
     ClientLimits,
     ImageFormatConfig,
@@ -65,6 +66,7 @@ def build_site(
     converter: Converter | None = None,
     metadefs: IMetadefRegistry | None = None,
     task_time_to_live: float = DEFAULT_TIME_TO_LIVE_HOURS,
+    healthcheck_probe_interval: float = HEALTHCHECK_PROBE_INTERVAL,
 ) -> GlanceSite:
     """
     The API's site. Who is asking comes from C{identity}; without one, from
@@ -77,7 +79,8 @@ def build_site(
     C{limit_source} (Keystone's unified limits), by default
     C{project_limits} for all.
     if any. Tasks (imports', the tasks API's) expire C{task_time_to_live}
-    hours after they end.
+    hours after they end. The health check probes the registry and the
+    stores at most once per C{healthcheck_probe_interval} seconds.
     """
     policy = policy or Policy()
     if metadefs is None and IMetadefRegistry.providedBy(registry):
@@ -147,8 +150,9 @@ def build_site(
         definitions = MetadefsAPI(registry=metadefs, identity=identity, policy=policy)
         v2_resource = MetadefsMount(v2_resource, definitions.resource())
     root = RootAPI(
-        registry=registry, stores=stores, v1=v1.resource(), v2=v2_resource, show_image=v2.show,
-        list_images=v2.list_images,
+        registry=registry, stores=stores, v1=v1.resource(), v2=v2_resource, clock=reactor,
+        show_image=v2.show, list_images=v2.list_images,
+        healthcheck_probe_interval=healthcheck_probe_interval,
     )
     site = GlanceSite(
         root.resource(),
