@@ -15,7 +15,8 @@ One run of this script:
 4. optionally (``--with-glance``) starts OpenStack Glance under uwsgi from a
    separate virtualenv, the benchmark peer named in the issue;
 5. ``--runs`` times: uploads the file to glance-tx with curl, chunked (as
-   glanceclient does) and with Content-Length, downloads it back, and
+   glanceclient does) and with Content-Length (odd runs chunked first, even
+   runs Content-Length first), downloads it back, and
    downloads the file from nginx; each transfer is timed by curl itself
    (``%{time_total}``) while the server's CPU time (utime + stime from
    ``/proc/PID/stat``, all its processes) is read before and after and its
@@ -488,8 +489,10 @@ def hash_cpu(name: str, size: int = 256 * MiB) -> float:
 def receive_cpu(path: Path, read_size: int = 256 * 1024) -> float:
     """
     CPU seconds per GiB that a bare Python loop spends receiving C{path}
-    over loopback, C{read_size} bytes per C{recv} (glance-tx's read size
-    during an upload body); the sender is another process using sendfile.
+    over loopback, C{read_size} bytes per C{recv}; the sender is another
+    process using sendfile. glance-tx reads 1 MiB per C{recv} during an
+    upload body; 256 KiB, 1 MiB and 64 KiB cost the same within noise here
+    (0.35-0.54 s/GiB each, in turns at load 9, 2026-12-04).
     """
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
@@ -978,10 +981,15 @@ def one_run(
         time.sleep(settle)
 
     ids = []
-    for chunked, label in ((True, "tx up chunked"), (False, "tx up content-length")):
+    # Odd runs upload chunked first, even runs Content-Length first: the
+    # second upload of a run follows the first's writeback and freed
+    # memory, so a fixed order weighs on one kind of body only.
+    uploads = [(True, "tx up chunked"), (False, "tx up content-length")]
+    for chunked, label in uploads if number % 2 else uploads[::-1]:
         sample, image_id = upload_glance_tx(glance_tx, path, size, md5, chunked, label)
-        ids.append(image_id)
+        ids.append((chunked, image_id))
         take(sample)
+    ids = [image_id for _, image_id in sorted(ids, reverse=True)]  # chunked's first
     take(
         measure(
             "tx down", glance_tx,

@@ -338,6 +338,28 @@ class PipelineTests(SynchronousTestCase):
         self.assertEqual(stages[2].batches, [b"x" * 10, b"y" * 10])
         self.assertEqual(stages[1].batches, [])
 
+    def test_whole_reads_pass_uncopied(self) -> None:
+        """
+        A Content-Length body arrives in reads of a whole batch (the site
+        reads UPLOAD_READ_SIZE, the batch size): each read goes to the
+        store and the stages as the very bytes object the socket gave, not
+        a copy on the reactor; short reads are joined into one batch.
+        """
+        from glance_tx.api.site import UPLOAD_READ_SIZE
+
+        writer = RecordingWriter()
+        pipeline = UploadPipeline(writer, SynchronousRunner(), size_cap=10**9)
+        self.assertEqual(pipeline.batch_size, UPLOAD_READ_SIZE)
+        whole = [bytes([i]) * UPLOAD_READ_SIZE for i in range(2)]
+        short = [b"a" * 1000, b"b" * (UPLOAD_READ_SIZE - 1000)]
+        for read in (whole[0], *short, whole[1]):
+            pipeline.write(read)
+        self.successResultOf(self.finish(pipeline))
+        self.assertIs(writer.data[0], whole[0])
+        self.assertEqual(writer.data[1], b"".join(short))
+        self.assertIs(writer.data[2], whole[1])
+        self.assertEqual(len(writer.data), 3)
+
     def test_views_become_bytes(self) -> None:
         """
         A chunked body's pieces are memoryviews (glance_tx.api.chunked):
