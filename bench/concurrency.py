@@ -334,12 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         + (
             f"The load-generating curls ran {args.clients_nice} nicer than the metadata "
             "GETs' client, in sessions (autogroups) of their own as nice "
-            "(`--clients-nice`): a model of clients on other machines; without it they "
-            "take the server's CPUs as equals and the GET waits longer."
+            "(`--clients-nice`): a model of clients on other machines (they give way to "
+            "every other process on the machine too)."
             if args.clients_nice else
             "The load-generating curls ran as nice as the server and the metadata GETs' "
             "client (`--clients-nice 0`), on the same CPUs: clients in a deployment are "
-            "other machines, and `--clients-nice 10` gives the server its CPUs first."
+            "other machines (`--clients-nice 10` makes them give way)."
         ),
         "",
         f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
