@@ -24,11 +24,17 @@ One run of this script:
    glance-tx's peak RSS and the metadata GET's latencies over the whole
    of it, and those of a ``GET /versions`` beside it (no registry call:
    what the reactor alone makes a request wait);
-4. prints the table, the ratios last, and writes its section of
+4. with ``--clients-nice N``, runs every ``curl --parallel`` N nicer (in a
+   session and autogroup of its own as nice), not the metadata GETs'
+   client: the clients of a deployment are other machines, and here
+   they take the server's two CPUs (bench/RESULTS.md, "A metadata GET
+   under load: the clients' share of the CPUs");
+5. prints the table, the ratios last, and writes its section of
    ``RESULTS.md`` (``--no-write`` to only print).
 
     .venv/bin/python bench/concurrency.py
     .venv/bin/python bench/concurrency.py --size 64M --downloads 20 --no-write
+    .venv/bin/python bench/concurrency.py --clients-nice 10 --no-write
 """
 
 from __future__ import annotations
@@ -58,18 +64,35 @@ RSS_TARGET_MIB = 200
 METADATA_TARGET_MS = 100
 
 
+#: How much nicer than this script the load-generating curls run
+#: (C{--clients-nice}); the metadata GETs' client never is.
+CLIENTS_NICE = 0
+
+
 def parallel_curl(count: int, per_transfer: list[str], url: str) -> tuple[float, list[str]]:
     """
     One C{curl --parallel} of C{count} transfers of C{url}, each with the
     arguments C{per_transfer}: its wall time and each transfer's
     "code size" line.
+
+    With L{CLIENTS_NICE} it runs that much nicer, in a session of its own
+    whose autogroup is as nice: where the kernel groups tasks by session
+    (C{/proc/sys/kernel/sched_autogroup_enabled}), a task's niceness only
+    counts against its own group's, and the servers run in sessions of
+    their own (L{transfer.start_server}), so only the group's niceness
+    makes curl give way to them.
     """
     argv = ["curl", "-sS", "--parallel", "--parallel-max", str(count),
             "-w", "%{http_code} %{size_download} %{size_upload}\\n"]
+    if CLIENTS_NICE:
+        argv = ["sh", "-c", f'echo {CLIENTS_NICE} 2>/dev/null >/proc/self/autogroup; '
+                f'exec nice -n {CLIENTS_NICE} "$@"', "sh", *argv]
     for _ in range(count):
         argv += [*per_transfer, url]
     began = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=900, start_new_session=bool(CLIENTS_NICE)
+    )
     wall = time.monotonic() - began
     if done.returncode != 0:
         raise BenchError(f"curl --parallel failed: {done.stderr.strip()[:2000]}")
@@ -217,6 +240,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--uploads", type=int, default=20)
     parser.add_argument("--upload-size", type=transfer.parse_size, default=32 * MiB)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--clients-nice", type=int, default=0, choices=range(20), metavar="N",
+        help="run the load-generating curls N nicer than this script (not the metadata "
+        "GETs' client), for nginx and glance-tx alike: a model of clients on other "
+        "machines (default 0: they compete with the server as equals)",
+    )
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--tmpdir", default=None)
@@ -226,6 +255,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global CLIENTS_NICE
+    CLIENTS_NICE = args.clients_nice
     hashes = transfer.hash_speeds()
     print(hashes, flush=True)
     load_before = os.getloadavg()[0]
@@ -299,14 +330,25 @@ def main(argv: list[str] | None = None) -> int:
         "started at once. Peak RSS: glance-tx's VmRSS sampled every 50 ms. Metadata GET: "
         "one `GET /v2/images/{id}` every 20 ms meanwhile, each on a new connection; "
         "all at once, also one `GET /versions` every 20 ms (no registry call: the "
-        "reactor's part of the wait alone).",
+        "reactor's part of the wait alone). "
+        + (
+            f"The load-generating curls ran {args.clients_nice} nicer than the metadata "
+            "GETs' client, in sessions (autogroups) of their own as nice "
+            "(`--clients-nice`): a model of clients on other machines (they give way to "
+            "every other process on the machine too)."
+            if args.clients_nice else
+            "The load-generating curls ran as nice as the server and the metadata GETs' "
+            "client (`--clients-nice 0`), on the same CPUs: clients in a deployment are "
+            "other machines (`--clients-nice 10` makes them give way)."
+        ),
         "",
         f"- Date: {time.strftime('%a %b %d %H:%M:%S UTC %Y', time.gmtime())}; "
         f"`nproc` {os.cpu_count()}, {cpu_model()}; {hashes}; load average {load}; "
         f"glance-tx commit {commit()}",
         f"- Command: `.venv/bin/python bench/concurrency.py --size {args.size // MiB}M "
         f"--downloads {args.downloads} --uploads {args.uploads} --upload-size "
-        f"{args.upload_size // MiB}M --rounds {args.rounds}`",
+        f"{args.upload_size // MiB}M --rounds {args.rounds}"
+        + (f" --clients-nice {args.clients_nice}" if args.clients_nice else "") + "`",
         "",
         "| what | nginx | glance-tx |",
         "|---|---:|---:|",
