@@ -95,6 +95,22 @@ class InspectionStageTests(SynchronousTestCase):
             one_of_each()
         self.assertLess(tracemalloc.get_traced_memory()[0] - before, 256 * 1024)
 
+    def test_first_batch_not_kept(self) -> None:
+        """An image that is no VMDK is not kept by the VMDK inspector past
+        its first batch (it captures up to 1 MiB of any image's start as a
+        possible text descriptor): what the inspectors keep of a 1 MiB
+        random batch, for the rest of the upload, is a few small regions.
+        A text descriptor is still read whole (test_vmdk_* above)."""
+        batch = os.urandom(1 << 20)
+        stage = InspectionStage("raw")
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        before = tracemalloc.get_traced_memory()[0]
+        stage.feed(batch)
+        self.assertLess(tracemalloc.get_traced_memory()[0] - before, 256 * 1024)
+        stage.feed(batch)
+        self.assertEqual(dict(stage.result()), {"virtual_size": 2 << 20})
+
     def test_iso(self) -> None:
         """An ISO 9660 volume is an iso; its size is its blocks."""
         with open(self.images.iso(blocks=40), "rb") as f:

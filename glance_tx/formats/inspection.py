@@ -85,6 +85,26 @@ class InspectionStage:
         # is dropped from consideration by the wrapper, never raised here.
         self._source.data = data
         self._wrapper.read(len(data))
+        self._drop_dead_descriptor()
+
+    def _drop_dead_descriptor(self) -> None:
+        """
+        Free the VMDK inspector's 1 MiB capture once it can no longer be a
+        descriptor. Until the first 512 bytes are known it captures the
+        start of any image (up to 1 MiB: the whole first batch), as a
+        text-only descriptor; an image that is no VMDK (nearly every one)
+        makes it fail there, and the wrapper feeds it no more, but the
+        capture stayed until the upload ended: 20 MiB for 20 uploads in
+        flight, and long-lived blocks among the batches that pinned the
+        heap's top. Only C{_parse_descriptor}, on the region's completion
+        while the inspector is fed, reads that region; C{format_match},
+        the virtual size and the safety checks read the header and the
+        parsed text, which stay. Private names read defensively, as in
+        L{_release}.
+        """
+        for inspector in getattr(self._wrapper, "_errored_inspectors", ()):
+            if str(inspector) == "vmdk" and inspector.has_region("descriptor"):
+                inspector.delete_region("descriptor")
 
     def result(self) -> Mapping[str, Any]:
         try:
