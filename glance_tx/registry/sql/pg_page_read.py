@@ -35,27 +35,24 @@ from sqlalchemy import (
     Engine,
     Integer,
     Select,
-    Text,
     bindparam,
-    cast,
     false,
-    func,
     literal,
     select,
     true,
     union_all,
 )
-from sqlalchemy.exc import OperationalError
 
 from glance_tx.errors import BadRequest
 from glance_tx.images import Image, ImageQuery
 from glance_tx.registry.schema import (
-    image_locations,
-    image_properties,
-    image_tags,
     images,
 )
-from glance_tx.registry.sql.image_read import Records
+from glance_tx.registry.sql.image_read import (
+    Records,
+    autocommit_rows,
+    postgres_children,
+)
 from glance_tx.registry.sql.page_read import SHAPES_KEPT, Compiled, shape_key
 from glance_tx.registry.sql.query import (
     SortKey,
@@ -144,25 +141,7 @@ class PostgresPageReader:
 
     def _run(self, statement: Compiled, supplied: dict[str, Any]) -> builtins.list[Any]:
         """C{statement}'s rows, in autocommit: one statement, one snapshot."""
-        connection = self.engine.raw_connection()
-        try:
-            driver = connection.driver_connection
-            driver.autocommit = True  # type: ignore[union-attr]
-            try:
-                with driver.cursor() as cursor:  # type: ignore[union-attr]
-                    cursor.execute(statement.sql, statement.parameters(supplied))
-                    rows: builtins.list[Any] = cursor.fetchall()
-            finally:
-                if not driver.closed:  # type: ignore[union-attr]
-                    driver.autocommit = False  # type: ignore[union-attr]
-        except self.engine.dialect.loaded_dbapi.OperationalError as e:
-            # The connection is not to be trusted again; the provider
-            # answers SQLAlchemy's OperationalError with a 503.
-            connection.invalidate(e)
-            raise OperationalError(statement.sql, None, e) from e
-        finally:
-            connection.close()
-        return rows
+        return autocommit_rows(self.engine, statement.sql, statement.parameters(supplied))
 
     def _statement(
         self, query: ImageQuery, shape: _Shape, pattern: tuple[bool, ...] | None
@@ -225,25 +204,7 @@ def page_statement(
         page = ranges.subquery("page")
         source = page
         leading = []
-    image_id = page.c.id
-    children = [
-        _json(
-            func.json_agg(func.json_build_array(image_properties.c.name, image_properties.c.value)),
-            image_properties.c.image_id == image_id,
-        ),
-        _json(
-            func.json_agg(
-                func.json_build_array(
-                    image_locations.c.position,
-                    image_locations.c.url,
-                    image_locations.c.store,
-                    image_locations.c.meta_data,
-                )
-            ),
-            image_locations.c.image_id == image_id,
-        ),
-        _json(func.json_agg(image_tags.c.value), image_tags.c.image_id == image_id),
-    ]
+    children = postgres_children(page.c.id)
     page_order: list[Any] = [page.c.glance_range] + [
         SortKey(page.c[key.column.name], key.descending).order_by(leading=False)  # type: ignore[arg-type]
         for key in keys
@@ -255,7 +216,3 @@ def page_statement(
         .limit(limit)
     )
 
-
-def _json(aggregate: Any, where: Any) -> Any:
-    """A correlated subquery's JSON array as text ("[]" for no rows)."""
-    return select(func.coalesce(cast(aggregate, Text), "[]")).where(where).scalar_subquery()
