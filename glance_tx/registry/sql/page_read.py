@@ -34,8 +34,8 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from attrs import define, field, frozen
-from twisted.internet.defer import Deferred, succeed
 from sqlalchemy import Integer, Select, bindparam, false, select
+from twisted.internet.defer import Deferred, succeed
 
 from glance_tx.errors import BadRequest
 from glance_tx.images import Image, ImageQuery
