@@ -20,12 +20,13 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
 from glance_tx.errors import NotFound, ServiceUnavailable
 from glance_tx.registry.client import (
     HTTPRegistryClient,
+    KeptEndpoints,
     open_http_registry,
     registry_http_client,
 )
@@ -392,3 +393,37 @@ class TLSTests(_RealSocketHarness):
         self.addCleanup(client.close)
         with self.assertRaises(ServiceUnavailable):
             await client.ping()
+
+
+class KeptEndpointsTests(SynchronousTestCase):
+    """The registry agent's endpoints are made once per peer, not per request."""
+
+    def test_one_endpoint_per_peer(self) -> None:
+        """
+        Requests to one scheme, host and port share one endpoint (Agent's
+        own factory made one, and for https a TLS creator, per request);
+        another port or scheme gets its own, https wrapped in TLS, and a
+        scheme the agent cannot speak is refused.
+        """
+        from twisted.internet.endpoints import HostnameEndpoint
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.web.client import URI, BrowserLikePolicyForHTTPS
+        from twisted.web.error import SchemeNotSupported
+        from twisted.web.iweb import IAgentEndpointFactory
+        from zope.interface.verify import verifyObject
+
+        endpoints = KeptEndpoints(MemoryReactorClock(), BrowserLikePolicyForHTTPS(), 5.0)
+        verifyObject(IAgentEndpointFactory, endpoints)
+        first = endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:9191/images/a"))
+        again = endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:9191/images/b?x=1"))
+        self.assertIs(first, again)
+        self.assertIsInstance(first, HostnameEndpoint)
+        other = endpoints.endpointForURI(URI.fromBytes(b"http://127.0.0.1:9192/images/a"))
+        self.assertIsNot(other, first)
+        secure = endpoints.endpointForURI(URI.fromBytes(b"https://127.0.0.1:9191/images/a"))
+        self.assertNotIsInstance(secure, HostnameEndpoint)
+        self.assertIs(
+            secure, endpoints.endpointForURI(URI.fromBytes(b"https://127.0.0.1:9191/"))
+        )
+        with self.assertRaises(SchemeNotSupported):
+            endpoints.endpointForURI(URI.fromBytes(b"ftp://127.0.0.1:21/"))

@@ -35,11 +35,8 @@ from sqlalchemy import (
     Engine,
     Integer,
     Select,
-    Text,
     bindparam,
-    cast,
     false,
-    func,
     literal,
     select,
     true,
@@ -49,12 +46,13 @@ from sqlalchemy import (
 from glance_tx.errors import BadRequest
 from glance_tx.images import Image, ImageQuery
 from glance_tx.registry.schema import (
-    image_locations,
-    image_properties,
-    image_tags,
     images,
 )
-from glance_tx.registry.sql.image_read import Records, autocommit_rows
+from glance_tx.registry.sql.image_read import (
+    Records,
+    autocommit_rows,
+    postgres_children,
+)
 from glance_tx.registry.sql.page_read import SHAPES_KEPT, Compiled, shape_key
 from glance_tx.registry.sql.query import (
     SortKey,
@@ -206,25 +204,7 @@ def page_statement(
         page = ranges.subquery("page")
         source = page
         leading = []
-    image_id = page.c.id
-    children = [
-        _json(
-            func.json_agg(func.json_build_array(image_properties.c.name, image_properties.c.value)),
-            image_properties.c.image_id == image_id,
-        ),
-        _json(
-            func.json_agg(
-                func.json_build_array(
-                    image_locations.c.position,
-                    image_locations.c.url,
-                    image_locations.c.store,
-                    image_locations.c.meta_data,
-                )
-            ),
-            image_locations.c.image_id == image_id,
-        ),
-        _json(func.json_agg(image_tags.c.value), image_tags.c.image_id == image_id),
-    ]
+    children = postgres_children(page.c.id)
     page_order: list[Any] = [page.c.glance_range] + [
         SortKey(page.c[key.column.name], key.descending).order_by(leading=False)  # type: ignore[arg-type]
         for key in keys
@@ -236,7 +216,3 @@ def page_statement(
         .limit(limit)
     )
 
-
-def _json(aggregate: Any, where: Any) -> Any:
-    """A correlated subquery's JSON array as text ("[]" for no rows)."""
-    return select(func.coalesce(cast(aggregate, Text), "[]")).where(where).scalar_subquery()
