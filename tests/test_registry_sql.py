@@ -21,7 +21,8 @@ import os
 import threading
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -1719,13 +1720,8 @@ def libpq_sent(
         return result, [line.split("\t") for line in f if line.startswith("F\t")]
 
 
-class PostgreSQLGetTests(SynchronousTestCase):
-    """
-    On PostgreSQL an image is read in one statement
-    (L{glance_tx.registry.sql.image_read.PostgresImageReader}): the record
-    SQLAlchemy's path reads, fresh after every write, and a database that
-    fails it is a 503.
-    """
+class _PostgreSQLRegistryCase(SynchronousTestCase):
+    """A SQL registry on a fresh PostgreSQL database of the test's own."""
 
     def setUp(self) -> None:
         self.admin_url = postgres_admin_url(self)
@@ -1733,6 +1729,36 @@ class PostgreSQLGetTests(SynchronousTestCase):
         self.addCleanup(drop_database, self.admin_url, self.url)
         self.registry = sync_open(self.url)
         self.addCleanup(lambda: self.successResultOf(self.registry.close()))
+
+    @contextmanager
+    def images_locked(self) -> Iterator[None]:
+        """
+        The images table locked by another connection, on a database whose
+        new connections wait for a lock at most 200 ms (C{lock_timeout}), so
+        a statement needing it fails as an operational error.
+        """
+        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        self.addCleanup(admin.dispose)
+        with admin.connect() as connection:
+            connection.exec_driver_sql(
+                f'ALTER DATABASE "{self.url.database}" SET lock_timeout = 200'
+            )
+        self.registry.engine.dispose()  # new connections take the setting
+        locker = create_engine(self.url)
+        self.addCleanup(locker.dispose)
+        with locker.connect() as connection:
+            connection.exec_driver_sql("LOCK TABLE images IN ACCESS EXCLUSIVE MODE")
+            yield
+            connection.rollback()
+
+
+class PostgreSQLGetTests(_PostgreSQLRegistryCase):
+    """
+    On PostgreSQL an image is read in one statement
+    (L{glance_tx.registry.sql.image_read.PostgresImageReader}): the record
+    SQLAlchemy's path reads, fresh after every write, and a database that
+    fails it is a 503.
+    """
 
     def get(self, image_id: str, include_deleted: bool = False) -> Image:
         return self.successResultOf(self.registry.get(image_id, include_deleted))
@@ -1803,36 +1829,18 @@ class PostgreSQLGetTests(SynchronousTestCase):
         gone, is served.
         """
         image = self.successResultOf(self.registry.create(make_image()))
-        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        self.addCleanup(admin.dispose)
-        with admin.connect() as connection:
-            connection.exec_driver_sql(
-                f'ALTER DATABASE "{self.url.database}" SET lock_timeout = 200'
-            )
-        self.registry.engine.dispose()  # new connections take the setting
-        locker = create_engine(self.url)
-        self.addCleanup(locker.dispose)
-        with locker.connect() as connection:
-            connection.exec_driver_sql("LOCK TABLE images IN ACCESS EXCLUSIVE MODE")
+        with self.images_locked():
             self.failureResultOf(self.registry.get(image.id), ServiceUnavailable)
-            connection.rollback()
         self.assertEqual(self.get(image.id), image)
 
 
-class PostgreSQLPageTests(SynchronousTestCase):
+class PostgreSQLPageTests(_PostgreSQLRegistryCase):
     """
     On PostgreSQL a listing page is one statement kept per query shape
     (L{glance_tx.registry.sql.pg_page_read}): the same pages as the
     SQLAlchemy path, one round trip after the pool's ping, fresh after
     every write, and a database that fails it is a 503.
     """
-
-    def setUp(self) -> None:
-        self.admin_url = postgres_admin_url(self)
-        self.url = create_database(self.admin_url)
-        self.addCleanup(drop_database, self.admin_url, self.url)
-        self.registry = sync_open(self.url)
-        self.addCleanup(lambda: self.successResultOf(self.registry.close()))
 
     def listed(self, query: ImageQuery) -> list[Image]:
         return self.successResultOf(self.registry.list(query))
@@ -1903,19 +1911,8 @@ class PostgreSQLPageTests(SynchronousTestCase):
         next page, the lock gone, is served.
         """
         self.successResultOf(self.registry.create(make_image()))
-        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        self.addCleanup(admin.dispose)
-        with admin.connect() as connection:
-            connection.exec_driver_sql(
-                f'ALTER DATABASE "{self.url.database}" SET lock_timeout = 200'
-            )
-        self.registry.engine.dispose()  # new connections take the setting
-        locker = create_engine(self.url)
-        self.addCleanup(locker.dispose)
-        with locker.connect() as connection:
-            connection.exec_driver_sql("LOCK TABLE images IN ACCESS EXCLUSIVE MODE")
+        with self.images_locked():
             self.failureResultOf(self.registry.list(ImageQuery()), ServiceUnavailable)
-            connection.rollback()
         self.assertEqual(len(self.listed(ImageQuery())), 1)
 
     def test_deep_pages_keep_the_ordered_scan(self) -> None:

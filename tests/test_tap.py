@@ -12,6 +12,7 @@ from typing import Any
 
 import treq
 from attrs import define, evolve
+from treq.client import HTTPClient
 from twisted.application.service import IServiceCollection
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
@@ -39,7 +40,7 @@ from glance_tx.tap import (
 )
 from glance_tx.threads import SynchronousRunner
 from glance_tx.workers import STOP_SECONDS
-from tests.memory_http import memory_client
+from tests.memory_http import SiteAgent, memory_client
 
 
 class OptionsTests(SynchronousTestCase):
@@ -244,6 +245,26 @@ class RecordingPool(ThreadPool):
 class ServiceTreeTests(SynchronousTestCase):
     """What makeService builds, and the order in which it starts and stops."""
 
+    def node(self, options: Options) -> tuple[MemoryReactorClock, ServiceChain]:
+        """The node C{options} configure, on a memory reactor, its blocking work inline."""
+        reactor = MemoryReactorClock()
+        top = glance_service(
+            options.config,
+            reactor,
+            ThreadPoolService(reactor, ThreadPool(minthreads=0, maxthreads=1)),
+            runner=SynchronousRunner(),
+        )
+        return reactor, top
+
+    def serving(self, options: Options) -> tuple[MemoryReactorClock, HTTPClient, SiteAgent]:
+        """That node started and ready, and an HTTP client of its listener."""
+        reactor, top = self.node(options)
+        top.startService()
+        self.addCleanup(lambda: self.successResultOf(top.stopService()))
+        self.successResultOf(top.when_ready())
+        client, agent = memory_client(reactor.tcpServers[0][1])
+        return reactor, client, agent
+
     def test_make_service(self) -> None:
         """
         makeService returns the chain of the node's services, in dependency
@@ -373,17 +394,7 @@ class ServiceTreeTests(SynchronousTestCase):
             self, "--data-dir", self.mktemp(), "--port", "tcp:0",
             config="[DEFAULT]\nhashing_algorithm = sha256\n",
         )
-        reactor = MemoryReactorClock()
-        top = glance_service(
-            options.config,
-            reactor,
-            ThreadPoolService(reactor, ThreadPool(minthreads=0, maxthreads=1)),
-            runner=SynchronousRunner(),
-        )
-        top.startService()
-        self.addCleanup(lambda: self.successResultOf(top.stopService()))
-        self.successResultOf(top.when_ready())
-        client, agent = memory_client(reactor.tcpServers[0][1])
+        _, client, agent = self.serving(options)
 
         def call(method: str, path: str, data: bytes, media: str) -> Any:
             d = client.request(
@@ -424,17 +435,7 @@ class ServiceTreeTests(SynchronousTestCase):
             self, "--data-dir", data_dir.path, "--port", "tcp:0",
             config="[DEFAULT]\nhealthcheck_probe_interval = 30\n",
         )
-        reactor = MemoryReactorClock()
-        top = glance_service(
-            options.config,
-            reactor,
-            ThreadPoolService(reactor, ThreadPool(minthreads=0, maxthreads=1)),
-            runner=SynchronousRunner(),
-        )
-        top.startService()
-        self.addCleanup(lambda: self.successResultOf(top.stopService()))
-        self.successResultOf(top.when_ready())
-        client, agent = memory_client(reactor.tcpServers[0][1])
+        reactor, client, agent = self.serving(options)
 
         def health() -> int:
             d = client.get("http://127.0.0.1:9292/healthcheck")
@@ -459,13 +460,7 @@ class ServiceTreeTests(SynchronousTestCase):
         blocker = FilePath(self.mktemp())
         blocker.setContent(b"a file where a directory should be")
         options = parse(self, "--data-dir", blocker.child("data").path, "--port", "tcp:0")
-        reactor = MemoryReactorClock()
-        top = glance_service(
-            options.config,
-            reactor,
-            ThreadPoolService(reactor, ThreadPool(minthreads=0, maxthreads=1)),
-            runner=SynchronousRunner(),
-        )
+        reactor, top = self.node(options)
         stop_reactor_on_failure(top, reactor, "glance-tx")
         top.startService()
         self.assertEqual(len(self.flushLoggedErrors(NotADirectoryError)), 1)
