@@ -77,8 +77,7 @@ def build_site(
     if any. Metadata definitions are kept in C{metadefs}, by default the
     registry if it keeps them too. Each project's limits come from
     C{limit_source} (Keystone's unified limits), by default
-    C{project_limits} for all.
-    if any. Tasks (imports', the tasks API's) expire C{task_time_to_live}
+    C{project_limits} for all. Tasks (imports', the tasks API's) expire C{task_time_to_live}
     hours after they end. The health check probes the registry and the
     stores at most once per C{healthcheck_probe_interval} seconds.
     """
